@@ -1,0 +1,59 @@
+# carpulse: `make demo` and `make test` work on a fresh Debian/Ubuntu machine as root.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= edge,stream,local,dev
+APT_PACKAGES := mosquitto influxdb
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup apt venv test lint typecheck unit integration demo stack-up stack-down clean
+
+setup: apt venv ## install everything: apt packages, .venv, the package with its extras
+
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "carpulse needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -m "not integration and not reliability and not browser"
+
+test: setup ## every test: lint, types, unit, integration (starts its own stack on free ports)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+demo: setup ## start the local stack and the pipeline, drive a simulated fleet; Ctrl-C stops all
+	$(BIN)/carpulse demo
+
+stack-up: setup
+	$(BIN)/carpulse stack up
+
+stack-down:
+	$(BIN)/carpulse stack down
+
+clean:
+	-$(BIN)/carpulse stack down
+	rm -rf .carpulse .pytest_cache .mypy_cache .ruff_cache

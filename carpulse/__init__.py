@@ -1,0 +1,1 @@
+"""The application shell: CLI, local stack, PKI, demo, benchmarks and evaluations."""

@@ -1,0 +1,5 @@
+"""``python -m carpulse`` runs the CLI."""
+
+from carpulse.cli import main
+
+main()

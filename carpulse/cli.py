@@ -1,0 +1,233 @@
+"""The ``carpulse`` command line: one entry point, a subcommand group per component.
+
+Heavy modules are imported inside each command, so ``carpulse edge ...`` on a Raspberry Pi with
+only ``carpulse[edge]`` installed never imports Faust, Kafka clients or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from core.config import CarpulseSettings, load_settings, masked_dump
+from core.errors import CarpulseError
+
+app = typer.Typer(
+    help="carpulse: streaming telematics from the car to the dealer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(
+    help="The local stack: Mosquitto, Tansu (Kafka), InfluxDB 1.x, CRM database."
+)
+pki_app = typer.Typer(help="The local PKI: CA, broker and device certificates.")
+edge_app = typer.Typer(help="The edge agent.")
+stream_app = typer.Typer(help="The cloud side: ingest bridge and Faust worker.")
+config_app = typer.Typer(help="Configuration.")
+app.add_typer(stack_app, name="stack")
+app.add_typer(pki_app, name="pki")
+app.add_typer(edge_app, name="edge")
+app.add_typer(stream_app, name="stream")
+app.add_typer(config_app, name="config")
+
+_state: dict[str, Any] = {}
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="TOML config file (else $CARPULSE_CONFIG).", show_default=False
+    ),
+]
+
+
+@app.callback()
+def _main(
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _state["config"] = config
+
+
+def settings() -> CarpulseSettings:
+    if "settings" not in _state:
+        _state["settings"] = load_settings(_state.get("config"))
+    return _state["settings"]  # type: ignore[no-any-return]
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+# ----- stack ---------------------------------------------------------------------------------
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start the local stack (idempotent) and print where each service listens."""
+    from carpulse.stack import Stack
+
+    stack = Stack(settings().stack)
+    for st in stack.up(progress=_echo):
+        typer.echo(f"{st.name:10} {'up' if st.healthy else 'DOWN':5} {st.address}")
+    typer.echo(f"config for the other components: {stack.config_file}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the local stack (idempotent)."""
+    from carpulse.stack import Stack
+
+    Stack(settings().stack).down(progress=_echo)
+
+
+@stack_app.command("status")
+def stack_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Health of each service; exit code 1 if any is down."""
+    from carpulse.stack import Stack
+
+    rows = Stack(settings().stack).status()
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in rows]))
+    else:
+        for st in rows:
+            typer.echo(f"{st.name:10} {'up' if st.healthy else 'DOWN':5} {st.address}  {st.detail}")
+    if not all(r.healthy for r in rows):
+        raise typer.Exit(1)
+
+
+# ----- pki -----------------------------------------------------------------------------------
+@pki_app.command("init")
+def pki_init() -> None:
+    """Create the local CA and the broker's certificate (idempotent)."""
+    from carpulse.pki import LocalPKI
+
+    pki = LocalPKI(Path(settings().stack.data_dir) / "pki")
+    pki.init()
+    typer.echo(f"CA: {pki.ca_cert}\nserver: {pki.server_cert}")
+
+
+@pki_app.command("device")
+def pki_device(device_id: str) -> None:
+    """Issue (or show) the client certificate of a device; its CN is the device id."""
+    from carpulse.pki import LocalPKI
+
+    cert, key = LocalPKI(Path(settings().stack.data_dir) / "pki").device(device_id)
+    typer.echo(f"cert: {cert}\nkey: {key}")
+
+
+# ----- config --------------------------------------------------------------------------------
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective configuration (defaults < file < environment), secrets masked."""
+    typer.echo(json.dumps(masked_dump(settings()), indent=2))
+
+
+# ----- replay / edge -------------------------------------------------------------------------
+@app.command("replay")
+def replay(
+    log: Annotated[Path, typer.Argument(help="candump -L log file.")],
+    dbc: Annotated[Path, typer.Option(help="DBC file for this car.")],
+    device: Annotated[str, typer.Option(help="Device id (its certificate CN).")],
+    rate: Annotated[str, typer.Option(help="'real' (source timing) or 'max'.")] = "max",
+    strict: Annotated[bool, typer.Option(help="Strict DBC parsing.")] = True,
+) -> None:
+    """Publish a real CAN log as telemetry over MQTT/TLS with the device's certificate."""
+    from edge.replay import replay_log
+
+    if rate not in ("real", "max"):
+        raise CarpulseError(f"--rate must be 'real' or 'max', not {rate!r}")
+    s = settings()
+    report = replay_log(log, dbc, device, s, rate=rate, strict=strict, progress=True)
+    typer.echo(json.dumps(report))
+
+
+@edge_app.command("doctor")
+def edge_doctor(device: Annotated[str, typer.Option(help="Device id.")] = "") -> None:
+    """Check certificates and broker reachability for a device."""
+    from edge.publisher import device_mqtt_settings, probe
+
+    s = settings()
+    dev = device or s.edge.device_id
+    problem = probe(device_mqtt_settings(s, dev), dev)
+    typer.echo(f"{dev}: {'ok' if problem is None else problem}")
+    if problem:
+        raise typer.Exit(1)
+
+
+# ----- stream --------------------------------------------------------------------------------
+@stream_app.command("bridge")
+def stream_bridge(
+    name: Annotated[str, typer.Option(help="Bridge instance name.")] = "bridge-1",
+) -> None:
+    """Run an MQTT -> Kafka ingest bridge (several may run side by side)."""
+    import asyncio
+
+    from stream.bridge import IngestBridge
+
+    asyncio.run(IngestBridge(settings(), name=name).run_forever())
+
+
+@stream_app.command("worker")
+def stream_worker(loglevel: str = "warn") -> None:
+    """Run the Faust worker."""
+    from stream.app import run_worker
+
+    run_worker(settings(), loglevel=loglevel)
+
+
+# ----- bench / eval / demo -------------------------------------------------------------------
+@app.command("bench")
+def bench(
+    name: Annotated[str, typer.Argument(help="Benchmark name, e.g. 'wire'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="Data folder (default ../shared/data/...).")
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="Runs to take the median of.")] = 3,
+) -> None:
+    """Run a benchmark: ours and the baseline in the same run, and their ratio."""
+    from carpulse import bench as benches
+
+    result = benches.run(name, data=data, repeat=repeat)
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+@app.command("eval")
+def evaluate(
+    name: Annotated[str, typer.Argument(help="Evaluation name.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run an evaluation on public data (evaluations arrive with the models issue)."""
+    from carpulse import evals
+
+    result = evals.run(name)
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+@app.command("demo")
+def demo(
+    vehicles: Annotated[int, typer.Option(help="Simulated vehicles.")] = 5,
+    seconds: Annotated[float, typer.Option(help="Run for this long (0 = until Ctrl-C).")] = 0,
+) -> None:
+    """Start the stack, the bridge and the worker, and drive a simulated fleet."""
+    from carpulse.demo import run_demo
+
+    run_demo(settings(), vehicles=vehicles, seconds=seconds)
+
+
+def main() -> None:
+    """Entry point: user mistakes print one clear line, not a traceback."""
+    try:
+        app()
+    except CarpulseError as err:
+        typer.echo(f"carpulse: error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

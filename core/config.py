@@ -1,0 +1,252 @@
+"""Typed settings, one model per component: defaults < TOML file < ``CARPULSE_*`` environment.
+
+The TOML file is ``--config FILE`` or ``$CARPULSE_CONFIG``; sections are named after the
+components (``[mqtt]``, ``[kafka]``, ``[influx]``, ``[stack]``, ``[edge]``, ``[stream]``).
+Environment variables use ``__`` between section and key: ``CARPULSE_INFLUX__URL``.
+
+Secrets (passwords, tokens) come only from the environment or from files named by a
+``*_file`` setting; a secret written into the TOML file is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
+
+DEFAULT_DATA_DIR = Path(".carpulse")
+
+
+def _secret(description: str) -> Any:
+    return Field(default=None, description=description, json_schema_extra={"secret": True})
+
+
+class StackSettings(BaseModel):
+    """The local stack started by ``carpulse stack up`` (development and tests only)."""
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Where configs, PKI, logs and data live.")
+    host: str = Field("127.0.0.1", description="Loopback address every service binds to.")
+    mqtt_device_port: int = Field(
+        8883, description="Mosquitto TLS listener for devices (client certs)."
+    )
+    mqtt_service_port: int = Field(
+        8884, description="Mosquitto TLS listener for services (passwords)."
+    )
+    kafka_port: int = Field(9092, description="Tansu Kafka-compatible broker port.")
+    influx_port: int = Field(8086, description="InfluxDB 1.x HTTP API port.")
+    influx_rpc_port: int = Field(8088, description="InfluxDB 1.x backup/restore RPC port.")
+    mosquitto_bin: str = Field(
+        "mosquitto", description="Mosquitto executable (Debian: apt-get install mosquitto)."
+    )
+    influxd_bin: str = Field(
+        "influxd", description="InfluxDB 1.x executable (Debian: apt-get install influxdb)."
+    )
+    start_timeout_s: float = Field(
+        30.0, description="How long each service may take to become healthy."
+    )
+
+
+class MqttSettings(BaseModel):
+    """MQTT connection used by services (bridge, dashboards) and by edge agents."""
+
+    host: str = Field(
+        "127.0.0.1", description="Broker host name; must match the server certificate."
+    )
+    port: int = Field(8884, description="Broker TLS port (8883 devices with certs, 8884 services).")
+    ca_file: Path | None = Field(
+        None, description="CA certificate that signed the broker's certificate."
+    )
+    cert_file: Path | None = Field(
+        None, description="Client certificate (devices; CN = device id)."
+    )
+    key_file: Path | None = Field(None, description="Client private key.")
+    username: str | None = Field(None, description="Service user name (password listener).")
+    password: SecretStr | None = _secret("Service password (environment only).")
+    password_file: Path | None = Field(None, description="File holding the service password.")
+    keepalive_s: int = Field(30, description="MQTT keepalive interval.")
+    qos: Literal[0, 1] = Field(1, description="QoS for telemetry and events.")
+    share_group: str = Field(
+        "carpulse-bridge", description="Shared-subscription group of the bridges."
+    )
+
+    def resolved_password(self) -> str | None:
+        """The password from the environment, or read from ``password_file``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as err:
+                raise ConfigError(
+                    f"mqtt.password_file {self.password_file}: {err.strerror}"
+                ) from err
+        return None
+
+
+class KafkaSettings(BaseModel):
+    """Kafka (Tansu locally; Apache Kafka or Redpanda in production)."""
+
+    bootstrap: str = Field("127.0.0.1:9092", description="Comma-separated bootstrap servers.")
+    partitions: int = Field(4, description="Partitions for topics carpulse creates.")
+    replication: int = Field(
+        1, description="Replication factor for topics carpulse creates (3 in production)."
+    )
+    acks: Literal["all", "1", "0"] = Field(
+        "all", description="Producer acks; keep 'all' in production."
+    )
+    linger_ms: int = Field(5, description="Producer linger; batches records for a few ms.")
+
+
+class InfluxSettings(BaseModel):
+    """InfluxDB sink: ``v1`` (1.x HTTP API) or ``v2`` (2.x/3.x through influxdb-client)."""
+
+    api: Literal["v1", "v2"] = Field("v1", description="Which write API to use.")
+    url: str = Field("http://127.0.0.1:8086", description="Base URL of the server.")
+    database: str = Field("carpulse", description="v1: database name.")
+    retention_policy: str = Field("", description="v1: retention policy ('' = the default one).")
+    username: str | None = Field(None, description="v1: user name, when auth is on.")
+    password: SecretStr | None = _secret("v1: password (environment only).")
+    org: str = Field("carpulse", description="v2: organisation.")
+    bucket: str = Field("carpulse", description="v2: bucket.")
+    token: SecretStr | None = _secret("v2: API token (environment only).")
+    token_file: Path | None = Field(None, description="v2: file holding the API token.")
+    batch_lines: int = Field(5000, description="Lines per write request.")
+    gzip: bool = Field(True, description="Compress write requests.")
+    timeout_s: float = Field(10.0, description="Per-request timeout.")
+    max_retries: int = Field(8, description="Retries on 429/5xx/timeouts before a batch is parked.")
+
+
+class EdgeSettings(BaseModel):
+    """The edge agent on a gateway."""
+
+    device_id: str = Field("demo-car-1", description="Device id = MQTT client id = certificate CN.")
+    broker_host: str = Field(
+        "127.0.0.1", description="MQTT broker host; must match its certificate."
+    )
+    broker_port: int = Field(8883, description="MQTT broker TLS port for devices.")
+    ca_file: Path | None = Field(
+        None, description="CA of the broker (default: the local stack's PKI)."
+    )
+    cert_file: Path | None = Field(
+        None, description="Device certificate (default: the local stack's PKI)."
+    )
+    key_file: Path | None = Field(
+        None, description="Device private key (default: the local stack's PKI)."
+    )
+    state_dir: Path = Field(
+        Path(".carpulse/edge"), description="Durable state (sequence numbers, queue)."
+    )
+    batch_max_samples: int = Field(5000, description="Samples per telemetry message at most.")
+    batch_max_interval_s: float = Field(1.0, description="Source-time span of one message at most.")
+
+
+class StreamSettings(BaseModel):
+    """The Faust app."""
+
+    app_id: str = Field("carpulse", description="Faust app id (consumer group and topic prefix).")
+    take_max: int = Field(
+        200, description="Kafka records per micro-batch (each holds many samples)."
+    )
+    take_within_s: float = Field(0.2, description="Longest wait to fill a micro-batch.")
+    web_port: int = Field(6066, description="Faust web server port (bound to localhost).")
+    measurement: str = Field("telemetry", description="InfluxDB measurement for signal samples.")
+
+
+class CarpulseSettings(BaseSettings):
+    """Every component's settings; each section is its own model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CARPULSE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    stack: StackSettings = StackSettings()
+    mqtt: MqttSettings = MqttSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    influx: InfluxSettings = InfluxSettings()
+    edge: EdgeSettings = EdgeSettings()
+    stream: StreamSettings = StreamSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier wins: init (the TOML file, passed by load_settings) is overridden by env.
+        return (env_settings, init_settings)
+
+
+def _secret_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get("secret"):
+            keys.add(prefix + name)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _secret_keys(ann, f"{prefix}{name}.")
+    return keys
+
+
+SECRET_KEYS = frozenset(_secret_keys(CarpulseSettings))
+
+
+def _flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def load_settings(config_file: Path | str | None = None) -> CarpulseSettings:
+    """Load settings: defaults < TOML (``config_file`` or ``$CARPULSE_CONFIG``) < environment."""
+    path = config_file or os.environ.get("CARPULSE_CONFIG")
+    doc: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            doc = tomllib.loads(p.read_text())
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file {p} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {p}: {err}") from err
+        secrets = sorted(SECRET_KEYS & set(_flatten(doc)))
+        if secrets:
+            raise ConfigError(
+                f"config file {p}: {', '.join(secrets)} is a secret; set it in the environment "
+                f"(e.g. CARPULSE_{secrets[0].upper().replace('.', '__')}) or use the *_file setting"
+            )
+    try:
+        return CarpulseSettings(**doc)
+    except ValidationError as err:
+        where = f"config file {path}" if path else "environment"
+        lines = [
+            f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        ]
+        raise ConfigError(f"invalid settings in {where}:\n" + "\n".join(lines)) from err
+
+
+def masked_dump(settings: CarpulseSettings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets replaced by ``'********'``."""
+    data = settings.model_dump(mode="json")
+    for key in SECRET_KEYS:
+        section, name = key.split(".", 1)
+        if data.get(section, {}).get(name) is not None:
+            data[section][name] = "********"
+    return data

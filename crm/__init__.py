@@ -1,0 +1,1 @@
+"""Customers, vehicles, members, coupons, consent, rules, audit (SQLAlchemy)."""

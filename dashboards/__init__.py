@@ -1,0 +1,1 @@
+"""The web app for call-centre agents and service advisors; Grafana JSON."""

@@ -1,0 +1,1 @@
+"""The edge agent: sources -> campaigns -> store-and-forward -> MQTT; commands; gate agent."""

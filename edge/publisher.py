@@ -1,0 +1,187 @@
+"""MQTT publishing for the edge agent: TLS with the device certificate, QoS 1, status and last will."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from core.config import CarpulseSettings
+from core.errors import ConfigError, PublishError
+from core.topics import check_device_id, device_topic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceMqtt:
+    """Where and how one device connects."""
+
+    device_id: str
+    host: str
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    keepalive_s: int = 30
+
+
+def device_mqtt_settings(s: CarpulseSettings, device_id: str) -> DeviceMqtt:
+    """The device's connection: explicit files from ``[edge]``, else the local stack's PKI."""
+    e = s.edge
+    check_device_id(device_id)
+    if e.cert_file and e.key_file and e.ca_file:
+        ca, cert, key = e.ca_file, e.cert_file, e.key_file
+    else:
+        from carpulse.pki import LocalPKI  # local runs only
+
+        pki = LocalPKI(Path(s.stack.data_dir) / "pki")
+        if not pki.ca_cert.exists():
+            raise ConfigError(
+                f"no certificates for {device_id}: set [edge] ca_file/cert_file/key_file, "
+                f"or run `carpulse stack up` to create a local PKI in {pki.root}"
+            )
+        cert, key = pki.device(device_id)
+        ca = pki.ca_cert
+    return DeviceMqtt(device_id, e.broker_host, e.broker_port, ca, cert, key)
+
+
+def _status(state: str, boot_id: str) -> bytes:
+    return json.dumps(
+        {"state": state, "boot_id": boot_id, "ts_us": int(time.time() * 1e6)}
+    ).encode()
+
+
+class MqttPublisher:
+    """A connected device: ``publish`` keeps at most ``window`` unacknowledged QoS 1 messages."""
+
+    def __init__(self, conf: DeviceMqtt, boot_id: str, window: int = 64) -> None:
+        self.conf = conf
+        self.boot_id = boot_id
+        self.window = window
+        self._pending: deque[mqtt.MQTTMessageInfo] = deque()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=conf.device_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self.client.max_inflight_messages_set(window)
+        self.client.max_queued_messages_set(0)
+        try:
+            self.client.tls_set(
+                ca_certs=str(conf.ca_file), certfile=str(conf.cert_file), keyfile=str(conf.key_file)
+            )
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"device {conf.device_id}: cannot load TLS files: {err}") from err
+        self.client.will_set(
+            device_topic(conf.device_id, "status"), _status("offline", boot_id), qos=1, retain=True
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.error(
+                "broker %s:%s refused %s: %s",
+                self.conf.host,
+                self.conf.port,
+                self.conf.device_id,
+                reason,
+            )
+            return
+        if self._connected.is_set():
+            return
+        log.info("connected to %s:%s as %s", self.conf.host, self.conf.port, self.conf.device_id)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
+        if self._connected.is_set():
+            log.warning("disconnected from %s:%s: %s", self.conf.host, self.conf.port, reason)
+        self._connected.clear()
+
+    def connect(self, timeout: float = 15.0, *, announce: bool = True) -> None:
+        where = f"{self.conf.host}:{self.conf.port}"
+        try:
+            self.client.connect(self.conf.host, self.conf.port, keepalive=self.conf.keepalive_s)
+        except ssl.SSLError as err:
+            raise PublishError(
+                f"TLS handshake with {where} failed for {self.conf.device_id}: {err}"
+            ) from err
+        except OSError as err:
+            raise PublishError(f"cannot reach the MQTT broker at {where}: {err}") from err
+        self.client.loop_start()
+        deadline = time.monotonic() + timeout
+        while not self._connected.wait(0.1):
+            if self._refused or time.monotonic() > deadline:
+                self.client.loop_stop()
+                why = self._refused or f"no CONNACK within {timeout:.0f}s"
+                raise PublishError(f"broker at {where} refused device {self.conf.device_id}: {why}")
+        if announce:
+            self.publish(
+                device_topic(self.conf.device_id, "status"),
+                _status("online", self.boot_id),
+                retain=True,
+            )
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 30.0
+    ) -> None:
+        while len(self._pending) >= self.window:
+            self._wait_oldest(timeout)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        self._pending.append(info)
+
+    def _wait_oldest(self, timeout: float) -> None:
+        info = self._pending[0]
+        deadline = time.monotonic() + timeout
+        while not info.is_published():
+            if time.monotonic() > deadline:
+                raise PublishError(
+                    f"no PUBACK from {self.conf.host}:{self.conf.port} within {timeout:.0f}s"
+                )
+            time.sleep(0.001)
+        self._pending.popleft()
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every published message has its PUBACK."""
+        while self._pending:
+            self._wait_oldest(timeout)
+
+    def close(self) -> None:
+        try:
+            if self._connected.is_set():
+                self.publish(
+                    device_topic(self.conf.device_id, "status"),
+                    _status("offline", self.boot_id),
+                    retain=True,
+                )
+                self.flush(5)
+        finally:
+            self._connected.clear()
+            self.client.disconnect()
+            self.client.loop_stop()
+
+
+def probe(conf: DeviceMqtt, device_id: str) -> str | None:
+    """Connect once and disconnect; ``None`` if fine, else what is wrong."""
+    try:
+        pub = MqttPublisher(conf, boot_id="doctor")
+        pub.connect(timeout=5, announce=False)
+        pub.client.disconnect()
+        pub.client.loop_stop()
+    except (PublishError, ConfigError) as err:
+        return str(err)
+    return None

@@ -1,0 +1,1 @@
+"""Numba kernels, detectors, maintenance estimators, ONNX models and their training/eval."""

@@ -1,0 +1,1 @@
+"""The one Faust app: ingest bridge, agents, tables, sinks (InfluxDB), alerts."""

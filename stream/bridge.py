@@ -1,0 +1,217 @@
+"""MQTT -> Kafka ingest bridge.
+
+Subscribes with QoS 1 (shared subscription, persistent session) to every device's telemetry,
+events and status, checks each message against the wire contract and produces it to Kafka keyed
+by device id. An MQTT message is acknowledged (PUBACK) only after Kafka acknowledged the record,
+so a bridge that dies loses nothing: the broker redelivers what was not acknowledged. Invalid
+messages go to the dead-letter topic with the reason in the headers, then are acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from core.config import CarpulseSettings
+from core.errors import ConfigError, PublishError, WireError
+from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
+from core.wire import decode_event, decode_telemetry
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("telemetry", "events", "status", "cmd-ack")
+
+
+@dataclass
+class BridgeCounters:
+    received: int = 0
+    forwarded: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def validate(topic: str, payload: bytes) -> tuple[str, str]:
+    """Check one MQTT message; return ``(kafka_topic, device_id)`` or raise ``WireError``."""
+    device_id, channel = parse_topic(topic)
+    if channel == "telemetry":
+        batch = decode_telemetry(payload)
+        if batch.device_id != device_id:
+            raise WireError(
+                "device_mismatch", f"batch says {batch.device_id!r}, topic {device_id!r}"
+            )
+    elif channel == "events":
+        event = decode_event(payload)
+        if event.device_id != device_id:
+            raise WireError(
+                "device_mismatch", f"event says {event.device_id!r}, topic {device_id!r}"
+            )
+    elif channel not in KAFKA_BY_CHANNEL:
+        raise WireError("bad_topic", f"channel {channel!r} is not bridged")
+    return KAFKA_BY_CHANNEL[channel], device_id
+
+
+async def ensure_topics(
+    bootstrap: str, partitions: int, replication: int, names: list[str]
+) -> None:
+    """Create topics that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, partitions, replication) for n in names if n not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class IngestBridge:
+    """One bridge instance; several may share the load through the MQTT shared subscription."""
+
+    def __init__(self, settings: CarpulseSettings, name: str = "bridge-1") -> None:
+        self.s = settings
+        self.name = name
+        self.counters = BridgeCounters()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._connected = threading.Event()
+        self._stop = asyncio.Event()
+        self._refused: str | None = None
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        m = self.s.mqtt
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"carpulse-{self.name}",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        if m.ca_file is None:
+            raise ConfigError("mqtt.ca_file is not set: the bridge connects over TLS only")
+        try:
+            client.tls_set(ca_certs=str(m.ca_file))
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"mqtt.ca_file {m.ca_file}: {err}") from err
+        client.username_pw_set(m.username, m.resolved_password())
+        client.max_inflight_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # paho callbacks run in paho's network thread ---------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
+        if reason.is_failure:
+            self._refused = str(reason)
+            log.error("MQTT broker refused bridge %s: %s", self.name, reason)
+            return
+        subs = [(subscription(ch, self.s.mqtt.share_group), 1) for ch in CHANNELS]
+        client.subscribe(subs)
+        log.info("bridge %s connected to MQTT and subscribed", self.name)
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
+        if self._connected.is_set():
+            log.warning("bridge %s lost MQTT: %s (paho reconnects)", self.name, reason)
+        self._connected.clear()
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(
+            self._forward(msg.topic, bytes(msg.payload)), self._loop
+        )
+        mid, qos = msg.mid, msg.qos
+
+        def done(f: Any) -> None:
+            if f.exception() is None:
+                client.ack(mid, qos)
+            else:  # Kafka down: leave unacknowledged; the broker redelivers after reconnect
+                log.error(
+                    "bridge %s could not hand a message to Kafka: %s", self.name, f.exception()
+                )
+
+        fut.add_done_callback(done)
+
+    # asyncio side --------------------------------------------------------------------------------
+    async def _forward(self, topic: str, payload: bytes) -> None:
+        assert self._producer is not None
+        self.counters.received += 1
+        try:
+            kafka_topic, device_id = validate(topic, payload)
+        except WireError as err:
+            self.counters.dead_lettered += 1
+            self.counters.reasons[err.reason] = self.counters.reasons.get(err.reason, 0) + 1
+            headers = [
+                ("reason", err.reason.encode()),
+                ("detail", err.detail[:500].encode()),
+                ("mqtt_topic", topic.encode()),
+            ]
+            await self._producer.send_and_wait(KAFKA_DEADLETTER, payload, headers=headers)
+            return
+        await self._producer.send_and_wait(kafka_topic, payload, key=device_id.encode())
+        self.counters.forwarded += 1
+
+    async def start(self) -> None:
+        k = self.s.kafka
+        self._loop = asyncio.get_running_loop()
+        await ensure_topics(
+            k.bootstrap, k.partitions, k.replication, [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER]
+        )
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=k.bootstrap,
+            acks="all" if k.acks == "all" else int(k.acks),
+            linger_ms=k.linger_ms,
+            max_request_size=16 * 1024 * 1024,
+            enable_idempotence=False,
+        )
+        try:
+            await self._producer.start()
+        except KafkaError as err:
+            raise PublishError(f"cannot reach Kafka at {k.bootstrap}: {err}") from err
+        m = self.s.mqtt
+        try:
+            self.client.connect(m.host, m.port, keepalive=m.keepalive_s)
+        except (OSError, ssl.SSLError) as err:
+            await self._producer.stop()
+            raise PublishError(f"bridge cannot reach MQTT at {m.host}:{m.port}: {err}") from err
+        self.client.loop_start()
+        for _ in range(150):
+            if self._connected.is_set():
+                return
+            if self._refused:
+                break
+            await asyncio.sleep(0.1)
+        await self.stop()
+        raise PublishError(
+            f"MQTT broker at {m.host}:{m.port} refused the bridge: {self._refused or 'timeout'}"
+        )
+
+    async def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,78 @@
+"""Running pipeline processes against the test stack and querying InfluxDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from carpulse.stack import Stack, free_port
+
+
+def pipeline_env(stack: Stack, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["CARPULSE_CONFIG"] = str(stack.config_file)
+    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-test-{uuid.uuid4().hex[:8]}"
+    env["CARPULSE_STREAM__WEB_PORT"] = str(free_port())
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def pipeline(stack: Stack, log_dir: Path, **extra: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The ingest bridge and the Faust worker as real processes; stopped on exit."""
+    env = pipeline_env(stack, **extra)
+    procs = []
+    for name, args in (("bridge", ["stream", "bridge"]), ("worker", ["stream", "worker"])):
+        with open(log_dir / f"{name}.log", "wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "carpulse", *args],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def influx_query(stack: Stack, q: str, db: str = "carpulse") -> list[dict[str, Any]]:
+    """Run an InfluxQL query; returns the series of the first statement."""
+    url = f"http://{stack.s.host}:{stack.s.influx_port}/query?" + urllib.parse.urlencode(
+        {"db": db, "q": q, "epoch": "u"}
+    )
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        doc = json.load(resp)
+    result = doc["results"][0]
+    if "error" in result:
+        raise AssertionError(f"InfluxQL error: {result['error']}")
+    return result.get("series", [])  # type: ignore[no-any-return]
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
