@@ -1,9 +1,8 @@
-"""Benchmarks: ``carpulse bench NAME --json``. Each prints one JSON object with ours, the baseline
-measured in the same run, and their ratio. Plugins register here as ``name -> "module:function"``."""
+"""Benchmarks of the foundation (``carpulse bench wire``) and helpers shared by every benchmark."""
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import json
 import statistics
 from collections.abc import Callable
@@ -12,32 +11,26 @@ from typing import Any
 
 from core.errors import ConfigError
 
-REGISTRY: dict[str, str] = {
-    "wire": "carpulse.bench:bench_wire",
-}
-
-
-def run(name: str, **kwargs: Any) -> dict[str, Any]:
-    try:
-        target = REGISTRY[name]
-    except KeyError as err:
-        raise ConfigError(
-            f"unknown benchmark {name!r}; known: {', '.join(sorted(REGISTRY))}"
-        ) from err
-    module, _, attr = target.partition(":")
-    fn: Callable[..., dict[str, Any]] = getattr(importlib.import_module(module), attr)
-    return fn(**kwargs)
-
 
 def median_of(fn: Callable[[], float], repeat: int) -> float:
     """Median of ``repeat`` measurements (machines are shared and noisy)."""
     return statistics.median(fn() for _ in range(max(1, repeat)))
 
 
-def bench_wire(
-    data: Path | None = None, batch_samples: int = 5000, batch_seconds: float = 1.0, **_: Any
-) -> dict[str, Any]:
+def bench_wire(argv: list[str]) -> dict[str, Any]:
     """Bytes per sample of the wire encoding against naive JSON on batches from the real logs."""
+    ap = argparse.ArgumentParser(prog="carpulse bench wire")
+    ap.add_argument(
+        "--data", type=Path, default=None, help="canlogs folder (default ../shared/data/canlogs)"
+    )
+    ap.add_argument("--batch-samples", type=int, default=5000)
+    ap.add_argument("--batch-seconds", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    return wire_figures(args.data, args.batch_samples, args.batch_seconds)
+
+
+def wire_figures(data: Path | None, batch_samples: int, batch_seconds: float) -> dict[str, Any]:
+    """The figures of ``bench wire`` (deterministic: sizes, not times)."""
     from carpulse.datasets import canlog_dir, car_logs
     from core.wire import TelemetryBatch, encode_telemetry, split_by_time
     from firmware_bridge.dbc import CantoolsDecoder, load_dbc

@@ -182,33 +182,56 @@ def stream_worker(loglevel: str = "warn") -> None:
     run_worker(settings(), loglevel=loglevel)
 
 
-# ----- bench / eval / demo -------------------------------------------------------------------
-@app.command("bench")
+# ----- bench / eval / tools (plugins parse their own arguments) -----------------------------
+_FORWARD = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _run_plugin(
+    registry_name: str, kind: str, name: str, ctx: typer.Context, as_json: bool
+) -> None:
+    from carpulse import plugins
+
+    registry = getattr(plugins, registry_name)
+    fn = plugins.load(registry, kind, name)
+    try:
+        result = fn(list(ctx.args))
+    except SystemExit as exc:  # argparse --help or a usage error already printed its message
+        raise typer.Exit(exc.code if isinstance(exc.code, int) else 2) from None
+    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+
+@app.command("bench", context_settings=_FORWARD)
 def bench(
-    name: Annotated[str, typer.Argument(help="Benchmark name, e.g. 'wire'.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    data: Annotated[
-        Path | None, typer.Option(help="Data folder (default ../shared/data/...).")
-    ] = None,
-    repeat: Annotated[int, typer.Option(help="Runs to take the median of.")] = 3,
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="wire, decode, obd, kernels, ... (NAME --help for options)")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
 ) -> None:
     """Run a benchmark: ours and the baseline in the same run, and their ratio."""
-    from carpulse import bench as benches
-
-    result = benches.run(name, data=data, repeat=repeat)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+    _run_plugin("BENCHMARKS", "benchmark", name, ctx, as_json)
 
 
-@app.command("eval")
+@app.command("eval", context_settings=_FORWARD)
 def evaluate(
-    name: Annotated[str, typer.Argument(help="Evaluation name.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(help="nab, cmapss, can-ids, ... (NAME --help for options)")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
 ) -> None:
-    """Run an evaluation on public data (evaluations arrive with the models issue)."""
-    from carpulse import evals
+    """Run an evaluation on public data."""
+    _run_plugin("EVALUATIONS", "evaluation", name, ctx, as_json)
 
-    result = evals.run(name)
-    typer.echo(json.dumps(result) if as_json else json.dumps(result, indent=2))
+
+@app.command("obd", context_settings=_FORWARD)
+def obd(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="OBD-II tool, e.g. 'scan' (NAME --help for options)")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+) -> None:
+    """OBD-II over an ELM327 adapter (read-only)."""
+    _run_plugin("TOOLS_OBD", "OBD-II command", name, ctx, as_json)
 
 
 @app.command("demo")

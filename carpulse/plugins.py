@@ -1,0 +1,46 @@
+"""Name -> ``"module:function"`` registries for benchmarks, evaluations and tool commands.
+
+A plugin function takes the remaining command-line arguments (``argv``), parses them itself
+(argparse) and returns one JSON-able dict. Modules are imported only when their name is used,
+so a missing optional dependency never breaks the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import ConfigError
+
+BENCHMARKS: dict[str, str] = {
+    "wire": "carpulse.bench:bench_wire",
+    "decode": "firmware_bridge.bench:bench_decode",
+    "obd": "firmware_bridge.obd.bench:bench_obd",
+    "kernels": "models.bench:bench_kernels",
+}
+
+EVALUATIONS: dict[str, str] = {
+    "nab": "models.evals.nab:main",
+    "cmapss": "models.evals.cmapss:main",
+    "can-ids": "models.evals.can_ids:main",
+}
+
+
+TOOLS_OBD: dict[str, str] = {
+    "scan": "firmware_bridge.obd.cli:scan",
+}
+
+
+def load(registry: dict[str, str], kind: str, name: str) -> Callable[[list[str]], dict[str, Any]]:
+    try:
+        target = registry[name]
+    except KeyError as err:
+        raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}") from err
+    module, _, attr = target.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise ConfigError(f"{kind} {name!r} is not available: {err}") from err
+    fn: Callable[[list[str]], dict[str, Any]] = getattr(mod, attr)
+    return fn
