@@ -1,0 +1,1 @@
+"""Evaluations of the models on public benchmarks (``carpulse eval NAME``)."""
