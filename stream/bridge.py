@@ -200,6 +200,7 @@ class IngestBridge:
         )
 
     async def stop(self) -> None:
+        self._connected.clear()
         self.client.disconnect()
         self.client.loop_stop()
         if self._producer is not None:

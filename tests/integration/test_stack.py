@@ -1,0 +1,60 @@
+"""The local stack: idempotent start, health, and one clear message for each way it can go wrong."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from carpulse.stack import Stack, free_port
+from core.config import StackSettings
+from core.errors import StackError
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_is_idempotent_and_healthy(local_stack: Stack) -> None:
+    pids = {s.name: s.pid for s in local_stack.status()}
+    again = local_stack.up()
+    assert all(s.healthy for s in again), again
+    assert {s.name: s.pid for s in again} == pids  # nothing restarted
+
+
+def test_port_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        stack = Stack(
+            StackSettings(
+                data_dir=tmp_path,
+                mqtt_device_port=free_port(),
+                mqtt_service_port=port,
+                kafka_port=free_port(),
+                influx_port=free_port(),
+                influx_rpc_port=free_port(),
+            )
+        )
+        with pytest.raises(StackError, match=rf"mosquitto: port 127\.0\.0\.1:{port} is in use"):
+            stack.up()
+        stack.down()
+
+
+def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
+    stack = Stack(
+        StackSettings(
+            data_dir=tmp_path,
+            mqtt_device_port=free_port(),
+            mqtt_service_port=free_port(),
+            kafka_port=free_port(),
+            influx_port=free_port(),
+            influx_rpc_port=free_port(),
+            influxd_bin="/nonexistent/influxd",
+        )
+    )
+    try:
+        with pytest.raises(StackError, match=r"apt-get install -y influxdb"):
+            stack.up()
+    finally:
+        stack.down()
