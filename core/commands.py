@@ -1,0 +1,293 @@
+"""Wire format of signed device commands (cloud -> device on ``cmd/<name>``) and their acks (``cmd-ack``).
+
+A command is a JSON *body* signed as it is sent, like a JWS: the signature covers the exact body
+bytes, so no canonical re-serialisation is needed on the device::
+
+    payload = {"v": 1, "alg": "ed25519", "body": base64url(body_bytes), "sig": base64url(signature)}
+    body    = {"id": "9f0c...", "device": "car-1", "name": "lock", "args": {...},
+               "iat": 1767000000.0, "exp": 1767000060.0, "nonce": "b1946ac92492d2347c6235b4d2611184"}
+    signed  = SIGNING_CONTEXT + body_bytes      # domain separation: these bytes sign nothing else
+
+``iat``/``exp`` are Unix seconds; ``nonce`` is 16 to 64 hex characters and never reused (the device
+remembers nonces until they expire). The ack the device publishes on ``cmd-ack`` is small JSON::
+
+    {"v": 1, "id": "9f0c..." | null, "name": "lock" | null, "status": "accepted|refused|failed",
+     "reason": "ok|unsigned|bad_signature|expired|...", "detail": "...", "ts_us": ..., "result": {...}}
+
+This module holds only the format and argument checks; signing needs ``cryptography`` and lives
+in ``edge.signing``. Every malformed input raises :class:`~core.errors.WireError` with a reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from core.errors import WireError
+from core.topics import check_device_id
+
+COMMAND_VERSION: Final = 1
+SIGNING_CONTEXT: Final = b"carpulse-command-v1\x00"
+ALG_ED25519: Final = "ed25519"
+MAX_PAYLOAD: Final = 64 * 1024
+NONCE_RE: Final = re.compile(r"^[0-9a-f]{16,64}$")
+ID_RE: Final = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+# The commands a device understands; an agent may implement a subset (its allowlist).
+COMMANDS: Final[dict[str, str]] = {
+    "navigate": "push a navigation destination: {address} or {lat, lon}, optional {label}",
+    "lock": "lock the doors",
+    "unlock": "unlock the doors",
+    "read_dtcs": "read the diagnostic trouble codes (OBD-II mode 03/07)",
+    "clear_dtcs": "clear the DTCs (OBD-II mode 04; needs a write authorisation): optional {vin}",
+    "replace_campaign": "replace the collection campaigns: {campaign: {...}} with a version",
+    "reload_config": "re-read the agent's configuration file",
+}
+
+AckStatus = Literal["accepted", "refused", "failed"]
+
+# Refusal reasons, in the order the device checks them.
+REASONS: Final[tuple[str, ...]] = (
+    "malformed",  # not a command payload at all
+    "unsigned",  # no signature
+    "bad_signature",  # forged or tampered
+    "wrong_device",  # signed for another device
+    "topic_mismatch",  # body name differs from the topic's cmd/<name>
+    "not_yet_valid",  # issued in the future beyond the allowed clock skew
+    "expired",
+    "ttl_too_long",  # exp - iat above the device's limit (keeps the nonce store bounded)
+    "unknown_command",
+    "not_allowed",  # known but not on this device's allowlist
+    "replayed",
+    "bad_args",
+    "handler_failed",  # status "failed": verified, but carrying it out went wrong
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandBody:
+    """A decoded, not yet verified, command body."""
+
+    id: str
+    device: str
+    name: str
+    args: dict[str, Any]
+    iat: float
+    exp: float
+    nonce: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "device": self.device,
+                "name": self.name,
+                "args": self.args,
+                "iat": self.iat,
+                "exp": self.exp,
+                "nonce": self.nonce,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+            allow_nan=False,
+        ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCommand:
+    """A command payload split into the signed bytes, the signature and the decoded body."""
+
+    alg: str
+    body_bytes: bytes
+    signature: bytes
+    body: CommandBody
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The device's answer to one command."""
+
+    status: AckStatus
+    reason: str
+    id: str | None = None
+    name: str | None = None
+    detail: str = ""
+    result: dict[str, Any] = field(default_factory=dict)
+    ts_us: int = 0
+
+
+def b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str, what: str) -> bytes:
+    if not isinstance(text, str) or len(text) > MAX_PAYLOAD * 2:
+        raise WireError("malformed", f"{what} is not a base64url string")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as err:
+        raise WireError("malformed", f"{what} is not base64url: {err}") from err
+
+
+def signing_input(body_bytes: bytes) -> bytes:
+    """The exact bytes a command signature covers."""
+    return SIGNING_CONTEXT + body_bytes
+
+
+def _field(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in doc:
+        raise WireError("malformed", f"command body has no {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise WireError("malformed", f"command field {key!r} has the wrong type")
+    return value
+
+
+def parse_body(body_bytes: bytes) -> CommandBody:
+    """Decode and type-check a command body (does not verify anything)."""
+    try:
+        doc = json.loads(body_bytes)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise WireError("malformed", f"command body is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise WireError("malformed", "command body is not a JSON object")
+    cid = _field(doc, "id", str)
+    if not ID_RE.match(cid):
+        raise WireError("malformed", "command id must be 1-64 of [0-9A-Za-z_-]")
+    device = _field(doc, "device", str)
+    name = _field(doc, "name", str)
+    args = _field(doc, "args", dict)
+    iat = float(_field(doc, "iat", (int, float)))
+    exp = float(_field(doc, "exp", (int, float)))
+    nonce = _field(doc, "nonce", str)
+    if not NONCE_RE.match(nonce):
+        raise WireError("malformed", "nonce must be 16-64 lower-case hex characters")
+    if not (math.isfinite(iat) and math.isfinite(exp)):
+        raise WireError("malformed", "iat and exp must be finite")
+    return CommandBody(cid, device, name, args, iat, exp, nonce)
+
+
+def pack_command(alg: str, body_bytes: bytes, signature: bytes) -> bytes:
+    """The payload published on ``cmd/<name>``."""
+    return json.dumps(
+        {"v": COMMAND_VERSION, "alg": alg, "body": b64e(body_bytes), "sig": b64e(signature)},
+        separators=(",", ":"),
+    ).encode()
+
+
+def unpack_command(payload: bytes) -> SignedCommand:
+    """Split a ``cmd/<name>`` payload (``WireError('malformed')`` when it is not one).
+
+    An unsigned command comes back with an empty ``signature`` and ``alg``.
+    """
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise WireError("malformed", "payload is not bytes")
+    if len(payload) > MAX_PAYLOAD:
+        raise WireError("malformed", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    try:
+        doc = json.loads(bytes(payload))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise WireError("malformed", f"payload is not JSON: {err}") from err
+    if not isinstance(doc, dict):
+        raise WireError("malformed", "payload is not a JSON object")
+    if doc.get("v") != COMMAND_VERSION:
+        raise WireError("malformed", f"unknown command version {doc.get('v')!r}")
+    if "body" not in doc:
+        raise WireError("malformed", "payload has no body")
+    body_bytes = b64d(doc["body"], "body")
+    body = parse_body(body_bytes)
+    # A missing signature is reported by the verifier as "unsigned", with the body's id.
+    sig_text = doc.get("sig")
+    alg = doc.get("alg")
+    if sig_text in (None, "") or not isinstance(alg, str):
+        return SignedCommand("", body_bytes, b"", body)
+    return SignedCommand(alg, body_bytes, b64d(sig_text, "sig"), body)
+
+
+def new_body(
+    device_id: str,
+    name: str,
+    args: dict[str, Any],
+    ttl_s: float,
+    nonce: str,
+    command_id: str,
+    now: float | None = None,
+) -> CommandBody:
+    """A fresh body valid from now for ``ttl_s`` seconds (the signer's side)."""
+    check_device_id(device_id)
+    if not NAME_RE.match(name):
+        raise ValueError(f"bad command name {name!r}")
+    if not NONCE_RE.match(nonce):
+        raise ValueError("nonce must be 16-64 lower-case hex characters")
+    if not ttl_s > 0:
+        raise ValueError("ttl_s must be positive")
+    t = time.time() if now is None else now
+    return CommandBody(command_id, device_id, name, dict(args), t, t + ttl_s, nonce)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_args(name: str, args: dict[str, Any]) -> None:
+    """Raise ``WireError('bad_args', ...)`` when ``args`` do not fit command ``name``."""
+    if name == "navigate":
+        has_addr = isinstance(args.get("address"), str) and 0 < len(args["address"]) <= 500
+        has_pos = _finite(args.get("lat")) and _finite(args.get("lon"))
+        if not (has_addr or has_pos):
+            raise WireError("bad_args", "navigate needs an address (1-500 chars) or lat and lon")
+        if has_pos and not (-90 <= args["lat"] <= 90 and -180 <= args["lon"] <= 180):
+            raise WireError("bad_args", "lat must be in [-90, 90] and lon in [-180, 180]")
+    elif name == "clear_dtcs":
+        vin = args.get("vin")
+        if vin is not None and not (isinstance(vin, str) and len(vin) == 17):
+            raise WireError("bad_args", "vin must be a 17-character string")
+    elif name == "replace_campaign":
+        campaign = args.get("campaign")
+        if not isinstance(campaign, dict) or not campaign:
+            raise WireError("bad_args", "replace_campaign needs a non-empty campaign object")
+
+
+def encode_ack(ack: Ack) -> bytes:
+    return json.dumps(
+        {
+            "v": COMMAND_VERSION,
+            "id": ack.id,
+            "name": ack.name,
+            "status": ack.status,
+            "reason": ack.reason,
+            "detail": ack.detail,
+            "ts_us": ack.ts_us,
+            "result": ack.result,
+        },
+        separators=(",", ":"),
+        default=str,  # a handler's result may hold dates or paths: never fail the ack on them
+    ).encode()
+
+
+def decode_ack(payload: bytes) -> Ack:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise WireError("malformed", f"ack is not JSON: {err}") from err
+    if not isinstance(doc, dict) or doc.get("v") != COMMAND_VERSION:
+        raise WireError("malformed", "ack is not a version-1 JSON object")
+    status = doc.get("status")
+    if status not in ("accepted", "refused", "failed"):
+        raise WireError("malformed", f"unknown ack status {status!r}")
+    return Ack(
+        status=status,
+        reason=str(doc.get("reason", "")),
+        id=doc.get("id"),
+        name=doc.get("name"),
+        detail=str(doc.get("detail", "")),
+        result=doc.get("result") or {},
+        ts_us=int(doc.get("ts_us") or 0),
+    )
