@@ -25,8 +25,9 @@ from rich.live import Live
 from rich.table import Table
 
 from carpulse.datasets import canlog_dir
-from carpulse.stack import Stack
+from carpulse.stack import Stack, port_in_use
 from core.config import CarpulseSettings, load_settings
+from core.errors import StackError
 from core.topics import device_topic
 from core.wire import Samples, TelemetryBatch, encode_telemetry
 from edge.publisher import MqttPublisher, device_mqtt_settings
@@ -140,12 +141,24 @@ def _replay_loop(vehicle: Vehicle, log: Path, dbc: Path, stop: threading.Event) 
                 vehicle.stats.error = str(err)[:60]
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) -> None:
+    # Ctrl-C and SIGTERM both stop everything cleanly (even when started with SIGINT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     stack = Stack(settings.stack)
     console.rule("[bold]carpulse demo")
     console.print("starting the local stack (Mosquitto TLS, Tansu, InfluxDB 1.x, CRM SQLite)...")
     stack.up(progress=lambda m: console.print(f"  {m}"))
     s = load_settings(stack.config_file)
+    if port_in_use(s.stack.host, s.stream.web_port):
+        raise StackError(
+            f"port {s.stack.host}:{s.stream.web_port} (Faust web) is in use: is another carpulse worker "
+            "running? Stop it, or set CARPULSE_STREAM__WEB_PORT"
+        )
     logs = stack.root / "logs"
     logs.mkdir(exist_ok=True)
     env = dict(os.environ, CARPULSE_CONFIG=str(stack.config_file))
@@ -198,7 +211,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                 live.update(_table(fleet, count, started))
                 for p in procs:
                     if p.poll() is not None:
-                        raise RuntimeError(
+                        raise StackError(
                             f"a pipeline process exited (code {p.returncode}); see {logs}"
                         )
                 time.sleep(max(0.0, 1.0 - (time.time() - tick)))

@@ -66,6 +66,11 @@ pattern read carpulse/v1/%u/cmd/#
 """
 
 
+def port_in_use(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
+    return _port_open(host, port, timeout)
+
+
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
