@@ -167,9 +167,15 @@ class IngestBridge:
     async def start(self) -> None:
         k = self.s.kafka
         self._loop = asyncio.get_running_loop()
-        await ensure_topics(
-            k.bootstrap, k.partitions, k.replication, [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER]
-        )
+        try:
+            await ensure_topics(
+                k.bootstrap,
+                k.partitions,
+                k.replication,
+                [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER],
+            )
+        except KafkaError as err:
+            raise PublishError(f"cannot reach Kafka at {k.bootstrap}: {err}") from err
         self._producer = AIOKafkaProducer(
             bootstrap_servers=k.bootstrap,
             acks="all" if k.acks == "all" else int(k.acks),
