@@ -72,45 +72,44 @@ def _hst_loop(
     size_limit = 0.1 * window_size
     for i in range(slots.shape[0]):
         s = slots[i]
-        if score:
-            if first_window[s]:
-                out[i] = -1
-            else:
-                # Integer mass, exact; the wrapper divides outside numba (fastmath's arcp would
-                # turn the division into a reciprocal multiply, one ulp off River's score).
-                total = 0
-                for t in range(n_trees):
-                    node = 0
-                    depth_pow = 1
-                    stopped = False
-                    for _ in range(height):
-                        r = r_mass[s, t, node]
-                        total += r * depth_pow
-                        if r < size_limit:
-                            stopped = True
+        scoring = score and not first_window[s]
+        if score and not scoring:
+            out[i] = -1
+        total = 0
+        for t in range(n_trees):
+            # One walk serves both: River's score walk and its learn walk pick the same children
+            # (the learn walk bumps a node before looking at its children, whose masses the
+            # choice reads), so scoring reads r_mass until it stops and learning bumps l_mass.
+            node = 0
+            depth_pow = 1
+            live = scoring
+            for _ in range(height):
+                if live:
+                    r = r_mass[s, t, node]
+                    total += r * depth_pow
+                    if r < size_limit:
+                        live = False
+                        if not learn:
                             break
-                        v = x[i, feature[t, node]]
-                        left = 2 * node + 1
-                        if v != v:  # missing feature: River's KeyError branch, heavier child
-                            node = left + 1 if l_mass[s, t, left] < l_mass[s, t, left + 1] else left
-                        else:
-                            node = left if v < threshold[t, node] else left + 1
-                        depth_pow *= 2
-                    if not stopped:
-                        total += r_mass[s, t, node] * depth_pow
-                out[i] = total
-        if learn:
-            for t in range(n_trees):
-                node = 0
-                for _ in range(height):
+                    depth_pow *= 2
+                if learn:
                     l_mass[s, t, node] += 1
-                    v = x[i, feature[t, node]]
-                    left = 2 * node + 1
-                    if v != v:
-                        node = left + 1 if l_mass[s, t, left] < l_mass[s, t, left + 1] else left
-                    else:
-                        node = left if v < threshold[t, node] else left + 1
-                l_mass[s, t, node] += 1
+                v = x[i, feature[t, node]]
+                left = 2 * node + 1
+                if v != v:  # missing feature: River's KeyError branch, heavier child
+                    node = left + 1 if l_mass[s, t, left] < l_mass[s, t, left + 1] else left
+                else:
+                    node = left + (v >= threshold[t, node])
+            else:
+                if live:
+                    total += r_mass[s, t, node] * depth_pow
+                if learn:
+                    l_mass[s, t, node] += 1
+        if scoring:
+            # Integer mass, exact; the wrapper divides outside numba (fastmath's arcp would
+            # turn the division into a reciprocal multiply, one ulp off River's score).
+            out[i] = total
+        if learn:
             counter[s] += 1
             if counter[s] == window_size:
                 r_mass[s] = l_mass[s]

@@ -1,0 +1,150 @@
+"""``carpulse bench kernels``: samples/s of each detector kernel against River and vectorised NumPy."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from carpulse.bench import median_of
+
+
+def _rate(fn: Callable[[], object], n: int, repeat: int) -> float:
+    def once() -> float:
+        t0 = time.perf_counter()
+        fn()
+        return n / (time.perf_counter() - t0)
+
+    return median_of(once, repeat)
+
+
+def _cold(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return round(time.perf_counter() - t0, 3)
+
+
+def bench_kernels(argv: list[str]) -> dict[str, Any]:
+    """Per detector: samples/s (median of --repeat runs), River's and NumPy's in the same run."""
+    ap = argparse.ArgumentParser(prog="carpulse bench kernels")
+    ap.add_argument("--slots", type=int, default=4096, help="entities (vehicle x signal)")
+    ap.add_argument("--samples", type=int, default=4_000_000, help="samples per z-score/CUSUM run")
+    ap.add_argument("--hst-samples", type=int, default=400_000)
+    ap.add_argument("--river-samples", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from models.kernels import CrossSignalResidual, Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
+    from models.kernels.hst import hst_numpy
+    from models.kernels.zscore import zscore_numpy
+
+    rng = np.random.default_rng(args.seed)
+    n, n_slots, rep = args.samples, args.slots, args.repeat
+    steps = n // n_slots
+    n = steps * n_slots
+    slots = np.tile(np.arange(n_slots, dtype=np.int64), steps)
+    x = rng.normal(size=n)
+    small = (slots[:1000], x[:1000])
+    out: dict[str, Any] = {"slots": n_slots, "repeat": rep, "compile_s": {}}
+
+    # Cold start: the first call of each kernel compiles it (cache off: CARPULSE_NUMBA_CACHE=0).
+    comp = out["compile_s"]
+    comp["robust_zscore"] = _cold(lambda: RobustZScore().score_learn_many(*small))
+    comp["cusum"] = _cold(lambda: Cusum().score_learn_many(*small))
+    comp["page_hinkley"] = _cold(lambda: PageHinkley().update_many(*small))
+    comp["half_space_trees"] = _cold(
+        lambda: HalfSpaceTrees(3, seed=1).score_learn_many(small[0], rng.random((1000, 3)))
+    )
+    comp["cross_signal_residual"] = _cold(
+        lambda: CrossSignalResidual(2).score_learn_many(
+            small[0], rng.normal(size=(1000, 2)), small[1]
+        )
+    )
+
+    # Robust z-score: ours, NumPy over all slots per step, River EWMean/EWVar per sample.
+    z = RobustZScore(alpha=0.01, n_slots=n_slots)
+    ours = _rate(lambda: z.score_learn_many(slots, x), n, rep)
+    xm = x.reshape(steps, n_slots)
+    npy = _rate(lambda: zscore_numpy(xm, 0.01, 3.0, 30), n, max(1, rep // 2))
+    from river import stats
+
+    def river_z() -> None:
+        m, v = stats.EWMean(0.01), stats.EWVar(0.01)
+        for val in x[: args.river_samples].tolist():
+            sd = v.get() ** 0.5
+            _ = (val - m.get()) / sd if sd > 0 else 0.0
+            m.update(val)
+            v.update(val)
+
+    riv = _rate(river_z, args.river_samples, max(1, rep // 2))
+    out["robust_zscore"] = _row(ours, riv, npy, z.state.bytes_per_slot())
+
+    c = Cusum(n_slots=n_slots)
+    out["cusum"] = _row(_rate(lambda: c.score_learn_many(slots, x), n, rep), None, None,
+                        c.state.bytes_per_slot())  # fmt: skip
+
+    ph = PageHinkley(n_slots=n_slots)
+    ours = _rate(lambda: ph.update_many(slots, x), n, rep)
+    from river import drift
+
+    def river_ph() -> None:
+        d = drift.PageHinkley()
+        for val in x[: args.river_samples].tolist():
+            d.update(val)
+
+    riv = _rate(river_ph, args.river_samples, max(1, rep // 2))
+    out["page_hinkley"] = _row(ours, riv, None, ph.state.bytes_per_slot())
+
+    # Half-Space Trees with River's defaults (10 trees, height 8, window 250), 3 features.
+    nh = args.hst_samples
+    xh = rng.random((nh, 3))
+    h1 = HalfSpaceTrees(3, seed=7)
+    ours1 = _rate(lambda: h1.score_learn_many(np.zeros(nh, np.int64), xh), nh, rep)
+    hs_slots = 256
+    hsteps = nh // hs_slots
+    hm = HalfSpaceTrees(3, seed=7, n_slots=hs_slots)
+    hsl = np.tile(np.arange(hs_slots, dtype=np.int64), hsteps)
+    xhm = xh[: hsteps * hs_slots]
+    ours_m = _rate(lambda: hm.score_learn_many(hsl, xhm), hsteps * hs_slots, rep)
+    xnp = xhm.reshape(hsteps, hs_slots, 3)[:300]
+    npy = _rate(lambda: hst_numpy(xnp, hm.feature, hm.threshold, 8, 250), 300 * hs_slots, 1)
+    from river import anomaly
+
+    rows = [{"a": a, "b": b, "c": cc} for a, b, cc in xh[: args.river_samples].tolist()]
+
+    def river_hst() -> None:
+        model = anomaly.HalfSpaceTrees(seed=7)
+        for r in rows:
+            model.score_one(r)
+            model.learn_one(r)
+
+    riv = _rate(river_hst, len(rows), max(1, rep // 2))
+    out["half_space_trees"] = _row(ours1, riv, npy, hm.state.bytes_per_slot())
+    out["half_space_trees"]["samples_per_s_256_slots"] = round(ours_m)
+    out["half_space_trees"]["speedup_vs_numpy"] = round(ours_m / npy, 1)
+
+    r = CrossSignalResidual(3, n_slots=64)
+    rs = slots[: n // 8] % 64
+    xr = rng.normal(size=(rs.size, 3))
+    out["cross_signal_residual"] = _row(
+        _rate(lambda: r.score_learn_many(rs, xr, x[: rs.size]), rs.size, rep), None, None,
+        r.state.bytes_per_slot(),
+    )  # fmt: skip
+    return out
+
+
+def _row(
+    ours: float, river: float | None, numpy_rate: float | None, state_bytes: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"samples_per_s": round(ours), "state_bytes_per_entity": state_bytes}
+    if river is not None:
+        row["river_samples_per_s"] = round(river)
+        row["speedup_vs_river"] = round(ours / river, 1)
+    if numpy_rate is not None:
+        row["numpy_samples_per_s"] = round(numpy_rate)
+        row["speedup_vs_numpy"] = round(ours / numpy_rate, 1)
+    return row

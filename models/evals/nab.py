@@ -1,0 +1,273 @@
+"""``carpulse eval nab``: run our detectors on the Numenta Anomaly Benchmark and score them as NAB does."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import ConfigError
+from models.evals.nab_scorer import FileSweep, probation_length, score_corpus, sweep_file
+from models.kernels import Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
+from models.kernels.likelihood import AnomalyLikelihood
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NabFile:
+    rel: str  # "<category>/<file>.csv" as in NAB's label files
+    timestamps: np.ndarray  # datetime64[s]
+    ts_text: list[str]
+    values: np.ndarray
+
+
+def read_nab_csv(path: Path, rel: str) -> tuple[NabFile | None, list[str]]:
+    """Read ``timestamp,value``; bad rows are dropped and reported with file and line."""
+    problems: list[str] = []
+    ts_text: list[str] = []
+    vals: list[float] = []
+    last: Any = np.datetime64("NaT")
+    with path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["timestamp", "value"]:
+            return None, [f"{path}:1: header must be 'timestamp,value', got {header}"]
+        for line, row in enumerate(reader, start=2):
+            try:
+                t = np.datetime64(row[0].strip(), "s")
+                v = float(row[1])
+            except (IndexError, ValueError) as err:
+                problems.append(f"{path}:{line}: bad row {row!r}: {err}")
+                continue
+            if ts_text and t < last:
+                # A streaming detector cannot take a sample from the past: drop it, say where.
+                problems.append(f"{path}:{line}: timestamp {row[0]} is before the previous row")
+                continue
+            last = t
+            ts_text.append(row[0].strip())
+            vals.append(v)
+    ts = np.array(ts_text, "datetime64[s]")
+    return NabFile(rel, ts, ts_text, np.array(vals)), problems
+
+
+def load_corpus(
+    data: Path, labels: Path
+) -> tuple[list[NabFile], dict[str, list[list[str]]], list[str]]:
+    """Every CSV under ``data`` (``<category>/<file>.csv``) that the labels file knows."""
+    if not data.is_dir():
+        raise ConfigError(f"NAB data folder {data} does not exist")
+    try:
+        windows = json.loads(labels.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read NAB labels {labels}: {err}") from err
+    files: list[NabFile] = []
+    problems: list[str] = []
+    for path in sorted(data.rglob("*.csv")):
+        rel = path.relative_to(data).as_posix()
+        if rel not in windows:
+            problems.append(f"{path}: not in {labels.name}, skipped")
+            continue
+        f, probs = read_nab_csv(path, rel)
+        problems.extend(probs)
+        if f is not None and f.values.size:
+            files.append(f)
+    if not files:
+        raise ConfigError(f"no labelled NAB CSV files under {data}")
+    return files, windows, problems
+
+
+def _corpus_batch(files: list[NabFile], arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All files as one micro-batch: slot = file, so one kernel call runs the whole corpus."""
+    slots = np.concatenate([np.full(a.shape[0], k, np.int64) for k, a in enumerate(arrays)])
+    return slots, np.concatenate(arrays)
+
+
+def _split(files: list[NabFile], out: np.ndarray) -> list[np.ndarray]:
+    return np.split(out, np.cumsum([f.values.size for f in files])[:-1])
+
+
+def _standardise(f: NabFile) -> np.ndarray:
+    """Scale by the probationary part only (what a streaming detector may know at that point)."""
+    p = max(int(probation_length(f.values.size)), 2)
+    head = f.values[:p]
+    lo, hi = np.min(head), np.max(head)
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    return (f.values - lo) / span
+
+
+def _likelihood(
+    files: list[NabFile], raw: list[np.ndarray], short_alpha: float = 0.2
+) -> list[np.ndarray]:
+    slots, v = _corpus_batch(files, raw)
+    lik = AnomalyLikelihood(
+        long_alpha=2e-3, short_alpha=short_alpha, warmup=100, n_slots=len(files)
+    )
+    return _split(files, lik.score_learn_many(slots, v))
+
+
+def det_zscore(files: list[NabFile]) -> list[np.ndarray]:
+    slots, v = _corpus_batch(files, [_standardise(f) for f in files])
+    z = RobustZScore(alpha=0.01, clip=3.0, warmup=50, n_slots=len(files)).score_learn_many(slots, v)
+    return _likelihood(files, _split(files, np.abs(z)))
+
+
+def det_cusum(files: list[NabFile]) -> list[np.ndarray]:
+    slots, v = _corpus_batch(files, [_standardise(f) for f in files])
+    g = Cusum(alpha=0.005, k=0.5, h=8.0, warmup=50, n_slots=len(files)).score_learn_many(slots, v)
+    return _likelihood(files, _split(files, np.minimum(g, 1.0)))
+
+
+def det_page_hinkley(files: list[NabFile]) -> list[np.ndarray]:
+    slots, v = _corpus_batch(files, [_standardise(f) for f in files])
+    ph = PageHinkley(min_instances=50, delta=0.005, threshold=10.0, n_slots=len(files))
+    return _split(files, np.clip(ph.update_many(slots, v), 0.0, None) / 2.0)
+
+
+def det_hst(files: list[NabFile]) -> list[np.ndarray]:
+    feats = []
+    for f in files:
+        x = _standardise(f)
+        feats.append(np.c_[x, np.r_[0.0, np.diff(x)]])
+    slots, v = _corpus_batch(files, feats)
+    hst = HalfSpaceTrees(2, n_trees=25, height=10, window_size=250,
+                         limits=[(-1.0, 2.0), (-1.5, 1.5)], seed=42, n_slots=len(files))  # fmt: skip
+    return _likelihood(files, _split(files, hst.score_learn_many(slots, v)))
+
+
+def det_ensemble(files: list[NabFile]) -> list[np.ndarray]:
+    parts = [det_zscore(files), det_hst(files), det_cusum(files)]
+    return [np.maximum.reduce([p[k] for p in parts]) for k in range(len(files))]
+
+
+DETECTORS: dict[str, Callable[[list[NabFile]], list[np.ndarray]]] = {
+    "carpulse_zscore": det_zscore,
+    "carpulse_cusum": det_cusum,
+    "carpulse_page_hinkley": det_page_hinkley,
+    "carpulse_hst": det_hst,
+    "carpulse_ensemble": det_ensemble,
+}
+
+
+def write_results(
+    out: Path,
+    detector: str,
+    files: list[NabFile],
+    sweeps: list[FileSweep],
+    scores: list[np.ndarray],
+) -> None:
+    """NAB's results layout, so NAB's own scorer can be run on our detections."""
+    for f, sw, sc in zip(files, sweeps, scores, strict=True):
+        category, name = f.rel.split("/", 1)
+        folder = out / detector / category
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / f"{detector}_{name}").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["timestamp", "value", "anomaly_score", "label"])
+            label = (sw.window >= 0).astype(int)
+            for t, v, s, lab in zip(
+                f.ts_text, f.values.tolist(), sc.tolist(), label.tolist(), strict=True
+            ):
+                w.writerow([t, repr(v), f"{s:.12g}", lab])
+
+
+def plot_results(
+    out: Path,
+    detector: str,
+    files: list[NabFile],
+    sweeps: list[FileSweep],
+    scores: list[np.ndarray],
+    threshold: float,
+) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 3
+    rows = (len(files) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 2.2 * rows), squeeze=False)
+    for ax, f, sw, sc in zip(axes.flat, files, sweeps, scores, strict=False):
+        ax.plot(f.timestamps, f.values, lw=0.5, color="0.3")
+        for k in np.unique(sw.window[sw.window >= 0]):
+            idx = np.nonzero(sw.window == k)[0]
+            ax.axvspan(f.timestamps[idx[0]], f.timestamps[idx[-1]], color="tab:orange", alpha=0.25)
+        hit = sc >= threshold
+        ax.plot(f.timestamps[hit], f.values[hit], "r.", ms=3)
+        ax.set_title(f.rel, fontsize=7)
+        ax.tick_params(labelsize=5)
+    for ax in axes.flat[len(files) :]:
+        ax.axis("off")
+    fig.suptitle(f"{detector}: windows (orange), detections at the standard threshold (red)")
+    fig.tight_layout()
+    path = out / f"{detector}_nab.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def evaluate(
+    data: Path, labels: Path, out: Path | None, detector: str, plots: bool = True
+) -> dict[str, Any]:
+    files, windows, problems = load_corpus(data, labels)
+    for p in problems:
+        log.warning("%s", p)
+    sweeps = [sweep_file(f.rel, f.timestamps, [tuple(w) for w in windows[f.rel]]) for f in files]  # type: ignore[misc]
+    names = list(DETECTORS) if detector == "all" else [detector]
+    results: dict[str, Any] = {}
+    for name in names:
+        if name not in DETECTORS:
+            raise ConfigError(f"unknown NAB detector {name!r}; known: {', '.join(DETECTORS)}, all")
+        scores = DETECTORS[name](files)
+        res = score_corpus(sweeps, scores)
+        if out is not None:
+            write_results(out, name, files, sweeps, scores)
+            if plots:
+                plot_results(out, name, files, sweeps, scores, res["standard"].threshold)
+        results[name] = {
+            "detector": name,
+            "score_standard": round(res["standard"].score, 2),
+            "score_low_fp": round(res["reward_low_FP_rate"].score, 2),
+            "score_low_fn": round(res["reward_low_FN_rate"].score, 2),
+            "files": len(files),
+            "windows": int(sum(sw.n_windows for sw in sweeps)),
+            "thresholds": {k: round(v.threshold, 6) for k, v in res.items()},
+            "raw": {k: round(v.raw, 4) for k, v in res.items()},
+        }
+    best = max(results.values(), key=lambda r: r["score_standard"])
+    report = dict(best) if detector == "all" else results[names[0]]
+    if detector == "all":
+        report["all"] = {
+            k: {m: v[m] for m in ("score_standard", "score_low_fp", "score_low_fn")}
+            for k, v in results.items()
+        }
+    report["bad_input"] = len(problems)
+    report["note"] = "partial NAB corpus: an estimate of the full-corpus score, not the same number"
+    return report
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    from carpulse.datasets import shared_data_dir
+
+    ap = argparse.ArgumentParser(prog="carpulse eval nab")
+    ap.add_argument("--data", type=Path, default=shared_data_dir() / "nab" / "data")
+    ap.add_argument(
+        "--labels", type=Path, default=None, help="combined_windows.json (default beside --data)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results folder (NAB layout) and PNG plots"
+    )
+    ap.add_argument(
+        "--detector", default="carpulse_ensemble", help=f"{', '.join(DETECTORS)} or all"
+    )
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    labels = args.labels or args.data.parent / "combined_windows.json"
+    return evaluate(args.data, labels, args.out, args.detector, plots=not args.no_plots)

@@ -1,0 +1,136 @@
+"""NAB scorer on hand-made cases with known results, and the eval command on real NAB files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.evals.nab_scorer import MAX_TP, PROFILES, optimise_threshold, score_corpus, sweep_file
+from tests.conftest import require_data
+from tests.reference.nab_ref import best_raw
+
+T0 = np.datetime64("2020-01-01T00:00:00", "s")
+
+
+def _ts(n: int) -> np.ndarray:
+    return T0 + np.arange(n) * np.timedelta64(300, "s")
+
+
+def _windows(ts: np.ndarray, rows: list[tuple[int, int]]) -> list[tuple[str, str]]:
+    return [(str(ts[a]), str(ts[b])) for a, b in rows]
+
+
+def _sig(x: float) -> float:
+    return 2 / (1 + math.exp(5 * x)) - 1
+
+
+def test_perfect_detector_scores_100_and_null_scores_0() -> None:
+    n = 400
+    ts = _ts(n)
+    rows = [(100, 139), (300, 339)]
+    sw = sweep_file("a/x.csv", ts, _windows(ts, rows))
+    perfect = np.zeros(n)
+    perfect[[100, 300]] = 1.0
+    null = np.full(n, 0.5)
+    for name in PROFILES:
+        assert score_corpus([sw], [perfect])[name].score == pytest.approx(100.0)
+        assert score_corpus([sw], [null])[name].score == pytest.approx(0.0)
+
+
+def test_hand_computed_late_detection_and_false_positives() -> None:
+    n = 100  # probation = 15 rows
+    ts = _ts(n)
+    sw = sweep_file("a/x.csv", ts, _windows(ts, [(40, 49)]))
+    s = np.zeros(n)
+    s[45] = 1.0  # halfway: position -(49-45+1)/10 = -0.5
+    tp = _sig(-0.5) / MAX_TP
+    res = score_corpus([sw], [s])["standard"]
+    assert res.raw == pytest.approx(tp)
+    assert res.null == pytest.approx(-1.0)
+    assert res.score == pytest.approx(100 * (tp + 1) / 2)
+    s[20] = 1.0  # before any window: a full false positive, -fpWeight
+    s[70] = 1.0  # after the window: |49-70|/(10-1) past it
+    s[5] = 1.0  # probationary: ignored
+    want = tp - 0.11 + _sig(21 / 9) * 0.11
+    for name, w in PROFILES.items():
+        raw = score_corpus([sw], [s])[name].raw
+        expect = tp - w["fpWeight"] + _sig(21 / 9) * w["fpWeight"]
+        # When detecting costs more than missing, NAB's optimiser detects nothing instead.
+        assert raw == pytest.approx(max(expect, -w["fnWeight"]))
+    assert score_corpus([sw], [s])["standard"].raw == pytest.approx(want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from([0.0, 0.2, 0.5, 0.7, 0.9, 1.0]), min_size=30, max_size=60),
+            st.integers(10, 20),
+            st.integers(1, 8),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    profile=st.sampled_from(sorted(PROFILES)),
+)
+def test_threshold_optimiser_equals_brute_force(
+    data: list[tuple[list[float], int, int]], profile: str
+) -> None:
+    w = PROFILES[profile]
+    sweeps, scores, ref = [], [], []
+    for k, (vals, start, width) in enumerate(data):
+        n = len(vals)
+        a, b = start, min(start + width, n - 1)
+        ts = _ts(n)
+        sweeps.append(sweep_file(f"c/{k}.csv", ts, _windows(ts, [(a, b)])))
+        scores.append(np.array(vals))
+        ref.append((vals, [(a, b)]))
+    _t, raw = optimise_threshold(sweeps, scores, w)
+    assert raw == pytest.approx(best_raw(ref, w["tpWeight"], w["fpWeight"], w["fnWeight"]))
+
+
+def test_eval_nab_on_two_real_files(tmp_path: Path) -> None:
+    from models.evals.nab import main
+
+    root = require_data("nab")
+    data = tmp_path / "data"
+    for rel in (
+        "artificialWithAnomaly/art_daily_jumpsup.csv",
+        "realKnownCause/ambient_temperature_system_failure.csv",
+    ):
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).symlink_to(root / "data" / rel)
+    bad = data / "realKnownCause" / "broken.csv"
+    bad.write_text("timestamp,value\n2014-01-01 00:00:00,1\nnot a row\n")
+    labels = json.loads((root / "combined_windows.json").read_text())
+    labels["realKnownCause/broken.csv"] = []
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    out = tmp_path / "out"
+    report = main(["--data", str(data), "--labels", str(tmp_path / "labels.json"), "--out", str(out),
+                   "--detector", "carpulse_zscore"])  # fmt: skip
+    assert set(report) >= {"detector", "score_standard", "score_low_fp", "score_low_fn", "files"}
+    assert report["files"] == 3 and report["bad_input"] == 1
+    for key in ("score_standard", "score_low_fp", "score_low_fn"):
+        assert -100.0 <= report[key] <= 100.0
+    result = (
+        out / "carpulse_zscore" / "artificialWithAnomaly" / "carpulse_zscore_art_daily_jumpsup.csv"
+    )
+    lines = result.read_text().splitlines()
+    assert lines[0] == "timestamp,value,anomaly_score,label"
+    assert (
+        len(lines) - 1
+        == len(
+            (root / "data" / "artificialWithAnomaly" / "art_daily_jumpsup.csv")
+            .read_text()
+            .splitlines()
+        )
+        - 1
+    )
+    assert any(line.endswith(",1") for line in lines[1:])
+    assert (out / "carpulse_zscore_nab.png").stat().st_size > 1000
