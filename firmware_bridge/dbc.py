@@ -36,7 +36,14 @@ def load_dbc(path: Path | str, *, strict: bool = True) -> cantools.database.can.
     try:
         db = cantools.database.load_file(str(p), strict=strict)
     except Exception as err:  # cantools raises many unrelated types for bad files
-        hint = "" if not strict else " (try strict=False / --no-strict to load what is valid)"
+        hint = ""
+        if strict:
+            try:
+                cantools.database.load_file(str(p), strict=False)
+            except Exception:
+                hint = " (cantools cannot load it even with strict=False)"
+            else:
+                hint = " (strict=False / --no-strict loads what is valid)"
         raise ConfigError(f"DBC file {p} cannot be loaded: {err}{hint}") from err
     if not isinstance(db, cantools.database.can.Database):
         raise ConfigError(f"{p} is not a CAN database")

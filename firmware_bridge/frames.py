@@ -17,6 +17,7 @@ CAN_EFF_FLAG = 0x80000000
 CAN_ERR_FLAG = 0x20000000
 CAN_EFF_MASK = 0x1FFFFFFF
 MAX_REPORTED = 5
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ def _parse_ts_us(text: str) -> int:
     if not (text.startswith("(") and text.endswith(")")):
         raise ValueError("timestamp must look like (1584656584.423089)")
     sec, _, frac = text[1:-1].partition(".")
-    if not sec.isdigit() or (frac and not frac.isdigit()):
+    # 12 digits of seconds reach year 33658; more would overflow int64 microseconds
+    if not sec.isdigit() or len(sec) > 12 or (frac and not frac.isdigit()):
         raise ValueError(f"bad timestamp {text!r}")
     return int(sec) * 1_000_000 + int((frac + "000000")[:6])
 
@@ -88,23 +90,35 @@ def parse_candump_lines(
         rep.lines += 1
         where = f"{source}:{lineno}"
         parts = line.split()
+        # candump -L may end a line with the direction (R/T) when logging with -x
+        if len(parts) == 4 and parts[3] in ("R", "T", "r", "t"):
+            parts = parts[:3]
         if len(parts) != 3 or "#" not in parts[2]:
             rep.bad(where, f"expected '(ts) iface ID#DATA', got {line[:60]!r}")
             continue
         try:
             ts = _parse_ts_us(parts[0])
             ident, _, rest = parts[2].partition("#")
-            if not ident or len(ident) > 8:
-                raise ValueError(f"bad id {ident!r}")
+            # int(x, 16) also takes signs, underscores and spaces: accept hex digits only
+            if not ident or len(ident) > 8 or not _HEX.issuperset(ident):
+                raise ValueError(f"bad id {ident[:12]!r}")
             can_id = int(ident, 16)
             extended = len(ident) > 3
-            if rest.startswith("R"):
+            if rest.startswith(("R", "r")):
                 rep.remote_frames += 1
                 continue
+            limit = 16  # hex digits of a classic frame
             if rest.startswith("#"):  # CAN FD: ID##<flags nibble><data>
+                if len(rest) < 2 or rest[1] not in _HEX:
+                    raise ValueError("CAN FD frame without its flags nibble")
                 rest = rest[2:]
-            if len(rest) % 2 or len(rest) > 128:
-                raise ValueError(f"bad payload length {len(rest)} hex digits")
+                limit = 128
+            if len(rest) % 2:
+                raise ValueError(f"odd payload length ({len(rest)} hex digits): truncated frame")
+            if len(rest) > limit:
+                raise ValueError(f"oversized frame: {len(rest) // 2} bytes > {limit // 2}")
+            if not _HEX.issuperset(rest):
+                raise ValueError("payload is not hex")
             payload = bytes.fromhex(rest)
         except ValueError as err:
             rep.bad(where, str(err))
