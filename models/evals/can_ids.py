@@ -149,7 +149,7 @@ def evaluate(
                 segments[kind] += 1
                 if len(examples) < 8 and kind in ("spoofing", "replay"):
                     examples.append({"car": car, "attack": kind, **info})
-    per_attack = {
+    per_attack: dict[str, dict[str, Any]] = {
         a: {"window": win[a].figures(), "frame": frame[a].figures(), "segments": segments[a]}
         for a in ATTACKS
     }

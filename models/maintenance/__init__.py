@@ -1,0 +1,1 @@
+"""Maintenance prediction per vehicle slot: service due, oil life, 12 V battery and EV pack health."""
