@@ -1,0 +1,469 @@
+"""CRM operations over the schema: identity merge, ownership, consent, tiers, coupons, effects, audit.
+
+Every operation takes a ``Session`` and leaves committing to the caller's unit of work (``store.tx()``),
+so a rule's effect record and the coupon it issues commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import CarpulseError
+from crm.models import (
+    CONSENT_PURPOSES,
+    IDENTITY_KINDS,
+    AuditRecord,
+    Consent,
+    Coupon,
+    CouponShare,
+    CouponTemplate,
+    Customer,
+    CustomerIdentity,
+    CustomerMerge,
+    Effect,
+    Member,
+    Ownership,
+    TierChange,
+    utcnow,
+)
+
+
+class CrmError(CarpulseError):
+    """A CRM operation that cannot be done as asked (unknown customer, bad transition...)."""
+
+
+class CouponStateError(CrmError):
+    """A coupon transition that its state does not allow (redeeming an expired coupon...)."""
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for SQLite (WAL, foreign keys on) or PostgreSQL (psycopg 3)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=5000")
+            cur.close()
+
+    return engine
+
+
+@event.listens_for(Session, "before_flush")
+def _audit_is_append_only(session: Session, _ctx: Any, _instances: Any) -> None:
+    for obj in list(session.dirty) + list(session.deleted):
+        if isinstance(obj, AuditRecord):
+            raise CrmError("the audit log is append-only: records cannot be changed or deleted")
+
+
+class CrmStore:
+    """Holds the engine and hands out transactions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> CrmStore:
+        return cls(make_engine(url))
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One unit of work: commit on success, roll back on error."""
+        with self._sessions.begin() as session:
+            yield session
+
+
+# ----- audit -------------------------------------------------------------------------------------
+def audit(
+    s: Session, actor: str, action: str, subject: str, purpose: str = "", **detail: Any
+) -> AuditRecord:
+    rec = AuditRecord(actor=actor, action=action, subject=subject, purpose=purpose, detail=detail)
+    s.add(rec)
+    return rec
+
+
+# ----- customers and identities ------------------------------------------------------------------
+def resolve(s: Session, customer_id: str) -> str:
+    """Follow merges to the surviving customer id."""
+    seen = set()
+    current = customer_id
+    while True:
+        cust = s.get(Customer, current)
+        if cust is None:
+            raise CrmError(f"unknown customer {customer_id!r}")
+        if cust.merged_into is None:
+            return current
+        if current in seen:
+            raise CrmError(f"merge cycle at {current!r}")
+        seen.add(current)
+        current = cust.merged_into
+
+
+def _check_identities(identities: Mapping[str, str]) -> None:
+    for kind, value in identities.items():
+        if kind not in IDENTITY_KINDS:
+            raise CrmError(f"unknown identity kind {kind!r}; expected one of {IDENTITY_KINDS}")
+        if not value or len(value) > 128:
+            raise CrmError(f"identity {kind} must be 1..128 characters")
+
+
+def merge_customers(s: Session, survivor_id: str, merged_id: str, reason: str) -> str:
+    """Fold ``merged_id`` into ``survivor_id``: identities, ownerships, coupons and membership move."""
+    survivor_id, merged_id = resolve(s, survivor_id), resolve(s, merged_id)
+    if survivor_id == merged_id:
+        return survivor_id
+    moved = {"identities": 0, "ownerships": 0, "coupons": 0}
+    for ident in s.scalars(
+        select(CustomerIdentity).where(CustomerIdentity.customer_id == merged_id)
+    ):
+        ident.customer_id = survivor_id
+        moved["identities"] += 1
+    for own in s.scalars(select(Ownership).where(Ownership.customer_id == merged_id)):
+        own.customer_id = survivor_id
+        moved["ownerships"] += 1
+    for cp in s.scalars(select(Coupon).where(Coupon.holder_id == merged_id)):
+        cp.holder_id = survivor_id
+        moved["coupons"] += 1
+    # Survivorship for membership: keep the higher totals, the survivor's tier history.
+    m_old, m_new = s.get(Member, merged_id), s.get(Member, survivor_id)
+    if m_old is not None:
+        if m_new is None:
+            s.add(
+                Member(
+                    customer_id=survivor_id,
+                    tier=m_old.tier,
+                    points=m_old.points,
+                    visits=m_old.visits,
+                    spend=m_old.spend,
+                    tier_since=m_old.tier_since,
+                )
+            )
+        else:
+            m_new.points += m_old.points
+            m_new.visits += m_old.visits
+            m_new.spend = Decimal(m_new.spend) + Decimal(m_old.spend)
+        s.delete(m_old)
+    merged = s.get(Customer, merged_id)
+    assert merged is not None
+    merged.merged_into = survivor_id
+    s.add(CustomerMerge(survivor_id=survivor_id, merged_id=merged_id, reason=reason, detail=moved))
+    audit(s, "crm", "customer.merge", survivor_id, merged=merged_id, moved=moved)
+    return survivor_id
+
+
+def find_or_create_customer(
+    s: Session, identities: Mapping[str, str], display_name: str = "", source: str = ""
+) -> str:
+    """The unified customer for these identities, creating or merging as needed.
+
+    Survivorship: when identities point at several customers, the oldest survives and the others
+    are merged into it (history kept in ``customer_merges``).
+    """
+    _check_identities(identities)
+    found: list[Customer] = []
+    for kind, value in identities.items():
+        ident = s.scalar(
+            select(CustomerIdentity).where(
+                CustomerIdentity.kind == kind, CustomerIdentity.value == value
+            )
+        )
+        if ident is not None:
+            cust = s.get(Customer, resolve(s, ident.customer_id))
+            if cust is not None and cust not in found:
+                found.append(cust)
+    if found:
+        found.sort(key=lambda c: (c.created_at, c.id))
+        survivor = found[0].id
+        for other in found[1:]:
+            merge_customers(s, survivor, other.id, reason=f"shared identity ({source or 'match'})")
+    else:
+        cust = Customer(display_name=display_name)
+        s.add(cust)
+        s.flush()
+        survivor = cust.id
+    for kind, value in identities.items():
+        exists = s.scalar(
+            select(CustomerIdentity).where(
+                CustomerIdentity.kind == kind, CustomerIdentity.value == value
+            )
+        )
+        if exists is None:
+            s.add(CustomerIdentity(customer_id=survivor, kind=kind, value=value, source=source))
+    s.flush()
+    return survivor
+
+
+# ----- vehicles and ownership --------------------------------------------------------------------
+def transfer_ownership(s: Session, vin: str, customer_id: str, at: dt.datetime) -> None:
+    """Close the current ownership at ``at`` and open the new owner's from ``at``."""
+    customer_id = resolve(s, customer_id)
+    current = s.scalar(select(Ownership).where(Ownership.vin == vin, Ownership.valid_to.is_(None)))
+    if current is not None:
+        if at <= current.valid_from:
+            raise CrmError(
+                f"ownership change at {at} is not after the current one ({current.valid_from})"
+            )
+        current.valid_to = at
+    s.add(Ownership(vin=vin, customer_id=customer_id, valid_from=at))
+    audit(s, "crm", "vehicle.ownership", vin, new_owner=customer_id, at=at.isoformat())
+
+
+def owner_at(s: Session, vin: str, at: dt.datetime) -> str | None:
+    row = s.scalar(
+        select(Ownership).where(
+            Ownership.vin == vin,
+            Ownership.valid_from <= at,
+            (Ownership.valid_to.is_(None)) | (Ownership.valid_to > at),
+        )
+    )
+    return None if row is None else resolve(s, row.customer_id)
+
+
+def visible_windows(
+    s: Session, vin: str, customer_id: str
+) -> list[tuple[dt.datetime, dt.datetime | None]]:
+    """The intervals of a vehicle's history a customer may see: only while they owned it."""
+    customer_id = resolve(s, customer_id)
+    rows = s.scalars(
+        select(Ownership)
+        .where(Ownership.vin == vin, Ownership.customer_id == customer_id)
+        .order_by(Ownership.valid_from)
+    )
+    return [(r.valid_from, r.valid_to) for r in rows]
+
+
+# ----- consent ------------------------------------------------------------------------------------
+def set_consent(
+    s: Session, customer_id: str, purpose: str, granted: bool, source: str = ""
+) -> None:
+    if purpose not in CONSENT_PURPOSES:
+        raise CrmError(f"unknown consent purpose {purpose!r}; expected one of {CONSENT_PURPOSES}")
+    customer_id = resolve(s, customer_id)
+    s.add(Consent(customer_id=customer_id, purpose=purpose, granted=granted, source=source))
+    audit(s, source or "crm", "consent." + ("grant" if granted else "revoke"), customer_id, purpose)
+
+
+def has_consent(s: Session, customer_id: str, purpose: str, at: dt.datetime | None = None) -> bool:
+    customer_id = resolve(s, customer_id)
+    q = select(Consent).where(Consent.customer_id == customer_id, Consent.purpose == purpose)
+    if at is not None:
+        q = q.where(Consent.at <= at)
+    latest = s.scalar(q.order_by(Consent.at.desc(), Consent.id.desc()).limit(1))
+    return bool(latest and latest.granted)
+
+
+# ----- members and tiers --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    min_visits: int = 0
+    min_spend: float = 0.0
+    min_points: int = 0
+
+
+DEFAULT_TIERS = (
+    Tier("普卡"),
+    Tier("银卡", min_visits=3, min_spend=3000),
+    Tier("金卡", min_visits=6, min_spend=10000),
+    Tier("白金", min_visits=10, min_spend=30000, min_points=5000),
+)
+
+
+def tier_for(member: Member, tiers: Sequence[Tier] = DEFAULT_TIERS) -> str:
+    """The highest tier whose every threshold the member meets."""
+    best = tiers[0].name
+    for t in tiers:
+        if (
+            member.visits >= t.min_visits
+            and float(member.spend) >= t.min_spend
+            and member.points >= t.min_points
+        ):
+            best = t.name
+    return best
+
+
+def record_visit(
+    s: Session,
+    customer_id: str,
+    spend: float,
+    points: int = 0,
+    tiers: Sequence[Tier] = DEFAULT_TIERS,
+) -> tuple[str | None, str]:
+    """Count a visit; returns ``(old_tier, new_tier)`` (old is None for a new member)."""
+    customer_id = resolve(s, customer_id)
+    member = s.get(Member, customer_id)
+    old = None if member is None else member.tier
+    if member is None:
+        member = Member(
+            customer_id=customer_id, tier=tiers[0].name, points=0, visits=0, spend=Decimal(0)
+        )
+        s.add(member)
+    member.visits += 1
+    member.spend = Decimal(member.spend or 0) + Decimal(str(spend))
+    member.points += points
+    new = tier_for(member, tiers)
+    if new != old:
+        member.tier = new
+        member.tier_since = utcnow()
+        s.add(TierChange(customer_id=customer_id, from_tier=old, to_tier=new, reason="visit"))
+    return old, new
+
+
+# ----- effects (exactly once) ---------------------------------------------------------------------
+def effect_key(rule: str, subject: str, period: str) -> str:
+    return f"{rule}|{subject}|{period}"
+
+
+def claim_effect(
+    s: Session,
+    rule: str,
+    subject: str,
+    period: str,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+) -> bool:
+    """Record an effect once: False if (rule, subject, period) already happened (nothing written)."""
+    key = effect_key(rule, subject, period)
+    if s.scalar(select(Effect.id).where(Effect.key == key)) is not None:
+        return False
+    try:
+        with s.begin_nested():
+            s.add(
+                Effect(
+                    key=key,
+                    rule=rule,
+                    subject=subject,
+                    period=period,
+                    kind=kind,
+                    payload=payload or {},
+                )
+            )
+    except IntegrityError:  # a concurrent writer won the race on the unique key
+        return False
+    return True
+
+
+# ----- coupons ------------------------------------------------------------------------------------
+def issue_coupon(
+    s: Session,
+    template_code: str,
+    customer_id: str,
+    valid_until: dt.datetime,
+    *,
+    vin: str | None = None,
+    effect: str | None = None,
+) -> Coupon:
+    if s.get(CouponTemplate, template_code) is None:
+        raise CrmError(f"unknown coupon template {template_code!r}")
+    customer_id = resolve(s, customer_id)
+    coupon = Coupon(
+        template_code=template_code,
+        owner_id=customer_id,
+        holder_id=customer_id,
+        vin=vin,
+        valid_until=valid_until,
+        effect_key=effect,
+    )
+    s.add(coupon)
+    s.flush()
+    audit(s, "crm", "coupon.issue", coupon.id, customer=customer_id, template=template_code)
+    return coupon
+
+
+def share_coupon(
+    s: Session, coupon_id: str, from_id: str, to_id: str, now: dt.datetime | None = None
+) -> None:
+    now = now or utcnow()
+    coupon = _coupon(s, coupon_id)
+    from_id, to_id = resolve(s, from_id), resolve(s, to_id)
+    template = s.get(CouponTemplate, coupon.template_code)
+    if template is not None and not template.shareable:
+        raise CouponStateError(f"coupon {coupon_id} ({coupon.template_code}) cannot be shared")
+    if coupon.holder_id != from_id:
+        raise CouponStateError(f"coupon {coupon_id} is not held by {from_id}")
+    _require_live(coupon, now, "share")
+    coupon.holder_id = to_id
+    coupon.state = "shared"
+    s.add(CouponShare(coupon_id=coupon_id, from_id=from_id, to_id=to_id, at=now))
+    audit(s, from_id, "coupon.share", coupon_id, to=to_id)
+
+
+def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | None = None) -> None:
+    """Redeem atomically: of two concurrent redemptions exactly one succeeds."""
+    now = now or utcnow()
+    by_id = resolve(s, by_id)
+    result = s.execute(
+        update(Coupon)
+        .where(
+            Coupon.id == coupon_id,
+            Coupon.state.in_(("issued", "shared")),
+            Coupon.holder_id == by_id,
+            Coupon.valid_until >= now,
+        )
+        .values(state="redeemed", redeemed_at=now, redeemed_by=by_id)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        coupon = _coupon(s, coupon_id)
+        s.refresh(coupon)
+        if coupon.state in ("redeemed", "expired", "voided"):
+            raise CouponStateError(f"coupon {coupon_id} cannot be redeemed: it is {coupon.state}")
+        if coupon.valid_until < now:
+            raise CouponStateError(
+                f"coupon {coupon_id} cannot be redeemed: it expired on {coupon.valid_until:%Y-%m-%d}"
+            )
+        raise CouponStateError(
+            f"coupon {coupon_id} cannot be redeemed by {by_id}: it is held by {coupon.holder_id}"
+        )
+    audit(s, by_id, "coupon.redeem", coupon_id)
+
+
+def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:
+    coupon = _coupon(s, coupon_id)
+    if coupon.state in ("redeemed", "expired", "voided"):
+        raise CouponStateError(f"coupon {coupon_id} cannot be voided: it is {coupon.state}")
+    coupon.state = "voided"
+    audit(s, actor, "coupon.void", coupon_id, reason=reason)
+
+
+def expire_coupons(s: Session, now: dt.datetime | None = None) -> int:
+    """Mark live coupons past their date as expired; returns how many."""
+    now = now or utcnow()
+    result = s.execute(
+        update(Coupon)
+        .where(Coupon.state.in_(("issued", "shared")), Coupon.valid_until < now)
+        .values(state="expired")
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _coupon(s: Session, coupon_id: str) -> Coupon:
+    coupon = s.get(Coupon, coupon_id)
+    if coupon is None:
+        raise CrmError(f"unknown coupon {coupon_id!r}")
+    return coupon
+
+
+def _require_live(coupon: Coupon, now: dt.datetime, what: str) -> None:
+    if coupon.state not in ("issued", "shared"):
+        raise CouponStateError(f"coupon {coupon.id} cannot {what}: it is {coupon.state}")
+    if coupon.valid_until < now:
+        raise CouponStateError(
+            f"coupon {coupon.id} cannot {what}: it expired on {coupon.valid_until:%Y-%m-%d}"
+        )
