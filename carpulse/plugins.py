@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "decode": "firmware_bridge.bench:bench_decode",
     "obd": "firmware_bridge.obd.bench:bench_obd",
     "kernels": "models.bench:bench_kernels",
+    "canread": "firmware_bridge.can_bench:bench_canread",
 }
 
 EVALUATIONS: dict[str, str] = {

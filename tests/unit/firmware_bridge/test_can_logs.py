@@ -122,3 +122,17 @@ def test_garbage_blf_is_reported_not_raised(tmp_path: Path) -> None:
 def test_missing_log_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceUnavailableError, match="does not exist"):
         read_log(tmp_path / "nope.asc")
+
+
+def test_canread_bench_reports_every_reader(tmp_path: Path) -> None:
+    from carpulse.plugins import BENCHMARKS, load
+
+    car = tmp_path / "car"
+    car.mkdir()
+    (car / "a.log").write_text("\n".join(SAMPLE[:5]) + "\n")
+    (car / "b.log").write_text("\n".join(SAMPLE) + "\n")
+    out = load(BENCHMARKS, "benchmark", "canread")(["--data", str(tmp_path), "--repeat", "1"])
+    assert (out["logs"], out["frames"]) == (2, 11)
+    for key in ("candump_fast", "candump_python_can", "asc", "blf"):
+        assert out[f"{key}_frames_per_s"] > 0
+    assert out["vss_transform_samples_per_s"] > 0
