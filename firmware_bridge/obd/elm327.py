@@ -135,27 +135,19 @@ class Elm327(ObdTransport):
         if ser is None:
             raise SourceUnavailableError(f"ELM327 on {self.port} is not open")
         try:
+            if ser.timeout != timeout:  # pyserial reconfigures the tty on every set: only if needed
+                ser.timeout = timeout
             ser.write(cmd.encode("ascii") + b"\r")
-            ser.flush()
-            deadline = time.monotonic() + timeout
-            buf = bytearray()
-            while True:
-                ser.timeout = max(0.001, deadline - time.monotonic())
-                # Read what is there (at least one byte) rather than byte by byte.
-                chunk = ser.read(max(1, getattr(ser, "in_waiting", 0) or 1))
-                if chunk:
-                    buf += chunk
-                    if PROMPT in chunk:
-                        break
-                    if len(buf) > self.max_response:
-                        self.counters["oversized"] += 1
-                        self.warn_once(
-                            "oversized", f"ELM327 answer to {cmd!r} over {self.max_response} bytes"
-                        )
-                        ser.reset_input_buffer()
-                        return ""
-                elif time.monotonic() >= deadline:
-                    break
+            # One overall deadline (pyserial's read_until), capped in size: a babbling adapter
+            # must not grow the buffer without bound.
+            buf = bytes(ser.read_until(PROMPT, self.max_response + 1))
+            if PROMPT not in buf and len(buf) > self.max_response:
+                self.counters["oversized"] += 1
+                self.warn_once(
+                    "oversized", f"ELM327 answer to {cmd!r} over {self.max_response} bytes"
+                )
+                ser.reset_input_buffer()
+                return ""
         except (serial.SerialException, OSError) as err:
             raise self._fail(err) from err
         if PROMPT not in buf:
