@@ -20,6 +20,8 @@ KAFKA_EVENTS: Final = "carpulse.events"
 KAFKA_STATUS: Final = "carpulse.status"
 KAFKA_CMD_ACK: Final = "carpulse.cmd-ack"
 KAFKA_DEADLETTER: Final = "carpulse.deadletter"
+# Line protocol parked by the InfluxDB sink during an outage, replayed by the retry agent.
+KAFKA_INFLUX_RETRY: Final = "carpulse.influx-retry"
 KAFKA_BY_CHANNEL: Final[dict[str, str]] = {
     "telemetry": KAFKA_TELEMETRY,
     "events": KAFKA_EVENTS,

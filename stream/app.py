@@ -12,11 +12,12 @@ from typing import Any
 import faust
 
 from core.config import CarpulseSettings
-from core.errors import SinkError, WireError
-from core.topics import KAFKA_DEADLETTER, KAFKA_TELEMETRY
+from core.errors import WireError
+from core.topics import KAFKA_DEADLETTER, KAFKA_INFLUX_RETRY, KAFKA_TELEMETRY
 from core.wire import decode_telemetry
 from stream.influx import InfluxSink, make_sink
 from stream.lines import LineStats, batch_lines
+from stream.retry import SinkWriter, install_retry_agent
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,14 @@ class TelemetryCounters:
     lines: int = 0
     invalid: int = 0
     non_finite: int = 0
+    clock_skew: int = 0
 
 
 def records_to_lines(
-    payloads: list[bytes], measurement: str, counters: TelemetryCounters
+    payloads: list[bytes],
+    measurement: str,
+    counters: TelemetryCounters,
+    rejects: list[tuple[str, str]] | None = None,
 ) -> tuple[list[str], list[tuple[bytes, WireError]]]:
     """Decode a micro-batch of Kafka records into line protocol; bad records are returned apart."""
     lines: list[str] = []
@@ -49,6 +54,9 @@ def records_to_lines(
     counters.samples += stats.samples
     counters.lines += stats.lines
     counters.non_finite += stats.non_finite
+    counters.clock_skew += stats.clock_ahead + stats.clock_behind
+    if rejects is not None:  # samples InfluxDB must not get (NaN, clock skew), for dead-letter
+        rejects.extend(stats.rejects)
     return lines, bad
 
 
@@ -72,34 +80,44 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     )
     telemetry_topic = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw")
     deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
+    retry_topic = app.topic(
+        KAFKA_INFLUX_RETRY,
+        value_serializer="raw",
+        key_serializer="raw",
+        internal=True,
+        partitions=settings.kafka.partitions,
+    )
     sink: InfluxSink = make_sink(settings.influx)
+    writer = SinkWriter(
+        sink,
+        lambda v, h: deadletter.send(value=v, headers=h),
+        lambda v, h: retry_topic.send(value=v, headers=h),
+    )
+    install_retry_agent(app, writer, retry_topic)
     counters = TelemetryCounters()
     app.carpulse_counters = counters  # type: ignore[attr-defined]
+    app.carpulse_sink = writer  # type: ignore[attr-defined]
 
     @app.agent(telemetry_topic)
     async def telemetry_to_influx(stream: Any) -> Any:
-        await sink.start()
+        await writer.start()
         try:
             await _consume(stream)
         finally:
-            await sink.close()
+            await writer.close()
 
     async def _consume(stream: Any) -> None:
         async for payloads in stream.take(st.take_max, within=st.take_within_s):
-            lines, bad = records_to_lines(list(payloads), st.measurement, counters)
+            rejects: list[tuple[str, str]] = []
+            lines, bad = records_to_lines(list(payloads), st.measurement, counters, rejects)
             for payload, err in bad:
                 await deadletter.send(
                     value=payload,
                     headers={"reason": err.reason.encode(), "detail": err.detail[:500].encode()},
                 )
-            try:
-                await sink.write(lines)
-            except SinkError as err:  # retries exhausted: park the lines, never drop silently
-                log.error("parking %d lines after InfluxDB failure: %s", len(lines), err)
-                await deadletter.send(
-                    value="\n".join(lines).encode(),
-                    headers={"reason": b"sink_failed", "detail": str(err)[:500].encode()},
-                )
+            for reason, detail in rejects:
+                await deadletter.send(value=detail.encode(), headers={"reason": reason.encode()})
+            await writer.deliver(lines)  # refused -> dead-letter, outage -> retry topic
 
     return app
 

@@ -1,8 +1,19 @@
 """InfluxDB sinks, as Telegraf has them: the 1.x HTTP API and the 2.x/3.x API through influxdb-client.
 
-Both take line protocol with microsecond timestamps, so a retried write rewrites the same points.
-Retries on 429, 5xx and timeouts with exponential backoff and full jitter; a 4xx other than 429
-is a bad batch and raises ``SinkError`` at once (the caller dead-letters it).
+Both take line protocol with microsecond source timestamps, so a retried write rewrites the same
+points (same series + timestamp = same point): retries and replays never duplicate.
+
+* 429, 5xx, timeouts and connection errors are transient: retried with exponential backoff and
+  full jitter, honouring ``Retry-After``; after ``max_retries`` the write raises ``SinkError`` and
+  the caller parks the lines on the retry topic (``stream.retry``).
+* Any other 4xx (400 partial write, 413 too large, 404 unknown database...) is about the lines:
+  the chunk is bisected so that only the lines the server refuses come back in
+  ``WriteResult.rejected`` with the server's reason; the rest is written. The caller dead-letters
+  the rejected ones.
+* A write is cut into requests of at most ``batch_lines`` lines and ``MAX_BODY_BYTES`` bytes.
+
+A broken link is logged once when it breaks and once when it recovers (``broken`` tells callers,
+so that during an outage they park at once instead of each waiting through the whole backoff).
 """
 
 from __future__ import annotations
@@ -11,9 +22,11 @@ import asyncio
 import gzip
 import logging
 import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import aiohttp
 
@@ -22,17 +35,88 @@ from core.errors import SinkError
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # InfluxDB 1.x refuses bodies over 25 MB by default
+MAX_BACKOFF_S: Final = 30.0
+BASE_BACKOFF_S: Final = 0.1
+MAX_REJECT_DETAIL: Final = 500
+# Extra requests one write may spend isolating refused lines; past it whole requests are refused.
+BISECT_BUDGET: Final = 128
+# Not about the lines: authentication, unknown bucket or retention policy. Parked, not dead-lettered,
+# so that the data is replayed once the configuration is fixed.
+CONFIG_STATUS: Final = frozenset({401, 403, 404})
+
+
+class Transient(Exception):
+    """A write failed in a way that may pass (429, 5xx, timeout); ``retry_after`` from the server."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Rejected(Exception):
+    """The server refused the lines themselves (4xx other than 429)."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class WriteResult:
+    """What a write did: lines written, and lines refused with the server's reason."""
+
+    written: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (line, reason)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def backoff_s(attempt: int, retry_after: float | None = None) -> float:
+    """Full-jitter exponential backoff; the server's ``Retry-After`` is a floor."""
+    delay = random.uniform(0, min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2**attempt))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, MAX_BACKOFF_S * 4))
+    return delay
+
+
+def chunks(lines: Sequence[str], max_lines: int, max_bytes: int = MAX_BODY_BYTES) -> list[bytes]:
+    """Request bodies of at most ``max_lines`` lines and about ``max_bytes`` bytes."""
+    out: list[bytes] = []
+    step = max(1, max_lines)
+    for start in range(0, len(lines), step):
+        body = ("\n".join(lines[start : start + step]) + "\n").encode()
+        if len(body) <= max_bytes or step == 1:
+            out.append(body)
+            continue
+        out.extend(chunks(lines[start : start + step], max(1, step // 2), max_bytes))
+    return out
 
 
 class InfluxSink(ABC):
-    """Writes line protocol; ``write`` does chunking, retries and the broken/recovered log lines."""
+    """Writes line protocol; ``write`` does chunking, retries, bisection and the log lines."""
 
     def __init__(self, settings: InfluxSettings) -> None:
         self.s = settings
         self.written_lines = 0
+        self.rejected_lines = 0
         self.retries = 0
-        self._broken = False
+        self.requests = 0
+        self.broken_since: float | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.broken_since is not None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections, create the database where the API allows it."""
@@ -42,40 +126,68 @@ class InfluxSink(ABC):
 
     @abstractmethod
     async def _write_internal(self, body: bytes) -> None:
-        """Send one request; raise ``_Retryable`` or ``SinkError``."""
+        """Send one request; raise ``Transient`` or ``Rejected``."""
 
-    async def write(self, lines: Sequence[str]) -> None:
-        step = max(1, self.s.batch_lines)
-        for start in range(0, len(lines), step):
-            chunk = lines[start : start + step]
-            await self._write_retrying(("\n".join(chunk) + "\n").encode())
-            self.written_lines += len(chunk)
+    async def write(self, lines: Sequence[str], *, max_retries: int | None = None) -> WriteResult:
+        """Write ``lines``; raises ``SinkError`` when transient failures outlast the retries."""
+        result = WriteResult()
+        retries = self.s.max_retries if max_retries is None else max_retries
+        budget = [BISECT_BUDGET]
+        for body in chunks(lines, self.s.batch_lines):
+            await self._write_body(body, retries, result, budget)
+        self.written_lines += result.written
+        self.rejected_lines += len(result.rejected)
+        return result
 
-    async def _write_retrying(self, body: bytes) -> None:
+    async def _write_body(
+        self, body: bytes, retries: int, result: WriteResult, budget: list[int]
+    ) -> None:
+        try:
+            await self._write_retrying(body, retries)
+        except Rejected as err:
+            lines = body.rstrip(b"\n").split(b"\n")
+            budget[0] -= 1
+            if len(lines) == 1 or budget[0] <= 0:
+                why = str(err)[:MAX_REJECT_DETAIL]
+                if len(lines) > 1:
+                    why = f"{why} (whole request of {len(lines)} lines refused)"
+                result.rejected.extend((line.decode(errors="replace"), why) for line in lines)
+                return
+            # Rewriting the accepted half is harmless (same points), so bisect to the bad lines.
+            mid = len(lines) // 2
+            for part in (lines[:mid], lines[mid:]):
+                await self._write_body(b"\n".join(part) + b"\n", retries, result, budget)
+            return
+        result.written += body.count(b"\n")
+
+    async def _write_retrying(self, body: bytes, retries: int) -> None:
         attempt = 0
         while True:
+            self.requests += 1
             try:
                 await self._write_internal(body)
-            except _Retryable as err:
+            except Transient as err:
                 attempt += 1
                 self.retries += 1
-                if not self._broken:
-                    log.warning("InfluxDB write failing (%s); retrying with backoff", err)
-                    self._broken = True
-                if attempt > self.s.max_retries:
+                if self.broken_since is None:
+                    log.warning(
+                        "InfluxDB at %s failing (%s); retrying with backoff", self.s.url, err
+                    )
+                    self.broken_since = time.monotonic()
+                if attempt > retries:
                     raise SinkError(
-                        f"InfluxDB write failed after {attempt} attempts: {err}"
+                        f"InfluxDB write to {self.s.url} failed after {attempt} attempts: {err}"
                     ) from err
-                await asyncio.sleep(random.uniform(0, min(30.0, 0.1 * 2**attempt)))
+                await asyncio.sleep(backoff_s(attempt, err.retry_after))
                 continue
-            if self._broken:
-                log.warning("InfluxDB writes recovered after %d retries", attempt)
-                self._broken = False
+            if self.broken_since is not None:
+                log.warning(
+                    "InfluxDB at %s recovered after %.1fs",
+                    self.s.url,
+                    time.monotonic() - self.broken_since,
+                )
+                self.broken_since = None
             return
-
-
-class _Retryable(Exception):
-    pass
 
 
 class InfluxV1Sink(InfluxSink):
@@ -94,6 +206,12 @@ class InfluxV1Sink(InfluxSink):
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.s.timeout_s), auth=self._auth()
         )
+        try:
+            await self._create_database()
+        except SinkError as err:  # not fatal: writes retry, and create it on "database not found"
+            log.warning("could not create InfluxDB database yet: %s", err)
+
+    async def _create_database(self) -> None:
         await self.query(f'CREATE DATABASE "{self.s.database}"', method="POST")
 
     async def close(self) -> None:
@@ -110,7 +228,7 @@ class InfluxV1Sink(InfluxSink):
                 if resp.status != 200:
                     raise SinkError(f"InfluxDB query failed ({resp.status}): {data}")
                 return data  # type: ignore[no-any-return]
-        except (aiohttp.ClientError, TimeoutError) as err:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             raise SinkError(f"InfluxDB at {self.s.url} unreachable: {err}") from err
 
     async def _write_internal(self, body: bytes) -> None:
@@ -128,12 +246,19 @@ class InfluxV1Sink(InfluxSink):
             ) as resp:
                 if resp.status == 204:
                     return
-                text = (await resp.text())[:300]
-                if resp.status in RETRY_STATUS:
-                    raise _Retryable(f"HTTP {resp.status}: {text}")
-                raise SinkError(f"InfluxDB rejected a batch (HTTP {resp.status}): {text}")
+                text = (await resp.text())[:MAX_REJECT_DETAIL]
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as err:
-            raise _Retryable(f"{type(err).__name__}: {err}") from err
+            raise Transient(f"{type(err).__name__}: {err}") from err
+        if resp.status == 404 and "database not found" in text:
+            try:  # created after a wipe, or InfluxDB was down when we started
+                await self._create_database()
+            except SinkError as err:
+                raise Transient(str(err)) from err
+            raise Transient("database was missing; created it", retry_after=0.0)
+        if resp.status in RETRY_STATUS or resp.status in CONFIG_STATUS:
+            raise Transient(f"HTTP {resp.status}: {text}", retry_after)
+        raise Rejected(resp.status, text)
 
 
 class InfluxV2Sink(InfluxSink):
@@ -142,6 +267,7 @@ class InfluxV2Sink(InfluxSink):
     def __init__(self, settings: InfluxSettings) -> None:
         super().__init__(settings)
         self._client: Any = None
+        self._api: Any = None
 
     def _token(self) -> str:
         if self.s.token is not None:
@@ -160,6 +286,7 @@ class InfluxV2Sink(InfluxSink):
             timeout=int(self.s.timeout_s * 1000),
             enable_gzip=self.s.gzip,
         )
+        self._api = self._client.write_api()
 
     async def close(self) -> None:
         if self._client is not None:
@@ -170,18 +297,21 @@ class InfluxV2Sink(InfluxSink):
         from influxdb_client.client.exceptions import InfluxDBError
         from influxdb_client.domain.write_precision import WritePrecision
 
-        assert self._client is not None, "start() first"
+        assert self._api is not None, "start() first"
         try:
-            await self._client.write_api().write(
+            await self._api.write(
                 bucket=self.s.bucket, org=self.s.org, record=body, write_precision=WritePrecision.US
             )
         except InfluxDBError as err:
-            status = getattr(err.response, "status", None)
-            if status in RETRY_STATUS:
-                raise _Retryable(f"HTTP {status}: {err}") from err
-            raise SinkError(f"InfluxDB rejected a batch (HTTP {status}): {err}") from err
+            status = getattr(err, "status", None) or getattr(err.response, "status", None)
+            retry_after = parse_retry_after(err.retry_after)
+            msg = err.message
+            text = msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)
+            if not status or status in RETRY_STATUS or status in CONFIG_STATUS:  # 0: timeout
+                raise Transient(f"HTTP {status}: {text}", retry_after) from err
+            raise Rejected(status, text[:MAX_REJECT_DETAIL]) from err
         except (aiohttp.ClientError, TimeoutError) as err:
-            raise _Retryable(f"{type(err).__name__}: {err}") from err
+            raise Transient(f"{type(err).__name__}: {err}") from err
 
 
 def make_sink(settings: InfluxSettings) -> InfluxSink:

@@ -1,0 +1,172 @@
+"""Deliver line protocol to InfluxDB without losing any: dead-letter what it refuses, park what fails.
+
+``SinkWriter.deliver(lines)`` is what the telemetry agent calls:
+
+* lines the server refuses (400 partial write...) go to the dead-letter topic, grouped by reason;
+* when transient failures outlast the sink's retries (a long outage), the lines are parked on
+  ``carpulse.influx-retry`` (gzip line protocol, headers ``attempt`` and ``first_failed_us``),
+  and the agent goes on with its partition instead of stalling it;
+* while the sink is known broken, ``deliver`` tries once and parks at once (a circuit breaker),
+  so an outage costs one request per micro-batch rather than the whole backoff each time.
+
+The retry agent (``install_retry_agent``) replays parked records one at a time with exponential
+backoff, forever: its Kafka offset only moves once a record is written or dead-lettered, so a
+crash or a week-long outage loses nothing. Points carry source timestamps, so a replay that
+overlaps a write that did land rewrites the same points (no duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from core.errors import SinkError
+from stream.influx import InfluxSink, backoff_s, chunks
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[bytes, dict[str, bytes]], Awaitable[Any]]
+
+PARK_CHUNK_BYTES: Final = 512 * 1024  # below Kafka's 1 MB default message size, before gzip
+REPLAY_MAX_BACKOFF_S: Final = 60.0
+
+
+@dataclass
+class SinkCounters:
+    """What happened to every line handed to the sink (nothing leaves uncounted)."""
+
+    written: int = 0
+    rejected: int = 0
+    parked_lines: int = 0
+    parked_records: int = 0
+    replayed_lines: int = 0
+    replay_failures: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def count(self, reason: str, n: int = 1) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + n
+
+
+def pack(lines: Sequence[str]) -> list[bytes]:
+    """Gzip line-protocol records of bounded size for the retry topic."""
+    return [gzip.compress(b, compresslevel=1) for b in chunks(lines, 5000, PARK_CHUNK_BYTES)]
+
+
+def unpack(value: bytes) -> list[str]:
+    """Lines of one parked record; raises ``SinkError`` if it is not ours."""
+    try:
+        text = gzip.decompress(value).decode()
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise SinkError(f"retry record is not gzip line protocol: {err}") from err
+    return [line for line in text.split("\n") if line]
+
+
+class SinkWriter:
+    """Writes through ``sink``; sends refused lines to ``deadletter`` and failures to ``park``."""
+
+    def __init__(self, sink: InfluxSink, deadletter: Send, park: Send) -> None:
+        self.sink = sink
+        self.deadletter = deadletter
+        self.park = park
+        self.counters = SinkCounters()
+        self._parking = False
+        self._users = 0
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Start the sink once for all the agents that share it."""
+        async with self._lock:
+            if self._users == 0:
+                await self.sink.start()
+            self._users += 1
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                await self.sink.close()
+
+    async def deliver(self, lines: Sequence[str]) -> None:
+        if not lines:
+            return
+        retries = 0 if self.sink.broken else None
+        try:
+            result = await self.sink.write(lines, max_retries=retries)
+        except SinkError as err:
+            await self._park(lines, err, attempt=1)
+            return
+        if self._parking:
+            log.warning("InfluxDB writes go through again; the retry agent replays what was parked")
+            self._parking = False
+        self.counters.written += result.written
+        await self.dead_letter(result.rejected)
+
+    async def dead_letter(self, rejected: Sequence[tuple[str, str]]) -> None:
+        """One dead-letter record per reason, holding the refused lines."""
+        by_reason: dict[str, list[str]] = {}
+        for line, reason in rejected:
+            by_reason.setdefault(reason, []).append(line)
+        for reason, lines in by_reason.items():
+            self.counters.rejected += len(lines)
+            self.counters.count("influx_rejected", len(lines))
+            await self.deadletter(
+                "\n".join(lines).encode(),
+                {"reason": b"influx_rejected", "detail": reason[:500].encode()},
+            )
+
+    async def _park(self, lines: Sequence[str], err: Exception, attempt: int) -> None:
+        if not self._parking:
+            log.error("InfluxDB unavailable (%s); parking batches on the retry topic", err)
+            self._parking = True
+        now = str(int(time.time() * 1e6)).encode()
+        for record in pack(lines):
+            await self.park(record, {"attempt": str(attempt).encode(), "first_failed_us": now})
+            self.counters.parked_records += 1
+        self.counters.parked_lines += len(lines)
+        self.counters.count("parked", len(lines))
+
+    async def replay(self, value: bytes, sleep: Callable[[float], Awaitable[Any]]) -> int:
+        """Write one parked record, retrying with backoff until it is written or refused."""
+        try:
+            lines = unpack(value)
+        except SinkError as err:
+            self.counters.count("bad_retry_record")
+            await self.deadletter(
+                value, {"reason": b"bad_retry_record", "detail": str(err).encode()}
+            )
+            return 0
+        attempt = 0
+        while True:
+            try:
+                result = await self.sink.write(lines)
+            except SinkError as err:
+                attempt += 1
+                self.counters.replay_failures += 1
+                delay = min(REPLAY_MAX_BACKOFF_S, backoff_s(attempt) + 2 ** min(attempt, 6))
+                log.debug("replay attempt %d failed (%s); next in %.1fs", attempt, err, delay)
+                await sleep(delay)
+                continue
+            self.counters.replayed_lines += result.written
+            self.counters.written += result.written
+            await self.dead_letter(result.rejected)
+            return result.written
+
+
+def install_retry_agent(app: Any, writer: SinkWriter, retry_topic: Any) -> Any:
+    """Register the agent that replays ``retry_topic`` through ``writer`` (one record at a time)."""
+
+    @app.agent(retry_topic, concurrency=1)
+    async def influx_retry(stream: Any) -> Any:
+        await writer.start()
+        try:
+            async for value in stream:
+                await writer.replay(value, asyncio.sleep)
+        finally:
+            await writer.close()
+
+    return influx_retry
