@@ -172,6 +172,26 @@ def edge_doctor(device: Annotated[str, typer.Option(help="Device id.")] = "") ->
         raise typer.Exit(1)
 
 
+@edge_app.command("run")
+def edge_run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="edge.toml ([edge] and its tables).")
+    ] = None,
+    seconds: Annotated[
+        float, typer.Option(help="Stop after this long (0 = run until SIGTERM).")
+    ] = 0,
+    exit_when_done: Annotated[
+        bool, typer.Option(help="Stop when finite sources (logs) are done and the queue is empty.")
+    ] = False,
+) -> None:
+    """Run the edge agent: sources -> campaigns -> durable queue -> MQTT."""
+    from edge.agent import EdgeAgent, load_agent_config
+
+    s, conf = load_agent_config(config or _state.get("config"))
+    stats = EdgeAgent(s, conf).run(seconds, exit_when_done=exit_when_done)
+    typer.echo(json.dumps(stats))
+
+
 # ----- stream --------------------------------------------------------------------------------
 @stream_app.command("bridge")
 def stream_bridge(

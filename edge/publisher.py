@@ -1,13 +1,25 @@
-"""MQTT publishing for the edge agent: TLS with the device certificate, QoS 1, status and last will."""
+"""MQTT publishing for the edge agent: TLS with the device certificate, QoS 1, status and last will.
+
+Two ways to run a :class:`MqttPublisher`:
+
+- ``connect()`` then ``publish()``/``flush()``: blocking, for tools and replays;
+- ``start()``: a network thread of our own that connects and reconnects with exponential backoff
+  and jitter (paho's built-in retry has no jitter, so a fleet that lost the same cell tower would
+  reconnect in lock-step), announces ``online`` (retained) after every CONNACK, and reports each
+  PUBACK through ``on_ack(mid)``; the agent's durable queue deletes a row only then. The session is
+  persistent (``clean_session=False``): paho resends in-flight QoS 1 messages after a reconnect.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +65,23 @@ def device_mqtt_settings(s: CarpulseSettings, device_id: str) -> DeviceMqtt:
     return DeviceMqtt(device_id, e.broker_host, e.broker_port, ca, cert, key)
 
 
+class Backoff:
+    """Exponential backoff with "equal jitter": half the delay fixed, half random."""
+
+    def __init__(self, base_s: float = 0.5, cap_s: float = 60.0, seed: int | None = None) -> None:
+        self.base_s, self.cap_s = base_s, cap_s
+        self.attempt = 0
+        self._rng = random.Random(seed)
+
+    def next(self) -> float:
+        delay = min(self.cap_s, self.base_s * 2**self.attempt)
+        self.attempt = min(self.attempt + 1, 30)
+        return delay / 2 + self._rng.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
 def _status(state: str, boot_id: str) -> bytes:
     return json.dumps(
         {"state": state, "boot_id": boot_id, "ts_us": int(time.time() * 1e6)}
@@ -88,6 +117,21 @@ class MqttPublisher:
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.on_ack: Callable[[int], None] | None = None
+        self.backoff = Backoff()
+        self.connects = 0  # successful CONNACKs
+        self._announce = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def _on_publish(self, client, userdata, mid, reason, props) -> None:  # type: ignore[no-untyped-def]
+        if self.on_ack is not None:
+            self.on_ack(mid)
 
     def _on_connect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
         if reason.is_failure:
@@ -100,6 +144,16 @@ class MqttPublisher:
                 reason,
             )
             return
+        self.backoff.reset()
+        self.connects += 1
+        self._refused = None
+        if self._announce:
+            client.publish(
+                device_topic(self.conf.device_id, "status"),
+                _status("online", self.boot_id),
+                qos=1,
+                retain=True,
+            )
         if self._connected.is_set():
             return
         log.info("connected to %s:%s as %s", self.conf.host, self.conf.port, self.conf.device_id)
@@ -133,6 +187,48 @@ class MqttPublisher:
                 _status("online", self.boot_id),
                 retain=True,
             )
+
+    def start(self) -> None:
+        """Connect in the background and stay connected (backoff with jitter); returns at once."""
+        if self._thread is not None:
+            return
+        self._announce = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="mqtt-net", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        where = f"{self.conf.host}:{self.conf.port}"
+        first, sock_ok, complained = True, False, False
+        while not self._stop.is_set():
+            if not sock_ok:
+                try:
+                    if first:
+                        self.client.connect(self.conf.host, self.conf.port, self.conf.keepalive_s)
+                    else:
+                        self.client.reconnect()
+                    first, sock_ok = False, True
+                except OSError as err:  # ssl.SSLError is an OSError
+                    if not complained:
+                        log.warning("cannot reach the MQTT broker at %s: %s (retrying)", where, err)
+                        complained = True
+                    self._stop.wait(self.backoff.next())
+                    continue
+                if complained:
+                    log.info("MQTT broker at %s reachable again", where)
+                    complained = False
+            rc = self.client.loop(timeout=0.2)
+            if rc != mqtt.MQTT_ERR_SUCCESS and not self._stop.is_set():
+                sock_ok = False
+                self._connected.clear()
+                self._stop.wait(self.backoff.next())
+
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Queue a QoS 1 message; returns its mid (its PUBACK comes through ``on_ack``)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return int(info.mid)
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, timeout: float = 30.0
@@ -172,7 +268,12 @@ class MqttPublisher:
         finally:
             self._connected.clear()
             self.client.disconnect()
-            self.client.loop_stop()
+            if self._thread is not None:
+                self._stop.set()
+                self._thread.join(10)
+                self._thread = None
+            else:
+                self.client.loop_stop()
 
 
 def probe(conf: DeviceMqtt, device_id: str) -> str | None:

@@ -1,0 +1,389 @@
+"""The edge agent daemon: sources -> campaigns -> batches -> durable queue -> MQTT (QoS 1, PUBACK).
+
+``carpulse edge run --config edge.toml``. The TOML file is the usual carpulse config; the agent
+reads ``[edge]`` (device id, broker, certificates, state dir, batch limits) plus its own tables::
+
+    [[edge.sources]]            # one table per source; 'type' picks the plugin (edge.sources)
+    type = "can"
+    log = "../shared/data/canlogs/gt350/evox.log"
+    dbc = "../shared/data/canlogs/gt350/ford_lincoln_base_pt.dbc"
+    mapping = "gt350"
+
+    [[edge.campaigns]]          # see edge.campaigns.CampaignSpec; none = every sample, priority 5
+    name = "speed"
+    kind = "periodic"
+    signals = ["Vehicle.Speed"]
+    hz = 1
+    aggregates = ["min", "max", "mean", "last"]
+
+    [edge.queue]                # see edge.queue.DurableQueue
+    max_bytes = 268435456
+    fsync = "full"
+
+Every batch gets its sequence number when it is enqueued, so a resend after a crash carries the
+same ``(boot_id, seq)`` and the stream dedupes it. Sources run in their own threads (blocking
+drivers); everything else runs in one loop thread over whole blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue as stdqueue
+import signal
+import threading
+import time
+import tomllib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.config import CarpulseSettings, load_settings
+from core.errors import CarpulseError, ConfigError, SourceError
+from core.topics import device_topic
+from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
+from edge.campaigns import CampaignManager, CampaignSpec, concat_samples, parse_specs
+from edge.queue import DEFAULT_MAX_BYTES, DurableQueue
+from edge.seqstate import SequenceCounter
+from edge.sources.base import Source, create_source
+
+log = logging.getLogger(__name__)
+
+CRASH_PRIORITY = 0
+TRIGGER_PRIORITY = 2
+
+
+class QueueConfig(BaseModel):
+    """``[edge.queue]``: the durable store-and-forward queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(DEFAULT_MAX_BYTES, gt=0, description="Payload byte cap (256 MB).")
+    ttl_s: float | None = Field(
+        7 * 24 * 3600.0, description="Drop data older than this (not crashes)."
+    )
+    fsync: Literal["full", "normal"] = Field("full", description="SQLite synchronous mode.")
+    window: int = Field(64, ge=1, le=1000, description="Unacknowledged messages in flight at most.")
+
+
+class AgentConfig(BaseModel):
+    """The agent's own tables under ``[edge]``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    campaigns: list[dict[str, Any]] = Field(default_factory=list)
+    queue: QueueConfig = QueueConfig()
+    stats_file: Path | None = Field(None, description="JSON stats written every second.")
+    drain_timeout_s: float = Field(5.0, ge=0, description="On stop: wait this long for PUBACKs.")
+
+
+def load_agent_config(path: Path | str | None) -> tuple[CarpulseSettings, AgentConfig]:
+    """Settings and agent tables from one TOML file; errors name the file and the field."""
+    settings = load_settings(path)
+    doc: dict[str, Any] = {}
+    if path:
+        try:
+            doc = tomllib.loads(Path(path).read_text()).get("edge", {})
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"config file {path}: {err}") from err
+    try:
+        conf = AgentConfig.model_validate(doc)
+    except ValidationError as err:
+        lines = [f"  edge.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"invalid [edge] tables in {path}:\n" + "\n".join(lines)) from err
+    return settings, conf
+
+
+class Batcher:
+    """Per-priority pending samples, cut into messages of at most N samples or about 1 s."""
+
+    def __init__(self, max_samples: int, max_interval_s: float) -> None:
+        self.max_samples = max_samples
+        self.max_interval_us = int(max_interval_s * 1e6)
+        self.max_age_s = max_interval_s
+        self._parts: dict[int, list[Samples]] = {}
+        self._count: dict[int, int] = {}
+        self._span: dict[int, tuple[int, int]] = {}
+        self._since: dict[int, float] = {}
+
+    def add(self, priority: int, samples: Samples) -> None:
+        if not len(samples):
+            return
+        self._parts.setdefault(priority, []).append(samples)
+        self._count[priority] = self._count.get(priority, 0) + len(samples)
+        lo, hi = int(samples.ts_us.min()), int(samples.ts_us.max())
+        a, b = self._span.get(priority, (lo, hi))
+        self._span[priority] = (min(a, lo), max(b, hi))
+        self._since.setdefault(priority, time.monotonic())
+
+    def due(self, *, force: bool = False) -> list[tuple[int, Samples]]:
+        out: list[tuple[int, Samples]] = []
+        now = time.monotonic()
+        for prio in sorted(self._parts):
+            lo, hi = self._span[prio]
+            if not (
+                force
+                or self._count[prio] >= self.max_samples
+                or hi - lo >= self.max_interval_us
+                or now - self._since[prio] >= self.max_age_s
+            ):
+                continue
+            merged = concat_samples(self._parts.pop(prio))
+            del self._count[prio], self._span[prio], self._since[prio]
+            order = np.argsort(merged.ts_us, kind="stable")
+            merged = Samples(
+                merged.names, merged.sig[order], merged.ts_us[order], merged.value[order]
+            )
+            for start in range(0, len(merged), self.max_samples):
+                out.append((prio, merged.slice(start, start + self.max_samples).compact()))
+        return out
+
+
+class EdgeAgent:
+    """One device: reads its sources, applies campaigns, queues durably and publishes."""
+
+    def __init__(self, settings: CarpulseSettings, conf: AgentConfig) -> None:
+        from edge.publisher import MqttPublisher, device_mqtt_settings
+
+        e = settings.edge
+        self.settings, self.conf = settings, conf
+        self.device_id = e.device_id
+        self.state_dir = Path(e.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        specs = parse_specs(conf.campaigns, "[[edge.campaigns]]") or [
+            CampaignSpec(name="all", kind="raw")
+        ]
+        self.campaigns = CampaignManager(specs, self.state_dir / f"{self.device_id}.campaigns.json")
+        self.sources: list[Source] = []
+        for i, table in enumerate(conf.sources):
+            opts = dict(table)
+            kind = opts.pop("type", None)
+            if not isinstance(kind, str):
+                raise ConfigError(f"[[edge.sources]] entry {i}: 'type' is missing")
+            name = str(opts.pop("name", f"{kind}{i}"))
+            self.sources.append(create_source(kind, name, opts))
+        if not self.sources:
+            raise ConfigError(
+                "no [[edge.sources]] configured: the agent would have nothing to send"
+            )
+        q = conf.queue
+        self.seq = SequenceCounter(self.state_dir, self.device_id)
+        self.queue = DurableQueue(
+            self.state_dir / f"{self.device_id}.queue.sqlite",
+            max_bytes=q.max_bytes,
+            ttl_s=q.ttl_s,
+            fsync=q.fsync,
+        )
+        self.batcher = Batcher(e.batch_max_samples, e.batch_max_interval_s)
+        self.window = q.window
+        self.pub = MqttPublisher(
+            device_mqtt_settings(settings, self.device_id), self.seq.boot_id, self.window
+        )
+        self._acks: deque[int] = deque()
+        self.pub.on_ack = self._acks.append  # called from paho's thread; deque.append is atomic
+        self._inflight: dict[int, int] = {}  # mid -> queue row id
+        self._live_from = 0
+        self._seen_connects = 0
+        self._blocks: stdqueue.Queue[Samples] = stdqueue.Queue(maxsize=256)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._done_sources = 0
+        self._done_lock = threading.Lock()
+        self.topic_telemetry = device_topic(self.device_id, "telemetry")
+        self.topic_events = device_topic(self.device_id, "events")
+        # Hooks: called with every micro-batch; may return events to enqueue (crash detection).
+        self.sample_hooks: list[Callable[[Samples], list[Event]]] = []
+        # Called every loop iteration (watchdog keep-alive, command polling...).
+        self.tick_hooks: list[Callable[[], None]] = []
+        self.stats: dict[str, Any] = {
+            "device_id": self.device_id,
+            "boot_id": self.seq.boot_id,
+            "samples_in": 0,
+            "samples_out": 0,
+            "batches": 0,
+            "events": 0,
+            "bytes_enqueued": 0,
+            "published": 0,
+            "acked": 0,
+            "triggers": 0,
+        }
+        self._last_stats = 0.0
+
+    # ----- sources -----------------------------------------------------------------------------
+    def _source_loop(self, src: Source) -> None:
+        broken = False
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                src.open()
+                block = src.read(0.2)
+                if broken:
+                    log.info("%r: reading again", src)
+                    broken, delay = False, 0.5
+            except SourceError as err:
+                if not broken:
+                    log.warning("%r: %s (retrying)", src, err)
+                    broken = True
+                src.close()
+                self._stop.wait(delay)
+                delay = min(30.0, delay * 2)
+                continue
+            if len(block):
+                while not self._stop.is_set():
+                    try:
+                        self._blocks.put(block, timeout=0.2)
+                        break
+                    except stdqueue.Full:
+                        continue
+            elif src.exhausted:
+                break
+        src.close()
+        with self._done_lock:
+            self._done_sources += 1
+
+    # ----- pipeline ----------------------------------------------------------------------------
+    def _process(self, block: Samples) -> None:
+        self.stats["samples_in"] += len(block)
+        out = self.campaigns.process(block)
+        for prio, parts in out.by_priority.items():
+            for part in parts:
+                self.batcher.add(prio, part)
+        for trig in out.triggers:
+            self.stats["triggers"] += 1
+            self.enqueue_event("campaign_trigger", trig["ts_us"], TRIGGER_PRIORITY, trig)
+        for hook in self.sample_hooks:
+            for ev in hook(block):
+                self.enqueue_event(ev.kind, ev.ts_us, ev.priority, ev.data)
+
+    def enqueue_event(self, kind: str, ts_us: int, priority: int, data: dict[str, Any]) -> None:
+        """Append an event durably (priority 0 = crash: never dropped)."""
+        seq = self.seq.next()
+        ev = Event(self.device_id, self.seq.boot_id, seq, kind, int(ts_us), priority, data)
+        self.queue.put(
+            "events", self.topic_events, encode_event(ev),
+            priority=priority, boot_id=self.seq.boot_id, seq=seq,
+        )  # fmt: skip
+        self.stats["events"] += 1
+
+    def _enqueue_batches(self, *, force: bool = False) -> None:
+        for prio, samples in self.batcher.due(force=force):
+            seq = self.seq.next()
+            payload = encode_telemetry(
+                TelemetryBatch(self.device_id, self.seq.boot_id, seq, samples)
+            )
+            self.queue.put(
+                "telemetry", self.topic_telemetry, payload, priority=prio,
+                boot_id=self.seq.boot_id, seq=seq, samples=len(samples),
+            )  # fmt: skip
+            self.stats["batches"] += 1
+            self.stats["samples_out"] += len(samples)
+            self.stats["bytes_enqueued"] += len(payload)
+
+    def _pump(self) -> None:
+        """Delete acknowledged rows, then fill the in-flight window from the queue."""
+        acked: list[int] = []
+        while self._acks:
+            row = self._inflight.pop(self._acks.popleft(), None)
+            if row is not None:  # None: our own status message
+                acked.append(row)
+        if acked:
+            self.queue.ack(acked)
+            self.stats["acked"] += len(acked)
+        if not self.pub.connected:
+            return
+        if self.pub.connects != self._seen_connects:
+            # A new connection: rows from now on are "live", older ones the backlog.
+            self._seen_connects = self.pub.connects
+            self._live_from = self.queue.max_id() + 1
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return
+        for item in self.queue.take(room, set(self._inflight.values()), live_from=self._live_from):
+            mid = self.pub.publish_nowait(item.topic, item.payload)
+            self._inflight[mid] = item.id
+            self.stats["published"] += 1
+
+    def _write_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.conf.stats_file is None or (not force and now - self._last_stats < 1.0):
+            return
+        self._last_stats = now
+        doc = dict(self.stats)
+        doc["queue"] = self.queue.stats()
+        doc["queue_rows"] = len(self.queue)
+        doc["connected"] = self.pub.connected
+        doc["connects"] = self.pub.connects
+        doc["sources"] = {s.name: s.counters.as_dict() for s in self.sources}
+        doc["frames"] = sum(int(getattr(s, "frames_read", 0)) for s in self.sources)
+        doc["campaigns"] = {n: c.version for n, c in self.campaigns.specs.items()}
+        tmp = Path(str(self.conf.stats_file) + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.conf.stats_file)
+
+    # ----- run ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, seconds: float = 0.0, *, exit_when_done: bool = False) -> dict[str, Any]:
+        """Run until ``stop()``, SIGTERM, ``seconds`` (0 = forever) or, with ``exit_when_done``,
+        until every finite source is exhausted and the queue is empty."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        self.pub.start()
+        for src in self.sources:
+            t = threading.Thread(
+                target=self._source_loop, args=(src,), name=f"src-{src.name}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+        deadline = time.monotonic() + seconds if seconds > 0 else None
+        try:
+            while not self._stop.is_set():
+                try:
+                    block = self._blocks.get(timeout=0.05)
+                    self._process(block)
+                    while True:  # whatever else is ready, without waiting
+                        self._process(self._blocks.get_nowait())
+                except stdqueue.Empty:
+                    pass
+                sources_done = self._done_sources == len(self.sources) and self._blocks.empty()
+                self._enqueue_batches(force=sources_done)
+                self._pump()
+                for hook in self.tick_hooks:
+                    hook()
+                self._write_stats()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if exit_when_done and sources_done and not self._inflight and len(self.queue) == 0:
+                    break
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        try:
+            while True:
+                self._process(self._blocks.get_nowait())
+        except stdqueue.Empty:
+            pass
+        self._enqueue_batches(force=True)
+        end = time.monotonic() + self.conf.drain_timeout_s
+        while time.monotonic() < end and self.pub.connected and (self._inflight or len(self.queue)):
+            self._pump()
+            time.sleep(0.01)
+        self._pump()
+        self._write_stats(force=True)
+        try:
+            self.pub.close()
+        except CarpulseError as err:
+            log.warning("closing the MQTT session: %s", err)
+        self.queue.close()

@@ -1,0 +1,5 @@
+"""Signal sources of the edge agent: an ABC, a registry and the CAN, simulator, OBD-II and GNSS plugins."""
+
+from edge.sources.base import SOURCES, Source, SourceCounters, create_source
+
+__all__ = ["SOURCES", "Source", "SourceCounters", "create_source"]
