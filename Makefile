@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= edge,stream,models,crm,local,dev
+EXTRAS ?= edge,stream,models,crm,vision,local,dev
 APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

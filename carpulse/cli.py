@@ -34,6 +34,8 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(edge_app, name="edge")
 app.add_typer(stream_app, name="stream")
 app.add_typer(config_app, name="config")
+gate_app = typer.Typer(help="Dealer gate cameras: licence plates and consented faces.")
+app.add_typer(gate_app, name="gate")
 
 _state: dict[str, Any] = {}
 
@@ -189,6 +191,67 @@ def edge_run(
 
     s, conf = load_agent_config(config or _state.get("config"))
     stats = EdgeAgent(s, conf).run(seconds, exit_when_done=exit_when_done)
+    typer.echo(json.dumps(stats))
+
+
+# ----- gate ----------------------------------------------------------------------------------
+@gate_app.command("run")
+def gate_run(
+    source: Annotated[
+        str, typer.Option(help="Camera index, RTSP URL, video file or image folder.")
+    ],
+    device: Annotated[
+        str, typer.Option(help="The gate's device id (default [edge] device_id).")
+    ] = "",
+    camera: Annotated[str, typer.Option(help="Camera name carried in events.")] = "gate-1",
+    min_votes: Annotated[int, typer.Option(help="Frames that must agree on a plate.")] = 2,
+    dedupe_s: Annotated[float, typer.Option(help="Same plate again within this: no event.")] = 300,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (0 = all cores).")] = 1,
+    seconds: Annotated[
+        float, typer.Option(help="Stop after this long (0 = until done/SIGTERM).")
+    ] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print events as JSON lines instead of sending them.")
+    ] = False,
+    consented: Annotated[
+        Path | None, typer.Option(help="File of member ids with face consent, one per line.")
+    ] = None,
+    face_detector: Annotated[Path | None, typer.Option(help="Face detector ONNX.")] = None,
+    face_detector_kind: Annotated[str, typer.Option(help="'boxes' or 'scrfd'.")] = "boxes",
+    face_embedder: Annotated[Path | None, typer.Option(help="ArcFace-style embedder ONNX.")] = None,
+    face_gallery: Annotated[Path | None, typer.Option(help="Enrolled embeddings (.npz).")] = None,
+) -> None:
+    """Read plates (and consented faces) from a camera; gate events go through the durable queue."""
+    import signal
+    import threading
+
+    from edge.gate import GateConfig, GateLoop, QueuedEvents, build_faces
+
+    conf = GateConfig(
+        source=source, camera=camera, min_votes=min_votes, dedupe_s=dedupe_s, threads=threads,
+        face_detector=face_detector, face_detector_kind=face_detector_kind,
+        face_embedder=face_embedder, face_gallery=face_gallery,
+    )  # fmt: skip
+    ids = set(consented.read_text().split()) if consented else set()
+    faces = build_faces(conf, ids.__contains__)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if dry_run:
+
+        def show(kind: str, ts_us: int, priority: int, data: dict[str, Any]) -> None:
+            typer.echo(json.dumps({"kind": kind, "ts_us": ts_us, **data}, ensure_ascii=False))
+
+        stats = GateLoop(conf, show, faces=faces).run(stop, seconds)
+    else:
+        s = settings()
+        sink = QueuedEvents(s, device or s.edge.device_id)
+        sink.start()
+        try:
+            stats = GateLoop(conf, sink, faces=faces, tick=sink.pump).run(stop, seconds)
+        finally:
+            sink.close()
+        stats["acked"] = sink.acked
     typer.echo(json.dumps(stats))
 
 

@@ -25,6 +25,7 @@ EVALUATIONS: dict[str, str] = {
     "nab": "models.evals.nab:main",
     "cmapss": "models.evals.cmapss:main",
     "can-ids": "models.evals.can_ids:main",
+    "plates": "models.evals.plates:main",
 }
 
 

@@ -1,0 +1,143 @@
+"""``carpulse eval plates``: plate reading accuracy and CPU latency on labelled photos (../shared/data/plates)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from carpulse.datasets import shared_data_dir
+from core.errors import ConfigError
+from models.plates.vote import _distance
+
+COUNTED = ("high", "medium")  # low-confidence labels may be wrong: not in exact accuracy
+
+
+def load_labels(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``image -> plates`` from labels.json; errors name the file and the entry."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"labels {path}: {err}") from err
+    if not isinstance(doc, dict):
+        raise ConfigError(f"labels {path}: top level must be an object")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, entry in doc.items():
+        plates = entry.get("plates") if isinstance(entry, dict) else None
+        if not isinstance(plates, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("text"), str) for p in plates
+        ):
+            raise ConfigError(f"labels {path}: entry {name!r}: 'plates' must be a list of {{text}}")
+        out[name] = plates
+    return out
+
+
+def _latency(reader: Any, images: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    per_image, cpu_image = [], []
+    for img in images.values():
+        reader.read(img)  # warm: first call compiles kernels / allocates
+        runs, cpu = [], []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            reader.read(img)
+            runs.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
+        per_image.append(float(np.median(runs)))
+        cpu_image.append(float(np.median(cpu)))
+    arr, carr = np.array(per_image), np.array(cpu_image)
+    return {
+        # CPU time of this process: what the work costs when the cores are not shared.
+        "cpu_p50_ms": round(float(np.percentile(carr, 50)), 2),
+        "cpu_p95_ms": round(float(np.percentile(carr, 95)), 2),
+        "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p95_ms": round(float(np.percentile(arr, 95)), 2),
+        "mean_ms": round(float(arr.mean()), 2),
+        "max_ms": round(float(arr.max()), 2),
+    }
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="carpulse eval plates", description=__doc__)
+    ap.add_argument("--images", type=Path, default=None, help="folder (default shared data)")
+    ap.add_argument(
+        "--labels", type=Path, default=None, help="labels.json (default DIR/labels.json)"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="timed reads per image (median)")
+    ap.add_argument("--min-confidence", type=float, default=0.5)
+    ap.add_argument("--no-latency", action="store_true", help="accuracy only (faster)")
+    args = ap.parse_args(argv)
+    folder = args.images or shared_data_dir() / "plates"
+    labels_path = args.labels or folder / "labels.json"
+    if not folder.is_dir():
+        raise ConfigError(f"plate images folder {folder} does not exist (see ../shared/DATA.md)")
+    labels = load_labels(labels_path)
+
+    from models.plates.reader import PlateReader
+
+    images: dict[str, np.ndarray] = {}
+    unreadable: list[str] = []
+    for name in sorted(labels):
+        img = cv2.imread(str(folder / name), cv2.IMREAD_COLOR)
+        if img is None:
+            unreadable.append(name)
+            continue
+        images[name] = img
+    reader = PlateReader(threads=1, min_confidence=args.min_confidence)
+    counted = exact = false_pos = 0
+    chars_ok = chars_total = 0
+    wrong: list[dict[str, Any]] = []
+    low: list[dict[str, Any]] = []
+    stages: dict[str, int] = {}
+    for name, img in images.items():
+        reads = reader.read(img)
+        got = [r.text for r in reads]
+        for r in reads:
+            stages[r.stage] = stages.get(r.stage, 0) + 1
+        want = labels[name]
+        if not want:
+            false_pos += len(got)
+            if got:
+                wrong.append({"image": name, "want": [], "got": got})
+            continue
+        for plate in want:
+            text = plate["text"]
+            if plate.get("confidence") not in COUNTED:
+                low.append({"image": name, "label": text, "got": got})
+                continue
+            counted += 1
+            best = min(got, key=lambda g: _distance(g, text), default="")
+            exact += best == text
+            chars_total += len(text)
+            chars_ok += max(0, len(text) - _distance(best, text))
+            if best != text:
+                wrong.append({"image": name, "want": text, "got": got})
+    result: dict[str, Any] = {
+        "images": len(images),
+        "unreadable_images": unreadable,
+        "plates_counted": counted,
+        "exact_correct": exact,
+        "exact_accuracy": round(exact / counted, 4) if counted else None,
+        "char_accuracy": round(chars_ok / chars_total, 4) if chars_total else None,
+        "false_positives": false_pos,
+        "wrong": wrong,
+        "low_confidence_labels": low,
+        "stages": stages,
+        "cpus": os.cpu_count(),
+    }
+    if not args.no_latency:
+        lat1 = _latency(reader, images, args.repeats)
+        lat_all = _latency(
+            PlateReader(threads=0, min_confidence=args.min_confidence), images, args.repeats
+        )
+        result.update(p50_ms=lat1["p50_ms"], p95_ms=lat1["p95_ms"])
+        result["latency"] = {"threads_1": lat1, "threads_all": lat_all}
+        result["latency_note"] = (
+            "per image, decoded image in memory, median of repeats; p50/p95 over images"
+        )
+    return result

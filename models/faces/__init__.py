@@ -1,0 +1,1 @@
+"""Face detection, embedding and matching for consenting members only (embeddings kept, never images)."""

@@ -1,0 +1,75 @@
+"""Cheap plate candidates from colour and shape on a downscaled image (blue, yellow, green plates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# OpenCV HSV ranges (H in 0..180) of plate backgrounds; white (police) plates are left to the
+# text detector, white is everywhere in a car park.
+COLOUR_RANGES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "blue": ((100, 90, 50), (125, 255, 255)),
+    "yellow": ((15, 90, 90), (34, 255, 255)),
+    "green": ((35, 40, 90), (85, 255, 255)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A plate-coloured region in full-image pixels, with the fill ratio that ranks it."""
+
+    rect: tuple[tuple[float, float], tuple[float, float], float]
+    colour: str
+    fill: float
+    area: float
+    score: float  # ranks candidates: edge density x plate-like aspect
+
+
+def colour_candidates(
+    image: np.ndarray, work_width: int = 320, max_candidates: int = 3
+) -> list[Candidate]:
+    """Plate-shaped regions of a plate colour, largest well-filled first."""
+    h, w = image.shape[:2]
+    scale = min(1.0, work_width / w)
+    small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
+    # Characters make dense vertical edges; sky, paint and leaves mostly do not.
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    edges = np.abs(cv2.Sobel(gray, cv2.CV_16S, 1, 0, ksize=3)) > 60
+    integral = cv2.integral(edges.astype(np.uint8))
+    min_area = 0.0004 * small.shape[0] * small.shape[1]
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (5, 3))
+    out: list[Candidate] = []
+    for colour, (lo, hi) in COLOUR_RANGES.items():
+        mask = cv2.inRange(hsv, np.array(lo, np.uint8), np.array(hi, np.uint8))
+        # Close the gaps the white or black characters cut into the background.
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for cnt in contours:
+            area = cv2.contourArea(cnt)
+            if area < min_area:
+                continue
+            (cx, cy), (rw, rh), ang = cv2.minAreaRect(cnt)
+            long, short = max(rw, rh), min(rw, rh)
+            if short < 4 or not 1.4 <= long / short <= 6.0:
+                continue
+            fill = area / (rw * rh)
+            if fill < 0.45:
+                continue
+            x, y, bw, bh = cv2.boundingRect(cnt)
+            n_edges = (
+                integral[y + bh, x + bw]
+                - integral[y, x + bw]
+                - integral[y + bh, x]
+                + integral[y, x]
+            )
+            density = float(n_edges) / max(1, bw * bh)
+            ratio = long / short
+            shape = min(abs(ratio - 3.1), abs(ratio - 2.0))  # one-row or two-row plate
+            score = density * fill / (1.0 + shape)
+            rect = ((cx / scale, cy / scale), (rw / scale, rh / scale), ang)
+            out.append(Candidate(rect, colour, fill, area / scale**2, score))
+    out.sort(key=lambda c: c.score, reverse=True)
+    return out[:max_candidates]

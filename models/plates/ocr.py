@@ -1,0 +1,140 @@
+"""The PP-OCR detection and recognition models that ship inside ``rapidocr-onnxruntime==1.4.4``, run
+directly with onnxruntime (no download, no rapidocr import at run time)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from core.errors import ConfigError
+
+DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
+REC_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
+REC_HEIGHT = 48
+
+
+def packaged_model_dir() -> Path:
+    """``rapidocr_onnxruntime/models`` in the installed wheel, found without importing it."""
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "plate models not found: pip install 'carpulse[vision]' (rapidocr-onnxruntime==1.4.4 "
+            "ships the PP-OCR models), or set the model paths explicitly"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def make_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session with ``threads`` intra-op threads (0 = all cores)."""
+    import onnxruntime as ort
+
+    if not path.exists():
+        raise ConfigError(f"ONNX model {path} does not exist")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own untyped errors
+        raise ConfigError(f"cannot load ONNX model {path}: {err}") from err
+
+
+@dataclass(frozen=True, slots=True)
+class TextBox:
+    """A detected text region in image pixels: a rotated rectangle ``(cx, cy), (w, h), angle``."""
+
+    rect: tuple[tuple[float, float], tuple[float, float], float]
+    score: float
+
+
+class PaddleOcr:
+    """PP-OCRv4 text detection (DB) and recognition (CTC) on BGR images."""
+
+    def __init__(
+        self, model_dir: Path | None = None, threads: int = 1, det_path: Path | None = None
+    ) -> None:
+        root = model_dir or packaged_model_dir()
+        self.rec = make_session(root / REC_MODEL, threads)
+        self._det_path = det_path or root / DET_MODEL
+        self._det = None
+        self._threads = threads
+        meta = self.rec.get_modelmeta().custom_metadata_map
+        if "character" not in meta:
+            raise ConfigError(f"{root / REC_MODEL} has no 'character' metadata")
+        # CTC classes: blank, the model's characters, then a space.
+        self.alphabet = ["<blank>", *meta["character"].splitlines(), " "]
+        self._rec_in = self.rec.get_inputs()[0].name
+
+    @property
+    def det(self):  # type: ignore[no-untyped-def]
+        if self._det is None:  # loaded on first use: most frames never need it
+            self._det = make_session(self._det_path, self._threads)
+        return self._det
+
+    def recognise(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """Per-frame class probabilities ``[T, classes]`` for each BGR crop (one batch)."""
+        if not crops:
+            return []
+        widths = [max(8, math.ceil(REC_HEIGHT * c.shape[1] / max(1, c.shape[0]))) for c in crops]
+        width = min(max(widths), 640)
+        batch = np.zeros((len(crops), 3, REC_HEIGHT, width), dtype=np.float32)
+        for i, (crop, w) in enumerate(zip(crops, widths, strict=True)):
+            w = min(w, width)
+            img = cv2.resize(crop, (w, REC_HEIGHT), interpolation=cv2.INTER_LINEAR)
+            batch[i, :, :, :w] = img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+        out = self.rec.run(None, {self._rec_in: batch})[0]
+        return [out[i] for i in range(len(crops))]
+
+    def detect(self, image: np.ndarray, max_side: int = 320, thresh: float = 0.3) -> list[TextBox]:
+        """Text boxes found on a copy of ``image`` scaled so its longer side is ``max_side``."""
+        h, w = image.shape[:2]
+        scale = max_side / max(h, w)
+        nh, nw = max(32, round(h * scale / 32) * 32), max(32, round(w * scale / 32) * 32)
+        small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        x = (small.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)[None]
+        prob = self.det.run(None, {self.det.get_inputs()[0].name: x})[0][0, 0]
+        mask = (prob > thresh).astype(np.uint8)
+        mask = cv2.dilate(mask, np.ones((2, 2), np.uint8))
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=4)
+        sx, sy = w / nw, h / nh
+        boxes: list[TextBox] = []
+        for i in range(1, n):
+            if stats[i, cv2.CC_STAT_AREA] < 12:
+                continue
+            ys, xs = np.nonzero(labels == i)
+            score = float(prob[ys, xs].mean())
+            if score < 0.5:
+                continue
+            pts = np.stack([xs * sx, ys * sy], axis=1).astype(np.float32)
+            (cx, cy), (bw, bh), ang = cv2.minAreaRect(pts)
+            # DB shrinks text regions during training; grow them back (PaddleOCR's unclip).
+            grow = 1.6 * (bw * bh) / max(1.0, 2 * (bw + bh))
+            boxes.append(TextBox(((cx, cy), (bw + 2 * grow, bh + 2 * grow), ang), score))
+        return boxes
+
+
+def crop_rect(
+    image: np.ndarray, rect: tuple[tuple[float, float], tuple[float, float], float]
+) -> np.ndarray:
+    """Warp a rotated rectangle to an upright crop (long side horizontal)."""
+    (cx, cy), (w, h), ang = rect
+    if w < h:  # make the long side horizontal
+        w, h, ang = h, w, ang - 90 if ang > 0 else ang + 90
+    box = cv2.boxPoints(((cx, cy), (w, h), ang))
+    # Order: top-left, top-right, bottom-right, bottom-left.
+    s, d = box.sum(axis=1), np.diff(box, axis=1).ravel()
+    src = np.array(
+        [box[s.argmin()], box[d.argmin()], box[s.argmax()], box[d.argmax()]], dtype=np.float32
+    )
+    ow, oh = max(2, round(w)), max(2, round(h))
+    dst = np.array([[0, 0], [ow - 1, 0], [ow - 1, oh - 1], [0, oh - 1]], dtype=np.float32)
+    m = cv2.getPerspectiveTransform(src, dst)
+    return cv2.warpPerspective(
+        image, m, (ow, oh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
