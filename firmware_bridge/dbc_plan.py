@@ -63,7 +63,7 @@ class DecodePlan:
 
     names: list[str]
     std_lookup: np.ndarray  # int32 (2048,), message index of an 11-bit id or -1
-    ext_keys: np.ndarray  # int64 sorted 29-bit ids
+    ext_keys: np.ndarray  # int64 sorted keys: id | extended << 32 (all but 11-bit ids < 2048)
     ext_msgs: np.ndarray  # int32 message index per ext_keys entry
     msgs: np.ndarray  # int64 (M, 5)
     nodes: np.ndarray  # int64 (K, 5)
@@ -74,7 +74,6 @@ class DecodePlan:
     cases: np.ndarray  # int64 (Y, 2)
     messages: list[Any]  # cantools Message per message index
     fallback_reasons: dict[str, str] = field(default_factory=dict)
-    unreachable: list[str] = field(default_factory=list)  # 11-bit ids > 0x7ff (strict=False)
     max_nodes: int = 1  # most codec nodes in one message (the kernel's stack depth)
     widest: int = 1  # most signals in one codec node (the kernel's scratch width)
 
@@ -262,7 +261,6 @@ def build_plan(
     msgs: list[list[int]] = []
     messages: list[Any] = []
     reasons: dict[str, str] = {}
-    unreachable: list[str] = []
     std_lookup = np.full(STD_IDS, -1, dtype=np.int32)
     ext: list[tuple[int, int]] = []
     max_nodes = 1
@@ -281,12 +279,12 @@ def build_plan(
             root, maxout, n_nodes = got
             max_nodes = max(max_nodes, n_nodes)
             msgs.append([int(m.length), root, MSG_OK, maxout, n_nodes])
-        if extended:
-            ext.append((frame_id, i))
-        elif 0 <= frame_id < STD_IDS:
+        if extended or not 0 <= frame_id < STD_IDS:
+            # 29-bit ids, and the odd 11-bit id above 0x7ff a strict=False DBC may hold, go to
+            # the sorted keys; the key tells extended from standard like CantoolsDecoder does.
+            ext.append((frame_id | (int(extended) << 32), i))
+        else:
             std_lookup[frame_id] = i
-        else:  # a non-strict DBC may hold an 11-bit id that does not fit: it can never match
-            unreachable.append(m.name)
     ext.sort()
 
     def table(rows: list[Any], cols: int, dtype: Any = np.int64) -> np.ndarray:
@@ -306,7 +304,6 @@ def build_plan(
         cases=table(b.cases, 2),
         messages=messages,
         fallback_reasons=reasons,
-        unreachable=unreachable,
         max_nodes=max_nodes,
         widest=max(1, max((r[N_SIG1] - r[N_SIG0] for r in b.nodes), default=1)),
     )

@@ -60,10 +60,12 @@ def _lookup(can_id, extended, std_lookup, ext_keys, ext_msgs, msgs, msg_idx):  #
     for i in range(can_id.shape[0]):
         m = -1
         cid = np.int64(can_id[i])
-        if extended[i]:
+        if extended[i] or cid >= std_lookup.shape[0]:
+            if extended[i]:
+                cid |= np.int64(1) << 32
             lo = 0
             hi = n_ext
-            while lo < hi:  # binary search in the sorted 29-bit ids
+            while lo < hi:  # binary search in the sorted keys
                 mid = (lo + hi) >> 1
                 if ext_keys[mid] < cid:
                     lo = mid + 1
@@ -71,7 +73,7 @@ def _lookup(can_id, extended, std_lookup, ext_keys, ext_msgs, msgs, msg_idx):  #
                     hi = mid
             if lo < n_ext and ext_keys[lo] == cid:
                 m = ext_msgs[lo]
-        elif cid < std_lookup.shape[0]:
+        else:
             m = std_lookup[cid]
         msg_idx[i] = m
         if m >= 0:

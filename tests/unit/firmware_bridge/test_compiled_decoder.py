@@ -153,15 +153,17 @@ def test_unknown_short_failed_are_counted(synth: Any) -> None:
     rows = [
         (0x7FF, False, b"\x00" * 8),  # unknown 11-bit id
         (260, True, b"\x00" * 8),  # id of a standard message, but extended: unknown
+        (0x1000, False, b"\x00" * 8),  # no 11-bit frame has this id: unknown, no crash
+        (2147484000 & 0x1FFFFFFF, False, bytes(64)),  # an extended message's id, standard frame
         (259, False, b"\x01\x02"),  # short
         (260, False, b"\x05" + b"\x00" * 7),  # Mux 5: no such branch -> failed
         (260, False, b"\x11" + b"\x00" * 7),  # Mux 1, SubMux 1: decoded
     ]
-    samples, stats = CompiledDecoder(synth).decode(frames_of(rows))
-    assert (stats.unknown_id, stats.short_dlc, stats.failed, stats.decoded) == (2, 1, 1, 1)
+    samples, stats = CompiledDecoder(synth).decode(frames_of(rows, width=64))
+    assert (stats.unknown_id, stats.short_dlc, stats.failed, stats.decoded) == (4, 1, 1, 1)
     names = {samples.names[s] for s in samples.sig.tolist()}
     assert names == {f"Vehicle.Private.Dbc.ExtMux.{s}" for s in ("Mux", "SubMux", "A", "D", "E")}
-    assert_matches(synth, frames_of(rows))
+    assert_matches(synth, frames_of(rows, width=64))
 
 
 def test_truncated_frames_keep_fully_received_signals(synth: Any) -> None:
