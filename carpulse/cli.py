@@ -162,15 +162,25 @@ def replay(
 
 
 @edge_app.command("doctor")
-def edge_doctor(device: Annotated[str, typer.Option(help="Device id.")] = "") -> None:
-    """Check certificates and broker reachability for a device."""
-    from edge.publisher import device_mqtt_settings, probe
+def edge_doctor(
+    device: Annotated[str, typer.Option(help="Device id.")] = "",
+    can: Annotated[list[str] | None, typer.Option("--can", help="CAN interface to check.")] = None,
+    serial: Annotated[
+        list[str] | None, typer.Option("--serial", help="Serial device to check.")
+    ] = None,
+    command_key: Annotated[
+        Path | None, typer.Option(help="Command-verification public key to check.")
+    ] = None,
+) -> None:
+    """Check interfaces, permissions, certificates and broker reachability, one line each."""
+    from edge.doctor import run_doctor
 
     s = settings()
     dev = device or s.edge.device_id
-    problem = probe(device_mqtt_settings(s, dev), dev)
-    typer.echo(f"{dev}: {'ok' if problem is None else problem}")
-    if problem:
+    checks = run_doctor(s, dev, can=can or (), serial=serial or (), command_key=command_key)
+    for check in checks:
+        typer.echo(check.line())
+    if any(c.status == "fail" for c in checks):
         raise typer.Exit(1)
 
 
