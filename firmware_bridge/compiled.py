@@ -24,6 +24,7 @@ import cantools
 import cantools.database
 import numpy as np
 
+from core.errors import DecodeError
 from core.wire import Samples
 from firmware_bridge.dbc import DecodeStats, private_path
 from firmware_bridge.dbc_plan import DecodePlan, build_plan
@@ -85,8 +86,12 @@ class CompiledDecoder:
         dlc = np.ascontiguousarray(frames.dlc, dtype=np.uint8)
         ts = np.ascontiguousarray(frames.ts_us, dtype=np.int64)
         data = np.ascontiguousarray(frames.data, dtype=np.uint8)
+        # The kernel trusts these shapes (numba does not bounds-check): refuse a malformed block.
+        for field, col in (("can_id", can_id), ("extended", extended), ("dlc", dlc)):
+            if col.shape != (n,):
+                raise DecodeError(f"Frames.{field} has shape {col.shape}, expected ({n},)")
         if data.ndim != 2 or data.shape[0] != n:
-            data = data.reshape(n, -1)
+            raise DecodeError(f"Frames.data has shape {data.shape}, expected ({n}, width)")
         msg_idx = np.empty(n, dtype=np.int32)
         cap = int(_lookup(can_id, extended, p.std_lookup, p.ext_keys, p.ext_msgs, p.msgs, msg_idx))
         block = self._output_block(cap * 20)

@@ -232,7 +232,11 @@ def _decode(  # type: ignore[no-untyped-def]
                             x = np.float64(raw) * scales[e, 0] + scales[e, 1]
                     # int(x) in Python: NaN/inf raise and huge values match no case: no selector.
                     good = abs(x) < _TWO63  # False for NaN and inf too
-                    if good:
+                    if mode == MODE_UINT:  # the raw integer itself, exact beyond 2**53
+                        good = raw <= np.uint64(0x7FFFFFFFFFFFFFFF)
+                        if good:
+                            sel = np.int64(raw)
+                    elif good:
                         sel = np.int64(x)
                     sel_ok[e - e0] = 1 if good else 0
                 sels[e - e0] = sel

@@ -348,3 +348,38 @@ def test_kernels_are_really_compiled(synth: Any) -> None:
         assert kernel.signatures
         # One compiled version whatever the DBC: the DBC is data, not code.
         assert len(kernel.signatures) == 1
+
+
+def test_malformed_frame_blocks_are_refused_with_the_field_named(synth: Any) -> None:
+    from core.errors import DecodeError
+
+    good = frames_of([(257, False, bytes(8)), (258, False, bytes(8))])
+    dec = CompiledDecoder(synth)
+    short_dlc = Frames(good.ts_us, good.can_id, good.extended, good.dlc[:1], good.data)
+    with pytest.raises(DecodeError, match=r"Frames\.dlc"):
+        dec.decode(short_dlc)
+    flat = Frames(good.ts_us, good.can_id, good.extended, good.dlc, good.data.reshape(-1))
+    with pytest.raises(DecodeError, match=r"Frames\.data"):
+        dec.decode(flat)
+    # A DLC larger than the stored bytes (a hand-built block) is treated as the bytes there are.
+    wide = Frames(good.ts_us, good.can_id, good.extended, good.dlc + 8, good.data)
+    samples, stats = dec.decode(wide)
+    assert stats.decoded == 2 and len(samples) == 2
+
+
+def test_wide_selector_values_are_exact() -> None:
+    case = 2**60 + 1  # float(case) == 2**60: a selector through float64 would miss it
+    mux = Signal("Sel", 0, 64, is_multiplexer=True)
+    child = Signal("Child", 0, 8, multiplexer_ids=[case], multiplexer_signal="Sel")
+    db = cantools.database.can.Database(
+        messages=[Message(0x20, "WideMux", 8, [mux, child], strict=False)], strict=False
+    )
+    rows = [(0x20, False, case.to_bytes(8, "little")), (0x20, False, (2**60).to_bytes(8, "little"))]
+    samples, stats = CompiledDecoder(db).decode(frames_of(rows))
+    assert stats.decoded == 1 and stats.failed == 1
+    assert samples.records()[-1] == (
+        "Vehicle.Private.Dbc.WideMux.Child",
+        1_600_000_000_000_000,
+        1.0,
+    )
+    assert_matches(db, frames_of(rows))
