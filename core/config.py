@@ -156,6 +156,21 @@ class StreamSettings(BaseModel):
     take_within_s: float = Field(0.2, description="Longest wait to fill a micro-batch.")
     web_port: int = Field(6066, description="Faust web server port (bound to localhost).")
     measurement: str = Field("telemetry", description="InfluxDB measurement for signal samples.")
+    registry: str = Field(
+        "",
+        description="Device -> VIN registry: JSON/CSV file or http(s) URL ('' = open mode, "
+        "every device is its own vehicle).",
+    )
+    max_batch_samples: int = Field(
+        200_000, description="Telemetry records with more samples are dead-lettered (oversized)."
+    )
+    state_min_interval_ms: int = Field(
+        200, description="At most one vehicle-state update per vehicle per this much source time."
+    )
+    anomaly_z: float = Field(6.0, description="|robust z| above which a sample is an anomaly.")
+    checkpoint_interval_s: float = Field(
+        1.0, description="Least wall time between detector-state checkpoints of a partition."
+    )
 
 
 class CarpulseSettings(BaseSettings):

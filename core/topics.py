@@ -22,6 +22,15 @@ KAFKA_CMD_ACK: Final = "carpulse.cmd-ack"
 KAFKA_DEADLETTER: Final = "carpulse.deadletter"
 # Line protocol parked by the InfluxDB sink during an outage, replayed by the retry agent.
 KAFKA_INFLUX_RETRY: Final = "carpulse.influx-retry"
+# Written by the Faust app (stream/): live state (compacted), detector output, trips and alerts.
+KAFKA_VEHICLE_STATE: Final = "vehicle-state"
+KAFKA_ANOMALIES: Final = "carpulse.anomalies"
+KAFKA_PREDICTIONS: Final = "carpulse.predictions"
+KAFKA_TRIPS: Final = "carpulse.trips"
+KAFKA_DAILY: Final = "carpulse.daily"
+KAFKA_ALERTS: Final = "carpulse.alerts"
+# Optional compacted device -> VIN registry (key device id, value VIN) for other consumers.
+KAFKA_REGISTRY: Final = "carpulse.registry"
 KAFKA_BY_CHANNEL: Final[dict[str, str]] = {
     "telemetry": KAFKA_TELEMETRY,
     "events": KAFKA_EVENTS,

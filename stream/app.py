@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import faust
 
 from core.config import CarpulseSettings
 from core.errors import WireError
-from core.topics import KAFKA_DEADLETTER, KAFKA_INFLUX_RETRY, KAFKA_TELEMETRY
+from core.topics import KAFKA_DEADLETTER, KAFKA_INFLUX_RETRY
 from core.wire import decode_telemetry
+from stream.agents import install_pipeline
 from stream.influx import InfluxSink, make_sink
 from stream.lines import LineStats, batch_lines
+from stream.registry import load_registry
 from stream.retry import SinkWriter, install_retry_agent
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         broker_max_poll_records=1000,
         stream_wait_empty=False,
     )
-    telemetry_topic = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw")
     deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
     retry_topic = app.topic(
         KAFKA_INFLUX_RETRY,
@@ -97,28 +97,8 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     counters = TelemetryCounters()
     app.carpulse_counters = counters  # type: ignore[attr-defined]
     app.carpulse_sink = writer  # type: ignore[attr-defined]
-
-    @app.agent(telemetry_topic)
-    async def telemetry_to_influx(stream: Any) -> Any:
-        await writer.start()
-        try:
-            await _consume(stream)
-        finally:
-            await writer.close()
-
-    async def _consume(stream: Any) -> None:
-        async for payloads in stream.take(st.take_max, within=st.take_within_s):
-            rejects: list[tuple[str, str]] = []
-            lines, bad = records_to_lines(list(payloads), st.measurement, counters, rejects)
-            for payload, err in bad:
-                await deadletter.send(
-                    value=payload,
-                    headers={"reason": err.reason.encode(), "detail": err.detail[:500].encode()},
-                )
-            for reason, detail in rejects:
-                await deadletter.send(value=detail.encode(), headers={"reason": reason.encode()})
-            await writer.deliver(lines)  # refused -> dead-letter, outage -> retry topic
-
+    # decode, registry, dedupe, live state, detectors, trips: stream/agents.py and pipeline.py
+    install_pipeline(app, settings, load_registry(st.registry), writer, deadletter)
     return app
 
 

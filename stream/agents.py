@@ -1,0 +1,161 @@
+"""The Faust agents of the pipeline: telemetry micro-batches, events on the fast path, tables.
+
+Agents stay thin: they decode nothing themselves; ``TelemetryPipeline`` and ``handle_event``
+decide, the agents perform the I/O in a crash-safe order:
+
+1. dead-letter records, 2. InfluxDB lines through the shared ``SinkWriter`` (refused lines are
+dead-lettered, an outage parks them on the retry topic), 3. output topics, 4. table writes.
+Faust commits a source offset only after the micro-batch was acknowledged, so a worker killed
+at any point has its batch reprocessed by the next owner of the partition; the dedupe table then
+drops exactly what already went through step 4 (whose samples are already in InfluxDB).
+
+Faust and micro-batches: a table write goes to the changelog partition of ``current_event()``
+(and the RocksDB store refuses writes without one), but ``stream.take`` mixes records of every
+partition the worker owns. We iterate ``stream.take_events`` instead, group a batch by partition
+and, before the writes of a partition, make that partition's last event the stream's current
+event (``Stream._set_current_event``, what Faust itself does per record while iterating). State
+then lands in the changelog partition of the records it came from, and follows them on rebalance.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+
+from core.config import CarpulseSettings
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_ANOMALIES,
+    KAFKA_DAILY,
+    KAFKA_EVENTS,
+    KAFKA_PREDICTIONS,
+    KAFKA_TELEMETRY,
+    KAFKA_TRIPS,
+    KAFKA_VEHICLE_STATE,
+)
+from stream.alerts import handle_event
+from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
+from stream.registry import DeviceRegistry
+from stream.retry import SinkWriter
+
+log = logging.getLogger(__name__)
+
+
+def make_tables(app: faust.App, partitions: int) -> dict[str, Any]:
+    """The three tables: str keys (JSON on the wire), raw bytes values."""
+    tables = {}
+    for name, doc in (
+        (T_DEDUPE, "per device and boot: high-water seq and recent seqs"),
+        (T_STATE, "per vehicle: latest signals and derived state (JSON)"),
+        (T_MODELS, "per partition: detector state blob (PartitionModels.to_bytes)"),
+    ):
+        table: Any = app.Table(
+            name, key_type=str, value_type=bytes, partitions=partitions, help=doc
+        )
+        # Table() takes no serializer arguments and would JSON-encode bytes; the changelog
+        # topic is made lazily from these attributes, so setting them here is enough.
+        table.key_serializer = "json"
+        table.value_serializer = "raw"
+        tables[name] = table
+    return tables
+
+
+def output_topics(app: faust.App, partitions: int) -> dict[str, Any]:
+    def topic(name: str, compacting: bool = False) -> Any:
+        return app.topic(
+            name,
+            key_type=str,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=True,  # Faust creates it with the app's partitions and replication
+            partitions=partitions,
+            compacting=compacting or None,
+        )
+
+    return {
+        KAFKA_VEHICLE_STATE: topic(KAFKA_VEHICLE_STATE, compacting=True),
+        KAFKA_ANOMALIES: topic(KAFKA_ANOMALIES),
+        KAFKA_PREDICTIONS: topic(KAFKA_PREDICTIONS),
+        KAFKA_TRIPS: topic(KAFKA_TRIPS),
+        KAFKA_DAILY: topic(KAFKA_DAILY),
+        KAFKA_ALERTS: topic(KAFKA_ALERTS),
+    }
+
+
+def install_pipeline(
+    app: faust.App,
+    settings: CarpulseSettings,
+    registry: DeviceRegistry,
+    writer: SinkWriter,
+    deadletter: Any,
+) -> TelemetryPipeline:
+    """Register the telemetry and events agents on ``app``; returns the pipeline (counters)."""
+    st = settings.stream
+    parts = settings.kafka.partitions
+    tables = make_tables(app, parts)
+    outs = output_topics(app, parts)
+    pipeline = TelemetryPipeline(st, registry)
+    telemetry = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw")
+    events = app.topic(KAFKA_EVENTS, value_serializer="raw", key_serializer="raw")
+    event_stats = {"events": 0, "alerts": 0, "duplicates": 0, "dead_lettered": 0}
+    app.carpulse_pipeline = pipeline  # type: ignore[attr-defined]
+    app.carpulse_event_stats = event_stats  # type: ignore[attr-defined]
+
+    def lookup(table: str, key: str) -> bytes | None:
+        return tables[table].get(key)  # type: ignore[no-any-return]
+
+    async def publish(topic: str, records: Iterable[tuple[str, bytes]]) -> None:
+        for key, value in records:
+            await outs[topic].send(key=key.encode(), value=value)
+
+    @app.agent(telemetry)
+    async def telemetry_pipeline(stream: Any) -> Any:
+        await writer.start()
+        try:
+            async for batch in stream.take_events(st.take_max, within=st.take_within_s):
+                last_of: dict[int, Any] = {}
+                records = []
+                for event in batch:
+                    p = event.message.partition
+                    last_of[p] = event
+                    records.append((p, event.value))
+                res = pipeline.process(records, lookup)
+                for value, headers in res.dead:
+                    await deadletter.send(value=value, headers=headers)
+                await writer.deliver(res.lines)
+                await publish(KAFKA_ANOMALIES, res.anomalies)
+                await publish(KAFKA_PREDICTIONS, res.predictions)
+                await publish(KAFKA_TRIPS, res.trips)
+                await publish(KAFKA_DAILY, res.days)
+                await publish(KAFKA_VEHICLE_STATE, res.state_updates)
+                for partition, table, key, value in sorted(res.writes, key=lambda w: w[0]):
+                    if stream.current_event is not last_of[partition]:
+                        stream._set_current_event(last_of[partition])
+                    tables[table][key] = value
+        finally:
+            await writer.close()
+
+    @app.agent(events)
+    async def events_fast_path(stream: Any) -> Any:
+        async for event in stream.events():  # one by one: an alert must not wait for a batch
+            received_us = int(time.time() * 1e6)
+            event_stats["events"] += 1
+            res = handle_event(event.value, registry, lookup, received_us)
+            if res.alert is not None:
+                await outs[KAFKA_ALERTS].send(key=res.alert[0].encode(), value=res.alert[1])
+                event_stats["alerts"] += 1
+            if res.dead is not None:
+                event_stats["dead_lettered"] += 1
+                await deadletter.send(value=res.dead[0], headers=res.dead[1])
+            event_stats["duplicates"] += res.duplicate
+            if res.state_update is not None:
+                await publish(KAFKA_VEHICLE_STATE, [res.state_update])
+            for table, key, value in res.writes:
+                tables[table][key] = value
+
+    return pipeline

@@ -1,0 +1,100 @@
+"""Device events on the fast path: crash alerts within a second, DTC lists into the live state.
+
+Events are handled one by one as they arrive (no micro-batching: a crash must not wait for a
+batch to fill). ``handle_event`` is pure: it returns the alert to publish, the dead-letter
+record if the event is bad, and the table writes; the agent does the I/O, alert first.
+Events are deduplicated on (device, boot_id, seq) like telemetry, under the dedupe key
+``<device>|events``, so an edge that resends a crash after a reconnect raises one alert.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from core.errors import WireError
+from core.wire import decode_event
+from stream import state as vstate
+from stream.dedupe import DeviceSeen
+from stream.registry import DeviceRegistry
+
+T_DEDUPE: Final = "dedupe"
+T_STATE: Final = "vehicle_state"
+ALERT_KINDS: Final = frozenset({"crash"})
+
+Lookup = Callable[[str, str], bytes | None]
+
+
+@dataclass
+class EventResult:
+    alert: tuple[str, bytes] | None = None
+    dead: tuple[bytes, dict[str, bytes]] | None = None
+    state_update: tuple[str, bytes] | None = None
+    writes: list[tuple[str, str, bytes]] = field(default_factory=list)  # table, key, value
+    duplicate: bool = False
+
+
+def dtc_key(vin: str) -> str:
+    """Key of a vehicle's active DTC list in the ``vehicle_state`` table."""
+    return f"{vin}|dtc"
+
+
+def crash_alert(
+    kind: str, vin: str, device: str, ts_us: int, data: dict[str, Any], st: vstate.State | None,
+    received_us: int,
+) -> bytes:  # fmt: skip
+    """The alert record: what happened, to which vehicle, where it last was."""
+    doc = {
+        "kind": kind,
+        "vin": vin,
+        "device": device,
+        "ts_us": ts_us,
+        "received_us": received_us,
+        "data": data,
+        "location": st.get("location") if st else None,
+        "severity": "critical",
+    }
+    return json.dumps(doc, default=str).encode()
+
+
+def handle_event(
+    payload: bytes, registry: DeviceRegistry, lookup: Lookup, received_us: int
+) -> EventResult:
+    res = EventResult()
+    try:
+        ev = decode_event(payload)
+    except WireError as err:
+        res.dead = (payload, {"reason": err.reason.encode(), "detail": err.detail[:500].encode()})
+        return res
+    vin = registry.vin(ev.device_id)
+    if vin is None:
+        detail = f"{ev.device_id!r} is not in the registry"
+        res.dead = (payload, {"reason": b"unknown_device", "detail": detail.encode()})
+        return res
+    key = f"{ev.device_id}|events"
+    seen = DeviceSeen.from_bytes(lookup(T_DEDUPE, key))
+    verdict = seen.check(ev.boot_id, ev.seq)
+    if verdict != "new":
+        res.duplicate = verdict == "duplicate"
+        if verdict == "stale":
+            res.dead = (payload, {"reason": b"stale_seq", "detail": f"seq {ev.seq}".encode()})
+        return res
+    res.writes.append((T_DEDUPE, key, seen.to_bytes()))
+    raw = lookup(T_STATE, vin)
+    st = vstate.loads(raw) if raw else None
+    if ev.kind in ALERT_KINDS:
+        res.alert = (
+            vin,
+            crash_alert(ev.kind, vin, ev.device_id, ev.ts_us, ev.data, st, received_us),
+        )
+    if ev.kind == "dtc" and isinstance(ev.data.get("codes"), list):
+        # Under its own key: the telemetry agent owns the vehicle's main entry and merges this
+        # one in, so the two agents never overwrite each other's read-modify-write.
+        codes = sorted({str(c) for c in ev.data["codes"]})
+        res.writes.append((T_STATE, dtc_key(vin), json.dumps(codes).encode()))
+        st = st or vstate.new_state(vin, ev.device_id)
+        vstate.set_dtcs(st, codes, ev.ts_us)
+        res.state_update = (vin, vstate.dumps(st))
+    return res

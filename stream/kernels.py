@@ -1,0 +1,253 @@
+"""The models' detectors on micro-batches of one Kafka partition, with their state as one blob.
+
+``PartitionModels`` holds every vehicle of one partition: a slot per vehicle (trips, oil life)
+and a slot per (vehicle, signal) for the robust z-score anomaly detector. ``update`` takes the
+decoded batches of a micro-batch, runs each kernel once over all of them (no per-sample Python)
+and returns anomaly, prediction, trip and daily records. ``to_bytes`` is what the Faust table
+``models`` stores under the partition's key, so a worker that takes the partition over resumes
+the detectors where the last checkpoint left them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+
+from core.errors import DecodeError
+from core.wire import Samples
+from models.kernels.zscore import RobustZScore
+from models.maintenance.oil import OilState, oil_life, update_oil
+from models.state import SlotState
+from stream import trips as tripmod
+from stream.state import BATTERY_V, ENGINE_RPM, SPEED
+
+OIL_TEMP: Final = "Vehicle.Powertrain.CombustionEngine.EOT"
+COOLANT: Final = "Vehicle.Powertrain.CombustionEngine.ECT"
+# Signals watched by the anomaly detector (one slot per vehicle and signal).
+ANOMALY_SIGNALS: Final = (SPEED, ENGINE_RPM, COOLANT, OIL_TEMP, BATTERY_V)
+OIL_STEP: Final = 0.001  # a new oil-life prediction is published when it moved by this much
+_VERSION: Final = 1
+
+
+@dataclass
+class Outputs:
+    """Records produced by one ``update``: (vehicle id, JSON bytes) pairs per topic."""
+
+    anomalies: list[tuple[str, bytes]] = field(default_factory=list)
+    predictions: list[tuple[str, bytes]] = field(default_factory=list)
+    trips: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    days: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    anomaly_ts: dict[str, int] = field(default_factory=dict)  # vehicle -> newest anomaly
+    dropped: int = 0
+
+
+def _grow_oil(state: OilState, n: int) -> OilState:
+    have = len(state.life)
+    if n <= have:
+        return state
+    # The last oil change of a newly seen vehicle is unknown: NaN until its first sample, which
+    # then stands in for it (the CRM's service records could seed the real date).
+    grown = OilState.empty(n, changed_ts=np.nan)
+    for name in ("life", "revs", "last_ts", "changed_ts"):
+        getattr(grown, name)[:have] = getattr(state, name)
+    return grown
+
+
+def _forward_fill(
+    slot: np.ndarray, ts: np.ndarray, src_slot: np.ndarray, src_ts: np.ndarray, src_v: np.ndarray
+) -> np.ndarray:
+    """For each (slot, ts) the last ``src`` value of the same slot at or before ts (NaN if none)."""
+    out = np.full(len(slot), np.nan)
+    if not len(src_slot) or not len(slot):
+        return out
+    base = min(int(ts.min()), int(src_ts.min()))
+    span = max(int(ts.max()), int(src_ts.max())) - base + 1
+    key = src_slot * span + (src_ts - base)
+    order = np.argsort(key, kind="stable")
+    key_sorted = key[order]
+    q = slot * span + (ts - base)
+    pos = np.searchsorted(key_sorted, q, side="right") - 1
+    ok = pos >= 0
+    ok[ok] = src_slot[order[pos[ok]]] == slot[ok]
+    out[ok] = src_v[order[pos[ok]]]
+    return out
+
+
+class PartitionModels:
+    """Detector state and slot maps for the vehicles of one partition."""
+
+    def __init__(self, anomaly_z: float = 6.0) -> None:
+        self.anomaly_z = anomaly_z
+        self.vehicles: dict[str, int] = {}
+        self.zslots: dict[tuple[str, str], int] = {}
+        self.zscore = RobustZScore(alpha=0.01, clip=3.0, warmup=30, n_slots=0)
+        self.trips: SlotState = tripmod.empty_state(0)
+        self.oil = OilState.empty(0)
+        self.oil_emitted = np.zeros(0)
+
+    def _vehicle_slot(self, vin: str) -> int:
+        slot = self.vehicles.get(vin)
+        if slot is None:
+            slot = self.vehicles[vin] = len(self.vehicles)
+        return slot
+
+    def _z_slot(self, vin: str, signal: str) -> int:
+        slot = self.zslots.get((vin, signal))
+        if slot is None:
+            slot = self.zslots[(vin, signal)] = len(self.zslots)
+        return slot
+
+    def update(self, batches: Sequence[tuple[str, Samples]]) -> Outputs:
+        """Run every detector once over the samples of ``batches`` ((vehicle id, samples))."""
+        out = Outputs()
+        cols: dict[str, list[np.ndarray]] = {"vslot": [], "zslot": [], "ts": [], "v": [], "k": []}
+        kinds = {**tripmod.SIGNAL_KIND, OIL_TEMP: 10}
+        for vin, s in batches:
+            if not len(s):
+                continue
+            vs = self._vehicle_slot(vin)
+            # per name: trip/oil kind code (-1: not used) and anomaly slot (-1: not watched)
+            kind_of = np.array([kinds.get(n, -1) for n in s.names], np.int64)
+            z_of = np.array(
+                [self._z_slot(vin, n) if n in ANOMALY_SIGNALS else -1 for n in s.names], np.int64
+            )
+            cols["vslot"].append(np.full(len(s), vs, np.int64))
+            cols["zslot"].append(z_of[s.sig])
+            cols["k"].append(kind_of[s.sig])
+            cols["ts"].append(s.ts_us)
+            cols["v"].append(s.value)
+        if not cols["ts"]:
+            return out
+        vslot, zslot, kind, ts, val = (
+            np.concatenate(cols[c]) for c in ("vslot", "zslot", "k", "ts", "v")
+        )
+        names = {v: k for k, v in self.vehicles.items()}
+        self._anomalies(zslot, ts, val, out)
+        self._oil(vslot, kind, ts, val, names, out)
+        tm = kind >= 0
+        tm &= kind <= tripmod.K_ENERGY
+        t_slot, t_rows, d_slot, d_rows, dropped = tripmod.update_trips(
+            self.trips, vslot[tm], ts[tm], kind[tm], val[tm]
+        )
+        out.dropped += dropped
+        for s_, row in zip(t_slot.tolist(), t_rows.tolist(), strict=True):
+            rec = dict(zip(tripmod.TRIP_FIELDS, row, strict=True))
+            rec["start_us"], rec["end_us"] = int(rec["start_us"]), int(rec["end_us"])
+            out.trips.append((names[s_], rec))
+        for s_, row in zip(d_slot.tolist(), d_rows.tolist(), strict=True):
+            rec = dict(zip(tripmod.DAY_FIELDS, row, strict=True))
+            rec["day"], rec["trips"] = int(rec["day"]), int(rec["trips"])
+            out.days.append((names[s_], rec))
+        return out
+
+    def _anomalies(self, zslot: np.ndarray, ts: np.ndarray, val: np.ndarray, out: Outputs) -> None:
+        m = zslot >= 0
+        if not m.any():
+            return
+        zs, zt, zv = zslot[m], ts[m], val[m]
+        order = np.lexsort((zt, zs))  # time order per slot, as the detector requires
+        zs, zt, zv = zs[order], zt[order], zv[order]
+        z = self.zscore.score_learn_many(zs, zv, zt.astype(np.float64))
+        hit = np.flatnonzero(np.abs(np.nan_to_num(z)) > self.anomaly_z)
+        if not len(hit):
+            return
+        # one record per slot and micro-batch: its strongest sample
+        best: dict[int, int] = {}
+        for i in hit.tolist():
+            s_ = int(zs[i])
+            if s_ not in best or abs(z[i]) > abs(z[best[s_]]):
+                best[s_] = i
+        by_slot = {v: k for k, v in self.zslots.items()}
+        for s_, i in best.items():
+            vin, signal = by_slot[s_]
+            t_i = int(zt[i])
+            rec = {
+                "vin": vin,
+                "signal": signal,
+                "ts_us": t_i,
+                "value": float(zv[i]),
+                "z": float(z[i]),
+                "detector": "robust_zscore",
+            }
+            out.anomalies.append((vin, json.dumps(rec).encode()))
+            out.anomaly_ts[vin] = max(out.anomaly_ts.get(vin, t_i), t_i)
+
+    def _oil(
+        self,
+        vslot: np.ndarray,
+        kind: np.ndarray,
+        ts: np.ndarray,
+        val: np.ndarray,
+        names: dict[int, str],
+        out: Outputs,
+    ) -> None:
+        rpm = kind == tripmod.K_RPM
+        if not rpm.any():
+            return
+        n = len(self.vehicles)
+        self.oil = _grow_oil(self.oil, n)
+        if len(self.oil_emitted) < n:
+            self.oil_emitted = np.concatenate(
+                [self.oil_emitted, np.full(n - len(self.oil_emitted), np.nan)]
+            )
+        eot = kind == 10
+        r_slot, r_ts = vslot[rpm], ts[rpm]
+        order = np.lexsort((r_ts, r_slot))
+        r_slot, r_ts, r_v = r_slot[order], r_ts[order], val[rpm][order]
+        temp = _forward_fill(r_slot, r_ts, vslot[eot], ts[eot], val[eot])
+        first = np.r_[True, r_slot[1:] != r_slot[:-1]]
+        fresh = first & np.isnan(self.oil.changed_ts[r_slot])
+        self.oil.changed_ts[r_slot[fresh]] = r_ts[fresh] / 1e6
+        life, bad = update_oil(self.oil, r_slot, r_ts / 1e6, r_v, temp)
+        out.dropped += bad
+        last = np.r_[r_slot[1:] != r_slot[:-1], True]
+        for s_, t_, life_i in zip(
+            r_slot[last].tolist(), r_ts[last].tolist(), life[last].tolist(), strict=True
+        ):
+            prev = self.oil_emitted[s_]
+            if np.isnan(prev) or abs(life_i - prev) >= OIL_STEP:
+                self.oil_emitted[s_] = life_i
+                capped = float(oil_life(self.oil, t_ / 1e6)[s_])
+                rec = {
+                    "vin": names[s_],
+                    "kind": "oil_life",
+                    "ts_us": int(t_),
+                    "value": capped,
+                    "revs": float(self.oil.revs[s_]),
+                }
+                out.predictions.append((names[s_], json.dumps(rec).encode()))
+
+    def to_bytes(self) -> bytes:
+        doc = {
+            "v": _VERSION,
+            "z": self.anomaly_z,
+            "vehicles": list(self.vehicles),
+            "zslots": [list(k) for k in self.zslots],
+            "zscore": self.zscore.to_bytes(),
+            "trips": self.trips.to_bytes(),
+            "oil": self.oil.to_bytes(),
+            "oil_emitted": self.oil_emitted.tobytes(),
+        }
+        return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PartitionModels:
+        try:
+            doc = msgpack.unpackb(raw, raw=False)
+            if doc.get("v") != _VERSION:
+                raise DecodeError(f"partition models: version {doc.get('v')!r}")
+            m = cls(anomaly_z=float(doc["z"]))
+            m.vehicles = {v: i for i, v in enumerate(doc["vehicles"])}
+            m.zslots = {(a, b): i for i, (a, b) in enumerate(doc["zslots"])}
+            m.zscore = RobustZScore.from_bytes(doc["zscore"])
+            m.trips = SlotState.from_bytes(doc["trips"], "trips")
+            m.oil = OilState.from_bytes(doc["oil"])
+            m.oil_emitted = np.frombuffer(doc["oil_emitted"], np.float64).copy()
+        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as err:
+            raise DecodeError(f"partition models: bad state blob: {err}") from err
+        return m

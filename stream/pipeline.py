@@ -1,0 +1,242 @@
+"""One telemetry micro-batch through decode, registry, dedupe, state and detectors: no I/O here.
+
+``TelemetryPipeline.process(records)`` takes ``(partition, payload)`` pairs and returns a
+``Result`` listing everything the agent must do: dead-letter records, InfluxDB lines, records for
+the output topics and table writes *tagged with the partition they belong to*. The agent performs
+them in a safe order (sink first, table checkpoints last), so a worker killed half-way reprocesses
+the batch and the dedupe table drops only what was really written.
+
+Bad input never stops a partition: a record that does not decode (``WireError`` reason), comes
+from a device the registry does not know (``unknown_device``), is oversized (``oversized``), or
+is too old for the dedupe window (``stale_seq``) is dead-lettered with its reason and counted;
+NaN/inf samples and timestamps outside the clock-skew policy are dead-lettered by
+``stream.lines`` and also kept out of the live state and the detectors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.config import StreamSettings
+from core.errors import DecodeError, WireError
+from core.wire import TelemetryBatch, decode_telemetry
+from stream import state as vstate
+from stream.alerts import dtc_key
+from stream.dedupe import DeviceSeen
+from stream.kernels import PartitionModels
+from stream.lines import LineStats, SkewPolicy, batch_lines, escape_key, escape_tag, keep_mask
+from stream.registry import DeviceRegistry
+
+# table names (the Faust app creates tables with these names)
+T_DEDUPE = "dedupe"
+T_STATE = "vehicle_state"
+T_MODELS = "models"
+
+Lookup = Callable[[str, str], bytes | None]  # (table, key) -> value
+
+
+@dataclass
+class Counters:
+    records: int = 0
+    samples: int = 0
+    lines: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    anomalies: int = 0
+    predictions: int = 0
+    trips: int = 0
+    days: int = 0
+    state_updates: int = 0
+
+    def count(self, reason: str, n: int = 1) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.dead_lettered += n
+
+
+@dataclass
+class Result:
+    dead: list[tuple[bytes, dict[str, bytes]]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    state_updates: list[tuple[str, bytes]] = field(default_factory=list)
+    anomalies: list[tuple[str, bytes]] = field(default_factory=list)
+    predictions: list[tuple[str, bytes]] = field(default_factory=list)
+    trips: list[tuple[str, bytes]] = field(default_factory=list)
+    days: list[tuple[str, bytes]] = field(default_factory=list)
+    writes: list[tuple[int, str, str, bytes]] = field(default_factory=list)  # partition, table...
+
+
+def summary_lines(measurement: str, vin: str, ts_us: int, rec: dict[str, Any]) -> str:
+    """One line of protocol for a trip or a day summary (numbers only, as floats)."""
+    fields = ",".join(
+        f"{escape_key(k)}={float(v)!r}" for k, v in rec.items() if k not in ("start_us", "end_us")
+    )
+    if "start_us" in rec:
+        fields += f",duration_s={(rec['end_us'] - rec['start_us']) / 1e6!r}"
+    return f"{escape_key(measurement)},vin={escape_tag(vin)} {fields} {ts_us}"
+
+
+class TelemetryPipeline:
+    """Business logic of the telemetry agent; Kafka and InfluxDB stay outside."""
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        registry: DeviceRegistry,
+        policy: SkewPolicy = SkewPolicy(),
+        now_us: Callable[[], int] | None = None,
+    ) -> None:
+        self.s = settings
+        self.registry = registry
+        self.policy = policy
+        self.now_us = now_us or (lambda: int(time.time() * 1e6))
+        self.counters = Counters()
+        self.line_stats = LineStats()
+        # Decoded detector state per partition and the exact blob it was last saved as: reused
+        # while the table still holds that blob, re-read when a takeover restored another one.
+        self._models: dict[int, tuple[PartitionModels, bytes | None]] = {}
+        self._saved_at: dict[int, float] = {}
+
+    def _dead(self, res: Result, payload: bytes, reason: str, detail: str, **extra: str) -> None:
+        self.counters.count(reason)
+        headers = {"reason": reason.encode(), "detail": detail[:500].encode()}
+        headers.update({k: v.encode() for k, v in extra.items()})
+        res.dead.append((payload, headers))
+
+    def models_for(self, partition: int, lookup: Lookup) -> PartitionModels:
+        key = f"p{partition}"
+        stored = lookup(T_MODELS, key)
+        cached = self._models.get(partition)
+        if cached is not None and cached[1] is stored:
+            return cached[0]
+        models = PartitionModels(self.s.anomaly_z)
+        if stored:
+            try:
+                models = PartitionModels.from_bytes(stored)
+            except DecodeError as err:  # never stall on a bad checkpoint: start fresh, say so
+                self._dead(Result(), b"", "bad_checkpoint", str(err))
+        self._models[partition] = (models, stored)
+        return models
+
+    def process(self, records: Sequence[tuple[int, bytes]], lookup: Lookup) -> Result:
+        res = Result()
+        by_part: dict[int, list[bytes]] = {}
+        for partition, payload in records:
+            by_part.setdefault(partition, []).append(payload)
+        for partition, payloads in by_part.items():
+            self._partition(partition, payloads, lookup, res)
+        return res
+
+    def _partition(
+        self, partition: int, payloads: list[bytes], lookup: Lookup, res: Result
+    ) -> None:
+        seen: dict[str, DeviceSeen] = {}
+        states: dict[str, vstate.State] = {}
+        feed: list[tuple[str, Any]] = []
+        now = self.now_us()
+        for payload in payloads:
+            self.counters.records += 1
+            try:
+                batch = decode_telemetry(payload)
+            except WireError as err:
+                self._dead(res, payload, err.reason, err.detail)
+                continue
+            n = len(batch.samples)
+            if n > self.s.max_batch_samples:
+                self._dead(
+                    res, payload, "oversized", f"{n} samples > {self.s.max_batch_samples}",
+                    device=batch.device_id,
+                )  # fmt: skip
+                continue
+            vin = self.registry.vin(batch.device_id)
+            if vin is None:
+                self._dead(
+                    res, payload, "unknown_device", f"{batch.device_id!r} is not in the registry"
+                )
+                continue
+            dev = seen.get(batch.device_id)
+            if dev is None:
+                dev = seen[batch.device_id] = DeviceSeen.from_bytes(
+                    lookup(T_DEDUPE, batch.device_id)
+                )
+            verdict = dev.check(batch.boot_id, batch.seq)
+            if verdict == "duplicate":
+                self.counters.duplicates += 1
+                continue
+            if verdict == "stale":
+                self._dead(
+                    res, payload, "stale_seq",
+                    f"seq {batch.seq} of boot {batch.boot_id!r} is older than the dedupe window",
+                )  # fmt: skip
+                continue
+            self.counters.samples += n
+            before = self.line_stats.lines
+            res.lines.extend(
+                batch_lines(batch, self.s.measurement, self.line_stats, self.policy, now)
+            )
+            self.counters.lines += self.line_stats.lines - before
+            for reason, detail in self.line_stats.rejects:
+                self._dead(res, detail.encode(), reason, "see value")
+            self.line_stats.rejects.clear()
+            clean = self._clean(batch, now)
+            st = states.get(vin)
+            if st is None:
+                raw = lookup(T_STATE, vin)
+                st = states[vin] = (
+                    vstate.loads(raw) if raw else vstate.new_state(vin, batch.device_id)
+                )
+                dtcs = lookup(T_STATE, dtc_key(vin))
+                if dtcs:
+                    vstate.set_dtcs(st, json.loads(dtcs), st["last_seen_us"] or 0)
+            st["device"] = batch.device_id
+            vstate.apply_batch(st, clean)
+            feed.append((vin, clean.samples))
+        models = self.models_for(partition, lookup)
+        out = models.update(feed)
+        for vin, ts in out.anomaly_ts.items():
+            if vin in states:
+                vstate.note_anomaly(states[vin], ts)
+        res.anomalies += out.anomalies
+        res.predictions += out.predictions
+        self.counters.anomalies += len(out.anomalies)
+        self.counters.predictions += len(out.predictions)
+        for vin, rec in out.trips:
+            res.trips.append((vin, json.dumps({"vin": vin, **rec}).encode()))
+            res.lines.append(summary_lines("trips", vin, rec["end_us"], rec))
+        for vin, rec in out.days:
+            day_us = rec["day"] * 86_400_000_000
+            res.days.append((vin, json.dumps({"vin": vin, **rec}).encode()))
+            res.lines.append(summary_lines("daily", vin, day_us, rec))
+        self.counters.trips += len(out.trips)
+        self.counters.days += len(out.days)
+        min_us = self.s.state_min_interval_ms * 1000
+        for vin, st in states.items():
+            update = vstate.take_update(st, min_us)
+            if update is not None:
+                res.state_updates.append((vin, update))
+                self.counters.state_updates += 1
+            res.writes.append((partition, T_STATE, vin, vstate.dumps(st)))
+        for device, dev in seen.items():
+            res.writes.append((partition, T_DEDUPE, device, dev.to_bytes()))
+        last = self._saved_at.get(partition, 0.0)
+        if feed and time.monotonic() - last >= self.s.checkpoint_interval_s:
+            self._saved_at[partition] = time.monotonic()
+            blob = models.to_bytes()
+            self._models[partition] = (models, blob)  # the agent stores this very object
+            res.writes.append((partition, T_MODELS, f"p{partition}", blob))
+
+    def _clean(self, batch: TelemetryBatch, now: int) -> TelemetryBatch:
+        """The batch without rows the skew policy or NaN checks reject (already counted)."""
+        keep = keep_mask(batch, LineStats(), self.policy, now)
+        if keep.all():
+            return batch
+        s = batch.samples
+        idx = np.flatnonzero(keep)
+        samples = type(s)(s.names, s.sig[idx], s.ts_us[idx], s.value[idx])
+        return TelemetryBatch(batch.device_id, batch.boot_id, batch.seq, samples, batch.text)

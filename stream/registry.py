@@ -1,0 +1,99 @@
+"""Device id -> VIN registry, loaded once at worker start from a JSON/CSV file or an HTTP(S) URL.
+
+The stream must not import the CRM (SQLAlchemy) to learn which vehicle a gateway sits in, so the
+CRM (or an operator) exports the mapping: ``{"device-id": "VIN", ...}`` as JSON, or a CSV with
+the columns ``device_id,vin``. ``StreamSettings.registry`` names the file or URL. Without one the
+worker runs in open mode (development, demos): every valid device id is its own vehicle id.
+With one, telemetry from a device not in it is dead-lettered with reason ``unknown_device``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from core.errors import ConfigError
+from core.topics import DEVICE_ID_RE
+
+# ISO 3779 VINs are 17 characters without I, O and Q; fleets also use internal ids, so only the
+# character set is enforced (ids become InfluxDB tags and Kafka keys).
+VEHICLE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class DeviceRegistry:
+    """Which vehicle each device is installed in; ``open_mode`` accepts every device as itself."""
+
+    vins: dict[str, str] = field(default_factory=dict)
+    open_mode: bool = False
+    source: str = ""
+
+    def vin(self, device_id: str) -> str | None:
+        """The vehicle of ``device_id``, or None when the device is unknown."""
+        found = self.vins.get(device_id)
+        if found is None and self.open_mode:
+            return device_id
+        return found
+
+    def __len__(self) -> int:
+        return len(self.vins)
+
+
+def parse_registry(text: str, where: str) -> dict[str, str]:
+    """Parse JSON (``{device: vin}`` or ``[{"device_id":..,"vin":..}]``) or CSV with a header."""
+    rows: list[tuple[str, str, str]] = []  # device, vin, location for errors
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            doc = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"registry {where}: not valid JSON: {err}") from err
+        if isinstance(doc, dict):
+            rows = [(k, v, f"key {k!r}") for k, v in doc.items()]
+        elif isinstance(doc, list):
+            for i, item in enumerate(doc):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"registry {where}: item {i} is not an object")
+                rows.append((item.get("device_id"), item.get("vin"), f"item {i}"))  # type: ignore[arg-type]
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not {"device_id", "vin"} <= set(reader.fieldnames):
+            raise ConfigError(f"registry {where}: CSV needs a header with device_id and vin")
+        rows = [
+            (r["device_id"], r["vin"], f"line {reader.line_num}") for r in reader if any(r.values())
+        ]
+    out: dict[str, str] = {}
+    for device, vin, loc in rows:
+        if not isinstance(device, str) or not DEVICE_ID_RE.match(device):
+            raise ConfigError(f"registry {where}, {loc}: bad device_id {device!r}")
+        if not isinstance(vin, str) or not VEHICLE_ID_RE.match(vin):
+            raise ConfigError(f"registry {where}, {loc}: bad vin {vin!r} for {device!r}")
+        if out.get(device, vin) != vin:
+            raise ConfigError(f"registry {where}, {loc}: {device!r} is mapped twice")
+        out[device] = vin
+    return out
+
+
+def load_registry(source: str | None, timeout_s: float = 10.0) -> DeviceRegistry:
+    """Load the registry from a path or an http(s) URL; ``None``/``""`` gives open mode."""
+    if not source:
+        return DeviceRegistry(open_mode=True, source="open")
+    if source.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(source, timeout=timeout_s) as resp:
+                text = resp.read().decode()
+        except (urllib.error.URLError, OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"registry {source}: cannot fetch: {err}") from err
+    else:
+        try:
+            text = Path(source).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"registry {source}: cannot read: {err}") from err
+    return DeviceRegistry(parse_registry(text, source), open_mode=False, source=source)

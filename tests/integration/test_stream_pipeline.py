@@ -1,0 +1,165 @@
+"""The Faust app on the real stack: dedupe, registry, bad input, live state, detectors, crash alerts."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_ANOMALIES,
+    KAFKA_DEADLETTER,
+    KAFKA_EVENTS,
+    KAFKA_TELEMETRY,
+    KAFKA_TRIPS,
+    KAFKA_VEHICLE_STATE,
+)
+from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
+from tests.integration.helpers import influx_query, wait_for
+from tests.integration.stream_util import (
+    consume,
+    create_topics,
+    produce,
+    spawn_worker,
+    stop,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+SPEED = "Vehicle.Speed"
+RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
+
+
+def drive(device: str, boot: str, seq0: int, n: int, t0: int, tag: float) -> list[TelemetryBatch]:
+    """``n`` one-second batches (10 Hz speed and rpm, a trip then a stop), one more 70 s later."""
+    out = []
+    for q in range(n + 1):
+        ts = t0 + (q if q < n else q + 70) * 1_000_000 + np.arange(10) * 100_000
+        moving = q < n - 8 and n > 1
+        speed = np.full(10, 40.0 + tag if moving else 0.0)
+        rpm = np.full(10, 1500.0 if moving else 0.0)
+        s = Samples.from_columns(
+            [SPEED, RPM], np.r_[np.zeros(10), np.ones(10)], np.r_[ts, ts], np.r_[speed, rpm]
+        )
+        out.append(TelemetryBatch(device, boot, seq0 + q, s))
+    return out
+
+
+def count(stack, device: str) -> int:  # type: ignore[no-untyped-def]
+    try:
+        series = influx_query(stack, f"SELECT COUNT(*) FROM telemetry WHERE device='{device}'")
+    except AssertionError:  # the database does not exist until the worker's first write
+        return 0
+    if not series:
+        return 0
+    return int(sum(v or 0 for v in series[0]["values"][0][1:]))
+
+
+def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -> None:
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps({"pipe-a": "VINPIPEA000000001", "pipe-b": "VINPIPEB000000002"}))
+    env = worker_env(
+        local_stack,
+        CARPULSE_STREAM__REGISTRY=str(reg),
+        CARPULSE_STREAM__MAX_BATCH_SAMPLES="1000",
+        CARPULSE_STREAM__STATE_MIN_INTERVAL_MS="200",
+    )
+    create_topics(local_stack, [KAFKA_TELEMETRY, KAFKA_EVENTS, KAFKA_DEADLETTER])
+    now = int(time.time() * 1e6)
+    started_ms = now // 1000
+    t0 = now - 600_000_000
+    a = drive("pipe-a", "boot1", 0, 20, t0, 0.0)
+    b = drive("pipe-b", "boot1", 0, 20, t0, 5.0)
+    # the edge crashed after sending a[5..9] and resent them under the same (boot, seq)
+    resend = a[5:10]
+    bad = [
+        b"\x00garbage",
+        encode_telemetry(drive("ghost-car", "b", 0, 0, t0, 0.0)[0]),  # not in the registry
+        encode_telemetry(
+            TelemetryBatch(
+                "pipe-a",
+                "boot1",
+                100,
+                Samples.from_records(
+                    [(SPEED, t0, math.nan), (SPEED, now + 10 * 86_400_000_000, 1.0)]
+                ),
+            )
+        ),
+        encode_telemetry(
+            TelemetryBatch(
+                "pipe-b",
+                "boot1",
+                101,
+                Samples.from_columns([SPEED], np.zeros(2000), np.arange(2000) + t0, np.ones(2000)),
+            )
+        ),
+    ]
+    records = [(KAFKA_TELEMETRY, x.device_id.encode(), encode_telemetry(x)) for x in a + b]
+    records += [(KAFKA_TELEMETRY, b"pipe-a", encode_telemetry(x)) for x in resend]
+    records += [(KAFKA_TELEMETRY, b"pipe-a", v) for v in bad]
+    worker = spawn_worker(local_stack, tmp_path / "worker.log", env)
+    try:
+        produce(local_stack, records)
+        want = 420  # 21 batches x 20 samples per device; duplicates and bad rows excluded
+        try:
+            wait_for(
+                lambda: worker.poll() is not None or count(local_stack, "pipe-a") == want,
+                120,
+                "pipe-a in InfluxDB",
+            )
+            assert worker.poll() is None, "the worker died"
+            wait_for(lambda: count(local_stack, "pipe-b") == want, 30, "pipe-b in InfluxDB")
+        except AssertionError:
+            raise AssertionError((tmp_path / "worker.log").read_text()[-4000:]) from None
+        # crash on the fast path, sent once the worker is warm; a resend raises no second alert
+        crash = Event("pipe-a", "boot1", 500, "crash", now, 0, {"peak_g": 7.5})
+        sent = produce(
+            local_stack,
+            [(KAFKA_EVENTS, b"pipe-a", encode_event(crash))] * 2
+            + [
+                (KAFKA_EVENTS, b"ghost-car", encode_event(Event("ghost-car", "b", 1, "crash", now)))
+            ],
+        )
+        alerts = consume(local_stack, KAFKA_ALERTS, lambda r: len(r) >= 1, 30)
+        time.sleep(1.0)
+        alerts = consume(local_stack, KAFKA_ALERTS, lambda r: False, 2)
+        dead = consume(local_stack, KAFKA_DEADLETTER, lambda r: len(r) >= 6, 30)
+        states = consume(local_stack, KAFKA_VEHICLE_STATE, lambda r: False, 3)
+        trips = consume(local_stack, KAFKA_TRIPS, lambda r: len(r) >= 2, 20)
+        anomalies = consume(local_stack, KAFKA_ANOMALIES, lambda r: False, 2)
+    finally:
+        stop([worker])
+    assert len(alerts) == 1
+    alert = json.loads(alerts[0].value)
+    assert alert["vin"] == "VINPIPEA000000001" and alert["kind"] == "crash"
+    latency_s = alerts[0].timestamp / 1000 - sent[0]
+    assert latency_s < 1.0, f"crash alert took {latency_s:.3f}s"
+    (tmp_path / "crash_latency.txt").write_text(f"{latency_s:.4f}\n")
+    print(f"crash alert latency {latency_s * 1000:.1f} ms")
+    # the dead-letter topic is shared by the session's tests: keep the records of this one
+    reasons = sorted(dict(r.headers)["reason"].decode() for r in dead if r.timestamp >= started_ms)
+    for reason in ("unknown_format", "unknown_device", "non_finite", "clock_ahead", "oversized"):
+        assert reason in reasons, (reason, reasons)
+    assert reasons.count("unknown_device") == 2  # the telemetry and the crash event
+    # live state: last record per vehicle reflects the stop at the end of the drive
+    last = {}
+    for r in states:
+        last[r.key.decode()] = json.loads(r.value)
+    st = last["VINPIPEB000000002"]
+    assert st["moving"] is False and st["ignition"] is False
+    assert st["signals"][SPEED][0] == t0 + 90 * 1_000_000 + 900_000
+    # throttled on source time: 20 s of data -> far fewer than one update per batch
+    per_vehicle = [r for r in states if r.key == b"VINPIPEB000000002"]
+    gaps = np.diff([json.loads(r.value)["published_us"] for r in per_vehicle])
+    assert (gaps >= 200_000).all()
+    # each vehicle drove 12 s at 40/45 km/h, then stopped: one trip each, with its distance
+    by_vin = {json.loads(r.value)["vin"]: json.loads(r.value) for r in trips}
+    assert set(by_vin) == {"VINPIPEA000000001", "VINPIPEB000000002"}
+    assert by_vin["VINPIPEA000000001"]["dist_km"] == pytest.approx(40.0 * 12 / 3600, rel=0.02)
+    assert isinstance(anomalies, list)
