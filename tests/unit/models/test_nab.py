@@ -134,3 +134,25 @@ def test_eval_nab_on_two_real_files(tmp_path: Path) -> None:
     )
     assert any(line.endswith(",1") for line in lines[1:])
     assert (out / "carpulse_zscore_nab.png").stat().st_size > 1000
+
+
+def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) -> None:
+    from models.evals.nab import DETECTORS, main
+
+    assert {"carpulse_nn_likelihood", "nab_windowed_gaussian"} <= set(DETECTORS)
+    root = require_data("nab")
+    data = tmp_path / "data"
+    rels = [
+        "realAdExchange/exchange-3_cpc_results.csv",
+        "realAdExchange/exchange-4_cpm_results.csv",
+    ]
+    for rel in rels:
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel).symlink_to(root / "data" / rel)
+    labels = root / "combined_windows.json"
+    for name in ("nab_windowed_gaussian", "carpulse_nn_likelihood"):
+        report = main(["--data", str(data), "--labels", str(labels), "--detector", name])
+        assert report["files"] == 2 and report["windows"] == 7
+        # One file per half: exchange-3_cpc is tuned on, exchange-4_cpm held out.
+        assert report["split"]["tune"]["files"] == 1 and report["split"]["holdout"]["files"] == 1
+        assert -100.0 <= report["score_standard"] <= 100.0
