@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ def evaluate(
                 segments[kind] += 1
                 if len(examples) < 8 and kind in ("spoofing", "replay"):
                     examples.append({"car": car, "attack": kind, **info})
+    speed = _speed(cars, train_share, min_flips)
     per_attack: dict[str, dict[str, Any]] = {
         a: {"window": win[a].figures(), "frame": frame[a].figures(), "segments": segments[a]}
         for a in ATTACKS
@@ -170,7 +172,29 @@ def evaluate(
         "protocol": f"per car: learn on the first {train_share:.0%} of each log, test on the rest; "
         f"one attack of each kind ({attack_s:g} s at most) injected into each test segment, seed {seed}",
         "targets": examples,
+        "score_frames_per_s": speed,
     }
+
+
+def _speed(cars: dict[str, list[Frames]], train_share: float, min_flips: int) -> float:
+    """Median scoring speed (frames/s, one core) over every car's test segments, 5 runs."""
+    from carpulse.bench import median_of
+
+    jobs = []
+    for logs in cars.values():
+        parts = [split(f, train_share) for f in logs]
+        jobs.append((CanIds(CanIdsProfile.fit([tr for tr, _ in parts]), min_flips), parts))
+    n = sum(len(te) for _, parts in jobs for _tr, te in parts)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        for det, parts in jobs:
+            for _tr, te in parts:
+                det.reset()
+                det.score(te)
+        return time.perf_counter() - t0
+
+    return round(n / median_of(once, 5))
 
 
 def plot(result: dict[str, Any], out: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,29 @@ def official(
     return _onnx_predict(model, feats[last_rows(test.unit)]), rul
 
 
+def _speed(train: Series) -> dict[str, float]:
+    """Median rows/s (5 runs) of the numba features and of the shipped ONNX model on the train file."""
+    from carpulse.bench import median_of
+    from models.rul.model import MODEL_PATH, RulModel
+
+    def timed(fn: Any) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    n = len(train)
+    window_features(train.unit[:100], train.sensors[:100], WINDOW, BASELINE)  # compile first
+    t_feat = median_of(lambda: timed(lambda: window_features(train.unit, train.sensors)), 5)
+    out: dict[str, float] = {"features_rows_per_s": round(n / t_feat)}
+    if MODEL_PATH.is_file():
+        model = RulModel()
+        x = window_features(train.unit, train.sensors, WINDOW, BASELINE)
+        out["onnx_rows_per_s"] = round(
+            n / median_of(lambda: timed(lambda: model.predict_features(x)), 5)
+        )
+    return out
+
+
 def plot(pred: np.ndarray, true: np.ndarray, out: Path, title: str) -> list[str]:
     import matplotlib
 
@@ -140,6 +164,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "protocol": protocol,
         "model": "HistGradientBoostingRegressor -> ONNX TreeEnsembleRegressor, run with onnxruntime",
     }
+    result.update(_speed(train))
     if args.out is not None:
         result["plots"] = plot(pred, true, args.out, f"FD001 RMSE {result['rmse']}")
     return result
