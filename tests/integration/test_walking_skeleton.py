@@ -63,7 +63,7 @@ def test_can_log_lands_in_influxdb_exactly(local_stack, tmp_path: Path) -> None:
             return got if got == want_counts else None
 
         try:
-            wait_for(counts, 90, "every sample in InfluxDB")
+            wait_for(counts, 240, "every sample in InfluxDB")
         except AssertionError:
             logs = {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
             raise AssertionError(f"pipeline logs: {logs}") from None
