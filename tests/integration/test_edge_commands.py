@@ -179,3 +179,43 @@ def test_device_cannot_subscribe_to_another_devices_commands(local_stack: Stack,
         for c in (a, b):
             c.loop_stop()
             c.disconnect()
+
+
+def test_signed_dtc_commands_drive_the_real_obd_client(tmp_path: Path) -> None:
+    """read_dtcs / clear_dtcs through the CommandProcessor into ObdClient on the ELM327 emulator."""
+    from firmware_bridge.obd.client import ObdClient
+    from firmware_bridge.obd.elm327 import Elm327
+    from firmware_bridge.obd.emulator import ElmEmulator
+
+    priv, pub = generate_keypair(tmp_path / "keys")
+    key = load_private_key(priv)
+    with ElmEmulator() as emu:
+        emu.set_dtcs(["0301", "0420"], [])
+        with Elm327(emu.port) as adapter:
+            client = ObdClient(adapter)
+            handlers = {
+                "read_dtcs": lambda cmd: {"dtcs": [d.code for d in client.dtcs()]},
+                "clear_dtcs": lambda cmd: {"cleared": client.clear_dtcs(cmd.authorization)},
+            }
+            proc = CommandProcessor(
+                DEV_A, load_public_key(pub), set(handlers), tmp_path / "state", handlers
+            )
+
+            def send(name: str, args: dict[str, str], signer: Ed25519PrivateKey = key) -> Ack:
+                payload = sign_command(signer, DEV_A, name, args, 30)
+                return decode_ack(proc.handle(command_topic(DEV_A, name), payload))
+
+            assert send("read_dtcs", {}).result == {"dtcs": ["P0301", "P0420"]}
+            vin = client.vin()  # the adapter now knows which car it is plugged into
+            assert vin is not None
+            # A forged clear never reaches the car; a signed one for another car is refused by OBD.
+            assert send("clear_dtcs", {"vin": vin}, Ed25519PrivateKey.generate()).reason == (
+                "bad_signature"
+            )
+            other = send("clear_dtcs", {"vin": "1HGCM82633A004352"})
+            assert (other.status, other.reason) == ("failed", "handler_failed")
+            assert "WriteRefusedError" in other.detail
+            assert len(client.dtcs()) == 2
+            ok = send("clear_dtcs", {"vin": vin})
+            assert (ok.status, ok.result) == ("accepted", {"cleared": True})
+            assert client.dtcs() == []
