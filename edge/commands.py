@@ -11,8 +11,8 @@ Public API (the agent loop uses only this)::
                             allowlist={"lock", "unlock", "navigate"},
                             state_dir=settings.edge.state_dir,
                             handlers={"lock": lock, ...})
-    # subscribe to command_topic(device_id, "+") i.e. carpulse/v1/<device>/cmd/+, then for each message:
-    ack_bytes = proc.handle(msg.topic, msg.payload)      # never raises on bad input
+    # subscribe to f"carpulse/v1/{device_id}/cmd/+" (QoS 1), then for each message:
+    ack_bytes = proc.handle(msg.topic, msg.payload)      # never raises; ~5 ms when accepted (fsync)
     publisher.publish(proc.ack_topic, ack_bytes)         # QoS 1
 
 Checks, in order (the first failing one is the ack's ``reason``, see ``core.commands.REASONS``):
@@ -136,11 +136,21 @@ class NonceStore:
     def add(self, nonce: str, expires_at: float) -> None:
         """Remember ``nonce`` durably (fsync) before the command runs."""
         self._live[nonce] = expires_at
+        new_file = not self.path.exists()
         with open(self.path, "a") as fh:
             fh.write(f"{nonce} {expires_at!r}\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if new_file:
+            self._fsync_dir()  # a new file's directory entry must survive a power cut too
         self._lines += 1
+
+    def _fsync_dir(self) -> None:
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -149,11 +159,7 @@ class NonceStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        self._fsync_dir()  # make the rename itself durable
         self._lines = len(self._live)
 
 
