@@ -129,7 +129,7 @@ def pki_command_key(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
 ) -> None:
     """Create the Ed25519 command-signing key pair (private: cloud only; public: every device)."""
-    from edge.signing import generate_keypair
+    from core.signing import generate_keypair
 
     priv, pub = generate_keypair(Path(settings().stack.data_dir) / "pki", overwrite=overwrite)
     typer.echo(f"private (cloud only, 0600): {priv}\npublic (install on devices): {pub}")

@@ -3,7 +3,7 @@
 Public API (the agent loop uses only this)::
 
     from edge.commands import CommandProcessor, Command
-    from edge.signing import load_public_key
+    from core.signing import load_public_key
 
     def lock(cmd: Command) -> dict | None: ...          # a handler: raise to report "failed"
 
@@ -59,8 +59,8 @@ from core.commands import (
     unpack_command,
 )
 from core.errors import WireError
+from core.signing import verify
 from core.topics import check_device_id, device_topic, parse_topic
-from edge.signing import verify
 
 log = logging.getLogger(__name__)
 

@@ -153,7 +153,7 @@ def check_certificate(
 
 
 def check_command_key(path: Path) -> Check:
-    from edge.signing import load_public_key
+    from core.signing import load_public_key
 
     try:
         load_public_key(path)

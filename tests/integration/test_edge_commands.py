@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from carpulse.stack import Stack
 from core.commands import Ack, decode_ack, unpack_command
+from core.signing import generate_keypair, load_private_key, load_public_key, sign_command
 from core.topics import command_topic, device_topic, subscription
 from edge.commands import Command, CommandProcessor
 from edge.publisher import device_mqtt_settings
-from edge.signing import generate_keypair, load_private_key, load_public_key, sign_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -13,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.commands import Ack, b64d, b64e, decode_ack, unpack_command
-from core.topics import command_topic
-from edge.commands import NONCE_FILE, Command, CommandProcessor, NonceStore
-from edge.signing import (
+from core.signing import (
     generate_keypair,
     load_private_key,
     load_public_key,
     sign_command,
 )
+from core.topics import command_topic
+from edge.commands import NONCE_FILE, Command, CommandProcessor, NonceStore
 
 DEV = "car-cmd-1"
 T0 = 1_800_000_000.0

@@ -13,6 +13,7 @@ import pytest
 from carpulse.pki import LocalPKI
 from carpulse.stack import free_port
 from core.config import CarpulseSettings, StackSettings
+from core.signing import generate_keypair
 from edge.doctor import (
     check_can_interface,
     check_certificate,
@@ -20,7 +21,6 @@ from edge.doctor import (
     check_serial_device,
     run_doctor,
 )
-from edge.signing import generate_keypair
 
 ROOT = Path(__file__).resolve().parents[3]
 DOCTOR_ARGS = ("--device", "car-doc-1", "--can", "lo")

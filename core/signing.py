@@ -8,8 +8,9 @@ cannot forge commands for other devices. ``carpulse pki command-key`` creates th
 local stack's PKI folder for development and tests. Rotating the key means shipping the new public
 key to every device (a config change) before signing with the new private key.
 
-This module depends only on ``core`` and ``cryptography`` (in the ``edge`` and ``local`` extras) so
-that any cloud tool can import it without the rest of the agent.
+It lives in ``core`` because both sides use it (the edge verifies, the cloud and the dashboards
+sign) and ``edge`` and the cloud never import each other; it depends only on ``core`` and
+``cryptography``, which is in the base install.
 """
 
 from __future__ import annotations
