@@ -114,6 +114,7 @@ class CompiledDecoder:
             p.nodes,
             p.ents,
             p.scales,
+            p.iscales,
             p.masks,
             p.muxers,
             p.cases,

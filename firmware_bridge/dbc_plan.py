@@ -40,10 +40,8 @@ MODE_UINT = 3  # unsigned 64-bit identity: float(uint64 raw)
 MODE_FRAW = 4  # float signal, identity: the raw float untouched (keeps -0.0 and NaN payloads)
 
 # Columns of the per-entry integer table (one entry = one signal in one codec node).
-E_SLOT, E_BE, E_SHIFT, E_LEN, E_SIGNED, E_FLOAT, E_MODE, E_NOMINAL_END, E_SCALE, E_OFFSET = range(
-    10
-)
-E_COLS = 10
+E_SLOT, E_BE, E_SHIFT, E_LEN, E_SIGNED, E_FLOAT, E_MODE, E_NOMINAL_END = range(8)
+E_COLS = 8
 # Columns of the message table.
 MSG_LEN, MSG_ROOT, MSG_FLAG, MSG_MAXOUT, MSG_NODES = range(5)
 # Columns of the node table: entries [N_SIG0, N_SIG1), multiplexers [N_MUX0, N_MUX1), N_BAD.
@@ -67,8 +65,9 @@ class DecodePlan:
     ext_msgs: np.ndarray  # int32 message index per ext_keys entry
     msgs: np.ndarray  # int64 (M, 5)
     nodes: np.ndarray  # int64 (K, 5)
-    ents: np.ndarray  # int64 (S, 10)
+    ents: np.ndarray  # int32 (S, 8): small, so a big DBC's hot columns stay in cache
     scales: np.ndarray  # float64 (S, 2): float scale, float offset
+    iscales: np.ndarray  # int64 (S, 2): integer scale, integer offset
     masks: np.ndarray  # uint64 (S,)
     muxers: np.ndarray  # int64 (X, 3)
     cases: np.ndarray  # int64 (Y, 2)
@@ -167,6 +166,7 @@ class _Builder:
         self.nodes: list[list[int]] = []
         self.ents: list[list[int]] = []
         self.scales: list[tuple[float, float]] = []
+        self.iscales: list[tuple[int, int]] = []
         self.masks: list[int] = []
         self.muxers: list[list[int]] = []
         self.cases: list[tuple[int, int]] = []
@@ -218,11 +218,10 @@ class _Builder:
                     int(bool(s.is_float)),
                     mode,
                     _network_start(s) + int(s.length),
-                    iscale,
-                    ioffset,
                 ]
             )
             self.scales.append((fscale, foffset))
+            self.iscales.append((iscale, ioffset))
             self.masks.append((1 << int(s.length)) - 1)
         e1 = len(self.ents)
         # Children after the node's own entries: cantools decodes a node, then each multiplexer.
@@ -297,7 +296,8 @@ def build_plan(
         ext_msgs=np.asarray([v for _, v in ext], dtype=np.int32),
         msgs=table(msgs, 5),
         nodes=table(b.nodes, 5),
-        ents=table(b.ents, E_COLS),
+        ents=table(b.ents, E_COLS, np.int32),
+        iscales=table(b.iscales, 2),
         scales=table(b.scales, 2, np.float64),
         masks=np.asarray(b.masks, dtype=np.uint64),
         muxers=table(b.muxers, 3),

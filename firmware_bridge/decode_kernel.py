@@ -15,8 +15,6 @@ from firmware_bridge.dbc_plan import (
     E_LEN,
     E_MODE,
     E_NOMINAL_END,
-    E_OFFSET,
-    E_SCALE,
     E_SHIFT,
     E_SIGNED,
     E_SLOT,
@@ -113,6 +111,7 @@ def _decode(  # type: ignore[no-untyped-def]
     nodes,
     ents,
     scales,
+    iscales,
     masks,
     muxers,
     cases,
@@ -206,7 +205,7 @@ def _decode(  # type: ignore[no-untyped-def]
                 if mode == MODE_INT:
                     if ents[e, E_SIGNED] and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
                         raw |= ~masks[e]  # sign-extend the two's complement value
-                    sel = np.int64(raw) * ents[e, E_SCALE] + ents[e, E_OFFSET]
+                    sel = np.int64(raw) * iscales[e, 0] + iscales[e, 1]
                     x = np.float64(sel)
                     sel_ok[e - e0] = 1
                 else:
@@ -225,7 +224,7 @@ def _decode(  # type: ignore[no-untyped-def]
                         if ents[e, E_SIGNED] and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
                             raw |= ~masks[e]
                         if mode == MODE_IMUL_FADD:
-                            x = np.float64(np.int64(raw) * ents[e, E_SCALE]) + scales[e, 1]
+                            x = np.float64(np.int64(raw) * iscales[e, 0]) + scales[e, 1]
                         elif ents[e, E_SIGNED]:
                             x = np.float64(np.int64(raw)) * scales[e, 0] + scales[e, 1]
                         else:
