@@ -65,3 +65,9 @@ def _imports(package: str) -> set[tuple[str, str]]:
 def test_edge_and_stream_share_only_core() -> None:
     assert not [(f, m) for f, m in _imports("edge") if m == "stream"], "edge imports stream"
     assert not [(f, m) for f, m in _imports("stream") if m == "edge"], "stream imports edge"
+
+
+def test_dashboards_never_import_edge() -> None:
+    assert not [(f, m) for f, m in _imports("dashboards") if m == "edge"], (
+        "dashboards imports edge: sign commands with core.signing"
+    )
