@@ -36,9 +36,13 @@ def fit(series: Series, cap: float = RUL_CAP, seed: int = 0, max_iter: int | Non
     params = dict(PARAMS, random_state=seed)
     if max_iter is not None:
         params["max_iter"] = max_iter
+    from threadpoolctl import threadpool_limits
+
     x = window_features(series.unit, series.sensors, WINDOW, BASELINE)
     model = HistGradientBoostingRegressor(**params)
-    model.fit(x, rul_targets(series, cap))
+    # one OpenMP thread: on a shared, busy machine spinning threads made training 5x slower
+    with threadpool_limits(limits=1):
+        model.fit(x, rul_targets(series, cap))
     return model
 
 
