@@ -40,8 +40,8 @@ MODE_UINT = 3  # unsigned 64-bit identity: float(uint64 raw)
 MODE_FRAW = 4  # float signal, identity: the raw float untouched (keeps -0.0 and NaN payloads)
 
 # Columns of the per-entry integer table (one entry = one signal in one codec node).
-E_SLOT, E_BE, E_SHIFT, E_LEN, E_SIGNED, E_FLOAT, E_MODE, E_NOMINAL_END = range(8)
-E_COLS = 8
+E_SLOT, E_BE, E_SHIFT, E_LEN, E_SIGNED, E_FLOAT, E_MODE, E_NOMINAL_END, E_SEL = range(9)
+E_COLS = 9
 # Columns of the message table.
 MSG_LEN, MSG_ROOT, MSG_FLAG, MSG_MAXOUT, MSG_NODES = range(5)
 # Columns of the node table: entries [N_SIG0, N_SIG1), multiplexers [N_MUX0, N_MUX1), N_BAD.
@@ -65,7 +65,7 @@ class DecodePlan:
     ext_msgs: np.ndarray  # int32 message index per ext_keys entry
     msgs: np.ndarray  # int64 (M, 5)
     nodes: np.ndarray  # int64 (K, 5)
-    ents: np.ndarray  # int32 (S, 8): small, so a big DBC's hot columns stay in cache
+    ents: np.ndarray  # int32 (S, 9): small, so a big DBC's hot columns stay in cache
     scales: np.ndarray  # float64 (S, 2): float scale, float offset
     iscales: np.ndarray  # int64 (S, 2): integer scale, integer offset
     masks: np.ndarray  # uint64 (S,)
@@ -218,6 +218,7 @@ class _Builder:
                     int(bool(s.is_float)),
                     mode,
                     _network_start(s) + int(s.length),
+                    0,  # E_SEL, set below for multiplexer selectors
                 ]
             )
             self.scales.append((fscale, foffset))
@@ -238,6 +239,7 @@ class _Builder:
             c0 = len(self.cases)
             self.cases.extend(sorted(child_rows))
             muxer_rows.append([entry_of[mux_name], c0, len(self.cases)])
+            self.ents[entry_of[mux_name]][E_SEL] = 1
         x0 = len(self.muxers)
         self.muxers.extend(muxer_rows)
         self.nodes[k][:4] = [e0, e1, x0, len(self.muxers)]

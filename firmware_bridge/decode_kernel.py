@@ -15,6 +15,7 @@ from firmware_bridge.dbc_plan import (
     E_LEN,
     E_MODE,
     E_NOMINAL_END,
+    E_SEL,
     E_SHIFT,
     E_SIGNED,
     E_SLOT,
@@ -186,10 +187,11 @@ def _decode(  # type: ignore[no-untyped-def]
                 break
             e0 = nodes[k, N_SIG0]
             for e in range(e0, nodes[k, N_SIG1]):
+                is_sel = ents[e, E_SEL] != 0  # a multiplexer selector of this node
                 if short and ents[e, E_NOMINAL_END] > avail_bits:
-                    present[e - e0] = 0  # cantools drops signals not wholly received
+                    if is_sel:
+                        present[e - e0] = 0  # cantools drops signals not wholly received
                     continue
-                present[e - e0] = 1
                 nbits = ents[e, E_LEN]
                 be = ents[e, E_BE] != 0
                 if narrow:
@@ -197,17 +199,19 @@ def _decode(  # type: ignore[no-untyped-def]
                     raw = (u >> np.uint64(ents[e, E_SHIFT])) & masks[e]
                 else:
                     raw = _raw_wide(data, i, avail, length, be, ents[e, E_SHIFT], nbits)
-                # The scaled value exactly as cantools computes it (see dbc_plan MODE_*), and the
-                # multiplexer selector int(value). Kept inline: a helper taking arrays costs
-                # reference-count updates per call, several times the decode itself.
+                # The scaled value exactly as cantools computes it (see dbc_plan MODE_*). Kept
+                # inline: a helper taking arrays costs reference-count updates per call, several
+                # times the decode itself.
                 mode = ents[e, E_MODE]
-                sel = np.int64(0)
                 if mode == MODE_INT:
                     if ents[e, E_SIGNED] and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
                         raw |= ~masks[e]  # sign-extend the two's complement value
-                    sel = np.int64(raw) * iscales[e, 0] + iscales[e, 1]
-                    x = np.float64(sel)
-                    sel_ok[e - e0] = 1
+                    iv = np.int64(raw) * iscales[e, 0] + iscales[e, 1]
+                    x = np.float64(iv)
+                    if is_sel:
+                        present[e - e0] = 1
+                        sel_ok[e - e0] = 1
+                        sels[e - e0] = iv
                 else:
                     if ents[e, E_FLOAT]:
                         if nbits == 32:
@@ -229,16 +233,19 @@ def _decode(  # type: ignore[no-untyped-def]
                             x = np.float64(np.int64(raw)) * scales[e, 0] + scales[e, 1]
                         else:
                             x = np.float64(raw) * scales[e, 0] + scales[e, 1]
-                    # int(x) in Python: NaN/inf raise and huge values match no case: no selector.
-                    good = abs(x) < _TWO63  # False for NaN and inf too
-                    if mode == MODE_UINT:  # the raw integer itself, exact beyond 2**53
-                        good = raw <= np.uint64(0x7FFFFFFFFFFFFFFF)
-                        if good:
-                            sel = np.int64(raw)
-                    elif good:
-                        sel = np.int64(x)
-                    sel_ok[e - e0] = 1 if good else 0
-                sels[e - e0] = sel
+                    if is_sel:
+                        # int(x) in Python: NaN/inf raise, huge values match no case.
+                        good = abs(x) < _TWO63  # False for NaN and inf too
+                        sel = np.int64(0)
+                        if mode == MODE_UINT:  # the raw integer itself, exact beyond 2**53
+                            good = raw <= np.uint64(0x7FFFFFFFFFFFFFFF)
+                            if good:
+                                sel = np.int64(raw)
+                        elif good:
+                            sel = np.int64(x)
+                        present[e - e0] = 1
+                        sel_ok[e - e0] = 1 if good else 0
+                        sels[e - e0] = sel
                 out_sig[pos] = ents[e, E_SLOT]
                 out_ts[pos] = ts[i]
                 out_val[pos] = x
