@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -113,7 +114,7 @@ async def _post_all(url: str, bodies: list[bytes], writers: int) -> None:
         async def writer() -> None:
             while queue:
                 body = queue.pop()
-                async with session.post(url, data=body) as resp:
+                async with session.post(url, data=io.BytesIO(body)) as resp:
                     if resp.status != 204:
                         raise StackError(f"InfluxDB refused a write: {await resp.text()}")
 
@@ -164,10 +165,13 @@ def pipeline(config: Path, log_dir: Path) -> Iterator[list[subprocess.Popen[byte
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name in ("bridge", "worker"):
+            # CARPULSE_E2E_PROFILE=DIR runs each process under cProfile (DIR/<name>.prof).
+            prof = os.environ.get("CARPULSE_E2E_PROFILE")
+            wrap = ["-m", "cProfile", "-o", f"{prof}/{name}.prof"] if prof else []
             with open(log_dir / f"{name}.log", "wb") as out:
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "carpulse", "stream", name],
+                        [sys.executable, *wrap, "-m", "carpulse", "stream", name],
                         env=env,
                         stdout=out,
                         stderr=subprocess.STDOUT,

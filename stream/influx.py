@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import logging
 import random
 import time
@@ -40,6 +41,9 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # InfluxDB 1.x refuses bodies over 25 M
 MAX_BACKOFF_S: Final = 30.0
 BASE_BACKOFF_S: Final = 0.1
 MAX_REJECT_DETAIL: Final = 500
+# Requests of one write in flight at once. The caller still awaits them all before its Kafka
+# offsets move, so at-least-once delivery holds; points are idempotent, so order does not matter.
+MAX_IN_FLIGHT: Final = 2
 # Extra requests one write may spend isolating refused lines; past it whole requests are refused.
 BISECT_BUDGET: Final = 128
 # Not about the lines: authentication, unknown bucket or retention policy. Parked, not dead-lettered,
@@ -133,8 +137,23 @@ class InfluxSink(ABC):
         result = WriteResult()
         retries = self.s.max_retries if max_retries is None else max_retries
         budget = [BISECT_BUDGET]
-        for body in chunks(lines, self.s.batch_lines):
-            await self._write_body(body, retries, result, budget)
+        bodies = chunks(lines, self.s.batch_lines)
+        if len(bodies) == 1 or retries == 0:  # one request, or probing a broken link
+            for body in bodies:
+                await self._write_body(body, retries, result, budget)
+        else:  # InfluxDB ingests faster with a few requests in flight (see BENCHMARKS.md)
+            gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+            async def one(body: bytes) -> None:
+                async with gate:
+                    await self._write_body(body, retries, result, budget)
+
+            try:
+                async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest
+                    for body in bodies:
+                        tg.create_task(one(body))
+            except* SinkError as group:
+                raise group.exceptions[0] from None
         self.written_lines += result.written
         self.rejected_lines += len(result.rejected)
         return result
@@ -236,13 +255,14 @@ class InfluxV1Sink(InfluxSink):
         params = {"db": self.s.database, "precision": "u"}
         if self.s.retention_policy:
             params["rp"] = self.s.retention_policy
+        # A BytesIO body: aiohttp warns (an error under pytest) about raw bodies over 1 MB.
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.s.gzip:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         try:
             async with self._session.post(
-                f"{self.s.url}/write", params=params, data=body, headers=headers
+                f"{self.s.url}/write", params=params, data=io.BytesIO(body), headers=headers
             ) as resp:
                 if resp.status == 204:
                     return

@@ -1,0 +1,136 @@
+"""The worker through an InfluxDB outage (retry topic + retry agent), and ``carpulse bench e2e``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carpulse.stack import Stack
+from core.topics import device_topic
+from core.wire import Samples, TelemetryBatch, encode_telemetry
+from edge.publisher import MqttPublisher, device_mqtt_settings
+from tests.faultproxy import FaultProxy
+from tests.integration.helpers import influx_query, pipeline, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _batches(device: str, n: int, t0: int) -> list[TelemetryBatch]:
+    rng = np.random.default_rng(11)
+    names = ["Vehicle.Speed", "Vehicle.Powertrain.Rpm"]
+    out = []
+    for seq in range(n):
+        ts = t0 + seq * 1_000_000 + np.arange(200) * 5000
+        vals = np.round(rng.normal(50, 10, 400), 3)
+        vals[7] = np.nan  # one NaN per batch: dead-lettered, never written
+        out.append(
+            TelemetryBatch(
+                device,
+                "boot",
+                seq,
+                Samples.from_columns(names, np.tile([0, 1], 200), np.repeat(ts, 2), vals),
+            )
+        )
+    return out
+
+
+def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_path: Path) -> None:
+    s = local_stack.settings  # type: ignore[attr-defined]
+    device = "e2e-outage"
+    t0 = (int(time.time()) - 600) * 1_000_000
+    batches = _batches(device, 30, t0)
+    expected = {
+        (s_.names[int(i)], int(t)): float(v)
+        for b in batches
+        for s_ in [b.samples]
+        for i, t, v in zip(s_.sig, s_.ts_us, s_.value, strict=True)
+        if np.isfinite(v)
+    }
+    influx = f"http://{local_stack.s.host}:{local_stack.s.influx_port}"
+    with FaultProxy(influx) as proxy:
+        proxy.go_down()  # InfluxDB "down" (503) from the start: everything goes to the retry topic
+        env = {
+            "CARPULSE_INFLUX__URL": proxy.url,
+            "CARPULSE_INFLUX__MAX_RETRIES": "1",
+            "CARPULSE_INFLUX__TIMEOUT_S": "2",
+        }
+        with pipeline(local_stack, tmp_path, **env):
+            pub = MqttPublisher(device_mqtt_settings(s, device), boot_id="boot")
+            pub.connect(announce=False)
+            topic = device_topic(device, "telemetry")
+
+            def parked() -> bool:  # republish until the worker has seen the writes fail
+                for b in batches:
+                    pub.publish(topic, encode_telemetry(b))
+                pub.flush()
+                return sum(1 for _, a, _ in proxy.log if a == "down") >= 3
+
+            wait_for(parked, 150, "the worker trying InfluxDB while it is down", interval=3)
+            pub.close()
+            time.sleep(3)
+            proxy.recover()
+
+            def landed() -> dict[tuple[str, int], float] | None:
+                series = influx_query(
+                    local_stack, f"SELECT * FROM telemetry WHERE device='{device}'"
+                )
+                if not series:
+                    return None
+                cols = series[0]["columns"]
+                got = {
+                    (c, row[0]): v
+                    for row in series[0]["values"]
+                    for c, v in zip(cols[1:], row[1:], strict=True)
+                    if c != "device" and v is not None
+                }
+                return got if len(got) >= len(expected) else None
+
+            try:
+                got = wait_for(landed, 120, "the parked batches replayed into InfluxDB")
+            except AssertionError:
+                logs = {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
+                raise AssertionError(f"pipeline logs: {logs}") from None
+    assert got == expected  # nothing lost, nothing doubled, the NaNs left out
+
+
+def test_bench_e2e_reports_the_figures() -> None:
+    from stream.bench import bench_e2e
+
+    out = bench_e2e(
+        [
+            "--vehicles",
+            "2",
+            "--max-steps",
+            "1",
+            "--step-seconds",
+            "2",
+            "--start-rate",
+            "5000",
+            "--latency-seconds",
+            "2",
+            "--ceiling-lines",
+            "20000",
+            "--faust-only-samples",
+            "50000",
+        ]
+    )
+    for key in (
+        "samples_per_s",
+        "influx_ceiling_samples_per_s",
+        "ratio",
+        "p50_ms",
+        "p99_ms",
+        "faust_only_samples_per_s",
+    ):
+        assert key in out
+    assert out["influx_ceiling_samples_per_s"] > 10_000
+    assert out["faust_only_samples_per_s"] > 1_000
+    assert out["steps"][0]["achieved"] > 2_000
+    assert 0 < out["p50_ms"] <= out["p99_ms"] < 30_000
+    if out["samples_per_s"]:
+        assert out["ratio"] == pytest.approx(
+            out["samples_per_s"] / out["influx_ceiling_samples_per_s"], abs=1e-3
+        )
