@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+import crm.tables  # noqa: F401  (registers the 0002 tables on Base.metadata)
 from crm.models import Base
 
 config = context.config

@@ -1,0 +1,568 @@
+"""The rules engine: facts for an event, matching rules, and each effect exactly once.
+
+``RuleEngine.handle(session, event)`` does everything inside the caller's transaction: the
+effect's idempotency key (rule, subject, period) is claimed with ``crm.store.claim_effect`` and
+the coupon, outbox messages and inbox cards are written in the same transaction, so they commit
+together or not at all, and a replayed event finds its key taken and does nothing. A dry run is
+the same code in a transaction that is rolled back (``dry_run``).
+
+Events the CRM cannot place yet (unknown VIN, device or plate) are parked in ``parked_events``
+and retried by ``retry_parked``; they are never dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.crm_events import CrmEvent
+from core.errors import CarpulseError
+from crm import store as st
+from crm.messages import DEFAULT_LANG, render
+from crm.models import (
+    Appointment,
+    Coupon,
+    CouponTemplate,
+    Customer,
+    Member,
+    PlateAssignment,
+    TierChange,
+    Vehicle,
+    utcnow,
+)
+from crm.rules import EVENT_KINDS, Rule, is_missing, lookup
+from crm.tables import CustomerContact, InboxItem, OutboxMessage, ParkedEvent, RuleFiring
+
+log = logging.getLogger(__name__)
+
+
+class Unplaced(CarpulseError):
+    """The event names a VIN, device or plate the CRM does not know (yet)."""
+
+
+@dataclass
+class Firing:
+    rule: str
+    key: str
+    kind: str
+    subject: str
+    customer_id: str | None
+    at: str
+    coupon: str | None = None
+    valid_until: str | None = None
+    messages: int = 0
+    inbox: int = 0
+    because: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """What one event did: effects, and why each other matching rule did nothing."""
+
+    fired: list[Firing] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+    parked: str | None = None
+    evaluated: int = 0
+
+
+def _short(text: str, n: int = 32) -> str:
+    """Fits the 32-character period column; long values become a stable digest, not a cut."""
+    return text if len(text) <= n else "h:" + hashlib.sha256(text.encode()).hexdigest()[: n - 2]
+
+
+def _period(rule: Rule, ev: CrmEvent, facts: dict[str, Any]) -> str | None:
+    p = rule.period
+    if p == "event":
+        return _short(ev.id)
+    if p == "day":
+        return ev.ts.strftime("%Y-%m-%d")
+    if p == "week":
+        y, w, _ = ev.ts.isocalendar()
+        return f"{y}-W{w:02d}"
+    if p == "month":
+        return ev.ts.strftime("%Y-%m")
+    if p == "year":
+        return ev.ts.strftime("%Y")
+    value = lookup(facts, p.removeprefix("field:"))
+    return None if is_missing(value) or value is None else _short(str(value))
+
+
+def _as_time(value: Any) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, 23, 59, 59, tzinfo=dt.UTC)
+    if isinstance(value, str):
+        try:
+            return (
+                _as_time(dt.datetime.fromisoformat(value))
+                if "T" in value
+                else _as_time(dt.date.fromisoformat(value))
+            )
+        except ValueError:
+            return None
+    return None
+
+
+class RuleEngine:
+    """Applies ``rules`` to events. ``webhook_url`` is the dealer integration that receives every
+    message effect as signed JSON (``crm.delivery``); ``staff_lang`` is the inbox language."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        webhook_url: str | None = None,
+        staff_lang: str = DEFAULT_LANG,
+    ) -> None:
+        self.rules = list(rules)
+        self.by_kind: dict[str, list[Rule]] = {k: [] for k in EVENT_KINDS}
+        for r in self.rules:
+            self.by_kind[r.on].append(r)
+        self.webhook_url = webhook_url
+        self.staff_lang = staff_lang
+        self.stats: Counter[str] = Counter()
+
+    def check(self, s: Session) -> list[str]:
+        """Problems that need the database: coupon templates the rules name but the CRM lacks."""
+        have = set(s.scalars(select(CouponTemplate.code)))
+        return [
+            f"{r.source}: rule {r.id}: unknown coupon template {r.effect['coupon']['template']!r}"
+            for r in self.rules
+            if "coupon" in r.effect and r.effect["coupon"]["template"] not in have
+        ]
+
+    # ----- facts ----------------------------------------------------------------------------
+    def _place(self, s: Session, ev: CrmEvent) -> tuple[str | None, str | None]:
+        """``(vin, customer_id)`` for the event, or raise ``Unplaced``."""
+        vin = ev.vin
+        if vin is None and ev.device:
+            vin = s.scalar(select(Vehicle.vin).where(Vehicle.device_id == ev.device))
+            if vin is None:
+                raise Unplaced(f"unknown device {ev.device!r}")
+        if vin is None and ev.kind == "gate_arrival":
+            plate = str(ev.data.get("plate", ""))
+            vin = s.scalar(
+                select(PlateAssignment.vin).where(
+                    PlateAssignment.plate == plate, PlateAssignment.valid_to.is_(None)
+                )
+            )
+            if vin is None:
+                cid = s.scalar(
+                    select(st.CustomerIdentity.customer_id).where(
+                        st.CustomerIdentity.kind == "plate", st.CustomerIdentity.value == plate
+                    )
+                )
+                if cid is None:
+                    raise Unplaced(f"unknown plate {plate!r}")
+                return None, st.resolve(s, cid)
+        if vin is not None:
+            if s.get(Vehicle, vin) is None:
+                raise Unplaced(f"unknown VIN {vin!r}")
+            owner = st.owner_at(s, vin, ev.ts)
+            return vin, owner
+        if ev.customer_id is not None:
+            if s.get(Customer, ev.customer_id) is None:
+                raise Unplaced(f"unknown customer {ev.customer_id!r}")
+            return None, st.resolve(s, ev.customer_id)
+        raise Unplaced("the event names no VIN, device, plate or customer")
+
+    def facts(self, s: Session, ev: CrmEvent, vin: str | None, cid: str | None) -> dict[str, Any]:
+        event = {**ev.data, "kind": ev.kind, "id": ev.id, "time": ev.ts.strftime("%Y-%m-%d %H:%M")}
+        customer: dict[str, Any] = {"known": cid is not None, "member": False}
+        if cid is not None:
+            cust = s.get(Customer, cid)
+            member = s.get(Member, cid)
+            contact = s.get(CustomerContact, cid)
+            customer.update(
+                id=cid,
+                name=cust.display_name if cust else "",
+                member=member is not None,
+                tier=member.tier if member else "",
+                lang=contact.lang if contact else DEFAULT_LANG,
+                # consent in force now: the message is sent now, whatever the event's age
+                consent={p: st.has_consent(s, cid, p) for p in ("marketing", "location", "face")},
+            )
+        vehicle: dict[str, Any] = {"vin": vin or "", "model": "", "plate": ""}
+        if vin is not None:
+            veh = s.get(Vehicle, vin)
+            vehicle["model"] = veh.model if veh else ""
+            vehicle["plate"] = (
+                s.scalar(
+                    select(PlateAssignment.plate).where(
+                        PlateAssignment.vin == vin, PlateAssignment.valid_to.is_(None)
+                    )
+                )
+                or ""
+            )
+        if ev.kind == "gate_arrival" and vin is not None:
+            appts = s.scalars(
+                select(Appointment.at).where(
+                    Appointment.vin == vin,
+                    Appointment.state == "booked",
+                    func.date(Appointment.at) == ev.ts.date(),
+                )
+            ).all()
+            event.setdefault("appointments", ", ".join(a.strftime("%H:%M") for a in appts) or "-")
+        return {"event": event, "customer": customer, "vehicle": vehicle}
+
+    # ----- the one entry point --------------------------------------------------------------
+    def handle(self, s: Session, ev: CrmEvent, *, park: bool = True) -> Outcome:
+        """Apply every rule on ``ev.kind`` within the caller's transaction."""
+        out = Outcome()
+        self.stats["events"] += 1
+        rules = self.by_kind.get(ev.kind)
+        if rules is None:
+            out.skipped["unknown_kind"] += 1
+            return out
+        try:
+            vin, cid = self._place(s, ev)
+        except Unplaced as err:
+            out.parked = str(err)
+            self.stats["parked"] += 1
+            if park:
+                s.add(
+                    ParkedEvent(
+                        source=ev.source or "crm",
+                        kind=ev.kind,
+                        key=(ev.vin or ev.device or str(ev.data.get("plate", "")))[:64],
+                        reason=str(err)[:300],
+                        event=ev.to_json(),
+                    )
+                )
+            return out
+        facts = self.facts(s, ev, vin, cid)
+        for rule in rules:
+            out.evaluated += 1
+            self.stats["evaluated"] += 1
+            if not rule.when(facts):
+                out.skipped["conditions"] += 1
+                continue
+            try:
+                with s.begin_nested():  # a failing rule must not undo the others' effects
+                    reason = self._apply(s, rule, ev, facts, vin, cid, out)
+            except CarpulseError as err:
+                log.warning("rule %s failed on event %s: %s", rule.id, ev.id, err)
+                reason = "error"
+            if reason:
+                out.skipped[reason] += 1
+                self.stats[reason] += 1
+        return out
+
+    def _apply(
+        self,
+        s: Session,
+        rule: Rule,
+        ev: CrmEvent,
+        facts: dict[str, Any],
+        vin: str | None,
+        cid: str | None,
+        out: Outcome,
+    ) -> str | None:
+        """Fire ``rule`` once; returns why it did not, or None."""
+        if rule.subject == "vin":
+            subject: Any = vin
+        elif rule.subject == "customer":
+            subject = cid
+        else:
+            subject = lookup(facts, rule.subject)
+        if subject is None or is_missing(subject):
+            return "no_subject"
+        subject = _short(str(subject), 64)
+        period = _period(rule, ev, facts)
+        if period is None:
+            return "no_period"
+        key = st.effect_key(rule.id, subject, period)
+        if s.scalar(select(st.Effect.id).where(st.Effect.key == key)) is not None:
+            return "duplicate"
+        if rule.cooldown is not None and s.scalar(
+            select(RuleFiring.id).where(
+                RuleFiring.rule == rule.id,
+                RuleFiring.subject == subject,
+                RuleFiring.at > ev.ts - rule.cooldown,
+                RuleFiring.at < ev.ts + rule.cooldown,
+            )
+        ):
+            return "cooldown"
+        if rule.rate_limit is not None and cid is not None:
+            rl = rule.rate_limit
+            n = s.scalar(
+                select(func.count(RuleFiring.id)).where(
+                    RuleFiring.customer_id == cid,
+                    RuleFiring.rate_group == rl.group,
+                    RuleFiring.at > ev.ts - rl.per,
+                    RuleFiring.at <= ev.ts,
+                )
+            )
+            if (n or 0) >= rl.max:
+                return "rate_limited"
+        if "coupon" in rule.effect and cid is None:
+            return "no_customer"
+        firing = Firing(
+            rule.id, key, rule.kind, subject, cid, ev.ts.isoformat(), because=rule.conditions
+        )
+        if not st.claim_effect(s, rule.id, subject, period, rule.kind, {"event": ev.id}):
+            return "duplicate"  # a concurrent worker claimed it first
+        s.add(
+            RuleFiring(
+                effect_key=key,
+                rule=rule.id,
+                subject=subject,
+                customer_id=cid,
+                rate_group=rule.rate_limit.group if rule.rate_limit else rule.id,
+                at=ev.ts,
+            )
+        )
+        facts = {**facts, "coupon": {}}
+        if (spec := rule.effect.get("coupon")) is not None:
+            assert cid is not None
+            coupon = self._coupon(s, spec, ev, facts, cid, vin, key)
+            firing.coupon, firing.valid_until = coupon.id, coupon.valid_until.isoformat()
+            facts["coupon"] = {"id": coupon.id, "valid_until": f"{coupon.valid_until:%Y-%m-%d}"}
+        if (spec := rule.effect.get("message")) is not None:
+            firing.messages = self._messages(s, spec, facts, cid, key, rule)
+        if (spec := rule.effect.get("inbox")) is not None:
+            title, body = render(spec["template"], self.staff_lang, facts)
+            s.add(
+                InboxItem(
+                    role=spec["role"],
+                    priority=int(spec.get("priority", 5)),
+                    kind=ev.kind,
+                    vin=vin,
+                    customer_id=cid,
+                    title=title[:200],
+                    body=body,
+                    lang=self.staff_lang,
+                    effect_key=key,
+                    data={"rule": rule.id, "event": ev.id, "because": list(rule.conditions)},
+                )
+            )
+            firing.inbox = 1
+        st.audit(s, "rules", "rule.fire", subject, rule=rule.id, key=key, event=ev.id)
+        out.fired.append(firing)
+        self.stats["fired"] += 1
+        return None
+
+    def _coupon(
+        self,
+        s: Session,
+        spec: dict[str, Any],
+        ev: CrmEvent,
+        facts: dict[str, Any],
+        cid: str,
+        vin: str | None,
+        key: str,
+    ) -> Coupon:
+        template = s.get(CouponTemplate, spec["template"])
+        if template is None:
+            raise st.CrmError(f"unknown coupon template {spec['template']!r}")
+        until = None
+        if "valid_until" in spec:
+            until = _as_time(lookup(facts, spec["valid_until"]))
+        if until is None:
+            until = ev.ts + dt.timedelta(days=int(spec.get("valid_days", template.valid_days)))
+        until += dt.timedelta(days=int(spec.get("grace_days", 0)))
+        return st.issue_coupon(s, template.code, cid, until, vin=vin, effect=key)
+
+    def _messages(
+        self,
+        s: Session,
+        spec: dict[str, Any],
+        facts: dict[str, Any],
+        cid: str | None,
+        key: str,
+        rule: Rule,
+    ) -> int:
+        contact = s.get(CustomerContact, cid) if cid else None
+        lang = contact.lang if contact else DEFAULT_LANG
+        subject, body = render(spec["template"], lang, facts)
+        n = 0
+        for channel in spec.get("channels", ["email"]):
+            target = None
+            if channel == "email" and contact is not None and contact.email:
+                target = contact.email
+            elif channel == "webhook":
+                target = (contact.webhook if contact and contact.webhook else None) or (
+                    self.webhook_url
+                )
+            if target is None:
+                self.stats[f"no_{channel}_target"] += 1
+                continue
+            s.add(
+                OutboxMessage(
+                    channel=channel,
+                    target=target,
+                    effect_key=key,
+                    customer_id=cid,
+                    subject=subject[:300],
+                    body=body,
+                    payload={
+                        "rule": rule.id,
+                        "key": key,
+                        "template": spec["template"],
+                        "lang": lang,
+                        "customer_id": cid,
+                        "vin": facts["vehicle"]["vin"],
+                        "event": facts["event"],
+                        "coupon": facts.get("coupon", {}),
+                        "subject": subject,
+                        "body": body,
+                    },
+                )
+            )
+            n += 1
+        return n
+
+
+# ----- CRM-side event sources (scanned periodically; idempotent through the effect keys) --------
+TIER_ORDER = [t.name for t in st.DEFAULT_TIERS]
+
+
+def tier_events(s: Session, since: dt.datetime) -> list[CrmEvent]:
+    rows = s.scalars(
+        select(TierChange).where(TierChange.at >= since).order_by(TierChange.at, TierChange.id)
+    )
+    out = []
+    for r in rows:
+        old = TIER_ORDER.index(r.from_tier) if r.from_tier in TIER_ORDER else -1
+        new = TIER_ORDER.index(r.to_tier) if r.to_tier in TIER_ORDER else -1
+        direction = (
+            "up" if new > old and r.from_tier is not None else "down" if new < old else "same"
+        )
+        out.append(
+            CrmEvent(
+                kind="tier_upgraded",
+                ts=r.at,
+                id=f"tier:{r.id}",
+                customer_id=r.customer_id,
+                data={
+                    "from_tier": r.from_tier or "",
+                    "to_tier": r.to_tier,
+                    "direction": direction,
+                    "change_id": str(r.id),
+                },
+                source="crm.tiers",
+            )
+        )
+    return out
+
+
+def expiring_coupon_events(
+    s: Session, now: dt.datetime, within: dt.timedelta = dt.timedelta(days=7)
+) -> list[CrmEvent]:
+    rows = s.execute(
+        select(Coupon, CouponTemplate)
+        .join(CouponTemplate, CouponTemplate.code == Coupon.template_code)
+        .where(
+            Coupon.state.in_(("issued", "shared")),
+            Coupon.valid_until >= now,
+            Coupon.valid_until <= now + within,
+        )
+    ).all()
+    return [
+        CrmEvent(
+            kind="coupon_expiring",
+            ts=now,
+            id=f"coupon:{c.id}",
+            customer_id=c.holder_id,
+            data={
+                "coupon_id": c.id,
+                "days_left": math.ceil((c.valid_until - now).total_seconds() / 86_400),
+                "valid_until": f"{c.valid_until:%Y-%m-%d}",
+                "title_zh": t.title_zh,
+                "title_en": t.title_en,
+            },
+            source="crm.coupons",
+        )
+        for c, t in rows
+    ]
+
+
+def run_events(store: st.CrmStore, engine: RuleEngine, events: Iterable[CrmEvent]) -> Counter[str]:
+    """One transaction per event (an effect commits with its claim); returns totals."""
+    totals: Counter[str] = Counter()
+    for ev in events:
+        with store.tx() as s:
+            out = engine.handle(s, ev)
+        totals["events"] += 1
+        totals["fired"] += len(out.fired)
+        totals["parked"] += out.parked is not None
+        totals.update(out.skipped)
+    return totals
+
+
+def scan(store: st.CrmStore, engine: RuleEngine, now: dt.datetime | None = None) -> Counter[str]:
+    """The periodic job: tier upgrades of the last 30 days and coupons expiring within 7 days."""
+    now = now or utcnow()
+    with store.tx() as s:
+        events = tier_events(s, now - dt.timedelta(days=30)) + expiring_coupon_events(s, now)
+    return run_events(store, engine, events)
+
+
+def retry_parked(
+    store: st.CrmStore, engine: RuleEngine, now: dt.datetime | None = None, limit: int = 500
+) -> Counter[str]:
+    """Retry parked events that are due; still unplaced ones back off (1 min doubling, <= 1 day)."""
+    now = now or utcnow()
+    totals: Counter[str] = Counter()
+    with store.tx() as s:
+        ids = list(
+            s.scalars(
+                select(ParkedEvent.id)
+                .where(ParkedEvent.resolved_at.is_(None), ParkedEvent.next_at <= now)
+                .order_by(ParkedEvent.id)
+                .limit(limit)
+            )
+        )
+    for pid in ids:
+        with store.tx() as s:
+            row = s.get(ParkedEvent, pid)
+            assert row is not None
+            ev = CrmEvent.from_json(row.event)
+            out = engine.handle(s, ev, park=False)
+            row.attempts += 1
+            if out.parked is None:
+                row.resolved_at = now
+                totals["resolved"] += 1
+                totals["fired"] += len(out.fired)
+            else:
+                delay = min(60 * 2 ** min(row.attempts, 20), 86_400)
+                row.next_at = now + dt.timedelta(seconds=delay)
+                row.reason = out.parked[:300]
+                totals["still_parked"] += 1
+    return totals
+
+
+def dry_run(store: st.CrmStore, engine: RuleEngine, events: Iterable[CrmEvent]) -> dict[str, Any]:
+    """What the rules would have done over ``events``, in one transaction that is rolled back."""
+    fired: list[dict[str, Any]] = []
+    totals: Counter[str] = Counter()
+    with store.engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            with Session(bind=conn, join_transaction_mode="create_savepoint") as s:
+                for ev in events:
+                    out = engine.handle(s, ev)
+                    s.flush()
+                    totals["events"] += 1
+                    totals["parked"] += out.parked is not None
+                    totals.update(out.skipped)
+                    fired += [f.__dict__ | {"because": list(f.because)} for f in out.fired]
+        finally:
+            trans.rollback()
+    per_rule = Counter(f["rule"] for f in fired)
+    return {
+        "totals": dict(totals),
+        "fired": len(fired),
+        "per_rule": dict(per_rule),
+        "effects": fired,
+    }

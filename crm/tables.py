@@ -1,0 +1,139 @@
+"""CRM tables added by migration 0002: rule firings, inbox, outbox, parked events, contacts, personal data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm.models import Base, utcnow
+
+INBOX_ROLES = ("advisor", "call_centre", "expert")
+OUTBOX_STATES = ("pending", "sent", "dead")
+
+
+class RuleFiring(Base):
+    """One effect of a rule at *event* time, for cool-downs and per-customer rate limits.
+
+    ``effects.created_at`` is wall-clock time; a replay needs the time of the event instead.
+    """
+
+    __tablename__ = "rule_firings"
+    __table_args__ = (
+        Index("ix_firing_rule_subject_at", "rule", "subject", "at"),
+        Index("ix_firing_customer_group_at", "customer_id", "rate_group", "at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    effect_key: Mapped[str] = mapped_column(ForeignKey("effects.key"), unique=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    rate_group: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column()
+
+
+class InboxItem(Base):
+    """A card in the dashboard inbox of a role (service advisor, call centre, expert)."""
+
+    __tablename__ = "inbox_items"
+    __table_args__ = (
+        CheckConstraint(f"role IN {INBOX_ROLES!r}", name="ck_inbox_role"),
+        Index("ix_inbox_role_open", "role", "done_at", "priority"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    role: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=5)  # 0 = top
+    kind: Mapped[str] = mapped_column(String(32))
+    vin: Mapped[str | None] = mapped_column(String(17), default=None)
+    customer_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text, default="")
+    lang: Mapped[str] = mapped_column(String(8), default="zh-CN")
+    effect_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class OutboxMessage(Base):
+    """A message to deliver (webhook or e-mail), written in the effect's transaction.
+
+    Delivery is at least once with the effect key as idempotency key; ``dead`` is the dead letter.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint(f"state IN {OUTBOX_STATES!r}", name="ck_outbox_state"),
+        Index("ix_outbox_state_next", "state", "next_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(16))  # webhook | email
+    target: Mapped[str] = mapped_column(String(300))
+    effect_key: Mapped[str] = mapped_column(String(200))
+    customer_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    subject: Mapped[str] = mapped_column(String(300), default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(8), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ParkedEvent(Base):
+    """An event the CRM could not place yet (unknown VIN or device): kept and retried, never lost."""
+
+    __tablename__ = "parked_events"
+    __table_args__ = (Index("ix_parked_open", "resolved_at", "next_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(64), default="", index=True)  # VIN, device or plate
+    reason: Mapped[str] = mapped_column(String(300))
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    next_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class CustomerContact(Base):
+    """How to reach a customer: e-mail, language (zh-CN or en), optional webhook."""
+
+    __tablename__ = "customer_contacts"
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
+    lang: Mapped[str] = mapped_column(String(8), default="zh-CN")
+    webhook: Mapped[str | None] = mapped_column(String(300), default=None)
+
+
+class LocationFix(Base):
+    """A vehicle position kept by the CRM (last known place for the call centre): needs consent."""
+
+    __tablename__ = "location_fixes"
+    __table_args__ = (Index("ix_location_vin_at", "vin", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    customer_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    at: Mapped[dt.datetime] = mapped_column()
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(64), default="")
+
+
+class GateSighting(Base):
+    """A plate (and, with face consent only, a face match) seen at the dealer gate."""
+
+    __tablename__ = "gate_sightings"
+    __table_args__ = (Index("ix_gate_at", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column()
+    camera: Mapped[str] = mapped_column(String(64), default="")
+    plate: Mapped[str | None] = mapped_column(String(16), default=None)
+    vin: Mapped[str | None] = mapped_column(String(17), default=None)
+    customer_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    face_customer_id: Mapped[str | None] = mapped_column(String(32), default=None)
