@@ -56,6 +56,8 @@ def _score(
     gap_min: np.ndarray,
     tau: np.ndarray,
     rate_max: np.ndarray,
+    period: np.ndarray,
+    rate_gap: float,
     last_ts: np.ndarray,
     count: np.ndarray,
     count_ts: np.ndarray,
@@ -85,10 +87,13 @@ def _score(
         c = count[s] * np.exp(-(t - count_ts[s]) / tau[s]) + 1.0 if count_ts[s] >= 0 else 1.0
         count[s] = c
         count_ts[s] = t
+        early = last_ts[s] >= 0 and t - last_ts[s] < rate_gap * period[s]
         if learn:
             if c > rate_max[s]:
                 rate_max[s] = c
-        elif c > rate_max[s]:
+        elif c > rate_max[s] and early:
+            # too many frames lately, and this one is off its sender's schedule: once the
+            # attack stops, the real sender's on-time frames are not flagged any more
             f |= 16
         if not learn and last_ts[s] >= 0 and t - last_ts[s] < gap_min[s]:
             f |= 8
@@ -108,17 +113,18 @@ class CanIdsProfile:
     gap_min: np.ndarray  # int64 us: shorter gaps are flagged (-1: no gap rule)
     tau: np.ndarray  # float64 us, time constant of the rate counter
     rate_max: np.ndarray  # float64, counter values above this are flagged (inf: no rate rule)
+    period: np.ndarray  # float64 us, median gap
     n_train: np.ndarray  # int64 frames seen in training
 
     @classmethod
     def fit(
         cls,
         segments: list[Frames],
-        gap_factor: float = 0.85,
-        rate_margin: float = 1.3,
+        gap_factor: float = 0.5,
+        rate_margin: float = 1.1,
         tau_periods: float = 8.0,
         min_frames: int = 30,
-        tau_max_us: float = 200_000.0,
+        tau_max_us: float = 1_000_000.0,
     ) -> CanIdsProfile:
         """Learn from clean segments (each a time-ordered ``Frames``; gaps never span two)."""
         segs = [s for s in segments if len(s)]
@@ -171,6 +177,7 @@ class CanIdsProfile:
             gap_min,
             tau.astype(np.float64),
             np.zeros(k, dtype=np.float64),
+            gaps_med,
             n_train,
         )
         # the rate ceiling is the highest counter value clean traffic ever reached, plus a margin
@@ -194,8 +201,9 @@ class CanIdsProfile:
 class CanIds:
     """Streaming detector for one bus: ``score(frames)`` returns a uint8 reason mask per frame."""
 
-    def __init__(self, profile: CanIdsProfile, min_flips: int = 32) -> None:
+    def __init__(self, profile: CanIdsProfile, min_flips: int = 32, rate_gap: float = 0.75) -> None:
         self.profile = profile
+        self.rate_gap = rate_gap  # a high-rate frame must also come this early (share of period)
         # short clean logs miss states (an ECU waking up sets whole bytes): only a payload that
         # flips many never-changing bits at once (random or forged data) is flagged
         self.min_flips = min_flips
@@ -236,6 +244,8 @@ class CanIds:
             p.gap_min,
             p.tau,
             p.rate_max,
+            p.period,
+            self.rate_gap,
             self.last_ts,
             self.count,
             self.count_ts,

@@ -10,9 +10,10 @@ def score(
     profile: dict[int, dict],
     state: dict[int, dict],
     min_flips: int,
+    rate_gap: float = 0.75,
 ) -> list[int]:
     """``frames``: (ts_us, slot or -1, dlc, 8 payload bytes); ``profile[slot]``: dlcs, frozen_mask,
-    frozen_val, gap_min, tau, rate_max; ``state[slot]``: last_ts, count, count_ts (mutated)."""
+    frozen_val, gap_min, tau, rate_max, period; ``state[slot]``: last_ts, count, count_ts (mutated)."""
     out: list[int] = []
     for ts, slot, dlc, data in frames:
         if slot < 0:
@@ -32,7 +33,8 @@ def score(
         else:
             c = 1.0
         st["count"], st["count_ts"] = c, ts
-        if c > p["rate_max"]:
+        early = st["last_ts"] >= 0 and ts - st["last_ts"] < rate_gap * p["period"]
+        if c > p["rate_max"] and early:
             f |= 16
         if st["last_ts"] >= 0 and ts - st["last_ts"] < p["gap_min"]:
             f |= 8

@@ -149,6 +149,7 @@ def test_kernel_matches_reference(stream: tuple, min_flips: int) -> None:
             "gap_min": int(prof.gap_min[j]),
             "tau": float(prof.tau[j]),
             "rate_max": float(prof.rate_max[j]),
+            "period": float(prof.period[j]),
         }
         for j in slots.values()
     }
@@ -223,7 +224,7 @@ def test_eval_can_ids_on_real_logs(tmp_path: Path) -> None:
 
     res = main(["--logs", str(logs), "--seed", "1", "--out", str(tmp_path)])
     assert res["false_alarm_rate"] <= 0.001, res["clean_flags_by_reason"]
-    assert res["f1"]["dos"] >= 0.98 and res["f1"]["fuzzing"] >= 0.95
-    assert res["f1"]["spoofing"] >= 0.85 and res["f1"]["replay"] >= 0.85
+    assert res["f1"]["dos"] >= 0.99, res["f1"]
+    assert min(res["f1"].values()) >= 0.95, res["f1"]
     assert res["per_attack"]["dos"]["frame"]["recall"] == 1.0
     assert Path(res["plots"][0]).stat().st_size > 1000
