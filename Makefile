@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= edge,stream,models,crm,vision,local,dev
-APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics
+EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
+APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv test lint typecheck unit integration demo stack-up stack-down clean

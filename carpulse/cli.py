@@ -349,6 +349,29 @@ def demo(
     run_demo(settings(), vehicles=vehicles, seconds=seconds)
 
 
+@app.command("dashboard")
+def dashboard(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    crm_url: Annotated[
+        str | None, typer.Option(help="CRM database URL (default: the stack's).")
+    ] = None,
+    demo_users: Annotated[
+        bool, typer.Option(help="Create the demo users and demo CRM records.")
+    ] = False,
+    insecure_cookies: Annotated[
+        bool, typer.Option(help="Cookies without Secure (plain-HTTP dev only).")
+    ] = False,
+) -> None:
+    """Serve the call-centre console and the service-advisor inbox."""
+    from dashboards.serve import config_from_settings, prepare_demo, serve
+
+    cfg = config_from_settings(settings(), crm_url=crm_url, secure_cookies=not insecure_cookies)
+    if demo_users:
+        prepare_demo(cfg, settings())
+    serve(cfg, host, port)
+
+
 def main() -> None:
     """Entry point: user mistakes print one clear line, not a traceback."""
     try:

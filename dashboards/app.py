@@ -1,0 +1,236 @@
+"""The FastAPI app: login, sessions, CSRF, role checks, templates, static files and the live feed.
+
+``create_app(DashboardConfig(...))`` builds it; ``carpulse dashboard`` serves it with uvicorn.
+Screens live in ``dashboards.console`` (call centre) and ``dashboards.inbox`` (service advisors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from core.config import MqttSettings
+from crm.models import AuditRecord
+from crm.store import CrmStore, audit
+from dashboards import auth
+from dashboards.auth import COOKIE, SessionStore, WebSession, csrf_ok
+from dashboards.live import KafkaFeed, StateHub
+
+log = logging.getLogger(__name__)
+HERE: Final = Path(__file__).parent
+REASON_CODES: Final = {
+    "emergency": "Crash or medical emergency",
+    "breakdown": "Breakdown assistance",
+    "stolen_vehicle": "Stolen vehicle (police reference)",
+    "customer_request": "Customer asked on the phone",
+}
+
+
+@dataclass
+class DashboardConfig:
+    """Everything the app needs; ``carpulse dashboard`` fills it from the settings."""
+
+    crm_url: str
+    kafka_bootstrap: str | None = None  # None: no live feed (tests that drive the hub directly)
+    mqtt: MqttSettings | None = None  # None: commands are disabled (shown as such)
+    mqtt_password: str | None = None
+    signing_key: Path | None = None
+    secure_cookies: bool = True
+    reveal_seconds: float = 300.0
+    session_idle_s: float = 1800.0
+    coupon_templates: list[str] = field(default_factory=list)
+
+
+class NeedLogin(Exception):
+    pass
+
+
+def _templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape is on for .html
+    t.env.globals["reason_codes"] = REASON_CODES
+    return t
+
+
+templates = _templates()
+
+
+def get_session(request: Request) -> WebSession | None:
+    store: SessionStore = request.app.state.sessions
+    return store.get(request.cookies.get(COOKIE))
+
+
+def require(permission: str) -> Any:
+    """Dependency: the logged-in session with ``permission`` (401 / 403 otherwise)."""
+
+    def dep(request: Request) -> WebSession:
+        ws = get_session(request)
+        if ws is None or ws.username is None:
+            raise NeedLogin()
+        if not ws.can(permission):
+            raise HTTPException(403, f"your role ({ws.role}) may not do this ({permission})")
+        return ws
+
+    return dep
+
+
+async def csrf(request: Request) -> None:
+    """Dependency of every state-changing route: the session's token in the form or a header."""
+    ws = get_session(request)
+    supplied = request.headers.get("x-csrf-token")
+    if supplied is None:
+        form = await request.form()
+        value = form.get("csrf_token")
+        supplied = value if isinstance(value, str) else None
+    if not csrf_ok(ws, supplied):
+        raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+
+
+def set_cookie(resp: Response, ws: WebSession, secure: bool) -> None:
+    resp.set_cookie(
+        COOKIE, ws.id, httponly=True, samesite="strict", secure=secure, path="/", max_age=None
+    )
+
+
+def render(request: Request, name: str, ws: WebSession | None, **ctx: Any) -> HTMLResponse:
+    ctx.update(request=request, ws=ws, csrf=ws.csrf if ws else "")
+    return templates.TemplateResponse(request, name, ctx)
+
+
+def create_app(cfg: DashboardConfig) -> FastAPI:
+    from dashboards import console, inbox
+
+    store = CrmStore.from_url(cfg.crm_url)
+    auth.create_tables(store.engine)
+    hub = StateHub()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        feed: KafkaFeed | None = None
+        channel = None
+        if cfg.kafka_bootstrap:
+            feed = KafkaFeed(cfg.kafka_bootstrap, hub, inbox.record_filer(store))
+            await feed.start()
+        if cfg.mqtt is not None and cfg.signing_key is not None:
+            from dashboards.commands import CommandChannel, load_signing_key
+
+            channel = CommandChannel(cfg.mqtt, load_signing_key(cfg.signing_key), cfg.mqtt_password)
+            try:
+                channel.start()
+            except Exception as err:  # the console still works read-only without a broker
+                log.error("commands disabled: %s", err)
+                channel = None
+        app.state.commands = channel
+        app.state.feed = feed
+        try:
+            yield
+        finally:
+            if feed is not None:
+                await feed.stop()
+            if channel is not None:
+                channel.stop()
+
+    app = FastAPI(
+        title="carpulse dashboards",
+        version="0.1.0",
+        description="Call-centre console and service-advisor inbox.",
+        lifespan=lifespan,
+    )
+    app.state.cfg, app.state.crm, app.state.hub = cfg, store, hub
+    app.state.sessions = SessionStore(idle_s=cfg.session_idle_s)
+    app.state.commands = None
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    @app.exception_handler(NeedLogin)
+    async def _need_login(request: Request, _exc: NeedLogin) -> Response:
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"detail": "log in first"}, status_code=401)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Any) -> Response:
+        resp: Response = await call_next(request)
+        # Everything is served from here: no CDN, no inline script from elsewhere, no framing.
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            "media-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        )
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz(request: Request) -> dict[str, Any]:
+        feed = request.app.state.feed
+        return {
+            "ok": True,
+            "vehicles": len(hub.states),
+            "feed": None if feed is None else feed.ready.is_set(),
+            "commands": request.app.state.commands is not None,
+        }
+
+    @app.get("/", response_class=HTMLResponse, tags=["pages"])
+    def home(request: Request) -> Response:
+        ws = get_session(request)
+        if ws is None or ws.username is None:
+            return RedirectResponse("/login", status_code=303)
+        target = {"service_advisor": "/inbox", "auditor": "/audit"}.get(ws.role or "", "/console")
+        return RedirectResponse(target, status_code=303)
+
+    @app.get("/login", response_class=HTMLResponse, tags=["auth"])
+    def login_page(request: Request) -> Response:
+        ws = get_session(request) or request.app.state.sessions.new()
+        resp = render(request, "login.html", ws, error="")
+        set_cookie(resp, ws, cfg.secure_cookies)
+        return resp
+
+    @app.post("/login", tags=["auth"], dependencies=[Depends(csrf)])
+    def login(
+        request: Request,
+        username: Annotated[str, Form(max_length=64)],
+        password: Annotated[str, Form(max_length=256)],
+    ) -> Response:
+        old = get_session(request)
+        with store.tx() as s:
+            user = auth.authenticate(s, username, password)
+            if user is None:
+                audit(s, username[:64], "login.failed", "dashboard")
+            else:
+                ws = request.app.state.sessions.login(old, user)
+                audit(s, user.username, "login", "dashboard", role=user.role)
+        if user is None:
+            page = render(request, "login.html", old, error="Wrong user name or password.")
+            page.status_code = 401
+            return page
+        resp = RedirectResponse("/", status_code=303)
+        set_cookie(resp, ws, cfg.secure_cookies)
+        return resp
+
+    @app.post("/logout", tags=["auth"], dependencies=[Depends(csrf)])
+    def logout(request: Request) -> Response:
+        ws = get_session(request)
+        if ws is not None:
+            request.app.state.sessions.drop(ws.id)
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
+
+    @app.get("/audit", response_class=HTMLResponse, tags=["pages"])
+    def audit_page(request: Request, ws: WebSession = Depends(require("audit.view"))) -> Response:
+        with store.tx() as s:
+            rows = list(s.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(200)))
+        return render(request, "audit.html", ws, rows=rows)
+
+    app.include_router(console.router)
+    app.include_router(inbox.router)
+    return app

@@ -1,0 +1,163 @@
+"""Signed commands from the console to a car over MQTT, and their acknowledgements from ``cmd-ack``.
+
+The console signs with the cloud's Ed25519 key (``cmd-sign.key``, see ``carpulse pki command-key``)
+in the wire format of ``core.commands`` (the dashboards never import ``edge``), publishes on
+``carpulse/v1/<device>/cmd/<name>`` as the ``carpulse-console`` service user (QoS 1), and listens on
+``carpulse/v1/+/cmd-ack`` so the page can show the car's answer. Acks are kept by command id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import ssl
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from core.commands import ALG_ED25519, Ack, check_args, decode_ack, new_body, pack_command
+from core.commands import signing_input as _signing_input
+from core.config import MqttSettings
+from core.errors import ConfigError, PublishError, WireError
+from core.topics import command_topic, subscription
+
+log = logging.getLogger(__name__)
+
+CONSOLE_USER: Final = "carpulse-console"
+COMMAND_TTL_S: Final = 120.0  # a destination or an unlock older than this is not what was meant
+MAX_ACKS: Final = 10_000
+
+
+def generate_signing_key(folder: Path) -> Path:
+    """Create ``cmd-sign.key`` (0600) and ``cmd-sign.pub`` in ``folder`` unless they exist (demo)."""
+    priv, pub = folder / "cmd-sign.key", folder / "cmd-sign.pub"
+    if priv.exists() and pub.exists():
+        return priv
+    folder.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return priv
+
+
+def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
+    p = Path(path)
+    try:
+        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"command signing key {p}: {err}") from err
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"command signing key {p} is not an Ed25519 key")
+    return key
+
+
+def sign(
+    key: Ed25519PrivateKey, device_id: str, name: str, args: dict[str, Any]
+) -> tuple[str, bytes]:
+    """``(command id, payload)`` for ``command_topic(device_id, name)``; bad args raise WireError."""
+    check_args(name, args)
+    cid = uuid.uuid4().hex
+    body = new_body(device_id, name, args, COMMAND_TTL_S, secrets.token_hex(16), cid)
+    body_bytes = body.to_json()
+    return cid, pack_command(ALG_ED25519, body_bytes, key.sign(_signing_input(body_bytes)))
+
+
+class CommandChannel:
+    """One MQTT connection for sending commands and collecting their acks."""
+
+    def __init__(self, mqtt: MqttSettings, key: Ed25519PrivateKey, password: str | None) -> None:
+        import paho.mqtt.client as paho
+
+        self.key = key
+        self.acks: dict[str, Ack] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=f"carpulse-console-{secrets.token_hex(4)}",
+            protocol=paho.MQTTv311,
+        )
+        self.client.username_pw_set(mqtt.username or CONSOLE_USER, password)
+        if mqtt.ca_file is not None:
+            try:
+                self.client.tls_set(ca_certs=str(mqtt.ca_file))
+            except (OSError, ssl.SSLError) as err:
+                raise ConfigError(f"mqtt.ca_file {mqtt.ca_file}: {err}") from err
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self._connected.clear()
+        self.client.on_message = self._on_message
+        self.host, self.port = mqtt.host, mqtt.port
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
+        if reason.is_failure:
+            log.error("console MQTT refused: %s", reason)
+            return
+        client.subscribe(subscription("cmd-ack"), qos=1)
+        self._connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        try:
+            ack = decode_ack(msg.payload)
+        except WireError as err:
+            log.warning("bad ack on %s: %s", msg.topic, err)
+            return
+        if ack.id:
+            with self._lock:
+                if len(self.acks) >= MAX_ACKS:
+                    self.acks.pop(next(iter(self.acks)))
+                self.acks[ack.id] = ack
+
+    def start(self, timeout: float = 10.0) -> None:
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except (OSError, ssl.SSLError) as err:
+            raise PublishError(f"console cannot reach MQTT {self.host}:{self.port}: {err}") from err
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            raise PublishError(f"console MQTT {self.host}:{self.port}: no CONNACK in {timeout} s")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def send(self, device_id: str, name: str, args: dict[str, Any]) -> str:
+        """Sign and publish; returns the command id (raises PublishError when not delivered)."""
+        cid, payload = sign(self.key, device_id, name, args)
+        info = self.client.publish(command_topic(device_id, name), payload, qos=1)
+        try:
+            info.wait_for_publish(timeout=5.0)
+        except (RuntimeError, ValueError) as err:
+            raise PublishError(f"command {name} to {device_id} not published: {err}") from err
+        if not info.is_published():
+            raise PublishError(f"command {name} to {device_id}: no PUBACK in 5 s")
+        return cid
+
+    def ack(self, command_id: str) -> Ack | None:
+        with self._lock:
+            return self.acks.get(command_id)
+
+    def wait_ack(self, command_id: str, timeout: float) -> Ack | None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if (a := self.ack(command_id)) is not None:
+                return a
+            time.sleep(0.02)
+        return None

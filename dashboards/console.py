@@ -1,0 +1,259 @@
+"""The call-centre console: search, live vehicle state over SSE, location reveal, signed commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+
+from core.errors import PublishError, WireError
+from crm.models import Vehicle
+from crm.store import CrmError, CrmStore, audit, has_consent
+from dashboards.app import REASON_CODES, csrf, render, require
+from dashboards.auth import LocationGrant, WebSession
+from dashboards.data import DealerScopeError, search, vehicle_card
+from dashboards.live import StateHub, public_view
+
+router = APIRouter(tags=["console"])
+VIN_RE: Final = r"^[A-HJ-NPR-Z0-9]{11,17}$"
+TICKET_RE: Final = re.compile(r"^[A-Za-z0-9-]{3,32}$")
+VinPath = Annotated[str, Path(pattern=VIN_RE)]
+
+
+def _store(request: Request) -> CrmStore:
+    return request.app.state.crm  # type: ignore[no-any-return]
+
+
+def _card(request: Request, vin: str, ws: WebSession) -> Any:
+    """The card, or 404 (unknown) / 403 (another dealer's vehicle; the attempt is audited)."""
+    with _store(request).tx() as s:
+        try:
+            return vehicle_card(s, vin, ws.dealer_id or "")
+        except DealerScopeError:
+            audit(s, ws.username or "", "vehicle.denied", vin, "console", dealer=ws.dealer_id)
+            denied = True
+        except CrmError:
+            denied = False
+    if denied:
+        raise HTTPException(403, "this vehicle belongs to another dealer")
+    raise HTTPException(404, f"no vehicle {vin}")
+
+
+def _state_view(request: Request, vin: str, ws: WebSession) -> dict[str, Any]:
+    hub: StateHub = request.app.state.hub
+    state = hub.states.get(vin) or {"vin": vin}
+    return public_view(state, ws.location_grant(vin) is not None)
+
+
+@router.get("/console", response_class=HTMLResponse)
+def console_page(
+    request: Request,
+    q: Annotated[str, Query(max_length=64)] = "",
+    ws: WebSession = Depends(require("console.view")),
+) -> Response:
+    results = []
+    if q:
+        with _store(request).tx() as s:
+            results = search(s, q, ws.dealer_id or "")
+            audit(s, ws.username or "", "console.search", "-", "console", hits=len(results))
+    hub: StateHub = request.app.state.hub
+    partial = request.headers.get("hx-request") == "true"
+    return render(
+        request,
+        "search_results.html" if partial else "console.html",
+        ws,
+        q=q,
+        results=results,
+        alerts=_alerts_for(request, ws, list(hub.alerts)),
+    )
+
+
+@router.get("/console/vehicles/{vin}", response_class=HTMLResponse)
+def vehicle_page(
+    request: Request, vin: VinPath, ws: WebSession = Depends(require("console.view"))
+) -> Response:
+    card = _card(request, vin, ws)
+    hub: StateHub = request.app.state.hub
+    return render(
+        request,
+        "vehicle.html",
+        ws,
+        card=card,
+        view=_state_view(request, vin, ws),
+        grant=ws.location_grant(vin),
+        alerts=_alerts_for(request, ws, list(hub.alerts)),
+        commands_on=request.app.state.commands is not None,
+    )
+
+
+@router.get("/console/vehicles/{vin}/state")
+def vehicle_state(
+    request: Request, vin: VinPath, ws: WebSession = Depends(require("console.view"))
+) -> dict[str, Any]:
+    _card(request, vin, ws)
+    return _state_view(request, vin, ws)
+
+
+def _alerts_for(
+    request: Request, ws: WebSession, alerts: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Crash alerts of this dealer's vehicles, without locations (reveal is per vehicle)."""
+    vins = {a.get("vin") for a in alerts if isinstance(a.get("vin"), str)}
+    if not vins:
+        return []
+    with _store(request).tx() as s:
+        mine = {v for v in vins if (veh := s.get(Vehicle, v)) and veh.dealer_id == ws.dealer_id}
+    return [
+        {k: a.get(k) for k in ("kind", "vin", "ts_us", "severity", "received_us")}
+        for a in alerts
+        if a.get("vin") in mine
+    ]
+
+
+@router.get("/console/events")
+async def events(
+    request: Request,
+    vin: Annotated[str | None, Query(pattern=VIN_RE)] = None,
+    ws: WebSession = Depends(require("console.view")),
+) -> StreamingResponse:
+    """Server-sent events: ``state`` for ``vin`` (if given) and ``alert`` for the dealer's cars."""
+    if vin is not None:
+        _card(request, vin, ws)
+    hub: StateHub = request.app.state.hub
+    q = hub.subscribe()
+
+    async def gen() -> AsyncIterator[bytes]:
+        try:
+            if vin is not None:
+                yield _sse("state", _state_view(request, vin, ws))
+            while True:
+                try:
+                    kind, doc = await asyncio.wait_for(q.get(), timeout=15.0)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if await request.is_disconnected():
+                    return
+                if kind == "state" and doc.get("vin") == vin and vin is not None:
+                    yield _sse("state", public_view(doc, ws.location_grant(vin) is not None))
+                elif kind == "alert":
+                    for a in _alerts_for(request, ws, [doc]):
+                        yield _sse("alert", a)
+        finally:
+            hub.unsubscribe(q)
+
+    return StreamingResponse(
+        gen(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
+    )
+
+
+def _sse(event: str, doc: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(doc, default=str)}\n\n".encode()
+
+
+@router.post("/console/vehicles/{vin}/reveal", dependencies=[Depends(csrf)])
+def reveal_location(
+    request: Request,
+    vin: VinPath,
+    reason: Annotated[str, Form(max_length=32)],
+    ticket: Annotated[str, Form(max_length=32)],
+    ws: WebSession = Depends(require("location.reveal")),
+) -> Response:
+    """Show one vehicle's location for a limited time, for a reason and a ticket; audited."""
+    if reason not in REASON_CODES:
+        raise HTTPException(422, f"reason must be one of {sorted(REASON_CODES)}")
+    if not TICKET_RE.match(ticket):
+        raise HTTPException(422, "ticket id: 3-32 letters, digits or dashes")
+    card = _card(request, vin, ws)
+    seconds = request.app.state.cfg.reveal_seconds
+    with _store(request).tx() as s:
+        # Outside an emergency, a location is only shown to the call centre with the owner's consent.
+        consent = card.customer_id is not None and has_consent(s, card.customer_id, "location")
+        if reason != "emergency" and not consent:
+            audit(s, ws.username or "", "location.refused", vin, "location", reason=reason,
+                  ticket=ticket, why="no location consent")  # fmt: skip
+            refused = True
+        else:
+            audit(s, ws.username or "", "location.reveal", vin, "location", reason=reason,
+                  ticket=ticket, seconds=seconds, consent=consent)  # fmt: skip
+            refused = False
+    if refused:
+        raise HTTPException(403, "the customer has not consented to location sharing")
+    # One vehicle at a time: a new reveal replaces the previous grant.
+    ws.grant = LocationGrant(vin, reason, ticket, time.monotonic() + seconds)
+    view = _state_view(request, vin, ws)
+    return JSONResponse({"vin": vin, "seconds": seconds, "location": view["location"]})
+
+
+def _send(
+    request: Request, ws: WebSession, vin: str, name: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    card = _card(request, vin, ws)
+    channel = request.app.state.commands
+    if channel is None:
+        raise HTTPException(503, "commands are not configured (no MQTT or signing key)")
+    if not card.device_id:
+        raise HTTPException(409, f"vehicle {vin} has no connected device")
+    try:
+        cid = channel.send(card.device_id, name, args)
+    except WireError as err:
+        raise HTTPException(422, err.detail) from err
+    except PublishError as err:
+        raise HTTPException(502, str(err)) from err
+    with _store(request).tx() as s:
+        audit(s, ws.username or "", f"command.{name}", vin, "console", command=cid,
+              device=card.device_id, args=args)  # fmt: skip
+    return {"id": cid, "name": name, "vin": vin, "status": "sent"}
+
+
+@router.post("/console/vehicles/{vin}/destination", dependencies=[Depends(csrf)])
+def send_destination(
+    request: Request,
+    vin: VinPath,
+    address: Annotated[str, Form(max_length=500)] = "",
+    lat: Annotated[float | None, Form(ge=-90, le=90)] = None,
+    lon: Annotated[float | None, Form(ge=-180, le=180)] = None,
+    ws: WebSession = Depends(require("command.send")),
+) -> dict[str, Any]:
+    """Send a navigation destination (an address or coordinates) as a signed command."""
+    args: dict[str, Any] = {}
+    if lat is not None and lon is not None:
+        args = {"lat": lat, "lon": lon}
+    elif address.strip():
+        args = {"address": address.strip()}
+    else:
+        raise HTTPException(422, "give an address or both lat and lon")
+    return _send(request, ws, vin, "navigate", args)
+
+
+@router.post("/console/vehicles/{vin}/doors", dependencies=[Depends(csrf)])
+def doors(
+    request: Request,
+    vin: VinPath,
+    action: Annotated[str, Form(pattern="^(lock|unlock)$")],
+    confirm: Annotated[str, Form(max_length=17)] = "",
+    ws: WebSession = Depends(require("command.send")),
+) -> dict[str, Any]:
+    """Remote lock/unlock; ``confirm`` must repeat the last 6 characters of the VIN."""
+    if confirm.strip().upper() != vin[-6:]:
+        raise HTTPException(422, "confirm by typing the last 6 characters of the VIN")
+    return _send(request, ws, vin, action, {})
+
+
+@router.get("/console/commands/{command_id}")
+def command_status(
+    request: Request,
+    command_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
+    ws: WebSession = Depends(require("command.send")),
+) -> dict[str, Any]:
+    channel = request.app.state.commands
+    ack = None if channel is None else channel.ack(command_id)
+    if ack is None:
+        return {"id": command_id, "status": "pending"}
+    return {"id": command_id, "status": ack.status, "reason": ack.reason, "detail": ack.detail}

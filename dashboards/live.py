@@ -1,0 +1,180 @@
+"""Live state for the screens: a hub of latest vehicle states and crash alerts, fed from Kafka.
+
+``KafkaFeed`` reads the compacted ``vehicle-state`` topic (from the start, so the hub knows every
+vehicle's last state at once), ``carpulse.alerts`` (crashes) and ``carpulse.predictions``
+(maintenance) into the advisor inbox, with states that carry DTCs (routing) with aiokafka, without a consumer group: every app process
+sees everything. ``StateHub`` keeps the latest state per VIN and fans changes out to the
+server-sent-event streams of the open consoles; it never holds a location beyond what the state
+carries, and the SSE view strips it unless the session holds a grant for that vehicle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from core.topics import KAFKA_ALERTS, KAFKA_PREDICTIONS, KAFKA_VEHICLE_STATE
+
+log = logging.getLogger(__name__)
+
+SPEED: Final = "Vehicle.Speed"
+FUEL: Final = "Vehicle.OBD.FuelLevel"
+FUEL_ALT: Final = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
+SOC: Final = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+MAX_ALERTS: Final = 50
+
+
+def describe_dtc(code: str) -> str:
+    """The SAE J2012 text of a code (generic description for codes not in the table)."""
+    try:  # firmware_bridge is optional on a dashboard host; codes then show without text
+        from firmware_bridge.obd.dtc import describe
+    except ImportError:
+        return ""
+    try:
+        return describe(code)
+    except Exception:  # a malformed code from a device shows as itself
+        return ""
+
+
+def public_view(state: dict[str, Any], location_allowed: bool) -> dict[str, Any]:
+    """What the console shows of a state: a fixed set of fields, the location only if allowed."""
+    sig = state.get("signals") or {}
+
+    def val(*names: str) -> float | None:
+        for n in names:
+            got = sig.get(n)
+            if got is not None:
+                return float(got[1])
+        return None
+
+    fuel, soc = val(FUEL, FUEL_ALT), val(SOC)
+    return {
+        "vin": state.get("vin"),
+        "speed_kmh": val(SPEED),
+        "ignition": state.get("ignition"),
+        "fuel_pct": fuel,
+        "soc_pct": soc,
+        "odometer_km": state.get("odometer_km"),
+        "dtcs": [{"code": c, "text": describe_dtc(c)} for c in state.get("active_dtcs") or []],
+        "health": state.get("health"),
+        "last_seen_us": state.get("last_seen_us"),
+        "location": state.get("location") if location_allowed else None,
+    }
+
+
+class StateHub:
+    """Latest state per VIN, recent crash alerts, and subscriber queues for the SSE streams."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Any]] = {}
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
+        self._subs: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
+        self.updates = 0
+
+    def subscribe(self) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=1000)
+        self._subs.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        self._subs.discard(q)
+
+    def _fan_out(self, kind: str, doc: dict[str, Any]) -> None:
+        for q in list(self._subs):
+            with contextlib.suppress(asyncio.QueueFull):  # a stalled browser loses updates, not us
+                q.put_nowait((kind, doc))
+
+    def put_state(self, state: dict[str, Any]) -> None:
+        vin = state.get("vin")
+        if not isinstance(vin, str):
+            return
+        self.states[vin] = state
+        self.updates += 1
+        self._fan_out("state", state)
+
+    def put_alert(self, alert: dict[str, Any]) -> None:
+        alert.setdefault("received_us", int(time.time() * 1e6))
+        self.alerts.appendleft(alert)
+        self._fan_out("alert", alert)
+
+
+class KafkaFeed:
+    """Consumes the stream's output topics into the hub (and predictions into ``on_prediction``)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        hub: StateHub,
+        on_record: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.bootstrap, self.hub, self.on_record = bootstrap, hub, on_record
+        self.bad = 0
+        self.task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="dashboard-kafka-feed")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+
+    async def _run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import KafkaError
+
+        topics = (KAFKA_VEHICLE_STATE, KAFKA_ALERTS, KAFKA_PREDICTIONS)
+        while True:
+            consumer = AIOKafkaConsumer(
+                *topics,
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=50,  # the console's 2 s budget: do not sit on a half-full fetch
+                metadata_max_age_ms=5000,  # pick up topics the stream creates after we start
+            )
+            try:
+                await consumer.start()
+                self.ready.set()
+                log.info("dashboard feed connected to %s", self.bootstrap)
+                async for msg in consumer:
+                    self.handle(msg.topic, msg.value)
+            except asyncio.CancelledError:
+                raise
+            except (KafkaError, OSError) as err:
+                log.warning("dashboard feed lost Kafka (%s); retrying in 2 s", err)
+                await asyncio.sleep(2.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+    def handle(self, topic: str, value: bytes | None) -> None:
+        """One record; a bad one is counted and skipped, never raised."""
+        if value is None:
+            return
+        try:
+            doc = json.loads(value)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            self.bad += 1
+            if self.bad <= 10:
+                log.warning("dashboard feed: bad record on %s: %s", topic, err)
+            return
+        if topic == KAFKA_VEHICLE_STATE:
+            self.hub.put_state(doc)
+        elif topic == KAFKA_ALERTS:
+            self.hub.put_alert(doc)
+        if self.on_record is not None and (topic == KAFKA_PREDICTIONS or doc.get("active_dtcs")):
+            try:
+                self.on_record(topic, doc)
+            except Exception as err:  # a CRM hiccup must not stop the live feed
+                log.warning("dashboard feed: %s record not filed: %s", topic, err)

@@ -1,0 +1,113 @@
+// carpulse dashboards: live updates over server-sent events and small form helpers (no inline script).
+"use strict";
+(function () {
+  const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+  const $ = (sel) => document.querySelector(sel);
+  const fmtTime = (us) => (us ? new Date(Number(us) / 1000).toLocaleString() : "—");
+  const num = (v, digits, unit) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits) + unit);
+
+  function beep() {
+    // A crash alert must be heard: a short two-tone beep made here (no audio file to fetch).
+    try {
+      const ctx = new (window.AudioContext || window.webkitAudioContext)();
+      [880, 660].forEach((f, i) => {
+        const o = ctx.createOscillator();
+        o.frequency.value = f;
+        o.connect(ctx.destination);
+        o.start(ctx.currentTime + i * 0.25);
+        o.stop(ctx.currentTime + i * 0.25 + 0.2);
+      });
+    } catch (e) { /* no audio device: the red banner still shows */ }
+  }
+
+  function setText(id, text) { const el = document.getElementById(id); if (el) el.textContent = text; }
+
+  function showState(s) {
+    setText("v-speed", num(s.speed_kmh, 0, " km/h"));
+    setText("v-ignition", s.ignition === true ? "on" : s.ignition === false ? "off" : "—");
+    setText("v-energy", s.fuel_pct != null ? num(s.fuel_pct, 0, " % fuel") : s.soc_pct != null ? num(s.soc_pct, 0, " % SoC") : "—");
+    setText("v-odometer", num(s.odometer_km, 1, " km"));
+    const h = document.getElementById("v-health");
+    if (h) { h.textContent = s.health || "—"; h.className = "health-" + (s.health || "unknown"); }
+    setText("v-seen", fmtTime(s.last_seen_us));
+    const ul = document.getElementById("v-dtcs");
+    if (ul) {
+      ul.replaceChildren();
+      (s.dtcs || []).forEach((d) => {
+        const li = document.createElement("li");
+        const b = document.createElement("b");
+        b.textContent = d.code;
+        li.append(b, " " + d.text);
+        ul.append(li);
+      });
+      if (!ul.children.length) { const li = document.createElement("li"); li.className = "muted"; li.textContent = "none"; ul.append(li); }
+    }
+    const loc = document.getElementById("v-location");
+    if (loc) loc.textContent = s.location ? Number(s.location.lat).toFixed(5) + ", " + Number(s.location.lon).toFixed(5) : "hidden";
+  }
+
+  function showAlert(a) {
+    const box = $("#alerts");
+    if (!box) return;
+    const div = document.createElement("div");
+    div.className = "alert crash";
+    div.dataset.vin = a.vin;
+    const link = document.createElement("a");
+    link.href = "/console/vehicles/" + encodeURIComponent(a.vin);
+    link.textContent = a.vin;
+    div.append("CRASH · ", link, " · " + fmtTime(a.ts_us));
+    box.prepend(div);
+    beep();
+  }
+
+  function connect() {
+    const host = document.querySelector("[data-events]");
+    if (!host || !window.EventSource) return;
+    const es = new EventSource(host.dataset.events);
+    es.addEventListener("state", (e) => showState(JSON.parse(e.data)));
+    es.addEventListener("alert", (e) => showAlert(JSON.parse(e.data)));
+    window.carpulseEvents = es;
+  }
+
+  async function pollAck(id, out) {
+    for (let i = 0; i < 60; i++) {
+      const r = await fetch("/console/commands/" + id, { headers: { Accept: "application/json" } });
+      const j = await r.json();
+      if (j.status !== "pending") {
+        out.textContent = "Car answered: " + j.status + " (" + j.reason + ")";
+        out.dataset.status = j.status;
+        return;
+      }
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    out.textContent = "No answer from the car yet (it may be offline).";
+  }
+
+  document.addEventListener("submit", async (e) => {
+    const form = e.target;
+    if (!form.classList.contains("js-post")) return;
+    e.preventDefault();
+    const out = $(form.dataset.result);
+    const body = new FormData(form, e.submitter);
+    out.textContent = "…";
+    delete out.dataset.status;
+    const r = await fetch(form.action, { method: "POST", body, headers: { "X-CSRF-Token": csrf(), Accept: "application/json" } });
+    let j = {};
+    try { j = await r.json(); } catch (err) { /* not JSON */ }
+    if (!r.ok) { out.textContent = "Refused: " + (j.detail && j.detail.toString ? j.detail.toString() : r.status); out.dataset.status = "error"; return; }
+    if (form.id === "reveal-form") {
+      setText("v-location", j.location ? Number(j.location.lat).toFixed(5) + ", " + Number(j.location.lon).toFixed(5) : "no position known");
+      out.textContent = "Location revealed for " + Math.round(j.seconds / 60) + " min (audited).";
+      out.dataset.status = "ok";
+      return;
+    }
+    out.textContent = "Sent, command " + j.id + "; waiting for the car…";
+    out.dataset.command = j.id;
+    if (form.dataset.ack) pollAck(j.id, out);
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll("[data-us]").forEach((el) => { if (el.dataset.us) el.textContent = fmtTime(el.dataset.us); });
+    connect();
+  });
+})();
