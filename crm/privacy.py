@@ -159,7 +159,7 @@ def purge(
     counts["parked_resolved"] = n(
         s.execute(delete(ParkedEvent).where(ParkedEvent.resolved_at < cutoff("parked_resolved")))
     )
-    st.audit(s, "privacy", "privacy.purge", "retention", **counts)
+    st.audit(s, "privacy", "privacy.purge", "retention", "retention", **counts)
     return counts
 
 
