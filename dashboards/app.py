@@ -121,9 +121,10 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
             feed = KafkaFeed(cfg.kafka_bootstrap, hub, inbox.record_filer(store))
             await feed.start()
         if cfg.mqtt is not None and cfg.signing_key is not None:
-            from dashboards.commands import CommandChannel, load_signing_key
+            from core.signing import load_private_key
+            from dashboards.commands import CommandChannel
 
-            channel = CommandChannel(cfg.mqtt, load_signing_key(cfg.signing_key), cfg.mqtt_password)
+            channel = CommandChannel(cfg.mqtt, load_private_key(cfg.signing_key), cfg.mqtt_password)
             try:
                 channel.start()
             except Exception as err:  # the console still works read-only without a broker

@@ -1,7 +1,7 @@
 """Signed commands from the console to a car over MQTT, and their acknowledgements from ``cmd-ack``.
 
 The console signs with the cloud's Ed25519 key (``cmd-sign.key``, see ``carpulse pki command-key``)
-in the wire format of ``core.commands`` (the dashboards never import ``edge``), publishes on
+through ``core.signing`` (the dashboards never import ``edge``), publishes on
 ``carpulse/v1/<device>/cmd/<name>`` as the ``carpulse-console`` service user (QoS 1), and listens on
 ``carpulse/v1/+/cmd-ack`` so the page can show the car's answer. Acks are kept by command id.
 """
@@ -9,7 +9,6 @@ in the wire format of ``core.commands`` (the dashboards never import ``edge``), 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import ssl
 import threading
@@ -18,13 +17,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from core.commands import ALG_ED25519, Ack, check_args, decode_ack, new_body, pack_command
-from core.commands import signing_input as _signing_input
+from core.commands import Ack, check_args, decode_ack
 from core.config import MqttSettings
 from core.errors import ConfigError, PublishError, WireError
+from core.signing import generate_keypair, sign_command
 from core.topics import command_topic, subscription
 
 log = logging.getLogger(__name__)
@@ -35,38 +33,9 @@ MAX_ACKS: Final = 10_000
 
 
 def generate_signing_key(folder: Path) -> Path:
-    """Create ``cmd-sign.key`` (0600) and ``cmd-sign.pub`` in ``folder`` unless they exist (demo)."""
-    priv, pub = folder / "cmd-sign.key", folder / "cmd-sign.pub"
-    if priv.exists() and pub.exists():
-        return priv
-    folder.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    """The demo's key pair under ``folder`` (kept when it exists), as ``carpulse pki command-key``."""
+    priv, _pub = generate_keypair(folder)
     return priv
-
-
-def load_signing_key(path: Path | str) -> Ed25519PrivateKey:
-    p = Path(path)
-    try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as err:
-        raise ConfigError(f"command signing key {p}: {err}") from err
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"command signing key {p} is not an Ed25519 key")
-    return key
 
 
 def sign(
@@ -75,9 +44,7 @@ def sign(
     """``(command id, payload)`` for ``command_topic(device_id, name)``; bad args raise WireError."""
     check_args(name, args)
     cid = uuid.uuid4().hex
-    body = new_body(device_id, name, args, COMMAND_TTL_S, secrets.token_hex(16), cid)
-    body_bytes = body.to_json()
-    return cid, pack_command(ALG_ED25519, body_bytes, key.sign(_signing_input(body_bytes)))
+    return cid, sign_command(key, device_id, name, args, COMMAND_TTL_S, command_id=cid)
 
 
 class CommandChannel:
