@@ -167,6 +167,12 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         _spawn(["stream", "worker"], env, logs / "worker.log"),
     ]
     console.print(f"  ingest bridge and Faust worker started, logs in {logs}")
+    procs.append(
+        _spawn(["dashboard", "--demo-users", "--insecure-cookies"], env, logs / "dashboard.log")
+    )
+    console.print(
+        f"  dashboard: http://{s.stack.host}:8000 (agent, advisor, admin, auditor; password carpulse-demo)"
+    )
     stop = threading.Event()
     threads: list[threading.Thread] = []
     fleet: list[Vehicle] = []
