@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import cantools
 import cantools.database
@@ -153,12 +154,13 @@ class CompiledDecoder:
         warm block back. A block any live ``Samples`` still views is never reused: its arrays
         hold a reference to it, which the reference count shows.
         """
+        shared = self._block is not None and _block_refs(self) != _UNSHARED_REFS  # count first
         block = self._block
         if (
             block is None
+            or shared
             or len(block) < nbytes
             or len(block) > max(8 * nbytes, 1 << 26)  # do not pin a huge block for tiny batches
-            or sys.getrefcount(block) > 3  # ours, the local name, getrefcount's argument
         ):
             block = np.empty(max(nbytes, 64), dtype=np.uint8)
             self._block = block
@@ -208,6 +210,25 @@ class CompiledDecoder:
             np.insert(tsv, at, np.asarray(f_ts, dtype=np.int64)),
             np.insert(val, at, np.asarray(f_val, dtype=np.float64)),
         )
+
+
+def _block_refs(holder: Any) -> int:
+    return sys.getrefcount(holder._block)
+
+
+class _Holder:
+    _block: np.ndarray | None = None
+
+
+def _unshared_refs() -> int:
+    """References to a block only its decoder holds, counted the way ``_block_refs`` counts them
+    (measured, not assumed: how many references a call borrows differs between Python versions)."""
+    h = _Holder()
+    h._block = np.empty(8, dtype=np.uint8)
+    return _block_refs(h)
+
+
+_UNSHARED_REFS = _unshared_refs()
 
 
 def compile_kernels() -> None:

@@ -220,6 +220,19 @@ def test_held_results_are_never_overwritten(synth: Any) -> None:
     first, _ = dec.decode(frames_of([(257, False, b"\x01" + bytes(7))]))
     second, _ = dec.decode(frames_of([(257, False, b"\x02" + bytes(7))]))
     assert first.value.tolist() == [1.0] and second.value.tolist() == [2.0]
+    part = second.value[:1]  # a view alone keeps the memory in use
+    del second
+    third, _ = dec.decode(frames_of([(257, False, b"\x03" + bytes(7))]))
+    assert part.tolist() == [2.0] and third.value.tolist() == [3.0]
+
+
+def test_dropped_results_give_their_memory_back(synth: Any) -> None:
+    dec = CompiledDecoder(synth)
+    frames = frames_of([(257, False, bytes(8))] * 10)
+    dec.decode(frames)  # result dropped at once
+    block = id(dec._block)
+    dec.decode(frames)
+    assert id(dec._block) == block  # same warm memory, no page faults
 
 
 def test_empty_batch_and_database() -> None:
