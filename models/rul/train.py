@@ -17,9 +17,9 @@ from models.rul.model import BASELINE, MODEL_PATH, RUL_CAP, WINDOW
 
 # Gradient-boosted trees: small (< 1 MB as ONNX), fast, and within reach of the published LSTMs here.
 PARAMS: dict[str, Any] = {
-    "max_iter": 300,
+    "max_iter": 500,
     "learning_rate": 0.05,
-    "max_leaf_nodes": 31,
+    "max_leaf_nodes": 15,
     "min_samples_leaf": 40,
     "l2_regularization": 1.0,
 }
