@@ -60,6 +60,8 @@ def record_location(
     owner = st.owner_at(s, vin, at)
     if owner is None or not st.has_consent(s, owner, "location"):
         return False
+    if s.scalar(select(LocationFix.id).where(LocationFix.vin == vin, LocationFix.at == at)):
+        return False  # the same fix again (a replayed alert)
     s.add(LocationFix(vin=vin, customer_id=owner, at=at, lat=lat, lon=lon, source=source))
     return True
 

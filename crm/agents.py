@@ -1,0 +1,145 @@
+"""Faust agents that run the CRM rules on the stream's topics, and the CRM's periodic jobs.
+
+Agents stay thin: a record becomes ``CrmEvent``s (``crm.normalize``) and each is handled in
+its own database transaction (``RuleEngine.handle``) on a worker thread, since SQLAlchemy is
+synchronous. Faust commits a record's offset after the agent has processed it; a worker that
+dies in between sees the record again, and the effect keys already taken make that a no-op.
+A malformed record is counted and dead-lettered with its reason; the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+
+from core.crm_events import CrmEvent
+from core.errors import DecodeError
+from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
+from crm.delivery import Dispatcher
+from crm.engine import RuleEngine, retry_parked, scan
+from crm.normalize import from_record
+from crm.privacy import purge, record_location
+from crm.store import CrmStore
+
+log = logging.getLogger(__name__)
+CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
+
+
+def handle_record(
+    store: CrmStore, engine: RuleEngine, topic: str, payload: bytes, stats: Counter[str]
+) -> list[CrmEvent]:
+    """One Kafka record, synchronously: normalise, then one transaction per CRM event.
+
+    Raises ``DecodeError`` for a malformed record (the caller dead-letters it).
+    """
+    events = from_record(topic, payload)
+    stats["records"] += 1
+    for ev in events:
+        with store.tx() as s:
+            out = engine.handle(s, ev)
+            loc = ev.data.get("location") if ev.kind == "crash" else None
+            if isinstance(loc, dict) and ev.vin and {"lat", "lon"} <= set(loc):
+                # kept only with the owner's location consent (crm.privacy)
+                stats["locations_kept"] += record_location(
+                    s, ev.vin, ev.ts, float(loc["lat"]), float(loc["lon"]), "crash-alert"
+                )
+        stats["events"] += 1
+        stats["fired"] += len(out.fired)
+        stats["parked"] += out.parked is not None
+    return events
+
+
+def periodic(
+    store: CrmStore, engine: RuleEngine, dispatcher: Dispatcher | None, stats: Counter[str]
+) -> None:
+    """Tier upgrades and expiring coupons, parked events, the outbox, the retention purge."""
+    stats.update({f"scan_{k}": v for k, v in scan(store, engine).items()})
+    stats.update({f"parked_{k}": v for k, v in retry_parked(store, engine).items()})
+    if dispatcher is not None:
+        stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})
+    with store.tx() as s:
+        purge(s)
+
+
+def install_crm_agents(
+    app: faust.App,
+    store: CrmStore,
+    engine: RuleEngine,
+    *,
+    dispatcher: Dispatcher | None = None,
+    interval_s: float = 60.0,
+    run: Callable[..., Any] = asyncio.to_thread,
+    dead: Callable[[bytes, dict[str, bytes]], Awaitable[Any]] | None = None,
+) -> Counter[str]:
+    """Register one agent per consumed topic and a timer for the periodic jobs; returns counters.
+
+    ``dead(value, headers)`` sends a bad record to the dead-letter topic (by default
+    ``carpulse.deadletter``).
+    """
+    stats: Counter[str] = Counter()
+    if dead is None:
+        deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
+
+        async def dead(value: bytes, headers: dict[str, bytes]) -> Any:
+            return await deadletter.send(value=value, headers=headers)
+
+    app.carpulse_crm_stats = stats  # type: ignore[attr-defined]
+
+    def make_agent(topic_name: str) -> None:
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
+
+        async def crm_agent(stream: Any) -> Any:
+            async for value in stream:
+                try:
+                    await run(handle_record, store, engine, topic_name, value, stats)
+                except DecodeError as err:
+                    stats["dead_lettered"] += 1
+                    headers = {"reason": b"crm_bad_record", "detail": str(err)[:500].encode(),
+                               "topic": topic_name.encode()}  # fmt: skip
+                    await dead(value, headers)
+                yield None
+
+        crm_agent.__name__ = "crm_" + topic_name.replace(".", "_").replace("-", "_")
+        crm_agent.__qualname__ = crm_agent.__name__
+        app.agent(topic, name=f"crm.{topic_name}")(crm_agent)
+
+    for name in CRM_TOPICS:
+        make_agent(name)
+
+    @app.timer(interval_s, on_leader=True)
+    async def crm_periodic() -> None:
+        try:
+            await run(periodic, store, engine, dispatcher, stats)
+        except Exception:  # a database blip must not stop the timer; it runs again next time
+            log.exception("CRM periodic jobs failed")
+            stats["periodic_errors"] += 1
+
+    return stats
+
+
+def build_crm_app(
+    app_id: str,
+    brokers: list[str],
+    store: CrmStore,
+    engine: RuleEngine,
+    dispatcher: Dispatcher | None = None,
+    interval_s: float = 60.0,
+) -> faust.App:
+    """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
+    app = faust.App(
+        app_id,
+        broker=[f"kafka://{b}" for b in brokers],
+        store="memory://",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+    )
+    install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s)
+    return app

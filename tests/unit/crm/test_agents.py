@@ -1,0 +1,74 @@
+"""The CRM Faust agents with ``agent.test_context()``: records in, effects in the database once,
+bad records dead-lettered, crash locations kept only with consent."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+import faust
+from sqlalchemy import func, select
+
+from core.topics import KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_PREDICTIONS
+from core.wire import Event, encode_event
+from crm import store as st
+from crm.agents import install_crm_agents
+from crm.engine import RuleEngine
+from crm.models import Coupon
+from crm.rules import shipped_rules
+from crm.tables import InboxItem, LocationFix
+from tests.unit.crm.conftest import T0, VIN, Dealer
+
+
+def us(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1e6)
+
+
+def test_agents_apply_rules_once_and_dead_letter_bad_records(dealer: Dealer) -> None:
+    loop = asyncio.new_event_loop()  # ours, so that it is closed (Faust would leave one open)
+    app = faust.App("crm-test", store="memory://", value_serializer="raw", loop=loop)
+    dead: list[tuple[bytes, dict[str, bytes]]] = []
+
+    async def to_dead(value: bytes, headers: dict[str, bytes]) -> None:
+        dead.append((value, headers))
+
+    stats = install_crm_agents(app, dealer.store, RuleEngine(shipped_rules()), dead=to_dead)
+    with dealer.store.tx() as s:
+        st.set_consent(s, dealer.member, "location", True)
+    agents = {a.name: a for a in app.agents.values()}
+    pred = json.dumps({"vin": VIN, "kind": "service_due", "ts_us": us(T0), "days": 12.0,
+                       "km": 30000.0, "odo": 29500.0, "cycle": "2025"}).encode()  # fmt: skip
+    crash = json.dumps({"kind": "crash", "vin": VIN, "device": "car-1", "ts_us": us(T0),
+                        "data": {"trigger": "airbag"},
+                        "location": {"lat": 31.2, "lon": 121.5}}).encode()  # fmt: skip
+    dtc = encode_event(Event("car-1", "b", 1, "dtc", us(T0), 5, {"codes": ["P0301"]}))
+
+    async def run() -> None:
+        for topic, records in [
+            (KAFKA_PREDICTIONS, [pred, pred, b"{not json"]),
+            (KAFKA_ALERTS, [crash, crash]),
+            (KAFKA_EVENTS, [dtc, b"CPE\x01garbage"]),
+        ]:
+            async with agents[f"crm.{topic}"].test_context() as agent:
+                for r in records:
+                    await agent.put(r)
+
+    try:
+        loop.run_until_complete(run())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+        # the Kafka consumer thread Faust prepared (never started here) owns a loop of its own
+        thread = getattr(app.consumer, "_thread", None)
+        if thread is not None and not thread.thread_loop.is_closed():
+            thread.thread_loop.close()
+    assert stats["records"] == 5 and stats["fired"] == 3 and stats["dead_lettered"] == 2
+    assert [h["topic"] for _, h in dead] == [KAFKA_PREDICTIONS.encode(), KAFKA_EVENTS.encode()]
+    assert b"not JSON" in dead[0][1]["detail"]
+    with dealer.store.tx() as s:
+        assert s.scalar(select(func.count(Coupon.id))) == 1
+        roles: Any = sorted(s.scalars(select(InboxItem.role)))
+        assert roles == ["call_centre", "expert"]
+        assert s.scalar(select(func.count(LocationFix.id))) == 1  # consented, kept once
