@@ -116,7 +116,7 @@ class CompiledDecoder:
             p.ents,
             p.scales,
             p.iscales,
-            p.masks,
+            p.hots,
             p.muxers,
             p.cases,
             np.empty(p.max_nodes + 1, dtype=np.int64),

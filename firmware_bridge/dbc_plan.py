@@ -42,6 +42,10 @@ MODE_FRAW = 4  # float signal, identity: the raw float untouched (keeps -0.0 and
 # Columns of the per-entry integer table (one entry = one signal in one codec node).
 E_SLOT, E_BE, E_SHIFT, E_LEN, E_SIGNED, E_FLOAT, E_MODE, E_NOMINAL_END, E_SEL = range(9)
 E_COLS = 9
+# The hot fields of an entry packed in one uint64 (``DecodePlan.hots``), so the kernel reads one
+# word per signal instead of seven table cells: bit offsets and widths of each field.
+H_SLOT, H_SHIFT, H_LEN, H_BE, H_MODE, H_SIGNED, H_SEL, H_FLOAT = 0, 24, 34, 41, 42, 45, 46, 47
+MAX_SLOTS = 1 << 24
 # Columns of the message table.
 MSG_LEN, MSG_ROOT, MSG_FLAG, MSG_MAXOUT, MSG_NODES = range(5)
 # Columns of the node table: entries [N_SIG0, N_SIG1), multiplexers [N_MUX0, N_MUX1), N_BAD.
@@ -68,7 +72,7 @@ class DecodePlan:
     ents: np.ndarray  # int32 (S, 9): small, so a big DBC's hot columns stay in cache
     scales: np.ndarray  # float64 (S, 2): float scale, float offset
     iscales: np.ndarray  # int64 (S, 2): integer scale, integer offset
-    masks: np.ndarray  # uint64 (S,)
+    hots: np.ndarray  # uint64 (S,): E_SLOT..E_FLOAT packed at the H_* bit offsets
     muxers: np.ndarray  # int64 (X, 3)
     cases: np.ndarray  # int64 (Y, 2)
     messages: list[Any]  # cantools Message per message index
@@ -167,7 +171,6 @@ class _Builder:
         self.ents: list[list[int]] = []
         self.scales: list[tuple[float, float]] = []
         self.iscales: list[tuple[int, int]] = []
-        self.masks: list[int] = []
         self.muxers: list[list[int]] = []
         self.cases: list[tuple[int, int]] = []
 
@@ -223,7 +226,6 @@ class _Builder:
             )
             self.scales.append((fscale, foffset))
             self.iscales.append((iscale, ioffset))
-            self.masks.append((1 << int(s.length)) - 1)
         e1 = len(self.ents)
         # Children after the node's own entries: cantools decodes a node, then each multiplexer.
         muxer_rows: list[list[int]] = []
@@ -244,6 +246,25 @@ class _Builder:
         self.muxers.extend(muxer_rows)
         self.nodes[k][:4] = [e0, e1, x0, len(self.muxers)]
         return k, maxout
+
+
+def pack_hot(ents: np.ndarray) -> np.ndarray:
+    """The per-entry fields the kernel reads for every signal, one uint64 each."""
+    e = ents.astype(np.uint64)
+    fields = [
+        (E_SLOT, H_SLOT),
+        (E_SHIFT, H_SHIFT),
+        (E_LEN, H_LEN),
+        (E_BE, H_BE),
+        (E_MODE, H_MODE),
+        (E_SIGNED, H_SIGNED),
+        (E_SEL, H_SEL),
+        (E_FLOAT, H_FLOAT),
+    ]
+    out = np.zeros(len(ents), dtype=np.uint64)
+    for col, at in fields:
+        out |= e[:, col] << np.uint64(at)
+    return out
 
 
 def build_plan(
@@ -291,6 +312,9 @@ def build_plan(
     def table(rows: list[Any], cols: int, dtype: Any = np.int64) -> np.ndarray:
         return np.asarray(rows, dtype=dtype).reshape(len(rows), cols)
 
+    if len(b.slots) > MAX_SLOTS:
+        raise ValueError(f"{len(b.slots)} signals: more than the decoder's {MAX_SLOTS}")
+    ents = table(b.ents, E_COLS, np.int32)
     return DecodePlan(
         names=list(b.slots),
         std_lookup=std_lookup,
@@ -298,10 +322,10 @@ def build_plan(
         ext_msgs=np.asarray([v for _, v in ext], dtype=np.int32),
         msgs=table(msgs, 5),
         nodes=table(b.nodes, 5),
-        ents=table(b.ents, E_COLS, np.int32),
+        ents=ents,
+        hots=pack_hot(ents),
         iscales=table(b.iscales, 2),
         scales=table(b.scales, 2, np.float64),
-        masks=np.asarray(b.masks, dtype=np.uint64),
         muxers=table(b.muxers, 3),
         cases=table(b.cases, 2),
         messages=messages,

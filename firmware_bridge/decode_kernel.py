@@ -10,15 +10,15 @@ from numba import njit
 from firmware_bridge.dbc_plan import (
     C_NODE,
     C_VALUE,
-    E_BE,
-    E_FLOAT,
-    E_LEN,
-    E_MODE,
     E_NOMINAL_END,
-    E_SEL,
-    E_SHIFT,
-    E_SIGNED,
-    E_SLOT,
+    H_BE,
+    H_FLOAT,
+    H_LEN,
+    H_MODE,
+    H_SEL,
+    H_SHIFT,
+    H_SIGNED,
+    MAX_SLOTS,
     MODE_FMUL,
     MODE_IMUL_FADD,
     MODE_INT,
@@ -49,6 +49,7 @@ ST_DECODED, ST_UNKNOWN, ST_SHORT, ST_FAILED, ST_FALLBACK = range(5)
 N_STATS = 5
 
 _TWO63 = 9.223372036854775808e18
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
@@ -113,7 +114,7 @@ def _decode(  # type: ignore[no-untyped-def]
     ents,
     scales,
     iscales,
-    masks,
+    hots,
     muxers,
     cases,
     stack,
@@ -187,25 +188,29 @@ def _decode(  # type: ignore[no-untyped-def]
                 break
             e0 = nodes[k, N_SIG0]
             for e in range(e0, nodes[k, N_SIG1]):
-                is_sel = ents[e, E_SEL] != 0  # a multiplexer selector of this node
+                h = hots[e]  # slot, shift, length, flags: one load (see dbc_plan H_*)
+                is_sel = (h >> np.uint64(H_SEL)) & one != 0  # a multiplexer selector here
                 if short and ents[e, E_NOMINAL_END] > avail_bits:
                     if is_sel:
                         present[e - e0] = 0  # cantools drops signals not wholly received
                     continue
-                nbits = ents[e, E_LEN]
-                be = ents[e, E_BE] != 0
+                nbits = np.int64((h >> np.uint64(H_LEN)) & np.uint64(0x7F))
+                mask = _ALL >> np.uint64(64 - nbits)
+                shift = np.int64((h >> np.uint64(H_SHIFT)) & np.uint64(0x3FF))
+                be = (h >> np.uint64(H_BE)) & one != 0
                 if narrow:
                     u = u_be if be else u_le
-                    raw = (u >> np.uint64(ents[e, E_SHIFT])) & masks[e]
+                    raw = (u >> np.uint64(shift)) & mask
                 else:
-                    raw = _raw_wide(data, i, avail, length, be, ents[e, E_SHIFT], nbits)
+                    raw = _raw_wide(data, i, avail, length, be, shift, nbits)
                 # The scaled value exactly as cantools computes it (see dbc_plan MODE_*). Kept
                 # inline: a helper taking arrays costs reference-count updates per call, several
                 # times the decode itself.
-                mode = ents[e, E_MODE]
+                mode = np.int64((h >> np.uint64(H_MODE)) & np.uint64(7))
+                signed = (h >> np.uint64(H_SIGNED)) & one != 0
                 if mode == MODE_INT:
-                    if ents[e, E_SIGNED] and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
-                        raw |= ~masks[e]  # sign-extend the two's complement value
+                    if signed and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
+                        raw |= ~mask  # sign-extend the two's complement value
                     iv = np.int64(raw) * iscales[e, 0] + iscales[e, 1]
                     x = np.float64(iv)
                     if is_sel:
@@ -213,7 +218,7 @@ def _decode(  # type: ignore[no-untyped-def]
                         sel_ok[e - e0] = 1
                         sels[e - e0] = iv
                 else:
-                    if ents[e, E_FLOAT]:
+                    if (h >> np.uint64(H_FLOAT)) & one != 0:
                         if nbits == 32:
                             tmp_u32[0] = np.uint32(raw)
                             x = np.float64(tmp_f32[0])
@@ -225,11 +230,11 @@ def _decode(  # type: ignore[no-untyped-def]
                     elif mode == MODE_UINT:
                         x = np.float64(raw)
                     else:
-                        if ents[e, E_SIGNED] and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
-                            raw |= ~masks[e]
+                        if signed and nbits < 64 and (raw >> np.uint64(nbits - 1)) & one:
+                            raw |= ~mask
                         if mode == MODE_IMUL_FADD:
                             x = np.float64(np.int64(raw) * iscales[e, 0]) + scales[e, 1]
-                        elif ents[e, E_SIGNED]:
+                        elif signed:
                             x = np.float64(np.int64(raw)) * scales[e, 0] + scales[e, 1]
                         else:
                             x = np.float64(raw) * scales[e, 0] + scales[e, 1]
@@ -246,7 +251,7 @@ def _decode(  # type: ignore[no-untyped-def]
                         present[e - e0] = 1
                         sel_ok[e - e0] = 1 if good else 0
                         sels[e - e0] = sel
-                out_sig[pos] = ents[e, E_SLOT]
+                out_sig[pos] = np.int32(h & np.uint64(MAX_SLOTS - 1))
                 out_ts[pos] = ts[i]
                 out_val[pos] = x
                 pos += 1
