@@ -126,7 +126,7 @@ def influx_ceiling(influx: Influx, total_lines: int, rng: np.random.Generator) -
     influx.create(db)
     url = f"{influx.url}/write?db={db}&precision=u"
     results: dict[str, float] = {}
-    run = 0
+    run = total_samples = 0
     for size in (5000, 10000, 20000):
         for writers in (1, 2):
             run += 1
@@ -145,8 +145,10 @@ def influx_ceiling(influx: Influx, total_lines: int, rng: np.random.Generator) -
             asyncio.run(_post_all(url, bodies, writers))
             elapsed = time.perf_counter() - t
             results[f"{size}x{writers}"] = len(lines) * PER_FRAME / elapsed
+            total_samples += len(lines) * PER_FRAME
     best = max(results, key=lambda k: results[k])
     return {
+        "samples": total_samples,
         "samples_per_s": results[best],
         "best": best,
         "runs": {k: round(v) for k, v in results.items()},
@@ -299,6 +301,32 @@ def step_schedules(
     return schedules, total, t0_us, t0_us + DAY_US
 
 
+class CpuMeter:
+    """CPU seconds of each pipeline process (``/proc``), to see where a step's time went."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, pid in self.pids.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[name] = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+        return out
+
+    def per_sample_us(self, before: dict[str, float], samples: int) -> dict[str, float]:
+        after = self.snapshot()
+        return {
+            k: round((after[k] - before.get(k, 0.0)) * 1e6 / max(1, samples), 3)
+            for k in after
+            if k in before
+        }
+
+
 # ----- the benchmark -----------------------------------------------------------------------------
 def bench_e2e(argv: list[str]) -> dict[str, Any]:
     """Sustained end-to-end rate, InfluxDB's ceiling, the worker alone, and latency at half rate."""
@@ -311,6 +339,9 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--step-seconds", type=float, default=8.0)
     ap.add_argument("--lag-limit-s", type=float, default=1.0)
     ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--latency-rate", type=float, default=None, help="default: half the sustained rate"
+    )
     ap.add_argument("--ceiling-lines", type=int, default=200_000)
     ap.add_argument("--faust-only-samples", type=int, default=1_000_000)
     ap.add_argument("--keep", type=Path, default=None, help="keep the stack and logs in this dir")
@@ -341,18 +372,25 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     try:
         s = load_settings(stack.config_file)
         influx = Influx(s.influx.url, s.influx.database)
+        cpu = CpuMeter({st.name: st.pid for st in stack.status() if st.pid})
+        before = cpu.snapshot()
         ceiling = influx_ceiling(influx, args.ceiling_lines, rng)
+        ceiling["cpu_us_per_sample"] = cpu.per_sample_us(before, ceiling.pop("samples"))
         log.info("InfluxDB ceiling: %s", ceiling)
         influx.create(s.influx.database)
         with pipeline(stack.config_file, root) as procs:
+            cpu.pids.update(bridge=procs[0].pid, worker=procs[1].pid, vehicles=os.getpid())
             fleet = Fleet(s, args.vehicles)
             try:
                 ready = _warm_up(fleet, influx, rng, procs)
                 log.info("pipeline ready after %.1fs", ready)
-                faust_only = _faust_only(s, influx, args.faust_only_samples, rng)
-                log.info("faust only: %.0f samples/s", faust_only)
-                steps, sustained = _steps(fleet, influx, args, rng)
-                p50, p99, lat_rate = _latency(fleet, influx, sustained / 2, args, rng)
+                before = cpu.snapshot()
+                faust_only, n_only = _faust_only(s, influx, args.faust_only_samples, rng)
+                faust_cpu = cpu.per_sample_us(before, n_only)
+                log.info("faust only: %.0f samples/s, CPU us/sample %s", faust_only, faust_cpu)
+                steps, sustained = _steps(fleet, influx, args, rng, cpu)
+                lat_rate = args.latency_rate or sustained / 2
+                p50, p99, lat_rate = _latency(fleet, influx, lat_rate, args, rng)
             finally:
                 fleet.close()
     finally:
@@ -366,6 +404,7 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "p99_ms": round(p99, 1),
         "faust_only_samples_per_s": round(faust_only),
         "faust_only_ratio": round(faust_only / ceil, 3) if ceil else None,
+        "faust_only_cpu_us_per_sample": faust_cpu,
         "latency_rate_samples_per_s": round(lat_rate),
         "ceiling": ceiling,
         "steps": steps,
@@ -391,7 +430,9 @@ def _warm_up(fleet: Fleet, influx: Influx, rng: np.random.Generator, procs: list
     raise StackError(f"the pipeline did not deliver a warm-up batch in 180 s (exited: {dead})")
 
 
-def _faust_only(s: CarpulseSettings, influx: Influx, total: int, rng: np.random.Generator) -> float:
+def _faust_only(
+    s: CarpulseSettings, influx: Influx, total: int, rng: np.random.Generator
+) -> tuple[float, int]:
     """Records straight into the telemetry topic: the worker and InfluxDB alone."""
     from aiokafka import AIOKafkaProducer
 
@@ -420,14 +461,25 @@ def _faust_only(s: CarpulseSettings, influx: Influx, total: int, rng: np.random.
             await producer.stop()
 
     t_start = asyncio.run(produce())
-    done = influx.wait_count(t0_us, t0_us + DAY_US, n, 300)
+    # Cheap polls (the newest record's range only) until it shows, then count everything: a
+    # COUNT over millions of points every 100 ms would take InfluxDB's CPU from the writes.
+    last0 = t0_us + (len(payloads) - 1) * batch * FRAME_US
+    q = f'SELECT LAST("{SIGNALS[0]}") FROM telemetry WHERE time >= {last0}u AND time < {t0_us + DAY_US}u'
+    deadline = time.monotonic() + 300
+    while not influx.query(q) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done = influx.wait_count(t0_us, t0_us + DAY_US, n, max(1.0, deadline - time.monotonic()))
     if done is None:
         raise StackError(f"faust-only: {n} samples not visible within 300 s")
-    return n / (done - t_start)
+    return n / (done - t_start), n
 
 
 def _steps(
-    fleet: Fleet, influx: Influx, args: argparse.Namespace, rng: np.random.Generator
+    fleet: Fleet,
+    influx: Influx,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+    cpu: CpuMeter,
 ) -> tuple[list[dict[str, Any]], float]:
     steps: list[dict[str, Any]] = []
     sustained = 0.0
@@ -437,6 +489,7 @@ def _steps(
             fleet, rate, args.step_seconds, args.batch_samples, k, rng
         )
         start = time.monotonic()
+        before = cpu.snapshot()
         duration = fleet.run(schedules)
         published = time.monotonic()
         done = influx.wait_count(t0_us, t1_us, total, args.lag_limit_s + 0.5)
@@ -452,6 +505,7 @@ def _steps(
                 "lag_s": round(lag, 2),
                 "end_to_end_s": round((done or published) - start, 2),
                 "kept_up": kept_up,
+                "cpu_us_per_sample": cpu.per_sample_us(before, total),
             }
         )
         log.info("step %d: %s", k, steps[-1])
@@ -476,8 +530,10 @@ def _latency(
     since_us = int(time.time() * 1e6) - 1_000_000
 
     def poll() -> None:
-        q = f'SELECT LAST("{SIGNALS[0]}") FROM telemetry WHERE time >= {since_us}u GROUP BY device'
         while not stop.is_set():
+            # A sliding 5 s window keeps each poll cheap (LAST scans the range it is given).
+            since = max(since_us, int(time.time() * 1e6) - 5_000_000)
+            q = f'SELECT LAST("{SIGNALS[0]}") FROM telemetry WHERE time >= {since}u GROUP BY device'
             try:
                 series = influx.query(q)
             except OSError:

@@ -18,7 +18,7 @@ What InfluxDB cannot store, or should not, is counted and left out, never silent
 Each rejected group is reported once per batch in ``LineStats.rejects`` as ``(reason, detail)``;
 the caller dead-letters those. The hot path is vectorised: one NumPy pass decides which rows
 stay, sorts them by time and finds line boundaries; the text is made by C-level ``map``/``join``
-over precomputed per-signal prefixes (about 2x faster than a per-sample f-string loop).
+over precomputed per-signal prefixes, and each distinct value is formatted once.
 """
 
 from __future__ import annotations
@@ -144,11 +144,15 @@ def batch_lines(
     bounds = [0, *cuts, len(order)]
     head = f"{escape_key(measurement)},device={escape_tag(batch.device_id)} "
     prefixes = [escape_key(n) + "=" for n in s.names]
+    # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
+    # distinct bit pattern is formatted once; bits, not values, keep -0.0 apart from 0.0.
+    bits, inverse = np.unique(s.value[order].view(np.int64), return_inverse=True)
+    texts = list(map(repr, bits.view(np.float64).tolist()))
     fields = list(
         map(
             operator.add,
             map(prefixes.__getitem__, s.sig[order].tolist()),
-            map(repr, s.value[order].tolist()),
+            map(texts.__getitem__, inverse.tolist()),
         )
     )
     ts_l = ts.tolist()
