@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -51,6 +52,7 @@ class FaultProxy:
         self.stall_s = stall_s
         self.retry_after = retry_after
         self.log: list[tuple[str, str, int]] = []  # (path, action, status returned)
+        self.times: list[float] = []  # time.monotonic() each write request arrived, as in log
         self.forwarded_writes = 0
         self._down = False
         self._loop = asyncio.new_event_loop()
@@ -117,6 +119,7 @@ class FaultProxy:
         body = await request.read()
         if not request.path.endswith("/write"):
             return await self._forward(request, body)
+        self.times.append(time.monotonic())
         action = "down" if self._down else (self.schedule.popleft() if self.schedule else "ok")
         if action in ("429", "503", "down"):
             status = 503 if action == "down" else int(action)
