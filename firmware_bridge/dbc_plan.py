@@ -69,7 +69,7 @@ class DecodePlan:
     ext_msgs: np.ndarray  # int32 message index per ext_keys entry
     msgs: np.ndarray  # int64 (M, 5)
     nodes: np.ndarray  # int64 (K, 5)
-    ents: np.ndarray  # int32 (S, 9): small, so a big DBC's hot columns stay in cache
+    ents: np.ndarray  # int32 (S, 9): every entry field; the kernel reads hots, and E_NOMINAL_END
     scales: np.ndarray  # float64 (S, 2): float scale, float offset
     iscales: np.ndarray  # int64 (S, 2): integer scale, integer offset
     hots: np.ndarray  # uint64 (S,): E_SLOT..E_FLOAT packed at the H_* bit offsets
