@@ -16,6 +16,7 @@ import typer
 
 from core.config import CarpulseSettings, load_settings, masked_dump
 from core.errors import CarpulseError
+from crm.cli import crm_app, report_app  # typer only: SQLAlchemy/Faust load inside the commands
 
 app = typer.Typer(
     help="carpulse: streaming telematics from the car to the dealer.",
@@ -36,6 +37,8 @@ app.add_typer(stream_app, name="stream")
 app.add_typer(config_app, name="config")
 gate_app = typer.Typer(help="Dealer gate cameras: licence plates and consented faces.")
 app.add_typer(gate_app, name="gate")
+app.add_typer(crm_app, name="crm")
+app.add_typer(report_app, name="report")
 
 _state: dict[str, Any] = {}
 

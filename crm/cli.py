@@ -1,0 +1,203 @@
+"""``carpulse crm ...`` and ``carpulse report ...``: dry run, worker, migrations, yearly report.
+
+Only typer is imported at module level; SQLAlchemy, Faust and matplotlib load inside commands, so
+``carpulse edge ...`` on a Raspberry Pi never needs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from core.errors import CarpulseError, ConfigError
+
+if TYPE_CHECKING:
+    from core.crm_events import CrmEvent
+    from crm.store import CrmStore
+
+crm_app = typer.Typer(help="CRM: rules (dry run), the rules worker, database migrations.")
+report_app = typer.Typer(help="Reports for owners.")
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="CRM database URL (default $CARPULSE_CRM_URL, else the stack's SQLite)."
+    ),
+]
+
+
+def _db_url(db: str | None) -> str:
+    if db:
+        return db
+    if env := os.environ.get("CARPULSE_CRM_URL"):
+        return env
+    from core.config import load_settings
+
+    return f"sqlite:///{Path(load_settings().stack.data_dir) / 'crm.sqlite'}"
+
+
+def _store(db: str | None) -> CrmStore:
+    from crm.migrate import upgrade
+    from crm.store import CrmStore
+
+    store = CrmStore.from_url(_db_url(db))
+    upgrade(store.engine)  # schema only; idempotent
+    return store
+
+
+def read_events(path: Path) -> tuple[list[CrmEvent], list[str]]:
+    """CRM events from a JSON-lines file: each line a ``CrmEvent`` document or a topic record
+    ``{"topic": ..., "value": {...}}`` / ``{"topic": ..., "value_b64": "..."}``. Bad lines are
+    reported as ``file:line: why`` and skipped."""
+    from core.crm_events import CrmEvent
+    from crm.normalize import from_record
+
+    events: list[CrmEvent] = []
+    bad: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read events: {err}") from err
+    for no, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise ValueError("expected a JSON object")
+            if "topic" in doc:
+                if "value_b64" in doc:
+                    raw = base64.b64decode(doc["value_b64"])
+                else:
+                    raw = json.dumps(doc["value"]).encode()
+                events += from_record(str(doc["topic"]), raw)
+            else:
+                events.append(CrmEvent.from_json(doc))
+        except (ValueError, KeyError, TypeError, CarpulseError) as err:
+            bad.append(f"{path}:{no}: {type(err).__name__}: {err}")
+    return events, bad
+
+
+@crm_app.command("dry-run")
+def dry_run_cmd(
+    rules: Annotated[
+        list[Path], typer.Option("--rules", help="Rules file or directory (repeatable).")
+    ],
+    events: Annotated[Path, typer.Option("--events", help="JSON-lines file of past events.")],
+    db: DbOpt = None,
+    show: Annotated[int, typer.Option(help="How many effects to list (0 = none).")] = 50,
+) -> None:
+    """Replay past events through rules and report what they would have issued; issues nothing."""
+    import time
+
+    from crm.engine import RuleEngine, dry_run
+    from crm.rules import load_rules
+
+    loaded = load_rules(rules)  # RuleError (file:line: field) is printed by carpulse.cli.main
+    evs, bad = read_events(events)
+    store = _store(db)
+    engine = RuleEngine(loaded, webhook_url="https://dry-run.invalid/hook")
+    with store.tx() as s:
+        problems = engine.check(s)
+    t0 = time.perf_counter()
+    report = dry_run(store, engine, evs)
+    elapsed = time.perf_counter() - t0
+    report["effects"] = report["effects"][:show]
+    report |= {
+        "rules": [r.id for r in loaded], "bad_lines": len(bad), "bad_examples": bad[:20],
+        "problems": problems, "seconds": round(elapsed, 3),
+        "events_per_s": round(len(evs) / elapsed, 1) if elapsed > 0 else None,
+    }  # fmt: skip
+    typer.echo(json.dumps(report, ensure_ascii=False, indent=2, default=str))
+
+
+@crm_app.command("migrate")
+def migrate_cmd(db: DbOpt = None) -> None:
+    """Bring the CRM database to the latest schema (idempotent)."""
+    url = _db_url(db)
+    _store(url)
+    typer.echo(f"migrated {url.split('@')[-1]}")
+
+
+@crm_app.command("worker")
+def worker_cmd(
+    rules: Annotated[
+        list[Path] | None, typer.Option("--rules", help="Rules (default: shipped).")
+    ] = None,
+    db: DbOpt = None,
+    interval: Annotated[float, typer.Option(help="Seconds between periodic jobs.")] = 60.0,
+    webhook_url: Annotated[str | None, typer.Option(help="Dealer integration webhook.")] = None,
+    smtp_host: Annotated[str | None, typer.Option(help="SMTP server for e-mail.")] = None,
+    smtp_port: Annotated[int, typer.Option(help="SMTP port.")] = 25,
+    sender: Annotated[str, typer.Option(help="E-mail From address.")] = "noreply@carpulse.local",
+    loglevel: str = "warn",
+) -> None:
+    """Run the CRM rules as Faust agents on the stream's topics, with delivery and purge jobs.
+
+    The webhook secret comes from $CARPULSE_CRM_WEBHOOK_SECRET (never from a file or flag).
+    """
+    import faust
+
+    from core.config import load_settings
+    from crm.agents import build_crm_app
+    from crm.delivery import Dispatcher, SmtpTransport, Transport, WebhookTransport
+    from crm.engine import RuleEngine
+    from crm.rules import load_rules, shipped_rules
+
+    settings = load_settings()
+    store = _store(db)
+    engine = RuleEngine(load_rules(rules) if rules else shipped_rules(), webhook_url=webhook_url)
+    with store.tx() as s:
+        if problems := engine.check(s):
+            raise ConfigError(
+                "rules need coupon templates the CRM lacks:\n  " + "\n  ".join(problems)
+            )
+    transports: dict[str, Transport] = {}
+    if webhook_url:
+        secret = os.environ.get("CARPULSE_CRM_WEBHOOK_SECRET")
+        if not secret:
+            raise ConfigError("--webhook-url needs $CARPULSE_CRM_WEBHOOK_SECRET")
+        transports["webhook"] = WebhookTransport(secret.encode())
+    if smtp_host:
+        transports["email"] = SmtpTransport(smtp_host, smtp_port, sender=sender)
+    app = build_crm_app(
+        settings.stream.app_id + "-crm",
+        [b.strip() for b in settings.kafka.bootstrap.split(",")],
+        store, engine, Dispatcher(store, transports), interval,
+    )  # fmt: skip
+    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+
+
+@report_app.command("yearly")
+def yearly_cmd(
+    vin: Annotated[str, typer.Option("--vin", help="Vehicle identification number.")],
+    year: Annotated[int, typer.Option("--year", help="Calendar year (UTC).")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (index.html, PNGs, JSON).")],
+    db: DbOpt = None,
+    customer: Annotated[
+        str | None, typer.Option(help="Report for this owner (default: the owner at year end).")
+    ] = None,
+) -> None:
+    """The owner's year in driving: distance, trips, places (with consent), score, fuel, services."""
+    from core.config import load_settings
+    from crm.report import InfluxReader, yearly_report
+
+    ix = load_settings().influx
+    if ix.api != "v1":
+        raise ConfigError("the yearly report reads InfluxDB 1.x ([influx] api = 'v1')")
+    reader = InfluxReader(
+        ix.url, ix.database, load_settings().stream.measurement, ix.username,
+        ix.password.get_secret_value() if ix.password else None,
+    )  # fmt: skip
+    store = _store(db)
+    with store.tx() as s:
+        doc = yearly_report(s, reader, vin, year, out, customer_id=customer, actor="cli")
+    summary: dict[str, Any] = {
+        k: doc[k] for k in ("vin", "year", "rows", "distance_km", "trips", "score")
+    }
+    typer.echo(json.dumps(summary | {"out": str(out / "index.html")}, ensure_ascii=False))

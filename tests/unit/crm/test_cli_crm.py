@@ -1,0 +1,85 @@
+"""``carpulse crm dry-run``: replays a JSON-lines log, reports effects, issues nothing; malformed
+rules and bad lines get clear messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from carpulse.cli import app
+from crm.models import Coupon, Effect
+from crm.rules import SHIPPED
+from tests.unit.crm.conftest import T0, VIN, Dealer
+
+
+def write_log(path: Path) -> None:
+    ts = int(T0.timestamp() * 1e6)
+    lines = [
+        json.dumps(
+            {
+                "topic": "carpulse.predictions",
+                "value": {
+                    "vin": VIN,
+                    "kind": "service_due",
+                    "ts_us": ts,
+                    "days": 9.0,
+                    "km": 30000.0,
+                    "odo": 29800.0,
+                    "cycle": "c",
+                },
+            }
+        ),
+        json.dumps(
+            {
+                "kind": "crash",
+                "ts": T0.isoformat(),
+                "id": "crash-1",
+                "vin": VIN,
+                "data": {"trigger": "airbag"},
+            }
+        ),
+        "{broken",
+        json.dumps({"kind": "crash", "ts": "2026-03-01T08:00:00", "vin": VIN}),  # naive time
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("dealer", ["sqlite"], indirect=True)
+def test_dry_run_reports_and_issues_nothing(dealer: Dealer, tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    write_log(log)
+    url = str(dealer.store.engine.url)
+    res = CliRunner().invoke(
+        app, ["crm", "dry-run", "--rules", str(SHIPPED), "--events", str(log), "--db", url]
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["per_rule"] == {"service-due-coupon": 1, "crash-call-centre": 1}
+    assert doc["bad_lines"] == 2 and doc["problems"] == []
+    assert "events.jsonl:3: JSONDecodeError" in doc["bad_examples"][0]
+    assert "events.jsonl:4: ValueError: naive timestamp" in doc["bad_examples"][1]
+    with dealer.store.tx() as s:
+        assert s.scalar(select(func.count(Coupon.id))) == 0
+        assert s.scalar(select(func.count(Effect.id))) == 0
+
+
+def test_malformed_rules_exit_with_file_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - id: x\n    on: crash\n    when: [event.kind == crash]\n"
+                   "    subject: vin\n    period: sometimes\n    effect: {inbox: {role: expert, template: crash_alert}}\n")  # fmt: skip
+    log = tmp_path / "e.jsonl"
+    log.write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "carpulse", "crm", "dry-run", "--rules", str(bad), "--events", str(log),
+         "--db", f"sqlite:///{tmp_path / 'x.sqlite'}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"{bad}:6:13: rules[0] (x).period: expected one of" in proc.stderr
+    assert "Traceback" not in proc.stderr
