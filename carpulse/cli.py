@@ -201,9 +201,13 @@ def edge_run(
 ) -> None:
     """Run the edge agent: sources -> campaigns -> durable queue -> MQTT."""
     from edge.agent import EdgeAgent, load_agent_config
+    from edge.wiring import attach_all
 
-    s, conf = load_agent_config(config or _state.get("config"))
-    stats = EdgeAgent(s, conf).run(seconds, exit_when_done=exit_when_done)
+    path = config or _state.get("config")
+    s, conf = load_agent_config(path)
+    agent = EdgeAgent(s, conf)
+    attach_all(agent, Path(path) if path else None)  # crash detection, signed commands, systemd
+    stats = agent.run(seconds, exit_when_done=exit_when_done)
     typer.echo(json.dumps(stats))
 
 

@@ -81,6 +81,8 @@ class AgentConfig(BaseModel):
     queue: QueueConfig = QueueConfig()
     stats_file: Path | None = Field(None, description="JSON stats written every second.")
     drain_timeout_s: float = Field(5.0, ge=0, description="On stop: wait this long for PUBACKs.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (then doubling).")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (plus jitter).")
 
 
 def load_agent_config(path: Path | str | None) -> tuple[CarpulseSettings, AgentConfig]:
@@ -149,7 +151,7 @@ class EdgeAgent:
     """One device: reads its sources, applies campaigns, queues durably and publishes."""
 
     def __init__(self, settings: CarpulseSettings, conf: AgentConfig) -> None:
-        from edge.publisher import MqttPublisher, device_mqtt_settings
+        from edge.publisher import Backoff, MqttPublisher, device_mqtt_settings
 
         e = settings.edge
         self.settings, self.conf = settings, conf
@@ -185,6 +187,7 @@ class EdgeAgent:
         self.pub = MqttPublisher(
             device_mqtt_settings(settings, self.device_id), self.seq.boot_id, self.window
         )
+        self.pub.backoff = Backoff(conf.reconnect_min_s, conf.reconnect_max_s)
         self._acks: deque[int] = deque()
         self.pub.on_ack = self._acks.append  # called from paho's thread; deque.append is atomic
         self._inflight: dict[int, int] = {}  # mid -> queue row id
@@ -201,6 +204,7 @@ class EdgeAgent:
         self.sample_hooks: list[Callable[[Samples], list[Event]]] = []
         # Called every loop iteration (watchdog keep-alive, command polling...).
         self.tick_hooks: list[Callable[[], None]] = []
+        self.stop_hooks: list[Callable[[], object]] = []
         self.stats: dict[str, Any] = {
             "device_id": self.device_id,
             "boot_id": self.seq.boot_id,
@@ -315,6 +319,7 @@ class EdgeAgent:
             return
         self._last_stats = now
         doc = dict(self.stats)
+        doc["time"] = time.time()
         doc["queue"] = self.queue.stats()
         doc["queue_rows"] = len(self.queue)
         doc["connected"] = self.pub.connected
@@ -335,6 +340,10 @@ class EdgeAgent:
         until every finite source is exhausted and the queue is empty."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        log.info(
+            "agent %s boot %s: %d source(s), %d queued row(s) from before",
+            self.device_id, self.seq.boot_id, len(self.sources), len(self.queue),
+        )  # fmt: skip
         self.pub.start()
         for src in self.sources:
             t = threading.Thread(
@@ -368,6 +377,8 @@ class EdgeAgent:
 
     def _shutdown(self) -> None:
         self._stop.set()
+        for hook in self.stop_hooks:
+            hook()
         for t in self._threads:
             t.join(5)
         try:

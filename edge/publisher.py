@@ -119,6 +119,10 @@ class MqttPublisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.on_ack: Callable[[int], None] | None = None
+        # Topics (QoS 1) subscribed after every CONNACK, and where their messages go.
+        self.subscriptions: list[str] = []
+        self.on_message: Callable[[str, bytes], None] | None = None
+        self.client.on_message = self._on_message
         self.backoff = Backoff()
         self.connects = 0  # successful CONNACKs
         self._announce = False
@@ -132,6 +136,10 @@ class MqttPublisher:
     def _on_publish(self, client, userdata, mid, reason, props) -> None:  # type: ignore[no-untyped-def]
         if self.on_ack is not None:
             self.on_ack(mid)
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        if self.on_message is not None:
+            self.on_message(msg.topic, bytes(msg.payload))
 
     def _on_connect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
         if reason.is_failure:
@@ -147,6 +155,8 @@ class MqttPublisher:
         self.backoff.reset()
         self.connects += 1
         self._refused = None
+        if self.subscriptions:
+            client.subscribe([(t, 1) for t in self.subscriptions])
         if self._announce:
             client.publish(
                 device_topic(self.conf.device_id, "status"),
@@ -195,6 +205,10 @@ class MqttPublisher:
         self._announce = True
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="mqtt-net", daemon=True)
+        # paho writes to the socket from publish() itself unless it believes a network thread
+        # runs (loop_start sets this); two threads writing one TLS socket corrupt the stream,
+        # the connection drops and in-flight messages are resent as duplicates.
+        self.client._thread = self._thread
         self._thread.start()
 
     def _run(self) -> None:
@@ -272,6 +286,7 @@ class MqttPublisher:
                 self._stop.set()
                 self._thread.join(10)
                 self._thread = None
+                self.client._thread = None
             else:
                 self.client.loop_stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -30,6 +31,7 @@ def edge_toml(
     campaigns: list[dict[str, Any]] = (),  # type: ignore[assignment]
     queue: dict[str, Any] | None = None,
     extra: str = "",
+    tables: str = "",
 ) -> Path:
     """Write a config for one agent on ``stack``: the stack's file plus the agent's tables."""
     text = stack.config_file.read_text()
@@ -46,6 +48,7 @@ def edge_toml(
     if queue:
         lines.append("\n[edge.queue]\n")
         lines += [f"{k} = {json.dumps(v)}\n" for k, v in queue.items()]
+    lines.append("\n" + tables)
     path.write_text("".join(lines))
     return path
 
@@ -59,6 +62,8 @@ class Collector:
         self.telemetry: list[tuple[str, str, int, int]] = []  # device, boot, seq, samples
         self.events: list[tuple[str, str, int, str, int]] = []  # device, boot, seq, kind, prio
         self.bytes = 0
+        self.acks: list[bytes] = []
+        self.arrived: dict[tuple[str, str, int], float] = {}  # first arrival (monotonic)
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=f"collector-{uuid.uuid4().hex[:8]}",
@@ -92,6 +97,9 @@ class Collector:
             if channel == "telemetry":
                 b = decode_telemetry(msg.payload)
                 self.telemetry.append((b.device_id, b.boot_id, b.seq, len(b.samples)))
+                self.arrived.setdefault((b.device_id, b.boot_id, b.seq), time.monotonic())
+            elif channel == "cmd-ack":
+                self.acks.append(bytes(msg.payload))
             elif channel == "events":
                 e = decode_event(msg.payload)
                 self.events.append((e.device_id, e.boot_id, e.seq, e.kind, e.priority))
@@ -124,11 +132,14 @@ def read_stats(state_dir: Path) -> dict[str, Any]:
 
 
 def spawn_agent(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    # Cache compiled kernels between the many restarts of a test (in the test's own directory).
+    env = dict(os.environ, CARPULSE_NUMBA_CACHE="1", NUMBA_CACHE_DIR=str(log.parent / "numba"))
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(config), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
 
 

@@ -1,0 +1,188 @@
+"""``carpulse bench edge``: the agent's footprint replaying a real CAN log into a local Mosquitto.
+
+The agent runs as its own process (``carpulse edge run``) against a local stack on free ports in a
+temporary directory. CPU is read from ``/proc/<pid>/stat`` of that process only (user + system,
+in % of one core) over a measuring window that starts after warm-up (imports, numba compilation
+and the first published batch); frames and wire bytes come from the agent's stats file. Three
+phases: the log at its recorded rate, replayed faster to the CAN bus maximum (about 4,500
+frames/s at 500 kbit/s), and as fast as the agent can go (``frames_per_s``). Each figure is the
+median of ``--runs`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from carpulse.datasets import shared_data_dir
+from core.errors import ConfigError
+
+DEFAULT_LOG = "canlogs/gt350/normalsportcomfortengineon.log"
+DEFAULT_DBC = "canlogs/gt350/ford_lincoln_base_pt.dbc"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def _status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _stats(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _wait(cond: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise ConfigError(f"bench edge: timed out waiting for {what}")
+
+
+def _edge_toml(stack: Any, workdir: Path, name: str, source: dict[str, Any]) -> tuple[Path, Path]:
+    state = workdir / name
+    text = "".join(
+        ln + "\n"
+        for ln in stack.config_file.read_text().splitlines()
+        if not ln.startswith("state_dir")
+    )
+    mine = f'device_id = "bench-{name}"\nstate_dir = "{state}"\nstats_file = "{state / "stats.json"}"\n'
+    text = text.replace("[edge]\n", "[edge]\n" + mine, 1)
+    text += "\n[[edge.sources]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in source.items())
+    path = workdir / f"{name}.toml"
+    path.write_text(text)
+    return path, state / "stats.json"
+
+
+def _phase(
+    stack: Any, workdir: Path, name: str, source: dict[str, Any], measure_s: float
+) -> dict[str, float]:
+    cfg, stats_path = _edge_toml(stack, workdir, name, source)
+    with open(workdir / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait(lambda: _stats(stats_path).get("acked", 0) > 0, 120, f"{name}: the first PUBACK")
+        time.sleep(1.5)  # let the first batches and any one-off compilation settle
+        s1 = _stats(stats_path)
+        _wait(lambda: _stats(stats_path).get("time") != s1.get("time"), 5, "fresh stats")
+        s1, c1, t1 = _stats(stats_path), _cpu_s(proc.pid), time.monotonic()
+        time.sleep(measure_s)
+        old = s1.get("time")
+        _wait(lambda: _stats(stats_path).get("time") != old, 5, "fresh stats")
+        s2, c2, t2 = _stats(stats_path), _cpu_s(proc.pid), time.monotonic()
+        rss = _status_mb(proc.pid, "VmHWM")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    span = s2["time"] - s1["time"]
+    return {
+        "cpu_pct": 100 * (c2 - c1) / (t2 - t1),
+        "frames_per_s": (s2["frames"] - s1["frames"]) / span,
+        "wire_bytes_per_s": (s2["bytes_enqueued"] - s1["bytes_enqueued"]) / span,
+        "samples_per_s": (s2["samples_out"] - s1["samples_out"]) / span,
+        "rss_mb": rss,
+    }
+
+
+def bench_edge(argv: list[str]) -> dict[str, Any]:
+    """Run the three phases ``--runs`` times and return the medians."""
+    ap = argparse.ArgumentParser(prog="carpulse bench edge", description=__doc__)
+    data = shared_data_dir()
+    ap.add_argument("--log", type=Path, default=data / DEFAULT_LOG, help="candump -L log")
+    ap.add_argument("--dbc", type=Path, default=data / DEFAULT_DBC)
+    ap.add_argument("--mapping", default="gt350", help="VSS mapping (file or shipped name)")
+    ap.add_argument("--bus-max", type=float, default=4500.0, help="frames/s of a full CAN bus")
+    ap.add_argument("--measure-s", type=float, default=10.0, help="measuring window per phase")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+    for p in (args.log, args.dbc):
+        if not p.exists():
+            raise ConfigError(f"bench edge: {p} is missing (see ../shared/DATA.md)")
+    from carpulse.stack import Stack, free_port
+    from core.config import StackSettings
+    from firmware_bridge.frames import read_candump
+
+    frames, _ = read_candump(args.log)
+    log_fps = len(frames) / ((int(frames.ts_us[-1]) - int(frames.ts_us[0])) / 1e6)
+    base = {
+        "type": "can",
+        "log": str(args.log),
+        "dbc": str(args.dbc),
+        "mapping": args.mapping,
+        "loop": True,
+    }
+    phases = {
+        "real": dict(base, rate="real"),
+        "bus_max": dict(base, rate=args.bus_max / log_fps),
+        "max": dict(base, rate="max"),
+    }
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in phases}
+    with tempfile.TemporaryDirectory(prefix="carpulse-bench-edge-") as tmp:
+        work = Path(tmp)
+        stack = Stack(
+            StackSettings(
+                data_dir=work / "stack",
+                mqtt_device_port=free_port(),
+                mqtt_service_port=free_port(),
+                kafka_port=free_port(),
+                influx_port=free_port(),
+                influx_rpc_port=free_port(),
+            )
+        )
+        try:
+            stack.up()
+            for run in range(args.runs):
+                for name, src in phases.items():
+                    results[name].append(_phase(stack, work, f"{name}{run}", src, args.measure_s))
+        finally:
+            stack.down()
+
+    def med(phase: str, key: str, nd: int = 1) -> float:
+        return round(statistics.median(r[key] for r in results[phase]), nd)
+
+    return {
+        "frames_per_s": med("max", "frames_per_s", 0),
+        "cpu_pct_at_real_rate": med("real", "cpu_pct"),
+        "cpu_pct_at_bus_max": med("bus_max", "cpu_pct"),
+        "rss_mb": round(max(r["rss_mb"] for rs in results.values() for r in rs), 1),
+        "wire_bytes_per_s": med("real", "wire_bytes_per_s", 0),
+        "log": str(args.log),
+        "log_frames_per_s": round(log_fps),
+        "frames_per_s_at_real_rate": med("real", "frames_per_s", 0),
+        "frames_per_s_at_bus_max": med("bus_max", "frames_per_s", 0),
+        "cpu_pct_at_max": med("max", "cpu_pct"),
+        "samples_per_s_at_real_rate": med("real", "samples_per_s", 0),
+        "rss_mb_by_phase": {k: round(max(r["rss_mb"] for r in rs), 1) for k, rs in results.items()},
+        "runs": args.runs,
+        "measure_s": args.measure_s,
+        "target": {"cpu_pct_at_bus_max": 10.0, "rss_mb": 150.0},
+    }

@@ -1,0 +1,176 @@
+"""Plugs crash detection, signed commands and systemd's watchdog into the agent loop.
+
+``[edge.crash]`` (on by default; any ``edge.crash.CrashConfig`` field), ``[edge.commands]``
+(``public_key`` file and ``allowlist``; off without a key) and systemd (automatic when the agent
+runs under a unit with ``Type=notify``/``WatchdogSec``). Each part is optional: the agent runs
+without it when its table says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.errors import ConfigError
+from core.topics import command_topic
+from core.wire import Event, Samples
+
+log = logging.getLogger(__name__)
+
+CMD_ACK_PRIORITY = 1
+
+
+class CrashSection(BaseModel):
+    """``[edge.crash]``: ``enabled`` plus any ``CrashConfig`` threshold."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = Field(True, description="Run crash detection on every micro-batch.")
+
+
+class CommandsSection(BaseModel):
+    """``[edge.commands]``: signed commands on ``cmd/<name>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: Path | None = Field(
+        None, description="Ed25519 verification key (PEM) from provisioning."
+    )
+    allowlist: list[str] = Field(
+        ["navigate", "read_dtcs", "replace_campaign", "reload_config"],
+        description="Commands this device accepts.",
+    )
+    max_ttl_s: float = Field(24 * 3600.0, gt=0, description="Longest command validity accepted.")
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[edge.{name}] must be a table")
+    return value
+
+
+def attach_crash(agent: Any, edge_doc: dict[str, Any]) -> None:
+    """Run ``edge.crash.CrashDetector`` on every block; alarms become priority-0 events."""
+    section = CrashSection.model_validate(_section(edge_doc, "crash"))
+    if not section.enabled:
+        return
+    from edge.crash import CrashConfig, CrashDetector
+
+    names = {f.name for f in dataclasses.fields(CrashConfig)}
+    extra = section.model_extra or {}
+    unknown = sorted(set(extra) - names)
+    if unknown:
+        raise ConfigError(f"[edge.crash]: unknown setting(s) {', '.join(unknown)}")
+    opts: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()}
+    det = CrashDetector(CrashConfig(**opts))
+    agent.crash = det
+
+    def hook(block: Samples) -> list[Event]:
+        return [a.to_event(agent.device_id, agent.seq.boot_id, 0) for a in det.update(block)]
+
+    agent.sample_hooks.append(hook)
+
+
+def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | None) -> None:
+    """Subscribe to ``cmd/+``, verify each command (``edge.commands``) and queue its ack."""
+    section = CommandsSection.model_validate(_section(edge_doc, "commands"))
+    if section.public_key is None:
+        return
+    from core.signing import load_public_key
+    from edge.commands import Command, CommandProcessor
+
+    def replace_campaign(cmd: Command) -> dict[str, Any]:
+        result = agent.campaigns.apply(cmd.args.get("campaign", {}))
+        if not result["ok"]:
+            raise ValueError(f"{result['reason']}: {result.get('detail', '')}")
+        return result  # type: ignore[no-any-return]
+
+    def reload_config(cmd: Command) -> dict[str, Any]:
+        if config_path is None:
+            raise ValueError("the agent was started without a config file")
+        doc = tomllib.loads(Path(config_path).read_text()).get("edge", {})
+        applied = [agent.campaigns.apply(c) for c in doc.get("campaigns", [])]
+        return {"campaigns": [a.get("name") for a in applied if a["ok"]]}
+
+    def navigate(cmd: Command) -> dict[str, Any]:
+        # The head unit reads destinations from the event stream of the device.
+        agent.enqueue_event("navigation_destination", int(cmd.issued_at * 1e6), 3, dict(cmd.args))
+        return {"queued": True}
+
+    def read_dtcs(cmd: Command) -> dict[str, Any]:
+        for src in agent.sources:
+            client = getattr(src, "client", None)
+            if src.kind == "obd" and client is not None:
+                return {"dtcs": [d.as_dict() for d in client.dtcs()]}
+        raise ValueError("this device has no OBD-II source")
+
+    handlers = {
+        "replace_campaign": replace_campaign,
+        "reload_config": reload_config,
+        "navigate": navigate,
+        "read_dtcs": read_dtcs,
+    }
+    proc = CommandProcessor(
+        agent.device_id,
+        load_public_key(section.public_key),
+        allowlist=section.allowlist,
+        state_dir=agent.state_dir,
+        handlers=handlers,
+        max_ttl_s=section.max_ttl_s,
+    )
+    inbox: deque[tuple[str, bytes]] = deque(maxlen=1000)  # filled by paho's thread
+    agent.pub.subscriptions.append(command_topic(agent.device_id, "x").rsplit("/", 1)[0] + "/+")
+    agent.pub.on_message = lambda topic, payload: inbox.append((topic, payload))
+    agent.commands = proc
+
+    def tick() -> None:
+        while inbox:
+            topic, payload = inbox.popleft()
+            ack = proc.handle(topic, payload)  # never raises; handlers run here, in the loop
+            seq = agent.seq.next()
+            agent.queue.put(
+                "cmd-ack", proc.ack_topic, ack, priority=CMD_ACK_PRIORITY,
+                boot_id=agent.seq.boot_id, seq=seq,
+            )  # fmt: skip
+
+    agent.tick_hooks.append(tick)
+
+
+def attach_systemd(agent: Any) -> None:
+    """READY=1 once running, WATCHDOG=1 from the work loop, STOPPING=1 on the way out."""
+    from edge import systemd
+
+    wd = systemd.Watchdog()
+    state = {"ready": False}
+
+    def tick() -> None:
+        if not state["ready"]:
+            state["ready"] = True
+            systemd.ready(f"{len(agent.sources)} source(s)")
+        wd.kick()
+        wd.status(
+            f"in {agent.stats['samples_in']} out {agent.stats['samples_out']} samples, "
+            f"backlog {agent.queue.nbytes} bytes, {'online' if agent.pub.connected else 'offline'}"
+        )
+
+    agent.tick_hooks.append(tick)
+    agent.stop_hooks.append(systemd.stopping)
+
+
+def attach_all(agent: Any, config_path: Path | None) -> None:
+    doc: dict[str, Any] = {}
+    if config_path is not None:
+        try:
+            doc = tomllib.loads(Path(config_path).read_text()).get("edge", {})
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"config file {config_path}: {err}") from err
+    attach_crash(agent, doc)
+    attach_commands(agent, doc, config_path)
+    attach_systemd(agent)
