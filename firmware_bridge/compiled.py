@@ -28,7 +28,7 @@ import numpy as np
 from core.errors import DecodeError
 from core.wire import Samples
 from firmware_bridge.dbc import DecodeStats, private_path
-from firmware_bridge.dbc_plan import DecodePlan, build_plan
+from firmware_bridge.dbc_plan import MSG_MAXOUT, DecodePlan, build_plan
 from firmware_bridge.decode_kernel import (
     N_STATS,
     ST_DECODED,
@@ -36,7 +36,6 @@ from firmware_bridge.decode_kernel import (
     ST_SHORT,
     ST_UNKNOWN,
     _decode,
-    _lookup,
 )
 from firmware_bridge.frames import Frames
 
@@ -59,6 +58,10 @@ class CompiledDecoder:
         self.plan: DecodePlan = build_plan(db, self.signal_path)
         self.names: tuple[str, ...] = tuple(self.plan.names)
         self._block: np.ndarray | None = None
+        # Samples per frame of the densest batch: sizes the next outputs (grown if short).
+        msgs = self.plan.msgs
+        self._max_out = int(msgs[:, MSG_MAXOUT].max()) if len(msgs) else 0
+        self._per_frame = 8.0
         self._slot = {name: i for i, name in enumerate(self.names)}
         self._choices: dict[str, dict[int, str]] = {}
         for m in self.plan.messages:
@@ -93,45 +96,65 @@ class CompiledDecoder:
                 raise DecodeError(f"Frames.{field} has shape {col.shape}, expected ({n},)")
         if data.ndim != 2 or data.shape[0] != n:
             raise DecodeError(f"Frames.data has shape {data.shape}, expected ({n}, width)")
-        msg_idx = np.empty(n, dtype=np.int32)
-        cap = int(_lookup(can_id, extended, p.std_lookup, p.ext_keys, p.ext_msgs, p.msgs, msg_idx))
-        block = self._output_block(cap * 20)
-        out_ts = block[: cap * 8].view(np.int64)
-        out_val = block[cap * 8 : cap * 16].view(np.float64)
-        out_sig = block[cap * 16 :].view(np.int32)
+        # Room for the samples, from the samples per frame seen so far; the kernel stops at the
+        # first frame that might not fit, and the loop grows the outputs and goes on from there.
+        cap = int(n * self._per_frame) + self._max_out
+        out_ts, out_val, out_sig = self._outputs(cap)
         n_fb_max = n if p.fallback_reasons else 0
         fb_frame = np.empty(n_fb_max, dtype=np.int64)
+        fb_msg = np.empty(n_fb_max, dtype=np.int64)
         fb_pos = np.empty(n_fb_max, dtype=np.int64)
         st = np.zeros(N_STATS, dtype=np.int64)
         tmp_u = np.zeros(1, dtype=np.uint64)
         tmp_u32 = np.zeros(1, dtype=np.uint32)
-        n_out, n_fb = _decode(
-            msg_idx,
-            dlc,
-            data,
-            ts,
-            self.allow_truncated,
-            p.msgs,
-            p.nodes,
-            p.ents,
-            p.scales,
-            p.iscales,
-            p.hots,
-            p.muxers,
-            p.cases,
-            np.empty(p.max_nodes + 1, dtype=np.int64),
-            np.zeros((3, p.widest), dtype=np.int64),
-            tmp_u,
-            tmp_u.view(np.float64),
-            tmp_u32,
-            tmp_u32.view(np.float32),
-            out_sig,
-            out_ts,
-            out_val,
-            fb_frame,
-            fb_pos,
-            st,
-        )
+        stack = np.empty(p.max_nodes + 1, dtype=np.int64)
+        scratch = np.zeros((3, p.widest), dtype=np.int64)
+        i = n_out = n_fb = 0
+        while True:
+            i, n_out, n_fb = _decode(
+                can_id,
+                extended,
+                dlc,
+                data,
+                ts,
+                self.allow_truncated,
+                p.std_lookup,
+                p.ext_keys,
+                p.ext_msgs,
+                p.msgs,
+                p.nodes,
+                p.ents,
+                p.scales,
+                p.iscales,
+                p.hots,
+                p.muxers,
+                p.cases,
+                stack,
+                scratch,
+                tmp_u,
+                tmp_u.view(np.float64),
+                tmp_u32,
+                tmp_u32.view(np.float32),
+                out_sig,
+                out_ts,
+                out_val,
+                fb_frame,
+                fb_msg,
+                fb_pos,
+                st,
+                i,
+                n_out,
+                n_fb,
+            )
+            if i >= n:
+                break
+            cap = max(2 * cap, n_out + int((n - i) * self._per_frame) + self._max_out)
+            grown = self._outputs(cap)
+            for old, new in zip((out_ts, out_val, out_sig), grown, strict=True):
+                new[:n_out] = old[:n_out]
+            out_ts, out_val, out_sig = grown
+        if n:  # the densest batch so far: over-sizing costs nothing once the block is reused
+            self._per_frame = max(self._per_frame, n_out / n * 1.05)
         stats = DecodeStats(
             frames=n,
             decoded=int(st[ST_DECODED]),
@@ -142,9 +165,18 @@ class CompiledDecoder:
         sig, tsv, val = out_sig[:n_out], out_ts[:n_out], out_val[:n_out]
         if n_fb:
             sig, tsv, val = self._fallback(
-                frames, msg_idx, fb_frame[:n_fb], fb_pos[:n_fb], sig, tsv, val, stats
+                frames, fb_frame[:n_fb], fb_msg[:n_fb], fb_pos[:n_fb], sig, tsv, val, stats
             )
         return Samples(self.names, sig, tsv, val), stats
+
+    def _outputs(self, cap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(ts, value, sig)`` columns with room for ``cap`` samples, carved from one block."""
+        block = self._output_block(cap * 20)
+        return (
+            block[: cap * 8].view(np.int64),
+            block[cap * 8 : cap * 16].view(np.float64),
+            block[cap * 16 : cap * 20].view(np.int32),
+        )
 
     def _output_block(self, nbytes: int) -> np.ndarray:
         """Memory for the three output columns, recycled when no earlier result still uses it.
@@ -169,8 +201,8 @@ class CompiledDecoder:
     def _fallback(
         self,
         frames: Frames,
-        msg_idx: np.ndarray,
         fb_frame: np.ndarray,
+        fb_msg: np.ndarray,
         fb_pos: np.ndarray,
         sig: np.ndarray,
         tsv: np.ndarray,
@@ -182,8 +214,8 @@ class CompiledDecoder:
         f_sig: list[int] = []
         f_ts: list[int] = []
         f_val: list[float] = []
-        for i, where in zip(fb_frame.tolist(), fb_pos.tolist(), strict=True):
-            msg = self.plan.messages[int(msg_idx[i])]
+        for i, m, where in zip(fb_frame.tolist(), fb_msg.tolist(), fb_pos.tolist(), strict=True):
+            msg = self.plan.messages[m]
             dlc = int(frames.dlc[i])
             try:
                 values = msg.decode(

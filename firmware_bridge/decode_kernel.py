@@ -1,4 +1,4 @@
-"""The numba kernels of the compiled DBC decoder: message lookup and the one-call batch decode."""
+"""The numba kernel of the compiled DBC decoder: message lookup and decode of a block in one call."""
 
 from __future__ import annotations
 
@@ -53,35 +53,6 @@ _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 @njit(cache=CACHE, fastmath=FASTMATH)
-def _lookup(can_id, extended, std_lookup, ext_keys, ext_msgs, msgs, msg_idx):  # type: ignore[no-untyped-def]
-    """Message index of each frame (-1: unknown) into ``msg_idx``; returns the output capacity."""
-    cap = 0
-    n_ext = ext_keys.shape[0]
-    for i in range(can_id.shape[0]):
-        m = -1
-        cid = np.int64(can_id[i])
-        if extended[i] or cid >= std_lookup.shape[0]:
-            if extended[i]:
-                cid |= np.int64(1) << 32
-            lo = 0
-            hi = n_ext
-            while lo < hi:  # binary search in the sorted keys
-                mid = (lo + hi) >> 1
-                if ext_keys[mid] < cid:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            if lo < n_ext and ext_keys[lo] == cid:
-                m = ext_msgs[lo]
-        else:
-            m = std_lookup[cid]
-        msg_idx[i] = m
-        if m >= 0:
-            cap += msgs[m, MSG_MAXOUT]
-    return cap
-
-
-@njit(cache=CACHE, fastmath=FASTMATH)
 def _raw_wide(data, i, avail, length, be, shift, nbits):  # type: ignore[no-untyped-def]
     """Raw bits of a signal in a payload longer than 8 bytes (CAN FD), byte by byte."""
     v = np.uint64(0)
@@ -104,11 +75,15 @@ def _raw_wide(data, i, avail, length, be, shift, nbits):  # type: ignore[no-unty
 
 @njit(cache=CACHE, fastmath=FASTMATH)
 def _decode(  # type: ignore[no-untyped-def]
-    msg_idx,
+    can_id,
+    extended,
     dlc,
     data,
     ts,
     allow_truncated,
+    std_lookup,
+    ext_keys,
+    ext_msgs,
     msgs,
     nodes,
     ents,
@@ -127,13 +102,20 @@ def _decode(  # type: ignore[no-untyped-def]
     out_ts,
     out_val,
     fb_frame,
+    fb_msg,
     fb_pos,
     stats,
+    first,
+    pos,
+    nfb,
 ):
-    """Decode every frame into ``out_*`` (frame order); returns (samples, fallback frames).
+    """Decode frames ``first..`` into ``out_*`` from ``pos`` on, in frame order.
 
-    A frame that fails (unknown multiplexer value, a codec format longer than the payload) leaves
-    no samples. Fallback frames are listed with the output position their samples belong at.
+    Returns ``(next frame, samples, fallback frames)``: the next frame is ``len(can_id)`` when all
+    are done, or the first frame whose widest decode would not fit the outputs (the caller grows
+    them and calls again from there). A frame that fails (unknown multiplexer value, a codec format
+    longer than the payload) leaves no samples. Fallback frames are listed with their message and
+    the output position their samples belong at.
     """
     width = data.shape[1]
     # Scratch comes from the caller (allocating here would compile numba's allocators too, and
@@ -143,13 +125,32 @@ def _decode(  # type: ignore[no-untyped-def]
     sel_ok = scratch[1]
     sels = scratch[2]
     one = np.uint64(1)
-    pos = 0
-    nfb = 0
-    for i in range(msg_idx.shape[0]):
-        m = msg_idx[i]
+    cap = out_val.shape[0]
+    n_ext = ext_keys.shape[0]
+    for i in range(first, can_id.shape[0]):
+        # Message lookup: a direct table for 11-bit ids, binary search in the sorted other keys.
+        m = -1
+        cid = np.int64(can_id[i])
+        if extended[i] or cid >= std_lookup.shape[0]:
+            if extended[i]:
+                cid |= np.int64(1) << 32
+            lo = 0
+            hi = n_ext
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if ext_keys[mid] < cid:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < n_ext and ext_keys[lo] == cid:
+                m = ext_msgs[lo]
+        else:
+            m = std_lookup[cid]
         if m < 0:
             stats[ST_UNKNOWN] += 1
             continue
+        if pos + msgs[m, MSG_MAXOUT] > cap:
+            return i, pos, nfb  # out of room: nothing of this frame counted yet
         length = msgs[m, MSG_LEN]
         avail = np.int64(dlc[i])
         if avail > width:
@@ -161,6 +162,7 @@ def _decode(  # type: ignore[no-untyped-def]
                 continue
         if msgs[m, MSG_FLAG] == MSG_FALLBACK:
             fb_frame[nfb] = i
+            fb_msg[nfb] = m
             fb_pos[nfb] = pos
             nfb += 1
             stats[ST_FALLBACK] += 1
@@ -283,4 +285,4 @@ def _decode(  # type: ignore[no-untyped-def]
         else:
             pos = start
             stats[ST_FAILED] += 1
-    return pos, nfb
+    return can_id.shape[0], pos, nfb

@@ -356,11 +356,12 @@ def test_kernels_are_really_compiled(synth: Any) -> None:
     from firmware_bridge import decode_kernel
 
     CompiledDecoder(synth).decode(frames_of([(257, False, bytes(8))]))
-    for kernel in (decode_kernel._lookup, decode_kernel._decode):
-        assert isinstance(kernel, numba.core.registry.CPUDispatcher)
-        assert kernel.signatures
-        # One compiled version whatever the DBC: the DBC is data, not code.
-        assert len(kernel.signatures) == 1
+    kernel = decode_kernel._decode
+    assert isinstance(kernel, numba.core.registry.CPUDispatcher)
+    assert kernel.signatures
+    # One compiled version whatever the DBC: the DBC is data, not code.
+    CompiledDecoder(cantools.database.can.Database()).decode(frames_of([]))
+    assert len(kernel.signatures) == 1
 
 
 def test_malformed_frame_blocks_are_refused_with_the_field_named(synth: Any) -> None:
@@ -396,3 +397,16 @@ def test_wide_selector_values_are_exact() -> None:
         1.0,
     )
     assert_matches(db, frames_of(rows))
+
+
+def test_outputs_grow_when_a_batch_has_more_samples_than_expected(synth: Any) -> None:
+    dec = CompiledDecoder(synth)
+    rng = np.random.default_rng(11)
+    rows = [(m.frame_id, bool(m.is_extended_frame), rng.bytes(m.length)) for m in synth.messages]
+    frames = frames_of(rows * 50, width=64)
+    dec._per_frame = 0.0  # expect nothing: the kernel must stop, the outputs grow, decode resumes
+    got, stats = dec.decode(frames)
+    want, want_stats = reference_decode(synth, frames)
+    assert stats == want_stats and len(got) == len(want) > 100
+    assert all(same_record(a, b) for a, b in zip(got.records(), want, strict=True))
+    assert dec._per_frame > 1.0  # and the next batch is sized from this one
