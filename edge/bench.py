@@ -96,6 +96,7 @@ def _phase(
         _wait(lambda: _stats(stats_path).get("time") != old, 5, "fresh stats")
         s2, c2, t2 = _stats(stats_path), _cpu_s(proc.pid), time.monotonic()
         rss = _status_mb(proc.pid, "VmHWM")
+        anon = _status_mb(proc.pid, "RssAnon")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -110,6 +111,7 @@ def _phase(
         "wire_bytes_per_s": (s2["bytes_enqueued"] - s1["bytes_enqueued"]) / span,
         "samples_per_s": (s2["samples_out"] - s1["samples_out"]) / span,
         "rss_mb": rss,
+        "rss_anon_mb": anon,
     }
 
 
@@ -181,6 +183,7 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "frames_per_s_at_bus_max": med("bus_max", "frames_per_s", 0),
         "cpu_pct_at_max": med("max", "cpu_pct"),
         "samples_per_s_at_real_rate": med("real", "samples_per_s", 0),
+        "rss_anon_mb": round(max(r["rss_anon_mb"] for rs in results.values() for r in rs), 1),
         "rss_mb_by_phase": {k: round(max(r["rss_mb"] for r in rs), 1) for k, rs in results.items()},
         "runs": args.runs,
         "measure_s": args.measure_s,
