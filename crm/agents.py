@@ -13,9 +13,11 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
+from sqlalchemy.exc import OperationalError
 
 from core.crm_events import CrmEvent
 from core.errors import DecodeError
@@ -54,6 +56,36 @@ def handle_record(
     return events
 
 
+class DbRunner:
+    """Runs the CRM's synchronous database work on one thread, retrying while the database is
+    busy or away: a record is never skipped (its offset is committed only after it went
+    through), and the agent never dies of a lock timeout. One thread also keeps the agents of
+    this worker from contending for SQLite's single writer lock."""
+
+    def __init__(self, max_delay_s: float = 30.0) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-db")
+        self.max_delay_s = max_delay_s
+        self.broken = False
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            try:
+                result = await loop.run_in_executor(self.executor, fn, *args)
+            except OperationalError as err:  # locked, deadlock, connection lost: try again
+                if not self.broken:
+                    log.warning("CRM database unavailable, retrying: %s", str(err).splitlines()[0])
+                    self.broken = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay_s)
+                continue
+            if self.broken:
+                log.warning("CRM database reachable again")
+                self.broken = False
+            return result
+
+
 def periodic(
     store: CrmStore, engine: RuleEngine, dispatcher: Dispatcher | None, stats: Counter[str]
 ) -> None:
@@ -73,7 +105,7 @@ def install_crm_agents(
     *,
     dispatcher: Dispatcher | None = None,
     interval_s: float = 60.0,
-    run: Callable[..., Any] = asyncio.to_thread,
+    run: Callable[..., Any] | None = None,
     dead: Callable[[bytes, dict[str, bytes]], Awaitable[Any]] | None = None,
 ) -> Counter[str]:
     """Register one agent per consumed topic and a timer for the periodic jobs; returns counters.
@@ -82,6 +114,7 @@ def install_crm_agents(
     ``carpulse.deadletter``).
     """
     stats: Counter[str] = Counter()
+    run = run or DbRunner()
     if dead is None:
         deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
 

@@ -72,3 +72,45 @@ def test_agents_apply_rules_once_and_dead_letter_bad_records(dealer: Dealer) -> 
         roles: Any = sorted(s.scalars(select(InboxItem.role)))
         assert roles == ["call_centre", "expert"]
         assert s.scalar(select(func.count(LocationFix.id))) == 1  # consented, kept once
+
+
+def test_db_runner_waits_out_a_locked_database(dealer: Dealer) -> None:
+    """A second connection holds SQLite's write lock for a while: the agent's work waits and
+    then goes through instead of crashing the agent."""
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from crm.agents import DbRunner
+
+    if dealer.store.engine.dialect.name != "sqlite":
+        return  # PostgreSQL row locks simply wait; the retry path is SQLite's
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with dealer.store.engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            locked.set()
+            release.wait(10)
+            conn.rollback()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    locked.wait(5)
+    engine = st.make_engine(str(dealer.store.engine.url), connect_args={"timeout": 0.05})
+
+    def write() -> int:
+        with engine.begin() as conn:
+            conn.execute(text("PRAGMA busy_timeout=50"))
+            conn.execute(text("INSERT INTO coupon_templates (code, title_zh, title_en, value, "
+                              "valid_days, shareable) VALUES ('x', 'x', 'x', 1, 1, 1)"))  # fmt: skip
+        return 1
+
+    runner = DbRunner(max_delay_s=0.2)
+    threading.Timer(0.5, release.set).start()
+    t0 = time.monotonic()
+    assert asyncio.run(runner(write)) == 1
+    assert time.monotonic() - t0 >= 0.4 and not runner.broken
+    holder.join()
+    engine.dispose()
