@@ -25,8 +25,8 @@ from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PRED
 from crm.delivery import Dispatcher
 from crm.engine import RuleEngine, retry_parked, scan
 from crm.normalize import from_record
-from crm.privacy import purge, record_location
-from crm.store import CrmStore
+from crm.privacy import purge, record_gate_sighting, record_location
+from crm.store import CrmStore, has_consent
 
 log = logging.getLogger(__name__)
 CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
@@ -44,6 +44,16 @@ def handle_record(
     for ev in events:
         with store.tx() as s:
             out = engine.handle(s, ev)
+            face = ev.customer_id if ev.data.get("via") == "face" else None
+            if face is not None and not has_consent(s, face, "face"):
+                face = None  # nothing of an unconsented face match is kept
+            elif (
+                ev.kind == "gate_arrival" and out.parked is None and (face or ev.data.get("plate"))
+            ):
+                record_gate_sighting(  # the face match is kept only with face consent
+                    s, ev.ts, str(ev.data.get("camera", "")), ev.data.get("plate"),
+                    out.vin, out.customer_id if face is None else None, face,
+                )  # fmt: skip
             loc = ev.data.get("location") if ev.kind == "crash" else None
             if isinstance(loc, dict) and ev.vin and {"lat", "lon"} <= set(loc):
                 # kept only with the owner's location consent (crm.privacy)

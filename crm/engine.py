@@ -72,6 +72,8 @@ class Outcome:
     skipped: Counter[str] = field(default_factory=Counter)
     parked: str | None = None
     evaluated: int = 0
+    vin: str | None = None
+    customer_id: str | None = None
 
 
 def _short(text: str, n: int = 32) -> str:
@@ -149,7 +151,7 @@ class RuleEngine:
             vin = s.scalar(select(Vehicle.vin).where(Vehicle.device_id == ev.device))
             if vin is None:
                 raise Unplaced(f"unknown device {ev.device!r}")
-        if vin is None and ev.kind == "gate_arrival":
+        if vin is None and ev.kind == "gate_arrival" and ev.data.get("plate"):
             plate = str(ev.data.get("plate", ""))
             vin = s.scalar(
                 select(PlateAssignment.vin).where(
@@ -239,6 +241,12 @@ class RuleEngine:
                         event=ev.to_json(),
                     )
                 )
+            return out
+        out.vin, out.customer_id = vin, cid
+        if ev.data.get("via") == "face" and (cid is None or not st.has_consent(s, cid, "face")):
+            # a face match may only be used for a customer who consented to it
+            out.skipped["no_face_consent"] += 1
+            self.stats["no_face_consent"] += 1
             return out
         facts = self.facts(s, ev, vin, cid)
         for rule in rules:

@@ -136,6 +136,24 @@ def from_device_event(payload: bytes) -> list[CrmEvent]:
                 source=KAFKA_EVENTS,
             )
         ]
+    if ev.kind == "gate.face":
+        member = ev.data.get("member_id")
+        if not isinstance(member, str) or not member:
+            raise DecodeError(f"gate.face event {base} without a member_id")
+        return [
+            CrmEvent(
+                kind="gate_arrival",
+                ts=ts,
+                id=base,
+                customer_id=member,
+                data={
+                    "via": "face",
+                    "camera": str(ev.data.get("camera", "")),
+                    "similarity": ev.data.get("similarity"),
+                },
+                source=KAFKA_EVENTS,
+            )
+        ]
     if ev.kind == "dtc":
         codes = ev.data.get("codes")
         if not isinstance(codes, list):

@@ -114,3 +114,24 @@ def test_db_runner_waits_out_a_locked_database(dealer: Dealer) -> None:
     assert time.monotonic() - t0 >= 0.4 and not runner.broken
     holder.join()
     engine.dispose()
+
+
+def test_gate_sightings_keep_faces_only_with_consent(dealer: Dealer) -> None:
+    from collections import Counter
+
+    from crm.agents import handle_record
+    from crm.tables import GateSighting
+
+    eng, stats = RuleEngine(shipped_rules()), Counter[str]()
+    plate = encode_event(Event("gate-1", "b", 1, "gate.plate", us(T0), 5,
+                               {"plate": "沪A12345", "camera": "gate-1"}))  # fmt: skip
+    face = encode_event(Event("gate-1", "b", 2, "gate.face", us(T0), 5,
+                              {"member_id": dealer.other, "similarity": 0.8, "camera": "gate-1"}))  # fmt: skip
+    handle_record(dealer.store, eng, KAFKA_EVENTS, plate, stats)
+    handle_record(dealer.store, eng, KAFKA_EVENTS, face, stats)
+    with dealer.store.tx() as s:
+        rows = s.scalars(select(GateSighting).order_by(GateSighting.id)).all()
+        assert [(r.plate, r.vin, r.customer_id, r.face_customer_id) for r in rows] == [
+            ("沪A12345", VIN, dealer.member, None),  # the face match of the other customer,
+        ]  # who gave no face consent, left no trace
+    assert stats["fired"] == 1  # the member's arrival card; nothing for the face match

@@ -226,3 +226,21 @@ def test_concurrent_workers_issue_one_coupon(dealer: Dealer) -> None:
         t.join()
     assert counts(dealer)[0] == 1 and counts(dealer)[3] == 1
     assert fired.count(1) == 1
+
+
+def test_face_arrival_only_with_face_consent(dealer: Dealer) -> None:
+    eng = engine()
+    (face,) = device_event("gate-1", 4, "gate.face", T0, member_id=dealer.member, similarity=0.71,
+                           camera="gate-1")  # fmt: skip
+    with dealer.store.tx() as s:
+        out = eng.handle(s, face)
+        assert not out.fired and out.skipped["no_face_consent"] == 1
+        st.set_consent(s, dealer.member, "face", True)
+    with dealer.store.tx() as s:
+        (f,) = eng.handle(s, face).fired
+        card = s.scalars(select(InboxItem)).one()
+        assert (
+            f.rule == "gate-arrival-card"
+            and card.role == "advisor"
+            and card.customer_id == dealer.member
+        )
