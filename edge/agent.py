@@ -193,7 +193,8 @@ class EdgeAgent:
         self._inflight: dict[int, int] = {}  # mid -> queue row id
         self._live_from = 0
         self._seen_connects = 0
-        self._blocks: stdqueue.Queue[Samples] = stdqueue.Queue(maxsize=256)
+        # A few blocks of slack: a slow loop pushes back on the sources instead of growing memory.
+        self._blocks: stdqueue.Queue[Samples] = stdqueue.Queue(maxsize=16)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._done_sources = 0

@@ -34,6 +34,13 @@ def load_vss_mapping(mapping: str | Path | None) -> Any:
     return load_mapping(p)
 
 
+def _empty_frames() -> Frames:
+    return Frames(
+        np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, bool),
+        np.zeros(0, np.uint8), np.zeros((0, 8), np.uint8),
+    )  # fmt: skip
+
+
 class FrameDecoder:
     """Frames -> VSS samples: compiled DBC decoder, mapping transforms, optional mapped-only filter."""
 
@@ -56,6 +63,8 @@ class FrameDecoder:
         )
         self.frames = 0
         self.unknown_id = 0
+        # Compile the decoder kernel now (open), not in the first read (which has a timeout).
+        self.decoder.decode(_empty_frames())
 
     def decode(self, frames: Frames) -> Samples:
         samples, stats = self.decoder.decode(frames)
