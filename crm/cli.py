@@ -42,9 +42,12 @@ def _db_url(db: str | None) -> str:
 
 
 def _store(db: str | None) -> CrmStore:
+    import logging
+
     from crm.migrate import upgrade
     from crm.store import CrmStore
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise here
     store = CrmStore.from_url(_db_url(db))
     upgrade(store.engine)  # schema only; idempotent
     return store
@@ -201,3 +204,43 @@ def yearly_cmd(
         k: doc[k] for k in ("vin", "year", "rows", "distance_km", "trips", "score")
     }
     typer.echo(json.dumps(summary | {"out": str(out / "index.html")}, ensure_ascii=False))
+
+
+@crm_app.command("demo")
+def demo_cmd(
+    db: DbOpt = None,
+    vehicles: Annotated[int, typer.Option(help="Simulated vehicles.")] = 40,
+    days: Annotated[int, typer.Option(help="Days of simulated driving.")] = 45,
+) -> None:
+    """Coupons from simulated maintenance predictions: seed a dealer, run the shipped rules over
+    a service-due prediction per car per day, replay the log, and show what was issued once."""
+    from sqlalchemy import select
+
+    from crm.demo import seed_demo, simulated_predictions
+    from crm.engine import RuleEngine, run_events
+    from crm.models import Coupon
+    from crm.rules import shipped_rules
+    from crm.tables import OutboxMessage
+
+    store = _store(db)
+    vins = seed_demo(store, vehicles)
+    events = simulated_predictions(vins, days)
+    engine = RuleEngine(shipped_rules(), webhook_url="https://dealer.example/hooks/crm")
+    first = run_events(store, engine, events)
+    replay = run_events(store, engine, events)
+    with store.tx() as s:
+        rows = s.scalars(
+            select(Coupon).where(Coupon.vin.in_(vins)).order_by(Coupon.issued_at)
+        ).all()
+        coupons = [
+            {"vin": c.vin, "template": c.template_code, "valid_until": f"{c.valid_until:%Y-%m-%d}",
+             "state": c.state} for c in rows
+        ]  # fmt: skip
+        queued = len(s.scalars(select(OutboxMessage.id)).all())
+    doc = {
+        "events": len(events), "fired": first["fired"], "coupons": len(coupons),
+        "messages_queued": queued, "replay_fired": replay["fired"],
+        "skipped": {k: v for k, v in first.items() if k not in ("events", "fired", "parked")},
+        "examples": coupons[:10],
+    }  # fmt: skip
+    typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))

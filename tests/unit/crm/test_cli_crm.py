@@ -83,3 +83,13 @@ def test_malformed_rules_exit_with_file_line_and_field(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"{bad}:6:13: rules[0] (x).period: expected one of" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_issues_coupons_from_simulated_predictions_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    res = CliRunner().invoke(app, ["crm", "demo", "--db", url, "--vehicles", "20", "--days", "40"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["coupons"] >= 1 and doc["coupons"] == doc["fired"] and doc["replay_fired"] == 0
+    assert doc["messages_queued"] == 2 * doc["coupons"]  # e-mail and webhook for each
+    assert {e["template"] for e in doc["examples"]} == {"maintenance"}
