@@ -17,7 +17,7 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,28 @@ class Outcome:
     evaluated: int = 0
     vin: str | None = None
     customer_id: str | None = None
+
+
+class Lazy(Mapping[str, Any]):
+    """A mapping computed on first access."""
+
+    def __init__(self, load: Callable[[], dict[str, Any]]) -> None:
+        self._load: Callable[[], dict[str, Any]] | None = load
+        self._data: dict[str, Any] = {}
+
+    def _get(self) -> dict[str, Any]:
+        if self._load is not None:
+            self._data, self._load = self._load(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 def _short(text: str, n: int = 32) -> str:
@@ -179,7 +201,25 @@ class RuleEngine:
         raise Unplaced("the event names no VIN, device, plate or customer")
 
     def facts(self, s: Session, ev: CrmEvent, vin: str | None, cid: str | None) -> dict[str, Any]:
+        """``event`` now; ``customer`` and ``vehicle`` load on first use, so an event that fails
+        its rules' event conditions costs no customer queries."""
         event = {**ev.data, "kind": ev.kind, "id": ev.id, "time": ev.ts.strftime("%Y-%m-%d %H:%M")}
+        if ev.kind == "gate_arrival" and vin is not None:
+            appts = s.scalars(
+                select(Appointment.at).where(
+                    Appointment.vin == vin,
+                    Appointment.state == "booked",
+                    func.date(Appointment.at) == ev.ts.date(),
+                )
+            ).all()
+            event.setdefault("appointments", ", ".join(a.strftime("%H:%M") for a in appts) or "-")
+        return {
+            "event": event,
+            "customer": Lazy(lambda: self._customer(s, cid)),
+            "vehicle": Lazy(lambda: self._vehicle(s, vin)),
+        }
+
+    def _customer(self, s: Session, cid: str | None) -> dict[str, Any]:
         customer: dict[str, Any] = {"known": cid is not None, "member": False}
         if cid is not None:
             cust = s.get(Customer, cid)
@@ -194,6 +234,9 @@ class RuleEngine:
                 # consent in force now: the message is sent now, whatever the event's age
                 consent={p: st.has_consent(s, cid, p) for p in ("marketing", "location", "face")},
             )
+        return customer
+
+    def _vehicle(self, s: Session, vin: str | None) -> dict[str, Any]:
         vehicle: dict[str, Any] = {"vin": vin or "", "model": "", "plate": ""}
         if vin is not None:
             veh = s.get(Vehicle, vin)
@@ -206,16 +249,7 @@ class RuleEngine:
                 )
                 or ""
             )
-        if ev.kind == "gate_arrival" and vin is not None:
-            appts = s.scalars(
-                select(Appointment.at).where(
-                    Appointment.vin == vin,
-                    Appointment.state == "booked",
-                    func.date(Appointment.at) == ev.ts.date(),
-                )
-            ).all()
-            event.setdefault("appointments", ", ".join(a.strftime("%H:%M") for a in appts) or "-")
-        return {"event": event, "customer": customer, "vehicle": vehicle}
+        return vehicle
 
     # ----- the one entry point --------------------------------------------------------------
     def handle(self, s: Session, ev: CrmEvent, *, park: bool = True) -> Outcome:
