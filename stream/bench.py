@@ -56,14 +56,19 @@ DAY_US = 86_400_000_000
 BASE_US = 1_600_000_000_000_000  # 2020-09-13: throughput steps live in the past
 
 
-def synth(device: str, seq: int, t0_us: int, n: int, rng: np.random.Generator) -> TelemetryBatch:
-    """``n`` samples: 16 signals, 4 per frame, frames ``FRAME_US`` apart from ``t0_us``."""
+def synth(
+    device: str, seq: int, t0_us: int, n: int, rng: np.random.Generator, boot: str = "bench"
+) -> TelemetryBatch:
+    """``n`` samples: 16 signals, 4 per frame, frames ``FRAME_US`` apart from ``t0_us``.
+
+    Each phase uses its own ``boot`` id: the worker drops a repeated (device, boot, seq).
+    """
     n -= n % PER_FRAME
     frames = n // PER_FRAME
     ts = t0_us + np.repeat(np.arange(frames, dtype=np.int64) * FRAME_US, PER_FRAME)
     sig = (np.arange(n) % len(SIGNALS)).astype(np.int32)
     val = np.round(rng.normal(50, 20, n), 2)
-    return TelemetryBatch(device, "bench", seq, Samples.from_columns(SIGNALS, sig, ts, val))
+    return TelemetryBatch(device, boot, seq, Samples.from_columns(SIGNALS, sig, ts, val))
 
 
 class Influx:
@@ -257,7 +262,7 @@ class Fleet:
                 frames = per_batch // PER_FRAME
                 step = max(1, int(period_s * 1e6) // frames)
                 start = now_us - (frames - 1) * step
-                b = synth(self.ids[i], seq, start, per_batch, rng)
+                b = synth(self.ids[i], seq, start, per_batch, rng, boot=f"lat-{t0:.0f}")
                 # Spread the frames over the last period instead of FRAME_US apart.
                 ts = start + np.repeat(np.arange(frames, dtype=np.int64) * step, PER_FRAME)
                 # The polled signal S0 sits in the newest frame, so "S0 visible" means "batch visible".
@@ -294,7 +299,7 @@ def step_schedules(
         sched = []
         for j in range(n_batches):
             start = t0_us + (i * n_batches + j) * batch * FRAME_US
-            b = synth(dev, j, start, batch, rng)
+            b = synth(dev, j, start, batch, rng, boot=f"step-{day}")
             total += len(b.samples)
             sched.append((j * interval + i * interval / v, encode_telemetry(b)))
         schedules.append(sched)
@@ -418,7 +423,7 @@ def _warm_up(fleet: Fleet, influx: Influx, rng: np.random.Generator, procs: list
     """Publish one batch and wait until it is queryable (Faust takes a while to join its group)."""
     t = time.monotonic()
     t0_us = BASE_US - 50 * DAY_US
-    b = synth(fleet.ids[0], 0, t0_us, 400, rng)
+    b = synth(fleet.ids[0], 0, t0_us, 400, rng, boot="warm-up")
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         # Republished until seen: before the bridge has subscribed, the broker drops it. Same
@@ -443,7 +448,7 @@ def _faust_only(
     payloads = []
     for j in range(max(1, total // batch)):
         dev = f"bench-k{j % 8}"
-        b = synth(dev, j, t0_us + j * batch * FRAME_US, batch, rng)
+        b = synth(dev, j, t0_us + j * batch * FRAME_US, batch, rng, boot="faust-only")
         payloads.append((dev.encode(), encode_telemetry(b)))
     n = len(payloads) * batch
 
