@@ -171,6 +171,16 @@ class StreamSettings(BaseModel):
     checkpoint_interval_s: float = Field(
         1.0, description="Least wall time between detector-state checkpoints of a partition."
     )
+    store: str = Field(
+        "memory://",
+        description="Faust table store: 'memory://' (state rebuilt from the changelogs at "
+        "start) or 'rocksdb://' in production (needs faust-streaming[rocksdict]).",
+    )
+    session_timeout_s: float = Field(
+        30.0,
+        description="Kafka consumer session timeout: how long a dead worker keeps its "
+        "partitions before the others take them over.",
+    )
 
 
 class CarpulseSettings(BaseSettings):

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 
 import faust
@@ -66,18 +68,24 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     app = faust.App(
         st.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap.split(",")],
-        store="memory://",
+        store=st.store,
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication,
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=True,
         web_bind="127.0.0.1",
+        # /table/ would serve vehicle_state (locations) to anyone reaching the port
+        web_tables_enabled=False,
+        web_router_enabled=False,
         web_port=st.web_port,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1 if settings.kafka.acks == "all" else int(settings.kafka.acks),
         broker_max_poll_records=1000,
         stream_wait_empty=False,
+        # a worker killed with -9 holds its partitions until the session expires
+        broker_session_timeout=st.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, min(3.0, st.session_timeout_s / 10)),
     )
     deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
     retry_topic = app.topic(
@@ -102,8 +110,30 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     return app
 
 
+async def _prepare_sink(settings: CarpulseSettings) -> None:
+    sink = make_sink(settings.influx)
+    try:
+        await sink.start()  # not fatal when InfluxDB is down: writes retry and park
+    finally:
+        await sink.close()
+
+
+def _warm_up() -> None:
+    from stream.kernels import warm_up  # imports numba: off the start-up path
+
+    warm_up()
+
+
 def run_worker(settings: CarpulseSettings, loglevel: str = "warn") -> None:
     """Run the Faust worker in the foreground until Ctrl-C/SIGTERM."""
     app = build_app(settings)
+    # Prepare the sink (v1: CREATE DATABASE) before the group join, which takes seconds: data
+    # and dashboards then find the database as soon as the worker runs.
+    asyncio.run(_prepare_sink(settings))
+    # Compile the kernels while Faust starts up (I/O-bound); the telemetry agent waits for this
+    # before its first batch, so a compile never blocks the event loop (see kernels.warm_up).
+    warming = threading.Thread(target=_warm_up, name="numba-warm-up", daemon=True)
+    warming.start()
+    app.carpulse_warming = warming  # type: ignore[attr-defined]
     worker = faust.Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()

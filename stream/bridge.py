@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,9 @@ class IngestBridge:
         self._connected = threading.Event()
         self._stop = asyncio.Event()
         self._refused: str | None = None
+        self._pending = 0  # MQTT messages handed to Kafka and not acknowledged yet
+        self._pending_lock = threading.Lock()
+        self._unsubscribed = threading.Event()
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -110,6 +115,7 @@ class IngestBridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_unsubscribe = lambda *args: self._unsubscribed.set()
         return client
 
     # paho callbacks run in paho's network thread ---------------------------------------------
@@ -134,8 +140,12 @@ class IngestBridge:
             self._forward(msg.topic, bytes(msg.payload)), self._loop
         )
         mid, qos = msg.mid, msg.qos
+        with self._pending_lock:
+            self._pending += 1
 
         def done(f: Any) -> None:
+            with self._pending_lock:
+                self._pending -= 1
             if f.exception() is None:
                 client.ack(mid, qos)
             else:  # Kafka down: leave unacknowledged; the broker redelivers after reconnect
@@ -161,7 +171,11 @@ class IngestBridge:
             ]
             await self._producer.send_and_wait(KAFKA_DEADLETTER, payload, headers=headers)
             return
-        await self._producer.send_and_wait(kafka_topic, payload, key=device_id.encode())
+        # which bridge forwarded a record: tracing, and the load-split check of the tests
+        headers = [("bridge", self.name.encode())]
+        await self._producer.send_and_wait(
+            kafka_topic, payload, key=device_id.encode(), headers=headers
+        )
         self.counters.forwarded += 1
 
     async def start(self) -> None:
@@ -205,7 +219,29 @@ class IngestBridge:
             f"MQTT broker at {m.host}:{m.port} refused the bridge: {self._refused or 'timeout'}"
         )
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = 10.0) -> None:
+        """Leave the shared subscription, finish what is in flight, then disconnect.
+
+        Mosquitto keeps routing a shared subscription's share to a member whose persistent
+        session is offline (queued until it comes back). Unsubscribing first hands our share to
+        the other bridges at once; what was already sent to us is forwarded and acknowledged
+        before the disconnect. A bridge killed with -9 cannot do this: its share waits in its
+        session until it is restarted under the same name (see README, production notes).
+        """
+        if self._connected.is_set():
+            self._unsubscribed.clear()
+            self.client.unsubscribe([subscription(ch, self.s.mqtt.share_group) for ch in CHANNELS])
+            await asyncio.to_thread(self._unsubscribed.wait, 5.0)
+            deadline = time.monotonic() + drain_s
+            quiet_since = time.monotonic()
+            while time.monotonic() < deadline:
+                with self._pending_lock:
+                    busy = self._pending > 0
+                if busy:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= 0.3:
+                    break
+                await asyncio.sleep(0.05)
         self._connected.clear()
         self.client.disconnect()
         self.client.loop_stop()
@@ -214,6 +250,12 @@ class IngestBridge:
             self._producer = None
 
     async def run_forever(self) -> None:
+        """Run until ``request_stop`` or SIGTERM/SIGINT, then stop gracefully (see ``stop``)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # only possible in the main thread; embedded bridges call request_stop themselves
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         try:
             await self._stop.wait()

@@ -251,3 +251,17 @@ class PartitionModels:
         except (KeyError, TypeError, ValueError, msgpack.UnpackException) as err:
             raise DecodeError(f"partition models: bad state blob: {err}") from err
         return m
+
+
+def warm_up() -> None:
+    """Compile every kernel the stream uses on a tiny batch.
+
+    The worker calls this before it joins the consumer group: numba compiles at the first call
+    (caching is off, see models/config.py), which takes seconds on a small machine and would
+    block the event loop, heartbeats included, long enough to be evicted from the group.
+    """
+    t = np.arange(4, dtype=np.int64) * 1_000_000
+    names = [SPEED, ENGINE_RPM, OIL_TEMP, "Vehicle.Powertrain.FuelSystem.RelativeLevel"]
+    sig = np.repeat(np.arange(4), 4)
+    samples = Samples.from_columns(names, sig, np.tile(t, 4), np.ones(16))
+    PartitionModels().update([("warm-up", samples)])

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,9 +29,11 @@ from core.wire import TelemetryBatch, decode_telemetry
 from stream import state as vstate
 from stream.alerts import dtc_key
 from stream.dedupe import DeviceSeen
-from stream.kernels import PartitionModels
 from stream.lines import LineStats, SkewPolicy, batch_lines, escape_key, escape_tag, keep_mask
 from stream.registry import DeviceRegistry
+
+if TYPE_CHECKING:  # numba loads at the first batch, not at import: the worker starts faster
+    from stream.kernels import PartitionModels
 
 # table names (the Faust app creates tables with these names)
 T_DEDUPE = "dedupe"
@@ -110,6 +112,8 @@ class TelemetryPipeline:
         res.dead.append((payload, headers))
 
     def models_for(self, partition: int, lookup: Lookup) -> PartitionModels:
+        from stream.kernels import PartitionModels
+
         key = f"p{partition}"
         stored = lookup(T_MODELS, key)
         cached = self._models.get(partition)

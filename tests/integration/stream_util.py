@@ -17,12 +17,14 @@ from stream.bridge import ensure_topics
 from tests.integration.helpers import pipeline_env
 
 
-def spawn_worker(stack: Stack, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    stack: Stack, log: Path, env: dict[str, str], loglevel: str = "warn"
+) -> subprocess.Popen[bytes]:
     """A Faust worker process; each gets its own web port."""
     env = {**env, "CARPULSE_STREAM__WEB_PORT": str(free_port())}
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "carpulse", "stream", "worker"],
+            [sys.executable, "-m", "carpulse", "stream", "worker", "--loglevel", loglevel],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

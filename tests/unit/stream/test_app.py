@@ -22,6 +22,9 @@ def test_app_has_the_agents_and_tables() -> None:
         changelog = app.tables[name].changelog_topic
         assert changelog.value_serializer == "raw" and changelog.key_serializer == "json"
     assert app.conf.web_bind == "127.0.0.1"
+    assert app.conf.web_tables_enabled is False  # no table views: vehicle_state holds locations
+    blueprints = [name for _, name in app.web._enabled_blueprints()]
+    assert "faust.web.apps.tables.blueprint" not in blueprints
 
 
 def test_a_bad_registry_stops_the_worker_at_start(tmp_path: Path) -> None:

@@ -138,3 +138,18 @@ def test_forward_fill_per_slot() -> None:
         np.array([0, 1, 0]), np.array([10, 25, 1]), np.array([80.0, 90.0, 70.0]),
     )  # fmt: skip
     assert got[0] == 70.0 and got[1] == 80.0 and math.isnan(got[2]) and got[3] == 90.0
+
+
+@pytest.mark.kernel
+def test_warm_up_compiles_the_stream_kernels() -> None:
+    import os
+
+    import numba
+
+    from stream.kernels import warm_up
+    from stream.trips import _trip_loop
+
+    warm_up()
+    if os.environ.get("NUMBA_DISABLE_JIT") != "1":
+        assert isinstance(_trip_loop, numba.core.registry.CPUDispatcher)
+        assert _trip_loop.signatures
