@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +24,15 @@ from core.crm_events import CrmEvent
 from core.errors import DecodeError
 from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
 from crm.delivery import Dispatcher
-from crm.engine import RuleEngine, retry_parked, scan
+from crm.engine import RuleEngine
+from crm.jobs import retry_parked, scan
 from crm.normalize import from_record
 from crm.privacy import purge, record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
 
 log = logging.getLogger(__name__)
 CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
+PURGE_EVERY_S = 3600  # retention is counted in days: once an hour is plenty
 
 
 def handle_record(
@@ -104,8 +107,11 @@ def periodic(
     stats.update({f"parked_{k}": v for k, v in retry_parked(store, engine).items()})
     if dispatcher is not None:
         stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})
-    with store.tx() as s:
-        purge(s)
+    now = time.monotonic()
+    if now - stats.get("_last_purge_mono", -PURGE_EVERY_S) >= PURGE_EVERY_S:
+        with store.tx() as s:
+            stats.update({f"purged_{k}": v for k, v in purge(s).items()})
+        stats["_last_purge_mono"] = int(now)
 
 
 def install_crm_agents(

@@ -14,7 +14,8 @@ from typing import Any
 
 from crm import store as st
 from crm.demo import seed_demo, simulated_predictions
-from crm.engine import RuleEngine, dry_run, run_events
+from crm.engine import RuleEngine
+from crm.jobs import dry_run, run_events
 from crm.migrate import upgrade
 from crm.rules import shipped_rules
 

@@ -98,7 +98,8 @@ def dry_run_cmd(
     """Replay past events through rules and report what they would have issued; issues nothing."""
     import time
 
-    from crm.engine import RuleEngine, dry_run
+    from crm.engine import RuleEngine
+    from crm.jobs import dry_run
     from crm.rules import load_rules
 
     loaded = load_rules(rules)  # RuleError (file:line: field) is printed by carpulse.cli.main
@@ -217,7 +218,8 @@ def demo_cmd(
     from sqlalchemy import select
 
     from crm.demo import seed_demo, simulated_predictions
-    from crm.engine import RuleEngine, run_events
+    from crm.engine import RuleEngine
+    from crm.jobs import run_events
     from crm.models import Coupon
     from crm.rules import shipped_rules
     from crm.tables import OutboxMessage

@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from core.crm_events import CrmEvent
 from core.wire import Event, encode_event
 from crm import store as st
-from crm.engine import RuleEngine, dry_run, retry_parked, run_events, scan
+from crm.engine import RuleEngine
+from crm.jobs import dry_run, retry_parked, run_events, scan
 from crm.models import Coupon, Effect, PlateAssignment, Vehicle
 from crm.normalize import from_alert, from_device_event, from_prediction
 from crm.rules import shipped_rules
