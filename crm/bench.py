@@ -9,8 +9,11 @@ import json
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from crm import store as st
 from crm.demo import seed_demo, simulated_predictions
@@ -47,8 +50,22 @@ def bench_rules_eval(n: int) -> dict[str, float]:
     return {"ours_per_s": n / (t1 - t0), "eval_per_s": n / (t2 - t1), "matches": ours}
 
 
-def bench_engine(vehicles: int, days: int, workdir: Path) -> dict[str, float]:
-    store = st.CrmStore.from_url(f"sqlite:///{workdir / 'bench.sqlite'}")
+def _fresh_url(db: str | None, workdir: Path) -> str:
+    """SQLite in ``workdir``, or a new database on the PostgreSQL server of ``db``."""
+    if not db:
+        return f"sqlite:///{workdir / 'bench.sqlite'}"
+    name = "bench_" + uuid.uuid4().hex[:10]
+    admin = st.make_engine(db, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return db.rsplit("/", 1)[0] + "/" + name
+
+
+def bench_engine(
+    vehicles: int, days: int, workdir: Path, db: str | None = None
+) -> dict[str, float]:
+    store = st.CrmStore.from_url(_fresh_url(db, workdir))
     upgrade(store.engine)
     vins = seed_demo(store, vehicles)
     events = simulated_predictions(vins, days)
@@ -81,12 +98,13 @@ def bench_crm(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--evals", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--db", help="PostgreSQL server URL (a fresh database per run); default SQLite")
     args = ap.parse_args(argv)
     evals = [bench_rules_eval(args.evals) for _ in range(args.repeat)]
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
-            runs.append(bench_engine(args.vehicles, args.days, Path(tmp)))
+            runs.append(bench_engine(args.vehicles, args.days, Path(tmp), args.db))
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return float(statistics.median(r[key] for r in rows))
@@ -95,6 +113,7 @@ def bench_crm(argv: list[str]) -> dict[str, Any]:
     events = runs[0]["events"]
     return {
         "vehicles": args.vehicles, "days": args.days, "repeat": args.repeat,
+        "database": "postgresql" if args.db else "sqlite",
         "conditions_per_s": round(ours), "eval_baseline_per_s": round(base),
         "ratio_vs_eval": round(ours / base, 2),
         "events": int(events), "fired": int(runs[0]["fired"]),
