@@ -178,6 +178,7 @@ def build_crm_app(
     engine: RuleEngine,
     dispatcher: Dispatcher | None = None,
     interval_s: float = 60.0,
+    session_timeout_s: float = 30.0,
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
     app = faust.App(
@@ -189,6 +190,10 @@ def build_crm_app(
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
+        # the group coordinator waits up to this long for members at a (re)join
+        broker_session_timeout=session_timeout_s,
+        broker_rebalance_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(0.5, min(3.0, session_timeout_s / 10)),
     )
     install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s)
     return app

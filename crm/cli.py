@@ -173,6 +173,7 @@ def worker_cmd(
         settings.stream.app_id + "-crm",
         [b.strip() for b in settings.kafka.bootstrap.split(",")],
         store, engine, Dispatcher(store, transports), interval,
+        settings.stream.session_timeout_s,
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 

@@ -51,10 +51,12 @@ async def produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
 
 @contextmanager
 def worker(stack: Stack, url: str, cwd: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = pipeline_env(stack)  # a fresh app id: a new consumer group that reads from the start
+    # a fresh app id: a new consumer group that reads from the start; a short session timeout,
+    # since the coordinator waits that long for members when the group forms
+    env = pipeline_env(stack, CARPULSE_STREAM__SESSION_TIMEOUT_S="6")
     with open(cwd / f"{name}.log", "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "carpulse", "crm", "worker", "--db", url, "--interval", "1"],
+            [sys.executable, "-m", "carpulse", "crm", "worker", "--db", url, "--interval", "1", "--loglevel", "info"],
             env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
