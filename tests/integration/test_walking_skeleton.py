@@ -51,9 +51,12 @@ def test_can_log_lands_in_influxdb_exactly(local_stack, tmp_path: Path) -> None:
         want_counts = Counter(name for name, _ in expected)
 
         def counts() -> Counter[str] | None:
-            series = influx_query(
-                local_stack, f"SELECT COUNT(*) FROM telemetry WHERE device='{device}'"
-            )
+            try:
+                series = influx_query(
+                    local_stack, f"SELECT COUNT(*) FROM telemetry WHERE device='{device}'"
+                )
+            except AssertionError:  # "database not found" until the worker has created it
+                return None
             if not series:
                 return None
             cols, row = series[0]["columns"], series[0]["values"][0]
