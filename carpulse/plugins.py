@@ -18,7 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "decode": "firmware_bridge.bench:bench_decode",
     "obd": "firmware_bridge.obd.bench:bench_obd",
     "kernels": "models.bench:bench_kernels",
-    "e2e": "stream.bench:bench_e2e",
+    "e2e": "carpulse.e2e_bench:bench_e2e",
     "edge": "edge.bench:bench_edge",
     "canread": "firmware_bridge.can_bench:bench_canread",
 }
