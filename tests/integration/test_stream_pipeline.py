@@ -61,6 +61,14 @@ def count(stack, device: str) -> int:  # type: ignore[no-untyped-def]
     return int(sum(v or 0 for v in series[0]["values"][0][1:]))
 
 
+VINS = ("VINPIPEA000000001", "VINPIPEB000000002")
+
+
+def ours(records: list) -> list:  # type: ignore[type-arg]
+    """Records of this test's vehicles (output topics are shared by the session's tests)."""
+    return [r for r in records if json.loads(r.value).get("vin") in VINS]
+
+
 def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -> None:
     reg = tmp_path / "registry.json"
     reg.write_text(json.dumps({"pipe-a": "VINPIPEA000000001", "pipe-b": "VINPIPEB000000002"}))
@@ -117,31 +125,35 @@ def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -
             wait_for(lambda: count(local_stack, "pipe-b") == want, 30, "pipe-b in InfluxDB")
         except AssertionError:
             raise AssertionError((tmp_path / "worker.log").read_text()[-4000:]) from None
-        # crash on the fast path, sent once the worker is warm; a resend raises no second alert
-        crash = Event("pipe-a", "boot1", 500, "crash", now, 0, {"peak_g": 7.5})
-        sent = produce(
-            local_stack,
-            [(KAFKA_EVENTS, b"pipe-a", encode_event(crash))] * 2
-            + [
-                (KAFKA_EVENTS, b"ghost-car", encode_event(Event("ghost-car", "b", 1, "crash", now)))
-            ],
-        )
-        alerts = consume(local_stack, KAFKA_ALERTS, lambda r: len(r) >= 1, 30)
+        # crashes on the fast path, sent once the worker is warm, 0.15 s apart; each is sent
+        # twice (an edge resend) and must raise one alert
+        crashes = [
+            Event("pipe-a", "boot1", 500 + i, "crash", now + i, 0, {"i": i}) for i in range(5)
+        ]
+        records_ev = [(KAFKA_EVENTS, b"pipe-a", encode_event(c)) for c in crashes for _ in (0, 1)]
+        ghost = Event("ghost-car", "b", 1, "crash", now)
+        records_ev.append((KAFKA_EVENTS, b"ghost-car", encode_event(ghost)))
+        sent = produce(local_stack, records_ev, pace_s=0.15)
+        alerts = consume(local_stack, KAFKA_ALERTS, lambda r: len(ours(r)) >= 5, 30)
         time.sleep(1.0)
-        alerts = consume(local_stack, KAFKA_ALERTS, lambda r: False, 2)
+        alerts = ours(consume(local_stack, KAFKA_ALERTS, lambda r: False, 2))
         dead = consume(local_stack, KAFKA_DEADLETTER, lambda r: len(r) >= 6, 30)
         states = consume(local_stack, KAFKA_VEHICLE_STATE, lambda r: False, 3)
-        trips = consume(local_stack, KAFKA_TRIPS, lambda r: len(r) >= 2, 20)
+        trips = ours(consume(local_stack, KAFKA_TRIPS, lambda r: len(ours(r)) >= 2, 20))
         anomalies = consume(local_stack, KAFKA_ANOMALIES, lambda r: False, 2)
     finally:
         stop([worker])
-    assert len(alerts) == 1
-    alert = json.loads(alerts[0].value)
-    assert alert["vin"] == "VINPIPEA000000001" and alert["kind"] == "crash"
-    latency_s = alerts[0].timestamp / 1000 - sent[0]
-    assert latency_s < 1.0, f"crash alert took {latency_s:.3f}s"
-    (tmp_path / "crash_latency.txt").write_text(f"{latency_s:.4f}\n")
-    print(f"crash alert latency {latency_s * 1000:.1f} ms")
+    assert len(alerts) == 5
+    docs = [json.loads(r.value) for r in alerts]
+    assert {(d["vin"], d["kind"]) for d in docs} == {("VINPIPEA000000001", "crash")}
+    # Kafka arrival (the test's acked send) -> alert record created by the worker
+    latencies = sorted(
+        r.timestamp / 1000 - sent[2 * d["data"]["i"]] for r, d in zip(alerts, docs, strict=True)
+    )
+    assert latencies[-1] < 1.0, f"crash alerts took {latencies}"
+    print(
+        f"crash alert latency ms: median {latencies[2] * 1000:.1f}, max {latencies[-1] * 1000:.1f}"
+    )
     # the dead-letter topic is shared by the session's tests: keep the records of this one
     reasons = sorted(dict(r.headers)["reason"].decode() for r in dead if r.timestamp >= started_ms)
     for reason in ("unknown_format", "unknown_device", "non_finite", "clock_ahead", "oversized"):
