@@ -249,4 +249,7 @@ def _print_where_to_look(stack: Stack) -> None:
     console.print(f"  InfluxDB 1.x at {url}, database 'carpulse', measurement 'telemetry':")
     console.print(f"    curl -sG {url}/query --data-urlencode db=carpulse --data-urlencode 'q={q}'")
     console.print(f"  pipeline logs: {stack.root / 'logs'}; stack status: carpulse stack status")
-    console.print("  (the dashboard URL arrives with the dashboards issue)\n")
+    console.print(
+        f"  dashboard: http://{stack.s.host}:8000 (users agent, advisor, admin, auditor; "
+        "password carpulse-demo)\n"
+    )
