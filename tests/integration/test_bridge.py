@@ -35,7 +35,11 @@ async def _collect(bootstrap: str, topic: str, want: int, timeout: float) -> lis
 
 
 def test_bridge_forwards_valid_and_dead_letters_bad(local_stack: Stack) -> None:
-    s = local_stack.settings  # type: ignore[attr-defined]
+    # Its own share group, so what other tests' bridges left queued for theirs never arrives here.
+    base = local_stack.settings  # type: ignore[attr-defined]
+    s = base.model_copy(
+        update={"mqtt": base.mqtt.model_copy(update={"share_group": "bridge-test"})}
+    )
 
     async def scenario() -> tuple[list, list, IngestBridge]:
         bridge = IngestBridge(s, name="bridge-test")
@@ -67,4 +71,6 @@ def test_bridge_forwards_valid_and_dead_letters_bad(local_stack: Stack) -> None:
     reasons = sorted(dict(r.headers)["reason"].decode() for r in dead)
     assert reasons == ["device_mismatch", "unknown_format"]
     assert bridge.counters.dead_lettered == 2
-    assert bridge.counters.forwarded == 2  # the batch and the "offline" status sent by close()
+    # The batch, the "offline" status sent by close(), and any retained status of devices from
+    # earlier tests that the broker hands to a new subscription; what reached Kafka is exact above.
+    assert bridge.counters.forwarded >= 2
