@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -151,3 +151,27 @@ def as_batch(
     if t.shape[0] != s.shape[0]:
         raise ValueError(f"batch: {s.shape[0]} slots but {t.shape[0]} timestamps")
     return s, v, t
+
+
+class SlotStateful:
+    """Bytes round trip shared by every detector whose whole state is one ``SlotState``.
+
+    A subclass sets ``kind`` and keeps its state in ``self.state``; its constructor takes its
+    stored params as keyword arguments plus ``n_slots``.
+    """
+
+    kind: str
+    state: SlotState
+
+    def __init__(self, **params: Any) -> None:  # pragma: no cover - subclasses define their own
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        return self.state.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        st = SlotState.from_bytes(data, cls.kind)
+        det = cls(**st.params, n_slots=st.n_slots)
+        det.state = st
+        return det

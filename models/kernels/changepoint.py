@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from models import config
-from models.state import SlotState, as_batch
+from models.state import SlotState, SlotStateful, as_batch
 
 _MODES = {"up": 1, "down": 2, "both": 3}
 
@@ -73,7 +73,7 @@ def _page_hinkley_loop(
     return dropped
 
 
-class PageHinkley:
+class PageHinkley(SlotStateful):
     """Page-Hinkley test per slot, the same recursion and reset as River's ``drift.PageHinkley``.
 
     ``update_many`` returns the test statistic divided by ``threshold``: > 1 means drift detected
@@ -137,16 +137,6 @@ class PageHinkley:
     def drift_detected(self, slot: int = 0) -> bool:
         return bool(slot < self.state.n_slots and self.state["drift"][slot])
 
-    def to_bytes(self) -> bytes:
-        return self.state.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> PageHinkley:
-        st = SlotState.from_bytes(data, cls.kind)
-        det = cls(**st.params, n_slots=st.n_slots)
-        det.state = st
-        return det
-
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
 def _cusum_loop(
@@ -207,7 +197,7 @@ def _cusum_loop(
     return dropped
 
 
-class Cusum:
+class Cusum(SlotStateful):
     """Two-sided tabular CUSUM on the z-score against a slow EWMA baseline, per slot.
 
     ``k`` is the allowance (half the shift to detect, in sd), ``h`` the decision interval: the
@@ -262,13 +252,3 @@ class Cusum:
 
     def score_one(self, x: float, slot: int = 0) -> float:
         return float(self._run([slot], [x], False)[0])
-
-    def to_bytes(self) -> bytes:
-        return self.state.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Cusum:
-        st = SlotState.from_bytes(data, cls.kind)
-        det = cls(**st.params, n_slots=st.n_slots)
-        det.state = st
-        return det

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from models import config
-from models.state import SlotState, as_batch
+from models.state import SlotState, SlotStateful, as_batch
 
 
 def build_trees(
@@ -118,7 +118,7 @@ def _hst_loop(
                 counter[s] = 0
 
 
-class HalfSpaceTrees:
+class HalfSpaceTrees(SlotStateful):
     """Half-Space Trees over ``n_features`` numeric features, one set of masses per slot.
 
     Parameters as River's ``HalfSpaceTrees`` (``limits`` is a list of (low, high) per feature,
@@ -198,16 +198,6 @@ class HalfSpaceTrees:
 
     def score_one(self, x: Any, slot: int = 0) -> float:
         return float(self._run([slot], np.asarray(x, np.float64).reshape(1, -1), True, False)[0])
-
-    def to_bytes(self) -> bytes:
-        return self.state.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> HalfSpaceTrees:
-        st = SlotState.from_bytes(data, cls.kind)
-        det = cls(**st.params, n_slots=st.n_slots)
-        det.state = st
-        return det
 
 
 def hst_numpy(

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from models import config
-from models.state import SlotState, as_batch
+from models.state import SlotState, SlotStateful, as_batch
 
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
@@ -50,7 +50,7 @@ def _likelihood_loop(
         count[s] = c + 1
 
 
-class AnomalyLikelihood:
+class AnomalyLikelihood(SlotStateful):
     """Post-processing of raw anomaly scores in the spirit of Numenta's anomaly likelihood.
 
     Raw scores are summarised by a long EWMA mean/variance (weight ``long_alpha``); the short EWMA
@@ -92,13 +92,3 @@ class AnomalyLikelihood:
             st["mean"], st["var"], st["short"], st["count"], out,
         )  # fmt: skip
         return out
-
-    def to_bytes(self) -> bytes:
-        return self.state.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> AnomalyLikelihood:
-        st = SlotState.from_bytes(data, cls.kind)
-        det = cls(**st.params, n_slots=st.n_slots)
-        det.state = st
-        return det

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from models import config
-from models.state import SlotState, as_batch
+from models.state import SlotState, SlotStateful, as_batch
 
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
@@ -72,7 +72,7 @@ def _ridge_loop(
     return dropped
 
 
-class CrossSignalResidual:
+class CrossSignalResidual(SlotStateful):
     """Predicts one signal from others (e.g. coolant temperature from load and time since start).
 
     One online ridge regression (recursive least squares, penalty ``lam``, optional
@@ -151,13 +151,3 @@ class CrossSignalResidual:
     def coef(self, slot: int = 0) -> np.ndarray:
         """(intercept, weights...) of one slot's regression."""
         return self.state["w"][slot].copy()
-
-    def to_bytes(self) -> bytes:
-        return self.state.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> CrossSignalResidual:
-        st = SlotState.from_bytes(data, cls.kind)
-        det = cls(**st.params, n_slots=st.n_slots)
-        det.state = st
-        return det

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from models import config
-from models.state import SlotState, as_batch
+from models.state import SlotState, SlotStateful, as_batch
 
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
@@ -61,7 +61,7 @@ def _zscore_loop(
     return dropped
 
 
-class RobustZScore:
+class RobustZScore(SlotStateful):
     """Streaming z-score of each slot's signal against its own EWMA baseline.
 
     ``alpha`` is the EWMA weight of a new sample; after ``warmup`` samples every update is clipped
@@ -122,16 +122,6 @@ class RobustZScore:
 
     def score_one(self, x: float, slot: int = 0) -> float:
         return float(self._run([slot], [x], [np.inf], False)[0])
-
-    def to_bytes(self) -> bytes:
-        return self.state.to_bytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RobustZScore:
-        st = SlotState.from_bytes(data, cls.kind)
-        det = cls(**st.params, n_slots=st.n_slots)
-        det.state = st
-        return det
 
 
 def zscore_numpy(x: np.ndarray, alpha: float, clip: float, warmup: int) -> np.ndarray:
