@@ -181,6 +181,15 @@ class StreamSettings(BaseModel):
         description="Kafka consumer session timeout: how long a dead worker keeps its "
         "partitions before the others take them over.",
     )
+    service_km: float = Field(
+        15_000.0, description="Service interval in km for the stream's service-due predictions."
+    )
+    service_days: float = Field(
+        365.0, description="Service interval in days (whichever of km and days comes first)."
+    )
+    service_engine_hours: float = Field(
+        0.0, description="Service interval in engine hours (0 = not serviced by engine hours)."
+    )
 
 
 class CarpulseSettings(BaseSettings):
