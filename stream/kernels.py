@@ -1,7 +1,7 @@
 """The models' detectors on micro-batches of one Kafka partition, with their state as one blob.
 
-``PartitionModels`` holds every vehicle of one partition: a slot per vehicle (trips, oil life)
-and a slot per (vehicle, signal) for the robust z-score anomaly detector. ``update`` takes the
+``PartitionModels`` holds every vehicle of one partition: a slot per vehicle (trips, oil life,
+service due) and a slot per (vehicle, signal) for the robust z-score anomaly detector. ``update`` takes the
 decoded batches of a micro-batch, runs each kernel once over all of them (no per-sample Python)
 and returns anomaly, prediction, trip and daily records. ``to_bytes`` is what the Faust table
 ``models`` stores under the partition's key, so a worker that takes the partition over resumes
@@ -22,8 +22,10 @@ from core.errors import DecodeError
 from core.wire import Samples
 from models.kernels.zscore import RobustZScore
 from models.maintenance.oil import OilState, oil_life, update_oil
+from models.maintenance.service import Schedule, UsageState
 from models.state import SlotState
 from stream import trips as tripmod
+from stream.service_due import ENGINE_HOURS, ODOMETER, ServiceTrack, ServiceTracker
 from stream.state import BATTERY_V, ENGINE_RPM, SPEED
 
 OIL_TEMP: Final = "Vehicle.Powertrain.CombustionEngine.EOT"
@@ -31,7 +33,9 @@ COOLANT: Final = "Vehicle.Powertrain.CombustionEngine.ECT"
 # Signals watched by the anomaly detector (one slot per vehicle and signal).
 ANOMALY_SIGNALS: Final = (SPEED, ENGINE_RPM, COOLANT, OIL_TEMP, BATTERY_V)
 OIL_STEP: Final = 0.001  # a new oil-life prediction is published when it moved by this much
-_VERSION: Final = 1
+K_OIL_TEMP, K_ODO, K_HOURS = 10, 11, 12  # kind codes past the trip kernel's
+# 2: service-due state added; a version-1 blob still loads (service state starts empty)
+_VERSION: Final = 2
 
 
 @dataclass
@@ -81,7 +85,7 @@ def _forward_fill(
 class PartitionModels:
     """Detector state and slot maps for the vehicles of one partition."""
 
-    def __init__(self, anomaly_z: float = 6.0) -> None:
+    def __init__(self, anomaly_z: float = 6.0, schedule: Schedule | None = None) -> None:
         self.anomaly_z = anomaly_z
         self.vehicles: dict[str, int] = {}
         self.zslots: dict[tuple[str, str], int] = {}
@@ -89,6 +93,7 @@ class PartitionModels:
         self.trips: SlotState = tripmod.empty_state(0)
         self.oil = OilState.empty(0)
         self.oil_emitted = np.zeros(0)
+        self.service = ServiceTracker(schedule)
 
     def _vehicle_slot(self, vin: str) -> int:
         slot = self.vehicles.get(vin)
@@ -106,7 +111,12 @@ class PartitionModels:
         """Run every detector once over the samples of ``batches`` ((vehicle id, samples))."""
         out = Outputs()
         cols: dict[str, list[np.ndarray]] = {"vslot": [], "zslot": [], "ts": [], "v": [], "k": []}
-        kinds = {**tripmod.SIGNAL_KIND, OIL_TEMP: 10}
+        kinds = {
+            **tripmod.SIGNAL_KIND,
+            OIL_TEMP: K_OIL_TEMP,
+            ODOMETER: K_ODO,
+            ENGINE_HOURS: K_HOURS,
+        }
         for vin, s in batches:
             if not len(s):
                 continue
@@ -129,6 +139,7 @@ class PartitionModels:
         names = {v: k for k, v in self.vehicles.items()}
         self._anomalies(zslot, ts, val, out)
         self._oil(vslot, kind, ts, val, names, out)
+        self._service(vslot, kind, ts, val, names, out)
         tm = kind >= 0
         tm &= kind <= tripmod.K_ENERGY
         t_slot, t_rows, d_slot, d_rows, dropped = tripmod.update_trips(
@@ -195,7 +206,7 @@ class PartitionModels:
             self.oil_emitted = np.concatenate(
                 [self.oil_emitted, np.full(n - len(self.oil_emitted), np.nan)]
             )
-        eot = kind == 10
+        eot = kind == K_OIL_TEMP
         r_slot, r_ts = vslot[rpm], ts[rpm]
         order = np.lexsort((r_ts, r_slot))
         r_slot, r_ts, r_v = r_slot[order], r_ts[order], val[rpm][order]
@@ -222,6 +233,25 @@ class PartitionModels:
                 }
                 out.predictions.append((names[s_], json.dumps(rec).encode()))
 
+    def _service(
+        self,
+        vslot: np.ndarray,
+        kind: np.ndarray,
+        ts: np.ndarray,
+        val: np.ndarray,
+        names: dict[int, str],
+        out: Outputs,
+    ) -> None:
+        odo = kind == K_ODO
+        if not odo.any():
+            return
+        hrs = kind == K_HOURS
+        o_slot, o_ts = vslot[odo], ts[odo]
+        hours = _forward_fill(o_slot, o_ts, vslot[hrs], ts[hrs], val[hrs])
+        recs, dropped = self.service.update(o_slot, o_ts, val[odo], hours, names)
+        out.predictions += recs
+        out.dropped += dropped
+
     def to_bytes(self) -> bytes:
         doc = {
             "v": _VERSION,
@@ -232,23 +262,29 @@ class PartitionModels:
             "trips": self.trips.to_bytes(),
             "oil": self.oil.to_bytes(),
             "oil_emitted": self.oil_emitted.tobytes(),
+            "usage": self.service.usage.to_bytes(),
+            "service": self.service.track.to_bytes(),
         }
         return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> PartitionModels:
+    def from_bytes(cls, raw: bytes, schedule: Schedule | None = None) -> PartitionModels:
+        """Restore a checkpoint; ``schedule`` is configuration, not state (settings win)."""
         try:
             doc = msgpack.unpackb(raw, raw=False)
-            if doc.get("v") != _VERSION:
+            if doc.get("v") not in (1, _VERSION):
                 raise DecodeError(f"partition models: version {doc.get('v')!r}")
-            m = cls(anomaly_z=float(doc["z"]))
+            m = cls(anomaly_z=float(doc["z"]), schedule=schedule)
             m.vehicles = {v: i for i, v in enumerate(doc["vehicles"])}
             m.zslots = {(a, b): i for i, (a, b) in enumerate(doc["zslots"])}
             m.zscore = RobustZScore.from_bytes(doc["zscore"])
             m.trips = SlotState.from_bytes(doc["trips"], "trips")
             m.oil = OilState.from_bytes(doc["oil"])
             m.oil_emitted = np.frombuffer(doc["oil_emitted"], np.float64).copy()
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as err:
+            if doc["v"] >= 2:
+                m.service.usage = UsageState.from_bytes(doc["usage"])
+                m.service.track = ServiceTrack.from_bytes(doc["service"])
+        except (KeyError, TypeError, ValueError, OSError, msgpack.UnpackException) as err:
             raise DecodeError(f"partition models: bad state blob: {err}") from err
         return m
 
@@ -261,7 +297,7 @@ def warm_up() -> None:
     block the event loop, heartbeats included, long enough to be evicted from the group.
     """
     t = np.arange(4, dtype=np.int64) * 1_000_000
-    names = [SPEED, ENGINE_RPM, OIL_TEMP, "Vehicle.Powertrain.FuelSystem.RelativeLevel"]
-    sig = np.repeat(np.arange(4), 4)
-    samples = Samples.from_columns(names, sig, np.tile(t, 4), np.ones(16))
+    names = [SPEED, ENGINE_RPM, OIL_TEMP, "Vehicle.Powertrain.FuelSystem.RelativeLevel", ODOMETER]
+    sig = np.repeat(np.arange(5), 4)
+    samples = Samples.from_columns(names, sig, np.tile(t, 5), np.ones(20))
     PartitionModels().update([("warm-up", samples)])

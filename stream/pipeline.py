@@ -113,16 +113,18 @@ class TelemetryPipeline:
 
     def models_for(self, partition: int, lookup: Lookup) -> PartitionModels:
         from stream.kernels import PartitionModels
+        from stream.service_due import schedule_from
 
         key = f"p{partition}"
         stored = lookup(T_MODELS, key)
         cached = self._models.get(partition)
         if cached is not None and cached[1] is stored:
             return cached[0]
-        models = PartitionModels(self.s.anomaly_z)
+        sched = schedule_from(self.s.service_km, self.s.service_days, self.s.service_engine_hours)
+        models = PartitionModels(self.s.anomaly_z, sched)
         if stored:
             try:
-                models = PartitionModels.from_bytes(stored)
+                models = PartitionModels.from_bytes(stored, sched)
             except DecodeError as err:  # never stall on a bad checkpoint: start fresh, say so
                 self._dead(Result(), b"", "bad_checkpoint", str(err))
         self._models[partition] = (models, stored)
