@@ -25,7 +25,7 @@ from core.errors import DecodeError
 from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
 from crm.delivery import Dispatcher
 from crm.engine import RuleEngine
-from crm.jobs import retry_parked, scan
+from crm.jobs import DeadLetter, retry_parked, scan
 from crm.normalize import from_record
 from crm.privacy import purge, record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
@@ -101,10 +101,12 @@ class DbRunner:
 
 def periodic(
     store: CrmStore, engine: RuleEngine, dispatcher: Dispatcher | None, stats: Counter[str]
-) -> None:
-    """Tier upgrades and expiring coupons, parked events, the outbox, the retention purge."""
+) -> list[DeadLetter]:
+    """Tier upgrades and expiring coupons, parked events, the outbox, the retention purge;
+    returns the parked events given up on, for the dead-letter topic."""
+    dead: list[DeadLetter] = []
     stats.update({f"scan_{k}": v for k, v in scan(store, engine).items()})
-    stats.update({f"parked_{k}": v for k, v in retry_parked(store, engine).items()})
+    stats.update({f"parked_{k}": v for k, v in retry_parked(store, engine, dead=dead).items()})
     if dispatcher is not None:
         stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})
     now = time.monotonic()
@@ -112,6 +114,7 @@ def periodic(
         with store.tx() as s:
             stats.update({f"purged_{k}": v for k, v in purge(s).items()})
         stats["_last_purge_mono"] = int(now)
+    return dead
 
 
 def install_crm_agents(
@@ -163,7 +166,9 @@ def install_crm_agents(
     @app.timer(interval_s, on_leader=True)
     async def crm_periodic() -> None:
         try:
-            await run(periodic, store, engine, dispatcher, stats)
+            given_up = await run(periodic, store, engine, dispatcher, stats)
+            for value, headers in given_up:  # the rows keep dead_at even if a send fails
+                await dead(value, headers)
         except Exception:  # a database blip must not stop the timer; it runs again next time
             log.exception("CRM periodic jobs failed")
             stats["periodic_errors"] += 1

@@ -1,15 +1,23 @@
 """The engine's jobs: CRM-side event sources (tier changes, expiring coupons), running a batch of
-events one transaction each, retrying parked events, and the dry run (a rolled-back replay)."""
+events one transaction each, retrying parked events, and the dry run (a rolled-back replay).
+
+Parked events (unknown VIN, device or plate) are retried with a backoff; they are not kept
+forever: an event parked longer than ``PARK_MAX_AGE`` or retried ``PARK_MAX_ATTEMPTS`` times, and
+the oldest open events of a key past ``PARK_MAX_PER_KEY``, are dead-lettered: ``dead_at`` is set
+(the row stays for inspection), they are counted, and the worker sends them to
+``carpulse.deadletter`` with reason ``crm_parked_expired`` or ``crm_parked_over_cap``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.crm_events import CrmEvent
@@ -103,12 +111,71 @@ def scan(store: st.CrmStore, engine: RuleEngine, now: dt.datetime | None = None)
     return run_events(store, engine, events)
 
 
-def retry_parked(
-    store: st.CrmStore, engine: RuleEngine, now: dt.datetime | None = None, limit: int = 500
+PARK_MAX_AGE = dt.timedelta(days=14)  # a VIN not registered within two weeks is a data problem
+PARK_MAX_ATTEMPTS = 40  # ~ two weeks of retries at the 1-day backoff ceiling
+PARK_MAX_PER_KEY = 1_000  # a chatty unknown device cannot fill the table
+
+DeadLetter = tuple[bytes, dict[str, bytes]]  # (value, headers) for the dead-letter topic
+
+
+def _bury(row: ParkedEvent, now: dt.datetime, reason: str, dead: list[DeadLetter] | None) -> None:
+    row.dead_at = row.resolved_at = now
+    if dead is not None:
+        headers = {"reason": reason.encode(), "detail": row.reason.encode(),
+                   "parked_at": row.created_at.isoformat().encode(),
+                   "attempts": str(row.attempts).encode()}  # fmt: skip
+        dead.append((json.dumps(row.event, ensure_ascii=False).encode(), headers))
+
+
+def expire_parked(
+    s: Session,
+    now: dt.datetime,
+    dead: list[DeadLetter] | None = None,
+    max_age: dt.timedelta = PARK_MAX_AGE,
+    max_attempts: int = PARK_MAX_ATTEMPTS,
+    max_per_key: int = PARK_MAX_PER_KEY,
 ) -> Counter[str]:
-    """Retry parked events that are due; still unplaced ones back off (1 min doubling, <= 1 day)."""
-    now = now or utcnow()
+    """Dead-letter open parked events that are too old, retried too often, or over their key's cap."""
     totals: Counter[str] = Counter()
+    open_ = ParkedEvent.resolved_at.is_(None)
+    old = s.scalars(
+        select(ParkedEvent)
+        .where(open_, (ParkedEvent.created_at < now - max_age) | (ParkedEvent.attempts >= max_attempts))
+        .order_by(ParkedEvent.id)
+    )  # fmt: skip
+    for row in old:
+        _bury(row, now, "crm_parked_expired", dead)
+        totals["dead_lettered"] += 1
+    over = s.execute(
+        select(ParkedEvent.key, func.count())
+        .where(open_)
+        .group_by(ParkedEvent.key)
+        .having(func.count() > max_per_key)
+    ).all()
+    for key, n in over:
+        rows = s.scalars(
+            select(ParkedEvent).where(open_, ParkedEvent.key == key)
+            .order_by(ParkedEvent.id).limit(int(n) - max_per_key)
+        )  # fmt: skip
+        for row in rows:  # the oldest go; the newest are the likeliest to be placed
+            _bury(row, now, "crm_parked_over_cap", dead)
+            totals["dead_lettered"] += 1
+            totals["over_cap"] += 1
+    return totals
+
+
+def retry_parked(
+    store: st.CrmStore,
+    engine: RuleEngine,
+    now: dt.datetime | None = None,
+    limit: int = 500,
+    dead: list[DeadLetter] | None = None,
+) -> Counter[str]:
+    """Dead-letter what is past the caps (``expire_parked``; the events are appended to ``dead``),
+    then retry parked events that are due; still unplaced ones back off (1 min doubling, <= 1 day)."""
+    now = now or utcnow()
+    with store.tx() as s:
+        totals = expire_parked(s, now, dead)
     with store.tx() as s:
         ids = list(
             s.scalars(

@@ -85,7 +85,12 @@ class OutboxMessage(Base):
 
 
 class ParkedEvent(Base):
-    """An event the CRM could not place yet (unknown VIN or device): kept and retried, never lost."""
+    """An event the CRM could not place yet (unknown VIN or device): kept and retried.
+
+    Retries stop after ``crm.jobs.PARK_MAX_AGE`` / ``PARK_MAX_ATTEMPTS``, and a key (VIN, device,
+    plate) keeps at most ``PARK_MAX_PER_KEY`` open events: the rest are dead-lettered (``dead_at``
+    set, the row kept for inspection, the event sent to the dead-letter topic by the worker).
+    """
 
     __tablename__ = "parked_events"
     __table_args__ = (Index("ix_parked_open", "resolved_at", "next_at"),)
@@ -99,6 +104,7 @@ class ParkedEvent(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     next_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    dead_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # migration 0003
 
 
 class CustomerContact(Base):
