@@ -4,28 +4,41 @@ second worker that re-reads the whole log from the beginning issues nothing agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
 
 from carpulse.stack import Stack
-from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
-from core.wire import Event, encode_event
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_DEADLETTER,
+    KAFKA_EVENTS,
+    KAFKA_PREDICTIONS,
+    KAFKA_TELEMETRY,
+)
+from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
 from crm import store as st
 from crm.migrate import upgrade
 from crm.models import Coupon, CouponTemplate, Effect, Vehicle
 from crm.tables import CustomerContact, InboxItem
 from stream.bridge import ensure_topics
+from stream.service_due import ODOMETER
 from tests.integration.helpers import pipeline_env, wait_for
+from tests.integration.stream_util import consume, create_topics, spawn_worker, stop
+from tests.integration.stream_util import produce as produce_records
 
 pytestmark = [
     pytest.mark.integration,
@@ -118,3 +131,105 @@ def test_worker_effects_once_across_a_full_replay(local_stack: Stack, tmp_path: 
         wait_for(lambda: count(InboxItem) == 2, 90, "the marker's expert card")
         time.sleep(3)  # let stragglers of the other topics land
     assert (count(Coupon), count(InboxItem), count(Effect)) == (1, 2, 3)
+
+
+def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_path: Path) -> None:
+    """Telemetry with an odometer -> stream worker -> ``service_due`` on carpulse.predictions ->
+    CRM worker -> one maintenance coupon valid until the predicted due date + 14 days. A second
+    stream worker that re-reads the telemetry log from the start republishes the predictions;
+    the CRM issues nothing more."""
+    vin, vin2 = f"LSVSVC{uuid.uuid4().hex[:11].upper()}", f"LSVSVD{uuid.uuid4().hex[:11].upper()}"
+    device = f"svc-{vin[-8:].lower()}"
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps({device: vin}))
+    create_topics(local_stack, [KAFKA_TELEMETRY, KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS,
+                                KAFKA_DEADLETTER])  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    store = st.CrmStore.from_url(url)
+    upgrade(store.engine)
+    with store.tx() as s:
+        s.add(
+            CouponTemplate(code="maintenance", title_zh="保养券", title_en="Service", valid_days=60)
+        )
+        s.add(
+            CouponTemplate(code="tier-welcome", title_zh="礼券", title_en="Welcome", valid_days=90)
+        )
+        s.add(Vehicle(vin=vin, model="Lavida", device_id=device))
+        s.add(Vehicle(vin=vin2, model="Tiguan"))
+        s.flush()
+        member = st.find_or_create_customer(s, {"phone": f"+86139{uuid.uuid4().int % 10**8:08d}"})
+        for v in (vin, vin2):
+            st.transfer_ownership(s, v, member, dt.datetime.now(dt.UTC) - dt.timedelta(days=400))
+        st.record_visit(s, member, spend=100)
+        st.set_consent(s, member, "marketing", True)
+    # six days of driving, 60 km a day, ending yesterday; a 2,000 km / 365-day schedule
+    today = int(time.time() // 86_400)
+    batches = []
+    for d in range(6):
+        ts = ((today - 6 + d) * 86_400 + 8 * 3600 + np.arange(11) * 3600) * 1_000_000
+        odo_m = (30_000.0 + 60.0 * d + 6.0 * np.arange(11)) * 1000.0
+        s_ = Samples.from_columns(
+            [ODOMETER, "Vehicle.Speed"], np.r_[np.zeros(11), np.ones(11)], np.r_[ts, ts],
+            np.r_[odo_m, np.full(11, 45.0)],
+        )  # fmt: skip
+        batches.append(encode_telemetry(TelemetryBatch(device, "boot-1", d, s_)))
+    produce_records(local_stack, [(KAFKA_TELEMETRY, device.encode(), b) for b in batches])
+
+    def ours(recs: list[Any]) -> list[dict[str, Any]]:
+        docs = []
+        for r in recs:  # the topic is shared with the session's other tests (and their bad records)
+            with contextlib.suppress(ValueError):
+                docs.append(json.loads(r.value))
+        return [
+            d for d in docs
+            if isinstance(d, dict) and d.get("vin") == vin and d.get("kind") == "service_due"
+        ]  # fmt: skip
+
+    def final(preds: list[dict[str, Any]]) -> int:  # predictions after the last day's readings
+        return sum(p["odo"] == 30_360.0 for p in preds)
+
+    def coupons() -> list[Coupon]:
+        with store.tx() as s:
+            return list(s.scalars(select(Coupon).order_by(Coupon.id)))
+
+    extra = {"CARPULSE_STREAM__REGISTRY": str(reg), "CARPULSE_STREAM__SERVICE_KM": "2000",
+             "CARPULSE_STREAM__SESSION_TIMEOUT_S": "6"}  # fmt: skip
+    first = spawn_worker(local_stack, tmp_path / "stream1.log", pipeline_env(local_stack, **extra))
+    try:
+        with worker(local_stack, url, tmp_path, "crm"):
+            preds = ours(consume(local_stack, KAFKA_PREDICTIONS, lambda r: final(ours(r)) >= 1, 60))
+            # micro-batches may hold one day or several: one record per batch that closed a day
+            assert 1 <= len(preds) <= 4 and len({p["cycle"] for p in preds}) == 1, preds
+            for p in preds:  # 60 km a day, due at 30,000 + 2,000 km
+                assert p["km"] == 32_000.0 and p["limit"] == "km"
+                assert p["days"] == pytest.approx((32_000.0 - p["odo"]) / 60.0, rel=0.02)
+            wait_for(lambda: len(coupons()) == 1, 60, "the maintenance coupon")
+            stop([first])
+            # the first prediction due within 30 days issued the coupon, valid until due + 14 days
+            p0 = next(p for p in preds if p["days"] <= 30)
+            due = dt.datetime.fromtimestamp(p0["ts_us"] / 1e6, dt.UTC)
+            due += dt.timedelta(days=p0["days"])
+            (c,) = coupons()
+            assert (c.vin, c.template_code, c.holder_id) == (vin, "maintenance", member)
+            assert c.valid_until.date() == due.date() + dt.timedelta(days=14)
+            # replay: a fresh stream worker reads the telemetry log from the start
+            second = spawn_worker(
+                local_stack, tmp_path / "stream2.log", pipeline_env(local_stack, **extra)
+            )
+            try:
+                again = ours(
+                    consume(local_stack, KAFKA_PREDICTIONS, lambda r: final(ours(r)) >= 2, 60)
+                )
+                assert {p["cycle"] for p in again} == {p0["cycle"]} and len(again) > len(preds)
+            finally:
+                stop([second])
+            # a marker behind the replayed predictions in the same partition: once its coupon
+            # exists, the CRM has handled every replayed prediction before it
+            marker = {**p0, "vin": vin2, "cycle": "marker"}
+            produce_records(
+                local_stack, [(KAFKA_PREDICTIONS, vin.encode(), json.dumps(marker).encode())]
+            )
+            wait_for(lambda: len(coupons()) == 2, 60, "the marker's coupon")
+    finally:
+        stop([first])
+    assert sorted(c.vin for c in coupons()) == sorted([vin, vin2])
