@@ -153,7 +153,13 @@ class StreamSettings(BaseModel):
     take_max: int = Field(
         200, description="Kafka records per micro-batch (each holds many samples)."
     )
-    take_within_s: float = Field(0.2, description="Longest wait to fill a micro-batch.")
+    take_within_s: float = Field(0.05, description="Longest wait to fill a micro-batch.")
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        description="Longest time the worker's Kafka fetch waits for data (Faust hard-codes "
+        "1500 ms; a broker that holds an empty fetch that long delays every record by it).",
+    )
     web_port: int = Field(6066, description="Faust web server port (bound to localhost).")
     measurement: str = Field("telemetry", description="InfluxDB measurement for signal samples.")
     registry: str = Field(

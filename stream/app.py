@@ -8,59 +8,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict
+from typing import Any
 
 import faust
 
 from core.config import CarpulseSettings
-from core.errors import WireError
-from core.topics import KAFKA_DEADLETTER, KAFKA_INFLUX_RETRY
-from core.wire import decode_telemetry
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_ANOMALIES,
+    KAFKA_DAILY,
+    KAFKA_DEADLETTER,
+    KAFKA_INFLUX_RETRY,
+    KAFKA_PREDICTIONS,
+    KAFKA_TRIPS,
+    KAFKA_VEHICLE_STATE,
+)
 from stream.agents import install_pipeline
 from stream.influx import InfluxSink, make_sink
-from stream.lines import LineStats, batch_lines
 from stream.registry import load_registry
 from stream.retry import SinkWriter, install_retry_agent
+from stream.transport import install_transport
 
 log = logging.getLogger(__name__)
 
+# Topics the worker only produces to (Faust does not declare those), and which are compacted.
+OUTPUTS = (
+    KAFKA_VEHICLE_STATE,
+    KAFKA_ANOMALIES,
+    KAFKA_PREDICTIONS,
+    KAFKA_TRIPS,
+    KAFKA_DAILY,
+    KAFKA_ALERTS,
+)
+COMPACTED = frozenset({KAFKA_VEHICLE_STATE})
 
-@dataclass
-class TelemetryCounters:
-    records: int = 0
-    samples: int = 0
-    lines: int = 0
-    invalid: int = 0
-    non_finite: int = 0
-    clock_skew: int = 0
 
-
-def records_to_lines(
-    payloads: list[bytes],
-    measurement: str,
-    counters: TelemetryCounters,
-    rejects: list[tuple[str, str]] | None = None,
-) -> tuple[list[str], list[tuple[bytes, WireError]]]:
-    """Decode a micro-batch of Kafka records into line protocol; bad records are returned apart."""
-    lines: list[str] = []
-    bad: list[tuple[bytes, WireError]] = []
-    stats = LineStats()
-    for payload in payloads:
-        counters.records += 1
-        try:
-            batch = decode_telemetry(payload)
-        except WireError as err:
-            counters.invalid += 1
-            bad.append((payload, err))
-            continue
-        lines.extend(batch_lines(batch, measurement, stats))
-    counters.samples += stats.samples
-    counters.lines += stats.lines
-    counters.non_finite += stats.non_finite
-    counters.clock_skew += stats.clock_ahead + stats.clock_behind
-    if rejects is not None:  # samples InfluxDB must not get (NaN, clock skew), for dead-letter
-        rejects.extend(stats.rejects)
-    return lines, bad
+def counters_of(app: faust.App) -> dict[str, Any]:
+    """The worker's live counters: telemetry pipeline, events fast path and the InfluxDB sink."""
+    sink = app.carpulse_sink  # type: ignore[attr-defined]
+    return {
+        "telemetry": asdict(app.carpulse_pipeline.counters),  # type: ignore[attr-defined]
+        "events": dict(app.carpulse_event_stats),  # type: ignore[attr-defined]
+        "sink": {
+            **asdict(sink.counters),
+            "requests": sink.sink.requests,
+            "retries": sink.sink.retries,
+            "broken": sink.sink.broken,
+        },
+    }
 
 
 def build_app(settings: CarpulseSettings) -> faust.App:
@@ -87,6 +83,8 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         broker_session_timeout=st.session_timeout_s,
         broker_heartbeat_interval=max(0.5, min(3.0, st.session_timeout_s / 10)),
     )
+    # before any topic: the conductor takes the transport at its first use
+    install_transport(app, st.fetch_max_wait_ms)
     deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
     retry_topic = app.topic(
         KAFKA_INFLUX_RETRY,
@@ -102,11 +100,15 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         lambda v, h: retry_topic.send(value=v, headers=h),
     )
     install_retry_agent(app, writer, retry_topic)
-    counters = TelemetryCounters()
-    app.carpulse_counters = counters  # type: ignore[attr-defined]
     app.carpulse_sink = writer  # type: ignore[attr-defined]
     # decode, registry, dedupe, live state, detectors, trips: stream/agents.py and pipeline.py
     install_pipeline(app, settings, load_registry(st.registry), writer, deadletter)
+
+    @app.page("/carpulse/counters/")
+    async def counters_view(web: Any, request: Any) -> Any:
+        """JSON of ``counters_of``: the web server is bound to localhost."""
+        return web.json(counters_of(app))
+
     return app
 
 
@@ -116,6 +118,44 @@ async def _prepare_sink(settings: CarpulseSettings) -> None:
         await sink.start()  # not fatal when InfluxDB is down: writes retry and park
     finally:
         await sink.close()
+
+
+async def prepare_output_topics(settings: CarpulseSettings) -> None:
+    """Create the output topics with their cleanup policy before the first record is sent.
+
+    Faust declares only the topics it consumes; a topic it merely produces to would be made by
+    the broker's auto-create on the first send, without ``cleanup.policy=compact`` for
+    ``vehicle-state``. An existing ``vehicle-state`` that is not compacted is altered.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
+
+    k = settings.kafka
+    wanted = {name: {"cleanup.policy": "compact"} if name in COMPACTED else {} for name in OUTPUTS}
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, k.partitions, k.replication, topic_configs=config)
+            for name, config in wanted.items()
+            if name not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+        for name in COMPACTED & existing:
+            res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+            configs = {e[0]: e[1] for e in res[0].resources[0][4]}
+            if configs.get("cleanup.policy") != "compact":
+                log.warning("topic %s was not compacted: setting cleanup.policy=compact", name)
+                await admin.alter_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, name, wanted[name])]
+                )
+    except KafkaError as err:  # the worker still runs; say what is missing
+        log.warning("could not prepare the output topics %s: %s", sorted(wanted), err)
+    finally:
+        await admin.close()
 
 
 def _warm_up() -> None:
@@ -130,6 +170,7 @@ def run_worker(settings: CarpulseSettings, loglevel: str = "warn") -> None:
     # Prepare the sink (v1: CREATE DATABASE) before the group join, which takes seconds: data
     # and dashboards then find the database as soon as the worker runs.
     asyncio.run(_prepare_sink(settings))
+    asyncio.run(prepare_output_topics(settings))
     # Compile the kernels while Faust starts up (I/O-bound); the telemetry agent waits for this
     # before its first batch, so a compile never blocks the event loop (see kernels.warm_up).
     warming = threading.Thread(target=_warm_up, name="numba-warm-up", daemon=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from core.config import CarpulseSettings
 from core.errors import ConfigError
-from stream.app import build_app
+from stream.app import build_app, counters_of
+from stream.transport import Transport
 
 
 def test_app_has_the_agents_and_tables() -> None:
@@ -34,3 +36,37 @@ def test_a_bad_registry_stops_the_worker_at_start(tmp_path: Path) -> None:
     settings.stream.registry = str(reg)
     with pytest.raises(ConfigError, match="line 2"):
         build_app(settings)
+
+
+def test_the_worker_consumer_fetch_wait_comes_from_the_settings() -> None:
+    # Faust 0.15 hard-codes 1500 ms; a broker holding an empty fetch delays records by that much.
+    settings = CarpulseSettings()
+    settings.stream.fetch_max_wait_ms = 77
+    app = build_app(settings)
+    assert isinstance(app.transport, Transport)
+    thread = app.consumer._thread  # the consumer thread Faust starts for the worker
+    assert thread.transport is app.transport
+
+    async def made() -> tuple[int, str]:
+        consumer = thread._create_consumer(asyncio.get_running_loop())
+        try:  # what aiokafka hands its Fetcher at start(), and really the worker's group
+            return consumer._fetch_max_wait_ms, consumer._group_id
+        finally:
+            await consumer.stop()
+
+    try:
+        assert asyncio.run(made()) == (77, settings.stream.app_id)
+    finally:
+        thread.thread_loop.close()  # made with the thread object; the thread never ran
+    assert CarpulseSettings().stream.fetch_max_wait_ms == 100
+
+
+def test_counters_are_the_pipelines_own() -> None:
+    app = build_app(CarpulseSettings())
+    pipeline = app.carpulse_pipeline  # type: ignore[attr-defined]
+    pipeline.process([(0, b"not telemetry")], lambda table, key: None)
+    got = counters_of(app)
+    assert got["telemetry"]["records"] == 1 and got["telemetry"]["dead_lettered"] == 1
+    assert got["events"]["events"] == 0
+    assert got["sink"]["written"] == 0 and got["sink"]["broken"] is False
+    assert not hasattr(app, "carpulse_counters")
