@@ -24,18 +24,19 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Protocol
+from typing import Any, Final, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.errors import CarpulseError
-from crm.models import utcnow
-from crm.store import CrmStore, audit
+from crm import store as st
+from crm.models import Appointment, Coupon, CouponTemplate, Customer, Vehicle, utcnow
+from crm.store import CrmError, CrmStore, audit
 from crm.tables import INBOX_ROLES, InboxItem, OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,17 @@ def requeue(s: Session, message_id: int, actor: str) -> None:
 
 
 # ----- dashboard inbox ---------------------------------------------------------------------------
+# The one inbox: the rules engine writes cards (``crm.engine``), the dashboard files its
+# maintenance predictions and DTC routings here with ``file_card``, and the service advisors act
+# on them through ``acknowledge`` / ``book`` / ``coupon`` (audited, scoped to their dealer).
+ADVISOR_ROLES: Final = ("advisor", "expert")
+RECENTLY_DONE: Final = dt.timedelta(days=1)  # closed cards stay on the advisors' page this long
+
+
+class InboxScopeError(CrmError):
+    """The inbox card is not one of the caller's dealer's (or not in the caller's queues)."""
+
+
 def inbox(s: Session, role: str, *, open_only: bool = True, limit: int = 100) -> list[InboxItem]:
     """A role's cards, most urgent first (priority 0 = top), oldest first within a priority."""
     if role not in INBOX_ROLES:
@@ -258,3 +270,137 @@ def close_item(s: Session, item_id: int, actor: str, note: str = "") -> None:
     if item.done_at is None:
         item.done_at = utcnow()
         audit(s, actor, "inbox.close", str(item_id), role=item.role, note=note)
+
+
+def file_card(
+    s: Session,
+    *,
+    role: str,
+    kind: str,
+    key: str,
+    title: str,
+    vin: str | None = None,
+    customer_id: str | None = None,
+    body: str = "",
+    priority: int = 5,
+    data: dict[str, Any] | None = None,
+) -> InboxItem:
+    """Add a card, or refresh the one with the same ``key`` (a repeated prediction updates its
+    card instead of piling up; a card already acted on stays closed)."""
+    if role not in INBOX_ROLES:
+        raise DeliveryError(f"unknown inbox role {role!r}; expected one of {INBOX_ROLES}", True)
+    item = s.scalar(select(InboxItem).where(InboxItem.effect_key == key))
+    if item is None:
+        item = InboxItem(role=role, kind=kind, effect_key=key, vin=vin, customer_id=customer_id,
+                         priority=priority, title=title[:200], body=body, data=data or {})  # fmt: skip
+        s.add(item)
+    else:
+        item.title, item.body = title[:200], body
+        item.data = {**(data or {}), "actions": item.data.get("actions", [])}
+    s.flush()
+    return item
+
+
+def _dealer_of_card() -> Any:
+    """The card's dealer: its vehicle's, or (no VIN, e.g. a face or customer-plate arrival) its
+    customer's."""
+    return func.coalesce(Vehicle.dealer_id, Customer.dealer_id)
+
+
+def dealer_inbox(
+    s: Session, dealer_id: str, roles: Sequence[str] = ADVISOR_ROLES, *, limit: int = 100
+) -> list[InboxItem]:
+    """The open cards of ``roles`` for one dealer, most urgent first, then those closed within
+    ``RECENTLY_DONE`` (so an advisor sees what was just done)."""
+    q = (
+        select(InboxItem)
+        .outerjoin(Vehicle, Vehicle.vin == InboxItem.vin)
+        .outerjoin(Customer, Customer.id == InboxItem.customer_id)
+        .where(
+            InboxItem.role.in_(tuple(roles)),
+            _dealer_of_card() == dealer_id,
+            InboxItem.done_at.is_(None) | (InboxItem.done_at >= utcnow() - RECENTLY_DONE),
+        )
+        .order_by(InboxItem.done_at.is_not(None), InboxItem.priority, InboxItem.created_at.desc())
+        .limit(limit)
+    )
+    return list(s.scalars(q))
+
+
+def dealer_card(
+    s: Session, item_id: int, dealer_id: str, roles: Sequence[str] = ADVISOR_ROLES
+) -> InboxItem:
+    """One card of the dealer's queues, or ``InboxScopeError`` (unknown, other dealer or queue)."""
+    item = s.get(InboxItem, item_id)
+    if item is not None and item.role in roles:
+        veh = s.get(Vehicle, item.vin) if item.vin else None
+        cust = s.get(Customer, item.customer_id) if item.customer_id else None
+        owner_dealer = veh.dealer_id if veh else (cust.dealer_id if cust else None)
+        if owner_dealer == dealer_id:
+            return item
+    raise InboxScopeError(f"inbox item {item_id} is not in dealer {dealer_id}'s queues")
+
+
+def card_state(item: InboxItem) -> str:
+    """``new``, or the last action taken on it (acknowledged, booked, coupon_issued)."""
+    actions = item.data.get("actions") or []
+    return str(actions[-1]["action"]) if actions else ("done" if item.done_at else "new")
+
+
+def _act(s: Session, item: InboxItem, actor: str, state: str, action: str, **detail: Any) -> None:
+    """Record the action on the card, close it (the first action does) and audit it."""
+    entry = {"action": state, "by": actor, "at": utcnow().isoformat(), **detail}
+    item.data = {**item.data, "actions": [*item.data.get("actions", []), entry]}
+    if item.done_at is None:
+        item.done_at = utcnow()
+    audit(s, actor, action, item.vin or item.customer_id or str(item.id), "service",
+          item=item.id, kind=item.kind, role=item.role, **detail)  # fmt: skip
+
+
+def _customer_of(s: Session, item: InboxItem) -> str:
+    cid = st.owner_at(s, item.vin, utcnow()) if item.vin else None
+    cid = cid or (st.resolve(s, item.customer_id) if item.customer_id else None)
+    if cid is None:
+        raise CrmError(f"inbox item {item.id} has no current customer")
+    return cid
+
+
+def acknowledge(s: Session, item_id: int, actor: str, dealer_id: str) -> InboxItem:
+    item = dealer_card(s, item_id, dealer_id)
+    _act(s, item, actor, "acknowledged", "inbox.acknowledge")
+    return item
+
+
+def book(s: Session, item_id: int, at: dt.datetime, actor: str, dealer_id: str) -> Appointment:
+    """An appointment for the card's vehicle and its current owner."""
+    item = dealer_card(s, item_id, dealer_id)
+    if item.vin is None:
+        raise CrmError(f"inbox item {item_id} names no vehicle to book")
+    appt = Appointment(vin=item.vin, customer_id=_customer_of(s, item), at=at, kind=item.kind,
+                       created_by=actor)  # fmt: skip
+    s.add(appt)
+    s.flush()
+    _act(s, item, actor, "booked", "inbox.book", appointment=appt.id, at=at.isoformat())
+    return appt
+
+
+def coupon(s: Session, item_id: int, template: str, actor: str, dealer_id: str) -> Coupon:
+    """Issue a coupon to the card's customer through the CRM store, once per card and template
+    (the effect key ``inbox|<id>|<template>`` is claimed like a rule's)."""
+    item = dealer_card(s, item_id, dealer_id)
+    cid = _customer_of(s, item)
+    t = s.get(CouponTemplate, template)
+    if t is None:
+        raise CrmError(f"unknown coupon template {template!r}")
+    period = template if len(template) <= 32 else hashlib.sha256(template.encode()).hexdigest()[:32]
+    if not st.claim_effect(s, "inbox", str(item.id), period, "coupon", {"by": actor}):
+        raise DuplicateAction(f"a {template} coupon was already issued for inbox item {item_id}")
+    until = utcnow() + dt.timedelta(days=t.valid_days)
+    c = st.issue_coupon(s, template, cid, until, vin=item.vin,
+                        effect=st.effect_key("inbox", str(item.id), period))  # fmt: skip
+    _act(s, item, actor, "coupon_issued", "inbox.coupon", coupon=c.id, template=template)
+    return c
+
+
+class DuplicateAction(CrmError):
+    """The action was already taken on this card (a second coupon of the same template)."""

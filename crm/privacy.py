@@ -28,6 +28,8 @@ from crm.tables import (
 )
 
 READ_PURPOSES: Final = ("crash-response", "roadside-assistance", "customer-request", "theft")
+EMERGENCY_PURPOSE: Final = "crash-response"
+CRASH_WINDOW: Final = dt.timedelta(days=1)
 
 # How long each class of personal data is kept (days). The audit log is never purged.
 RETENTION_DAYS: Final[Mapping[str, int]] = {
@@ -84,40 +86,87 @@ def record_gate_sighting(
     return row
 
 
-def read_location(s: Session, actor: str, vin: str, purpose: str, ticket: str) -> Fix | None:
+def _crash_reported(s: Session, vin: str, now: dt.datetime) -> bool:
+    """A crash of ``vin`` reached the CRM (the crash rule's call-centre card) within a day."""
+    return (
+        s.scalar(
+            select(InboxItem.id)
+            .where(
+                InboxItem.vin == vin,
+                InboxItem.kind == "crash",
+                InboxItem.created_at >= now - CRASH_WINDOW,
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def read_location(
+    s: Session, actor: str, vin: str, purpose: str, ticket: str, *, live: Fix | None = None
+) -> Fix | None:
     """The last known position of ``vin`` for ``actor``; every call is audited, refusals too.
 
-    Refused without a ticket, for an unknown purpose, or when the current owner has not
-    consented to location use. Only fixes from the current ownership period are returned.
+    ``live`` is the vehicle's current fix as the caller saw it (the dashboard's ``vehicle-state``
+    feed); it passes the same checks as the stored fixes, and with consent it is kept as the
+    CRM's last known place. Refused without a ticket, for an unknown purpose, or when the current
+    owner has not consented to location use, except for ``crash-response`` to a crash the CRM
+    has on record within a day (vital interest: then only the live fix is shown, nothing stored
+    is). Only fixes from the current ownership period are returned.
     """
     now = utcnow()
     owner = st.owner_at(s, vin, now)
     why = None
+    consent = emergency = False
     if not ticket.strip():
         why = "a ticket is required"
     elif purpose not in READ_PURPOSES:
         why = f"unknown purpose {purpose!r}; expected one of {READ_PURPOSES}"
     elif owner is None:
         why = f"vehicle {vin} has no current owner"
-    elif not st.has_consent(s, owner, "location"):
-        why = "the owner has not consented to location use"
+    else:
+        consent = st.has_consent(s, owner, "location")
+        emergency = not consent and purpose == EMERGENCY_PURPOSE and _crash_reported(s, vin, now)
+        if not consent and not emergency:
+            why = "the owner has not consented to location use"
+            if purpose == EMERGENCY_PURPOSE:
+                why += " and no crash of this vehicle is on record"
     if why is not None:
         # its own transaction: the refusal stays on record although the caller rolls back
         with Session(bind=s.get_bind()) as side, side.begin():
             st.audit(side, actor, "location.read.denied", vin, purpose, ticket=ticket, reason=why)
         raise PrivacyError(f"location of {vin} not readable: {why}")
     since = s.scalar(
-        select(Ownership.valid_from).where(Ownership.vin == vin, Ownership.valid_to.is_(None))
+        select(Ownership.valid_from).where(
+            Ownership.vin == vin,
+            Ownership.valid_from <= now,
+            Ownership.valid_to.is_(None) | (Ownership.valid_to > now),
+        )
     )
-    row = s.scalar(
-        select(LocationFix)
-        .where(LocationFix.vin == vin, LocationFix.at >= since)
-        .order_by(LocationFix.at.desc())
-        .limit(1)
-    )
-    st.audit(s, actor, "location.read", vin, purpose, ticket=ticket, found=row is not None,
-             fix_at=row.at.isoformat() if row else None)  # fmt: skip
-    return None if row is None else Fix(row.vin, row.at, row.lat, row.lon, row.source)
+    assert since is not None  # owner_at found this period
+    best: Fix | None = None
+    if consent:
+        row = s.scalar(
+            select(LocationFix)
+            .where(LocationFix.vin == vin, LocationFix.at >= since)
+            .order_by(LocationFix.at.desc())
+            .limit(1)
+        )
+        best = None if row is None else Fix(row.vin, row.at, row.lat, row.lon, row.source)
+    # a live fix from before the current ownership (a stale state) is the previous owner's
+    if live is not None and live.vin == vin and _aware(live.at) >= _aware(since):
+        if consent:
+            record_location(s, vin, live.at, live.lat, live.lon, live.source)
+        if best is None or _aware(live.at) >= _aware(best.at):
+            best = live
+    st.audit(s, actor, "location.read", vin, purpose, ticket=ticket, found=best is not None,
+             fix_at=best.at.isoformat() if best else None, source=best.source if best else None,
+             consent=consent, emergency=emergency)  # fmt: skip
+    return best
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
 def purge(
