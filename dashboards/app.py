@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from core.config import MqttSettings
 from crm.models import AuditRecord
+from crm.privacy import READ_PURPOSES
 from crm.store import CrmStore, audit
 from dashboards import auth
 from dashboards.auth import COOKIE, SessionStore, WebSession, csrf_ok
@@ -28,12 +29,14 @@ from dashboards.live import KafkaFeed, StateHub
 
 log = logging.getLogger(__name__)
 HERE: Final = Path(__file__).parent
+# The purposes crm.privacy.read_location accepts, with the console's labels.
 REASON_CODES: Final = {
-    "emergency": "Crash or medical emergency",
-    "breakdown": "Breakdown assistance",
-    "stolen_vehicle": "Stolen vehicle (police reference)",
-    "customer_request": "Customer asked on the phone",
+    "crash-response": "Crash or medical emergency",
+    "roadside-assistance": "Breakdown assistance",
+    "theft": "Stolen vehicle (police reference)",
+    "customer-request": "Customer asked on the phone",
 }
+assert set(REASON_CODES) == set(READ_PURPOSES), "console reasons must be the CRM's read purposes"
 
 
 @dataclass
@@ -147,7 +150,7 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cfg, app.state.crm, app.state.hub = cfg, store, hub
-    app.state.sessions = SessionStore(idle_s=cfg.session_idle_s)
+    app.state.sessions = SessionStore(store.engine, idle_s=cfg.session_idle_s)
     app.state.commands = None
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
@@ -207,12 +210,14 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
             if user is None:
                 audit(s, username[:64], "login.failed", "dashboard")
             else:
-                ws = request.app.state.sessions.login(old, user)
                 audit(s, user.username, "login", "dashboard", role=user.role)
+                s.flush()  # a rehashed password is written before the user leaves the session
+                s.expunge(user)
         if user is None:
             page = render(request, "login.html", old, error="Wrong user name or password.")
             page.status_code = 401
             return page
+        ws = request.app.state.sessions.login(old, user)
         resp = RedirectResponse("/", status_code=303)
         set_cookie(resp, ws, cfg.secure_cookies)
         return resp

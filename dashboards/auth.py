@@ -1,25 +1,27 @@
 """Users, roles, argon2 password hashes, server-side sessions and per-session CSRF tokens.
 
 A session is a random 256-bit id in an HttpOnly, SameSite=Strict cookie (``Secure`` on unless
-configured off for plain-HTTP development); everything else (user, CSRF token, a location grant)
-lives on the server, so a stolen page never carries more than the id. Every state-changing request
+configured off for plain-HTTP development); everything else (user, a location grant) lives on the
+server, in the CRM database under a SHA-256 of the id, so a stolen page never carries more than
+the id, a restart logs nobody out and several dashboard processes agree. Every state-changing request
 must echo the session's CSRF token in the ``csrf_token`` form field or the ``X-CSRF-Token`` header;
 the login form gets a token from a pre-login session, so login CSRF is refused too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import hmac
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Boolean, DateTime, String, select
+from sqlalchemy import JSON, Boolean, DateTime, Float, String, delete, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -75,7 +77,11 @@ def hash_password(password: str) -> str:
 
 
 def create_tables(engine: Engine) -> None:
+    """Users and sessions. The inbox used to be a table of its own (``advisor_inbox``, made here,
+    never by a migration); it is the CRM's ``inbox_items`` now, so the old table goes."""
     UserBase.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS advisor_inbox"))
 
 
 def add_user(s: Session, username: str, password: str, role: str, dealer_id: str) -> None:
@@ -111,12 +117,27 @@ def authenticate(s: Session, username: str, password: str) -> DashboardUser | No
 
 @dataclass
 class LocationGrant:
-    """A revealed location: one vehicle, until ``expires`` (monotonic seconds)."""
+    """A revealed location: one vehicle, until ``expires`` (Unix seconds)."""
 
     vin: str
     reason: str
     ticket: str
     expires: float
+
+
+class SessionRow(UserBase):
+    """A server-side session. Only a SHA-256 of the cookie's token is stored, so a copy of the
+    database opens no session; the CSRF token is derived from the token, never stored."""
+
+    __tablename__ = "dashboard_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str | None] = mapped_column(String(64), default=None)
+    role: Mapped[str | None] = mapped_column(String(32), default=None)
+    dealer_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created: Mapped[float] = mapped_column(Float)  # Unix seconds
+    last_seen: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float, index=True)  # min(idle, absolute) deadline
+    grant: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 @dataclass
@@ -136,58 +157,98 @@ class WebSession:
 
     def location_grant(self, vin: str, now: float | None = None) -> LocationGrant | None:
         g = self.grant
-        t = time.monotonic() if now is None else now
+        t = time.time() if now is None else now
         if g is not None and g.vin == vin and t < g.expires:
             return g
         return None
 
 
-class SessionStore:
-    """In-process sessions with idle and absolute timeouts (one app process; see README)."""
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
-    def __init__(self, idle_s: float = 1800.0, absolute_s: float = 12 * 3600.0) -> None:
+
+def _csrf(token: str) -> str:
+    return hmac.new(token.encode(), b"carpulse-csrf", hashlib.sha256).hexdigest()
+
+
+class SessionStore:
+    """Sessions in the CRM database (table ``dashboard_sessions``) with idle and absolute
+    timeouts: a restart logs nobody out, and every dashboard process sees the same sessions
+    and location grants."""
+
+    TOUCH_EVERY_S: Final = 30.0  # write last_seen at most this often (a read per request)
+
+    def __init__(
+        self, engine: Engine, idle_s: float = 1800.0, absolute_s: float = 12 * 3600.0
+    ) -> None:
+        self.engine = engine
         self.idle_s, self.absolute_s = idle_s, absolute_s
-        self._sessions: dict[str, WebSession] = {}
-        self._lock = threading.Lock()
+        self._last_prune = 0.0
+
+    def _session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
 
     def new(self) -> WebSession:
-        now = time.monotonic()
-        ws = WebSession(secrets.token_urlsafe(32), secrets.token_urlsafe(32), now, now)
-        with self._lock:
-            self._prune(now)
-            self._sessions[ws.id] = ws
-        return ws
+        now = time.time()
+        token = secrets.token_urlsafe(32)
+        with self._session() as s, s.begin():
+            if now - self._last_prune > 60.0:
+                self._last_prune = now
+                s.execute(delete(SessionRow).where(SessionRow.expires < now))
+            s.add(SessionRow(token_hash=_hash(token), created=now, last_seen=now,
+                             expires=now + min(self.idle_s, self.absolute_s)))  # fmt: skip
+        return WebSession(token, _csrf(token), now, now)
 
     def get(self, sid: str | None) -> WebSession | None:
-        if not sid:
+        if not sid or len(sid) > 200:
             return None
-        now = time.monotonic()
-        with self._lock:
-            ws = self._sessions.get(sid)
-            if ws is None:
+        now = time.time()
+        with self._session() as s, s.begin():
+            row = s.get(SessionRow, _hash(sid))
+            if row is None:
                 return None
-            if now - ws.last_seen > self.idle_s or now - ws.created > self.absolute_s:
-                del self._sessions[sid]
+            if now >= row.expires:
+                s.delete(row)
                 return None
-            ws.last_seen = now
-            return ws
+            if now - row.last_seen >= self.TOUCH_EVERY_S:
+                row.last_seen = now
+                row.expires = min(now + self.idle_s, row.created + self.absolute_s)
+            g = row.grant
+            grant = LocationGrant(**g) if g else None
+            return WebSession(sid, _csrf(sid), row.created, row.last_seen, row.username,
+                              row.role, row.dealer_id, grant)  # fmt: skip
 
     def login(self, old: WebSession | None, user: DashboardUser) -> WebSession:
         """A fresh session id and CSRF token for the logged-in user (no session fixation)."""
         if old is not None:
             self.drop(old.id)
         ws = self.new()
+        with self._session() as s, s.begin():
+            row = s.get(SessionRow, _hash(ws.id))
+            assert row is not None
+            row.username, row.role, row.dealer_id = user.username, user.role, user.dealer_id
         ws.username, ws.role, ws.dealer_id = user.username, user.role, user.dealer_id
         return ws
 
-    def drop(self, sid: str) -> None:
-        with self._lock:
-            self._sessions.pop(sid, None)
+    def set_grant(self, ws: WebSession, grant: LocationGrant | None) -> None:
+        """Store the session's one location grant (a new reveal replaces the previous one)."""
+        with self._session() as s, s.begin():
+            row = s.get(SessionRow, _hash(ws.id))
+            if row is not None:
+                row.grant = None if grant is None else dataclasses.asdict(grant)
+        ws.grant = grant
 
-    def _prune(self, now: float) -> None:
-        dead = [k for k, v in self._sessions.items() if now - v.last_seen > self.idle_s]
-        for k in dead:
-            del self._sessions[k]
+    def refresh_grant(self, ws: WebSession) -> LocationGrant | None:
+        """The grant as stored now (a reveal in another request or process)."""
+        with self._session() as s:
+            row = s.get(SessionRow, _hash(ws.id))
+            g = None if row is None else row.grant
+        ws.grant = LocationGrant(**g) if g else None
+        return ws.grant
+
+    def drop(self, sid: str) -> None:
+        with self._session() as s, s.begin():
+            s.execute(delete(SessionRow).where(SessionRow.token_hash == _hash(sid)))
 
 
 def csrf_ok(ws: WebSession | None, supplied: str | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import time
@@ -14,9 +15,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from core.errors import PublishError, WireError
 from crm.models import Vehicle
-from crm.store import CrmError, CrmStore, audit, has_consent
+from crm.privacy import Fix, PrivacyError, read_location
+from crm.store import CrmError, CrmStore, audit
 from dashboards.app import REASON_CODES, csrf, render, require
-from dashboards.auth import LocationGrant, WebSession
+from dashboards.auth import LocationGrant, SessionStore, WebSession
 from dashboards.data import DealerScopeError, search, vehicle_card
 from dashboards.live import StateHub, public_view
 
@@ -126,9 +128,11 @@ async def events(
     if vin is not None:
         _card(request, vin, ws)
     hub: StateHub = request.app.state.hub
+    sessions: SessionStore = request.app.state.sessions
     q = hub.subscribe()
 
     async def gen() -> AsyncIterator[bytes]:
+        checked = time.monotonic()
         try:
             if vin is not None:
                 yield _sse("state", _state_view(request, vin, ws))
@@ -141,6 +145,9 @@ async def events(
                 if await request.is_disconnected():
                     return
                 if kind == "state" and doc.get("vin") == vin and vin is not None:
+                    if time.monotonic() - checked >= 1.0:  # a reveal made by another request
+                        checked = time.monotonic()
+                        await asyncio.to_thread(sessions.refresh_grant, ws)
                     yield _sse("state", public_view(doc, ws.location_grant(vin) is not None))
                 elif kind == "alert":
                     for a in _alerts_for(request, ws, [doc]):
@@ -157,6 +164,20 @@ def _sse(event: str, doc: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(doc, default=str)}\n\n".encode()
 
 
+def _live_fix(request: Request, vin: str) -> Fix | None:
+    """The vehicle's current position from the ``vehicle-state`` feed, as a CRM fix."""
+    hub: StateHub = request.app.state.hub
+    loc = (hub.states.get(vin) or {}).get("location")
+    if not isinstance(loc, dict):
+        return None
+    try:
+        lat, lon, ts_us = float(loc["lat"]), float(loc["lon"]), int(loc["ts_us"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    at = dt.datetime.fromtimestamp(ts_us / 1e6, dt.UTC)
+    return Fix(vin, at, lat, lon, "vehicle-state")
+
+
 @router.post("/console/vehicles/{vin}/reveal", dependencies=[Depends(csrf)])
 def reveal_location(
     request: Request,
@@ -165,30 +186,31 @@ def reveal_location(
     ticket: Annotated[str, Form(max_length=32)],
     ws: WebSession = Depends(require("location.reveal")),
 ) -> Response:
-    """Show one vehicle's location for a limited time, for a reason and a ticket; audited."""
+    """Show one vehicle's location for a limited time, for a reason and a ticket.
+
+    The one door is ``crm.privacy.read_location`` (consent, purpose, ticket, current ownership
+    only, refusals audited); it is given the live fix from ``vehicle-state``. The grant then
+    lets this session's console follow that vehicle's live position for ``reveal_seconds``.
+    """
     if reason not in REASON_CODES:
         raise HTTPException(422, f"reason must be one of {sorted(REASON_CODES)}")
     if not TICKET_RE.match(ticket):
         raise HTTPException(422, "ticket id: 3-32 letters, digits or dashes")
-    card = _card(request, vin, ws)
+    _card(request, vin, ws)
     seconds = request.app.state.cfg.reveal_seconds
-    with _store(request).tx() as s:
-        # Outside an emergency, a location is only shown to the call centre with the owner's consent.
-        consent = card.customer_id is not None and has_consent(s, card.customer_id, "location")
-        if reason != "emergency" and not consent:
-            audit(s, ws.username or "", "location.refused", vin, "location", reason=reason,
-                  ticket=ticket, why="no location consent")  # fmt: skip
-            refused = True
-        else:
-            audit(s, ws.username or "", "location.reveal", vin, "location", reason=reason,
-                  ticket=ticket, seconds=seconds, consent=consent)  # fmt: skip
-            refused = False
-    if refused:
-        raise HTTPException(403, "the customer has not consented to location sharing")
+    try:
+        with _store(request).tx() as s:
+            fix = read_location(s, ws.username or "", vin, reason, ticket,
+                                live=_live_fix(request, vin))  # fmt: skip
+    except PrivacyError as err:
+        raise HTTPException(403, str(err)) from err
     # One vehicle at a time: a new reveal replaces the previous grant.
-    ws.grant = LocationGrant(vin, reason, ticket, time.monotonic() + seconds)
-    view = _state_view(request, vin, ws)
-    return JSONResponse({"vin": vin, "seconds": seconds, "location": view["location"]})
+    sessions: SessionStore = request.app.state.sessions
+    sessions.set_grant(ws, LocationGrant(vin, reason, ticket, time.time() + seconds))
+    location = None
+    if fix is not None:
+        location = {"lat": fix.lat, "lon": fix.lon, "at": fix.at.isoformat(), "source": fix.source}
+    return JSONResponse({"vin": vin, "seconds": seconds, "location": location})
 
 
 def _send(

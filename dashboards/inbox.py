@@ -1,4 +1,13 @@
-"""The service-advisor inbox: maintenance predictions, DTC routing, gate arrivals; audited actions."""
+"""The service-advisor inbox: the CRM's inbox cards for the advisor and expert queues of the
+user's dealer (maintenance predictions, DTC routings, gate arrivals with the customer card, and
+whatever else the rules route there); acknowledge / book / issue a coupon act through
+``crm.delivery`` and are audited.
+
+The dashboard's Kafka feed files two kinds of cards into that one inbox (``record_filer``):
+maintenance predictions from ``carpulse.predictions`` (with the evidence series for the chart)
+and the DTCs of ``vehicle-state`` routed to the vehicle's dealer. The rules engine files the rest
+(gate arrivals, high-severity DTCs for the expert queue) from the CRM worker.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +18,51 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
-from sqlalchemy.exc import IntegrityError
 
 from core.topics import KAFKA_VEHICLE_STATE
-from crm.models import CouponTemplate
-from crm.store import CrmError, CrmStore
+from crm import delivery
+from crm.models import CouponTemplate, Vehicle, utcnow
+from crm.store import CrmError, CrmStore, owner_at
+from crm.tables import InboxItem
 from dashboards.app import csrf, render, require
 from dashboards.auth import WebSession
-from dashboards.data import (
-    DealerScopeError,
-    InboxItem,
-    acknowledge,
-    book_appointment,
-    inbox,
-    issue_item_coupon,
-    upsert_inbox,
-    vehicle_card,
-)
+from dashboards.data import DealerScopeError, VehicleCard, customer_card, vehicle_card
 from dashboards.live import describe_dtc
 
 router = APIRouter(tags=["inbox"])
 EVIDENCE_POINTS: Final = 60
 ItemId = Annotated[int, Path(ge=1, le=2**62)]
+FEED_KEY: Final = "feed|"  # effect keys of the cards the dashboard's feed files
 
 
 def _store(request: Request) -> CrmStore:
     return request.app.state.crm  # type: ignore[no-any-return]
 
 
+def _evidence_value(doc: dict[str, Any]) -> float | None:
+    """The series the chart draws: the predicted value (oil life) or the distance left."""
+    if isinstance(doc.get("value"), int | float):
+        return float(doc["value"])
+    if isinstance(doc.get("km"), int | float) and isinstance(doc.get("odo"), int | float):
+        return round(float(doc["km"]) - float(doc["odo"]), 1)
+    return None
+
+
+TITLES: Final = {"service_due": "Service due", "oil_life": "Oil change"}
+
+
+def _title(kind: str, due: dict[str, Any]) -> str:
+    name = TITLES.get(kind, kind.replace("_", " ").capitalize())
+    return f"{name} by {due['due_date']}" if due.get("due_date") else name
+
+
 def record_filer(store: CrmStore) -> Callable[[str, dict[str, Any]], None]:
-    """Files predictions as maintenance items and DTC lists as DTC items routed to the dealer."""
+    """Files predictions as maintenance cards and DTC lists as DTC cards, in the CRM inbox."""
 
     filed: dict[str, list[str]] = {}  # states repeat every 200 ms: write only when codes change
 
     def file(topic: str, doc: dict[str, Any]) -> None:
-        vin, kind = doc.get("vin"), doc.get("kind", "prediction")
+        vin, kind = doc.get("vin"), str(doc.get("kind", "prediction"))[:32]
         if not isinstance(vin, str):
             return
         if topic == KAFKA_VEHICLE_STATE:
@@ -51,19 +70,34 @@ def record_filer(store: CrmStore) -> Callable[[str, dict[str, Any]], None]:
             if codes and filed.get(vin) != codes:
                 filed[vin] = codes
                 with store.tx() as s:
-                    codes_doc = {"codes": [{"code": c, "text": describe_dtc(c)} for c in codes]}
-                    upsert_inbox(s, "dtc", vin, f"dtc|{vin}|{','.join(codes)}", codes_doc)
+                    if s.get(Vehicle, vin) is None:
+                        return
+                    described = [{"code": c, "text": describe_dtc(c)} for c in codes]
+                    delivery.file_card(
+                        s, role="advisor", kind="dtc", key=f"{FEED_KEY}dtc|{vin}|{','.join(codes)}"[:200],
+                        title=f"DTC {', '.join(codes)} on {vin}", vin=vin,
+                        customer_id=owner_at(s, vin, utcnow()), priority=2,
+                        data={"codes": described},
+                    )  # fmt: skip
             return
         with store.tx() as s:
-            key = f"maintenance|{vin}|{kind}"
-            item = s.query(InboxItem).filter_by(dedupe_key=key).one_or_none()
-            payload: dict[str, Any] = dict(item.payload) if item else {"kind": kind, "evidence": []}
-            evidence = list(payload.get("evidence", []))
-            if isinstance(doc.get("value"), int | float) and isinstance(doc.get("ts_us"), int):
-                evidence = [*evidence, [doc["ts_us"], float(doc["value"])]][-EVIDENCE_POINTS:]
-            payload.update({k: v for k, v in doc.items() if k not in ("evidence",)})
+            if s.get(Vehicle, vin) is None:
+                return
+            # one card per prediction kind and service cycle; a new cycle is a new card
+            key = f"{FEED_KEY}maintenance|{vin}|{kind}|{doc.get('cycle', '')}"[:200]
+            item = s.query(InboxItem).filter_by(effect_key=key).one_or_none()
+            evidence = list((item.data if item else {}).get("evidence", []))
+            value = _evidence_value(doc)
+            if value is not None and isinstance(doc.get("ts_us"), int):
+                evidence = [*evidence, [doc["ts_us"], value]][-EVIDENCE_POINTS:]
+            payload = {k: v for k, v in doc.items() if k != "evidence"}
             payload["evidence"] = evidence
-            upsert_inbox(s, "maintenance", vin, key, payload)
+            due = _due(payload)
+            delivery.file_card(
+                s, role="advisor", kind="maintenance", key=key, vin=vin,
+                title=_title(kind, due), customer_id=owner_at(s, vin, utcnow()),
+                priority=4, data=payload,
+            )  # fmt: skip
 
     return file
 
@@ -84,29 +118,57 @@ def evidence_svg(points: list[list[float]], width: int = 320, height: int = 90) 
         f"{height - pad - (v - v0) / span_v * (height - 2 * pad):.1f}"
         for t, v in pts
     )
-    label = escape(f"{len(pts)} points from {v0:.3g} to {v1:.3g}")
+    label = escape(f"{len(pts)} points from {_num(v0)} to {_num(v1)}")
     return Markup(
         f'<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="{label}"><polyline fill="none" stroke="#1f6feb" '
-        f'stroke-width="2" points="{coords}"/><text x="{pad}" y="12" font-size="10">{v1:.3g}</text>'
-        f'<text x="{pad}" y="{height - 2}" font-size="10">{v0:.3g}</text></svg>'
+        f'stroke-width="2" points="{coords}"/><text x="{pad}" y="12" font-size="10">{_num(v1)}</text>'
+        f'<text x="{pad}" y="{height - 2}" font-size="10">{_num(v0)}</text></svg>'
     )
 
 
+def _num(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def _due(payload: dict[str, Any]) -> dict[str, Any]:
-    """Due date / distance / confidence as predicted, or estimated from an oil-life fraction."""
-    out = {k: payload.get(k) for k in ("due_date", "due_km", "confidence")}
+    """Due date, distance left and confidence: as predicted, or estimated from the evidence."""
+    out: dict[str, Any] = {k: payload.get(k) for k in ("due_date", "due_km", "confidence")}
+    out["window"] = None
+    ts_us, days = payload.get("ts_us"), payload.get("days")
+    if out["due_date"] is None and isinstance(ts_us, int) and isinstance(days, int | float):
+        at = dt.datetime.fromtimestamp(ts_us / 1e6, dt.UTC) + dt.timedelta(days=float(days))
+        out["due_date"] = at.date().isoformat()
+    km, odo = payload.get("km"), payload.get("odo")
+    if out["due_km"] is None and isinstance(km, int | float) and isinstance(odo, int | float):
+        out["due_km"] = round(float(km) - float(odo))
+    lo, hi = payload.get("days_lo"), payload.get("days_hi")
+    if isinstance(lo, int | float) and isinstance(hi, int | float):
+        out["window"] = f"{lo:.0f}-{hi:.0f} days"  # the model's interval of the due date
     ev = payload.get("evidence") or []
     if payload.get("kind") == "oil_life" and len(ev) >= 2 and out["due_date"] is None:
         (ta, va), (tb, vb) = ev[0], ev[-1]
         rate = (va - vb) / max((tb - ta) / 86400e6, 1e-9)  # life fraction per day
         if rate > 0 and vb > 0:
-            days = vb / rate
+            days_left = vb / rate
             out["due_date"] = (
-                (dt.datetime.now(dt.UTC) + dt.timedelta(days=min(days, 3650))).date().isoformat()
+                (dt.datetime.now(dt.UTC) + dt.timedelta(days=min(days_left, 3650)))
+                .date()
+                .isoformat()
             )
             out["confidence"] = out["confidence"] or round(min(1.0, len(ev) / EVIDENCE_POINTS), 2)
     return out
+
+
+def _card_for(s: Any, item: InboxItem, dealer_id: str) -> VehicleCard | None:
+    try:
+        if item.vin:
+            return vehicle_card(s, item.vin, dealer_id)
+        if item.customer_id:
+            return customer_card(s, item.customer_id, dealer_id)
+    except (DealerScopeError, CrmError):
+        pass
+    return None
 
 
 @router.get("/inbox", response_class=HTMLResponse)
@@ -114,17 +176,21 @@ def inbox_page(request: Request, ws: WebSession = Depends(require("inbox.view"))
     rows = []
     with _store(request).tx() as s:
         templates = [t.code for t in s.query(CouponTemplate).order_by(CouponTemplate.code)]
-        for item in inbox(s, ws.dealer_id or ""):
-            try:
-                card = vehicle_card(s, item.vin, ws.dealer_id or "")
-            except (DealerScopeError, CrmError):
+        for item in delivery.dealer_inbox(s, ws.dealer_id or ""):
+            card = _card_for(s, item, ws.dealer_id or "")
+            if card is None:
                 continue
+            data = item.data or {}
             rows.append(
                 {
                     "item": item,
+                    "state": delivery.card_state(item),
+                    "data": data,
                     "card": card,
-                    "due": _due(item.payload),
-                    "chart": evidence_svg(item.payload.get("evidence") or []),
+                    "due": _due(data) if item.kind == "maintenance" else {},
+                    "chart": evidence_svg(data.get("evidence") or [])
+                    if item.kind == "maintenance"
+                    else "",
                 }
             )
     return render(request, "inbox.html", ws, rows=rows, coupon_templates=templates)
@@ -134,10 +200,10 @@ def _act(request: Request, fn: Callable[..., Any], *args: Any) -> Response:
     try:
         with _store(request).tx() as s:
             fn(s, *args)
-    except DealerScopeError as err:
+    except delivery.InboxScopeError as err:
         raise HTTPException(403, str(err)) from err
-    except IntegrityError as err:
-        raise HTTPException(409, "already done for this item") from err
+    except delivery.DuplicateAction as err:
+        raise HTTPException(409, str(err)) from err
     except CrmError as err:
         raise HTTPException(409, str(err)) from err
     return RedirectResponse("/inbox", status_code=303)
@@ -147,7 +213,7 @@ def _act(request: Request, fn: Callable[..., Any], *args: Any) -> Response:
 def ack_item(
     request: Request, item_id: ItemId, ws: WebSession = Depends(require("inbox.act"))
 ) -> Response:
-    return _act(request, acknowledge, item_id, ws.username, ws.dealer_id)
+    return _act(request, delivery.acknowledge, item_id, ws.username, ws.dealer_id)
 
 
 @router.post("/inbox/{item_id}/book", dependencies=[Depends(csrf)])
@@ -158,7 +224,7 @@ def book_item(
     ws: WebSession = Depends(require("inbox.act")),
 ) -> Response:
     when = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-    return _act(request, book_appointment, item_id, when, ws.username, ws.dealer_id)
+    return _act(request, delivery.book, item_id, when, ws.username, ws.dealer_id)
 
 
 @router.post("/inbox/{item_id}/coupon", dependencies=[Depends(csrf)])
@@ -168,4 +234,4 @@ def coupon_item(
     template: Annotated[str, Form(max_length=64)],
     ws: WebSession = Depends(require("inbox.act")),
 ) -> Response:
-    return _act(request, issue_item_coupon, item_id, template, ws.username, ws.dealer_id)
+    return _act(request, delivery.coupon, item_id, template, ws.username, ws.dealer_id)

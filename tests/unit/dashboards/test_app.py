@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -9,9 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from crm.models import AuditRecord, Coupon, Customer
-from crm.store import CrmStore
-from dashboards.data import InboxItem, upsert_inbox
+from crm import delivery
+from crm.models import AuditRecord, Coupon, Customer, utcnow
+from crm.store import CrmStore, find_or_create_customer, set_consent, transfer_ownership
+from crm.tables import InboxItem, LocationFix
+from dashboards.auth import SessionRow
 from dashboards.inbox import evidence_svg
 from dashboards.live import public_view
 from dashboards.users import demo_card, demo_phone
@@ -53,7 +56,7 @@ def test_csrf_token_is_required_on_every_post(client: TestClient) -> None:
     r = client.post("/login", data={"username": "agent", "password": "carpulse-demo"})
     assert r.status_code == 403
     token = login(client, "agent")
-    data = {"reason": "emergency", "ticket": "T-1"}
+    data = {"reason": "crash-response", "ticket": "T-1"}
     assert client.post(f"/console/vehicles/{VIN_A}/reveal", data=data).status_code == 403
     bad = {**data, "csrf_token": token[:-2] + "xx"}
     assert client.post(f"/console/vehicles/{VIN_A}/reveal", data=bad).status_code == 403
@@ -94,52 +97,129 @@ def test_another_dealers_vehicle_is_refused_and_audited(client: TestClient, app_
     assert client.get(f"/console/vehicles/{VIN_B}/state").status_code == 403
     assert client.get("/console/events", params={"vin": VIN_B}).status_code == 403
     r = client.post(f"/console/vehicles/{VIN_B}/reveal",
-                    data={"reason": "emergency", "ticket": "T-9", "csrf_token": token})  # fmt: skip
+                    data={"reason": "crash-response", "ticket": "T-9", "csrf_token": token})  # fmt: skip
     assert r.status_code == 403
     assert VIN_B not in client.get("/console", params={"q": "BBB001"}).text
     denied = audits(app_store[1], "vehicle.denied")
     assert {a.subject for a in denied} == {VIN_B} and len(denied) >= 3
-    assert not audits(app_store[1], "location.reveal")
+    assert not audits(app_store[1], "location.read")
 
 
-def test_reveal_is_audited_time_limited_and_one_vehicle(client: TestClient, app_store: Any) -> None:
+def now_us() -> int:
+    return int(time.time() * 1e6)
+
+
+def test_reveal_goes_through_the_crm_audited_time_limited_one_vehicle(
+    client: TestClient, app_store: Any
+) -> None:
     app, store = app_store
-    app.state.hub.put_state({"vin": VIN_A, "location": {"lat": 31.2, "lon": 121.5, "ts_us": 1}})
+    app.state.hub.put_state(
+        {"vin": VIN_A, "location": {"lat": 31.2, "lon": 121.5, "ts_us": now_us()}}
+    )
     token = login(client, "agent")
     assert client.get(f"/console/vehicles/{VIN_A}/state").json()["location"] is None
     r = client.post(f"/console/vehicles/{VIN_A}/reveal",
-                    data={"reason": "breakdown", "ticket": "T-42", "csrf_token": token})  # fmt: skip
+                    data={"reason": "roadside-assistance", "ticket": "T-42", "csrf_token": token})  # fmt: skip
     assert r.status_code == 200 and r.json()["location"]["lat"] == 31.2
-    rec = audits(store, "location.reveal")
+    rec = audits(store, "location.read")  # the CRM's one audited door (crm.privacy.read_location)
     assert len(rec) == 1 and rec[0].actor == "agent" and rec[0].subject == VIN_A
-    assert rec[0].detail["ticket"] == "T-42" and rec[0].detail["reason"] == "breakdown"
+    assert rec[0].purpose == "roadside-assistance" and rec[0].detail["ticket"] == "T-42"
+    assert rec[0].detail["source"] == "vehicle-state" and rec[0].detail["found"] is True
+    with store.tx() as s:  # kept as the last known place: the owner consents
+        assert s.query(LocationFix).filter_by(vin=VIN_A).count() == 1
     assert client.get(f"/console/vehicles/{VIN_A}/state").json()["location"] is not None
-    # The grant runs out.
-    ws = next(iter(app.state.sessions._sessions.values()))
-    if ws.grant is None:
-        ws = list(app.state.sessions._sessions.values())[-1]
-    ws.grant.expires = time.monotonic() - 1
+    # One vehicle at a time: revealing the second one ends the first grant.
+    with store.tx() as s:
+        set_consent(s, owner_of(store, VIN_A2), "location", True)
+    r = client.post(f"/console/vehicles/{VIN_A2}/reveal",
+                    data={"reason": "customer-request", "ticket": "T-43", "csrf_token": token})  # fmt: skip
+    assert r.status_code == 200 and r.json()["location"] is None  # no position known
+    assert client.get(f"/console/vehicles/{VIN_A}/state").json()["location"] is None
+    # The grant runs out (it lives in the session row in the CRM database).
+    with store.tx() as s:
+        row = s.scalars(select(SessionRow).where(SessionRow.grant.is_not(None))).one()
+        row.grant = {**row.grant, "vin": VIN_A, "expires": time.time() - 1}  # type: ignore[dict-item]
     assert client.get(f"/console/vehicles/{VIN_A}/state").json()["location"] is None
 
 
-def test_reveal_without_consent_needs_emergency(client: TestClient, app_store: Any) -> None:
+def test_reveal_without_consent_only_for_a_crash_on_record(
+    client: TestClient, app_store: Any
+) -> None:
+    app, store = app_store
+    app.state.hub.put_state(
+        {"vin": VIN_A2, "location": {"lat": 30.1, "lon": 120.1, "ts_us": now_us()}}
+    )
     token = login(client, "agent")
-    data = {"reason": "customer_request", "ticket": "T-7", "csrf_token": token}
+    data = {"reason": "customer-request", "ticket": "T-7", "csrf_token": token}
     assert client.post(f"/console/vehicles/{VIN_A2}/reveal", data=data).status_code == 403
-    assert [a.subject for a in audits(app_store[1], "location.refused")] == [VIN_A2]
-    data["reason"] = "emergency"
-    assert client.post(f"/console/vehicles/{VIN_A2}/reveal", data=data).status_code == 200
+    data["reason"] = "crash-response"
+    r = client.post(f"/console/vehicles/{VIN_A2}/reveal", data=data)
+    assert r.status_code == 403 and "no crash" in r.text
+    denied = audits(store, "location.read.denied")
+    assert [(a.subject, a.purpose) for a in denied] == [
+        (VIN_A2, "customer-request"), (VIN_A2, "crash-response")
+    ]  # fmt: skip
+    with store.tx() as s:  # the crash rule's call-centre card is the CRM's record of the crash
+        delivery.file_card(s, role="call_centre", kind="crash", key="crash|t", vin=VIN_A2,
+                           title="CRASH", priority=0)  # fmt: skip
+    r = client.post(f"/console/vehicles/{VIN_A2}/reveal", data=data)
+    assert r.status_code == 200 and r.json()["location"]["lat"] == 30.1
+    assert audits(store, "location.read")[-1].detail["emergency"] is True
+    with store.tx() as s:
+        assert s.query(LocationFix).filter_by(vin=VIN_A2).count() == 0  # not kept
     data["reason"] = "made_up"
     assert client.post(f"/console/vehicles/{VIN_A2}/reveal", data=data).status_code == 422
+
+
+def test_reveal_shows_nothing_from_before_the_current_ownership(
+    client: TestClient, app_store: Any
+) -> None:
+    app, store = app_store
+    old_fix = now_us() - 7_200_000_000  # two hours ago, under the previous owner
+    app.state.hub.put_state(
+        {"vin": VIN_A, "location": {"lat": 31.9, "lon": 121.9, "ts_us": old_fix}}
+    )
+    with store.tx() as s:
+        buyer = find_or_create_customer(s, {"phone": "+8613911112222"}, display_name="Buyer")
+        s.get(Customer, buyer).dealer_id = "dealer-a"  # type: ignore[union-attr]
+        set_consent(s, buyer, "location", True)
+        transfer_ownership(s, VIN_A, buyer, utcnow() - dt.timedelta(hours=1))
+    token = login(client, "agent")
+    r = client.post(f"/console/vehicles/{VIN_A}/reveal",
+                    data={"reason": "customer-request", "ticket": "T-8", "csrf_token": token})  # fmt: skip
+    assert r.status_code == 200 and r.json()["location"] is None
+    assert audits(store, "location.read")[-1].detail["found"] is False
 
 
 def test_advisor_cannot_reveal_location(client: TestClient, app_store: Any) -> None:
     token = login(client, "advisor")
     r = client.post(f"/console/vehicles/{VIN_A}/reveal",
-                    data={"reason": "emergency", "ticket": "T-1", "csrf_token": token})  # fmt: skip
+                    data={"reason": "crash-response", "ticket": "T-1", "csrf_token": token})  # fmt: skip
     assert r.status_code == 403
     assert "Reveal location" not in client.get(f"/console/vehicles/{VIN_A}").text
-    assert not audits(app_store[1], "location.reveal")
+    assert not audits(app_store[1], "location.read")
+
+
+def test_sessions_live_in_the_crm_database_hashed(app_store: Any, tmp_path: Any) -> None:
+    from dashboards.app import DashboardConfig, create_app
+
+    app, store = app_store
+    with TestClient(app, base_url="https://testserver") as c:
+        login(c, "agent")
+        sid = c.cookies.get("carpulse_session")
+    assert sid
+    with store.tx() as s:
+        rows = list(s.scalars(select(SessionRow).where(SessionRow.username == "agent")))
+        assert len(rows) == 1 and sid not in rows[0].token_hash
+    # Another process on the same database (or this one after a restart) knows the session.
+    other = create_app(DashboardConfig(crm_url=str(store.engine.url), reveal_seconds=60))
+    with TestClient(other, base_url="https://testserver", cookies={"carpulse_session": sid}) as c2:
+        assert c2.get("/console").status_code == 200
+        token = csrf_of(c2.get("/console").text)
+        r = c2.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+        assert r.status_code == 303
+    with TestClient(app, base_url="https://testserver", cookies={"carpulse_session": sid}) as c3:
+        assert c3.get("/console", headers={"accept": "application/json"}).status_code == 401
 
 
 def test_commands_need_confirmation_and_a_configured_channel(client: TestClient) -> None:
@@ -157,10 +237,11 @@ def test_commands_need_confirmation_and_a_configured_channel(client: TestClient)
 def test_inbox_actions_are_audited_and_dealer_scoped(client: TestClient, app_store: Any) -> None:
     store = app_store[1]
     with store.tx() as s:
-        a = upsert_inbox(s, "maintenance", VIN_A, "m|a", {"kind": "oil_life",
-                         "evidence": [[0, 0.9], [86_400_000_000, 0.8]]})  # fmt: skip
-        b = upsert_inbox(s, "dtc", VIN_B, "d|b", {"codes": [{"code": "P0301", "text": "x"}]})
-        assert a is not None and b is not None
+        a = delivery.file_card(s, role="advisor", kind="maintenance", key="m|a", vin=VIN_A,
+                               title="oil_life due", data={"kind": "oil_life",
+                               "evidence": [[0, 0.9], [86_400_000_000, 0.8]]})  # fmt: skip
+        b = delivery.file_card(s, role="advisor", kind="dtc", key="d|b", vin=VIN_B, title="P0301",
+                               data={"codes": [{"code": "P0301", "text": "x"}]})  # fmt: skip
         ida, idb = a.id, b.id
     token = login(client, "advisor")
     page = client.get("/inbox").text
@@ -177,12 +258,14 @@ def test_inbox_actions_are_audited_and_dealer_scoped(client: TestClient, app_sto
                     follow_redirects=False)  # fmt: skip
     assert r.status_code == 303
     with store.tx() as s:
-        assert s.get(InboxItem, ida).state == "booked"  # type: ignore[union-attr]
+        item = s.get(InboxItem, ida)
+        assert item is not None and delivery.card_state(item) == "booked"
         issued = s.scalars(select(Coupon).where(Coupon.effect_key == f"inbox|{ida}|SERVICE10"))
         assert len(list(issued)) == 1
     actions = {a.action for a in audits(store, "inbox.acknowledge") + audits(store, "inbox.coupon")
                + audits(store, "inbox.book")}  # fmt: skip
     assert actions == {"inbox.acknowledge", "inbox.coupon", "inbox.book"}
+    assert "state-booked" in client.get("/inbox").text  # closed today: still on the page
 
 
 @pytest.mark.parametrize("user,path,code", [("auditor", "/console", 403), ("agent", "/inbox", 403),

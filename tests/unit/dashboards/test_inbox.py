@@ -1,0 +1,133 @@
+"""The one inbox on the advisor's page: gate arrivals from the CRM rules with the customer card,
+maintenance predictions filed by the dashboard's feed, expert cards, and the dealer scope."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from core.topics import KAFKA_EVENTS, KAFKA_PREDICTIONS, KAFKA_VEHICLE_STATE
+from core.wire import Event, encode_event
+from crm.engine import RuleEngine
+from crm.normalize import from_record
+from crm.rules import shipped_rules
+from crm.store import CrmStore
+from crm.tables import InboxItem
+from dashboards.inbox import record_filer
+from tests.unit.dashboards.conftest import VIN_A, VIN_B, login
+
+
+def gate_plate(store: CrmStore, plate: str, seq: int) -> None:
+    """What the CRM worker does with an edge gate's ``gate.plate`` event (crm.agents)."""
+    ts_us = int(time.time() * 1e6)
+    payload = encode_event(Event("gate-1", "boot-1", seq, "gate.plate", ts_us, 3,
+                                 {"plate": plate, "camera": "gate-east", "confidence": 0.97}))  # fmt: skip
+    engine = RuleEngine(shipped_rules())
+    for ev in from_record(KAFKA_EVENTS, payload):
+        with store.tx() as s:
+            out = engine.handle(s, ev)
+            assert out.parked is None, out.parked
+
+
+def cards(html: str) -> list[str]:
+    return re.findall(r'<article class="card inbox-item[^"]*"[^>]*>.*?</article>', html, re.S)
+
+
+def test_gate_arrival_shows_in_the_advisor_inbox_with_the_customer_card(
+    client: TestClient, app_store: Any
+) -> None:
+    store = app_store[1]
+    gate_plate(store, "DEMO001", 1)  # dealer-a's member
+    gate_plate(store, "BBB001", 2)  # dealer-b's member: not for dealer-a's advisors
+    with store.tx() as s:
+        items = list(s.scalars(select(InboxItem).where(InboxItem.kind == "gate_arrival")))
+        assert {i.vin for i in items} == {VIN_A, VIN_B} and {i.role for i in items} == {"advisor"}
+    token = login(client, "advisor")
+    arrivals = [c for c in cards(client.get("/inbox").text) if 'data-kind="gate_arrival"' in c]
+    assert len(arrivals) == 1
+    card = arrivals[0]
+    assert VIN_A in card and "DEMO001" in card and "gate-east" in card
+    assert "Demo customer 1" in card and "tier silver" in card and "+86138" in card
+    item_id = int(re.search(r'id="item-(\d+)"', card).group(1))  # type: ignore[union-attr]
+    r = client.post(f"/inbox/{item_id}/acknowledge", data={"csrf_token": token},
+                    follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303
+    assert "state-acknowledged" in client.get("/inbox").text
+    login(client, "agent-b")  # a call-centre agent has no inbox, whatever the dealer
+    assert client.get("/inbox").status_code == 403
+
+
+def test_feed_files_predictions_and_dtcs_into_the_crm_inbox(
+    client: TestClient, app_store: Any
+) -> None:
+    store = app_store[1]
+    file = record_filer(store)
+    t0 = int(time.time() * 1e6)
+    for i, odo in enumerate((10_000.0, 10_150.0, 10_290.0)):
+        file(KAFKA_PREDICTIONS, {"vin": VIN_A, "kind": "service_due", "ts_us": t0 + i * 86_400_000_000,
+                                 "days": 20.0 - i, "days_lo": 15.0, "days_hi": 26.0,
+                                 "km": 11_000.0, "odo": odo, "cycle": "2026-01-01@5000km"})  # fmt: skip
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0301"]})
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0301"]})  # same codes: no new card
+    file(KAFKA_PREDICTIONS, {"vin": "UNKNOWN0000000000", "kind": "service_due"})  # not in the CRM
+    with store.tx() as s:
+        items = list(s.scalars(select(InboxItem).order_by(InboxItem.id)))
+        assert [(i.kind, i.role) for i in items] == [("maintenance", "advisor"), ("dtc", "advisor")]
+        assert len(items[0].data["evidence"]) == 3 and items[0].customer_id is not None
+    login(client, "advisor")
+    html = client.get("/inbox").text
+    (maint,) = [c for c in cards(html) if 'data-kind="maintenance"' in c]
+    assert "in 710 km" in maint and "likely in 15-26 days" in maint and "<polyline" in maint
+    assert re.search(r"due \d{4}-\d\d-\d\d", maint)
+    (dtc,) = [c for c in cards(html) if 'data-kind="dtc"' in c]
+    assert "P0301" in dtc and "misfire" in dtc.lower()
+
+
+def test_expert_cards_of_the_dealer_show_with_their_text(
+    client: TestClient, app_store: Any
+) -> None:
+    store = app_store[1]
+    engine = RuleEngine(shipped_rules())
+    ts_us = int(time.time() * 1e6)
+    payload = encode_event(Event("demo-car-1", "boot-1", 7, "dtc", ts_us, 2,
+                                 {"codes": ["P0301"], "descriptions": {"P0301": "misfire <b>1</b>"}}))  # fmt: skip
+    for ev in from_record(KAFKA_EVENTS, payload):
+        with store.tx() as s:
+            engine.handle(s, ev)
+    login(client, "advisor")
+    (card,) = [c for c in cards(client.get("/inbox").text) if "role-expert" in c]
+    assert "P0301" in card and "misfire &lt;b&gt;1&lt;/b&gt;" in card  # escaped, not markup
+    assert json.dumps(VIN_A)[1:-1] in card
+
+
+def test_inbox_escapes_card_text_and_needs_csrf(client: TestClient, app_store: Any) -> None:
+    from crm import delivery
+    from crm.models import Customer
+    from tests.unit.dashboards.conftest import owner_of
+
+    store = app_store[1]
+    evil = '<script>alert("x")</script>'
+    with store.tx() as s:
+        cust = s.get(Customer, owner_of(store, VIN_A))
+        assert cust is not None
+        cust.display_name = evil
+        item = delivery.file_card(s, role="advisor", kind="gate_arrival", key="x|1", vin=VIN_A,
+                                  title=evil, body=f"<img src=x onerror=alert(1)>{evil}")  # fmt: skip
+        item_id = item.id
+    token = login(client, "advisor")
+    html = client.get("/inbox").text
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert html.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;") >= 3
+    for action, extra in (("acknowledge", {}), ("coupon", {"template": "SERVICE10"}),
+                          ("book", {"at": "2030-01-02T09:30"})):  # fmt: skip
+        r = client.post(f"/inbox/{item_id}/{action}", data=extra)
+        assert r.status_code == 403, action
+        r = client.post(f"/inbox/{item_id}/{action}", data={**extra, "csrf_token": token[:-1]})
+        assert r.status_code == 403, action
+    with store.tx() as s:
+        assert s.get(delivery.InboxItem, item_id).done_at is None  # type: ignore[union-attr]
