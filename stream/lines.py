@@ -18,7 +18,8 @@ What InfluxDB cannot store, or should not, is counted and left out, never silent
 Each rejected group is reported once per batch in ``LineStats.rejects`` as ``(reason, detail)``;
 the caller dead-letters those. The hot path is vectorised: one NumPy pass decides which rows
 stay, sorts them by time and finds line boundaries; the text is made by C-level ``map``/``join``
-over precomputed per-signal prefixes, and each distinct value is formatted once.
+over precomputed per-signal prefixes, and each distinct value is formatted once (and kept in a
+bounded cache across batches: CAN signals are scaled integers with few distinct values).
 """
 
 from __future__ import annotations
@@ -121,6 +122,26 @@ def keep_mask(
     return keep
 
 
+_TEXTS: dict[int, str] = {}  # float64 bit pattern -> repr; one event loop thread uses it
+TEXT_CACHE_MAX: Final = (
+    1 << 17
+)  # ~10 MB at most; cleared when full (a scaled signal has few values)
+
+
+def _texts(bits: np.ndarray) -> list[str]:
+    """``repr`` of the floats whose int64 bit patterns are ``bits``, through the cache."""
+    keys = bits.tolist()
+    cache = _TEXTS
+    missing = [k for k in keys if k not in cache]
+    if missing:
+        if len(cache) + len(missing) > TEXT_CACHE_MAX:
+            cache.clear()
+            missing = keys
+        floats = np.array(missing, dtype=np.int64).view(np.float64).tolist()
+        cache.update(zip(missing, map(repr, floats), strict=True))
+    return list(map(cache.__getitem__, keys))
+
+
 def batch_lines(
     batch: TelemetryBatch,
     measurement: str,
@@ -145,9 +166,10 @@ def batch_lines(
     head = f"{escape_key(measurement)},device={escape_tag(batch.device_id)} "
     prefixes = [escape_key(n) + "=" for n in s.names]
     # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
-    # distinct bit pattern is formatted once; bits, not values, keep -0.0 apart from 0.0.
+    # distinct bit pattern is formatted once per batch, and once at all while it stays in the
+    # cache; bits, not values, keep -0.0 apart from 0.0.
     bits, inverse = np.unique(s.value[order].view(np.int64), return_inverse=True)
-    texts = list(map(repr, bits.view(np.float64).tolist()))
+    texts = _texts(bits)
     fields = list(
         map(
             operator.add,

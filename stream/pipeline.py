@@ -104,6 +104,11 @@ class TelemetryPipeline:
         # while the table still holds that blob, re-read when a takeover restored another one.
         self._models: dict[int, tuple[PartitionModels, bytes | None]] = {}
         self._saved_at: dict[int, float] = {}
+        # The same for the dedupe and vehicle_state entries this worker wrote last (per device,
+        # per VIN, with the DTC entry merged in): no JSON/msgpack decode per batch while the
+        # table still holds our own value; any other value (takeover, restore) is decoded.
+        self._seen: dict[str, tuple[DeviceSeen, bytes]] = {}
+        self._states: dict[str, tuple[vstate.State, bytes, bytes | None]] = {}
 
     def _dead(self, res: Result, payload: bytes, reason: str, detail: str, **extra: str) -> None:
         self.counters.count(reason)
@@ -168,9 +173,7 @@ class TelemetryPipeline:
                 continue
             dev = seen.get(batch.device_id)
             if dev is None:
-                dev = seen[batch.device_id] = DeviceSeen.from_bytes(
-                    lookup(T_DEDUPE, batch.device_id)
-                )
+                dev = seen[batch.device_id] = self._load_seen(batch.device_id, lookup)
             verdict = dev.check(batch.boot_id, batch.seq)
             if verdict == "duplicate":
                 self.counters.duplicates += 1
@@ -193,13 +196,7 @@ class TelemetryPipeline:
             clean = self._clean(batch, now)
             st = states.get(vin)
             if st is None:
-                raw = lookup(T_STATE, vin)
-                st = states[vin] = (
-                    vstate.loads(raw) if raw else vstate.new_state(vin, batch.device_id)
-                )
-                dtcs = lookup(T_STATE, dtc_key(vin))
-                if dtcs:
-                    vstate.set_dtcs(st, json.loads(dtcs), st["last_seen_us"] or 0)
+                st = states[vin] = self._load_state(vin, batch.device_id, lookup)
             st["device"] = batch.device_id
             vstate.apply_batch(st, clean)
             feed.append((vin, clean.samples))
@@ -227,15 +224,41 @@ class TelemetryPipeline:
             if update is not None:
                 res.state_updates.append((vin, update))
                 self.counters.state_updates += 1
-            res.writes.append((partition, T_STATE, vin, vstate.dumps(st)))
+            blob = update if update is not None else vstate.dumps(st)  # the same JSON
+            self._states[vin] = (st, blob, self._states[vin][2])
+            res.writes.append((partition, T_STATE, vin, blob))
         for device, dev in seen.items():
-            res.writes.append((partition, T_DEDUPE, device, dev.to_bytes()))
+            blob = dev.to_bytes()
+            self._seen[device] = (dev, blob)  # the agent stores this very object
+            res.writes.append((partition, T_DEDUPE, device, blob))
         last = self._saved_at.get(partition, 0.0)
         if feed and time.monotonic() - last >= self.s.checkpoint_interval_s:
             self._saved_at[partition] = time.monotonic()
             blob = models.to_bytes()
             self._models[partition] = (models, blob)  # the agent stores this very object
             res.writes.append((partition, T_MODELS, f"p{partition}", blob))
+
+    def _load_seen(self, device: str, lookup: Lookup) -> DeviceSeen:
+        stored = lookup(T_DEDUPE, device)
+        cached = self._seen.get(device)
+        if cached is not None and stored is not None and cached[1] is stored:
+            return cached[0]
+        return DeviceSeen.from_bytes(stored)
+
+    def _load_state(self, vin: str, device: str, lookup: Lookup) -> vstate.State:
+        raw = lookup(T_STATE, vin)
+        dtcs = lookup(T_STATE, dtc_key(vin))  # written by the events agent
+        cached = self._states.get(vin)
+        if cached is not None and raw is not None and cached[1] is raw:
+            st = cached[0]
+            if dtcs is cached[2]:
+                return st
+        else:
+            st = vstate.loads(raw) if raw else vstate.new_state(vin, device)
+        if dtcs:
+            vstate.set_dtcs(st, json.loads(dtcs), st["last_seen_us"] or 0)
+        self._states[vin] = (st, raw or b"", dtcs)
+        return st
 
     def _clean(self, batch: TelemetryBatch, now: int) -> TelemetryBatch:
         """The batch without rows the skew policy or NaN checks reject (already counted)."""

@@ -48,3 +48,19 @@ def test_matches_a_plain_set_inside_the_window(msgs: list[tuple[str, int]]) -> N
         seen.add((boot, seq))
         if i % 37 == 0:  # the table round-trip in between must not change any verdict
             d = DeviceSeen.from_bytes(d.to_bytes())
+
+
+def test_the_table_value_is_compact_and_the_json_form_still_loads() -> None:
+    d = DeviceSeen()
+    for q in range(3 * WINDOW):
+        d.check("b1", q)
+    d.check("b2", 7)
+    raw = d.to_bytes()
+    assert len(raw) < 2 * (WINDOW // 8 + 64)  # a bitmap per boot, not thousands of numbers
+    back = DeviceSeen.from_bytes(raw)
+    assert back.check("b1", 3 * WINDOW - 5) == "duplicate" and back.check("b2", 7) == "duplicate"
+    assert back.check("b2", 6) == "new" and back.check("b1", 5) == "stale"
+    old = b'{"b1":[10,[8,10]],"b2":[3,[3]]}'  # written by earlier versions
+    d = DeviceSeen.from_bytes(old)
+    assert [d.check("b1", q) for q in (8, 9, 10)] == ["duplicate", "new", "duplicate"]
+    assert list(d.boots) == ["b1", "b2"]

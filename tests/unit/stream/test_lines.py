@@ -165,3 +165,23 @@ def test_pack_unpack_round_trip_and_garbage() -> None:
         unpack(b"\x00not gzip")
     with pytest.raises(SinkError):
         unpack(gzip.compress(b"\xff\xfe"))
+
+
+def test_value_texts_are_exact_through_the_cache_and_its_overflow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import stream.lines as lines_mod
+
+    monkeypatch.setattr(lines_mod, "TEXT_CACHE_MAX", 4)
+    rng = np.random.default_rng(5)
+    for round_ in range(3):  # cold cache, warm cache, and cleared when over the limit
+        values = np.r_[0.0, -0.0, 0.1, rng.normal(0, 1e6, 7)]
+        ts = NOW - 10_000 + np.arange(len(values))
+        b = TelemetryBatch(
+            "d", "b", round_, Samples.from_columns(["x"], np.zeros(len(values)), ts, values)
+        )
+        got = parse(batch_lines(b, "telemetry", now_us=NOW))
+        want = {("d", "x", int(t)): float(v) for t, v in zip(ts, values, strict=True)}
+        assert got == want
+        assert [math.copysign(1, got[("d", "x", int(ts[i]))]) for i in (0, 1)] == [1, -1]
+        assert len(lines_mod._TEXTS) <= 10

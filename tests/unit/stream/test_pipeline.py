@@ -153,3 +153,26 @@ def test_warm_up_compiles_the_stream_kernels() -> None:
     if os.environ.get("NUMBA_DISABLE_JIT") != "1":
         assert isinstance(_trip_loop, numba.core.registry.CPUDispatcher)
         assert _trip_loop.signatures
+
+
+def test_cached_dedupe_and_state_give_way_to_a_restored_table_value() -> None:
+    p, t = make(), Tables()
+    batches = [tb("car-1", q, NOW - 10**8 + q * 10**6) for q in range(6)]
+    t.apply(p.process([(0, b) for b in batches[:3]], t.lookup).writes)
+    t.apply(p.process([(0, b) for b in batches[3:]], t.lookup).writes)  # from its own cache
+    assert p.process([(0, batches[4])], t.lookup).lines == []  # a resend: dropped
+    state_after_6 = json.loads(t.data[(T_STATE, "VIN1")])
+    # a takeover and back: the table now holds an older value (equal bytes, another object)
+    fresh = make()
+    t2 = Tables()
+    t2.apply(fresh.process([(0, b) for b in batches[:3]], t2.lookup).writes)
+    t.data.update({k: bytes(bytearray(v)) for k, v in t2.data.items()})
+    res = p.process([(0, b) for b in batches[3:]], t.lookup)  # seqs 3..5 are new again
+    assert len(res.lines) == 30
+    t.apply(res.writes)
+    assert json.loads(t.data[(T_STATE, "VIN1")])["signals"] == state_after_6["signals"]
+    # a dtc entry written by the events agent is merged into the cached state
+    t.data[(T_STATE, "VIN1|dtc")] = json.dumps(["P0301"]).encode()
+    res = p.process([(0, tb("car-1", 6, NOW - 10**8 + 6 * 10**6))], t.lookup)
+    t.apply(res.writes)
+    assert json.loads(t.data[(T_STATE, "VIN1")])["active_dtcs"] == ["P0301"]
