@@ -132,7 +132,6 @@ async def events(
     q = hub.subscribe()
 
     async def gen() -> AsyncIterator[bytes]:
-        checked = time.monotonic()
         try:
             if vin is not None:
                 yield _sse("state", _state_view(request, vin, ws))
@@ -145,9 +144,8 @@ async def events(
                 if await request.is_disconnected():
                     return
                 if kind == "state" and doc.get("vin") == vin and vin is not None:
-                    if time.monotonic() - checked >= 1.0:  # a reveal made by another request
-                        checked = time.monotonic()
-                        await asyncio.to_thread(sessions.refresh_grant, ws)
+                    # the grant as stored now: a reveal (or its end) in another request or process
+                    await asyncio.to_thread(sessions.refresh_grant, ws)
                     yield _sse("state", public_view(doc, ws.location_grant(vin) is not None))
                 elif kind == "alert":
                     for a in _alerts_for(request, ws, [doc]):
