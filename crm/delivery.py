@@ -365,8 +365,10 @@ def _customer_of(s: Session, item: InboxItem) -> str:
     return cid
 
 
-def acknowledge(s: Session, item_id: int, actor: str, dealer_id: str) -> InboxItem:
-    item = dealer_card(s, item_id, dealer_id)
+def acknowledge(
+    s: Session, item_id: int, actor: str, dealer_id: str, roles: Sequence[str] = ADVISOR_ROLES
+) -> InboxItem:
+    item = dealer_card(s, item_id, dealer_id, roles)
     _act(s, item, actor, "acknowledged", "inbox.acknowledge")
     return item
 

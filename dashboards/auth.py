@@ -30,7 +30,7 @@ ROLES: Final = ("call_centre_agent", "service_advisor", "dealer_admin", "auditor
 # What each role may do; routes ask for a permission, never for a role name.
 PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "call_centre_agent": frozenset(
-        {"console.view", "location.reveal", "command.send", "member.view"}
+        {"console.view", "location.reveal", "command.send", "member.view", "queue.act"}
     ),
     "service_advisor": frozenset({"console.view", "inbox.view", "inbox.act", "member.view"}),
     "dealer_admin": frozenset(
@@ -41,6 +41,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
             "member.view",
             "inbox.view",
             "inbox.act",
+            "queue.act",
             "audit.view",
         }
     ),

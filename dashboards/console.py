@@ -11,9 +11,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
 from core.errors import PublishError, WireError
+from crm import delivery
 from crm.models import Vehicle
 from crm.privacy import Fix, PrivacyError, read_location
 from crm.store import CrmError, CrmStore, audit
@@ -26,6 +33,7 @@ router = APIRouter(tags=["console"])
 VIN_RE: Final = r"^[A-HJ-NPR-Z0-9]{11,17}$"
 TICKET_RE: Final = re.compile(r"^[A-Za-z0-9-]{3,32}$")
 VinPath = Annotated[str, Path(pattern=VIN_RE)]
+CALL_CENTRE_ROLES: Final = ("call_centre",)
 
 
 def _store(request: Request) -> CrmStore:
@@ -60,20 +68,44 @@ def console_page(
     ws: WebSession = Depends(require("console.view")),
 ) -> Response:
     results = []
-    if q:
-        with _store(request).tx() as s:
+    partial = request.headers.get("hx-request") == "true"
+    queue: list[dict[str, Any]] = []
+    with _store(request).tx() as s:
+        if q:
             results = search(s, q, ws.dealer_id or "")
             audit(s, ws.username or "", "console.search", "-", "console", hits=len(results))
+        if not partial:  # the call-centre queue: the CRM's cards for the call centre (crashes)
+            for item in delivery.dealer_inbox(s, ws.dealer_id or "", CALL_CENTRE_ROLES):
+                queue.append({"id": item.id, "kind": item.kind, "vin": item.vin,
+                              "title": item.title, "body": item.body,
+                              "at": item.created_at.strftime("%Y-%m-%d %H:%M"),
+                              "state": delivery.card_state(item)})  # fmt: skip
     hub: StateHub = request.app.state.hub
-    partial = request.headers.get("hx-request") == "true"
     return render(
         request,
         "search_results.html" if partial else "console.html",
         ws,
         q=q,
         results=results,
+        queue=queue,
         alerts=_alerts_for(request, ws, list(hub.alerts)),
     )
+
+
+@router.post("/console/queue/{item_id}/acknowledge", dependencies=[Depends(csrf)])
+def ack_queue_item(
+    request: Request,
+    item_id: Annotated[int, Path(ge=1, le=2**62)],
+    ws: WebSession = Depends(require("queue.act")),
+) -> Response:
+    """Mark a call-centre card handled (audited); only the dealer's call-centre cards."""
+    try:
+        with _store(request).tx() as s:
+            delivery.acknowledge(s, item_id, ws.username or "", ws.dealer_id or "",
+                                 CALL_CENTRE_ROLES)  # fmt: skip
+    except delivery.InboxScopeError as err:
+        raise HTTPException(403, str(err)) from err
+    return RedirectResponse("/console", status_code=303)
 
 
 @router.get("/console/vehicles/{vin}", response_class=HTMLResponse)

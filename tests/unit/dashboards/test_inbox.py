@@ -131,3 +131,44 @@ def test_inbox_escapes_card_text_and_needs_csrf(client: TestClient, app_store: A
         assert r.status_code == 403, action
     with store.tx() as s:
         assert s.get(delivery.InboxItem, item_id).done_at is None  # type: ignore[union-attr]
+
+
+def test_crash_cards_form_the_call_centre_queue_on_the_console(
+    client: TestClient, app_store: Any
+) -> None:
+    from core.topics import KAFKA_ALERTS
+
+    store = app_store[1]
+    engine = RuleEngine(shipped_rules(), staff_lang="en")
+    for vin in (VIN_A, VIN_B):
+        alert = {"kind": "crash", "vin": vin, "ts_us": int(time.time() * 1e6),
+                 "data": {"trigger": "airbag"}}  # fmt: skip
+        for ev in from_record(KAFKA_ALERTS, json.dumps(alert).encode()):
+            with store.tx() as s:
+                engine.handle(s, ev)
+    with store.tx() as s:
+        (mine,) = s.scalars(select(InboxItem.id).where(InboxItem.vin == VIN_A)).all()
+        (theirs,) = s.scalars(select(InboxItem.id).where(InboxItem.vin == VIN_B)).all()
+    token = login(client, "advisor")  # sees the console, may not work the queue
+    assert f'id="queue-{mine}"' in client.get("/console").text
+    r = client.post(f"/console/queue/{mine}/acknowledge", data={"csrf_token": token})
+    assert r.status_code == 403
+    token = login(client, "agent")
+    html = client.get("/console").text
+    assert f'id="queue-{mine}"' in html and f'id="queue-{theirs}"' not in html
+    assert "CRASH" in html and f"/console/vehicles/{VIN_A}" in html
+    r = client.post(f"/console/queue/{theirs}/acknowledge", data={"csrf_token": token})
+    assert r.status_code == 403  # another dealer's card
+    assert client.post(f"/console/queue/{mine}/acknowledge", data={}).status_code == 403  # CSRF
+    r = client.post(f"/console/queue/{mine}/acknowledge", data={"csrf_token": token},
+                    follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303
+    assert "state-acknowledged" in client.get("/console").text
+    with store.tx() as s:
+        from crm.models import AuditRecord
+
+        rec = s.scalars(select(AuditRecord).where(AuditRecord.action == "inbox.acknowledge")).all()
+        assert [(a.actor, a.detail["role"]) for a in rec] == [("agent", "call_centre")]
+    # and an advisor's inbox does not show call-centre cards
+    login(client, "advisor")
+    assert f'id="item-{mine}"' not in client.get("/inbox").text
