@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -154,8 +155,23 @@ class Event:
     schema: int = SCHEMA_VERSION
 
 
-_cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-_dctx = zstandard.ZstdDecompressor()
+# zstd contexts are not thread-safe (two threads encoding at once crash the interpreter, seen
+# in `carpulse demo`): one pair per thread.
+_zstd = threading.local()
+
+
+def _cctx() -> zstandard.ZstdCompressor:
+    c = getattr(_zstd, "c", None)
+    if c is None:
+        c = _zstd.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return c  # type: ignore[no-any-return]
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d = getattr(_zstd, "d", None)
+    if d is None:
+        d = _zstd.d = zstandard.ZstdDecompressor()
+    return d  # type: ignore[no-any-return]
 
 
 def _shuffle(arr: np.ndarray) -> bytes:
@@ -224,7 +240,7 @@ def encode_telemetry(batch: TelemetryBatch) -> bytes:
         "s": [[s_name, int(t), str(txt)] for s_name, t, txt in batch.text],
     }
     packed = msgpack.packb(body, use_bin_type=True)
-    return TELEMETRY_MAGIC + bytes((batch.schema, CODEC_ZSTD)) + _cctx.compress(packed)
+    return TELEMETRY_MAGIC + bytes((batch.schema, CODEC_ZSTD)) + _cctx().compress(packed)
 
 
 def _require(cond: bool, reason: str, detail: str) -> None:
@@ -251,7 +267,7 @@ def _decode_binary(payload: bytes) -> TelemetryBatch:
     _require(codec == CODEC_ZSTD, "unknown_codec", f"codec {codec}")
     try:
         # Stream with a hard cap: a frame header may claim any size (decompression bombs).
-        with _dctx.stream_reader(payload[5:], read_across_frames=False) as reader:
+        with _dctx().stream_reader(payload[5:], read_across_frames=False) as reader:
             raw = reader.read(MAX_DECOMPRESSED + 1)
     except zstandard.ZstdError as err:
         raise WireError("bad_compression", str(err)) from err

@@ -189,3 +189,23 @@ def test_split_by_time_caps_span_and_size() -> None:
     assert all(len(p) <= 400 for p in parts)
     assert all(int(p.ts_us[-1] - p.ts_us[0]) < 1_000_000 for p in parts)
     assert len(parts) == 9  # 3 windows x ceil(1000 / 400)
+
+
+def test_encoding_from_several_threads_at_once() -> None:
+    # zstd contexts are per thread: a shared one crashed `carpulse demo` (replay thread + main)
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.wire import Samples, TelemetryBatch, decode_telemetry, encode_telemetry
+
+    n = 20_000
+    samples = Samples.from_columns(["Vehicle.Speed"], np.zeros(n), np.arange(n), np.arange(n) * 0.5)
+
+    def work(k: int) -> bool:
+        ok = True
+        for q in range(20):
+            raw = encode_telemetry(TelemetryBatch(f"car-{k}", "b", q, samples))
+            ok &= decode_telemetry(raw).seq == q
+        return ok
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))
