@@ -176,8 +176,12 @@ def inbox_page(request: Request, ws: WebSession = Depends(require("inbox.view"))
     rows = []
     with _store(request).tx() as s:
         templates = [t.code for t in s.query(CouponTemplate).order_by(CouponTemplate.code)]
+        cards: dict[tuple[str | None, str | None], VehicleCard | None] = {}
         for item in delivery.dealer_inbox(s, ws.dealer_id or ""):
-            card = _card_for(s, item, ws.dealer_id or "")
+            who = (item.vin, None if item.vin else item.customer_id)
+            if who not in cards:  # one vehicle often has several cards
+                cards[who] = _card_for(s, item, ws.dealer_id or "")
+            card = cards[who]
             if card is None:
                 continue
             data = item.data or {}
