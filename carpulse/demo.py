@@ -1,8 +1,16 @@
-"""``carpulse demo``: the local stack, the pipeline and a simulated fleet, with a live progress table.
+"""``carpulse demo``: the local stack, the pipeline, the CRM and a simulated fleet, with a live table.
 
 Vehicles ``demo-car-1..N`` follow a drive cycle encoded as CAN frames with opendbc's Prius DBC;
 when ``../shared/data/canlogs`` is present, one more vehicle replays a real Mustang GT350 log in
-a loop (timestamps moved to now). Ctrl-C stops the fleet, the pipeline and the stack.
+a loop (timestamps moved to now). The CRM database is seeded with a VIN, an owner and a plate
+for every device (``crm.demo.seed_demo``: the first, third... owner is a member with marketing
+consent), and the stream worker gets the device -> VIN registry file written from it.
+
+Each simulated car first sends an odometer history (two readings a day over the last 330 to
+366 days, as if the stream had seen it that long), then a live odometer with its speed. The
+stream's maintenance model turns them into ``service_due`` predictions and the CRM worker
+issues maintenance coupons to the members whose service is due within 30 days: the table
+shows them. Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -36,9 +46,14 @@ from edge.seqstate import SequenceCounter
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
 from firmware_bridge.frames import read_candump
 from firmware_bridge.sim import PRIUS_VSS, SimulatedCar, default_dbc
+from stream.state import ODOMETER, SPEED
 
 console = Console(stderr=True)
 REAL_LOG = ("gt350", "normalsportcomfortengineon.log", "ford_lincoln_base_pt.dbc")
+DAY_S = 86_400
+# how long the stream has "seen" each simulated car (cycled): with the default 365-day schedule
+# the calendar makes them due in 35, 26, 17, 8 and 0 days
+HISTORY_DAYS = (330, 339, 348, 357, 366)
 
 
 @dataclass
@@ -49,6 +64,7 @@ class VehicleStats:
     samples: int = 0
     speed: float = float("nan")
     error: str = ""
+    vin: str = ""
 
 
 class Vehicle:
@@ -60,6 +76,13 @@ class Vehicle:
         self.seq = SequenceCounter(s.edge.state_dir, device_id)
         self.pub = MqttPublisher(device_mqtt_settings(s, device_id), self.seq.boot_id)
         self.topic = device_topic(device_id, "telemetry")
+
+    def send_one(self, samples: Samples) -> None:
+        """``samples`` as one wire batch (the odometer history)."""
+        batch = TelemetryBatch(self.stats.device_id, self.seq.boot_id, self.seq.next(), samples)
+        self.pub.publish(self.topic, encode_telemetry(batch))
+        self.stats.batches += 1
+        self.stats.samples += len(samples)
 
     def send(self, samples: Samples) -> None:
         for part in batches_for(samples, self.s):
@@ -99,23 +122,120 @@ def _influx_count(stack: Stack) -> int | None:
         return None
 
 
-def _table(vehicles: list[Vehicle], influx_speed_points: int | None, started: float) -> Table:
+def odometer_history(days: int, start_km: float, now_s: float, seed: int) -> tuple[Samples, float]:
+    """Two odometer readings a day (07:00 and 19:00 UTC) over the ``days`` days before today,
+    ~32 km a day; returns the samples (metres, as VSS) and the last reading in km."""
+    rng = np.random.default_rng(seed)
+    today = int(now_s // DAY_S)
+    day = np.arange(today - days, today)
+    km = rng.gamma(4.0, 8.0, size=days)
+    evening = start_km + np.cumsum(km)
+    ts = np.empty(2 * days, np.int64)
+    ts[0::2], ts[1::2] = (day * DAY_S + 7 * 3600) * 1_000_000, (day * DAY_S + 19 * 3600) * 1_000_000
+    odo = np.empty(2 * days)
+    odo[0::2], odo[1::2] = evening - km, evening
+    return Samples.from_columns([ODOMETER], np.zeros(2 * days), ts, odo * 1000.0), float(
+        evening[-1]
+    )
+
+
+def with_odometer(samples: Samples, ts_us: int, odo_m: float) -> Samples:
+    """``samples`` plus one odometer reading."""
+    names = list(samples.names)
+    if ODOMETER not in names:
+        names.append(ODOMETER)
+    return Samples.from_columns(
+        names, np.r_[samples.sig, names.index(ODOMETER)], np.r_[samples.ts_us, ts_us],
+        np.r_[samples.value, odo_m],
+    )  # fmt: skip
+
+
+def fleet_vin(device: str) -> str:
+    """The VIN of a demo device: ``demo-car-N`` -> ``CPDEM`` + N on 12 digits, the scheme the
+    dashboard's demo seeding uses (it then leaves these vehicles as they are)."""
+    if device.startswith("demo-car-") and device[9:].isdigit():
+        return f"CPDEM{int(device[9:]):012d}"
+    return "CPDEM" + "".join(c for c in device.upper() if c.isalnum())[-12:].rjust(12, "0")
+
+
+def seed_crm(stack: Stack, devices: list[str]) -> tuple[Any, list[str], Path]:
+    """Seed the stack's CRM database for the fleet (dealer ``dealer-a``, the dashboard's demo
+    dealer); write the stream's device -> VIN registry file."""
+    import logging
+
+    from crm import store as st
+    from crm.demo import registry_of, seed_demo
+    from crm.migrate import upgrade
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    store = st.CrmStore.from_url(stack.crm_url)
+    upgrade(store.engine)
+    vins = [fleet_vin(d) for d in devices]
+    seed_demo(store, len(devices), devices=devices, vins=vins, dealer_id="dealer-a")
+    registry = stack.root / "registry.json"
+    registry.write_text(json.dumps(registry_of(store, devices), indent=1) + "\n")
+    return store, vins, registry
+
+
+def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
+    """Per VIN: 'member' / '-' and the maintenance coupon issued to its owner, if any."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from crm import store as st
+    from crm.models import Coupon
+
+    out: dict[str, str] = {}
+    try:
+        with store.tx() as s:
+            coupons = {
+                c.vin: c
+                for c in s.scalars(
+                    select(Coupon).where(
+                        Coupon.vin.in_(vins), Coupon.template_code == "maintenance"
+                    )
+                )
+            }
+            for vin in vins:
+                owner = st.owner_at(s, vin, st.utcnow())
+                member = owner is not None and st.has_consent(s, owner, "marketing")
+                c = coupons.get(vin)
+                due = f"coupon until {c.valid_until:%Y-%m-%d}" if c is not None else "no coupon"
+                out[vin] = f"{'member' if member else 'no consent'}: {due}"
+    except SQLAlchemyError as err:  # a busy database must not end the demo
+        return {vin: f"? ({str(err)[:40]})" for vin in vins}
+    return out
+
+
+def _table(
+    vehicles: list[Vehicle],
+    influx_speed_points: int | None,
+    started: float,
+    crm: dict[str, str] | None = None,
+) -> Table:
     t = Table(
         title=f"carpulse demo - {time.monotonic() - started:5.0f} s - Ctrl-C stops everything"
     )
-    for col in ("device", "traffic", "batches", "samples", "speed km/h", "status"):
+    for col in ("device", "VIN", "traffic", "batches", "samples", "speed km/h", "status", "CRM"):
         t.add_column(col)
+    crm = crm or {}
     for v in vehicles:
         st = v.stats
         t.add_row(
             st.device_id,
+            st.vin or "-",
             st.kind,
             str(st.batches),
             f"{st.samples:,}",
             "-" if st.speed != st.speed else f"{st.speed:5.1f}",
             st.error or "ok",
+            crm.get(st.vin, "-"),
         )
-    t.caption = f"InfluxDB: {influx_speed_points if influx_speed_points is not None else '?'} Vehicle.Speed points"
+    n_coupons = sum("coupon until" in x for x in crm.values())
+    t.caption = (
+        f"InfluxDB: {influx_speed_points if influx_speed_points is not None else '?'} "
+        f"Vehicle.Speed points - CRM: {n_coupons} maintenance coupon(s) from service-due predictions"
+    )
     return t
 
 
@@ -161,12 +281,24 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         )
     logs = stack.root / "logs"
     logs.mkdir(exist_ok=True)
-    env = dict(os.environ, CARPULSE_CONFIG=str(stack.config_file))
+    car, log_name, dbc_name = REAL_LOG
+    log, dbc = canlog_dir() / car / log_name, canlog_dir() / car / dbc_name
+    has_real = log.exists() and dbc.exists()
+    devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + (["demo-gt350"] if has_real else [])
+    store, vins, registry = seed_crm(stack, devices)
+    vin_of = dict(zip(devices, vins, strict=True))
+    console.print(f"  CRM seeded: {len(vins)} vehicles with owners; registry {registry}")
+    env = dict(
+        os.environ, CARPULSE_CONFIG=str(stack.config_file), CARPULSE_STREAM__REGISTRY=str(registry)
+    )
     procs = [
         _spawn(["stream", "bridge"], env, logs / "bridge.log"),
         _spawn(["stream", "worker"], env, logs / "worker.log"),
-    ]
-    console.print(f"  ingest bridge and Faust worker started, logs in {logs}")
+        # a short session timeout: the CRM group forms in seconds, not 30 s
+        _spawn(["crm", "worker", "--interval", "5"], {**env, "CARPULSE_STREAM__SESSION_TIMEOUT_S": "8"},
+               logs / "crm.log"),
+    ]  # fmt: skip
+    console.print(f"  ingest bridge, Faust worker and CRM worker started, logs in {logs}")
     procs.append(
         _spawn(["dashboard", "--demo-users", "--insecure-cookies"], env, logs / "dashboard.log")
     )
@@ -180,15 +312,22 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         db = load_dbc(default_dbc())
         decoder = CantoolsDecoder(db, PRIUS_VSS)
         cars = []
+        odo_m: list[float] = []
+        histories: list[Samples] = []
         for i in range(vehicles):
             v = Vehicle(s, f"demo-car-{i + 1}", "simulated (opendbc Prius DBC)")
+            v.stats.vin = vin_of[v.stats.device_id]
             v.pub.connect()
             fleet.append(v)
             cars.append(SimulatedCar(db, seed=i, phase_s=37.0 * i))
-        car, log_name, dbc_name = REAL_LOG
-        log, dbc = canlog_dir() / car / log_name, canlog_dir() / car / dbc_name
-        if log.exists() and dbc.exists():
+            history, last_km = odometer_history(
+                HISTORY_DAYS[i % len(HISTORY_DAYS)], 20_000.0 + 7_000.0 * i, time.time(), seed=i
+            )
+            histories.append(history)
+            odo_m.append(last_km * 1000.0)
+        if has_real:
             real = Vehicle(s, "demo-gt350", f"real log {car}/{log_name}")
+            real.stats.vin = vin_of["demo-gt350"]
             real.pub.connect()
             fleet.append(real)
             th = threading.Thread(target=_replay_loop, args=(real, log, dbc, stop), daemon=True)
@@ -200,12 +339,21 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         started = time.monotonic()
         sim_t = 0.0
         count: int | None = None
+        crm: dict[str, str] = {}
+        history_sent = False
         with Live(_table(fleet, count, started), console=console, refresh_per_second=2) as live:
             while not seconds or time.monotonic() - started < seconds:
                 tick = time.time()
-                for v, c in zip(fleet, cars, strict=False):
+                for i, (v, c) in enumerate(zip(fleet, cars, strict=False)):
                     frames = c.frames(int(tick * 1e6), sim_t, 1.0)
                     samples, _ = decoder.decode(frames)
+                    if SPEED in samples.names:  # the odometer follows the simulated speed
+                        speeds = samples.value[samples.sig == samples.names.index(SPEED)]
+                        odo_m[i] += (
+                            float(np.nan_to_num(speeds).mean()) / 3.6 if len(speeds) else 0.0
+                        )
+                    if history_sent:  # a live reading before the history would void it
+                        samples = with_odometer(samples, int(tick * 1e6) + 999_000, odo_m[i])
                     try:
                         v.send(samples)
                         v.stats.error = ""
@@ -214,7 +362,15 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                 sim_t += 1.0
                 if int(sim_t) % 3 == 0:
                     count = _influx_count(stack)
-                live.update(_table(fleet, count, started))
+                    crm = crm_view(store, vins)
+                if not history_sent and count:
+                    # the bridge is subscribed (MQTT drops what is published before): send
+                    # each car's odometer history, as if the stream had seen it for a year
+                    for v, history in zip(fleet, histories, strict=False):
+                        with contextlib.suppress(Exception):  # shown by the next live send
+                            v.send_one(history)
+                    history_sent = True
+                live.update(_table(fleet, count, started, crm))
                 for p in procs:
                     if p.poll() is not None:
                         raise StackError(
@@ -239,6 +395,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
             except subprocess.TimeoutExpired:
                 p.kill()
         stack.down(progress=lambda m: console.print(f"  {m}"))
+        store.engine.dispose()
         console.print("demo stopped; data stays in", stack.root)
 
 
@@ -251,5 +408,12 @@ def _print_where_to_look(stack: Stack) -> None:
     console.print(f"  pipeline logs: {stack.root / 'logs'}; stack status: carpulse stack status")
     console.print(
         f"  dashboard: http://{stack.s.host}:8000 (users agent, advisor, admin, auditor; "
-        "password carpulse-demo)\n"
+        "password carpulse-demo); a demo car and its owner's coupons: "
+        f"http://{stack.s.host}:8000/console/vehicles/{fleet_vin('demo-car-3')}"
+    )
+    console.print(
+        "  coupons the CRM issued from service-due predictions (the CRM column below):\n"
+        f"    CARPULSE_CONFIG={stack.config_file} carpulse crm coupons --template maintenance\n"
+        f"  service-due predictions: CRM worker log {stack.root / 'logs' / 'crm.log'}; "
+        "device -> VIN registry: " + str(stack.root / "registry.json") + "\n"
     )

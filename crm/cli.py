@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from core.crm_events import CrmEvent
     from crm.store import CrmStore
 
-crm_app = typer.Typer(help="CRM: rules (dry run), the rules worker, database migrations.")
+crm_app = typer.Typer(
+    help="CRM: rules (dry run), the rules worker, coupons issued, database migrations."
+)
 report_app = typer.Typer(help="Reports for owners.")
 
 DbOpt = Annotated[
@@ -176,6 +178,34 @@ def worker_cmd(
         settings.stream.session_timeout_s,
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+
+
+@crm_app.command("coupons")
+def coupons_cmd(
+    db: DbOpt = None,
+    vin: Annotated[str | None, typer.Option("--vin", help="Only this vehicle's coupons.")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Only this template (e.g. maintenance).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Newest first, at most this many.")] = 50,
+) -> None:
+    """Coupons issued, newest first, one JSON object a line (the rule that issued each is in
+    its effect key: ``rule|subject|period``)."""
+    from sqlalchemy import select
+
+    from crm.models import Coupon
+
+    query = select(Coupon).order_by(Coupon.issued_at.desc()).limit(limit)
+    if vin:
+        query = query.where(Coupon.vin == vin)
+    if template:
+        query = query.where(Coupon.template_code == template)
+    with _store(db).tx() as s:
+        for c in s.scalars(query):
+            doc = {"id": c.id, "vin": c.vin, "template": c.template_code, "holder": c.holder_id,
+                   "state": c.state, "issued_at": c.issued_at.isoformat(timespec="seconds"),
+                   "valid_until": f"{c.valid_until:%Y-%m-%d}", "effect": c.effect_key}  # fmt: skip
+            typer.echo(json.dumps(doc, ensure_ascii=False))
 
 
 @report_app.command("yearly")

@@ -9,10 +9,11 @@ import json
 from decimal import Decimal
 
 import numpy as np
+from sqlalchemy import select
 
 from core.crm_events import CrmEvent
 from crm import store as st
-from crm.models import CouponTemplate, PlateAssignment, Vehicle
+from crm.models import CouponTemplate, Customer, PlateAssignment, Vehicle
 from crm.normalize import from_prediction
 from crm.tables import CustomerContact
 from models.maintenance.service import Schedule, UsageState, predict_service, update_usage
@@ -24,10 +25,26 @@ def demo_vins(n: int) -> list[str]:
     return [f"LSIMDEMO{i:09d}" for i in range(n)]
 
 
-def seed_demo(store: st.CrmStore, n_vehicles: int, start: dt.datetime = START) -> list[str]:
-    """Coupon templates, ``n_vehicles`` cars with plates and owners; every second owner is a
-    member with marketing consent and an e-mail address (idempotent on the VINs)."""
-    vins = demo_vins(n_vehicles)
+def demo_devices(n: int) -> list[str]:
+    """The device ids of ``carpulse demo``'s simulated fleet (``demo-car-1``...)."""
+    return [f"demo-car-{i + 1}" for i in range(n)]
+
+
+def seed_demo(
+    store: st.CrmStore,
+    n_vehicles: int,
+    start: dt.datetime = START,
+    devices: list[str] | None = None,
+    vins: list[str] | None = None,
+    dealer_id: str | None = None,
+) -> list[str]:
+    """Coupon templates, ``n_vehicles`` cars with plates and owners; every second owner (the
+    first, third...) is a member with marketing consent and an e-mail address. Car ``i`` carries
+    device ``devices[i]`` (default ``demo-car-{i+1}``, the live demo's fleet; a device already
+    installed in another vehicle is left there). Idempotent on the VINs (default
+    ``demo_vins``)."""
+    vins = vins or demo_vins(n_vehicles)
+    devices = devices or demo_devices(n_vehicles)
     with store.tx() as s:
         for code, zh, en, value, days in (
             ("maintenance", "保养优惠券", "Service coupon", 300, 60),
@@ -39,11 +56,12 @@ def seed_demo(store: st.CrmStore, n_vehicles: int, start: dt.datetime = START) -
         for i, vin in enumerate(vins):
             if s.get(Vehicle, vin) is not None:
                 continue
-            s.add(
-                Vehicle(
-                    vin=vin, model=("Lavida", "Tiguan", "ID.4")[i % 3], device_id=f"demo-car-{i}"
-                )
-            )
+            taken = s.scalar(select(Vehicle.vin).where(Vehicle.device_id == devices[i]))
+            car = Vehicle(vin=vin, model=("Lavida", "Tiguan", "ID.4")[i % 3],
+                          device_id=None if taken else devices[i])  # fmt: skip
+            if dealer_id is not None:
+                car.dealer_id = dealer_id
+            s.add(car)
             s.flush()
             s.add(
                 PlateAssignment(
@@ -51,13 +69,27 @@ def seed_demo(store: st.CrmStore, n_vehicles: int, start: dt.datetime = START) -
                 )
             )
             cid = st.find_or_create_customer(s, {"phone": f"+86139{i:08d}"}, f"车主{i}")
+            if dealer_id is not None:
+                customer = s.get(Customer, cid)
+                if customer is not None:
+                    customer.dealer_id = dealer_id
             st.transfer_ownership(s, vin, cid, start - dt.timedelta(days=700))
             if i % 2 == 0:
                 st.record_visit(s, cid, spend=800)
                 st.set_consent(s, cid, "marketing", True, source="demo")
-                s.add(CustomerContact(customer_id=cid, email=f"owner{i}@example.com",
-                                      lang="en" if i % 4 == 0 else "zh-CN"))  # fmt: skip
+                if s.get(CustomerContact, cid) is None:  # an owner of several demo cars
+                    s.add(CustomerContact(customer_id=cid, email=f"owner{i}@example.com",
+                                          lang="en" if i % 4 == 0 else "zh-CN"))  # fmt: skip
     return vins
+
+
+def registry_of(store: st.CrmStore, devices: list[str]) -> dict[str, str]:
+    """Device id -> VIN of the vehicles these devices are installed in (the stream's registry)."""
+    with store.tx() as s:
+        rows = s.execute(
+            select(Vehicle.device_id, Vehicle.vin).where(Vehicle.device_id.in_(devices))
+        )
+        return {str(d): str(v) for d, v in rows}
 
 
 def simulated_predictions(

@@ -93,3 +93,36 @@ def test_demo_issues_coupons_from_simulated_predictions_once(tmp_path: Path) -> 
     assert doc["coupons"] >= 1 and doc["coupons"] == doc["fired"] and doc["replay_fired"] == 0
     assert doc["messages_queued"] == 2 * doc["coupons"]  # e-mail and webhook for each
     assert {e["template"] for e in doc["examples"]} == {"maintenance"}
+
+
+def test_coupons_lists_what_the_demo_issued(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
+    demo = CliRunner().invoke(app, ["crm", "demo", "--db", url, "--vehicles", "8", "--days", "40"])
+    assert demo.exit_code == 0, demo.output
+    issued = json.loads(demo.output)["coupons"]
+    res = CliRunner().invoke(app, ["crm", "coupons", "--db", url, "--template", "maintenance"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.output.splitlines()]
+    assert len(rows) == issued >= 1
+    assert all(r["effect"].startswith("service-due-coupon|") for r in rows)
+    one = CliRunner().invoke(app, ["crm", "coupons", "--db", url, "--vin", rows[0]["vin"]])
+    assert [json.loads(x)["id"] for x in one.output.splitlines()] == [rows[0]["id"]]
+    none = CliRunner().invoke(app, ["crm", "coupons", "--db", url, "--template", "tier-welcome"])
+    assert none.exit_code == 0 and none.output == ""
+
+
+def test_seeded_demo_devices_match_the_live_fleet(tmp_path: Path) -> None:
+    from crm import store as st
+    from crm.demo import registry_of, seed_demo
+    from crm.migrate import upgrade
+
+    store = st.CrmStore.from_url(f"sqlite:///{tmp_path / 'd.sqlite'}")
+    upgrade(store.engine)
+    devices = ["demo-car-1", "demo-car-2", "demo-gt350"]
+    vins = seed_demo(store, 3, devices=devices, dealer_id="dealer-a")
+    assert registry_of(store, devices) == dict(zip(devices, vins, strict=True))
+    assert seed_demo(store, 3) == vins  # idempotent
+    # other VINs for the same devices: the devices stay where they are
+    other = ["CPDEM000000000001", "CPDEM000000000002", "CPDEMGT3500000001"]
+    assert seed_demo(store, 3, devices=devices, vins=other) == other
+    assert registry_of(store, devices) == dict(zip(devices, vins, strict=True))

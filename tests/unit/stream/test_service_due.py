@@ -152,3 +152,25 @@ def test_state_round_trip_and_version_1_blob() -> None:
     old = PartitionModels.from_bytes(msgpack.packb(doc, use_bin_type=True), sched)
     assert old.vehicles == m.vehicles
     assert drive(old, 3, 50.0, day0=DAY0 + 6) != []  # a fresh interval starts from there
+
+
+def test_the_demo_fleet_history_makes_cars_due_by_the_calendar() -> None:
+    from carpulse.demo import HISTORY_DAYS, fleet_vin, odometer_history, with_odometer
+
+    now_s = (DAY0 + 0.5) * 86_400
+    m = PartitionModels(schedule=schedule_from(km=15_000.0, days=365.0))
+    days = []
+    for i, n in enumerate(HISTORY_DAYS):
+        hist, last_km = odometer_history(n, 20_000.0, now_s, seed=i)
+        (rec,) = due_records(m.update([(fleet_vin(f"demo-car-{i + 1}"), hist)]))
+        assert rec["odo"] == pytest.approx(last_km, abs=0.1) and rec["limit"] == "days"
+        days.append(rec["days"])
+        # the first live reading of today closes yesterday: one more record, a day later
+        live = with_odometer(Samples.from_records([(SPEED, int(now_s * 1e6), 30.0)]),
+                             int(now_s * 1e6), (last_km + 1) * 1000)  # fmt: skip
+        (again,) = due_records(m.update([(fleet_vin(f"demo-car-{i + 1}"), live)]))
+        assert again["cycle"] == rec["cycle"]
+    # interval start: the first reading's day (n days ago); the last reading: yesterday 19:00
+    want = [max(365 - n + 5 / 24, 0.0) for n in HISTORY_DAYS]
+    assert days == pytest.approx(want, abs=0.01)
+    assert fleet_vin("demo-car-3") == "CPDEM000000000003" and len(fleet_vin("demo-gt350")) == 17
