@@ -65,3 +65,20 @@ def test_a_key_keeps_at_most_the_cap_newest_first(dealer: Dealer) -> None:
     kept = open_rows(dealer)
     assert sorted(r.event["data"]["cycle"] for r in kept if r.key == UNKNOWN) == ["c4", "c5", "c6"]
     assert [r.key for r in kept if r.key == OTHER] == [OTHER]
+
+
+def test_the_worker_job_returns_given_up_events_for_the_dead_letter_topic(dealer: Dealer) -> None:
+    from collections import Counter
+
+    from crm.agents import periodic
+
+    eng = engine()
+    run_events(dealer.store, eng, [due(UNKNOWN, T0, 3, 50)])
+    with dealer.store.tx() as s:
+        row = s.scalars(select(ParkedEvent)).one()
+        row.created_at = st.utcnow() - dt.timedelta(days=15)
+    stats: Counter[str] = Counter()
+    dead = periodic(dealer.store, eng, None, stats)
+    assert [h["reason"] for _, h in dead] == [b"crm_parked_expired"]
+    assert stats["parked_dead_lettered"] == 1 and open_rows(dealer) == []
+    assert periodic(dealer.store, eng, None, stats) == []  # given up once only
