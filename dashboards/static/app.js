@@ -64,6 +64,9 @@
     const host = document.querySelector("[data-events]");
     if (!host || !window.EventSource) return;
     const es = new EventSource(host.dataset.events);
+    // the stream's state on the page, for people and for tests (no eval needed to wait on it)
+    es.addEventListener("open", () => { host.dataset.live = "open"; });
+    es.addEventListener("error", () => { host.dataset.live = es.readyState === 2 ? "closed" : "reconnecting"; });
     es.addEventListener("state", (e) => showState(JSON.parse(e.data)));
     es.addEventListener("alert", (e) => showAlert(JSON.parse(e.data)));
     window.carpulseEvents = es;
