@@ -172,3 +172,35 @@ def test_crash_cards_form_the_call_centre_queue_on_the_console(
     # and an advisor's inbox does not show call-centre cards
     login(client, "advisor")
     assert f'id="item-{mine}"' not in client.get("/inbox").text
+
+
+def test_a_card_without_a_vehicle_shows_the_customer_card(
+    client: TestClient, app_store: Any
+) -> None:
+    from crm import delivery
+    from tests.unit.dashboards.conftest import owner_of
+
+    store = app_store[1]
+    with store.tx() as s:  # e.g. an arrival recognised by a plate on the customer's file only
+        delivery.file_card(s, role="advisor", kind="gate_arrival", key="g|c", title="Arriving",
+                           customer_id=owner_of(store, VIN_A))  # fmt: skip
+        delivery.file_card(s, role="advisor", kind="gate_arrival", key="g|b", title="Other",
+                           customer_id=owner_of(store, VIN_B))  # fmt: skip
+    login(client, "advisor")
+    (card,) = cards(client.get("/inbox").text)
+    assert "no vehicle on file" in card and "Demo customer 1" in card
+    assert "/book" not in card and "/coupon" in card
+
+
+def test_idle_sessions_expire_and_are_removed(app_store: Any) -> None:
+    from dashboards.auth import SessionRow, SessionStore
+
+    store = app_store[1]
+    sessions = SessionStore(store.engine, idle_s=0.2)
+    ws = sessions.new()
+    assert sessions.get(ws.id) is not None and sessions.get(ws.id + "x") is None
+    time.sleep(0.3)  # the idle timeout itself is what is tested here
+    assert sessions.get(ws.id) is None
+    with store.tx() as s:
+        assert s.scalar(select(SessionRow).where(SessionRow.token_hash.contains(ws.id))) is None
+        assert s.query(SessionRow).count() == 0
