@@ -146,6 +146,8 @@ class PartitionModels:
             self.trips, vslot[tm], ts[tm], kind[tm], val[tm]
         )
         out.dropped += dropped
+        if len(t_slot):  # closed trips make the service interval shorter for severe use
+            self.service.add_trips(t_slot, t_rows, len(self.vehicles))
         for s_, row in zip(t_slot.tolist(), t_rows.tolist(), strict=True):
             rec = dict(zip(tripmod.TRIP_FIELDS, row, strict=True))
             rec["start_us"], rec["end_us"] = int(rec["start_us"]), int(rec["end_us"])

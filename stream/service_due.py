@@ -22,8 +22,15 @@ from typing import Final
 
 import numpy as np
 
-from models.maintenance.service import Schedule, UsageState, predict_service, update_usage
+from models.maintenance.service import (
+    Schedule,
+    UsageState,
+    add_trips,
+    predict_service,
+    update_usage,
+)
 from models.maintenance.soa import SlotState
+from stream.trips import TRIP_FIELDS
 
 ODOMETER: Final = "Vehicle.TraveledDistance"  # metres (VSS; see firmware_bridge/vss_catalog.csv)
 ENGINE_HOURS: Final = "Vehicle.Powertrain.CombustionEngine.EngineHours"  # h
@@ -83,6 +90,17 @@ class ServiceTracker:
         tr = self.track
         tr.start_day[slot], tr.start_odo[slot], tr.start_hours[slot] = day, odo_km, hours
         tr.sent_day[slot] = -1
+
+    def add_trips(self, slot: np.ndarray, rows: np.ndarray, n: int) -> None:
+        """Closed trips (rows of ``stream.trips.TRIP_FIELDS``) into the severity counters: short
+        trips and the idle share count; cold starts and high load are not measured (zero)."""
+        self.grow(n)
+        col = {name: rows[:, i] for i, name in enumerate(TRIP_FIELDS)}
+        zero = np.zeros(len(slot))
+        add_trips(
+            self.usage, slot, col["dist_km"], (col["end_us"] - col["start_us"]) / 60e6,
+            col["idle_s"] / 60.0, zero, zero.astype(bool),
+        )  # fmt: skip
 
     def update(
         self,

@@ -23,15 +23,23 @@ DAY0 = 20_500  # 2026-02-16 as a day number
 START_KM = 20_000.0
 
 
-def day_batch(day: int, odo_km: float, km: float, hours: float | None = None) -> Samples:
-    """One day of driving from 08:00 to 18:00: ``km`` km, hourly odometer (metres) and speed."""
+def day_batch(
+    day: int, odo_km: float, km: float, hours: float | None = None, speed: bool = False
+) -> Samples:
+    """One day of driving from 08:00 to 18:00: ``km`` km, hourly odometer (metres); with
+    ``speed``, hourly speed samples too (each an hour apart: ten short trips)."""
     ts = (day * DAY_US + 8 * 3_600_000_000 + np.arange(11) * 3_600_000_000).astype(np.int64)
     odo_m = (odo_km + km * np.arange(11) / 10) * 1000.0
-    names = [ODOMETER, SPEED]
-    sig, t, v = [np.zeros(11), np.ones(11)], [ts, ts], [odo_m, np.full(11, 40.0)]
+    names = [ODOMETER]
+    sig, t, v = [np.zeros(11)], [ts], [odo_m]
+    if speed:
+        names.append(SPEED)
+        sig.append(np.full(11, len(names) - 1.0))
+        t.append(ts)
+        v.append(np.full(11, 40.0))
     if hours is not None:
         names.append(ENGINE_HOURS)
-        sig.append(np.full(11, 2.0))
+        sig.append(np.full(11, len(names) - 1.0))
         t.append(ts)
         v.append(hours + np.arange(11) * 0.1)
     return Samples.from_columns(names, np.concatenate(sig), np.concatenate(t), np.concatenate(v))
@@ -89,7 +97,7 @@ def test_one_record_a_day_unless_the_prediction_moves() -> None:
     full = day_batch(day, START_KM + 200, 50.0)
     recs = []
     for part in np.array_split(np.arange(11), 3):
-        idx = np.r_[part, part + 11]
+        idx = part
         s = Samples(full.names, full.sig[idx], full.ts_us[idx], full.value[idx])
         recs += due_records(m.update([("VIN1", s)]))
     assert len(recs) == 1
@@ -174,3 +182,17 @@ def test_the_demo_fleet_history_makes_cars_due_by_the_calendar() -> None:
     want = [max(365 - n + 5 / 24, 0.0) for n in HISTORY_DAYS]
     assert days == pytest.approx(want, abs=0.01)
     assert fleet_vin("demo-car-3") == "CPDEM000000000003" and len(fleet_vin("demo-gt350")) == 17
+
+
+def test_short_trips_shorten_the_distance_interval() -> None:
+    m = PartitionModels(schedule=schedule_from(km=3_000.0, days=365.0))
+    got = []
+    odo = START_KM
+    for d in range(5):
+        out = m.update([("VIN1", day_batch(DAY0 + d, odo, 50.0, speed=True))])
+        got += due_records(out)
+        odo += 50.0
+    assert m.service.usage.trips[0] >= 10 and m.service.usage.short_trips[0] >= 10
+    # every trip short, no idling measured: severity = mean(1, 0, 0, 0); km x (1 - 0.25 x 0.5)
+    assert got[-1]["severity"] == pytest.approx(0.25)
+    assert got[-1]["km"] == pytest.approx(START_KM + 3_000.0 * 0.875)
