@@ -340,7 +340,7 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--batch-samples", type=int, default=2000, help="samples per MQTT message")
     ap.add_argument("--start-rate", type=float, default=20_000.0, help="first offered samples/s")
     ap.add_argument("--growth", type=float, default=1.5)
-    ap.add_argument("--max-steps", type=int, default=8)
+    ap.add_argument("--max-steps", type=int, default=12)  # stops at the first step that lags
     ap.add_argument("--step-seconds", type=float, default=8.0)
     ap.add_argument("--lag-limit-s", type=float, default=1.0)
     ap.add_argument("--latency-seconds", type=float, default=10.0)

@@ -10,7 +10,9 @@ points (same series + timestamp = same point): retries and replays never duplica
   the chunk is bisected so that only the lines the server refuses come back in
   ``WriteResult.rejected`` with the server's reason; the rest is written. The caller dead-letters
   the rejected ones.
-* A write is cut into requests of at most ``batch_lines`` lines and ``MAX_BODY_BYTES`` bytes.
+* A write is cut into requests of at most ``batch_lines`` lines and ``MAX_BODY_BYTES`` bytes, and
+  a write of ``SPLIT_MIN_LINES`` or more into at least ``MAX_IN_FLIGHT`` about equal requests, so
+  that InfluxDB parses one micro-batch on several cores (its ingest is the slowest step).
 
 A broken link is logged once when it breaks and once when it recovers (``broken`` tells callers,
 so that during an outage they park at once instead of each waiting through the whole backoff).
@@ -44,6 +46,8 @@ MAX_REJECT_DETAIL: Final = 500
 # Requests of one write in flight at once. The caller still awaits them all before its Kafka
 # offsets move, so at-least-once delivery holds; points are idempotent, so order does not matter.
 MAX_IN_FLIGHT: Final = 2
+# A write this large is cut into MAX_IN_FLIGHT requests at least (smaller ones cost more per line).
+SPLIT_MIN_LINES: Final = 1000
 # Extra requests one write may spend isolating refused lines; past it whole requests are refused.
 BISECT_BUDGET: Final = 128
 # Not about the lines: authentication, unknown bucket or retention policy. Parked, not dead-lettered,
@@ -137,7 +141,10 @@ class InfluxSink(ABC):
         result = WriteResult()
         retries = self.s.max_retries if max_retries is None else max_retries
         budget = [BISECT_BUDGET]
-        bodies = chunks(lines, self.s.batch_lines)
+        per = self.s.batch_lines
+        if len(lines) >= SPLIT_MIN_LINES:
+            per = min(per, -(-len(lines) // MAX_IN_FLIGHT))
+        bodies = chunks(lines, per)
         if len(bodies) == 1 or retries == 0:  # one request, or probing a broken link
             for body in bodies:
                 await self._write_body(body, retries, result, budget)

@@ -185,3 +185,26 @@ def test_value_texts_are_exact_through_the_cache_and_its_overflow(
         assert got == want
         assert [math.copysign(1, got[("d", "x", int(ts[i]))]) for i in (0, 1)] == [1, -1]
         assert len(lines_mod._TEXTS) <= 10
+
+
+def test_a_large_write_is_split_for_influxdb_to_parse_on_several_cores() -> None:
+    import asyncio
+
+    from core.config import InfluxSettings
+    from stream.influx import MAX_IN_FLIGHT, SPLIT_MIN_LINES, InfluxSink
+
+    class Recorder(InfluxSink):
+        def __init__(self) -> None:
+            super().__init__(InfluxSettings(batch_lines=5000))
+            self.bodies: list[bytes] = []
+
+        async def _write_internal(self, body: bytes) -> None:
+            self.bodies.append(body)
+
+    for n, want in ((SPLIT_MIN_LINES - 1, [SPLIT_MIN_LINES - 1]), (4001, [2001, 2000]),
+                    (12_000, [5000, 5000, 2000])):  # fmt: skip
+        sink = Recorder()
+        lines = [f"m x={i}i {i}" for i in range(n)]
+        asyncio.run(sink.write(lines))
+        assert sorted((b.count(b"\n") for b in sink.bodies), reverse=True) == want
+        assert b"".join(sorted(sink.bodies)).count(b"\n") == n and MAX_IN_FLIGHT == 2
