@@ -139,7 +139,6 @@ class PartitionModels:
         names = {v: k for k, v in self.vehicles.items()}
         self._anomalies(zslot, ts, val, out)
         self._oil(vslot, kind, ts, val, names, out)
-        self._service(vslot, kind, ts, val, names, out)
         tm = kind >= 0
         tm &= kind <= tripmod.K_ENERGY
         t_slot, t_rows, d_slot, d_rows, dropped = tripmod.update_trips(
@@ -148,6 +147,7 @@ class PartitionModels:
         out.dropped += dropped
         if len(t_slot):  # closed trips make the service interval shorter for severe use
             self.service.add_trips(t_slot, t_rows, len(self.vehicles))
+        self._service(vslot, kind, ts, val, names, out)  # after the trips: their severity counts
         for s_, row in zip(t_slot.tolist(), t_rows.tolist(), strict=True):
             rec = dict(zip(tripmod.TRIP_FIELDS, row, strict=True))
             rec["start_us"], rec["end_us"] = int(rec["start_us"]), int(rec["end_us"])
