@@ -25,7 +25,7 @@ from core.wire import Samples, TelemetryBatch
 SPEED: Final = "Vehicle.Speed"  # km/h
 ENGINE_RPM: Final = "Vehicle.Powertrain.CombustionEngine.Speed"
 ENGINE_RUNNING: Final = "Vehicle.Powertrain.CombustionEngine.IsRunning"
-ODOMETER: Final = "Vehicle.TraveledDistance"  # km
+ODOMETER: Final = "Vehicle.TraveledDistance"  # metres (VSS; firmware_bridge/vss_catalog.csv)
 LATITUDE: Final = "Vehicle.CurrentLocation.Latitude"
 LONGITUDE: Final = "Vehicle.CurrentLocation.Longitude"
 BATTERY_V: Final = "Vehicle.LowVoltageBattery.CurrentVoltage"
@@ -95,7 +95,7 @@ def _derive(state: State) -> None:
     if lat is not None and lon is not None:
         state["location"] = {"lat": lat[1], "lon": lon[1], "ts_us": max(lat[0], lon[0])}
     if (odo := val(ODOMETER)) is not None:
-        state["odometer_km"] = odo
+        state["odometer_km"] = odo / 1000.0
     state["health"] = health(state)
 
 

@@ -28,7 +28,7 @@ def test_derived_state_and_late_data_never_rolls_back() -> None:
         st,
         batch(
             [(vs.SPEED, 10, 55.0), (vs.ENGINE_RPM, 10, 2100.0), (vs.LATITUDE, 10, 48.1),
-             (vs.LONGITUDE, 11, 11.5), (vs.ODOMETER, 10, 12345.6)]
+             (vs.LONGITUDE, 11, 11.5), (vs.ODOMETER, 10, 12_345_600.0)]
         ),
     )  # fmt: skip
     assert st["ignition"] is True and st["moving"] is True
