@@ -5,9 +5,11 @@ decide, the agents perform the I/O in a crash-safe order:
 
 1. dead-letter records, 2. InfluxDB lines through the shared ``SinkWriter`` (refused lines are
 dead-lettered, an outage parks them on the retry topic), 3. output topics, 4. table writes.
-Faust commits a source offset only after the micro-batch was acknowledged, so a worker killed
-at any point has its batch reprocessed by the next owner of the partition; the dedupe table then
-drops exactly what already went through step 4 (whose samples are already in InfluxDB).
+The telemetry agent commits a source offset itself, only after the micro-batch was handled, and
+only for the contiguous run of offsets it received (``stream.offsets``: Faust's rebalance race can
+drop records and commit past them), so a worker killed at any point has its batch reprocessed by
+the next owner of the partition; the dedupe table then drops exactly what already went through
+step 4 (whose samples are already in InfluxDB).
 
 Faust and micro-batches: a table write goes to the changelog partition of ``current_event()``
 (and the RocksDB store refuses writes without one), but a micro-batch mixes records of every
@@ -41,6 +43,7 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from stream.alerts import handle_event
+from stream.offsets import SourceOffsets
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
 from stream.registry import DeviceRegistry
 from stream.retry import SinkWriter
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class MicroBatcher:
-    """Micro-batches of events, acknowledged only once handled.
+    """Micro-batches of events, acknowledged (or committed) only once handled.
 
     Faust 0.15's ``stream.take``/``take_events`` can acknowledge an event it never yields: an
     event waiting on the previous batch's future resumes after the next batch was cut, appends
@@ -58,6 +61,11 @@ class MicroBatcher:
     stream event by event, cuts a batch at ``max_`` events or after ``within_s`` (a ticker task
     flushes an idle buffer) and acks each event after its batch was handled, so an offset is
     only committed for records whose effects are done.
+
+    With ``offsets`` (``stream.offsets.SourceOffsets``, for a topic consumed with Faust acks
+    off) an event is buffered only if it is the next offset of its partition, and a handled
+    batch is committed through ``offsets`` instead of acked: Faust's rebalance race can drop
+    records before they reach the agent and commit past them (module ``stream.offsets``).
     """
 
     def __init__(
@@ -66,11 +74,13 @@ class MicroBatcher:
         handle: Callable[[Any, list[Any]], Awaitable[None]],
         max_: int,
         within_s: float,
+        offsets: SourceOffsets | None = None,
     ) -> None:
         self.stream = stream
         self.handle = handle
         self.max_ = max_
         self.within_s = within_s
+        self.offsets = offsets
         self.buffer: list[Any] = []
         self.first_at = 0.0
         self.lock = asyncio.Lock()
@@ -81,6 +91,9 @@ class MicroBatcher:
             if not batch:
                 return
             await self.handle(self.stream, batch)
+            if self.offsets is not None:
+                await self.offsets.commit(batch)
+                return
             for event in batch:
                 await self.stream.ack(event)
 
@@ -89,11 +102,15 @@ class MicroBatcher:
             await asyncio.sleep(self.within_s / 2)
             if self.buffer and time.monotonic() - self.first_at >= self.within_s:
                 await self.flush()
+            if self.offsets is not None:
+                self.offsets.check()  # a hole with nothing arriving after it
 
     async def run(self) -> None:
         ticker = asyncio.create_task(self._ticker())
         try:
             async for event in self.stream.events():
+                if self.offsets is not None and not await self.offsets.admit(event):
+                    continue
                 if not self.buffer:
                     self.first_at = time.monotonic()
                 self.buffer.append(event)
@@ -105,6 +122,8 @@ class MicroBatcher:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+            if self.offsets is not None:
+                await self.offsets.close()
 
 
 def make_tables(app: faust.App, partitions: int) -> dict[str, Any]:
@@ -162,8 +181,9 @@ def install_pipeline(
     tables = make_tables(app, parts)
     outs = output_topics(app, parts)
     pipeline = TelemetryPipeline(st, registry)
-    telemetry = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw")
-    events = app.topic(KAFKA_EVENTS, value_serializer="raw", key_serializer="raw")
+    # acks off: the agent commits its offsets itself (MicroBatcher + SourceOffsets)
+    telemetry = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw", acks=False)
+    events = app.topic(KAFKA_EVENTS, value_serializer="raw", key_serializer="raw", acks=False)
     event_stats = {"events": 0, "alerts": 0, "duplicates": 0, "dead_lettered": 0}
     app.carpulse_pipeline = pipeline  # type: ignore[attr-defined]
     app.carpulse_event_stats = event_stats  # type: ignore[attr-defined]
@@ -205,7 +225,9 @@ def install_pipeline(
         warming = getattr(app, "carpulse_warming", None)
         if warming is not None:  # kernels compiling in a thread: wait without blocking the loop
             await asyncio.to_thread(warming.join)
-        batcher = MicroBatcher(stream.noack(), handle, st.take_max, st.take_within_s)
+        offsets = SourceOffsets(app)
+        app.carpulse_offsets = offsets  # type: ignore[attr-defined]
+        batcher = MicroBatcher(stream.noack(), handle, st.take_max, st.take_within_s, offsets)
         try:
             await batcher.run()
         finally:
@@ -213,20 +235,34 @@ def install_pipeline(
 
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:
-        async for event in stream.events():  # one by one: an alert must not wait for a batch
-            received_us = int(time.time() * 1e6)
-            event_stats["events"] += 1
-            res = handle_event(event.value, registry, lookup, received_us)
-            if res.alert is not None:
-                await outs[KAFKA_ALERTS].send(key=res.alert[0].encode(), value=res.alert[1])
-                event_stats["alerts"] += 1
-            if res.dead is not None:
-                event_stats["dead_lettered"] += 1
-                await deadletter.send(value=res.dead[0], headers=res.dead[1])
-            event_stats["duplicates"] += res.duplicate
-            if res.state_update is not None:
-                await publish(KAFKA_VEHICLE_STATE, [res.state_update])
-            for table, key, value in res.writes:
-                tables[table][key] = value
+        offsets = SourceOffsets(app)  # acks off on this topic too: the same race, the same guard
+        watch = asyncio.create_task(offsets.watch(1.0))
+        try:
+            async for event in stream.events():  # one by one: an alert must not wait for a batch
+                if not await offsets.admit(event):
+                    continue
+                await handle_one(event)
+                await offsets.commit([event])
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            await offsets.close()
+
+    async def handle_one(event: Any) -> None:
+        received_us = int(time.time() * 1e6)
+        event_stats["events"] += 1
+        res = handle_event(event.value, registry, lookup, received_us)
+        if res.alert is not None:
+            await outs[KAFKA_ALERTS].send(key=res.alert[0].encode(), value=res.alert[1])
+            event_stats["alerts"] += 1
+        if res.dead is not None:
+            event_stats["dead_lettered"] += 1
+            await deadletter.send(value=res.dead[0], headers=res.dead[1])
+        event_stats["duplicates"] += res.duplicate
+        if res.state_update is not None:
+            await publish(KAFKA_VEHICLE_STATE, [res.state_update])
+        for table, key, value in res.writes:  # to the changelog partition of this event
+            tables[table][key] = value
 
     return pipeline
