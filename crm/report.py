@@ -28,7 +28,7 @@ from crm import store as st
 from crm.models import Appointment, Coupon, Vehicle
 
 SPEED: Final = "Vehicle.Speed"
-ODO: Final = "Vehicle.TraveledDistance"
+ODO: Final = "Vehicle.TraveledDistance"  # metres in InfluxDB (VSS); km in ``Columns``
 LAT: Final = "Vehicle.CurrentLocation.Latitude"
 LON: Final = "Vehicle.CurrentLocation.Longitude"
 FUEL: Final = "Vehicle.Powertrain.FuelSystem.Level"  # percent of the tank
@@ -257,6 +257,7 @@ class InfluxReader:
                         ts.append(int(row[0]))
                         vals.append([row[p] if p is not None else None for p in pos])
         arr = np.array(vals, dtype=np.float64).reshape(len(ts), len(FIELDS))  # None -> nan
+        arr[:, FIELDS.index(ODO)] /= 1000.0  # the summary counts in km
         return Columns(np.array(ts, np.int64), {f: arr[:, i] for i, f in enumerate(FIELDS)})
 
 

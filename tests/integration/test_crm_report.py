@@ -33,11 +33,12 @@ def influx(stack: Stack, path: str, data: bytes, **params: str) -> None:
 
 
 def trip_lines(start: dt.datetime, odo0: float, lat: float, lon: float) -> list[str]:
-    """Ten minutes at 72 km/h sampled every second (12 km), as the stream writes them."""
+    """Ten minutes at 72 km/h sampled every second (12 km; odometer in metres, as VSS), as the
+    stream writes them."""
     t0 = int(start.timestamp() * 1e6)
     out = []
     for i in range(600):
-        f = (f'Vehicle.Speed=72.0,Vehicle.TraveledDistance={odo0 + i * 0.02!r},'
+        f = (f'Vehicle.Speed=72.0,Vehicle.TraveledDistance={(odo0 + i * 0.02) * 1000!r},'
              f'Vehicle.CurrentLocation.Latitude={lat},Vehicle.CurrentLocation.Longitude={lon}')  # fmt: skip
         out.append(f"telemetry,device=car-1 {f} {t0 + i * 1_000_000}")
     return out
