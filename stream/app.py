@@ -134,8 +134,8 @@ async def prepare_output_topics(settings: CarpulseSettings) -> None:
     k = settings.kafka
     wanted = {name: {"cleanup.policy": "compact"} if name in COMPACTED else {} for name in OUTPUTS}
     admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [
             NewTopic(name, k.partitions, k.replication, topic_configs=config)

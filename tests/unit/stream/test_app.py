@@ -9,7 +9,7 @@ import pytest
 
 from core.config import CarpulseSettings
 from core.errors import ConfigError
-from stream.app import build_app, counters_of
+from stream.app import build_app, counters_of, prepare_output_topics
 from stream.transport import Transport
 
 
@@ -70,3 +70,12 @@ def test_counters_are_the_pipelines_own() -> None:
     assert got["events"]["events"] == 0
     assert got["sink"]["written"] == 0 and got["sink"]["broken"] is False
     assert not hasattr(app, "carpulse_counters")
+
+
+def test_output_topics_without_kafka_are_a_warning_not_a_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = CarpulseSettings()
+    settings.kafka.bootstrap = "127.0.0.1:1"  # nothing listens there
+    asyncio.run(prepare_output_topics(settings))
+    assert "could not prepare the output topics" in caplog.text and "vehicle-state" in caplog.text
