@@ -9,7 +9,7 @@ queue; ``flow_control.resume()`` right after the seek clears that queue, and
 *after* the seek reset it, so the re-read records below it are dropped as already read ("DROPPED
 MESSAGE ROFF" with ``DEVLOG=1``). Records still in flight from the old fetch also register "gaps"
 that Faust's commit counts as acknowledged. Seen: offsets 350-409 of partition 2 never reached the
-agent (1 to 60 records lost in about 1 run of 3).
+agent (1 to 60 records lost in 4 of 12 runs).
 
 What we do instead of trusting that (telemetry and events agents):
 
