@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from carpulse.stack import free_port
 from core.topics import (
     KAFKA_ALERTS,
     KAFKA_ANOMALIES,
@@ -225,7 +229,14 @@ def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Pa
         except AssertionError:  # no database before the worker's first write
             return False
 
-    worker = spawn_worker(local_stack, tmp_path / "worker.log", env)
+    port = free_port()  # the worker's web port: its counters page is checked below
+    with open(tmp_path / "worker.log", "ab") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "carpulse", "stream", "worker"],
+            env={**env, "CARPULSE_STREAM__WEB_PORT": str(port)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         produce(local_stack, [record(0)])  # warm-up: group join, kernels compiled, database made
         try:
@@ -240,6 +251,9 @@ def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Pa
             while not visible(seq) and time.time() - sent < 5:
                 time.sleep(0.01)
             latencies.append(time.time() - sent)
+        url = f"http://127.0.0.1:{port}/carpulse/counters/"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            counters = json.load(resp)
         # vehicle-state is created compacted (the dashboards read the latest state per VIN)
         cleanup = _topic_config(local_stack, KAFKA_VEHICLE_STATE).get("cleanup.policy")
     finally:
@@ -249,3 +263,5 @@ def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Pa
     # A fetch held 1.5 s by the broker would put about half of these above 0.75 s.
     assert latencies[3] < 0.5 and latencies[-1] < 1.0, latencies
     assert cleanup == "compact"
+    # the live counters are the pipeline's own: at least this test's 8 records and lines
+    assert counters["telemetry"]["records"] >= 8 and counters["sink"]["written"] >= 8
