@@ -86,7 +86,7 @@ DASHBOARDS: Final = {
             panel(
                 3,
                 "Distance driven (km)",
-                f'SELECT spread({ODO}) FROM "telemetry" WHERE {WHERE_DEV} GROUP BY "device"',
+                f'SELECT spread({ODO}) / 1000 FROM "telemetry" WHERE {WHERE_DEV} GROUP BY "device"',
                 "bargauge",
             ),
             panel(
@@ -146,8 +146,8 @@ DASHBOARDS: Final = {
             ),
             panel(
                 4,
-                "Odometer (km, for service intervals)",
-                f'SELECT last({ODO}) FROM "telemetry" WHERE {WHERE_DEV} GROUP BY "device"',
+                "Odometer (km, for service intervals; VSS sends metres)",
+                f'SELECT last({ODO}) / 1000 FROM "telemetry" WHERE {WHERE_DEV} GROUP BY "device"',
                 "table",
             ),
         ],
