@@ -20,11 +20,12 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from core.config import MqttSettings
+from crm.migrate import upgrade
 from crm.models import AuditRecord
 from crm.privacy import READ_PURPOSES
 from crm.store import CrmStore, audit
 from dashboards import auth
-from dashboards.auth import COOKIE, SessionStore, WebSession, csrf_ok
+from dashboards.auth import COOKIE, PRELOGIN_COOKIE, PRELOGIN_S, SessionStore, WebSession, csrf_ok
 from dashboards.live import KafkaFeed, StateHub
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DashboardConfig:
     reveal_seconds: float = 300.0
     session_idle_s: float = 1800.0
     coupon_templates: list[str] = field(default_factory=list)
+    migrate: bool = True  # run the CRM's Alembic migrations (``upgrade head``) at start
 
 
 class NeedLogin(Exception):
@@ -86,15 +88,31 @@ def require(permission: str) -> Any:
     return dep
 
 
-async def csrf(request: Request) -> None:
-    """Dependency of every state-changing route: the session's token in the form or a header."""
-    ws = get_session(request)
+def get_prelogin(request: Request) -> WebSession | None:
+    """The login form's signed, unstored pre-login session (see ``dashboards.auth``)."""
+    store: SessionStore = request.app.state.sessions
+    return store.prelogin(request.cookies.get(PRELOGIN_COOKIE))
+
+
+async def _supplied_csrf(request: Request) -> str | None:
     supplied = request.headers.get("x-csrf-token")
     if supplied is None:
         form = await request.form()
         value = form.get("csrf_token")
         supplied = value if isinstance(value, str) else None
-    if not csrf_ok(ws, supplied):
+    return supplied
+
+
+async def csrf(request: Request) -> None:
+    """Dependency of every state-changing route: the session's token in the form or a header."""
+    if not csrf_ok(get_session(request), await _supplied_csrf(request)):
+        raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+
+
+async def login_csrf(request: Request) -> None:
+    """``POST /login``: the session's token, or the pre-login cookie's."""
+    supplied = await _supplied_csrf(request)
+    if not (csrf_ok(get_session(request), supplied) or csrf_ok(get_prelogin(request), supplied)):
         raise HTTPException(403, "missing or wrong CSRF token; reload the page")
 
 
@@ -113,7 +131,9 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
     from dashboards import console, inbox
 
     store = CrmStore.from_url(cfg.crm_url)
-    auth.create_tables(store.engine)
+    if cfg.migrate:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        upgrade(store.engine)  # idempotent; the dashboards' tables are migration 0004
     hub = StateHub()
 
     @contextlib.asynccontextmanager
@@ -193,12 +213,17 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
 
     @app.get("/login", response_class=HTMLResponse, tags=["auth"])
     def login_page(request: Request) -> Response:
-        ws = get_session(request) or request.app.state.sessions.new()
-        resp = render(request, "login.html", ws, error="")
-        set_cookie(resp, ws, cfg.secure_cookies)
+        ws = get_session(request)
+        if ws is not None:
+            return render(request, "login.html", ws, error="")
+        # No session row before a successful login: the form's token is a signed cookie's.
+        pre = get_prelogin(request) or request.app.state.sessions.new_prelogin()
+        resp = render(request, "login.html", pre, error="")
+        resp.set_cookie(PRELOGIN_COOKIE, pre.id, httponly=True, samesite="strict",
+                        secure=cfg.secure_cookies, path="/login", max_age=int(PRELOGIN_S))  # fmt: skip
         return resp
 
-    @app.post("/login", tags=["auth"], dependencies=[Depends(csrf)])
+    @app.post("/login", tags=["auth"], dependencies=[Depends(login_csrf)])
     def login(
         request: Request,
         username: Annotated[str, Form(max_length=64)],
@@ -214,12 +239,14 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
                 s.flush()  # a rehashed password is written before the user leaves the session
                 s.expunge(user)
         if user is None:
-            page = render(request, "login.html", old, error="Wrong user name or password.")
+            form_ws = old or get_prelogin(request)
+            page = render(request, "login.html", form_ws, error="Wrong user name or password.")
             page.status_code = 401
             return page
         ws = request.app.state.sessions.login(old, user)
         resp = RedirectResponse("/", status_code=303)
         set_cookie(resp, ws, cfg.secure_cookies)
+        resp.delete_cookie(PRELOGIN_COOKIE, path="/login")
         return resp
 
     @app.post("/logout", tags=["auth"], dependencies=[Depends(csrf)])

@@ -4,8 +4,11 @@ A session is a random 256-bit id in an HttpOnly, SameSite=Strict cookie (``Secur
 configured off for plain-HTTP development); everything else (user, a location grant) lives on the
 server, in the CRM database under a SHA-256 of the id, so a stolen page never carries more than
 the id, a restart logs nobody out and several dashboard processes agree. Every state-changing request
-must echo the session's CSRF token in the ``csrf_token`` form field or the ``X-CSRF-Token`` header;
-the login form gets a token from a pre-login session, so login CSRF is refused too.
+must echo the session's CSRF token in the ``csrf_token`` form field or the ``X-CSRF-Token`` header.
+The login form's token comes from a signed pre-login cookie (HMAC with a secret kept in the CRM
+database, so every process agrees), not from a session row: a row is written only on a successful
+login, so unauthenticated ``GET /login`` requests cost no storage. Login CSRF is refused too.
+The tables are made by the CRM's Alembic migrations (0004), never here.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Any, Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import JSON, Boolean, DateTime, Float, String, delete, select, text
+from sqlalchemy import JSON, Boolean, DateTime, Float, String, delete, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 ROLES: Final = ("call_centre_agent", "service_advisor", "dealer_admin", "auditor")
@@ -49,6 +53,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
 }
 
 COOKIE: Final = "carpulse_session"
+PRELOGIN_COOKIE: Final = "carpulse_prelogin"
+PRELOGIN_S: Final = 3600.0  # a login form older than this asks for a reload
 _HASHER = PasswordHasher()
 # A hash of a random password, verified against when the user is unknown so that a wrong user
 # name costs as long as a wrong password (no user enumeration by timing).
@@ -77,12 +83,12 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
-def create_tables(engine: Engine) -> None:
-    """Users and sessions. The inbox used to be a table of its own (``advisor_inbox``, made here,
-    never by a migration); it is the CRM's ``inbox_items`` now, so the old table goes."""
-    UserBase.metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS advisor_inbox"))
+class DashboardSecret(UserBase):
+    """Server-side secrets shared by every dashboard process (the pre-login cookie's HMAC key)."""
+
+    __tablename__ = "dashboard_secrets"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
 
 
 def add_user(s: Session, username: str, password: str, role: str, dealer_id: str) -> None:
@@ -185,20 +191,65 @@ class SessionStore:
         self.engine = engine
         self.idle_s, self.absolute_s = idle_s, absolute_s
         self._last_prune = 0.0
+        self._key: bytes | None = None
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def new(self) -> WebSession:
+    def new(self, user: DashboardUser | None = None) -> WebSession:
+        """A stored session (the app makes one only for a logged-in ``user``)."""
         now = time.time()
         token = secrets.token_urlsafe(32)
+        who = (user.username, user.role, user.dealer_id) if user else (None, None, None)
         with self._session() as s, s.begin():
             if now - self._last_prune > 60.0:
                 self._last_prune = now
                 s.execute(delete(SessionRow).where(SessionRow.expires < now))
             s.add(SessionRow(token_hash=_hash(token), created=now, last_seen=now,
-                             expires=now + min(self.idle_s, self.absolute_s)))  # fmt: skip
-        return WebSession(token, _csrf(token), now, now)
+                             expires=now + min(self.idle_s, self.absolute_s),
+                             username=who[0], role=who[1], dealer_id=who[2]))  # fmt: skip
+        return WebSession(token, _csrf(token), now, now, *who)
+
+    def _secret(self) -> bytes:
+        """The pre-login HMAC key: made once per database (the first process to ask wins)."""
+        if self._key is None:
+            with self._session() as s, s.begin():
+                row = s.get(DashboardSecret, "prelogin")
+                if row is None:
+                    try:
+                        with s.begin_nested():
+                            s.add(DashboardSecret(name="prelogin", value=secrets.token_hex(32)))
+                    except IntegrityError:
+                        pass  # another process made it first
+                    row = s.get(DashboardSecret, "prelogin")
+                assert row is not None
+                self._key = bytes.fromhex(row.value)
+        return self._key
+
+    def _sign(self, msg: str) -> str:
+        return hmac.new(self._secret(), msg.encode(), hashlib.sha256).hexdigest()
+
+    def new_prelogin(self, now: float | None = None) -> WebSession:
+        """A login form's anonymous session: nothing stored; its id is the signed cookie value
+        ``<nonce>.<issued>.<hmac>`` and its CSRF token an HMAC of the nonce."""
+        issued = int(time.time() if now is None else now)
+        nonce = secrets.token_urlsafe(16)
+        value = f"{nonce}.{issued}.{self._sign(f'{nonce}.{issued}')}"
+        return WebSession(value, self._sign(f"csrf|{nonce}"), issued, issued)
+
+    def prelogin(self, value: str | None, now: float | None = None) -> WebSession | None:
+        """The pre-login session of a cookie, if its signature is right and it is fresh."""
+        if not value or len(value) > 200 or value.count(".") != 2:
+            return None
+        nonce, issued_s, sig = value.split(".")
+        if not issued_s.isdigit() or not hmac.compare_digest(
+            sig, self._sign(f"{nonce}.{issued_s}")
+        ):
+            return None
+        issued, t = int(issued_s), time.time() if now is None else now
+        if not issued - 60 <= t < issued + PRELOGIN_S:  # 60 s of clock skew between processes
+            return None
+        return WebSession(value, self._sign(f"csrf|{nonce}"), issued, issued)
 
     def get(self, sid: str | None) -> WebSession | None:
         if not sid or len(sid) > 200:
@@ -223,13 +274,7 @@ class SessionStore:
         """A fresh session id and CSRF token for the logged-in user (no session fixation)."""
         if old is not None:
             self.drop(old.id)
-        ws = self.new()
-        with self._session() as s, s.begin():
-            row = s.get(SessionRow, _hash(ws.id))
-            assert row is not None
-            row.username, row.role, row.dealer_id = user.username, user.role, user.dealer_id
-        ws.username, ws.role, ws.dealer_id = user.username, user.role, user.dealer_id
-        return ws
+        return self.new(user)
 
     def set_grant(self, ws: WebSession, grant: LocationGrant | None) -> None:
         """Store the session's one location grant (a new reveal replaces the previous one)."""

@@ -7,6 +7,7 @@ import zlib
 from decimal import Decimal
 from typing import Final
 
+from crm.migrate import upgrade
 from crm.models import CouponTemplate, Member, PlateAssignment, Vehicle
 from crm.store import (
     CrmStore,
@@ -36,7 +37,7 @@ def demo_card(vin: str) -> str:
 
 
 def create_demo_users(store: CrmStore, password: str = DEMO_PASSWORD) -> list[str]:
-    auth.create_tables(store.engine)
+    upgrade(store.engine)  # the users table is migration 0004's
     with store.tx() as s:
         for name, role, dealer in DEMO_USERS:
             auth.add_user(s, name, password, role, dealer)

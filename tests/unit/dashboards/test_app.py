@@ -288,3 +288,44 @@ def test_evidence_svg_escapes_and_scales() -> None:
     svg = str(evidence_svg([[0, 1.0], [10, 3.0], [20, float("nan")]]))
     assert svg.count(",") >= 2 and "2 points from 1 to 3" in svg
     assert "no evidence" in str(evidence_svg([]))
+
+
+def test_the_login_page_stores_nothing_until_a_login_succeeds(
+    client: TestClient, app_store: Any
+) -> None:
+    """Issue #10: repeated GET /login wrote a session row each; the form's token is now a signed
+    pre-login cookie's, and the only row is the logged-in session's."""
+    store = app_store[1]
+
+    def rows() -> list[tuple[str | None, str]]:
+        with store.tx() as s:
+            return [(r.username, r.token_hash) for r in s.scalars(select(SessionRow))]
+
+    for _ in range(5):
+        first = client.get("/login")
+    assert first.status_code == 200 and rows() == []
+    pre = client.cookies.get("carpulse_prelogin")
+    assert pre and client.cookies.get("carpulse_session") is None
+    token = csrf_of(first.text)
+    assert csrf_of(client.get("/login").text) == token  # the same form token while the cookie lives
+    bad = {"username": "agent", "password": "wrong-password", "csrf_token": token}
+    assert client.post("/login", data=bad).status_code == 401 and rows() == []
+    # a token without its cookie, a forged cookie or a stale one is refused
+    with TestClient(app_store[0], base_url="https://testserver") as other:
+        ok = {"username": "agent", "password": "carpulse-demo", "csrf_token": token}
+        assert other.post("/login", data=ok).status_code == 403  # no cookie
+        nonce, issued, sig = pre.split(".")
+        forged = f"{nonce}.{int(issued) + 1}.{sig}"
+        stale_ws = app_store[0].state.sessions.new_prelogin(now=time.time() - 7200)
+        cases = ((pre, token, 401), (forged, token, 403), (stale_ws.id, stale_ws.csrf, 403))
+        for cookie, form_token, status in cases:  # the first: the cookie does reach the app
+            other.cookies.set("carpulse_prelogin", cookie, domain="testserver.local", path="/login")
+            r = other.post("/login", data={**bad, "csrf_token": form_token})
+            assert r.status_code == status, cookie
+            other.cookies.clear()
+    assert rows() == []
+    r = client.post("/login", data={**bad, "password": "carpulse-demo"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert [u for u, _ in rows()] == ["agent"]
+    assert client.cookies.get("carpulse_prelogin") is None  # spent
+    assert client.get("/console").status_code == 200
