@@ -31,11 +31,12 @@ from email.utils import formatdate
 from typing import Any, Final, Protocol
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import CarpulseError
 from crm import store as st
-from crm.models import Appointment, Coupon, CouponTemplate, Customer, Vehicle, utcnow
+from crm.models import Appointment, Coupon, CouponTemplate, Customer, Ownership, Vehicle, utcnow
 from crm.store import CrmError, CrmStore, audit
 from crm.tables import INBOX_ROLES, InboxItem, OutboxMessage
 
@@ -297,6 +298,95 @@ def file_card(
     else:
         item.title, item.body = title[:200], body
         item.data = {**(data or {}), "actions": item.data.get("actions", [])}
+    s.flush()
+    return item
+
+
+# ----- DTC cards: one per (vehicle, code, ownership period) --------------------------------------
+DTC_PRIORITY: Final = {"high": 1, "medium": 2, "low": 3}
+
+
+def dtc_role(severity: str) -> str:
+    """The queue a fault belongs in: the expert's for a high-severity code, else the advisor's."""
+    return "expert" if severity == "high" else "advisor"
+
+
+def ownership_period(s: Session, vin: str, at: dt.datetime) -> str:
+    """The ownership a fault at ``at`` belongs to (its row id; ``none`` while nobody owns it)."""
+    row = s.scalar(
+        select(Ownership.id).where(
+            Ownership.vin == vin,
+            Ownership.valid_from <= at,
+            Ownership.valid_to.is_(None) | (Ownership.valid_to > at),
+        )
+    )
+    return "none" if row is None else str(row)
+
+
+def dtc_key(vin: str, code: str, period: str) -> str:
+    return f"dtc|{vin}|{code}|{period}"
+
+
+def file_dtc_card(
+    s: Session,
+    *,
+    vin: str,
+    code: str,
+    severity: str,
+    text: str = "",
+    source: str,
+    at: dt.datetime | None = None,
+    role: str | None = None,
+    title: str | None = None,
+    body: str = "",
+    lang: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> InboxItem:
+    """The one card of a fault: per (vehicle, code, ownership period), whoever reports it.
+
+    The dashboard's Kafka feed (``source="feed"``) and the rules engine (``rule:<id>``) both file
+    DTCs through here under the key ``dtc|<vin>|<code>|<ownership id>``, so a fault both see is
+    one card. It goes to ``role`` (default: by severity, ``dtc_role``) and only ever moves up:
+    an advisor card becomes the expert's when a later report says high, never back. A card
+    already acted on stays closed; a new owner's period is a new card.
+    """
+    at = utcnow() if at is None else at
+    role = role or dtc_role(severity)
+    if role not in ADVISOR_ROLES:
+        raise DeliveryError(f"DTC cards go to {ADVISOR_ROLES}, not {role!r}", True)
+    key = dtc_key(vin, code, ownership_period(s, vin, at))
+    entry = {"code": code, "text": text, "severity": severity}
+    extra = data or {}
+    item = s.scalar(select(InboxItem).where(InboxItem.effect_key == key))
+    if item is None:
+        try:
+            with s.begin_nested():
+                item = InboxItem(role=role, kind="dtc", effect_key=key, vin=vin,
+                                 customer_id=st.owner_at(s, vin, at),
+                                 priority=DTC_PRIORITY.get(severity, 2),
+                                 title=(title or f"DTC {code} on {vin}")[:200], body=body,
+                                 data={**extra, "codes": [entry], "sources": [source]})  # fmt: skip
+                if lang:
+                    item.lang = lang
+                s.add(item)
+            return item
+        except IntegrityError:  # another process filed it between our read and our insert
+            item = s.scalar(select(InboxItem).where(InboxItem.effect_key == key))
+            assert item is not None
+    old = dict(item.data)
+    known = old.get("codes") or []
+    if not any(c.get("text") for c in known) or (text and role == "expert"):
+        known = [entry]
+    new = {**old, **extra, "codes": known,
+           "sources": sorted({*old.get("sources", []), source})}  # fmt: skip
+    new["actions"] = old.get("actions", [])
+    if role == "expert" and item.role != "expert":
+        item.role, item.priority = "expert", min(item.priority, DTC_PRIORITY["high"])
+        new["moved_to_expert"] = {"by": source, "at": utcnow().isoformat()}
+        if title:
+            item.title, item.body = title[:200], body
+            item.lang = lang or item.lang
+    item.data = new
     s.flush()
     return item
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from core.crm_events import CrmEvent
 from core.errors import CarpulseError
 from crm import store as st
+from crm.delivery import ADVISOR_ROLES, file_dtc_card
 from crm.messages import DEFAULT_LANG, render
 from crm.models import (
     Appointment,
@@ -371,20 +372,29 @@ class RuleEngine:
             firing.messages = self._messages(s, spec, facts, cid, key, rule)
         if (spec := rule.effect.get("inbox")) is not None:
             title, body = render(spec["template"], self.staff_lang, facts)
-            s.add(
-                InboxItem(
-                    role=spec["role"],
-                    priority=int(spec.get("priority", 5)),
-                    kind=ev.kind,
-                    vin=vin,
-                    customer_id=cid,
-                    title=title[:200],
-                    body=body,
-                    lang=self.staff_lang,
-                    effect_key=key,
-                    data={"rule": rule.id, "event": ev.id, "because": list(rule.conditions)},
+            code = ev.data.get("code")
+            if ev.kind == "dtc" and vin and isinstance(code, str) and spec["role"] in ADVISOR_ROLES:
+                # the dashboard's feed files the same faults: one card per vehicle, code, owner
+                file_dtc_card(s, vin=vin, code=code, severity=str(ev.data.get("severity")),
+                              text=str(ev.data.get("description") or ""), source=f"rule:{rule.id}",
+                              at=ev.ts, role=spec["role"], title=title, body=body,
+                              lang=self.staff_lang, data={"rule": rule.id, "event": ev.id,
+                                                          "because": list(rule.conditions)})  # fmt: skip
+            else:
+                s.add(
+                    InboxItem(
+                        role=spec["role"],
+                        priority=int(spec.get("priority", 5)),
+                        kind=ev.kind,
+                        vin=vin,
+                        customer_id=cid,
+                        title=title[:200],
+                        body=body,
+                        lang=self.staff_lang,
+                        effect_key=key,
+                        data={"rule": rule.id, "event": ev.id, "because": list(rule.conditions)},
+                    )
                 )
-            )
             firing.inbox = 1
         st.audit(s, "rules", "rule.fire", subject, rule=rule.id, key=key, event=ev.id)
         out.fired.append(firing)

@@ -5,8 +5,10 @@ whatever else the rules route there); acknowledge / book / issue a coupon act th
 
 The dashboard's Kafka feed files two kinds of cards into that one inbox (``record_filer``):
 maintenance predictions from ``carpulse.predictions`` (with the evidence series for the chart)
-and the DTCs of ``vehicle-state`` routed to the vehicle's dealer. The rules engine files the rest
-(gate arrivals, high-severity DTCs for the expert queue) from the CRM worker.
+and the DTCs of ``vehicle-state``. The rules engine files the rest (gate arrivals, ...) from the
+CRM worker. A DTC is one card per (vehicle, code, ownership period) whoever files it
+(``crm.delivery.file_dtc_card``): the advisor's for a medium or low severity, the expert queue's
+for a high one; the advisor's page shows the dealer's expert cards too, marked as such.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from markupsafe import Markup, escape
 from core.topics import KAFKA_VEHICLE_STATE
 from crm import delivery
 from crm.models import CouponTemplate, Vehicle, utcnow
+from crm.normalize import dtc_severity
 from crm.store import CrmError, CrmStore, owner_at
 from crm.tables import InboxItem
 from dashboards.app import csrf, render, require
@@ -66,19 +69,15 @@ def record_filer(store: CrmStore) -> Callable[[str, dict[str, Any]], None]:
         if not isinstance(vin, str):
             return
         if topic == KAFKA_VEHICLE_STATE:
-            codes = sorted(str(c) for c in doc.get("active_dtcs") or [])
+            codes = sorted({str(c).upper() for c in doc.get("active_dtcs") or []})
             if codes and filed.get(vin) != codes:
                 filed[vin] = codes
                 with store.tx() as s:
                     if s.get(Vehicle, vin) is None:
                         return
-                    described = [{"code": c, "text": describe_dtc(c)} for c in codes]
-                    delivery.file_card(
-                        s, role="advisor", kind="dtc", key=f"{FEED_KEY}dtc|{vin}|{','.join(codes)}"[:200],
-                        title=f"DTC {', '.join(codes)} on {vin}", vin=vin,
-                        customer_id=owner_at(s, vin, utcnow()), priority=2,
-                        data={"codes": described},
-                    )  # fmt: skip
+                    for code in codes:  # one card per fault, in the queue its severity names
+                        delivery.file_dtc_card(s, vin=vin, code=code, severity=dtc_severity(code),
+                                               text=describe_dtc(code), source="feed")  # fmt: skip
             return
         with store.tx() as s:
             if s.get(Vehicle, vin) is None:

@@ -72,8 +72,8 @@ def test_feed_files_predictions_and_dtcs_into_the_crm_inbox(
         file(KAFKA_PREDICTIONS, {"vin": VIN_A, "kind": "service_due", "ts_us": t0 + i * 86_400_000_000,
                                  "days": 20.0 - i, "days_lo": 15.0, "days_hi": 26.0,
                                  "km": 11_000.0, "odo": odo, "cycle": "2026-01-01@5000km"})  # fmt: skip
-    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0301"]})
-    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0301"]})  # same codes: no new card
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420"]})
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420"]})  # same codes: no new card
     file(KAFKA_PREDICTIONS, {"vin": "UNKNOWN0000000000", "kind": "service_due"})  # not in the CRM
     with store.tx() as s:
         items = list(s.scalars(select(InboxItem).order_by(InboxItem.id)))
@@ -85,7 +85,87 @@ def test_feed_files_predictions_and_dtcs_into_the_crm_inbox(
     assert "in 710 km" in maint and "likely in 15-26 days" in maint and "<polyline" in maint
     assert re.search(r"due \d{4}-\d\d-\d\d", maint)
     (dtc,) = [c for c in cards(html) if 'data-kind="dtc"' in c]
-    assert "P0301" in dtc and "misfire" in dtc.lower()
+    assert "P0420" in dtc and "catalyst" in dtc.lower() and "medium" in dtc
+    assert "expert queue" not in dtc
+
+
+def dtc_event(store: CrmStore, code: str, seq: int, device: str = "demo-car-1") -> None:
+    """What the CRM worker does with a device's ``dtc`` event: the shipped rules."""
+    ts_us = int(time.time() * 1e6)
+    payload = encode_event(Event(device, "boot-1", seq, "dtc", ts_us, 2, {"codes": [code]}))
+    engine = RuleEngine(shipped_rules())
+    for ev in from_record(KAFKA_EVENTS, payload):
+        with store.tx() as s:
+            engine.handle(s, ev)
+
+
+def dtc_cards(store: CrmStore) -> list[tuple[str, str | None, str, int]]:
+    with store.tx() as s:
+        rows = s.scalars(select(InboxItem).where(InboxItem.kind == "dtc").order_by(InboxItem.id))
+        return [(i.role, i.vin, i.data["codes"][0]["code"], i.priority) for i in rows]
+
+
+def test_one_dtc_card_per_fault_whoever_files_it(client: TestClient, app_store: Any) -> None:
+    """Issue #10: the feed and the expert rule both see a high-severity fault; one card, the
+    expert's, which the advisor sees marked as such; medium and low stay the advisor's."""
+    store = app_store[1]
+    file = record_filer(store)
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0301", "P0420", "B1234"]})
+    dtc_event(store, "P0301", 1)  # the rule, after the feed
+    dtc_event(store, "P0420", 2)  # medium: the rule does not fire, the feed's card stays
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0301"]})  # still on: no new card
+    dtc_event(store, "P0217", 3)  # the rule first ...
+    file(
+        KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0217", "P0301"]}
+    )  # ... then the feed
+    assert sorted(dtc_cards(store)) == sorted(
+        [("expert", VIN_A, "P0301", 1), ("advisor", VIN_A, "P0420", 2),
+         ("advisor", VIN_A, "B1234", 3), ("expert", VIN_A, "P0217", 1)]
+    )  # fmt: skip
+    with store.tx() as s:
+        (p0301,) = s.scalars(select(InboxItem).where(InboxItem.effect_key.contains("P0301")))
+        assert p0301.data["sources"] == ["feed", "rule:dtc-high-expert"]
+    login(client, "advisor")
+    page = cards(client.get("/inbox").text)
+    for code in ("P0301", "P0420", "B1234", "P0217"):
+        (card,) = [c for c in page if f"<b>{code}</b>" in c]
+        assert ("expert queue" in card) == (code in ("P0301", "P0217")), card
+
+
+def test_a_device_declared_high_moves_the_advisor_card_to_the_expert_queue(
+    app_store: Any,
+) -> None:
+    store = app_store[1]
+    file = record_filer(store)
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420"]})
+    ts_us = int(time.time() * 1e6)
+    payload = encode_event(Event("demo-car-1", "boot-1", 9, "dtc", ts_us, 2,
+                                 {"codes": ["P0420"], "severity": {"P0420": "high"}}))  # fmt: skip
+    engine = RuleEngine(shipped_rules())
+    for ev in from_record(KAFKA_EVENTS, payload):
+        with store.tx() as s:
+            engine.handle(s, ev)
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420", "P0171"]})  # no move back
+    assert dtc_cards(store) == [("expert", VIN_A, "P0420", 1), ("advisor", VIN_A, "P0171", 2)]
+
+
+def test_a_new_owner_gets_a_new_dtc_card(app_store: Any) -> None:
+    from crm.models import utcnow
+    from crm.store import find_or_create_customer, transfer_ownership
+
+    store = app_store[1]
+    file_card_of = record_filer(store)
+    file_card_of(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420"]})
+    with store.tx() as s:
+        buyer = find_or_create_customer(s, {"phone": "+8613900000042"}, "Buyer")
+        transfer_ownership(s, VIN_A, buyer, utcnow())
+    second = record_filer(store)  # a restarted dashboard (the feed's cache is per process)
+    second(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420"]})
+    second(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": []})
+    record_filer(store)(KAFKA_VEHICLE_STATE, {"vin": VIN_A, "active_dtcs": ["P0420"]})
+    with store.tx() as s:
+        rows = list(s.scalars(select(InboxItem).where(InboxItem.kind == "dtc")))
+        assert len(rows) == 2 and rows[0].customer_id != rows[1].customer_id == buyer
 
 
 def test_expert_cards_of_the_dealer_show_with_their_text(
