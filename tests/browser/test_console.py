@@ -254,7 +254,7 @@ def _fill_inbox(w: World) -> None:
     """A member's plate at the gate through the CRM rules (what the CRM worker does with an
     edge gate's ``gate.plate`` event), and service-due predictions through the function the
     dashboard's Kafka feed calls (the stream needs days of driving to predict one)."""
-    from core.topics import KAFKA_PREDICTIONS
+    from core.topics import KAFKA_PREDICTIONS, KAFKA_VEHICLE_STATE
     from core.wire import Event, encode_event
     from crm.engine import RuleEngine
     from crm.normalize import from_record
@@ -274,9 +274,16 @@ def _fill_inbox(w: World) -> None:
                                  "days": 30.0 - i * 0.9, "days_lo": 14.0, "days_hi": 27.0,
                                  "km": 15_000.0, "odo": 13_800.0 + i * 45 + (i % 3) * 10,
                                  "cycle": "2026-05-01@5000km"})  # fmt: skip
+    # a misfire (high: the expert's) and a catalyst code (medium: the advisor's), seen by the
+    # feed and, for the misfire, by the expert rule too: one card each
+    file(KAFKA_VEHICLE_STATE, {"vin": VIN, "active_dtcs": ["P0301", "P0420"]})
+    dtc = Event(DEVICE, "boot-b", 2, "dtc", now, 2, {"codes": ["P0301"]})
+    for ev in from_record(KAFKA_EVENTS, encode_event(dtc)):
+        with w.store.tx() as s:
+            assert engine.handle(s, ev).fired
 
 
-def test_advisor_inbox_shows_the_gate_arrival_and_cannot_reveal(
+def test_advisor_inbox_shows_the_gate_arrival_one_card_per_dtc_and_cannot_reveal(
     browser: Browser, world: World
 ) -> None:
     _fill_inbox(world)
@@ -288,6 +295,12 @@ def test_advisor_inbox_shows_the_gate_arrival_and_cannot_reveal(
     maint = page.locator("article[data-kind=maintenance]", has_text="Service due")
     expect(maint).to_contain_text("km")
     expect(maint.locator("svg polyline")).to_have_count(1)
+    misfire = page.locator("article[data-kind=dtc]", has_text="P0301")
+    expect(misfire).to_have_count(1)
+    expect(misfire).to_contain_text("In the expert queue")
+    catalyst = page.locator("article[data-kind=dtc]", has_text="P0420")
+    expect(catalyst).to_have_count(1)
+    expect(catalyst).not_to_contain_text("expert queue")
     _shot(page, world, "inbox.png", docs=True)
     page.goto(f"{world.url}/console/vehicles/{VIN}")
     expect(page.locator("#v-speed")).to_be_visible()
