@@ -1,8 +1,9 @@
 """``python -m dashboards.bench [--json]``: per-request costs of the dashboard on a SQLite CRM.
 
 Times a session lookup in the CRM database (``SessionStore.get``), the live-state endpoint
-(session + dealer check) and the advisor inbox page with 100 maintenance cards of 60 evidence
-points each, through FastAPI's TestClient (no network).
+(session + dealer check), the advisor inbox page with 100 maintenance cards of 60 evidence
+points each, and ``GET /login`` without cookies (with the session rows it leaves behind: none, the
+form's token is a signed cookie's), through FastAPI's TestClient (no network).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def run(cards: int = 100, lookups: int = 2000, pages: int = 20) -> dict[str, Any
     from crm.migrate import upgrade
     from crm.store import CrmStore
     from dashboards.app import DashboardConfig, create_app
-    from dashboards.auth import SessionStore
+    from dashboards.auth import SessionRow, SessionStore
     from dashboards.users import DEMO_PASSWORD, create_demo_users, seed_demo_crm
 
     vin = "CPDEM000000000001"
@@ -64,6 +65,16 @@ def run(cards: int = 100, lookups: int = 2000, pages: int = 20) -> dict[str, Any
             for _ in range(lookups // 10):
                 c.get(f"/console/vehicles/{vin}/state")
             state_ms = (time.perf_counter() - t0) / (lookups // 10) * 1e3
+        with TestClient(app, base_url="https://testserver") as anon:
+            with store.tx() as s:
+                rows0 = s.query(SessionRow).count()
+            t0 = time.perf_counter()
+            for _ in range(pages * 10):
+                anon.cookies.clear()
+                anon.get("/login")
+            login_page_ms = (time.perf_counter() - t0) / (pages * 10) * 1e3
+            with store.tx() as s:
+                login_page_rows = s.query(SessionRow).count() - rows0
         store.engine.dispose()
     return {
         "session_lookup_us": round(lookup_us, 1),
@@ -71,6 +82,8 @@ def run(cards: int = 100, lookups: int = 2000, pages: int = 20) -> dict[str, Any
         "inbox_page_ms": round(inbox_ms, 1),
         "inbox_cards": cards,
         "inbox_html_kib": len(html) // 1024,
+        "login_page_ms": round(login_page_ms, 2),
+        "login_page_rows": login_page_rows,  # session rows written by those GET /login
     }
 
 
