@@ -405,7 +405,27 @@ database = "carpulse"
             self._wait_healthy(name, commands[name][1], t0)
         if (err := self.check("crm")) is not None:
             raise StackError(err)
+        self._provision_topics(progress)
         return self.status()
+
+    def _provision_topics(self, progress: Callable[[str], None]) -> None:
+        """Create the stream's output topics (``vehicle-state`` compacted) as an admin would.
+
+        Done here, before any client runs, because a consumer or producer that touches a topic
+        first gets it auto-created with the broker's defaults, and Tansu cannot alter a topic's
+        ``cleanup.policy`` afterwards. Skipped without the ``stream`` extra.
+        """
+        try:
+            from stream.app import prepare_output_topics
+        except ImportError:
+            progress("kafka topics: not provisioned (install carpulse[stream])")
+            return
+        import asyncio
+
+        from core.config import load_settings
+
+        asyncio.run(prepare_output_topics(load_settings(self.config_file)))
+        progress("kafka topics: provisioned")
 
     def _wait_healthy(self, name: str, log: Path, t0: float) -> None:
         problem: str | None = "not checked"

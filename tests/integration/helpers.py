@@ -76,3 +76,23 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def topic_config(stack: Any, topic: str) -> dict[str, str]:
+    """A topic's configuration as the broker describes it."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    async def run() -> dict[str, str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka.bootstrap)
+        await admin.start()
+        try:
+            res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        finally:
+            await admin.close()
+        entries = res[0].resources[0][4]  # (error, message, type, name, configs)
+        return {e[0]: e[1] for e in entries}
+
+    return asyncio.run(run())

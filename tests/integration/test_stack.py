@@ -10,6 +10,8 @@ import pytest
 from carpulse.stack import Stack, free_port
 from core.config import StackSettings
 from core.errors import StackError
+from core.topics import KAFKA_VEHICLE_STATE
+from tests.integration.helpers import topic_config
 
 pytestmark = pytest.mark.integration
 
@@ -19,6 +21,11 @@ def test_up_is_idempotent_and_healthy(local_stack: Stack) -> None:
     again = local_stack.up()
     assert all(s.healthy for s in again), again
     assert {s.name: s.pid for s in again} == pids  # nothing restarted
+
+
+def test_up_provisions_a_compacted_vehicle_state_topic(local_stack: Stack) -> None:
+    # made before any client can auto-create it uncompacted (Tansu cannot alter it later)
+    assert topic_config(local_stack, KAFKA_VEHICLE_STATE).get("cleanup.policy") == "compact"
 
 
 def test_port_in_use_is_named(tmp_path: Path) -> None:

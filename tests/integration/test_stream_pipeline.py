@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import subprocess
@@ -25,7 +24,7 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
-from tests.integration.helpers import influx_query, wait_for
+from tests.integration.helpers import influx_query, topic_config, wait_for
 from tests.integration.stream_util import (
     consume,
     create_topics,
@@ -190,23 +189,6 @@ def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -
     assert isinstance(anomalies, list)
 
 
-def _topic_config(stack, topic: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    async def run() -> dict[str, str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka.bootstrap)
-        await admin.start()
-        try:
-            res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        finally:
-            await admin.close()
-        entries = res[0].resources[0][4]  # (error, message, type, name, configs)
-        return {e[0]: e[1] for e in entries}
-
-    return asyncio.run(run())
-
-
 def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Path) -> None:
     """Kafka -> worker -> InfluxDB latency with the worker's fetch wait (Faust alone: 1.5 s)."""
     env = worker_env(local_stack)
@@ -255,7 +237,7 @@ def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Pa
         with urllib.request.urlopen(url, timeout=10) as resp:
             counters = json.load(resp)
         # vehicle-state is created compacted (the dashboards read the latest state per VIN)
-        cleanup = _topic_config(local_stack, KAFKA_VEHICLE_STATE).get("cleanup.policy")
+        cleanup = topic_config(local_stack, KAFKA_VEHICLE_STATE).get("cleanup.policy")
     finally:
         stop([worker])
     latencies.sort()
