@@ -2,14 +2,17 @@
 
 Agents stay thin: a record becomes ``CrmEvent``s (``crm.normalize``) and each is handled in
 its own database transaction (``RuleEngine.handle``) on a worker thread, since SQLAlchemy is
-synchronous. Faust commits a record's offset after the agent has processed it; a worker that
-dies in between sees the record again, and the effect keys already taken make that a no-op.
+synchronous. The topics are consumed with Faust acks off and each agent commits a record's offset
+itself once its transactions committed (``stream.offsets``: Faust's rebalance race can skip
+records and commit past them; a skipped prediction is a lost coupon). A worker that dies in
+between sees the record again, and the effect keys already taken make that a no-op.
 A malformed record is counted and dead-lettered with its reason; the stream goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -29,6 +32,7 @@ from crm.jobs import DeadLetter, retry_parked, scan
 from crm.normalize import from_record
 from crm.privacy import purge, record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
+from stream.offsets import SourceOffsets, guarded
 
 log = logging.getLogger(__name__)
 CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
@@ -143,18 +147,22 @@ def install_crm_agents(
     app.carpulse_crm_stats = stats  # type: ignore[attr-defined]
 
     def make_agent(topic_name: str) -> None:
-        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
+        # acks off: the agent commits its offsets itself, after the record's transactions
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", acks=False)
 
         async def crm_agent(stream: Any) -> Any:
-            async for value in stream:
-                try:
-                    await run(handle_record, store, engine, topic_name, value, stats)
-                except DecodeError as err:
-                    stats["dead_lettered"] += 1
-                    headers = {"reason": b"crm_bad_record", "detail": str(err)[:500].encode(),
-                               "topic": topic_name.encode()}  # fmt: skip
-                    await dead(value, headers)
-                yield None
+            offsets = SourceOffsets(app)
+            async with contextlib.aclosing(guarded(stream.events(), offsets)) as events:
+                async for event in events:  # committed when the next one is asked for
+                    value = event.value
+                    try:
+                        await run(handle_record, store, engine, topic_name, value, stats)
+                    except DecodeError as err:
+                        stats["dead_lettered"] += 1
+                        headers = {"reason": b"crm_bad_record", "detail": str(err)[:500].encode(),
+                                   "topic": topic_name.encode()}  # fmt: skip
+                        await dead(value, headers)
+                    yield None
 
         crm_agent.__name__ = "crm_" + topic_name.replace(".", "_").replace("-", "_")
         crm_agent.__qualname__ = crm_agent.__name__

@@ -92,6 +92,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         key_serializer="raw",
         internal=True,
         partitions=settings.kafka.partitions,
+        acks=False,  # the retry agent commits its offsets itself (stream.offsets)
     )
     sink: InfluxSink = make_sink(settings.influx)
     writer = SinkWriter(

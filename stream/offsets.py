@@ -11,7 +11,8 @@ MESSAGE ROFF" with ``DEVLOG=1``). Records still in flight from the old fetch als
 that Faust's commit counts as acknowledged. Seen: offsets 350-409 of partition 2 never reached the
 agent (1 to 60 records lost in 4 of 12 runs).
 
-What we do instead of trusting that (telemetry and events agents):
+What we do instead of trusting that (every agent of ours: telemetry, events, the InfluxDB retry
+agent and the CRM agents):
 
 * the topic is consumed with Faust acks off (``acks=False``): Faust neither tracks,
   gap-acks nor commits its offsets; ``SourceOffsets.commit`` commits, after a batch was handled,
@@ -24,10 +25,14 @@ What we do instead of trusting that (telemetry and events agents):
 * records of an old consumer generation, or delivered while Faust is still rebalancing (before its
   final seek), are not admitted: Faust delivers them again from the committed offset.
 
-Assumption: on these topics (telemetry, events) consecutive records have consecutive offsets. That holds for
-a non-compacted topic written without transactions (the bridge's producer), on Apache Kafka as on
-Tansu. With transactional producers (commit markers take offsets) or compaction, a hole would be
-permanent: the guard would seek back again and again and log it, never skip records silently.
+Agents that batch use ``MicroBatcher`` (``stream.agents``) with a ``SourceOffsets``; agents that
+handle one record at a time iterate ``guarded(stream.events(), SourceOffsets(app))``.
+
+Assumption: on these topics (telemetry, events, influx-retry, predictions, alerts) consecutive
+records have consecutive offsets. That holds for a non-compacted topic written without transactions
+(the bridge's producer, the stream worker's Faust producer), on Apache Kafka as on Tansu. With
+transactional producers (commit markers take offsets) or compaction, a hole would be permanent: the
+guard would seek back again and again and log it, never skip records silently.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Hashable, Iterable
 from typing import Any, Final, Literal
 
 from faust.types import TP
@@ -191,7 +196,7 @@ class SourceOffsets:
                 tp = TP(m.tp.topic, m.tp.partition)
                 offsets[tp] = max(offsets.get(tp, -1), m.offset + 1)
         if not offsets or not self._current():
-            return False  # a rebalance: the next owner reads them again (the dedupe drops them)
+            return False  # a rebalance: the next owner reads them again (dedupe, effect keys)
         # Faust's own commit path minus its ack bookkeeping (acks are off on this topic);
         # it commits only partitions still assigned, and returns False after a rebalance
         return bool(await self.app.consumer._commit(offsets))
@@ -207,3 +212,27 @@ class SourceOffsets:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def guarded(
+    events: AsyncIterable[Any], offsets: SourceOffsets, check_s: float = 1.0
+) -> AsyncGenerator[Any, None]:
+    """The admitted ``events``, one at a time, each committed once the loop body that got it is done.
+
+    For agents that handle record by record (the events fast path's pattern as a generator): the
+    commit runs when the loop asks for the next event, so a body that raises or breaks commits
+    nothing and the record comes again. Iterate it in ``contextlib.aclosing`` so that the hole
+    check (every ``check_s``) and the seek-back tasks end with the agent.
+    """
+    watch = asyncio.create_task(offsets.watch(check_s))
+    try:
+        async for event in events:
+            if not await offsets.admit(event):
+                continue
+            yield event
+            await offsets.commit([event])
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+        await offsets.close()

@@ -11,13 +11,17 @@
 
 The retry agent (``install_retry_agent``) replays parked records one at a time with exponential
 backoff, forever: its Kafka offset only moves once a record is written or dead-lettered, so a
-crash or a week-long outage loses nothing. Points carry source timestamps, so a replay that
-overlaps a write that did land rewrites the same points (no duplicates).
+crash or a week-long outage loses nothing. It commits that offset itself, record by record, through
+the offset guard (``stream.offsets``; the topic is consumed with Faust acks off), since Faust's
+rebalance race could otherwise skip parked records and commit past them. Points carry source
+timestamps, so a replay that overlaps a write that did land rewrites the same points (no
+duplicates).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import time
@@ -27,6 +31,7 @@ from typing import Any, Final
 
 from core.errors import SinkError
 from stream.influx import InfluxSink, backoff_s, chunks
+from stream.offsets import SourceOffsets, guarded
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +163,19 @@ class SinkWriter:
 
 
 def install_retry_agent(app: Any, writer: SinkWriter, retry_topic: Any) -> Any:
-    """Register the agent that replays ``retry_topic`` through ``writer`` (one record at a time)."""
+    """Register the agent that replays ``retry_topic`` through ``writer`` (one record at a time).
+
+    ``retry_topic`` must be declared with ``acks=False``: the agent commits each record's offset
+    itself once the record was written or dead-lettered (``stream.offsets.guarded``).
+    """
 
     @app.agent(retry_topic, concurrency=1)
     async def influx_retry(stream: Any) -> Any:
         await writer.start()
         try:
-            async for value in stream:
-                await writer.replay(value, asyncio.sleep)
+            async with contextlib.aclosing(guarded(stream.events(), SourceOffsets(app))) as events:
+                async for event in events:
+                    await writer.replay(event.value, asyncio.sleep)
         finally:
             await writer.close()
 

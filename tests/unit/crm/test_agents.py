@@ -1,5 +1,6 @@
 """The CRM Faust agents with ``agent.test_context()``: records in, effects in the database once,
-bad records dead-lettered, crash locations kept only with consent."""
+bad records dead-lettered, crash locations kept only with consent, each record's offset committed
+by the agent after its transactions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from typing import Any
 
 import faust
+from faust.types import TP
 from sqlalchemy import func, select
 
 from core.topics import KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_PREDICTIONS
@@ -35,9 +37,21 @@ def test_agents_apply_rules_once_and_dead_letter_bad_records(dealer: Dealer) -> 
         dead.append((value, headers))
 
     stats = install_crm_agents(app, dealer.store, RuleEngine(shipped_rules()), dead=to_dead)
+    # The agents commit their offsets themselves (acks off, stream.offsets): the consumer's
+    # committed positions (test_context's offsets start at 0) and its commit are stood in for
+    commits: list[tuple[dict[TP, int], int]] = []
+
+    async def commit(offsets: dict[TP, int]) -> bool:  # with how many records were handled then
+        commits.append((dict(offsets), stats["records"] + stats["dead_lettered"]))
+        return True
+
+    app.consumer._commit = commit  # type: ignore[method-assign]
+    agents = {a.name: a for a in app.agents.values()}
+    for topic in (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS):
+        app.consumer._committed_offset[TP(topic, 0)] = 0
+        assert agents[f"crm.{topic}"].channel.acks is False  # Faust neither acks nor commits
     with dealer.store.tx() as s:
         st.set_consent(s, dealer.member, "location", True)
-    agents = {a.name: a for a in app.agents.values()}
     pred = json.dumps({"vin": VIN, "kind": "service_due", "ts_us": us(T0), "days": 12.0,
                        "km": 30000.0, "odo": 29500.0, "cycle": "2025"}).encode()  # fmt: skip
     crash = json.dumps({"kind": "crash", "vin": VIN, "device": "car-1", "ts_us": us(T0),
@@ -54,6 +68,10 @@ def test_agents_apply_rules_once_and_dead_letter_bad_records(dealer: Dealer) -> 
             async with agents[f"crm.{topic}"].test_context() as agent:
                 for r in records:
                     await agent.put(r)
+                for _ in range(200):  # the last record is committed when the next is asked for
+                    if len(commits) == stats["records"] + stats["dead_lettered"]:
+                        break
+                    await asyncio.sleep(0.01)
 
     try:
         loop.run_until_complete(run())
@@ -67,6 +85,10 @@ def test_agents_apply_rules_once_and_dead_letter_bad_records(dealer: Dealer) -> 
     assert stats["records"] == 5 and stats["fired"] == 3 and stats["dead_lettered"] == 2
     assert [h["topic"] for _, h in dead] == [KAFKA_PREDICTIONS.encode(), KAFKA_EVENTS.encode()]
     assert b"not JSON" in dead[0][1]["detail"]
+    # one commit per record, of the offset after it, each once that record was handled
+    tps = [TP(t, 0) for t in (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)]
+    after = [{tp: o} for tp, n in zip(tps, (3, 2, 2), strict=True) for o in range(1, n + 1)]
+    assert commits == [(offsets, i) for i, offsets in enumerate(after, start=1)]
     with dealer.store.tx() as s:
         assert s.scalar(select(func.count(Coupon.id))) == 1
         roles: Any = sorted(s.scalars(select(InboxItem.role)))

@@ -1,17 +1,20 @@
 """Source offsets: only the contiguous run from the committed offset is admitted, holes are sought
-back, commits follow handled batches; Faust's consumer is stood in for by a recording fake."""
+back, commits follow handled batches (``guarded``: handled records); Faust's consumer is stood in
+for by a recording fake."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import pytest
 from faust.types import TP
 
 from stream import offsets as offsets_mod
 from stream.agents import MicroBatcher
-from stream.offsets import OffsetGuard, SourceOffsets
+from stream.offsets import OffsetGuard, SourceOffsets, guarded
 
 
 class AioTP(NamedTuple):  # what a message may carry: aiokafka's TopicPartition
@@ -189,3 +192,71 @@ def test_microbatcher_with_offsets_buffers_admitted_events_and_commits_after_han
     asyncio.run(main())
     assert handled == [[0, 1], [2, 3]]  # 5 came before 2..4: not admitted, sought back
     assert [x for x in c.calls if x[0] == "commit"] == [("commit", {T0: 2}), ("commit", {T0: 4})]
+
+
+def run_guarded(
+    so: SourceOffsets, offsets: list[int], body: Any, check_s: float = 10.0
+) -> list[int]:
+    """Iterate ``guarded`` over events of T0 at ``offsets``, calling ``body`` for each; the
+    offsets it handled. The check task and the seek-back tasks must be gone afterwards."""
+    handled: list[int] = []
+
+    async def events() -> Any:
+        for o in offsets:
+            yield ev(T0, o)
+        await asyncio.sleep(offsets_mod.SETTLE_S * 3)  # a live stream: a seek-back completes
+
+    async def main() -> None:
+        try:
+            async with contextlib.aclosing(guarded(events(), so, check_s)) as admitted:
+                async for event in admitted:
+                    await body(event)
+                    handled.append(event.message.offset)
+        finally:
+            rest = asyncio.all_tasks() - {asyncio.current_task()}
+            assert not rest, rest
+
+    asyncio.run(main())
+    return handled
+
+
+def test_guarded_commits_each_admitted_event_after_its_handling() -> None:
+    c = Consumer({T0: 0})
+    so = SourceOffsets(App(c))
+
+    async def body(event: Event) -> None:
+        await asyncio.sleep(0)  # the commit of the event before it is done, its own is not
+        assert [x for x in c.calls if x[0] == "commit"][-1:] in (
+            [],
+            [("commit", {T0: event.message.offset})],
+        )
+
+    assert run_guarded(so, [0, 1, 4, 2, 3], body) == [0, 1, 2, 3]  # 4 came too early
+    commits = [x for x in c.calls if x[0] == "commit"]
+    assert commits == [("commit", {T0: o}) for o in (1, 2, 3, 4)]
+    assert ("seek", {T0: 2}) in c.calls and so.holes == 1 and so.dropped == 1
+
+
+def test_guarded_commits_nothing_for_an_event_whose_handling_failed() -> None:
+    c = Consumer({T0: 5})
+    so = SourceOffsets(App(c))
+
+    async def body(event: Event) -> None:
+        if event.message.offset == 6:
+            raise RuntimeError("database gone")
+
+    with pytest.raises(RuntimeError, match="database gone"):
+        run_guarded(so, [5, 6, 7], body)
+    assert [x for x in c.calls if x[0] == "commit"] == [("commit", {T0: 6})]  # 6 comes again
+
+
+def test_guarded_checks_an_open_hole_while_nothing_arrives(monkeypatch: Any) -> None:
+    c = Consumer({T0: 0})
+    so = SourceOffsets(App(c))
+
+    async def body(event: Event) -> None:
+        await asyncio.sleep(0.3)  # a slow replay: the check task runs meanwhile
+
+    monkeypatch.setattr(offsets_mod, "RESEEK_S", 0.0)
+    assert run_guarded(so, [0, 3, 1], body, check_s=0.1) == [0, 1]
+    assert sum(x[0] == "seek" for x in c.calls) >= 2  # the first seek, then the check's
