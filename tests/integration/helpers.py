@@ -96,3 +96,30 @@ def topic_config(stack: Any, topic: str) -> dict[str, str]:
         return {e[0]: e[1] for e in entries}
 
     return asyncio.run(run())
+
+
+def uncommitted(stack: Any, group: str, topics: list[str]) -> int:
+    """Records of ``topics`` beyond the offsets consumer group ``group`` committed (its lag)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def run() -> int:
+        c = AIOKafkaConsumer(
+            bootstrap_servers=stack.settings.kafka.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+        )
+        await c.start()  # never subscribes: it only asks the coordinator for the commits
+        try:
+            await c.topics()  # metadata of every topic
+            tps = [TopicPartition(t, p) for t in topics for p in c.partitions_for_topic(t) or ()]
+            ends = await c.end_offsets(tps)
+            lag = 0
+            for tp in tps:
+                lag += ends[tp] - ((await c.committed(tp)) or 0)
+            return lag
+        finally:
+            await c.stop()
+
+    return asyncio.run(run())

@@ -36,7 +36,7 @@ from crm.models import Coupon, CouponTemplate, Effect, Vehicle
 from crm.tables import CustomerContact, InboxItem
 from stream.bridge import ensure_topics
 from stream.service_due import ODOMETER
-from tests.integration.helpers import pipeline_env, wait_for
+from tests.integration.helpers import pipeline_env, uncommitted, wait_for
 from tests.integration.stream_util import consume, create_topics, spawn_worker, stop
 from tests.integration.stream_util import produce as produce_records
 
@@ -63,10 +63,14 @@ async def produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
 
 
 @contextmanager
-def worker(stack: Stack, url: str, cwd: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+def worker(
+    stack: Stack, url: str, cwd: Path, name: str, app_id: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     # a fresh app id: a new consumer group that reads from the start; a short session timeout,
     # since the coordinator waits that long for members when the group forms
     env = pipeline_env(stack, CARPULSE_STREAM__SESSION_TIMEOUT_S="6")
+    if app_id is not None:  # its consumer group: <app id>-crm
+        env["CARPULSE_STREAM__APP_ID"] = app_id
     with open(cwd / f"{name}.log", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "carpulse", "crm", "worker", "--db", url, "--interval", "1", "--loglevel", "info"],
@@ -120,8 +124,12 @@ def test_worker_effects_once_across_a_full_replay(local_stack: Stack, tmp_path: 
         with store.tx() as s:
             return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
-    with worker(local_stack, url, tmp_path, "first"):
+    app_id = f"carpulse-test-{uuid.uuid4().hex[:8]}"
+    with worker(local_stack, url, tmp_path, "first", app_id):
         wait_for(lambda: count(Coupon) == 1 and count(InboxItem) == 1, 90, "coupon and crash card")
+        # acks off: the agents commit each record themselves once handled (stream.offsets)
+        topics = [KAFKA_PREDICTIONS, KAFKA_ALERTS]
+        wait_for(lambda: uncommitted(local_stack, app_id + "-crm", topics) == 0, 30, "commits")
     assert count(Effect) == 2
 
     with worker(local_stack, url, tmp_path, "replay"):

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from carpulse.stack import Stack
-from core.topics import device_topic
+from core.topics import KAFKA_INFLUX_RETRY, device_topic
 from core.wire import Samples, TelemetryBatch, encode_telemetry
 from edge.publisher import MqttPublisher, device_mqtt_settings
 from tests.faultproxy import FaultProxy
-from tests.integration.helpers import influx_query, pipeline, wait_for
+from tests.integration.helpers import influx_query, pipeline, uncommitted, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +53,9 @@ def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_pat
     influx = f"http://{local_stack.s.host}:{local_stack.s.influx_port}"
     with FaultProxy(influx) as proxy:
         proxy.go_down()  # InfluxDB "down" (503) from the start: everything goes to the retry topic
+        app_id = f"carpulse-test-{uuid.uuid4().hex[:8]}"
         env = {
+            "CARPULSE_STREAM__APP_ID": app_id,  # the worker's consumer group
             "CARPULSE_INFLUX__URL": proxy.url,
             "CARPULSE_INFLUX__MAX_RETRIES": "1",
             "CARPULSE_INFLUX__TIMEOUT_S": "2",
@@ -90,6 +93,9 @@ def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_pat
 
             try:
                 got = wait_for(landed, 120, "the parked batches replayed into InfluxDB")
+                # acks off on the retry topic: the agent commits each replayed record itself
+                retry = [KAFKA_INFLUX_RETRY]
+                wait_for(lambda: uncommitted(local_stack, app_id, retry) == 0, 30, "commits")
             except AssertionError:
                 logs = {p.name: p.read_text()[-3000:] for p in tmp_path.glob("*.log")}
                 raise AssertionError(f"pipeline logs: {logs}") from None
