@@ -43,7 +43,7 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from stream.alerts import handle_event
-from stream.offsets import SourceOffsets
+from stream.offsets import SourceOffsets, guarded
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
 from stream.registry import DeviceRegistry
 from stream.retry import SinkWriter
@@ -235,19 +235,11 @@ def install_pipeline(
 
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:
-        offsets = SourceOffsets(app)  # acks off on this topic too: the same race, the same guard
-        watch = asyncio.create_task(offsets.watch(1.0))
-        try:
-            async for event in stream.events():  # one by one: an alert must not wait for a batch
-                if not await offsets.admit(event):
-                    continue
+        # acks off on this topic too: the same race, the same guard; one by one, as an alert
+        # must not wait for a batch (the commits are batched, not the handling)
+        async with contextlib.aclosing(guarded(stream.events(), SourceOffsets(app))) as admitted:
+            async for event in admitted:
                 await handle_one(event)
-                await offsets.commit([event])
-        finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
-            await offsets.close()
 
     async def handle_one(event: Any) -> None:
         received_us = int(time.time() * 1e6)

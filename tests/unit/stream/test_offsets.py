@@ -195,7 +195,7 @@ def test_microbatcher_with_offsets_buffers_admitted_events_and_commits_after_han
 
 
 def run_guarded(
-    so: SourceOffsets, offsets: list[int], body: Any, check_s: float = 10.0
+    so: SourceOffsets, offsets: list[int], body: Any, check_s: float = 10.0, commit_s: float = 0.0
 ) -> list[int]:
     """Iterate ``guarded`` over events of T0 at ``offsets``, calling ``body`` for each; the
     offsets it handled. The check task and the seek-back tasks must be gone afterwards."""
@@ -208,7 +208,7 @@ def run_guarded(
 
     async def main() -> None:
         try:
-            async with contextlib.aclosing(guarded(events(), so, check_s)) as admitted:
+            async with contextlib.aclosing(guarded(events(), so, check_s, commit_s)) as admitted:
                 async for event in admitted:
                     await body(event)
                     handled.append(event.message.offset)
@@ -260,3 +260,33 @@ def test_guarded_checks_an_open_hole_while_nothing_arrives(monkeypatch: Any) -> 
     monkeypatch.setattr(offsets_mod, "RESEEK_S", 0.0)
     assert run_guarded(so, [0, 3, 1], body, check_s=0.1) == [0, 1]
     assert sum(x[0] == "seek" for x in c.calls) >= 2  # the first seek, then the check's
+
+
+def test_guarded_batches_commits_and_commits_the_handled_rest_at_close() -> None:
+    c = Consumer({T0: 0})
+    so = SourceOffsets(App(c))
+    times: list[float] = []
+
+    async def body(event: Event) -> None:
+        times.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.02)
+
+    # 12 events 20 ms apart with a 0.1 s commit interval: a few commits, not 12, each of a
+    # handled prefix, in order, and the last one (at close) covers all
+    assert run_guarded(so, list(range(12)), body, commit_s=0.1) == list(range(12))
+    commits = [x[1][T0] for x in c.calls if x[0] == "commit"]
+    assert 2 <= len(commits) <= 5, commits
+    assert commits == sorted(commits) and commits[-1] == 12
+
+
+def test_guarded_batched_never_commits_an_event_whose_handling_failed() -> None:
+    c = Consumer({T0: 5})
+    so = SourceOffsets(App(c))
+
+    async def body(event: Event) -> None:
+        if event.message.offset == 8:
+            raise RuntimeError("database gone")
+
+    with pytest.raises(RuntimeError, match="database gone"):
+        run_guarded(so, [5, 6, 7, 8, 9], body, commit_s=10.0)
+    assert [x for x in c.calls if x[0] == "commit"] == [("commit", {T0: 8})]  # 8 comes again
