@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from crm import store as st
 from crm.migrate import upgrade
@@ -20,17 +20,21 @@ VIN = "LSVAA4182E2123456"
 VIN2 = "LSVAA4182E2654321"
 
 
-def make_store(request: pytest.FixtureRequest, tmp_path) -> st.CrmStore:  # type: ignore[no-untyped-def]
+def fresh_engine(request: pytest.FixtureRequest, tmp_path) -> Engine:  # type: ignore[no-untyped-def]
+    """An empty database for a test parametrised "sqlite"/"postgresql" (a new PostgreSQL database)."""
     if request.param == "sqlite":
-        engine = st.make_engine(f"sqlite:///{tmp_path / 'crm.sqlite'}")
-    else:
-        base = request.getfixturevalue("postgres_url")
-        name = "t_" + uuid.uuid4().hex[:10]
-        admin = st.make_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        engine = st.make_engine(base.rsplit("/", 1)[0] + "/" + name)
+        return st.make_engine(f"sqlite:///{tmp_path / 'crm.sqlite'}")
+    base = request.getfixturevalue("postgres_url")
+    name = "t_" + uuid.uuid4().hex[:10]
+    admin = st.make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return st.make_engine(base.rsplit("/", 1)[0] + "/" + name)
+
+
+def make_store(request: pytest.FixtureRequest, tmp_path) -> st.CrmStore:  # type: ignore[no-untyped-def]
+    engine = fresh_engine(request, tmp_path)
     upgrade(engine)
     return st.CrmStore(engine)
 

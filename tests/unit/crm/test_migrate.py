@@ -4,7 +4,6 @@ and 0004 adopts the tables older dashboards made themselves."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,24 +13,15 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Engine, MetaData, inspect, text
 
 import crm.tables  # noqa: F401  (registers the 0002 tables on Base.metadata)
-from crm import store as st
 from crm.migrate import downgrade, upgrade
 from crm.models import Base
 from dashboards.auth import UserBase
+from tests.unit.crm.conftest import fresh_engine
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        eng = st.make_engine(f"sqlite:///{tmp_path / 'crm.sqlite'}")
-    else:
-        base = request.getfixturevalue("postgres_url")
-        name = "t_" + uuid.uuid4().hex[:10]
-        admin = st.make_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        eng = st.make_engine(base.rsplit("/", 1)[0] + "/" + name)
+    eng = fresh_engine(request, tmp_path)
     yield eng
     eng.dispose()
 

@@ -13,22 +13,14 @@ from sqlalchemy import select, text
 from crm import store as st
 from crm.migrate import upgrade
 from crm.models import AuditRecord, Coupon, CouponShare, CouponTemplate, CustomerMerge, Vehicle
+from tests.unit.crm.conftest import fresh_engine
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def crm(request: pytest.FixtureRequest, tmp_path) -> Iterator[st.CrmStore]:  # type: ignore[no-untyped-def]
-    if request.param == "sqlite":
-        engine = st.make_engine(f"sqlite:///{tmp_path / 'crm.sqlite'}")
-    else:
-        base = request.getfixturevalue("postgres_url")
-        name = "t_" + uuid.uuid4().hex[:10]
-        admin = st.make_engine(base, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-        admin.dispose()
-        engine = st.make_engine(base.rsplit("/", 1)[0] + "/" + name)
+    engine = fresh_engine(request, tmp_path)
     upgrade(engine)
     upgrade(engine)  # idempotent
     store = st.CrmStore(engine)
