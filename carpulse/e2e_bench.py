@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from carpulse.stack import stop_processes
 from core.config import CarpulseSettings
 from core.errors import StackError
 from core.wire import Samples, TelemetryBatch, encode_telemetry
@@ -186,14 +187,7 @@ def pipeline(config: Path, log_dir: Path) -> Iterator[list[subprocess.Popen[byte
                 )
         yield procs
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
 
 
 class Fleet:

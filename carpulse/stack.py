@@ -31,9 +31,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from carpulse.pki import LocalPKI
 from core.config import StackSettings
@@ -102,6 +103,20 @@ class ServiceStatus:
     pid: int | None
     address: str
     detail: str = ""
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace_s: float = 20.0) -> None:
+    """SIGTERM every process still running, wait ``grace_s`` for each, SIGKILL what is left."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
 
 
 class Stack:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from carpulse.stack import Stack, free_port
+from carpulse.stack import Stack, free_port, stop_processes
 
 
 def pipeline_env(stack: Stack, **extra: str) -> dict[str, str]:
@@ -45,13 +45,7 @@ def pipeline(stack: Stack, log_dir: Path, **extra: str) -> Iterator[list[subproc
     try:
         yield procs
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
 
 
 def influx_query(stack: Stack, q: str, db: str = "carpulse") -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from carpulse.stack import Stack, free_port
+from carpulse.stack import Stack, free_port, stop_processes
 from stream.bridge import ensure_topics
 from tests.integration.helpers import pipeline_env
 
@@ -92,12 +92,4 @@ def consume(
 
 
 def stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+    stop_processes(procs)

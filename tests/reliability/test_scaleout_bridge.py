@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carpulse.stack import stop_processes
 from core.topics import KAFKA_TELEMETRY, device_topic
 from core.wire import Samples, TelemetryBatch, decode_telemetry, encode_telemetry
 from edge.publisher import MqttPublisher, device_mqtt_settings
@@ -124,13 +125,7 @@ def test_two_bridges_split_the_load_and_a_killed_one_loses_nothing(
     finally:
         for pub in pubs:
             pub.close()
-        for p in bridges.values():
-            p.terminate()  # graceful: unsubscribe, drain, disconnect
-        for p in bridges.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(bridges.values(), grace_s=30)  # graceful: unsubscribe, drain, disconnect
     got_keys = keys(got)
     assert set(got_keys) >= want, f"lost {sorted(want - set(got_keys))[:10]}"
     by_bridge: dict[str, int] = {}
