@@ -62,6 +62,32 @@ async def produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
         await prod.stop()
 
 
+def member_store(
+    url: str, vehicles: dict[str, str | None], now: dt.datetime, phone: str
+) -> tuple[st.CrmStore, str]:
+    """A migrated CRM with the shipped rules' coupon templates and one member with marketing
+    consent who has owned ``vehicles`` (VIN -> device id) for 400 days; (store, member id)."""
+    store = st.CrmStore.from_url(url)
+    upgrade(store.engine)
+    with store.tx() as s:
+        s.add(
+            CouponTemplate(code="maintenance", title_zh="保养券", title_en="Service", valid_days=60)
+        )
+        s.add(
+            CouponTemplate(code="tier-welcome", title_zh="礼券", title_en="Welcome", valid_days=90)
+        )
+        models = iter(("Lavida", "Tiguan"))
+        for vin, device in vehicles.items():
+            s.add(Vehicle(vin=vin, model=next(models), device_id=device))
+        s.flush()
+        member = st.find_or_create_customer(s, {"phone": phone})
+        for vin in vehicles:
+            st.transfer_ownership(s, vin, member, now - dt.timedelta(days=400))
+        st.record_visit(s, member, spend=100)
+        st.set_consent(s, member, "marketing", True)
+    return store, member
+
+
 @contextmanager
 def worker(
     stack: Stack, url: str, cwd: Path, name: str, app_id: str | None = None
@@ -92,23 +118,10 @@ def test_worker_effects_once_across_a_full_replay(local_stack: Stack, tmp_path: 
     asyncio.run(ensure_topics(boot, settings.kafka.partitions, settings.kafka.replication,
                               [KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_DEADLETTER]))  # fmt: skip
     url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
-    store = st.CrmStore.from_url(url)
-    upgrade(store.engine)
+    store, member = member_store(
+        url, {VIN: "crm-it-car-1", VIN2: "crm-it-car-2"}, T0, "+8613800000001"
+    )
     with store.tx() as s:
-        s.add(
-            CouponTemplate(code="maintenance", title_zh="保养券", title_en="Service", valid_days=60)
-        )
-        s.add(
-            CouponTemplate(code="tier-welcome", title_zh="礼券", title_en="Welcome", valid_days=90)
-        )
-        s.add(Vehicle(vin=VIN, model="Lavida", device_id="crm-it-car-1"))
-        s.add(Vehicle(vin=VIN2, model="Tiguan", device_id="crm-it-car-2"))
-        s.flush()
-        member = st.find_or_create_customer(s, {"phone": "+8613800000001"})
-        st.transfer_ownership(s, VIN, member, T0 - dt.timedelta(days=400))
-        st.transfer_ownership(s, VIN2, member, T0 - dt.timedelta(days=400))
-        st.record_visit(s, member, spend=100)
-        st.set_consent(s, member, "marketing", True)
         s.add(CustomerContact(customer_id=member, email="m@example.com"))
     # several predictions of the same service interval, a crash twice (the edge resent it),
     # a record that is not JSON
@@ -153,23 +166,8 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
     create_topics(local_stack, [KAFKA_TELEMETRY, KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS,
                                 KAFKA_DEADLETTER])  # fmt: skip
     url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
-    store = st.CrmStore.from_url(url)
-    upgrade(store.engine)
-    with store.tx() as s:
-        s.add(
-            CouponTemplate(code="maintenance", title_zh="保养券", title_en="Service", valid_days=60)
-        )
-        s.add(
-            CouponTemplate(code="tier-welcome", title_zh="礼券", title_en="Welcome", valid_days=90)
-        )
-        s.add(Vehicle(vin=vin, model="Lavida", device_id=device))
-        s.add(Vehicle(vin=vin2, model="Tiguan"))
-        s.flush()
-        member = st.find_or_create_customer(s, {"phone": f"+86139{uuid.uuid4().int % 10**8:08d}"})
-        for v in (vin, vin2):
-            st.transfer_ownership(s, v, member, dt.datetime.now(dt.UTC) - dt.timedelta(days=400))
-        st.record_visit(s, member, spend=100)
-        st.set_consent(s, member, "marketing", True)
+    phone = f"+86139{uuid.uuid4().int % 10**8:08d}"
+    store, member = member_store(url, {vin: device, vin2: None}, dt.datetime.now(dt.UTC), phone)
     # six days of driving, 60 km a day, ending yesterday; a 2,000 km / 365-day schedule
     today = int(time.time() // 86_400)
     batches = []
