@@ -7,14 +7,19 @@ EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
 APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv test lint typecheck unit integration demo stack-up stack-down clean
+.PHONY: setup apt venv kafka test lint typecheck unit integration demo stack-up stack-down clean
 
-setup: apt venv ## install everything: apt packages, .venv, the package with its extras
+setup: apt venv kafka ## install everything: apt packages, .venv, the package with its extras, Kafka
+
+kafka: venv ## fetch the pinned Apache Kafka broker from Maven Central into the jar cache (once)
+	@$(BIN)/carpulse stack fetch-kafka
 
 apt:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	command -v java >/dev/null 2>&1 || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null 2>&1 || missing="$$missing maven"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt: installing$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

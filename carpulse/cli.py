@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 stack_app = typer.Typer(
-    help="The local stack: Mosquitto, Tansu (Kafka), InfluxDB 1.x, CRM database."
+    help="The local stack: Mosquitto, Apache Kafka (KRaft), InfluxDB 1.x, CRM database."
 )
 pki_app = typer.Typer(help="The local PKI: CA, broker and device certificates.")
 edge_app = typer.Typer(help="The edge agent.")
@@ -59,6 +59,8 @@ def _main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # aiokafka logs every SASL login at INFO
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     _state["config"] = config
 
 
@@ -74,14 +76,35 @@ def _echo(msg: str) -> None:
 
 # ----- stack ---------------------------------------------------------------------------------
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(
+    kafka_brokers: Annotated[
+        int | None,
+        typer.Option(
+            "--kafka-brokers",
+            min=1,
+            max=9,
+            help="Kafka brokers (3: replication 3, min.insync.replicas 2); default [stack].",
+        ),
+    ] = None,
+) -> None:
     """Start the local stack (idempotent) and print where each service listens."""
     from carpulse.stack import Stack
 
-    stack = Stack(settings().stack)
+    stack_settings = settings().stack
+    if kafka_brokers is not None:
+        stack_settings = stack_settings.model_copy(update={"kafka_brokers": kafka_brokers})
+    stack = Stack(stack_settings)
     for st in stack.up(progress=_echo):
         typer.echo(f"{st.name:10} {'up' if st.healthy else 'DOWN':5} {st.address}")
     typer.echo(f"config for the other components: {stack.config_file}")
+
+
+@stack_app.command("fetch-kafka")
+def stack_fetch_kafka() -> None:
+    """Fetch the pinned Apache Kafka broker and its dependencies from Maven Central (cached)."""
+    from carpulse import kafka_broker
+
+    kafka_broker.fetch(progress=_echo, java_bin=settings().stack.java_bin)
 
 
 @stack_app.command("down")

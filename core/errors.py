@@ -11,7 +11,7 @@
      |    +-- WireError         a wire message that is malformed or of an unknown version
      +-- PublishError           MQTT publish/connect failures
      +-- SinkError              InfluxDB or other sink failures
-     +-- StackError             the local stack (Mosquitto, Tansu, InfluxDB) cannot start or is unhealthy
+     +-- StackError             the local stack (Mosquitto, Kafka, InfluxDB) cannot start or is unhealthy
      +-- RuleError              CRM rule definitions and evaluation
 
 Third-party exceptions are converted at one boundary with ``raise ... from err``.

@@ -23,6 +23,7 @@ from typing import Any
 import faust
 from sqlalchemy.exc import OperationalError
 
+from core.config import KafkaSettings
 from core.crm_events import CrmEvent
 from core.errors import DecodeError
 from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
@@ -32,6 +33,7 @@ from crm.jobs import DeadLetter, retry_parked, scan
 from crm.normalize import from_record
 from crm.privacy import purge, record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
+from stream.kafka_options import faust_broker_settings
 from stream.offsets import SourceOffsets, guarded
 
 log = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ def install_crm_agents(
 
 def build_crm_app(
     app_id: str,
-    brokers: list[str],
+    kafka: KafkaSettings,
     store: CrmStore,
     engine: RuleEngine,
     dispatcher: Dispatcher | None = None,
@@ -196,7 +198,7 @@ def build_crm_app(
     """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
     app = faust.App(
         app_id,
-        broker=[f"kafka://{b}" for b in brokers],
+        **faust_broker_settings(kafka, "crm"),
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",

@@ -172,8 +172,8 @@ def worker_cmd(
     if smtp_host:
         transports["email"] = SmtpTransport(smtp_host, smtp_port, sender=sender)
     app = build_crm_app(
-        settings.stream.app_id + "-crm",
-        [b.strip() for b in settings.kafka.bootstrap.split(",")],
+        settings.stream.crm_app_id,
+        settings.kafka,
         store, engine, Dispatcher(store, transports), interval,
         settings.stream.session_timeout_s,
     )  # fmt: skip

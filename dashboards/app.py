@@ -46,6 +46,8 @@ class DashboardConfig:
 
     crm_url: str
     kafka_bootstrap: str | None = None  # None: no live feed (tests that drive the hub directly)
+    # aiokafka client options (security, the dashboards' own principal); None: bootstrap only
+    kafka_options: dict[str, Any] | None = None
     mqtt: MqttSettings | None = None  # None: commands are disabled (shown as such)
     mqtt_password: str | None = None
     signing_key: Path | None = None
@@ -141,7 +143,9 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         feed: KafkaFeed | None = None
         channel = None
         if cfg.kafka_bootstrap:
-            feed = KafkaFeed(cfg.kafka_bootstrap, hub, inbox.record_filer(store))
+            feed = KafkaFeed(
+                cfg.kafka_bootstrap, hub, inbox.record_filer(store), options=cfg.kafka_options
+            )
             await feed.start()
         if cfg.mqtt is not None and cfg.signing_key is not None:
             from core.signing import load_private_key

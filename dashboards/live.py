@@ -112,8 +112,11 @@ class KafkaFeed:
         bootstrap: str,
         hub: StateHub,
         on_record: Callable[[str, dict[str, Any]], None] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap, self.hub, self.on_record = bootstrap, hub, on_record
+        # security options (protocol, SASL account, TLS context) as aiokafka takes them
+        self.options = dict(options or {"bootstrap_servers": bootstrap})
         self.bad = 0
         self.task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -135,7 +138,7 @@ class KafkaFeed:
         while True:
             consumer = AIOKafkaConsumer(
                 *topics,
-                bootstrap_servers=self.bootstrap,
+                **self.options,
                 group_id=None,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=50,  # the console's 2 s budget: do not sit on a half-full fetch

@@ -29,6 +29,7 @@ def config_from_settings(
     return DashboardConfig(
         crm_url=crm_url or stack.crm_url,
         kafka_bootstrap=s.kafka.bootstrap,
+        kafka_options=s.kafka.client_options("dashboards"),
         mqtt=mqtt if password else None,
         mqtt_password=password,
         signing_key=key if key.exists() else None,

@@ -129,7 +129,7 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     for p in (args.log, args.dbc):
         if not p.exists():
             raise ConfigError(f"bench edge: {p} is missing (see ../shared/DATA.md)")
-    from carpulse.stack import Stack, free_port
+    from carpulse.stack import Stack, free_port, free_port_block
     from core.config import StackSettings
     from firmware_bridge.frames import read_candump
 
@@ -155,7 +155,7 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
                 data_dir=work / "stack",
                 mqtt_device_port=free_port(),
                 mqtt_service_port=free_port(),
-                kafka_port=free_port(),
+                kafka_port=free_port_block(3),
                 influx_port=free_port(),
                 influx_rpc_port=free_port(),
             )

@@ -26,6 +26,7 @@ from core.topics import (
 )
 from stream.agents import install_pipeline
 from stream.influx import InfluxSink, make_sink
+from stream.kafka_options import faust_broker_settings
 from stream.registry import load_registry
 from stream.retry import SinkWriter, install_retry_agent
 from stream.transport import install_transport
@@ -63,7 +64,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     st = settings.stream
     app = faust.App(
         st.app_id,
-        broker=[f"kafka://{b.strip()}" for b in settings.kafka.bootstrap.split(",")],
+        **faust_broker_settings(settings.kafka, "stream"),
         store=st.store,
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication,
@@ -121,7 +122,9 @@ async def _prepare_sink(settings: CarpulseSettings) -> None:
         await sink.close()
 
 
-async def prepare_output_topics(settings: CarpulseSettings) -> None:
+async def prepare_output_topics(
+    settings: CarpulseSettings, component: str | None = "stream"
+) -> None:
     """Create the output topics with their cleanup policy before the first record is sent.
 
     Faust declares only the topics it consumes; a topic it merely produces to would be made by
@@ -133,8 +136,12 @@ async def prepare_output_topics(settings: CarpulseSettings) -> None:
     from aiokafka.errors import KafkaError
 
     k = settings.kafka
-    wanted = {name: {"cleanup.policy": "compact"} if name in COMPACTED else {} for name in OUTPUTS}
-    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap)
+    isr = {"min.insync.replicas": str(k.min_insync_replicas)}
+    wanted = {
+        name: {"cleanup.policy": "compact", **isr} if name in COMPACTED else dict(isr)
+        for name in OUTPUTS
+    }
+    admin = AIOKafkaAdminClient(**k.client_options(component))
     try:
         await admin.start()
         existing = set(await admin.list_topics())

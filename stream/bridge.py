@@ -24,10 +24,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from core.config import CarpulseSettings
+from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
 from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
 from core.wire import decode_event, decode_telemetry
+from stream.kafka_options import kafka_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,28 @@ def validate(topic: str, payload: bytes) -> tuple[str, str]:
 
 
 async def ensure_topics(
-    bootstrap: str, partitions: int, replication: int, names: list[str]
+    kafka: KafkaSettings | str,
+    partitions: int,
+    replication: int,
+    names: list[str],
+    component: str | None = None,
 ) -> None:
-    """Create topics that do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    """Create topics that do not exist yet (``kafka``: the settings, or a bare bootstrap)."""
+    if isinstance(kafka, str):
+        options: dict[str, Any] = {"bootstrap_servers": kafka}
+        configs: dict[str, str] = {}
+    else:
+        options = kafka.client_options(component)
+        configs = {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, partitions, replication) for n in names if n not in existing]
+        new = [
+            NewTopic(n, partitions, replication, topic_configs=configs)
+            for n in names
+            if n not in existing
+        ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
@@ -183,24 +198,26 @@ class IngestBridge:
         self._loop = asyncio.get_running_loop()
         try:
             await ensure_topics(
-                k.bootstrap,
+                k,
                 k.partitions,
                 k.replication,
                 [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER],
+                component="bridge",
             )
         except KafkaError as err:
-            raise PublishError(f"cannot reach Kafka at {k.bootstrap}: {err}") from err
+            raise PublishError(kafka_problem(k, "bridge", err)) from err
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=k.bootstrap,
+            **k.client_options("bridge"),
             acks="all" if k.acks == "all" else int(k.acks),
             linger_ms=k.linger_ms,
             max_request_size=16 * 1024 * 1024,
-            enable_idempotence=False,
+            # no duplicates from the producer's own retries (needs acks=all)
+            enable_idempotence=k.acks == "all",
         )
         try:
             await self._producer.start()
         except KafkaError as err:
-            raise PublishError(f"cannot reach Kafka at {k.bootstrap}: {err}") from err
+            raise PublishError(kafka_problem(k, "bridge", err)) from err
         m = self.s.mqtt
         try:
             self.client.connect(m.host, m.port, keepalive=m.keepalive_s)

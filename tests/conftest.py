@@ -26,8 +26,8 @@ def require_data(relative: str) -> Path:
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real Mosquitto + Tansu + InfluxDB 1.x on free loopback ports in a temporary directory."""
-    from carpulse.stack import Stack, free_port
+    """A real Mosquitto + Apache Kafka (KRaft, SASL_SSL) + InfluxDB 1.x on free loopback ports."""
+    from carpulse.stack import Stack, free_port, free_port_block
     from core.config import StackSettings, load_settings
 
     root = tmp_path_factory.mktemp("stack")
@@ -36,7 +36,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
             data_dir=root,
             mqtt_device_port=free_port(),
             mqtt_service_port=free_port(),
-            kafka_port=free_port(),
+            kafka_port=free_port_block(3),
             influx_port=free_port(),
             influx_rpc_port=free_port(),
         )

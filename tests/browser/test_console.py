@@ -129,6 +129,7 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     cfg = DashboardConfig(
         crm_url=f"sqlite:///{tmp / 'crm.sqlite'}",
         kafka_bootstrap=s.kafka.bootstrap,
+        kafka_options=s.kafka.client_options("dashboards"),
         mqtt=mqtt,
         mqtt_password=local_stack.secret_file("carpulse-console").read_text().strip(),
         signing_key=key,

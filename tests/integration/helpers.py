@@ -21,7 +21,8 @@ from carpulse.stack import Stack, free_port, stop_processes
 def pipeline_env(stack: Stack, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["CARPULSE_CONFIG"] = str(stack.config_file)
-    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-test-{uuid.uuid4().hex[:8]}"
+    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-stream-test-{uuid.uuid4().hex[:8]}"
+    env["CARPULSE_STREAM__CRM_APP_ID"] = f"carpulse-crm-test-{uuid.uuid4().hex[:8]}"
     env["CARPULSE_STREAM__WEB_PORT"] = str(free_port())
     env.update(extra)
     return env
@@ -80,7 +81,7 @@ def topic_config(stack: Any, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     async def run() -> dict[str, str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=stack.settings.kafka.bootstrap)
+        admin = AIOKafkaAdminClient(**stack.settings.kafka.client_options())
         await admin.start()
         try:
             res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
@@ -100,7 +101,7 @@ def uncommitted(stack: Any, group: str, topics: list[str]) -> int:
 
     async def run() -> int:
         c = AIOKafkaConsumer(
-            bootstrap_servers=stack.settings.kafka.bootstrap,
+            **stack.settings.kafka.client_options(),
             group_id=group,
             enable_auto_commit=False,
         )

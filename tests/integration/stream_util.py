@@ -37,17 +37,17 @@ def worker_env(stack: Stack, **extra: str) -> dict[str, str]:
 
 def create_topics(stack: Stack, names: Sequence[str]) -> None:
     k = stack.settings.kafka  # type: ignore[attr-defined]
-    asyncio.run(ensure_topics(k.bootstrap, k.partitions, k.replication, list(names)))
+    asyncio.run(ensure_topics(k, k.partitions, k.replication, list(names)))
 
 
 def produce(
     stack: Stack, records: Sequence[tuple[str, bytes | None, bytes]], pace_s: float = 0.0
 ) -> list[float]:
     """Send ``(topic, key, value)`` records (acks=all); returns each record's send time."""
-    bootstrap = stack.settings.kafka.bootstrap  # type: ignore[attr-defined]
+    options = stack.settings.kafka.client_options()  # type: ignore[attr-defined]
 
     async def run() -> list[float]:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        producer = AIOKafkaProducer(**options, acks="all", linger_ms=0)
         await producer.start()
         sent: list[float] = []
         try:
@@ -70,12 +70,10 @@ def consume(
     timeout: float,
 ) -> list[Any]:
     """Read ``topic`` from the start until ``done(records)`` or the timeout; returns records."""
-    bootstrap = stack.settings.kafka.bootstrap  # type: ignore[attr-defined]
+    options = stack.settings.kafka.client_options()  # type: ignore[attr-defined]
 
     async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-        )
+        consumer = AIOKafkaConsumer(topic, **options, auto_offset_reset="earliest", group_id=None)
         await consumer.start()
         out: list[Any] = []
         try:

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from carpulse.stack import Stack
+from core.config import KafkaSettings
 from core.topics import KAFKA_DEADLETTER, KAFKA_TELEMETRY, device_topic
 from core.wire import Samples, TelemetryBatch, decode_telemetry, encode_telemetry
 from edge.publisher import MqttPublisher, device_mqtt_settings
@@ -17,9 +18,9 @@ from stream.bridge import IngestBridge
 pytestmark = pytest.mark.integration
 
 
-async def _collect(bootstrap: str, topic: str, want: int, timeout: float) -> list:
+async def _collect(kafka: KafkaSettings, topic: str, want: int, timeout: float) -> list:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        topic, **kafka.client_options(), auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
     out: list = []
@@ -58,8 +59,8 @@ def test_bridge_forwards_valid_and_dead_letters_bad(local_stack: Stack) -> None:
                 await asyncio.to_thread(pub.publish, topic, payload)
             await asyncio.to_thread(pub.flush)
             await asyncio.to_thread(pub.close)
-            forwarded = await _collect(s.kafka.bootstrap, KAFKA_TELEMETRY, 1, 20)
-            dead = await _collect(s.kafka.bootstrap, KAFKA_DEADLETTER, 2, 20)
+            forwarded = await _collect(s.kafka, KAFKA_TELEMETRY, 1, 20)
+            dead = await _collect(s.kafka, KAFKA_DEADLETTER, 2, 20)
         finally:
             await bridge.stop()
         return forwarded, dead, bridge

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
 
 from carpulse.stack import Stack
+from core.config import KafkaSettings
 from core.topics import (
     KAFKA_ALERTS,
     KAFKA_DEADLETTER,
@@ -52,8 +53,8 @@ def us(t: dt.datetime) -> int:
     return int(t.timestamp() * 1e6)
 
 
-async def produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def produce(kafka: KafkaSettings, records: list[tuple[str, bytes]]) -> None:
+    prod = AIOKafkaProducer(**kafka.client_options(), acks="all")
     await prod.start()
     try:
         for topic, value in records:
@@ -95,8 +96,8 @@ def worker(
     # a fresh app id: a new consumer group that reads from the start; a short session timeout,
     # since the coordinator waits that long for members when the group forms
     env = pipeline_env(stack, CARPULSE_STREAM__SESSION_TIMEOUT_S="6")
-    if app_id is not None:  # its consumer group: <app id>-crm
-        env["CARPULSE_STREAM__APP_ID"] = app_id
+    if app_id is not None:  # its consumer group
+        env["CARPULSE_STREAM__CRM_APP_ID"] = app_id
     with open(cwd / f"{name}.log", "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "carpulse", "crm", "worker", "--db", url, "--interval", "1", "--loglevel", "info"],
@@ -114,7 +115,7 @@ def worker(
 
 def test_worker_effects_once_across_a_full_replay(local_stack: Stack, tmp_path: Path) -> None:
     settings = local_stack.settings  # type: ignore[attr-defined]
-    boot = settings.kafka.bootstrap
+    boot = settings.kafka
     asyncio.run(ensure_topics(boot, settings.kafka.partitions, settings.kafka.replication,
                               [KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_DEADLETTER]))  # fmt: skip
     url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
@@ -137,12 +138,12 @@ def test_worker_effects_once_across_a_full_replay(local_stack: Stack, tmp_path: 
         with store.tx() as s:
             return int(s.scalar(select(func.count()).select_from(model)) or 0)
 
-    app_id = f"carpulse-test-{uuid.uuid4().hex[:8]}"
+    app_id = f"carpulse-crm-test-{uuid.uuid4().hex[:8]}"
     with worker(local_stack, url, tmp_path, "first", app_id):
         wait_for(lambda: count(Coupon) == 1 and count(InboxItem) == 1, 90, "coupon and crash card")
         # acks off: the agents commit each record themselves once handled (stream.offsets)
         topics = [KAFKA_PREDICTIONS, KAFKA_ALERTS]
-        wait_for(lambda: uncommitted(local_stack, app_id + "-crm", topics) == 0, 30, "commits")
+        wait_for(lambda: uncommitted(local_stack, app_id, topics) == 0, 30, "commits")
     assert count(Effect) == 2
 
     with worker(local_stack, url, tmp_path, "replay"):

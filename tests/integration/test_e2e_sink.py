@@ -53,7 +53,7 @@ def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_pat
     influx = f"http://{local_stack.s.host}:{local_stack.s.influx_port}"
     with FaultProxy(influx) as proxy:
         proxy.go_down()  # InfluxDB "down" (503) from the start: everything goes to the retry topic
-        app_id = f"carpulse-test-{uuid.uuid4().hex[:8]}"
+        app_id = f"carpulse-stream-test-{uuid.uuid4().hex[:8]}"
         env = {
             "CARPULSE_STREAM__APP_ID": app_id,  # the worker's consumer group
             "CARPULSE_INFLUX__URL": proxy.url,

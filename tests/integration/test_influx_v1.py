@@ -152,8 +152,8 @@ def test_long_outage_parks_on_kafka_and_replay_restores_everything(local_stack: 
     expected = {(n, t): v for b in batches for n, t, v in b.samples.records()}
 
     async def run(proxy: FaultProxy) -> tuple[SinkWriter, int, list[bytes]]:
-        await ensure_topics(s.kafka.bootstrap, 1, 1, [topic, dead_topic])
-        producer = AIOKafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")
+        await ensure_topics(s.kafka, 1, 1, [topic, dead_topic])
+        producer = AIOKafkaProducer(**s.kafka.client_options(), acks="all")
         await producer.start()
 
         def send(t: str):  # type: ignore[no-untyped-def]
@@ -173,7 +173,7 @@ def test_long_outage_parks_on_kafka_and_replay_restores_everything(local_stack: 
             requests_in_outage = sink.requests
             proxy.recover()
             consumer = AIOKafkaConsumer(
-                topic, bootstrap_servers=s.kafka.bootstrap, auto_offset_reset="earliest"
+                topic, **s.kafka.client_options(), auto_offset_reset="earliest"
             )
             await consumer.start()
             records: list[bytes] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carpulse.stack import Stack, free_port
+from carpulse.stack import Stack, free_port, free_port_block
 from core.config import StackSettings
 from core.errors import StackError
 from core.topics import KAFKA_VEHICLE_STATE
@@ -24,7 +24,7 @@ def test_up_is_idempotent_and_healthy(local_stack: Stack) -> None:
 
 
 def test_up_provisions_a_compacted_vehicle_state_topic(local_stack: Stack) -> None:
-    # made before any client can auto-create it uncompacted (Tansu cannot alter it later)
+    # made before any client touches it (the brokers never auto-create topics)
     assert topic_config(local_stack, KAFKA_VEHICLE_STATE).get("cleanup.policy") == "compact"
 
 
@@ -38,7 +38,7 @@ def test_port_in_use_is_named(tmp_path: Path) -> None:
                 data_dir=tmp_path,
                 mqtt_device_port=free_port(),
                 mqtt_service_port=port,
-                kafka_port=free_port(),
+                kafka_port=free_port_block(3),
                 influx_port=free_port(),
                 influx_rpc_port=free_port(),
             )
@@ -54,7 +54,7 @@ def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
             data_dir=tmp_path,
             mqtt_device_port=free_port(),
             mqtt_service_port=free_port(),
-            kafka_port=free_port(),
+            kafka_port=free_port_block(3),
             influx_port=free_port(),
             influx_rpc_port=free_port(),
             influxd_bin="/nonexistent/influxd",

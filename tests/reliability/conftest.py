@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carpulse.stack import Stack, free_port
+from carpulse.stack import Stack, free_port, free_port_block
 from core.config import StackSettings
 from tests.reliability.helpers import Mosquitto
 
@@ -19,7 +19,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
             data_dir=tmp_path / "stack",
             mqtt_device_port=free_port(),
             mqtt_service_port=free_port(),
-            kafka_port=free_port(),
+            kafka_port=free_port_block(3),
             influx_port=free_port(),
             influx_rpc_port=free_port(),
         )
