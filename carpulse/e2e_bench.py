@@ -1,7 +1,8 @@
 """``carpulse bench e2e``: the whole path on this machine against InfluxDB's own ingest ceiling.
 
-Simulated vehicles (the real edge publisher, TLS, QoS 1) -> Mosquitto -> ingest bridge -> Kafka
-(Tansu) -> Faust worker -> InfluxDB 1.x, all started here on free ports in a temporary directory.
+Simulated vehicles (the real edge publisher, TLS, QoS 1) -> Mosquitto -> ingest bridge -> Apache
+Kafka (KRaft, SASL_SSL) -> Faust worker -> InfluxDB 1.x, all started here on free ports in a
+temporary directory.
 
 1. ``influx_ceiling_samples_per_s``: line protocol of the same shape straight to ``/write``, the
    best of batch sizes 5k/10k/20k lines, one writer and two concurrent writers (nothing of ours in

@@ -43,6 +43,10 @@ def kafka_problem(
         hint = " (no ACL for this principal: see README, Kafka security)"
     elif "Authentication" in name or "SASL" in str(err):
         hint = " (wrong user name or password?)"
+    elif "bootstrap" in str(err).lower():
+        hint = (
+            " (broker unreachable, TLS refused or login refused: check the address, ca_file, user)"
+        )
     elif "Unknown" in name and "Topic" in name:
         hint = " (the topic does not exist; `carpulse stack up` provisions them)"
     where = f" topic {topic}" if topic else ""

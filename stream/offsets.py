@@ -30,7 +30,7 @@ handle one record at a time iterate ``guarded(stream.events(), SourceOffsets(app
 
 Assumption: on these topics (telemetry, events, influx-retry, predictions, alerts) consecutive
 records have consecutive offsets. That holds for a non-compacted topic written without transactions
-(the bridge's producer, the stream worker's Faust producer), on Apache Kafka as on Tansu. With
+(the bridge's producer, the stream worker's Faust producer), on Apache Kafka. With
 transactional producers (commit markers take offsets) or compaction, a hole would be permanent: the
 guard would seek back again and again and log it, never skip records silently.
 """

@@ -2,8 +2,8 @@
 
 faust-streaming 0.15 creates the worker's ``AIOKafkaConsumer`` with ``fetch_max_wait_ms=1500``
 written into ``AIOKafkaConsumerThread._create_worker_consumer`` (no app setting reaches it). A
-broker that holds an empty fetch for the whole wait (Tansu does, instead of answering when data
-arrives) then delays a record by up to 1.5 s: most of the end-to-end latency (BENCHMARKS.md, "End-to-end").
+broker that holds an empty fetch for the whole wait instead of answering when data arrives (the
+memory broker used before Apache Kafka did) then delays a record by up to 1.5 s: most of the end-to-end latency (BENCHMARKS.md, "End-to-end").
 These subclasses only change that one value, on the consumer Faust has just built and before
 it starts (the fetcher is made at ``start()`` from it); ``build_app`` installs the transport
 through the ``App.transport`` setter, so the installed Faust stays untouched.

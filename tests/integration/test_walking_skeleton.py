@@ -1,4 +1,4 @@
-"""A real CAN log -> edge publisher -> Mosquitto (TLS) -> bridge -> Tansu -> Faust -> InfluxDB 1.x.
+"""A real CAN log -> edge publisher -> Mosquitto (TLS) -> bridge -> Apache Kafka -> Faust -> InfluxDB 1.x.
 
 The reference is independent of our code path: python-can reads the log, cantools decodes each
 frame; InfluxDB must hold exactly those values, count for count.
