@@ -271,7 +271,9 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     signal.signal(signal.SIGTERM, _interrupt)
     stack = Stack(settings.stack)
     console.rule("[bold]carpulse demo")
-    console.print("starting the local stack (Mosquitto TLS, Apache Kafka, InfluxDB 1.x, CRM SQLite)...")
+    console.print(
+        "starting the local stack (Mosquitto TLS, Apache Kafka, InfluxDB 1.x, CRM SQLite)..."
+    )
     stack.up(progress=lambda m: console.print(f"  {m}"))
     s = load_settings(stack.config_file)
     if port_in_use(s.stack.host, s.stream.web_port):

@@ -628,10 +628,21 @@ database = "carpulse"
     def down(self, progress: Callable[[str], None] = lambda _m: None) -> None:
         """Stop every service this stack started (idempotent)."""
         kafka = [f"kafka-{i}" for i in range(9, 0, -1)]  # every node a wider stack may have left
+        # all Kafka nodes at once: stopped one by one, the last ones lose their controller
+        # quorum and wait out the controlled-shutdown timeout
+        signalled: set[str] = set()
+        for name in kafka:
+            pid = self._running_pid(name)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
+                signalled.add(name)
         for name in ("influxdb", *kafka, "mosquitto"):
             pid = self._running_pid(name)
             if pid is None:
                 self._pid_file(name).unlink(missing_ok=True)
+                if name in signalled:
+                    progress(f"{name}: stopped")
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)

@@ -22,7 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
@@ -78,8 +78,8 @@ async def ensure_topics(
         options = kafka.client_options(component)
         configs = {"min.insync.replicas": str(kafka.min_insync_replicas)}
     admin = AIOKafkaAdminClient(**options)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [
             NewTopic(n, partitions, replication, topic_configs=configs)
@@ -88,7 +88,12 @@ async def ensure_topics(
         ]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+                resp = await admin.create_topics(new)
+                # per-topic errors come back in the response, not as exceptions
+                for topic, code, *rest in resp.topic_errors:
+                    if code and code != TopicAlreadyExistsError.errno:
+                        message = rest[0] if rest else ""
+                        raise for_code(code)(f"topic {topic}: {message or 'refused'}")
     finally:
         await admin.close()
 
@@ -193,20 +198,17 @@ class IngestBridge:
         )
         self.counters.forwarded += 1
 
-    async def start(self) -> None:
+    async def _start_kafka(self) -> None:
+        """Topics checked and the producer started; raises on the first failure."""
         k = self.s.kafka
-        self._loop = asyncio.get_running_loop()
-        try:
-            await ensure_topics(
-                k,
-                k.partitions,
-                k.replication,
-                [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER],
-                component="bridge",
-            )
-        except KafkaError as err:
-            raise PublishError(kafka_problem(k, "bridge", err)) from err
-        self._producer = AIOKafkaProducer(
+        await ensure_topics(
+            k,
+            k.partitions,
+            k.replication,
+            [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER],
+            component="bridge",
+        )
+        producer = AIOKafkaProducer(
             **k.client_options("bridge"),
             acks="all" if k.acks == "all" else int(k.acks),
             linger_ms=k.linger_ms,
@@ -215,9 +217,43 @@ class IngestBridge:
             enable_idempotence=k.acks == "all",
         )
         try:
-            await self._producer.start()
-        except KafkaError as err:
-            raise PublishError(kafka_problem(k, "bridge", err)) from err
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self._producer = producer
+
+    async def start(self, kafka_attempts: int | None = None) -> None:
+        """Connect to Kafka (retried with backoff) and then to MQTT.
+
+        Kafka unreachable, a refused login or a missing ACL is logged once in one line naming the
+        broker, the principal and the topic, then retried with backoff (0.5 s doubling to 30 s)
+        until it works, ``kafka_attempts`` run out or a stop is requested: a supervisor sees a
+        waiting bridge, not a restart loop. Nothing is read from MQTT before Kafka is up, so
+        devices' messages wait in their persistent session.
+        """
+        k = self.s.kafka
+        self._loop = asyncio.get_running_loop()
+        attempt, said = 0, ""
+        while True:
+            attempt += 1
+            try:
+                await self._start_kafka()
+                break
+            except KafkaError as err:
+                line = kafka_problem(k, "bridge", err)
+                if kafka_attempts is not None and attempt >= kafka_attempts:
+                    raise PublishError(line) from err
+                if line != said:
+                    log.error("bridge %s: %s; retrying with backoff", self.name, line)
+                    said = line
+            delay = min(30.0, 0.5 * 2 ** min(attempt - 1, 6))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                raise PublishError(f"bridge {self.name} stopped before Kafka was reachable")
+        if said:
+            log.warning("bridge %s: Kafka at %s reachable again", self.name, k.bootstrap)
         m = self.s.mqtt
         try:
             self.client.connect(m.host, m.port, keepalive=m.keepalive_s)
