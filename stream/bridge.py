@@ -258,7 +258,8 @@ class IngestBridge:
         try:
             self.client.connect(m.host, m.port, keepalive=m.keepalive_s)
         except (OSError, ssl.SSLError) as err:
-            await self._producer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
             raise PublishError(f"bridge cannot reach MQTT at {m.host}:{m.port}: {err}") from err
         self.client.loop_start()
         for _ in range(150):
