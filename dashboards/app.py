@@ -60,6 +60,7 @@ class DashboardConfig:
     login_max_address_failures: int = 20  # then 429 for the client address, whatever the name
     login_window_s: float = 900.0
     password_checks: int = 2  # argon2 verifications at once; more wait, then 503
+    password_check_wait_s: float = 2.0  # how long a login waits for a free verification slot
     session_recheck_s: float = 5.0  # an open live stream re-reads its session this often
 
 
@@ -193,8 +194,8 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         cfg.login_max_account_failures, cfg.login_max_address_failures, cfg.login_window_s
     )
     app.state.throttle = throttle
-    if auth.GATE.limit != cfg.password_checks:
-        auth.GATE = auth.VerifyGate(cfg.password_checks)
+    if (auth.GATE.limit, auth.GATE.wait_s) != (cfg.password_checks, cfg.password_check_wait_s):
+        auth.GATE = auth.VerifyGate(cfg.password_checks, cfg.password_check_wait_s)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.exception_handler(NeedLogin)
