@@ -145,8 +145,12 @@ def audit_verify_cmd(
     """Walk the audit log's hash chain; list edited rows and gaps (exit 1 if any)."""
     from crm.audit import verify_chain
 
-    with _store(db).tx() as s:
-        report = verify_chain(s, expect_head)
+    store = _store(db)
+    try:
+        with store.tx() as s:
+            report = verify_chain(s, expect_head)
+    finally:
+        store.engine.dispose()
     doc = {"ok": report.ok, "rows": report.rows, "head": report.head, "problems": report.problems}
     typer.echo(json.dumps(doc, indent=2))
     if not report.ok:
@@ -170,6 +174,8 @@ def app_role_cmd(
         done = grant_app_role(store.engine, role, os.environ.get("CARPULSE_CRM_APP_PASSWORD"))
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    finally:
+        store.engine.dispose()
     typer.echo(json.dumps({"role": role, "statements": done}, indent=2))
 
 
