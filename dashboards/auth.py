@@ -8,6 +8,9 @@ must echo the session's CSRF token in the ``csrf_token`` form field or the ``X-C
 The login form's token comes from a signed pre-login cookie (HMAC with a secret kept in the CRM
 database, so every process agrees), not from a session row: a row is written only on a successful
 login, so unauthenticated ``GET /login`` requests cost no storage. Login CSRF is refused too.
+Every request reads the user again: a deactivated or deleted user's session ends, a changed role or
+dealer applies at once. At most ``GATE.limit`` argon2 checks run at once (``VerifyGate``); failed
+logins are throttled per account and per address by ``dashboards.throttle``.
 The tables are made by the CRM's Alembic migrations (0004), never here.
 """
 
