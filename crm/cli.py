@@ -125,11 +125,26 @@ def dry_run_cmd(
 
 
 @crm_app.command("migrate")
-def migrate_cmd(db: DbOpt = None) -> None:
+def migrate_cmd(
+    db: DbOpt = None,
+    app_role: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL: then grant this application role (see `crm app-role`)."),
+    ] = None,
+) -> None:
     """Bring the CRM database to the latest schema (idempotent)."""
     url = _db_url(db)
-    _store(url)
-    typer.echo(f"migrated {url.split('@')[-1]}")
+    store = _store(url)
+    try:
+        if app_role:
+            from crm.audit import grant_app_role
+
+            grant_app_role(store.engine, app_role, os.environ.get("CARPULSE_CRM_APP_PASSWORD"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    finally:
+        store.engine.dispose()
+    typer.echo(f"migrated {url.split('@')[-1]}" + (f", granted {app_role}" if app_role else ""))
 
 
 @audit_app.command("verify")

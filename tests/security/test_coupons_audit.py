@@ -243,6 +243,8 @@ def test_the_application_role_cannot_change_the_audit_log_on_postgresql(
     res = CliRunner().invoke(cli, ["crm", "app-role", "--db", owner_url, "--role", role])
     assert res.exit_code == 0, res.output
     assert "app-password-1" not in res.output
+    again = CliRunner().invoke(cli, ["crm", "migrate", "--db", owner_url, "--app-role", role])
+    assert again.exit_code == 0 and f"granted {role}" in again.output  # idempotent, after migrate
     with store.tx() as s:
         auth.add_user(s, "agent", "carpulse-demo", "call_centre_agent", "dealer-a")
     app_url = owner_url.replace("carpulse@", f"{role}:app-password-1@")
