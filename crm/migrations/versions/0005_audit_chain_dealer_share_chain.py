@@ -52,11 +52,12 @@ def _backfill() -> None:
             )
         )
     t = AuditRecord.__table__
+    names = ("at", "actor", "action", "subject", "purpose", "dealer_id", "detail")
     prev = GENESIS
-    rows = bind.execute(sa.select(t).order_by(t.c.id)).mappings().all()
-    for row in rows:
-        rec = AuditRecord(**{k: row[k] for k in ("at", "actor", "action", "subject", "purpose",
-                                                 "dealer_id", "detail")})  # fmt: skip
+    # only the columns this revision knows: a later one may add more to the model
+    rows = bind.execute(sa.select(t.c.id, *(t.c[k] for k in names)).order_by(t.c.id)).mappings()
+    for row in rows.all():
+        rec = AuditRecord(**{k: row[k] for k in names})
         h = row_hash(prev, rec)
         bind.execute(
             sa.text("UPDATE audit_log SET prev_hash = :p, row_hash = :h WHERE id = :id"),
