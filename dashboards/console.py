@@ -75,7 +75,8 @@ def console_page(
     with _store(request).tx() as s:
         if q:
             results = search(s, q, ws.dealer_id or "")
-            audit(s, ws.username or "", "console.search", "-", "console", hits=len(results))
+            audit(s, ws.username or "", "console.search", "-", "console",
+                  dealer_id=ws.dealer_id, hits=len(results))  # fmt: skip
         if not partial:  # the call-centre queue: the CRM's cards for the call centre (crashes)
             for item in delivery.dealer_inbox(s, ws.dealer_id or "", CALL_CENTRE_ROLES):
                 queue.append({"id": item.id, "kind": item.kind, "vin": item.vin,

@@ -83,12 +83,13 @@ def test_audit_page_shows_only_the_admins_dealer_and_reads_are_audited(world: An
         b.get(f"/console/vehicles/{VIN_B}")
     with _client(app) as a:
         login(a, "agent")
-        a.get(f"/console/vehicles/{VIN_A}")
+        a.get("/console", params={"q": "DEMO001"})
     with _client(app) as admin:
         login(admin, "admin")
         page = admin.get("/audit")
         assert page.status_code == 200
         assert VIN_A in page.text  # the dealer's own rows (its vehicles' ownership records)
+        assert "console.search" in page.text  # and what its own staff did
         assert VIN_B not in page.text and "agent-b" not in page.text  # refused: dealer-b's rows
     with _client(app) as platform:
         login(platform, "platform")
