@@ -320,8 +320,10 @@ def test_percent_and_underscore_are_not_wildcards_in_vin_search(world: Any) -> N
 
 
 def test_config_show_masks_credentials_inside_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    import carpulse.cli
     from carpulse.cli import app
 
+    monkeypatch.setattr(carpulse.cli, "_state", {})  # the CLI caches its settings per process
     monkeypatch.setenv("CARPULSE_INFLUX__URL", "http://reader:hunter2-secret@influx.local:8086")
     monkeypatch.setenv("CARPULSE_KAFKA__BOOTSTRAP", "kafka.local:9092")
     result = CliRunner().invoke(app, ["config", "show"])
