@@ -392,11 +392,20 @@ def dashboard(
     insecure_cookies: Annotated[
         bool, typer.Option(help="Cookies without Secure (plain-HTTP dev only).")
     ] = False,
+    coupon_template: Annotated[
+        list[str] | None,
+        typer.Option(help="A coupon template advisors may issue from the inbox (repeatable)."),
+    ] = None,
 ) -> None:
     """Serve the call-centre console and the service-advisor inbox."""
     from dashboards.serve import config_from_settings, prepare_demo, serve
 
-    cfg = config_from_settings(settings(), crm_url=crm_url, secure_cookies=not insecure_cookies)
+    cfg = config_from_settings(
+        settings(),
+        crm_url=crm_url,
+        secure_cookies=not insecure_cookies,
+        coupon_templates=coupon_template,
+    )
     if demo_users:
         prepare_demo(cfg, settings())
     serve(cfg, host, port)

@@ -11,6 +11,7 @@ Secrets (passwords, tokens) come only from the environment or from files named b
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -409,11 +410,31 @@ def load_settings(config_file: Path | str | None = None) -> CarpulseSettings:
         raise ConfigError(f"invalid settings in {where}:\n" + "\n".join(lines)) from err
 
 
+# ``scheme://user:password@`` (or ``scheme://token@``) anywhere in a value
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s]*@")
+
+
+def mask_url_credentials(value: str) -> str:
+    """``postgresql://u:pw@host/db`` -> ``postgresql://********@host/db`` (any scheme, any place)."""
+    return _URL_CREDENTIALS.sub(r"\1********@", value)
+
+
+def _mask_urls(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_url_credentials(value)
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    return value
+
+
 def masked_dump(settings: CarpulseSettings) -> dict[str, Any]:
-    """The effective settings as plain data, secrets replaced by ``'********'``."""
+    """The effective settings as plain data, secrets replaced by ``'********'`` and credentials
+    inside URLs (``scheme://user:password@host``) masked in every value."""
     data = settings.model_dump(mode="json")
     for key in SECRET_KEYS:
         section, name = key.split(".", 1)
         if data.get(section, {}).get(name) is not None:
             data[section][name] = "********"
-    return data
+    return _mask_urls(data)  # type: ignore[no-any-return]

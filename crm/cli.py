@@ -24,6 +24,8 @@ crm_app = typer.Typer(
     help="CRM: rules (dry run), the rules worker, coupons issued, database migrations."
 )
 report_app = typer.Typer(help="Reports for owners.")
+audit_app = typer.Typer(help="The audit log: verify its hash chain.")
+crm_app.add_typer(audit_app, name="audit")
 
 DbOpt = Annotated[
     str | None,
@@ -123,11 +125,73 @@ def dry_run_cmd(
 
 
 @crm_app.command("migrate")
-def migrate_cmd(db: DbOpt = None) -> None:
+def migrate_cmd(
+    db: DbOpt = None,
+    app_role: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL: then grant this application role (see `crm app-role`)."),
+    ] = None,
+) -> None:
     """Bring the CRM database to the latest schema (idempotent)."""
     url = _db_url(db)
-    _store(url)
-    typer.echo(f"migrated {url.split('@')[-1]}")
+    store = _store(url)
+    try:
+        if app_role:
+            from crm.audit import grant_app_role
+
+            grant_app_role(store.engine, app_role, os.environ.get("CARPULSE_CRM_APP_PASSWORD"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    finally:
+        store.engine.dispose()
+    typer.echo(f"migrated {url.split('@')[-1]}" + (f", granted {app_role}" if app_role else ""))
+
+
+@audit_app.command("verify")
+def audit_verify_cmd(
+    db: DbOpt = None,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            help="The head hash printed by an earlier verify: catches rows cut off the end."
+        ),
+    ] = None,
+) -> None:
+    """Walk the audit log's hash chain; list edited rows and gaps (exit 1 if any)."""
+    from crm.audit import verify_chain
+
+    store = _store(db)
+    try:
+        with store.tx() as s:
+            report = verify_chain(s, expect_head)
+    finally:
+        store.engine.dispose()
+    doc = {"ok": report.ok, "rows": report.rows, "head": report.head, "problems": report.problems}
+    typer.echo(json.dumps(doc, indent=2))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@crm_app.command("app-role")
+def app_role_cmd(
+    db: Annotated[str, typer.Option("--db", help="PostgreSQL URL of the tables' owner.")],
+    role: Annotated[
+        str, typer.Option(help="The role the applications connect as.")
+    ] = "carpulse_app",
+) -> None:
+    """PostgreSQL: create or update the applications' role (password from
+    $CARPULSE_CRM_APP_PASSWORD): read-write on the CRM but SELECT and INSERT only on the audit log
+    and the coupon share chain. Run as the owner after every migrate."""
+    from crm.audit import grant_app_role
+
+    store = _store(db)
+    try:
+        done = grant_app_role(store.engine, role, os.environ.get("CARPULSE_CRM_APP_PASSWORD"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    finally:
+        store.engine.dispose()
+    typer.echo(json.dumps({"role": role, "statements": done}, indent=2))
 
 
 @crm_app.command("worker")

@@ -201,7 +201,7 @@ class Coupon(Base):
 
 
 class CouponShare(Base):
-    """The share chain: who passed a coupon to whom."""
+    """The share chain: who passed a coupon to whom (append-only, like the audit log)."""
 
     __tablename__ = "coupon_shares"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -237,7 +237,8 @@ class Effect(Base):
 
 
 class AuditRecord(Base):
-    """Append-only: updates and deletes are refused (see crm.store)."""
+    """Append-only: updates and deletes are refused (see crm.store); each row carries the hash of
+    its predecessor (``crm.audit``) and the dealer it concerns (None: the platform's)."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -247,3 +248,6 @@ class AuditRecord(Base):
     subject: Mapped[str] = mapped_column(String(64), index=True)
     purpose: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dealer_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    row_hash: Mapped[str] = mapped_column(String(64))

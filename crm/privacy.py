@@ -210,7 +210,7 @@ def purge(
     counts["parked_resolved"] = n(
         s.execute(delete(ParkedEvent).where(ParkedEvent.resolved_at < cutoff("parked_resolved")))
     )
-    st.audit(s, "privacy", "privacy.purge", "retention", "retention", **counts)
+    st.audit(s, "privacy", "privacy.purge", "retention", "retention", dealer_id=None, **counts)
     return counts
 
 
@@ -277,5 +277,5 @@ def erase_customer(s: Session, customer_id: str, actor: str, ticket: str) -> dic
         .where(OutboxMessage.customer_id.in_(ids), OutboxMessage.state == "pending")
         .values(state="dead", last_error="customer erased")
     )
-    st.audit(s, actor, "customer.erase", cid, "erasure", ticket=ticket, **counts)
+    st.audit(s, actor, "customer.erase", cid, "erasure", ticket=ticket, dealer_id=None, **counts)
     return counts

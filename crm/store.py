@@ -11,13 +11,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import CarpulseError
+from crm import audit as crm_audit
 from crm.models import (
     CONSENT_PURPOSES,
     IDENTITY_KINDS,
@@ -68,6 +69,8 @@ def _audit_is_append_only(session: Session, _ctx: Any, _instances: Any) -> None:
     for obj in list(session.dirty) + list(session.deleted):
         if isinstance(obj, AuditRecord):
             raise CrmError("the audit log is append-only: records cannot be changed or deleted")
+        if isinstance(obj, CouponShare) and (obj in session.deleted or session.is_modified(obj)):
+            raise CrmError("the share chain is append-only: shares cannot be changed or deleted")
 
 
 class CrmStore:
@@ -90,10 +93,21 @@ class CrmStore:
 
 # ----- audit -------------------------------------------------------------------------------------
 def audit(
-    s: Session, actor: str, action: str, subject: str, purpose: str = "", **detail: Any
+    s: Session,
+    actor: str,
+    action: str,
+    subject: str,
+    purpose: str = "",
+    *,
+    dealer_id: str | None = None,
+    **detail: Any,
 ) -> AuditRecord:
-    rec = AuditRecord(actor=actor, action=action, subject=subject, purpose=purpose, detail=detail)
-    s.add(rec)
+    """Queue an audit record; it is written, hash-chained, when ``s`` commits (``crm.audit``).
+
+    ``dealer_id`` scopes it (default: the dealer of the subject vehicle, customer or coupon)."""
+    rec = AuditRecord(actor=actor, action=action, subject=subject, purpose=purpose, detail=detail,
+                      dealer_id=dealer_id, at=utcnow())  # fmt: skip
+    crm_audit.queue(s, rec)
     return rec
 
 
@@ -359,6 +373,9 @@ def claim_effect(
 
 
 # ----- coupons ------------------------------------------------------------------------------------
+LIVE = ("issued", "shared")  # the states a share, a redemption or a void starts from
+
+
 def issue_coupon(
     s: Session,
     template_code: str,
@@ -388,17 +405,28 @@ def issue_coupon(
 def share_coupon(
     s: Session, coupon_id: str, from_id: str, to_id: str, now: dt.datetime | None = None
 ) -> None:
+    """Pass a coupon on: one conditional UPDATE (held by ``from_id``, still live), so a share
+    racing a redemption or a void can never overwrite it; the chain gains a row."""
     now = now or utcnow()
     coupon = _coupon(s, coupon_id)
     from_id, to_id = resolve(s, from_id), resolve(s, to_id)
     template = s.get(CouponTemplate, coupon.template_code)
     if template is not None and not template.shareable:
         raise CouponStateError(f"coupon {coupon_id} ({coupon.template_code}) cannot be shared")
-    if coupon.holder_id != from_id:
-        raise CouponStateError(f"coupon {coupon_id} is not held by {from_id}")
-    _require_live(coupon, now, "share")
-    coupon.holder_id = to_id
-    coupon.state = "shared"
+    result = s.execute(
+        update(Coupon)
+        .where(
+            Coupon.id == coupon_id,
+            Coupon.state.in_(LIVE),
+            Coupon.holder_id == from_id,
+            Coupon.valid_until >= now,
+        )
+        .values(holder_id=to_id, state="shared")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        _refused(s, coupon_id, now, "be shared", from_id)
+    s.refresh(coupon)
     s.add(CouponShare(coupon_id=coupon_id, from_id=from_id, to_id=to_id, at=now))
     audit(s, from_id, "coupon.share", coupon_id, to=to_id)
 
@@ -411,7 +439,7 @@ def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
         update(Coupon)
         .where(
             Coupon.id == coupon_id,
-            Coupon.state.in_(("issued", "shared")),
+            Coupon.state.in_(LIVE),
             Coupon.holder_id == by_id,
             Coupon.valid_until >= now,
         )
@@ -419,25 +447,24 @@ def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
-        coupon = _coupon(s, coupon_id)
-        s.refresh(coupon)
-        if coupon.state in ("redeemed", "expired", "voided"):
-            raise CouponStateError(f"coupon {coupon_id} cannot be redeemed: it is {coupon.state}")
-        if coupon.valid_until < now:
-            raise CouponStateError(
-                f"coupon {coupon_id} cannot be redeemed: it expired on {coupon.valid_until:%Y-%m-%d}"
-            )
-        raise CouponStateError(
-            f"coupon {coupon_id} cannot be redeemed by {by_id}: it is held by {coupon.holder_id}"
-        )
+        _refused(s, coupon_id, now, "be redeemed", by_id)
+    s.refresh(_coupon(s, coupon_id))
     audit(s, by_id, "coupon.redeem", coupon_id)
 
 
 def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:
-    coupon = _coupon(s, coupon_id)
-    if coupon.state in ("redeemed", "expired", "voided"):
+    """Void a live coupon (one conditional UPDATE: a concurrent redemption wins or loses whole)."""
+    result = s.execute(
+        update(Coupon)
+        .where(Coupon.id == coupon_id, Coupon.state.in_(LIVE))
+        .values(state="voided")
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        coupon = _coupon(s, coupon_id)
+        s.refresh(coupon)
         raise CouponStateError(f"coupon {coupon_id} cannot be voided: it is {coupon.state}")
-    coupon.state = "voided"
+    s.refresh(_coupon(s, coupon_id))
     audit(s, actor, "coupon.void", coupon_id, reason=reason)
 
 
@@ -446,11 +473,27 @@ def expire_coupons(s: Session, now: dt.datetime | None = None) -> int:
     now = now or utcnow()
     result = s.execute(
         update(Coupon)
-        .where(Coupon.state.in_(("issued", "shared")), Coupon.valid_until < now)
+        .where(Coupon.state.in_(LIVE), Coupon.valid_until < now)
         .values(state="expired")
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _refused(s: Session, coupon_id: str, now: dt.datetime, what: str, who: str) -> NoReturn:
+    """Why a conditional coupon UPDATE matched no row, as the error to raise."""
+    coupon = _coupon(s, coupon_id)
+    s.refresh(coupon)
+    if coupon.state not in LIVE:
+        raise CouponStateError(f"coupon {coupon_id} cannot {what}: it is {coupon.state}")
+    if coupon.valid_until < now:
+        raise CouponStateError(
+            f"coupon {coupon_id} cannot {what}: it expired on {coupon.valid_until:%Y-%m-%d}"
+        )
+    raise CouponStateError(
+        f"coupon {coupon_id} cannot {what} by {who}: it is not held by {who} "
+        f"(it is held by {coupon.holder_id})"
+    )
 
 
 def _coupon(s: Session, coupon_id: str) -> Coupon:
@@ -458,12 +501,3 @@ def _coupon(s: Session, coupon_id: str) -> Coupon:
     if coupon is None:
         raise CrmError(f"unknown coupon {coupon_id!r}")
     return coupon
-
-
-def _require_live(coupon: Coupon, now: dt.datetime, what: str) -> None:
-    if coupon.state not in ("issued", "shared"):
-        raise CouponStateError(f"coupon {coupon.id} cannot {what}: it is {coupon.state}")
-    if coupon.valid_until < now:
-        raise CouponStateError(
-            f"coupon {coupon.id} cannot {what}: it expired on {coupon.valid_until:%Y-%m-%d}"
-        )

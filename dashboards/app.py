@@ -27,6 +27,7 @@ from crm.store import CrmStore, audit
 from dashboards import auth
 from dashboards.auth import COOKIE, PRELOGIN_COOKIE, PRELOGIN_S, SessionStore, WebSession, csrf_ok
 from dashboards.live import KafkaFeed, StateHub
+from dashboards.throttle import LoginThrottle, address_subject
 
 log = logging.getLogger(__name__)
 HERE: Final = Path(__file__).parent
@@ -54,8 +55,15 @@ class DashboardConfig:
     secure_cookies: bool = True
     reveal_seconds: float = 300.0
     session_idle_s: float = 1800.0
+    # the coupon templates advisors may issue from the inbox (none unless listed)
     coupon_templates: list[str] = field(default_factory=list)
     migrate: bool = True  # run the CRM's Alembic migrations (``upgrade head``) at start
+    login_max_account_failures: int = 5  # then 429 for the account (see dashboards.throttle)
+    login_max_address_failures: int = 20  # then 429 for the client address, whatever the name
+    login_window_s: float = 900.0
+    password_checks: int = 2  # argon2 verifications at once; more wait, then 503
+    password_check_wait_s: float = 2.0  # how long a login waits for a free verification slot
+    session_recheck_s: float = 5.0  # an open live stream re-reads its session this often
 
 
 class NeedLogin(Exception):
@@ -129,6 +137,15 @@ def render(request: Request, name: str, ws: WebSession | None, **ctx: Any) -> HT
     return templates.TemplateResponse(request, name, ctx)
 
 
+def _login_refused(
+    request: Request, old: WebSession | None, status: int, wait: int, error: str
+) -> Response:
+    page = render(request, "login.html", old or get_prelogin(request), error=error)
+    page.status_code = status
+    page.headers["Retry-After"] = str(wait)
+    return page
+
+
 def create_app(cfg: DashboardConfig) -> FastAPI:
     from dashboards import console, inbox
 
@@ -176,6 +193,13 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
     app.state.cfg, app.state.crm, app.state.hub = cfg, store, hub
     app.state.sessions = SessionStore(store.engine, idle_s=cfg.session_idle_s)
     app.state.commands = None
+    app.state.command_owners = {}  # command id -> (user, dealer): status only for its sender
+    throttle = LoginThrottle(
+        cfg.login_max_account_failures, cfg.login_max_address_failures, cfg.login_window_s
+    )
+    app.state.throttle = throttle
+    if (auth.GATE.limit, auth.GATE.wait_s) != (cfg.password_checks, cfg.password_check_wait_s):
+        auth.GATE = auth.VerifyGate(cfg.password_checks, cfg.password_check_wait_s)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.exception_handler(NeedLogin)
@@ -212,7 +236,9 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         ws = get_session(request)
         if ws is None or ws.username is None:
             return RedirectResponse("/login", status_code=303)
-        target = {"service_advisor": "/inbox", "auditor": "/audit"}.get(ws.role or "", "/console")
+        target = {"service_advisor": "/inbox", "auditor": "/audit", "platform_admin": "/audit"}.get(
+            ws.role or "", "/console"
+        )
         return RedirectResponse(target, status_code=303)
 
     @app.get("/login", response_class=HTMLResponse, tags=["auth"])
@@ -234,14 +260,27 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         password: Annotated[str, Form(max_length=256)],
     ) -> Response:
         old = get_session(request)
+        host = request.client.host if request.client else None
         with store.tx() as s:
-            user = auth.authenticate(s, username, password)
-            if user is None:
-                audit(s, username[:64], "login.failed", "dashboard")
-            else:
-                audit(s, user.username, "login", "dashboard", role=user.role)
-                s.flush()  # a rehashed password is written before the user leaves the session
-                s.expunge(user)
+            wait = throttle.retry_after(s, username, host)
+        if wait:  # no password check at all: a guessing flood costs no argon2
+            log.warning("login throttled: %r from %s for %d s", username[:64], host, wait)
+            return _login_refused(request, old, 429, wait, "Too many failed logins; try later.")
+        try:
+            with store.tx() as s:
+                user = auth.authenticate(s, username, password)
+                who = s.get(auth.DashboardUser, username[:64])
+                dealer = None if who is None else who.dealer_id
+                if user is None:
+                    audit(s, username[:64], "login.failed", address_subject(host), "dashboard",
+                          dealer_id=dealer)  # fmt: skip
+                else:
+                    audit(s, user.username, "login", address_subject(host), "dashboard",
+                          dealer_id=dealer, role=user.role)  # fmt: skip
+                    s.flush()  # a rehashed password is written before the user leaves the session
+                    s.expunge(user)
+        except auth.LoginBusy:
+            return _login_refused(request, old, 503, 1, "The server is busy; try again.")
         if user is None:
             form_ws = old or get_prelogin(request)
             page = render(request, "login.html", form_ws, error="Wrong user name or password.")
@@ -264,8 +303,17 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
 
     @app.get("/audit", response_class=HTMLResponse, tags=["pages"])
     def audit_page(request: Request, ws: WebSession = Depends(require("audit.view"))) -> Response:
+        """The newest audit rows of the user's dealer (a platform administrator's: all rows);
+        the read itself is audited."""
+        everything = ws.can("audit.all")
+        query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(200)
+        if not everything:
+            query = query.where(AuditRecord.dealer_id == ws.dealer_id)
         with store.tx() as s:
-            rows = list(s.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(200)))
+            rows = list(s.scalars(query))
+            audit(s, ws.username or "", "audit.view", "audit_log", "audit",
+                  dealer_id=None if everything else ws.dealer_id,
+                  scope="all" if everything else ws.dealer_id, rows=len(rows))  # fmt: skip
         return render(request, "audit.html", ws, rows=rows)
 
     app.include_router(console.router)

@@ -8,6 +8,9 @@ must echo the session's CSRF token in the ``csrf_token`` form field or the ``X-C
 The login form's token comes from a signed pre-login cookie (HMAC with a secret kept in the CRM
 database, so every process agrees), not from a session row: a row is written only on a successful
 login, so unauthenticated ``GET /login`` requests cost no storage. Login CSRF is refused too.
+Every request reads the user again: a deactivated or deleted user's session ends, a changed role or
+dealer applies at once. At most ``GATE.limit`` argon2 checks run at once (``VerifyGate``); failed
+logins are throttled per account and per address by ``dashboards.throttle``.
 The tables are made by the CRM's Alembic migrations (0004), never here.
 """
 
@@ -18,6 +21,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-ROLES: Final = ("call_centre_agent", "service_advisor", "dealer_admin", "auditor")
+ROLES: Final = ("call_centre_agent", "service_advisor", "dealer_admin", "auditor", "platform_admin")
 
 # What each role may do; routes ask for a permission, never for a role name.
 PERMISSIONS: Final[dict[str, frozenset[str]]] = {
@@ -50,12 +54,50 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
         }
     ),
     "auditor": frozenset({"audit.view"}),
+    # the operator of the platform: every dealer's audit rows, nothing of any dealer's customers
+    "platform_admin": frozenset({"audit.view", "audit.all"}),
 }
 
 COOKIE: Final = "carpulse_session"
 PRELOGIN_COOKIE: Final = "carpulse_prelogin"
 PRELOGIN_S: Final = 3600.0  # a login form older than this asks for a reload
 _HASHER = PasswordHasher()
+
+
+class LoginBusy(Exception):
+    """Every password-check slot is taken: the caller answers 503 with Retry-After."""
+
+
+class VerifyGate:
+    """At most ``limit`` argon2 verifications at once (each costs ~50 ms of CPU and 64 MiB), so
+    a flood of logins queues briefly and is then refused instead of eating every core."""
+
+    def __init__(self, limit: int = 2, wait_s: float = 2.0) -> None:
+        self.limit, self.wait_s = limit, wait_s
+        self._sem = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self.running = self.peak = self.refused = 0
+
+    def verify(self, stored: str, password: str) -> bool:
+        if not self._sem.acquire(timeout=self.wait_s):
+            with self._lock:
+                self.refused += 1
+            raise LoginBusy("too many logins at once")
+        try:
+            with self._lock:
+                self.running += 1
+                self.peak = max(self.peak, self.running)
+            try:
+                return bool(_HASHER.verify(stored, password))
+            except (VerificationError, InvalidHashError):
+                return False
+        finally:
+            with self._lock:
+                self.running -= 1
+            self._sem.release()
+
+
+GATE = VerifyGate()
 # A hash of a random password, verified against when the user is unknown so that a wrong user
 # name costs as long as a wrong password (no user enumeration by timing).
 _DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
@@ -108,12 +150,12 @@ def add_user(s: Session, username: str, password: str, role: str, dealer_id: str
 
 
 def authenticate(s: Session, username: str, password: str) -> DashboardUser | None:
-    """The user if the password matches (rehashing outdated parameters), else None."""
+    """The user if the password matches (rehashing outdated parameters), else None.
+
+    Raises ``LoginBusy`` when every verification slot stays taken (see ``VerifyGate``)."""
     user = s.scalar(select(DashboardUser).where(DashboardUser.username == username))
     stored = user.password_hash if user is not None and user.active else _DUMMY_HASH
-    try:
-        _HASHER.verify(stored, password)
-    except (VerificationError, InvalidHashError):
+    if not GATE.verify(stored, password):
         return None
     if user is None or not user.active:
         return None
@@ -213,18 +255,22 @@ class SessionStore:
     def _secret(self) -> bytes:
         """The pre-login HMAC key: made once per database (the first process to ask wins)."""
         if self._key is None:
-            with self._session() as s, s.begin():
-                row = s.get(DashboardSecret, "prelogin")
-                if row is None:
-                    try:
-                        with s.begin_nested():
-                            s.add(DashboardSecret(name="prelogin", value=secrets.token_hex(32)))
-                    except IntegrityError:
-                        pass  # another process made it first
-                    row = s.get(DashboardSecret, "prelogin")
-                assert row is not None
-                self._key = bytes.fromhex(row.value)
+            self._key = self.secret("prelogin")
         return self._key
+
+    def secret(self, name: str) -> bytes:
+        """A named server-side key (``prelogin``, ``audit``), made by the first process to ask."""
+        with self._session() as s, s.begin():
+            row = s.get(DashboardSecret, name)
+            if row is None:
+                try:
+                    with s.begin_nested():
+                        s.add(DashboardSecret(name=name, value=secrets.token_hex(32)))
+                except IntegrityError:
+                    pass  # another process made it first
+                row = s.get(DashboardSecret, name)
+            assert row is not None
+            return bytes.fromhex(row.value)
 
     def _sign(self, msg: str) -> str:
         return hmac.new(self._secret(), msg.encode(), hashlib.sha256).hexdigest()
@@ -252,6 +298,8 @@ class SessionStore:
         return WebSession(value, self._sign(f"csrf|{nonce}"), issued, issued)
 
     def get(self, sid: str | None) -> WebSession | None:
+        """The session, with the user's role and dealer as they are now: a deleted or deactivated
+        user's sessions end at their next request, a demoted user's role changes at once."""
         if not sid or len(sid) > 200:
             return None
         now = time.time()
@@ -259,16 +307,20 @@ class SessionStore:
             row = s.get(SessionRow, _hash(sid))
             if row is None:
                 return None
-            if now >= row.expires:
+            user = None if row.username is None else s.get(DashboardUser, row.username)
+            if now >= row.expires or (
+                row.username is not None and (user is None or not user.active)
+            ):
                 s.delete(row)
                 return None
             if now - row.last_seen >= self.TOUCH_EVERY_S:
                 row.last_seen = now
                 row.expires = min(now + self.idle_s, row.created + self.absolute_s)
+            role, dealer = (user.role, user.dealer_id) if user else (row.role, row.dealer_id)
             g = row.grant
             grant = LocationGrant(**g) if g else None
             return WebSession(sid, _csrf(sid), row.created, row.last_seen, row.username,
-                              row.role, row.dealer_id, grant)  # fmt: skip
+                              role, dealer, grant)  # fmt: skip
 
     def login(self, old: WebSession | None, user: DashboardUser) -> WebSession:
         """A fresh session id and CSRF token for the logged-in user (no session fixation)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import hmac
 import json
 import re
 import time
@@ -34,6 +36,7 @@ VIN_RE: Final = r"^[A-HJ-NPR-Z0-9]{11,17}$"
 TICKET_RE: Final = re.compile(r"^[A-Za-z0-9-]{3,32}$")
 VinPath = Annotated[str, Path(pattern=VIN_RE)]
 CALL_CENTRE_ROLES: Final = ("call_centre",)
+MAX_COMMANDS: Final = 10_000  # command owners remembered (the channel keeps as many acks)
 
 
 def _store(request: Request) -> CrmStore:
@@ -41,17 +44,16 @@ def _store(request: Request) -> CrmStore:
 
 
 def _card(request: Request, vin: str, ws: WebSession) -> Any:
-    """The card, or 404 (unknown) / 403 (another dealer's vehicle; the attempt is audited)."""
+    """The card, or 404: for an unknown vehicle and for another dealer's alike, so a VIN's
+    existence elsewhere does not leak (the attempt on another dealer's vehicle is audited)."""
     with _store(request).tx() as s:
         try:
             return vehicle_card(s, vin, ws.dealer_id or "")
         except DealerScopeError:
-            audit(s, ws.username or "", "vehicle.denied", vin, "console", dealer=ws.dealer_id)
-            denied = True
+            audit(s, ws.username or "", "vehicle.denied", vin, "console",
+                  dealer_id=ws.dealer_id)  # fmt: skip
         except CrmError:
-            denied = False
-    if denied:
-        raise HTTPException(403, "this vehicle belongs to another dealer")
+            pass
     raise HTTPException(404, f"no vehicle {vin}")
 
 
@@ -73,7 +75,8 @@ def console_page(
     with _store(request).tx() as s:
         if q:
             results = search(s, q, ws.dealer_id or "")
-            audit(s, ws.username or "", "console.search", "-", "console", hits=len(results))
+            audit(s, ws.username or "", "console.search", "-", "console",
+                  dealer_id=ws.dealer_id, hits=len(results))  # fmt: skip
         if not partial:  # the call-centre queue: the CRM's cards for the call centre (crashes)
             for item in delivery.dealer_inbox(s, ws.dealer_id or "", CALL_CENTRE_ROLES):
                 queue.append({"id": item.id, "kind": item.kind, "vin": item.vin,
@@ -161,15 +164,34 @@ async def events(
         _card(request, vin, ws)
     hub: StateHub = request.app.state.hub
     sessions: SessionStore = request.app.state.sessions
+    recheck_s: float = request.app.state.cfg.session_recheck_s
     q = hub.subscribe()
+
+    async def still_valid() -> bool:
+        """The session as stored now: logged out, expired, the user deactivated, demoted or
+        moved to another dealer ends the stream."""
+        fresh = await asyncio.to_thread(sessions.get, ws.id)
+        return (
+            fresh is not None
+            and fresh.can("console.view")
+            and fresh.username == ws.username
+            and fresh.dealer_id == ws.dealer_id
+        )
 
     async def gen() -> AsyncIterator[bytes]:
         try:
             if vin is not None:
                 yield _sse("state", _state_view(request, vin, ws))
+            next_check = time.monotonic() + recheck_s
             while True:
+                if time.monotonic() >= next_check:
+                    if not await still_valid():
+                        yield _sse("end", {"reason": "session ended"})
+                        return
+                    next_check = time.monotonic() + recheck_s
+                timeout = max(0.05, min(15.0, next_check - time.monotonic()))
                 try:
-                    kind, doc = await asyncio.wait_for(q.get(), timeout=15.0)
+                    kind, doc = await asyncio.wait_for(q.get(), timeout=timeout)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
@@ -258,10 +280,31 @@ def _send(
         raise HTTPException(422, err.detail) from err
     except PublishError as err:
         raise HTTPException(502, str(err)) from err
+    _remember_owner(request, cid, ws)
     with _store(request).tx() as s:
-        audit(s, ws.username or "", f"command.{name}", vin, "console", command=cid,
-              device=card.device_id, args=args)  # fmt: skip
+        audit(s, ws.username or "", f"command.{name}", vin, "console", dealer_id=ws.dealer_id,
+              command=cid, device=card.device_id, args=_audited_args(request, args))  # fmt: skip
     return {"id": cid, "name": name, "vin": vin, "status": "sent"}
+
+
+def _audited_args(request: Request, args: dict[str, Any]) -> dict[str, Any]:
+    """A command's arguments as the audit log keeps them: a destination (address or coordinates)
+    only as an HMAC under a server-side key, so the log proves which destination was sent when
+    it is presented, but reading the log reveals no place."""
+    if not args:
+        return {}
+    sessions: SessionStore = request.app.state.sessions
+    canon = json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    mac = hmac.new(sessions.secret("audit"), canon.encode(), hashlib.sha256).hexdigest()
+    kind = "coordinates" if "lat" in args else "address" if "address" in args else "args"
+    return {"kind": kind, "hmac_sha256": mac}
+
+
+def _remember_owner(request: Request, cid: str, ws: WebSession) -> None:
+    owners: dict[str, tuple[str, str]] = request.app.state.command_owners
+    while len(owners) >= MAX_COMMANDS:
+        owners.pop(next(iter(owners)))
+    owners[cid] = (ws.username or "", ws.dealer_id or "")
 
 
 @router.post("/console/vehicles/{vin}/destination", dependencies=[Depends(csrf)])
@@ -304,6 +347,11 @@ def command_status(
     command_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")],
     ws: WebSession = Depends(require("command.send")),
 ) -> dict[str, Any]:
+    """The car's answer to a command, for the user who sent it only (404 for anyone else,
+    as for an unknown id)."""
+    owner = request.app.state.command_owners.get(command_id)
+    if owner is None or owner != (ws.username or "", ws.dealer_id or ""):
+        raise HTTPException(404, f"no command {command_id}")
     channel = request.app.state.commands
     ack = None if channel is None else channel.ack(command_id)
     if ack is None:

@@ -111,12 +111,16 @@ def _fill_customer(s: Session, card: VehicleCard, cid: str, dealer_id: str) -> N
 
 
 def search(s: Session, query: str, dealer_id: str, limit: int = 20) -> list[VehicleCard]:
-    """Vehicles matching a VIN (prefix), plate, phone or member id / card, of this dealer only."""
+    """Vehicles matching a VIN (prefix), plate, phone or member id / card, of this dealer only.
+
+    The VIN prefix is a literal: ``%`` and ``_`` are escaped, never LIKE wildcards."""
     q = query.strip().upper()
     if not q:
         return []
     vins: list[str] = []
-    vins += s.scalars(select(Vehicle.vin).where(Vehicle.vin.like(f"{q}%")).limit(limit)).all()
+    vins += s.scalars(
+        select(Vehicle.vin).where(Vehicle.vin.startswith(q, autoescape=True)).limit(limit)
+    ).all()
     vins += s.scalars(select(PlateAssignment.vin).where(PlateAssignment.plate == q)).all()
     customers = set(
         s.scalars(

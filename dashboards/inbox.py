@@ -25,7 +25,7 @@ from core.topics import KAFKA_VEHICLE_STATE
 from crm import delivery
 from crm.models import CouponTemplate, Vehicle, utcnow
 from crm.normalize import dtc_severity
-from crm.store import CrmError, CrmStore, owner_at
+from crm.store import CrmError, CrmStore, audit, owner_at
 from crm.tables import InboxItem
 from dashboards.app import csrf, render, require
 from dashboards.auth import WebSession
@@ -174,7 +174,12 @@ def _card_for(s: Any, item: InboxItem, dealer_id: str) -> VehicleCard | None:
 def inbox_page(request: Request, ws: WebSession = Depends(require("inbox.view"))) -> Response:
     rows = []
     with _store(request).tx() as s:
-        templates = [t.code for t in s.query(CouponTemplate).order_by(CouponTemplate.code)]
+        allowed = set(request.app.state.cfg.coupon_templates)
+        templates = [
+            t.code
+            for t in s.query(CouponTemplate).order_by(CouponTemplate.code)
+            if t.code in allowed
+        ]
         cards: dict[tuple[str | None, str | None], VehicleCard | None] = {}
         for item in delivery.dealer_inbox(s, ws.dealer_id or ""):
             who = (item.vin, None if item.vin else item.customer_id)
@@ -237,4 +242,11 @@ def coupon_item(
     template: Annotated[str, Form(max_length=64)],
     ws: WebSession = Depends(require("inbox.act")),
 ) -> Response:
+    """Issue a coupon of an allowed template (``DashboardConfig.coupon_templates``) to the card's
+    customer; any other template is refused and the attempt audited."""
+    if template not in request.app.state.cfg.coupon_templates:
+        with _store(request).tx() as s:
+            audit(s, ws.username or "", "inbox.coupon.denied", str(item_id), "service",
+                  dealer_id=ws.dealer_id, template=template)  # fmt: skip
+        raise HTTPException(403, f"coupon template {template!r} may not be issued from the inbox")
     return _act(request, delivery.coupon, item_id, template, ws.username, ws.dealer_id)

@@ -9,7 +9,11 @@ from dashboards.app import DashboardConfig
 
 
 def config_from_settings(
-    s: CarpulseSettings, *, crm_url: str | None = None, secure_cookies: bool = True
+    s: CarpulseSettings,
+    *,
+    crm_url: str | None = None,
+    secure_cookies: bool = True,
+    coupon_templates: list[str] | None = None,
 ) -> DashboardConfig:
     """Kafka from ``[kafka]``; MQTT as ``carpulse-console`` on the service listener of ``[mqtt]``;
     the CRM and the command-signing key from the local stack's folder unless given."""
@@ -34,6 +38,7 @@ def config_from_settings(
         mqtt_password=password,
         signing_key=key if key.exists() else None,
         secure_cookies=secure_cookies,
+        coupon_templates=list(coupon_templates or []),
     )
 
 
@@ -51,6 +56,8 @@ def prepare_demo(cfg: DashboardConfig, s: CarpulseSettings, vehicles: int = 5) -
         store,
         [(f"CPDEM{i:012d}", f"demo-car-{i}", f"DEMO{i:03d}") for i in range(1, vehicles + 1)],
     )
+    if "SERVICE10" not in cfg.coupon_templates:  # the demo's one template
+        cfg.coupon_templates.append("SERVICE10")
     if cfg.signing_key is None:  # the demo's key pair, as `carpulse pki command-key` makes it
         from dashboards.commands import generate_signing_key
 

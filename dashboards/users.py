@@ -25,6 +25,7 @@ DEMO_USERS: Final = (
     ("admin", "dealer_admin", "dealer-a"),
     ("auditor", "auditor", "dealer-a"),
     ("agent-b", "call_centre_agent", "dealer-b"),
+    ("platform", "platform_admin", "platform"),
 )
 
 

@@ -69,6 +69,8 @@
     es.addEventListener("error", () => { host.dataset.live = es.readyState === 2 ? "closed" : "reconnecting"; });
     es.addEventListener("state", (e) => showState(JSON.parse(e.data)));
     es.addEventListener("alert", (e) => showAlert(JSON.parse(e.data)));
+    // the server ended the stream: the session is no longer valid (logged out, deactivated...)
+    es.addEventListener("end", () => { es.close(); host.dataset.live = "closed"; window.location.assign("/login"); });
     window.carpulseEvents = es;
   }
 

@@ -70,3 +70,31 @@ def test_0004_adopts_the_tables_older_dashboards_made(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("SELECT username FROM dashboard_users")).scalars().all() == ["old"]
     assert _diff(engine) == []
+
+
+def test_0005_chains_and_scopes_the_audit_rows_already_there(engine: Engine) -> None:
+    """Rows written before 0005 get their dealer from their subject and a hash chain that
+    verifies; the append-only trigger stands again afterwards (SQLite rebuilds the table)."""
+    from sqlalchemy.orm import Session
+
+    from crm.audit import verify_chain
+
+    upgrade(engine, "0004")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO vehicles (vin, model, dealer_id, created_at) VALUES "
+                          "('VIN00000000000001', 'x', 'dealer-a', CURRENT_TIMESTAMP)"))  # fmt: skip
+        for subject in ("VIN00000000000001", "retention"):
+            conn.execute(
+                text("INSERT INTO audit_log (at, actor, action, subject, purpose, detail) VALUES "
+                     "(CURRENT_TIMESTAMP, 'crm', 'x', :s, '', '{\"n\": [1, 2]}')"),
+                {"s": subject},
+            )  # fmt: skip
+    upgrade(engine)
+    with Session(engine) as s:
+        report = verify_chain(s)
+        assert report.ok and report.rows == 2, report.problems
+        dealers = s.execute(text("SELECT dealer_id FROM audit_log ORDER BY id")).scalars().all()
+        assert dealers == ["dealer-a", None]
+    with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET actor = 'x'"))
+    assert _diff(engine) == []

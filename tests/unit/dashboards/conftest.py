@@ -50,7 +50,11 @@ def app_store(tmp_path: Path, template_db: Path) -> tuple[Any, CrmStore]:
     shutil.copy(template_db, tmp_path / "crm.sqlite")
     store = CrmStore.from_url(f"sqlite:///{tmp_path / 'crm.sqlite'}")
     app = create_app(
-        DashboardConfig(crm_url=f"sqlite:///{tmp_path / 'crm.sqlite'}", reveal_seconds=60)
+        DashboardConfig(
+            crm_url=f"sqlite:///{tmp_path / 'crm.sqlite'}",
+            reveal_seconds=60,
+            coupon_templates=["SERVICE10"],
+        )
     )
     return app, store
 
