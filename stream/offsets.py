@@ -98,6 +98,10 @@ class SourceOffsets:
         self.repairing: dict[Any, asyncio.Task[None]] = {}
         self.last_seek: dict[Any, tuple[int, float]] = {}
         self.beyond: dict[Any, int] = {}  # per partition with a hole: the highest offset seen
+        # per partition: the highest offset of this generation not admitted because Faust was
+        # still rebalancing; if nothing arrives after it, no hole ever shows (see ``check``)
+        self.unadmitted: dict[Any, int] = {}
+        self.replaying: dict[Any, asyncio.Task[None]] = {}
         self.holes = 0
         self.dropped = 0
 
@@ -109,7 +113,15 @@ class SourceOffsets:
             self.guard.reset()
             self.last_seek.clear()
             self.beyond.clear()
+            self.unadmitted.clear()
         return not self.app.rebalancing
+
+    def _not_admitted(self, tp: Any, message: Any) -> bool:
+        """Count a record that is not admitted; remember it when it is of this generation."""
+        if message.generation_id == self.generation:
+            self.unadmitted[tp] = max(self.unadmitted.get(tp, -1), message.offset)
+        self.dropped += 1
+        return False
 
     async def _position(self, tp: Any) -> int:
         consumer = self.app.consumer
@@ -127,13 +139,11 @@ class SourceOffsets:
         # as is into the active set (Faust asserts they are all TP, in its fetcher)
         tp = TP(message.tp.topic, message.tp.partition)
         if not self._current() or message.generation_id != self.generation:
-            self.dropped += 1
-            return False
+            return self._not_admitted(tp, message)
         if not self.guard.knows(tp):
             position = await self._position(tp)
             if not self._current() or message.generation_id != self.generation:
-                self.dropped += 1
-                return False
+                return self._not_admitted(tp, message)
             self.guard.start(tp, position)
         verdict = self.guard.admit(tp, message.offset)
         if verdict == "admit":
@@ -152,6 +162,40 @@ class SourceOffsets:
             return
         for tp, seen in list(self.beyond.items()):
             self._repair(tp, self.guard.next[tp], seen)
+        # Records of this generation delivered during Faust's final seek were not admitted. Faust
+        # does not deliver them again when its fetch had already moved past them, and when they
+        # were the partition's last records nothing later shows the hole: look for it here.
+        for tp, last in list(self.unadmitted.items()):
+            if self.guard.knows(tp) and self.guard.next[tp] > last:
+                del self.unadmitted[tp]  # delivered again and admitted since
+            elif tp not in self.replaying and tp not in self.repairing:
+                self.replaying[tp] = asyncio.create_task(self._replay(tp, last, self.generation))
+
+    async def _replay(self, tp: Any, last: int, generation: int | None) -> None:
+        """Seek ``tp`` back to the first record not admitted, if it is still ours and missing."""
+        try:
+            await self._replay_once(tp, last, generation)
+        finally:
+            self.replaying.pop(tp, None)
+
+    async def _replay_once(self, tp: Any, last: int, generation: int | None) -> None:
+        try:
+            if tp not in self.app.consumer.assignment():
+                self.unadmitted.pop(tp, None)
+                return
+            position = await self._position(tp)
+            if generation != self.app.consumer_generation_id or self.app.rebalancing:
+                return
+            if not self.guard.knows(tp):
+                self.guard.start(tp, position)
+            nxt = self.guard.next[tp]
+            if nxt > last:
+                self.unadmitted.pop(tp, None)
+                return
+            self.beyond[tp] = max(self.beyond.get(tp, -1), last)
+            self._repair(tp, nxt, last)
+        except Exception:  # the next check tries again
+            log.exception("checking %s for records not admitted during the rebalance failed", tp)
 
     def _repair(self, tp: Any, missing: int, seen: int) -> None:
         if tp in self.repairing:
@@ -211,7 +255,7 @@ class SourceOffsets:
             self.check()
 
     async def close(self) -> None:
-        for task in list(self.repairing.values()):
+        for task in [*self.repairing.values(), *self.replaying.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -43,6 +43,10 @@ class Consumer:
     earliest: dict[TP, int] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     commit_ok: bool = True
+    assigned: set[TP] = field(default_factory=lambda: {T0, T1})
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest.get(tp, 0) for tp in tps}
@@ -145,6 +149,36 @@ def test_nothing_is_admitted_during_a_rebalance_or_from_an_old_generation() -> N
     c._committed_offset[T0] = 20
     assert run_admits(so, [ev(T0, 9, gen=1), ev(T0, 20, gen=2)]) == [20]
     assert c.calls == []
+
+
+def test_records_not_admitted_during_the_final_seek_are_sought_again() -> None:
+    """Seen on Apache Kafka: a partition's last records came while Faust was still rebalancing
+    (after its seek to the commits); nothing came after them, so no hole ever showed."""
+    c = Consumer({T0: 7, T1: 3})
+    app = App(c, rebalancing=True)
+    so = SourceOffsets(app)
+    assert run_admits(so, [ev(T0, 7), ev(T0, 8), ev(T0, 9)]) == []
+    app.rebalancing = False
+
+    def check() -> None:
+        async def main() -> None:
+            so.check()
+            await asyncio.sleep(offsets_mod.SETTLE_S * 3)
+
+        asyncio.run(main())
+
+    check()
+    assert c.calls == [("pause", [T0]), ("seek", {T0: 7}), ("resume", [T0])]
+    assert run_admits(so, [ev(T0, 7), ev(T0, 8), ev(T0, 9)]) == [7, 8, 9]
+    check()
+    assert not so.unadmitted and len(c.calls) == 3  # filled: no second seek
+    # a partition that moved to another worker is left alone
+    app.rebalancing = True
+    run_admits(so, [ev(T1, 3)])
+    app.rebalancing = False
+    c.assigned = {T0}
+    check()
+    assert not so.unadmitted and len(c.calls) == 3
 
 
 def test_without_a_committed_offset_the_partition_starts_at_the_earliest() -> None:
