@@ -217,6 +217,7 @@ def worker_cmd(
     from crm.agents import build_crm_app
     from crm.delivery import Dispatcher, SmtpTransport, Transport, WebhookTransport
     from crm.engine import RuleEngine
+    from crm.location_sink import InfluxLocations
     from crm.rules import load_rules, shipped_rules
 
     settings = load_settings()
@@ -240,6 +241,7 @@ def worker_cmd(
         settings.kafka,
         store, engine, Dispatcher(store, transports), interval,
         settings.stream.session_timeout_s,
+        location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 

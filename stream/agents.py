@@ -45,6 +45,7 @@ from core.topics import (
 from stream.alerts import handle_event
 from stream.offsets import SourceOffsets, guarded
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
+from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import DeviceRegistry
 from stream.retry import SinkWriter
 
@@ -174,13 +175,18 @@ def install_pipeline(
     registry: DeviceRegistry,
     writer: SinkWriter,
     deadletter: Any,
+    privacy: PrivacyFeed | None = None,
 ) -> TelemetryPipeline:
-    """Register the telemetry and events agents on ``app``; returns the pipeline (counters)."""
+    """Register the telemetry and events agents on ``app``; returns the pipeline (counters).
+
+    ``privacy`` follows the CRM's location policies (``stream.privacy``); without one (unit
+    tests) no position is stored or published."""
     st = settings.stream
     parts = settings.kafka.partitions
     tables = make_tables(app, parts)
     outs = output_topics(app, parts)
-    pipeline = TelemetryPipeline(st, registry)
+    view = privacy.view if privacy is not None else PrivacyView()
+    pipeline = TelemetryPipeline(st, registry, privacy=view)
     # acks off: the agent commits its offsets itself (MicroBatcher + SourceOffsets)
     telemetry = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw", acks=False)
     events = app.topic(KAFKA_EVENTS, value_serializer="raw", key_serializer="raw", acks=False)
@@ -222,6 +228,9 @@ def install_pipeline(
     @app.agent(telemetry)
     async def telemetry_pipeline(stream: Any) -> Any:
         await writer.start()
+        if privacy is not None:  # before the first batch: who may have positions stored
+            privacy.start()
+            await privacy.wait_ready()
         warming = getattr(app, "carpulse_warming", None)
         if warming is not None:  # kernels compiling in a thread: wait without blocking the loop
             await asyncio.to_thread(warming.join)
@@ -244,7 +253,7 @@ def install_pipeline(
     async def handle_one(event: Any) -> None:
         received_us = int(time.time() * 1e6)
         event_stats["events"] += 1
-        res = handle_event(event.value, registry, lookup, received_us)
+        res = handle_event(event.value, registry, lookup, received_us, view)
         if res.alert is not None:
             await outs[KAFKA_ALERTS].send(key=res.alert[0].encode(), value=res.alert[1])
             event_stats["alerts"] += 1
