@@ -43,7 +43,7 @@ def current_policies(s: Session, now: dt.datetime | None = None) -> dict[str, Lo
     merged: dict[str, str] = {}
     for cid, into in s.execute(
         select(Customer.id, Customer.merged_into).where(Customer.merged_into.is_not(None))
-    ).tuples():
+    ):
         if into is not None:
             merged[cid] = into
 
@@ -59,7 +59,7 @@ def current_policies(s: Session, now: dt.datetime | None = None) -> dict[str, Lo
         select(Consent.customer_id, Consent.granted, Consent.at)
         .where(Consent.purpose == "location", Consent.at <= now)
         .order_by(Consent.at, Consent.id)
-    ).tuples():
+    ):
         latest[cid] = (bool(granted), at)  # the last row per customer is in force
     current: dict[str, Ownership] = {}
     for row in s.scalars(
@@ -146,7 +146,7 @@ def ownership_periods(
     q = select(Ownership.vin, Ownership.id)
     if customer_ids is not None:
         q = q.where(Ownership.customer_id.in_(list(customer_ids)))
-    return [(vin, str(oid)) for vin, oid in s.execute(q).tuples()]
+    return [(vin, str(oid)) for vin, oid in s.execute(q)]
 
 
 def erase_customer(
