@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -81,6 +81,11 @@ def current_policies(s: Session, now: dt.datetime | None = None) -> dict[str, Lo
     return out
 
 
+class Deleter(Protocol):
+    def delete_period(self, vin: str, ownership: str, since: dt.datetime | None = None) -> None:
+        """Delete the positions of ``vin`` stored under ``ownership`` (from ``since`` on)."""
+
+
 @dataclass
 class Cut:
     """Positions of ``vin`` under ``ownership`` stamped from ``since`` on are to be deleted."""
@@ -119,7 +124,7 @@ class PolicySync:
         for p in sent:
             self.published[p.vin] = p
 
-    def run_cuts(self, sink: InfluxLocations | None) -> int:
+    def run_cuts(self, sink: Deleter | None) -> int:
         """Delete what the cuts ask for; a cut that fails stays for the next run."""
         if sink is None:
             self.cuts.clear()

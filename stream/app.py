@@ -54,6 +54,7 @@ def counters_of(app: faust.App) -> dict[str, Any]:
         "events": dict(app.carpulse_event_stats),  # type: ignore[attr-defined]
         "privacy": {
             "policies": len(app.carpulse_privacy.view.policies),  # type: ignore[attr-defined]
+            "records": app.carpulse_privacy.records,  # type: ignore[attr-defined]
             "bad": app.carpulse_privacy.view.bad,  # type: ignore[attr-defined]
             "ready": app.carpulse_privacy.ready.is_set(),  # type: ignore[attr-defined]
         },

@@ -8,7 +8,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import SecretStr
@@ -34,9 +34,7 @@ def test_only_the_current_owners_consent_allows_locations(dealer: Dealer) -> Non
     assert not got[VIN].location and not got[VIN2].location  # nobody consented yet
     with dealer.store.tx() as s:
         st.set_consent(s, dealer.member, "location", True)
-        own = s.scalar(
-            select(Ownership).where(Ownership.vin == VIN, Ownership.valid_to.is_(None))
-        )
+        own = s.scalar(select(Ownership).where(Ownership.vin == VIN, Ownership.valid_to.is_(None)))
         assert own is not None
         period, since = str(own.id), int(own.valid_from.timestamp() * 1e6)
     p = policies(dealer)[VIN]
@@ -72,10 +70,11 @@ def test_sync_publishes_changes_only_and_cuts_after_a_withdrawal(dealer: Dealer)
     assert abs((cut.since - withdrawn).total_seconds()) < 5
 
     class Sink:
-        calls: list[tuple[str, str, dt.datetime | None]] = []
-        fail = True
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str, dt.datetime | None]] = []
+            self.fail = True
 
-        def delete_period(self, vin: str, ownership: str, since: dt.datetime | None) -> None:
+        def delete_period(self, vin: str, ownership: str, since: dt.datetime | None = None) -> None:
             if self.fail:
                 raise OSError("InfluxDB away")
             self.calls.append((vin, ownership, since))
@@ -118,9 +117,9 @@ def test_influx_statements_name_one_period_and_never_the_other_signals() -> None
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
-    seen: list[dict[str, Any]] = []
+    seen: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         n = int(self.headers.get("Content-Length") or 0)
         self.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
                           "body": self.rfile.read(n)})  # fmt: skip
