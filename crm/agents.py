@@ -214,12 +214,6 @@ def install_crm_agents(
     @app.timer(privacy_interval_s, on_leader=True)
     async def crm_privacy_sync() -> None:
         try:
-            if not stats["privacy_topic_ready"]:
-                from stream.privacy import ensure_privacy_topic
-
-                brokers = ",".join(f"{u.host}:{u.port}" for u in app.conf.broker)
-                await ensure_privacy_topic(brokers, app.conf.topic_replication_factor)
-                stats["privacy_topic_ready"] = 1
             for policy in await run(changed_policies):
                 await privacy_topic.send(key=policy.vin.encode(), value=policy.encode())
                 sync.mark_published([policy])

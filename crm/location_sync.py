@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -191,26 +191,25 @@ def purge(
 
 def publish_policies(
     store: st.CrmStore,
-    bootstrap: str,
+    kafka_options: dict[str, Any],
     sync: PolicySync | None = None,
     sink: InfluxLocations | None = None,
-    replication: int = 1,
 ) -> list[LocationPolicy]:
-    """One synchronous run outside the CRM worker (tests, tools): compute, send, cut."""
+    """One synchronous run outside the CRM worker (tests, tools): compute, send, cut.
+
+    ``kafka_options``: aiokafka's connection keywords (``KafkaSettings.client_options("crm")``)."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
 
     from core.topics import KAFKA_PRIVACY
-    from stream.privacy import ensure_privacy_topic
 
     sync = sync or PolicySync()
     with store.tx() as s:
         changed = sync.changes(current_policies(s))
 
     async def send() -> None:
-        await ensure_privacy_topic(bootstrap, replication)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = AIOKafkaProducer(**kafka_options, acks="all")
         await producer.start()
         try:
             for p in changed:

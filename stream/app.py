@@ -112,7 +112,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     app.carpulse_sink = writer  # type: ignore[attr-defined]
     # who may have positions stored (the CRM's compacted carpulse.privacy topic)
     k = settings.kafka
-    privacy = PrivacyFeed(k.bootstrap, PrivacyView(), k.replication)
+    privacy = PrivacyFeed(k.client_options("stream"), PrivacyView())
     app.carpulse_privacy = privacy  # type: ignore[attr-defined]
     # decode, registry, dedupe, live state, detectors, trips: stream/agents.py and pipeline.py
     install_pipeline(app, settings, load_registry(st.registry), writer, deadletter, privacy)

@@ -180,18 +180,23 @@ def _allows(policy: LocationPolicy | None, ts: Any) -> bool:
     return policy is not None and type(ts) is int and policy.allows(ts)
 
 
-async def ensure_privacy_topic(bootstrap: str, replication: int = 1) -> None:
-    """Create ``carpulse.privacy`` (one partition, compacted) if it does not exist (the CRM and
-    the stream both call this: whichever starts first)."""
+async def ensure_privacy_topic(
+    options: dict[str, Any], replication: int = 1, min_insync_replicas: int = 1
+) -> None:
+    """Create ``carpulse.privacy`` (one partition, compacted) if it does not exist.
+
+    ``carpulse stack up`` does this as the admin; on another cluster an operator creates the
+    topic (the components' principals may not create topics). ``options``: aiokafka's
+    connection keywords (``KafkaSettings.client_options``)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         if KAFKA_PRIVACY not in set(await admin.list_topics()):
-            topic = NewTopic(KAFKA_PRIVACY, 1, replication,
-                             topic_configs={"cleanup.policy": "compact"})  # fmt: skip
+            configs = {"cleanup.policy": "compact", "min.insync.replicas": str(min_insync_replicas)}
+            topic = NewTopic(KAFKA_PRIVACY, 1, replication, topic_configs=configs)
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([topic])
     finally:
@@ -201,8 +206,8 @@ async def ensure_privacy_topic(bootstrap: str, replication: int = 1) -> None:
 class PrivacyFeed:
     """Reads ``carpulse.privacy`` from the start into a ``PrivacyView`` and follows it."""
 
-    def __init__(self, bootstrap: str, view: PrivacyView, replication: int = 1) -> None:
-        self.bootstrap, self.view, self.replication = bootstrap, view, replication
+    def __init__(self, options: dict[str, Any], view: PrivacyView) -> None:
+        self.options, self.view = dict(options), view
         self.ready = asyncio.Event()
         self.records = 0
         self.task: asyncio.Task[None] | None = None
@@ -228,45 +233,49 @@ class PrivacyFeed:
             self.task = None
 
     async def _run(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.errors import KafkaError
+        from aiokafka import AIOKafkaConsumer
 
         broken = False
         while True:
+            # subscribed without a group: every partition, from the start; a topic created
+            # later is found by the metadata refresh (positions stay withheld until then)
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                KAFKA_PRIVACY,
+                **self.options,
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=100,
+                metadata_max_age_ms=5000,
             )
             try:
-                await ensure_privacy_topic(self.bootstrap, self.replication)
                 await consumer.start()
-                await consumer.topics()
-                parts = consumer.partitions_for_topic(KAFKA_PRIVACY) or set()
-                tps = [TopicPartition(KAFKA_PRIVACY, p) for p in sorted(parts)]
-                consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
-                ends = await consumer.end_offsets(tps)
                 if broken:
                     log.warning("privacy feed reconnected")
                     broken = False
+                ends: dict[Any, int] | None = None
                 while True:
                     batch = await consumer.getmany(timeout_ms=200, max_records=5000)
                     for records in batch.values():
                         for rec in records:
                             self.view.apply(rec.key, rec.value)
                             self.records += 1
-                    if not self.ready.is_set():
-                        pos = {tp: await consumer.position(tp) for tp in tps}
-                        if all(pos[tp] >= ends[tp] for tp in tps):
-                            self.ready.set()
+                    if self.ready.is_set():
+                        continue
+                    tps = list(consumer.assignment())
+                    if not tps:
+                        continue
+                    if ends is None:
+                        ends = await consumer.end_offsets(tps)
+                    behind = [tp for tp in tps if await consumer.position(tp) < ends.get(tp, 0)]
+                    if not behind:
+                        self.ready.set()
             except asyncio.CancelledError:
                 raise
-            except (KafkaError, OSError) as err:
+            except Exception as err:  # Kafka away, or anything else: never stop following
                 if not broken:
-                    log.warning("privacy feed lost Kafka (%s); retrying", err)
+                    log.warning("privacy feed lost Kafka (%s: %s); retrying",
+                                type(err).__name__, err)  # fmt: skip
                     broken = True
                 await asyncio.sleep(2.0)
             finally:

@@ -33,7 +33,7 @@ from crm import location_sync as ls
 from crm import store as st
 from crm.location_sink import InfluxLocations
 from crm.migrate import upgrade
-from crm.models import AuditRecord, Ownership, utcnow
+from crm.models import AuditRecord, Customer, Ownership, utcnow
 from crm.tables import LocationFix
 from tests.integration.helpers import influx_query, pipeline, wait_for
 from tests.integration.stream_util import consume, create_topics
@@ -97,8 +97,8 @@ class World:
     def sync_policies(self) -> None:
         """What the CRM worker's privacy timer does; then wait until the worker has read it."""
         before = self.privacy_records()
-        sent = ls.publish_policies(self.store, self.stack.settings.kafka.bootstrap, self.sync,
-                                   self.sink)  # fmt: skip
+        kafka = self.stack.settings.kafka
+        sent = ls.publish_policies(self.store, kafka.client_options("crm"), self.sync, self.sink)
         if sent:
             wait_for(lambda: self.privacy_records() >= before + len(sent), 60,
                      "the worker to read the new location policies")  # fmt: skip
@@ -128,7 +128,8 @@ def rows(w: World, key: str, fld: str) -> list[tuple[int, float, dict[str, str]]
     for ser in series:
         for t, v in ser["values"]:
             if v is not None:
-                out.append((int(t), float(v), dict(ser.get("tags") or {})))
+                tags = {k: x for k, x in (ser.get("tags") or {}).items() if x}  # "" = no tag
+                out.append((int(t), float(v), tags))
     return sorted(out, key=lambda r: r[0])
 
 
@@ -186,8 +187,14 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     sink = InfluxLocations(settings.influx, settings.stream.measurement)
     web_port = free_port()
     create_topics(local_stack, [KAFKA_TELEMETRY, KAFKA_EVENTS])
-    app = create_app(DashboardConfig(crm_url=url, kafka_bootstrap=settings.kafka.bootstrap,
-                                     reveal_seconds=600))  # fmt: skip
+    app = create_app(
+        DashboardConfig(
+            crm_url=url,
+            kafka_bootstrap=settings.kafka.bootstrap,
+            kafka_options=settings.kafka.client_options("dashboards"),
+            reveal_seconds=600,
+        )
+    )
     fleet = Fleet(local_stack)
     with (
         pipeline(local_stack, tmp, CARPULSE_STREAM__REGISTRY=str(reg),
@@ -206,9 +213,9 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
             wait_for(seen, 180, "the first batch in InfluxDB", interval=2.0)
             yield w
-        except AssertionError:
+        except AssertionError as err:
             logs = {p.name: p.read_text()[-3000:] for p in tmp.glob("*.log")}
-            raise AssertionError(f"pipeline logs: {logs}") from None
+            raise AssertionError(f"{err}; pipeline logs: {logs}") from None
         finally:
             fleet.close()
     store.engine.dispose()
@@ -306,13 +313,17 @@ def test_console_never_shows_a_fix_from_before_the_current_ownership(world: Worl
     seller_period = world.ownership_id("S")
     with world.store.tx() as s:  # sold 30 s ago to a buyer who consents
         buyer = st.find_or_create_customer(s, {"phone": "+8613900000055"}, "Buyer")
+        cust = s.get(Customer, buyer)
+        assert cust is not None
+        cust.dealer_id = "dealer-a"  # a customer of the same dealer
         st.transfer_ownership(s, vin, buyer, utcnow() - dt.timedelta(seconds=30))
         st.set_consent(s, buyer, "location", True, source="app")
     world.sync_policies()
     token = login(world.client, "agent")
     r = world.client.post(f"/console/vehicles/{vin}/reveal", data={
         "reason": "customer-request", "ticket": "CC-7001", "csrf_token": token})  # fmt: skip
-    assert r.status_code == 200 and r.json()["location"] is None  # a legitimate reveal
+    assert r.status_code == 200, r.text  # a legitimate reveal ...
+    assert r.json()["location"] is None  # ... of a car with no fix of the buyer's yet
     assert hub_fix()["ts_us"] == t1  # the feed still carries the seller's fix ...
     assert world.client.get(f"/console/vehicles/{vin}/state").json()["location"] is None
     assert "23.129" not in world.client.get(f"/console/vehicles/{vin}").text  # ... never shown
