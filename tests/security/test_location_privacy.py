@@ -346,3 +346,41 @@ def test_console_never_shows_a_fix_from_before_the_current_ownership(world: Worl
     r = world.client.post(f"/console/vehicles/{vin}/reveal", data={
         "reason": "customer-request", "ticket": "CC-7002", "csrf_token": token})  # fmt: skip
     assert r.status_code == 403
+
+
+def test_only_the_crm_can_grant_location_storage(world: World) -> None:
+    """A forged "consented" record for the non-consenting car, from any other principal, is
+    refused by the broker's ACLs; the CRM's own publication goes through."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    from core.privacy import LocationPolicy
+    from core.topics import KAFKA_PRIVACY
+
+    vin = CARS["N"][0]
+    forged = LocationPolicy(vin, True, world.ownership_id("N"), 0, now_us()).encode()
+    kafka = world.stack.settings.kafka
+
+    async def produce(options: dict[str, Any]) -> None:
+        producer = AIOKafkaProducer(**options, acks="all", request_timeout_ms=10_000)
+        try:
+            await producer.start()
+            await producer.send_and_wait(KAFKA_PRIVACY, forged, key=vin.encode())
+        finally:
+            await producer.stop()
+
+    for component in ("bridge", "stream", "dashboards"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(produce(kafka.client_options(component)))
+    t = now_us()
+    world.drive("N", t, 44.0, 30.6, 114.3)
+    wait_for(lambda: arrived(world, "N", t), 60, "N's speed")
+    assert rows(world, "N", LATITUDE) == []
+    with world.store.tx() as s:  # the CRM's legitimate change still reaches the stream
+        st.set_consent(s, world.owner("N"), "location", True, source="app")
+    world.sync_policies()
+    t2 = now_us()
+    world.drive("N", t2, 45.0, 30.7, 114.4)
+    wait_for(lambda: any(r[0] == t2 for r in rows(world, "N", LATITUDE)), 60, "N's position")
