@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 
 from core.config import KafkaSettings
 from core.crm_events import CrmEvent
-from core.errors import DecodeError
+from core.errors import DecodeError, SinkError
 from core.topics import (
     KAFKA_ALERTS,
     KAFKA_DEADLETTER,
@@ -135,7 +135,12 @@ def periodic(
         stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})
     now = time.monotonic()
     if now - stats.get("_last_purge_mono", -PURGE_EVERY_S) >= PURGE_EVERY_S:
-        stats.update({f"purged_{k}": v for k, v in ls.purge(store, location_sink).items()})
+        try:
+            stats.update({f"purged_{k}": v for k, v in ls.purge(store, location_sink).items()})
+        except SinkError as err:  # InfluxDB away: the CRM's part is done, the whole runs again
+            log.warning("retention purge could not reach InfluxDB: %s", err)
+            stats["purge_influx_errors"] += 1
+            return dead
         stats["_last_purge_mono"] = int(now)
     return dead
 

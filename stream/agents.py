@@ -42,10 +42,11 @@ from core.topics import (
     KAFKA_TRIPS,
     KAFKA_VEHICLE_STATE,
 )
+from stream import state as vstate
 from stream.alerts import handle_event
 from stream.offsets import SourceOffsets, guarded
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
-from stream.privacy import PrivacyFeed, PrivacyView
+from stream.privacy import PrivacyFeed, PrivacyView, public_state
 from stream.registry import DeviceRegistry
 from stream.retry import SinkWriter
 
@@ -241,6 +242,20 @@ def install_pipeline(
             await batcher.run()
         finally:
             await writer.close()
+
+    @app.timer(1.0)
+    async def republish_revoked() -> None:
+        """A vehicle whose positions may no longer be published (consent withdrawn, sold):
+        publish its state again without the location, so that the compacted ``vehicle-state``
+        keeps none. Only the worker holding the vehicle's table entry finds it."""
+        for vin in view.take_revoked():
+            raw = tables[T_STATE].get(vin)
+            if not raw:
+                continue
+            state = vstate.loads(raw)
+            public = public_state(state, view.get(vin))
+            if public is not state:
+                await publish(KAFKA_VEHICLE_STATE, [(vin, vstate.dumps(public))])
 
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:

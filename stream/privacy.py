@@ -50,6 +50,9 @@ class PrivacyView:
 
     policies: dict[str, LocationPolicy] = field(default_factory=dict)
     bad: int = 0
+    # VINs that allowed positions and no longer do (or whose ownership changed): their last
+    # published state is to be published again without the location (``take_revoked``)
+    revoked: set[str] = field(default_factory=set)
 
     def get(self, vin: str) -> LocationPolicy | None:
         return self.policies.get(vin)
@@ -63,10 +66,29 @@ class PrivacyView:
             if self.bad <= 10:
                 log.warning("bad record on %s (key %r): %s", KAFKA_PRIVACY, key, err)
             policy = None
+        vin = policy.vin if policy is not None else (key or b"").decode(errors="replace")
+        old = self.policies.get(vin)
         if policy is not None:
-            self.policies[policy.vin] = policy
-        elif key is not None:
-            self.policies.pop(key.decode(errors="replace"), None)
+            self.policies[vin] = policy
+        else:
+            self.policies.pop(vin, None)
+        if (
+            old is not None
+            and old.location
+            and (policy is None or not policy.location or policy.since_us != old.since_us)
+        ):
+            self.revoked.add(vin)
+
+    def take_revoked(self, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` revoked VINs (the rest stay for the next call)."""
+        out: list[str] = []
+        while self.revoked and len(out) < limit:
+            out.append(self.revoked.pop())
+        return out
+
+    def revoke_denied(self) -> None:
+        """After the first catch-up: a withdrawal while no worker ran is caught up with too."""
+        self.revoked.update(v for v, p in self.policies.items() if not p.location)
 
 
 _MASKS: dict[tuple[str, ...], np.ndarray] = {}
@@ -269,6 +291,7 @@ class PrivacyFeed:
                         ends = await consumer.end_offsets(tps)
                     behind = [tp for tp in tps if await consumer.position(tp) < ends.get(tp, 0)]
                     if not behind:
+                        self.view.revoke_denied()
                         self.ready.set()
             except asyncio.CancelledError:
                 raise

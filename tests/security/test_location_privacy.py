@@ -259,6 +259,17 @@ def test_withdrawal_stops_storage(world: World) -> None:
     with world.store.tx() as s:
         st.set_consent(s, world.owner("W"), "location", False, source="app")
     world.sync_policies()
+    # the compacted vehicle-state that the dashboards read drops W's last position at once
+    vin = CARS["W"][0]
+
+    def last_w(recs: list[Any]) -> dict[str, Any]:
+        docs = [json.loads(r.value) for r in recs if r.value]
+        return ([d for d in docs if d.get("vin") == vin] or [{}])[-1]
+
+    latest = last_w(consume(world.stack, KAFKA_VEHICLE_STATE,
+                            lambda recs: last_w(recs).get("location", 0) is None, 30))  # fmt: skip
+    assert latest["location"] is None and latest["last_seen_us"] == t1
+    assert not any("CurrentLocation" in k for k in latest["signals"])
     t2 = now_us()
     world.drive("W", t2, 51.0, 22.5440, 114.0590)
     wait_for(lambda: arrived(world, "W", t2), 60, "W's speed after the withdrawal")
@@ -318,7 +329,7 @@ def test_console_never_shows_a_fix_from_before_the_current_ownership(world: Worl
         cust.dealer_id = "dealer-a"  # a customer of the same dealer
         st.transfer_ownership(s, vin, buyer, utcnow() - dt.timedelta(seconds=30))
         st.set_consent(s, buyer, "location", True, source="app")
-    world.sync_policies()
+    # before the stream has heard of the sale (or from a stale record) ...
     token = login(world.client, "agent")
     r = world.client.post(f"/console/vehicles/{vin}/reveal", data={
         "reason": "customer-request", "ticket": "CC-7001", "csrf_token": token})  # fmt: skip
@@ -327,6 +338,9 @@ def test_console_never_shows_a_fix_from_before_the_current_ownership(world: Worl
     assert hub_fix()["ts_us"] == t1  # the feed still carries the seller's fix ...
     assert world.client.get(f"/console/vehicles/{vin}/state").json()["location"] is None
     assert "23.129" not in world.client.get(f"/console/vehicles/{vin}").text  # ... never shown
+    # once the stream hears of the sale, vehicle-state drops the seller's fix too
+    world.sync_policies()
+    wait_for(lambda: hub.states[vin].get("location") is None, 30, "the seller's fix to go")
     # the buyer's own fix is shown, and stored under the buyer's ownership period
     t2 = now_us()
     world.drive("S", t2, 31.0, 23.1300, 113.2650)

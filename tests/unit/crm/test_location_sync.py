@@ -157,3 +157,28 @@ def test_v2_deletes_go_to_the_delete_api_with_the_token(recorder: str) -> None:
     assert bodies[0]["start"].startswith("1970-01-01") and bodies[0]["stop"].startswith("2262")
     assert [b["stop"] for b in bodies[1:]] == ["2026-01-01T00:00:00.000000Z"] * 2
     assert 'vin="LSVAA4182E2654321" AND ownership="13"' in bodies[2]["predicate"]
+
+
+def test_purge_deletes_in_the_crm_then_reports_an_unreachable_influxdb(dealer: Dealer) -> None:
+    from collections import Counter
+
+    from carpulse.stack import free_port
+    from core.errors import SinkError
+    from crm.agents import periodic
+    from crm.engine import RuleEngine
+    from crm.rules import shipped_rules
+    from crm.tables import LocationFix
+
+    old = utcnow() - dt.timedelta(days=100)
+    with dealer.store.tx() as s:
+        st.set_consent(s, dealer.member, "location", True)
+        assert pv.record_location(s, VIN, old, 31.0, 121.0, "crash-alert")
+    away = InfluxLocations(InfluxSettings(url=f"http://127.0.0.1:{free_port()}", timeout_s=2))
+    with pytest.raises(SinkError, match="unreachable"):
+        ls.purge(dealer.store, away)
+    with dealer.store.tx() as s:  # the CRM's own copy went first
+        assert s.scalar(select(LocationFix.id)) is None
+    stats: Counter[str] = Counter()  # the worker's periodic job counts it and goes on
+    periodic(dealer.store, RuleEngine(shipped_rules()), None, stats, away)
+    assert stats["purge_influx_errors"] == 1 and "_last_purge_mono" not in stats
+    assert ls.purge(dealer.store, None)["location"] == 0  # no sink: the CRM's tables only

@@ -82,6 +82,24 @@ def test_policy_record_round_trip_and_bad_records_deny() -> None:
     assert view.get("VIN1") is None
 
 
+def test_the_view_names_vehicles_whose_published_location_must_go() -> None:
+    view = PrivacyView()
+    view.apply(b"VIN1", policy().encode())
+    view.apply(b"VIN2", policy("VIN2", location=False).encode())
+    assert view.take_revoked() == []  # nothing was allowed before
+    view.apply(b"VIN1", policy(since=SINCE).encode())
+    assert view.take_revoked() == []  # the same again
+    view.apply(b"VIN1", policy(since=SINCE + 1).encode())  # sold to a consenting buyer
+    view.apply(b"VIN1", policy(location=False, since=SINCE + 1).encode())  # ... who withdraws
+    view.apply(b"VIN2", policy("VIN2").encode())
+    view.apply(b"VIN2", None)  # a tombstone
+    assert sorted(view.take_revoked(limit=1) + view.take_revoked()) == ["VIN1", "VIN2"]
+    assert view.take_revoked() == []
+    view.apply(b"VIN3", policy("VIN3", location=False).encode())
+    view.revoke_denied()  # after the first catch-up: every denied vehicle once
+    assert sorted(view.take_revoked()) == ["VIN1", "VIN3"]
+
+
 @pytest.mark.parametrize("pol", [None, policy(location=False)], ids=["unknown", "no-consent"])
 def test_without_consent_no_location_row_is_kept_and_the_rest_is_unchanged(
     pol: LocationPolicy | None,
