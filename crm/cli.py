@@ -274,6 +274,38 @@ def coupons_cmd(
             typer.echo(json.dumps(doc, ensure_ascii=False))
 
 
+@crm_app.command("erase")
+def erase_cmd(
+    customer: Annotated[str, typer.Argument(help="The customer's id.")],
+    ticket: Annotated[str, typer.Option("--ticket", help="The customer's request (audited).")],
+    actor: Annotated[str, typer.Option(help="Who erases (audited).")] = "dpo",
+    db: DbOpt = None,
+) -> None:
+    """Erase a customer: the CRM's personal data and every position stored in InfluxDB for
+    the periods they owned a vehicle (``crm.location_sync.erase_customer``). Run again if
+    InfluxDB was unreachable: the CRM part is then already done."""
+    from core.config import load_settings
+    from crm.location_sink import InfluxLocations
+    from crm.location_sync import erase_customer
+
+    settings = load_settings()
+    sink = InfluxLocations(settings.influx, settings.stream.measurement)
+    counts = erase_customer(_store(db), sink, customer, actor, ticket)
+    typer.echo(json.dumps(counts))
+
+
+@crm_app.command("privacy-sync")
+def privacy_sync_cmd(db: DbOpt = None) -> None:
+    """Publish every vehicle's location policy to ``carpulse.privacy`` once (the CRM worker
+    does this every two seconds; this is for a restore or a CRM without its worker)."""
+    from core.config import load_settings
+    from crm.location_sync import publish_policies
+
+    sent = publish_policies(_store(db), load_settings().kafka.client_options("crm"))
+    allowed = sum(p.location for p in sent)
+    typer.echo(json.dumps({"vehicles": len(sent), "location_allowed": allowed}))
+
+
 @report_app.command("yearly")
 def yearly_cmd(
     vin: Annotated[str, typer.Option("--vin", help="Vehicle identification number.")],

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -282,8 +285,15 @@ def test_erasure_removes_the_customers_positions_from_influxdb(world: World) -> 
     world.drive("E", t, 60.0, 39.9042, 116.4074)
     wait_for(lambda: any(r[0] == t for r in rows(world, "E", LATITUDE)), 60, "E's position")
     owner = world.owner("E")
-    counts = ls.erase_customer(world.store, world.sink, owner, "dpo", "GDPR-0042")
-    assert counts["influx_periods"] == 1
+    # the operator's command (crm.location_sync.erase_customer), against the stack's InfluxDB
+    proc = subprocess.run(
+        [sys.executable, "-m", "carpulse", "crm", "erase", owner, "--ticket", "GDPR-0042",
+         "--db", str(world.store.engine.url)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CARPULSE_CONFIG": str(world.stack.config_file)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["influx_periods"] == 1
     assert rows(world, "E", LATITUDE) == [] and rows(world, "E", LONGITUDE) == []
     assert [v for _, v, _ in rows(world, "E", SPEED)] == [60.0]  # not personal: kept
     # consent went with the erasure: the next position is not stored either
