@@ -207,7 +207,16 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         w = World(local_stack, store, sink, ls.PolicySync(), web_port, fleet, client, app)
         try:
             wait_for(lambda: w.privacy_records() >= 0, 120, "the worker's web page")
-            w.sync_policies()
+            before = w.privacy_records()
+            # the operator's one-off publication (the CRM worker's timer does the same)
+            proc = subprocess.run(
+                [sys.executable, "-m", "carpulse", "crm", "privacy-sync", "--db", url],
+                capture_output=True, text=True, timeout=120,
+                env={**os.environ, "CARPULSE_CONFIG": str(local_stack.config_file)},
+            )  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout) == {"vehicles": 5, "location_allowed": 4}
+            wait_for(lambda: w.privacy_records() >= before + 5, 60, "the policies in the worker")
             t = now_us()  # warm-up: the worker may take a while to join its group
 
             def seen() -> bool:
