@@ -213,7 +213,7 @@ async def events(
     async def gen() -> AsyncIterator[bytes]:
         try:
             if vin is not None:
-                yield _sse("state", _state_view(request, vin, ws))
+                yield _sse("state", await asyncio.to_thread(_state_view, request, vin, ws))
             next_check = time.monotonic() + recheck_s
             while True:
                 if time.monotonic() >= next_check:
