@@ -31,6 +31,9 @@ KAFKA_DAILY: Final = "carpulse.daily"
 KAFKA_ALERTS: Final = "carpulse.alerts"
 # Optional compacted device -> VIN registry (key device id, value VIN) for other consumers.
 KAFKA_REGISTRY: Final = "carpulse.registry"
+# Compacted, key VIN: written by the CRM, read by the stream: may this vehicle's positions be
+# stored, and under which ownership period (core.privacy.LocationPolicy). No record = no.
+KAFKA_PRIVACY: Final = "carpulse.privacy"
 KAFKA_BY_CHANNEL: Final[dict[str, str]] = {
     "telemetry": KAFKA_TELEMETRY,
     "events": KAFKA_EVENTS,

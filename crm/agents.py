@@ -7,6 +7,11 @@ itself once its transactions committed (``stream.offsets``: Faust's rebalance ra
 records and commit past them; a skipped prediction is a lost coupon). A worker that dies in
 between sees the record again, and the effect keys already taken make that a no-op.
 A malformed record is counted and dead-lettered with its reason; the stream goes on.
+
+Every ``PRIVACY_SYNC_S`` the leader publishes the vehicles' changed location policies to the
+compacted ``carpulse.privacy`` topic (``crm.location_sync``: the stream stores positions only as
+they allow) and deletes from InfluxDB positions stamped after a withdrawal; the hourly retention
+purge reaches InfluxDB too.
 """
 
 from __future__ import annotations
@@ -25,13 +30,21 @@ from sqlalchemy.exc import OperationalError
 
 from core.config import KafkaSettings
 from core.crm_events import CrmEvent
-from core.errors import DecodeError
-from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
+from core.errors import DecodeError, SinkError
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_DEADLETTER,
+    KAFKA_EVENTS,
+    KAFKA_PREDICTIONS,
+    KAFKA_PRIVACY,
+)
+from crm import location_sync as ls
 from crm.delivery import Dispatcher
 from crm.engine import RuleEngine
 from crm.jobs import DeadLetter, retry_parked, scan
+from crm.location_sink import InfluxLocations
 from crm.normalize import from_record
-from crm.privacy import purge, record_gate_sighting, record_location
+from crm.privacy import record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
 from stream.kafka_options import faust_broker_settings
 from stream.offsets import SourceOffsets, guarded
@@ -39,6 +52,7 @@ from stream.offsets import SourceOffsets, guarded
 log = logging.getLogger(__name__)
 CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
 PURGE_EVERY_S = 3600  # retention is counted in days: once an hour is plenty
+PRIVACY_SYNC_S = 2.0  # how soon the stream learns of a consent or ownership change
 
 
 def handle_record(
@@ -106,7 +120,11 @@ class DbRunner:
 
 
 def periodic(
-    store: CrmStore, engine: RuleEngine, dispatcher: Dispatcher | None, stats: Counter[str]
+    store: CrmStore,
+    engine: RuleEngine,
+    dispatcher: Dispatcher | None,
+    stats: Counter[str],
+    location_sink: InfluxLocations | None = None,
 ) -> list[DeadLetter]:
     """Tier upgrades and expiring coupons, parked events, the outbox, the retention purge;
     returns the parked events given up on, for the dead-letter topic."""
@@ -117,8 +135,12 @@ def periodic(
         stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})
     now = time.monotonic()
     if now - stats.get("_last_purge_mono", -PURGE_EVERY_S) >= PURGE_EVERY_S:
-        with store.tx() as s:
-            stats.update({f"purged_{k}": v for k, v in purge(s).items()})
+        try:
+            stats.update({f"purged_{k}": v for k, v in ls.purge(store, location_sink).items()})
+        except SinkError as err:  # InfluxDB away: the CRM's part is done, the whole runs again
+            log.warning("retention purge could not reach InfluxDB: %s", err)
+            stats["purge_influx_errors"] += 1
+            return dead
         stats["_last_purge_mono"] = int(now)
     return dead
 
@@ -132,11 +154,14 @@ def install_crm_agents(
     interval_s: float = 60.0,
     run: Callable[..., Any] | None = None,
     dead: Callable[[bytes, dict[str, bytes]], Awaitable[Any]] | None = None,
+    location_sink: InfluxLocations | None = None,
+    privacy_interval_s: float = PRIVACY_SYNC_S,
 ) -> Counter[str]:
     """Register one agent per consumed topic and a timer for the periodic jobs; returns counters.
 
     ``dead(value, headers)`` sends a bad record to the dead-letter topic (by default
-    ``carpulse.deadletter``).
+    ``carpulse.deadletter``). ``location_sink`` deletes positions from the stream's InfluxDB
+    (erasure, purge, withdrawal); without it only the CRM's own tables are purged.
     """
     stats: Counter[str] = Counter()
     run = run or DbRunner()
@@ -176,12 +201,33 @@ def install_crm_agents(
     @app.timer(interval_s, on_leader=True)
     async def crm_periodic() -> None:
         try:
-            given_up = await run(periodic, store, engine, dispatcher, stats)
+            given_up = await run(periodic, store, engine, dispatcher, stats, location_sink)
             for value, headers in given_up:  # the rows keep dead_at even if a send fails
                 await dead(value, headers)
         except Exception:  # a database blip must not stop the timer; it runs again next time
             log.exception("CRM periodic jobs failed")
             stats["periodic_errors"] += 1
+
+    privacy_topic = app.topic(KAFKA_PRIVACY, value_serializer="raw", key_serializer="raw")
+    sync = ls.PolicySync()
+    app.carpulse_privacy_sync = sync  # type: ignore[attr-defined]
+
+    def changed_policies() -> list[Any]:
+        with store.tx() as s:
+            return sync.changes(ls.current_policies(s))
+
+    @app.timer(privacy_interval_s, on_leader=True)
+    async def crm_privacy_sync() -> None:
+        try:
+            for policy in await run(changed_policies):
+                await privacy_topic.send(key=policy.vin.encode(), value=policy.encode())
+                sync.mark_published([policy])
+                stats["privacy_published"] += 1
+            if sync.cuts:
+                stats["privacy_cuts"] += await run(sync.run_cuts, location_sink)
+        except Exception:  # Kafka or the database away: the next run sends what changed
+            log.exception("CRM privacy sync failed")
+            stats["privacy_errors"] += 1
 
     return stats
 
@@ -194,6 +240,7 @@ def build_crm_app(
     dispatcher: Dispatcher | None = None,
     interval_s: float = 60.0,
     session_timeout_s: float = 30.0,
+    location_sink: InfluxLocations | None = None,
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
     app = faust.App(
@@ -210,5 +257,6 @@ def build_crm_app(
         broker_rebalance_timeout=session_timeout_s,
         broker_heartbeat_interval=max(0.5, min(3.0, session_timeout_s / 10)),
     )
-    install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s)
+    install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s,
+                       location_sink=location_sink)  # fmt: skip
     return app

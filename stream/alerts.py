@@ -5,6 +5,11 @@ batch to fill). ``handle_event`` is pure: it returns the alert to publish, the d
 record if the event is bad, and the table writes; the agent does the I/O, alert first.
 Events are deduplicated on (device, boot_id, seq) like telemetry, under the dedupe key
 ``<device>|events``, so an edge that resends a crash after a reconnect raises one alert.
+
+A crash alert carries the vehicle's latest fix of the current ownership whatever the consent
+(vital interest: the call centre sends help there; the CRM keeps it only with consent and the
+console shows it only through ``crm.privacy.read_location``); the ``vehicle-state`` record a DTC
+event publishes carries a location only as the vehicle's ``LocationPolicy`` allows.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from core.errors import WireError
 from core.wire import decode_event
 from stream import state as vstate
 from stream.dedupe import DeviceSeen
+from stream.privacy import PrivacyView, alert_location, public_state
 from stream.registry import DeviceRegistry
 
 T_DEDUPE: Final = "dedupe"
@@ -60,7 +66,11 @@ def crash_alert(
 
 
 def handle_event(
-    payload: bytes, registry: DeviceRegistry, lookup: Lookup, received_us: int
+    payload: bytes,
+    registry: DeviceRegistry,
+    lookup: Lookup,
+    received_us: int,
+    privacy: PrivacyView | None = None,
 ) -> EventResult:
     res = EventResult()
     try:
@@ -84,10 +94,12 @@ def handle_event(
     res.writes.append((T_DEDUPE, key, seen.to_bytes()))
     raw = lookup(T_STATE, vin)
     st = vstate.loads(raw) if raw else None
+    policy = None if privacy is None else privacy.get(vin)
     if ev.kind in ALERT_KINDS:
+        where = {"location": alert_location(st, policy)}
         res.alert = (
             vin,
-            crash_alert(ev.kind, vin, ev.device_id, ev.ts_us, ev.data, st, received_us),
+            crash_alert(ev.kind, vin, ev.device_id, ev.ts_us, ev.data, where, received_us),
         )
     if ev.kind == "dtc" and isinstance(ev.data.get("codes"), list):
         # Under its own key: the telemetry agent owns the vehicle's main entry and merges this
@@ -96,5 +108,5 @@ def handle_event(
         res.writes.append((T_STATE, dtc_key(vin), json.dumps(codes).encode()))
         st = st or vstate.new_state(vin, ev.device_id)
         vstate.set_dtcs(st, codes, ev.ts_us)
-        res.state_update = (vin, vstate.dumps(st))
+        res.state_update = (vin, vstate.dumps(public_state(st, policy)))
     return res

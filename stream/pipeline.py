@@ -11,6 +11,12 @@ from a device the registry does not know (``unknown_device``), is oversized (``o
 is too old for the dedupe window (``stale_seq``) is dead-lettered with its reason and counted;
 NaN/inf samples and timestamps outside the clock-skew policy are dead-lettered by
 ``stream.lines`` and also kept out of the live state and the detectors.
+
+Location data (``Vehicle.CurrentLocation.*``) is written to InfluxDB only as the vehicle's
+``LocationPolicy`` allows (``stream.privacy``: the current owner's consent, fixes of the
+current ownership, tagged ``ownership`` and ``vin``); it never reaches the detectors, and the
+published ``vehicle-state`` carries it only as allowed. Withheld rows are counted, not dead-lettered
+(nothing is wrong with them).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from stream import state as vstate
 from stream.alerts import dtc_key
 from stream.dedupe import DeviceSeen
 from stream.lines import LineStats, SkewPolicy, batch_lines, escape_key, escape_tag, keep_mask
+from stream.privacy import PrivacyView, location_tags, public_state, scrub_state, split_location
 from stream.registry import DeviceRegistry
 
 if TYPE_CHECKING:  # numba loads at the first batch, not at import: the worker starts faster
@@ -56,6 +63,8 @@ class Counters:
     trips: int = 0
     days: int = 0
     state_updates: int = 0
+    locations_stored: int = 0
+    locations_withheld: int = 0
 
     def count(self, reason: str, n: int = 1) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + n
@@ -93,9 +102,11 @@ class TelemetryPipeline:
         registry: DeviceRegistry,
         policy: SkewPolicy = SkewPolicy(),
         now_us: Callable[[], int] | None = None,
+        privacy: PrivacyView | None = None,
     ) -> None:
         self.s = settings
         self.registry = registry
+        self.privacy = privacy if privacy is not None else PrivacyView()  # empty: deny all
         self.policy = policy
         self.now_us = now_us or (lambda: int(time.time() * 1e6))
         self.counters = Counters()
@@ -186,9 +197,18 @@ class TelemetryPipeline:
                 continue
             self.counters.samples += n
             before = self.line_stats.lines
+            policy = self.privacy.get(vin)
+            split = split_location(batch, policy)
+            self.counters.locations_withheld += split.withheld
             res.lines.extend(
-                batch_lines(batch, self.s.measurement, self.line_stats, self.policy, now)
+                batch_lines(split.rest, self.s.measurement, self.line_stats, self.policy, now)
             )
+            if split.stored is not None and policy is not None:
+                self.counters.locations_stored += len(split.stored.samples)
+                res.lines.extend(
+                    batch_lines(split.stored, self.s.measurement, self.line_stats, self.policy,
+                                now, tags=location_tags(policy))
+                )  # fmt: skip
             self.counters.lines += self.line_stats.lines - before
             for reason, detail in self.line_stats.rejects:
                 self._dead(res, detail.encode(), reason, "see value")
@@ -199,7 +219,9 @@ class TelemetryPipeline:
                 st = states[vin] = self._load_state(vin, batch.device_id, lookup)
             st["device"] = batch.device_id
             vstate.apply_batch(st, clean)
-            feed.append((vin, clean.samples))
+            if scrub_state(st, policy):
+                st["dirty"] = True
+            feed.append((vin, split_location(clean, None).rest.samples))  # no positions
         models = self.models_for(partition, lookup)
         out = models.update(feed)
         for vin, ts in out.anomaly_ts.items():
@@ -222,7 +244,8 @@ class TelemetryPipeline:
         for vin, st in states.items():
             update = vstate.take_update(st, min_us)
             if update is not None:
-                res.state_updates.append((vin, update))
+                pub = public_state(st, self.privacy.get(vin))
+                res.state_updates.append((vin, update if pub is st else vstate.dumps(pub)))
                 self.counters.state_updates += 1
             blob = update if update is not None else vstate.dumps(st)  # the same JSON
             self._states[vin] = (st, blob, self._states[vin][2])
