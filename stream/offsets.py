@@ -54,6 +54,9 @@ Verdict = Literal["admit", "again", "hole"]
 SETTLE_S: Final = 0.05
 #: least time between two seeks of one partition for the same missing offset
 RESEEK_S: Final = 1.0
+#: a partition of ours with records beyond the next admitted offset and nothing delivered for this
+#: long is sought back to that offset (the stall watchdog, ``check``)
+STALL_S: Final = 5.0
 #: ``guarded``: longest wait before a handled record's offset is committed (one commit per
 #: record cost the CRM worker ~1 ms each, 40 % of its replay rate)
 COMMIT_S: Final = 0.2
@@ -98,10 +101,13 @@ class SourceOffsets:
         self.repairing: dict[Any, asyncio.Task[None]] = {}
         self.last_seek: dict[Any, tuple[int, float]] = {}
         self.beyond: dict[Any, int] = {}  # per partition with a hole: the highest offset seen
-        # per partition: the highest offset of this generation not admitted because Faust was
-        # still rebalancing; if nothing arrives after it, no hole ever shows (see ``check``)
-        self.unadmitted: dict[Any, int] = {}
-        self.replaying: dict[Any, asyncio.Task[None]] = {}
+        self.topics: set[str] = set()  # the topics this agent consumes (seen in its events)
+        self.arrived: dict[
+            Any, float
+        ] = {}  # per partition: when a record last came (admitted or not)
+        self.stall_checked = time.monotonic()
+        self.stall_task: asyncio.Task[None] | None = None
+        self.stalls = 0
         self.holes = 0
         self.dropped = 0
 
@@ -113,15 +119,7 @@ class SourceOffsets:
             self.guard.reset()
             self.last_seek.clear()
             self.beyond.clear()
-            self.unadmitted.clear()
         return not self.app.rebalancing
-
-    def _not_admitted(self, tp: Any, message: Any) -> bool:
-        """Count a record that is not admitted; remember it when it is of this generation."""
-        if message.generation_id == self.generation:
-            self.unadmitted[tp] = max(self.unadmitted.get(tp, -1), message.offset)
-        self.dropped += 1
-        return False
 
     async def _position(self, tp: Any) -> int:
         consumer = self.app.consumer
@@ -138,12 +136,16 @@ class SourceOffsets:
         # Faust's own TP: the message may carry aiokafka's, which resume_partitions would put
         # as is into the active set (Faust asserts they are all TP, in its fetcher)
         tp = TP(message.tp.topic, message.tp.partition)
+        self.topics.add(tp.topic)
+        self.arrived[tp] = time.monotonic()
         if not self._current() or message.generation_id != self.generation:
-            return self._not_admitted(tp, message)
+            self.dropped += 1
+            return False
         if not self.guard.knows(tp):
             position = await self._position(tp)
             if not self._current() or message.generation_id != self.generation:
-                return self._not_admitted(tp, message)
+                self.dropped += 1
+                return False
             self.guard.start(tp, position)
         verdict = self.guard.admit(tp, message.offset)
         if verdict == "admit":
@@ -162,40 +164,63 @@ class SourceOffsets:
             return
         for tp, seen in list(self.beyond.items()):
             self._repair(tp, self.guard.next[tp], seen)
-        # Records of this generation delivered during Faust's final seek were not admitted. Faust
-        # does not deliver them again when its fetch had already moved past them, and when they
-        # were the partition's last records nothing later shows the hole: look for it here.
-        for tp, last in list(self.unadmitted.items()):
-            if self.guard.knows(tp) and self.guard.next[tp] > last:
-                del self.unadmitted[tp]  # delivered again and admitted since
-            elif tp not in self.replaying and tp not in self.repairing:
-                self.replaying[tp] = asyncio.create_task(self._replay(tp, last, self.generation))
+        now = time.monotonic()
+        if now - self.stall_checked >= STALL_S and (
+            self.stall_task is None or self.stall_task.done()
+        ):
+            self.stall_checked = now
+            self.stall_task = asyncio.create_task(self._stalls(self.generation))
 
-    async def _replay(self, tp: Any, last: int, generation: int | None) -> None:
-        """Seek ``tp`` back to the first record not admitted, if it is still ours and missing."""
-        try:
-            await self._replay_once(tp, last, generation)
-        finally:
-            self.replaying.pop(tp, None)
+    async def _stalls(self, generation: int | None) -> None:
+        """Seek back a partition of ours that has records beyond the next admitted offset but
+        delivered nothing for ``STALL_S``.
 
-    async def _replay_once(self, tp: Any, last: int, generation: int | None) -> None:
+        Seen on Apache Kafka after a takeover: a partition's remaining records were all delivered
+        during Faust's final seek (not admitted: Faust was still rebalancing) and Faust did not
+        deliver them again; as nothing came after them, no hole ever showed. Whatever the cause,
+        a partition with a backlog and no deliveries gets its records again from the next
+        offset to admit (re-deliveries below it are dropped by the guard).
+        """
         try:
-            if tp not in self.app.consumer.assignment():
-                self.unadmitted.pop(tp, None)
+            consumer = self.app.consumer
+            tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
+            if not tps:
                 return
-            position = await self._position(tp)
-            if generation != self.app.consumer_generation_id or self.app.rebalancing:
-                return
-            if not self.guard.knows(tp):
-                self.guard.start(tp, position)
-            nxt = self.guard.next[tp]
-            if nxt > last:
-                self.unadmitted.pop(tp, None)
-                return
-            self.beyond[tp] = max(self.beyond.get(tp, -1), last)
-            self._repair(tp, nxt, last)
+            ends = await consumer.highwaters(*tps)
+            now = time.monotonic()
+            for tp in tps:
+                if generation != self.app.consumer_generation_id or self.app.rebalancing:
+                    return
+                end = ends.get(tp)
+                if end is None or tp in self.repairing:
+                    continue
+                if now - self.arrived.get(tp, 0.0) < STALL_S:
+                    continue
+                if not self.guard.knows(tp):
+                    position = await self._position(tp)
+                    if generation != self.app.consumer_generation_id or self.app.rebalancing:
+                        return
+                    if not self.guard.knows(tp):
+                        self.guard.start(tp, position)
+                nxt = self.guard.next[tp]
+                if nxt >= end:
+                    continue
+                self.stalls += 1
+                log.info(
+                    "%s[%s]: records %d..%d waiting and nothing delivered for %.0f s; "
+                    "seeking back to %d",
+                    tp.topic,
+                    tp.partition,
+                    nxt,
+                    end - 1,
+                    now - self.arrived.get(tp, 0.0),
+                    nxt,
+                )
+                self.beyond[tp] = max(self.beyond.get(tp, -1), end - 1)
+                self.arrived[tp] = now  # one seek per quiet period
+                self._repair(tp, nxt, end)
         except Exception:  # the next check tries again
-            log.exception("checking %s for records not admitted during the rebalance failed", tp)
+            log.exception("checking the partitions of %s for stalls failed", sorted(self.topics))
 
     def _repair(self, tp: Any, missing: int, seen: int) -> None:
         if tp in self.repairing:
@@ -255,7 +280,11 @@ class SourceOffsets:
             self.check()
 
     async def close(self) -> None:
-        for task in [*self.repairing.values(), *self.replaying.values()]:
+        if self.stall_task is not None:
+            self.stall_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.stall_task
+        for task in list(self.repairing.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
