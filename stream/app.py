@@ -104,7 +104,8 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     install_retry_agent(app, writer, retry_topic)
     app.carpulse_sink = writer  # type: ignore[attr-defined]
     # decode, registry, dedupe, live state, detectors, trips: stream/agents.py and pipeline.py
-    install_pipeline(app, settings, load_registry(st.registry), writer, deadletter)
+    registry = load_registry(st.registry, gates=st.gate_devices)
+    install_pipeline(app, settings, registry, writer, deadletter)
 
     @app.page("/carpulse/counters/")
     async def counters_view(web: Any, request: Any) -> Any:

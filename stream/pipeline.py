@@ -10,7 +10,8 @@ Bad input never stops a partition: a record that does not decode (``WireError`` 
 from a device the registry does not know (``unknown_device``), is oversized (``oversized``), or
 is too old for the dedupe window (``stale_seq``) is dead-lettered with its reason and counted;
 NaN/inf samples and timestamps outside the clock-skew policy are dead-lettered by
-``stream.lines`` and also kept out of the live state and the detectors.
+``stream.lines`` and also kept out of the live state and the detectors. Anything else that goes
+wrong with one record is dead-lettered as ``internal_error:<type>``: the partition keeps moving.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.checks import valid_dtcs
 from core.config import StreamSettings
 from core.errors import DecodeError, WireError
 from core.wire import TelemetryBatch, decode_telemetry
@@ -46,6 +48,7 @@ Lookup = Callable[[str, str], bytes | None]  # (table, key) -> value
 @dataclass
 class Counters:
     records: int = 0
+    accepted: int = 0  # records whose samples went on (the rest: duplicates or dead letters)
     samples: int = 0
     lines: int = 0
     duplicates: int = 0
@@ -154,52 +157,9 @@ class TelemetryPipeline:
         for payload in payloads:
             self.counters.records += 1
             try:
-                batch = decode_telemetry(payload)
-            except WireError as err:
-                self._dead(res, payload, err.reason, err.detail)
-                continue
-            n = len(batch.samples)
-            if n > self.s.max_batch_samples:
-                self._dead(
-                    res, payload, "oversized", f"{n} samples > {self.s.max_batch_samples}",
-                    device=batch.device_id,
-                )  # fmt: skip
-                continue
-            vin = self.registry.vin(batch.device_id)
-            if vin is None:
-                self._dead(
-                    res, payload, "unknown_device", f"{batch.device_id!r} is not in the registry"
-                )
-                continue
-            dev = seen.get(batch.device_id)
-            if dev is None:
-                dev = seen[batch.device_id] = self._load_seen(batch.device_id, lookup)
-            verdict = dev.check(batch.boot_id, batch.seq)
-            if verdict == "duplicate":
-                self.counters.duplicates += 1
-                continue
-            if verdict == "stale":
-                self._dead(
-                    res, payload, "stale_seq",
-                    f"seq {batch.seq} of boot {batch.boot_id!r} is older than the dedupe window",
-                )  # fmt: skip
-                continue
-            self.counters.samples += n
-            before = self.line_stats.lines
-            res.lines.extend(
-                batch_lines(batch, self.s.measurement, self.line_stats, self.policy, now)
-            )
-            self.counters.lines += self.line_stats.lines - before
-            for reason, detail in self.line_stats.rejects:
-                self._dead(res, detail.encode(), reason, "see value")
-            self.line_stats.rejects.clear()
-            clean = self._clean(batch, now)
-            st = states.get(vin)
-            if st is None:
-                st = states[vin] = self._load_state(vin, batch.device_id, lookup)
-            st["device"] = batch.device_id
-            vstate.apply_batch(st, clean)
-            feed.append((vin, clean.samples))
+                self._record(payload, lookup, now, res, seen, states, feed)
+            except Exception as err:  # never stall a partition on one record
+                self._dead(res, payload, f"internal_error:{type(err).__name__}", str(err))
         models = self.models_for(partition, lookup)
         out = models.update(feed)
         for vin, ts in out.anomaly_ts.items():
@@ -238,6 +198,68 @@ class TelemetryPipeline:
             self._models[partition] = (models, blob)  # the agent stores this very object
             res.writes.append((partition, T_MODELS, f"p{partition}", blob))
 
+    def _record(
+        self,
+        payload: bytes,
+        lookup: Lookup,
+        now: int,
+        res: Result,
+        seen: dict[str, DeviceSeen],
+        states: dict[str, vstate.State],
+        feed: list[tuple[str, Any]],
+    ) -> None:
+        """One record: dead-lettered, dropped as a duplicate, or its lines, state and feed."""
+        try:
+            batch = decode_telemetry(payload)
+        except WireError as err:
+            self._dead(res, payload, err.reason, err.detail)
+            return
+        n = len(batch.samples)
+        if n > self.s.max_batch_samples:
+            self._dead(
+                res, payload, "oversized", f"{n} samples > {self.s.max_batch_samples}",
+                device=batch.device_id,
+            )  # fmt: skip
+            return
+        vin = self.registry.vin(batch.device_id)
+        if vin is None:
+            self._dead(
+                res, payload, "unknown_device", f"{batch.device_id!r} is not in the registry"
+            )
+            return
+        dev = seen.get(batch.device_id)
+        if dev is None:
+            dev = seen[batch.device_id] = self._load_seen(batch.device_id, lookup)
+        verdict = dev.check(batch.boot_id, batch.seq)
+        if verdict == "duplicate":
+            self.counters.duplicates += 1
+            return
+        if verdict == "stale":
+            self._dead(
+                res, payload, "stale_seq",
+                f"seq {batch.seq} of boot {batch.boot_id!r} is older than the dedupe window",
+            )  # fmt: skip
+            return
+        before = self.line_stats.lines
+        try:
+            lines = batch_lines(batch, self.s.measurement, self.line_stats, self.policy, now)
+            clean = self._clean(batch, now)
+        finally:
+            rejects, self.line_stats.rejects = self.line_stats.rejects, []
+        st = states.get(vin)
+        if st is None:
+            st = states[vin] = self._load_state(vin, batch.device_id, lookup)
+        st["device"] = batch.device_id
+        vstate.apply_batch(st, clean)
+        # counted and emitted only once nothing more can fail for this record
+        self.counters.accepted += 1
+        self.counters.samples += n
+        res.lines.extend(lines)
+        self.counters.lines += self.line_stats.lines - before
+        for reason, detail in rejects:
+            self._dead(res, detail.encode("utf-8", "replace"), reason, "see value")
+        feed.append((vin, clean.samples))
+
     def _load_seen(self, device: str, lookup: Lookup) -> DeviceSeen:
         stored = lookup(T_DEDUPE, device)
         cached = self._seen.get(device)
@@ -256,7 +278,7 @@ class TelemetryPipeline:
         else:
             st = vstate.loads(raw) if raw else vstate.new_state(vin, device)
         if dtcs:
-            vstate.set_dtcs(st, json.loads(dtcs), st["last_seen_us"] or 0)
+            vstate.set_dtcs(st, valid_dtcs(json.loads(dtcs)), st["last_seen_us"] or 0)
         self._states[vin] = (st, raw or b"", dtcs)
         return st
 
