@@ -218,6 +218,7 @@ def worker_cmd(
     from crm.delivery import Dispatcher, SmtpTransport, Transport, WebhookTransport
     from crm.engine import RuleEngine
     from crm.rules import load_rules, shipped_rules
+    from stream.registry import load_registry
 
     settings = load_settings()
     store = _store(db)
@@ -240,6 +241,7 @@ def worker_cmd(
         settings.kafka,
         store, engine, Dispatcher(store, transports), interval,
         settings.stream.session_timeout_s,
+        gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 
