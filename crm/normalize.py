@@ -67,8 +67,10 @@ def _num(value: Any, what: str, limit: float = 1e12) -> float:
 
 def _opt_num(value: Any) -> float | None:
     """A score the device may leave out: a finite number or None (anything else dropped)."""
-    if type(value) in (int, float) and math.isfinite(value) and abs(value) <= 1e12:
+    if type(value) is int and abs(value) <= 10**12:
         return float(value)
+    if type(value) is float and math.isfinite(value) and abs(value) <= 1e12:
+        return value
     return None
 
 

@@ -111,12 +111,42 @@ def validate(topic: str, payload: bytes) -> tuple[str, str]:
     return KAFKA_BY_CHANNEL[channel], device_id
 
 
-def _dead_reason(err: BaseException) -> tuple[str, str]:
-    """(reason, detail) of a message that could not be handled."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one MQTT message goes: ``reason`` None forwards it, else it is a dead letter."""
+
+    kafka_topic: str
+    key: bytes | None
+    payload: bytes
+    reason: str | None = None
+    detail: str = ""
+
+    def headers(self, topic: str) -> list[tuple[str, bytes]]:
+        """The dead-letter headers: reason, detail and the MQTT topic it came on."""
+        return [
+            ("reason", (self.reason or "").encode()),
+            ("detail", self.detail[:500].encode("utf-8", "replace")),
+            ("mqtt_topic", topic[:300].encode("utf-8", "replace")),
+        ]
+
+
+def route(topic: str, payload: bytes, max_payload: int) -> Route:
+    """Forward or dead-letter one MQTT message; never raises (runs on the decode pool)."""
+    try:
+        if len(payload) > max_payload:
+            raise WireError("too_large", f"{len(payload)} bytes > {max_payload}")
+        kafka_topic, device_id = validate(topic, payload)
+        return Route(kafka_topic, device_id.encode(), payload)
+    except Exception as err:  # every failure to handle one message is a dead letter
+        return dead_route(payload, err)
+
+
+def dead_route(payload: bytes, err: BaseException) -> Route:
     if isinstance(err, WireError):
-        return err.reason, err.detail
-    # a bug or an input no check foresaw: still a dead letter, never a stuck message
-    return f"internal_error:{type(err).__name__}", str(err)[:500]
+        reason, detail = err.reason, err.detail
+    else:  # a bug or an input no check foresaw: still a dead letter, never a stuck message
+        reason, detail = f"internal_error:{type(err).__name__}", str(err)[:500]
+    return Route(KAFKA_DEADLETTER, None, payload[:DEAD_PAYLOAD_MAX], reason, detail)
 
 
 async def ensure_topics(
@@ -264,37 +294,23 @@ class IngestBridge:
         fut.add_done_callback(done)
 
     # asyncio side --------------------------------------------------------------------------------
-    async def _check(self, topic: str, payload: bytes) -> tuple[str, str]:
-        """``validate`` on the decode pool, with the size cap first."""
-        if len(payload) > self.s.bridge.max_payload_bytes:
-            limit = self.s.bridge.max_payload_bytes
-            raise WireError("too_large", f"{len(payload)} bytes > {limit}")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decoder, validate, topic, payload)
-
     async def _forward(self, topic: str, payload: bytes) -> None:
         assert self._producer is not None
         with self.counters.lock:
             self.counters.received += 1
+        loop = asyncio.get_running_loop()
+        limit = self.s.bridge.max_payload_bytes
         try:
-            kafka_topic, device_id = await self._check(topic, payload)
-        except Exception as err:  # every failure to handle one message is a dead letter
-            reason, detail = _dead_reason(err)
-            self.counters.count(reason)
-            headers = [
-                ("reason", reason.encode()),
-                ("detail", detail[:500].encode("utf-8", "replace")),
-                ("mqtt_topic", topic[:300].encode("utf-8", "replace")),
-            ]
-            await self._producer.send_and_wait(
-                KAFKA_DEADLETTER, payload[:DEAD_PAYLOAD_MAX], headers=headers
-            )
+            r = await loop.run_in_executor(self._decoder, route, topic, payload, limit)
+        except Exception as err:  # the pool itself failed (shut down): still a dead letter
+            r = dead_route(payload, err)
+        if r.reason is not None:
+            self.counters.count(r.reason)
+            await self._producer.send_and_wait(r.kafka_topic, r.payload, headers=r.headers(topic))
             return
         # which bridge forwarded a record: tracing, and the load-split check of the tests
         headers = [("bridge", self.name.encode())]
-        await self._producer.send_and_wait(
-            kafka_topic, payload, key=device_id.encode(), headers=headers
-        )
+        await self._producer.send_and_wait(r.kafka_topic, r.payload, key=r.key, headers=headers)
         with self.counters.lock:
             self.counters.forwarded += 1
 
