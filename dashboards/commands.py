@@ -86,7 +86,11 @@ class CommandChannel:
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
-        self.on_ack(msg.topic, msg.payload)
+        try:  # msg.topic raises on a topic that is not UTF-8
+            topic, payload = msg._topic.decode("utf-8", "replace"), msg.payload
+        except Exception:  # the network thread must survive any input
+            topic, payload = "", b""
+        self.on_ack(topic, payload)
 
     def on_ack(self, topic: Any, payload: Any) -> str:
         """Handle one message of ``cmd-ack``: ``"kept"`` or the reason it was dropped.
