@@ -157,8 +157,8 @@ def from_device_event(payload: bytes, gates: Container[str] | None = None) -> li
     """CRM events of one device event; with ``gates``, ``gate.*`` only from those devices."""
     try:
         ev = decode_event(payload)
-    except WireError as err:
-        raise DecodeError(f"{KAFKA_EVENTS}: {err}") from err
+    except WireError as err:  # its reason is the dead letter's
+        raise WireError(err.reason, f"{KAFKA_EVENTS}: {err.detail}") from err
     base = f"{ev.device_id}:{ev.boot_id}:{ev.seq}"
     if gates is not None and ev.kind.startswith("gate.") and ev.device_id not in gates:
         raise WireError("not_a_gate", f"{ev.device_id!r} is not a registered gate ({ev.kind})")
@@ -199,10 +199,7 @@ def from_device_event(payload: bytes, gates: Container[str] | None = None) -> li
             )
         ]
     if ev.kind == "dtc":
-        try:
-            codes = check_dtcs(ev.data.get("codes"), f"dtc event {base}")
-        except WireError as err:
-            raise DecodeError(str(err)) from err
+        codes = check_dtcs(ev.data.get("codes"), f"dtc event {base}")
         sev, desc = ev.data.get("severity"), ev.data.get("descriptions")
         declared: dict[str, Any] = sev if isinstance(sev, dict) else {}
         texts: dict[str, Any] = desc if isinstance(desc, dict) else {}
