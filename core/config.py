@@ -336,13 +336,17 @@ class BridgeSettings(BaseModel):
     """The MQTT -> Kafka ingest bridge: what one device may send."""
 
     rate_per_device: float = Field(
-        50.0,
+        100.0,
         gt=0,
         description="Messages per second one device may publish, sustained (telemetry, events, "
-        "status and acks together); the excess is acknowledged, dropped and counted.",
+        "status and acks together); the excess is acknowledged, dropped and counted "
+        "(reason 'rate_limited'). A car sends about one a second.",
     )
     burst_per_device: int = Field(
-        200, ge=1, description="Messages one device may publish at once above its rate."
+        3000,
+        ge=1,
+        description="Messages one device may publish at once above its rate: room for the "
+        "backlog an edge agent drains after a broker outage (10 minutes at 5 a second).",
     )
     max_payload_bytes: int = Field(
         1024 * 1024,
