@@ -55,13 +55,25 @@ def finite(value: Any, reason: str, what: str) -> float:
 def bounded_str(
     value: Any, reason: str, what: str, *, max_len: int = MAX_TEXT_LEN, min_len: int = 0
 ) -> str:
-    """``value`` if it is a ``str`` of ``min_len`` to ``max_len`` characters, else ``WireError``."""
-    if type(value) is not str or not min_len <= len(value) <= max_len:
+    """``value`` if it is a ``str`` of ``min_len`` to ``max_len`` characters without NUL (which
+    PostgreSQL refuses in text and JSON) or lone surrogates (which UTF-8 cannot encode)."""
+    if type(value) is not str or not min_len <= len(value) <= max_len or not is_clean_text(value):
         raise WireError(
             reason,
             f"{what} must be a string of {min_len}-{max_len} characters, got {_short(value)}",
         )
     return value
+
+
+def is_clean_text(text: str) -> bool:
+    """No NUL and valid UTF-8 (no lone surrogates)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_tree(value: Any, reason: str, what: str) -> Any:
@@ -83,8 +95,8 @@ def check_tree(value: Any, reason: str, what: str) -> Any:
                 raise WireError(reason, f"{what}: non-finite number {v!r}")
             return
         if type(v) is str:
-            if len(v) > MAX_TEXT_LEN:
-                raise WireError(reason, f"{what}: string longer than {MAX_TEXT_LEN}")
+            if len(v) > MAX_TEXT_LEN or not is_clean_text(v):
+                raise WireError(reason, f"{what}: a string too long, with NUL or not UTF-8")
             return
         if type(v) is dict:
             items: Any = v.items()
@@ -96,7 +108,9 @@ def check_tree(value: Any, reason: str, what: str) -> Any:
             budget[0] -= 1
             if budget[0] < 0:
                 raise WireError(reason, f"{what} has more than {MAX_TREE_ITEMS} items")
-            if k is not None and (type(k) is not str or len(k) > MAX_ID_LEN):
+            if k is not None and (
+                type(k) is not str or len(k) > MAX_ID_LEN or not is_clean_text(k)
+            ):
                 raise WireError(reason, f"{what}: bad key {_short(k)}")
             walk(x, depth + 1)
 

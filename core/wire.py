@@ -45,6 +45,7 @@ from core.checks import (
     check_tree,
     finite,
     int64,
+    is_clean_text,
     is_int64,
 )
 from core.errors import WireError
@@ -348,7 +349,8 @@ def _check_text(text_l: Any) -> list[tuple[str, int, str]]:
             and bool(NAME_RE.match(item[0]))
             and is_int64(item[1])
             and type(item[2]) is str
-            and len(item[2]) <= MAX_TEXT_LEN,
+            and len(item[2]) <= MAX_TEXT_LEN
+            and is_clean_text(item[2]),
             "bad_text",
             "a text sample must be [VSS path, int64 ts_us, string]",
         )
@@ -502,6 +504,29 @@ def decode_event(payload: bytes) -> Event:
     _require(type(data) is dict, "bad_data", "data must be a map")
     check_tree(data, "bad_data", "data")
     return Event(device, boot, seq, kind, ts_us, priority, data)
+
+
+MAX_STATUS_BYTES: Final = 4096
+STATUS_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def decode_status(payload: bytes) -> dict[str, Any]:
+    """Check a device's ``status`` message (``{"state", "boot_id", "ts_us"}`` JSON, retained)."""
+    _require(
+        isinstance(payload, bytes) and 0 < len(payload) <= MAX_STATUS_BYTES,
+        "bad_status",
+        "a status is 1 to 4096 bytes of JSON",
+    )
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise WireError("bad_status", str(err)[:200]) from err
+    _require(type(doc) is dict, "bad_status", "a status is a JSON object")
+    state = doc.get("state")
+    _require(type(state) is str and bool(STATUS_RE.fullmatch(state)), "bad_status", "bad state")
+    bounded_str(doc.get("boot_id", ""), "bad_boot_id", "boot_id", max_len=MAX_ID_LEN)
+    int64(doc.get("ts_us", 0), "bad_timestamp", "ts_us")
+    return check_tree(doc, "bad_status", "status")  # type: ignore[no-any-return]
 
 
 def split_by_time(samples: Samples, max_samples: int, max_interval_us: int) -> list[Samples]:

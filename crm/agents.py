@@ -64,7 +64,8 @@ def handle_record(
         with store.tx() as s:
             out = engine.handle(s, ev)
             face = ev.customer_id if ev.data.get("via") == "face" else None
-            if face is not None and not has_consent(s, face, "face"):
+            # an unknown member (parked) has no consent to look up: nothing of the match is kept
+            if face is not None and (out.parked is not None or not has_consent(s, face, "face")):
                 face = None  # nothing of an unconsented face match is kept
             elif (
                 ev.kind == "gate_arrival" and out.parked is None and (face or ev.data.get("plate"))

@@ -34,10 +34,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
+from core.commands import decode_ack
 from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
 from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
-from core.wire import decode_event, decode_telemetry
+from core.wire import decode_event, decode_status, decode_telemetry
 from stream.kafka_options import kafka_problem
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,10 @@ def validate(topic: str, payload: bytes) -> tuple[str, str]:
             raise WireError(
                 "device_mismatch", f"event says {event.device_id!r}, topic {device_id!r}"
             )
+    elif channel == "status":
+        decode_status(payload)
+    elif channel == "cmd-ack":
+        decode_ack(payload)
     elif channel not in KAFKA_BY_CHANNEL:
         raise WireError("bad_topic", f"channel {channel[:64]!r} is not bridged")
     return KAFKA_BY_CHANNEL[channel], device_id

@@ -6,6 +6,7 @@ exception escapes."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from core.config import MqttSettings, StreamSettings
 from core.errors import DecodeError
@@ -106,6 +108,18 @@ def test_bridge_refuses_the_issue_examples() -> None:
         assert len(bomb) < 20_000  # small on the wire...
         assert route(topic, bomb, MIB).reason in ("bad_compression", "bad_counts", "bad_msgpack")
     assert route(topic, b"{" + b" " * (2 * MIB), MIB).reason == "too_large"
+    status = device_topic("car-1", "status")
+    assert route(status, b'{"state": "online", "boot_id": "b", "ts_us": 1}', MIB).reason is None
+    for bad, reason in (
+        (b'{"state": "online", "boot_id": ["b"]}', "bad_boot_id"),
+        (b'{"state": "online", "ts_us": 100000000000000000000000000000}', "bad_timestamp"),
+        (b'{"state": ["online"]}', "bad_status"),
+        (b"", "bad_status"),
+    ):
+        assert route(status, bad, MIB).reason == reason
+    ack = device_topic("car-1", "cmd-ack")
+    assert route(ack, b'{"v": 1, "id": "x", "status": "accepted"}', MIB).reason is None
+    assert route(ack, b'{"v": 1, "id": "x", "status": "accepted", "ts_us": 1e400}', MIB).reason
 
 
 class Tables:
@@ -187,10 +201,25 @@ def _fields(ev: Event) -> dict[str, Any]:
     return {f: getattr(ev, f) for f in ev.__slots__}  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="module")
-def crm_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[cst.CrmStore]:
-    path: Path = tmp_path_factory.mktemp("crm") / "crm.sqlite"
-    engine = cst.make_engine(f"sqlite:///{path}")
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def crm_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[cst.CrmStore]:
+    """The CRM's own store: SQLite, and a new database on the real PostgreSQL (NUL bytes,
+    lengths and JSON are refused there and not by SQLite)."""
+    if request.param == "sqlite":
+        path: Path = tmp_path_factory.mktemp("crm") / "crm.sqlite"
+        engine = cst.make_engine(f"sqlite:///{path}")
+    else:
+        base = request.getfixturevalue("postgres_url")
+        name = "sec_" + uuid.uuid4().hex[:10]
+        admin = cst.make_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        engine = cst.make_engine(base.rsplit("/", 1)[0] + "/" + name)
     upgrade(engine)
     store = cst.CrmStore(engine)
     with store.tx() as s:
