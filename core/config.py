@@ -349,9 +349,10 @@ class BridgeSettings(BaseModel):
         "backlog an edge agent drains after a broker outage (10 minutes at 5 a second).",
     )
     max_payload_bytes: int = Field(
-        1024 * 1024,
+        512 * 1024,
         ge=1024,
-        description="Larger MQTT messages are dead-lettered (reason 'too_large', payload cut).",
+        description="Larger MQTT messages are dead-lettered (reason 'too_large', payload cut); "
+        "keep it under the Kafka brokers' message.max.bytes (1 MiB by default).",
     )
     decode_workers: int = Field(
         2, ge=1, description="Threads that decode and check messages off the bridge's event loop."

@@ -8,8 +8,9 @@ messages go to the dead-letter topic with the reason in the headers, then are ac
 
 Hostile input never stalls the bridge: messages are decoded and checked on a thread pool, off the
 event loop; *any* exception while handling one message (not only ``WireError``) makes it a dead
-letter with a reason and a counter, and the message is acknowledged. Only a Kafka failure leaves a
-message unacknowledged (the broker redelivers it once Kafka is back). Each device has a token
+letter with a reason and a counter, and the message is acknowledged. Only a Kafka outage leaves a
+message unacknowledged (the broker redelivers it once Kafka is back); a record Kafka refuses for
+good (too large, invalid) is dead-lettered as ``kafka_refused``. Each device has a token
 bucket (``[bridge] rate_per_device``, ``burst_per_device``): what it sends beyond that is
 acknowledged and dropped at once in the network thread, counted as ``rate_limited``, so a flood
 costs neither a decode nor a Kafka write. Messages over ``max_payload_bytes`` are dead-lettered
@@ -32,7 +33,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
 from core.commands import decode_ack
 from core.config import CarpulseSettings, KafkaSettings
@@ -44,6 +53,13 @@ from stream.kafka_options import kafka_problem
 log = logging.getLogger(__name__)
 
 CHANNELS = ("telemetry", "events", "status", "cmd-ack")
+# Kafka refusing one record (not an outage): retrying it would hold it in flight for ever.
+REFUSED_RECORD = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidMessageError,
+    CorruptRecordException,
+)
 DEAD_PAYLOAD_MAX = 64 * 1024  # what is kept of an oversized message in the dead-letter topic
 MAX_BUCKETS = 100_000  # devices remembered by the rate limiter (oldest forgotten first)
 
@@ -315,7 +331,13 @@ class IngestBridge:
             return
         # which bridge forwarded a record: tracing, and the load-split check of the tests
         headers = [("bridge", self.name.encode())]
-        await self._producer.send_and_wait(r.kafka_topic, r.payload, key=r.key, headers=headers)
+        try:
+            await self._producer.send_and_wait(r.kafka_topic, r.payload, key=r.key, headers=headers)
+        except REFUSED_RECORD as err:  # this record can never go: dead letter, not a retry
+            d = dead_route(payload, WireError("kafka_refused", f"{type(err).__name__}: {err}"))
+            self.counters.count("kafka_refused")
+            await self._producer.send_and_wait(d.kafka_topic, d.payload, headers=d.headers(topic))
+            return
         with self.counters.lock:
             self.counters.forwarded += 1
 

@@ -159,3 +159,50 @@ def test_bridge_refuses_a_hostile_device_and_keeps_a_legitimate_one(local_stack:
     assert r["reasons"]["rate_limited"] == r["rate_limited"]
     # and every message was acknowledged: nothing is left in the bridge's in-flight window
     assert r["pending"] == 0
+
+
+def test_a_record_kafka_refuses_is_dead_lettered_not_held_in_flight(local_stack: Stack) -> None:
+    """A valid message over the brokers' message.max.bytes (here the bridge's own cap is set
+    above it): Kafka refuses that record for good, so the bridge dead-letters and acknowledges
+    it instead of holding it unacknowledged in its in-flight window."""
+    base = local_stack.settings  # type: ignore[attr-defined]
+    s = base.model_copy(
+        update={
+            "mqtt": base.mqtt.model_copy(update={"share_group": "sec-bridge-big"}),
+            "bridge": base.bridge.model_copy(update={"max_payload_bytes": 8 * 1024 * 1024}),
+        }
+    )
+    rows = [{"name": "Vehicle.Speed", "ts_us": T0 + i, "value": float(i)} for i in range(40_000)]
+    big = hostile.json_batch(device_id=EVIL, seq=7, samples=rows)
+    assert 1024 * 1024 < len(big) < 8 * 1024 * 1024
+    decode_telemetry(big)  # a valid message, only too big for Kafka
+
+    async def scenario() -> dict[str, Any]:
+        bridge = IngestBridge(s, name="sec-bridge-big")
+        await bridge.start()
+        try:
+            pub = MqttPublisher(device_mqtt_settings(s, EVIL), boot_id="boot")
+            await asyncio.to_thread(pub.connect, 10.0, announce=False)
+            topic = device_topic(EVIL, "telemetry")
+            await asyncio.to_thread(pub.publish, topic, big)
+            await asyncio.to_thread(pub.publish, topic, encode_telemetry(_batch(EVIL, 8)))
+            await asyncio.to_thread(pub.flush)
+            await asyncio.to_thread(pub.close)
+            dead = await _drain(
+                s.kafka, KAFKA_DEADLETTER,
+                lambda r: dict(r.headers).get("reason") == b"kafka_refused", 3.0, 30,
+            )  # fmt: skip
+            fwd = await _drain(
+                s.kafka, KAFKA_TELEMETRY,
+                lambda r: r.key == EVIL.encode() and decode_telemetry(r.value).seq == 8, 3.0, 30,
+            )  # fmt: skip
+            with bridge._pending_lock:
+                pending = bridge._pending
+            return {"dead": dead, "fwd": fwd, "pending": pending}
+        finally:
+            await bridge.stop()
+
+    r = asyncio.run(scenario())
+    assert len(r["dead"]) == 1 and len(r["dead"][0].value) <= 64 * 1024
+    assert len(r["fwd"]) == 1  # the next message went through
+    assert r["pending"] == 0
