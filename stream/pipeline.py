@@ -17,9 +17,10 @@ wrong with one record is dead-lettered as ``internal_error:<type>``: the partiti
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +37,8 @@ from stream.registry import DeviceRegistry
 
 if TYPE_CHECKING:  # numba loads at the first batch, not at import: the worker starts faster
     from stream.kernels import PartitionModels
+
+log = logging.getLogger(__name__)
 
 # table names (the Faust app creates tables with these names)
 T_DEDUPE = "dedupe"
@@ -144,7 +147,18 @@ class TelemetryPipeline:
         for partition, payload in records:
             by_part.setdefault(partition, []).append(payload)
         for partition, payloads in by_part.items():
-            self._partition(partition, payloads, lookup, res)
+            part = Result()
+            try:
+                self._partition(partition, payloads, lookup, part)
+            except Exception as err:  # the detectors or a checkpoint: never stall the partition
+                log.exception(
+                    "partition %d: a batch of %d records failed", partition, len(payloads)
+                )
+                part = Result()  # nothing of it is written: each record is a dead letter
+                for payload in payloads:
+                    self._dead(part, payload, f"internal_error:{type(err).__name__}", str(err))
+            for name in fields(Result):
+                getattr(res, name.name).extend(getattr(part, name.name))
         return res
 
     def _partition(
