@@ -83,13 +83,13 @@ def batches(draw: Any) -> TelemetryBatch:
     )
 
 
-def _body(payload: bytes) -> dict[str, Any]:
+def body_of(payload: bytes) -> dict[str, Any]:
     body = msgpack.unpackb(zstandard.ZstdDecompressor().decompress(payload[5:]), raw=False)
     assert isinstance(body, dict)
     return body
 
 
-def _pack(body: Any) -> bytes:
+def pack(body: Any) -> bytes:
     return b"CPW\x01\x01" + zstandard.ZstdCompressor().compress(
         msgpack.packb(body, use_bin_type=True)
     )
@@ -118,22 +118,22 @@ def _field(key: str) -> Any:
 @st.composite
 def forged_telemetry(draw: Any) -> bytes:
     """A valid binary batch with one or two fields replaced by hostile values."""
-    body = _body(encode_telemetry(draw(batches())))
+    body = body_of(encode_telemetry(draw(batches())))
     for key in draw(st.sets(st.sampled_from(sorted(body)), min_size=1, max_size=2)):
         body[key] = draw(_field(key))
-    return _pack(body)
+    return pack(body)
 
 
 @functools.cache
 def bombs() -> tuple[bytes, ...]:
     """Small messages that inflate: a million text samples, 12 MiB of zeros, huge counts."""
-    base = _body(encode_telemetry(TelemetryBatch("car-1", "b", 1, Samples.empty())))
+    base = body_of(encode_telemetry(TelemetryBatch("car-1", "b", 1, Samples.empty())))
     text = dict(base, s=[["Vehicle.Speed", 1, ""]] * 1_000_000)
     counts = dict(base, n=["Vehicle.Speed"], c=[2**62], t=b"", v=b"")
     return (
-        _pack(text),
+        pack(text),
         b"CPW\x01\x01" + zstandard.ZstdCompressor().compress(b"\0" * (12 * 1024 * 1024)),
-        _pack(counts),
+        pack(counts),
     )
 
 
@@ -270,7 +270,7 @@ def forge_telemetry(**fields: Any) -> bytes:
     batch = TelemetryBatch(
         "car-1", "b", 1, Samples.from_records([("Vehicle.Speed", 1_800_000_000_000_000, 1.0)])
     )
-    return _pack({**_body(encode_telemetry(batch)), **fields})
+    return pack({**body_of(encode_telemetry(batch)), **fields})
 
 
 def forge_event(kind: str = "crash", data: Any = None, **fields: Any) -> bytes:

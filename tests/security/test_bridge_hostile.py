@@ -38,13 +38,13 @@ def _evil_payloads() -> list[tuple[str, bytes]]:
     big_ts = hostile.json_batch(
         device_id=EVIL, samples=[{"name": "Vehicle.Speed", "ts_us": 10**30, "value": 1.0}]
     )
-    body = hostile._body(encode_telemetry(_batch(EVIL, 1)))
+    body = hostile.body_of(encode_telemetry(_batch(EVIL, 1)))
     text_bomb, zero_bomb, _ = hostile.bombs()
     return [
         ("bad_timestamp", big_ts),  # the timestamp of 10**30
         ("bad_seq", hostile.json_batch(device_id=EVIL, seq=2**64 - 1)),
-        ("bad_seq", hostile._pack({**body, "q": 2**64 - 1})),
-        ("bad_boot_id", hostile._pack({**body, "b": ["boot"]})),
+        ("bad_seq", hostile.pack({**body, "q": 2**64 - 1})),
+        ("bad_boot_id", hostile.pack({**body, "b": ["boot"]})),
         ("bad_compression", zero_bomb),  # ~1 KB that inflates to 12 MiB
         ("bad_compression", text_bomb),  # a million text samples
     ]

@@ -54,7 +54,7 @@ def _rebadge(payload: bytes) -> bytes:
         return json.dumps(doc).encode()
     if payload.startswith(b"CPW"):
         try:
-            return hostile._pack({**hostile._body(payload), "d": CAR})
+            return hostile.pack({**hostile.body_of(payload), "d": CAR})
         except (ValueError, msgpack.ExtraData):  # not msgpack inside (12 MiB of zeros)
             return payload
     body = msgpack.unpackb(payload[4:], raw=False)
