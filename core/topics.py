@@ -12,7 +12,7 @@ Channel = Literal["telemetry", "events", "status", "cmd-ack"]
 DEVICE_CHANNELS: Final[tuple[str, ...]] = ("telemetry", "events", "status", "cmd-ack")
 
 # A device id is the MQTT client id and the certificate CN: keep it topic- and DNS-safe.
-DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 # Kafka topics written by the ingest bridge and read by the Faust app.
 KAFKA_TELEMETRY: Final = "carpulse.telemetry"

@@ -6,7 +6,10 @@ synchronous. The topics are consumed with Faust acks off and each agent commits 
 itself once its transactions committed (``stream.offsets``: Faust's rebalance race can skip
 records and commit past them; a skipped prediction is a lost coupon). A worker that dies in
 between sees the record again, and the effect keys already taken make that a no-op.
-A malformed record is counted and dead-lettered with its reason; the stream goes on.
+A malformed record is counted and dead-lettered with its reason; the stream goes on. So is a
+record on which anything else but the database being away fails (``crm_error:<type>``), and a
+``gate.*`` event from a device that is not a registered gate camera (``not_a_gate``: the
+``gates`` of ``stream.registry``, given to ``install_crm_agents``).
 
 Every ``PRIVACY_SYNC_S`` the leader publishes the vehicles' changed location policies to the
 compacted ``carpulse.privacy`` topic (``crm.location_sync``: the stream stores positions only as
@@ -21,16 +24,17 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 from sqlalchemy.exc import OperationalError
 
+from core.checks import finite
 from core.config import KafkaSettings
 from core.crm_events import CrmEvent
-from core.errors import DecodeError, SinkError
+from core.errors import DecodeError, SinkError, WireError
 from core.topics import (
     KAFKA_ALERTS,
     KAFKA_DEADLETTER,
@@ -56,19 +60,26 @@ PRIVACY_SYNC_S = 2.0  # how soon the stream learns of a consent or ownership cha
 
 
 def handle_record(
-    store: CrmStore, engine: RuleEngine, topic: str, payload: bytes, stats: Counter[str]
+    store: CrmStore,
+    engine: RuleEngine,
+    topic: str,
+    payload: bytes,
+    stats: Counter[str],
+    gates: Container[str] = frozenset(),
 ) -> list[CrmEvent]:
     """One Kafka record, synchronously: normalise, then one transaction per CRM event.
 
-    Raises ``DecodeError`` for a malformed record (the caller dead-letters it).
+    Raises ``DecodeError`` for a malformed record (the caller dead-letters it); ``gate.*``
+    events count only from the devices in ``gates``.
     """
-    events = from_record(topic, payload)
+    events = from_record(topic, payload, gates)
     stats["records"] += 1
     for ev in events:
         with store.tx() as s:
             out = engine.handle(s, ev)
             face = ev.customer_id if ev.data.get("via") == "face" else None
-            if face is not None and not has_consent(s, face, "face"):
+            # an unknown member (parked) has no consent to look up: nothing of the match is kept
+            if face is not None and (out.parked is not None or not has_consent(s, face, "face")):
                 face = None  # nothing of an unconsented face match is kept
             elif (
                 ev.kind == "gate_arrival" and out.parked is None and (face or ev.data.get("plate"))
@@ -80,13 +91,30 @@ def handle_record(
             loc = ev.data.get("location") if ev.kind == "crash" else None
             if isinstance(loc, dict) and ev.vin and {"lat", "lon"} <= set(loc):
                 # kept only with the owner's location consent (crm.privacy)
+                lat = finite(loc["lat"], "bad_location", "crash location lat")
+                lon = finite(loc["lon"], "bad_location", "crash location lon")
                 stats["locations_kept"] += record_location(
-                    s, ev.vin, ev.ts, float(loc["lat"]), float(loc["lon"]), "crash-alert"
+                    s, ev.vin, ev.ts, lat, lon, "crash-alert"
                 )
         stats["events"] += 1
         stats["fired"] += len(out.fired)
         stats["parked"] += out.parked is not None
     return events
+
+
+def dead_letter_of(topic: str, value: Any, err: Exception) -> tuple[bytes, dict[str, bytes]]:
+    """The dead-letter record of a record ``handle_record`` failed on, with its reason."""
+    if isinstance(err, WireError):
+        reason = err.reason
+    elif isinstance(err, DecodeError):
+        reason = "crm_bad_record"
+    else:  # not a database outage (DbRunner waits those out): this record's fault
+        reason = f"crm_error:{type(err).__name__}"
+        log.warning("CRM record on %s failed: %s", topic, str(err)[:300])
+    headers = {"reason": reason.encode(), "topic": topic.encode(),
+               "detail": str(err)[:500].encode("utf-8", "replace")}  # fmt: skip
+    payload = value if isinstance(value, bytes) else repr(value)[:1000].encode()
+    return payload, headers
 
 
 class DbRunner:
@@ -156,12 +184,14 @@ def install_crm_agents(
     dead: Callable[[bytes, dict[str, bytes]], Awaitable[Any]] | None = None,
     location_sink: InfluxLocations | None = None,
     privacy_interval_s: float = PRIVACY_SYNC_S,
+    gates: Container[str] = frozenset(),
 ) -> Counter[str]:
     """Register one agent per consumed topic and a timer for the periodic jobs; returns counters.
 
     ``dead(value, headers)`` sends a bad record to the dead-letter topic (by default
-    ``carpulse.deadletter``). ``location_sink`` deletes positions from the stream's InfluxDB
-    (erasure, purge, withdrawal); without it only the CRM's own tables are purged.
+    ``carpulse.deadletter``); ``gates``: the gate cameras (``DeviceRegistry.gates``).
+    ``location_sink`` deletes positions from the stream's InfluxDB (erasure, purge, withdrawal);
+    without it only the CRM's own tables are purged.
     """
     stats: Counter[str] = Counter()
     run = run or DbRunner()
@@ -183,12 +213,12 @@ def install_crm_agents(
                 async for event in events:  # committed when the next one is asked for
                     value = event.value
                     try:
-                        await run(handle_record, store, engine, topic_name, value, stats)
-                    except DecodeError as err:
+                        await run(handle_record, store, engine, topic_name, value, stats, gates)
+                    except Exception as err:  # a hostile record never stops the agent
+                        payload, headers = dead_letter_of(topic_name, value, err)
                         stats["dead_lettered"] += 1
-                        headers = {"reason": b"crm_bad_record", "detail": str(err)[:500].encode(),
-                                   "topic": topic_name.encode()}  # fmt: skip
-                        await dead(value, headers)
+                        stats["dead_" + headers["reason"].decode()] += 1
+                        await dead(payload, headers)
                     yield None
 
         crm_agent.__name__ = "crm_" + topic_name.replace(".", "_").replace("-", "_")
@@ -241,6 +271,7 @@ def build_crm_app(
     interval_s: float = 60.0,
     session_timeout_s: float = 30.0,
     location_sink: InfluxLocations | None = None,
+    gates: Container[str] = frozenset(),
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
     app = faust.App(
@@ -258,5 +289,5 @@ def build_crm_app(
         broker_heartbeat_interval=max(0.5, min(3.0, session_timeout_s / 10)),
     )
     install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s,
-                       location_sink=location_sink)  # fmt: skip
+                       location_sink=location_sink, gates=gates)  # fmt: skip
     return app

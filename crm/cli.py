@@ -219,6 +219,7 @@ def worker_cmd(
     from crm.engine import RuleEngine
     from crm.location_sink import InfluxLocations
     from crm.rules import load_rules, shipped_rules
+    from stream.registry import load_registry
 
     settings = load_settings()
     store = _store(db)
@@ -242,6 +243,7 @@ def worker_cmd(
         store, engine, Dispatcher(store, transports), interval,
         settings.stream.session_timeout_s,
         location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
+        gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 

@@ -115,7 +115,8 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     privacy = PrivacyFeed(k.client_options("stream"), PrivacyView())
     app.carpulse_privacy = privacy  # type: ignore[attr-defined]
     # decode, registry, dedupe, live state, detectors, trips: stream/agents.py and pipeline.py
-    install_pipeline(app, settings, load_registry(st.registry), writer, deadletter, privacy)
+    registry = load_registry(st.registry, gates=st.gate_devices)
+    install_pipeline(app, settings, registry, writer, deadletter, privacy)
 
     @app.page("/carpulse/counters/")
     async def counters_view(web: Any, request: Any) -> Any:
