@@ -19,7 +19,9 @@ INT64_MAX: Final = 2**63 - 1
 MAX_ID_LEN: Final = 64  # boot ids, command ids, member ids
 MAX_TEXT_LEN: Final = 4096  # one string field of an event or a text sample
 MAX_TREE_DEPTH: Final = 6  # nesting of an event's data
-MAX_TREE_ITEMS: Final = 1024  # keys and items of an event's data, all levels together
+# keys and items of an event's data, all levels together: a crash event's window (up to
+# edge.crash.MAX_EVENT_ROWS samples of sig, ts_us and value) fits; MAX_EVENT_BYTES binds first
+MAX_TREE_ITEMS: Final = 8192
 MAX_DTCS: Final = 64  # an OBD-II ECU reports a handful; 64 covers every ECU of a car
 # SAE J2012: P/C/B/U, then four hex digits (manufacturer codes included).
 DTC_RE: Final = re.compile(r"[PCBU][0-9A-F]{4}")

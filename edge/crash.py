@@ -35,7 +35,7 @@ Rows are processed by a numba kernel over the whole batch; Python only maps name
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from numba import njit
@@ -314,8 +314,16 @@ class CrashAlarm:
     window: Samples = field(repr=False)
 
     def to_event(self, device_id: str, boot_id: str, seq: int) -> Event:
-        """The high-priority ``crash`` event sent to the cloud."""
+        """The high-priority ``crash`` event sent to the cloud.
+
+        The window is thinned evenly to at most ``MAX_EVENT_ROWS`` samples (the last one kept),
+        so the event stays under the wire's event size cap (``core.wire.MAX_EVENT_BYTES``): a
+        crash event the bridge refused as too large would be a crash nobody hears of.
+        """
         w = self.window
+        if len(w) > MAX_EVENT_ROWS:
+            idx = np.unique(np.linspace(0, len(w) - 1, MAX_EVENT_ROWS).round().astype(np.int64))
+            w = type(w)(w.names, w.sig[idx], w.ts_us[idx], w.value[idx])
         return Event(
             device_id=device_id,
             boot_id=boot_id,
@@ -334,6 +342,10 @@ class CrashAlarm:
                 },
             },
         )
+
+
+#: samples of a crash event's window at most (about 19 bytes each on the wire: 38 KB)
+MAX_EVENT_ROWS: Final = 2000
 
 
 class CrashDetector:

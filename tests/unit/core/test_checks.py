@@ -6,6 +6,7 @@ import pytest
 
 from core.checks import (
     MAX_DTCS,
+    MAX_TREE_ITEMS,
     check_dtcs,
     check_tree,
     finite,
@@ -36,7 +37,7 @@ def test_trees_are_bounded_in_depth_size_and_leaves() -> None:
     deep: list[object] = []
     for _ in range(10):
         deep = [deep]
-    for bad in (deep, {"a": float("nan")}, {"a": 2**64 - 1}, list(range(2000)), {"a": b"x"},
+    for bad in (deep, {"a": float("nan")}, {"a": 2**64 - 1}, list(range(MAX_TREE_ITEMS + 1)), {"a": b"x"},
                 {"k" * 100: 1}, {"a": "x" * 5000}):  # fmt: skip
         with pytest.raises(WireError):
             check_tree(bad, "bad_data", "data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
@@ -210,3 +211,26 @@ def test_legal_driving_with_noise_and_glitches_never_fires(noise, spikes, cuts) 
     for a, b in zip([0, *sorted(cuts)], [*sorted(cuts), len(s)], strict=True):
         alarms += det.update(s.slice(a, b))
     assert alarms == []
+
+
+def test_a_long_window_is_thinned_to_fit_the_wire() -> None:
+    """A ring full of fast signals must still make a crash event the bridge accepts."""
+    from core.wire import MAX_EVENT_BYTES
+    from edge.crash import MAX_EVENT_ROWS
+
+    t, v = profile([(0, 120), (20, 120), (20.6, 0), (40, 0)])
+    alarms, _ = run(speed_trace(t, v))
+    a = alarms[0]
+    n = 30_000
+    w = type(a.window)(
+        a.window.names,
+        np.zeros(n, dtype=a.window.sig.dtype),
+        a.ts_us - np.arange(n, dtype=np.int64)[::-1] * 300,
+        np.linspace(120.0, 0.0, n),
+    )
+    a = dataclasses.replace(a, window=w)
+    payload = encode_event(a.to_event("car-1", "boot", 7))
+    assert len(payload) <= MAX_EVENT_BYTES
+    got = decode_event(payload).data["window"]
+    assert len(got["ts_us"]) == MAX_EVENT_ROWS
+    assert got["ts_us"][-1] == a.ts_us and got["ts_us"][0] == int(w.ts_us[0])
