@@ -52,16 +52,17 @@ def device_mqtt_settings(s: CarpulseSettings, device_id: str) -> DeviceMqtt:
     if e.cert_file and e.key_file and e.ca_file:
         ca, cert, key = e.ca_file, e.cert_file, e.key_file
     else:
-        from carpulse.pki import LocalPKI  # local runs only
+        from carpulse.stack import Stack  # local runs only
 
-        pki = LocalPKI(Path(s.stack.data_dir) / "pki")
-        if not pki.ca_cert.exists():
+        stack = Stack(s.stack)
+        if not stack.pki.ca_cert.exists():
             raise ConfigError(
                 f"no certificates for {device_id}: set [edge] ca_file/cert_file/key_file, "
-                f"or run `carpulse stack up` to create a local PKI in {pki.root}"
+                f"or run `carpulse stack up` to create a local PKI in {stack.pki.root}"
             )
-        cert, key = pki.device(device_id)
-        ca = pki.ca_cert
+        # Issues the certificate on first use and gives the device its ACL role on the broker.
+        cert, key = stack.provision_device(device_id)
+        ca = stack.pki.device_trust
     return DeviceMqtt(device_id, e.broker_host, e.broker_port, ca, cert, key)
 
 
