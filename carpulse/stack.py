@@ -299,20 +299,46 @@ class Stack:
     def provision_device(self, device_id: str, *, renew: bool = False) -> tuple[Path, Path]:
         """Issue the device's certificate and, when the broker runs, give it its ACL role now."""
         cert, key = self.pki.device(device_id, renew=renew)
-        if self._running_pid("mosquitto") is not None:
-            role = device_role(device_id)
-            self._dynsec(
-                [
-                    {"command": "createRole", **role},
-                    {
-                        "command": "createClient",
-                        "username": device_id,
-                        "roles": [{"rolename": role["rolename"]}],
-                    },
-                ],
-                ok_errors=("already exists",),
-            )
+        self.provision_devices([device_id])
         return cert, key
+
+    def provision_devices(self, device_ids: Iterable[str]) -> None:
+        """Issue certificates and register every device the running broker does not know yet."""
+        ids = list(device_ids)
+        for device_id in ids:
+            self.pki.device(device_id)
+        if self._running_pid("mosquitto") is None:
+            return  # the next start reads them from the file prepare() writes
+        known = self._dynsec_clients()
+        commands: list[dict[str, Any]] = []
+        for device_id in ids:
+            if device_id in known:
+                continue
+            role = device_role(device_id)
+            commands += [
+                {"command": "createRole", **role},
+                {
+                    "command": "createClient",
+                    "username": device_id,
+                    "roles": [{"rolename": role["rolename"]}],
+                },
+            ]
+        if commands:
+            self._dynsec(commands, ok_errors=("already exists",))
+
+    def _dynsec_clients(self) -> set[str]:
+        """User names in the plugin's file (which the running broker saves after each change)."""
+        import json
+
+        try:
+            doc = json.loads((self.root / "mosquitto" / "dynamic-security.json").read_text())
+        except (OSError, ValueError):
+            return set()
+        return {
+            str(c["username"])
+            for c in doc.get("clients", [])
+            if isinstance(c, dict) and "username" in c
+        }
 
     def revoke_device(self, device_id: str) -> int:
         """Revoke the device's certificate: CRL, reload, and its live session ends now."""
