@@ -146,10 +146,14 @@ def pki_command_key(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
 ) -> None:
     """Create the Ed25519 command-signing key pair (private: cloud only; public: every device)."""
-    from core.signing import generate_keypair
+    from core.signing import generate_keypair, key_id, load_public_key
 
     priv, pub = generate_keypair(Path(settings().stack.data_dir) / "pki", overwrite=overwrite)
-    typer.echo(f"private (cloud only, 0600): {priv}\npublic (install on devices): {pub}")
+    typer.echo(
+        f"private (cloud only, 0600): {priv}\npublic (install on devices): {pub}\n"
+        f"key id (commands carry it; revoke it with [edge.commands] revoked_key_ids): "
+        f"{key_id(load_public_key(pub))}"
+    )
 
 
 # ----- config --------------------------------------------------------------------------------

@@ -13,11 +13,8 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -28,82 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from carpulse.pki import LocalPKI, _name
 from carpulse.stack import Stack, _mqtt_connect_packet
 from core.errors import ConfigError
-from tests.security.mqtt_stack import mqtt_stack
+from tests.security.mqtt_stack import DENIED, Peer, _device, _service, _wait, mqtt_stack, peers
 
-__all__ = ["mqtt_stack"]  # the fixture
+__all__ = ["mqtt_stack", "peers"]  # fixtures
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
-
-DENIED = 0x80  # SUBACK failure (MQTT 3.1.1)
-
-
-class Peer:
-    """A connected MQTT client that records what it receives, its SUBACKs and its disconnects."""
-
-    def __init__(self, client: mqtt.Client, host: str, port: int) -> None:
-        self.client = client
-        self.got: list[tuple[str, bytes, bool]] = []
-        self.disconnects: list[str] = []
-        self.connack: str | None = None
-        self._up = threading.Event()
-        self._subacks: dict[int, list[int]] = {}
-        self._sub_done = threading.Condition()
-        client.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload), m.retain))
-        client.on_connect = self._on_connect
-        client.on_disconnect = lambda c, u, f, r, p: self.disconnects.append(str(r))
-        client.on_subscribe = self._on_subscribe
-        client.connect(host, port, keepalive=30)
-        client.loop_start()
-        self._up.wait(10)
-
-    def _on_connect(self, c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
-        self.connack = str(reason)
-        self._up.set()
-
-    def _on_subscribe(self, c: Any, u: Any, mid: int, codes: Any, p: Any) -> None:
-        with self._sub_done:
-            self._subacks[mid] = [int(rc.value) for rc in codes]
-            self._sub_done.notify_all()
-
-    def subscribe(self, topic: str) -> int:
-        """Subscribe (QoS 1) and return the SUBACK code: 1 granted, 0x80 refused."""
-        _rc, mid = self.client.subscribe(topic, qos=1)
-        assert mid is not None
-        with self._sub_done:
-            assert self._sub_done.wait_for(lambda: mid in self._subacks, 10), topic
-            return self._subacks[mid][0]
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def _device(stack: Stack, device_id: str, *, client_id: str | None = None) -> Peer:
-    cert, key = stack.provision_device(device_id)
-    c = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id or device_id,
-        protocol=mqtt.MQTTv311,
-        clean_session=True,
-    )
-    c.tls_set(ca_certs=str(stack.pki.ca_cert), certfile=str(cert), keyfile=str(key))
-    c.reconnect_delay_set(5, 30)  # a kicked attacker must not kick back in a tight loop
-    return Peer(c, stack.s.host, stack.s.mqtt_device_port)
-
-
-def _service(stack: Stack, user: str, client_id: str | None = None) -> Peer:
-    c = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id or f"{user}-test-{secrets.token_hex(3)}",
-        protocol=mqtt.MQTTv311,
-    )
-    c.tls_set(ca_certs=str(stack.pki.ca_cert))
-    c.username_pw_set(user, stack.secret_file(user).read_text().strip())
-    return Peer(c, stack.s.host, stack.s.mqtt_service_port)
 
 
 def _handshake(stack: Stack, cert: Path, key: Path, client_id: str) -> str:
@@ -122,23 +48,6 @@ def _handshake(stack: Stack, cert: Path, key: Path, client_id: str) -> str:
     if len(head) == 4 and head[0] == 0x20 and head[3] == 0:
         return "accepted"
     return f"refused: {head!r}"
-
-
-def _wait(pred: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return bool(pred())
-
-
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    made: list[Peer] = []
-    yield made
-    for p in made:
-        p.close()
 
 
 def test_pki_refuses_a_device_certificate_for_a_service_name(
