@@ -126,6 +126,7 @@ class MqttPublisher:
         self.client.on_message = self._on_message
         self.backoff = Backoff()
         self.connects = 0  # successful CONNACKs
+        self.retained_dropped = 0  # retained messages on our subscriptions, never acted upon
         self._announce = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -139,6 +140,14 @@ class MqttPublisher:
             self.on_ack(mid)
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.retain:
+            # A device subscribes to its commands only, and the cloud never retains one: a
+            # retained command is stored on the broker and would be handed to the car again on
+            # every (re)subscription, so it is dropped here whatever its signature says.
+            self.retained_dropped += 1
+            if self.retained_dropped <= 10:
+                log.warning("dropped a retained message on %s", msg.topic)
+            return
         if self.on_message is not None:
             self.on_message(msg.topic, bytes(msg.payload))
 

@@ -253,3 +253,34 @@ def test_revoked_device_is_refused_by_the_broker(mqtt_stack: Stack, peers: list[
     peers.append(fresh)
     fresh.publish("carpulse/v1/sec-id-fresh/events", b"new device")
     assert _wait(lambda: {b"after revoke", b"new device"} <= {p for _t, p, _r in bridge.got})
+
+
+def test_retained_command_is_never_acted_upon_by_the_device(
+    mqtt_stack: Stack, peers: list[Peer]
+) -> None:
+    """The broker cannot forbid the retain flag per topic, so the edge drops retained deliveries:
+    a retained command would otherwise be replayed to the car on every (re)subscription."""
+    from edge.publisher import DeviceMqtt, MqttPublisher
+
+    dev = "sec-id-retained"
+    cert, key = mqtt_stack.provision_device(dev)
+    console = _service(mqtt_stack, "carpulse-console")
+    peers.append(console)
+    topic = f"carpulse/v1/{dev}/cmd/unlock"
+    console.publish(topic, b"retained-unlock", retain=True)
+    conf = DeviceMqtt(
+        dev, mqtt_stack.s.host, mqtt_stack.s.mqtt_device_port, mqtt_stack.pki.ca_cert, cert, key
+    )
+    pub = MqttPublisher(conf, boot_id="t")
+    got: list[tuple[str, bytes]] = []
+    pub.on_message = lambda t, p: got.append((t, p))
+    pub.subscriptions.append(f"carpulse/v1/{dev}/cmd/+")
+    pub.connect(timeout=10, announce=False)
+    try:
+        assert _wait(lambda: pub.retained_dropped == 1)
+        console.publish(topic, b"live-unlock")  # a live (not retained) command is delivered
+        assert _wait(lambda: got != [])
+        assert got == [(topic, b"live-unlock")]
+    finally:
+        console.publish(topic, b"", retain=True)  # clear the retained message
+        pub.close()
