@@ -299,6 +299,9 @@ class MqttPublisher:
                 self.client._thread = None
             else:
                 self.client.loop_stop()
+            # paho keeps the socket pair that wakes its network loop until the client is garbage
+            # collected (a cycle through our callbacks): close it now, or two sockets leak.
+            self.client._reset_sockets(sockpair_only=True)
 
 
 def probe(conf: DeviceMqtt, device_id: str) -> str | None:

@@ -87,6 +87,7 @@ class Peer:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.client._reset_sockets(sockpair_only=True)  # else freed only by the GC: a warning
 
 
 def _device(stack: Stack, device_id: str, *, client_id: str | None = None) -> Peer:
