@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from carpulse.pki import LocalPKI, _make_ca
 from core.errors import ConfigError
@@ -41,7 +42,8 @@ def test_revocation_is_in_the_crl_and_needs_an_explicit_renewal(tmp_path: Path) 
     assert serial == _cert(cert).serial_number and pki.revoked_serials() == {serial}
     crl = x509.load_pem_x509_crl(pki.device_crl.read_bytes())
     assert crl.issuer == _cert(pki.device_ca_cert).subject
-    assert crl.is_signature_valid(_cert(pki.device_ca_cert).public_key())  # type: ignore[arg-type,unused-ignore]
+    ca_key = _cert(pki.device_ca_cert).public_key()
+    assert isinstance(ca_key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(ca_key)
     assert pki.issued_devices() == ["car-pki-3"]
     with pytest.raises(ConfigError, match="revoked"):
         pki.device("car-pki-2")
