@@ -310,7 +310,8 @@ class Stack:
         for device_id in ids:
             self.pki.device(device_id)
         if self._running_pid("mosquitto") is None:
-            return  # the next start reads them from the file prepare() writes
+            self._add_to_dynsec_file(ids)  # the broker reads it when it starts
+            return
         known = self._dynsec_clients()
         commands: list[dict[str, Any]] = []
         for device_id in ids:
@@ -327,6 +328,30 @@ class Stack:
             ]
         if commands:
             self._dynsec(commands, ok_errors=("already exists",))
+
+    def _add_to_dynsec_file(self, device_ids: list[str]) -> None:
+        import json
+
+        path = self.root / "mosquitto" / "dynamic-security.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return  # not prepared yet: prepare() lists every issued device
+        known = {c.get("username") for c in doc.get("clients", []) if isinstance(c, dict)}
+        missing = [d for d in device_ids if d not in known]
+        if not missing:
+            return
+        for device_id in missing:
+            role = device_role(device_id)
+            doc.setdefault("roles", []).append(role)
+            doc.setdefault("clients", []).append(
+                {"username": device_id, "roles": [{"rolename": role["rolename"]}]}
+            )
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=1)
+        os.replace(tmp, path)
 
     def _dynsec_clients(self) -> set[str]:
         """User names in the plugin's file (which the running broker saves after each change)."""

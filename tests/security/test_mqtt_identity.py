@@ -284,3 +284,41 @@ def test_retained_command_is_never_acted_upon_by_the_device(
     finally:
         console.publish(topic, b"", retain=True)  # clear the retained message
         pub.close()
+
+
+def test_a_device_issued_while_the_broker_is_down_is_known_when_it_starts(
+    tmp_path: Path, peers: list[Peer]
+) -> None:
+    """An agent may start (and get its certificate) during a broker outage: it must still get
+    its ACL role, from the plugin's file, when the broker comes back."""
+    from carpulse.stack import free_port
+    from core.config import StackSettings
+
+    stack = Stack(
+        StackSettings(
+            data_dir=tmp_path,
+            mqtt_device_port=free_port(),
+            mqtt_service_port=free_port(),
+            kafka_port=free_port(),
+            influx_port=free_port(),
+            influx_rpc_port=free_port(),
+        )
+    )
+    stack.prepare()
+    stack.provision_device("sec-id-offline")  # broker not running
+    argv, log, _port = stack._commands()["mosquitto"]
+    stack._spawn("mosquitto", argv(), log)
+    try:
+        stack._wait_healthy("mosquitto", log, time.monotonic())
+        bridge = _service(stack, "carpulse-bridge")
+        car = _device(stack, "sec-id-offline")
+        peers += [bridge, car]
+        assert bridge.subscribe("carpulse/v1/+/events") == 1
+        assert car.subscribe("carpulse/v1/sec-id-offline/cmd/+") == 1
+        car.publish("carpulse/v1/sec-id-offline/events", b"back online")
+        assert _wait(lambda: [p for _t, p, _r in bridge.got] == [b"back online"])
+    finally:
+        for p in peers:
+            p.close()
+        peers.clear()
+        stack.down()
