@@ -407,17 +407,30 @@ class Stack:
             replies.extend(json.loads(msg.payload).get("responses", []))
             done.set()
 
+        refused: list[str] = []
+
+        def on_connect(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
+            if reason.is_failure:
+                refused.append(str(reason))
+                subscribed.set()
+            else:
+                c.subscribe(f"{DYNSEC_CONTROL}/response", qos=1)
+
         client.on_message = on_message
         client.on_subscribe = lambda *a: subscribed.set()
-        client.on_connect = lambda c, *a: c.subscribe(f"{DYNSEC_CONTROL}/response", qos=1)
+        client.on_connect = on_connect
         try:
             client.connect(self.s.host, self.s.mqtt_service_port)
         except (OSError, ssl.SSLError) as err:
             raise StackError(f"cannot reach the broker to change its ACLs: {err}") from err
         client.loop_start()
         try:
-            if not subscribed.wait(10):
-                raise StackError("the broker did not let carpulse-admin manage its ACLs")
+            if not subscribed.wait(10) or refused:
+                raise StackError(
+                    f"the broker did not let carpulse-admin manage its ACLs ({refused or 'no answer'}"
+                    "): if an older carpulse started it, restart it with "
+                    "`carpulse stack down && carpulse stack up`"
+                )
             client.publish(DYNSEC_CONTROL, json.dumps({"commands": commands}), qos=1)
             if not done.wait(10):
                 raise StackError("the broker's dynamic-security plugin did not answer")
