@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carpulse import broker_acl
 from carpulse.pki import LocalPKI
 from core.config import StackSettings
 from core.errors import StackError
@@ -44,96 +45,6 @@ SERVICE_USERS = ("carpulse-bridge", "carpulse-console", "carpulse-admin")
 
 # Processes this interpreter started, kept so they can be reaped (no zombies, no ResourceWarning).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
-DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
-_ROOT = "carpulse/v1"
-_DEVICE_CHANNELS = ("telemetry", "events", "status", "cmd-ack")
-
-# Access control is Mosquitto 2's dynamic-security plugin, not ACL files: the ACL-file checker
-# allows every SUBSCRIBE (mosquitto 2.0 checks ACL files only when a message is delivered), so
-# a device could join the bridge's shared subscription ($share/carpulse-bridge/...) and be handed
-# other cars' telemetry, which is then dropped instead of reaching the bridge. The plugin checks
-# subscriptions against subscribe ACLs and denies anything not granted (defaultACLAccess below).
-# It has no %u patterns in 2.0, so each device is a plugin client with a role of its own
-# (``device:<id>``), created when its certificate is issued. Devices log in on the device
-# listener by certificate only (the plugin's password check is never consulted there) and have
-# no password, so they cannot log in on the service listener; service accounts have passwords
-# and no certificate, so they cannot log in on the device listener.
-
-
-def _acl(kind: str, topic: str) -> dict[str, Any]:
-    return {"acltype": kind, "topic": topic, "allow": True}
-
-
-def device_role(device_id: str) -> dict[str, Any]:
-    """The dynamic-security role of one device: its own subtree and nothing else."""
-    base = f"{_ROOT}/{device_id}"
-    acls = [_acl("publishClientSend", f"{base}/{ch}") for ch in _DEVICE_CHANNELS]
-    acls += [
-        _acl("subscribePattern", f"{base}/cmd/#"),  # also admits cmd/+ and cmd/<name>
-        _acl("publishClientReceive", f"{base}/cmd/#"),
-    ]
-    return {"rolename": f"device:{device_id}", "acls": acls}
-
-
-def service_roles() -> list[dict[str, Any]]:
-    """Roles of the service accounts (each account has the role of its own name)."""
-    bridge = []
-    for ch in _DEVICE_CHANNELS:
-        bridge += [
-            _acl("subscribePattern", f"{_ROOT}/+/{ch}"),
-            # A shared subscription is checked with its $share/<group>/ prefix.
-            _acl("subscribePattern", f"$share/+/{_ROOT}/+/{ch}"),
-            _acl("publishClientReceive", f"{_ROOT}/+/{ch}"),
-        ]
-    console = [
-        # Signed commands out, acks back: the dashboards use MQTT for nothing else
-        # (telemetry, state and events reach them through Kafka).
-        _acl("publishClientSend", f"{_ROOT}/+/cmd/+"),
-        _acl("subscribePattern", f"{_ROOT}/+/cmd-ack"),
-        _acl("publishClientReceive", f"{_ROOT}/+/cmd-ack"),
-    ]
-    admin = [
-        _acl("publishClientSend", f"{DYNSEC_CONTROL}"),
-        _acl("subscribePattern", f"{DYNSEC_CONTROL}/response"),
-        _acl("publishClientReceive", f"{DYNSEC_CONTROL}/response"),
-    ]
-    return [
-        {"rolename": "carpulse-bridge", "acls": bridge},
-        {"rolename": "carpulse-console", "acls": console},
-        {"rolename": "carpulse-admin", "acls": admin},
-    ]
-
-
-def _pw_hash(password: str) -> dict[str, Any]:
-    """The plugin's password record: PBKDF2-HMAC-SHA512, 12-byte salt (its own format)."""
-    import base64
-    import hashlib
-
-    # The service secrets are 24 random bytes (secrets.token_urlsafe): key stretching would add
-    # login latency on every connect and no strength, so the count stays modest.
-    salt, iterations = secrets.token_bytes(12), 1_000
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
-    return {
-        "password": base64.b64encode(digest).decode(),
-        "salt": base64.b64encode(salt).decode(),
-        "iterations": iterations,
-    }
-
-
-def _dynsec_plugin() -> str:
-    """Path of Debian's dynamic-security plugin (in the ``mosquitto`` package)."""
-    import glob
-
-    found = sorted(
-        glob.glob(f"/usr/lib/*/{DYNSEC_PLUGIN}") + glob.glob(f"/usr/lib/{DYNSEC_PLUGIN}")
-    )
-    if not found:
-        raise StackError(
-            f"{DYNSEC_PLUGIN} not found: install it with `apt-get install -y mosquitto`"
-        )
-    return found[0]
 
 
 def port_in_use(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -229,40 +140,16 @@ class Stack:
         self._write_stack_toml()
 
     def _write_mosquitto(self) -> None:
-        import json
-
         d = self.root / "mosquitto"
         (d / "passwd").unlink(missing_ok=True)  # from before the plugin: no longer read
         (d / "acl").unlink(missing_ok=True)
-        clients: list[dict[str, Any]] = [
-            {
-                "username": user,
-                **_pw_hash(self.secret_file(user).read_text().strip()),
-                "roles": [{"rolename": user}],
-            }
-            for user in SERVICE_USERS
-        ]
-        roles = service_roles()
-        for device_id in self.pki.issued_devices():
-            clients.append({"username": device_id, "roles": [{"rolename": f"device:{device_id}"}]})
-            roles.append(device_role(device_id))
-        dynsec = {
-            "clients": clients,
-            "groups": [],
-            "roles": roles,
-            "defaultACLAccess": {
-                "publishClientSend": False,
-                "publishClientReceive": False,
-                "subscribe": False,
-                "unsubscribe": True,
-            },
-        }
         # Rewritten from the PKI on every prepare; while the broker runs, the plugin keeps its
         # own state (devices issued meanwhile are added through $CONTROL) and saves it here.
-        dynsec_file = d / "dynamic-security.json"
-        fd = os.open(dynsec_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dynsec, fh, indent=1)
+        broker_acl.write_config(
+            self._dynsec_file,
+            {u: self.secret_file(u).read_text().strip() for u in SERVICE_USERS},
+            self.pki.issued_devices(),
+        )
         server_tls = (
             f"certfile {self.pki.server_cert}\nkeyfile {self.pki.server_key}\ntls_version tlsv1.2\n"
         )
@@ -277,8 +164,8 @@ class Stack:
             f"log_dest file {d / 'mosquitto.log'}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "connection_messages true\n"
-            f"plugin {_dynsec_plugin()}\n"
-            f"plugin_opt_config_file {dynsec_file}\n"
+            f"plugin {broker_acl.plugin_path()}\n"
+            f"plugin_opt_config_file {self._dynsec_file}\n"
             "max_inflight_messages 100\n"
             "max_queued_messages 100000\n"
             "message_size_limit 8388608\n\n"
@@ -297,75 +184,29 @@ class Stack:
         )
         (d / "mosquitto.conf").write_text(conf)
 
-    # ----- device identities on the running broker ------------------------------------------
+    # ----- device identities on the broker (see carpulse.broker_acl) -----------------------
+    @property
+    def _dynsec_file(self) -> Path:
+        return self.root / "mosquitto" / "dynamic-security.json"
+
     def provision_device(self, device_id: str, *, renew: bool = False) -> tuple[Path, Path]:
-        """Issue the device's certificate and, when the broker runs, give it its ACL role now."""
+        """Issue the device's certificate and give it its ACL role on the broker."""
         cert, key = self.pki.device(device_id, renew=renew)
         self.provision_devices([device_id])
         return cert, key
 
     def provision_devices(self, device_ids: Iterable[str]) -> None:
-        """Issue certificates and register every device the running broker does not know yet."""
+        """Issue certificates and give every device the broker does not know yet its role."""
         ids = list(device_ids)
         for device_id in ids:
             self.pki.device(device_id)
         if self._running_pid("mosquitto") is None:
-            self._add_to_dynsec_file(ids)  # the broker reads it when it starts
+            broker_acl.add_devices_to_file(self._dynsec_file, ids)  # read when it starts
             return
-        known = self._dynsec_clients()
-        commands: list[dict[str, Any]] = []
-        for device_id in ids:
-            if device_id in known:
-                continue
-            role = device_role(device_id)
-            commands += [
-                {"command": "createRole", **role},
-                {
-                    "command": "createClient",
-                    "username": device_id,
-                    "roles": [{"rolename": role["rolename"]}],
-                },
-            ]
-        if commands:
-            self._dynsec(commands, ok_errors=("already exists",))
-
-    def _add_to_dynsec_file(self, device_ids: list[str]) -> None:
-        import json
-
-        path = self.root / "mosquitto" / "dynamic-security.json"
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return  # not prepared yet: prepare() lists every issued device
-        known = {c.get("username") for c in doc.get("clients", []) if isinstance(c, dict)}
-        missing = [d for d in device_ids if d not in known]
-        if not missing:
-            return
-        for device_id in missing:
-            role = device_role(device_id)
-            doc.setdefault("roles", []).append(role)
-            doc.setdefault("clients", []).append(
-                {"username": device_id, "roles": [{"rolename": role["rolename"]}]}
-            )
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1)
-        os.replace(tmp, path)
-
-    def _dynsec_clients(self) -> set[str]:
-        """User names in the plugin's file (which the running broker saves after each change)."""
-        import json
-
-        try:
-            doc = json.loads((self.root / "mosquitto" / "dynamic-security.json").read_text())
-        except (OSError, ValueError):
-            return set()
-        return {
-            str(c["username"])
-            for c in doc.get("clients", [])
-            if isinstance(c, dict) and "username" in c
-        }
+        known = broker_acl.known_clients(self._dynsec_file)
+        new = [d for d in ids if d not in known]
+        if new:
+            self._acl_control(broker_acl.register_commands(new), ok_errors=("already exists",))
 
     def revoke_device(self, device_id: str) -> int:
         """Revoke the device's certificate: CRL, reload, and its live session ends now."""
@@ -377,70 +218,16 @@ class Stack:
             # The TLS session of a device already connected is not re-checked: deleting its
             # plugin client kicks it and leaves it no access, should it still be connected.
             os.kill(pid, signal.SIGHUP)
-            self._dynsec(
-                [
-                    {"command": "deleteClient", "username": device_id},
-                    {"command": "deleteRole", "rolename": f"device:{device_id}"},
-                ],
-                ok_errors=("not found",),
-            )
+            self._acl_control(broker_acl.unregister_commands(device_id), ok_errors=("not found",))
+        else:
+            self._write_mosquitto()  # the device is no longer in issued_devices()
         return serial
 
-    def _dynsec(self, commands: list[dict[str, Any]], ok_errors: tuple[str, ...] = ()) -> None:
-        """Send commands to the dynamic-security plugin as ``carpulse-admin`` and check replies."""
-        import json
-        import threading
-
-        import paho.mqtt.client as paho
-
-        replies: list[dict[str, Any]] = []
-        done, subscribed = threading.Event(), threading.Event()
-        client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
-            client_id=f"carpulse-admin-{secrets.token_hex(4)}",
-            protocol=paho.MQTTv311,
+    def _acl_control(self, commands: list[dict[str, Any]], ok_errors: tuple[str, ...]) -> None:
+        password = self.secret_file(broker_acl.ADMIN).read_text().strip()
+        broker_acl.control(
+            self.s.host, self.s.mqtt_service_port, self.pki.ca_cert, password, commands, ok_errors
         )
-        client.tls_set(ca_certs=str(self.pki.ca_cert))
-        client.username_pw_set("carpulse-admin", self.secret_file("carpulse-admin").read_text())
-
-        def on_message(c: Any, u: Any, msg: Any) -> None:
-            replies.extend(json.loads(msg.payload).get("responses", []))
-            done.set()
-
-        refused: list[str] = []
-
-        def on_connect(c: Any, u: Any, f: Any, reason: Any, p: Any) -> None:
-            if reason.is_failure:
-                refused.append(str(reason))
-                subscribed.set()
-            else:
-                c.subscribe(f"{DYNSEC_CONTROL}/response", qos=1)
-
-        client.on_message = on_message
-        client.on_subscribe = lambda *a: subscribed.set()
-        client.on_connect = on_connect
-        try:
-            client.connect(self.s.host, self.s.mqtt_service_port)
-        except (OSError, ssl.SSLError) as err:
-            raise StackError(f"cannot reach the broker to change its ACLs: {err}") from err
-        client.loop_start()
-        try:
-            if not subscribed.wait(10) or refused:
-                raise StackError(
-                    f"the broker did not let carpulse-admin manage its ACLs ({refused or 'no answer'}"
-                    "): if an older carpulse started it, restart it with "
-                    "`carpulse stack down && carpulse stack up`"
-                )
-            client.publish(DYNSEC_CONTROL, json.dumps({"commands": commands}), qos=1)
-            if not done.wait(10):
-                raise StackError("the broker's dynamic-security plugin did not answer")
-        finally:
-            client.disconnect()
-            client.loop_stop()
-        for reply in replies:
-            problem = reply.get("error")
-            if problem and not any(ok in problem for ok in ok_errors):
-                raise StackError(f"dynamic-security {reply.get('command')}: {problem}")
 
     def _write_influx(self) -> None:
         d = self.root / "influxdb"
