@@ -142,12 +142,26 @@ def pki_init() -> None:
 
 
 @pki_app.command("device")
-def pki_device(device_id: str) -> None:
+def pki_device(
+    device_id: str,
+    renew: Annotated[
+        bool, typer.Option(help="Issue a new certificate (after a revocation).")
+    ] = False,
+) -> None:
     """Issue (or show) the client certificate of a device; its CN is the device id."""
-    from carpulse.pki import LocalPKI
+    from carpulse.stack import Stack
 
-    cert, key = LocalPKI(Path(settings().stack.data_dir) / "pki").device(device_id)
+    cert, key = Stack(settings().stack).provision_device(device_id, renew=renew)
     typer.echo(f"cert: {cert}\nkey: {key}")
+
+
+@pki_app.command("revoke")
+def pki_revoke(device_id: str) -> None:
+    """Revoke a device's certificate: the broker refuses it from now on (CRL, session ended)."""
+    from carpulse.stack import Stack
+
+    serial = Stack(settings().stack).revoke_device(device_id)
+    typer.echo(f"revoked {device_id} (serial {serial:x})")
 
 
 @pki_app.command("command-key")
@@ -155,10 +169,14 @@ def pki_command_key(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing key pair.")] = False,
 ) -> None:
     """Create the Ed25519 command-signing key pair (private: cloud only; public: every device)."""
-    from core.signing import generate_keypair
+    from core.signing import generate_keypair, key_id, load_public_key
 
     priv, pub = generate_keypair(Path(settings().stack.data_dir) / "pki", overwrite=overwrite)
-    typer.echo(f"private (cloud only, 0600): {priv}\npublic (install on devices): {pub}")
+    typer.echo(
+        f"private (cloud only, 0600): {priv}\npublic (install on devices): {pub}\n"
+        f"key id (commands carry it; revoke it with [edge.commands] revoked_key_ids): "
+        f"{key_id(load_public_key(pub))}"
+    )
 
 
 # ----- config --------------------------------------------------------------------------------

@@ -203,6 +203,9 @@ class Fleet:
         from edge.publisher import MqttPublisher, device_mqtt_settings
 
         self.ids = [f"bench-v{i}" for i in range(vehicles)]
+        from carpulse.stack import Stack
+
+        Stack(s.stack).provision_devices(self.ids)  # one ACL update for the fleet, not one each
         self.pubs = [
             MqttPublisher(device_mqtt_settings(s, d), "bench", window=64) for d in self.ids
         ]

@@ -5,11 +5,15 @@ bytes, so no canonical re-serialisation is needed on the device::
 
     payload = {"v": 1, "alg": "ed25519", "body": base64url(body_bytes), "sig": base64url(signature)}
     body    = {"id": "9f0c...", "device": "car-1", "name": "lock", "args": {...},
-               "iat": 1767000000.0, "exp": 1767000060.0, "nonce": "b1946ac92492d2347c6235b4d2611184"}
+               "iat": 1767000000.0, "exp": 1767000060.0, "nonce": "b1946ac92492d2347c6235b4d2611184",
+               "kid": "3f1c0a9e5b7d2e44"}
     signed  = SIGNING_CONTEXT + body_bytes      # domain separation: these bytes sign nothing else
 
 ``iat``/``exp`` are Unix seconds; ``nonce`` is 16 to 64 hex characters and never reused (the device
-remembers nonces until they expire). The ack the device publishes on ``cmd-ack`` is small JSON::
+remembers nonces until they expire). ``kid`` names the signing key (``core.signing.key_id``: the
+first 16 hex digits of the SHA-256 of the raw public key); it is inside the signed body, so it
+cannot be swapped, and it lets a device trust several keys at once (rotation) and distrust one by
+its id (revocation) without reflashing. The ack the device publishes on ``cmd-ack`` is small JSON::
 
     {"v": 1, "id": "9f0c..." | null, "name": "lock" | null, "status": "accepted|refused|failed",
      "reason": "ok|unsigned|bad_signature|expired|...", "detail": "...", "ts_us": ..., "result": {...}}
@@ -39,6 +43,7 @@ ALG_ED25519: Final = "ed25519"
 MAX_PAYLOAD: Final = 64 * 1024
 NONCE_RE: Final = re.compile(r"^[0-9a-f]{16,64}$")
 ID_RE: Final = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+KID_RE: Final = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 # The commands a device understands; an agent may implement a subset (its allowlist).
@@ -58,11 +63,13 @@ AckStatus = Literal["accepted", "refused", "failed"]
 REASONS: Final[tuple[str, ...]] = (
     "malformed",  # not a command payload at all
     "unsigned",  # no signature
+    "unknown_key",  # no key id, or one this device does not trust
+    "revoked_key",  # signed with a key this device was told to distrust
     "bad_signature",  # forged or tampered
     "wrong_device",  # signed for another device
     "topic_mismatch",  # body name differs from the topic's cmd/<name>
     "not_yet_valid",  # issued in the future beyond the allowed clock skew
-    "expired",
+    "expired",  # also: expired before a command this device already accepted was issued
     "ttl_too_long",  # exp - iat above the device's limit (keeps the nonce store bounded)
     "unknown_command",
     "not_allowed",  # known but not on this device's allowlist
@@ -83,18 +90,22 @@ class CommandBody:
     iat: float
     exp: float
     nonce: str
+    kid: str | None = None  # the signing key's id; a device refuses a body without one
 
     def to_json(self) -> bytes:
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "device": self.device,
+            "name": self.name,
+            "args": self.args,
+            "iat": self.iat,
+            "exp": self.exp,
+            "nonce": self.nonce,
+        }
+        if self.kid is not None:
+            doc["kid"] = self.kid
         return json.dumps(
-            {
-                "id": self.id,
-                "device": self.device,
-                "name": self.name,
-                "args": self.args,
-                "iat": self.iat,
-                "exp": self.exp,
-                "nonce": self.nonce,
-            },
+            doc,
             separators=(",", ":"),
             sort_keys=True,
             allow_nan=False,
@@ -172,7 +183,10 @@ def parse_body(body_bytes: bytes) -> CommandBody:
         raise WireError("malformed", "nonce must be 16-64 lower-case hex characters")
     if not (math.isfinite(iat) and math.isfinite(exp)):
         raise WireError("malformed", "iat and exp must be finite")
-    return CommandBody(cid, device, name, args, iat, exp, nonce)
+    kid = doc.get("kid")
+    if kid is not None and not (isinstance(kid, str) and KID_RE.match(kid)):
+        raise WireError("malformed", "kid must be 1-64 of [0-9A-Za-z_.-]")
+    return CommandBody(cid, device, name, args, iat, exp, nonce, kid)
 
 
 def pack_command(alg: str, body_bytes: bytes, signature: bytes) -> bytes:
@@ -220,6 +234,7 @@ def new_body(
     nonce: str,
     command_id: str,
     now: float | None = None,
+    kid: str | None = None,
 ) -> CommandBody:
     """A fresh body valid from now for ``ttl_s`` seconds (the signer's side)."""
     check_device_id(device_id)
@@ -229,8 +244,10 @@ def new_body(
         raise ValueError("nonce must be 16-64 lower-case hex characters")
     if not ttl_s > 0:
         raise ValueError("ttl_s must be positive")
+    if kid is not None and not KID_RE.match(kid):
+        raise ValueError(f"bad key id {kid!r}")
     t = time.time() if now is None else now
-    return CommandBody(command_id, device_id, name, dict(args), t, t + ttl_s, nonce)
+    return CommandBody(command_id, device_id, name, dict(args), t, t + ttl_s, nonce, kid)
 
 
 def _finite(value: Any) -> bool:

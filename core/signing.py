@@ -5,8 +5,14 @@ Key distribution (provisioning): the cloud / call centre holds the *private* key
 command with :func:`sign_command`; each device gets only the *public* key (``cmd-sign.pub``, PEM
 SubjectPublicKeyInfo), installed read-only next to its certificate. A stolen device therefore
 cannot forge commands for other devices. ``carpulse pki command-key`` creates the pair under the
-local stack's PKI folder for development and tests. Rotating the key means shipping the new public
-key to every device (a config change) before signing with the new private key.
+local stack's PKI folder for development and tests.
+
+Every command names its key (``kid``, :func:`key_id`) inside the signed body, and a device trusts a
+set of public keys, so keys rotate and are revoked without reflashing: ship the next public key
+to the devices (``[edge.commands] public_keys``, then a signed ``reload_config``) while still
+signing with the current one, switch the signer, then list the old key's id in
+``revoked_key_ids`` (or drop its file) and ``reload_config`` again. A device refuses a command
+whose key id it does not trust (``unknown_key``) or was told to distrust (``revoked_key``).
 
 It lives in ``core`` because both sides use it (the edge verifies, the cloud and the dashboards
 sign) and ``edge`` and the cloud never import each other; it depends only on ``core`` and
@@ -15,9 +21,11 @@ sign) and ``edge`` and the cloud never import each other; it depends only on ``c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +87,18 @@ def load_public_key(path: Path | str) -> Ed25519PublicKey:
     return key
 
 
+def key_id(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """The id commands carry for ``key``: 16 hex digits of the SHA-256 of the raw public key."""
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def trusted_keys(keys: Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
+    """``{key id: key}`` for a device's trusted verification keys."""
+    return {key_id(k): k for k in keys}
+
+
 def sign_command(
     private_key: Ed25519PrivateKey,
     device_id: str,
@@ -99,6 +119,7 @@ def sign_command(
         nonce or secrets.token_hex(16),
         command_id or uuid.uuid4().hex,
         now,
+        key_id(private_key),
     )
     body_bytes = body.to_json()
     return pack_command(ALG_ED25519, body_bytes, private_key.sign(signing_input(body_bytes)))

@@ -7,7 +7,7 @@ Public API (the agent loop uses only this)::
 
     def lock(cmd: Command) -> dict | None: ...          # a handler: raise to report "failed"
 
-    proc = CommandProcessor(device_id, load_public_key("cmd-sign.pub"),
+    proc = CommandProcessor(device_id, [load_public_key("cmd-sign.pub")],  # several: rotation
                             allowlist={"lock", "unlock", "navigate"},
                             state_dir=settings.edge.state_dir,
                             handlers={"lock": lock, ...})
@@ -16,8 +16,8 @@ Public API (the agent loop uses only this)::
     publisher.publish(proc.ack_topic, ack_bytes)         # QoS 1
 
 Checks, in order (the first failing one is the ack's ``reason``, see ``core.commands.REASONS``):
-payload shape (``malformed``), signature present (``unsigned``) and valid (``bad_signature``),
-device id (``wrong_device``), topic name = body name (``topic_mismatch``), time window
+payload shape (``malformed``), signature present (``unsigned``), key id trusted (``unknown_key``,
+``revoked_key``), signature valid (``bad_signature``), device id (``wrong_device``), topic name = body name (``topic_mismatch``), time window
 (``not_yet_valid`` beyond ``clock_skew_s``, ``expired``, ``ttl_too_long`` beyond ``max_ttl_s``),
 name (``unknown_command``, ``not_allowed``), nonce (``replayed``), arguments (``bad_args``).
 A command that passes is recorded in the nonce store *before* its handler runs (at-most-once, even
@@ -26,7 +26,18 @@ raises gives status ``failed`` with reason ``handler_failed``.
 
 Replay protection: nonces are kept with their expiry in ``<state_dir>/cmd-nonces.log`` (append,
 fsync per accepted command; compacted when mostly expired), so a restart does not reopen the
-window; ``max_ttl_s`` bounds how long any nonce must be remembered.
+window; ``max_ttl_s`` bounds how long any nonce must be remembered. The clock is not trusted to
+only move forward: ``<state_dir>/cmd-hwm`` keeps the high-water mark of accepted issue times
+(each capped at the device's clock when it was accepted, so a signer whose clock runs ahead
+cannot push it into the future), written durably before the handler runs. Time checks use
+``max(clock, mark)``, so after the clock moves back (RTC reset, GNSS time spoofed) a captured
+command is still expired, and a device whose clock is stale refuses commands that expired before
+the mark. Nonces are forgotten only once they expired before the mark, never on the clock alone.
+
+Keys: the processor trusts a set of Ed25519 keys by id (``core.signing.key_id``; the body's
+``kid`` picks one), minus the ids in ``revoked_key_ids``; :meth:`CommandProcessor.set_keys`
+changes both at run time (the agent calls it on ``reload_config``), so keys rotate and are
+revoked without reflashing.
 
 A verified ``clear_dtcs`` command carries ``cmd.authorization``: a one-shot
 ``firmware_bridge.obd.base.ScopedAuthorization`` for OBD-II mode 04 (optionally bound to
@@ -37,6 +48,7 @@ A verified ``clear_dtcs`` command carries ``cmd.authorization``: a one-shot
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -59,12 +71,13 @@ from core.commands import (
     unpack_command,
 )
 from core.errors import WireError
-from core.signing import verify
+from core.signing import key_id, verify
 from core.topics import check_device_id, device_topic, parse_topic
 
 log = logging.getLogger(__name__)
 
 NONCE_FILE = "cmd-nonces.log"
+HWM_FILE = "cmd-hwm"
 MAX_AUTH_S = 60.0  # an OBD write authorisation never outlives this, whatever the command's ttl
 _LOG_PER_REASON = 10  # then only counted: a flood of forged commands must not flood the log
 
@@ -163,6 +176,42 @@ class NonceStore:
         self._lines = len(self._live)
 
 
+class HighWaterMark:
+    """The latest accepted issue time, durable (write, fsync, rename) and never moving back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.value = 0.0
+        try:
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            return
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if math.isfinite(value) and value >= 0:
+            self.value = value
+        else:  # only a hand edit gets here: the file is replaced atomically
+            log.error("%s: ignoring unreadable high-water mark %r", self.path, text[:40])
+
+    def advance(self, t: float) -> None:
+        if not t > self.value:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(f"{t!r}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.value = t
+
+
 def _obd_clear_authorization(cmd: CommandBody, now: float, monotonic: float) -> Any:
     """A one-shot mode 04 authorisation, or None when the OBD module is not installed."""
     try:
@@ -190,18 +239,21 @@ class CommandProcessor:
     def __init__(
         self,
         device_id: str,
-        public_key: Ed25519PublicKey,
+        public_key: Ed25519PublicKey | Iterable[Ed25519PublicKey],
         allowlist: Iterable[str],
         state_dir: Path | str,
         handlers: Mapping[str, Handler],
         *,
+        revoked_key_ids: Iterable[str] = (),
         max_ttl_s: float = 24 * 3600.0,
         clock_skew_s: float = 60.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device_id = check_device_id(device_id)
-        self.public_key = public_key
+        self.keys: dict[str, Ed25519PublicKey] = {}
+        self.revoked_key_ids: frozenset[str] = frozenset()
+        self.set_keys(public_key, revoked_key_ids)
         self.allowlist = frozenset(allowlist)
         self.handlers = dict(handlers)
         self.max_ttl_s = max_ttl_s
@@ -209,8 +261,23 @@ class CommandProcessor:
         self.clock = clock
         self.monotonic = monotonic
         self.nonces = NonceStore(Path(state_dir) / NONCE_FILE)
-        self.nonces.prune(clock())
+        self.mark = HighWaterMark(Path(state_dir) / HWM_FILE)
+        self.nonces.prune(self.mark.value)
         self.counters: Counter[str] = Counter()
+
+    def set_keys(
+        self,
+        public_keys: Ed25519PublicKey | Iterable[Ed25519PublicKey],
+        revoked_key_ids: Iterable[str] = (),
+    ) -> None:
+        """Trust ``public_keys`` (by key id) except the revoked ids; replaces the previous set."""
+        keys = [public_keys] if isinstance(public_keys, Ed25519PublicKey) else list(public_keys)
+        self.revoked_key_ids = frozenset(revoked_key_ids)
+        self.keys = {kid: k for k in keys if (kid := key_id(k)) not in self.revoked_key_ids}
+        if not self.keys:
+            log.warning(
+                "no trusted command key for %s: every command will be refused", self.device_id
+            )
 
     @property
     def ack_topic(self) -> str:
@@ -257,10 +324,16 @@ class CommandProcessor:
     def _authenticate(self, channel: str, signed: SignedCommand) -> None:
         if not signed.signature:
             raise _Refused("unsigned", "the command carries no signature")
-        if not verify(self.public_key, signed):
-            raise _Refused(
-                "bad_signature", f"signature ({signed.alg}) does not match the device's key"
-            )
+        kid = signed.body.kid
+        if kid is None:
+            raise _Refused("unknown_key", "the command names no signing key (kid)")
+        if kid in self.revoked_key_ids:
+            raise _Refused("revoked_key", f"key {kid} is revoked on this device")
+        key = self.keys.get(kid)
+        if key is None:
+            raise _Refused("unknown_key", f"key {kid} is not trusted by this device")
+        if not verify(key, signed):
+            raise _Refused("bad_signature", f"signature ({signed.alg}) does not match key {kid}")
         body = signed.body
         if body.device != self.device_id:
             raise _Refused("wrong_device", f"signed for {body.device!r}, not {self.device_id!r}")
@@ -268,10 +341,17 @@ class CommandProcessor:
             raise _Refused("topic_mismatch", f"body names {body.name!r}, topic {channel!r}")
 
     def _admit(self, body: CommandBody) -> Command:
-        now = self.clock()
+        clock = self.clock()
+        now = max(clock, self.mark.value)  # a clock moved back does not reopen old commands
         if body.iat > now + self.clock_skew_s:
             raise _Refused("not_yet_valid", f"issued {body.iat - now:.0f}s in the future")
         if body.exp <= now:
+            if body.exp > clock:
+                raise _Refused(
+                    "expired",
+                    f"expired before the last accepted command ({now - body.exp:.0f}s earlier); "
+                    "the device clock is behind",
+                )
             raise _Refused("expired", f"expired {now - body.exp:.0f}s ago")
         if body.exp - body.iat > self.max_ttl_s:
             raise _Refused("ttl_too_long", f"ttl {body.exp - body.iat:.0f}s > {self.max_ttl_s}s")
@@ -281,7 +361,7 @@ class CommandProcessor:
             raise _Refused("not_allowed", f"{body.name!r} is not on this device's allowlist")
         if body.name not in self.handlers:
             raise _Refused("unknown_command", f"this device has no handler for {body.name!r}")
-        self.nonces.prune(now)
+        self.nonces.prune(self.mark.value)  # only what expired before the mark: see the docstring
         if body.nonce in self.nonces:
             raise _Refused("replayed", f"nonce {body.nonce} was already used")
         if self.nonces.full():
@@ -291,6 +371,7 @@ class CommandProcessor:
         except WireError as err:
             raise _Refused(err.reason, err.detail) from err
         self.nonces.add(body.nonce, body.exp)
+        self.mark.advance(min(body.iat, clock))
         auth = (
             _obd_clear_authorization(body, now, self.monotonic())
             if body.name == "clear_dtcs"

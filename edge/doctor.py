@@ -129,7 +129,9 @@ def check_certificate(
         else Check("certificate CN", "fail", f"CN {cns} is not the device id {device_id!r}")
     )
     try:
-        ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
+        # ca_path may be a bundle (the local PKI's device-trust.pem: service CA + device CA).
+        cas = x509.load_pem_x509_certificates(ca_path.read_bytes())
+        ca = next((c for c in cas if c.subject == cert.issuer), cas[0])
         cert.verify_directly_issued_by(ca)
         out.append(Check("certificate issuer", "ok", f"signed by {ca.subject.rfc4514_string()}"))
     except (OSError, ValueError, TypeError) as err:

@@ -52,16 +52,17 @@ def device_mqtt_settings(s: CarpulseSettings, device_id: str) -> DeviceMqtt:
     if e.cert_file and e.key_file and e.ca_file:
         ca, cert, key = e.ca_file, e.cert_file, e.key_file
     else:
-        from carpulse.pki import LocalPKI  # local runs only
+        from carpulse.stack import Stack  # local runs only
 
-        pki = LocalPKI(Path(s.stack.data_dir) / "pki")
-        if not pki.ca_cert.exists():
+        stack = Stack(s.stack)
+        if not stack.pki.ca_cert.exists():
             raise ConfigError(
                 f"no certificates for {device_id}: set [edge] ca_file/cert_file/key_file, "
-                f"or run `carpulse stack up` to create a local PKI in {pki.root}"
+                f"or run `carpulse stack up` to create a local PKI in {stack.pki.root}"
             )
-        cert, key = pki.device(device_id)
-        ca = pki.ca_cert
+        # Issues the certificate on first use and gives the device its ACL role on the broker.
+        cert, key = stack.provision_device(device_id)
+        ca = stack.pki.device_trust
     return DeviceMqtt(device_id, e.broker_host, e.broker_port, ca, cert, key)
 
 
@@ -125,6 +126,7 @@ class MqttPublisher:
         self.client.on_message = self._on_message
         self.backoff = Backoff()
         self.connects = 0  # successful CONNACKs
+        self.retained_dropped = 0  # retained messages on our subscriptions, never acted upon
         self._announce = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -138,6 +140,14 @@ class MqttPublisher:
             self.on_ack(mid)
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.retain:
+            # A device subscribes to its commands only, and the cloud never retains one: a
+            # retained command is stored on the broker and would be handed to the car again on
+            # every (re)subscription, so it is dropped here whatever its signature says.
+            self.retained_dropped += 1
+            if self.retained_dropped <= 10:
+                log.warning("dropped a retained message on %s", msg.topic)
+            return
         if self.on_message is not None:
             self.on_message(msg.topic, bytes(msg.payload))
 
@@ -289,6 +299,9 @@ class MqttPublisher:
                 self.client._thread = None
             else:
                 self.client.loop_stop()
+            # paho keeps the socket pair that wakes its network loop until the client is garbage
+            # collected (a cycle through our callbacks): close it now, or two sockets leak.
+            self.client._reset_sockets(sockpair_only=True)
 
 
 def probe(conf: DeviceMqtt, device_id: str) -> str | None:

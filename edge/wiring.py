@@ -1,9 +1,9 @@
 """Plugs crash detection, signed commands and systemd's watchdog into the agent loop.
 
 ``[edge.crash]`` (on by default; any ``edge.crash.CrashConfig`` field), ``[edge.commands]``
-(``public_key`` file and ``allowlist``; off without a key) and systemd (automatic when the agent
-runs under a unit with ``Type=notify``/``WatchdogSec``). Each part is optional: the agent runs
-without it when its table says so.
+(``public_key``/``public_keys`` files, ``revoked_key_ids``, ``allowlist``; off without a key) and
+systemd (automatic when the agent runs under a unit with ``Type=notify``/``WatchdogSec``). Each
+part is optional: the agent runs without it when its table says so.
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ class CommandsSection(BaseModel):
 
     public_key: Path | None = Field(
         None, description="Ed25519 verification key (PEM) from provisioning."
+    )
+    public_keys: list[Path] = Field(
+        [],
+        description="More trusted verification keys (PEM), e.g. the next key during a rotation.",
+    )
+    revoked_key_ids: list[str] = Field(
+        [],
+        description="Key ids (core.signing.key_id) refused even when their key file is listed.",
     )
     allowlist: list[str] = Field(
         ["navigate", "read_dtcs", "replace_campaign", "reload_config"],
@@ -81,10 +89,14 @@ def attach_crash(agent: Any, edge_doc: dict[str, Any]) -> None:
 def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | None) -> None:
     """Subscribe to ``cmd/+``, verify each command (``edge.commands``) and queue its ack."""
     section = CommandsSection.model_validate(_section(edge_doc, "commands"))
-    if section.public_key is None:
+    if section.public_key is None and not section.public_keys:
         return
     from core.signing import load_public_key
     from edge.commands import Command, CommandProcessor
+
+    def keys_of(sec: CommandsSection) -> list[Any]:
+        paths = ([sec.public_key] if sec.public_key else []) + list(sec.public_keys)
+        return [load_public_key(p) for p in paths]
 
     def replace_campaign(cmd: Command) -> dict[str, Any]:
         result = agent.campaigns.apply(cmd.args.get("campaign", {}))
@@ -97,7 +109,13 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
             raise ValueError("the agent was started without a config file")
         doc = tomllib.loads(Path(config_path).read_text()).get("edge", {})
         applied = [agent.campaigns.apply(c) for c in doc.get("campaigns", [])]
-        return {"campaigns": [a.get("name") for a in applied if a["ok"]]}
+        # Key rotation and revocation without reflashing: the trusted keys are re-read too.
+        new = CommandsSection.model_validate(_section(doc, "commands"))
+        proc.set_keys(keys_of(new), new.revoked_key_ids)
+        return {
+            "campaigns": [a.get("name") for a in applied if a["ok"]],
+            "trusted_keys": sorted(proc.keys),
+        }
 
     def navigate(cmd: Command) -> dict[str, Any]:
         # The head unit reads destinations from the event stream of the device.
@@ -119,10 +137,11 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
     }
     proc = CommandProcessor(
         agent.device_id,
-        load_public_key(section.public_key),
+        keys_of(section),
         allowlist=section.allowlist,
         state_dir=agent.state_dir,
         handlers=handlers,
+        revoked_key_ids=section.revoked_key_ids,
         max_ttl_s=section.max_ttl_s,
     )
     inbox: deque[tuple[str, bytes]] = deque(maxlen=1000)  # filled by paho's thread

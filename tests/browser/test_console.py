@@ -63,7 +63,7 @@ class World:
 
 
 def _device_client(stack: Any, processor: Any, accepted: list[str]) -> Any:
-    cert, key = stack.pki.device(DEVICE)
+    cert, key = stack.provision_device(DEVICE)
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=DEVICE, protocol=paho.MQTTv311)
     c.tls_set(ca_certs=str(stack.pki.ca_cert), certfile=str(cert), keyfile=str(key))
     connected = threading.Event()

@@ -28,8 +28,8 @@ def test_gate_events_reach_the_broker_and_leave_the_queue(
     got: list[bytes] = []
     console = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gate-test-console")
     console.tls_set(ca_certs=str(local_stack.pki.ca_cert))
-    console.username_pw_set(
-        "carpulse-console", local_stack.secret_file("carpulse-console").read_text()
+    console.username_pw_set(  # reads device events as the bridge does (the console cannot)
+        "carpulse-bridge", local_stack.secret_file("carpulse-bridge").read_text()
     )
     console.on_message = lambda c, u, m: got.append(bytes(m.payload))
     ready = threading.Event()

@@ -19,16 +19,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 
 def _console(stack: Stack) -> tuple[mqtt.Client, list[tuple[str, bytes]]]:
+    """An observer of every device channel: the bridge account (the console only sees cmd-ack)."""
     got: list[tuple[str, bytes]] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="console-test")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="observer-test")
     client.tls_set(ca_certs=str(stack.pki.ca_cert))
-    client.username_pw_set("carpulse-console", stack.secret_file("carpulse-console").read_text())
+    client.username_pw_set("carpulse-bridge", stack.secret_file("carpulse-bridge").read_text())
     client.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload)))
     ready = threading.Event()
     client.on_subscribe = lambda *a: ready.set()
     client.connect(stack.s.host, stack.s.mqtt_service_port)
     client.loop_start()
-    client.subscribe("carpulse/v1/#", qos=1)
+    client.subscribe("carpulse/v1/+/events", qos=1)
     assert ready.wait(10)
     return client, got
 

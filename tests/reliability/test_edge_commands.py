@@ -81,5 +81,5 @@ def test_replace_campaign_over_a_signed_command(broker: Mosquitto, tmp_path: Pat
     acks = [decode_ack(a) for a in col.acks]
     assert (acks[0].status, acks[0].result.get("version")) == ("accepted", 2)
     assert (acks[1].status, acks[1].reason) == ("refused", "replayed")
-    assert (acks[2].status, acks[2].reason) == ("refused", "bad_signature")
+    assert (acks[2].status, acks[2].reason) == ("refused", "unknown_key")  # not a trusted key
     assert read_stats(state)["campaigns"]["speed"] == 2

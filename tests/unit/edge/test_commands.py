@@ -12,9 +12,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.commands import Ack, b64d, b64e, decode_ack, unpack_command
+from core.commands import (
+    ALG_ED25519,
+    Ack,
+    b64d,
+    b64e,
+    decode_ack,
+    new_body,
+    pack_command,
+    signing_input,
+    unpack_command,
+)
 from core.signing import (
     generate_keypair,
+    key_id,
     load_private_key,
     load_public_key,
     sign_command,
@@ -94,7 +105,11 @@ def test_forged_and_tampered_commands_are_refused(keys, tmp_path) -> None:
     proc = _proc(pub, tmp_path / "s", Clock())
     other = Ed25519PrivateKey.generate()
     forged = sign_command(other, DEV, "unlock", {}, 60, now=T0)
-    assert _send(proc, "unlock", forged).reason == "bad_signature"
+    assert _send(proc, "unlock", forged).reason == "unknown_key"  # its own key id: not trusted
+    # The same forgery claiming the device's trusted key id fails on the signature.
+    body = new_body(DEV, "unlock", {}, 60, "ab" * 16, "forged1", T0, key_id(key))
+    claimed = pack_command(ALG_ED25519, body.to_json(), other.sign(signing_input(body.to_json())))
+    assert _send(proc, "unlock", claimed).reason == "bad_signature"
     # Tamper with the body but keep the genuine signature.
     doc = json.loads(sign_command(key, DEV, "navigate", {"lat": 48.8, "lon": 2.3}, 60, now=T0))
     body = json.loads(b64d(doc["body"], "body"))
@@ -111,7 +126,7 @@ def test_forged_and_tampered_commands_are_refused(keys, tmp_path) -> None:
     doc = json.loads(sign_command(key, DEV, "lock", {}, 60, now=T0))
     doc["alg"] = "none"
     assert _send(proc, "lock", json.dumps(doc).encode()).reason == "bad_signature"
-    assert proc.counters["bad_signature"] == 3
+    assert proc.counters["bad_signature"] == 3 and proc.counters["unknown_key"] == 1
 
 
 def test_time_window(keys, tmp_path) -> None:

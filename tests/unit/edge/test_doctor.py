@@ -71,7 +71,7 @@ def test_key_permissions(tmp_path: Path) -> None:
 def test_certificate_checks(tmp_path: Path) -> None:
     pki = LocalPKI(tmp_path / "pki")
     cert, key = pki.device("car-doc-1")
-    checks = {c.name: c for c in check_certificate(cert, key, pki.ca_cert, "car-doc-1")}
+    checks = {c.name: c for c in check_certificate(cert, key, pki.device_trust, "car-doc-1")}
     assert {c.status for c in checks.values()} == {"ok"}, checks
     assert set(checks) == {
         "certificate dates",
@@ -79,23 +79,25 @@ def test_certificate_checks(tmp_path: Path) -> None:
         "certificate issuer",
         "certificate key",
     }
-    wrong_cn = {c.name: c for c in check_certificate(cert, key, pki.ca_cert, "car-doc-2")}
+    wrong_cn = {c.name: c for c in check_certificate(cert, key, pki.device_trust, "car-doc-2")}
     assert wrong_cn["certificate CN"].status == "fail"
     rogue = LocalPKI(tmp_path / "rogue")
     rogue.init()
     issuer = {c.name: c for c in check_certificate(cert, key, rogue.ca_cert, "car-doc-1")}
     assert issuer["certificate issuer"].status == "fail"
     _, other_key = pki.device("car-doc-2")
-    mismatch = {c.name: c for c in check_certificate(cert, other_key, pki.ca_cert, "car-doc-1")}
+    mismatch = {
+        c.name: c for c in check_certificate(cert, other_key, pki.device_trust, "car-doc-1")
+    }
     assert mismatch["certificate key"].status == "fail"
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3000)
-    dates = {c.name: c for c in check_certificate(cert, key, pki.ca_cert, "car-doc-1", later)}
+    dates = {c.name: c for c in check_certificate(cert, key, pki.device_trust, "car-doc-1", later)}
     assert (
         dates["certificate dates"].status == "fail"
         and "expired" in dates["certificate dates"].detail
     )
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=820)
-    near = {c.name: c for c in check_certificate(cert, key, pki.ca_cert, "car-doc-1", soon)}
+    near = {c.name: c for c in check_certificate(cert, key, pki.device_trust, "car-doc-1", soon)}
     assert near["certificate dates"].status == "warn"
 
 
