@@ -17,6 +17,7 @@ import typer
 
 from core.config import CarpulseSettings, KafkaSettings, SmtpSettings
 from core.errors import CarpulseError, ConfigError
+from crm.admin_cli import import_cmd, templates_app
 
 if TYPE_CHECKING:
     from core.crm_events import CrmEvent
@@ -28,6 +29,8 @@ crm_app = typer.Typer(
 report_app = typer.Typer(help="Reports for owners.")
 audit_app = typer.Typer(help="The audit log: verify its hash chain.")
 crm_app.add_typer(audit_app, name="audit")
+crm_app.add_typer(templates_app, name="templates")
+crm_app.command("import")(import_cmd)
 
 DbOpt = Annotated[
     str | None,
@@ -50,10 +53,10 @@ def _db_url(db: str | None) -> str:
 def _store(db: str | None) -> CrmStore:
     import logging
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise here
     from crm.migrate import upgrade
     from crm.store import CrmStore
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise here
     store = CrmStore.from_url(_db_url(db))
     upgrade(store.engine)  # schema only; idempotent
     return store
