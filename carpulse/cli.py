@@ -16,7 +16,9 @@ import typer
 
 from core.config import CarpulseSettings, cli_settings, masked_dump, start_cli
 from core.errors import CarpulseError
+from crm.admin_cli import registry_app
 from crm.cli import crm_app, report_app  # typer only: SQLAlchemy/Faust load inside the commands
+from dashboards.cli import users_app
 
 app = typer.Typer(
     help="carpulse: streaming telematics from the car to the dealer.",
@@ -39,6 +41,8 @@ gate_app = typer.Typer(help="Dealer gate cameras: licence plates and consented f
 app.add_typer(gate_app, name="gate")
 app.add_typer(crm_app, name="crm")
 app.add_typer(report_app, name="report")
+app.add_typer(users_app, name="users")
+app.add_typer(registry_app, name="registry")
 
 _state: dict[str, Any] = {}
 

@@ -293,3 +293,23 @@ def test_command_json_summary_and_exit_codes(tmp_path: Path) -> None:
     assert "unchanged" in res.output
     res = runner.invoke(app, ["crm", "import", str(tmp_path / "nowhere"), "--db", db])
     assert res.exit_code != 0 and "not a directory" in str(res.exception)
+
+
+def test_the_real_command_prints_lines_not_tracebacks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = write(tmp_path / "dms", {"customers.csv": b"customer_ref,name\nA,\xff\x00=1\n",
+                                      "vehicles.csv": b"vin\n" + b"Q" * 17 + b"\n"})  # fmt: skip
+    db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    proc = subprocess.run([sys.executable, "-m", "carpulse", "crm", "import", str(folder),
+                           "--db", db], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{folder}/customers.csv:2: name: not UTF-8 (byte 0xff)" in proc.stderr
+    assert f"{folder}/vehicles.csv:2: vin: VIN has characters a VIN never contains" in proc.stderr
+    missing = subprocess.run([sys.executable, "-m", "carpulse", "crm", "import",
+                              str(tmp_path / "nope"), "--db", db],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "carpulse: error:" in missing.stderr and "not a directory" in missing.stderr
