@@ -5,11 +5,17 @@ CRM (or an operator) exports the mapping: ``{"device-id": "VIN", ...}`` as JSON,
 the columns ``device_id,vin``. ``StreamSettings.registry`` names the file or URL. Without one the
 worker runs in open mode (development, demos): every valid device id is its own vehicle id.
 With one, telemetry from a device not in it is dead-lettered with reason ``unknown_device``.
+
+The list form may carry each vehicle's last workshop service (``carpulse registry export``
+writes it from the CRM's service records): ``{"device_id": .., "vin": .., "last_service":
+{"date": "2025-05-10", "odometer_km": 30110.5}}``. The service-due model then starts the
+vehicle's interval there instead of at the first odometer reading it sees.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -34,6 +40,8 @@ class DeviceRegistry:
     vins: dict[str, str] = field(default_factory=dict)
     open_mode: bool = False
     source: str = ""
+    # vin -> (UTC day number, odometer km) of its last service, from the list form
+    last_service: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def vin(self, device_id: str) -> str | None:
         """The vehicle of ``device_id``, or None when the device is unknown."""
@@ -81,6 +89,30 @@ def parse_registry(text: str, where: str) -> dict[str, str]:
     return out
 
 
+def parse_last_service(text: str, where: str) -> dict[str, tuple[float, float]]:
+    """``vin -> (UTC day number, km)`` from the list form's ``last_service`` objects."""
+    if not text.lstrip().startswith("["):
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"registry {where}: not valid JSON: {err}") from err
+    out: dict[str, tuple[float, float]] = {}
+    for i, item in enumerate(doc):
+        last = item.get("last_service") if isinstance(item, dict) else None
+        if last is None:
+            continue
+        try:
+            day = dt.date.fromisoformat(last["date"])
+            km = float(last["odometer_km"])
+            if not 0 <= km < 10_000_000:
+                raise ValueError(f"odometer_km {km} out of range")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"registry {where}, item {i}: bad last_service: {err}") from err
+        out[str(item["vin"])] = (float((day - dt.date(1970, 1, 1)).days), km)
+    return out
+
+
 def load_registry(source: str | None, timeout_s: float = 10.0) -> DeviceRegistry:
     """Load the registry from a path or an http(s) URL; ``None``/``""`` gives open mode."""
     if not source:
@@ -96,4 +128,9 @@ def load_registry(source: str | None, timeout_s: float = 10.0) -> DeviceRegistry
             text = Path(source).read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"registry {source}: cannot read: {err}") from err
-    return DeviceRegistry(parse_registry(text, source), open_mode=False, source=source)
+    return DeviceRegistry(
+        parse_registry(text, source),
+        open_mode=False,
+        source=source,
+        last_service=parse_last_service(text, source),
+    )
