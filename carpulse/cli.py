@@ -108,7 +108,7 @@ def stack_up(
             "--kafka-brokers",
             min=1,
             max=9,
-            help="Kafka brokers (3: replication 3, min.insync.replicas 2); default [stack].",
+            help="Kafka brokers (3: replication 3, min.insync.replicas 2); default \\[stack].",
         ),
     ] = None,
 ) -> None:
@@ -407,13 +407,13 @@ def demo(
 @app.command("dashboard")
 def dashboard(
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on (default [dashboard] host).")
+        str | None, typer.Option(help="Address to listen on (default \\[dashboard] host).")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port to listen on (default [dashboard] port).")
+        int | None, typer.Option(help="Port to listen on (default \\[dashboard] port).")
     ] = None,
     crm_url: Annotated[
-        str | None, typer.Option(help="CRM database URL (default [crm], else the stack's).")
+        str | None, typer.Option(help="CRM database URL (default \\[crm], else the stack's).")
     ] = None,
     demo_users: Annotated[
         bool, typer.Option(help="Create the demo users and demo CRM records.")
@@ -425,7 +425,7 @@ def dashboard(
         list[str] | None,
         typer.Option(
             help="A coupon template advisors may issue from the inbox (repeatable; "
-            "replaces [dashboard] coupon_templates)."
+            "replaces \\[dashboard] coupon_templates)."
         ),
     ] = None,
 ) -> None:

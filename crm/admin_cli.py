@@ -22,12 +22,14 @@ if TYPE_CHECKING:
     from crm.store import CrmStore
 
 templates_app = typer.Typer(help="Coupon templates the rules and the advisors issue from.")
-registry_app = typer.Typer(help="The device -> VIN registry the stream reads ([stream] registry).")
+registry_app = typer.Typer(
+    help="The device -> VIN registry the stream reads (\\[stream] registry)."
+)
 
 DbOpt = Annotated[
     str | None,
     typer.Option(
-        "--db", help="CRM database URL (default [crm] url or url_file, else the stack's SQLite)."
+        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
     ),
 ]
 

@@ -35,7 +35,7 @@ crm_app.command("import")(import_cmd)
 DbOpt = Annotated[
     str | None,
     typer.Option(
-        "--db", help="CRM database URL (default [crm] url or url_file, else the stack's SQLite)."
+        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
     ),
 ]
 
@@ -264,25 +264,25 @@ def worker_cmd(
     ] = None,
     db: DbOpt = None,
     interval: Annotated[
-        float | None, typer.Option(help="Seconds between periodic jobs (default [crm]).")
+        float | None, typer.Option(help="Seconds between periodic jobs (default \\[crm]).")
     ] = None,
     webhook_url: Annotated[
-        str | None, typer.Option(help="Dealer integration webhook (default [webhooks] url).")
+        str | None, typer.Option(help="Dealer integration webhook (default \\[webhooks] url).")
     ] = None,
     smtp_host: Annotated[
-        str | None, typer.Option(help="SMTP server for e-mail (default [smtp] host).")
+        str | None, typer.Option(help="SMTP server for e-mail (default \\[smtp] host).")
     ] = None,
-    smtp_port: Annotated[int | None, typer.Option(help="SMTP port (default [smtp]).")] = None,
+    smtp_port: Annotated[int | None, typer.Option(help="SMTP port (default \\[smtp]).")] = None,
     sender: Annotated[
-        str | None, typer.Option(help="E-mail From address (default [smtp] sender).")
+        str | None, typer.Option(help="E-mail From address (default \\[smtp] sender).")
     ] = None,
     loglevel: str = "warn",
 ) -> None:
     """Run the CRM rules as Faust agents on the stream's topics, with delivery and purge jobs.
 
-    Everything comes from the settings (``--config``): ``[crm]``, ``[smtp]``, ``[webhooks]``,
-    ``[kafka]``; the flags override single values. The webhook secret comes from
-    $CARPULSE_WEBHOOKS__SECRET or ``[webhooks] secret_file``, never from a flag.
+    Everything comes from the settings (--config): the crm, smtp, webhooks and kafka sections;
+    the flags override single values. The webhook secret comes from $CARPULSE_WEBHOOKS__SECRET
+    or the webhooks section's secret_file, never from a flag.
     """
     import faust
 

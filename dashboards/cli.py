@@ -25,7 +25,7 @@ users_app = typer.Typer(help="Dashboard users: call-centre agents, service advis
 DbOpt = Annotated[
     str | None,
     typer.Option(
-        "--db", help="CRM database URL (default [crm] url or url_file, else the stack's SQLite)."
+        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
     ),
 ]
 ROLE_HELP = "call_centre_agent, service_advisor, dealer_admin, auditor or platform_admin."
