@@ -68,10 +68,14 @@ def import_cmd(
     printed as file:line: reason (on stderr; in the JSON with --json); the exit code is 1 when
     any row was rejected (the others are imported).
     """
+    import phonenumbers
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from crm.onboard import import_folder
 
+    if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"--region {region!r}: not a country code phonenumbers knows (CN, HK...)")
+    region = region.upper()
     store = _store(db)
     try:
         report = import_folder(store, folder, dealer_id=dealer, region=region, dry_run=dry_run)

@@ -15,6 +15,11 @@ files again changes nothing and a changed row updates its record:
 - consents: (customer, purpose, at);
 - service records: (vin, date); the odometer may not go backwards between services.
 
+A key that appears twice in one file is a reject of the second row ("same vin as line 3").
+Dates are days (``YYYY-MM-DD``, also ``/`` or ``.``); an ownership starts and ends at midnight
+UTC of its dates. A consent's ``at`` is an ISO 8601 time with an offset, or a date (midnight
+UTC).
+
 An empty optional cell means "not given": the stored value is kept.
 """
 
@@ -72,6 +77,14 @@ FILES: Final[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "ownerships.csv": (("vin", "customer_ref", "from_date"), ("to_date",)),
     "consents.csv": (("customer_ref", "purpose", "granted", "at"), ()),
     "service_records.csv": (("vin", "date", "odometer_km"), ("work", "amount")),
+}
+# the natural key of each file's rows: a key twice in one file is a reject
+KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "customers.csv": ("customer_ref",),
+    "vehicles.csv": ("vin",),
+    "ownerships.csv": ("vin", "customer_ref", "from_date"),
+    "consents.csv": ("customer_ref", "purpose", "at"),
+    "service_records.csv": ("vin", "date"),
 }
 Outcome = Literal["inserted", "updated", "unchanged"]
 OPENID_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -145,6 +158,7 @@ class Importer:
             self.report.rejects.append(f"{err} (file skipped)")
             rep.rejected += 1
             return
+        rows = self._drop_duplicates(path, rows, KEYS[name], rep)
         if name in ("ownerships.csv", "service_records.csv"):
             # per vehicle in time order: intervals and odometers are checked against the
             # rows before them; a bad date sorts last and is rejected by the handler
@@ -168,6 +182,25 @@ class Importer:
                 continue
             setattr(rep, outcome, getattr(rep, outcome) + 1)
         self.report.rejects.sort(key=_reject_order)
+
+    def _drop_duplicates(
+        self,
+        path: Path,
+        rows: list[tuple[int, dict[str, str]]],
+        key: tuple[str, ...],
+        rep: FileReport,
+    ) -> list[tuple[int, dict[str, str]]]:
+        """A second row with the same key in one file is a reject, not a silent overwrite."""
+        first: dict[tuple[str, ...], int] = {}
+        out = []
+        for line, cells in rows:
+            k = tuple(cells[c].strip().upper() if c == "vin" else cells[c].strip() for c in key)
+            if k in first:
+                self._reject(path, line, f"same {', '.join(key)} as line {first[k]}", rep)
+                continue
+            first[k] = line
+            out.append((line, cells))
+        return out
 
     def _reject(self, path: Path, line: int, reason: str, rep: FileReport) -> None:
         rep.rejected += 1

@@ -182,7 +182,8 @@ def test_rejects_name_file_line_and_reason_and_leave_no_trace(
                           f"{VIN_B},C999,2018-01-01,2018-06-01\n"
                           f"LSVAA4182E2999999,C001,2018-01-01,\n"
                           f"{VIN_A},C001,2019-01-01,2018-01-01\n",
-        "consents.csv": CONSENTS + "C002,telepathy,yes,2024-01-01\nC002,location,maybe,2024-01-01\n",
+        "consents.csv": CONSENTS + "C002,telepathy,yes,2024-01-01\nC002,location,maybe,2024-01-01\n"
+                        "C001,location,no,2023-05-01T10:00:00+08:00\n",
         "service_records.csv": SERVICES + f"{VIN_A},2025-09-01,29000,oil,\n"
                                f"{VIN_B},2099-01-01,50000,oil,\n",
     })  # fmt: skip
@@ -199,6 +200,7 @@ def test_rejects_name_file_line_and_reason_and_leave_no_trace(
         "ownerships.csv:8: to_date 2018-01-01 is not after from_date 2019-01-01",
         "consents.csv:4: purpose: 'telepathy' is not one of location, face, marketing",
         "consents.csv:5: granted: not yes/no: 'maybe' (true/false, yes/no, 1/0)",
+        "consents.csv:6: same customer_ref, purpose, at as line 2",
         "service_records.csv:6: odometer_km 29000 on 2025-09-01 does not fit 30110.5 km on "
         "2025-05-10 (an odometer never goes backwards)",
         "service_records.csv:7: date 2099-01-01 is in the future",
