@@ -88,12 +88,13 @@ def import_cmd(
     else:
         for line in report.rejects:
             typer.echo(line, err=True)
-        head = "dry run (nothing written): " if dry_run else ""
-        typer.echo(f"{head}{'file':22} inserted updated unchanged rejected")
+        typer.echo(f"{'file':22} inserted updated unchanged rejected")
         for name, rep in report.files.items():
             if rep.present:
-                typer.echo(f"{' ' * len(head)}{name:22} {rep.inserted:8} {rep.updated:7} "
-                           f"{rep.unchanged:9} {rep.rejected:8}")  # fmt: skip
+                typer.echo(f"{name:22} {rep.inserted:8} {rep.updated:7} {rep.unchanged:9} "
+                           f"{rep.rejected:8}")  # fmt: skip
+        if dry_run:
+            typer.echo("dry run: nothing was written")
     if report.rejects:
         raise typer.Exit(1)
 
