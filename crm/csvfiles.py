@@ -19,7 +19,7 @@ from typing import IO, Final
 
 from core.errors import CarpulseError
 
-MAX_FILE_BYTES: Final = 512 * 1024 * 1024
+MAX_FILE_BYTES: Final = 128 * 1024 * 1024  # rows are held in memory for ordering
 MAX_LINE: Final = 1024 * 1024  # characters of one physical line
 MAX_COLUMNS: Final = 256  # cells of the header and of a row
 
