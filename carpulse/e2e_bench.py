@@ -171,6 +171,9 @@ def pipeline(config: Path, log_dir: Path) -> Iterator[list[subprocess.Popen[byte
     env["CARPULSE_CONFIG"] = str(config)
     env["CARPULSE_STREAM__APP_ID"] = f"carpulse-stream-bench-{uuid.uuid4().hex[:8]}"
     env["CARPULSE_STREAM__WEB_PORT"] = str(free_port())
+    # a few simulated vehicles carry a fleet's load: the per-device limit is not what is measured
+    env.setdefault("CARPULSE_BRIDGE__RATE_PER_DEVICE", "100000")
+    env.setdefault("CARPULSE_BRIDGE__BURST_PER_DEVICE", "100000")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name in ("bridge", "worker"):

@@ -576,6 +576,7 @@ database = "carpulse"
         try:
             from stream.app import prepare_output_topics
             from stream.bridge import ensure_topics
+            from stream.privacy import ensure_privacy_topic
         except ImportError:
             progress("kafka topics: not provisioned (install carpulse[stream])")
             return
@@ -587,6 +588,7 @@ database = "carpulse"
         async def provision() -> None:
             await ensure_topics(k, k.partitions, k.replication, list(kb.BRIDGE_OUT), None)
             await prepare_output_topics(settings, None)
+            await ensure_privacy_topic(k.client_options(), k.replication, k.min_insync_replicas)
             await kb.apply_acls(k.client_options(), kb.component_acls())
 
         asyncio.run(provision())

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from core.checks import bounded_str, check_tree, int64
 from core.errors import WireError
 from core.topics import check_device_id
 
@@ -273,21 +274,33 @@ def encode_ack(ack: Ack) -> bytes:
 
 
 def decode_ack(payload: bytes) -> Ack:
+    """Decode an ack; every field type- and range-checked, else ``WireError('malformed')``."""
+    if not isinstance(payload, bytes | bytearray) or len(payload) > MAX_PAYLOAD:
+        raise WireError("malformed", "ack is not bytes of at most 64 KiB")
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise WireError("malformed", f"ack is not JSON: {err}") from err
-    if not isinstance(doc, dict) or doc.get("v") != COMMAND_VERSION:
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise WireError("malformed", f"ack is not JSON: {str(err)[:200]}") from err
+    if type(doc) is not dict or doc.get("v") != COMMAND_VERSION:
         raise WireError("malformed", "ack is not a version-1 JSON object")
     status = doc.get("status")
     if status not in ("accepted", "refused", "failed"):
-        raise WireError("malformed", f"unknown ack status {status!r}")
+        raise WireError("malformed", "unknown ack status")
+    cid, name = doc.get("id"), doc.get("name")
+    if cid is not None and (type(cid) is not str or not ID_RE.fullmatch(cid)):
+        raise WireError("malformed", "ack id must be a command id or null")
+    if name is not None:
+        bounded_str(name, "malformed", "ack name", max_len=64)
+    ts_us = doc.get("ts_us")
+    result = {} if doc.get("result") is None else doc.get("result")
+    if type(result) is not dict:
+        raise WireError("malformed", "ack result must be an object")
     return Ack(
         status=status,
-        reason=str(doc.get("reason", "")),
-        id=doc.get("id"),
-        name=doc.get("name"),
-        detail=str(doc.get("detail", "")),
-        result=doc.get("result") or {},
-        ts_us=int(doc.get("ts_us") or 0),
+        reason=bounded_str(doc.get("reason", ""), "malformed", "ack reason", max_len=64),
+        id=cid,
+        name=name,
+        detail=bounded_str(doc.get("detail", ""), "malformed", "ack detail"),
+        result=check_tree(result, "malformed", "ack result"),
+        ts_us=0 if ts_us is None else int64(ts_us, "malformed", "ack ts_us"),
     )

@@ -1,9 +1,10 @@
 """Typed settings, one model per component: defaults < TOML file < ``CARPULSE_*`` environment.
 
 The TOML file is ``--config FILE`` or ``$CARPULSE_CONFIG``; sections are named after the
-components (``[mqtt]``, ``[kafka]``, ``[influx]``, ``[stack]``, ``[edge]``, ``[stream]``, ``[crm]``,
-``[smtp]``, ``[webhooks]``, ``[dashboard]``). Every command reads the same file: ``carpulse
---config prod.toml crm worker`` and ``carpulse --config prod.toml dashboard`` agree.
+components (``[mqtt]``, ``[kafka]``, ``[influx]``, ``[stack]``, ``[edge]``, ``[stream]``,
+``[bridge]``, ``[crm]``, ``[smtp]``, ``[webhooks]``, ``[dashboard]``). Every command reads the same
+file: ``carpulse --config prod.toml crm worker`` and ``carpulse --config prod.toml dashboard``
+agree.
 Environment variables use ``__`` between section and key: ``CARPULSE_INFLUX__URL``.
 
 Secrets (passwords, tokens) come only from the environment or from files named by a
@@ -297,6 +298,11 @@ class StreamSettings(BaseModel):
         description="Device -> VIN registry: JSON/CSV file or http(s) URL ('' = open mode, "
         "every device is its own vehicle).",
     )
+    gate_devices: list[str] = Field(
+        default_factory=list,
+        description="Device ids of dealer gate cameras: the only devices whose gate.plate and "
+        "gate.face events are accepted (besides role=gate entries of the registry).",
+    )
     max_batch_samples: int = Field(
         200_000, description="Telemetry records with more samples are dead-lettered (oversized)."
     )
@@ -434,6 +440,33 @@ class DashboardSettings(BaseModel):
     )
 
 
+class BridgeSettings(BaseModel):
+    """The MQTT -> Kafka ingest bridge: what one device may send."""
+
+    rate_per_device: float = Field(
+        100.0,
+        gt=0,
+        description="Messages per second one device may publish, sustained (telemetry, events, "
+        "status and acks together); the excess is acknowledged, dropped and counted "
+        "(reason 'rate_limited'). A car sends about one a second.",
+    )
+    burst_per_device: int = Field(
+        3000,
+        ge=1,
+        description="Messages one device may publish at once above its rate: room for the "
+        "backlog an edge agent drains after a broker outage (10 minutes at 5 a second).",
+    )
+    max_payload_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        description="Larger MQTT messages are dead-lettered (reason 'too_large', payload cut); "
+        "keep it under the Kafka brokers' message.max.bytes (1 MiB by default).",
+    )
+    decode_workers: int = Field(
+        2, ge=1, description="Threads that decode and check messages off the bridge's event loop."
+    )
+
+
 class CarpulseSettings(BaseSettings):
     """Every component's settings; each section is its own model."""
 
@@ -450,6 +483,7 @@ class CarpulseSettings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     edge: EdgeSettings = EdgeSettings()
     stream: StreamSettings = StreamSettings()
+    bridge: BridgeSettings = BridgeSettings()
     crm: CrmSettings = CrmSettings()
     smtp: SmtpSettings = SmtpSettings()
     webhooks: WebhookSettings = WebhookSettings()

@@ -12,7 +12,7 @@ Channel = Literal["telemetry", "events", "status", "cmd-ack"]
 DEVICE_CHANNELS: Final[tuple[str, ...]] = ("telemetry", "events", "status", "cmd-ack")
 
 # A device id is the MQTT client id and the certificate CN: keep it topic- and DNS-safe.
-DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 # Kafka topics written by the ingest bridge and read by the Faust app.
 KAFKA_TELEMETRY: Final = "carpulse.telemetry"
@@ -31,6 +31,9 @@ KAFKA_DAILY: Final = "carpulse.daily"
 KAFKA_ALERTS: Final = "carpulse.alerts"
 # Optional compacted device -> VIN registry (key device id, value VIN) for other consumers.
 KAFKA_REGISTRY: Final = "carpulse.registry"
+# Compacted, key VIN: written by the CRM, read by the stream: may this vehicle's positions be
+# stored, and under which ownership period (core.privacy.LocationPolicy). No record = no.
+KAFKA_PRIVACY: Final = "carpulse.privacy"
 KAFKA_BY_CHANNEL: Final[dict[str, str]] = {
     "telemetry": KAFKA_TELEMETRY,
     "events": KAFKA_EVENTS,

@@ -16,7 +16,11 @@ Binary layout, schema version 1::
 Grouping by name and delta/XOR coding turn periodic CAN signals into long runs of equal bytes,
 which zstd squeezes to a few bits per sample. Everything is vectorised with NumPy: there is no
 per-sample Python on either side. JSON (a payload starting with ``{``) is accepted for debugging.
-Every malformed or unknown message raises :class:`~core.errors.WireError` with a reason code.
+Every malformed or unknown message raises :class:`~core.errors.WireError` with a reason code:
+each field is type- and range-checked (``core.checks``: int64 times and sequence numbers, bounded
+strings, scalar ids) and the sizes are capped before anything is allocated for them (decompressed
+bytes, samples, text samples, msgpack arrays and strings), so hostile input never raises anything
+else and never costs more than a bounded amount of memory.
 """
 
 from __future__ import annotations
@@ -33,6 +37,17 @@ import msgpack
 import numpy as np
 import zstandard
 
+from core.checks import (
+    MAX_ID_LEN,
+    MAX_TEXT_LEN,
+    MAX_TREE_ITEMS,
+    bounded_str,
+    check_tree,
+    finite,
+    int64,
+    is_clean_text,
+    is_int64,
+)
 from core.errors import WireError
 from core.topics import check_device_id
 
@@ -40,13 +55,20 @@ SCHEMA_VERSION: Final = 1
 TELEMETRY_MAGIC: Final = b"CPW"
 EVENT_MAGIC: Final = b"CPE"
 CODEC_ZSTD: Final = 1
-MAX_SAMPLES: Final = 1_000_000  # per batch; the edge sends far fewer
+MAX_SAMPLES: Final = 200_000  # per batch; the edge sends at most a few thousand
+MAX_TEXT_SAMPLES: Final = 10_000  # string-valued samples per batch
 MAX_NAMES: Final = 65_535
-MAX_DECOMPRESSED: Final = 64 * 1024 * 1024
+# 200k samples are 3.2 MB before compression: a small message that inflates past this is a bomb.
+MAX_DECOMPRESSED: Final = 8 * 1024 * 1024
+MAX_JSON_BYTES: Final = 8 * 1024 * 1024  # the JSON debugging form
+MAX_EVENT_BYTES: Final = 64 * 1024
+_READ_CHUNK: Final = 256 * 1024
 ZSTD_LEVEL: Final = 6
 
 # A VSS path: dot-separated identifiers, first one capitalised (``Vehicle.Speed``).
-NAME_RE: Final = re.compile(r"^[A-Z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+){1,15}$")
+NAME_RE: Final = re.compile(r"^[A-Z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+){1,15}\Z")
+# An event kind: ``crash``, ``dtc``, ``gate.plate``...
+KIND_RE: Final = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 _INT_CODES: Final[dict[int, type[np.signedinteger[Any]]]] = {
     1: np.int8,
@@ -249,15 +271,91 @@ def _require(cond: bool, reason: str, detail: str) -> None:
 
 
 def _check_names(names: Any) -> tuple[str, ...]:
-    _require(isinstance(names, list), "bad_names", "names must be a list")
+    _require(type(names) is list, "bad_names", "names must be a list")
     _require(len(names) <= MAX_NAMES, "too_many_names", str(len(names)))
     for name in names:
         _require(
-            isinstance(name, str) and bool(NAME_RE.match(name)),
+            type(name) is str and len(name) <= 256 and bool(NAME_RE.match(name)),
             "bad_signal_name",
-            f"{name!r} is not a VSS path",
+            f"{str(name)[:80]!r} is not a VSS path",
         )
     return tuple(names)
+
+
+def _inflate(data: bytes) -> bytes:
+    """Decompress at most ``MAX_DECOMPRESSED`` bytes, refusing a frame that claims or makes more."""
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as err:
+        raise WireError("bad_compression", str(err)) from err
+    if declared > MAX_DECOMPRESSED:  # refused before a byte is allocated for it
+        raise WireError("bad_compression", f"frame declares {declared} bytes > {MAX_DECOMPRESSED}")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        # A frame header may lie or say nothing: read in chunks and stop past the cap.
+        with _dctx().stream_reader(data, read_across_frames=False) as reader:
+            while chunk := reader.read(_READ_CHUNK):
+                total += len(chunk)
+                if total > MAX_DECOMPRESSED:
+                    raise WireError("bad_compression", f"inflates past {MAX_DECOMPRESSED} bytes")
+                chunks.append(chunk)
+    except zstandard.ZstdError as err:
+        raise WireError("bad_compression", str(err)) from err
+    return b"".join(chunks)
+
+
+def _unpack(raw: bytes, max_array: int, max_map: int, max_str: int, max_bin: int) -> Any:
+    """msgpack with every length capped before it is allocated."""
+    try:
+        return msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=max_bin,
+            max_str_len=max_str,
+            max_array_len=max_array,
+            max_map_len=max_map,
+            max_ext_len=0,
+        )
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as err:
+        raise WireError("bad_msgpack", str(err)[:200]) from err
+
+
+def _check_counts(counts_l: Any, n_names: int) -> int:
+    """Per-name sample counts checked in Python (no NumPy array of a hostile int): their sum."""
+    _require(
+        type(counts_l) is list and len(counts_l) == n_names,
+        "bad_counts",
+        "counts must be one non-negative integer per name",
+    )
+    total = 0
+    for c in counts_l:
+        _require(type(c) is int and 0 <= c <= MAX_SAMPLES, "bad_counts", "count out of range")
+        total += c
+        _require(total <= MAX_SAMPLES, "too_many_samples", f"more than {MAX_SAMPLES}")
+    return total
+
+
+def _check_text(text_l: Any) -> list[tuple[str, int, str]]:
+    _require(type(text_l) is list, "bad_text", "text must be a list")
+    _require(len(text_l) <= MAX_TEXT_SAMPLES, "too_many_samples", f"{len(text_l)} text samples")
+    text: list[tuple[str, int, str]] = []
+    for item in text_l:
+        _require(
+            type(item) is list
+            and len(item) == 3
+            and type(item[0]) is str
+            and bool(NAME_RE.match(item[0]))
+            and is_int64(item[1])
+            and type(item[2]) is str
+            and len(item[2]) <= MAX_TEXT_LEN
+            and is_clean_text(item[2]),
+            "bad_text",
+            "a text sample must be [VSS path, int64 ts_us, string]",
+        )
+        text.append((item[0], item[1], item[2]))
+    return text
 
 
 def _decode_binary(payload: bytes) -> TelemetryBatch:
@@ -265,17 +363,8 @@ def _decode_binary(payload: bytes) -> TelemetryBatch:
     version, codec = payload[3], payload[4]
     _require(version == SCHEMA_VERSION, "unknown_schema", f"schema version {version}")
     _require(codec == CODEC_ZSTD, "unknown_codec", f"codec {codec}")
-    try:
-        # Stream with a hard cap: a frame header may claim any size (decompression bombs).
-        with _dctx().stream_reader(payload[5:], read_across_frames=False) as reader:
-            raw = reader.read(MAX_DECOMPRESSED + 1)
-    except zstandard.ZstdError as err:
-        raise WireError("bad_compression", str(err)) from err
-    _require(len(raw) <= MAX_DECOMPRESSED, "bad_compression", "decompressed size over the limit")
-    try:
-        body = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=MAX_DECOMPRESSED)
-    except (ValueError, msgpack.UnpackException, TypeError) as err:
-        raise WireError("bad_msgpack", str(err)) from err
+    raw = _inflate(payload[5:])
+    body = _unpack(raw, MAX_NAMES, 32, MAX_TEXT_LEN, MAX_DECOMPRESSED)
     _require(isinstance(body, dict), "bad_body", "body is not a map")
     try:
         device_id, boot_id, seq = body["d"], body["b"], body["q"]
@@ -285,80 +374,64 @@ def _decode_binary(payload: bytes) -> TelemetryBatch:
     except KeyError as err:
         raise WireError("missing_field", str(err)) from err
     check_device_id(device_id)
-    _require(isinstance(boot_id, str) and len(boot_id) <= 64, "bad_boot_id", repr(boot_id))
-    _require(isinstance(seq, int) and seq >= 0, "bad_seq", repr(seq))
-    _require(isinstance(t0, int), "bad_t0", repr(t0))
-    _require(width in _INT_CODES, "bad_ts_width", repr(width))
-    _require(
-        isinstance(counts_l, list)
-        and len(counts_l) == len(names)
-        and all(isinstance(c, int) and c >= 0 for c in counts_l),
-        "bad_counts",
-        "counts must be one non-negative integer per name",
-    )
-    _require(isinstance(tbuf, bytes) and isinstance(vbuf, bytes), "bad_columns", "not bytes")
+    bounded_str(boot_id, "bad_boot_id", "boot id", max_len=MAX_ID_LEN)
+    int64(seq, "bad_seq", "seq", minimum=0)
+    int64(t0, "bad_t0", "t0")
+    _require(type(width) is int and width in _INT_CODES, "bad_ts_width", "width must be 1/2/4/8")
+    n = _check_counts(counts_l, len(names))
+    _require(type(tbuf) is bytes and type(vbuf) is bytes, "bad_columns", "not bytes")
+    text = _check_text(text_l)
     counts = np.asarray(counts_l, dtype=np.int64)
-    n = int(counts.sum())
-    _require(n <= MAX_SAMPLES, "too_many_samples", str(n))
     dts = _unshuffle(tbuf, _INT_CODES[width], n).astype(np.int64)
     xored = _unshuffle(vbuf, np.uint64, n)
     sig = np.repeat(np.arange(len(names), dtype=np.int32), counts)
     first = _group_starts(counts)
-    # Undo the per-name running delta / XOR with segmented cumulative operations.
+    # Undo the per-name running delta / XOR with segmented cumulative operations. The sums wrap
+    # modulo 2**64 exactly as the encoder's differences did: every result is an int64.
     ts = np.cumsum(dts)
     group_base = np.maximum.accumulate(np.where(first, np.arange(n), 0)) if n else dts
     if n:
         before = np.concatenate(([0], ts[:-1]))
-        ts = ts - before[group_base] + t0
+        ts = ts - before[group_base] + np.int64(t0)
     bits = np.bitwise_xor.accumulate(xored) if n else xored
     if n:
         prefix = np.concatenate(([np.uint64(0)], bits[:-1]))
         bits = bits ^ prefix[group_base]
-    text: list[tuple[str, int, str]] = []
-    _require(isinstance(text_l, list), "bad_text", "text must be a list")
-    for item in text_l:
-        _require(
-            isinstance(item, list)
-            and len(item) == 3
-            and isinstance(item[0], str)
-            and bool(NAME_RE.match(item[0]))
-            and isinstance(item[1], int)
-            and isinstance(item[2], str),
-            "bad_text",
-            repr(item)[:80],
-        )
-        text.append((item[0], item[1], item[2]))
     return TelemetryBatch(
         device_id, boot_id, seq, Samples(names, sig, ts, bits.view(np.float64)), tuple(text)
     )
 
 
 def _decode_json(payload: bytes) -> TelemetryBatch:
+    _require(len(payload) <= MAX_JSON_BYTES, "too_large", f"{len(payload)} bytes of JSON")
     try:
         doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise WireError("bad_json", str(err)) from err
-    _require(isinstance(doc, dict), "bad_json", "top level must be an object")
-    _require(doc.get("schema") == SCHEMA_VERSION, "unknown_schema", repr(doc.get("schema")))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise WireError("bad_json", str(err)[:200]) from err
+    _require(type(doc) is dict, "bad_json", "top level must be an object")
+    _require(doc.get("schema") == SCHEMA_VERSION, "unknown_schema", "schema must be 1")
     device_id = check_device_id(doc.get("device_id"))  # type: ignore[arg-type]
     boot_id, seq, rows = doc.get("boot_id"), doc.get("seq"), doc.get("samples")
-    _require(isinstance(boot_id, str), "bad_boot_id", repr(boot_id))
-    _require(isinstance(seq, int) and seq >= 0, "bad_seq", repr(seq))
-    _require(isinstance(rows, list) and len(rows) <= MAX_SAMPLES, "bad_samples", "list expected")
+    bounded_str(boot_id, "bad_boot_id", "boot_id", max_len=MAX_ID_LEN)
+    int64(seq, "bad_seq", "seq", minimum=0)
+    _require(type(rows) is list and len(rows) <= MAX_SAMPLES, "bad_samples", "list expected")
     records: list[tuple[str, int, float]] = []
     text: list[tuple[str, int, str]] = []
     for i, row in enumerate(rows):
-        _require(isinstance(row, dict), "bad_sample", f"sample {i} is not an object")
+        _require(type(row) is dict, "bad_sample", f"sample {i} is not an object")
         name, ts, value = row.get("name"), row.get("ts_us"), row.get("value")
         _require(
-            isinstance(name, str) and bool(NAME_RE.match(name)), "bad_signal_name", f"sample {i}"
+            type(name) is str and len(name) <= 256 and bool(NAME_RE.match(name)),
+            "bad_signal_name",
+            f"sample {i}",
         )
-        _require(isinstance(ts, int), "bad_timestamp", f"sample {i}: ts_us must be an integer")
-        if isinstance(value, str):
+        int64(ts, "bad_timestamp", f"sample {i}: ts_us")
+        if type(value) is str:
+            _require(len(text) < MAX_TEXT_SAMPLES, "too_many_samples", "text samples")
+            bounded_str(value, "bad_value", f"sample {i}: value")
             text.append((name, ts, value))  # type: ignore[arg-type]
             continue
-        _require(isinstance(value, int | float), "bad_value", f"sample {i}")
-        records.append((name, ts, float(value)))  # type: ignore[arg-type]
+        records.append((name, ts, finite(value, "bad_value", f"sample {i}: value")))  # type: ignore[arg-type]
     samples = Samples.from_records(records) if records else Samples.empty()
     return TelemetryBatch(device_id, boot_id, seq, samples, tuple(text))
 
@@ -412,29 +485,48 @@ def decode_event(payload: bytes) -> Event:
         "unknown_format",
         "not an event message",
     )
+    _require(len(payload) <= MAX_EVENT_BYTES, "too_large", f"{len(payload)} bytes")
     _require(payload[3] == SCHEMA_VERSION, "unknown_schema", f"schema version {payload[3]}")
+    body = _unpack(payload[4:], MAX_TREE_ITEMS, MAX_TREE_ITEMS, MAX_TEXT_LEN, MAX_TEXT_LEN)
+    _require(type(body) is dict, "bad_body", "body is not a map")
     try:
-        body = msgpack.unpackb(payload[4:], raw=False, max_bin_len=1 << 20, max_str_len=1 << 20)
-    except (ValueError, msgpack.UnpackException, TypeError) as err:
-        raise WireError("bad_msgpack", str(err)) from err
-    _require(isinstance(body, dict), "bad_body", "body is not a map")
-    try:
-        ev = Event(
-            check_device_id(body["d"]),
-            body["b"],
-            body["q"],
-            body["k"],
-            body["t"],
-            body["p"],
-            body.get("x") or {},
-        )
+        device, boot, seq, kind = body["d"], body["b"], body["q"], body["k"]
+        ts_us, priority, data = body["t"], body["p"], body.get("x")
     except KeyError as err:
         raise WireError("missing_field", str(err)) from err
-    _require(isinstance(ev.kind, str) and bool(ev.kind), "bad_kind", repr(ev.kind))
-    _require(isinstance(ev.seq, int) and ev.seq >= 0, "bad_seq", repr(ev.seq))
-    _require(isinstance(ev.ts_us, int), "bad_timestamp", repr(ev.ts_us))
-    _require(isinstance(ev.data, dict), "bad_data", "data must be a map")
-    return ev
+    check_device_id(device)
+    bounded_str(boot, "bad_boot_id", "boot id", max_len=MAX_ID_LEN)
+    int64(seq, "bad_seq", "seq", minimum=0)
+    _require(type(kind) is str and bool(KIND_RE.fullmatch(kind)), "bad_kind", "bad event kind")
+    int64(ts_us, "bad_timestamp", "ts_us")
+    _require(type(priority) is int and 0 <= priority <= 255, "bad_priority", "priority 0-255")
+    data = {} if data is None else data
+    _require(type(data) is dict, "bad_data", "data must be a map")
+    check_tree(data, "bad_data", "data")
+    return Event(device, boot, seq, kind, ts_us, priority, data)
+
+
+MAX_STATUS_BYTES: Final = 4096
+STATUS_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def decode_status(payload: bytes) -> dict[str, Any]:
+    """Check a device's ``status`` message (``{"state", "boot_id", "ts_us"}`` JSON, retained)."""
+    _require(
+        isinstance(payload, bytes) and 0 < len(payload) <= MAX_STATUS_BYTES,
+        "bad_status",
+        "a status is 1 to 4096 bytes of JSON",
+    )
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise WireError("bad_status", str(err)[:200]) from err
+    _require(type(doc) is dict, "bad_status", "a status is a JSON object")
+    state = doc.get("state")
+    _require(type(state) is str and bool(STATUS_RE.fullmatch(state)), "bad_status", "bad state")
+    bounded_str(doc.get("boot_id", ""), "bad_boot_id", "boot_id", max_len=MAX_ID_LEN)
+    int64(doc.get("ts_us", 0), "bad_timestamp", "ts_us")
+    return check_tree(doc, "bad_status", "status")  # type: ignore[no-any-return]
 
 
 def split_by_time(samples: Samples, max_samples: int, max_interval_us: int) -> list[Samples]:

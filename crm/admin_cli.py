@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -180,10 +181,11 @@ def templates_list(
 
 
 # ----- registry ------------------------------------------------------------------------------
-def registry_doc(store: CrmStore, *, with_service: bool) -> Any:
+def registry_doc(store: CrmStore, *, with_service: bool, gates: Sequence[str] = ()) -> Any:
     """``{device: vin}`` of every vehicle with a device; with ``with_service`` the list form
     ``[{"device_id", "vin", "last_service": {"date", "odometer_km"}}]`` the stream seeds its
-    service-due model from."""
+    service-due model from; ``gates`` are dealer gate cameras (``{"device_id", "role": "gate"}``
+    items: the CRM does not know them)."""
     from sqlalchemy import func, select
 
     from crm.models import Vehicle
@@ -195,7 +197,7 @@ def registry_doc(store: CrmStore, *, with_service: bool) -> Any:
             .where(Vehicle.device_id.is_not(None))
             .order_by(Vehicle.device_id)
         ).all()
-        if not with_service:
+        if not with_service and not gates:
             return {d: v for d, v in pairs}
         latest = (
             select(ServiceRecord.vin, func.max(ServiceRecord.service_date).label("day"))
@@ -212,10 +214,10 @@ def registry_doc(store: CrmStore, *, with_service: bool) -> Any:
                 )
             ).scalars()
         }
-    out = []
+    out: list[dict[str, Any]] = [{"device_id": g, "role": "gate"} for g in gates]
     for device, vin in pairs:
         item: dict[str, Any] = {"device_id": device, "vin": vin}
-        if vin in last:
+        if with_service and vin in last:
             item["last_service"] = last[vin]
         out.append(item)
     return out
@@ -236,11 +238,23 @@ def registry_export(
             "service-due model (list form), or just {device: vin}.",
         ),
     ] = True,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(help="A dealer gate camera's device id (repeatable; list form)."),
+    ] = None,
 ) -> None:
-    """Export the device -> VIN registry from the CRM as JSON, for ``[stream] registry``."""
+    """Export the device -> VIN registry from the CRM as JSON, for the stream's registry setting.
+
+    It replaces the file: gate cameras kept in it must be given again with --gate (or set in
+    the stream section's gate_devices)."""
+    from core.topics import DEVICE_ID_RE
+
+    for g in gate or ():
+        if not DEVICE_ID_RE.fullmatch(g):
+            raise ConfigError(f"--gate {g!r}: not a device id")
     store = _store(db)
     try:
-        doc = registry_doc(store, with_service=with_service)
+        doc = registry_doc(store, with_service=with_service, gates=gate or ())
     finally:
         store.engine.dispose()
     text = json.dumps(doc, ensure_ascii=False, indent=1) + "\n"

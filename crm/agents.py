@@ -6,7 +6,15 @@ synchronous. The topics are consumed with Faust acks off and each agent commits 
 itself once its transactions committed (``stream.offsets``: Faust's rebalance race can skip
 records and commit past them; a skipped prediction is a lost coupon). A worker that dies in
 between sees the record again, and the effect keys already taken make that a no-op.
-A malformed record is counted and dead-lettered with its reason; the stream goes on.
+A malformed record is counted and dead-lettered with its reason; the stream goes on. So is a
+record on which anything else but the database being away fails (``crm_error:<type>``), and a
+``gate.*`` event from a device that is not a registered gate camera (``not_a_gate``: the
+``gates`` of ``stream.registry``, given to ``install_crm_agents``).
+
+Every ``PRIVACY_SYNC_S`` the leader publishes the vehicles' changed location policies to the
+compacted ``carpulse.privacy`` topic (``crm.location_sync``: the stream stores positions only as
+they allow) and deletes from InfluxDB positions stamped after a withdrawal; the hourly retention
+purge reaches InfluxDB too.
 """
 
 from __future__ import annotations
@@ -16,22 +24,31 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 from sqlalchemy.exc import OperationalError
 
+from core.checks import finite
 from core.config import KafkaSettings
 from core.crm_events import CrmEvent
-from core.errors import DecodeError
-from core.topics import KAFKA_ALERTS, KAFKA_DEADLETTER, KAFKA_EVENTS, KAFKA_PREDICTIONS
+from core.errors import DecodeError, SinkError, WireError
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_DEADLETTER,
+    KAFKA_EVENTS,
+    KAFKA_PREDICTIONS,
+    KAFKA_PRIVACY,
+)
+from crm import location_sync as ls
 from crm.delivery import Dispatcher
 from crm.engine import RuleEngine
 from crm.jobs import DeadLetter, retry_parked, scan
+from crm.location_sink import InfluxLocations
 from crm.normalize import from_record
-from crm.privacy import purge, record_gate_sighting, record_location
+from crm.privacy import record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
 from stream.kafka_options import faust_broker_settings
 from stream.offsets import SourceOffsets, guarded
@@ -39,22 +56,30 @@ from stream.offsets import SourceOffsets, guarded
 log = logging.getLogger(__name__)
 CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
 PURGE_EVERY_S = 3600  # retention is counted in days: once an hour is plenty
+PRIVACY_SYNC_S = 2.0  # how soon the stream learns of a consent or ownership change
 
 
 def handle_record(
-    store: CrmStore, engine: RuleEngine, topic: str, payload: bytes, stats: Counter[str]
+    store: CrmStore,
+    engine: RuleEngine,
+    topic: str,
+    payload: bytes,
+    stats: Counter[str],
+    gates: Container[str] = frozenset(),
 ) -> list[CrmEvent]:
     """One Kafka record, synchronously: normalise, then one transaction per CRM event.
 
-    Raises ``DecodeError`` for a malformed record (the caller dead-letters it).
+    Raises ``DecodeError`` for a malformed record (the caller dead-letters it); ``gate.*``
+    events count only from the devices in ``gates``.
     """
-    events = from_record(topic, payload)
+    events = from_record(topic, payload, gates)
     stats["records"] += 1
     for ev in events:
         with store.tx() as s:
             out = engine.handle(s, ev)
             face = ev.customer_id if ev.data.get("via") == "face" else None
-            if face is not None and not has_consent(s, face, "face"):
+            # an unknown member (parked) has no consent to look up: nothing of the match is kept
+            if face is not None and (out.parked is not None or not has_consent(s, face, "face")):
                 face = None  # nothing of an unconsented face match is kept
             elif (
                 ev.kind == "gate_arrival" and out.parked is None and (face or ev.data.get("plate"))
@@ -66,13 +91,30 @@ def handle_record(
             loc = ev.data.get("location") if ev.kind == "crash" else None
             if isinstance(loc, dict) and ev.vin and {"lat", "lon"} <= set(loc):
                 # kept only with the owner's location consent (crm.privacy)
+                lat = finite(loc["lat"], "bad_location", "crash location lat")
+                lon = finite(loc["lon"], "bad_location", "crash location lon")
                 stats["locations_kept"] += record_location(
-                    s, ev.vin, ev.ts, float(loc["lat"]), float(loc["lon"]), "crash-alert"
+                    s, ev.vin, ev.ts, lat, lon, "crash-alert"
                 )
         stats["events"] += 1
         stats["fired"] += len(out.fired)
         stats["parked"] += out.parked is not None
     return events
+
+
+def dead_letter_of(topic: str, value: Any, err: Exception) -> tuple[bytes, dict[str, bytes]]:
+    """The dead-letter record of a record ``handle_record`` failed on, with its reason."""
+    if isinstance(err, WireError):
+        reason = err.reason
+    elif isinstance(err, DecodeError):
+        reason = "crm_bad_record"
+    else:  # not a database outage (DbRunner waits those out): this record's fault
+        reason = f"crm_error:{type(err).__name__}"
+        log.warning("CRM record on %s failed: %s", topic, str(err)[:300])
+    headers = {"reason": reason.encode(), "topic": topic.encode(),
+               "detail": str(err)[:500].encode("utf-8", "replace")}  # fmt: skip
+    payload = value if isinstance(value, bytes) else repr(value)[:1000].encode()
+    return payload, headers
 
 
 class DbRunner:
@@ -106,7 +148,11 @@ class DbRunner:
 
 
 def periodic(
-    store: CrmStore, engine: RuleEngine, dispatcher: Dispatcher | None, stats: Counter[str]
+    store: CrmStore,
+    engine: RuleEngine,
+    dispatcher: Dispatcher | None,
+    stats: Counter[str],
+    location_sink: InfluxLocations | None = None,
 ) -> list[DeadLetter]:
     """Tier upgrades and expiring coupons, parked events, the outbox, the retention purge;
     returns the parked events given up on, for the dead-letter topic."""
@@ -117,8 +163,12 @@ def periodic(
         stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})
     now = time.monotonic()
     if now - stats.get("_last_purge_mono", -PURGE_EVERY_S) >= PURGE_EVERY_S:
-        with store.tx() as s:
-            stats.update({f"purged_{k}": v for k, v in purge(s).items()})
+        try:
+            stats.update({f"purged_{k}": v for k, v in ls.purge(store, location_sink).items()})
+        except SinkError as err:  # InfluxDB away: the CRM's part is done, the whole runs again
+            log.warning("retention purge could not reach InfluxDB: %s", err)
+            stats["purge_influx_errors"] += 1
+            return dead
         stats["_last_purge_mono"] = int(now)
     return dead
 
@@ -132,11 +182,16 @@ def install_crm_agents(
     interval_s: float = 60.0,
     run: Callable[..., Any] | None = None,
     dead: Callable[[bytes, dict[str, bytes]], Awaitable[Any]] | None = None,
+    location_sink: InfluxLocations | None = None,
+    privacy_interval_s: float = PRIVACY_SYNC_S,
+    gates: Container[str] = frozenset(),
 ) -> Counter[str]:
     """Register one agent per consumed topic and a timer for the periodic jobs; returns counters.
 
     ``dead(value, headers)`` sends a bad record to the dead-letter topic (by default
-    ``carpulse.deadletter``).
+    ``carpulse.deadletter``); ``gates``: the gate cameras (``DeviceRegistry.gates``).
+    ``location_sink`` deletes positions from the stream's InfluxDB (erasure, purge, withdrawal);
+    without it only the CRM's own tables are purged.
     """
     stats: Counter[str] = Counter()
     run = run or DbRunner()
@@ -158,12 +213,12 @@ def install_crm_agents(
                 async for event in events:  # committed when the next one is asked for
                     value = event.value
                     try:
-                        await run(handle_record, store, engine, topic_name, value, stats)
-                    except DecodeError as err:
+                        await run(handle_record, store, engine, topic_name, value, stats, gates)
+                    except Exception as err:  # a hostile record never stops the agent
+                        payload, headers = dead_letter_of(topic_name, value, err)
                         stats["dead_lettered"] += 1
-                        headers = {"reason": b"crm_bad_record", "detail": str(err)[:500].encode(),
-                                   "topic": topic_name.encode()}  # fmt: skip
-                        await dead(value, headers)
+                        stats["dead_" + headers["reason"].decode()] += 1
+                        await dead(payload, headers)
                     yield None
 
         crm_agent.__name__ = "crm_" + topic_name.replace(".", "_").replace("-", "_")
@@ -176,12 +231,33 @@ def install_crm_agents(
     @app.timer(interval_s, on_leader=True)
     async def crm_periodic() -> None:
         try:
-            given_up = await run(periodic, store, engine, dispatcher, stats)
+            given_up = await run(periodic, store, engine, dispatcher, stats, location_sink)
             for value, headers in given_up:  # the rows keep dead_at even if a send fails
                 await dead(value, headers)
         except Exception:  # a database blip must not stop the timer; it runs again next time
             log.exception("CRM periodic jobs failed")
             stats["periodic_errors"] += 1
+
+    privacy_topic = app.topic(KAFKA_PRIVACY, value_serializer="raw", key_serializer="raw")
+    sync = ls.PolicySync()
+    app.carpulse_privacy_sync = sync  # type: ignore[attr-defined]
+
+    def changed_policies() -> list[Any]:
+        with store.tx() as s:
+            return sync.changes(ls.current_policies(s))
+
+    @app.timer(privacy_interval_s, on_leader=True)
+    async def crm_privacy_sync() -> None:
+        try:
+            for policy in await run(changed_policies):
+                await privacy_topic.send(key=policy.vin.encode(), value=policy.encode())
+                sync.mark_published([policy])
+                stats["privacy_published"] += 1
+            if sync.cuts:
+                stats["privacy_cuts"] += await run(sync.run_cuts, location_sink)
+        except Exception:  # Kafka or the database away: the next run sends what changed
+            log.exception("CRM privacy sync failed")
+            stats["privacy_errors"] += 1
 
     return stats
 
@@ -194,6 +270,8 @@ def build_crm_app(
     dispatcher: Dispatcher | None = None,
     interval_s: float = 60.0,
     session_timeout_s: float = 30.0,
+    location_sink: InfluxLocations | None = None,
+    gates: Container[str] = frozenset(),
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
     app = faust.App(
@@ -210,5 +288,6 @@ def build_crm_app(
         broker_rebalance_timeout=session_timeout_s,
         broker_heartbeat_interval=max(0.5, min(3.0, session_timeout_s / 10)),
     )
-    install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s)
+    install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s,
+                       location_sink=location_sink, gates=gates)  # fmt: skip
     return app

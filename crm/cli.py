@@ -290,10 +290,13 @@ def worker_cmd(
     from crm.agents import build_crm_app
     from crm.delivery import Dispatcher, SmtpTransport, Transport, WebhookTransport
     from crm.engine import RuleEngine
+    from crm.location_sink import InfluxLocations
     from crm.rules import load_rules, shipped_rules
+    from stream.registry import load_registry
 
+    settings = cli_settings()
     setup = worker_setup(
-        cli_settings(), db=db, interval=interval, webhook_url=webhook_url,
+        settings, db=db, interval=interval, webhook_url=webhook_url,
         smtp_host=smtp_host, smtp_port=smtp_port, sender=sender,
     )  # fmt: skip
     store = _store(setup.db_url)
@@ -319,6 +322,8 @@ def worker_cmd(
         setup.app_id, setup.kafka,
         store, engine, Dispatcher(store, transports), setup.interval_s,
         setup.session_timeout_s,
+        location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
+        gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 
@@ -349,6 +354,38 @@ def coupons_cmd(
                    "state": c.state, "issued_at": c.issued_at.isoformat(timespec="seconds"),
                    "valid_until": f"{c.valid_until:%Y-%m-%d}", "effect": c.effect_key}  # fmt: skip
             typer.echo(json.dumps(doc, ensure_ascii=False))
+
+
+@crm_app.command("erase")
+def erase_cmd(
+    customer: Annotated[str, typer.Argument(help="The customer's id.")],
+    ticket: Annotated[str, typer.Option("--ticket", help="The customer's request (audited).")],
+    actor: Annotated[str, typer.Option(help="Who erases (audited).")] = "dpo",
+    db: DbOpt = None,
+) -> None:
+    """Erase a customer: the CRM's personal data and every position stored in InfluxDB for
+    the periods they owned a vehicle (``crm.location_sync.erase_customer``). Run again if
+    InfluxDB was unreachable: the CRM part is then already done."""
+    from core.config import cli_settings
+    from crm.location_sink import InfluxLocations
+    from crm.location_sync import erase_customer
+
+    settings = cli_settings()
+    sink = InfluxLocations(settings.influx, settings.stream.measurement)
+    counts = erase_customer(_store(db), sink, customer, actor, ticket)
+    typer.echo(json.dumps(counts))
+
+
+@crm_app.command("privacy-sync")
+def privacy_sync_cmd(db: DbOpt = None) -> None:
+    """Publish every vehicle's location policy to ``carpulse.privacy`` once (the CRM worker
+    does this every two seconds; this is for a restore or a CRM without its worker)."""
+    from core.config import cli_settings
+    from crm.location_sync import publish_policies
+
+    sent = publish_policies(_store(db), cli_settings().kafka.client_options("crm"))
+    allowed = sum(p.location for p in sent)
+    typer.echo(json.dumps({"vehicles": len(sent), "location_allowed": allowed}))
 
 
 @report_app.command("yearly")

@@ -2,16 +2,21 @@
 
 Pure functions, no I/O, so the Faust agents stay thin and the dry run can replay a log file.
 A record that is not for the CRM gives ``[]``; a malformed one raises ``DecodeError`` (counted
-and dead-lettered by the caller).
+and dead-lettered by the caller): every field is type- and range-checked (``core.checks``), a
+DTC list is at most ``MAX_DTCS`` SAE codes, and with ``gates`` given a ``gate.*`` event counts
+only from a registered gate camera (``WireError('not_a_gate')``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
+from collections.abc import Container
 from typing import Any, Final
 
+from core.checks import MAX_ID_LEN, bounded_str, check_dtcs, finite
 from core.crm_events import CrmEvent
 from core.errors import DecodeError, WireError
 from core.topics import KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_PREDICTIONS
@@ -23,7 +28,9 @@ HIGH_DTC: Final = re.compile(
     r"^(P030\d|P031[0-2]|P0217|P0218|P052[0-4]|P0A0[ABCDEF]|P1A|C00[2-3]\d|C0[1-2][0-9]{2}|B00\d\d)"
 )
 MEDIUM_DTC: Final = re.compile(r"^(P0[1-4]\d\d|U0\d\d\d)")
-DTC_RE: Final = re.compile(r"^[PCBU][0-9A-F]{4}$")
+MAX_PLATE_LEN: Final = 32
+MAX_TS_US: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+MAX_DAYS: Final = 36_500.0  # a prediction further out than a century is not one
 
 
 def dtc_severity(code: str, declared: str | None = None) -> str:
@@ -36,9 +43,35 @@ def dtc_severity(code: str, declared: str | None = None) -> str:
 
 
 def _ts(ts_us: Any) -> dt.datetime:
-    if not isinstance(ts_us, int) or isinstance(ts_us, bool):
-        raise DecodeError(f"ts_us must be an integer of microseconds, got {ts_us!r}")
-    return dt.datetime.fromtimestamp(ts_us / 1e6, dt.UTC)
+    if type(ts_us) is not int or not 0 <= ts_us <= MAX_TS_US:
+        raise DecodeError("ts_us must be an integer of microseconds between 1970 and 9999")
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=ts_us)
+
+
+def _str(value: Any, what: str, max_len: int = MAX_ID_LEN, min_len: int = 1) -> str:
+    try:
+        return bounded_str(value, "bad_field", what, max_len=max_len, min_len=min_len)
+    except WireError as err:
+        raise DecodeError(str(err)) from err
+
+
+def _num(value: Any, what: str, limit: float = 1e12) -> float:
+    try:
+        x = finite(value, "bad_field", what)
+    except WireError as err:
+        raise DecodeError(str(err)) from err
+    if not -limit <= x <= limit:
+        raise DecodeError(f"{what} out of range")
+    return x
+
+
+def _opt_num(value: Any) -> float | None:
+    """A score the device may leave out: a finite number or None (anything else dropped)."""
+    if type(value) is int and abs(value) <= 10**12:
+        return float(value)
+    if type(value) is float and math.isfinite(value) and abs(value) <= 1e12:
+        return value
+    return None
 
 
 def _json(payload: bytes, what: str) -> dict[str, Any]:
@@ -55,18 +88,17 @@ def from_prediction(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_PREDICTIONS)
     if doc.get("kind") != "service_due":
         return []  # oil-life and other predictions are not CRM events (yet)
-    try:
-        vin, days, km, odo = (
-            str(doc["vin"]),
-            float(doc["days"]),
-            float(doc["km"]),
-            float(doc["odo"]),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise DecodeError(f"service_due prediction: missing or bad field {err}") from err
+    vin = _str(doc.get("vin"), "service_due vin")
+    days = _num(doc.get("days"), "service_due days", MAX_DAYS)
+    km, odo = _num(doc.get("km"), "service_due km"), _num(doc.get("odo"), "service_due odo")
     ts = _ts(doc.get("ts_us"))
-    due = ts + dt.timedelta(days=days)
+    try:
+        due = ts + dt.timedelta(days=days)
+    except OverflowError as err:
+        raise DecodeError("service_due: due date out of range") from err
     cycle = doc.get("cycle") or f"km{int(km)}"
+    if not isinstance(cycle, str | int) or len(str(cycle)) > MAX_ID_LEN:
+        raise DecodeError("service_due cycle must be a short string")
     return [
         CrmEvent(
             kind="service_due",
@@ -90,9 +122,18 @@ def from_alert(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_ALERTS)
     if doc.get("kind") != "crash":
         return []
-    vin = doc.get("vin")
-    if not isinstance(vin, str) or not vin:
-        raise DecodeError("crash alert without a vin")
+    vin = _str(doc.get("vin"), "crash alert vin")
+    device = doc.get("device")
+    if device is not None:
+        device = _str(device, "crash alert device")
+    loc = doc.get("location")
+    if loc is not None:  # kept as given only when it is a position
+        if type(loc) is not dict or not {"lat", "lon"} <= set(loc):
+            loc = None
+        else:
+            lat, lon = _opt_num(loc.get("lat")), _opt_num(loc.get("lon"))
+            ok = lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180
+            loc = {"lat": lat, "lon": lon, "ts_us": loc.get("ts_us")} if ok else None
     raw = doc.get("data")
     data: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return [
@@ -101,10 +142,10 @@ def from_alert(payload: bytes) -> list[CrmEvent]:
             ts=_ts(doc.get("ts_us")),
             id=f"{vin}:crash:{doc['ts_us']}",
             vin=vin,
-            device=doc.get("device"),
+            device=device,
             data={
-                "trigger": str(data.get("trigger", data.get("reason", "crash"))),
-                "location": doc.get("location"),
+                "trigger": str(data.get("trigger", data.get("reason", "crash")))[:MAX_ID_LEN],
+                "location": loc,
                 "severity": "critical",
             },
             source=KAFKA_ALERTS,
@@ -112,16 +153,19 @@ def from_alert(payload: bytes) -> list[CrmEvent]:
     ]
 
 
-def from_device_event(payload: bytes) -> list[CrmEvent]:
+def from_device_event(payload: bytes, gates: Container[str] | None = None) -> list[CrmEvent]:
+    """CRM events of one device event; with ``gates``, ``gate.*`` only from those devices."""
     try:
         ev = decode_event(payload)
-    except WireError as err:
-        raise DecodeError(f"{KAFKA_EVENTS}: {err}") from err
+    except WireError as err:  # its reason is the dead letter's
+        raise WireError(err.reason, f"{KAFKA_EVENTS}: {err.detail}") from err
     base = f"{ev.device_id}:{ev.boot_id}:{ev.seq}"
+    if gates is not None and ev.kind.startswith("gate.") and ev.device_id not in gates:
+        raise WireError("not_a_gate", f"{ev.device_id!r} is not a registered gate ({ev.kind})")
     ts = _ts(ev.ts_us)
     if ev.kind == "gate.plate":
         plate = ev.data.get("plate")
-        if not isinstance(plate, str) or not plate:
+        if type(plate) is not str or not 0 < len(plate) <= MAX_PLATE_LEN:
             raise DecodeError(f"gate.plate event {base} without a plate")
         return [
             CrmEvent(
@@ -130,15 +174,15 @@ def from_device_event(payload: bytes) -> list[CrmEvent]:
                 id=base,
                 data={
                     "plate": plate,
-                    "camera": str(ev.data.get("camera", "")),
-                    "confidence": ev.data.get("confidence"),
+                    "camera": str(ev.data.get("camera", ""))[:MAX_ID_LEN],
+                    "confidence": _opt_num(ev.data.get("confidence")),
                 },
                 source=KAFKA_EVENTS,
             )
         ]
     if ev.kind == "gate.face":
         member = ev.data.get("member_id")
-        if not isinstance(member, str) or not member:
+        if type(member) is not str or not 0 < len(member) <= MAX_ID_LEN:
             raise DecodeError(f"gate.face event {base} without a member_id")
         return [
             CrmEvent(
@@ -148,23 +192,19 @@ def from_device_event(payload: bytes) -> list[CrmEvent]:
                 customer_id=member,
                 data={
                     "via": "face",
-                    "camera": str(ev.data.get("camera", "")),
-                    "similarity": ev.data.get("similarity"),
+                    "camera": str(ev.data.get("camera", ""))[:MAX_ID_LEN],
+                    "similarity": _opt_num(ev.data.get("similarity")),
                 },
                 source=KAFKA_EVENTS,
             )
         ]
     if ev.kind == "dtc":
-        codes = ev.data.get("codes")
-        if not isinstance(codes, list):
-            raise DecodeError(f"dtc event {base}: 'codes' must be a list")
+        codes = check_dtcs(ev.data.get("codes"), f"dtc event {base}")
         sev, desc = ev.data.get("severity"), ev.data.get("descriptions")
         declared: dict[str, Any] = sev if isinstance(sev, dict) else {}
         texts: dict[str, Any] = desc if isinstance(desc, dict) else {}
         out = []
-        for code in sorted({str(c).upper() for c in codes}):
-            if not DTC_RE.match(code):
-                raise DecodeError(f"dtc event {base}: bad code {code!r}")
+        for code in codes:
             out.append(
                 CrmEvent(
                     kind="dtc",
@@ -174,7 +214,7 @@ def from_device_event(payload: bytes) -> list[CrmEvent]:
                     data={
                         "code": code,
                         "severity": dtc_severity(code, declared.get(code)),
-                        "description": str(texts.get(code, "")),
+                        "description": str(texts.get(code, ""))[:500],
                     },
                     source=KAFKA_EVENTS,
                 )
@@ -190,8 +230,10 @@ NORMALISERS: Final = {
 }
 
 
-def from_record(topic: str, payload: bytes) -> list[CrmEvent]:
-    """The CRM events in one record of ``topic``."""
+def from_record(topic: str, payload: bytes, gates: Container[str] | None = None) -> list[CrmEvent]:
+    """The CRM events in one record of ``topic``; ``gates``: see ``from_device_event``."""
+    if topic == KAFKA_EVENTS:
+        return from_device_event(payload, gates)
     fn = NORMALISERS.get(topic)
     if fn is None:
         raise DecodeError(f"the CRM does not consume topic {topic!r}")

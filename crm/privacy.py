@@ -165,6 +165,31 @@ def read_location(
     return best
 
 
+def grant_in_force(
+    s: Session, vin: str, purpose: str, now: dt.datetime | None = None
+) -> dt.datetime | None:
+    """The start of the current ownership if a location grant for ``purpose`` still holds, else
+    None: the current owner consents, or (``crash-response``) a crash is on record within a day.
+
+    The console asks this on every view and live update: a withdrawal or a sale ends the grant,
+    and a fix taken before the returned start is never shown."""
+    now = now or utcnow()
+    own = s.scalar(
+        select(Ownership).where(
+            Ownership.vin == vin,
+            Ownership.valid_from <= now,
+            Ownership.valid_to.is_(None) | (Ownership.valid_to > now),
+        )
+    )
+    if own is None:
+        return None
+    if st.has_consent(s, own.customer_id, "location"):
+        return own.valid_from
+    if purpose == EMERGENCY_PURPOSE and _crash_reported(s, vin, now):
+        return own.valid_from
+    return None
+
+
 def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 

@@ -3,7 +3,10 @@
 The console signs with the cloud's Ed25519 key (``cmd-sign.key``, see ``carpulse pki command-key``)
 through ``core.signing`` (the dashboards never import ``edge``), publishes on
 ``carpulse/v1/<device>/cmd/<name>`` as the ``carpulse-console`` service user (QoS 1), and listens on
-``carpulse/v1/+/cmd-ack`` so the page can show the car's answer. Acks are kept by command id.
+``carpulse/v1/+/cmd-ack`` so the page can show the car's answer. Acks are kept by command id, and
+only from the device the command went to: an ack for an unknown command, or published on another
+device's ``cmd-ack``, is counted and dropped. No exception leaves ``on_ack`` (paho's network thread
+would die with it and every later command would fail until a restart).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from core.commands import Ack, check_args, decode_ack
 from core.config import MqttSettings
 from core.errors import ConfigError, PublishError, WireError
 from core.signing import generate_keypair, sign_command
-from core.topics import command_topic, subscription
+from core.topics import command_topic, parse_topic, subscription
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class CommandChannel:
 
         self.key = key
         self.acks: dict[str, Ack] = {}
+        self.sent: dict[str, str] = {}  # command id -> the device it went to (the last MAX_ACKS)
+        self.dropped: dict[str, int] = {}  # reason -> acks dropped
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.client = paho.Client(
@@ -81,16 +86,51 @@ class CommandChannel:
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        try:  # msg.topic raises on a topic that is not UTF-8
+            topic, payload = msg._topic.decode("utf-8", "replace"), msg.payload
+        except Exception:  # the network thread must survive any input
+            topic, payload = "", b""
+        self.on_ack(topic, payload)
+
+    def on_ack(self, topic: Any, payload: Any) -> str:
+        """Handle one message of ``cmd-ack``: ``"kept"`` or the reason it was dropped.
+
+        Runs in paho's network thread: nothing may escape it.
+        """
         try:
-            ack = decode_ack(msg.payload)
-        except WireError as err:
-            log.warning("bad ack on %s: %s", msg.topic, err)
-            return
-        if ack.id:
+            reason = self._on_ack(topic, payload)
+        except Exception as err:  # the network thread must survive any input
+            log.exception("ack handler failed on %r", str(topic)[:200])
+            reason = f"handler_error:{type(err).__name__}"
+        if reason != "kept":
             with self._lock:
-                if len(self.acks) >= MAX_ACKS:
-                    self.acks.pop(next(iter(self.acks)))
-                self.acks[ack.id] = ack
+                self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        return reason
+
+    def _on_ack(self, topic: Any, payload: Any) -> str:
+        try:
+            device, channel = parse_topic(topic) if isinstance(topic, str) else ("", "")
+            if channel != "cmd-ack":
+                return "bad_topic"
+            ack = decode_ack(bytes(payload) if isinstance(payload, bytes | bytearray) else payload)
+        except WireError as err:
+            log.warning("bad ack on %r: %s", str(topic)[:200], err)
+            return f"malformed:{err.reason}"
+        if not ack.id:
+            return "no_id"
+        with self._lock:
+            expected = self.sent.get(ack.id)
+            if expected is None:
+                return "unknown_command"
+            if expected != device:
+                log.warning(
+                    "ack for command %s to %s came from %s: dropped", ack.id, expected, device
+                )
+                return "wrong_device"
+            if ack.id not in self.acks and len(self.acks) >= MAX_ACKS:
+                self.acks.pop(next(iter(self.acks)))
+            self.acks[ack.id] = ack
+        return "kept"
 
     def start(self, timeout: float = 10.0) -> None:
         try:
@@ -108,6 +148,10 @@ class CommandChannel:
     def send(self, device_id: str, name: str, args: dict[str, Any]) -> str:
         """Sign and publish; returns the command id (raises PublishError when not delivered)."""
         cid, payload = sign(self.key, device_id, name, args)
+        with self._lock:  # before the publish: the ack may come back before publish() returns
+            if len(self.sent) >= MAX_ACKS:
+                self.sent.pop(next(iter(self.sent)))
+            self.sent[cid] = device_id
         info = self.client.publish(command_topic(device_id, name), payload, qos=1)
         try:
             info.wait_for_publish(timeout=5.0)

@@ -1,4 +1,10 @@
-"""The call-centre console: search, live vehicle state over SSE, location reveal, signed commands."""
+"""The call-centre console: search, live vehicle state over SSE, location reveal, signed commands.
+
+A location is shown only with a grant (a reveal through ``crm.privacy.read_location``) that still
+holds when the view is made: every page, state request and live update asks the CRM again
+(``crm.privacy.grant_in_force``), a withdrawn consent or a sale ends the grant (audited), and a
+fix taken before the current ownership began is never shown.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from fastapi.responses import (
 from core.errors import PublishError, WireError
 from crm import delivery
 from crm.models import Vehicle
-from crm.privacy import Fix, PrivacyError, read_location
+from crm.privacy import Fix, PrivacyError, grant_in_force, read_location
 from crm.store import CrmError, CrmStore, audit
 from dashboards.app import REASON_CODES, csrf, render, require
 from dashboards.auth import LocationGrant, SessionStore, WebSession
@@ -57,10 +63,36 @@ def _card(request: Request, vin: str, ws: WebSession) -> Any:
     raise HTTPException(404, f"no vehicle {vin}")
 
 
+def _location_since(request: Request, vin: str, ws: WebSession) -> int | None:
+    """With a grant for ``vin`` that still holds: the current ownership's start (us). A grant
+    that no longer holds (consent withdrawn, vehicle sold) ends here, on the record."""
+    grant = ws.location_grant(vin)
+    if grant is None:
+        return None
+    with _store(request).tx() as s:
+        since = grant_in_force(s, vin, grant.reason)
+        if since is None:
+            audit(s, ws.username or "", "location.grant.ended", vin, grant.reason,
+                  ticket=grant.ticket, why="no consent of the current owner")  # fmt: skip
+    if since is None:
+        sessions: SessionStore = request.app.state.sessions
+        sessions.set_grant(ws, None)
+        return None
+    return int(since.timestamp() * 1_000_000)
+
+
+def located_view(state: dict[str, Any], since_us: int | None) -> dict[str, Any]:
+    """``public_view`` with the location only if granted and taken since ``since_us``."""
+    loc = state.get("location")
+    ts = loc.get("ts_us") if isinstance(loc, dict) else None
+    shown = since_us is not None and type(ts) is int and ts >= since_us
+    return public_view(state, shown)
+
+
 def _state_view(request: Request, vin: str, ws: WebSession) -> dict[str, Any]:
     hub: StateHub = request.app.state.hub
     state = hub.states.get(vin) or {"vin": vin}
-    return public_view(state, ws.location_grant(vin) is not None)
+    return located_view(state, _location_since(request, vin, ws))
 
 
 @router.get("/console", response_class=HTMLResponse)
@@ -181,7 +213,7 @@ async def events(
     async def gen() -> AsyncIterator[bytes]:
         try:
             if vin is not None:
-                yield _sse("state", _state_view(request, vin, ws))
+                yield _sse("state", await asyncio.to_thread(_state_view, request, vin, ws))
             next_check = time.monotonic() + recheck_s
             while True:
                 if time.monotonic() >= next_check:
@@ -198,9 +230,11 @@ async def events(
                 if await request.is_disconnected():
                     return
                 if kind == "state" and doc.get("vin") == vin and vin is not None:
-                    # the grant as stored now: a reveal (or its end) in another request or process
+                    # the grant as stored now: a reveal (or its end) in another request or
+                    # process; then consent and ownership as the CRM has them now
                     await asyncio.to_thread(sessions.refresh_grant, ws)
-                    yield _sse("state", public_view(doc, ws.location_grant(vin) is not None))
+                    since = await asyncio.to_thread(_location_since, request, vin, ws)
+                    yield _sse("state", located_view(doc, since))
                 elif kind == "alert":
                     for a in _alerts_for(request, ws, [doc]):
                         yield _sse("alert", a)
@@ -217,17 +251,26 @@ def _sse(event: str, doc: dict[str, Any]) -> bytes:
 
 
 def _live_fix(request: Request, vin: str) -> Fix | None:
-    """The vehicle's current position from the ``vehicle-state`` feed, as a CRM fix."""
+    """The vehicle's current position from the ``vehicle-state`` feed, as a CRM fix; for a
+    vehicle whose state carries none (no consent), the fix of its latest crash alert, which
+    ``read_location`` shows only for a crash response."""
     hub: StateHub = request.app.state.hub
     loc = (hub.states.get(vin) or {}).get("location")
+    source = "vehicle-state"
+    if not isinstance(loc, dict):
+        alert = next((a for a in hub.alerts if a.get("vin") == vin), None)
+        loc, source = (alert or {}).get("location"), "crash-alert"
     if not isinstance(loc, dict):
         return None
     try:
         lat, lon, ts_us = float(loc["lat"]), float(loc["lon"]), int(loc["ts_us"])
     except (KeyError, TypeError, ValueError):
         return None
-    at = dt.datetime.fromtimestamp(ts_us / 1e6, dt.UTC)
-    return Fix(vin, at, lat, lon, "vehicle-state")
+    try:
+        at = dt.datetime.fromtimestamp(ts_us / 1e6, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return Fix(vin, at, lat, lon, source)
 
 
 @router.post("/console/vehicles/{vin}/reveal", dependencies=[Depends(csrf)])

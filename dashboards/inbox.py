@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
 
+from core.checks import valid_dtcs
 from core.topics import KAFKA_VEHICLE_STATE
 from crm import delivery
 from crm.models import CouponTemplate, Vehicle, utcnow
@@ -69,7 +70,7 @@ def record_filer(store: CrmStore) -> Callable[[str, dict[str, Any]], None]:
         if not isinstance(vin, str):
             return
         if topic == KAFKA_VEHICLE_STATE:
-            codes = sorted({str(c).upper() for c in doc.get("active_dtcs") or []})
+            codes = valid_dtcs(doc.get("active_dtcs"))  # a topic is input too: checked, capped
             if codes and filed.get(vin) != codes:
                 filed[vin] = codes
                 with store.tx() as s:

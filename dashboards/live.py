@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from core.checks import valid_dtcs
 from core.topics import KAFKA_ALERTS, KAFKA_PREDICTIONS, KAFKA_VEHICLE_STATE
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def public_view(state: dict[str, Any], location_allowed: bool) -> dict[str, Any]
         "fuel_pct": fuel,
         "soc_pct": soc,
         "odometer_km": state.get("odometer_km"),
-        "dtcs": [{"code": c, "text": describe_dtc(c)} for c in state.get("active_dtcs") or []],
+        "dtcs": [
+            {"code": c, "text": describe_dtc(c)} for c in valid_dtcs(state.get("active_dtcs"))
+        ],
         "health": state.get("health"),
         "last_seen_us": state.get("last_seen_us"),
         "location": state.get("location") if location_allowed else None,

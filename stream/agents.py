@@ -42,9 +42,11 @@ from core.topics import (
     KAFKA_TRIPS,
     KAFKA_VEHICLE_STATE,
 )
+from stream import state as vstate
 from stream.alerts import handle_event
 from stream.offsets import SourceOffsets, guarded
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
+from stream.privacy import PrivacyFeed, PrivacyView, public_state
 from stream.registry import DeviceRegistry
 from stream.retry import SinkWriter
 
@@ -174,13 +176,18 @@ def install_pipeline(
     registry: DeviceRegistry,
     writer: SinkWriter,
     deadletter: Any,
+    privacy: PrivacyFeed | None = None,
 ) -> TelemetryPipeline:
-    """Register the telemetry and events agents on ``app``; returns the pipeline (counters)."""
+    """Register the telemetry and events agents on ``app``; returns the pipeline (counters).
+
+    ``privacy`` follows the CRM's location policies (``stream.privacy``); without one (unit
+    tests) no position is stored or published."""
     st = settings.stream
     parts = settings.kafka.partitions
     tables = make_tables(app, parts)
     outs = output_topics(app, parts)
-    pipeline = TelemetryPipeline(st, registry)
+    view = privacy.view if privacy is not None else PrivacyView()
+    pipeline = TelemetryPipeline(st, registry, privacy=view)
     # acks off: the agent commits its offsets itself (MicroBatcher + SourceOffsets)
     telemetry = app.topic(KAFKA_TELEMETRY, value_serializer="raw", key_serializer="raw", acks=False)
     events = app.topic(KAFKA_EVENTS, value_serializer="raw", key_serializer="raw", acks=False)
@@ -222,6 +229,9 @@ def install_pipeline(
     @app.agent(telemetry)
     async def telemetry_pipeline(stream: Any) -> Any:
         await writer.start()
+        if privacy is not None:  # before the first batch: who may have positions stored
+            privacy.start()
+            await privacy.wait_ready()
         warming = getattr(app, "carpulse_warming", None)
         if warming is not None:  # kernels compiling in a thread: wait without blocking the loop
             await asyncio.to_thread(warming.join)
@@ -232,6 +242,20 @@ def install_pipeline(
             await batcher.run()
         finally:
             await writer.close()
+
+    @app.timer(1.0)
+    async def republish_revoked() -> None:
+        """A vehicle whose positions may no longer be published (consent withdrawn, sold):
+        publish its state again without the location, so that the compacted ``vehicle-state``
+        keeps none. Only the worker holding the vehicle's table entry finds it."""
+        for vin in view.take_revoked():
+            raw = tables[T_STATE].get(vin)
+            if not raw:
+                continue
+            state = vstate.loads(raw)
+            public = public_state(state, view.get(vin))
+            if public is not state:
+                await publish(KAFKA_VEHICLE_STATE, [(vin, vstate.dumps(public))])
 
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:
@@ -244,7 +268,7 @@ def install_pipeline(
     async def handle_one(event: Any) -> None:
         received_us = int(time.time() * 1e6)
         event_stats["events"] += 1
-        res = handle_event(event.value, registry, lookup, received_us)
+        res = handle_event(event.value, registry, lookup, received_us, view)
         if res.alert is not None:
             await outs[KAFKA_ALERTS].send(key=res.alert[0].encode(), value=res.alert[1])
             event_stats["alerts"] += 1

@@ -27,6 +27,7 @@ from core.topics import (
 from stream.agents import install_pipeline
 from stream.influx import InfluxSink, make_sink
 from stream.kafka_options import faust_broker_settings
+from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import load_registry
 from stream.retry import SinkWriter, install_retry_agent
 from stream.transport import install_transport
@@ -51,6 +52,12 @@ def counters_of(app: faust.App) -> dict[str, Any]:
     return {
         "telemetry": asdict(app.carpulse_pipeline.counters),  # type: ignore[attr-defined]
         "events": dict(app.carpulse_event_stats),  # type: ignore[attr-defined]
+        "privacy": {
+            "policies": len(app.carpulse_privacy.view.policies),  # type: ignore[attr-defined]
+            "records": app.carpulse_privacy.records,  # type: ignore[attr-defined]
+            "bad": app.carpulse_privacy.view.bad,  # type: ignore[attr-defined]
+            "ready": app.carpulse_privacy.ready.is_set(),  # type: ignore[attr-defined]
+        },
         "sink": {
             **asdict(sink.counters),
             "requests": sink.sink.requests,
@@ -103,8 +110,13 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     )
     install_retry_agent(app, writer, retry_topic)
     app.carpulse_sink = writer  # type: ignore[attr-defined]
+    # who may have positions stored (the CRM's compacted carpulse.privacy topic)
+    k = settings.kafka
+    privacy = PrivacyFeed(k.client_options("stream"), PrivacyView())
+    app.carpulse_privacy = privacy  # type: ignore[attr-defined]
     # decode, registry, dedupe, live state, detectors, trips: stream/agents.py and pipeline.py
-    install_pipeline(app, settings, load_registry(st.registry), writer, deadletter)
+    registry = load_registry(st.registry, gates=st.gate_devices)
+    install_pipeline(app, settings, registry, writer, deadletter, privacy)
 
     @app.page("/carpulse/counters/")
     async def counters_view(web: Any, request: Any) -> Any:

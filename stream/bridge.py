@@ -5,6 +5,16 @@ events and status, checks each message against the wire contract and produces it
 by device id. An MQTT message is acknowledged (PUBACK) only after Kafka acknowledged the record,
 so a bridge that dies loses nothing: the broker redelivers what was not acknowledged. Invalid
 messages go to the dead-letter topic with the reason in the headers, then are acknowledged.
+
+Hostile input never stalls the bridge: messages are decoded and checked on a thread pool, off the
+event loop; *any* exception while handling one message (not only ``WireError``) makes it a dead
+letter with a reason and a counter, and the message is acknowledged. Only a Kafka outage leaves a
+message unacknowledged (the broker redelivers it once Kafka is back); a record Kafka refuses for
+good (too large, invalid) is dead-lettered as ``kafka_refused``. Each device has a token
+bucket (``[bridge] rate_per_device``, ``burst_per_device``): what it sends beyond that is
+acknowledged and dropped at once in the network thread, counted as ``rate_limited``, so a flood
+costs neither a decode nor a Kafka write. Messages over ``max_payload_bytes`` are dead-lettered
+with their first 64 KiB only.
 """
 
 from __future__ import annotations
@@ -16,23 +26,42 @@ import signal
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 
+from core.commands import decode_ack
 from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
 from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
-from core.wire import decode_event, decode_telemetry
+from core.wire import decode_event, decode_status, decode_telemetry
 from stream.kafka_options import kafka_problem
 
 log = logging.getLogger(__name__)
 
 CHANNELS = ("telemetry", "events", "status", "cmd-ack")
+# Kafka refusing one record (not an outage): retrying it would hold it in flight for ever.
+REFUSED_RECORD = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidMessageError,
+    CorruptRecordException,
+)
+DEAD_PAYLOAD_MAX = 64 * 1024  # what is kept of an oversized message in the dead-letter topic
+MAX_BUCKETS = 100_000  # devices remembered by the rate limiter (oldest forgotten first)
 
 
 @dataclass
@@ -40,7 +69,43 @@ class BridgeCounters:
     received: int = 0
     forwarded: int = 0
     dead_lettered: int = 0
+    rate_limited: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, reason: str) -> None:
+        with self.lock:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+            if reason == "rate_limited":
+                self.rate_limited += 1
+            else:
+                self.dead_lettered += 1
+
+
+class RateLimiter:
+    """A token bucket per device: ``rate`` messages a second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int, clock: Any = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, at)
+        self.lock = threading.Lock()
+
+    def allow(self, device: str) -> bool:
+        now = self.clock()
+        with self.lock:
+            tokens, at = self.buckets.pop(device, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            ok = tokens >= 1.0
+            self.buckets[device] = (tokens - 1.0 if ok else tokens, now)  # most recent last
+            if len(self.buckets) > MAX_BUCKETS:
+                self.buckets.pop(next(iter(self.buckets)))
+            return ok
+
+
+def _topic_device(topic: str) -> str:
+    """The device segment of a topic, unchecked (the rate limiter's key)."""
+    parts = topic.split("/", 3)
+    return parts[2][:64] if len(parts) > 2 else ""
 
 
 def validate(topic: str, payload: bytes) -> tuple[str, str]:
@@ -58,9 +123,51 @@ def validate(topic: str, payload: bytes) -> tuple[str, str]:
             raise WireError(
                 "device_mismatch", f"event says {event.device_id!r}, topic {device_id!r}"
             )
+    elif channel == "status":
+        decode_status(payload)
+    elif channel == "cmd-ack":
+        decode_ack(payload)
     elif channel not in KAFKA_BY_CHANNEL:
-        raise WireError("bad_topic", f"channel {channel!r} is not bridged")
+        raise WireError("bad_topic", f"channel {channel[:64]!r} is not bridged")
     return KAFKA_BY_CHANNEL[channel], device_id
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one MQTT message goes: ``reason`` None forwards it, else it is a dead letter."""
+
+    kafka_topic: str
+    key: bytes | None
+    payload: bytes
+    reason: str | None = None
+    detail: str = ""
+
+    def headers(self, topic: str) -> list[tuple[str, bytes]]:
+        """The dead-letter headers: reason, detail and the MQTT topic it came on."""
+        return [
+            ("reason", (self.reason or "").encode()),
+            ("detail", self.detail[:500].encode("utf-8", "replace")),
+            ("mqtt_topic", topic[:300].encode("utf-8", "replace")),
+        ]
+
+
+def route(topic: str, payload: bytes, max_payload: int) -> Route:
+    """Forward or dead-letter one MQTT message; never raises (runs on the decode pool)."""
+    try:
+        if len(payload) > max_payload:
+            raise WireError("too_large", f"{len(payload)} bytes > {max_payload}")
+        kafka_topic, device_id = validate(topic, payload)
+        return Route(kafka_topic, device_id.encode(), payload)
+    except Exception as err:  # every failure to handle one message is a dead letter
+        return dead_route(payload, err)
+
+
+def dead_route(payload: bytes, err: BaseException) -> Route:
+    if isinstance(err, WireError):
+        reason, detail = err.reason, err.detail
+    else:  # a bug or an input no check foresaw: still a dead letter, never a stuck message
+        reason, detail = f"internal_error:{type(err).__name__}", str(err)[:500]
+    return Route(KAFKA_DEADLETTER, None, payload[:DEAD_PAYLOAD_MAX], reason, detail)
 
 
 async def ensure_topics(
@@ -105,6 +212,10 @@ class IngestBridge:
         self.s = settings
         self.name = name
         self.counters = BridgeCounters()
+        b = settings.bridge
+        self.limiter = RateLimiter(b.rate_per_device, b.burst_per_device)
+        self._decoder = ThreadPoolExecutor(b.decode_workers, thread_name_prefix=f"{name}-decode")
+        self._rate_logged: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: AIOKafkaProducer | None = None
         self._connected = threading.Event()
@@ -155,48 +266,80 @@ class IngestBridge:
         self._connected.clear()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(
-            self._forward(msg.topic, bytes(msg.payload)), self._loop
-        )
+        # paho's network thread: an exception here would kill it, so none leaves this method
         mid, qos = msg.mid, msg.qos
+        try:
+            topic = msg._topic.decode("utf-8", "replace")  # .topic raises on bad UTF-8
+            device = _topic_device(topic)
+            if not self.limiter.allow(device):
+                self._rate_limited(device)
+                client.ack(mid, qos)
+                return
+            self._submit(client, mid, qos, topic, bytes(msg.payload))
+        except Exception:
+            log.exception(
+                "bridge %s: message %s could not be handled; acknowledged", self.name, mid
+            )
+            self.counters.count("internal_error")
+            with contextlib.suppress(Exception):
+                client.ack(mid, qos)
+
+    def _rate_limited(self, device: str) -> None:
+        with self.counters.lock:
+            self.counters.received += 1
+        self.counters.count("rate_limited")
+        now = time.monotonic()
+        if now - self._rate_logged.get(device, -60.0) >= 60.0:  # once a minute per device
+            if len(self._rate_logged) > 10_000:
+                self._rate_logged.clear()
+            self._rate_logged[device] = now
+            log.warning("bridge %s: device %r over its rate limit, dropping", self.name, device)
+
+    def _submit(self, client: mqtt.Client, mid: int, qos: int, topic: str, payload: bytes) -> None:
+        assert self._loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self._forward(topic, payload), self._loop)
         with self._pending_lock:
             self._pending += 1
 
         def done(f: Any) -> None:
             with self._pending_lock:
                 self._pending -= 1
-            if f.exception() is None:
+            if f.cancelled():  # the loop is going away: the broker redelivers
+                return
+            err = f.exception()
+            if err is None:
                 client.ack(mid, qos)
             else:  # Kafka down: leave unacknowledged; the broker redelivers after reconnect
-                log.error(
-                    "bridge %s could not hand a message to Kafka: %s", self.name, f.exception()
-                )
+                log.error("bridge %s could not hand a message to Kafka: %s", self.name, err)
 
         fut.add_done_callback(done)
 
     # asyncio side --------------------------------------------------------------------------------
     async def _forward(self, topic: str, payload: bytes) -> None:
         assert self._producer is not None
-        self.counters.received += 1
+        with self.counters.lock:
+            self.counters.received += 1
+        loop = asyncio.get_running_loop()
+        limit = self.s.bridge.max_payload_bytes
         try:
-            kafka_topic, device_id = validate(topic, payload)
-        except WireError as err:
-            self.counters.dead_lettered += 1
-            self.counters.reasons[err.reason] = self.counters.reasons.get(err.reason, 0) + 1
-            headers = [
-                ("reason", err.reason.encode()),
-                ("detail", err.detail[:500].encode()),
-                ("mqtt_topic", topic.encode()),
-            ]
-            await self._producer.send_and_wait(KAFKA_DEADLETTER, payload, headers=headers)
+            r = await loop.run_in_executor(self._decoder, route, topic, payload, limit)
+        except Exception as err:  # the pool itself failed (shut down): still a dead letter
+            r = dead_route(payload, err)
+        if r.reason is not None:
+            self.counters.count(r.reason)
+            await self._producer.send_and_wait(r.kafka_topic, r.payload, headers=r.headers(topic))
             return
         # which bridge forwarded a record: tracing, and the load-split check of the tests
         headers = [("bridge", self.name.encode())]
-        await self._producer.send_and_wait(
-            kafka_topic, payload, key=device_id.encode(), headers=headers
-        )
-        self.counters.forwarded += 1
+        try:
+            await self._producer.send_and_wait(r.kafka_topic, r.payload, key=r.key, headers=headers)
+        except REFUSED_RECORD as err:  # this record can never go: dead letter, not a retry
+            d = dead_route(payload, WireError("kafka_refused", f"{type(err).__name__}: {err}"))
+            self.counters.count("kafka_refused")
+            await self._producer.send_and_wait(d.kafka_topic, d.payload, headers=d.headers(topic))
+            return
+        with self.counters.lock:
+            self.counters.forwarded += 1
 
     async def _start_kafka(self) -> None:
         """Topics checked and the producer started; raises on the first failure."""
@@ -302,6 +445,7 @@ class IngestBridge:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     async def run_forever(self) -> None:
         """Run until ``request_stop`` or SIGTERM/SIGINT, then stop gracefully (see ``stop``)."""

@@ -148,8 +148,10 @@ def batch_lines(
     stats: LineStats | None = None,
     policy: SkewPolicy = SkewPolicy(),
     now_us: int | None = None,
+    tags: str = "",
 ) -> list[str]:
-    """Line-protocol lines for one batch (timestamps in microseconds)."""
+    """Line-protocol lines for one batch (timestamps in microseconds); ``tags`` (escaped,
+    ``",k=v,..."``) follow the ``device`` tag."""
     s = batch.samples
     st = stats if stats is not None else LineStats()
     st.samples += len(s)
@@ -163,7 +165,7 @@ def batch_lines(
     ts = s.ts_us[order]
     cuts = (np.flatnonzero(ts[1:] != ts[:-1]) + 1).tolist()
     bounds = [0, *cuts, len(order)]
-    head = f"{escape_key(measurement)},device={escape_tag(batch.device_id)} "
+    head = f"{escape_key(measurement)},device={escape_tag(batch.device_id)}{tags} "
     prefixes = [escape_key(n) + "=" for n in s.names]
     # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
     # distinct bit pattern is formatted once per batch, and once at all while it stays in the

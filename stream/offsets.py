@@ -54,6 +54,9 @@ Verdict = Literal["admit", "again", "hole"]
 SETTLE_S: Final = 0.05
 #: least time between two seeks of one partition for the same missing offset
 RESEEK_S: Final = 1.0
+#: a partition of ours with records beyond the next admitted offset and nothing delivered for this
+#: long is sought back to that offset (the stall watchdog, ``check``)
+STALL_S: Final = 5.0
 #: ``guarded``: longest wait before a handled record's offset is committed (one commit per
 #: record cost the CRM worker ~1 ms each, 40 % of its replay rate)
 COMMIT_S: Final = 0.2
@@ -98,6 +101,13 @@ class SourceOffsets:
         self.repairing: dict[Any, asyncio.Task[None]] = {}
         self.last_seek: dict[Any, tuple[int, float]] = {}
         self.beyond: dict[Any, int] = {}  # per partition with a hole: the highest offset seen
+        self.topics: set[str] = set()  # the topics this agent consumes (seen in its events)
+        self.arrived: dict[
+            Any, float
+        ] = {}  # per partition: when a record last came (admitted or not)
+        self.stall_checked = time.monotonic()
+        self.stall_task: asyncio.Task[None] | None = None
+        self.stalls = 0
         self.holes = 0
         self.dropped = 0
 
@@ -126,6 +136,8 @@ class SourceOffsets:
         # Faust's own TP: the message may carry aiokafka's, which resume_partitions would put
         # as is into the active set (Faust asserts they are all TP, in its fetcher)
         tp = TP(message.tp.topic, message.tp.partition)
+        self.topics.add(tp.topic)
+        self.arrived[tp] = time.monotonic()
         if not self._current() or message.generation_id != self.generation:
             self.dropped += 1
             return False
@@ -152,6 +164,63 @@ class SourceOffsets:
             return
         for tp, seen in list(self.beyond.items()):
             self._repair(tp, self.guard.next[tp], seen)
+        now = time.monotonic()
+        if now - self.stall_checked >= STALL_S and (
+            self.stall_task is None or self.stall_task.done()
+        ):
+            self.stall_checked = now
+            self.stall_task = asyncio.create_task(self._stalls(self.generation))
+
+    async def _stalls(self, generation: int | None) -> None:
+        """Seek back a partition of ours that has records beyond the next admitted offset but
+        delivered nothing for ``STALL_S``.
+
+        Seen on Apache Kafka after a takeover: a partition's remaining records were all delivered
+        during Faust's final seek (not admitted: Faust was still rebalancing) and Faust did not
+        deliver them again; as nothing came after them, no hole ever showed. Whatever the cause,
+        a partition with a backlog and no deliveries gets its records again from the next
+        offset to admit (re-deliveries below it are dropped by the guard).
+        """
+        try:
+            consumer = self.app.consumer
+            tps = [tp for tp in consumer.assignment() if tp.topic in self.topics]
+            if not tps:
+                return
+            ends = await consumer.highwaters(*tps)
+            now = time.monotonic()
+            for tp in tps:
+                if generation != self.app.consumer_generation_id or self.app.rebalancing:
+                    return
+                end = ends.get(tp)
+                if end is None or tp in self.repairing:
+                    continue
+                if now - self.arrived.get(tp, 0.0) < STALL_S:
+                    continue
+                if not self.guard.knows(tp):
+                    position = await self._position(tp)
+                    if generation != self.app.consumer_generation_id or self.app.rebalancing:
+                        return
+                    if not self.guard.knows(tp):
+                        self.guard.start(tp, position)
+                nxt = self.guard.next[tp]
+                if nxt >= end:
+                    continue
+                self.stalls += 1
+                log.info(
+                    "%s[%s]: records %d..%d waiting and nothing delivered for %.0f s; "
+                    "seeking back to %d",
+                    tp.topic,
+                    tp.partition,
+                    nxt,
+                    end - 1,
+                    now - self.arrived.get(tp, 0.0),
+                    nxt,
+                )
+                self.beyond[tp] = max(self.beyond.get(tp, -1), end - 1)
+                self.arrived[tp] = now  # one seek per quiet period
+                self._repair(tp, nxt, end)
+        except Exception:  # the next check tries again
+            log.exception("checking the partitions of %s for stalls failed", sorted(self.topics))
 
     def _repair(self, tp: Any, missing: int, seen: int) -> None:
         if tp in self.repairing:
@@ -211,6 +280,10 @@ class SourceOffsets:
             self.check()
 
     async def close(self) -> None:
+        if self.stall_task is not None:
+            self.stall_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.stall_task
         for task in list(self.repairing.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,19 +10,28 @@ Bad input never stops a partition: a record that does not decode (``WireError`` 
 from a device the registry does not know (``unknown_device``), is oversized (``oversized``), or
 is too old for the dedupe window (``stale_seq``) is dead-lettered with its reason and counted;
 NaN/inf samples and timestamps outside the clock-skew policy are dead-lettered by
-``stream.lines`` and also kept out of the live state and the detectors.
+``stream.lines`` and also kept out of the live state and the detectors. Anything else that goes
+wrong with one record is dead-lettered as ``internal_error:<type>``: the partition keeps moving.
+
+Location data (``Vehicle.CurrentLocation.*``) is written to InfluxDB only as the vehicle's
+``LocationPolicy`` allows (``stream.privacy``: the current owner's consent, fixes of the
+current ownership, tagged ``ownership`` and ``vin``); it never reaches the detectors, and the
+published ``vehicle-state`` carries it only as allowed. Withheld rows are counted, not dead-lettered
+(nothing is wrong with them).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.checks import valid_dtcs
 from core.config import StreamSettings
 from core.errors import DecodeError, WireError
 from core.wire import TelemetryBatch, decode_telemetry
@@ -30,10 +39,13 @@ from stream import state as vstate
 from stream.alerts import dtc_key
 from stream.dedupe import DeviceSeen
 from stream.lines import LineStats, SkewPolicy, batch_lines, escape_key, escape_tag, keep_mask
+from stream.privacy import PrivacyView, location_tags, public_state, scrub_state, split_location
 from stream.registry import DeviceRegistry
 
 if TYPE_CHECKING:  # numba loads at the first batch, not at import: the worker starts faster
     from stream.kernels import PartitionModels
+
+log = logging.getLogger(__name__)
 
 # table names (the Faust app creates tables with these names)
 T_DEDUPE = "dedupe"
@@ -46,6 +58,7 @@ Lookup = Callable[[str, str], bytes | None]  # (table, key) -> value
 @dataclass
 class Counters:
     records: int = 0
+    accepted: int = 0  # records whose samples went on (the rest: duplicates or dead letters)
     samples: int = 0
     lines: int = 0
     duplicates: int = 0
@@ -56,6 +69,8 @@ class Counters:
     trips: int = 0
     days: int = 0
     state_updates: int = 0
+    locations_stored: int = 0
+    locations_withheld: int = 0
 
     def count(self, reason: str, n: int = 1) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + n
@@ -93,9 +108,11 @@ class TelemetryPipeline:
         registry: DeviceRegistry,
         policy: SkewPolicy = SkewPolicy(),
         now_us: Callable[[], int] | None = None,
+        privacy: PrivacyView | None = None,
     ) -> None:
         self.s = settings
         self.registry = registry
+        self.privacy = privacy if privacy is not None else PrivacyView()  # empty: deny all
         self.policy = policy
         self.now_us = now_us or (lambda: int(time.time() * 1e6))
         self.counters = Counters()
@@ -142,7 +159,18 @@ class TelemetryPipeline:
         for partition, payload in records:
             by_part.setdefault(partition, []).append(payload)
         for partition, payloads in by_part.items():
-            self._partition(partition, payloads, lookup, res)
+            part = Result()
+            try:
+                self._partition(partition, payloads, lookup, part)
+            except Exception as err:  # the detectors or a checkpoint: never stall the partition
+                log.exception(
+                    "partition %d: a batch of %d records failed", partition, len(payloads)
+                )
+                part = Result()  # nothing of it is written: each record is a dead letter
+                for payload in payloads:
+                    self._dead(part, payload, f"internal_error:{type(err).__name__}", str(err))
+            for name in fields(Result):
+                getattr(res, name.name).extend(getattr(part, name.name))
         return res
 
     def _partition(
@@ -155,52 +183,9 @@ class TelemetryPipeline:
         for payload in payloads:
             self.counters.records += 1
             try:
-                batch = decode_telemetry(payload)
-            except WireError as err:
-                self._dead(res, payload, err.reason, err.detail)
-                continue
-            n = len(batch.samples)
-            if n > self.s.max_batch_samples:
-                self._dead(
-                    res, payload, "oversized", f"{n} samples > {self.s.max_batch_samples}",
-                    device=batch.device_id,
-                )  # fmt: skip
-                continue
-            vin = self.registry.vin(batch.device_id)
-            if vin is None:
-                self._dead(
-                    res, payload, "unknown_device", f"{batch.device_id!r} is not in the registry"
-                )
-                continue
-            dev = seen.get(batch.device_id)
-            if dev is None:
-                dev = seen[batch.device_id] = self._load_seen(batch.device_id, lookup)
-            verdict = dev.check(batch.boot_id, batch.seq)
-            if verdict == "duplicate":
-                self.counters.duplicates += 1
-                continue
-            if verdict == "stale":
-                self._dead(
-                    res, payload, "stale_seq",
-                    f"seq {batch.seq} of boot {batch.boot_id!r} is older than the dedupe window",
-                )  # fmt: skip
-                continue
-            self.counters.samples += n
-            before = self.line_stats.lines
-            res.lines.extend(
-                batch_lines(batch, self.s.measurement, self.line_stats, self.policy, now)
-            )
-            self.counters.lines += self.line_stats.lines - before
-            for reason, detail in self.line_stats.rejects:
-                self._dead(res, detail.encode(), reason, "see value")
-            self.line_stats.rejects.clear()
-            clean = self._clean(batch, now)
-            st = states.get(vin)
-            if st is None:
-                st = states[vin] = self._load_state(vin, batch.device_id, lookup)
-            st["device"] = batch.device_id
-            vstate.apply_batch(st, clean)
-            feed.append((vin, clean.samples))
+                self._record(payload, lookup, now, res, seen, states, feed)
+            except Exception as err:  # never stall a partition on one record
+                self._dead(res, payload, f"internal_error:{type(err).__name__}", str(err))
         models = self.models_for(partition, lookup)
         out = models.update(feed)
         for vin, ts in out.anomaly_ts.items():
@@ -223,7 +208,8 @@ class TelemetryPipeline:
         for vin, st in states.items():
             update = vstate.take_update(st, min_us)
             if update is not None:
-                res.state_updates.append((vin, update))
+                pub = public_state(st, self.privacy.get(vin))
+                res.state_updates.append((vin, update if pub is st else vstate.dumps(pub)))
                 self.counters.state_updates += 1
             blob = update if update is not None else vstate.dumps(st)  # the same JSON
             self._states[vin] = (st, blob, self._states[vin][2])
@@ -238,6 +224,81 @@ class TelemetryPipeline:
             blob = models.to_bytes()
             self._models[partition] = (models, blob)  # the agent stores this very object
             res.writes.append((partition, T_MODELS, f"p{partition}", blob))
+
+    def _record(
+        self,
+        payload: bytes,
+        lookup: Lookup,
+        now: int,
+        res: Result,
+        seen: dict[str, DeviceSeen],
+        states: dict[str, vstate.State],
+        feed: list[tuple[str, Any]],
+    ) -> None:
+        """One record: dead-lettered, dropped as a duplicate, or its lines, state and feed."""
+        try:
+            batch = decode_telemetry(payload)
+        except WireError as err:
+            self._dead(res, payload, err.reason, err.detail)
+            return
+        n = len(batch.samples)
+        if n > self.s.max_batch_samples:
+            self._dead(
+                res, payload, "oversized", f"{n} samples > {self.s.max_batch_samples}",
+                device=batch.device_id,
+            )  # fmt: skip
+            return
+        vin = self.registry.vin(batch.device_id)
+        if vin is None:
+            self._dead(
+                res, payload, "unknown_device", f"{batch.device_id!r} is not in the registry"
+            )
+            return
+        dev = seen.get(batch.device_id)
+        if dev is None:
+            dev = seen[batch.device_id] = self._load_seen(batch.device_id, lookup)
+        verdict = dev.check(batch.boot_id, batch.seq)
+        if verdict == "duplicate":
+            self.counters.duplicates += 1
+            return
+        if verdict == "stale":
+            self._dead(
+                res, payload, "stale_seq",
+                f"seq {batch.seq} of boot {batch.boot_id!r} is older than the dedupe window",
+            )  # fmt: skip
+            return
+        before = self.line_stats.lines
+        policy = self.privacy.get(vin)
+        try:
+            split = split_location(batch, policy)
+            lines = batch_lines(split.rest, self.s.measurement, self.line_stats, self.policy, now)
+            stored = 0
+            if split.stored is not None and policy is not None:
+                stored = len(split.stored.samples)
+                lines += batch_lines(
+                    split.stored, self.s.measurement, self.line_stats, self.policy, now,
+                    tags=location_tags(policy),
+                )  # fmt: skip
+            clean = self._clean(batch, now)
+        finally:
+            rejects, self.line_stats.rejects = self.line_stats.rejects, []
+        st = states.get(vin)
+        if st is None:
+            st = states[vin] = self._load_state(vin, batch.device_id, lookup)
+        st["device"] = batch.device_id
+        vstate.apply_batch(st, clean)
+        if scrub_state(st, policy):
+            st["dirty"] = True
+        # counted and emitted only once nothing more can fail for this record
+        self.counters.accepted += 1
+        self.counters.samples += n
+        self.counters.locations_withheld += split.withheld
+        self.counters.locations_stored += stored
+        res.lines.extend(lines)
+        self.counters.lines += self.line_stats.lines - before
+        for reason, detail in rejects:
+            self._dead(res, detail.encode("utf-8", "replace"), reason, "see value")
+        feed.append((vin, split_location(clean, None).rest.samples))  # no positions
 
     def _load_seen(self, device: str, lookup: Lookup) -> DeviceSeen:
         stored = lookup(T_DEDUPE, device)
@@ -257,7 +318,7 @@ class TelemetryPipeline:
         else:
             st = vstate.loads(raw) if raw else vstate.new_state(vin, device)
         if dtcs:
-            vstate.set_dtcs(st, json.loads(dtcs), st["last_seen_us"] or 0)
+            vstate.set_dtcs(st, valid_dtcs(json.loads(dtcs)), st["last_seen_us"] or 0)
         self._states[vin] = (st, raw or b"", dtcs)
         return st
 

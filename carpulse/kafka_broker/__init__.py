@@ -34,6 +34,7 @@ from core.topics import (
     KAFKA_EVENTS,
     KAFKA_INFLUX_RETRY,
     KAFKA_PREDICTIONS,
+    KAFKA_PRIVACY,
     KAFKA_STATUS,
     KAFKA_TELEMETRY,
     KAFKA_TRIPS,
@@ -117,9 +118,12 @@ def component_acls() -> list[Acl]:
         *_topic_acls(s, STREAM_OUT, "write", "create"),
         *_topic_acls(s, (KAFKA_VEHICLE_STATE,), "describe_configs"),
         *_prefix_acls(s, STREAM_PREFIX),
+        # ... and the CRM's location policies (stream.privacy; written by the CRM only)
+        *_topic_acls(s, (KAFKA_PRIVACY,), "read"),
         # the CRM worker: the stream's alerts, predictions and events; dead letters
         *_topic_acls(c, CRM_IN, "read"),
         *_topic_acls(c, (KAFKA_DEADLETTER,), "write"),
+        *_topic_acls(c, (KAFKA_PRIVACY,), "write"),
         *_prefix_acls(c, CRM_PREFIX),
         # the dashboards only read (no group: each server reads from the start)
         *_topic_acls(d, DASHBOARDS_IN, "read"),

@@ -31,6 +31,7 @@ from sqlalchemy import select  # noqa: E402
 from carpulse.stack import free_port  # noqa: E402
 from core.topics import KAFKA_EVENTS, KAFKA_TELEMETRY, device_topic  # noqa: E402
 from core.wire import Samples, TelemetryBatch, encode_telemetry  # noqa: E402
+from crm.location_sync import publish_policies  # noqa: E402
 from crm.migrate import upgrade  # noqa: E402
 from crm.models import AuditRecord  # noqa: E402
 from crm.store import CrmStore  # noqa: E402
@@ -125,6 +126,9 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                             {"navigate": lambda c: {"shown": True}, "lock": lambda c: None,
                              "unlock": lambda c: None})  # fmt: skip
     s = local_stack.settings
+    # what the CRM worker's privacy timer does: the stream stores and publishes the position of
+    # the consenting owner's car only once the CRM said so (crm.location_sync)
+    publish_policies(store, s.kafka.client_options("crm"))
     mqtt = s.mqtt.model_copy(update={"username": "carpulse-console"})
     cfg = DashboardConfig(
         crm_url=f"sqlite:///{tmp / 'crm.sqlite'}",

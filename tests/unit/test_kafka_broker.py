@@ -8,7 +8,7 @@ import pytest
 
 from carpulse import kafka_broker as kb
 from core.errors import StackError
-from core.topics import KAFKA_ALERTS, KAFKA_TELEMETRY
+from core.topics import KAFKA_ALERTS, KAFKA_PRIVACY, KAFKA_TELEMETRY
 
 
 def test_nodes_take_three_ports_each(tmp_path: Path) -> None:
@@ -53,6 +53,12 @@ def test_acls_grant_exactly_what_each_component_uses() -> None:
     assert ops("carpulse-dashboards", KAFKA_ALERTS) == {"read"}
     assert ops("carpulse-dashboards", KAFKA_TELEMETRY) == set()
     assert ops("carpulse-crm", KAFKA_TELEMETRY) == set()
+    # location consent: only the CRM writes it, only the stream reads it (stream.privacy)
+    assert ops("carpulse-crm", KAFKA_PRIVACY) == {"write"}
+    assert ops("carpulse-stream", KAFKA_PRIVACY) == {"read"}
+    assert (
+        ops("carpulse-bridge", KAFKA_PRIVACY) == ops("carpulse-dashboards", KAFKA_PRIVACY) == set()
+    )
     # nobody but the admin has anything on the cluster resource
     assert not [a for a in acls if a.resource == "cluster"]
     prefixed = {(a.principal, a.name) for a in acls if a.pattern == "prefixed"}

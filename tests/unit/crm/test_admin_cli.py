@@ -3,6 +3,7 @@ starting from the config file's database once the templates exist."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ def test_registry_export_carries_the_last_service(tmp_path: Path) -> None:
     assert registry.vin("car-1") == VIN_A and not registry.open_mode
     plain = CliRunner().invoke(app, ["registry", "export", "--db", db, "--plain"])
     assert json.loads(plain.output) == {"car-1": VIN_A, "car-2": VIN_B}
+    gated = CliRunner().invoke(
+        app, ["registry", "export", "--db", db, "--out", str(out), "--gate", "gate-1"]
+    )
+    assert gated.exit_code == 0, gated.output
+    registry = load_registry(str(out))
+    assert registry.is_gate("gate-1") and registry.vin("car-2") == VIN_B
+    assert registry.last_service[VIN_B] == (
+        float((dt.date(2025, 1, 20) - dt.date(1970, 1, 1)).days),
+        41000.0,
+    )
 
 
 def test_crm_worker_starts_from_the_config_files_database(
@@ -90,7 +101,7 @@ def test_crm_worker_starts_from_the_config_files_database(
     seen: dict[str, Any] = {}
 
     def fake_build(app_id: str, kafka: Any, store: Any, engine: Any, disp: Any, interval: float,
-                   session_timeout_s: float) -> str:  # fmt: skip
+                   session_timeout_s: float, **kw: Any) -> str:  # fmt: skip
         seen.update(app_id=app_id, bootstrap=kafka.bootstrap, url=str(store.engine.url),
                     interval=interval, channels=sorted(disp.transports))  # fmt: skip
         return "app"

@@ -153,8 +153,8 @@ def test_gate_sightings_keep_faces_only_with_consent(dealer: Dealer) -> None:
                                {"plate": "沪A12345", "camera": "gate-1"}))  # fmt: skip
     face = encode_event(Event("gate-1", "b", 2, "gate.face", us(T0), 5,
                               {"member_id": dealer.other, "similarity": 0.8, "camera": "gate-1"}))  # fmt: skip
-    handle_record(dealer.store, eng, KAFKA_EVENTS, plate, stats)
-    handle_record(dealer.store, eng, KAFKA_EVENTS, face, stats)
+    handle_record(dealer.store, eng, KAFKA_EVENTS, plate, stats, gates={"gate-1"})
+    handle_record(dealer.store, eng, KAFKA_EVENTS, face, stats, gates={"gate-1"})
     with dealer.store.tx() as s:
         rows = s.scalars(select(GateSighting).order_by(GateSighting.id)).all()
         assert [(r.plate, r.vin, r.customer_id, r.face_customer_id) for r in rows] == [

@@ -43,6 +43,14 @@ class Consumer:
     earliest: dict[TP, int] = field(default_factory=dict)
     calls: list[tuple[str, Any]] = field(default_factory=list)
     commit_ok: bool = True
+    assigned: set[TP] = field(default_factory=lambda: {T0, T1})
+    ends: dict[TP, int] = field(default_factory=dict)
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.ends[tp] for tp in tps if tp in self.ends}
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.earliest.get(tp, 0) for tp in tps}
@@ -145,6 +153,51 @@ def test_nothing_is_admitted_during_a_rebalance_or_from_an_old_generation() -> N
     c._committed_offset[T0] = 20
     assert run_admits(so, [ev(T0, 9, gen=1), ev(T0, 20, gen=2)]) == [20]
     assert c.calls == []
+
+
+def test_a_partition_with_a_backlog_and_no_deliveries_is_sought_back(monkeypatch: Any) -> None:
+    """Seen on Apache Kafka: a partition's last records came while Faust was still rebalancing
+    (after its seek to the commits) and never again; nothing after them showed a hole."""
+    monkeypatch.setattr(offsets_mod, "STALL_S", 0.0)
+    c = Consumer({T0: 7, T1: 3}, ends={T0: 10, T1: 3})
+    app = App(c, rebalancing=True)
+    so = SourceOffsets(app)
+    assert run_admits(so, [ev(T0, 7), ev(T0, 8), ev(T0, 9), ev(T1, 2)]) == []
+    app.rebalancing = False
+
+    def check() -> None:
+        async def main() -> None:
+            so.check()
+            await asyncio.sleep(offsets_mod.SETTLE_S * 4)
+
+        asyncio.run(main())
+
+    check()
+    # T0 has 7..9 waiting: sought back; T1 is at its end (3): left alone
+    assert c.calls == [("pause", [T0]), ("seek", {T0: 7}), ("resume", [T0])]
+    assert so.stalls == 1
+    assert run_admits(so, [ev(T0, 7), ev(T0, 8), ev(T0, 9)]) == [7, 8, 9]
+    check()
+    assert len(c.calls) == 3 and not so.beyond  # caught up: no second seek
+    # a partition that is not ours any more is left alone
+    c.assigned = set()
+    c.ends[T0] = 20
+    check()
+    assert len(c.calls) == 3
+
+
+def test_a_busy_partition_is_not_a_stall() -> None:
+    c = Consumer({T0: 0}, ends={T0: 100})
+    so = SourceOffsets(App(c))
+    run_admits(so, [ev(T0, 0), ev(T0, 1)])  # records are arriving: STALL_S has not passed
+
+    async def main() -> None:
+        so.stall_checked = 0.0  # the watchdog runs, but the partition is not quiet
+        so.check()
+        await asyncio.sleep(offsets_mod.SETTLE_S * 4)
+
+    asyncio.run(main())
+    assert c.calls == [] and so.stalls == 0
 
 
 def test_without_a_committed_offset_the_partition_starts_at_the_earliest() -> None:

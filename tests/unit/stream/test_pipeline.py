@@ -176,3 +176,25 @@ def test_cached_dedupe_and_state_give_way_to_a_restored_table_value() -> None:
     res = p.process([(0, tb("car-1", 6, NOW - 10**8 + 6 * 10**6))], t.lookup)
     t.apply(res.writes)
     assert json.loads(t.data[(T_STATE, "VIN1")])["active_dtcs"] == ["P0301"]
+
+
+def test_a_partition_whose_batch_fails_dead_letters_it_and_the_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defence in depth behind the record checks: a failure in the per-partition stage (the
+    detectors, a checkpoint) dead-letters that partition's records instead of stopping the agent."""
+    p, t = make(), Tables()
+    t0 = NOW - 10_000_000
+    real = p.models_for
+
+    def models_for(partition: int, lookup: object) -> object:
+        if partition == 1:
+            raise OverflowError("a detector overflowed")
+        return real(partition, lookup)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(p, "models_for", models_for)
+    res = p.process([(0, tb("car-1", 1, t0)), (1, tb("car-2", 1, t0))], t.lookup)
+    assert [h["reason"] for _, h in res.dead] == [b"internal_error:OverflowError"]
+    assert res.dead[0][0] == tb("car-2", 1, t0)
+    assert res.lines and all("device=car-1 " in line for line in res.lines)
+    assert {w[0] for w in res.writes} == {0}  # nothing of partition 1 is checkpointed

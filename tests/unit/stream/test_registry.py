@@ -75,3 +75,35 @@ def test_registry_from_a_url() -> None:
         server.server_close()
     assert reg.vins == {"car-9": "VIN9"}
     assert parse_registry("[]", "x") == {}
+
+
+def test_gates_come_from_the_file_and_the_settings(tmp_path: Path) -> None:
+    j = tmp_path / "r.json"
+    j.write_text(json.dumps([{"device_id": "car-1", "vin": "VIN1"},
+                             {"device_id": "gate-1", "role": "gate"}]))  # fmt: skip
+    c = tmp_path / "r.csv"
+    c.write_text("device_id,vin,role\ncar-1,VIN1,\ngate-1,,gate\n")
+    for path in (j, c):
+        reg = load_registry(str(path), gates=["gate-2"])
+        assert reg.vins == {"car-1": "VIN1"} and reg.gates == {"gate-1", "gate-2"}
+        assert reg.is_gate("gate-1") and not reg.is_gate("car-1")
+    assert not load_registry("").is_gate("gate-1")  # open mode implies no gate
+    assert load_registry("", gates=["gate-1"]).is_gate("gate-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "gates", "message"),
+    [
+        ('[{"device_id": "car-1", "vin": "V"}, {"device_id": "car-1", "role": "gate"}]', (),
+         "both a gate and a vehicle"),
+        ('[{"device_id": "bad id", "role": "gate"}]', (), "bad gate device_id"),
+        ("", ("gate\n",), "bad gate device_id"),
+    ],
+)  # fmt: skip
+def test_bad_gate_entries_are_named(
+    text: str, gates: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_registry(str(path) if text else "", gates=gates)
