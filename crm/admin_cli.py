@@ -58,6 +58,13 @@ def import_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate and count, then roll everything back.")
     ] = False,
+    vin_check_digit: Annotated[
+        bool,
+        typer.Option(
+            help="Verify the check digit (position 9) of North American and Chinese VINs; "
+            "turn off only for records known to carry VINs without one."
+        ),
+    ] = True,
 ) -> None:
     """Import customers, vehicles, ownerships, consents and service records from DMS CSV exports.
 
@@ -79,7 +86,10 @@ def import_cmd(
     region = region.upper()
     store = _store(db)
     try:
-        report = import_folder(store, folder, dealer_id=dealer, region=region, dry_run=dry_run)
+        report = import_folder(
+            store, folder, dealer_id=dealer, region=region, dry_run=dry_run,
+            vin_check_digit=vin_check_digit,
+        )  # fmt: skip
     except (OperationalError, ProgrammingError) as err:
         raise _db_error(err) from err
     finally:

@@ -52,7 +52,9 @@ def vin_check_digit(vin: str) -> str:
     return "X" if r == 10 else str(r)
 
 
-def check_vin(raw: str) -> str:
+def check_vin(raw: str, check_digit: bool = True) -> str:
+    """The VIN upper-cased; its check digit verified where the market requires one (and
+    ``check_digit`` is on: off for fleets whose records are known to carry other VINs)."""
     vin = raw.strip().upper()
     if len(vin) != 17:
         raise FieldError(f"a VIN has 17 characters, this one {len(vin)}")
@@ -61,7 +63,7 @@ def check_vin(raw: str) -> str:
         raise FieldError(
             f"VIN has characters a VIN never contains ({''.join(bad)!r}; I, O and Q are not used)"
         )
-    if vin[0] in CHECK_DIGIT_REGIONS:
+    if check_digit and vin[0] in CHECK_DIGIT_REGIONS:
         want = vin_check_digit(vin)
         if vin[8] != want:
             where = "China, GB 16735" if vin[0] == "L" else "North America, 49 CFR 565"

@@ -110,6 +110,7 @@ def test_vin_rules(vin: str, why: str) -> None:
 
 def test_european_vins_carry_no_check_digit() -> None:
     assert check_vin("WVWZZZ1KZ8W000001") == "WVWZZZ1KZ8W000001"
+    assert check_vin("LSVAA4182E2000001", check_digit=False) == "LSVAA4182E2000001"
 
 
 def test_phones_become_e164_with_china_as_default_region() -> None:
