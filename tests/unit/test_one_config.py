@@ -161,3 +161,20 @@ def test_config_show_masks_the_new_secrets(prod: Path, monkeypatch: pytest.Monke
 def test_version() -> None:
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.startswith("carpulse ")
+
+
+def test_dashboard_falls_back_to_the_local_stack_only_when_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "local.toml"
+    conf.write_text(f'[stack]\ndata_dir = "{tmp_path / "stack"}"\n')
+    bare = config_from_settings(load_settings(conf))
+    assert bare.crm_url == f"sqlite:///{tmp_path / 'stack' / 'crm.sqlite'}"
+    assert bare.mqtt is None and bare.signing_key is None  # nothing there: commands disabled
+    (tmp_path / "stack" / "secrets").mkdir(parents=True)
+    (tmp_path / "stack" / "secrets" / "carpulse-console.password").write_text("stack-pw\n")
+    priv, _pub = generate_keypair(tmp_path / "stack" / "pki")
+    cfg = config_from_settings(load_settings(conf))
+    assert cfg.mqtt_password == "stack-pw" and cfg.signing_key == priv
+    monkeypatch.setenv("CARPULSE_DASHBOARD__MQTT_PASSWORD", "env-pw")  # settings win
+    assert config_from_settings(load_settings(conf)).mqtt_password == "env-pw"
