@@ -20,7 +20,9 @@ Dates are days (``YYYY-MM-DD``, also ``/`` or ``.``); an ownership starts and en
 UTC of its dates. A consent's ``at`` is an ISO 8601 time with an offset, or a date (midnight
 UTC).
 
-An empty optional cell means "not given": the stored value is kept.
+An empty optional cell means "not given": the stored value is kept. An import is for one dealer
+(``--dealer``): a vehicle or an identity that belongs to another dealer is a reject, never a
+silent move between tenants.
 """
 
 from __future__ import annotations
@@ -264,6 +266,12 @@ class Importer:
                     "merge them first"
                 )
             cid = next(iter(owners.values()))
+            known = self.s.get(Customer, cid)
+            if known is not None and known.dealer_id != self.dealer_id:
+                kind = next(iter(owners))
+                raise FieldError(
+                    f"{kind} {idents[kind]} belongs to a customer of dealer {known.dealer_id!r}"
+                )
             other = self.s.scalar(
                 select(CustomerRef.ref).where(
                     CustomerRef.dealer_id == self.dealer_id, CustomerRef.customer_id == cid
@@ -345,6 +353,8 @@ class Importer:
             self.s.flush()
             outcome = "inserted"
         else:
+            if v.dealer_id != self.dealer_id:
+                raise FieldError(f"vin {vin} is a vehicle of dealer {v.dealer_id!r}")
             for attr, value in (("model", model), ("model_year", year), ("device_id", device)):
                 if value not in (None, "") and getattr(v, attr) != value:
                     setattr(v, attr, value)

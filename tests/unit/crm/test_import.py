@@ -316,3 +316,21 @@ def test_the_real_command_prints_lines_not_tracebacks(tmp_path: Path) -> None:
                              capture_output=True, text=True, timeout=120)  # fmt: skip
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "carpulse: error:" in missing.stderr and "not a directory" in missing.stderr
+
+
+def test_another_dealers_vehicles_and_customers_are_not_touched(
+    sqlite_store: st.CrmStore, tmp_path: Path
+) -> None:
+    folder = good(tmp_path / "dms")
+    assert import_folder(sqlite_store, folder, dealer_id="dealer-a", today=TODAY).rejects == []
+    write(folder, {"customers.csv": CUSTOMERS.replace("C001", "B001").replace("C002", "B002")})
+    for name in ("ownerships.csv", "consents.csv", "service_records.csv"):
+        (folder / name).unlink()
+    report = import_folder(sqlite_store, folder, dealer_id="dealer-b", today=TODAY)
+    tails = [r.split(str(folder) + "/", 1)[1] for r in report.rejects]
+    assert tails == [
+        "customers.csv:2: phone +8613800138000 belongs to a customer of dealer 'dealer-a'",
+        "customers.csv:3: phone +8613900139000 belongs to a customer of dealer 'dealer-a'",
+        f"vehicles.csv:2: vin {VIN_A} is a vehicle of dealer 'dealer-a'",
+        f"vehicles.csv:3: vin {VIN_B} is a vehicle of dealer 'dealer-a'",
+    ]
