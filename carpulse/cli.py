@@ -14,9 +14,11 @@ from typing import Annotated, Any
 
 import typer
 
-from core.config import CarpulseSettings, load_settings, masked_dump
+from core.config import CarpulseSettings, cli_settings, masked_dump, start_cli
 from core.errors import CarpulseError
+from crm.admin_cli import registry_app
 from crm.cli import crm_app, report_app  # typer only: SQLAlchemy/Faust load inside the commands
+from dashboards.cli import users_app
 
 app = typer.Typer(
     help="carpulse: streaming telematics from the car to the dealer.",
@@ -39,6 +41,8 @@ gate_app = typer.Typer(help="Dealer gate cameras: licence plates and consented f
 app.add_typer(gate_app, name="gate")
 app.add_typer(crm_app, name="crm")
 app.add_typer(report_app, name="report")
+app.add_typer(users_app, name="users")
+app.add_typer(registry_app, name="registry")
 
 _state: dict[str, Any] = {}
 
@@ -50,10 +54,31 @@ ConfigOpt = Annotated[
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("carpulse")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"carpulse {_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -62,12 +87,12 @@ def _main(
     if not verbose:  # aiokafka logs every SASL login at INFO
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     _state["config"] = config
+    start_cli(config)
 
 
 def settings() -> CarpulseSettings:
-    if "settings" not in _state:
-        _state["settings"] = load_settings(_state.get("config"))
-    return _state["settings"]  # type: ignore[no-any-return]
+    """This invocation's settings: defaults < ``--config``/$CARPULSE_CONFIG < environment."""
+    return cli_settings()
 
 
 def _echo(msg: str) -> None:
@@ -83,7 +108,7 @@ def stack_up(
             "--kafka-brokers",
             min=1,
             max=9,
-            help="Kafka brokers (3: replication 3, min.insync.replicas 2); default [stack].",
+            help="Kafka brokers (3: replication 3, min.insync.replicas 2); default \\[stack].",
         ),
     ] = None,
 ) -> None:
@@ -399,10 +424,14 @@ def demo(
 
 @app.command("dashboard")
 def dashboard(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default \\[dashboard] host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default \\[dashboard] port).")
+    ] = None,
     crm_url: Annotated[
-        str | None, typer.Option(help="CRM database URL (default: the stack's).")
+        str | None, typer.Option(help="CRM database URL (default \\[crm], else the stack's).")
     ] = None,
     demo_users: Annotated[
         bool, typer.Option(help="Create the demo users and demo CRM records.")
@@ -412,21 +441,25 @@ def dashboard(
     ] = False,
     coupon_template: Annotated[
         list[str] | None,
-        typer.Option(help="A coupon template advisors may issue from the inbox (repeatable)."),
+        typer.Option(
+            help="A coupon template advisors may issue from the inbox (repeatable; "
+            "replaces \\[dashboard] coupon_templates)."
+        ),
     ] = None,
 ) -> None:
     """Serve the call-centre console and the service-advisor inbox."""
     from dashboards.serve import config_from_settings, prepare_demo, serve
 
+    s = settings()
     cfg = config_from_settings(
-        settings(),
+        s,
         crm_url=crm_url,
-        secure_cookies=not insecure_cookies,
+        secure_cookies=False if insecure_cookies else None,
         coupon_templates=coupon_template,
     )
     if demo_users:
-        prepare_demo(cfg, settings())
-    serve(cfg, host, port)
+        prepare_demo(cfg, s)
+    serve(cfg, host or s.dashboard.host, port or s.dashboard.port)
 
 
 def main() -> None:

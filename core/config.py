@@ -2,7 +2,9 @@
 
 The TOML file is ``--config FILE`` or ``$CARPULSE_CONFIG``; sections are named after the
 components (``[mqtt]``, ``[kafka]``, ``[influx]``, ``[stack]``, ``[edge]``, ``[stream]``,
-``[bridge]``).
+``[bridge]``, ``[crm]``, ``[smtp]``, ``[webhooks]``, ``[dashboard]``). Every command reads the same
+file: ``carpulse --config prod.toml crm worker`` and ``carpulse --config prod.toml dashboard``
+agree.
 Environment variables use ``__`` between section and key: ``CARPULSE_INFLUX__URL``.
 
 Secrets (passwords, tokens) come only from the environment or from files named by a
@@ -332,6 +334,112 @@ class StreamSettings(BaseModel):
     )
 
 
+def _has_password(url: str) -> bool:
+    """True when ``url`` carries ``user:password@`` (a secret that must not sit in a TOML file)."""
+    m = re.match(r"(?i)^[a-z][a-z0-9+.-]*://([^/@\s]*)@", url)
+    return bool(m and ":" in m.group(1))
+
+
+class CrmSettings(BaseModel):
+    """The CRM database: shared by the CRM worker, the dashboards and every ``carpulse crm`` command.
+
+    The URL may carry a password (``postgresql://app:pw@db/crm``): then it comes from the
+    environment (``CARPULSE_CRM__URL``) or from ``url_file``, never from the TOML file.
+    """
+
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL (sqlite:///path or postgresql://user@host/db); '' = "
+        "url_file, else the local stack's SQLite ({stack.data_dir}/crm.sqlite).",
+    )
+    url_file: Path | None = Field(
+        None, description="File holding the database URL (use it when the URL has a password)."
+    )
+    jobs_interval_s: float = Field(
+        60.0, gt=0, description="CRM worker: seconds between periodic jobs (delivery, purge)."
+    )
+
+    def resolved_url(self, stack: StackSettings) -> str:
+        """``url``, else the contents of ``url_file``, else the local stack's SQLite file."""
+        if self.url:
+            return self.url
+        if self.url_file is not None:
+            url = _read_secret(self.url_file, "crm.url_file")
+            if not url:
+                raise ConfigError(f"crm.url_file {self.url_file} is empty")
+            return url
+        return f"sqlite:///{Path(stack.data_dir).absolute() / 'crm.sqlite'}"
+
+
+class SmtpSettings(BaseModel):
+    """Outgoing e-mail of the CRM worker (customer messages); no host = no e-mail channel."""
+
+    host: str = Field("", description="SMTP server ('' = e-mail is not sent).")
+    port: int = Field(25, ge=1, le=65535, description="SMTP port (587 with STARTTLS).")
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS first.")
+    username: str | None = Field(None, description="Login name (no login when unset).")
+    password: SecretStr | None = _secret("Login password (environment only).")
+    password_file: Path | None = Field(None, description="File holding the login password.")
+    sender: str = Field("noreply@carpulse.local", description="The From address of e-mails.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-connection timeout.")
+
+    def resolved_password(self) -> str | None:
+        """The password from the environment, or read from ``password_file``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return _read_secret(self.password_file, "smtp.password_file")
+        return None
+
+
+class WebhookSettings(BaseModel):
+    """The dealer-integration webhook the CRM worker posts signed effects to."""
+
+    url: str = Field("", description="Webhook URL ('' = no webhook channel).")
+    secret: SecretStr | None = _secret("HMAC signing secret (environment only).")
+    secret_file: Path | None = Field(None, description="File holding the HMAC signing secret.")
+
+    def resolved_secret(self) -> str | None:
+        """The secret from the environment (also the older ``CARPULSE_CRM_WEBHOOK_SECRET``) or
+        from ``secret_file``."""
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        if self.secret_file is not None:
+            return _read_secret(self.secret_file, "webhooks.secret_file")
+        return os.environ.get("CARPULSE_CRM_WEBHOOK_SECRET") or None
+
+
+class DashboardSettings(BaseModel):
+    """``carpulse dashboard``: the web app for call-centre agents and service advisors."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on (behind a TLS proxy).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    public_url: str = Field(
+        "", description="The URL users reach the app at (https://...; links in messages)."
+    )
+    secure_cookies: bool = Field(
+        True, description="Cookies only over HTTPS (turn off for plain-HTTP development only)."
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 command-signing private key (`carpulse pki command-key`); unset: "
+        "the local stack's pki/cmd-sign.key if it exists, else commands are disabled.",
+    )
+    mqtt_username: str = Field(
+        "carpulse-console", description="MQTT account the app sends vehicle commands as."
+    )
+    mqtt_password: SecretStr | None = _secret("That account's password (environment only).")
+    mqtt_password_file: Path | None = Field(
+        None,
+        description="File holding that account's password; unset: the local stack's "
+        "secrets/carpulse-console.password if it exists, else commands are disabled.",
+    )
+    coupon_templates: list[str] = Field(
+        default_factory=list,
+        description="Coupon templates advisors may issue from the inbox (none unless listed).",
+    )
+
+
 class BridgeSettings(BaseModel):
     """The MQTT -> Kafka ingest bridge: what one device may send."""
 
@@ -376,6 +484,10 @@ class CarpulseSettings(BaseSettings):
     edge: EdgeSettings = EdgeSettings()
     stream: StreamSettings = StreamSettings()
     bridge: BridgeSettings = BridgeSettings()
+    crm: CrmSettings = CrmSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -425,9 +537,14 @@ def load_settings(config_file: Path | str | None = None) -> CarpulseSettings:
             doc = tomllib.loads(p.read_text())
         except FileNotFoundError as err:
             raise ConfigError(f"config file {p} does not exist") from err
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {p}: {err}") from err
+        except OSError as err:
+            raise ConfigError(f"config file {p}: {err.strerror}") from err
         secrets = sorted(SECRET_KEYS & set(_flatten(doc)))
+        crm = doc.get("crm")
+        if isinstance(crm, dict) and isinstance(crm.get("url"), str) and _has_password(crm["url"]):
+            secrets.append("crm.url")  # a URL with a password is a secret too: url_file or env
         if secrets:
             raise ConfigError(
                 f"config file {p}: {', '.join(secrets)} is a secret; set it in the environment "
@@ -442,6 +559,27 @@ def load_settings(config_file: Path | str | None = None) -> CarpulseSettings:
             for e in err.errors()
         ]
         raise ConfigError(f"invalid settings in {where}:\n" + "\n".join(lines)) from err
+
+
+# The running ``carpulse`` invocation: its ``--config`` and the settings loaded from it.
+_CLI: dict[str, Any] = {}
+
+
+def start_cli(config_file: Path | str | None) -> None:
+    """Called by the ``carpulse`` root command before any subcommand: forget what an earlier
+    invocation in this process loaded and remember this one's ``--config``."""
+    _CLI.clear()
+    _CLI["config"] = config_file
+
+
+def cli_settings() -> CarpulseSettings:
+    """The settings of the running ``carpulse`` command, loaded once per invocation from the
+    root command's ``--config`` (else ``$CARPULSE_CONFIG``): every subcommand (``crm worker``,
+    ``dashboard``, ``config show``...) sees the same file."""
+    cached = _CLI.get("settings")
+    if not isinstance(cached, CarpulseSettings):
+        cached = _CLI["settings"] = load_settings(_CLI.get("config"))
+    return cached
 
 
 # ``scheme://user:password@`` (or ``scheme://token@``) anywhere in a value

@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from core.config import CarpulseSettings, KafkaSettings, SmtpSettings
 from core.errors import CarpulseError, ConfigError
+from crm.admin_cli import import_cmd, templates_app
 
 if TYPE_CHECKING:
     from core.crm_events import CrmEvent
@@ -26,32 +29,34 @@ crm_app = typer.Typer(
 report_app = typer.Typer(help="Reports for owners.")
 audit_app = typer.Typer(help="The audit log: verify its hash chain.")
 crm_app.add_typer(audit_app, name="audit")
+crm_app.add_typer(templates_app, name="templates")
+crm_app.command("import")(import_cmd)
 
 DbOpt = Annotated[
     str | None,
     typer.Option(
-        "--db", help="CRM database URL (default $CARPULSE_CRM_URL, else the stack's SQLite)."
+        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
     ),
 ]
 
 
 def _db_url(db: str | None) -> str:
+    """``--db``, else ``[crm]`` (``CARPULSE_CRM__URL``, the file's ``url``/``url_file``; the
+    older ``CARPULSE_CRM_URL`` still counts when neither is set), else the stack's SQLite."""
     if db:
         return db
-    if env := os.environ.get("CARPULSE_CRM_URL"):
-        return env
-    from core.config import load_settings
+    from core.config import cli_settings
 
-    return f"sqlite:///{Path(load_settings().stack.data_dir) / 'crm.sqlite'}"
+    return _settings_db_url(cli_settings())
 
 
 def _store(db: str | None) -> CrmStore:
     import logging
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise here
     from crm.migrate import upgrade
     from crm.store import CrmStore
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise here
     store = CrmStore.from_url(_db_url(db))
     upgrade(store.engine)  # schema only; idempotent
     return store
@@ -194,26 +199,94 @@ def app_role_cmd(
     typer.echo(json.dumps({"role": role, "statements": done}, indent=2))
 
 
+@dataclass
+class WorkerSetup:
+    """What ``carpulse crm worker`` runs with, resolved from the settings and its flags."""
+
+    db_url: str
+    app_id: str
+    kafka: KafkaSettings
+    interval_s: float
+    session_timeout_s: float
+    webhook_url: str | None
+    webhook_secret: str | None
+    smtp: SmtpSettings | None  # None: no e-mail channel
+
+
+def worker_setup(
+    settings: CarpulseSettings,
+    *,
+    db: str | None = None,
+    interval: float | None = None,
+    webhook_url: str | None = None,
+    smtp_host: str | None = None,
+    smtp_port: int | None = None,
+    sender: str | None = None,
+) -> WorkerSetup:
+    """``[crm]``, ``[smtp]``, ``[webhooks]``, ``[kafka]`` and ``[stream]`` with the flags given
+    (not None) on top; a webhook without its secret is a configuration error."""
+    url = webhook_url or settings.webhooks.url or None
+    secret = settings.webhooks.resolved_secret() if url else None
+    if url and not secret:
+        raise ConfigError(
+            f"webhook {url} needs a signing secret: [webhooks] secret_file or "
+            "$CARPULSE_WEBHOOKS__SECRET"
+        )
+    smtp: SmtpSettings | None = settings.smtp.model_copy(
+        update={k: v for k, v in (("host", smtp_host), ("port", smtp_port), ("sender", sender))
+                if v is not None}
+    )  # fmt: skip
+    if smtp is not None and not smtp.host:
+        smtp = None
+    return WorkerSetup(
+        db_url=db or _settings_db_url(settings),
+        app_id=settings.stream.crm_app_id,
+        kafka=settings.kafka,
+        interval_s=interval if interval is not None else settings.crm.jobs_interval_s,
+        session_timeout_s=settings.stream.session_timeout_s,
+        webhook_url=url,
+        webhook_secret=secret,
+        smtp=smtp,
+    )
+
+
+def _settings_db_url(settings: CarpulseSettings) -> str:
+    c = settings.crm
+    if not c.url and c.url_file is None and (env := os.environ.get("CARPULSE_CRM_URL")):
+        return env
+    return c.resolved_url(settings.stack)
+
+
 @crm_app.command("worker")
 def worker_cmd(
     rules: Annotated[
         list[Path] | None, typer.Option("--rules", help="Rules (default: shipped).")
     ] = None,
     db: DbOpt = None,
-    interval: Annotated[float, typer.Option(help="Seconds between periodic jobs.")] = 60.0,
-    webhook_url: Annotated[str | None, typer.Option(help="Dealer integration webhook.")] = None,
-    smtp_host: Annotated[str | None, typer.Option(help="SMTP server for e-mail.")] = None,
-    smtp_port: Annotated[int, typer.Option(help="SMTP port.")] = 25,
-    sender: Annotated[str, typer.Option(help="E-mail From address.")] = "noreply@carpulse.local",
+    interval: Annotated[
+        float | None, typer.Option(help="Seconds between periodic jobs (default \\[crm]).")
+    ] = None,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="Dealer integration webhook (default \\[webhooks] url).")
+    ] = None,
+    smtp_host: Annotated[
+        str | None, typer.Option(help="SMTP server for e-mail (default \\[smtp] host).")
+    ] = None,
+    smtp_port: Annotated[int | None, typer.Option(help="SMTP port (default \\[smtp]).")] = None,
+    sender: Annotated[
+        str | None, typer.Option(help="E-mail From address (default \\[smtp] sender).")
+    ] = None,
     loglevel: str = "warn",
 ) -> None:
     """Run the CRM rules as Faust agents on the stream's topics, with delivery and purge jobs.
 
-    The webhook secret comes from $CARPULSE_CRM_WEBHOOK_SECRET (never from a file or flag).
+    Everything comes from the settings (--config): the crm, smtp, webhooks and kafka sections;
+    the flags override single values. The webhook secret comes from $CARPULSE_WEBHOOKS__SECRET
+    or the webhooks section's secret_file, never from a flag.
     """
     import faust
 
-    from core.config import load_settings
+    from core.config import cli_settings
     from crm.agents import build_crm_app
     from crm.delivery import Dispatcher, SmtpTransport, Transport, WebhookTransport
     from crm.engine import RuleEngine
@@ -221,27 +294,34 @@ def worker_cmd(
     from crm.rules import load_rules, shipped_rules
     from stream.registry import load_registry
 
-    settings = load_settings()
-    store = _store(db)
-    engine = RuleEngine(load_rules(rules) if rules else shipped_rules(), webhook_url=webhook_url)
+    settings = cli_settings()
+    setup = worker_setup(
+        settings, db=db, interval=interval, webhook_url=webhook_url,
+        smtp_host=smtp_host, smtp_port=smtp_port, sender=sender,
+    )  # fmt: skip
+    store = _store(setup.db_url)
+    engine = RuleEngine(
+        load_rules(rules) if rules else shipped_rules(), webhook_url=setup.webhook_url
+    )
     with store.tx() as s:
         if problems := engine.check(s):
             raise ConfigError(
-                "rules need coupon templates the CRM lacks:\n  " + "\n  ".join(problems)
+                "rules need coupon templates the CRM lacks (add them with "
+                "`carpulse crm templates add`):\n  " + "\n  ".join(problems)
             )
     transports: dict[str, Transport] = {}
-    if webhook_url:
-        secret = os.environ.get("CARPULSE_CRM_WEBHOOK_SECRET")
-        if not secret:
-            raise ConfigError("--webhook-url needs $CARPULSE_CRM_WEBHOOK_SECRET")
-        transports["webhook"] = WebhookTransport(secret.encode())
-    if smtp_host:
-        transports["email"] = SmtpTransport(smtp_host, smtp_port, sender=sender)
+    if setup.webhook_url and setup.webhook_secret:
+        transports["webhook"] = WebhookTransport(setup.webhook_secret.encode())
+    if setup.smtp is not None:
+        m = setup.smtp
+        transports["email"] = SmtpTransport(
+            m.host, m.port, sender=m.sender, starttls=m.starttls, username=m.username,
+            password=m.resolved_password(), timeout_s=m.timeout_s,
+        )  # fmt: skip
     app = build_crm_app(
-        settings.stream.crm_app_id,
-        settings.kafka,
-        store, engine, Dispatcher(store, transports), interval,
-        settings.stream.session_timeout_s,
+        setup.app_id, setup.kafka,
+        store, engine, Dispatcher(store, transports), setup.interval_s,
+        setup.session_timeout_s,
         location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
         gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
     )  # fmt: skip
@@ -286,11 +366,11 @@ def erase_cmd(
     """Erase a customer: the CRM's personal data and every position stored in InfluxDB for
     the periods they owned a vehicle (``crm.location_sync.erase_customer``). Run again if
     InfluxDB was unreachable: the CRM part is then already done."""
-    from core.config import load_settings
+    from core.config import cli_settings
     from crm.location_sink import InfluxLocations
     from crm.location_sync import erase_customer
 
-    settings = load_settings()
+    settings = cli_settings()
     sink = InfluxLocations(settings.influx, settings.stream.measurement)
     counts = erase_customer(_store(db), sink, customer, actor, ticket)
     typer.echo(json.dumps(counts))
@@ -300,10 +380,10 @@ def erase_cmd(
 def privacy_sync_cmd(db: DbOpt = None) -> None:
     """Publish every vehicle's location policy to ``carpulse.privacy`` once (the CRM worker
     does this every two seconds; this is for a restore or a CRM without its worker)."""
-    from core.config import load_settings
+    from core.config import cli_settings
     from crm.location_sync import publish_policies
 
-    sent = publish_policies(_store(db), load_settings().kafka.client_options("crm"))
+    sent = publish_policies(_store(db), cli_settings().kafka.client_options("crm"))
     allowed = sum(p.location for p in sent)
     typer.echo(json.dumps({"vehicles": len(sent), "location_allowed": allowed}))
 
@@ -319,14 +399,15 @@ def yearly_cmd(
     ] = None,
 ) -> None:
     """The owner's year in driving: distance, trips, places (with consent), score, fuel, services."""
-    from core.config import load_settings
+    from core.config import cli_settings
     from crm.report import InfluxReader, yearly_report
 
-    ix = load_settings().influx
+    settings = cli_settings()
+    ix = settings.influx
     if ix.api != "v1":
         raise ConfigError("the yearly report reads InfluxDB 1.x ([influx] api = 'v1')")
     reader = InfluxReader(
-        ix.url, ix.database, load_settings().stream.measurement, ix.username,
+        ix.url, ix.database, settings.stream.measurement, ix.username,
         ix.password.get_secret_value() if ix.password else None,
     )  # fmt: skip
     store = _store(db)

@@ -108,6 +108,7 @@ class Vehicle(Base):
     __tablename__ = "vehicles"
     vin: Mapped[str] = mapped_column(String(17), primary_key=True)
     model: Mapped[str] = mapped_column(String(100), default="")
+    model_year: Mapped[int | None] = mapped_column(Integer, default=None)  # migration 0006
     device_id: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
     dealer_id: Mapped[str] = mapped_column(String(64), default="default", index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

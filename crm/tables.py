@@ -1,11 +1,25 @@
-"""CRM tables added by migration 0002: rule firings, inbox, outbox, parked events, contacts, personal data."""
+"""CRM tables added by migration 0002 (rule firings, inbox, outbox, parked events, contacts, personal
+data) and 0006 (dealer-system references, service history)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.models import Base, utcnow
@@ -143,3 +157,34 @@ class GateSighting(Base):
     vin: Mapped[str | None] = mapped_column(String(17), default=None)
     customer_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
     face_customer_id: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class CustomerRef(Base):
+    """A dealer system's own key for a customer (``customer_ref`` of a DMS export), per dealer:
+    what makes importing the same export twice change nothing (migration 0006)."""
+
+    __tablename__ = "customer_refs"
+    __table_args__ = (UniqueConstraint("dealer_id", "ref", name="uq_customer_ref"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dealer_id: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ServiceRecord(Base):
+    """A workshop visit from the dealer's history: one per vehicle and day (migration 0006).
+
+    The latest one per vehicle is where the next service interval starts (``carpulse registry
+    export`` hands it to the stream's service-due model)."""
+
+    __tablename__ = "service_records"
+    __table_args__ = (UniqueConstraint("vin", "service_date", name="uq_service_vin_date"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vin: Mapped[str] = mapped_column(ForeignKey("vehicles.vin"), index=True)
+    service_date: Mapped[dt.date] = mapped_column(Date)
+    odometer_km: Mapped[float] = mapped_column(Float)
+    work: Mapped[str] = mapped_column(Text, default="")
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), default=None)
+    source: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

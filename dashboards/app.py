@@ -57,6 +57,7 @@ class DashboardConfig:
     session_idle_s: float = 1800.0
     # the coupon templates advisors may issue from the inbox (none unless listed)
     coupon_templates: list[str] = field(default_factory=list)
+    public_url: str = ""  # where users reach the app ([dashboard] public_url); for links
     migrate: bool = True  # run the CRM's Alembic migrations (``upgrade head``) at start
     login_max_account_failures: int = 5  # then 429 for the account (see dashboards.throttle)
     login_max_address_failures: int = 20  # then 429 for the client address, whatever the name

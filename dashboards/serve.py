@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import CarpulseSettings
+from core.errors import ConfigError
 from dashboards.app import DashboardConfig
 
 
@@ -12,33 +13,47 @@ def config_from_settings(
     s: CarpulseSettings,
     *,
     crm_url: str | None = None,
-    secure_cookies: bool = True,
+    secure_cookies: bool | None = None,
     coupon_templates: list[str] | None = None,
 ) -> DashboardConfig:
-    """Kafka from ``[kafka]``; MQTT as ``carpulse-console`` on the service listener of ``[mqtt]``;
-    the CRM and the command-signing key from the local stack's folder unless given."""
+    """The app's config from ``[dashboard]``, ``[crm]``, ``[kafka]`` and ``[mqtt]``; arguments
+    given here (the command's flags) override them.
+
+    The CRM URL, the MQTT password file and the command-signing key fall back to the local
+    stack's folder only when the settings leave them unset; a file the settings name but that
+    does not exist is a configuration error, never a silent fallback.
+    """
     from carpulse.stack import Stack
 
+    d = s.dashboard
     stack = Stack(s.stack)
+    password_file = d.mqtt_password_file
+    if password_file is None:
+        local = stack.secret_file(d.mqtt_username)
+        password_file = local if local.exists() else None
+    elif not Path(password_file).exists():
+        raise ConfigError(f"dashboard.mqtt_password_file {password_file} does not exist")
     mqtt = s.mqtt.model_copy(
-        update={
-            "username": "carpulse-console",
-            "password_file": stack.secret_file("carpulse-console"),
-        }
-    )
-    password = None
-    if mqtt.password_file is not None and Path(mqtt.password_file).exists():
-        password = mqtt.resolved_password()
-    key = stack.root / "pki" / "cmd-sign.key"
+        update={"username": d.mqtt_username, "password": d.mqtt_password,
+                "password_file": password_file}
+    )  # fmt: skip
+    password = mqtt.resolved_password()
+    key = d.signing_key_file
+    if key is None:
+        local_key = stack.root / "pki" / "cmd-sign.key"
+        key = local_key if local_key.exists() else None
+    elif not Path(key).exists():
+        raise ConfigError(f"dashboard.signing_key_file {key} does not exist")
     return DashboardConfig(
-        crm_url=crm_url or stack.crm_url,
+        crm_url=crm_url or s.crm.resolved_url(s.stack),
         kafka_bootstrap=s.kafka.bootstrap,
         kafka_options=s.kafka.client_options("dashboards"),
         mqtt=mqtt if password else None,
         mqtt_password=password,
-        signing_key=key if key.exists() else None,
-        secure_cookies=secure_cookies,
-        coupon_templates=list(coupon_templates or []),
+        signing_key=key,
+        secure_cookies=d.secure_cookies if secure_cookies is None else secure_cookies,
+        coupon_templates=list(d.coupon_templates if coupon_templates is None else coupon_templates),
+        public_url=d.public_url,
     )
 
 

@@ -11,7 +11,7 @@ the detectors where the last checkpoint left them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -94,11 +94,30 @@ class PartitionModels:
         self.oil = OilState.empty(0)
         self.oil_emitted = np.zeros(0)
         self.service = ServiceTracker(schedule)
+        self.service_seeds: Mapping[str, tuple[float, float]] = {}
+
+    def seed_services(self, seeds: Mapping[str, tuple[float, float]]) -> None:
+        """Last services (vin -> (UTC day number, km)) from the registry: a vehicle already
+        tracked restarts its interval when the record is newer than the interval's start; a
+        vehicle seen later starts at its record."""
+        self.service_seeds = seeds
+        tr = self.service.track
+        for vin, slot in self.vehicles.items():
+            seed = seeds.get(vin)
+            if seed is None or slot >= len(tr.start_day):
+                continue
+            start = tr.start_day[slot]
+            if np.isnan(start) or seed[0] > start:
+                self.service.seed(slot, *seed)
+            elif (start, tr.start_odo[slot]) == seed:
+                self.service.seeded.add(slot)  # restored from a checkpoint: still that record
 
     def _vehicle_slot(self, vin: str) -> int:
         slot = self.vehicles.get(vin)
         if slot is None:
             slot = self.vehicles[vin] = len(self.vehicles)
+            if (seed := self.service_seeds.get(vin)) is not None:
+                self.service.seed(slot, *seed)
         return slot
 
     def _z_slot(self, vin: str, signal: str) -> int:

@@ -149,6 +149,7 @@ class TelemetryPipeline:
                 models = PartitionModels.from_bytes(stored, sched)
             except DecodeError as err:  # never stall on a bad checkpoint: start fresh, say so
                 self._dead(Result(), b"", "bad_checkpoint", str(err))
+        models.seed_services(self.registry.last_service)  # from the CRM's service records
         self._models[partition] = (models, stored)
         return models
 

@@ -11,11 +11,17 @@ events count (a car that publishes one is refused with ``not_a_gate``, by the st
 CRM worker): a JSON list item ``{"device_id": "gate-1", "role": "gate"}`` (no VIN) or a CSV row
 with ``role`` = ``gate`` in an optional ``role`` column. ``[stream] gate_devices`` adds gates by
 configuration. Gates are never implied, not even in open mode.
+
+The list form may carry each vehicle's last workshop service (``carpulse registry export``
+writes it from the CRM's service records): ``{"device_id": .., "vin": .., "last_service":
+{"date": "2025-05-10", "odometer_km": 30110.5}}``. The service-due model then starts the
+vehicle's interval there instead of at the first odometer reading it sees.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -41,6 +47,8 @@ class DeviceRegistry:
     vins: dict[str, str] = field(default_factory=dict)
     open_mode: bool = False
     source: str = ""
+    # vin -> (UTC day number, odometer km) of its last service, from the list form
+    last_service: dict[str, tuple[float, float]] = field(default_factory=dict)
     gates: frozenset[str] = frozenset()
 
     def is_gate(self, device_id: str) -> bool:
@@ -108,6 +116,31 @@ def parse_entries(text: str, where: str) -> tuple[dict[str, str], frozenset[str]
     return out, frozenset(gates)
 
 
+def parse_last_service(text: str, where: str) -> dict[str, tuple[float, float]]:
+    """``vin -> (UTC day number, km)`` from the list form's ``last_service`` objects."""
+    if not text.lstrip().startswith("["):
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"registry {where}: not valid JSON: {err}") from err
+    out: dict[str, tuple[float, float]] = {}
+    for i, item in enumerate(doc):
+        last = item.get("last_service") if isinstance(item, dict) else None
+        if last is None:
+            continue
+        try:
+            vin = str(item["vin"])
+            day = dt.date.fromisoformat(last["date"])
+            km = float(last["odometer_km"])
+            if not 0 <= km < 10_000_000:
+                raise ValueError(f"odometer_km {km} out of range")
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"registry {where}, item {i}: bad last_service: {err}") from err
+        out[vin] = (float((day - dt.date(1970, 1, 1)).days), km)
+    return out
+
+
 def _gate_id(device: object, where: str, loc: str) -> str:
     if not isinstance(device, str) or not DEVICE_ID_RE.fullmatch(device):
         raise ConfigError(f"registry {where}, {loc}: bad gate device_id {device!r}")
@@ -135,4 +168,10 @@ def load_registry(
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"registry {source}: cannot read: {err}") from err
     vins, file_gates = parse_entries(text, source)
-    return DeviceRegistry(vins, open_mode=False, source=source, gates=file_gates | extra)
+    return DeviceRegistry(
+        vins,
+        open_mode=False,
+        source=source,
+        gates=file_gates | extra,
+        last_service=parse_last_service(text, source),
+    )

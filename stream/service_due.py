@@ -6,10 +6,10 @@ call and publishes a ``service_due`` record (shape: ``core.crm_events``) for a v
 prediction moved materially (due date by ``DAYS_STEP`` days or due odometer by ``KM_STEP`` km)
 or at most once per source day otherwise, never once per batch.
 
-The stream does not know when a vehicle was last serviced: the interval starts at the first
-odometer reading the stream sees (``interval_start: "first_seen"`` in the record). The CRM's
-service records could seed the real date and odometer later (``seed``), as the oil model's last
-oil change could be.
+A vehicle's interval starts at its last workshop service when the registry carries one (the
+CRM's service records, exported by ``carpulse registry export``; ``seed``; ``interval_start:
+"service_record"`` in the record), else at the first odometer reading the stream sees
+(``interval_start: "first_seen"``). The oil model's last oil change is not seeded yet.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class ServiceTracker:
         self.schedule = schedule or Schedule()
         self.usage = UsageState.empty(n)
         self.track = ServiceTrack.empty(n)
+        self.seeded: set[int] = set()  # slots whose interval starts at a service record
 
     def grow(self, n: int) -> None:
         if n <= len(self.usage.day):
@@ -90,6 +91,7 @@ class ServiceTracker:
         tr = self.track
         tr.start_day[slot], tr.start_odo[slot], tr.start_hours[slot] = day, odo_km, hours
         tr.sent_day[slot] = -1
+        self.seeded.add(slot)
 
     def add_trips(self, slot: np.ndarray, rows: np.ndarray, n: int) -> None:
         """Closed trips (rows of ``stream.trips.TRIP_FIELDS``) into the severity counters: short
@@ -164,7 +166,7 @@ class ServiceTracker:
                 "severity": round(float(due.severity[i]), 3),
                 # one service interval; the CRM issues at most one coupon per cycle
                 "cycle": f"{start:%Y-%m-%d}@{tr.start_odo[s_]:.0f}km",
-                "interval_start": "first_seen",
+                "interval_start": "service_record" if s_ in self.seeded else "first_seen",
             }
             out.append((names[s_], json.dumps(rec).encode()))
         return out, dropped
