@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import getpass
 import os
 import secrets
@@ -35,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,6 +496,12 @@ database = "carpulse"
             ids = asyncio.run(brokers())
         except Exception as err:  # any client failure is "not healthy yet", said plainly
             return f"Kafka {k.bootstrap}: {type(err).__name__}: {err}"
+        finally:
+            # aiokafka leaves a connection unclosed when bootstrap fails (a node still starting):
+            # collect it here, not as a ResourceWarning in whatever runs next
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
         if node is not None:
             return None if node.node_id in ids else f"Kafka {node.name} not registered yet"
         if len(ids) < want:

@@ -388,7 +388,7 @@ def commands(mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                             {"navigate", "lock", "unlock"}, tmp / "edge",
                             {"navigate": lambda c: got.append(c.args) or {"shown": True},
                              "lock": lambda c: None, "unlock": lambda c: None})  # fmt: skip
-    cert, pkey = local_stack.pki.device(DEVICE)
+    cert, pkey = local_stack.provision_device(DEVICE)
     car = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=DEVICE, protocol=paho.MQTTv311)
     car.tls_set(ca_certs=str(local_stack.pki.ca_cert), certfile=str(cert), keyfile=str(pkey))
     ready = threading.Event()

@@ -150,7 +150,7 @@ class Fleet:
     def __init__(self, stack: Any) -> None:
         self.clients: dict[str, paho.Client] = {}
         for _vin, device in CARS.values():
-            cert, key = stack.pki.device(device)
+            cert, key = stack.provision_device(device)
             c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=device,
                             protocol=paho.MQTTv311)  # fmt: skip
             c.tls_set(ca_certs=str(stack.pki.ca_cert), certfile=str(cert), keyfile=str(key))
