@@ -208,7 +208,7 @@ def install_crm_agents(
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw", acks=False)
 
         async def crm_agent(stream: Any) -> Any:
-            offsets = SourceOffsets(app)
+            offsets = SourceOffsets(app, {topic_name})
             async with contextlib.aclosing(guarded(stream.events(), offsets)) as events:
                 async for event in events:  # committed when the next one is asked for
                     value = event.value

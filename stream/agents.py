@@ -235,7 +235,7 @@ def install_pipeline(
         warming = getattr(app, "carpulse_warming", None)
         if warming is not None:  # kernels compiling in a thread: wait without blocking the loop
             await asyncio.to_thread(warming.join)
-        offsets = SourceOffsets(app)
+        offsets = SourceOffsets(app, {KAFKA_TELEMETRY})
         app.carpulse_offsets = offsets  # type: ignore[attr-defined]
         batcher = MicroBatcher(stream.noack(), handle, st.take_max, st.take_within_s, offsets)
         try:
@@ -261,7 +261,9 @@ def install_pipeline(
     async def events_fast_path(stream: Any) -> Any:
         # acks off on this topic too: the same race, the same guard; one by one, as an alert
         # must not wait for a batch (the commits are batched, not the handling)
-        async with contextlib.aclosing(guarded(stream.events(), SourceOffsets(app))) as admitted:
+        async with contextlib.aclosing(
+            guarded(stream.events(), SourceOffsets(app, {KAFKA_EVENTS}))
+        ) as admitted:
             async for event in admitted:
                 await handle_one(event)
 

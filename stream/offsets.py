@@ -94,14 +94,16 @@ class SourceOffsets:
     events was handled. Counters: ``holes`` (seeks back), ``dropped`` (not admitted).
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, topics: Iterable[str] = ()) -> None:
+        """``topics``: what the agent consumes, so the stall watchdog also watches partitions
+        from which nothing was ever delivered (else learnt from the events)."""
         self.app = app
         self.guard = OffsetGuard()
         self.generation: int | None = None
         self.repairing: dict[Any, asyncio.Task[None]] = {}
         self.last_seek: dict[Any, tuple[int, float]] = {}
         self.beyond: dict[Any, int] = {}  # per partition with a hole: the highest offset seen
-        self.topics: set[str] = set()  # the topics this agent consumes (seen in its events)
+        self.topics: set[str] = set(topics)  # what this agent consumes (given, or seen)
         self.arrived: dict[
             Any, float
         ] = {}  # per partition: when a record last came (admitted or not)

@@ -162,6 +162,10 @@ class SinkWriter:
             return result.written
 
 
+def _topic_name(topic: Any) -> str:
+    return topic if isinstance(topic, str) else str(topic.get_topic_name())
+
+
 def install_retry_agent(app: Any, writer: SinkWriter, retry_topic: Any) -> Any:
     """Register the agent that replays ``retry_topic`` through ``writer`` (one record at a time).
 
@@ -173,7 +177,9 @@ def install_retry_agent(app: Any, writer: SinkWriter, retry_topic: Any) -> Any:
     async def influx_retry(stream: Any) -> Any:
         await writer.start()
         try:
-            async with contextlib.aclosing(guarded(stream.events(), SourceOffsets(app))) as events:
+            async with contextlib.aclosing(
+                guarded(stream.events(), SourceOffsets(app, {_topic_name(retry_topic)}))
+            ) as events:
                 async for event in events:
                     await writer.replay(event.value, asyncio.sleep)
         finally:
