@@ -18,10 +18,7 @@ security settings reach MSK, Confluent or Aiven), InfluxDB 2.x/3.x and a managed
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
-import gc
 import getpass
 import os
 import secrets
@@ -35,8 +32,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import uuid
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,30 +180,8 @@ class Stack:
         self._write_stack_toml()
 
     def _write_kafka(self) -> None:
-        """server.properties per node, the PEM keystore and the cluster id (kept once made)."""
-        d = self.root / "kafka"
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
-        id_file = d / "cluster.id"
-        if not id_file.exists():
-            id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-        keystore = d / "keystore.pem"
-        keystore.write_text(
-            self.pki.server_key.read_text()
-            + self.pki.server_cert.read_text()
-            + self.pki.ca_cert.read_text()
-        )
-        os.chmod(keystore, 0o600)
         admin_pw = self.kafka_secret_file(kb.ADMIN_USER).read_text().strip()
-        cluster = self.kafka_nodes
-        for node in cluster:
-            node.root.mkdir(parents=True, exist_ok=True)
-            text = kb.server_properties(
-                node, cluster, admin_password=admin_pw, keystore_pem=keystore
-            )
-            fd = os.open(node.properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
+        kb.write_configs(self.root / "kafka", self.pki, self.kafka_nodes, admin_pw)
 
     def _write_mosquitto(self) -> None:
         d = self.root / "mosquitto"
@@ -474,39 +447,7 @@ database = "carpulse"
 
     def _check_kafka(self, node: kb.KafkaNode | None = None) -> str | None:
         """One node answers (or, without ``node``, the whole cluster has all its brokers)."""
-        k = self.kafka_settings()
-        want = len(self.kafka_nodes)
-        if node is not None:
-            if not _port_open(node.host, node.client_port):
-                return f"Kafka {node.name} on {node.host}:{node.client_port}: not listening"
-            k = k.model_copy(update={"bootstrap": f"{node.host}:{node.client_port}"})
-
-        async def brokers() -> set[int]:
-            from aiokafka.admin import AIOKafkaAdminClient
-
-            admin = AIOKafkaAdminClient(**k.client_options(), request_timeout_ms=5000)
-            try:
-                await asyncio.wait_for(admin.start(), 5)
-                info = await asyncio.wait_for(admin.describe_cluster(), 5)
-                return {int(b["node_id"]) for b in info.get("brokers", [])}
-            finally:
-                await admin.close()
-
-        try:
-            ids = asyncio.run(brokers())
-        except Exception as err:  # any client failure is "not healthy yet", said plainly
-            return f"Kafka {k.bootstrap}: {type(err).__name__}: {err}"
-        finally:
-            # aiokafka leaves a connection unclosed when bootstrap fails (a node still starting):
-            # collect it here, not as a ResourceWarning in whatever runs next
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)
-                gc.collect()
-        if node is not None:
-            return None if node.node_id in ids else f"Kafka {node.name} not registered yet"
-        if len(ids) < want:
-            return f"Kafka {k.bootstrap}: {len(ids)} of {want} brokers registered"
-        return None
+        return kb.problem(self.kafka_settings(), len(self.kafka_nodes), node)
 
     def _check_influxdb(self) -> str | None:
         url = f"http://{self.s.host}:{self.s.influx_port}/ping"
@@ -604,32 +545,7 @@ database = "carpulse"
             self._pid_file(name).unlink(missing_ok=True)
 
     def _provision_topics(self, progress: Callable[[str], None]) -> None:
-        """Create every carpulse topic and each component's ACLs, as an admin would.
-
-        Done here, before any client runs, so topics get their partitions, replication,
-        ``min.insync.replicas`` and (``vehicle-state``) compaction from the start; the brokers
-        never auto-create topics. Skipped without the ``stream`` extra.
-        """
-        try:
-            from stream.app import prepare_output_topics
-            from stream.bridge import ensure_topics
-            from stream.privacy import ensure_privacy_topic
-        except ImportError:
-            progress("kafka topics: not provisioned (install carpulse[stream])")
-            return
-        from core.config import load_settings
-
-        settings = load_settings(self.config_file)
-        k = settings.kafka
-
-        async def provision() -> None:
-            await ensure_topics(k, k.partitions, k.replication, list(kb.BRIDGE_OUT), None)
-            await prepare_output_topics(settings, None)
-            await ensure_privacy_topic(k.client_options(), k.replication, k.min_insync_replicas)
-            await kb.apply_acls(k.client_options(), kb.component_acls())
-
-        asyncio.run(provision())
-        progress("kafka topics and ACLs: provisioned")
+        kb.provision(self.config_file, progress)
 
     def _wait_healthy(self, name: str, log: Path, t0: float) -> None:
         problem: str | None = "not checked"

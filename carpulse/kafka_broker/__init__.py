@@ -16,9 +16,14 @@ only super user. SCRAM credentials are written when the storage is formatted (on
 from __future__ import annotations
 
 import asyncio
+import base64
+import gc
 import os
 import shutil
+import socket
 import subprocess
+import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,3 +424,101 @@ def format_storage(
 def run_admin(coro: Any) -> Any:
     """Run one admin coroutine to completion from synchronous stack code."""
     return asyncio.run(coro)
+
+
+# ----- what the local stack does with them ------------------------------------------------------
+def write_configs(d: Path, pki: Any, cluster: list[KafkaNode], admin_password: str) -> None:
+    """server.properties per node, the PEM keystore and the cluster id (kept once made)."""
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    id_file = d / "cluster.id"
+    if not id_file.exists():
+        id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    keystore = d / "keystore.pem"
+    keystore.write_text(
+        pki.server_key.read_text() + pki.server_cert.read_text() + pki.ca_cert.read_text()
+    )
+    os.chmod(keystore, 0o600)
+    for node in cluster:
+        node.root.mkdir(parents=True, exist_ok=True)
+        text = server_properties(
+            node, cluster, admin_password=admin_password, keystore_pem=keystore
+        )
+        fd = os.open(node.properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+
+
+def problem(kafka: Any, want: int, node: KafkaNode | None = None) -> str | None:
+    """``None`` when ``node`` is registered (or, without one, all ``want`` brokers are), else why.
+
+    A SASL_SSL login and DescribeCluster with the admin account of ``kafka`` (its settings).
+    """
+    if node is not None:
+        if not _port_open(node.host, node.client_port):
+            return f"Kafka {node.name} on {node.host}:{node.client_port}: not listening"
+        kafka = kafka.model_copy(update={"bootstrap": f"{node.host}:{node.client_port}"})
+
+    async def brokers() -> set[int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=5000)
+        try:
+            await asyncio.wait_for(admin.start(), 5)
+            info = await asyncio.wait_for(admin.describe_cluster(), 5)
+            return {int(b["node_id"]) for b in info.get("brokers", [])}
+        finally:
+            await admin.close()
+
+    try:
+        ids = asyncio.run(brokers())
+    except Exception as err:  # any client failure is "not healthy yet", said plainly
+        return f"Kafka {kafka.bootstrap}: {type(err).__name__}: {err}"
+    finally:
+        # aiokafka leaves a connection unclosed when bootstrap fails (a node still starting):
+        # collect it here, not as a ResourceWarning in whatever runs next
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+    if node is not None:
+        return None if node.node_id in ids else f"Kafka {node.name} not registered yet"
+    if len(ids) < want:
+        return f"Kafka {kafka.bootstrap}: {len(ids)} of {want} brokers registered"
+    return None
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def provision(config_file: Path, progress: Callable[[str], None]) -> None:
+    """Create every carpulse topic and each component's ACLs, as an admin would.
+
+    Done by ``stack up`` before any client runs, so topics get their partitions, replication,
+    ``min.insync.replicas`` and (``vehicle-state``) compaction from the start; the brokers never
+    auto-create topics. Skipped without the ``stream`` extra.
+    """
+    try:
+        from stream.app import prepare_output_topics
+        from stream.bridge import ensure_topics
+        from stream.privacy import ensure_privacy_topic
+    except ImportError:
+        progress("kafka topics: not provisioned (install carpulse[stream])")
+        return
+    from core.config import load_settings
+
+    settings = load_settings(config_file)
+    k = settings.kafka
+
+    async def run() -> None:
+        await ensure_topics(k, k.partitions, k.replication, list(BRIDGE_OUT), None)
+        await prepare_output_topics(settings, None)
+        await ensure_privacy_topic(k.client_options(), k.replication, k.min_insync_replicas)
+        await apply_acls(k.client_options(), component_acls())
+
+    asyncio.run(run())
+    progress("kafka topics and ACLs: provisioned")
