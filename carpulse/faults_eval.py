@@ -77,6 +77,11 @@ WINDOW_NOTE = (
     "samples the tick source had produced that were still being batched in the agent's memory "
     "when it was killed (never accepted into the durable queue, so never promised)"
 )
+KAFKA_NOTE = (
+    "kafka.records: the scenario's telemetry records in Kafka; kafka.repeats: records repeating "
+    "a (device, boot, seq) already there (an agent resent a row it had no PUBACK for, or a "
+    "bridge a message it had no Kafka ack for); the worker's dedupe must drop them"
+)
 DUPLICATES_NOTE = (
     "points InfluxDB acknowledged for the scenario (its writePointsOk counters; one point per "
     "sample) minus the distinct points it holds: samples the stream wrote more than once"
@@ -92,7 +97,8 @@ class Scenario:
 
     def __init__(self, rig: Rig, name: str, run_id: str, args: argparse.Namespace) -> None:
         self.rig, self.name, self.args = rig, name, args
-        self.prefix = f"f{run_id}-{CODES[name]}-"
+        self.run_prefix = f"f{run_id}-"  # every vehicle of this evaluation
+        self.prefix = f"{self.run_prefix}{CODES[name]}-"
         self.vehicles = [
             Vehicle(
                 rig, f"{self.prefix}v{i}", signals=args.signals, hz=args.hz, batch_s=args.batch_s
@@ -109,7 +115,9 @@ class Scenario:
     def run(self) -> dict[str, Any]:
         rig, args = self.rig, self.args
         rig.check_alive()
-        writes0 = rig.writes.read()
+        # Writes and points over every vehicle of the run: a late write of an earlier scenario
+        # lands in this window as a point, not as a duplicate.
+        window0 = (rig.writes.read(), rig.influx.count(self.run_prefix))
         crash = CrashSender(rig, f"{self.prefix}c")
         t_start = time.monotonic()
         try:
@@ -138,7 +146,8 @@ class Scenario:
                     v.proc.kill()
                     v.proc.wait(30)
             crash.close()
-        out = self.settle(writes0, crash, time.monotonic() - t_start)
+        self.stopped = time.monotonic()
+        out = self.settle(window0, crash, time.monotonic() - t_start)
         rig.check_alive()
         return out
 
@@ -153,13 +162,15 @@ class Scenario:
         self.recovery.append(float(t) - since)
         return float(t) - since
 
-    def settle(self, writes0: int, crash: CrashSender, elapsed: float) -> dict[str, Any]:
+    def settle(
+        self, window0: tuple[int, int], crash: CrashSender, elapsed: float
+    ) -> dict[str, Any]:
         rig, args = self.rig, self.args
-        per: list[tuple[str, dict[Any, float], dict[Any, float]]] = []
+        self.per: list[tuple[str, dict[Any, float], dict[Any, float]]] = []
         for v in self.vehicles:
             src = source_samples(v.journal, v.signals, v.period_us)
-            per.append((v.device_id, src, accepted_samples(v.queue)))
-        want = sum(len(a) for _, _, a in per)
+            self.per.append((v.device_id, src, accepted_samples(v.queue)))
+        want = sum(len(a) for _, _, a in self.per)
         seen: list[tuple[float, int]] = []
 
         def settled() -> bool:
@@ -169,21 +180,18 @@ class Scenario:
                 seen.append((time.monotonic(), n))
             return n >= want or time.monotonic() - seen[-1][0] > args.quiet_s
 
+        drain_s: float | None = None
         try:
             wait_until(settled, args.settle_s, "InfluxDB to hold every accepted sample")
+            if seen[-1][1] >= want:
+                drain_s = round(seen[-1][0] - self.stopped, 2)
             wait_until(lambda: crash.inbox() >= crash.sent, args.quiet_s, "the CRM inbox")
         except StackError as err:
             say(f"{self.name}: {err}")
         time.sleep(2.0)  # writes of resent records still on their way
-        total = Tally()
-        stored_points = 0
-        for device, src, acc in per:
-            stored = rig.influx.stored(device)
-            stored_points += len(stored)
-            t = compare(src, acc, stored, device)
-            total.add(t)
-            total.lost_examples += t.lost_examples
-        total.duplicates = rig.writes.read() - writes0 - stored_points
+        total = self.compare()
+        writes, points = rig.writes.read(), rig.influx.count(self.run_prefix)
+        total.duplicates = (writes - window0[0]) - (points - window0[1])
         if self.name == "influx-outage":
             self.info["duplicates_note"] = (
                 "points written between the last counter read and the stop are not counted"
@@ -194,16 +202,36 @@ class Scenario:
             "lost": total.lost,
             "duplicates": total.duplicates,
             "recovery_s": round(max(self.recovery), 2) if self.recovery else None,
+            "drain_s": drain_s,
             "accepted": total.accepted,
             "unexpected": total.unexpected,
             "in_memory_at_kill": total.window,
             "crm": {"crashes": crash.sent, "inbox": crash.inbox()},
+            "kafka": rig.kafka_resends(self.prefix),
             "fault": self.info,
             "seconds": round(elapsed, 1),
         }
         if total.lost_examples:
             out["lost_examples"] = total.lost_examples[:10]
         return out
+
+    def compare(self) -> Tally:
+        total = Tally()
+        for device, src, acc in self.per:
+            t = compare(src, acc, self.rig.influx.stored(device), device)
+            total.add(t)
+            total.lost_examples += t.lost_examples
+        return total
+
+    def reconcile(self, r: dict[str, Any]) -> None:
+        """At the end of the rig: samples missing at the scenario's end that came later."""
+        total = self.compare()
+        r["lost_at_end"], r["late"] = r["lost"], r["lost"] - total.lost
+        r["lost"], r["stored"] = total.lost, total.stored
+        if total.lost_examples:
+            r["lost_examples"] = total.lost_examples[:10]
+        else:
+            r.pop("lost_examples", None)
 
     # ----- faults ------------------------------------------------------------------------------
     def _outage(
@@ -299,10 +327,13 @@ def run_faults(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         rig = Rig(root / f"rig-{brokers}", brokers, args.session_timeout_s, say)
         try:
             rig.up()
+            done: list[tuple[Scenario, dict[str, Any]]] = []
             for name in todo:
                 say(f"{name}: starting")
                 try:
-                    results[name] = Scenario(rig, name, run_id, args).run()
+                    scn = Scenario(rig, name, run_id, args)
+                    results[name] = scn.run()
+                    done.append((scn, results[name]))
                 except Exception as err:  # one broken scenario must not hide the others' figures
                     results[name] = {"error": f"{type(err).__name__}: {err}"}
                     traceback.print_exc(file=sys.stderr)
@@ -320,6 +351,11 @@ def run_faults(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                         f"{name}: in memory at a kill (the documented window): "
                         f"{r['in_memory_at_kill']} samples"
                     )
+            time.sleep(args.quiet_s if any(r["lost"] for _, r in done) else 0)
+            for scn, r in done:
+                scn.reconcile(r)
+                if r["late"]:
+                    say(f"{scn.name}: {r['late']} samples arrived after the scenario ended")
         finally:
             rig.down()
     return summarize(results, args)
@@ -373,7 +409,7 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
         },
         "scenarios": results,
         "window": {n: r.get("in_memory_at_kill", 0) for n, r in results.items()},
-        "notes": {"window": WINDOW_NOTE, "duplicates": DUPLICATES_NOTE},
+        "notes": {"window": WINDOW_NOTE, "duplicates": DUPLICATES_NOTE, "kafka": KAFKA_NOTE},
         "settings": {
             k: getattr(args, k)
             for k in (
@@ -415,11 +451,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--recovery-timeout-s", type=float, default=240.0)
     ap.add_argument("--settle-s", type=float, default=300.0, help="longest wait for InfluxDB")
     ap.add_argument(
-        "--quiet-s", type=float, default=30.0, help="stop waiting after this long without progress"
+        "--quiet-s", type=float, default=60.0, help="stop waiting after this long without progress"
     )
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--keep", type=Path, default=None, help="keep stacks and logs in this dir")
     args = ap.parse_args(argv)
+    # a plain `kill` stops the stacks too (the default SIGTERM would skip every `finally`)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

@@ -155,6 +155,18 @@ class Rig:
 
         return asyncio.run(run())
 
+    async def _partitions(self, topic: str) -> list[int]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        assert self.settings is not None
+        admin = AIOKafkaAdminClient(**self.settings.kafka.client_options())
+        await admin.start()
+        try:
+            (desc,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        return [int(p["partition"]) for p in desc["partitions"]]
+
     def active_controller(self) -> tuple[int, int | None]:
         """(KRaft quorum leader, ``describe_cluster``'s controller id).
 
@@ -188,6 +200,44 @@ class Rig:
             return int(cid) if cid is not None else None
 
         return best[1], asyncio.run(described())
+
+    def kafka_resends(self, prefix: str) -> dict[str, int]:
+        """Telemetry records of devices ``prefix*`` in Kafka, and how many repeat a (device,
+        boot, seq) already there (resent by an agent or a bridge; the worker drops them)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        from core.topics import KAFKA_TELEMETRY
+        from core.wire import decode_telemetry
+
+        assert self.settings is not None
+        opts = self.settings.kafka.client_options()
+
+        async def run() -> dict[str, int]:
+            c = AIOKafkaConsumer(**opts, group_id=None, enable_auto_commit=False)
+            await c.start()
+            try:
+                n = len(await self._partitions(KAFKA_TELEMETRY))
+                tps = [TopicPartition(KAFKA_TELEMETRY, p) for p in range(n)]
+                c.assign(tps)
+                await c.seek_to_beginning(*tps)
+                ends = await c.end_offsets(tps)
+                seen: set[tuple[str, str, int]] = set()
+                records = repeats = 0
+                while [tp for tp in tps if await c.position(tp) < ends[tp]]:
+                    for recs in (await c.getmany(timeout_ms=500)).values():
+                        for r in recs:
+                            if not (r.key or b"").decode().startswith(prefix):
+                                continue
+                            b = decode_telemetry(r.value)
+                            records += 1
+                            key = (b.device_id, b.boot_id, b.seq)
+                            repeats += key in seen
+                            seen.add(key)
+            finally:
+                await c.stop()
+            return {"records": records, "repeats": repeats}
+
+        return asyncio.run(run())
 
 
 class Vehicle:
@@ -293,7 +343,7 @@ class CrashSender:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.pub.flush(120)
+            self.pub.flush(30)
         with contextlib.suppress(Exception):
             self.pub.close()
 
