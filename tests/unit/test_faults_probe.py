@@ -49,3 +49,19 @@ def test_compare_counts_window_lost_and_unexpected(tmp_path: Path) -> None:
     assert (t.source, t.accepted, t.window) == (20, 16, 4)
     assert (t.stored, t.lost, t.unexpected) == (14, 2, 1)
     assert t.lost_examples == ["car Vehicle.Eval.Tick0 11000", "car Vehicle.Eval.Tick1 12001"]
+
+
+def test_write_counter_carries_over_an_influx_restart() -> None:
+    from carpulse.faults_probe import WriteCounter
+
+    values = iter([100, 150, 400, 30, 50])  # restarted before 400; unnoticed drop before 30
+
+    class Fake:
+        def points_written(self) -> int:
+            return next(values)
+
+    w = WriteCounter(Fake())  # type: ignore[arg-type]
+    assert w.read() == 100
+    w.before_restart()  # reads 150
+    assert w.read() == 550  # the backlog (400) exceeds the old count: still carried over
+    assert w.read() == 580 and w.read() == 600
