@@ -152,13 +152,20 @@ class Scenario:
         return out
 
     # ----- waiting and counting ----------------------------------------------------------------
-    def wait_recovered(self, since: float, devices: list[str] | None = None) -> float:
-        """Seconds from ``since`` (wall time) until every vehicle's newer samples are visible."""
+    def wait_recovered(self, since: float, devices: list[str] | None = None) -> float | None:
+        """Seconds from ``since`` (wall time) until every vehicle's newer samples are visible;
+        ``None`` after ``--recovery-timeout-s`` (the scenario goes on: the component comes
+        back, the agents stop and drain, and the comparison says what that cost)."""
         devs = devices or self.devices
         timeout = self.args.recovery_timeout_s
-        t = wait_until(
-            lambda: self.progress.recovered_at(devs, since), timeout, f"recovery of {devs}"
-        )
+        try:
+            t = wait_until(
+                lambda: self.progress.recovered_at(devs, since), timeout, f"recovery of {devs}"
+            )
+        except StackError as err:
+            say(f"{self.name}: {err}")
+            self.info["recovery_timed_out"] = self.info.get("recovery_timed_out", 0) + 1
+            return None
         self.recovery.append(float(t) - since)
         return float(t) - since
 
@@ -201,7 +208,11 @@ class Scenario:
             "stored": total.stored,
             "lost": total.lost,
             "duplicates": total.duplicates,
-            "recovery_s": round(max(self.recovery), 2) if self.recovery else None,
+            "recovery_s": (
+                round(max(self.recovery), 2)
+                if self.recovery and "recovery_timed_out" not in self.info
+                else None
+            ),
             "drain_s": drain_s,
             "accepted": total.accepted,
             "unexpected": total.unexpected,
