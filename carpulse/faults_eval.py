@@ -92,6 +92,23 @@ def say(msg: str) -> None:
     print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def device_ids(prefix: str, n: int, partitions: int) -> list[str]:
+    """``n`` device ids whose Kafka partitions (the bridge keys records by device id, default
+    partitioner) go round the ``partitions``: with n >= partitions every partition carries a
+    vehicle, so whichever worker or broker a fault hits, some vehicle depends on it."""
+    from aiokafka.partitioner import murmur2
+
+    out: list[str] = []
+    i = 0
+    while len(out) < n:
+        want = len(out) % partitions
+        d = f"{prefix}v{i}"
+        if (murmur2(d.encode()) & 0x7FFFFFFF) % partitions == want:
+            out.append(d)
+        i += 1
+    return out
+
+
 class Scenario:
     """One scenario on a rig: its vehicles, its crash device, the fault, the comparison."""
 
@@ -99,11 +116,10 @@ class Scenario:
         self.rig, self.name, self.args = rig, name, args
         self.run_prefix = f"f{run_id}-"  # every vehicle of this evaluation
         self.prefix = f"{self.run_prefix}{CODES[name]}-"
+        assert rig.settings is not None
+        ids = device_ids(self.prefix, args.vehicles, rig.settings.kafka.partitions)
         self.vehicles = [
-            Vehicle(
-                rig, f"{self.prefix}v{i}", signals=args.signals, hz=args.hz, batch_s=args.batch_s
-            )
-            for i in range(args.vehicles)
+            Vehicle(rig, d, signals=args.signals, hz=args.hz, batch_s=args.batch_s) for d in ids
         ]
         self.info: dict[str, Any] = {}
         self.recovery: list[float] = []
@@ -450,7 +466,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--outage-s", type=float, default=60.0, help="InfluxDB outage")
     ap.add_argument("--kills", type=int, default=10, help="kill -9 of the edge agent")
     ap.add_argument("--down-s", type=float, default=10.0, help="other restarts' down time")
-    ap.add_argument("--vehicles", type=int, default=3, help="edge agents per scenario")
+    ap.add_argument(
+        "--vehicles", type=int, default=4, help="edge agents per scenario (one per partition)"
+    )
     ap.add_argument("--signals", type=int, default=4)
     ap.add_argument("--hz", type=float, default=20.0, help="ticks per second per vehicle")
     ap.add_argument("--batch-s", type=float, default=0.25, help="edge batch_max_interval_s")

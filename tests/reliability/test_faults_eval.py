@@ -40,7 +40,7 @@ ONLY = [s for s in os.environ.get("CARPULSE_FAULTS_SCENARIOS", "").split(",") if
 def run_eval(tmp_path: Path, scenarios: list[str]) -> dict[str, Any]:
     argv = [sys.executable, "-m", "carpulse", "eval", "faults", "--json",
             "--scenarios", ",".join(scenarios), "--outage-s", OUTAGE_S, "--kills", KILLS,
-            "--down-s", "5", "--lead-s", "2", "--tail-s", "2", "--vehicles", "2", "--quiet-s", "30",
+            "--down-s", "5", "--lead-s", "2", "--tail-s", "2", "--vehicles", "4", "--quiet-s", "30",
             "--keep", str(tmp_path / "run")]  # fmt: skip
     err = tmp_path / "faults.err"
     with open(err, "wb") as stderr:

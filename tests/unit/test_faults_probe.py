@@ -65,3 +65,13 @@ def test_write_counter_carries_over_an_influx_restart() -> None:
     w.before_restart()  # reads 150
     assert w.read() == 550  # the backlog (400) exceeds the old count: still carried over
     assert w.read() == 580 and w.read() == 600
+
+
+def test_vehicles_cover_every_kafka_partition() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from carpulse.faults_eval import device_ids
+
+    ids = device_ids("fx-wk-", 6, 4)
+    parts = [DefaultPartitioner()(d.encode(), [0, 1, 2, 3], [0, 1, 2, 3]) for d in ids]
+    assert parts == [0, 1, 2, 3, 0, 1] and len(set(ids)) == 6
