@@ -25,6 +25,11 @@ crash-only device, half before and half after the fault; the CRM must end with e
 crash inbox card per crash. ``recovery_s`` is the time from the fault (a kill) or from the end
 of an outage (a restart) until every vehicle's samples stamped after that moment are visible in
 InfluxDB; it includes the edge batching (``--batch-s``) and, for an edge kill, the agent's start.
+There is one vehicle per Kafka partition (``--vehicles``, default 4), so whichever worker or
+broker is hit carries some vehicle. ``drain_s``: from the agents' clean stop until InfluxDB held
+every accepted sample; ``late``: samples missing when the scenario ended that arrived before the
+rig was stopped (``lost`` is what is still missing then); ``kafka.repeats``: resent records the
+worker's dedupe had to drop.
 """
 
 from __future__ import annotations
