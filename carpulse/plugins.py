@@ -28,6 +28,7 @@ EVALUATIONS: dict[str, str] = {
     "cmapss": "models.evals.cmapss:main",
     "can-ids": "models.evals.can_ids:main",
     "plates": "models.evals.plates:main",
+    "faults": "carpulse.faults_eval:main",
 }
 
 

@@ -196,6 +196,7 @@ class EdgeAgent:
         # A few blocks of slack: a slow loop pushes back on the sources instead of growing memory.
         self._blocks: stdqueue.Queue[Samples] = stdqueue.Queue(maxsize=16)
         self._stop = threading.Event()
+        self._abandon = threading.Event()  # set when _shutdown stops waiting for the sources
         self._threads: list[threading.Thread] = []
         self._done_sources = 0
         self._done_lock = threading.Lock()
@@ -240,12 +241,17 @@ class EdgeAgent:
                 delay = min(30.0, delay * 2)
                 continue
             if len(block):
-                while not self._stop.is_set():
+                # A block once read is handed over even when a stop comes meanwhile: the
+                # journal of a tick source showed a clean stop dropping it. ``_shutdown``
+                # drains the blocks while it waits for this thread, so the put finishes.
+                while True:
                     try:
                         self._blocks.put(block, timeout=0.2)
                         break
                     except stdqueue.Full:
-                        continue
+                        if self._abandon.is_set():
+                            log.warning("%r: %d samples dropped at stop", src, len(block))
+                            break
             elif src.exhausted:
                 break
         src.close()
@@ -376,17 +382,26 @@ class EdgeAgent:
             self._shutdown()
         return self.stats
 
-    def _shutdown(self) -> None:
-        self._stop.set()
-        for hook in self.stop_hooks:
-            hook()
-        for t in self._threads:
-            t.join(5)
+    def _drain_blocks(self) -> None:
         try:
             while True:
                 self._process(self._blocks.get_nowait())
         except stdqueue.Empty:
             pass
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        for hook in self.stop_hooks:
+            hook()
+        deadline = time.monotonic() + 5
+        for t in self._threads:  # draining meanwhile: a source may be handing over a last block
+            while t.is_alive() and time.monotonic() < deadline:
+                self._drain_blocks()
+                t.join(0.05)
+        self._abandon.set()
+        for t in self._threads:
+            t.join(0.5)
+        self._drain_blocks()
         self._enqueue_batches(force=True)
         end = time.monotonic() + self.conf.drain_timeout_s
         while time.monotonic() < end and self.pub.connected and (self._inflight or len(self.queue)):

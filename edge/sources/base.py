@@ -30,6 +30,7 @@ SOURCES: dict[str, str] = {
     "sim": "edge.sources.sim:SimSource",
     "obd": "edge.sources.obd:ObdSource",
     "gnss": "edge.sources.gnss:GnssSource",
+    "tick": "edge.sources.tick:TickSource",
 }
 
 

@@ -123,7 +123,12 @@ def gnss() -> Iterator[Source]:
     os.close(slave)
 
 
-PLUGINS = ["can_log", "can_virtual", "sim", "obd", "gnss"]
+@pytest.fixture
+def tick(tmp_path: Path) -> Source:
+    return create_source("tick", "tick", {"hz": 200, "journal": str(tmp_path / "ticks")})
+
+
+PLUGINS = ["can_log", "can_virtual", "sim", "obd", "gnss", "tick"]
 
 
 @pytest.fixture(params=PLUGINS)
