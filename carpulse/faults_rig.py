@@ -93,7 +93,8 @@ class Rig:
             CARPULSE_STREAM__APP_ID=f"carpulse-stream-faults-{uid}",
             CARPULSE_STREAM__CRM_APP_ID=f"carpulse-crm-faults-{uid}",
             CARPULSE_STREAM__SESSION_TIMEOUT_S=str(self.session_timeout_s),
-            CARPULSE_MQTT__SHARE_GROUP=f"faults-{uid}",
+            # a plain persistent subscription: survives a Mosquitto restart (a shared one does not)
+            CARPULSE_MQTT__SHARE_GROUP="",
         )
         for name in ("bridge-a", "bridge-b", "worker-a", "worker-b", "crm"):
             self.start(name)

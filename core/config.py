@@ -86,7 +86,12 @@ class MqttSettings(BaseModel):
     keepalive_s: int = Field(30, description="MQTT keepalive interval.")
     qos: Literal[0, 1] = Field(1, description="QoS for telemetry and events.")
     share_group: str = Field(
-        "carpulse-bridge", description="Shared-subscription group of the bridges."
+        "",
+        description="Shared-subscription group of the bridges ('' = a plain persistent "
+        "subscription: every bridge gets every message, the stream drops the copies). Mosquitto "
+        "2.0 does not restore shared subscriptions after a restart, so with a group, what cars "
+        "publish before the bridges resubscribe is lost; use a group only to split a load one "
+        "bridge cannot carry.",
     )
 
     def resolved_password(self) -> str | None:

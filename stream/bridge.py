@@ -224,6 +224,7 @@ class IngestBridge:
         self._pending = 0  # MQTT messages handed to Kafka and not acknowledged yet
         self._pending_lock = threading.Lock()
         self._unsubscribed = threading.Event()
+        self._draining = False
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -268,6 +269,10 @@ class IngestBridge:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         # paho's network thread: an exception here would kill it, so none leaves this method
         mid, qos = msg.mid, msg.qos
+        if self._draining:
+            # stopping with a plain subscription: not acknowledged, so the broker keeps it in
+            # this persistent session and delivers it again when the bridge is back
+            return
         try:
             topic = msg._topic.decode("utf-8", "replace")  # .topic raises on bad UTF-8
             device = _topic_device(topic)
@@ -424,11 +429,18 @@ class IngestBridge:
         the other bridges at once; what was already sent to us is forwarded and acknowledged
         before the disconnect. A bridge killed with -9 cannot do this: its share waits in its
         session until it is restarted under the same name (see README, production notes).
+        With a plain subscription (``[mqtt] share_group = ""``) the bridge stays subscribed:
+        new messages are left unacknowledged and wait in its persistent session.
         """
         if self._connected.is_set():
-            self._unsubscribed.clear()
-            self.client.unsubscribe([subscription(ch, self.s.mqtt.share_group) for ch in CHANNELS])
-            await asyncio.to_thread(self._unsubscribed.wait, 5.0)
+            if self.s.mqtt.share_group:
+                self._unsubscribed.clear()
+                self.client.unsubscribe(
+                    [subscription(ch, self.s.mqtt.share_group) for ch in CHANNELS]
+                )
+                await asyncio.to_thread(self._unsubscribed.wait, 5.0)
+            else:
+                self._draining = True
             deadline = time.monotonic() + drain_s
             quiet_since = time.monotonic()
             while time.monotonic() < deadline:
