@@ -360,20 +360,11 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from carpulse.stack import Stack, free_port, free_port_block
-    from core.config import StackSettings, load_settings
+    from carpulse.stack import Stack, free_stack_settings
+    from core.config import load_settings
 
     rng = np.random.default_rng(7)
-    stack = Stack(
-        StackSettings(
-            data_dir=root / "stack",
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port_block(3),
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-        )
-    )
+    stack = Stack(free_stack_settings(root / "stack"))
     stack.up()
     try:
         s = load_settings(stack.config_file)

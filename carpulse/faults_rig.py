@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from carpulse.faults_probe import Influx, WriteCounter, watch_queue
-from carpulse.stack import Stack, free_port, free_port_block, stop_processes
-from core.config import CarpulseSettings, StackSettings, load_settings
+from carpulse.stack import Stack, free_port, free_stack_settings, stop_processes
+from core.config import CarpulseSettings, load_settings
 from core.errors import StackError
 
 Say = Callable[[str], None]
@@ -49,17 +49,7 @@ class Rig:
         root.mkdir(parents=True, exist_ok=True)
         self.logs = root / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.stack = Stack(
-            StackSettings(
-                data_dir=root / "stack",
-                mqtt_device_port=free_port(),
-                mqtt_service_port=free_port(),
-                kafka_port=free_port_block(3 * brokers),
-                kafka_brokers=brokers,
-                influx_port=free_port(),
-                influx_rpc_port=free_port(),
-            )
-        )
+        self.stack = Stack(free_stack_settings(root / "stack", kafka_brokers=brokers))
         self.session_timeout_s = session_timeout_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.crm_url = f"sqlite:///{root / 'crm.sqlite'}"

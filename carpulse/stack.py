@@ -52,15 +52,7 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 def port_in_use(host: str, port: int, timeout: float = 0.5) -> bool:
     """True if something accepts TCP connections on ``host:port``."""
-    return _port_open(host, port, timeout)
-
-
-def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return kb.port_open(host, port, timeout)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -90,6 +82,21 @@ def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) ->
         if ok:
             return base
     raise StackError(f"no {count} consecutive free ports on {host}")
+
+
+def free_stack_settings(data_dir: Path, **overrides: Any) -> StackSettings:
+    """Stack settings on ports free right now (tests, benches and evaluations run their own
+    stack beside any other); ``overrides`` replace any setting, e.g. ``kafka_brokers=3``."""
+    brokers = int(overrides.get("kafka_brokers", 1))
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "mqtt_device_port": free_port(),
+        "mqtt_service_port": free_port(),
+        "kafka_port": free_port_block(3 * brokers),
+        "influx_port": free_port(),
+        "influx_rpc_port": free_port(),
+    }
+    return StackSettings(**{**values, **overrides})
 
 
 def _which(binary: str, apt_package: str) -> str:
@@ -495,7 +502,7 @@ database = "carpulse"
             if self.check(name) is None:
                 progress(f"{name}: already up")
                 continue
-            if self._running_pid(name) is None and _port_open(self.s.host, port):
+            if self._running_pid(name) is None and kb.port_open(self.s.host, port):
                 raise StackError(
                     f"{name}: port {self.s.host}:{port} is in use by another program; "
                     f"stop it or choose another port (see `carpulse config show`, section [stack])"

@@ -129,8 +129,7 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     for p in (args.log, args.dbc):
         if not p.exists():
             raise ConfigError(f"bench edge: {p} is missing (see ../shared/DATA.md)")
-    from carpulse.stack import Stack, free_port, free_port_block
-    from core.config import StackSettings
+    from carpulse.stack import Stack, free_stack_settings
     from firmware_bridge.frames import read_candump
 
     frames, _ = read_candump(args.log)
@@ -150,16 +149,7 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in phases}
     with tempfile.TemporaryDirectory(prefix="carpulse-bench-edge-") as tmp:
         work = Path(tmp)
-        stack = Stack(
-            StackSettings(
-                data_dir=work / "stack",
-                mqtt_device_port=free_port(),
-                mqtt_service_port=free_port(),
-                kafka_port=free_port_block(3),
-                influx_port=free_port(),
-                influx_rpc_port=free_port(),
-            )
-        )
+        stack = Stack(free_stack_settings(work / "stack"))
         try:
             stack.up()
             for run in range(args.runs):

@@ -27,20 +27,11 @@ def require_data(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real Mosquitto + Apache Kafka (KRaft, SASL_SSL) + InfluxDB 1.x on free loopback ports."""
-    from carpulse.stack import Stack, free_port, free_port_block
-    from core.config import StackSettings, load_settings
+    from carpulse.stack import Stack, free_stack_settings
+    from core.config import load_settings
 
     root = tmp_path_factory.mktemp("stack")
-    stack = Stack(
-        StackSettings(
-            data_dir=root,
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port_block(3),
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-        )
-    )
+    stack = Stack(free_stack_settings(root))
     try:
         stack.up()
     except Exception:

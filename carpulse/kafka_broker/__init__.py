@@ -455,7 +455,7 @@ def problem(kafka: Any, want: int, node: KafkaNode | None = None) -> str | None:
     A SASL_SSL login and DescribeCluster with the admin account of ``kafka`` (its settings).
     """
     if node is not None:
-        if not _port_open(node.host, node.client_port):
+        if not port_open(node.host, node.client_port):
             return f"Kafka {node.name} on {node.host}:{node.client_port}: not listening"
         kafka = kafka.model_copy(update={"bootstrap": f"{node.host}:{node.client_port}"})
 
@@ -487,9 +487,10 @@ def problem(kafka: Any, want: int, node: KafkaNode | None = None) -> str | None:
     return None
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from carpulse.stack import Stack, free_port, free_port_block
-from core.config import StackSettings
+from carpulse.stack import Stack, free_stack_settings
 from core.errors import StackError
 from core.topics import KAFKA_VEHICLE_STATE
 from tests.integration.helpers import topic_config
@@ -33,33 +32,14 @@ def test_port_in_use_is_named(tmp_path: Path) -> None:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        stack = Stack(
-            StackSettings(
-                data_dir=tmp_path,
-                mqtt_device_port=free_port(),
-                mqtt_service_port=port,
-                kafka_port=free_port_block(3),
-                influx_port=free_port(),
-                influx_rpc_port=free_port(),
-            )
-        )
+        stack = Stack(free_stack_settings(tmp_path, mqtt_service_port=port))
         with pytest.raises(StackError, match=rf"mosquitto: port 127\.0\.0\.1:{port} is in use"):
             stack.up()
         stack.down()
 
 
 def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
-    stack = Stack(
-        StackSettings(
-            data_dir=tmp_path,
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port_block(3),
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-            influxd_bin="/nonexistent/influxd",
-        )
-    )
+    stack = Stack(free_stack_settings(tmp_path, influxd_bin="/nonexistent/influxd"))
     try:
         with pytest.raises(StackError, match=r"apt-get install -y influxdb"):
             stack.up()

@@ -7,23 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from carpulse.stack import Stack, free_port, free_port_block
-from core.config import StackSettings
+from carpulse.stack import Stack, free_stack_settings
 from tests.reliability.helpers import Mosquitto
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    stack = Stack(
-        StackSettings(
-            data_dir=tmp_path / "stack",
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port_block(3),
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-        )
-    )
+    stack = Stack(free_stack_settings(tmp_path / "stack"))
     m = Mosquitto(stack)
     m.start()
     try:

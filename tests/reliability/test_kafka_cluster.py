@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from carpulse.stack import Stack, free_port, free_port_block
-from core.config import KafkaSettings, StackSettings, load_settings
+from carpulse.stack import Stack, free_stack_settings
+from core.config import KafkaSettings, load_settings
 from core.topics import KAFKA_TELEMETRY
 from tests.integration.helpers import topic_config
 
@@ -26,16 +26,7 @@ RECORDS = 3000
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
-        StackSettings(
-            data_dir=tmp_path_factory.mktemp("cluster"),
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port_block(9),
-            kafka_brokers=3,
-            kafka_heap_mb=384,
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-        )
+        free_stack_settings(tmp_path_factory.mktemp("cluster"), kafka_brokers=3, kafka_heap_mb=384)
     )
     try:
         stack.up()
@@ -149,16 +140,7 @@ def test_kill_9_of_a_broker_loses_and_duplicates_nothing(cluster: Stack, victim:
 
 def test_kafka_data_survives_stack_down_and_up(tmp_path: Path) -> None:
     """The single local broker keeps its log across `stack down` / `stack up`."""
-    stack = Stack(
-        StackSettings(
-            data_dir=tmp_path,
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port_block(3),
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-        )
-    )
+    stack = Stack(free_stack_settings(tmp_path))
     try:
         stack.up()
         k = load_settings(stack.config_file).kafka

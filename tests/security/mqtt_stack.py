@@ -15,8 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from carpulse.stack import Stack, free_port
-from core.config import StackSettings
+from carpulse.stack import Stack, free_stack_settings
 
 DENIED = 0x80  # SUBACK failure (MQTT 3.1.1)
 
@@ -24,16 +23,7 @@ DENIED = 0x80  # SUBACK failure (MQTT 3.1.1)
 @pytest.fixture(scope="module")
 def mqtt_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("mqtt-stack")
-    stack = Stack(
-        StackSettings(
-            data_dir=root,
-            mqtt_device_port=free_port(),
-            mqtt_service_port=free_port(),
-            kafka_port=free_port(),
-            influx_port=free_port(),
-            influx_rpc_port=free_port(),
-        )
-    )
+    stack = Stack(free_stack_settings(root))
     stack.prepare()
     argv, log, _port = stack._commands()["mosquitto"]
     stack._spawn("mosquitto", argv(), log)
