@@ -354,6 +354,9 @@ state_dir = "{self.root / "edge"}"
 api = "v1"
 url = "http://{s.host}:{s.influx_port}"
 database = "carpulse"
+
+[stream]
+data_dir = "{self.root / "faust"}"
 """
         self.config_file.write_text(text)
 

@@ -318,6 +318,12 @@ class StreamSettings(BaseModel):
     checkpoint_interval_s: float = Field(
         1.0, description="Least wall time between detector-state checkpoints of a partition."
     )
+    data_dir: Path | None = Field(
+        None,
+        description="Where the Faust workers keep their table data ({data_dir}/{app_id}-data); "
+        "unset: $XDG_STATE_HOME/carpulse/faust (~/.local/state/carpulse/faust), never the "
+        "current directory.",
+    )
     store: str = Field(
         "memory://",
         description="Faust table store: 'memory://' (state rebuilt from the changelogs at "
@@ -337,6 +343,14 @@ class StreamSettings(BaseModel):
     service_engine_hours: float = Field(
         0.0, description="Service interval in engine hours (0 = not serviced by engine hours)."
     )
+
+    def faust_datadir(self, app_id: str) -> Path:
+        """The ``datadir`` of the Faust app ``app_id``: ``{data_dir}/{app_id}-data``."""
+        base = self.data_dir
+        if base is None:
+            xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+            base = Path(xdg) / "carpulse" / "faust"
+        return Path(base) / f"{app_id}-data"
 
 
 def _has_password(url: str) -> bool:

@@ -26,13 +26,14 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Container
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import faust
 from sqlalchemy.exc import OperationalError
 
 from core.checks import finite
-from core.config import KafkaSettings
+from core.config import KafkaSettings, StreamSettings
 from core.crm_events import CrmEvent
 from core.errors import DecodeError, SinkError, WireError
 from core.topics import (
@@ -272,11 +273,14 @@ def build_crm_app(
     session_timeout_s: float = 30.0,
     location_sink: InfluxLocations | None = None,
     gates: Container[str] = frozenset(),
+    datadir: Path | None = None,
 ) -> faust.App:
-    """A Faust app of its own for the CRM worker (``carpulse crm worker``)."""
+    """A Faust app of its own for the CRM worker (``carpulse crm worker``); its table data goes
+    to ``datadir`` (``StreamSettings.faust_datadir``), never to the current directory."""
     app = faust.App(
         app_id,
         **faust_broker_settings(kafka, "crm"),
+        datadir=str(datadir if datadir is not None else StreamSettings().faust_datadir(app_id)),
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",

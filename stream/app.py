@@ -72,6 +72,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
     app = faust.App(
         st.app_id,
         **faust_broker_settings(settings.kafka, "stream"),
+        datadir=str(st.faust_datadir(st.app_id)),  # not {app_id}-data in the current directory
         store=st.store,
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication,

@@ -79,3 +79,40 @@ def test_output_topics_without_kafka_are_a_warning_not_a_crash(
     settings.kafka.bootstrap = "127.0.0.1:1"  # nothing listens there
     asyncio.run(prepare_output_topics(settings))
     assert "could not prepare the output topics" in caplog.text and "vehicle-state" in caplog.text
+
+
+def test_faust_table_data_goes_to_the_data_dir_not_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = CarpulseSettings()
+    settings.stream.data_dir = tmp_path / "faust"
+    app = build_app(settings)
+    assert Path(app.conf.datadir) == tmp_path / "faust" / f"{settings.stream.app_id}-data"
+    # unset: the user's state directory, never a relative path
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    app = build_app(CarpulseSettings())
+    assert Path(app.conf.datadir) == tmp_path / "state/carpulse/faust/carpulse-stream-data"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    default = Path(build_app(CarpulseSettings()).conf.datadir)
+    assert default.is_absolute() and default.parent == Path.home() / ".local/state/carpulse/faust"
+
+
+def test_the_crm_worker_keeps_its_table_data_beside_the_stream_workers(tmp_path: Path) -> None:
+    from crm.agents import build_crm_app
+    from crm.engine import RuleEngine
+    from crm.rules import shipped_rules
+    from crm.store import CrmStore
+
+    settings = CarpulseSettings()
+    settings.stream.data_dir = tmp_path
+    from sqlalchemy import create_engine
+
+    store = CrmStore(create_engine("sqlite://"))
+    app = build_crm_app(
+        "crm-x", settings.kafka, store, RuleEngine(shipped_rules()),
+        datadir=settings.stream.faust_datadir("crm-x"),
+    )  # fmt: skip
+    assert Path(app.conf.datadir) == tmp_path / "crm-x-data"
+    default = build_crm_app("crm-y", settings.kafka, store, RuleEngine(shipped_rules()))
+    assert Path(default.conf.datadir).is_absolute()
+    store.engine.dispose()
