@@ -266,10 +266,14 @@ def edge_run(
     ] = False,
 ) -> None:
     """Run the edge agent: sources -> campaigns -> durable queue -> MQTT."""
+    from core.config import load_settings
+    from edge.jit_cache import use_cache_dir
+
+    path = config or _state.get("config")
+    use_cache_dir(load_settings(path).edge.numba_cache_dir)  # before the kernels are imported
     from edge.agent import EdgeAgent, load_agent_config
     from edge.wiring import attach_all
 
-    path = config or _state.get("config")
     s, conf = load_agent_config(path)
     agent = EdgeAgent(s, conf)
     attach_all(agent, Path(path) if path else None)  # crash detection, signed commands, systemd

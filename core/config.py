@@ -271,6 +271,11 @@ class EdgeSettings(BaseModel):
     )
     batch_max_samples: int = Field(5000, description="Samples per telemetry message at most.")
     batch_max_interval_s: float = Field(1.0, description="Source-time span of one message at most.")
+    numba_cache_dir: Path | None = Field(
+        None,
+        description="numba's on-disk cache of compiled kernels: a restarted agent loads them "
+        "instead of compiling for a minute on a Pi (unset: compile at every start).",
+    )
 
 
 class StreamSettings(BaseModel):

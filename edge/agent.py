@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import queue as stdqueue
+import re
 import signal
 import threading
 import time
@@ -85,15 +86,72 @@ class AgentConfig(BaseModel):
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay (plus jitter).")
 
 
-def load_agent_config(path: Path | str | None) -> tuple[CarpulseSettings, AgentConfig]:
-    """Settings and agent tables from one TOML file; errors name the file and the field."""
-    settings = load_settings(path)
+ENV_PREFIX = "CARPULSE_EDGE__"
+
+
+def _env_value(text: str) -> Any:
+    """A TOML value (``500000``, ``true``, ``[12, 13]``, ``{bitrate = 500000}``), else the text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _key(name: str) -> str:
+    return re.sub(r"\W", "_", name).lower()
+
+
+def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``[edge]`` tables of the config file with the environment on top.
+
+    ``CARPULSE_EDGE__SOURCES__<NAME>__<OPTION>`` sets an option of the source named ``NAME``
+    (``name = "can"`` in its ``[[edge.sources]]`` table; case and punctuation ignored),
+    ``CARPULSE_EDGE__<TABLE>__<KEY>`` a key of ``[edge.commands]``, ``[edge.queue]`` or
+    ``[edge.crash]`` and ``CARPULSE_EDGE__<KEY>`` one of the agent's own keys (``stats_file``...).
+    Values are read as TOML values when they parse as one (``500000``, ``true``), else as text.
+    A systemd drop-in or a test thus points one source elsewhere without editing the file.
+    """
     doc: dict[str, Any] = {}
     if path:
         try:
             doc = tomllib.loads(Path(path).read_text()).get("edge", {})
         except (OSError, tomllib.TOMLDecodeError) as err:
             raise ConfigError(f"config file {path}: {err}") from err
+    env = os.environ if environ is None else environ
+    for var in sorted(env):
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+        value = _env_value(env[var])
+        if parts[0] == "sources":
+            if len(parts) != 3:
+                raise ConfigError(f"{var}: use {ENV_PREFIX}SOURCES__<source name>__<option>")
+            tables = doc.get("sources", [])
+            found = [
+                t for t in tables if isinstance(t, dict) and _key(str(t.get("name"))) == parts[1]
+            ]
+            if not found:
+                names = [str(t.get("name")) for t in tables if isinstance(t, dict)]
+                raise ConfigError(
+                    f"{var}: no [[edge.sources]] table has name = {parts[1]!r} "
+                    f"(names: {', '.join(names) or 'none'})"
+                )
+            found[0][parts[2]] = value
+        elif parts[0] in ("commands", "queue", "crash") and len(parts) == 2:
+            section = doc.setdefault(parts[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"[edge.{parts[0]}] must be a table")
+            section[parts[1]] = value
+        elif len(parts) == 1 and parts[0] in AgentConfig.model_fields and parts[0] != "campaigns":
+            doc[parts[0]] = value
+    return doc
+
+
+def load_agent_config(path: Path | str | None) -> tuple[CarpulseSettings, AgentConfig]:
+    """Settings and agent tables from one TOML file (and the environment, ``edge_tables``);
+    errors name the file and the field."""
+    settings = load_settings(path)
+    doc = edge_tables(path)
     try:
         conf = AgentConfig.model_validate(doc)
     except ValidationError as err:

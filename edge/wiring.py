@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tomllib
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -107,7 +106,9 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
     def reload_config(cmd: Command) -> dict[str, Any]:
         if config_path is None:
             raise ValueError("the agent was started without a config file")
-        doc = tomllib.loads(Path(config_path).read_text()).get("edge", {})
+        from edge.agent import edge_tables
+
+        doc = edge_tables(config_path)
         applied = [agent.campaigns.apply(c) for c in doc.get("campaigns", [])]
         # Key rotation and revocation without reflashing: the trusted keys are re-read too.
         new = CommandsSection.model_validate(_section(doc, "commands"))
@@ -184,12 +185,9 @@ def attach_systemd(agent: Any) -> None:
 
 
 def attach_all(agent: Any, config_path: Path | None) -> None:
-    doc: dict[str, Any] = {}
-    if config_path is not None:
-        try:
-            doc = tomllib.loads(Path(config_path).read_text()).get("edge", {})
-        except (OSError, tomllib.TOMLDecodeError) as err:
-            raise ConfigError(f"config file {config_path}: {err}") from err
+    from edge.agent import edge_tables
+
+    doc = edge_tables(config_path)  # the file's [edge] tables with CARPULSE_EDGE__* on top
     attach_crash(agent, doc)
     attach_commands(agent, doc, config_path)
     attach_systemd(agent)

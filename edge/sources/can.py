@@ -22,16 +22,25 @@ from edge.sources.base import Source
 from firmware_bridge.frames import Frames
 
 
-def load_vss_mapping(mapping: str | Path | None) -> Any:
-    """A mapping file by path, or by the name of a shipped one (``gt350``)."""
+def load_vss_mapping(mapping: str | Path | None, catalog: str | Path | None = None) -> Any:
+    """A mapping file by path, or by the name of a shipped one (``gt350``), checked against the
+    VSS catalog ``catalog`` (a CSV of your own, or vss-tools' export) or the shipped one."""
     if mapping is None:
         return None
-    from firmware_bridge.vss import MAPPINGS_DIR, load_mapping
+    from firmware_bridge.vss import MAPPINGS_DIR, load_mapping, read_catalog
 
     p = Path(mapping)
     if not p.exists() and (MAPPINGS_DIR / f"{mapping}.yaml").exists():
         p = MAPPINGS_DIR / f"{mapping}.yaml"
-    return load_mapping(p)
+    cat = None
+    if catalog is not None:
+        try:
+            cat = read_catalog(catalog)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"VSS catalog {catalog}: {err}") from err
+        if not cat:
+            raise ConfigError(f"VSS catalog {catalog} names no signal (columns: path, type, ...)")
+    return load_mapping(p, cat)
 
 
 def _empty_frames() -> Frames:
@@ -45,12 +54,18 @@ class FrameDecoder:
     """Frames -> VSS samples: compiled DBC decoder, mapping transforms, optional mapped-only filter."""
 
     def __init__(
-        self, dbc: str | Path, mapping: str | Path | None, *, strict: bool, only_mapped: bool | None
+        self,
+        dbc: str | Path,
+        mapping: str | Path | None,
+        *,
+        strict: bool,
+        only_mapped: bool | None,
+        vss_catalog: str | Path | None = None,
     ) -> None:
         from firmware_bridge.compiled import CompiledDecoder
         from firmware_bridge.dbc import load_dbc
 
-        self.mapping = load_vss_mapping(mapping)
+        self.mapping = load_vss_mapping(mapping, vss_catalog)
         db = load_dbc(dbc, strict=strict)
         paths = self.mapping.paths() if self.mapping is not None else {}
         self.decoder = CompiledDecoder(db, paths)
@@ -91,6 +106,7 @@ class CanSource(Source):
         *,
         dbc: str,
         mapping: str | None = None,
+        vss_catalog: str | None = None,
         log: str | None = None,
         interface: str | None = None,
         channel: str | int | None = None,
@@ -120,6 +136,7 @@ class CanSource(Source):
             strict,
             only_mapped,
         )
+        self.vss_catalog = vss_catalog
         self.log_path = log
         self.interface, self.channel = interface, channel
         self.speed = 1.0 if rate == "real" else (0.0 if rate == "max" else float(rate))
@@ -144,8 +161,9 @@ class CanSource(Source):
         if not Path(self.dbc).exists():
             raise SourceUnavailableError(f"source {self.name!r}: DBC {self.dbc} does not exist")
         self.decoder = FrameDecoder(
-            self.dbc, self.mapping_name, strict=self.strict, only_mapped=self.only_mapped
-        )
+            self.dbc, self.mapping_name, strict=self.strict, only_mapped=self.only_mapped,
+            vss_catalog=self.vss_catalog,
+        )  # fmt: skip
         if self.log_path is not None:
             from firmware_bridge.frames import read_candump
 
