@@ -43,6 +43,8 @@ app.add_typer(crm_app, name="crm")
 app.add_typer(report_app, name="report")
 app.add_typer(users_app, name="users")
 app.add_typer(registry_app, name="registry")
+devices_app = typer.Typer(help="Cars and gate cameras: certificate, broker identity, registry.")
+app.add_typer(devices_app, name="devices")
 
 _state: dict[str, Any] = {}
 
@@ -202,6 +204,48 @@ def pki_command_key(
         f"key id (commands carry it; revoke it with [edge.commands] revoked_key_ids): "
         f"{key_id(load_public_key(pub))}"
     )
+
+
+# ----- devices -------------------------------------------------------------------------------
+@devices_app.command("enroll")
+def devices_enroll(
+    device_id: Annotated[str, typer.Argument(help="Device id (= certificate CN, MQTT client id).")],
+    vin: Annotated[str | None, typer.Option(help="The car's VIN (17 characters).")] = None,
+    gate: Annotated[
+        bool, typer.Option("--gate", help="A dealer gate camera (no VIN) instead of a car.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Copy the files the Pi needs into this folder.")
+    ] = None,
+    dealer: Annotated[str, typer.Option(help="Dealer of a vehicle the CRM lacks.")] = "default",
+    db: Annotated[
+        str | None, typer.Option("--db", help="CRM database URL (default \\[crm]).")
+    ] = None,
+    no_vin_check_digit: Annotated[
+        bool, typer.Option("--no-vin-check-digit", help="Accept a VIN without a check digit.")
+    ] = False,
+) -> None:
+    """Issue the device certificate, add its broker identity and register device -> VIN in the
+    CRM, in one step; running it again changes nothing."""
+    from carpulse.devices import enroll
+
+    done = enroll(
+        settings(), device_id, vin=vin, gate=gate, dealer=dealer, out=out, db=db,
+        vin_check_digit=not no_vin_check_digit,
+    )  # fmt: skip
+    what = "gate camera" if done.gate else f"VIN {done.vin} ({done.registry})"
+    typer.echo(f"enrolled {done.device_id}: {what}\ncert: {done.cert}\nkey: {done.key}")
+    if done.gate:
+        typer.echo(
+            f"gate role in the stream: add {done.device_id!r} to [stream] gate_devices "
+            f"(or carpulse registry export --gate {done.device_id})"
+        )
+    if done.files:
+        typer.echo("copy to the Pi (owner carpulse; the key stays 0600):")
+        for src, dst in done.files.items():
+            typer.echo(f"  {src} -> {dst}")
+    else:
+        typer.echo(f"copy to the Pi: {done.ca} {done.cert} {done.key} (or use --out DIR)")
 
 
 # ----- config --------------------------------------------------------------------------------
