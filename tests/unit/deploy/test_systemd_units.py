@@ -120,7 +120,7 @@ def test_unit_runs_as_its_own_user_with_hardening_and_bounded_restarts(unit: str
         assert keys["Restart"] == ["on-failure"]
         assert int(keys["StartLimitIntervalSec"][0]) > 0 and int(keys["StartLimitBurst"][0]) > 0
         assert keys["PrivateDevices"] == ["yes"]
-        assert keys["BindReadOnlyPaths"] == ["/etc/carpulse/secrets:/run/secrets"]
+        assert keys["BindReadOnlyPaths"] == ["-/etc/carpulse/secrets:/run/secrets"]
 
 
 def test_faust_workers_keep_their_tables_in_their_state_directory() -> None:
