@@ -256,6 +256,7 @@ class EdgeAgent:
         self._stop = threading.Event()
         self._abandon = threading.Event()  # set when _shutdown stops waiting for the sources
         self._threads: list[threading.Thread] = []
+        self._fatal: ConfigError | None = None  # a source's configuration error stops the agent
         self._done_sources = 0
         self._done_lock = threading.Lock()
         self.topic_telemetry = device_topic(self.device_id, "telemetry")
@@ -290,6 +291,13 @@ class EdgeAgent:
                 if broken:
                     log.info("%r: reading again", src)
                     broken, delay = False, 0.5
+            except ConfigError as err:
+                # A bad mapping, DBC or catalog will not fix itself: stop the agent and say so
+                # (the CLI exits 2, which the systemd unit does not restart).
+                log.error("%r: %s", src, err)
+                self._fatal = self._fatal or err
+                self._stop.set()
+                break
             except SourceError as err:
                 if not broken:
                     log.warning("%r: %s (retrying)", src, err)
@@ -438,6 +446,8 @@ class EdgeAgent:
                     break
         finally:
             self._shutdown()
+        if self._fatal is not None:
+            raise ConfigError(f"source configuration: {self._fatal}")
         return self.stats
 
     def _drain_blocks(self) -> None:

@@ -208,3 +208,36 @@ def test_a_source_override_that_names_no_source_is_a_config_error(tmp_path: Path
     assert proc.returncode == 2  # the systemd unit does not restart exit status 2
     assert "CARPULSE_EDGE__SOURCES__CANBUS__CHANNEL" in proc.stderr
     assert "can, obd, gnss" in proc.stderr
+
+
+def test_a_bad_vss_mapping_stops_the_agent_with_the_file_and_line(
+    local_stack: Stack, tmp_path: Path
+) -> None:
+    device = f"pi-{uuid.uuid4().hex[:8]}"
+    cert, key = local_stack.provision_device(device)
+    dbc = require_data("canlogs/gt350/ford_lincoln_base_pt.dbc")
+    mapping = tmp_path / "car-vss.yaml"
+    mapping.write_text(
+        "vehicle: mine\ndbc: ford_lincoln_base_pt.dbc\nsignals:\n"
+        "  - signal: EngVehicleSpThrottle2.Veh_V_ActlEng\n    vss: Vehicle.Speeed\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARPULSE_")}
+    env.update(
+        CARPULSE_EDGE__DEVICE_ID=device,
+        CARPULSE_EDGE__BROKER_HOST=local_stack.s.host,
+        CARPULSE_EDGE__BROKER_PORT=str(local_stack.s.mqtt_device_port),
+        CARPULSE_EDGE__CA_FILE=str(local_stack.pki.ca_cert),
+        CARPULSE_EDGE__CERT_FILE=str(cert),
+        CARPULSE_EDGE__KEY_FILE=str(key),
+        CARPULSE_EDGE__STATE_DIR=str(tmp_path / "state"),
+        CARPULSE_EDGE__NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+        CARPULSE_EDGE__COMMANDS__PUBLIC_KEY=str(generate_keypair(tmp_path / "k")[1]),
+        CARPULSE_EDGE__SOURCES__CAN__DBC=str(dbc),
+        CARPULSE_EDGE__SOURCES__CAN__MAPPING=str(mapping),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(EDGE_PI)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{mapping}:5" in proc.stderr and "Vehicle.Speeed" in proc.stderr
