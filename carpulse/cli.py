@@ -182,6 +182,21 @@ def pki_device(
     typer.echo(f"cert: {cert}\nkey: {key}")
 
 
+@pki_app.command("broker-cert")
+def pki_broker_cert(
+    names: Annotated[
+        list[str], typer.Argument(help="Host names and IP addresses the broker is reached at.")
+    ],
+) -> None:
+    """Issue a broker certificate for production names (e.g. mosquitto mqtt.dealer.example),
+    signed by the local CA that devices and services trust (ca.pem)."""
+    from carpulse.pki import LocalPKI
+
+    pki = LocalPKI(Path(settings().stack.data_dir) / "pki")
+    cert, key = pki.broker_cert(names)
+    typer.echo(f"cert: {cert}\nkey: {key}\nCA: {pki.ca_cert}")
+
+
 @pki_app.command("revoke")
 def pki_revoke(device_id: str) -> None:
     """Revoke a device's certificate: the broker refuses it from now on (CRL, session ended)."""

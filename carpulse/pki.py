@@ -26,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -42,6 +44,19 @@ CRL_DAYS = 3650  # a local CRL is re-signed on every revocation; OpenSSL refuses
 # this; a device id never may, so a device certificate can never pass for a service.
 RESERVED_PREFIX = "carpulse"
 RESERVED_IDS = frozenset({"admin", "root", "localhost", "broker", "mosquitto"})
+
+
+_HOST_RE = re.compile(
+    r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def check_issuable_device_id(device_id: str) -> str:
@@ -274,7 +289,33 @@ class LocalPKI:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return cert, key
 
-    def _issue(self, cn: str, cert_path: Path, key_path: Path, *, server: bool) -> None:
+    def broker_cert(self, names: Sequence[str]) -> tuple[Path, Path]:
+        """A broker certificate for production host names and IP addresses (``mosquitto``,
+        ``mqtt.dealer.example``), signed by the local CA: ``brokers/<first name>.pem``/``.key``.
+        Kept when it exists for the same names; the local stack's ``server.pem`` is untouched."""
+        if not names:
+            raise ConfigError("a broker certificate needs at least one host name")
+        for name in names:
+            if not (_is_ip(name) or _HOST_RE.fullmatch(name)):
+                raise ConfigError(f"{name!r} is neither a host name nor an IP address")
+        self.init()
+        cert_path = self.root / "brokers" / f"{names[0]}.pem"
+        key_path = cert_path.with_suffix(".key")
+        if cert_path.exists() and key_path.exists():
+            current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            have = [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
+                str(v) for v in san.get_values_for_type(x509.IPAddress)
+            ]
+            if sorted(have) == sorted(names):
+                return cert_path, key_path
+        cert_path.parent.mkdir(parents=True, exist_ok=True)
+        self._issue(names[0], cert_path, key_path, server=True, names=names)
+        return cert_path, key_path
+
+    def _issue(
+        self, cn: str, cert_path: Path, key_path: Path, *, server: bool, names: Sequence[str] = ()
+    ) -> None:
         if server:
             ca_cert, ca_key = self._load_ca(self.ca_cert, self.ca_key)
         else:
@@ -298,16 +339,11 @@ class LocalPKI:
             )
         )
         if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("::1")),
-                    ]
-                ),
-                critical=False,
-            )
+            alt: list[x509.GeneralName] = [
+                x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n)
+                for n in names or ("localhost", "127.0.0.1", "::1")
+            ]
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         _write_key(key_path, key)
         _write_cert(cert_path, cert)

@@ -39,8 +39,10 @@ def test_the_compose_mosquitto_conf_serves_devices_and_services(
     conf_dir.mkdir()
     data.mkdir()
     pki = local_stack.pki
-    for src, name in [(pki.ca_cert, "ca.pem"), (pki.server_cert, "server.pem"),
-                      (pki.server_key, "server.key"), (pki.device_ca_cert, "device-ca.pem"),
+    # the broker's certificate as the README has it made for compose (`carpulse pki broker-cert`)
+    server_cert, server_key = pki.broker_cert(["mosquitto", "127.0.0.1"])
+    for src, name in [(pki.ca_cert, "ca.pem"), (server_cert, "server.pem"),
+                      (server_key, "server.key"), (pki.device_ca_cert, "device-ca.pem"),
                       (pki.device_crl, "device-crl.pem")]:  # fmt: skip
         shutil.copyfile(src, conf_dir / name)
     shutil.copyfile(dynsec, conf_dir / "dynamic-security.json")
