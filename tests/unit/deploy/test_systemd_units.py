@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import IN_CI
+
 ROOT = Path(__file__).resolve().parents[3]
 UNITS = ROOT / "deploy" / "systemd"
 CLOUD = ["carpulse-bridge@.service", "carpulse-stream.service", "carpulse-crm.service",
@@ -27,7 +29,7 @@ ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 HOST_UNITS = Path("/usr/lib/systemd/system")
 
 needs_systemd = pytest.mark.skipif(
-    not (Path(ANALYZE).exists() and HOST_UNITS.is_dir()),
+    not (Path(ANALYZE).exists() and HOST_UNITS.is_dir()) and not IN_CI,  # under CI: fail
     reason="systemd-analyze or /usr/lib/systemd/system missing (apt-get install systemd)",
 )
 
