@@ -349,12 +349,18 @@ class StreamSettings(BaseModel):
         0.0, description="Service interval in engine hours (0 = not serviced by engine hours)."
     )
 
-    def faust_datadir(self, app_id: str) -> Path:
-        """The ``datadir`` of the Faust app ``app_id``: ``{data_dir}/{app_id}-data``."""
+    def faust_datadir(self, app_id: str, *, create: bool = False) -> Path:
+        """The ``datadir`` of the Faust app ``app_id``: ``{data_dir}/{app_id}-data``; with
+        ``create``, its parent is made (Faust creates only the last level, at the first start)."""
         base = self.data_dir
         if base is None:
             xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
             base = Path(xdg) / "carpulse" / "faust"
+        if create:
+            try:
+                Path(base).mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(f"stream.data_dir {base}: {err.strerror}") from err
         return Path(base) / f"{app_id}-data"
 
 

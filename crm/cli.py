@@ -324,7 +324,7 @@ def worker_cmd(
         setup.session_timeout_s,
         location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
         gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
-        datadir=settings.stream.faust_datadir(setup.app_id),
+        datadir=settings.stream.faust_datadir(setup.app_id, create=True),
     )  # fmt: skip
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()
 

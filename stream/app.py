@@ -187,6 +187,7 @@ def _warm_up() -> None:
 
 def run_worker(settings: CarpulseSettings, loglevel: str = "warn") -> None:
     """Run the Faust worker in the foreground until Ctrl-C/SIGTERM."""
+    settings.stream.faust_datadir(settings.stream.app_id, create=True)
     app = build_app(settings)
     # Prepare the sink (v1: CREATE DATABASE) before the group join, which takes seconds: data
     # and dashboards then find the database as soon as the worker runs.

@@ -116,3 +116,14 @@ def test_the_crm_worker_keeps_its_table_data_beside_the_stream_workers(tmp_path:
     default = build_crm_app("crm-y", settings.kafka, store, RuleEngine(shipped_rules()))
     assert Path(default.conf.datadir).is_absolute()
     store.engine.dispose()
+
+
+def test_the_worker_makes_the_data_dir_faust_only_makes_the_last_level(tmp_path: Path) -> None:
+    settings = CarpulseSettings()
+    settings.stream.data_dir = tmp_path / "a" / "b"
+    path = settings.stream.faust_datadir("x", create=True)
+    assert path.parent.is_dir() and not path.exists()  # Faust makes x-data itself
+    (tmp_path / "file").write_text("")
+    settings.stream.data_dir = tmp_path / "file" / "faust"
+    with pytest.raises(ConfigError, match=r"stream\.data_dir"):
+        settings.stream.faust_datadir("x", create=True)
