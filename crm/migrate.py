@@ -18,13 +18,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
 from core.errors import ConfigError
+
+# before alembic is imported: it logs a line per plugin at import and per step at run
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key of the CRM's migrations (any constant; 'crmmigr' in ASCII)
@@ -106,7 +110,6 @@ def _sqlite_lock(engine: Engine) -> Iterator[None]:
 
 def migrate(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Bring the database to ``revision`` under the migration lock; returns (before, after)."""
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise
     cfg = alembic_config()
     if engine.url.get_backend_name() == "postgresql":
         with engine.begin() as conn:

@@ -236,20 +236,32 @@ class InfluxV1Sink(InfluxSink):
             return aiohttp.BasicAuth(self.s.username, self.s.password.get_secret_value())
         return None
 
+    def open_session(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.s.timeout_s), auth=self._auth()
+            )
+
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.s.timeout_s), auth=self._auth()
-        )
+        self.open_session()
         try:
             await self._create_database()
         except SinkError as err:  # not fatal: writes retry, and create it on "database not found"
             log.warning("could not create InfluxDB database yet: %s", err)
 
-    async def _create_database(self) -> None:
-        """Create the database (a no-op when it exists) and its per-family retention policies."""
+    async def _create_database(self) -> list[str]:
+        """Create the database (a no-op when it exists) and its per-family retention policies
+        (``stream.retention``); returns the statements that changed something."""
         await self.query(f'CREATE DATABASE "{self.s.database}"', method="POST")
-        for stmt in await v1_apply(self.query, self.s):
+        done = await v1_apply(self.query, self.s)
+        for stmt in done:
             log.info("InfluxDB retention: %s", stmt)
+        return done
+
+    async def apply_retention(self) -> list[str]:
+        """``carpulse influx retention apply``: what ``start`` does, with errors raised."""
+        self.open_session()
+        return await self._create_database()
 
     async def close(self) -> None:
         if self._session is not None:
