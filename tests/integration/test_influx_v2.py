@@ -206,7 +206,7 @@ def test_v2_families_go_to_their_buckets_and_a_server_without_the_bucket_api_sti
     raw = victoria.get("/api/v1/export", **{"match[]": '{vin="v2-fam-vin"}'}).decode()
     names = sorted(json.loads(row)["metric"]["__name__"] for row in raw.splitlines())
     assert names == ["daily_day", "daily_dist_km", "trips_dist_km", "trips_duration_s"]
-    with pytest.raises(SinkError, match="bucket API at .*HTTP 4"):
+    with pytest.raises(SinkError, match=r"bucket API at .*HTTP 4"):
         v2_apply(v2_settings(victoria.url), "unused")
     conf = tmp_path / "c.toml"
     conf.write_text(f'[influx]\napi = "v2"\nurl = "{victoria.url}"\n')
