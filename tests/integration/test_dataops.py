@@ -355,3 +355,28 @@ def test_backup_restore_postgresql_crm(postgres_url: str, tmp_path: Path) -> Non
     # the restored database works with the commands (schema check passes, audit chain intact)
     res = run(app, ["crm", "audit", "verify", "--db", dst])
     assert res.exit_code == 0 and json.loads(res.output)["ok"], res.output
+
+
+def test_a_policy_dropped_behind_the_workers_back_is_made_again(influx: Stack) -> None:
+    """A database made by someone else, or a policy dropped while the worker runs: the write
+    that meets 'retention policy not found' makes the policies and goes through."""
+    db = f"gone_{uuid.uuid4().hex[:8]}"
+    influx_query(influx, f'CREATE DATABASE "{db}"', db=db)  # no policies of ours yet
+    lines = lines_of_every_family("car-gone", 8)
+
+    async def run() -> Any:
+        sink = InfluxV1Sink(settings(influx, db, trips="2y"))
+        sink.open_session()  # no start(): nothing created ahead of the writes
+        try:
+            first = await sink.write(lines)
+            influx_query(influx, f'DROP RETENTION POLICY "trips" ON "{db}"', db=db)
+            second = await sink.write(lines)
+            return first, second, await v1_policies(sink.query, db)
+        finally:
+            await sink.close()
+
+    first, second, policies = asyncio.run(run())
+    assert (first.written, second.written) == (len(lines), len(lines))
+    assert first.rejected == second.rejected == []
+    assert policies["trips"]["seconds"] == 730 * DAY and policies["telemetry"]["default"]
+    assert count(influx, db, '"trips"."trips"') == 3 * 3 and count(influx, db, "telemetry") == 8
