@@ -237,13 +237,13 @@ def _tables(url: str) -> list[str]:
 
 def backup_crm(url: str, dest: Path) -> dict[str, Any]:
     backend = _backend(url)
+    if backend == "sqlite" and not _sqlite_path(url).is_file():
+        raise BackupError(f"CRM database {_sqlite_path(url)} does not exist")
     revision = _revision(url)
     if revision is None:
         raise BackupError("the CRM database has no schema: nothing to back up")
     if backend == "sqlite":
         path = _sqlite_path(url)
-        if not path.is_file():
-            raise BackupError(f"CRM database {path} does not exist")
         with (
             contextlib.closing(sqlite3.connect(path)) as src,
             contextlib.closing(sqlite3.connect(dest / "crm.sqlite")) as dst,
