@@ -43,11 +43,15 @@ def family_of(line: str) -> str:
 
 
 def by_family(lines: Sequence[str]) -> dict[str, list[str]]:
-    """Lines grouped by family; the common case (telemetry only) costs one pass of C calls."""
+    """Lines grouped by family; the common case (telemetry only) costs one pass of C calls,
+    and a batch with a few summaries two comprehensions plus a call per summary line."""
     if not any(map(str.startswith, lines, itertools.repeat(_PREFIXES))):
         return {DEFAULT_FAMILY: list(lines)}
     out: dict[str, list[str]] = {}
-    for line in lines:
+    rest = [line for line in lines if not line.startswith(_PREFIXES)]
+    if rest:
+        out[DEFAULT_FAMILY] = rest
+    for line in (line for line in lines if line.startswith(_PREFIXES)):
         out.setdefault(family_of(line), []).append(line)
     return out
 
