@@ -358,13 +358,21 @@ def backup(
         raise BackupError("nothing to back up (both --no-influx and --no-crm)")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BackupError(f"{dest} exists and is not an empty folder: back up into a new one")
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.UTC)
     components: dict[str, Any] = {}
-    if influx:
-        components["influx"] = backup_influx(settings.influx, settings.stack.influxd_bin, dest)
-    if crm_url:
-        components["crm"] = backup_crm(crm_url, dest)
+    try:
+        if influx:
+            components["influx"] = backup_influx(settings.influx, settings.stack.influxd_bin, dest)
+        if crm_url:
+            components["crm"] = backup_crm(crm_url, dest)
+    except BaseException:  # leave no half backup behind: the same command can simply be rerun
+        for child in dest.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if created:
+            dest.rmdir()
+        raise
     doc = {
         "format": FORMAT,
         "created": started.isoformat(timespec="seconds").replace("+00:00", "Z"),

@@ -380,3 +380,18 @@ def test_a_policy_dropped_behind_the_workers_back_is_made_again(influx: Stack) -
     assert first.rejected == second.rejected == []
     assert policies["trips"]["seconds"] == 730 * DAY and policies["telemetry"]["default"]
     assert count(influx, db, '"trips"."trips"') == 3 * 3 and count(influx, db, "telemetry") == 8
+
+
+def test_a_failed_backup_leaves_no_half_backup(influx: Stack, tmp_path: Path) -> None:
+    db = f"half_{uuid.uuid4().hex[:8]}"
+    write_influx(influx, db)
+    missing = f"sqlite:///{tmp_path / 'missing.sqlite'}"
+    with pytest.raises(BackupError, match=r"missing\.sqlite does not exist"):
+        backup(full_settings(influx, db), tmp_path / "bk", missing)  # InfluxDB part done first
+    assert not (tmp_path / "bk").exists() and not (tmp_path / "missing.sqlite").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackupError):
+        backup(full_settings(influx, db), tmp_path / "empty", missing)
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert backup(full_settings(influx, db), tmp_path / "empty", None)["components"].keys() == {
+        "influx"}  # fmt: skip
