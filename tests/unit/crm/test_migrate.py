@@ -1,6 +1,8 @@
 """Alembic migrations on SQLite and on a real PostgreSQL: ``upgrade head`` makes exactly the
 schema the models declare (the CRM's and the dashboards'), downgrades and re-upgrades cleanly,
-and 0004 adopts the tables older dashboards made themselves."""
+and 0004 adopts the tables older dashboards made themselves. ``carpulse crm migrate`` is the one
+command that migrates, under a lock (two processes at once, a held lock); the others refuse an
+old, empty or newer schema."""
 
 from __future__ import annotations
 
