@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from carpulse.dataops_cli import backup_cmd, influx_app, restore_cmd
 from core.config import CarpulseSettings, cli_settings, masked_dump, start_cli
 from core.errors import CarpulseError
 from crm.admin_cli import registry_app
@@ -43,6 +44,10 @@ app.add_typer(crm_app, name="crm")
 app.add_typer(report_app, name="report")
 app.add_typer(users_app, name="users")
 app.add_typer(registry_app, name="registry")
+# data operations (issue 17 item 4): retention, backup and restore
+app.add_typer(influx_app, name="influx")
+app.command("backup")(backup_cmd)
+app.command("restore")(restore_cmd)
 devices_app = typer.Typer(help="Cars and gate cameras: certificate, broker identity, registry.")
 app.add_typer(devices_app, name="devices")
 

@@ -161,15 +161,12 @@ def fleet_vin(device: str) -> str:
 def seed_crm(stack: Stack, devices: list[str]) -> tuple[Any, list[str], Path]:
     """Seed the stack's CRM database for the fleet (dealer ``dealer-a``, the dashboard's demo
     dealer); write the stream's device -> VIN registry file."""
-    import logging
-
     from crm import store as st
     from crm.demo import registry_of, seed_demo
-    from crm.migrate import upgrade
+    from crm.migrate import migrate
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     store = st.CrmStore.from_url(stack.crm_url)
-    upgrade(store.engine)
+    migrate(store.engine)  # `stack up` did too; the demo stays one command either way
     vins = [fleet_vin(d) for d in devices]
     seed_demo(store, len(devices), devices=devices, vins=vins, dealer_id="dealer-a")
     registry = stack.root / "registry.json"

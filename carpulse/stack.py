@@ -354,6 +354,7 @@ state_dir = "{self.root / "edge"}"
 api = "v1"
 url = "http://{s.host}:{s.influx_port}"
 database = "carpulse"
+backup_address = "{s.host}:{s.influx_rpc_port}"
 
 [stream]
 data_dir = "{self.root / "faust"}"
@@ -524,6 +525,7 @@ data_dir = "{self.root / "faust"}"
             time.sleep(0.5)
         if (err := self.check("crm")) is not None:
             raise StackError(err)
+        self._migrate_crm(progress)
         self._provision_topics(progress)
         return self.status()
 
@@ -553,6 +555,19 @@ data_dir = "{self.root / "faust"}"
             _CHILDREN.pop(pid, None)
         if self._running_pid(name) is None:
             self._pid_file(name).unlink(missing_ok=True)
+
+    def _migrate_crm(self, progress: Callable[[str], None]) -> None:
+        """`carpulse crm migrate` for the local CRM, so the quick start stays one command."""
+        from crm.migrate import migrate
+        from crm.store import CrmStore
+
+        store = CrmStore.from_url(self.crm_url)
+        try:
+            before, after = migrate(store.engine)
+        finally:
+            store.engine.dispose()
+        if before != after:
+            progress(f"crm: migrated {self.root / 'crm.sqlite'} ({before or 'empty'} -> {after})")
 
     def _provision_topics(self, progress: Callable[[str], None]) -> None:
         kb.provision(self.config_file, progress)

@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -230,13 +230,78 @@ def _read_secret(path: Path, setting: str) -> str:
         raise ConfigError(f"{setting} {path}: {err.strerror}") from err
 
 
+RETENTION_FAMILIES = ("telemetry", "trips", "daily")
+_DURATION_UNITS = {"h": 3600, "d": 86_400, "w": 7 * 86_400, "y": 365 * 86_400}
+_DURATION = re.compile(r"\s*(\d{1,6})\s*([hdwy])\s*")
+
+
+def retention_seconds(value: str) -> int | None:
+    """Seconds of a retention such as ``90d``, ``26w``, ``2y``, ``720h``; ``None`` for ``inf``.
+
+    At least one hour (InfluxDB 1.x's shortest retention policy); ``y`` is 365 days.
+    """
+    text = value.strip().lower()
+    if text in ("inf", "infinite"):
+        return None
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise ValueError(
+            f"{value!r} is not a retention: a whole number with h, d, w or y (90d, 2y) or 'inf'"
+        )
+    seconds = int(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds < 3600:
+        raise ValueError(f"{value!r}: a retention is at least 1h")
+    return seconds
+
+
+class RetentionSettings(BaseModel):
+    """How long each measurement family is kept (``[influx.retention]``).
+
+    Families: ``telemetry`` (the ``[stream] measurement`` samples, locations included), ``trips``
+    and ``daily`` (summaries). InfluxDB 1.x: one retention policy per family, named after it,
+    ``telemetry`` the database's default; 2.x: the bucket ``[influx] bucket`` for telemetry and
+    ``<bucket>_trips`` / ``<bucket>_daily``. ``inf`` keeps everything: the default, since the
+    pipeline replays logs of any age and points older than their retention are refused.
+    """
+
+    model_config = {"extra": "forbid"}
+
+    manage: bool = Field(
+        True,
+        description="Create the per-family retention policies (1.x) or buckets (2.x) and keep "
+        "their durations as configured; off = write to [influx] retention_policy/bucket only.",
+    )
+    telemetry: str = Field("inf", description="Raw signal samples: 90d, 26w, 2y, 720h or inf.")
+    trips: str = Field("inf", description="Trip summaries (measurement trips).")
+    daily: str = Field("inf", description="Daily summaries (measurement daily).")
+
+    @field_validator("telemetry", "trips", "daily")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        retention_seconds(value)
+        return value.strip().lower()
+
+    def seconds(self, family: str) -> int | None:
+        """The family's retention in seconds, ``None`` = forever."""
+        return retention_seconds(getattr(self, family))
+
+
 class InfluxSettings(BaseModel):
     """InfluxDB sink: ``v1`` (1.x HTTP API) or ``v2`` (2.x/3.x through influxdb-client)."""
 
     api: Literal["v1", "v2"] = Field("v1", description="Which write API to use.")
     url: str = Field("http://127.0.0.1:8086", description="Base URL of the server.")
     database: str = Field("carpulse", description="v1: database name.")
-    retention_policy: str = Field("", description="v1: retention policy ('' = the default one).")
+    retention_policy: str = Field(
+        "",
+        description="v1: write every family to this retention policy ('' = the per-family "
+        "policies of [influx.retention], or the database's default when it is not managed).",
+    )
+    backup_address: str = Field(
+        "127.0.0.1:8088",
+        description="v1: influxd's backup/restore RPC address (its top-level bind-address); "
+        "`carpulse backup`/`restore` run `influxd backup|restore -portable` against it.",
+    )
     username: str | None = Field(None, description="v1: user name, when auth is on.")
     password: SecretStr | None = _secret("v1: password (environment only).")
     org: str = Field("carpulse", description="v2: organisation.")
@@ -247,6 +312,10 @@ class InfluxSettings(BaseModel):
     gzip: bool = Field(True, description="Compress write requests.")
     timeout_s: float = Field(10.0, description="Per-request timeout.")
     max_retries: int = Field(8, description="Retries on 429/5xx/timeouts before a batch is parked.")
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings,
+        description="Retention per measurement family ([influx.retention]).",
+    )
 
 
 class EdgeSettings(BaseModel):

@@ -51,14 +51,17 @@ def _db_url(db: str | None) -> str:
 
 
 def _store(db: str | None) -> CrmStore:
-    import logging
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per migration is noise here
-    from crm.migrate import upgrade
+    """The CRM store, once its schema is this carpulse's (``carpulse crm migrate`` migrates;
+    nothing else does)."""
+    from crm.migrate import check_schema
     from crm.store import CrmStore
 
     store = CrmStore.from_url(_db_url(db))
-    upgrade(store.engine)  # schema only; idempotent
+    try:
+        check_schema(store.engine)
+    except ConfigError:
+        store.engine.dispose()
+        raise
     return store
 
 
@@ -137,10 +140,15 @@ def migrate_cmd(
         typer.Option(help="PostgreSQL: then grant this application role (see `crm app-role`)."),
     ] = None,
 ) -> None:
-    """Bring the CRM database to the latest schema (idempotent)."""
+    """Bring the CRM database to the latest schema (idempotent; under a lock, so two runs at
+    once are safe). The only command that changes the schema: the others refuse an old one."""
+    from crm.migrate import migrate
+    from crm.store import CrmStore
+
     url = _db_url(db)
-    store = _store(url)
+    store = CrmStore.from_url(url)
     try:
+        before, after = migrate(store.engine)
         if app_role:
             from crm.audit import grant_app_role
 
@@ -149,7 +157,10 @@ def migrate_cmd(
         raise ConfigError(str(err)) from err
     finally:
         store.engine.dispose()
-    typer.echo(f"migrated {url.split('@')[-1]}" + (f", granted {app_role}" if app_role else ""))
+    done = f"{before or 'empty'} -> {after}" if before != after else f"already at {after}"
+    typer.echo(
+        f"migrated {url.split('@')[-1]} ({done})" + (f", granted {app_role}" if app_role else "")
+    )
 
 
 @audit_app.command("verify")
@@ -349,12 +360,16 @@ def coupons_cmd(
         query = query.where(Coupon.vin == vin)
     if template:
         query = query.where(Coupon.template_code == template)
-    with _store(db).tx() as s:
-        for c in s.scalars(query):
-            doc = {"id": c.id, "vin": c.vin, "template": c.template_code, "holder": c.holder_id,
-                   "state": c.state, "issued_at": c.issued_at.isoformat(timespec="seconds"),
-                   "valid_until": f"{c.valid_until:%Y-%m-%d}", "effect": c.effect_key}  # fmt: skip
-            typer.echo(json.dumps(doc, ensure_ascii=False))
+    store = _store(db)
+    try:
+        with store.tx() as s:
+            for c in s.scalars(query):
+                doc = {"id": c.id, "vin": c.vin, "template": c.template_code, "holder": c.holder_id,
+                       "state": c.state, "issued_at": c.issued_at.isoformat(timespec="seconds"),
+                       "valid_until": f"{c.valid_until:%Y-%m-%d}", "effect": c.effect_key}  # fmt: skip
+                typer.echo(json.dumps(doc, ensure_ascii=False))
+    finally:
+        store.engine.dispose()
 
 
 @crm_app.command("erase")
@@ -433,11 +448,14 @@ def demo_cmd(
     from crm.demo import seed_demo, simulated_predictions
     from crm.engine import RuleEngine
     from crm.jobs import run_events
+    from crm.migrate import migrate
     from crm.models import Coupon
     from crm.rules import shipped_rules
+    from crm.store import CrmStore
     from crm.tables import OutboxMessage
 
-    store = _store(db)
+    store = CrmStore.from_url(_db_url(db))
+    migrate(store.engine)  # a demo is one command, like `carpulse demo`
     vins = seed_demo(store, vehicles)
     events = simulated_predictions(vins, days)
     engine = RuleEngine(shipped_rules(), webhook_url="https://dealer.example/hooks/crm")

@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from core.config import MqttSettings
-from crm.migrate import upgrade
+from crm.migrate import check_schema, migrate
 from crm.models import AuditRecord
 from crm.privacy import READ_PURPOSES
 from crm.store import CrmStore, audit
@@ -58,7 +58,8 @@ class DashboardConfig:
     # the coupon templates advisors may issue from the inbox (none unless listed)
     coupon_templates: list[str] = field(default_factory=list)
     public_url: str = ""  # where users reach the app ([dashboard] public_url); for links
-    migrate: bool = True  # run the CRM's Alembic migrations (``upgrade head``) at start
+    # True: migrate the CRM at start (the demo); else its schema is checked and an old one refused
+    migrate: bool = False
     login_max_account_failures: int = 5  # then 429 for the account (see dashboards.throttle)
     login_max_address_failures: int = 20  # then 429 for the client address, whatever the name
     login_window_s: float = 900.0
@@ -151,9 +152,14 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
     from dashboards import console, inbox
 
     store = CrmStore.from_url(cfg.crm_url)
-    if cfg.migrate:
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        upgrade(store.engine)  # idempotent; the dashboards' tables are migration 0004
+    try:
+        if cfg.migrate:
+            migrate(store.engine)
+        else:  # `carpulse crm migrate` is the step that changes the schema
+            check_schema(store.engine)
+    except Exception:
+        store.engine.dispose()
+        raise
     hub = StateHub()
 
     @contextlib.asynccontextmanager

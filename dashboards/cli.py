@@ -58,7 +58,7 @@ def _password(password_file: Path | None, password_stdin: bool) -> str:
 def _run(db: str | None, fn: object) -> None:
     from crm.cli import _store
 
-    store = _store(db)  # migrations make the users table (0004)
+    store = _store(db)  # refuses a CRM not migrated (the users table is migration 0004's)
     try:
         with store.tx() as s:
             fn(s)  # type: ignore[operator]

@@ -60,12 +60,12 @@ def config_from_settings(
 def prepare_demo(cfg: DashboardConfig, s: CarpulseSettings, vehicles: int = 5) -> None:
     """Migrate the CRM, create the demo users, the demo fleet's CRM records and a signing key."""
     from carpulse.stack import Stack
-    from crm.migrate import upgrade
+    from crm.migrate import migrate
     from crm.store import CrmStore
     from dashboards.users import create_demo_users, seed_demo_crm
 
     store = CrmStore.from_url(cfg.crm_url)
-    upgrade(store.engine)
+    migrate(store.engine)  # the demo is one command
     create_demo_users(store)
     seed_demo_crm(
         store,

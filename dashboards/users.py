@@ -7,7 +7,6 @@ import zlib
 from decimal import Decimal
 from typing import Final
 
-from crm.migrate import upgrade
 from crm.models import CouponTemplate, Member, PlateAssignment, Vehicle
 from crm.store import (
     CrmStore,
@@ -38,7 +37,6 @@ def demo_card(vin: str) -> str:
 
 
 def create_demo_users(store: CrmStore, password: str = DEMO_PASSWORD) -> list[str]:
-    upgrade(store.engine)  # the users table is migration 0004's
     with store.tx() as s:
         for name, role, dealer in DEMO_USERS:
             auth.add_user(s, name, password, role, dealer)

@@ -35,6 +35,7 @@ import aiohttp
 
 from core.config import InfluxSettings
 from core.errors import SinkError
+from stream.retention import DEFAULT_FAMILY, by_family, v1_apply, v1_policy, v2_apply, v2_bucket
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,9 @@ class InfluxSink(ABC):
         """Release connections."""
 
     @abstractmethod
-    async def _write_internal(self, body: bytes) -> None:
-        """Send one request; raise ``Transient`` or ``Rejected``."""
+    async def _write_internal(self, body: bytes, family: str = DEFAULT_FAMILY) -> None:
+        """Send one request of ``family``'s lines (its policy or bucket); raise ``Transient``
+        or ``Rejected``."""
 
     async def write(self, lines: Sequence[str], *, max_retries: int | None = None) -> WriteResult:
         """Write ``lines``; raises ``SinkError`` when transient failures outlast the retries."""
@@ -146,21 +148,25 @@ class InfluxSink(ABC):
         per = self.s.batch_lines
         if len(lines) >= SPLIT_MIN_LINES:
             per = min(per, -(-len(lines) // MAX_IN_FLIGHT))
-        bodies = chunks(lines, per)
+        bodies = [
+            (family, body)
+            for family, part in by_family(lines).items()
+            for body in chunks(part, per)
+        ]
         if len(bodies) == 1 or retries == 0:  # one request, or probing a broken link
-            for body in bodies:
-                await self._write_body(body, retries, result, budget)
+            for family, body in bodies:
+                await self._write_body(body, retries, result, budget, family)
         else:  # InfluxDB ingests faster with a few requests in flight (see BENCHMARKS.md)
             gate = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-            async def one(body: bytes) -> None:
+            async def one(family: str, body: bytes) -> None:
                 async with gate:
-                    await self._write_body(body, retries, result, budget)
+                    await self._write_body(body, retries, result, budget, family)
 
             try:
                 async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest
-                    for body in bodies:
-                        tg.create_task(one(body))
+                    for family, body in bodies:
+                        tg.create_task(one(family, body))
             except* SinkError as group:
                 raise group.exceptions[0] from None
         self.written_lines += result.written
@@ -168,10 +174,10 @@ class InfluxSink(ABC):
         return result
 
     async def _write_body(
-        self, body: bytes, retries: int, result: WriteResult, budget: list[int]
+        self, body: bytes, retries: int, result: WriteResult, budget: list[int], family: str
     ) -> None:
         try:
-            await self._write_retrying(body, retries)
+            await self._write_retrying(body, retries, family)
         except Rejected as err:
             lines = body.rstrip(b"\n").split(b"\n")
             budget[0] -= 1
@@ -184,16 +190,16 @@ class InfluxSink(ABC):
             # Rewriting the accepted half is harmless (same points), so bisect to the bad lines.
             mid = len(lines) // 2
             for part in (lines[:mid], lines[mid:]):
-                await self._write_body(b"\n".join(part) + b"\n", retries, result, budget)
+                await self._write_body(b"\n".join(part) + b"\n", retries, result, budget, family)
             return
         result.written += body.count(b"\n")
 
-    async def _write_retrying(self, body: bytes, retries: int) -> None:
+    async def _write_retrying(self, body: bytes, retries: int, family: str) -> None:
         attempt = 0
         while True:
             self.requests += 1
             try:
-                await self._write_internal(body)
+                await self._write_internal(body, family)
             except Transient as err:
                 attempt += 1
                 self.retries += 1
@@ -230,17 +236,32 @@ class InfluxV1Sink(InfluxSink):
             return aiohttp.BasicAuth(self.s.username, self.s.password.get_secret_value())
         return None
 
+    def open_session(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.s.timeout_s), auth=self._auth()
+            )
+
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.s.timeout_s), auth=self._auth()
-        )
+        self.open_session()
         try:
             await self._create_database()
         except SinkError as err:  # not fatal: writes retry, and create it on "database not found"
             log.warning("could not create InfluxDB database yet: %s", err)
 
-    async def _create_database(self) -> None:
+    async def _create_database(self) -> list[str]:
+        """Create the database (a no-op when it exists) and its per-family retention policies
+        (``stream.retention``); returns the statements that changed something."""
         await self.query(f'CREATE DATABASE "{self.s.database}"', method="POST")
+        done = await v1_apply(self.query, self.s)
+        for stmt in done:
+            log.info("InfluxDB retention: %s", stmt)
+        return done
+
+    async def apply_retention(self) -> list[str]:
+        """``carpulse influx retention apply``: what ``start`` does, with errors raised."""
+        self.open_session()
+        return await self._create_database()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -259,11 +280,11 @@ class InfluxV1Sink(InfluxSink):
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             raise SinkError(f"InfluxDB at {self.s.url} unreachable: {err}") from err
 
-    async def _write_internal(self, body: bytes) -> None:
+    async def _write_internal(self, body: bytes, family: str = DEFAULT_FAMILY) -> None:
         assert self._session is not None, "start() first"
         params = {"db": self.s.database, "precision": "u"}
-        if self.s.retention_policy:
-            params["rp"] = self.s.retention_policy
+        if rp := v1_policy(self.s, family):
+            params["rp"] = rp
         # A BytesIO body: aiohttp warns (an error under pytest) about raw bodies over 1 MB.
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.s.gzip:
@@ -282,12 +303,14 @@ class InfluxV1Sink(InfluxSink):
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError) as err:
             raise Transient(f"{type(err).__name__}: {err}") from err
-        if resp.status == 404 and "database not found" in text:
+        if (resp.status == 404 and "database not found" in text) or (
+            "retention policy not found" in text
+        ):
             try:  # created after a wipe, or InfluxDB was down when we started
                 await self._create_database()
             except SinkError as err:
                 raise Transient(str(err)) from err
-            raise Transient("database was missing; created it", retry_after=0.0)
+            raise Transient("database or retention policy was missing; created it", 0.0)
         if resp.status in RETRY_STATUS or resp.status in CONFIG_STATUS:
             raise Transient(f"HTTP {resp.status}: {text}", retry_after)
         raise Rejected(resp.status, text)
@@ -319,20 +342,28 @@ class InfluxV2Sink(InfluxSink):
             enable_gzip=self.s.gzip,
         )
         self._api = self._client.write_api()
+        try:  # not fatal: servers without the bucket API (VictoriaMetrics) still take writes
+            for done in await asyncio.to_thread(v2_apply, self.s, self._token()):
+                log.info("InfluxDB retention: %s", done)
+        except SinkError as err:
+            log.warning("could not apply the bucket retention: %s", err)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
 
-    async def _write_internal(self, body: bytes) -> None:
+    async def _write_internal(self, body: bytes, family: str = DEFAULT_FAMILY) -> None:
         from influxdb_client.client.exceptions import InfluxDBError
         from influxdb_client.domain.write_precision import WritePrecision
 
         assert self._api is not None, "start() first"
         try:
             await self._api.write(
-                bucket=self.s.bucket, org=self.s.org, record=body, write_precision=WritePrecision.US
+                bucket=v2_bucket(self.s, family),
+                org=self.s.org,
+                record=body,
+                write_precision=WritePrecision.US,
             )
         except InfluxDBError as err:
             status = getattr(err, "status", None) or getattr(err.response, "status", None)

@@ -10,8 +10,8 @@ What InfluxDB cannot store, or should not, is counted and left out, never silent
 * NaN and infinities (InfluxDB has no such floats): reason ``non_finite``;
 * timestamps more than ``SkewPolicy.max_future_s`` ahead of the wall clock (default one day: a
   device whose clock jumped would otherwise write into next year): reason ``clock_ahead``;
-* timestamps older than ``SkewPolicy.max_age_s`` (default: none, as the ``autogen`` retention
-  policy keeps everything; set it to the retention of the target policy, since InfluxDB drops
+* timestamps older than ``SkewPolicy.max_age_s`` (default: none, as the default
+  ``[influx.retention]`` keeps everything; set it to the ``telemetry`` family's retention, since InfluxDB drops
   such points with a ``points beyond retention policy`` partial write) or outside InfluxDB's
   representable range (1677-09-21 .. 2262-04-11): reason ``clock_behind``.
 

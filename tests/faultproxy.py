@@ -22,6 +22,7 @@ The proxy runs its own event loop in a thread, so sync and async tests can both 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 import time
 from collections import deque
@@ -54,6 +55,8 @@ class FaultProxy:
         self.log: list[tuple[str, str, int]] = []  # (path, action, status returned)
         self.times: list[float] = []  # time.monotonic() each write request arrived, as in log
         self.forwarded_writes = 0
+        # (query parameters, body gunzipped) of every write request, whatever its fate
+        self.writes: list[tuple[dict[str, str], bytes]] = []
         self._down = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -120,6 +123,11 @@ class FaultProxy:
         if not request.path.endswith("/write"):
             return await self._forward(request, body)
         self.times.append(time.monotonic())
+        try:
+            plain = gzip.decompress(body)
+        except (OSError, EOFError):  # not gzip
+            plain = body
+        self.writes.append((dict(request.query), plain))
         action = "down" if self._down else (self.schedule.popleft() if self.schedule else "ok")
         if action in ("429", "503", "down"):
             status = 503 if action == "down" else int(action)

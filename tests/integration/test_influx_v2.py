@@ -167,3 +167,50 @@ def test_v2_partial_write_dead_letters_only_refused_lines(victoria: Victoria) ->
     assert sink.retries == 0
     got = victoria.export("v2-partial")
     assert got == {(n, t): [v] for n, t, v in batch.samples.records()}
+
+
+def test_v2_families_go_to_their_buckets_and_a_server_without_the_bucket_api_still_writes(
+    victoria: Victoria, tmp_path: Path
+) -> None:
+    """VictoriaMetrics has /api/v2/write but no bucket API: the sink says so once and writes;
+    `influx retention apply` is one clear error. (InfluxDB 2.x itself is not on this machine.)"""
+    from typer.testing import CliRunner
+
+    from carpulse.cli import app
+    from core.errors import SinkError
+    from stream.pipeline import summary_lines
+    from stream.retention import v2_apply
+
+    now = int(time.time() - 3600) * 1_000_000  # VictoriaMetrics hides the last 30 s from search
+    lines = [
+        f"telemetry,device=v2-fam Vehicle.Speed=1.5 {now}",
+        summary_lines("trips", "v2-fam-vin", now, {"start_us": now - 10**6, "end_us": now,
+                                                   "dist_km": 2.5}),
+        summary_lines("daily", "v2-fam-vin", now, {"day": 20000.0, "dist_km": 7.5}),
+    ]  # fmt: skip
+
+    async def run(url: str) -> int:
+        sink = InfluxV2Sink(v2_settings(url))
+        await sink.start()
+        try:
+            return (await sink.write(lines)).written
+        finally:
+            await sink.close()
+
+    with FaultProxy(victoria.url, []) as proxy:
+        assert asyncio.run(run(proxy.url)) == 3
+    buckets = {q["bucket"]: body.decode().splitlines() for q, body in proxy.writes}
+    assert buckets == {"carpulse": [lines[0]], "carpulse_trips": [lines[1]],
+                       "carpulse_daily": [lines[2]]}  # fmt: skip
+    victoria.get("/internal/force_flush")
+    raw = victoria.get("/api/v1/export", **{"match[]": '{vin="v2-fam-vin"}'}).decode()
+    names = sorted(json.loads(row)["metric"]["__name__"] for row in raw.splitlines())
+    assert names == ["daily_day", "daily_dist_km", "trips_dist_km", "trips_duration_s"]
+    with pytest.raises(SinkError, match=r"bucket API at .*HTTP 4"):
+        v2_apply(v2_settings(victoria.url), "unused")
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[influx]\napi = "v2"\nurl = "{victoria.url}"\n')
+    res = CliRunner().invoke(app, ["--config", str(conf), "influx", "retention", "apply"])
+    assert res.exit_code != 0 and "bucket API" in str(res.exception)
+    res = CliRunner().invoke(app, ["--config", str(conf), "backup", str(tmp_path / "bk")])
+    assert res.exit_code != 0 and "influx backup" in str(res.exception)

@@ -45,3 +45,15 @@ def test_missing_binary_says_how_to_install(tmp_path: Path) -> None:
             stack.up()
     finally:
         stack.down()
+
+
+def test_up_migrates_the_local_crm(local_stack: Stack) -> None:
+    """The quick start stays one command: `stack up` runs `crm migrate` on its SQLite CRM."""
+    from crm.migrate import check_schema, head_revision
+    from crm.store import make_engine
+
+    engine = make_engine(local_stack.crm_url)
+    try:
+        assert check_schema(engine) == head_revision()
+    finally:
+        engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def _add(db: str, code: str, *extra: str) -> Any:
 
 def test_templates_add_is_idempotent_and_listed(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    assert CliRunner().invoke(app, ["crm", "migrate", "--db", db]).exit_code == 0
     assert "added coupon template maintenance" in _add(db, "maintenance", "--value", "300").output
     assert "unchanged" in _add(db, "maintenance", "--value", "300").output
     assert "updated" in _add(db, "maintenance", "--value", "350", "--valid-days", "60").output
@@ -116,6 +118,13 @@ def test_crm_worker_starts_from_the_config_files_database(
     monkeypatch.setattr(crm.agents, "build_crm_app", fake_build)
     monkeypatch.setattr(faust, "Worker", FakeWorker)
     runner = CliRunner()
+    res = runner.invoke(app, ["--config", str(conf), "crm", "worker"])
+    assert res.exit_code != 0  # nothing migrates but `crm migrate`: says so
+    assert "has no schema yet" in str(res.exception)
+    assert "run `carpulse crm migrate`" in str(res.exception)
+    with sqlite3.connect(db_file) as conn:  # nothing created behind the operator's back
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+    assert runner.invoke(app, ["--config", str(conf), "crm", "migrate"]).exit_code == 0
     res = runner.invoke(app, ["--config", str(conf), "crm", "worker"])
     assert res.exit_code != 0  # a fresh database lacks the rules' templates: says how to fix
     assert "carpulse crm templates add" in str(res.exception)

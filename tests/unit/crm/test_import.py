@@ -284,6 +284,7 @@ def test_command_json_summary_and_exit_codes(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
     folder = good(tmp_path / "dms")
     runner = CliRunner()
+    assert runner.invoke(app, ["crm", "migrate", "--db", db]).exit_code == 0
     res = runner.invoke(app, ["crm", "import", str(folder), "--db", db, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
@@ -305,6 +306,7 @@ def test_the_real_command_prints_lines_not_tracebacks(tmp_path: Path) -> None:
     folder = write(tmp_path / "dms", {"customers.csv": b"customer_ref,name\nA,\xff\x00=1\n",
                                       "vehicles.csv": b"vin\n" + b"Q" * 17 + b"\n"})  # fmt: skip
     db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    assert CliRunner().invoke(app, ["crm", "migrate", "--db", db]).exit_code == 0
     proc = subprocess.run([sys.executable, "-m", "carpulse", "crm", "import", str(folder),
                            "--db", db], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 1, proc.stderr

@@ -1,6 +1,8 @@
 """Alembic migrations on SQLite and on a real PostgreSQL: ``upgrade head`` makes exactly the
 schema the models declare (the CRM's and the dashboards'), downgrades and re-upgrades cleanly,
-and 0004 adopts the tables older dashboards made themselves."""
+and 0004 adopts the tables older dashboards made themselves. ``carpulse crm migrate`` is the one
+command that migrates, under a lock (two processes at once, a held lock); the others refuse an
+old, empty or newer schema."""
 
 from __future__ import annotations
 
@@ -98,3 +100,102 @@ def test_0005_chains_and_scopes_the_audit_rows_already_there(engine: Engine) -> 
     with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
         conn.execute(text("UPDATE audit_log SET actor = 'x'"))
     assert _diff(engine) == []
+
+
+def _url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def test_commands_refuse_an_old_schema_and_work_after_migrate(engine: Engine) -> None:
+    """Only `carpulse crm migrate` changes the schema: the other commands and the dashboard
+    refuse an old one with what to run, and work once it ran."""
+    from typer.testing import CliRunner
+
+    from carpulse.cli import app
+    from crm.migrate import SchemaError, check_schema, current_revision, head_revision
+    from dashboards.app import DashboardConfig, create_app
+
+    upgrade(engine, "0005")
+    run = CliRunner().invoke
+    res = run(app, ["crm", "coupons", "--db", _url(engine)])
+    want = f"schema at 0005, this carpulse needs {head_revision()}: run `carpulse crm migrate`"
+    assert res.exit_code != 0 and want in str(res.exception)
+    assert current_revision(engine) == "0005"  # nothing migrated behind our back
+    with pytest.raises(SchemaError, match="run `carpulse crm migrate`"):
+        create_app(DashboardConfig(crm_url=_url(engine)))
+    res = run(app, ["crm", "migrate", "--db", _url(engine)])
+    assert res.exit_code == 0 and f"(0005 -> {head_revision()})" in res.output
+    assert check_schema(engine) == head_revision()
+    res = run(app, ["crm", "coupons", "--db", _url(engine)])
+    assert res.exit_code == 0 and res.output == ""
+    res = run(app, ["crm", "migrate", "--db", _url(engine)])
+    assert res.exit_code == 0 and f"already at {head_revision()}" in res.output
+
+
+def test_a_revision_from_a_newer_carpulse_is_refused(engine: Engine) -> None:
+    from crm.migrate import SchemaError, check_schema
+
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    with pytest.raises(SchemaError, match="schema at 0999, newer than this carpulse"):
+        check_schema(engine)
+
+
+def _migrate_proc(url: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "carpulse", "crm", "migrate", "--db", url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    )  # fmt: skip
+
+
+def test_two_migrates_at_once_are_safe(engine: Engine) -> None:
+    """Two `carpulse crm migrate` processes on an empty database: one migrates, the other waits
+    for its lock and finds the schema there; the schema is exactly the models'."""
+    from crm.migrate import head_revision
+
+    procs = [_migrate_proc(_url(engine)) for _ in range(2)]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert sorted("already at" in o for o in outs) == [False, True], outs
+    assert any(f"(empty -> {head_revision()})" in o for o in outs), outs
+    assert _diff(engine) == []
+
+
+def test_migrate_waits_for_the_lock(engine: Engine) -> None:
+    """The lock is real: while another holder has it, `carpulse crm migrate` does not run."""
+    import contextlib
+    import fcntl
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from crm.migrate import PG_LOCK_KEY, current_revision
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        if engine.url.get_backend_name() == "postgresql":
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PG_LOCK_KEY})
+                conn.commit()
+                yield
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+                conn.commit()
+        else:
+            db = Path(str(engine.url.database))
+            fd = os.open(db.with_name(db.name + ".migrate-lock"), os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+            os.close(fd)
+
+    with held():
+        proc = _migrate_proc(_url(engine))
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=6)  # the interpreter starts in ~2 s; then it waits on the lock
+        assert current_revision(engine) is None
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and "(empty -> " in out, out

@@ -16,6 +16,7 @@ from dashboards import auth
 def test_users_lifecycle(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
     run = CliRunner().invoke
+    assert run(app, ["crm", "migrate", "--db", db]).exit_code == 0
     res = run(app, ["users", "add", "li.advisor", "--role", "service_advisor",
                     "--dealer", "dealer-a", "--password-stdin", "--db", db],
               input="correct horse battery\n")  # fmt: skip
@@ -47,6 +48,7 @@ def test_users_lifecycle(tmp_path: Path) -> None:
 def test_users_mistakes_are_one_clear_message(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
     run = CliRunner().invoke
+    assert run(app, ["crm", "migrate", "--db", db]).exit_code == 0
     cases = [
         (["users", "add", "x", "--role", "boss", "--dealer", "d", "--password-stdin"],
          "--role 'boss': expected one of"),

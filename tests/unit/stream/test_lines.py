@@ -198,7 +198,7 @@ def test_a_large_write_is_split_for_influxdb_to_parse_on_several_cores() -> None
             super().__init__(InfluxSettings(batch_lines=5000))
             self.bodies: list[bytes] = []
 
-        async def _write_internal(self, body: bytes) -> None:
+        async def _write_internal(self, body: bytes, family: str = "telemetry") -> None:
             self.bodies.append(body)
 
     for n, want in ((SPLIT_MIN_LINES - 1, [SPLIT_MIN_LINES - 1]), (4001, [2001, 2000]),
