@@ -29,6 +29,13 @@ def _vin(seed: str) -> str:
 
 
 def _cli(stack: Stack, db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``carpulse devices enroll ARGS --db DB``, on a CRM migrated first (as an operator does)."""
+    migrated = subprocess.run(
+        [sys.executable, "-m", "carpulse", "--config", str(stack.config_file),
+         "crm", "migrate", "--db", db],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert migrated.returncode == 0, migrated.stderr
     return subprocess.run(
         [sys.executable, "-m", "carpulse", "--config", str(stack.config_file),
          "devices", "enroll", *args, "--db", db],
@@ -158,3 +165,17 @@ def test_a_gate_camera_gets_its_identity_without_a_vin(local_stack: Stack, tmp_p
     car = _device_client(local_stack, gate, tmp_path / "pi")
     car.loop_stop()
     car.disconnect()
+
+
+def test_an_unmigrated_crm_is_refused_before_anything_is_issued(
+    local_stack: Stack, tmp_path: Path
+) -> None:
+    device = f"pi-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "carpulse", "--config", str(local_stack.config_file),
+         "devices", "enroll", device, "--vin", _vin("S00009"),
+         "--db", f"sqlite:///{tmp_path / 'empty.sqlite'}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "crm migrate" in proc.stderr, proc.stderr
+    assert not local_stack.pki.device_cert(device).exists()
