@@ -343,7 +343,7 @@ class EdgeSettings(BaseModel):
     numba_cache_dir: Path | None = Field(
         None,
         description="numba's on-disk cache of compiled kernels: a restarted agent loads them "
-        "instead of compiling for a minute on a Pi (unset: compile at every start).",
+        "instead of compiling them again, which is slow on a Pi (unset: compile at every start).",
     )
 
 
