@@ -245,21 +245,19 @@ def devices_enroll(
         bool, typer.Option("--no-vin-check-digit", help="Accept a VIN without a check digit.")
     ] = False,
 ) -> None:
-    """Issue the device certificate, add its broker identity and register device -> VIN in the
-    CRM, in one step; running it again changes nothing."""
+    """Issue the device certificate, add its broker identity and register it in the CRM (device
+    -> VIN, or a gate camera), in one step; running it again changes nothing."""
     from carpulse.devices import enroll
 
     done = enroll(
         settings(), device_id, vin=vin, gate=gate, dealer=dealer, out=out, db=db,
         vin_check_digit=not no_vin_check_digit,
     )  # fmt: skip
-    what = "gate camera" if done.gate else f"VIN {done.vin} ({done.registry})"
-    typer.echo(f"enrolled {done.device_id}: {what}\ncert: {done.cert}\nkey: {done.key}")
-    if done.gate:
-        typer.echo(
-            f"gate role in the stream: add {done.device_id!r} to [stream] gate_devices "
-            f"(or carpulse registry export --gate {done.device_id})"
-        )
+    what = "gate camera" if done.gate else f"VIN {done.vin}"
+    typer.echo(
+        f"enrolled {done.device_id}: {what} ({done.registry})\ncert: {done.cert}\nkey: {done.key}"
+    )
+    typer.echo("the stream learns it from the next `carpulse registry export`")
     if done.files:
         typer.echo("copy to the Pi (owner carpulse; the key stays 0600):")
         for src, dst in done.files.items():

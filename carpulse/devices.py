@@ -1,5 +1,6 @@
 """``carpulse devices enroll``: a car's (or a gate camera's) certificate, broker identity and
-device -> VIN registration in one idempotent step, and the files to copy to its Raspberry Pi.
+registration in the CRM (device -> VIN, or the gate camera) in one idempotent step, and the files
+to copy to its Raspberry Pi.
 
 Everything is checked before anything is written: a malformed or reserved device id, a bad VIN
 or a device/VIN already paired otherwise is refused with a one-line reason and nothing issued.
@@ -29,7 +30,7 @@ class Enrolled:
     cert: Path
     key: Path
     ca: Path
-    registry: str  # "added", "unchanged", "created vehicle", "gate"
+    registry: str  # "added", "unchanged", "created vehicle"
     files: dict[Path, str] = field(default_factory=dict)
 
 
@@ -42,26 +43,41 @@ def _check_vin(vin: str, check_digit: bool) -> str:
         raise ConfigError(f"--vin {vin!r}: {err}") from err
 
 
-def _pair_in_crm(
+def _register_in_crm(
     settings: CarpulseSettings,
     device_id: str,
-    vin: str,
+    vin: str | None,
     dealer: str,
     *,
     write: bool,
     db: str | None,
 ) -> str:
-    """Check (``write=False``) or record (``write=True``) ``device_id -> vin`` in the CRM."""
+    """Check (``write=False``) or record (``write=True``) ``device_id -> vin`` in the CRM, or the
+    gate camera ``device_id`` when ``vin`` is None."""
     from sqlalchemy import select
 
     from crm.cli import _settings_db_url, _store
     from crm.models import Vehicle
+    from crm.tables import GateDevice
 
     store = _store(db or _settings_db_url(settings))
     try:
         with store.tx() as s:
-            vehicle = s.get(Vehicle, vin)
             other = s.execute(select(Vehicle).where(Vehicle.device_id == device_id)).scalar()
+            gate = s.get(GateDevice, device_id)
+            if vin is None:
+                if other is not None:
+                    raise ConfigError(
+                        f"device {device_id} is registered to VIN {other.vin}, not a gate camera"
+                    )
+                if gate is not None:
+                    return "unchanged"
+                if write:
+                    s.add(GateDevice(device_id=device_id, dealer_id=dealer))
+                return "added"
+            if gate is not None:
+                raise ConfigError(f"device {device_id} is enrolled as a gate camera, not a car")
+            vehicle = s.get(Vehicle, vin)
             if other is not None and other.vin != vin:
                 raise ConfigError(
                     f"device {device_id} is already registered to VIN {other.vin}; "
@@ -105,7 +121,7 @@ def enroll(
     db: str | None = None,
     vin_check_digit: bool = True,
 ) -> Enrolled:
-    """Issue the certificate, add the broker identity, pair device and VIN in the CRM."""
+    """Issue the certificate, add the broker identity, register the device in the CRM."""
     from carpulse.pki import check_issuable_device_id
     from carpulse.stack import Stack
 
@@ -115,13 +131,11 @@ def enroll(
     if not gate and not vin:
         raise ConfigError("--vin is required for a car (or --gate for a dealer gate camera)")
     checked_vin = _check_vin(vin, vin_check_digit) if vin else None
-    if checked_vin is not None:  # refuse a conflicting pair before issuing anything
-        _pair_in_crm(settings, device_id, checked_vin, dealer, write=False, db=db)
+    # refuse a conflict (or an unmigrated CRM) before issuing anything
+    _register_in_crm(settings, device_id, checked_vin, dealer, write=False, db=db)
     stack = Stack(settings.stack)
     cert, key = stack.provision_device(device_id)  # certificate + dynamic-security role
-    registry = "gate"
-    if checked_vin is not None:
-        registry = _pair_in_crm(settings, device_id, checked_vin, dealer, write=True, db=db)
+    registry = _register_in_crm(settings, device_id, checked_vin, dealer, write=True, db=db)
     done = Enrolled(device_id, checked_vin, gate, cert, key, stack.pki.ca_cert, registry)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

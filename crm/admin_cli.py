@@ -194,12 +194,12 @@ def templates_list(
 def registry_doc(store: CrmStore, *, with_service: bool, gates: Sequence[str] = ()) -> Any:
     """``{device: vin}`` of every vehicle with a device; with ``with_service`` the list form
     ``[{"device_id", "vin", "last_service": {"date", "odometer_km"}}]`` the stream seeds its
-    service-due model from; ``gates`` are dealer gate cameras (``{"device_id", "role": "gate"}``
-    items: the CRM does not know them)."""
+    service-due model from; dealer gate cameras (``{"device_id", "role": "gate"}`` items) are
+    the ones enrolled in the CRM (``carpulse devices enroll --gate``) and ``gates``."""
     from sqlalchemy import func, select
 
     from crm.models import Vehicle
-    from crm.tables import ServiceRecord
+    from crm.tables import GateDevice, ServiceRecord
 
     with store.tx() as s:
         pairs = s.execute(
@@ -207,6 +207,7 @@ def registry_doc(store: CrmStore, *, with_service: bool, gates: Sequence[str] = 
             .where(Vehicle.device_id.is_not(None))
             .order_by(Vehicle.device_id)
         ).all()
+        gates = sorted(set(gates) | set(s.execute(select(GateDevice.device_id)).scalars()))
         if not with_service and not gates:
             return {d: v for d, v in pairs}
         latest = (
@@ -255,8 +256,8 @@ def registry_export(
 ) -> None:
     """Export the device -> VIN registry from the CRM as JSON, for the stream's registry setting.
 
-    It replaces the file: gate cameras kept in it must be given again with --gate (or set in
-    the stream section's gate_devices)."""
+    It replaces the file: gate cameras enrolled with `carpulse devices enroll --gate` are in it;
+    others must be given again with --gate (or set in the stream section's gate_devices)."""
     from core.topics import DEVICE_ID_RE
 
     for g in gate or ():

@@ -1,5 +1,5 @@
 """CRM tables added by migration 0002 (rule firings, inbox, outbox, parked events, contacts, personal
-data) and 0006 (dealer-system references, service history)."""
+data), 0006 (dealer-system references, service history) and 0007 (enrolled gate cameras)."""
 
 from __future__ import annotations
 
@@ -187,4 +187,14 @@ class ServiceRecord(Base):
     work: Mapped[str] = mapped_column(Text, default="")
     amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), default=None)
     source: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class GateDevice(Base):
+    """A dealer gate camera enrolled with ``carpulse devices enroll --gate`` (migration 0007):
+    ``carpulse registry export`` names it with ``role = "gate"``, so its gate events count."""
+
+    __tablename__ = "gate_devices"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dealer_id: Mapped[str] = mapped_column(String(64), default="default")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

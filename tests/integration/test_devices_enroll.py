@@ -156,15 +156,32 @@ def test_bad_input_is_refused_with_a_clear_error(
     assert not local_stack.pki.device_cert("pi-x1").exists()
 
 
-def test_a_gate_camera_gets_its_identity_without_a_vin(local_stack: Stack, tmp_path: Path) -> None:
+def test_a_gate_camera_is_enrolled_without_a_vin_and_exported_with_its_role(
+    local_stack: Stack, tmp_path: Path
+) -> None:
     gate = f"gate-{uuid.uuid4().hex[:6]}"
-    proc = _cli(local_stack, f"sqlite:///{tmp_path / 'crm.sqlite'}", gate, "--gate",
-                "--out", str(tmp_path / "pi"))  # fmt: skip
+    db = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    proc = _cli(local_stack, db, gate, "--gate", "--out", str(tmp_path / "pi"))
     assert proc.returncode == 0, proc.stderr
-    assert "[stream] gate_devices" in proc.stdout
-    car = _device_client(local_stack, gate, tmp_path / "pi")
-    car.loop_stop()
-    car.disconnect()
+    assert f"enrolled {gate}: gate camera (added)" in proc.stdout
+    again = _cli(local_stack, db, gate, "--gate")
+    assert again.returncode == 0 and "gate camera (unchanged)" in again.stdout, again.stderr
+    export = subprocess.run(
+        [sys.executable, "-m", "carpulse", "--config", str(local_stack.config_file),
+         "registry", "export", "--plain", "--db", db],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert json.loads(export.stdout) == [{"device_id": gate, "role": "gate"}]
+    # one device, one role
+    as_car = _cli(local_stack, db, gate, "--vin", _vin("S00003"))
+    assert as_car.returncode == 2 and "enrolled as a gate camera" in as_car.stderr
+    car = f"pi-{uuid.uuid4().hex[:8]}"
+    assert _cli(local_stack, db, car, "--vin", _vin("S00004")).returncode == 0
+    as_gate = _cli(local_stack, db, car, "--gate")
+    assert as_gate.returncode == 2 and "not a gate camera" in as_gate.stderr
+    client = _device_client(local_stack, gate, tmp_path / "pi")  # the gate's identity works
+    client.loop_stop()
+    client.disconnect()
 
 
 def test_an_unmigrated_crm_is_refused_before_anything_is_issued(
