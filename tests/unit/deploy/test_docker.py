@@ -114,3 +114,27 @@ def test_compose_config_loads_and_its_secrets_are_mounted(monkeypatch: pytest.Mo
         assert names <= set(services[service].get("secrets", [])) <= declared, service
     for svc in services.values():
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
+
+
+def test_dockerfile_copies_every_package_and_file_the_build_reads() -> None:
+    """pip builds the image's carpulse from the COPY'd files only: every package setup.cfg
+    includes and every ``file:`` it names must be among them."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    include = cfg["options.packages.find"]["include"].split()
+    packages = {p for p in include if not p.endswith(".*")}
+    copied = {
+        src.rstrip("/")
+        for op, rest in instructions()
+        if op == "COPY" and not rest.startswith("--from")
+        for src in rest.split()[:-1]
+    }
+    assert packages <= copied, f"not copied: {sorted(packages - copied)}"
+    files = {
+        v.split("file:", 1)[1].strip()
+        for section in cfg.sections()
+        for v in cfg[section].values()
+        if "file:" in v
+    }
+    assert files and files <= copied, f"not copied: {sorted(files - copied)}"
+    assert {"setup.cfg", "pyproject.toml"} <= copied
