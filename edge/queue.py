@@ -340,6 +340,16 @@ class DurableQueue:
             "counters": self.counters.as_dict(),
         }
 
+    def writable(self) -> tuple[bool, str]:
+        """Readiness: can a write transaction start now (disk there, file not locked)?"""
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            return False, f"queue {self.path} not writable: {err}"
+        return True, f"queue {self.path} writable"
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
