@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
-APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium
+APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup apt venv kafka test lint typecheck unit integration demo stack-up stack-down clean
