@@ -475,10 +475,10 @@ def dashboard(
     ] = None,
 ) -> None:
     """Serve the call-centre console and the service-advisor inbox."""
+    s = settings()
+    _service_logging("dashboard", s)  # before the imports: alembic logs when it loads
     from dashboards.serve import config_from_settings, prepare_demo, serve
 
-    s = settings()
-    _service_logging("dashboard", s)
     cfg = config_from_settings(
         s,
         crm_url=crm_url,
