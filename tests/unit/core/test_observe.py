@@ -107,3 +107,22 @@ def test_text_lines_name_the_component() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="text"):
         logs.formatter("xml")  # type: ignore[arg-type]
+
+
+def test_the_flag_beats_the_setting_and_a_bad_flag_is_refused() -> None:
+    from typer.testing import CliRunner
+
+    from carpulse.cli import app
+
+    try:
+        logs.start_cli_logging(None, logging.INFO)
+        logs.service_logging("edge", "json")  # [log] format = "json", no flag
+        assert logs.current_format() == "json" and logs.component() == "edge"
+        logs.start_cli_logging("text", logging.INFO)
+        logs.service_logging("edge", "json")  # --log-format text wins
+        assert logs.current_format() == "text"
+    finally:
+        logs.start_cli_logging(None, logging.INFO)
+        logs.setup_logging("text", component="carpulse")
+    res = CliRunner().invoke(app, ["--log-format", "xml", "config", "show"])
+    assert res.exit_code == 2 and "--log-format" in res.output
