@@ -98,7 +98,7 @@ class QueueCounters:
     def get(self, name: str, priority: int | None = None) -> Tally:
         """Total for one reason (``enqueued``, ``acked``, ``evicted``, ``rejected``, ``expired``)."""
         out = Tally()
-        for (n, p), t in self.by.items():
+        for (n, p), t in list(self.by.items()):  # a copy: /metrics reads from another thread
             if n == name and (priority is None or p == priority):
                 out.rows += t.rows
                 out.bytes += t.bytes
