@@ -495,6 +495,13 @@ class MetricsSettings(BaseModel):
         0, ge=0, le=65535, description="CRM worker, on its Faust web server (0 = off)."
     )
     edge_port: int = Field(0, ge=0, le=65535, description="Edge agent (0 = off).")
+    faust_sensor: bool = Field(
+        False,
+        description="Add Faust's own Prometheus sensor to the workers' /metrics "
+        "(carpulse_<stream|crm>_faust_*: events per stream, table operations, send latency, "
+        "rebalances; its per-topic record counters stay 0, as the agents commit their own "
+        "offsets); it counts every Kafka record, a few microseconds each.",
+    )
     allow: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Client networks that may read the dashboard's /metrics (it is public "

@@ -276,6 +276,7 @@ def build_crm_app(
     gates: Container[str] = frozenset(),
     web_port: int = 0,
     web_host: str = "127.0.0.1",
+    faust_sensor: bool = False,
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``); with ``web_port``
     its web server serves ``/metrics``, ``/healthz`` and ``/readyz`` (ready: database and
@@ -302,11 +303,14 @@ def build_crm_app(
                        location_sink=location_sink, gates=gates)  # fmt: skip
     app.carpulse_offset_guards = []  # type: ignore[attr-defined]
     if web_port:
-        from stream.metrics import crm_registry, install_web, kafka_assigned
+        from stream.metrics import add_faust_sensor, crm_registry, install_web, kafka_assigned
 
         async def database() -> tuple[bool, str]:
             return await asyncio.to_thread(store.ping)
 
         checks = {"database": database, "kafka": lambda: kafka_assigned(app)}
-        install_web(app, crm_registry(app), checks)
+        registry = crm_registry(app)
+        if faust_sensor:
+            add_faust_sensor(app, registry, "carpulse_crm")
+        install_web(app, registry, checks)
     return app

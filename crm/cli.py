@@ -326,6 +326,7 @@ def worker_cmd(
         location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
         gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
         web_port=settings.metrics.crm_port, web_host=settings.metrics.host,
+        faust_sensor=settings.metrics.faust_sensor,
     )  # fmt: skip
     faust_worker(app, loglevel).execute_from_commandline()
 

@@ -29,7 +29,7 @@ from core.topics import (
 from stream.agents import install_pipeline
 from stream.influx import InfluxSink, make_sink, ping
 from stream.kafka_options import faust_broker_settings
-from stream.metrics import install_web, kafka_assigned, stream_registry
+from stream.metrics import add_faust_sensor, install_web, kafka_assigned, stream_registry
 from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import load_registry
 from stream.retry import SinkWriter, install_retry_agent
@@ -136,9 +136,10 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         except SinkError as err:
             return False, str(err)
 
-    install_web(
-        app, stream_registry(app), {"kafka": lambda: kafka_assigned(app), "influx": influx_ok}
-    )
+    metrics = stream_registry(app)
+    if settings.metrics.faust_sensor:
+        add_faust_sensor(app, metrics, "carpulse_stream")
+    install_web(app, metrics, {"kafka": lambda: kafka_assigned(app), "influx": influx_ok})
     return app
 
 

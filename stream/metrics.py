@@ -267,6 +267,14 @@ def crm_registry(app: Any) -> CollectorRegistry:
     return registry
 
 
+def add_faust_sensor(app: Any, registry: CollectorRegistry, prefix: str) -> None:
+    """Faust's own Prometheus sensor (``faust.sensors.prometheus``) into ``registry`` as
+    ``<prefix>_faust_*``; its own page is ``/faust/metrics`` (the same registry as ``/metrics``)."""
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    setup_prometheus_sensors(app, "/faust/metrics", registry, name_prefix=f"{prefix}_faust")
+
+
 async def kafka_assigned(app: Any) -> tuple[bool, str]:
     """Ready when the worker's consumer has partitions and no rebalance is running."""
     if app._consumer is None:

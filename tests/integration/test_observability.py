@@ -164,6 +164,7 @@ def test_prometheus_scrapes_every_service_while_telemetry_flows(
         CARPULSE_METRICS__CRM_PORT=str(ports["crm"]),
         CARPULSE_METRICS__EDGE_PORT=str(ports["edge"]),
         CARPULSE_STREAM__SESSION_TIMEOUT_S="6",
+        CARPULSE_METRICS__FAUST_SENSOR="true",  # Faust's own sensor beside ours, on the real path
         CARPULSE_NUMBA_CACHE="1",
         NUMBA_CACHE_DIR=str(tmp_path / "numba"),
     )
@@ -203,7 +204,8 @@ def test_prometheus_scrapes_every_service_while_telemetry_flows(
                 assert json.loads(body)["ready"] is True
         except AssertionError as err:
             logs = {p.name: p.read_text(errors="replace")[-2500:] for p in tmp_path.glob("*.log")}
-            raise AssertionError(f"{err}\nlogs: {json.dumps(logs, indent=1)}") from None
+            values = {expr: prom.value(expr) for expr in ROSE}
+            raise AssertionError(f"{err}\n{values}\nlogs: {json.dumps(logs, indent=1)}") from None
         print("counters:", counters)
         assert prom.value("sum(carpulse_stream_assigned_partitions)") > 0
         # every panel of the Grafana dashboard evaluates; the service panels have data
@@ -238,6 +240,8 @@ ROSE = (
     "sum(carpulse_dashboard_requests_total)",
     "sum(carpulse_crm_assigned_partitions)",
     "count(carpulse_stream_consumer_lag_messages)",
+    "sum(carpulse_stream_faust_total_events_total)",  # per-topic counters: acked topics only
+    'count({__name__=~"carpulse_crm_faust_.*"})',
 )
 
 

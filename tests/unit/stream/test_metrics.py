@@ -91,3 +91,18 @@ def test_crm_metrics_count_firings_by_rule_and_dead_letters_by_reason() -> None:
     assert out[("carpulse_crm_dead_letters_total", (("reason", "crm_bad_record"),))] == 1
     assert out[("carpulse_crm_deliveries_total", (("outcome", "sent"),))] == 2
     assert out[("carpulse_crm_assigned_partitions", ())] == 0  # no consumer: still scrapes
+
+
+def test_faust_sensor_joins_the_same_registry_when_asked() -> None:
+    from faust.sensors.prometheus import PrometheusMonitor
+
+    from stream.metrics import add_faust_sensor
+
+    app = build_app(CarpulseSettings())
+    assert not isinstance(app.monitor, PrometheusMonitor)  # off by default: no per-record cost
+    reg = stream_registry(app)
+    add_faust_sensor(app, reg, "carpulse_stream")
+    assert isinstance(app.monitor, PrometheusMonitor)
+    names = {fam.name for fam in reg.collect()}
+    assert "carpulse_stream_faust_messages_received" in names
+    assert "carpulse_stream_records" in names  # ours beside Faust's, one /metrics
