@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
-APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium
+APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium prometheus
 # docker-compose: `docker-compose config` checks deploy/docker/compose.yaml (tests/unit/deploy)
 APT_PACKAGES += docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

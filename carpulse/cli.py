@@ -17,6 +17,7 @@ import typer
 from carpulse.dataops_cli import backup_cmd, influx_app, restore_cmd
 from core.config import CarpulseSettings, cli_settings, masked_dump, start_cli
 from core.errors import CarpulseError
+from core.logs import FORMATS, service_logging, start_cli_logging
 from crm.admin_cli import registry_app
 from crm.cli import crm_app, report_app  # typer only: SQLAlchemy/Faust load inside the commands
 from dashboards.cli import users_app
@@ -80,6 +81,14 @@ def _print_version(value: bool) -> None:
 def _main(
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            help="'text' or 'json' (one object per line) for the services' logs; default \\[log] format.",
+            show_default=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -87,10 +96,9 @@ def _main(
         ),
     ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if log_format is not None and log_format not in FORMATS:
+        raise typer.BadParameter(f"must be one of {', '.join(FORMATS)}", param_hint="--log-format")
+    start_cli_logging(log_format, logging.DEBUG if verbose else logging.INFO)  # type: ignore[arg-type]
     if not verbose:  # aiokafka logs every SASL login at INFO
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
     _state["config"] = config
@@ -100,6 +108,11 @@ def _main(
 def settings() -> CarpulseSettings:
     """This invocation's settings: defaults < ``--config``/$CARPULSE_CONFIG < environment."""
     return cli_settings()
+
+
+def _service_logging(component: str, s: CarpulseSettings | None = None) -> None:
+    """Log as ``component`` in the format of ``--log-format``, else of ``[log] format``."""
+    service_logging(component, (s or settings()).log.format)
 
 
 def _echo(msg: str) -> None:
@@ -337,6 +350,7 @@ def edge_run(
     from edge.wiring import attach_all
 
     s, conf = load_agent_config(path)
+    _service_logging("edge", s)
     agent = EdgeAgent(s, conf)
     attach_all(agent, Path(path) if path else None)  # crash detection, signed commands, systemd
     stats = agent.run(seconds, exit_when_done=exit_when_done)
@@ -408,20 +422,33 @@ def gate_run(
 @stream_app.command("bridge")
 def stream_bridge(
     name: Annotated[str, typer.Option(help="Bridge instance name.")] = "bridge-1",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="/metrics, /healthz, /readyz port (default \\[metrics] bridge_port).",
+        ),
+    ] = None,
 ) -> None:
     """Run an MQTT -> Kafka ingest bridge (several may run side by side)."""
     import asyncio
 
     from stream.bridge import IngestBridge
 
-    asyncio.run(IngestBridge(settings(), name=name).run_forever())
+    _service_logging("bridge")
+    bridge = IngestBridge(settings(), name=name)
+    if metrics_port is not None:
+        bridge.metrics_port = metrics_port
+    asyncio.run(bridge.run_forever())
 
 
 @stream_app.command("worker")
 def stream_worker(loglevel: str = "warn") -> None:
-    """Run the Faust worker."""
+    """Run the Faust worker (/metrics, /healthz, /readyz on \\[stream] web_port)."""
     from stream.app import run_worker
 
+    _service_logging("stream")
     run_worker(settings(), loglevel=loglevel)
 
 
@@ -514,9 +541,10 @@ def dashboard(
     ] = None,
 ) -> None:
     """Serve the call-centre console and the service-advisor inbox."""
+    s = settings()
+    _service_logging("dashboard", s)  # before the imports: alembic logs when it loads
     from dashboards.serve import config_from_settings, prepare_demo, serve
 
-    s = settings()
     cfg = config_from_settings(
         s,
         crm_url=crm_url,

@@ -566,6 +566,43 @@ class BridgeSettings(BaseModel):
     )
 
 
+class LogSettings(BaseModel):
+    """``[log]``: how every component writes its log (stderr)."""
+
+    format: Literal["text", "json"] = Field(
+        "text", description="'text' or 'json' (one object per line; the --log-format flag wins)."
+    )
+
+
+class MetricsSettings(BaseModel):
+    """``[metrics]``: Prometheus ``/metrics`` with ``/healthz`` and ``/readyz``.
+
+    The stream worker serves them on its Faust web server (``[stream] web_port``) and the
+    dashboard on its own port; the other services need a port of their own here (0 = off).
+    """
+
+    host: str = Field("127.0.0.1", description="Address the metrics/health servers bind to.")
+    bridge_port: int = Field(
+        0, ge=0, le=65535, description="Ingest bridge (0 = off; --metrics-port per instance)."
+    )
+    crm_port: int = Field(
+        0, ge=0, le=65535, description="CRM worker, on its Faust web server (0 = off)."
+    )
+    edge_port: int = Field(0, ge=0, le=65535, description="Edge agent (0 = off).")
+    faust_sensor: bool = Field(
+        False,
+        description="Add Faust's own Prometheus sensor to the workers' /metrics "
+        "(carpulse_<stream|crm>_faust_*: events per stream, table operations, send latency, "
+        "rebalances; its per-topic record counters stay 0, as the agents commit their own "
+        "offsets); it counts every Kafka record, a few microseconds each.",
+    )
+    allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Client networks that may read the dashboard's /metrics (it is public "
+        "behind its proxy; add the Prometheus server's address).",
+    )
+
+
 class CarpulseSettings(BaseSettings):
     """Every component's settings; each section is its own model."""
 
@@ -587,6 +624,8 @@ class CarpulseSettings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     webhooks: WebhookSettings = WebhookSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(

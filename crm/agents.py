@@ -99,6 +99,8 @@ def handle_record(
                 )
         stats["events"] += 1
         stats["fired"] += len(out.fired)
+        for firing in out.fired:  # per rule, for the metrics (stream.metrics.crm_registry)
+            stats["fired:" + firing.rule] += 1
         stats["parked"] += out.parked is not None
     return events
 
@@ -274,9 +276,14 @@ def build_crm_app(
     location_sink: InfluxLocations | None = None,
     gates: Container[str] = frozenset(),
     datadir: Path | None = None,
+    web_port: int = 0,
+    web_host: str = "127.0.0.1",
+    faust_sensor: bool = False,
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``); its table data goes
-    to ``datadir`` (``StreamSettings.faust_datadir``), never to the current directory."""
+    to ``datadir`` (``StreamSettings.faust_datadir``), never to the current directory. With
+    ``web_port`` its web server serves ``/metrics``, ``/healthz`` and ``/readyz`` (ready: database
+    and Kafka partitions)."""
     app = faust.App(
         app_id,
         **faust_broker_settings(kafka, "crm"),
@@ -284,7 +291,11 @@ def build_crm_app(
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",
-        web_enabled=False,
+        web_enabled=bool(web_port),
+        web_port=web_port or 6066,
+        web_bind=web_host,
+        web_tables_enabled=False,
+        web_router_enabled=False,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         # the group coordinator waits up to this long for members at a (re)join
@@ -294,4 +305,16 @@ def build_crm_app(
     )
     install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s,
                        location_sink=location_sink, gates=gates)  # fmt: skip
+    app.carpulse_offset_guards = []  # type: ignore[attr-defined]
+    if web_port:
+        from stream.metrics import add_faust_sensor, crm_registry, install_web, kafka_assigned
+
+        async def database() -> tuple[bool, str]:
+            return await asyncio.to_thread(store.ping)
+
+        checks = {"database": database, "kafka": lambda: kafka_assigned(app)}
+        registry = crm_registry(app)
+        if faust_sensor:
+            add_faust_sensor(app, registry, "carpulse_crm")
+        install_web(app, registry, checks)
     return app

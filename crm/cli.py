@@ -295,17 +295,18 @@ def worker_cmd(
     the flags override single values. The webhook secret comes from $CARPULSE_WEBHOOKS__SECRET
     or the webhooks section's secret_file, never from a flag.
     """
-    import faust
-
     from core.config import cli_settings
+    from core.logs import service_logging
     from crm.agents import build_crm_app
     from crm.delivery import Dispatcher, SmtpTransport, Transport, WebhookTransport
     from crm.engine import RuleEngine
     from crm.location_sink import InfluxLocations
     from crm.rules import load_rules, shipped_rules
+    from stream.app import faust_worker
     from stream.registry import load_registry
 
     settings = cli_settings()
+    service_logging("crm", settings.log.format)
     setup = worker_setup(
         settings, db=db, interval=interval, webhook_url=webhook_url,
         smtp_host=smtp_host, smtp_port=smtp_port, sender=sender,
@@ -336,8 +337,10 @@ def worker_cmd(
         location_sink=InfluxLocations(settings.influx, settings.stream.measurement),
         gates=load_registry(settings.stream.registry, gates=settings.stream.gate_devices).gates,
         datadir=settings.stream.faust_datadir(setup.app_id, create=True),
+        web_port=settings.metrics.crm_port, web_host=settings.metrics.host,
+        faust_sensor=settings.metrics.faust_sensor,
     )  # fmt: skip
-    faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+    faust_worker(app, loglevel).execute_from_commandline()
 
 
 @crm_app.command("coupons")

@@ -90,6 +90,19 @@ class CrmStore:
         with self._sessions.begin() as session:
             yield session
 
+    def ping(self) -> tuple[bool, str]:
+        """Readiness: ``SELECT 1`` on a connection of the pool; (ok, what answered or why not)."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as err:
+            cause = getattr(err, "orig", None) or err
+            return False, f"{self.engine.dialect.name} database: {str(cause)[:200]}"
+        return True, f"{self.engine.dialect.name} database answers"
+
 
 # ----- audit -------------------------------------------------------------------------------------
 def audit(

@@ -27,6 +27,7 @@ from crm.store import CrmStore, audit
 from dashboards import auth
 from dashboards.auth import COOKIE, PRELOGIN_COOKIE, PRELOGIN_S, SessionStore, WebSession, csrf_ok
 from dashboards.live import KafkaFeed, StateHub
+from dashboards.metrics import install as install_metrics
 from dashboards.throttle import LoginThrottle, address_subject
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class DashboardConfig:
     password_checks: int = 2  # argon2 verifications at once; more wait, then 503
     password_check_wait_s: float = 2.0  # how long a login waits for a free verification slot
     session_recheck_s: float = 5.0  # an open live stream re-reads its session this often
+    # who may read /metrics ([metrics] allow): loopback unless the settings say otherwise
+    metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
 class NeedLogin(Exception):
@@ -208,6 +211,7 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
     if (auth.GATE.limit, auth.GATE.wait_s) != (cfg.password_checks, cfg.password_check_wait_s):
         auth.GATE = auth.VerifyGate(cfg.password_checks, cfg.password_check_wait_s)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    metrics = install_metrics(app, cfg.metrics_allow)  # /metrics, /readyz, request counters
 
     @app.exception_handler(NeedLogin)
     async def _need_login(request: Request, _exc: NeedLogin) -> Response:
@@ -271,6 +275,7 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         with store.tx() as s:
             wait = throttle.retry_after(s, username, host)
         if wait:  # no password check at all: a guessing flood costs no argon2
+            metrics.logins.labels("throttled").inc()
             log.warning("login throttled: %r from %s for %d s", username[:64], host, wait)
             return _login_refused(request, old, 429, wait, "Too many failed logins; try later.")
         try:
@@ -287,7 +292,9 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
                     s.flush()  # a rehashed password is written before the user leaves the session
                     s.expunge(user)
         except auth.LoginBusy:
+            metrics.logins.labels("busy").inc()
             return _login_refused(request, old, 503, 1, "The server is busy; try again.")
+        metrics.logins.labels("failed" if user is None else "success").inc()
         if user is None:
             form_ws = old or get_prelogin(request)
             page = render(request, "login.html", form_ws, error="Wrong user name or password.")

@@ -54,6 +54,7 @@ def config_from_settings(
         secure_cookies=d.secure_cookies if secure_cookies is None else secure_cookies,
         coupon_templates=list(d.coupon_templates if coupon_templates is None else coupon_templates),
         public_url=d.public_url,
+        metrics_allow=list(s.metrics.allow),
     )
 
 
@@ -84,4 +85,7 @@ def serve(cfg: DashboardConfig, host: str, port: int) -> None:
 
     from dashboards.app import create_app
 
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level="info", access_log=False)
+    # log_config=None: uvicorn logs through the root logger, in carpulse's format (core.logs)
+    uvicorn.run(
+        create_app(cfg), host=host, port=port, log_level="info", access_log=False, log_config=None
+    )

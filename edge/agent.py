@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.config import CarpulseSettings, load_settings
 from core.errors import CarpulseError, ConfigError, SourceError
+from core.observe import ObsServer
 from core.topics import device_topic
 from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
 from edge.campaigns import CampaignManager, CampaignSpec, concat_samples, parse_specs
@@ -279,6 +280,7 @@ class EdgeAgent:
             "triggers": 0,
         }
         self._last_stats = 0.0
+        self.obs: ObsServer | None = None
 
     # ----- sources -----------------------------------------------------------------------------
     def _source_loop(self, src: Source) -> None:
@@ -417,6 +419,11 @@ class EdgeAgent:
             "agent %s boot %s: %d source(s), %d queued row(s) from before",
             self.device_id, self.seq.boot_id, len(self.sources), len(self.queue),
         )  # fmt: skip
+        m = self.settings.metrics
+        if m.edge_port:  # /metrics, /healthz, /readyz (edge.metrics)
+            from edge.metrics import start_obs
+
+            self.obs = start_obs(self, m.host, m.edge_port)
         self.pub.start()
         for src in self.sources:
             t = threading.Thread(
@@ -481,4 +488,6 @@ class EdgeAgent:
             self.pub.close()
         except CarpulseError as err:
             log.warning("closing the MQTT session: %s", err)
+        if self.obs is not None:
+            self.obs.close()
         self.queue.close()

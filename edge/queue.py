@@ -98,7 +98,7 @@ class QueueCounters:
     def get(self, name: str, priority: int | None = None) -> Tally:
         """Total for one reason (``enqueued``, ``acked``, ``evicted``, ``rejected``, ``expired``)."""
         out = Tally()
-        for (n, p), t in self.by.items():
+        for (n, p), t in list(self.by.items()):  # a copy: /metrics reads from another thread
             if n == name and (priority is None or p == priority):
                 out.rows += t.rows
                 out.bytes += t.bytes
@@ -339,6 +339,16 @@ class DurableQueue:
             "over_cap_bytes": self.over_cap_bytes,
             "counters": self.counters.as_dict(),
         }
+
+    def writable(self) -> tuple[bool, str]:
+        """Readiness: can a write transaction start now (disk there, file not locked)?"""
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as err:
+            return False, f"queue {self.path} not writable: {err}"
+        return True, f"queue {self.path} writable"
 
     def close(self) -> None:
         with self._lock:

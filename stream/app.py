@@ -14,6 +14,8 @@ from typing import Any
 import faust
 
 from core.config import CarpulseSettings
+from core.errors import SinkError
+from core.logs import current_format, faust_logging_config
 from core.topics import (
     KAFKA_ALERTS,
     KAFKA_ANOMALIES,
@@ -25,8 +27,9 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from stream.agents import install_pipeline
-from stream.influx import InfluxSink, make_sink
+from stream.influx import InfluxSink, make_sink, ping
 from stream.kafka_options import faust_broker_settings
+from stream.metrics import add_faust_sensor, install_web, kafka_assigned, stream_registry
 from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import load_registry
 from stream.retry import SinkWriter, install_retry_agent
@@ -79,7 +82,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=True,
-        web_bind="127.0.0.1",
+        web_bind=settings.metrics.host,  # 127.0.0.1 unless [metrics] host says otherwise
         # /table/ would serve vehicle_state (locations) to anyone reaching the port
         web_tables_enabled=False,
         web_router_enabled=False,
@@ -124,6 +127,20 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         """JSON of ``counters_of``: the web server is bound to localhost."""
         return web.json(counters_of(app))
 
+    # /metrics, /healthz, /readyz (ready: partitions assigned and InfluxDB answering)
+    app.carpulse_offset_guards = []  # type: ignore[attr-defined]
+    influx = settings.influx
+
+    async def influx_ok() -> tuple[bool, str]:
+        try:
+            return True, f"{influx.url} (version {await ping(influx)})"
+        except SinkError as err:
+            return False, str(err)
+
+    metrics = stream_registry(app)
+    if settings.metrics.faust_sensor:
+        add_faust_sensor(app, metrics, "carpulse_stream")
+    install_web(app, metrics, {"kafka": lambda: kafka_assigned(app), "influx": influx_ok})
     return app
 
 
@@ -198,5 +215,12 @@ def run_worker(settings: CarpulseSettings, loglevel: str = "warn") -> None:
     warming = threading.Thread(target=_warm_up, name="numba-warm-up", daemon=True)
     warming.start()
     app.carpulse_warming = warming  # type: ignore[attr-defined]
-    worker = faust.Worker(app, loglevel=loglevel)
-    worker.execute_from_commandline()
+    faust_worker(app, loglevel).execute_from_commandline()
+
+
+def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
+    """A Faust worker that logs in the process's format (``core.logs``) to stderr; in JSON the
+    start-up banner is left out, so that every line of the output parses."""
+    fmt = current_format()
+    config = faust_logging_config(fmt, loglevel)
+    return faust.Worker(app, loglevel=loglevel, logging_config=config, quiet=fmt == "json")

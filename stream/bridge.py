@@ -46,6 +46,7 @@ from aiokafka.errors import (
 from core.commands import decode_ack
 from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
+from core.observe import ObsServer
 from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
 from core.wire import decode_event, decode_status, decode_telemetry
 from stream.kafka_options import kafka_problem
@@ -225,6 +226,9 @@ class IngestBridge:
         self._pending_lock = threading.Lock()
         self._unsubscribed = threading.Event()
         self._draining = False
+        self._kafka_error: str | None = None  # the last failed send, until one goes through
+        self.metrics_port = settings.metrics.bridge_port  # 0 = no /metrics, /healthz, /readyz
+        self.obs: ObsServer | None = None
         self.client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -313,8 +317,10 @@ class IngestBridge:
                 return
             err = f.exception()
             if err is None:
+                self._kafka_error = None
                 client.ack(mid, qos)
             else:  # Kafka down: leave unacknowledged; the broker redelivers after reconnect
+                self._kafka_error = f"{type(err).__name__}: {err}"[:200]
                 log.error("bridge %s could not hand a message to Kafka: %s", self.name, err)
 
         fut.add_done_callback(done)
@@ -459,18 +465,55 @@ class IngestBridge:
             self._producer = None
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
+    # health and metrics (read from the obs server's threads) ------------------------------------
+    def in_flight(self) -> int:
+        with self._pending_lock:
+            return self._pending
+
+    def mqtt_up(self) -> bool:
+        return self._connected.is_set()
+
+    def kafka_ok(self) -> tuple[bool, str]:
+        if self._producer is None:
+            return False, f"producer not started (Kafka at {self.s.kafka.bootstrap})"
+        if self._kafka_error is not None:
+            return False, f"last send failed: {self._kafka_error}"
+        return True, "producer up"
+
+    def start_obs(self, host: str | None = None) -> ObsServer | None:
+        """Serve ``/metrics``, ``/healthz`` and ``/readyz`` when ``metrics_port`` is set: ready
+        when MQTT is connected and the Kafka producer is up."""
+        if not self.metrics_port or self.obs is not None:
+            return self.obs
+        from stream.metrics import bridge_registry, render
+
+        registry = bridge_registry(self)
+        m = self.s.mqtt
+        checks = {
+            "mqtt": lambda: (self.mqtt_up(), f"{m.host}:{m.port}"),
+            "kafka": self.kafka_ok,
+        }
+        where = host or self.s.metrics.host
+        self.obs = ObsServer(where, self.metrics_port, lambda: render(registry), checks).start()
+        return self.obs
+
     async def run_forever(self) -> None:
         """Run until ``request_stop`` or SIGTERM/SIGINT, then stop gracefully (see ``stop``)."""
+        self.start_obs()  # before Kafka: /readyz says what the bridge waits for
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             # only possible in the main thread; embedded bridges call request_stop themselves
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
         try:
-            await self._stop.wait()
+            await self.start()
+            try:
+                await self._stop.wait()
+            finally:
+                await self.stop()
         finally:
-            await self.stop()
+            if self.obs is not None:
+                self.obs.close()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -124,6 +124,8 @@ class InfluxSink(ABC):
         self.retries = 0
         self.requests = 0
         self.broken_since: float | None = None
+        # the metrics' latency histogram (stream.metrics), once per write, not per line
+        self.observe_write: Callable[[float], None] | None = None
 
     @property
     def broken(self) -> bool:
@@ -142,6 +144,14 @@ class InfluxSink(ABC):
 
     async def write(self, lines: Sequence[str], *, max_retries: int | None = None) -> WriteResult:
         """Write ``lines``; raises ``SinkError`` when transient failures outlast the retries."""
+        t0 = time.perf_counter()
+        try:
+            return await self._write(lines, max_retries)
+        finally:
+            if self.observe_write is not None:
+                self.observe_write(time.perf_counter() - t0)
+
+    async def _write(self, lines: Sequence[str], max_retries: int | None) -> WriteResult:
         result = WriteResult()
         retries = self.s.max_retries if max_retries is None else max_retries
         budget = [BISECT_BUDGET]
@@ -375,6 +385,21 @@ class InfluxV2Sink(InfluxSink):
             raise Rejected(status, text[:MAX_REJECT_DETAIL]) from err
         except (aiohttp.ClientError, TimeoutError) as err:
             raise Transient(f"{type(err).__name__}: {err}") from err
+
+
+async def ping(settings: InfluxSettings, timeout_s: float = 3.0) -> str:
+    """Ask the server's ``/ping`` (InfluxDB 1.x and 2.x); returns its version, raises ``SinkError``."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{settings.url.rstrip('/')}/ping") as resp,
+        ):
+            if resp.status not in (200, 204):
+                raise SinkError(f"InfluxDB at {settings.url}: /ping answered {resp.status}")
+            return resp.headers.get("X-Influxdb-Version", "?")
+    except (aiohttp.ClientError, TimeoutError) as err:
+        raise SinkError(f"InfluxDB at {settings.url} unreachable: {type(err).__name__}") from err
 
 
 def make_sink(settings: InfluxSettings) -> InfluxSink:

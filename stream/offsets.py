@@ -112,6 +112,11 @@ class SourceOffsets:
         self.stalls = 0
         self.holes = 0
         self.dropped = 0
+        self.committed: dict[Any, int] = {}  # per partition: the last offset this guard committed
+        # every guard of the app, for the consumer-lag gauge (stream.metrics)
+        guards = getattr(app, "carpulse_offset_guards", None)
+        if isinstance(guards, list):
+            guards.append(self)
 
     def _current(self) -> bool:
         """True once Faust finished the rebalance (its final seek) of the current generation."""
@@ -273,7 +278,10 @@ class SourceOffsets:
             return False  # a rebalance: the next owner reads them again (dedupe, effect keys)
         # Faust's own commit path minus its ack bookkeeping (acks are off on this topic);
         # it commits only partitions still assigned, and returns False after a rebalance
-        return bool(await self.app.consumer._commit(offsets))
+        done = bool(await self.app.consumer._commit(offsets))
+        if done:
+            self.committed.update(offsets)
+        return done
 
     async def watch(self, interval_s: float) -> None:
         """Run ``check`` every ``interval_s`` (for an agent without a ticker of its own)."""

@@ -180,6 +180,88 @@ DASHBOARDS: Final = {
 # fmt: on
 
 
+# The services' own metrics (Prometheus, `/metrics` of each component; see README "Observability").
+PROM: Final = {"type": "prometheus", "uid": "carpulse-prometheus"}
+
+
+def prom_panel(
+    pid: int, title: str, exprs: dict[str, str], unit: str = "short", kind: str = "timeseries"
+) -> dict[str, Any]:
+    """A panel over PromQL ``exprs`` (legend -> expression)."""
+    return {
+        "id": pid,
+        "type": kind,
+        "title": title,
+        "datasource": PROM,
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "gridPos": {"x": ((pid - 1) % 2) * 12, "y": ((pid - 1) // 2) * 8, "w": 12, "h": 8},
+        "targets": [
+            {"refId": chr(65 + i), "datasource": PROM, "expr": expr, "legendFormat": legend}
+            for i, (legend, expr) in enumerate(exprs.items())
+        ],
+    }
+
+
+# fmt: off
+SERVICES: Final = {
+    "uid": "carpulse-services",
+    "title": "carpulse · services (Prometheus)",
+    "tags": ["carpulse"],
+    "schemaVersion": 39,
+    "time": {"from": "now-1h", "to": "now"},
+    "refresh": "10s",
+    "templating": {"list": []},
+    "panels": [
+        prom_panel(1, "Targets up", {"{{job}} {{instance}}": 'up{job=~"carpulse-.*"}'}, kind="stat"),
+        prom_panel(2, "Messages per second (bridge in/out, stream records, CRM records)", {
+            "bridge in": "sum(rate(carpulse_bridge_messages_received_total[1m]))",
+            "bridge out": "sum(rate(carpulse_bridge_messages_forwarded_total[1m]))",
+            "stream records": "sum(rate(carpulse_stream_records_total[1m]))",
+            "crm records": "sum(rate(carpulse_crm_records_total[1m]))",
+        }, "ops"),
+        prom_panel(3, "Dead letters per second by reason", {
+            "bridge {{reason}}": "sum by (reason) (rate(carpulse_bridge_dead_letters_total[5m]))",
+            "stream {{source}} {{reason}}":
+                "sum by (source, reason) (rate(carpulse_stream_dead_letters_total[5m]))",
+            "crm {{reason}}": "sum by (reason) (rate(carpulse_crm_dead_letters_total[5m]))",
+            "rate limited": "sum(rate(carpulse_bridge_rate_limited_total[5m]))",
+        }, "ops"),
+        prom_panel(4, "Consumer lag (records)", {
+            "stream {{topic}}": "sum by (topic) (carpulse_stream_consumer_lag_messages)",
+            "crm {{topic}}": "sum by (topic) (carpulse_crm_consumer_lag_messages)",
+        }),
+        prom_panel(5, "InfluxDB write latency (p50, p99)", {
+            "p50": "histogram_quantile(0.5, sum by (le) (rate(carpulse_stream_sink_write_seconds_bucket[5m])))",
+            "p99": "histogram_quantile(0.99, sum by (le) (rate(carpulse_stream_sink_write_seconds_bucket[5m])))",
+        }, "s"),
+        prom_panel(6, "InfluxDB retries and parked lines per second", {
+            "retries": "sum(rate(carpulse_stream_sink_retries_total[5m]))",
+            "parked lines": "sum(rate(carpulse_stream_sink_lines_parked_total[5m]))",
+            "broken": "max(carpulse_stream_sink_broken)",
+        }),
+        prom_panel(7, "Edge queue fill and drops", {
+            "{{device}} fill": "carpulse_edge_queue_bytes / carpulse_edge_queue_max_bytes",
+            "{{device}} dropped {{reason}}": "increase(carpulse_edge_queue_dropped_total[15m])",
+        }),
+        prom_panel(8, "Detections and rule firings per minute", {
+            "anomalies": "sum(rate(carpulse_stream_anomalies_total[5m])) * 60",
+            "alerts": "sum(rate(carpulse_stream_alerts_total[5m])) * 60",
+            "rule {{rule}}": "sum by (rule) (rate(carpulse_crm_rule_firings_total[5m])) * 60",
+        }),
+        prom_panel(9, "Dashboard requests per second by status", {
+            "{{status}}": "sum by (status) (rate(carpulse_dashboard_requests_total[5m]))",
+            "failed logins": 'sum(rate(carpulse_dashboard_logins_total{outcome="failed"}[5m]))',
+        }, "reqps"),
+        prom_panel(10, "Edge agents connected", {
+            "connected": "sum(carpulse_edge_mqtt_connected)",
+            "source errors/s": "sum(rate(carpulse_edge_source_errors_total[5m]))",
+        }),
+    ],
+}
+# fmt: on
+DASHBOARDS["pipeline-metrics"] = SERVICES
+
+
 def main() -> None:
     out = HERE / "dashboards"
     out.mkdir(exist_ok=True)

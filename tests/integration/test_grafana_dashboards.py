@@ -38,9 +38,19 @@ def _lines(now_s: int) -> str:
     return "\n".join(out)
 
 
+def influx_dashboards() -> list[Path]:
+    """The InfluxQL dashboards (pipeline-metrics is PromQL: tests/integration/test_observability)."""
+    files = sorted((GRAFANA / "dashboards").glob("*.json"))
+    return [
+        f
+        for f in files
+        if json.loads(f.read_text())["panels"][0]["datasource"]["type"] == "influxdb"
+    ]
+
+
 def queries() -> list[tuple[str, str, str]]:
     out = []
-    for f in sorted((GRAFANA / "dashboards").glob("*.json")):
+    for f in influx_dashboards():
         doc = json.loads(f.read_text())
         for p in doc["panels"]:
             for t in p["targets"]:
@@ -58,12 +68,15 @@ def fill(q: str) -> str:
 
 def test_provisioning_points_at_the_dashboards_and_an_influxql_source() -> None:
     ds = yaml.safe_load((GRAFANA / "provisioning/datasources/carpulse.yaml").read_text())
-    src = ds["datasources"][0]
+    src, prom = ds["datasources"]
     assert src["type"] == "influxdb" and src["jsonData"]["dbName"] == "carpulse"
-    uids = {json.loads(f.read_text())["panels"][0]["datasource"]["uid"]
-            for f in (GRAFANA / "dashboards").glob("*.json")}  # fmt: skip
-    assert uids == {src["uid"]}
-    assert len(list((GRAFANA / "dashboards").glob("*.json"))) == 4
+    assert prom["type"] == "prometheus"
+    uids = {(p["datasource"]["type"], p["datasource"]["uid"])
+            for f in (GRAFANA / "dashboards").glob("*.json")
+            for p in json.loads(f.read_text())["panels"]}  # fmt: skip
+    assert uids == {(src["type"], src["uid"]), (prom["type"], prom["uid"])}
+    assert len(influx_dashboards()) == 4
+    assert len(list((GRAFANA / "dashboards").glob("*.json"))) == 5
 
 
 def test_every_panel_query_returns_rows(local_stack: Any) -> None:

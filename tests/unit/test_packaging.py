@@ -30,7 +30,8 @@ def test_edge_extra_has_no_cloud_dependencies() -> None:
 
 def test_edge_code_paths_import_no_cloud_modules() -> None:
     code = (
-        "import sys, edge.replay, edge.publisher, edge.seqstate, firmware_bridge.dbc, carpulse.cli\n"
+        "import sys, edge.replay, edge.publisher, edge.seqstate, edge.metrics, firmware_bridge.dbc,"
+        " carpulse.cli\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {CLOUD_ONLY!r})\n"
         "print(','.join(bad))\n"
     )

@@ -109,8 +109,9 @@ def test_crm_worker_starts_from_the_config_files_database(
         return "app"
 
     class FakeWorker:
-        def __init__(self, app: object, loglevel: str) -> None:
+        def __init__(self, app: object, loglevel: str, **kw: Any) -> None:
             seen["worker"] = app
+            seen["log_handlers"] = kw["logging_config"]["handlers"]  # carpulse's format (core.logs)
 
         def execute_from_commandline(self) -> None:
             seen["started"] = True
@@ -137,3 +138,4 @@ def test_crm_worker_starts_from_the_config_files_database(
     assert seen["started"] and seen["app_id"] == "crm-prod"
     assert seen["bootstrap"] == "kafka-1:9092" and seen["interval"] == 7
     assert seen["url"] == f"sqlite:///{db_file}" and seen["channels"] == []
+    assert seen["log_handlers"]["default"]["stream"] == "ext://sys.stderr"
