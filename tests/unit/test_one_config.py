@@ -178,3 +178,13 @@ def test_dashboard_falls_back_to_the_local_stack_only_when_unset(
     assert cfg.mqtt_password == "stack-pw" and cfg.signing_key == priv
     monkeypatch.setenv("CARPULSE_DASHBOARD__MQTT_PASSWORD", "env-pw")  # settings win
     assert config_from_settings(load_settings(conf)).mqtt_password == "env-pw"
+
+
+def test_every_service_reads_log_and_metrics_from_the_file(prod: Path) -> None:
+    settings = load_settings(prod)
+    assert settings.log.format == "json"
+    assert (settings.metrics.bridge_port, settings.metrics.crm_port) == (9471, 9472)
+    # the example scrape config scrapes exactly these ports
+    scrape = (EXAMPLE.parents[2] / "deploy" / "prometheus" / "prometheus.yml").read_text()
+    for port in (settings.metrics.bridge_port, settings.metrics.crm_port, settings.stream.web_port):
+        assert f"127.0.0.1:{port}" in scrape
