@@ -66,7 +66,7 @@ def _find_ctx(
     tab: np.ndarray, ctx_l: np.ndarray, ctx_r: np.ndarray, ls: int, rs: int
 ) -> tuple[int, int]:
     mask = tab.shape[0] - 1
-    pos = ((ls * 1000003 + rs) * 2654435761) & mask
+    pos = ((int(ls) * 1000003 + int(rs)) * 2654435761) & mask
     while True:
         cid = tab[pos]
         if cid < 0 or (ctx_l[cid] == ls and ctx_r[cid] == rs):

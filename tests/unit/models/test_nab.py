@@ -139,7 +139,8 @@ def test_eval_nab_on_two_real_files(tmp_path: Path) -> None:
 def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) -> None:
     from models.evals.nab import DETECTORS, main
 
-    assert {"carpulse_nn_likelihood", "nab_windowed_gaussian"} <= set(DETECTORS)
+    assert {"carpulse_nn_likelihood", "nab_windowed_gaussian", "carpulse_context_ose",
+            "carpulse_context_nn"} <= set(DETECTORS)  # fmt: skip
     root = require_data("nab")
     data = tmp_path / "data"
     rels = [
@@ -150,9 +151,25 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).symlink_to(root / "data" / rel)
     labels = root / "combined_windows.json"
-    for name in ("nab_windowed_gaussian", "carpulse_nn_likelihood"):
+    for name in ("nab_windowed_gaussian", "carpulse_nn_likelihood", "carpulse_context_ose"):
         report = main(["--data", str(data), "--labels", str(labels), "--detector", name])
         assert report["files"] == 2 and report["windows"] == 7
         # One file per half: exchange-3_cpc is tuned on, exchange-4_cpm held out.
         assert report["split"]["tune"]["files"] == 1 and report["split"]["holdout"]["files"] == 1
         assert -100.0 <= report["score_standard"] <= 100.0
+
+
+def test_context_ensemble_is_the_mean_of_its_parts() -> None:
+    from models.evals import nab
+
+    root = require_data("nab")
+    rel = "realAdExchange/exchange-3_cpc_results.csv"
+    f, problems = nab.read_nab_csv(root / "data" / rel, rel)
+    assert f is not None and not problems
+    ose = nab.det_context_ose([f])[0]
+    nn = nab.det_nn_likelihood([f])[0]
+    both = nab.det_context_nn([f])[0]
+    np.testing.assert_array_equal(both, (ose + nn) / 2.0)
+    # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
+    p = int(0.15 * f.values.size)
+    assert not ose[:p].any() and ose[p:].max() > 0.7
