@@ -118,3 +118,21 @@ def test_bad_parameters_are_clear_errors() -> None:
         ContextOSE(window=3)
     with pytest.raises(ValueError, match="negative slot"):
         ContextOSE().score_learn_many([-1], [1.0])
+
+
+def test_bench_kernels_reports_nab_detector_cost() -> None:
+    from models.bench import bench_kernels
+
+    out = bench_kernels(
+        ["--only-nab", "--nab-samples", "3000", "--nab-slots", "2", "--repeat", "1"]
+    )
+    for name in ("context_ose", "context_ose_eval_cap", "nn_likelihood", "context_nn"):
+        assert out[name]["samples_per_s"] > 0 and out[name]["state_bytes_per_entity"] > 0
+    assert (
+        out["context_ose"]["state_bytes_per_entity"]
+        == ContextOSE(calib=750, max_contexts=4096, max_semis=4096).state.bytes_per_slot()
+    )
+    assert 0 < out["context_ose"]["contexts_learned_max"] <= 4096
+    assert out["context_nn"]["samples_per_s"] < min(
+        out["context_ose"]["samples_per_s"], out["nn_likelihood"]["samples_per_s"]
+    )
