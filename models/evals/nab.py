@@ -171,7 +171,10 @@ def det_nn_likelihood(files: list[NabFile]) -> list[np.ndarray]:
 # Range margin of the contextOSE port: chosen on the tune split only (0.25, 0.5, 0.75, 1.0 tried:
 # tune standard 44.3, 60.1, 59.3, 54.2); NAB's original reads the whole file's min/max instead.
 CONTEXT_MARGIN = 0.5
-CONTEXT_CAP = 65536
+CONTEXT_CAP = (
+    65536  # contexts per slot in the eval (``--context-cap``); the stream's default is 4096
+)
+_cap = [CONTEXT_CAP]  # set by ``evaluate`` for the length of one detector run
 
 
 def det_context_ose(files: list[NabFile]) -> list[np.ndarray]:
@@ -188,7 +191,7 @@ def det_context_ose(files: list[NabFile]) -> list[np.ndarray]:
     for (calib, rest), idx in groups.items():
         det = ContextOSE(
             n_slots=len(idx), calib=calib, rest=rest, margin=CONTEXT_MARGIN,
-            max_contexts=CONTEXT_CAP, max_semis=CONTEXT_CAP,
+            max_contexts=_cap[0], max_semis=_cap[0],
         )  # fmt: skip
         slots, v = _corpus_batch([files[k] for k in idx], [files[k].values for k in idx])
         res = _split([files[k] for k in idx], det.score_learn_many(slots, v))
@@ -204,7 +207,15 @@ def det_context_nn(files: list[NabFile]) -> list[np.ndarray]:
     ]
 
 
+def det_context_ensemble(files: list[NabFile]) -> list[np.ndarray]:
+    """Mean of contextOSE, the NN likelihood and the robust z-score likelihood (three views: context
+    novelty, shape discords, level excursions), each already in [0, 1]."""
+    parts = [det_context_ose(files), det_nn_likelihood(files), det_zscore(files)]
+    return [(a + b + c) / 3.0 for a, b, c in zip(*parts, strict=True)]
+
+
 DETECTORS: dict[str, Callable[[list[NabFile]], list[np.ndarray]]] = {
+    "carpulse_context_ensemble": det_context_ensemble,
     "carpulse_context_nn": det_context_nn,
     "carpulse_context_ose": det_context_ose,
     "carpulse_nn_likelihood": det_nn_likelihood,
@@ -302,7 +313,12 @@ def split_scores(
 
 
 def evaluate(
-    data: Path, labels: Path, out: Path | None, detector: str, plots: bool = True
+    data: Path,
+    labels: Path,
+    out: Path | None,
+    detector: str,
+    plots: bool = True,
+    context_cap: int = CONTEXT_CAP,
 ) -> dict[str, Any]:
     files, windows, problems = load_corpus(data, labels)
     for p in problems:
@@ -313,7 +329,11 @@ def evaluate(
     for name in names:
         if name not in DETECTORS:
             raise ConfigError(f"unknown NAB detector {name!r}; known: {', '.join(DETECTORS)}, all")
-        scores = DETECTORS[name](files)
+        _cap[0] = context_cap
+        try:
+            scores = DETECTORS[name](files)
+        finally:
+            _cap[0] = CONTEXT_CAP
         res = score_corpus(sweeps, scores)
         if out is not None:
             write_results(out, name, files, sweeps, scores)
@@ -354,9 +374,18 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--out", type=Path, default=None, help="results folder (NAB layout) and PNG plots"
     )
     ap.add_argument(
-        "--detector", default="carpulse_context_nn", help=f"{', '.join(DETECTORS)} or all"
+        "--detector", default="carpulse_context_ensemble", help=f"{', '.join(DETECTORS)} or all"
     )
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--context-cap", type=int, default=CONTEXT_CAP,
+        help="contexts per file kept by contextOSE (memory cap; the stream uses 4096)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.context_cap < 1:
+        raise ConfigError(f"--context-cap must be >= 1, got {args.context_cap}")
     labels = args.labels or args.data.parent / "combined_windows.json"
-    return evaluate(args.data, labels, args.out, args.detector, plots=not args.no_plots)
+    return evaluate(
+        args.data, labels, args.out, args.detector, plots=not args.no_plots,
+        context_cap=args.context_cap,
+    )  # fmt: skip

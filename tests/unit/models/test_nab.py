@@ -140,7 +140,7 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
     from models.evals.nab import DETECTORS, main
 
     assert {"carpulse_nn_likelihood", "nab_windowed_gaussian", "carpulse_context_ose",
-            "carpulse_context_nn"} <= set(DETECTORS)  # fmt: skip
+            "carpulse_context_nn", "carpulse_context_ensemble"} <= set(DETECTORS)  # fmt: skip
     root = require_data("nab")
     data = tmp_path / "data"
     rels = [
@@ -170,6 +170,27 @@ def test_context_ensemble_is_the_mean_of_its_parts() -> None:
     nn = nab.det_nn_likelihood([f])[0]
     both = nab.det_context_nn([f])[0]
     np.testing.assert_array_equal(both, (ose + nn) / 2.0)
+    three = nab.det_context_ensemble([f])[0]
+    np.testing.assert_array_equal(three, (ose + nn + nab.det_zscore([f])[0]) / 3.0)
     # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
     p = int(0.15 * f.values.size)
     assert not ose[:p].any() and ose[p:].max() > 0.7
+
+
+def test_eval_nab_context_cap_is_checked_and_used(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from models.evals import nab
+
+    root = require_data("nab")
+    data = tmp_path / "data"
+    rel = "realAdExchange/exchange-3_cpc_results.csv"
+    (data / rel).parent.mkdir(parents=True)
+    (data / rel).symlink_to(root / "data" / rel)
+    labels = str(root / "combined_windows.json")
+    with pytest.raises(ConfigError, match="context-cap"):
+        nab.main(["--data", str(data), "--labels", labels, "--context-cap", "0"])
+    args = ["--data", str(data), "--labels", labels, "--detector", "carpulse_context_ose"]
+    tiny = nab.main([*args, "--context-cap", "8"])
+    big = nab.main([*args, "--context-cap", "4096"])
+    assert tiny["raw"] != big["raw"]  # a cap of 8 contexts cannot learn this file
+    assert nab._cap == [nab.CONTEXT_CAP]  # the cap does not outlive the run
