@@ -19,7 +19,7 @@ from models.kernels import Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
 from models.kernels.context import ContextOSE
 from models.kernels.gaussian import windowed_gaussian
 from models.kernels.likelihood import AnomalyLikelihood
-from models.kernels.neighbour import nn_likelihood
+from models.kernels.neighbour import NNLikelihood, nn_likelihood
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,11 @@ CONTEXT_CAP = (
 _cap = [CONTEXT_CAP]  # set by ``evaluate`` for the length of one detector run
 
 
-def det_context_ose(files: list[NabFile]) -> list[np.ndarray]:
-    """NAB's contextOSE (CAD-OSE) without its look-ahead: the range comes from the probation rows.
+def _by_probation(files: list[NabFile], make: Callable[[int, int, int], Any]) -> list[np.ndarray]:
+    """Files with the same probation share one streaming detector (one slot each), fed in one call.
 
-    NAB's protocol gives the detector the probationary length (15% of the file, at most 750 rows)
-    and a rest period of a fifth of it; files with the same lengths share one detector, one slot each.
+    ``make(n_slots, calib, rest)`` builds the detector: calib = NAB's probationary rows (15% of
+    the file, at most 750), rest = a fifth of them, as NAB gives its detectors.
     """
     out: list[np.ndarray] = [np.zeros(0)] * len(files)
     groups: dict[tuple[int, int], list[int]] = {}
@@ -189,15 +189,32 @@ def det_context_ose(files: list[NabFile]) -> list[np.ndarray]:
         p = probation_length(f.values.size)
         groups.setdefault((max(int(p), 1), max(int(p / 5.0), 1)), []).append(k)
     for (calib, rest), idx in groups.items():
-        det = ContextOSE(
-            n_slots=len(idx), calib=calib, rest=rest, margin=CONTEXT_MARGIN,
-            max_contexts=_cap[0], max_semis=_cap[0],
-        )  # fmt: skip
+        det = make(len(idx), calib, rest)
         slots, v = _corpus_batch([files[k] for k in idx], [files[k].values for k in idx])
         res = _split([files[k] for k in idx], det.score_learn_many(slots, v))
         for k, r in zip(idx, res, strict=True):
             out[k] = r
     return out
+
+
+def det_nn_stream(files: list[NabFile]) -> list[np.ndarray]:
+    """The NN likelihood as the stream runs it: per slot, calibrated on the probationary rows."""
+    return _by_probation(files, lambda n, calib, _rest: NNLikelihood(calib=calib, n_slots=n))
+
+
+def det_context_ose(files: list[NabFile]) -> list[np.ndarray]:
+    """NAB's contextOSE (CAD-OSE) without its look-ahead: the range comes from the probation rows.
+
+    NAB's protocol gives the detector the probationary length (15% of the file, at most 750 rows)
+    and a rest period of a fifth of it; files with the same lengths share one detector, one slot each.
+    """
+    return _by_probation(
+        files,
+        lambda n, calib, rest: ContextOSE(
+            n_slots=n, calib=calib, rest=rest, margin=CONTEXT_MARGIN,
+            max_contexts=_cap[0], max_semis=_cap[0],
+        ),
+    )  # fmt: skip
 
 
 def det_context_nn(files: list[NabFile]) -> list[np.ndarray]:
@@ -210,7 +227,7 @@ def det_context_nn(files: list[NabFile]) -> list[np.ndarray]:
 def det_context_ensemble(files: list[NabFile]) -> list[np.ndarray]:
     """Mean of contextOSE, the NN likelihood and the robust z-score likelihood (three views: context
     novelty, shape discords, level excursions), each already in [0, 1]."""
-    parts = [det_context_ose(files), det_nn_likelihood(files), det_zscore(files)]
+    parts = [det_context_ose(files), det_nn_stream(files), det_zscore(files)]
     return [(a + b + c) / 3.0 for a, b, c in zip(*parts, strict=True)]
 
 
