@@ -170,10 +170,12 @@ def test_context_ensemble_is_the_mean_of_its_parts() -> None:
     nn = nab.det_nn_likelihood([f])[0]
     both = nab.det_context_nn([f])[0]
     np.testing.assert_array_equal(both, (ose + nn) / 2.0)
-    three = nab.det_context_ensemble([f])[0]
-    np.testing.assert_array_equal(three, (ose + nn + nab.det_zscore([f])[0]) / 3.0)
-    # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
     p = int(0.15 * f.values.size)
+    three = nab.det_context_ensemble([f])[0]
+    nn_stream = nab.det_nn_stream([f])[0]
+    np.testing.assert_allclose(nn_stream[p:], nn[p:], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(three, (ose + nn_stream + nab.det_zscore([f])[0]) / 3.0)
+    # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
     assert not ose[:p].any() and ose[p:].max() > 0.7
 
 
