@@ -98,8 +98,8 @@ def _add_context(
             if zero:
                 ctx_zero[s, cid] = 1
             return -1
-    cap = l_len.shape[1]
-    if n_ctx[s] >= ctx_l.shape[1] or (ls < 0 and n_l[s] >= cap) or (rs < 0 and n_r[s] >= cap):
+    full_l = ls < 0 and n_l[s] >= l_len.shape[1]
+    if n_ctx[s] >= ctx_l.shape[1] or full_l or (rs < 0 and n_r[s] >= r_len.shape[1]):
         return -1
     if ls < 0:
         ls = n_l[s]
@@ -387,7 +387,8 @@ class ContextParams:
     max_bits: int = 6  # bins above the range extend the code up to this many bits
     margin: float = 0.0  # the calibrated range is widened by this fraction of itself on each side
     max_contexts: int = 4096  # memory cap per slot: no context learned beyond it
-    max_semis: int = 4096  # memory cap per slot, for each side of a context
+    max_semis: int = 4096  # memory cap per slot: left semi-contexts (previous facts and neurons)
+    max_right: int = 256  # memory cap per slot: right semi-contexts (subsets of one value's bits)
 
 
 def _pow2(n: int) -> int:
@@ -399,21 +400,25 @@ class ContextOSE(SlotStateful):
 
     ``score_learn_many`` scores every sample against the contexts learned so far, then learns it.
     The first ``calib`` samples of a slot only set its value range (they score 0); the context
-    memory of a slot is capped at ``max_contexts`` contexts and ``max_semis`` semi-contexts.
+    memory of a slot is capped at ``max_contexts`` contexts, ``max_semis`` left and ``max_right``
+    right semi-contexts (no new context once a cap is reached).
     """
 
     kind = "context_ose"
 
     def __init__(self, n_slots: int = 1, **params: Any) -> None:
         p = ContextParams(**params)
-        if min(p.calib, p.rest, p.bits, p.max_contexts, p.max_semis) < 1 or p.max_bits < p.bits:
+        caps = (p.max_contexts, p.max_semis, p.max_right)
+        if min(p.calib, p.rest, p.bits, *caps) < 1 or p.max_bits < p.bits:
             raise ValueError(f"invalid contextOSE parameters: {asdict(p)}")
         if p.max_contexts >= 1 << 31 or p.max_bits > 30 or p.max_active < 0:
             raise ValueError(f"invalid contextOSE parameters: {asdict(p)}")
         self.params = p
         self.dropped = 0
         w = p.max_bits + p.max_active
-        m, c = p.max_semis, p.max_contexts
+        m, c, mr = p.max_semis, p.max_contexts, p.max_right
+        # Facts are bit codes and context ids: 16 bits hold them for up to 32,754 contexts.
+        fdt = np.int16 if 2 * p.max_bits + 1 + c <= np.iinfo(np.int16).max else np.int32
         n = n_slots
         self.state = SlotState(
             self.kind,
@@ -423,20 +428,20 @@ class ContextOSE(SlotStateful):
                 "buf": np.zeros((n, p.calib)),
                 "lo": np.zeros(n),
                 "step": np.ones(n),
-                "left_group": np.zeros((n, w), np.int32),
+                "left_group": np.zeros((n, w), fdt),
                 "lg_len": np.zeros(n, np.int32),
                 "predicted": np.zeros((n, 2 * p.max_bits + 1), np.uint8),
                 "since_high": np.zeros(n, np.int64),
-                "l_facts": np.zeros((n, m, w), np.int32),
+                "l_facts": np.zeros((n, m, w), fdt),
                 "l_len": np.zeros((n, m), np.int32),
                 "l_hash": np.zeros((n, m), np.int64),
                 "l_tab": np.full((n, _pow2(m)), -1, np.int32),
                 "n_l": np.zeros(n, np.int32),
                 "l_hit": np.zeros((n, m), np.int32),
-                "r_facts": np.zeros((n, m, p.max_bits), np.int32),
-                "r_len": np.zeros((n, m), np.int32),
-                "r_hash": np.zeros((n, m), np.int64),
-                "r_tab": np.full((n, _pow2(m)), -1, np.int32),
+                "r_facts": np.zeros((n, mr, p.max_bits), fdt),
+                "r_len": np.zeros((n, mr), np.int32),
+                "r_hash": np.zeros((n, mr), np.int64),
+                "r_tab": np.full((n, _pow2(mr)), -1, np.int32),
                 "n_r": np.zeros(n, np.int32),
                 "ctx_l": np.zeros((n, c), np.int32),
                 "ctx_r": np.zeros((n, c), np.int32),

@@ -40,13 +40,14 @@ class ContextOSERef:
         max_bits: int = 6,
         max_contexts: int = 1 << 30,
         max_semis: int = 1 << 30,
+        max_right: int = 1 << 30,
     ) -> None:
         self.bits, self.max_bits = bits, max_bits
         top = 2.0**bits - 1.0
         self.lo, self.step = lo, (hi - lo if hi > lo else top) / top
         self.rest, self.threshold = rest, threshold
         self.max_left, self.max_active = max_left, max_active
-        self.max_contexts, self.max_semis = max_contexts, max_semis
+        self.max_contexts, self.max_semis, self.max_right = max_contexts, max_semis, max_right
         self.neuron0 = 2 * max_bits + 1  # fact id of context 0 as a neuron
         self.left_group: Facts = ()
         self.predicted: set[int] = set()
@@ -69,7 +70,7 @@ class ContextOSERef:
         if (
             len(self.ctx) >= self.max_contexts
             or (ls is None and len(self.semi[0]) >= self.max_semis)
-            or (rs is None and len(self.semi[1]) >= self.max_semis)
+            or (rs is None and len(self.semi[1]) >= self.max_right)
         ):
             return False
         if ls is None:

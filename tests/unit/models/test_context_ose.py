@@ -26,6 +26,7 @@ small = st.fixed_dictionaries(
         "max_active": st.integers(0, 15),
         "max_contexts": st.integers(1, 120),
         "max_semis": st.integers(1, 120),
+        "max_right": st.integers(1, 40),
     }
 )
 
@@ -95,6 +96,8 @@ def test_memory_cap_holds_and_nan_is_dropped_without_touching_state() -> None:
     det.score_learn_many(np.zeros(x.size, np.int64), x)
     assert det.contexts() == 64
     assert det.state["n_l"][0] <= 32 and det.state["n_r"][0] <= 32
+    assert det.state["l_facts"].dtype == np.int16  # 64 contexts: 16-bit facts
+    assert ContextOSE(max_contexts=40_000).state["l_facts"].dtype == np.int32
     before = det.to_bytes()
     out = det.score_learn_many([0, 0], [np.nan, np.inf])
     assert np.isnan(out).all() and det.dropped == 2 and det.to_bytes() == before
