@@ -278,3 +278,20 @@ def test_state_roundtrips_bytes_exactly(make: object) -> None:
         SlotState.from_bytes(blob[:-3])
     with pytest.raises(DecodeError, match="is for"):
         SlotState.from_bytes(blob, kind="something_else")
+
+
+def test_hst_masses_are_16_bit_unless_the_window_needs_more() -> None:
+    small = HalfSpaceTrees(2, n_trees=2, height=3, window_size=250, seed=1)
+    big = HalfSpaceTrees(2, n_trees=2, height=3, window_size=40_000, seed=1)
+    assert small.state["mass"].dtype == np.int16 and big.state["mass"].dtype == np.int32
+    # (reference, learning) pairs per node: 2 trees x 15 nodes x 2 masses x 2 bytes + ref/counter/flag
+    assert small.state.bytes_per_slot() == 2 * 15 * 2 * 2 + 8 + 8 + 1
+    x = np.random.default_rng(4).random((2000, 2))
+    got = small.score_learn_many(np.zeros(2000, np.int64), x)
+    restored = HalfSpaceTrees.from_bytes(small.to_bytes())
+    more = np.random.default_rng(5).random((600, 2))
+    np.testing.assert_array_equal(
+        small.score_learn_many(np.zeros(600, np.int64), more),
+        restored.score_learn_many(np.zeros(600, np.int64), more),
+    )
+    assert got[250:].min() >= 0.0 and got[:250].max() == 0.0
