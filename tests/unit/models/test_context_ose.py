@@ -137,6 +137,7 @@ def test_bench_kernels_reports_nab_detector_cost() -> None:
         == ContextOSE(calib=750, max_contexts=4096, max_semis=4096).state.bytes_per_slot()
     )
     assert 0 < out["context_ose"]["contexts_learned_max"] <= 4096
+    assert out["compile_s"]["context_ose"] > 0
     assert out["context_ensemble"]["samples_per_s"] < min(
         out["context_ose"]["samples_per_s"], out["nn_likelihood"]["samples_per_s"]
     )
