@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from core.errors import DecodeError
 from models import config
 from models.state import SlotState, SlotStateful, as_batch
 
@@ -192,6 +193,24 @@ class HalfSpaceTrees(SlotStateful):
         # Normalise and flip as River: 1 - mass / max mass; 0 during the first window (-1 mark).
         max_score = float(self.n_trees * self.window_size * (2 ** (self.height + 1) - 1))
         return np.where(mass < 0, 0.0, 1.0 - mass / max_score)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HalfSpaceTrees:
+        """Restore a state blob, including one saved before the masses were paired (``l_mass`` and
+        ``r_mass`` arrays): it is converted, the reference masses in half 0."""
+        st = SlotState.from_bytes(data, cls.kind)
+        det = cls(**st.params, n_slots=0)
+        if "mass" not in st.arrays and {"l_mass", "r_mass"} <= st.arrays.keys():
+            lm, rm = st.arrays.pop("l_mass"), st.arrays.pop("r_mass")
+            mass = np.stack([rm, lm], axis=-1).astype(det.state["mass"].dtype)
+            st.arrays = {"mass": mass, "ref": np.zeros(mass.shape[0], np.int64), **st.arrays}
+            st.fill.update({"mass": 0.0, "ref": 0.0})
+            st.fill.pop("l_mass", None)
+            st.fill.pop("r_mass", None)
+        if st.arrays.keys() != det.state.arrays.keys():
+            raise DecodeError(f"half_space_trees state has arrays {sorted(st.arrays)}")
+        det.state = st
+        return det
 
     def score_learn_many(self, slots: Any, x: Any, ts: Any = None) -> np.ndarray:
         """Score each row against its slot's reference window, then learn it (batch order)."""
