@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError
-from models.evals.nab_scorer import FileSweep, probation_length, score_corpus, sweep_file
+from models.evals.nab_scorer import (
+    PROFILES,
+    FileSweep,
+    probation_length,
+    score_at,
+    score_corpus,
+    sweep_file,
+)
 from models.kernels import Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
 from models.kernels.context import ContextOSE
 from models.kernels.gaussian import windowed_gaussian
@@ -316,6 +323,7 @@ def split_scores(
 ) -> dict[str, dict[str, float]]:
     """Scores on the tuning half and on the held-out half, each with its own optimised threshold."""
     out: dict[str, dict[str, float]] = {}
+    tuned: dict[str, float] = {}
     for part, idx in zip(("tune", "holdout"), tune_split(files), strict=True):
         if not any(sweeps[k].n_windows for k in idx):
             continue  # no window to find: normalisation is undefined
@@ -326,6 +334,17 @@ def split_scores(
             "score_low_fp": round(res["reward_low_FP_rate"].score, 2),
             "score_low_fn": round(res["reward_low_FN_rate"].score, 2),
         }
+        if part == "tune":
+            tuned = {name: r.threshold for name, r in res.items()}
+        elif tuned:
+            # The held-out files at the thresholds chosen on the tune files: nothing of the
+            # held-out half chose anything.
+            for key, name in (("standard", "standard"), ("low_fp", "reward_low_FP_rate"),
+                              ("low_fn", "reward_low_FN_rate")):  # fmt: skip
+                r, w = res[name], PROFILES[name]
+                raw = sum(score_at(sweeps[k], scores[k], tuned[name], w) for k in idx)
+                norm = 100.0 * (raw - r.null) / (r.perfect - r.null)
+                out[part][f"score_{key}_at_tune_threshold"] = round(norm, 2)
     return out
 
 

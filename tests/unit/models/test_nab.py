@@ -156,6 +156,10 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
         assert report["files"] == 2 and report["windows"] == 7
         # One file per half: exchange-3_cpc is tuned on, exchange-4_cpm held out.
         assert report["split"]["tune"]["files"] == 1 and report["split"]["holdout"]["files"] == 1
+        hold = report["split"]["holdout"]
+        for key in ("standard", "low_fp", "low_fn"):
+            # At thresholds chosen on the other half a file can only score at most its own optimum.
+            assert hold[f"score_{key}_at_tune_threshold"] <= hold[f"score_{key}"] + 1e-9
         assert -100.0 <= report["score_standard"] <= 100.0
 
 
