@@ -229,6 +229,7 @@ def _nn_stream_loop(
     vmin: np.ndarray, vmax: np.ndarray, last: np.ndarray, out: np.ndarray,
 ) -> int:  # fmt: skip
     ring = history + length
+    q = np.empty(length)  # the query: the last ``length`` values of the current slot
     dropped = 0
     for j in range(slots.shape[0]):
         s = slots[j]
@@ -244,10 +245,16 @@ def _nn_stream_loop(
         if i >= length + 10:
             # Left discord: nearest earlier subsequence of the last ``length`` values.
             best = 1e300
+            for k in range(length):
+                q[k] = xr[s, (i - k) % ring]
             for u in range(max(length - 1, i - history), i - length + 1):
+                pu = u % ring  # one modulo per candidate; the walk back wraps at most once
                 d = 0.0
                 for k in range(length):
-                    e = xr[s, (i - k) % ring] - xr[s, (u - k) % ring]
+                    b = pu - k
+                    if b < 0:
+                        b += ring
+                    e = q[k] - xr[s, b]
                     d += e * e
                     if d >= best:
                         break
