@@ -234,12 +234,14 @@ def _context_step(
         smask[sens[k]] = 0
     a1 = nact / selected if selected > 0 else 0.0
     # The most often activated contexts (ties: the newest) become the neurons of the next step.
-    keys = np.sort(act_key[:nact])
+    keys = act_key[:nact]
+    keys.sort()  # in place: no allocation per sample
     first = max(nact - max_active, 0) if max_active > 0 else nact
     nn = nact - first
     for k in range(nn):
         new_lg[k] = neuron0 + (keys[first + k] & 0xFFFFFFFF)
-    neurons = np.sort(new_lg[:nn])
+    neurons = new_lg[:nn]
+    neurons.sort()
     for k in range(ns):
         left_group[s, k] = sens[k]
     for k in range(nn):
@@ -287,7 +289,8 @@ def _context_step(
         added += 1
     uniq = 0
     if npot > 0:
-        hs = np.sort(pot_hash[:npot])
+        hs = pot_hash[:npot]
+        hs.sort()
         uniq = 1
         for k in range(1, npot):
             if hs[k] != hs[k - 1]:
