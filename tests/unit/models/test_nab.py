@@ -140,7 +140,8 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
     from models.evals.nab import DETECTORS, main
 
     assert {"carpulse_nn_likelihood", "nab_windowed_gaussian", "carpulse_context_ose",
-            "carpulse_context_nn", "carpulse_context_ensemble"} <= set(DETECTORS)  # fmt: skip
+            "carpulse_context_nn", "carpulse_context_ensemble", "carpulse_artime",
+            "carpulse_artime_ensemble"} <= set(DETECTORS)  # fmt: skip
     root = require_data("nab")
     data = tmp_path / "data"
     rels = [
@@ -179,6 +180,9 @@ def test_context_ensemble_is_the_mean_of_its_parts() -> None:
     nn_stream = nab.det_nn_stream([f])[0]
     np.testing.assert_allclose(nn_stream[p:], nn[p:], rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(three, (ose + nn_stream + nab.det_zscore([f])[0]) / 3.0)
+    art = nab.det_artime([f])[0]
+    np.testing.assert_array_equal(nab.det_artime_ensemble([f])[0], np.maximum(art, three))
+    assert not art[:p].any() and art[p:].max() > 0.3
     # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
     assert not ose[:p].any() and ose[p:].max() > 0.7
 
