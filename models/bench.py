@@ -165,6 +165,7 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
     """
     from models.evals.nab import CONTEXT_CAP, CONTEXT_MARGIN
     from models.kernels import RobustZScore
+    from models.kernels.artime import ARTime
     from models.kernels.context import ContextOSE
     from models.kernels.likelihood import AnomalyLikelihood
     from models.kernels.neighbour import NNLikelihood
@@ -219,6 +220,22 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
     rate_z = _rate(z_run, n, rep)
     z_bytes = RobustZScore().state.bytes_per_slot() + AnomalyLikelihood().state.bytes_per_slot()
     out["zscore_likelihood"] = {"samples_per_s": round(rate_z), "state_bytes_per_entity": z_bytes}
+
+    def art_run(last: list[ARTime] = []) -> None:  # noqa: B006 - keeps the last detector
+        det = ARTime(calib=750, n_slots=n_slots)
+        det.score_learn_many(slots, x)
+        last[:] = [det]
+
+    art_last: list[ARTime] = []
+    out["compile_s"]["artime"] = _cold(lambda: art_run(art_last))
+    rate_a = _rate(lambda: art_run(art_last), n, rep)
+    a_bytes = art_last[0].state.bytes_per_slot()
+    out["artime"] = {
+        "samples_per_s": round(rate_a),
+        "state_bytes_per_entity": a_bytes,
+        "max_categories": art_last[0].params.max_categories,
+        "categories_learned_max": max(art_last[0].categories(k) for k in range(n_slots)),
+    }
     for name, key in (("context_ensemble", "context_ose"),
                       ("context_ensemble_eval_cap", "context_ose_eval_cap")):  # fmt: skip
         rate_c, bytes_c = per_slot[key]
@@ -227,6 +244,12 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
             "state_bytes_per_entity": bytes_c + nn_bytes + z_bytes,
             "note": "all three parts run on every sample: 1/rate and state add up",
         }
+    rate_c, bytes_c = per_slot["context_ose"]
+    out["artime_ensemble"] = {
+        "samples_per_s": round(1.0 / (1.0 / rate_c + 1.0 / rate_nn + 1.0 / rate_z + 1.0 / rate_a)),
+        "state_bytes_per_entity": bytes_c + nn_bytes + z_bytes + a_bytes,
+        "note": "ARTime and the context ensemble (cap 4096) on every sample",
+    }
     return out
 
 

@@ -129,15 +129,17 @@ def test_bench_kernels_reports_nab_detector_cost() -> None:
     out = bench_kernels(
         ["--only-nab", "--nab-samples", "3000", "--nab-slots", "2", "--repeat", "1"]
     )
-    for name in ("context_ose", "context_ose_eval_cap", "nn_likelihood", "zscore_likelihood",
-                 "context_ensemble", "context_ensemble_eval_cap"):  # fmt: skip
+    names = ["context_ose", "context_ose_eval_cap", "nn_likelihood", "zscore_likelihood", "artime",
+             "artime_ensemble", "context_ensemble", "context_ensemble_eval_cap"]  # fmt: skip
+    for name in names:
         assert out[name]["samples_per_s"] > 0 and out[name]["state_bytes_per_entity"] > 0
     assert (
         out["context_ose"]["state_bytes_per_entity"]
         == ContextOSE(calib=750, max_contexts=4096, max_semis=4096).state.bytes_per_slot()
     )
     assert 0 < out["context_ose"]["contexts_learned_max"] <= 4096
-    assert out["compile_s"]["context_ose"] > 0
+    assert out["compile_s"]["context_ose"] > 0 and out["compile_s"]["artime"] > 0
+    assert 0 < out["artime"]["categories_learned_max"] <= 1024
     assert out["context_ensemble"]["samples_per_s"] < min(
         out["context_ose"]["samples_per_s"], out["nn_likelihood"]["samples_per_s"]
     )
