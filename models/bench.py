@@ -245,6 +245,11 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
             "note": "all three parts run on every sample: 1/rate and state add up",
         }
     rate_c, bytes_c = per_slot["context_ose"]
+    out["artime_nn"] = {
+        "samples_per_s": round(1.0 / (1.0 / rate_nn + 1.0 / rate_a)),
+        "state_bytes_per_entity": nn_bytes + a_bytes,
+        "note": "ARTime and the NN likelihood on every sample",
+    }
     out["artime_ensemble"] = {
         "samples_per_s": round(1.0 / (1.0 / rate_c + 1.0 / rate_nn + 1.0 / rate_z + 1.0 / rate_a)),
         "state_bytes_per_entity": bytes_c + nn_bytes + z_bytes + a_bytes,

@@ -130,7 +130,7 @@ def test_bench_kernels_reports_nab_detector_cost() -> None:
         ["--only-nab", "--nab-samples", "3000", "--nab-slots", "2", "--repeat", "1"]
     )
     names = ["context_ose", "context_ose_eval_cap", "nn_likelihood", "zscore_likelihood", "artime",
-             "artime_ensemble", "context_ensemble", "context_ensemble_eval_cap"]  # fmt: skip
+             "artime_ensemble", "artime_nn", "context_ensemble", "context_ensemble_eval_cap"]  # fmt: skip
     for name in names:
         assert out[name]["samples_per_s"] > 0 and out[name]["state_bytes_per_entity"] > 0
     assert (

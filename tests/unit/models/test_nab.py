@@ -141,7 +141,7 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
 
     assert {"carpulse_nn_likelihood", "nab_windowed_gaussian", "carpulse_context_ose",
             "carpulse_context_nn", "carpulse_context_ensemble", "carpulse_artime",
-            "carpulse_artime_ensemble"} <= set(DETECTORS)  # fmt: skip
+            "carpulse_artime_ensemble", "carpulse_artime_nn"} <= set(DETECTORS)  # fmt: skip
     root = require_data("nab")
     data = tmp_path / "data"
     rels = [
@@ -182,6 +182,7 @@ def test_context_ensemble_is_the_mean_of_its_parts() -> None:
     np.testing.assert_array_equal(three, (ose + nn_stream + nab.det_zscore([f])[0]) / 3.0)
     art = nab.det_artime([f])[0]
     np.testing.assert_array_equal(nab.det_artime_ensemble([f])[0], np.maximum(art, three))
+    np.testing.assert_array_equal(nab.det_artime_nn([f])[0], (art + nn_stream) / 2.0)
     assert not art[:p].any() and art[p:].max() > 0.3
     # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
     assert not ose[:p].any() and ose[p:].max() > 0.7
