@@ -36,7 +36,12 @@ def bench_kernels(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--river-samples", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nab-samples", type=int, default=40_000, help="samples per NAB detector run")
+    ap.add_argument("--nab-slots", type=int, default=16, help="slots of the contextOSE run")
+    ap.add_argument("--only-nab", action="store_true", help="only the NAB detectors (quicker)")
     args = ap.parse_args(argv)
+    if args.only_nab:
+        return {"slots": args.nab_slots, "repeat": args.repeat, **bench_nab(args)}
 
     from models.kernels import CrossSignalResidual, Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
     from models.kernels.hst import hst_numpy
@@ -134,6 +139,122 @@ def bench_kernels(argv: list[str]) -> dict[str, Any]:
         _rate(lambda: r.score_learn_many(rs, xr, x[: rs.size]), rs.size, rep), None, None,
         r.state.bytes_per_slot(),
     )  # fmt: skip
+    nab = bench_nab(args)
+    comp.update(nab.pop("compile_s"))
+    out.update(nab)
+    return out
+
+
+def _nab_series(n: int, n_slots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot-interleaved series shaped like NAB's: a daily cycle at 5-minute steps, noise, steps."""
+    rng = np.random.default_rng(seed)
+    steps = n // n_slots
+    t = np.arange(steps)[:, None]
+    phase = rng.uniform(0, 2 * np.pi, n_slots)[None, :]
+    level = np.cumsum(rng.random((steps, n_slots)) < 0.001, axis=0) * 2.0
+    x = np.sin(2 * np.pi * t / 288 + phase) * 10 + level + rng.normal(0, 0.5, (steps, n_slots))
+    slots = np.tile(np.arange(n_slots, dtype=np.int64), steps)
+    return slots, np.round(x, 2).reshape(-1)
+
+
+def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
+    """The NAB detectors' cost: samples/s per core and state bytes per slot (what the stream pays).
+
+    contextOSE's speed falls as a slot learns contexts, so a run starts from empty detectors and
+    covers ``--nab-samples`` samples over ``--nab-slots`` slots (whole-run rate, NAB-sized series).
+    """
+    from models.evals.nab import CONTEXT_CAP, CONTEXT_MARGIN
+    from models.kernels import RobustZScore
+    from models.kernels.artime import ARTime
+    from models.kernels.context import ContextOSE
+    from models.kernels.likelihood import AnomalyLikelihood
+    from models.kernels.neighbour import NNLikelihood
+
+    n_slots, rep = args.nab_slots, max(1, args.repeat // 2)
+    slots, x = _nab_series(args.nab_samples, n_slots, args.seed)
+    n = slots.size
+    out: dict[str, Any] = {
+        "nab_series": {"samples": n, "slots": n_slots, "rows_per_slot": n // n_slots}
+    }
+    per_slot = {}
+    out["compile_s"] = {
+        "context_ose": _cold(
+            lambda: ContextOSE(calib=50, rest=10).score_learn_many(slots[:2000] % 2, x[:2000])
+        )
+    }
+    for name, cap in (("context_ose", 4096), ("context_ose_eval_cap", CONTEXT_CAP)):
+        kw = {"calib": 750, "rest": 150, "margin": CONTEXT_MARGIN, "max_contexts": cap,
+              "max_semis": cap}  # fmt: skip
+        last: list[ContextOSE] = []
+
+        def run(kw: dict[str, Any] = kw, last: list[ContextOSE] = last) -> None:
+            det = ContextOSE(n_slots=n_slots, **kw)
+            det.score_learn_many(slots, x)
+            last[:] = [det]
+
+        rate = _rate(run, n, rep)
+        ctx = [last[0].contexts(k) for k in range(n_slots)]
+        out[name] = {
+            "samples_per_s": round(rate),
+            "state_bytes_per_entity": last[0].state.bytes_per_slot(),
+            "max_contexts": cap,
+            "contexts_learned_max": int(max(ctx)),
+        }
+        per_slot[name] = (rate, last[0].state.bytes_per_slot())
+
+    # The NN likelihood and the z-score likelihood as the stream runs them: per slot, one call.
+    def nn_run() -> None:
+        NNLikelihood(calib=750, n_slots=n_slots).score_learn_many(slots, x)
+
+    NNLikelihood(calib=30).score_learn_many(slots[:200] % 2, x[:200])  # compile outside timing
+    rate_nn = _rate(nn_run, n, rep)
+    nn_bytes = NNLikelihood(calib=750).state.bytes_per_slot()
+    out["nn_likelihood"] = {"samples_per_s": round(rate_nn), "state_bytes_per_entity": nn_bytes}
+
+    def z_run() -> None:
+        z = RobustZScore(alpha=0.01, clip=3.0, warmup=50, n_slots=n_slots)
+        lik = AnomalyLikelihood(long_alpha=2e-3, short_alpha=0.2, warmup=100, n_slots=n_slots)
+        lik.score_learn_many(slots, np.abs(z.score_learn_many(slots, x)))
+
+    z_run()
+    rate_z = _rate(z_run, n, rep)
+    z_bytes = RobustZScore().state.bytes_per_slot() + AnomalyLikelihood().state.bytes_per_slot()
+    out["zscore_likelihood"] = {"samples_per_s": round(rate_z), "state_bytes_per_entity": z_bytes}
+
+    def art_run(last: list[ARTime] = []) -> None:  # noqa: B006 - keeps the last detector
+        det = ARTime(calib=750, n_slots=n_slots)
+        det.score_learn_many(slots, x)
+        last[:] = [det]
+
+    art_last: list[ARTime] = []
+    out["compile_s"]["artime"] = _cold(lambda: art_run(art_last))
+    rate_a = _rate(lambda: art_run(art_last), n, rep)
+    a_bytes = art_last[0].state.bytes_per_slot()
+    out["artime"] = {
+        "samples_per_s": round(rate_a),
+        "state_bytes_per_entity": a_bytes,
+        "max_categories": art_last[0].params.max_categories,
+        "categories_learned_max": max(art_last[0].categories(k) for k in range(n_slots)),
+    }
+    for name, key in (("context_ensemble", "context_ose"),
+                      ("context_ensemble_eval_cap", "context_ose_eval_cap")):  # fmt: skip
+        rate_c, bytes_c = per_slot[key]
+        out[name] = {
+            "samples_per_s": round(1.0 / (1.0 / rate_c + 1.0 / rate_nn + 1.0 / rate_z)),
+            "state_bytes_per_entity": bytes_c + nn_bytes + z_bytes,
+            "note": "all three parts run on every sample: 1/rate and state add up",
+        }
+    rate_c, bytes_c = per_slot["context_ose"]
+    out["artime_nn"] = {
+        "samples_per_s": round(1.0 / (1.0 / rate_nn + 1.0 / rate_a)),
+        "state_bytes_per_entity": nn_bytes + a_bytes,
+        "note": "ARTime and the NN likelihood on every sample",
+    }
+    out["artime_ensemble"] = {
+        "samples_per_s": round(1.0 / (1.0 / rate_c + 1.0 / rate_nn + 1.0 / rate_z + 1.0 / rate_a)),
+        "state_bytes_per_entity": bytes_c + nn_bytes + z_bytes + a_bytes,
+        "note": "ARTime and the context ensemble (cap 4096) on every sample",
+    }
     return out
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from core.errors import DecodeError
 from models import config
 from models.state import SlotState, SlotStateful, as_batch
 
@@ -62,49 +63,54 @@ def _hst_loop(
     threshold: np.ndarray,
     height: int,
     window_size: int,
-    l_mass: np.ndarray,
-    r_mass: np.ndarray,
+    mass: np.ndarray,
+    ref: np.ndarray,
     counter: np.ndarray,
     first_window: np.ndarray,
     out: np.ndarray,
 ) -> None:
     n_trees = feature.shape[0]
     size_limit = 0.1 * window_size
+    node = np.zeros(n_trees, np.int64)
+    live = np.zeros(n_trees, np.int64)  # 1 while the score walk still counts (branch-free)
     for i in range(slots.shape[0]):
         s = slots[i]
         scoring = score and not first_window[s]
         if score and not scoring:
             out[i] = -1
         total = 0
+        rh = ref[s]  # which half of a node's pair is the reference window's mass
+        lh = 1 - rh
+        # The trees walk level by level in lockstep: each walk is a chain of dependent loads
+        # (node -> feature -> value -> child), and interleaving ten independent chains lets the
+        # CPU overlap them. One walk serves both River's score walk and its learn walk (they pick
+        # the same children: the learn walk bumps a node before reading its children's masses),
+        # so scoring reads r_mass until the walk stops counting and learning bumps l_mass.
         for t in range(n_trees):
-            # One walk serves both: River's score walk and its learn walk pick the same children
-            # (the learn walk bumps a node before looking at its children, whose masses the
-            # choice reads), so scoring reads r_mass until it stops and learning bumps l_mass.
-            node = 0
-            depth_pow = 1
-            live = scoring
-            for _ in range(height):
-                if live:
-                    r = r_mass[s, t, node]
-                    total += r * depth_pow
-                    if r < size_limit:
-                        live = False
-                        if not learn:
-                            break
-                    depth_pow *= 2
+            node[t] = 0
+            live[t] = 1 if scoring else 0
+        depth_pow = 1
+        for _ in range(height):
+            for t in range(n_trees):
+                nd = node[t]
+                r = mass[s, t, nd, rh]
+                lv = live[t]
+                total += r * depth_pow * lv
+                live[t] = lv & (r >= size_limit)
                 if learn:
-                    l_mass[s, t, node] += 1
-                v = x[i, feature[t, node]]
-                left = 2 * node + 1
+                    mass[s, t, nd, lh] += 1
+                v = x[i, feature[t, nd]]
+                left = 2 * nd + 1
                 if v != v:  # missing feature: River's KeyError branch, heavier child
-                    node = left + 1 if l_mass[s, t, left] < l_mass[s, t, left + 1] else left
+                    heavier = mass[s, t, left, lh] < mass[s, t, left + 1, lh]
+                    node[t] = left + 1 if heavier else left
                 else:
-                    node = left + (v >= threshold[t, node])
-            else:
-                if live:
-                    total += r_mass[s, t, node] * depth_pow
-                if learn:
-                    l_mass[s, t, node] += 1
+                    node[t] = left + (v >= threshold[t, nd])
+            depth_pow *= 2
+        for t in range(n_trees):
+            total += mass[s, t, node[t], rh] * depth_pow * live[t]
+            if learn:
+                mass[s, t, node[t], lh] += 1
         if scoring:
             # Integer mass, exact; the wrapper divides outside numba (fastmath's arcp would
             # turn the division into a reciprocal multiply, one ulp off River's score).
@@ -112,8 +118,9 @@ def _hst_loop(
         if learn:
             counter[s] += 1
             if counter[s] == window_size:
-                r_mass[s] = l_mass[s]
-                l_mass[s] = 0
+                # The learning half becomes the reference: flip which half is which, no copy.
+                ref[s] = lh
+                mass[s, :, :, rh] = 0
                 first_window[s] = False
                 counter[s] = 0
 
@@ -155,14 +162,18 @@ class HalfSpaceTrees(SlotStateful):
         self._seed = seed if seed is not None else random.randrange(2**32)
         self.feature, self.threshold = build_trees(n_trees, height, lims, self._seed)  # type: ignore[arg-type]
         n_nodes = self.feature.shape[1]
+        # A node's mass never exceeds the window: 16-bit counts halve the bytes the walks touch.
+        mdt = np.int16 if window_size <= np.iinfo(np.int16).max else np.int32
         self.state = SlotState(
             self.kind,
             {"n_features": n_features, "n_trees": n_trees, "height": height,
              "window_size": window_size, "limits": None if limits is None else [list(x) for x in lims],
              "seed": self._seed},
             {
-                "l_mass": np.zeros((n_slots, n_trees, n_nodes), np.int32),
-                "r_mass": np.zeros((n_slots, n_trees, n_nodes), np.int32),
+                # Per node its (reference, learning) masses side by side: the fused walk reads one
+                # and bumps the other, so both sit in the same cache line.
+                "mass": np.zeros((n_slots, n_trees, n_nodes, 2), mdt),
+                "ref": np.zeros(n_slots, np.int64),
                 "counter": np.zeros(n_slots, np.int64),
                 "first_window": np.ones(n_slots, np.bool_),
             },
@@ -177,11 +188,29 @@ class HalfSpaceTrees(SlotStateful):
         st = self.state
         _hst_loop(
             s, v, score, learn, self.feature, self.threshold, self.height, self.window_size,
-            st["l_mass"], st["r_mass"], st["counter"], st["first_window"], mass,
+            st["mass"], st["ref"], st["counter"], st["first_window"], mass,
         )  # fmt: skip
         # Normalise and flip as River: 1 - mass / max mass; 0 during the first window (-1 mark).
         max_score = float(self.n_trees * self.window_size * (2 ** (self.height + 1) - 1))
         return np.where(mass < 0, 0.0, 1.0 - mass / max_score)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HalfSpaceTrees:
+        """Restore a state blob, including one saved before the masses were paired (``l_mass`` and
+        ``r_mass`` arrays): it is converted, the reference masses in half 0."""
+        st = SlotState.from_bytes(data, cls.kind)
+        det = cls(**st.params, n_slots=0)
+        if "mass" not in st.arrays and {"l_mass", "r_mass"} <= st.arrays.keys():
+            lm, rm = st.arrays.pop("l_mass"), st.arrays.pop("r_mass")
+            mass = np.stack([rm, lm], axis=-1).astype(det.state["mass"].dtype)
+            st.arrays = {"mass": mass, "ref": np.zeros(mass.shape[0], np.int64), **st.arrays}
+            st.fill.update({"mass": 0.0, "ref": 0.0})
+            st.fill.pop("l_mass", None)
+            st.fill.pop("r_mass", None)
+        if st.arrays.keys() != det.state.arrays.keys():
+            raise DecodeError(f"half_space_trees state has arrays {sorted(st.arrays)}")
+        det.state = st
+        return det
 
     def score_learn_many(self, slots: Any, x: Any, ts: Any = None) -> np.ndarray:
         """Score each row against its slot's reference window, then learn it (batch order)."""

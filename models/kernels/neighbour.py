@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit
 
 from models import config
 from models.kernels.gaussian import _offsets
+from models.state import SlotState, SlotStateful, as_batch
 
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
@@ -165,3 +167,176 @@ def nn_likelihood(
         p.red, p.yellow, p.refractory, p.tolerance, raw, avgs, out,
     )  # fmt: skip
     return out
+
+
+@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+def _lik_row(
+    s: int, i: int, r: float, v: float, p_avg: int, p_hist: int, learn: int,
+    red: float, yellow: float, refractory: int, tolerance: float,
+    rr: np.ndarray, ar: np.ndarray, acc: np.ndarray, s1: np.ndarray, s2: np.ndarray,
+    vmin: np.ndarray, vmax: np.ndarray, last: np.ndarray,
+) -> float:  # fmt: skip
+    """Row ``i`` of a slot through the likelihood part, in the batch kernel's order exactly."""
+    a = acc[s] + r
+    if i >= p_avg:
+        a -= rr[s, i % p_avg]
+    acc[s] = a
+    rr[s, i % p_avg] = r
+    avg = a / min(i + 1, p_avg)
+    ring = ar.shape[1]  # p_hist + 2: the row leaving the history is read after this one is stored
+    ar[s, i % ring] = avg
+    if i == 0:
+        vmin[s] = v
+        vmax[s] = v
+    beyond = False
+    if vmax[s] > vmin[s]:
+        tol = (vmax[s] - vmin[s]) * tolerance
+        beyond = v > vmax[s] + tol or v < vmin[s] - tol
+    vmin[s] = min(vmin[s], v)
+    vmax[s] = max(vmax[s], v)
+    if i > 0:
+        prev = ar[s, (i - 1) % ring]
+        s1[s] += prev
+        s2[s] += prev * prev
+        if i - 1 >= p_hist:
+            old = ar[s, (i - 1 - p_hist) % ring]
+            s1[s] -= old
+            s2[s] -= old * old
+    if i < learn:
+        return 0.0
+    cnt = min(i, p_hist)
+    m = s1[s] / cnt
+    var = max(s2[s] / cnt - m * m, 0.0)
+    m = max(m, 0.03)
+    var = max(var, 0.0003)
+    q = 0.5 * math.erfc((avg - m) / math.sqrt(var) / math.sqrt(2.0))
+    if beyond:
+        q = 1e-10
+    if q <= red:
+        if i - last[s] <= refractory:
+            q = max(q, yellow)
+        else:
+            last[s] = i
+    return math.log10(q + 1e-10) / -10.0
+
+
+@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+def _nn_stream_loop(
+    slots: np.ndarray, x: np.ndarray, calib: int, length: int, history: int, learn: int,
+    p_avg: int, p_hist: int, red: float, yellow: float, refractory: int, tolerance: float,
+    count: np.ndarray, xr: np.ndarray, rawbuf: np.ndarray, valbuf: np.ndarray, med: np.ndarray,
+    rr: np.ndarray, ar: np.ndarray, acc: np.ndarray, s1: np.ndarray, s2: np.ndarray,
+    vmin: np.ndarray, vmax: np.ndarray, last: np.ndarray, out: np.ndarray,
+) -> int:  # fmt: skip
+    ring = history + length
+    q = np.empty(length)  # the query: the last ``length`` values of the current slot
+    dropped = 0
+    for j in range(slots.shape[0]):
+        s = slots[j]
+        v = x[j]
+        if not math.isfinite(v):
+            out[j] = np.nan
+            dropped += 1
+            continue
+        i = count[s]
+        count[s] = i + 1
+        xr[s, i % ring] = v
+        raw = 0.0
+        if i >= length + 10:
+            # Left discord: nearest earlier subsequence of the last ``length`` values.
+            best = 1e300
+            for k in range(length):
+                q[k] = xr[s, (i - k) % ring]
+            for u in range(max(length - 1, i - history), i - length + 1):
+                pu = u % ring  # one modulo per candidate; the walk back wraps at most once
+                d = 0.0
+                for k in range(length):
+                    b = pu - k
+                    if b < 0:
+                        b += ring
+                    e = q[k] - xr[s, b]
+                    d += e * e
+                    if d >= best:
+                        break
+                if d < best:
+                    best = d
+            raw = math.sqrt(best / length)
+        if i < calib:
+            out[j] = 0.0
+            rawbuf[s, i] = raw
+            valbuf[s, i] = v
+            if i + 1 < calib:
+                continue
+            # Calibrated: the distance scale from these rows, then replay them (scores not sent).
+            lo_v = valbuf[s, 0]
+            hi_v = valbuf[s, 0]
+            for k in range(calib):
+                lo_v = min(lo_v, valbuf[s, k])
+                hi_v = max(hi_v, valbuf[s, k])
+            span = hi_v - lo_v if hi_v > lo_v else max(abs(hi_v), 1.0)
+            med[s] = np.median(rawbuf[s, :calib]) + 1e-9 * span
+            for k in range(calib):
+                r = min(rawbuf[s, k] / med[s] / 10.0, 1.0)
+                _lik_row(s, k, r, valbuf[s, k], p_avg, p_hist, learn, red, yellow, refractory,
+                         tolerance, rr, ar, acc, s1, s2, vmin, vmax, last)  # fmt: skip
+            continue
+        r = min(raw / med[s] / 10.0, 1.0)
+        out[j] = _lik_row(s, i, r, v, p_avg, p_hist, learn, red, yellow, refractory, tolerance,
+                          rr, ar, acc, s1, s2, vmin, vmax, last)  # fmt: skip
+    return dropped
+
+
+class NNLikelihood(SlotStateful):
+    """:func:`nn_likelihood` one sample at a time for many slots (what the stream runs).
+
+    A slot's first ``calib`` samples (at least 30) set its distance scale and score 0; from then on
+    every score equals the batch function's on the same series with ``calib`` calibration rows.
+    """
+
+    kind = "nn_likelihood"
+
+    def __init__(self, calib: int = 750, n_slots: int = 1, **params: Any) -> None:
+        p = NNLikelihoodParams(**params)
+        if min(p.length, p.learn, p.avg_window, p.lik_history) < 1 or p.history < p.length:
+            raise ValueError(f"invalid NN-likelihood parameters: {asdict(p)}")
+        self.calib = max(int(calib), 30)
+        self.params = p
+        self.dropped = 0
+        n = n_slots
+        self.state = SlotState(
+            self.kind,
+            {"calib": self.calib, **asdict(p)},
+            {
+                "count": np.zeros(n, np.int64),
+                "xr": np.zeros((n, p.history + p.length)),
+                "rawbuf": np.zeros((n, self.calib)),
+                "valbuf": np.zeros((n, self.calib)),
+                "med": np.ones(n),
+                "rr": np.zeros((n, p.avg_window)),
+                "ar": np.zeros((n, p.lik_history + 2)),
+                "acc": np.zeros(n),
+                "s1": np.zeros(n),
+                "s2": np.zeros(n),
+                "vmin": np.zeros(n),
+                "vmax": np.zeros(n),
+                "last": np.full(n, -(1 << 62), np.int64),
+            },
+            fill={"med": 1.0, "last": float(-(1 << 62))},
+        )
+
+    def score_learn_many(self, slots: Any, x: Any, ts: Any = None) -> np.ndarray:
+        s, v, _t = as_batch(slots, x, ts)
+        if s.size:
+            self.state.ensure(int(s.max()) + 1)
+        out = np.empty(s.shape[0])
+        p, st = self.params, self.state
+        self.dropped += _nn_stream_loop(
+            s, v, self.calib, p.length, p.history, p.learn, p.avg_window, p.lik_history,
+            p.red, p.yellow, p.refractory, p.tolerance,
+            st["count"], st["xr"], st["rawbuf"], st["valbuf"], st["med"], st["rr"], st["ar"],
+            st["acc"], st["s1"], st["s2"], st["vmin"], st["vmax"], st["last"], out,
+        )  # fmt: skip
+        return out
+
+    def score_learn_one(self, x: float, slot: int = 0) -> float:
+        return float(self.score_learn_many([slot], [x])[0])

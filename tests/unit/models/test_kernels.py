@@ -278,3 +278,46 @@ def test_state_roundtrips_bytes_exactly(make: object) -> None:
         SlotState.from_bytes(blob[:-3])
     with pytest.raises(DecodeError, match="is for"):
         SlotState.from_bytes(blob, kind="something_else")
+
+
+def test_hst_masses_are_16_bit_unless_the_window_needs_more() -> None:
+    small = HalfSpaceTrees(2, n_trees=2, height=3, window_size=250, seed=1)
+    big = HalfSpaceTrees(2, n_trees=2, height=3, window_size=40_000, seed=1)
+    assert small.state["mass"].dtype == np.int16 and big.state["mass"].dtype == np.int32
+    # (reference, learning) pairs per node: 2 trees x 15 nodes x 2 masses x 2 bytes + ref/counter/flag
+    assert small.state.bytes_per_slot() == 2 * 15 * 2 * 2 + 8 + 8 + 1
+    x = np.random.default_rng(4).random((2000, 2))
+    got = small.score_learn_many(np.zeros(2000, np.int64), x)
+    restored = HalfSpaceTrees.from_bytes(small.to_bytes())
+    more = np.random.default_rng(5).random((600, 2))
+    np.testing.assert_array_equal(
+        small.score_learn_many(np.zeros(600, np.int64), more),
+        restored.score_learn_many(np.zeros(600, np.int64), more),
+    )
+    assert got[250:].min() >= 0.0 and got[:250].max() == 0.0
+
+
+def test_hst_restores_a_blob_saved_before_the_masses_were_paired() -> None:
+    det = HalfSpaceTrees(2, n_trees=3, height=4, window_size=20, seed=9, n_slots=2)
+    rng = np.random.default_rng(8)
+    x = rng.random((300, 2))
+    slots = np.arange(300, dtype=np.int64) % 2
+    det.score_learn_many(slots[:150], x[:150])
+    # The previous layout: int32 l_mass/r_mass, reference masses always in r_mass.
+    st = det.state
+    pairs = st["mass"]
+    r_mass = np.stack([pairs[k, ..., st["ref"][k]] for k in range(2)]).astype(np.int32)
+    l_mass = np.stack([pairs[k, ..., 1 - st["ref"][k]] for k in range(2)]).astype(np.int32)
+    old = SlotState(
+        st.kind, st.params,
+        {"l_mass": l_mass, "r_mass": r_mass,
+         "counter": st["counter"], "first_window": st["first_window"]},
+        fill={"first_window": 1.0},
+    )  # fmt: skip
+    restored = HalfSpaceTrees.from_bytes(old.to_bytes())
+    np.testing.assert_array_equal(
+        restored.score_learn_many(slots[150:], x[150:]), det.score_learn_many(slots[150:], x[150:])
+    )
+    broken = SlotState(st.kind, st.params, {"counter": st["counter"]})
+    with pytest.raises(DecodeError, match="half_space_trees"):
+        HalfSpaceTrees.from_bytes(broken.to_bytes())

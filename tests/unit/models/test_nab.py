@@ -139,7 +139,9 @@ def test_eval_nab_on_two_real_files(tmp_path: Path) -> None:
 def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) -> None:
     from models.evals.nab import DETECTORS, main
 
-    assert {"carpulse_nn_likelihood", "nab_windowed_gaussian"} <= set(DETECTORS)
+    assert {"carpulse_nn_likelihood", "nab_windowed_gaussian", "carpulse_context_ose",
+            "carpulse_context_nn", "carpulse_context_ensemble", "carpulse_artime",
+            "carpulse_artime_ensemble", "carpulse_artime_nn"} <= set(DETECTORS)  # fmt: skip
     root = require_data("nab")
     data = tmp_path / "data"
     rels = [
@@ -150,9 +152,56 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).symlink_to(root / "data" / rel)
     labels = root / "combined_windows.json"
-    for name in ("nab_windowed_gaussian", "carpulse_nn_likelihood"):
+    for name in ("nab_windowed_gaussian", "carpulse_nn_likelihood", "carpulse_context_ose"):
         report = main(["--data", str(data), "--labels", str(labels), "--detector", name])
         assert report["files"] == 2 and report["windows"] == 7
         # One file per half: exchange-3_cpc is tuned on, exchange-4_cpm held out.
         assert report["split"]["tune"]["files"] == 1 and report["split"]["holdout"]["files"] == 1
+        hold = report["split"]["holdout"]
+        for key in ("standard", "low_fp", "low_fn"):
+            # At thresholds chosen on the other half a file can only score at most its own optimum.
+            assert hold[f"score_{key}_at_tune_threshold"] <= hold[f"score_{key}"] + 1e-9
         assert -100.0 <= report["score_standard"] <= 100.0
+
+
+def test_context_ensemble_is_the_mean_of_its_parts() -> None:
+    from models.evals import nab
+
+    root = require_data("nab")
+    rel = "realAdExchange/exchange-3_cpc_results.csv"
+    f, problems = nab.read_nab_csv(root / "data" / rel, rel)
+    assert f is not None and not problems
+    ose = nab.det_context_ose([f])[0]
+    nn = nab.det_nn_likelihood([f])[0]
+    both = nab.det_context_nn([f])[0]
+    np.testing.assert_array_equal(both, (ose + nn) / 2.0)
+    p = int(0.15 * f.values.size)
+    three = nab.det_context_ensemble([f])[0]
+    nn_stream = nab.det_nn_stream([f])[0]
+    np.testing.assert_allclose(nn_stream[p:], nn[p:], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(three, (ose + nn_stream + nab.det_zscore([f])[0]) / 3.0)
+    art = nab.det_artime([f])[0]
+    np.testing.assert_array_equal(nab.det_artime_ensemble([f])[0], np.maximum(art, three))
+    np.testing.assert_array_equal(nab.det_artime_nn([f])[0], (art + nn_stream) / 2.0)
+    assert not art[:p].any() and art[p:].max() > 0.3
+    # The probationary rows (15%) only calibrate contextOSE: it scores nothing there.
+    assert not ose[:p].any() and ose[p:].max() > 0.7
+
+
+def test_eval_nab_context_cap_is_checked_and_used(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from models.evals import nab
+
+    root = require_data("nab")
+    data = tmp_path / "data"
+    rel = "realAdExchange/exchange-3_cpc_results.csv"
+    (data / rel).parent.mkdir(parents=True)
+    (data / rel).symlink_to(root / "data" / rel)
+    labels = str(root / "combined_windows.json")
+    with pytest.raises(ConfigError, match="context-cap"):
+        nab.main(["--data", str(data), "--labels", labels, "--context-cap", "0"])
+    args = ["--data", str(data), "--labels", labels, "--detector", "carpulse_context_ose"]
+    tiny = nab.main([*args, "--context-cap", "8"])
+    big = nab.main([*args, "--context-cap", "4096"])
+    assert tiny["raw"] != big["raw"]  # a cap of 8 contexts cannot learn this file
+    assert nab._cap == [nab.CONTEXT_CAP]  # the cap does not outlive the run

@@ -121,3 +121,51 @@ def test_windowed_gaussian_reproduces_nab_published_file_scores(rel: str) -> Non
     sw = sweep_file(rel, f.timestamps, [tuple(w) for w in windows])
     raw = score_at(sw, windowed_gaussian(f.values), 1.0, PROFILES["standard"])
     assert raw == pytest.approx(NAB_PUBLISHED_WG[rel], abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x=st.lists(st.integers(-20, 20).map(float), min_size=30, max_size=120),
+    calib=st.integers(0, 40),
+)
+def test_streaming_nn_likelihood_equals_batch_after_calibration(x: list[float], calib: int) -> None:
+    from dataclasses import asdict
+
+    from models.kernels.neighbour import NNLikelihood
+
+    c = max(calib, 30)
+    want = nn_likelihood(np.array(x), calib=np.array([calib]), params=SMALL)
+    det = NNLikelihood(calib=calib, **asdict(SMALL))
+    got = np.array([det.score_learn_one(v) for v in x])
+    assert not got[:c].any()  # calibration rows score 0
+    np.testing.assert_allclose(got[c:], want[c:], rtol=1e-9, atol=1e-12)
+
+
+def test_streaming_nn_likelihood_slots_batches_and_bytes() -> None:
+    from models.kernels import neighbour as nb
+    from models.kernels.neighbour import NNLikelihood
+
+    rng = np.random.default_rng(2)
+    mid = NNLikelihoodParams(history=200, learn=100, lik_history=500)  # quick with JIT off too
+    kw = {"history": 200, "learn": 100, "lik_history": 500}
+    n = 3000
+    x = np.round(np.sin(np.arange(n) / 20.0)[:, None] * 5 + rng.normal(0, 0.2, (n, 3)), 2)
+    x[2200, 1] += 6.0
+    slots = np.tile(np.arange(3, dtype=np.int64), n)
+    flat = x.reshape(-1)
+    a = NNLikelihood(calib=400, n_slots=3, **kw)
+    first = a.score_learn_many(slots[:4000], flat[:4000])
+    b = NNLikelihood.from_bytes(a.to_bytes())
+    rest = b.score_learn_many(slots[4000:], flat[4000:])
+    out = np.r_[first, rest].reshape(n, 3)
+    for k in range(3):
+        want = nn_likelihood(x[:, k], calib=np.array([400]), params=mid)
+        np.testing.assert_allclose(out[400:, k], want[400:], rtol=1e-9, atol=1e-12)
+    assert out[2200:2215, 1].max() >= 0.5 and out[2200:2215, 0].max() < 0.5
+    before = a.to_bytes()
+    assert np.isnan(a.score_learn_many([0], [np.nan])[0]) and a.dropped == 1
+    assert a.to_bytes() == before
+    if not JIT_OFF:
+        assert nb._nn_stream_loop.signatures and nb._lik_row.signatures
+    with pytest.raises(ValueError, match="NN-likelihood"):
+        NNLikelihood(length=0)
