@@ -350,6 +350,12 @@ class EdgeAgent:
         )  # fmt: skip
         self.stats["events"] += 1
 
+    def _take_source_events(self) -> None:
+        for src in self.sources:
+            while src.events:
+                kind, ts_us, priority, data = src.events.popleft()
+                self.enqueue_event(kind, ts_us, priority, data)
+
     def _enqueue_batches(self, *, force: bool = False) -> None:
         for prio, samples in self.batcher.due(force=force):
             seq = self.seq.next()
@@ -441,6 +447,7 @@ class EdgeAgent:
                         self._process(self._blocks.get_nowait())
                 except stdqueue.Empty:
                     pass
+                self._take_source_events()
                 sources_done = self._done_sources == len(self.sources) and self._blocks.empty()
                 self._enqueue_batches(force=sources_done)
                 self._pump()
@@ -477,6 +484,7 @@ class EdgeAgent:
         for t in self._threads:
             t.join(0.5)
         self._drain_blocks()
+        self._take_source_events()
         self._enqueue_batches(force=True)
         end = time.monotonic() + self.conf.drain_timeout_s
         while time.monotonic() < end and self.pub.connected and (self._inflight or len(self.queue)):
