@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from typing import Any
 
 from core.errors import SourceUnavailableError
 from core.wire import Samples
@@ -20,6 +21,9 @@ class ObdSource(Source):
     ``dtc_interval_s`` (0 = off): poll stored and pending DTCs this often and at every ignition
     on (the first mode 01 round that answers after a quiet one); a change is queued as a ``dtc``
     event (``edge.dtc_watch``). ``freeze_frame``: read mode 02 frame 0 when new codes appear.
+    ``dtc_protocol = "uds"`` reads them with UDS 19 02 instead of modes 03/07/01 01 (no freeze
+    frame). ``can_channel`` (with ``can_interface``) talks ISO 15765-4 straight on a CAN bus
+    through can-isotp instead of an ELM327 on ``port``.
     """
 
     kind = "obd"
@@ -28,15 +32,25 @@ class ObdSource(Source):
         self,
         name: str,
         *,
-        port: str,
+        port: str = "",
         pids: list[int] | None = None,
         interval_s: float = 1.0,
         baudrate: int = 38400,
         timeout_s: float = 2.0,
         dtc_interval_s: float = 300.0,
         freeze_frame: bool = True,
+        dtc_protocol: str = "obd",
+        can_channel: str = "",
+        can_interface: str = "socketcan",
     ) -> None:
         super().__init__(name)
+        if not port and not can_channel:
+            raise ValueError("set port (an ELM327) or can_channel (ISO-TP on a CAN bus)")
+        if dtc_protocol not in ("obd", "uds"):
+            raise ValueError(f"dtc_protocol must be 'obd' or 'uds', got {dtc_protocol!r}")
+        self.dtc_protocol = dtc_protocol
+        self.can_channel, self.can_interface = can_channel, can_interface
+        self._bus: Any = None  # the python-can bus under an ISO-TP transport
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
         if dtc_interval_s < 0:
@@ -53,10 +67,27 @@ class ObdSource(Source):
         self.dtc_watch = DtcWatcher()
 
     def _open_internal(self) -> None:
+        from firmware_bridge.obd.base import ObdTransport
         from firmware_bridge.obd.client import ObdClient
-        from firmware_bridge.obd.elm327 import Elm327
 
-        self.transport = Elm327(self.port, baudrate=self.baudrate, timeout=self.timeout_s).open()
+        self.transport: ObdTransport
+        if self.can_channel:
+            import can
+
+            from firmware_bridge.obd.isotp_can import IsoTpObd
+
+            try:
+                bus = can.Bus(channel=self.can_channel, interface=self.can_interface)
+            except (can.CanError, OSError) as err:
+                raise SourceUnavailableError(f"CAN {self.can_channel}: {err}") from err
+            self._bus = bus
+            self.transport = IsoTpObd(bus)
+        else:
+            from firmware_bridge.obd.elm327 import Elm327
+
+            self.transport = Elm327(
+                self.port, baudrate=self.baudrate, timeout=self.timeout_s
+            ).open()
         self.client = ObdClient(self.transport)
         if self.pids is None:
             self.pids = self.client.discover()
@@ -86,8 +117,18 @@ class ObdSource(Source):
         self.dtc_counters["polls"] += 1
         last = self.dtc_watch.last
         try:
-            snap = poll_dtcs(self.client, freeze_frame=False)
-            if self.freeze_frame and snap.stored and (last is None or snap.stored != last.stored):
+            if self.dtc_protocol == "uds":
+                from firmware_bridge.obd.uds import poll_uds_dtcs
+
+                snap = poll_uds_dtcs(self.transport)
+            else:
+                snap = poll_dtcs(self.client, freeze_frame=False)
+            if (
+                self.dtc_protocol == "obd"
+                and self.freeze_frame
+                and snap.stored
+                and (last is None or snap.stored != last.stored)
+            ):
                 snap = poll_dtcs(self.client, freeze_frame=True)
         except SourceUnavailableError:
             raise
@@ -108,3 +149,6 @@ class ObdSource(Source):
 
     def _close_internal(self) -> None:
         self.transport.close()
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            bus.shutdown()
