@@ -406,6 +406,9 @@ class EdgeAgent:
         doc["connected"] = self.pub.connected
         doc["connects"] = self.pub.connects
         doc["sources"] = {s.name: s.counters.as_dict() for s in self.sources}
+        doc["dtc"] = {
+            s.name: dict(c) for s in self.sources if (c := getattr(s, "dtc_counters", None))
+        }
         doc["frames"] = sum(int(getattr(s, "frames_read", 0)) for s in self.sources)
         doc["campaigns"] = {n: c.version for n, c in self.campaigns.specs.items()}
         tmp = Path(str(self.conf.stats_file) + ".tmp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from dashboards.commands import CommandChannel
 from dashboards.inbox import record_filer
 from edge.agent import EdgeAgent, load_agent_config
 from edge.headunit import HeadUnitSimulator
+from edge.metrics import start_obs
 from edge.wiring import attach_all
 from firmware_bridge.obd.emulator import ElmEmulator
 from stream.alerts import handle_event
@@ -136,6 +138,18 @@ socket = "{tmp_path / "hu.sock"}"
             deadline = time.monotonic() + 10
             while not events and time.monotonic() < deadline:
                 time.sleep(0.05)
+            obs = start_obs(agent, "127.0.0.1", 0)  # what Prometheus scrapes on the car
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{obs.port}/metrics", timeout=5) as r:
+                    metrics = r.read().decode()
+            finally:
+                obs.close()
+            # (labels come out sorted by name)
+            doors = f'actuator="doors",device="{device}"'
+            assert f'carpulse_edge_actions_total{{action="lock",{doors}}} 1.0' in metrics
+            assert f'carpulse_edge_actions_total{{action="failed",{doors}}} 0.0' in metrics
+            obd = f'device="{device}",outcome="ok",source="obd0"'
+            assert f"carpulse_edge_dtc_polls_total{{{obd}}} 1.0" in metrics
         finally:
             agent.stop()
             runner.join(15)
