@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.checks import check_dtcs
+from core.errors import SourceUnavailableError
 from core.wire import Event, decode_event, encode_event
 from crm.normalize import from_device_event
 from edge.dtc_watch import DtcWatcher
+from edge.sources.obd import ObdSource
+from firmware_bridge.obd.base import ObdTransport
+from firmware_bridge.obd.client import ObdClient
 from firmware_bridge.obd.dtc_poll import DtcSnapshot
+from firmware_bridge.obd.responses import ElmResponse, parse_response
 
 
 def _snap(stored=(), pending=(), mil=False, **kw) -> DtcSnapshot:  # type: ignore[no-untyped-def]
@@ -48,3 +55,42 @@ def test_event_passes_the_wire_and_the_crm_normaliser() -> None:
     assert [(e.data["code"], e.data["severity"]) for e in crm] == [("P0217", "high"),
                                                                   ("P0456", "medium")]  # fmt: skip
     assert crm[0].data["description"] == "Engine overtemperature condition"
+
+
+class _Adapter(ObdTransport):
+    """Scripted adapter text per request through the real parser; ``fail`` raises instead."""
+
+    def __init__(self, replies: dict[bytes, str], fail: Exception | None = None) -> None:
+        super().__init__()
+        self.replies, self.fail = replies, fail
+
+    def _request_internal(self, payload: bytes) -> ElmResponse:
+        if self.fail is not None:
+            raise self.fail
+        return parse_response(self.replies.get(payload, "NO DATA\r>"))
+
+
+def _source(adapter: _Adapter) -> ObdSource:
+    src = ObdSource("obd", port="unused", dtc_interval_s=1)
+    src.transport, src.client = adapter, ObdClient(adapter)  # opened by hand: no serial port
+    return src
+
+
+def test_source_counts_bad_answers_and_never_reports_them_as_cleared() -> None:
+    good = {b"\x03": "7E8 04 43 01 03 01\r>", b"\x07": "7E8 02 47 00\r>",
+            b"\x01\x01": "7E8 06 41 01 81 00 00 00\r>"}  # fmt: skip
+    adapter = _Adapter(good)
+    src = _source(adapter)
+    assert src.poll_dtcs() is not None and src.events[-1][3]["codes"] == ["P0301"]
+    for bad in ("NO DATA\r>", "\x00\xff garbage", "7E8 03 7F 03 11\r>", "7E8 10 40 43 09\r>"):
+        adapter.replies = {**good, b"\x03": bad}
+        assert src.poll_dtcs() is None
+    assert src.dtc_counters["errors"] == 4 and len(src.events) == 1
+    adapter.fail = ValueError("adapter went mad")  # an unforeseen failure: counted too
+    assert src.poll_dtcs() is None and src.dtc_counters["errors"] == 5
+    adapter.fail = SourceUnavailableError("unplugged")  # a lost link is the agent's business
+    with pytest.raises(SourceUnavailableError):
+        src.poll_dtcs()
+    adapter.fail, adapter.replies = None, {**good, b"\x03": "7E8 02 43 00\r>"}
+    cleared = src.poll_dtcs()
+    assert cleared is not None and cleared["cleared"] == ["P0301"]
