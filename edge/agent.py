@@ -107,8 +107,9 @@ def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) 
 
     ``CARPULSE_EDGE__SOURCES__<NAME>__<OPTION>`` sets an option of the source named ``NAME``
     (``name = "can"`` in its ``[[edge.sources]]`` table; case and punctuation ignored),
-    ``CARPULSE_EDGE__<TABLE>__<KEY>`` a key of ``[edge.commands]``, ``[edge.queue]`` or
-    ``[edge.crash]`` and ``CARPULSE_EDGE__<KEY>`` one of the agent's own keys (``stats_file``...).
+    ``CARPULSE_EDGE__<TABLE>__<KEY>`` a key of ``[edge.commands]``, ``[edge.queue]``,
+    ``[edge.crash]`` or ``[edge.head_unit]``, ``CARPULSE_EDGE__ACTUATORS__<NAME>__<OPTION>`` one
+    of ``[edge.actuators.<name>]`` and ``CARPULSE_EDGE__<KEY>`` one of the agent's own keys (``stats_file``...).
     Values are read as TOML values when they parse as one (``500000``, ``true``), else as text.
     A systemd drop-in or a test thus points one source elsewhere without editing the file.
     """
@@ -138,7 +139,13 @@ def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) 
                     f"(names: {', '.join(names) or 'none'})"
                 )
             found[0][parts[2]] = value
-        elif parts[0] in ("commands", "queue", "crash") and len(parts) == 2:
+        elif parts[0] == "actuators" and len(parts) == 3:
+            actuators = doc.setdefault("actuators", {})
+            table = actuators.setdefault(parts[1], {}) if isinstance(actuators, dict) else None
+            if not isinstance(table, dict):
+                raise ConfigError(f"[edge.actuators.{parts[1]}] must be a table")
+            table[parts[2]] = value
+        elif parts[0] in ("commands", "queue", "crash", "head_unit") and len(parts) == 2:
             section = doc.setdefault(parts[0], {})
             if not isinstance(section, dict):
                 raise ConfigError(f"[edge.{parts[0]}] must be a table")
