@@ -75,6 +75,8 @@ REASONS: Final[tuple[str, ...]] = (
     "not_allowed",  # known but not on this device's allowlist
     "replayed",
     "bad_args",
+    "no_actuator",  # verified, but this car has nothing that can do it (no lock actuator...)
+    "no_head_unit",  # navigate on a car without a configured head unit
     "handler_failed",  # status "failed": verified, but carrying it out went wrong
 )
 

@@ -107,8 +107,9 @@ def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) 
 
     ``CARPULSE_EDGE__SOURCES__<NAME>__<OPTION>`` sets an option of the source named ``NAME``
     (``name = "can"`` in its ``[[edge.sources]]`` table; case and punctuation ignored),
-    ``CARPULSE_EDGE__<TABLE>__<KEY>`` a key of ``[edge.commands]``, ``[edge.queue]`` or
-    ``[edge.crash]`` and ``CARPULSE_EDGE__<KEY>`` one of the agent's own keys (``stats_file``...).
+    ``CARPULSE_EDGE__<TABLE>__<KEY>`` a key of ``[edge.commands]``, ``[edge.queue]``,
+    ``[edge.crash]`` or ``[edge.head_unit]``, ``CARPULSE_EDGE__ACTUATORS__<NAME>__<OPTION>`` one
+    of ``[edge.actuators.<name>]`` and ``CARPULSE_EDGE__<KEY>`` one of the agent's own keys (``stats_file``...).
     Values are read as TOML values when they parse as one (``500000``, ``true``), else as text.
     A systemd drop-in or a test thus points one source elsewhere without editing the file.
     """
@@ -138,7 +139,13 @@ def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) 
                     f"(names: {', '.join(names) or 'none'})"
                 )
             found[0][parts[2]] = value
-        elif parts[0] in ("commands", "queue", "crash") and len(parts) == 2:
+        elif parts[0] == "actuators" and len(parts) == 3:
+            actuators = doc.setdefault("actuators", {})
+            table = actuators.setdefault(parts[1], {}) if isinstance(actuators, dict) else None
+            if not isinstance(table, dict):
+                raise ConfigError(f"[edge.actuators.{parts[1]}] must be a table")
+            table[parts[2]] = value
+        elif parts[0] in ("commands", "queue", "crash", "head_unit") and len(parts) == 2:
             section = doc.setdefault(parts[0], {})
             if not isinstance(section, dict):
                 raise ConfigError(f"[edge.{parts[0]}] must be a table")
@@ -350,6 +357,12 @@ class EdgeAgent:
         )  # fmt: skip
         self.stats["events"] += 1
 
+    def _take_source_events(self) -> None:
+        for src in self.sources:
+            while src.events:
+                kind, ts_us, priority, data = src.events.popleft()
+                self.enqueue_event(kind, ts_us, priority, data)
+
     def _enqueue_batches(self, *, force: bool = False) -> None:
         for prio, samples in self.batcher.due(force=force):
             seq = self.seq.next()
@@ -400,6 +413,9 @@ class EdgeAgent:
         doc["connected"] = self.pub.connected
         doc["connects"] = self.pub.connects
         doc["sources"] = {s.name: s.counters.as_dict() for s in self.sources}
+        doc["dtc"] = {
+            s.name: dict(c) for s in self.sources if (c := getattr(s, "dtc_counters", None))
+        }
         doc["frames"] = sum(int(getattr(s, "frames_read", 0)) for s in self.sources)
         doc["campaigns"] = {n: c.version for n, c in self.campaigns.specs.items()}
         tmp = Path(str(self.conf.stats_file) + ".tmp")
@@ -441,6 +457,7 @@ class EdgeAgent:
                         self._process(self._blocks.get_nowait())
                 except stdqueue.Empty:
                     pass
+                self._take_source_events()
                 sources_done = self._done_sources == len(self.sources) and self._blocks.empty()
                 self._enqueue_batches(force=sources_done)
                 self._pump()
@@ -477,6 +494,7 @@ class EdgeAgent:
         for t in self._threads:
             t.join(0.5)
         self._drain_blocks()
+        self._take_source_events()
         self._enqueue_batches(force=True)
         end = time.monotonic() + self.conf.drain_timeout_s
         while time.monotonic() < end and self.pub.connected and (self._inflight or len(self.queue)):

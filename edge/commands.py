@@ -22,7 +22,9 @@ payload shape (``malformed``), signature present (``unsigned``), key id trusted 
 name (``unknown_command``, ``not_allowed``), nonce (``replayed``), arguments (``bad_args``).
 A command that passes is recorded in the nonce store *before* its handler runs (at-most-once, even
 across a crash), then the handler's return value becomes the ack's ``result``; a handler that
-raises gives status ``failed`` with reason ``handler_failed``.
+raises gives status ``failed`` with reason ``handler_failed``; one that raises
+:class:`CommandRefused` gives status ``refused`` with its reason (``no_actuator``,
+``no_head_unit``: this car cannot do it). A result's ``outcome`` text becomes the ack's detail.
 
 Replay protection: nonces are kept with their expiry in ``<state_dir>/cmd-nonces.log`` (append,
 fsync per accepted command; compacted when mostly expired), so a restart does not reopen the
@@ -227,6 +229,16 @@ def _obd_clear_authorization(cmd: CommandBody, now: float, monotonic: float) -> 
     )
 
 
+class CommandRefused(Exception):
+    """Raised by a handler when this car cannot do a verified command (``no_actuator``...):
+    the ack is ``refused`` with ``reason`` and ``detail``, not ``failed``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class _Refused(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
@@ -302,10 +314,17 @@ class CommandProcessor:
             return self._ack("refused", "malformed", body, f"{type(err).__name__}: {err}")
         try:
             result = dict(self.handlers[cmd.name](cmd) or {})
+        except CommandRefused as ref:
+            return self._ack("refused", ref.reason, body, ref.detail)
         except Exception as err:
             log.warning("command %s (%s) failed: %s", cmd.name, cmd.id, err)
             return self._ack("failed", "handler_failed", body, f"{type(err).__name__}: {err}")
-        return self._ack("accepted", "ok", body, "", result)
+        # A handler says what the car did in result["outcome"] ("done: doors locked ..."): the
+        # console shows the detail.
+        outcome = result.get("outcome")
+        return self._ack(
+            "accepted", "ok", body, outcome if isinstance(outcome, str) else "", result
+        )
 
     def _unpack(self, topic: str, payload: bytes) -> tuple[str, SignedCommand]:
         try:

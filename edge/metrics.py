@@ -66,6 +66,26 @@ class _AgentCollector(Collector):
         for src in a.sources:
             errors.add_metric([dev, src.name], src.counters.errors)
         yield errors
+        dtc = CounterMetricFamily(
+            f"{p}_dtc_polls",
+            "DTC polls of OBD sources, by outcome (ok: a usable answer; error: none, counted).",
+            labels=["device", "source", "outcome"],
+        )
+        for src in a.sources:
+            c = getattr(src, "dtc_counters", None)
+            if c is not None:
+                dtc.add_metric([dev, src.name, "ok"], c["polls"] - c["errors"])
+                dtc.add_metric([dev, src.name, "error"], c["errors"])
+        yield dtc
+        acts = CounterMetricFamily(
+            f"{p}_actions",
+            "Actions carried out by actuators (lock, unlock) and failures, by actuator.",
+            labels=["device", "actuator", "action"],
+        )
+        for act in getattr(a, "actuators", []):
+            for action in (*act.actions, "failed"):
+                acts.add_metric([dev, act.name, action], act.counters[action])
+        yield acts
         yield gauge("mqtt_connected", "1 while the MQTT session is up.", int(a.pub.connected))
 
 

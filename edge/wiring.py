@@ -1,7 +1,9 @@
 """Plugs crash detection, signed commands and systemd's watchdog into the agent loop.
 
 ``[edge.crash]`` (on by default; any ``edge.crash.CrashConfig`` field), ``[edge.commands]``
-(``public_key``/``public_keys`` files, ``revoked_key_ids``, ``allowlist``; off without a key) and
+(``public_key``/``public_keys`` files, ``revoked_key_ids``, ``allowlist``; off without a key) with
+the ``[edge.actuators.<name>]`` that carry out lock/unlock and the ``[edge.head_unit]`` that gets
+``navigate`` destinations (``edge.headunit``), and
 systemd (automatic when the agent runs under a unit with ``Type=notify``/``WatchdogSec``). Each
 part is optional: the agent runs without it when its table says so.
 """
@@ -14,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ConfigError
 from core.topics import command_topic
@@ -50,8 +52,9 @@ class CommandsSection(BaseModel):
         description="Key ids (core.signing.key_id) refused even when their key file is listed.",
     )
     allowlist: list[str] = Field(
-        ["navigate", "read_dtcs", "replace_campaign", "reload_config"],
-        description="Commands this device accepts.",
+        ["navigate", "lock", "unlock", "read_dtcs", "replace_campaign", "reload_config"],
+        description="Commands this device accepts (lock/unlock/navigate are refused with "
+        "no_actuator/no_head_unit when the car has nothing to carry them out).",
     )
     max_ttl_s: float = Field(24 * 3600.0, gt=0, description="Longest command validity accepted.")
 
@@ -61,6 +64,34 @@ def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"[edge.{name}] must be a table")
     return value
+
+
+def build_actuators(edge_doc: dict[str, Any]) -> list[Any]:
+    """The ``[edge.actuators.<name>]`` tables as actuators (``edge.actuators``)."""
+    tables = _section(edge_doc, "actuators")
+    if not tables:
+        return []
+    from edge.actuators import create_actuator
+
+    out = []
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[edge.actuators.{name}] must be a table")
+        out.append(create_actuator(str(name), table))
+    return out
+
+
+def build_head_unit(edge_doc: dict[str, Any]) -> Any:
+    """``[edge.head_unit]`` as a client, or None when the car has none configured."""
+    table = _section(edge_doc, "head_unit")
+    if not table:
+        return None
+    from edge.headunit import HeadUnitClient, HeadUnitConfig
+
+    try:
+        return HeadUnitClient(HeadUnitConfig.model_validate(table))
+    except ValidationError as err:
+        raise ConfigError(f"[edge.head_unit]: {err}") from err
 
 
 def attach_crash(agent: Any, edge_doc: dict[str, Any]) -> None:
@@ -91,7 +122,15 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
     if section.public_key is None and not section.public_keys:
         return
     from core.signing import load_public_key
-    from edge.commands import Command, CommandProcessor
+    from edge.actuators import ActuatorError
+    from edge.commands import Command, CommandProcessor, CommandRefused
+
+    actuators = build_actuators(edge_doc)
+    head_unit = build_head_unit(edge_doc)
+    agent.actuators = actuators
+    stop_hooks = getattr(agent, "stop_hooks", None)
+    if stop_hooks is not None:
+        stop_hooks.extend(a.close for a in actuators)
 
     def keys_of(sec: CommandsSection) -> list[Any]:
         paths = ([sec.public_key] if sec.public_key else []) + list(sec.public_keys)
@@ -119,9 +158,26 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
         }
 
     def navigate(cmd: Command) -> dict[str, Any]:
-        # The head unit reads destinations from the event stream of the device.
-        agent.enqueue_event("navigation_destination", int(cmd.issued_at * 1e6), 3, dict(cmd.args))
-        return {"queued": True}
+        if head_unit is None:
+            raise CommandRefused("no_head_unit", "this car has no head unit ([edge.head_unit])")
+        got = head_unit.navigate(cmd.id, dict(cmd.args))  # HeadUnitError: ack "failed"
+        return {"outcome": f"done: head unit {got['status']}", "head_unit": got}
+
+    def actuate(cmd: Command) -> dict[str, Any]:
+        chosen = [a for a in actuators if cmd.name in a.actions]
+        if not chosen:
+            raise CommandRefused(
+                "no_actuator", f"this car has no actuator that can {cmd.name} ([edge.actuators])"
+            )
+        done = []
+        for act in chosen:
+            try:
+                done.append(act.act(cmd.name))
+            except ActuatorError as err:
+                ok = ", ".join(d["actuator"] for d in done) or "none"
+                raise ActuatorError(f"{err} (already done: {ok})") from err
+        names = ", ".join(f"{d['actuator']} ({d['kind']})" for d in done)
+        return {"outcome": f"done: {cmd.name} by {names}", "done": done}
 
     def read_dtcs(cmd: Command) -> dict[str, Any]:
         for src in agent.sources:
@@ -134,6 +190,8 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
         "replace_campaign": replace_campaign,
         "reload_config": reload_config,
         "navigate": navigate,
+        "lock": actuate,
+        "unlock": actuate,
         "read_dtcs": read_dtcs,
     }
     proc = CommandProcessor(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import asdict, dataclass
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
@@ -57,6 +58,9 @@ class Source(ABC):
         self.counters = SourceCounters()
         self._is_open = False
         self._name_ok: dict[tuple[str, ...], np.ndarray] = {}
+        # Events a source finds besides samples (an OBD source's ``dtc``): (kind, ts_us, priority,
+        # data), appended by the source's thread and taken by the agent loop (deque: thread-safe).
+        self.events: deque[tuple[str, int, int, dict[str, Any]]] = deque(maxlen=256)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -22,8 +22,9 @@ from firmware_bridge.obd.responses import ElmResponse
 log = logging.getLogger(__name__)
 
 # Services that only read (SAE J1979): current data, freeze frame, DTCs, O2/monitor results,
-# pending DTCs, vehicle info, permanent DTCs. Everything else changes the car and is refused.
-READ_SERVICES: Final = frozenset({0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x09, 0x0A})
+# pending DTCs, vehicle info, permanent DTCs; and UDS ReadDTCInformation (0x19, ISO 14229-1:
+# every sub-function reads). Everything else changes the car and is refused.
+READ_SERVICES: Final = frozenset({0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x09, 0x0A, 0x19})
 
 
 class WriteRefusedError(CarpulseError):

@@ -98,6 +98,30 @@ class ElmEmulator:
             "emulator.counters.pop('cmd_dtc_cleared', None)"
         )
 
+    def set_freeze_frame(self, dtc: str, values: dict[int, str]) -> None:
+        """Mode 02 frame 0 as an engine ECU keeps it: ``dtc`` (4 hex digits, as in ``set_dtcs``)
+        stored the frame, ``values`` maps a PID to its data bytes in hex (``{0x0D: "34"}``).
+
+        The emulator answers mode 02 with negative responses only; this adds answers to
+        ``02 <pid> 00`` requests (the car scenario), the rest stay negative.
+        """
+        entries = {0x02: dtc.upper(), **{p: v.upper() for p, v in values.items()}}
+        # Its own 020200 entry ("no DTC stored the frame") would shadow ours.
+        self.run("emulator.ObdMessage['car'].pop('INJ_MF_2', None)", settle=0.05)
+        for pid, data in entries.items():
+            body = f"42 {pid:02X} 00 " + " ".join(data[i : i + 2] for i in range(0, len(data), 2))
+            size = len(body.split())
+            self.run(
+                "import elm.obd_message as _m; "
+                f"emulator.ObdMessage['car']['CARPULSE_FF_{pid:02X}'] = {{"
+                f"'Request': '^02{pid:02X}00' + _m.ELM_FOOTER, 'Descr': 'freeze frame', "
+                "'Header': _m.ECU_ADDR_E, "
+                f"'Response': _m.HD(_m.ECU_R_ADDR_E) + _m.SZ('{size:02X}') + _m.DT({body!r})}}; "
+                "emulator.set_sorted_obd_msg()",
+                settle=0.05,
+            )
+        time.sleep(0.2)
+
     def set_scenario(self, name: str) -> None:
         """``car`` (engine running) or ``engineoff`` (ignition off: NO DATA / UNABLE TO CONNECT)."""
         self.run(f"emulator.scenario = {name!r}; emulator.set_sorted_obd_msg()")

@@ -89,7 +89,8 @@ class IsoTpObd(ObdTransport):
 
 
 class EcuSimulator:
-    """One engine ECU on a CAN bus answering OBD-II requests (modes 01, 03, 04, 07, 09).
+    """One engine ECU on a CAN bus answering OBD-II requests (modes 01, 03, 04, 07, 09) and UDS
+    ReadDTCInformation by status mask (19 02).
 
     ``values`` maps a mode 01 PID to its raw data bytes; support bitmaps are derived from it.
     """
@@ -153,6 +154,14 @@ class EcuSimulator:
         if service == 0x04:
             self.stored, self.pending = [], []
             return b"\x44"
+        if service == 0x19 and req[1:2] == b"\x02" and len(req) >= 3:
+            # UDS reportDTCByStatusMask: stored = confirmed + MIL, pending = pending
+            records = [(c, 0x88) for c in self.stored] + [(c, 0x04) for c in self.pending]
+            out = bytearray(b"\x59\x02\xff")
+            for code, status in records:
+                if status & req[2]:
+                    out += code.to_bytes(2, "big") + b"\x00" + bytes((status,))
+            return bytes(out)
         if service == 0x09 and req[1:2] == b"\x02" and self.vin:
             return b"\x49\x02\x01" + self.vin.encode("ascii")
         return bytes((0x7F, service, 0x11))  # service not supported

@@ -171,12 +171,13 @@ def test_agent_reload_config_rotates_and_revokes_keys(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from core.signing import generate_keypair, load_private_key
+    from edge.headunit import HeadUnitSimulator
     from edge.wiring import attach_commands
 
     priv_a, pub_a = generate_keypair(tmp_path / "a")
     priv_b, pub_b = generate_keypair(tmp_path / "b")
     a, b = load_private_key(priv_a), load_private_key(priv_b)
-    dev, acks, events = "sec-cmd-agent", [], []
+    dev, acks = "sec-cmd-agent", []
     agent = SimpleNamespace(
         device_id=dev,
         state_dir=tmp_path / "state",
@@ -184,14 +185,16 @@ def test_agent_reload_config_rotates_and_revokes_keys(tmp_path: Path) -> None:
         pub=SimpleNamespace(subscriptions=[], on_message=None),
         seq=SimpleNamespace(next=lambda: 1, boot_id="b"),
         queue=SimpleNamespace(put=lambda kind, topic, ack, **kw: acks.append(decode_ack(ack))),
-        enqueue_event=lambda *args: events.append(args),
         sources=[],
         tick_hooks=[],
+        stop_hooks=[],
         commands=None,
     )
     config = tmp_path / "edge.toml"
     config.write_text(f'[edge.commands]\npublic_key = "{pub_a}"\n')
-    attach_commands(agent, {"commands": {"public_key": str(pub_a)}}, config)
+    head_unit = HeadUnitSimulator(tmp_path / "hu.sock").start()
+    hu_table = {"socket": str(tmp_path / "hu.sock")}
+    attach_commands(agent, {"commands": {"public_key": str(pub_a)}, "head_unit": hu_table}, config)
 
     def send(signer: Ed25519PrivateKey, name: str, args: dict[str, Any]) -> Ack:
         agent.pub.on_message(command_topic(dev, name), sign_command(signer, dev, name, args, 60))
@@ -211,7 +214,8 @@ def test_agent_reload_config_rotates_and_revokes_keys(tmp_path: Path) -> None:
     assert reload.status == "accepted" and reload.result["trusted_keys"] == [key_id(b)]
     assert send(a, "navigate", nav).reason == "revoked_key"
     assert send(b, "navigate", nav).status == "accepted"
-    assert len(events) == 2  # the two accepted navigations, nothing else ran
+    head_unit.close()
+    assert len(head_unit.received) == 2  # the two accepted navigations, nothing else ran
 
 
 @pytest.fixture(autouse=True)

@@ -101,3 +101,22 @@ def test_a_mapping_checked_against_your_own_vss_catalog(tmp_path: Path) -> None:
     empty.write_text("path,type,datatype,unit\n")
     with pytest.raises(ConfigError, match="names no signal"):
         load_vss_mapping(mapping, empty)
+
+
+def test_environment_overrides_actuators_and_the_head_unit(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text(CONF + '[edge.actuators.doors]\nkind = "can"\nchannel = "can0"\n')
+    doc = edge_tables(
+        path,
+        {
+            "CARPULSE_EDGE__ACTUATORS__DOORS__CHANNEL": "can1",
+            "CARPULSE_EDGE__ACTUATORS__RELAY__KIND": "gpio",
+            "CARPULSE_EDGE__ACTUATORS__RELAY__LOCK_LINE": "17",
+            "CARPULSE_EDGE__HEAD_UNIT__SOCKET": "/run/hu.sock",
+        },
+    )
+    assert doc["actuators"] == {
+        "doors": {"kind": "can", "channel": "can1"},
+        "relay": {"kind": "gpio", "lock_line": 17},
+    }
+    assert doc["head_unit"] == {"socket": "/run/hu.sock"}
