@@ -154,7 +154,7 @@ def _login_refused(
 
 
 def create_app(cfg: DashboardConfig) -> FastAPI:
-    from dashboards import console, inbox
+    from dashboards import console, desk, inbox
 
     store = CrmStore.from_url(cfg.crm_url)
     try:
@@ -335,6 +335,7 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
                   scope="all" if everything else ws.dealer_id, rows=len(rows))  # fmt: skip
         return render(request, "audit.html", ws, rows=rows)
 
+    app.include_router(desk.router)
     app.include_router(console.router)
     app.include_router(inbox.router)
     return app
