@@ -10,6 +10,7 @@ when none was heard; ``alert`` is the kind of the vehicle's most urgent open cal
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -85,6 +86,7 @@ def fleet_rows(
             "health": st.get("health"),
             "alert": alert_of.get(v.vin),
             "last_seen_us": st.get("last_seen_us"),
+            "last_seen": _when(st.get("last_seen_us")),
         }
         if needle and not any(needle in str(row[k]).upper() for k in ("vin", "plate", "model")):
             continue
@@ -100,6 +102,17 @@ def fleet_rows(
         if len(rows) >= MAX_FLEET:
             break
     return rows
+
+
+def _when(us: Any) -> str:
+    """A source timestamp as ``2026-12-04 20:31:05 UTC`` (the page's poll replaces the rows, so
+    the text is made here, not by the page's script)."""
+    if type(us) is not int:
+        return "—"
+    try:
+        return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return "—"
 
 
 def desk(request: Request, ws: WebSession, show: Show, q: str) -> dict[str, Any]:

@@ -303,9 +303,9 @@ def install_pipeline(
 
     async def status_one(key: Any, value: Any) -> None:
         now_us = int(time.time() * 1e6)
-        try:
-            device = check_device_id(key.decode()) if isinstance(key, bytes) else ""
-            doc = decode_status(value)  # checked at the bridge; a topic is input too
+        try:  # checked at the bridge (key = the topic's device); a topic is input too
+            device = check_device_id(key.decode() if isinstance(key, bytes) else "")
+            doc = decode_status(value)
         except (WireError, UnicodeDecodeError):
             event_stats["bad_status"] = event_stats.get("bad_status", 0) + 1
             return

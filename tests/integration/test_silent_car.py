@@ -33,7 +33,7 @@ from crm.models import CouponTemplate
 from crm.store import CrmStore
 from dashboards.app import DashboardConfig, create_app
 from dashboards.users import create_demo_users, seed_demo_crm
-from tests.integration.helpers import pipeline, pipeline_env, wait_for
+from tests.integration.helpers import influx_query, pipeline, pipeline_env, wait_for
 from tests.integration.stream_util import create_topics
 from tests.unit.dashboards.conftest import login
 
@@ -141,6 +141,9 @@ def test_a_car_silent_at_speed_reaches_the_desk_and_reporting_again_closes_it(
             assert waited >= 3.0, f"an alarm before silent_after_s ({waited:.1f} s)"
             assert "123 km/h" in card()["title"] and row()["alert"] == "silent_car"
             wait_for(lambda: row().get("online") == "offline", 10, "the last will on the desk")
+            assert "offline" in card()["body"]  # the stream had the will when it raised the alert
+            q = f"SELECT last(online) FROM device_status WHERE device = '{DEVICE}' AND vin = '{VIN}'"
+            assert influx_query(local_stack, q)[0]["values"][0][1] == 0.0  # for Grafana
             desk = client.get("/console/desk").json()
             assert [c["kind"] for c in desk["queue"]].count("silent_car") == 1  # one per episode
             # the car comes back (out of the garage, the coverage gap): the card closes

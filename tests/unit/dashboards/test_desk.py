@@ -58,6 +58,7 @@ def test_desk_shows_queue_and_fleet_with_status_and_filters(
     assert set(rows) == {VIN_A, VIN_A2}  # not dealer-b's
     assert rows[VIN_A]["online"] == "offline" and rows[VIN_A]["moving"] is True
     assert rows[VIN_A]["speed_kmh"] == 123 and rows[VIN_A]["alert"] == "silent_car"
+    assert rows[VIN_A]["last_seen"].endswith(" UTC") and rows[VIN_A]["last_seen"][:2] == "20"
     assert rows[VIN_A2]["online"] == "online" and rows[VIN_A2]["alert"] is None
     assert "121.5" not in json.dumps(desk) and "121.5" not in client.get("/console").text
     for show, vins in (("alert", [VIN_A]), ("online", [VIN_A2]), ("offline", [VIN_A]),
