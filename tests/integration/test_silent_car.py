@@ -138,7 +138,9 @@ def test_a_car_silent_at_speed_reaches_the_desk_and_reporting_again_closes_it(
             waited = time.monotonic() - t0
             print(f"silent-car card on the desk {waited:.1f} s after the connection died")
             assert crm.poll() is None, (tmp_path / "crm.log").read_text()[-2000:]
-            assert waited >= 3.0, f"an alarm before silent_after_s ({waited:.1f} s)"
+            # silent_after_s (3 s) counts from the last telemetry's arrival, a moment before the
+            # death (the desk showed it moving by then): not an alarm at the first missed beat
+            assert waited >= 2.0, f"an alarm before silent_after_s ({waited:.1f} s)"
             assert "123 km/h" in card()["title"] and row()["alert"] == "silent_car"
             wait_for(lambda: row().get("online") == "offline", 10, "the last will on the desk")
             assert "offline" in card()["body"]  # the stream had the will when it raised the alert
