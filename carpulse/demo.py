@@ -10,7 +10,10 @@ Each simulated car first sends an odometer history (two readings a day over the 
 366 days, as if the stream had seen it that long), then a live odometer with its speed. The
 stream's maintenance model turns them into ``service_due`` predictions and the CRM worker
 issues maintenance coupons to the members whose service is due within 30 days: the table
-shows them. Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
+shows them. One more car, ``demo-silent``, drives at 123 km/h for ``SILENT_DRIVE_S`` seconds and
+then its connection dies (its last will says ``offline``): after ``SILENT_AFTER_S`` the stream
+raises a silent-car alert and the console's desk shows the call-centre card.
+Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ DAY_S = 86_400
 # how long the stream has "seen" each simulated car (cycled): with the default 365-day schedule
 # the calendar makes them due in 35, 26, 17, 8 and 0 days
 HISTORY_DAYS = (330, 339, 348, 357, 366)
+SILENT_DEVICE = "demo-silent"
+SILENT_DRIVE_S = 60.0  # the silent car drives this long, then its connection dies
+SILENT_AFTER_S = 30  # the demo's [stream] silent_after_s (120 s by default)
 
 
 @dataclass
@@ -181,6 +187,7 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
 
     from crm import store as st
     from crm.models import Coupon
+    from crm.tables import InboxItem
 
     out: dict[str, str] = {}
     try:
@@ -199,6 +206,11 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
                 c = coupons.get(vin)
                 due = f"coupon until {c.valid_until:%Y-%m-%d}" if c is not None else "no coupon"
                 out[vin] = f"{'member' if member else 'no consent'}: {due}"
+            silent = select(InboxItem.vin).where(
+                InboxItem.kind == "silent_car", InboxItem.done_at.is_(None), InboxItem.vin.in_(vins)
+            )
+            for vin in s.scalars(silent):  # the call centre's card for the silent car
+                out[vin] = out.get(vin, "") + " · SILENT-CAR CARD"
     except SQLAlchemyError as err:  # a busy database must not end the demo
         return {vin: f"? ({str(err)[:40]})" for vin in vins}
     return out
@@ -234,6 +246,29 @@ def _table(
         f"Vehicle.Speed points - CRM: {n_coupons} maintenance coupon(s) from service-due predictions"
     )
     return t
+
+
+def drive_silent(v: Vehicle, now_s: float, started: float) -> None:
+    """The silent car: fast with the engine on, then its connection dies without a goodbye (the
+    broker publishes its last will, ``offline``) and it sends nothing more."""
+    if v.stats.error:
+        return
+    if time.monotonic() - started >= SILENT_DRIVE_S:
+        with contextlib.suppress(Exception):
+            v.pub.client.loop_stop()
+            v.pub.client.socket().close()  # type: ignore[union-attr]
+        v.stats.error = "silent: connection died at speed"
+        return
+    ts = int(now_s * 1e6) + np.arange(10) * 100_000
+    names = [SPEED, "Vehicle.Powertrain.CombustionEngine.Speed"]
+    samples = Samples.from_columns(
+        names,
+        np.repeat(np.arange(2), 10),
+        np.tile(ts, 2),
+        np.r_[np.full(10, 123.0), np.full(10, 2800.0)],
+    )
+    with contextlib.suppress(Exception):  # a broker hiccup shows as no traffic
+        v.send(samples)
 
 
 def _replay_loop(vehicle: Vehicle, log: Path, dbc: Path, stop: threading.Event) -> None:
@@ -284,6 +319,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     log, dbc = canlog_dir() / car / log_name, canlog_dir() / car / dbc_name
     has_real = log.exists() and dbc.exists()
     devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + (["demo-gt350"] if has_real else [])
+    devices.append(SILENT_DEVICE)
     store, vins, registry = seed_crm(stack, devices)
     vin_of = dict(zip(devices, vins, strict=True))
     console.print(f"  CRM seeded: {len(vins)} vehicles with owners; registry {registry}")
@@ -292,7 +328,8 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     )
     procs = [
         _spawn(["stream", "bridge"], env, logs / "bridge.log"),
-        _spawn(["stream", "worker"], env, logs / "worker.log"),
+        _spawn(["stream", "worker"], {**env, "CARPULSE_STREAM__SILENT_AFTER_S": str(SILENT_AFTER_S)},
+               logs / "worker.log"),
         # a short session timeout: the CRM group forms in seconds, not 30 s
         _spawn(["crm", "worker", "--interval", "5"], {**env, "CARPULSE_STREAM__SESSION_TIMEOUT_S": "8"},
                logs / "crm.log"),
@@ -334,6 +371,10 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
             threads.append(th)
         else:
             console.print(f"  (no shared CAN logs at {canlog_dir()}: simulated traffic only)")
+        silent = Vehicle(s, SILENT_DEVICE, f"123 km/h for {SILENT_DRIVE_S:.0f} s, then silent")
+        silent.stats.vin = vin_of[SILENT_DEVICE]
+        silent.pub.connect()
+        fleet.append(silent)
         _print_where_to_look(stack)
         started = time.monotonic()
         sim_t = 0.0
@@ -358,6 +399,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                         v.stats.error = ""
                     except Exception as err:  # a broker hiccup must not end the demo
                         v.stats.error = str(err)[:60]
+                drive_silent(silent, tick, started)
                 sim_t += 1.0
                 if int(sim_t) % 3 == 0:
                     count = _influx_count(stack)

@@ -417,6 +417,20 @@ class StreamSettings(BaseModel):
     service_engine_hours: float = Field(
         0.0, description="Service interval in engine hours (0 = not serviced by engine hours)."
     )
+    # silent cars (stream.silence): a car that goes quiet at speed raises a call-centre alert
+    silent_after_s: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="Silent car: seconds without telemetry (wall time at the worker) after "
+        "which a car last seen moving above silent_min_kmh with ignition on raises an alert.",
+    )
+    silent_min_kmh: float = Field(
+        30.0,
+        ge=0,
+        description="Silent car: the last known speed must be above this (a car that slowed "
+        "down or parked before going quiet, in a garage or a tunnel queue, is not an alarm).",
+    )
 
     def faust_datadir(self, app_id: str, *, create: bool = False) -> Path:
         """The ``datadir`` of the Faust app ``app_id``: ``{data_dir}/{app_id}-data``; with
@@ -536,6 +550,16 @@ class DashboardSettings(BaseModel):
     coupon_templates: list[str] = Field(
         default_factory=list,
         description="Coupon templates advisors may issue from the inbox (none unless listed).",
+    )
+    # the advisor inbox's maintenance card (dashboards.inbox): only what is due soon
+    maintenance_horizon_days: float = Field(
+        30.0, gt=0, description="A maintenance card only when service or oil is due within this."
+    )
+    maintenance_horizon_km: float = Field(
+        1000.0, gt=0, description="... or when the service is due within this distance."
+    )
+    oil_due_pct: float = Field(
+        20.0, ge=0, le=100, description="... or when the oil life left is at most this."
     )
 
 

@@ -27,6 +27,9 @@ CRM_EVENT_KINDS: Final = (
     "coupon_expiring",
     "dtc",
     "crash",
+    "silent_car",
+    "silent_car_end",
+    "oil_life",
 )
 
 

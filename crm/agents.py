@@ -44,7 +44,7 @@ from core.topics import (
     KAFKA_PRIVACY,
 )
 from crm import location_sync as ls
-from crm.delivery import Dispatcher
+from crm.delivery import Dispatcher, close_silent_cards
 from crm.engine import RuleEngine
 from crm.jobs import DeadLetter, retry_parked, scan
 from crm.location_sink import InfluxLocations
@@ -76,6 +76,11 @@ def handle_record(
     events = from_record(topic, payload, gates)
     stats["records"] += 1
     for ev in events:
+        if ev.kind == "silent_car_end" and ev.vin:  # not a rule: the episode's card closes
+            with store.tx() as s:
+                stats["silent_closed"] += close_silent_cards(s, ev.vin, ev.data["alarm_id"])
+            stats["events"] += 1
+            continue
         with store.tx() as s:
             out = engine.handle(s, ev)
             face = ev.customer_id if ev.data.get("via") == "face" else None

@@ -273,6 +273,20 @@ def close_item(s: Session, item_id: int, actor: str, note: str = "") -> None:
         audit(s, actor, "inbox.close", str(item_id), role=item.role, note=note)
 
 
+def close_silent_cards(s: Session, vin: str, alarm_id: str) -> int:
+    """The car of a silence episode reports again: close that episode's open call-centre cards
+    (``silent_car``, filed by the rules engine with the episode id as their event)."""
+    q = select(InboxItem).where(
+        InboxItem.vin == vin, InboxItem.kind == "silent_car", InboxItem.done_at.is_(None)
+    )
+    closed = 0
+    for item in s.scalars(q):
+        if (item.data or {}).get("event") == alarm_id:
+            close_item(s, item.id, "stream", note="the car reports again")
+            closed += 1
+    return closed
+
+
 def file_card(
     s: Session,
     *,

@@ -84,10 +84,35 @@ def _json(payload: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
+def from_oil_life(doc: dict[str, Any]) -> list[CrmEvent]:
+    """An oil-life prediction (``stream.kernels``: ``value`` is the life left, 0..1) as a
+    maintenance event; ``interval`` names the oil interval (the rule's once-per-period)."""
+    vin = _str(doc.get("vin"), "oil_life vin")
+    life = _num(doc.get("value"), "oil_life value", 10.0)
+    if not 0.0 <= life <= 1.0:
+        raise DecodeError("oil_life value must be the life left between 0 and 1")
+    interval = doc.get("interval", "")
+    if not isinstance(interval, str | int) or len(str(interval)) > MAX_ID_LEN:
+        raise DecodeError("oil_life interval must be a short string")
+    ts = _ts(doc.get("ts_us"))
+    return [
+        CrmEvent(
+            kind="oil_life",
+            ts=ts,
+            id=f"{vin}:oil_life:{doc['ts_us']}",
+            vin=vin,
+            data={"life_pct": round(life * 100, 1), "interval": str(interval) or "first_seen"},
+            source=KAFKA_PREDICTIONS,
+        )
+    ]
+
+
 def from_prediction(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_PREDICTIONS)
+    if doc.get("kind") == "oil_life":
+        return from_oil_life(doc)
     if doc.get("kind") != "service_due":
-        return []  # oil-life and other predictions are not CRM events (yet)
+        return []  # other predictions are not CRM events
     vin = _str(doc.get("vin"), "service_due vin")
     days = _num(doc.get("days"), "service_due days", MAX_DAYS)
     km, odo = _num(doc.get("km"), "service_due km"), _num(doc.get("odo"), "service_due odo")
@@ -118,8 +143,42 @@ def from_prediction(payload: bytes) -> list[CrmEvent]:
     ]
 
 
+SILENT_KINDS: Final = {"silent": "silent_car", "silent_end": "silent_car_end"}
+
+
+def from_silent(doc: dict[str, Any]) -> list[CrmEvent]:
+    """A silent car (``stream.silence``): ``silent_car`` opens the episode's call-centre card,
+    ``silent_car_end`` (the car reports again) closes it; both carry the episode's id."""
+    kind = SILENT_KINDS[doc["kind"]]
+    vin = _str(doc.get("vin"), f"{kind} vin")
+    alarm = _str(doc.get("alarm_id"), f"{kind} alarm_id", max_len=128)
+    raw = doc.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    speed, silent_s = _opt_num(data.get("speed_kmh")), _opt_num(data.get("silent_s"))
+    status = data.get("device_status")
+    return [
+        CrmEvent(
+            kind=kind,
+            ts=_ts(doc.get("ts_us")),
+            id=alarm if kind == "silent_car" else f"{alarm}:end",
+            vin=vin,
+            device=_str(doc["device"], f"{kind} device") if doc.get("device") else None,
+            data={
+                "alarm_id": alarm,
+                "speed_kmh": None if speed is None else round(speed),
+                "silent_s": None if silent_s is None else round(silent_s),
+                "device_status": status if status in ("online", "offline") else "unknown",
+                "severity": "critical",
+            },
+            source=KAFKA_ALERTS,
+        )
+    ]
+
+
 def from_alert(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_ALERTS)
+    if doc.get("kind") in SILENT_KINDS:
+        return from_silent(doc)
     if doc.get("kind") != "crash":
         return []
     vin = _str(doc.get("vin"), "crash alert vin")

@@ -43,6 +43,8 @@ EVENT_KINDS: Final = (
     "coupon_expiring",
     "dtc",
     "crash",
+    "silent_car",
+    "oil_life",
 )
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")

@@ -27,6 +27,7 @@ from crm.store import CrmStore, audit
 from dashboards import auth
 from dashboards.auth import COOKIE, PRELOGIN_COOKIE, PRELOGIN_S, SessionStore, WebSession, csrf_ok
 from dashboards.live import KafkaFeed, StateHub
+from dashboards.maintenance import Horizon
 from dashboards.metrics import install as install_metrics
 from dashboards.throttle import LoginThrottle, address_subject
 
@@ -58,6 +59,7 @@ class DashboardConfig:
     session_idle_s: float = 1800.0
     # the coupon templates advisors may issue from the inbox (none unless listed)
     coupon_templates: list[str] = field(default_factory=list)
+    maintenance: Horizon = field(default_factory=Horizon)  # what the inbox files
     public_url: str = ""  # where users reach the app ([dashboard] public_url); for links
     # True: migrate the CRM at start (the demo); else its schema is checked and an old one refused
     migrate: bool = False
@@ -152,7 +154,7 @@ def _login_refused(
 
 
 def create_app(cfg: DashboardConfig) -> FastAPI:
-    from dashboards import console, inbox
+    from dashboards import console, desk, inbox
 
     store = CrmStore.from_url(cfg.crm_url)
     try:
@@ -171,7 +173,10 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         channel = None
         if cfg.kafka_bootstrap:
             feed = KafkaFeed(
-                cfg.kafka_bootstrap, hub, inbox.record_filer(store), options=cfg.kafka_options
+                cfg.kafka_bootstrap,
+                hub,
+                inbox.record_filer(store, cfg.maintenance),
+                options=cfg.kafka_options,
             )
             await feed.start()
         if cfg.mqtt is not None and cfg.signing_key is not None:
@@ -330,6 +335,7 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
                   scope="all" if everything else ws.dealer_id, rows=len(rows))  # fmt: skip
         return render(request, "audit.html", ws, rows=rows)
 
+    app.include_router(desk.router)
     app.include_router(console.router)
     app.include_router(inbox.router)
     return app

@@ -35,6 +35,7 @@ from crm.store import CrmError, CrmStore, audit
 from dashboards.app import REASON_CODES, csrf, render, require
 from dashboards.auth import LocationGrant, SessionStore, WebSession
 from dashboards.data import DealerScopeError, search, vehicle_card
+from dashboards.desk import desk
 from dashboards.live import StateHub, public_view
 
 router = APIRouter(tags=["console"])
@@ -103,18 +104,13 @@ def console_page(
 ) -> Response:
     results = []
     partial = request.headers.get("hx-request") == "true"
-    queue: list[dict[str, Any]] = []
     with _store(request).tx() as s:
         if q:
             results = search(s, q, ws.dealer_id or "")
             audit(s, ws.username or "", "console.search", "-", "console",
                   dealer_id=ws.dealer_id, hits=len(results))  # fmt: skip
-        if not partial:  # the call-centre queue: the CRM's cards for the call centre (crashes)
-            for item in delivery.dealer_inbox(s, ws.dealer_id or "", CALL_CENTRE_ROLES):
-                queue.append({"id": item.id, "kind": item.kind, "vin": item.vin,
-                              "title": item.title, "body": item.body,
-                              "at": item.created_at.strftime("%Y-%m-%d %H:%M"),
-                              "state": delivery.card_state(item)})  # fmt: skip
+    # the agent's desk: the call-centre queue and the dealer's fleet (dashboards.desk)
+    board = {} if partial else desk(request, ws, "all", "")
     hub: StateHub = request.app.state.hub
     return render(
         request,
@@ -122,7 +118,7 @@ def console_page(
         ws,
         q=q,
         results=results,
-        queue=queue,
+        **board,
         alerts=_alerts_for(request, ws, list(hub.alerts)),
     )
 
@@ -172,14 +168,15 @@ def vehicle_state(
 def _alerts_for(
     request: Request, ws: WebSession, alerts: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Crash alerts of this dealer's vehicles, without locations (reveal is per vehicle)."""
+    """Crash and silent-car alerts of this dealer's vehicles, without locations (reveal is per
+    vehicle); a ``silent_end`` tells the page to take a silent car's banner down."""
     vins = {a.get("vin") for a in alerts if isinstance(a.get("vin"), str)}
     if not vins:
         return []
     with _store(request).tx() as s:
         mine = {v for v in vins if (veh := s.get(Vehicle, v)) and veh.dealer_id == ws.dealer_id}
     return [
-        {k: a.get(k) for k in ("kind", "vin", "ts_us", "severity", "received_us")}
+        {k: a.get(k) for k in ("kind", "vin", "ts_us", "severity", "received_us", "alarm_id")}
         for a in alerts
         if a.get("vin") in mine
     ]

@@ -4,8 +4,10 @@ whatever else the rules route there); acknowledge / book / issue a coupon act th
 ``crm.delivery`` and are audited.
 
 The dashboard's Kafka feed files two kinds of cards into that one inbox (``record_filer``):
-maintenance predictions from ``carpulse.predictions`` (with the evidence series for the chart)
-and the DTCs of ``vehicle-state``. The rules engine files the rest (gate arrivals, ...) from the
+maintenance predictions from ``carpulse.predictions``, one card per vehicle that merges its
+service-due and oil-life predictions (with their evidence series for the charts), filed only when
+something is due within the horizon (``dashboards.maintenance``), and the DTCs of
+``vehicle-state``. The rules engine files the rest (gate arrivals, ...) from the
 CRM worker. A DTC is one card per (vehicle, code, ownership period) whoever files it
 (``crm.delivery.file_dtc_card``): the advisor's for a medium or low severity, the expert queue's
 for a high one; the advisor's page shows the dealer's expert cards too, marked as such.
@@ -20,6 +22,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, Form, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup, escape
+from sqlalchemy import select
 
 from core.checks import valid_dtcs
 from core.topics import KAFKA_VEHICLE_STATE
@@ -32,9 +35,17 @@ from dashboards.app import csrf, render, require
 from dashboards.auth import WebSession
 from dashboards.data import DealerScopeError, VehicleCard, customer_card, vehicle_card
 from dashboards.live import describe_dtc
+from dashboards.maintenance import (
+    EVIDENCE_POINTS,
+    PARTS,
+    Horizon,
+    due_parts,
+    episode_key,
+    title,
+    with_evidence,
+)
 
 router = APIRouter(tags=["inbox"])
-EVIDENCE_POINTS: Final = 60
 ItemId = Annotated[int, Path(ge=1, le=2**62)]
 FEED_KEY: Final = "feed|"  # effect keys of the cards the dashboard's feed files
 
@@ -43,27 +54,18 @@ def _store(request: Request) -> CrmStore:
     return request.app.state.crm  # type: ignore[no-any-return]
 
 
-def _evidence_value(doc: dict[str, Any]) -> float | None:
-    """The series the chart draws: the predicted value (oil life) or the distance left."""
-    if isinstance(doc.get("value"), int | float):
-        return float(doc["value"])
-    if isinstance(doc.get("km"), int | float) and isinstance(doc.get("odo"), int | float):
-        return round(float(doc["km"]) - float(doc["odo"]), 1)
-    return None
+PART_NAMES: Final = {"service_due": "Service", "oil_life": "Oil"}
 
 
-TITLES: Final = {"service_due": "Service due", "oil_life": "Oil change"}
-
-
-def _title(kind: str, due: dict[str, Any]) -> str:
-    name = TITLES.get(kind, kind.replace("_", " ").capitalize())
-    return f"{name} by {due['due_date']}" if due.get("due_date") else name
-
-
-def record_filer(store: CrmStore) -> Callable[[str, dict[str, Any]], None]:
-    """Files predictions as maintenance cards and DTC lists as DTC cards, in the CRM inbox."""
+def record_filer(
+    store: CrmStore, horizon: Horizon | None = None
+) -> Callable[[str, dict[str, Any]], None]:
+    """Files predictions as one maintenance card per vehicle (only when something is due within
+    ``horizon``) and DTC lists as DTC cards, in the CRM inbox."""
 
     filed: dict[str, list[str]] = {}  # states repeat every 200 ms: write only when codes change
+    h = horizon or Horizon()
+    latest: dict[str, dict[str, dict[str, Any]]] = {}  # vin -> part -> prediction + evidence
 
     def file(topic: str, doc: dict[str, Any]) -> None:
         vin, kind = doc.get("vin"), str(doc.get("kind", "prediction"))[:32]
@@ -80,23 +82,32 @@ def record_filer(store: CrmStore) -> Callable[[str, dict[str, Any]], None]:
                         delivery.file_dtc_card(s, vin=vin, code=code, severity=dtc_severity(code),
                                                text=describe_dtc(code), source="feed")  # fmt: skip
             return
+        if kind not in PARTS:
+            return
         with store.tx() as s:
             if s.get(Vehicle, vin) is None:
                 return
-            # one card per prediction kind and service cycle; a new cycle is a new card
-            key = f"{FEED_KEY}maintenance|{vin}|{kind}|{doc.get('cycle', '')}"[:200]
-            item = s.query(InboxItem).filter_by(effect_key=key).one_or_none()
-            evidence = list((item.data if item else {}).get("evidence", []))
-            value = _evidence_value(doc)
-            if value is not None and isinstance(doc.get("ts_us"), int):
-                evidence = [*evidence, [doc["ts_us"], value]][-EVIDENCE_POINTS:]
-            payload = {k: v for k, v in doc.items() if k != "evidence"}
-            payload["evidence"] = evidence
-            due = _due(payload)
+            parts = latest.setdefault(vin, {})
+            parts[kind] = with_evidence(doc, parts.get(kind))
+            due = due_parts(parts, h)
+            prefix = f"{FEED_KEY}maintenance|{vin}|"
+            item = s.scalars(
+                select(InboxItem).where(
+                    InboxItem.effect_key.startswith(prefix, autoescape=True),
+                    InboxItem.done_at.is_(None),
+                )
+            ).first()
+            if item is None and not due:
+                return  # nothing due soon: no card (and none open to update)
+            # the open card of this vehicle, else one card per episode (service cycle, oil
+            # interval): a card acted on stays closed for the rest of its episode
+            key = (
+                item.effect_key if item else f"{FEED_KEY}maintenance|{episode_key(vin, parts, due)}"
+            )
             delivery.file_card(
-                s, role="advisor", kind="maintenance", key=key, vin=vin,
-                title=_title(kind, due), customer_id=owner_at(s, vin, utcnow()),
-                priority=4, data=payload,
+                s, role="advisor", kind="maintenance", key=str(key)[:200], vin=vin,
+                title=title(parts, due), customer_id=owner_at(s, vin, utcnow()),
+                priority=4, data={"parts": parts, "due": due},
             )  # fmt: skip
 
     return file
@@ -160,6 +171,28 @@ def _due(payload: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def maintenance_parts(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a maintenance card shows: each part's due date, distance, window, oil life and
+    chart, the parts due first (a card filed before the merge holds one prediction itself)."""
+    parts = data.get("parts")
+    if not isinstance(parts, dict):
+        parts = {str(data.get("kind", "prediction")): data}
+    raw_due = data.get("due")
+    due: list[Any] = raw_due if isinstance(raw_due, list) else list(parts)
+    rows = []
+    for name, doc in sorted(parts.items(), key=lambda kv: kv[0] not in due):
+        if not isinstance(doc, dict):
+            continue
+        life = doc.get("value") if name == "oil_life" else None
+        rows.append({
+            "name": PART_NAMES.get(name, name.replace("_", " ")), "kind": name,
+            "is_due": name in due, "due": _due(doc),
+            "life_pct": round(life * 100) if isinstance(life, int | float) else None,
+            "chart": evidence_svg(doc.get("evidence") or []),
+        })  # fmt: skip
+    return rows
+
+
 def _card_for(s: Any, item: InboxItem, dealer_id: str) -> VehicleCard | None:
     try:
         if item.vin:
@@ -196,10 +229,7 @@ def inbox_page(request: Request, ws: WebSession = Depends(require("inbox.view"))
                     "state": delivery.card_state(item),
                     "data": data,
                     "card": card,
-                    "due": _due(data) if item.kind == "maintenance" else {},
-                    "chart": evidence_svg(data.get("evidence") or [])
-                    if item.kind == "maintenance"
-                    else "",
+                    "parts": maintenance_parts(data) if item.kind == "maintenance" else [],
                 }
             )
     return render(request, "inbox.html", ws, rows=rows, coupon_templates=templates)

@@ -1,8 +1,9 @@
-"""Live state for the screens: a hub of latest vehicle states and crash alerts, fed from Kafka.
+"""Live state for the screens: a hub of latest vehicle states, alerts and device status, fed from Kafka.
 
 ``KafkaFeed`` reads the compacted ``vehicle-state`` topic (from the start, so the hub knows every
 vehicle's last state at once), ``carpulse.alerts`` (crashes) and ``carpulse.predictions``
-(maintenance) into the advisor inbox, with states that carry DTCs (routing) with aiokafka, without a consumer group: every app process
+(maintenance) into the advisor inbox, ``carpulse.status`` (each device's online/offline, the
+latter usually its last will; keyed by device id, checked like at the bridge), with states that carry DTCs (routing) with aiokafka, without a consumer group: every app process
 sees everything. ``StateHub`` keeps the latest state per VIN and fans changes out to the
 server-sent-event streams of the open consoles; it never holds a location beyond what the state
 carries, and the SSE view strips it unless the session holds a grant for that vehicle.
@@ -20,7 +21,15 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from core.checks import valid_dtcs
-from core.topics import KAFKA_ALERTS, KAFKA_PREDICTIONS, KAFKA_VEHICLE_STATE
+from core.errors import WireError
+from core.topics import (
+    KAFKA_ALERTS,
+    KAFKA_PREDICTIONS,
+    KAFKA_STATUS,
+    KAFKA_VEHICLE_STATE,
+    check_device_id,
+)
+from core.wire import decode_status
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,7 @@ class StateHub:
     def __init__(self) -> None:
         self.states: dict[str, dict[str, Any]] = {}
         self.alerts: deque[dict[str, Any]] = deque(maxlen=MAX_ALERTS)
+        self.status: dict[str, dict[str, Any]] = {}  # device -> {"state", "at_us"}
         self._subs: set[asyncio.Queue[tuple[str, dict[str, Any]]]] = set()
         self.updates = 0
 
@@ -103,8 +113,27 @@ class StateHub:
 
     def put_alert(self, alert: dict[str, Any]) -> None:
         alert.setdefault("received_us", int(time.time() * 1e6))
-        self.alerts.appendleft(alert)
+        if alert.get("kind") == "silent_end":  # the silent car reports again: its alert ends
+            ended = alert.get("alarm_id")
+            kept = [
+                a
+                for a in self.alerts
+                if not (a.get("kind") == "silent" and a.get("alarm_id") == ended)
+            ]
+            self.alerts = deque(kept, maxlen=MAX_ALERTS)
+        else:
+            self.alerts.appendleft(alert)
         self._fan_out("alert", alert)
+
+    def put_status(self, device: str, doc: dict[str, Any]) -> None:
+        """A device's status (``online``, ``offline`` from its last will, ...), at arrival."""
+        self.status[device] = {"state": doc["state"], "at_us": int(time.time() * 1e6)}
+        self._fan_out("status", {"device": device, **self.status[device]})
+
+    def online(self, device: str | None) -> str:
+        """``online``, ``offline`` or ``unknown`` (no status heard from the device)."""
+        got = self.status.get(device or "")
+        return "unknown" if got is None else str(got["state"])
 
 
 class KafkaFeed:
@@ -137,7 +166,7 @@ class KafkaFeed:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError
 
-        topics = (KAFKA_VEHICLE_STATE, KAFKA_ALERTS, KAFKA_PREDICTIONS)
+        topics = (KAFKA_VEHICLE_STATE, KAFKA_ALERTS, KAFKA_PREDICTIONS, KAFKA_STATUS)
         while True:
             consumer = AIOKafkaConsumer(
                 *topics,
@@ -152,7 +181,7 @@ class KafkaFeed:
                 self.ready.set()
                 log.info("dashboard feed connected to %s", self.bootstrap)
                 async for msg in consumer:
-                    self.handle(msg.topic, msg.value)
+                    self.handle(msg.topic, msg.value, msg.key)
             except asyncio.CancelledError:
                 raise
             except (KafkaError, OSError) as err:
@@ -162,9 +191,18 @@ class KafkaFeed:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
 
-    def handle(self, topic: str, value: bytes | None) -> None:
+    def handle(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
         """One record; a bad one is counted and skipped, never raised."""
         if value is None:
+            return
+        if topic == KAFKA_STATUS:
+            try:
+                device = check_device_id(key.decode() if isinstance(key, bytes) else "")
+                self.hub.put_status(device, decode_status(value))
+            except (WireError, UnicodeDecodeError) as err:
+                self.bad += 1
+                if self.bad <= 10:
+                    log.warning("dashboard feed: bad record on %s: %s", topic, err)
             return
         try:
             doc = json.loads(value)

@@ -7,6 +7,7 @@ from pathlib import Path
 from core.config import CarpulseSettings
 from core.errors import ConfigError
 from dashboards.app import DashboardConfig
+from dashboards.maintenance import Horizon
 
 
 def config_from_settings(
@@ -54,6 +55,7 @@ def config_from_settings(
         secure_cookies=d.secure_cookies if secure_cookies is None else secure_cookies,
         coupon_templates=list(d.coupon_templates if coupon_templates is None else coupon_templates),
         public_url=d.public_url,
+        maintenance=Horizon(d.maintenance_horizon_days, d.maintenance_horizon_km, d.oil_due_pct),
         metrics_allow=list(s.metrics.allow),
     )
 

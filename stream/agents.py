@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,23 +33,29 @@ from typing import Any
 import faust
 
 from core.config import CarpulseSettings
+from core.errors import WireError
 from core.topics import (
     KAFKA_ALERTS,
     KAFKA_ANOMALIES,
     KAFKA_DAILY,
     KAFKA_EVENTS,
     KAFKA_PREDICTIONS,
+    KAFKA_STATUS,
     KAFKA_TELEMETRY,
     KAFKA_TRIPS,
     KAFKA_VEHICLE_STATE,
+    check_device_id,
 )
+from core.wire import decode_status
 from stream import state as vstate
 from stream.alerts import handle_event
+from stream.lines import escape_tag
 from stream.offsets import SourceOffsets, guarded
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
 from stream.privacy import PrivacyFeed, PrivacyView, public_state
 from stream.registry import DeviceRegistry
 from stream.retry import SinkWriter
+from stream.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +200,9 @@ def install_pipeline(
     events = app.topic(KAFKA_EVENTS, value_serializer="raw", key_serializer="raw", acks=False)
     event_stats = {"events": 0, "alerts": 0, "duplicates": 0, "dead_lettered": 0}
     app.carpulse_pipeline = pipeline  # type: ignore[attr-defined]
+    status_topic = app.topic(KAFKA_STATUS, value_serializer="raw", key_serializer="raw")
+    watch = SilenceWatch(st.silent_after_s, st.silent_min_kmh)
+    app.carpulse_silence = watch  # type: ignore[attr-defined]
     app.carpulse_event_stats = event_stats  # type: ignore[attr-defined]
 
     def lookup(table: str, key: str) -> bytes | None:
@@ -218,6 +228,11 @@ def install_pipeline(
         await publish(KAFKA_TRIPS, res.trips)
         await publish(KAFKA_DAILY, res.days)
         await publish(KAFKA_VEHICLE_STATE, res.state_updates)
+        now_us = int(time.time() * 1e6)
+        for partition, table, key, _ in res.writes:  # telemetry arrived: silent cars watch
+            state = pipeline.live_state(key) if table == T_STATE else None
+            if state is not None and (end := watch.seen(key, partition, now_us, state)):
+                await publish(KAFKA_ALERTS, [(key, end)])
         current = None
         for partition, table, key, value in sorted(res.writes, key=lambda w: w[0]):
             if partition != current:
@@ -257,6 +272,49 @@ def install_pipeline(
             if public is not state:
                 await publish(KAFKA_VEHICLE_STATE, [(vin, vstate.dumps(public))])
 
+    def owned_partitions() -> set[int]:
+        return {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == KAFKA_TELEMETRY
+        }
+
+    @app.timer(1.0)
+    async def silent_cars() -> None:
+        """Alerts for cars gone silent at speed (``stream.silence``), each with the location
+        its policy allows (none without consent: not a crash, no vital interest assumed)."""
+        for vin, alert in watch.due(int(time.time() * 1e6), owned_partitions()):
+            raw = tables[T_STATE].get(vin)
+            if raw:
+                where = public_state(vstate.loads(raw), view.get(vin)).get("location")
+                if where is not None:
+                    alert = silent_with_location(alert, where)
+            await publish(KAFKA_ALERTS, [(vin, alert)])
+            event_stats["alerts"] += 1
+
+    @app.agent(status_topic)
+    async def device_status(stream: Any) -> Any:
+        """Devices' online/offline (the last will is ``offline``): into the silence watch and
+        InfluxDB (``device_status``, field ``online``, for Grafana)."""
+        await writer.start()
+        try:
+            async for event in stream.events():
+                await status_one(event.key, event.value)
+        finally:
+            await writer.close()
+
+    async def status_one(key: Any, value: Any) -> None:
+        now_us = int(time.time() * 1e6)
+        try:  # checked at the bridge (key = the topic's device); a topic is input too
+            device = check_device_id(key.decode() if isinstance(key, bytes) else "")
+            doc = decode_status(value)
+        except (WireError, UnicodeDecodeError):
+            event_stats["bad_status"] = event_stats.get("bad_status", 0) + 1
+            return
+        watch.status(device, doc["state"], now_us)
+        vin = registry.vin(device)
+        online = 1.0 if doc["state"] == "online" else 0.0
+        tags = f"device={escape_tag(device)}" + (f",vin={escape_tag(vin)}" if vin else "")
+        await writer.deliver([f"device_status,{tags} online={online!r} {now_us}"])
+
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:
         # acks off on this topic too: the same race, the same guard; one by one, as an alert
@@ -284,3 +342,10 @@ def install_pipeline(
             tables[table][key] = value
 
     return pipeline
+
+
+def silent_with_location(alert: bytes, location: Any) -> bytes:
+    """A silent-car alert with the position the vehicle's location policy allows."""
+    doc = json.loads(alert)
+    doc["location"] = location
+    return json.dumps(doc).encode()

@@ -251,6 +251,8 @@ class PartitionModels:
                     "ts_us": int(t_),
                     "value": capped,
                     "revs": float(self.oil.revs[s_]),
+                    # the oil interval (its start, s): the CRM's once-per-oil-change period
+                    "interval": f"oil@{self.oil.changed_ts[s_]:.0f}",
                 }
                 out.predictions.append((names[s_], json.dumps(rec).encode()))
 

@@ -300,6 +300,11 @@ class TelemetryPipeline:
             self._dead(res, detail.encode("utf-8", "replace"), reason, "see value")
         feed.append((vin, split_location(clean, None).rest.samples))  # no positions
 
+    def live_state(self, vin: str) -> vstate.State | None:
+        """The vehicle's state as the last batch left it (None for other keys)."""
+        cached = self._states.get(vin)
+        return None if cached is None else cached[0]
+
     def _load_seen(self, device: str, lookup: Lookup) -> DeviceSeen:
         stored = lookup(T_DEDUPE, device)
         cached = self._seen.get(device)

@@ -49,13 +49,17 @@
   function showAlert(a) {
     const box = $("#alerts");
     if (!box) return;
+    if (a.kind === "silent_end") {  // the silent car reports again: its banner goes
+      box.querySelectorAll("div.alert.silent").forEach((d) => { if (d.dataset.vin === a.vin) d.remove(); });
+      return;
+    }
     const div = document.createElement("div");
-    div.className = "alert crash";
+    div.className = "alert " + (a.kind === "silent" ? "silent" : "crash");
     div.dataset.vin = a.vin;
     const link = document.createElement("a");
     link.href = "/console/vehicles/" + encodeURIComponent(a.vin);
     link.textContent = a.vin;
-    div.append("CRASH · ", link, " · " + fmtTime(a.ts_us));
+    div.append(a.kind === "silent" ? "SILENT CAR · " : "CRASH · ", link, " · " + fmtTime(a.ts_us));
     box.prepend(div);
     beep();
   }

@@ -347,6 +347,30 @@ def test_send_destination_is_signed_and_accepted_by_the_edge(
     _shot(page, world, "05-destination.png")
 
 
+def test_the_start_page_is_the_desk_with_the_fleet_live_and_filterable(
+    browser: Browser, world: World
+) -> None:
+    """The agent's desk: the queue and the dealer's fleet; the row follows the car (polled), the
+    filter narrows it, and no position is on the page."""
+    page = login(browser, world, "agent")
+    expect(page.locator("#queue")).to_be_visible()
+    row = page.locator(f"#fleet tr[data-vin='{VIN}']")
+    expect(row).to_be_visible()
+    publish_speed(world, 64.0)
+    expect(row).to_contain_text("moving 64 km/h", timeout=8000)  # the 3 s poll, no reload
+    page.select_option("#fleet-filter select[name=show]", "moving")
+    expect(row).to_be_visible(timeout=5000)
+    page.select_option("#fleet-filter select[name=show]", "offline")
+    expect(page.locator("#fleet")).to_contain_text("No vehicle matches", timeout=5000)
+    page.select_option("#fleet-filter select[name=show]", "all")
+    page.fill("#fleet-q", "nothing-like-this")
+    expect(page.locator("#fleet")).to_contain_text("No vehicle matches", timeout=5000)
+    page.fill("#fleet-q", PLATE)
+    expect(row).to_be_visible(timeout=5000)
+    assert f"{LAT:.3f}" not in page.content()
+    _shot(page, world, "desk.png", docs=True)
+
+
 def test_screenshots_were_saved(world: World) -> None:
     names = {p.name for p in world.shots.glob("*.png")}
     assert {"01-login.png", "console.png", "inbox.png"} <= names

@@ -35,6 +35,8 @@ def _lines(now_s: int) -> str:
             }
             body = ",".join(f"{k}={v!r}" for k, v in fields.items())
             out.append(f"telemetry,device={dev} {body} {ts}")
+        # the stream's device status (stream.agents: online 1, offline 0 from the last will)
+        out.append(f"device_status,device={dev},vin=VIN{d} online={float(d)!r} {now_s * 10**9}")
     return "\n".join(out)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from carpulse import kafka_broker as kb
 from core.errors import StackError
-from core.topics import KAFKA_ALERTS, KAFKA_PRIVACY, KAFKA_TELEMETRY
+from core.topics import KAFKA_ALERTS, KAFKA_PRIVACY, KAFKA_STATUS, KAFKA_TELEMETRY
 
 
 def test_nodes_take_three_ports_each(tmp_path: Path) -> None:
@@ -51,6 +51,7 @@ def test_acls_grant_exactly_what_each_component_uses() -> None:
     assert ops("carpulse-bridge", KAFKA_TELEMETRY) == {"write", "create"}
     assert ops("carpulse-stream", KAFKA_TELEMETRY) == {"read"}
     assert ops("carpulse-dashboards", KAFKA_ALERTS) == {"read"}
+    assert ops("carpulse-dashboards", KAFKA_STATUS) == {"read"}  # online/offline on the desk
     assert ops("carpulse-dashboards", KAFKA_TELEMETRY) == set()
     assert ops("carpulse-crm", KAFKA_TELEMETRY) == set()
     # location consent: only the CRM writes it, only the stream reads it (stream.privacy)

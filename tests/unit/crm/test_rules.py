@@ -28,6 +28,7 @@ def test_shipped_rules_cover_the_issue() -> None:
     assert set(rules) == {
         "service-due-coupon", "gate-arrival-card", "tier-upgrade-welcome",
         "coupon-expiry-reminder", "dtc-high-expert", "crash-call-centre",
+        "silent-car-call-centre", "oil-life-coupon",
     }  # fmt: skip
     due = rules["service-due-coupon"]
     assert due.effect["coupon"] == {
@@ -36,6 +37,9 @@ def test_shipped_rules_cover_the_issue() -> None:
     assert due.cooldown is not None and due.cooldown.days == 30
     assert rules["crash-call-centre"].effect["inbox"]["priority"] == 0
     assert rules["dtc-high-expert"].effect["inbox"]["role"] == "expert"
+    silent = rules["silent-car-call-centre"].effect["inbox"]
+    assert (silent["role"], silent["priority"]) == ("call_centre", 0)
+    assert rules["oil-life-coupon"].effect["coupon"]["template"] == "maintenance"
 
 
 def test_conditions_all_any_not_and_missing_fields() -> None:

@@ -8,6 +8,7 @@ import re
 import time
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -78,7 +79,9 @@ def test_feed_files_predictions_and_dtcs_into_the_crm_inbox(
     with store.tx() as s:
         items = list(s.scalars(select(InboxItem).order_by(InboxItem.id)))
         assert [(i.kind, i.role) for i in items] == [("maintenance", "advisor"), ("dtc", "advisor")]
-        assert len(items[0].data["evidence"]) == 3 and items[0].customer_id is not None
+        service = items[0].data["parts"]["service_due"]
+        assert len(service["evidence"]) == 3 and items[0].customer_id is not None
+        assert items[0].data["due"] == ["service_due"]
     login(client, "advisor")
     html = client.get("/inbox").text
     (maint,) = [c for c in cards(html) if 'data-kind="maintenance"' in c]
@@ -284,3 +287,93 @@ def test_idle_sessions_expire_and_are_removed(app_store: Any) -> None:
     with store.tx() as s:
         assert s.scalar(select(SessionRow).where(SessionRow.token_hash.contains(ws.id))) is None
         assert s.query(SessionRow).count() == 0
+
+
+DAY_US = 86_400_000_000
+
+
+def _service(
+    ts_us: int, days: float, odo: float, cycle: str = "2026-01-01@5000km"
+) -> dict[str, Any]:
+    return {"vin": VIN_A, "kind": "service_due", "ts_us": ts_us, "days": days, "days_lo": days - 4,
+            "days_hi": days + 4, "km": 20_000.0, "odo": odo, "cycle": cycle}  # fmt: skip
+
+
+def _oil(ts_us: int, life: float, interval: str = "oil@1767225600") -> dict[str, Any]:
+    return {"vin": VIN_A, "kind": "oil_life", "ts_us": ts_us, "value": life, "revs": 1e6,
+            "interval": interval}  # fmt: skip
+
+
+def _maintenance(store: CrmStore) -> list[InboxItem]:
+    with store.tx() as s:
+        q = select(InboxItem).where(InboxItem.kind == "maintenance").order_by(InboxItem.id)
+        items = list(s.scalars(q))
+        s.expunge_all()
+    return items
+
+
+def test_nothing_due_within_the_horizon_files_no_maintenance_card(app_store: Any) -> None:
+    """The demo's old noise: oil life 100 % and a service a year away are no card at all."""
+    store = app_store[1]
+    file = record_filer(store)
+    t0 = int(time.time() * 1e6)
+    for i in range(5):
+        file(KAFKA_PREDICTIONS, _oil(t0 + i * 60_000_000, 1.0))
+        file(KAFKA_PREDICTIONS, _service(t0 + i * 60_000_000, 300.0 - i, 5_000.0 + i))
+    assert _maintenance(store) == []
+
+
+def test_service_and_oil_due_merge_into_one_card_per_vehicle(
+    client: TestClient, app_store: Any
+) -> None:
+    store = app_store[1]
+    file = record_filer(store)
+    t0 = int(time.time() * 1e6) - 10 * DAY_US
+    for i in range(10):  # oil falling 2 % a day from 40 %: 20 days left, inside 30
+        file(KAFKA_PREDICTIONS, _oil(t0 + i * DAY_US, 0.40 - 0.02 * i))
+    (card,) = _maintenance(store)
+    assert card.data["due"] == ["oil_life"] and card.title == "Oil change"
+    for i in range(3):  # then the service comes due too: the same card, not a second one
+        file(KAFKA_PREDICTIONS, _service(t0 + (10 + i) * DAY_US, 12.0 - i, 19_300.0 + i * 50))
+    (card,) = _maintenance(store)
+    assert card.data["due"] == ["service_due", "oil_life"]
+    assert card.title.startswith("Service due by ") and card.title.endswith(" · Oil change")
+    assert len(card.data["parts"]["oil_life"]["evidence"]) == 10
+    login(client, "advisor")
+    (html,) = [c for c in cards(client.get("/inbox").text) if 'data-kind="maintenance"' in c]
+    assert 'data-part="service_due"' in html and 'data-part="oil_life"' in html
+    assert html.count("<polyline") == 2 and "oil life left 22 %" in html
+    assert "in 600 km" in html  # 20,000 - 19,400
+
+
+def test_an_acted_on_card_stays_closed_for_its_episode_and_a_new_cycle_is_a_new_card(
+    client: TestClient, app_store: Any
+) -> None:
+    store = app_store[1]
+    file = record_filer(store)
+    t0 = int(time.time() * 1e6)
+    file(KAFKA_PREDICTIONS, _service(t0, 10.0, 19_500.0))
+    (card,) = _maintenance(store)
+    token = login(client, "advisor")
+    r = client.post(f"/inbox/{card.id}/acknowledge", data={"csrf_token": token},
+                    follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303
+    file(KAFKA_PREDICTIONS, _service(t0 + DAY_US, 9.0, 19_550.0))  # the same cycle
+    assert [c.id for c in _maintenance(store)] == [card.id]
+    file(KAFKA_PREDICTIONS, _service(t0 + 2 * DAY_US, 8.0, 19_600.0, cycle="2027-01-01@19600km"))
+    assert len(_maintenance(store)) == 2
+
+
+def test_the_horizon_is_configurable() -> None:
+    from dashboards.maintenance import Horizon, due_parts, oil_days_left
+
+    service = {"days": 45.0, "km": 20_000.0, "odo": 18_500.0}
+    assert due_parts({"service_due": service}, Horizon()) == []
+    assert due_parts({"service_due": service}, Horizon(days=60)) == ["service_due"]
+    assert due_parts({"service_due": service}, Horizon(km=2_000)) == ["service_due"]
+    oil = {"value": 0.5, "evidence": [[0, 0.6], [10 * DAY_US, 0.5]]}  # 1 % a day: 50 days left
+    assert oil_days_left(oil) == pytest.approx(50.0)
+    assert due_parts({"oil_life": oil}, Horizon()) == []
+    assert due_parts({"oil_life": oil}, Horizon(days=60)) == ["oil_life"]
+    assert due_parts({"oil_life": {"value": 0.15}}, Horizon()) == ["oil_life"]  # at 20 % or less
+    assert due_parts({"oil_life": {"value": 0.15}}, Horizon(oil_pct=10)) == []

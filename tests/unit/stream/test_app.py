@@ -18,8 +18,14 @@ def test_app_has_the_agents_and_tables() -> None:
     assert set(app.agents) >= {
         "stream.agents.telemetry_pipeline",
         "stream.agents.events_fast_path",
+        "stream.agents.device_status",  # carpulse.status: online/offline into the silence watch
         "stream.retry.influx_retry",
     }
+    watch = app.carpulse_silence  # type: ignore[attr-defined]
+    assert (watch.after_us, watch.min_kmh) == (
+        120_000_000,
+        30.0,
+    )  # [stream] silent_after_s, _min_kmh
     for name in ("dedupe", "vehicle_state", "models"):
         changelog = app.tables[name].changelog_topic
         assert changelog.value_serializer == "raw" and changelog.key_serializer == "json"
