@@ -20,7 +20,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from core.config import MqttSettings
-from crm.migrate import check_schema, migrate
+from core.errors import ConfigError
+from crm.migrate import SchemaError, check_schema, migrate
 from crm.models import AuditRecord
 from crm.privacy import READ_PURPOSES
 from crm.store import CrmStore, audit
@@ -162,6 +163,12 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
             migrate(store.engine)
         else:  # `carpulse crm migrate` is the step that changes the schema
             check_schema(store.engine)
+    except SchemaError:
+        store.engine.dispose()
+        raise
+    except ConfigError as err:
+        # not reachable yet (the database starts after us): serve, and /readyz says why
+        log.warning("%s: not ready until the database answers", err)
     except Exception:
         store.engine.dispose()
         raise

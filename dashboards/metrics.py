@@ -18,7 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from core.errors import ConfigError
 from core.observe import readiness
+from crm.migrate import check_schema
 
 LOGIN_OUTCOMES = ("success", "failed", "throttled", "busy")
 
@@ -107,10 +109,24 @@ def install(app: FastAPI, allow: Sequence[str]) -> DashboardMetrics:
     async def readyz(request: Request) -> JSONResponse:
         store = request.app.state.crm
         try:
-            db = await asyncio.wait_for(asyncio.to_thread(store.ping), 5.0)
+            db = await asyncio.wait_for(asyncio.to_thread(database_ready, store), 5.0)
         except TimeoutError:
             db = (False, "database did not answer within 5 s")
         status, body = readiness({"database": db})
         return JSONResponse(body, status_code=status)
 
     return metrics
+
+
+def database_ready(store: Any) -> tuple[bool, str]:
+    """The database answers and its schema is this carpulse's: a database that came up after
+    the dashboard may still need ``carpulse crm migrate``. Checked until it is right once."""
+    ok, reason = store.ping()
+    if not ok or getattr(store, "schema_checked", False):
+        return ok, reason
+    try:
+        check_schema(store.engine)
+    except ConfigError as err:
+        return False, str(err)
+    store.schema_checked = True
+    return True, reason

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from crm.store import CrmStore
 from dashboards.app import DashboardConfig, create_app
+from dashboards.metrics import database_ready
 from tests.unit.dashboards.conftest import csrf_of
 
 
@@ -42,3 +44,18 @@ def test_readyz_is_503_when_the_database_does_not_answer(app_store: tuple[Any, C
     assert r.status_code == 503
     body = r.json()
     assert body["ready"] is False and body["reason"].startswith("database: postgresql database:")
+
+
+def test_a_database_behind_the_schema_is_refused_at_start_and_not_ready_later(
+    tmp_path: Any,
+) -> None:
+    from crm.migrate import SchemaError
+
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    CrmStore.from_url(url).engine.dispose()
+    with pytest.raises(SchemaError, match="carpulse crm migrate"):
+        create_app(DashboardConfig(crm_url=url, migrate=False))
+    # a dashboard started while the database was down, which then came up unmigrated
+    store = CrmStore.from_url(url)
+    ok, reason = database_ready(store)
+    assert not ok and "carpulse crm migrate" in reason
