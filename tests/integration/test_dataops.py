@@ -162,7 +162,7 @@ def test_retention_commands(influx: Stack, tmp_path: Path) -> None:
     assert f'CREATE RETENTION POLICY "telemetry" ON "{db}" DURATION 4368h' in res.output
     conf.write_text(base + 'telemetry = "26w"\ntrips = "5y"\n')
     res = run(app, ["--config", str(conf), "influx", "retention", "apply", "--json"])
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert len(doc["changed"]) == 1 and "ALTER" in doc["changed"][0]
     fams = {f["family"]: (f["duration"], f["configured"], f["default"]) for f in doc["families"]}
     assert fams == {"telemetry": ("182d", "182d", True), "trips": ("1825d", "1825d", False),
@@ -342,7 +342,7 @@ def test_backup_restore_postgresql_crm(postgres_url: str, tmp_path: Path) -> Non
     run = CliRunner().invoke
     res = run(app, ["backup", str(tmp_path / "bk"), "--no-influx", "--db", src, "--json"])
     assert res.exit_code == 0, res.output
-    part = json.loads(res.output)["components"]["crm"]
+    part = json.loads(res.stdout)["components"]["crm"]
     assert part["backend"] == "postgresql" and part["tool"].startswith("pg_dump (PostgreSQL)")
     res = run(app, ["restore", str(tmp_path / "bk"), "--no-influx", "--db", src])
     assert res.exit_code != 0 and "is not empty" in str(res.exception)
@@ -354,7 +354,7 @@ def test_backup_restore_postgresql_crm(postgres_url: str, tmp_path: Path) -> Non
     assert crm_rows(dst) == crm_rows(src) and len(crm_rows(dst)["vehicles"]) == 15
     # the restored database works with the commands (schema check passes, audit chain intact)
     res = run(app, ["crm", "audit", "verify", "--db", dst])
-    assert res.exit_code == 0 and json.loads(res.output)["ok"], res.output
+    assert res.exit_code == 0 and json.loads(res.stdout)["ok"], res.output
 
 
 def test_a_policy_dropped_behind_the_workers_back_is_made_again(influx: Stack) -> None:

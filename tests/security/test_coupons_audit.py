@@ -286,7 +286,7 @@ def test_the_application_role_cannot_change_the_audit_log_on_postgresql(
 
 def _verify(url: str, *extra: str) -> tuple[int, dict[str, Any]]:
     res = CliRunner().invoke(cli, ["crm", "audit", "verify", "--db", url, *extra])
-    return res.exit_code, json.loads(res.output)
+    return res.exit_code, json.loads(res.stdout)
 
 
 def _as_owner(store: st.CrmStore, sql: str) -> None:

@@ -329,7 +329,7 @@ def test_config_show_masks_credentials_inside_urls(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 0, result.output
     assert "hunter2-secret" not in result.output and "reader:" not in result.output
-    shown = json.loads(result.output)
+    shown = json.loads(result.stdout)
     assert shown["influx"]["url"] == "http://********@influx.local:8086"  # still says where
     assert shown["kafka"]["bootstrap"] == "kafka.local:9092"
 

@@ -17,7 +17,7 @@ def test_config_show_masks_secrets(monkeypatch) -> None:  # type: ignore[no-unty
     monkeypatch.setenv("CARPULSE_KAFKA__PARTITIONS", "12")
     result = CliRunner().invoke(app, ["config", "show"])
     assert result.exit_code == 0, result.output
-    shown = json.loads(result.output)
+    shown = json.loads(result.stdout)
     assert shown["influx"]["token"] == "********"
     assert shown["kafka"]["partitions"] == 12
     assert "very-secret" not in result.output

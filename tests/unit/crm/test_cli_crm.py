@@ -59,7 +59,7 @@ def test_dry_run_reports_and_issues_nothing(dealer: Dealer, tmp_path: Path) -> N
         app, ["crm", "dry-run", "--rules", str(SHIPPED), "--events", str(log), "--db", url]
     )
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["per_rule"] == {"service-due-coupon": 1, "crash-call-centre": 1}
     assert doc["bad_lines"] == 2 and doc["problems"] == []
     assert "events.jsonl:3: JSONDecodeError" in doc["bad_examples"][0]
@@ -89,7 +89,7 @@ def test_demo_issues_coupons_from_simulated_predictions_once(tmp_path: Path) -> 
     url = f"sqlite:///{tmp_path / 'demo.sqlite'}"
     res = CliRunner().invoke(app, ["crm", "demo", "--db", url, "--vehicles", "20", "--days", "40"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["coupons"] >= 1 and doc["coupons"] == doc["fired"] and doc["replay_fired"] == 0
     assert doc["messages_queued"] == 2 * doc["coupons"]  # e-mail and webhook for each
     assert {e["template"] for e in doc["examples"]} == {"maintenance"}

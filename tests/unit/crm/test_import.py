@@ -287,7 +287,7 @@ def test_command_json_summary_and_exit_codes(tmp_path: Path) -> None:
     assert runner.invoke(app, ["crm", "migrate", "--db", db]).exit_code == 0
     res = runner.invoke(app, ["crm", "import", str(folder), "--db", db, "--json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert doc["files"]["vehicles.csv"] == {"present": True, "inserted": 2, "updated": 0,
                                             "unchanged": 0, "rejected": 0}  # fmt: skip
     write(folder, {"consents.csv": CONSENTS + "C001,face,perhaps,2024-01-01\n"})
