@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "edge": "edge.bench:bench_edge",
     "edge-queue": "edge.queue_bench:bench_edge_queue",
     "edge-arm64": "edge.arm64_bench:bench_edge_arm64",
+    "edge-memory": "edge.memory_bench:bench_edge_memory",
     "canread": "firmware_bridge.can_bench:bench_canread",
 }
 
