@@ -20,6 +20,9 @@ BENCHMARKS: dict[str, str] = {
     "kernels": "models.bench:bench_kernels",
     "e2e": "carpulse.e2e_bench:bench_e2e",
     "edge": "edge.bench:bench_edge",
+    "edge-queue": "edge.queue_bench:bench_edge_queue",
+    "edge-arm64": "edge.arm64_bench:bench_edge_arm64",
+    "edge-memory": "edge.memory_bench:bench_edge_memory",
     "canread": "firmware_bridge.can_bench:bench_canread",
 }
 

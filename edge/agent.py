@@ -386,6 +386,9 @@ class EdgeAgent:
                 acked.append(row)
         if acked:
             self.queue.ack(acked)
+            if not self.stats["acked"]:  # cold-start time (bench edge): written at once
+                self.stats["first_ack_time"] = time.time()
+                self._last_stats = 0.0
             self.stats["acked"] += len(acked)
         if not self.pub.connected:
             return

@@ -7,6 +7,12 @@ and the first published batch); frames and wire bytes come from the agent's stat
 phases: the log at its recorded rate, replayed faster to the CAN bus maximum (about 4,500
 frames/s at 500 kbit/s), and as fast as the agent can go (``frames_per_s``). Each figure is the
 median of ``--runs`` runs.
+
+Memory, read at the end of each measuring window: ``rss_mb`` (VmRSS), ``private_mb`` (unshared:
+Private_Clean + Private_Dirty of ``smaps_rollup``) and ``peak_rss_mb`` (VmHWM, which includes
+numba's compilation at start). Start-up: ``cold_start_s`` and ``warm_start_s`` are the medians of
+``--cold-runs`` runs of the time from starting ``carpulse edge run`` to the broker's first PUBACK,
+with an empty ``numba_cache_dir`` and with the one the cold run filled.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ def _status_mb(pid: int, key: str) -> float:
     return float("nan")
 
 
+def _private_mb(pid: int) -> float:
+    """Unshared memory (Private_Clean + Private_Dirty of ``smaps_rollup``): what the agent alone costs."""
+    kb = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            kb += int(line.split()[1])
+    return kb / 1024
+
+
 def _stats(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())  # type: ignore[no-any-return]
@@ -60,7 +75,9 @@ def _wait(cond: Any, timeout: float, what: str) -> Any:
     raise ConfigError(f"bench edge: timed out waiting for {what}")
 
 
-def _edge_toml(stack: Any, workdir: Path, name: str, source: dict[str, Any]) -> tuple[Path, Path]:
+def _edge_toml(
+    stack: Any, workdir: Path, name: str, source: dict[str, Any], extra: str = ""
+) -> tuple[Path, Path]:
     state = workdir / name
     text = "".join(
         ln + "\n"
@@ -68,6 +85,7 @@ def _edge_toml(stack: Any, workdir: Path, name: str, source: dict[str, Any]) -> 
         if not ln.startswith("state_dir")
     )
     mine = f'device_id = "bench-{name}"\nstate_dir = "{state}"\nstats_file = "{state / "stats.json"}"\n'
+    mine += extra
     text = text.replace("[edge]\n", "[edge]\n" + mine, 1)
     text += "\n[[edge.sources]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in source.items())
     path = workdir / f"{name}.toml"
@@ -95,8 +113,10 @@ def _phase(
         old = s1.get("time")
         _wait(lambda: _stats(stats_path).get("time") != old, 5, "fresh stats")
         s2, c2, t2 = _stats(stats_path), _cpu_s(proc.pid), time.monotonic()
-        rss = _status_mb(proc.pid, "VmHWM")
+        peak = _status_mb(proc.pid, "VmHWM")
+        rss = _status_mb(proc.pid, "VmRSS")
         anon = _status_mb(proc.pid, "RssAnon")
+        private = _private_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -111,8 +131,44 @@ def _phase(
         "wire_bytes_per_s": (s2["bytes_enqueued"] - s1["bytes_enqueued"]) / span,
         "samples_per_s": (s2["samples_out"] - s1["samples_out"]) / span,
         "rss_mb": rss,
+        "peak_rss_mb": peak,
+        "private_mb": private,
         "rss_anon_mb": anon,
     }
+
+
+def _cold_start(stack: Any, workdir: Path, name: str, source: dict[str, Any], cache: Path) -> float:
+    """Seconds from ``Popen`` of ``carpulse edge run`` to the broker's first PUBACK (agent clock).
+
+    ``cache`` is the agent's ``numba_cache_dir``: empty for a cold start, filled by an earlier
+    run for a warm one. The OS page cache stays warm (Python's own files are read from RAM).
+    """
+    cfg, stats_path = _edge_toml(
+        stack, workdir, name, source, extra=f"numba_cache_dir = {json.dumps(str(cache))}\n"
+    )
+    with open(workdir / f"{name}.log", "ab") as out:
+        t0 = time.time()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        first = _wait(
+            lambda: _stats(stats_path).get("first_ack_time"), 300, f"{name}: first PUBACK"
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return float(first) - t0
+
+
+def _med(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 2) if xs else None
 
 
 def bench_edge(argv: list[str]) -> dict[str, Any]:
@@ -125,6 +181,9 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--bus-max", type=float, default=4500.0, help="frames/s of a full CAN bus")
     ap.add_argument("--measure-s", type=float, default=10.0, help="measuring window per phase")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--cold-runs", type=int, default=5, help="cold and warm starts each (0: skip them)"
+    )
     args = ap.parse_args(argv)
     for p in (args.log, args.dbc):
         if not p.exists():
@@ -147,11 +206,17 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "max": dict(base, rate="max"),
     }
     results: dict[str, list[dict[str, float]]] = {k: [] for k in phases}
+    starts: dict[str, list[float]] = {"cold": [], "warm": []}
     with tempfile.TemporaryDirectory(prefix="carpulse-bench-edge-") as tmp:
         work = Path(tmp)
         stack = Stack(free_stack_settings(work / "stack"))
         try:
             stack.up()
+            for run in range(args.cold_runs):  # a fresh cache each run, then the same one again
+                cache = work / f"numba-cache{run}"
+                for kind in ("cold", "warm"):
+                    secs = _cold_start(stack, work, f"{kind}{run}", phases["real"], cache)
+                    starts[kind].append(secs)
             for run in range(args.runs):
                 for name, src in phases.items():
                     results[name].append(_phase(stack, work, f"{name}{run}", src, args.measure_s))
@@ -166,6 +231,12 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "cpu_pct_at_real_rate": med("real", "cpu_pct"),
         "cpu_pct_at_bus_max": med("bus_max", "cpu_pct"),
         "rss_mb": round(max(r["rss_mb"] for rs in results.values() for r in rs), 1),
+        "private_mb": round(max(r["private_mb"] for rs in results.values() for r in rs), 1),
+        "peak_rss_mb": round(max(r["peak_rss_mb"] for rs in results.values() for r in rs), 1),
+        "cold_start_s": _med(starts["cold"]),
+        "warm_start_s": _med(starts["warm"]),
+        "cold_start_runs_s": [round(x, 2) for x in starts["cold"]],
+        "warm_start_runs_s": [round(x, 2) for x in starts["warm"]],
         "wire_bytes_per_s": med("real", "wire_bytes_per_s", 0),
         "log": str(args.log),
         "log_frames_per_s": round(log_fps),
@@ -178,4 +249,6 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "runs": args.runs,
         "measure_s": args.measure_s,
         "target": {"cpu_pct_at_bus_max": 10.0, "rss_mb": 150.0},
+        "rss_note": "rss_mb: VmRSS at the end of each measuring window (max over runs); "
+        "private_mb: Private_Clean+Private_Dirty of smaps_rollup; peak_rss_mb: VmHWM",
     }

@@ -36,6 +36,13 @@ class SequenceCounter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        # The rename itself lives in the directory: without this a power cut may bring back the
+        # previous block's file and the next start would hand out numbers again.
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def next(self) -> int:
         if self._next >= self._reserved:

@@ -1,0 +1,20 @@
+"""``carpulse bench edge`` reports start-up times and the three memory figures (short form)."""
+
+from __future__ import annotations
+
+import pytest
+
+from carpulse.datasets import shared_data_dir
+from edge.bench import DEFAULT_LOG, bench_edge
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_bench_edge_reports_cold_and_warm_start_and_memory() -> None:
+    if not (shared_data_dir() / DEFAULT_LOG).exists():
+        pytest.skip("real CAN logs not here (../shared/DATA.md)")
+    out = bench_edge(["--runs", "1", "--measure-s", "2", "--cold-runs", "1"])
+    assert 0 < out["warm_start_s"] < 120 and 0 < out["cold_start_s"] < 300, out
+    assert len(out["cold_start_runs_s"]) == len(out["warm_start_runs_s"]) == 1
+    assert 0 < out["private_mb"] < out["rss_mb"] <= out["peak_rss_mb"], out
+    assert out["frames_per_s_at_bus_max"] > 3000, out
