@@ -11,6 +11,7 @@ the detectors where the last checkpoint left them.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -212,11 +213,13 @@ class PartitionModels:
         hits = self.anomaly.update(zs[order], zv[order], zt[order])
         by_slot = {v: k for k, v in self.zslots.items()}
         det = escape_tag(self.anomaly.detector)
+        events = Counter(s_ for s_, _ in hits.events)
         for s_, t_i, score in hits.scores:
             vin, signal = by_slot[s_]
             out.anomaly_lines.append(
                 f"{ANOMALY_MEASUREMENT},vin={escape_tag(vin)},signal={escape_tag(signal)},"
-                f"detector={det} score={score!r},threshold={self.anomaly.threshold!r} {t_i}"
+                f"detector={det} score={score!r},threshold={self.anomaly.threshold!r},"
+                f"events={float(events[s_])!r} {t_i}"
             )
         for s_, rec in hits.events:
             vin, signal = by_slot[s_]

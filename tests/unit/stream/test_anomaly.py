@@ -127,7 +127,7 @@ def test_partition_models_emit_events_score_lines_and_bound_their_slots() -> Non
     assert len(rec["window"]["values"]) == 8 and rec["window"]["values"][-1] == 400.0
     [line] = out.anomaly_lines
     assert line.startswith("anomaly,vin=VIN1,signal=Vehicle.Speed,detector=robust_zscore score=")
-    assert line.endswith(f" {100 * S}")
+    assert line.endswith(f",threshold=6.0,events=1.0 {100 * S}")
     again = PartitionModels.from_bytes(m.to_bytes(), anomaly=cfg)
     assert again.anomaly.ring_n.tolist() == m.anomaly.ring_n.tolist() == [n]
 
