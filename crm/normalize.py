@@ -177,7 +177,7 @@ def from_silent(doc: dict[str, Any]) -> list[CrmEvent]:
 
 def from_alert(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_ALERTS)
-    if doc.get("kind") in SILENT_KINDS:
+    if isinstance(doc.get("kind"), str) and doc["kind"] in SILENT_KINDS:  # a list is no kind
         return from_silent(doc)
     if doc.get("kind") != "crash":
         return []
