@@ -76,3 +76,55 @@ def test_the_card_reads_in_chinese_for_chinese_staff(dealer: Dealer) -> None:
     with dealer.store.tx() as s:
         item = s.scalars(select(InboxItem).where(InboxItem.kind == "anomaly")).one()
         assert "读数异常" in item.title and "阈值" in item.body
+
+
+def test_the_crm_agent_on_the_anomalies_topic_files_the_card_once(dealer: Dealer) -> None:
+    import asyncio
+
+    import faust
+    from faust.types import TP
+
+    from crm.agents import install_crm_agents
+
+    loop = asyncio.new_event_loop()
+    app = faust.App("crm-anomaly-test", store="memory://", value_serializer="raw", loop=loop)
+    dead: list[tuple[bytes, dict[str, bytes]]] = []
+
+    async def to_dead(value: bytes, headers: dict[str, bytes]) -> None:
+        dead.append((value, headers))
+
+    stats = install_crm_agents(app, dealer.store, RuleEngine(shipped_rules()), dead=to_dead)
+    commits: list[dict[TP, int]] = []
+
+    async def commit(offsets: dict[TP, int]) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    app.consumer._commit = commit  # type: ignore[method-assign]
+    app.consumer._committed_offset[TP(KAFKA_ANOMALIES, 0)] = 0
+    agent_of = {a.name: a for a in app.agents.values()}[f"crm.{KAFKA_ANOMALIES}"]
+    records = [anomaly(T0), anomaly(T0), b'{"vin": "x"}']
+
+    async def run() -> None:
+        async with agent_of.test_context() as agent:
+            for r in records:
+                await agent.put(r)
+            for _ in range(200):
+                if commits and commits[-1] == {TP(KAFKA_ANOMALIES, 0): len(records)}:
+                    break
+                await asyncio.sleep(0.01)
+
+    try:
+        loop.run_until_complete(run())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+        thread = getattr(app.consumer, "_thread", None)
+        if thread is not None and not thread.thread_loop.is_closed():
+            thread.thread_loop.close()
+    assert stats["records"] == 2 and stats["fired"] == 1 and stats["dead_lettered"] == 1
+    assert dead[0][1]["topic"] == KAFKA_ANOMALIES.encode()
+    with dealer.store.tx() as s:
+        assert (
+            s.scalars(select(InboxItem).where(InboxItem.kind == "anomaly")).one().role == "advisor"
+        )
