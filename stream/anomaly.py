@@ -10,6 +10,7 @@ evidence the score was drawn from. The whole state is one blob in the ``models``
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -205,13 +206,15 @@ class AnomalyTracker:
             "ring_n": self.ring_n.tobytes(),
             "last_emit": self.last_emit.tobytes(),
         }
-        return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
+        # zlib: the rings' timestamps are regular and the values repetitive (4,096 z-score slots:
+        # 4.1 MB raw, 0.6 MB compressed), and the blob goes to Kafka whole (message.max.bytes)
+        return zlib.compress(msgpack.packb(doc, use_bin_type=True), 1)
 
     def load(self, raw: bytes) -> bool:
         """Restore a checkpoint of the same detector, calibration and window; False (state left
         fresh) when the configuration changed since. Raises DecodeError on a bad blob."""
         try:
-            doc = msgpack.unpackb(raw, raw=False)
+            doc = msgpack.unpackb(zlib.decompress(raw), raw=False)
             if doc.get("v") != _VERSION:
                 raise DecodeError(f"anomaly tracker: version {doc.get('v')!r}")
             if (doc["detector"], doc["calib"], doc["window"]) != (
@@ -228,7 +231,7 @@ class AnomalyTracker:
             last_emit = np.frombuffer(doc["last_emit"], np.int64).copy()
             if not len(ring_v) == len(ring_t) == len(ring_n) == len(last_emit):
                 raise DecodeError("anomaly tracker: arrays disagree on the number of slots")
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as err:
+        except (KeyError, TypeError, ValueError, zlib.error, msgpack.UnpackException) as err:
             raise DecodeError(f"anomaly tracker: bad state blob: {err}") from err
         self.parts, self.ring_v, self.ring_t = parts, ring_v, ring_t
         self.ring_n, self.last_emit = ring_n, last_emit

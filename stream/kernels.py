@@ -144,6 +144,8 @@ class PartitionModels:
         """The anomaly slot of (vin, signal); -1: not watched, -2: watched but no slot left."""
         watched = self._watched.get(signal)
         if watched is None:
+            if len(self._watched) >= 65_536:  # signal names come from devices: a bounded cache
+                self._watched.clear()
             watched = self._watched[signal] = parse_signals(self.anomaly_cfg.signals, [signal])[0]
         if not watched:
             return -1
