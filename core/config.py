@@ -347,6 +347,47 @@ class EdgeSettings(BaseModel):
     )
 
 
+class AnomalySettings(BaseModel):
+    """The stream's anomaly detector (``[stream.anomaly]``): what runs on which signals."""
+
+    detector: Literal["robust_zscore", "artime", "nn_likelihood", "artime_nn"] = Field(
+        "robust_zscore",
+        description="Detector per (vehicle, signal) slot: robust_zscore (32 B/slot, the cheap "
+        "default), artime, nn_likelihood or artime_nn (NAB's best, ~390 KB/slot; BENCHMARKS.md).",
+    )
+    signals: list[str] = Field(
+        default_factory=lambda: [
+            "Vehicle.Speed",
+            "Vehicle.Powertrain.CombustionEngine.Speed",
+            "Vehicle.Powertrain.CombustionEngine.ECT",
+            "Vehicle.Powertrain.CombustionEngine.EOT",
+            "Vehicle.LowVoltageBattery.CurrentVoltage",
+        ],
+        description="Watched signals: full VSS names, or families ending with '.' "
+        "(e.g. 'Vehicle.Powertrain.').",
+    )
+    threshold: float | None = Field(
+        None,
+        description="Score above which a sample is an anomaly (unset: anomaly_z for "
+        "robust_zscore, 0.5 for the [0, 1] detectors).",
+    )
+    cooldown_s: float = Field(
+        600.0, ge=0, description="Least source time between two anomaly events of one slot."
+    )
+    window: int = Field(
+        60, ge=1, le=4096, description="Values and timestamps of evidence sent with an event."
+    )
+    calib: int = Field(
+        750, ge=32, description="Samples per slot that calibrate artime/nn_likelihood (score 0)."
+    )
+    max_slots: int = Field(
+        4096,
+        ge=1,
+        description="Watched (vehicle, signal) slots per partition; more are not watched (counted "
+        "as anomaly_unwatched). Bounds memory: max_slots x the detector's state per slot.",
+    )
+
+
 class StreamSettings(BaseModel):
     """The Faust app."""
 
@@ -389,6 +430,7 @@ class StreamSettings(BaseModel):
         200, description="At most one vehicle-state update per vehicle per this much source time."
     )
     anomaly_z: float = Field(6.0, description="|robust z| above which a sample is an anomaly.")
+    anomaly: AnomalySettings = AnomalySettings()
     checkpoint_interval_s: float = Field(
         1.0, description="Least wall time between detector-state checkpoints of a partition."
     )

@@ -30,6 +30,7 @@ CRM_EVENT_KINDS: Final = (
     "silent_car",
     "silent_car_end",
     "oil_life",
+    "anomaly",
 )
 
 

@@ -38,6 +38,7 @@ from core.crm_events import CrmEvent
 from core.errors import DecodeError, SinkError, WireError
 from core.topics import (
     KAFKA_ALERTS,
+    KAFKA_ANOMALIES,
     KAFKA_DEADLETTER,
     KAFKA_EVENTS,
     KAFKA_PREDICTIONS,
@@ -55,7 +56,7 @@ from stream.kafka_options import faust_broker_settings
 from stream.offsets import SourceOffsets, guarded
 
 log = logging.getLogger(__name__)
-CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS)
+CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_ANOMALIES)
 PURGE_EVERY_S = 3600  # retention is counted in days: once an hour is plenty
 PRIVACY_SYNC_S = 2.0  # how soon the stream learns of a consent or ownership change
 

@@ -392,7 +392,13 @@ class RuleEngine:
                         body=body,
                         lang=self.staff_lang,
                         effect_key=key,
-                        data={"rule": rule.id, "event": ev.id, "because": list(rule.conditions)},
+                        data={
+                            "rule": rule.id,
+                            "event": ev.id,
+                            "because": list(rule.conditions),
+                            # what the card draws (an anomaly's window), when the event has it
+                            **({"evidence": ev.data["evidence"]} if "evidence" in ev.data else {}),
+                        },
                     )
                 )
             firing.inbox = 1

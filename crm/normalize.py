@@ -1,4 +1,4 @@
-"""Stream records -> ``CrmEvent``: predictions, crash alerts, device events (DTC, gate plates).
+"""Stream records -> ``CrmEvent``: predictions, crash alerts, anomalies, device events (DTC, gate plates).
 
 Pure functions, no I/O, so the Faust agents stay thin and the dry run can replay a log file.
 A record that is not for the CRM gives ``[]``; a malformed one raises ``DecodeError`` (counted
@@ -19,7 +19,7 @@ from typing import Any, Final
 from core.checks import MAX_ID_LEN, bounded_str, check_dtcs, finite
 from core.crm_events import CrmEvent
 from core.errors import DecodeError, WireError
-from core.topics import KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_PREDICTIONS
+from core.topics import KAFKA_ALERTS, KAFKA_ANOMALIES, KAFKA_EVENTS, KAFKA_PREDICTIONS
 from core.wire import decode_event
 
 # SAE J2012 codes whose fault can damage the engine or the driver's safety if driven on:
@@ -177,7 +177,7 @@ def from_silent(doc: dict[str, Any]) -> list[CrmEvent]:
 
 def from_alert(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_ALERTS)
-    if doc.get("kind") in SILENT_KINDS:
+    if isinstance(doc.get("kind"), str) and doc["kind"] in SILENT_KINDS:  # a list is no kind
         return from_silent(doc)
     if doc.get("kind") != "crash":
         return []
@@ -282,7 +282,54 @@ def from_device_event(payload: bytes, gates: Container[str] | None = None) -> li
     return []
 
 
+MAX_EVIDENCE: Final = 512  # points of an anomaly's evidence window kept (the stream sends 60)
+MAX_SIGNAL_LEN: Final = 256
+
+
+def from_anomaly(payload: bytes) -> list[CrmEvent]:
+    """An anomaly of the stream's detector (``stream.anomaly``): one event per (vehicle, signal)
+    episode, with its evidence window as ``[ts_us, value]`` points (non-finite values dropped,
+    at most ``MAX_EVIDENCE``); ``slot`` (vin|signal) is what the rule's cool-down is about."""
+    doc = _json(payload, KAFKA_ANOMALIES)
+    vin = _str(doc.get("vin"), "anomaly vin")
+    signal = _str(doc.get("signal"), "anomaly signal", max_len=MAX_SIGNAL_LEN)
+    ts = _ts(doc.get("ts_us"))
+    value, score = _num(doc.get("value"), "anomaly value"), _num(doc.get("score"), "anomaly score")
+    threshold = _opt_num(doc.get("threshold"))
+    detector = _str(doc.get("detector", "unknown"), "anomaly detector")
+    win = doc.get("window")
+    win = win if isinstance(win, dict) else {}
+    t_raw, v_raw = win.get("ts_us"), win.get("values")
+    if not isinstance(t_raw, list) or not isinstance(v_raw, list) or len(t_raw) != len(v_raw):
+        raise DecodeError("anomaly window must hold ts_us and values lists of one length")
+    evidence = []
+    for t, raw in zip(t_raw[-MAX_EVIDENCE:], v_raw[-MAX_EVIDENCE:], strict=True):
+        v = _opt_num(raw)
+        if type(t) is int and 0 <= t <= MAX_TS_US and v is not None:
+            evidence.append([t, v])
+    return [
+        CrmEvent(
+            kind="anomaly",
+            ts=ts,
+            id=f"{vin}:anomaly:{signal}:{doc['ts_us']}"[: MAX_ID_LEN * 4],
+            vin=vin,
+            data={
+                "signal": signal,
+                "signal_name": signal.rsplit(".", 1)[-1],
+                "slot": f"{vin}|{signal}",
+                "value": round(value, 3),
+                "score": round(score, 3),
+                "threshold": threshold,
+                "detector": detector,
+                "evidence": evidence,
+            },
+            source=KAFKA_ANOMALIES,
+        )
+    ]
+
+
 NORMALISERS: Final = {
+    KAFKA_ANOMALIES: from_anomaly,
     KAFKA_PREDICTIONS: from_prediction,
     KAFKA_ALERTS: from_alert,
     KAFKA_EVENTS: from_device_event,

@@ -45,6 +45,7 @@ EVENT_KINDS: Final = (
     "crash",
     "silent_car",
     "oil_life",
+    "anomaly",
 )
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")

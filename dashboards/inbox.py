@@ -193,6 +193,19 @@ def maintenance_parts(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def anomaly_chart(data: dict[str, Any]) -> Markup:
+    """The evidence window of an anomaly card (``[ts_us, value]`` points, checked again: the card
+    data came from a topic), its last point being the anomalous reading."""
+    raw = data.get("evidence")
+    pts = [
+        [p[0], p[1]]
+        for p in (raw if isinstance(raw, list) else [])[-512:]
+        if isinstance(p, list) and len(p) == 2
+        and all(type(x) in (int, float) and x == x and abs(x) < 1e300 for x in p)
+    ]  # fmt: skip
+    return evidence_svg(pts)
+
+
 def _card_for(s: Any, item: InboxItem, dealer_id: str) -> VehicleCard | None:
     try:
         if item.vin:
@@ -230,6 +243,7 @@ def inbox_page(request: Request, ws: WebSession = Depends(require("inbox.view"))
                     "data": data,
                     "card": card,
                     "parts": maintenance_parts(data) if item.kind == "maintenance" else [],
+                    "chart": anomaly_chart(data) if item.kind == "anomaly" else None,
                 }
             )
     return render(request, "inbox.html", ws, rows=rows, coupon_templates=templates)

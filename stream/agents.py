@@ -222,7 +222,7 @@ def install_pipeline(
         res = pipeline.process(records, lookup)
         for value, headers in res.dead:
             await deadletter.send(value=value, headers=headers)
-        await writer.deliver(res.lines)
+        await writer.deliver(res.lines + res.anomaly_lines)
         await publish(KAFKA_ANOMALIES, res.anomalies)
         await publish(KAFKA_PREDICTIONS, res.predictions)
         await publish(KAFKA_TRIPS, res.trips)

@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from core.config import CarpulseSettings
+from core.config import AnomalySettings, CarpulseSettings
 from core.errors import SinkError
 from core.logs import current_format, faust_logging_config
 from core.topics import (
@@ -196,10 +196,10 @@ async def prepare_output_topics(
         await admin.close()
 
 
-def _warm_up() -> None:
+def _warm_up(anomaly: AnomalySettings | None = None) -> None:
     from stream.kernels import warm_up  # imports numba: off the start-up path
 
-    warm_up()
+    warm_up(anomaly)
 
 
 def run_worker(settings: CarpulseSettings, loglevel: str = "warn") -> None:
@@ -212,7 +212,9 @@ def run_worker(settings: CarpulseSettings, loglevel: str = "warn") -> None:
     asyncio.run(prepare_output_topics(settings))
     # Compile the kernels while Faust starts up (I/O-bound); the telemetry agent waits for this
     # before its first batch, so a compile never blocks the event loop (see kernels.warm_up).
-    warming = threading.Thread(target=_warm_up, name="numba-warm-up", daemon=True)
+    warming = threading.Thread(
+        target=_warm_up, args=(settings.stream.anomaly,), name="numba-warm-up", daemon=True
+    )
     warming.start()
     app.carpulse_warming = warming  # type: ignore[attr-defined]
     faust_worker(app, loglevel).execute_from_commandline()

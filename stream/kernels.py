@@ -1,7 +1,7 @@
 """The models' detectors on micro-batches of one Kafka partition, with their state as one blob.
 
 ``PartitionModels`` holds every vehicle of one partition: a slot per vehicle (trips, oil life,
-service due) and a slot per (vehicle, signal) for the robust z-score anomaly detector. ``update`` takes the
+service due) and a slot per (vehicle, signal) for the configured anomaly detector (stream.anomaly). ``update`` takes the
 decoded batches of a micro-batch, runs each kernel once over all of them (no per-sample Python)
 and returns anomaly, prediction, trip and daily records. ``to_bytes`` is what the Faust table
 ``models`` stores under the partition's key, so a worker that takes the partition over resumes
@@ -11,6 +11,7 @@ the detectors where the last checkpoint left them.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -18,6 +19,7 @@ from typing import Any, Final
 import msgpack
 import numpy as np
 
+from core.config import AnomalySettings
 from core.errors import DecodeError
 from core.wire import Samples
 from models.kernels.zscore import RobustZScore
@@ -25,17 +27,18 @@ from models.maintenance.oil import OilState, oil_life, update_oil
 from models.maintenance.service import Schedule, UsageState
 from models.state import SlotState
 from stream import trips as tripmod
+from stream.anomaly import AnomalyTracker, check_detector, parse_signals
+from stream.lines import escape_tag
 from stream.service_due import ENGINE_HOURS, ODOMETER, ServiceTrack, ServiceTracker
-from stream.state import BATTERY_V, ENGINE_RPM, SPEED
+from stream.state import ENGINE_RPM, SPEED
 
 OIL_TEMP: Final = "Vehicle.Powertrain.CombustionEngine.EOT"
-COOLANT: Final = "Vehicle.Powertrain.CombustionEngine.ECT"
-# Signals watched by the anomaly detector (one slot per vehicle and signal).
-ANOMALY_SIGNALS: Final = (SPEED, ENGINE_RPM, COOLANT, OIL_TEMP, BATTERY_V)
+ANOMALY_MEASUREMENT: Final = "anomaly"
 OIL_STEP: Final = 0.001  # a new oil-life prediction is published when it moved by this much
 K_OIL_TEMP, K_ODO, K_HOURS = 10, 11, 12  # kind codes past the trip kernel's
 # 2: service-due state added; a version-1 blob still loads (service state starts empty)
-_VERSION: Final = 2
+# 3: the configured anomaly detector with evidence rings; a z-score of v1/v2 carries over
+_VERSION: Final = 3
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Outputs:
     trips: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     days: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     anomaly_ts: dict[str, int] = field(default_factory=dict)  # vehicle -> newest anomaly
+    anomaly_lines: list[str] = field(default_factory=list)  # InfluxDB points of the scores
+    unwatched: int = 0  # samples of watched signals past max_slots (not scored)
     dropped: int = 0
 
 
@@ -85,11 +90,26 @@ def _forward_fill(
 class PartitionModels:
     """Detector state and slot maps for the vehicles of one partition."""
 
-    def __init__(self, anomaly_z: float = 6.0, schedule: Schedule | None = None) -> None:
+    def __init__(
+        self,
+        anomaly_z: float = 6.0,
+        schedule: Schedule | None = None,
+        anomaly: AnomalySettings | None = None,
+    ) -> None:
         self.anomaly_z = anomaly_z
+        cfg = self.anomaly_cfg = anomaly if anomaly is not None else AnomalySettings()
+        default = check_detector(cfg.detector).threshold
+        threshold = cfg.threshold if cfg.threshold is not None else default
+        self.anomaly = AnomalyTracker(
+            cfg.detector,
+            anomaly_z if threshold is None else threshold,
+            cfg.cooldown_s,
+            cfg.window,
+            cfg.calib,
+        )
+        self._watched: dict[str, bool] = {}
         self.vehicles: dict[str, int] = {}
         self.zslots: dict[tuple[str, str], int] = {}
-        self.zscore = RobustZScore(alpha=0.01, clip=3.0, warmup=30, n_slots=0)
         self.trips: SlotState = tripmod.empty_state(0)
         self.oil = OilState.empty(0)
         self.oil_emitted = np.zeros(0)
@@ -121,8 +141,18 @@ class PartitionModels:
         return slot
 
     def _z_slot(self, vin: str, signal: str) -> int:
+        """The anomaly slot of (vin, signal); -1: not watched, -2: watched but no slot left."""
+        watched = self._watched.get(signal)
+        if watched is None:
+            if len(self._watched) >= 65_536:  # signal names come from devices: a bounded cache
+                self._watched.clear()
+            watched = self._watched[signal] = parse_signals(self.anomaly_cfg.signals, [signal])[0]
+        if not watched:
+            return -1
         slot = self.zslots.get((vin, signal))
         if slot is None:
+            if len(self.zslots) >= self.anomaly_cfg.max_slots:
+                return -2
             slot = self.zslots[(vin, signal)] = len(self.zslots)
         return slot
 
@@ -142,9 +172,7 @@ class PartitionModels:
             vs = self._vehicle_slot(vin)
             # per name: trip/oil kind code (-1: not used) and anomaly slot (-1: not watched)
             kind_of = np.array([kinds.get(n, -1) for n in s.names], np.int64)
-            z_of = np.array(
-                [self._z_slot(vin, n) if n in ANOMALY_SIGNALS else -1 for n in s.names], np.int64
-            )
+            z_of = np.array([self._z_slot(vin, n) for n in s.names], np.int64)
             cols["vslot"].append(np.full(len(s), vs, np.int64))
             cols["zslot"].append(z_of[s.sig])
             cols["k"].append(kind_of[s.sig])
@@ -178,35 +206,27 @@ class PartitionModels:
         return out
 
     def _anomalies(self, zslot: np.ndarray, ts: np.ndarray, val: np.ndarray, out: Outputs) -> None:
+        out.unwatched += int(np.count_nonzero(zslot == -2))
         m = zslot >= 0
         if not m.any():
             return
         zs, zt, zv = zslot[m], ts[m], val[m]
         order = np.lexsort((zt, zs))  # time order per slot, as the detector requires
-        zs, zt, zv = zs[order], zt[order], zv[order]
-        z = self.zscore.score_learn_many(zs, zv, zt.astype(np.float64))
-        hit = np.flatnonzero(np.abs(np.nan_to_num(z)) > self.anomaly_z)
-        if not len(hit):
-            return
-        # one record per slot and micro-batch: its strongest sample
-        best: dict[int, int] = {}
-        for i in hit.tolist():
-            s_ = int(zs[i])
-            if s_ not in best or abs(z[i]) > abs(z[best[s_]]):
-                best[s_] = i
+        hits = self.anomaly.update(zs[order], zv[order], zt[order])
         by_slot = {v: k for k, v in self.zslots.items()}
-        for s_, i in best.items():
+        det = escape_tag(self.anomaly.detector)
+        events = Counter(s_ for s_, _ in hits.events)
+        for s_, t_i, score in hits.scores:
             vin, signal = by_slot[s_]
-            t_i = int(zt[i])
-            rec = {
-                "vin": vin,
-                "signal": signal,
-                "ts_us": t_i,
-                "value": float(zv[i]),
-                "z": float(z[i]),
-                "detector": "robust_zscore",
-            }
-            out.anomalies.append((vin, json.dumps(rec).encode()))
+            out.anomaly_lines.append(
+                f"{ANOMALY_MEASUREMENT},vin={escape_tag(vin)},signal={escape_tag(signal)},"
+                f"detector={det} score={score!r},threshold={self.anomaly.threshold!r},"
+                f"events={float(events[s_])!r} {t_i}"
+            )
+        for s_, rec in hits.events:
+            vin, signal = by_slot[s_]
+            t_i = rec["ts_us"]
+            out.anomalies.append((vin, json.dumps({"vin": vin, "signal": signal, **rec}).encode()))
             out.anomaly_ts[vin] = max(out.anomaly_ts.get(vin, t_i), t_i)
 
     def _oil(
@@ -281,7 +301,7 @@ class PartitionModels:
             "z": self.anomaly_z,
             "vehicles": list(self.vehicles),
             "zslots": [list(k) for k in self.zslots],
-            "zscore": self.zscore.to_bytes(),
+            "anomaly": self.anomaly.to_bytes(),
             "trips": self.trips.to_bytes(),
             "oil": self.oil.to_bytes(),
             "oil_emitted": self.oil_emitted.tobytes(),
@@ -291,16 +311,25 @@ class PartitionModels:
         return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
 
     @classmethod
-    def from_bytes(cls, raw: bytes, schedule: Schedule | None = None) -> PartitionModels:
-        """Restore a checkpoint; ``schedule`` is configuration, not state (settings win)."""
+    def from_bytes(
+        cls,
+        raw: bytes,
+        schedule: Schedule | None = None,
+        anomaly: AnomalySettings | None = None,
+    ) -> PartitionModels:
+        """Restore a checkpoint; ``schedule`` and ``anomaly`` are configuration, not state
+        (settings win: a checkpoint of another detector leaves the detector state fresh)."""
         try:
             doc = msgpack.unpackb(raw, raw=False)
-            if doc.get("v") not in (1, _VERSION):
+            if doc.get("v") not in (1, 2, _VERSION):
                 raise DecodeError(f"partition models: version {doc.get('v')!r}")
-            m = cls(anomaly_z=float(doc["z"]), schedule=schedule)
+            m = cls(anomaly_z=float(doc["z"]), schedule=schedule, anomaly=anomaly)
             m.vehicles = {v: i for i, v in enumerate(doc["vehicles"])}
             m.zslots = {(a, b): i for i, (a, b) in enumerate(doc["zslots"])}
-            m.zscore = RobustZScore.from_bytes(doc["zscore"])
+            if doc["v"] >= 3:
+                m.anomaly.load(doc["anomaly"])
+            elif m.anomaly.detector == "robust_zscore":  # v1/v2: the z-score carries over
+                m.anomaly.parts = [RobustZScore.from_bytes(doc["zscore"])]
             m.trips = SlotState.from_bytes(doc["trips"], "trips")
             m.oil = OilState.from_bytes(doc["oil"])
             m.oil_emitted = np.frombuffer(doc["oil_emitted"], np.float64).copy()
@@ -312,7 +341,7 @@ class PartitionModels:
         return m
 
 
-def warm_up() -> None:
+def warm_up(anomaly: AnomalySettings | None = None) -> None:
     """Compile every kernel the stream uses on a tiny batch.
 
     The worker calls this before it joins the consumer group: numba compiles at the first call
@@ -323,4 +352,6 @@ def warm_up() -> None:
     names = [SPEED, ENGINE_RPM, OIL_TEMP, "Vehicle.Powertrain.FuelSystem.RelativeLevel", ODOMETER]
     sig = np.repeat(np.arange(5), 4)
     samples = Samples.from_columns(names, sig, np.tile(t, 5), np.ones(20))
-    PartitionModels().update([("warm-up", samples)])
+    models = PartitionModels(anomaly=anomaly)
+    models.update([("warm-up", samples)])
+    models.anomaly.update(np.zeros(4, np.int64), np.ones(4), t)  # whatever signals are watched

@@ -209,6 +209,11 @@ def stream_registry(app: Any) -> CollectorRegistry:
         yield counter(f"{p}_events", "Vehicle events taken in.", ev.get("events", 0))
         yield counter(f"{p}_alerts", "Alerts published (crash, DTC...).", ev.get("alerts", 0))
         yield counter(f"{p}_anomalies", "Anomalies detected.", tc.anomalies)
+        yield counter(
+            f"{p}_anomaly_unwatched",
+            "Samples of watched signals not scored: stream.anomaly.max_slots reached.",
+            tc.anomaly_unwatched,
+        )
         yield counter(f"{p}_predictions", "Maintenance predictions published.", tc.predictions)
         yield counter(f"{p}_trips", "Trips closed.", tc.trips)
         yield counter(f"{p}_sink_lines_written", "Lines InfluxDB accepted.", sc.written)

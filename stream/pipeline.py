@@ -65,6 +65,7 @@ class Counters:
     dead_lettered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     anomalies: int = 0
+    anomaly_unwatched: int = 0  # samples of watched signals past stream.anomaly.max_slots
     predictions: int = 0
     trips: int = 0
     days: int = 0
@@ -81,6 +82,7 @@ class Counters:
 class Result:
     dead: list[tuple[bytes, dict[str, bytes]]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    anomaly_lines: list[str] = field(default_factory=list)  # detector scores (measurement anomaly)
     state_updates: list[tuple[str, bytes]] = field(default_factory=list)
     anomalies: list[tuple[str, bytes]] = field(default_factory=list)
     predictions: list[tuple[str, bytes]] = field(default_factory=list)
@@ -143,10 +145,10 @@ class TelemetryPipeline:
         if cached is not None and cached[1] is stored:
             return cached[0]
         sched = schedule_from(self.s.service_km, self.s.service_days, self.s.service_engine_hours)
-        models = PartitionModels(self.s.anomaly_z, sched)
+        models = PartitionModels(self.s.anomaly_z, sched, self.s.anomaly)
         if stored:
             try:
-                models = PartitionModels.from_bytes(stored, sched)
+                models = PartitionModels.from_bytes(stored, sched, self.s.anomaly)
             except DecodeError as err:  # never stall on a bad checkpoint: start fresh, say so
                 self._dead(Result(), b"", "bad_checkpoint", str(err))
         models.seed_services(self.registry.last_service)  # from the CRM's service records
@@ -192,6 +194,8 @@ class TelemetryPipeline:
             if vin in states:
                 vstate.note_anomaly(states[vin], ts)
         res.anomalies += out.anomalies
+        res.anomaly_lines += out.anomaly_lines
+        self.counters.anomaly_unwatched += out.unwatched
         res.predictions += out.predictions
         self.counters.anomalies += len(out.anomalies)
         self.counters.predictions += len(out.predictions)

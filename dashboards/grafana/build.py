@@ -16,6 +16,8 @@ SPEED, RPM = '"Vehicle.Speed"', '"Vehicle.Powertrain.CombustionEngine.Speed"'
 ODO, BATT = '"Vehicle.TraveledDistance"', '"Vehicle.LowVoltageBattery.CurrentVoltage"'
 DTC, FUEL = '"Vehicle.Diagnostics.DTCCount"', '"Vehicle.Powertrain.FuelSystem.RelativeLevel"'
 WHERE_DEV: Final = '"device" =~ /^$device$/ AND $timeFilter'
+# the stream's anomaly detector output (stream/anomaly.py): tags vin, signal, detector
+WHERE_VIN: Final = '"vin" =~ /^$vin$/ AND $timeFilter'
 
 
 def panel(
@@ -51,8 +53,24 @@ def device_var(multi: bool) -> dict[str, Any]:
     }
 
 
+def vin_var() -> dict[str, Any]:
+    return {
+        "name": "vin",
+        "type": "query",
+        "datasource": DS,
+        "query": 'SHOW TAG VALUES FROM "anomaly" WITH KEY = "vin"',
+        "multi": True,
+        "includeAll": True,
+        "refresh": 2,
+    }
+
+
 def dashboard(
-    uid: str, title: str, panels: list[dict[str, Any]], multi: bool = True
+    uid: str,
+    title: str,
+    panels: list[dict[str, Any]],
+    multi: bool = True,
+    extra_vars: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
     return {
         "uid": uid,
@@ -61,7 +79,7 @@ def dashboard(
         "schemaVersion": 39,
         "time": {"from": "now-1h", "to": "now"},
         "refresh": "10s",
-        "templating": {"list": [device_var(multi)]},
+        "templating": {"list": [device_var(multi), *extra_vars]},
         "panels": panels,
     }
 
@@ -130,8 +148,8 @@ DASHBOARDS: Final = {
         [
             panel(
                 1,
-                "Low 12 V battery readings (< 11.8 V)",
-                f'SELECT count({BATT}) FROM "telemetry" WHERE {BATT} < 11.8 AND {WHERE_DEV} GROUP BY "device"',
+                "Anomaly events by vehicle and signal (detector, after its cool-down)",
+                f'SELECT sum("events") FROM "anomaly" WHERE {WHERE_VIN} GROUP BY "vin", "signal", "detector"',
                 "table",
             ),
             panel(
@@ -141,8 +159,8 @@ DASHBOARDS: Final = {
             ),
             panel(
                 3,
-                "Engine speed spread (rpm)",
-                f'SELECT stddev({RPM}) FROM "telemetry" WHERE {WHERE_DEV} GROUP BY time($__interval), "device" fill(none)',
+                "Anomaly score by vehicle and signal (detector output; threshold in the field)",
+                f'SELECT max("score") AS "score", last("threshold") AS "threshold" FROM "anomaly" WHERE {WHERE_VIN} GROUP BY time($__interval), "vin", "signal" fill(none)',
             ),
             panel(
                 4,
@@ -151,6 +169,7 @@ DASHBOARDS: Final = {
                 "table",
             ),
         ],
+        extra_vars=(vin_var(),),
     ),
     "pipeline-health": dashboard(
         "carpulse-pipeline",

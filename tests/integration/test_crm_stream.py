@@ -25,6 +25,7 @@ from carpulse.stack import Stack
 from core.config import KafkaSettings
 from core.topics import (
     KAFKA_ALERTS,
+    KAFKA_ANOMALIES,
     KAFKA_DEADLETTER,
     KAFKA_EVENTS,
     KAFKA_PREDICTIONS,
@@ -47,6 +48,9 @@ pytestmark = [
 ]  # two Faust workers join a group: ~35 s each
 VIN, VIN2 = "LSVAA4182E2123456", "LSVAA4182E2654321"
 T0 = dt.datetime(2026, 3, 1, 8, tzinfo=dt.UTC)
+
+
+ECT = "Vehicle.Powertrain.CombustionEngine.ECT"  # watched by the stream's default detector
 
 
 def us(t: dt.datetime) -> int:
@@ -165,7 +169,7 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
     reg = tmp_path / "registry.json"
     reg.write_text(json.dumps({device: vin}))
     create_topics(local_stack, [KAFKA_TELEMETRY, KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS,
-                                KAFKA_DEADLETTER])  # fmt: skip
+                                KAFKA_DEADLETTER, KAFKA_ANOMALIES])  # fmt: skip
     url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
     phone = f"+86139{uuid.uuid4().int % 10**8:08d}"
     store, member = member_store(url, {vin: device, vin2: None}, dt.datetime.now(dt.UTC), phone)
@@ -178,6 +182,12 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
         # odometer only (an OBD odometer poll): no trips, so no severity shortens the interval
         s_ = Samples.from_columns([ODOMETER], np.zeros(11), ts, odo_m)
         batches.append(encode_telemetry(TelemetryBatch(device, "boot-1", d, s_)))
+    # and coolant at 1 Hz for 2 minutes, ending in a spike: the stream's detector flags it once
+    ect_ts = ((today - 1) * 86_400 + 12 * 3600 + np.arange(120)) * 1_000_000
+    ect = 90.0 + np.sin(np.arange(120) / 7.0)
+    ect[-1] = 140.0
+    s_ = Samples.from_columns([ECT], np.zeros(120), ect_ts, ect)
+    batches.append(encode_telemetry(TelemetryBatch(device, "boot-1", 6, s_)))
     produce_records(local_stack, [(KAFKA_TELEMETRY, device.encode(), b) for b in batches])
 
     def ours(recs: list[Any]) -> list[dict[str, Any]]:
@@ -192,6 +202,14 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
 
     def final(preds: list[dict[str, Any]]) -> int:  # predictions after the last day's readings
         return sum(p["odo"] == 30_360.0 for p in preds)
+
+    def anomaly_cards() -> list[InboxItem]:
+        with store.tx() as s:
+            return list(
+                s.scalars(
+                    select(InboxItem).where(InboxItem.kind == "anomaly", InboxItem.vin == vin)
+                )
+            )
 
     def coupons() -> list[Coupon]:
         with store.tx() as s:
@@ -209,6 +227,7 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
                 assert p["km"] == 32_000.0 and p["limit"] == "km"
                 assert p["days"] == pytest.approx((32_000.0 - p["odo"]) / 60.0, rel=0.02)
             wait_for(lambda: len(coupons()) == 1, 60, "the maintenance coupon")
+            wait_for(lambda: len(anomaly_cards()) == 1, 60, "the anomaly card")
             stop([first])
             # the first prediction due within 30 days issued the coupon, valid until due + 14 days
             p0 = next(p for p in preds if p["days"] <= 30)
@@ -238,3 +257,8 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
     finally:
         stop([first])
     assert sorted(c.vin for c in coupons()) == sorted([vin, vin2])
+    # the replayed anomaly filed nothing more: one advisor card with the evidence window
+    (card,) = anomaly_cards()
+    assert card.role == "advisor" and card.title == f"{vin} 的 ECT 读数异常"  # staff: zh-CN
+    assert card.data["evidence"][-1] == [int(ect_ts[-1]), 140.0]
+    assert len(card.data["evidence"]) == 60

@@ -17,6 +17,7 @@ from tests.integration.helpers import influx_query
 pytestmark = pytest.mark.integration
 GRAFANA = Path(__file__).resolve().parents[2] / "dashboards" / "grafana"
 DEVICES = ("graf-car-1", "graf-car-2")
+VINS = ("GRAFVIN0000000001", "GRAFVIN0000000002")
 
 
 def _lines(now_s: int) -> str:
@@ -37,7 +38,31 @@ def _lines(now_s: int) -> str:
             out.append(f"telemetry,device={dev} {body} {ts}")
         # the stream's device status (stream.agents: online 1, offline 0 from the last will)
         out.append(f"device_status,device={dev},vin=VIN{d} online={float(d)!r} {now_s * 10**9}")
-    return "\n".join(out)
+    return "\n".join(out + anomaly_lines(now_s))
+
+
+def anomaly_lines(now_s: int) -> list[str]:
+    """The stream's own anomaly points (stream.kernels, default detector) for a speed spike."""
+    import numpy as np
+
+    from core.wire import Samples
+    from stream.kernels import PartitionModels
+
+    m, lines = PartitionModels(), []
+    for d, vin in enumerate(VINS):
+        v = 50.0 + d + np.sin(np.arange(600) / 5.0)
+        v[500] = 250.0
+        t = (now_s - 600 + np.arange(600)) * 1_000_000
+        for a in range(0, 600, 100):  # six micro-batches
+            s = Samples.from_columns(
+                ["Vehicle.Speed"], np.zeros(100, np.int64), t[a : a + 100], v[a : a + 100]
+            )
+            out = m.update([(vin, s)])
+            lines += [
+                ln[: ln.rindex(" ")] + ln[ln.rindex(" ") :] + "000" for ln in out.anomaly_lines
+            ]
+    assert sum("events=1.0" in ln for ln in lines) == len(VINS)  # the spike, once per vehicle
+    return lines
 
 
 def influx_dashboards() -> list[Path]:
@@ -63,9 +88,9 @@ def queries() -> list[tuple[str, str, str]]:
 
 
 def fill(q: str) -> str:
-    dev = "(" + "|".join(DEVICES) + ")"
+    dev, vin = "(" + "|".join(DEVICES) + ")", "(" + "|".join(VINS) + ")"
     return (q.replace("$timeFilter", "time > now() - 1h").replace("$__interval", "30s")
-            .replace("$device", dev))  # fmt: skip
+            .replace("$device", dev).replace("$vin", vin))  # fmt: skip
 
 
 def test_provisioning_points_at_the_dashboards_and_an_influxql_source() -> None:
@@ -100,3 +125,8 @@ def test_every_panel_query_returns_rows(local_stack: Any) -> None:
             empty.append(f"{dash}: {title}: {q}")
     print(f"{len(qs)} Grafana queries in {time.perf_counter() - t0:.2f} s")
     assert not empty, "queries without rows:\n" + "\n".join(empty)
+    # the anomaly panels show the detector's output: one event per vehicle, on the spiked signal
+    (events_q,) = [q for _, title, q in qs if title.startswith("Anomaly events")]
+    rows = {(sr["tags"]["vin"], sr["tags"]["signal"]): sr["values"][0][1]
+            for sr in influx_query(local_stack, fill(events_q))}  # fmt: skip
+    assert rows == {(vin, "Vehicle.Speed"): 1.0 for vin in VINS}

@@ -252,6 +252,13 @@ def json_records(kind: str) -> Any:
             doc: dict[str, Any] = {"vin": "LSVAA4182E2123456", "kind": "service_due",
                                    "ts_us": 1_800_000_000_000_000, "days": 12.0, "km": 30000.0,
                                    "odo": 29500.0, "cycle": "2025"}  # fmt: skip
+        elif kind == "anomaly":
+            doc = {"vin": "LSVAA4182E2123456", "signal": "Vehicle.Speed",
+                   "ts_us": 1_800_000_000_000_000, "value": 250.0, "score": 9.0,
+                   "threshold": 6.0, "detector": "robust_zscore",
+                   "window": {"ts_us": [1_800_000_000_000_000], "values": [250.0]}}  # fmt: skip
+            if draw(st.booleans()):
+                doc["window"] = {"ts_us": draw(values(False)), "values": draw(values(False))}
         else:
             doc = {"kind": "crash", "vin": "LSVAA4182E2123456", "device": "car-1",
                    "ts_us": 1_800_000_000_000_000, "data": {"trigger": "airbag"},

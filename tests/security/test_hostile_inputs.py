@@ -23,6 +23,7 @@ from core.config import MqttSettings, StreamSettings
 from core.errors import DecodeError
 from core.topics import (
     KAFKA_ALERTS,
+    KAFKA_ANOMALIES,
     KAFKA_BY_CHANNEL,
     KAFKA_DEADLETTER,
     KAFKA_EVENTS,
@@ -232,9 +233,11 @@ def crm_store(
     record=st.one_of(
         st.tuples(st.just(KAFKA_PREDICTIONS), hostile.json_records("service_due")),
         st.tuples(st.just(KAFKA_ALERTS), hostile.json_records("crash")),
+        st.tuples(st.just(KAFKA_ANOMALIES), hostile.json_records("anomaly")),
         st.tuples(st.just(KAFKA_EVENTS), hostile.events()),
         st.tuples(
-            st.sampled_from([KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS]), st.binary(max_size=40)
+            st.sampled_from([KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_ANOMALIES]),
+            st.binary(max_size=40),
         ),
     )
 )

@@ -28,7 +28,7 @@ def test_shipped_rules_cover_the_issue() -> None:
     assert set(rules) == {
         "service-due-coupon", "gate-arrival-card", "tier-upgrade-welcome",
         "coupon-expiry-reminder", "dtc-high-expert", "crash-call-centre",
-        "silent-car-call-centre", "oil-life-coupon",
+        "silent-car-call-centre", "oil-life-coupon", "anomaly-advisor-card",
     }  # fmt: skip
     due = rules["service-due-coupon"]
     assert due.effect["coupon"] == {

@@ -377,3 +377,26 @@ def test_the_horizon_is_configurable() -> None:
     assert due_parts({"oil_life": oil}, Horizon(days=60)) == ["oil_life"]
     assert due_parts({"oil_life": {"value": 0.15}}, Horizon()) == ["oil_life"]  # at 20 % or less
     assert due_parts({"oil_life": {"value": 0.15}}, Horizon(oil_pct=10)) == []
+
+
+def test_an_anomaly_card_draws_its_evidence_window(client: TestClient, app_store: Any) -> None:
+    from core.topics import KAFKA_ANOMALIES
+
+    store = app_store[1]
+    ts = int(time.time() * 1e6)
+    values = [90.0, 91.0, 90.5, 92.0, 140.0]
+    payload = json.dumps({
+        "vin": VIN_A, "signal": "Vehicle.Powertrain.CombustionEngine.ECT", "ts_us": ts,
+        "value": 140.0, "score": 8.0, "threshold": 6.0, "detector": "robust_zscore",
+        "window": {"ts_us": [ts - (4 - i) * 10**6 for i in range(5)], "values": values},
+    }).encode()  # fmt: skip
+    engine = RuleEngine(shipped_rules(), staff_lang="en")
+    for ev in from_record(KAFKA_ANOMALIES, payload):
+        with store.tx() as s:
+            assert engine.handle(s, ev).fired
+    login(client, "advisor")
+    (card,) = [c for c in cards(client.get("/inbox").text) if 'data-kind="anomaly"' in c]
+    assert "Unusual ECT" in card and 'data-points="5"' in card
+    assert 'aria-label="5 points from 90 to 140"' in card
+    points = re.search(r'<polyline[^>]* points="([^"]+)"', card).group(1).split()  # type: ignore[union-attr]
+    assert len(points) == 5 and float(points[-1].split(",")[1]) < float(points[0].split(",")[1])

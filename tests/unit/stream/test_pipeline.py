@@ -101,7 +101,7 @@ def test_state_and_detectors_per_partition_with_checkpoints() -> None:
     assert t.partition_of[(T_STATE, "VIN2")] == 3 and t.partition_of[(T_DEDUPE, "car-1")] == 0
     spikes = [json.loads(v) for _, v in res.anomalies]
     assert {(a["vin"], a["signal"]) for a in spikes} == {("VIN2", SPEED)}
-    assert spikes[0]["value"] == 400.0 and spikes[0]["z"] > 6
+    assert spikes[0]["value"] == 400.0 and spikes[0]["score"] > 6
     state = json.loads(t.data[(T_STATE, "VIN2")])
     assert state["health"] == "warn" and state["moving"] is True
     assert [json.loads(v)["vin"] for _, v in res.state_updates] == ["VIN1", "VIN2"]
@@ -110,7 +110,7 @@ def test_state_and_detectors_per_partition_with_checkpoints() -> None:
     # the checkpoint restores the detectors exactly
     restored = PartitionModels.from_bytes(t.data[(T_MODELS, "p3")])
     live = p.models_for(3, t.lookup)
-    assert restored.zscore.state.equals(live.zscore.state)
+    assert restored.anomaly.parts[0].state.equals(live.anomaly.parts[0].state)
     assert restored.trips.equals(live.trips)
     assert restored.vehicles == live.vehicles == {"VIN2": 0}
 
@@ -121,7 +121,7 @@ def test_a_takeover_reads_the_checkpoint_instead_of_its_stale_cache() -> None:
     other = make(checkpoint_interval_s=0.0)
     t.apply(other.process([(0, tb("car-1", 1, NOW - 10**8 + 10**6))], t.lookup).writes)
     models = p.models_for(0, t.lookup)  # the table now holds the other worker's blob
-    assert models.zscore.state["count"].sum() == 40
+    assert models.anomaly.parts[0].state["count"].sum() == 40
 
 
 def test_bad_checkpoint_starts_fresh_and_is_counted() -> None:

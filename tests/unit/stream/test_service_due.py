@@ -156,9 +156,11 @@ def test_state_round_trip_and_version_1_blob() -> None:
     # a checkpoint written before the service-due state existed still loads
     doc = msgpack.unpackb(m.to_bytes(), raw=False)
     doc["v"] = 1
-    del doc["usage"], doc["service"]
+    del doc["usage"], doc["service"], doc["anomaly"]  # v1 and v2 held the z-score itself
+    doc["zscore"] = m.anomaly.parts[0].to_bytes()
     old = PartitionModels.from_bytes(msgpack.packb(doc, use_bin_type=True), sched)
     assert old.vehicles == m.vehicles
+    assert old.anomaly.parts[0].state.equals(m.anomaly.parts[0].state)  # the z-score carries over
     assert drive(old, 3, 50.0, day0=DAY0 + 6) != []  # a fresh interval starts from there
 
 
