@@ -84,6 +84,25 @@ def dashboard(
     }
 
 
+def status_panel() -> dict[str, Any]:
+    """Each device's last status message (online / the broker's last will) as a table."""
+    p = panel(
+        5,
+        "Devices online (1) / offline (0, the last will)",
+        'SELECT last("online") AS "online" FROM "device_status" WHERE "device" =~ /^$device$/ '
+        'GROUP BY "device", "vin"',
+        "table",
+        w=24,
+    )
+    p["description"] = (
+        "Each device's last status message (carpulse.status): 1 online, 0 offline. The broker "
+        "publishes offline (the device's last will) when a connection dies; the stream writes it "
+        "to device_status."
+    )
+    p["targets"][0]["resultFormat"] = "table"
+    return p
+
+
 # fmt: off
 DASHBOARDS: Final = {
     "fleet-overview": dashboard(
@@ -113,6 +132,7 @@ DASHBOARDS: Final = {
                 f'SELECT max({DTC}) FROM "telemetry" WHERE {WHERE_DEV} GROUP BY "device"',
                 "table",
             ),
+            status_panel(),
         ],
     ),
     "vehicle-detail": dashboard(
