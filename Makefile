@@ -9,7 +9,7 @@ APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium promethe
 APT_PACKAGES += docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv kafka test lint typecheck unit integration demo stack-up stack-down clean
+.PHONY: setup apt venv kafka test test-full lint typecheck unit integration demo stack-up stack-down clean
 
 setup: apt venv kafka ## install everything: apt packages, .venv, the package with its extras, Kafka
 
@@ -53,6 +53,9 @@ test: setup ## every test: lint, types, unit, integration (starts its own stack 
 	$(BIN)/pytest
 	@# Kernels once more in plain Python, so coverage sees their bodies and a JIT-only bug shows.
 	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "kernel and not slow" -p no:cacheprovider || [ $$? -eq 5 ]
+
+test-full: ## make test with the long extras: the faults eval also kills the KRaft controller
+	CARPULSE_FAULTS_FULL=1 $(MAKE) test
 
 demo: setup ## start the local stack and the pipeline, drive a simulated fleet; Ctrl-C stops all
 	$(BIN)/carpulse demo
