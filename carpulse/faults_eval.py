@@ -138,7 +138,11 @@ class Scenario:
         rig.check_alive()
         # Writes and points over every vehicle of the run: a late write of an earlier scenario
         # lands in this window as a point, not as a duplicate.
-        window0 = (rig.writes.read(), rig.influx.count(self.run_prefix))
+        window0 = (
+            rig.writes.read(),
+            rig.influx.count(self.run_prefix),
+            rig.influx.status_points(),
+        )
         crash = CrashSender(rig, f"{self.prefix}c")
         t_start = time.monotonic()
         try:
@@ -191,7 +195,7 @@ class Scenario:
         return float(t) - since
 
     def settle(
-        self, window0: tuple[int, int], crash: CrashSender, elapsed: float
+        self, window0: tuple[int, int, int], crash: CrashSender, elapsed: float
     ) -> dict[str, Any]:
         rig, args = self.rig, self.args
         self.per: list[tuple[str, dict[Any, float], dict[Any, float]]] = []
@@ -219,7 +223,9 @@ class Scenario:
         time.sleep(2.0)  # writes of resent records still on their way
         total = self.compare()
         writes, points = rig.writes.read(), rig.influx.count(self.run_prefix)
-        total.duplicates = (writes - window0[0]) - (points - window0[1])
+        # device_status points (one per online/offline change) are writes too, not duplicates
+        status = rig.influx.status_points() - window0[2]
+        total.duplicates = (writes - window0[0]) - (points - window0[1]) - status
         if self.name == "influx-outage":
             self.info["duplicates_note"] = (
                 "points written between the last counter read and the stop are not counted"

@@ -135,6 +135,11 @@ class Influx:
         series = self.series(f"SELECT COUNT(*) FROM telemetry WHERE device =~ /^{prefix}/")
         return sum(int(v or 0) for v in series[0]["values"][0][1:]) if series else 0
 
+    def status_points(self) -> int:
+        """Points of ``device_status`` (the stream writes one per online/offline change)."""
+        series = self.series('SELECT COUNT("online") FROM device_status')
+        return int(series[0]["values"][0][1] or 0) if series else 0
+
     def points_written(self) -> int:
         """Points InfluxDB acknowledged into this database since it started (all shards)."""
         total = 0

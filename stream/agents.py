@@ -58,6 +58,8 @@ from stream.retry import SinkWriter
 from stream.silence import SilenceWatch
 
 log = logging.getLogger(__name__)
+# devices whose last written online/offline state one worker remembers (repeats are dropped)
+MAX_STATUS_DEVICES = 200_000
 
 
 class MicroBatcher:
@@ -290,6 +292,8 @@ def install_pipeline(
             await publish(KAFKA_ALERTS, [(vin, alert)])
             event_stats["alerts"] += 1
 
+    last_status: dict[str, float] = {}  # device -> 1.0 online / 0.0 offline, last written
+
     @app.agent(status_topic)
     async def device_status(stream: Any) -> Any:
         """Devices' online/offline (the last will is ``offline``): into the silence watch and
@@ -310,8 +314,15 @@ def install_pipeline(
             event_stats["bad_status"] = event_stats.get("bad_status", 0) + 1
             return
         watch.status(device, doc["state"], now_us)
-        vin = registry.vin(device)
         online = 1.0 if doc["state"] == "online" else 0.0
+        # the bridges may forward a message twice (one copy each): one point per change
+        if last_status.get(device) == online:
+            event_stats["status_repeats"] = event_stats.get("status_repeats", 0) + 1
+            return
+        if len(last_status) >= MAX_STATUS_DEVICES:
+            last_status.clear()  # bounded: after a clear a device's next status is written again
+        last_status[device] = online
+        vin = registry.vin(device)
         tags = f"device={escape_tag(device)}" + (f",vin={escape_tag(vin)}" if vin else "")
         await writer.deliver([f"device_status,{tags} online={online!r} {now_us}"])
 
