@@ -9,16 +9,12 @@ breaks the others; installed packages add more through the entry-point group
 
 from __future__ import annotations
 
-import importlib
-import logging
 from abc import ABC, abstractmethod
 from collections import Counter
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Final
 
 from core.errors import CarpulseError, ConfigError
-
-log = logging.getLogger(__name__)
+from core.plugins import plugin_class, registry
 
 ENTRY_POINT_GROUP = "carpulse.edge.actuators"
 ACTIONS: Final = ("lock", "unlock")
@@ -75,32 +71,12 @@ class Actuator(ABC):
 
 
 def _registry() -> dict[str, str]:
-    reg = dict(ACTUATORS)
-    try:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            reg.setdefault(ep.name, ep.value)
-    except Exception as err:  # a broken third-party distribution must not stop the agent
-        log.warning("cannot read entry points %s: %s", ENTRY_POINT_GROUP, err)
-    return reg
+    return registry(ACTUATORS, ENTRY_POINT_GROUP)
 
 
 def actuator_class(kind: str) -> type[Actuator]:
     """Import the plugin class registered for ``kind``."""
-    reg = _registry()
-    try:
-        target = reg[kind]
-    except KeyError as err:
-        raise ConfigError(
-            f"unknown actuator kind {kind!r}; known: {', '.join(sorted(reg))}"
-        ) from err
-    module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"actuator kind {kind!r} is not available ({target}): {err}") from err
-    if not (isinstance(cls, type) and issubclass(cls, Actuator)):
-        raise ConfigError(f"actuator kind {kind!r}: {target} is not an Actuator")
-    return cls
+    return plugin_class(_registry(), kind, Actuator, "actuator kind")
 
 
 def create_actuator(name: str, table: dict[str, Any]) -> Actuator:

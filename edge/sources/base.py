@@ -9,17 +9,16 @@ group ``carpulse.edge.sources``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import asdict, dataclass
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import numpy as np
 
 from core.errors import ConfigError, SourceError, SourceUnavailableError
+from core.plugins import plugin_class, registry
 from core.wire import NAME_RE, Samples
 
 log = logging.getLogger(__name__)
@@ -137,30 +136,12 @@ class Source(ABC):
 
 
 def _registry() -> dict[str, str]:
-    reg = dict(SOURCES)
-    try:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            reg.setdefault(ep.name, ep.value)
-    except Exception as err:  # a broken third-party distribution must not stop the agent
-        log.warning("cannot read entry points %s: %s", ENTRY_POINT_GROUP, err)
-    return reg
+    return registry(SOURCES, ENTRY_POINT_GROUP)
 
 
 def source_class(kind: str) -> type[Source]:
     """Import the plugin class registered for ``kind``."""
-    reg = _registry()
-    try:
-        target = reg[kind]
-    except KeyError as err:
-        raise ConfigError(f"unknown source type {kind!r}; known: {', '.join(sorted(reg))}") from err
-    module, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"source type {kind!r} is not available ({target}): {err}") from err
-    if not (isinstance(cls, type) and issubclass(cls, Source)):
-        raise ConfigError(f"source type {kind!r}: {target} is not a Source")
-    return cls
+    return plugin_class(_registry(), kind, Source, "source type")
 
 
 def create_source(kind: str, name: str, options: dict[str, Any]) -> Source:
