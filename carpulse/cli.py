@@ -345,16 +345,35 @@ def edge_run(
     from edge.jit_cache import use_cache_dir
 
     path = config or _state.get("config")
-    use_cache_dir(load_settings(path).edge.numba_cache_dir)  # before the kernels are imported
+    s0 = load_settings(path)
+    use_cache_dir(s0.edge.numba_cache_dir)  # before the kernels are imported
+    from edge.aot import load_agent_kernels
+
+    aot, kernels_line = load_agent_kernels(s0)  # ahead of time when built: numba never loads
     from edge.agent import EdgeAgent, load_agent_config
     from edge.wiring import attach_all
 
     s, conf = load_agent_config(path)
     _service_logging("edge", s)
+    logging.getLogger("edge.aot").log(logging.INFO if aot else logging.WARNING, kernels_line)
     agent = EdgeAgent(s, conf)
+    agent.stats["kernels"] = "aot" if aot else "jit"
     attach_all(agent, Path(path) if path else None)  # crash detection, signed commands, systemd
     stats = agent.run(seconds, exit_when_done=exit_when_done)
     typer.echo(json.dumps(stats))
+
+
+@edge_app.command("build-kernels")
+def edge_build_kernels(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default [edge] aot_dir, else <state_dir>/kernels)."),
+    ] = None,
+) -> None:
+    """Compile the agent's kernels ahead of time (once after install; needs gcc and python3-dev)."""
+    from edge.aot import build_kernels, kernels_dir
+
+    typer.echo(json.dumps(build_kernels(out or kernels_dir(settings()))))
 
 
 # ----- gate ----------------------------------------------------------------------------------

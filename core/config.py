@@ -345,6 +345,16 @@ class EdgeSettings(BaseModel):
         description="numba's on-disk cache of compiled kernels: a restarted agent loads them "
         "instead of compiling them again, which is slow on a Pi (unset: compile at every start).",
     )
+    aot: bool = Field(
+        True,
+        description="Run the kernels compiled ahead of time by `carpulse edge build-kernels` when "
+        "they were built for this exact source (numba, hence LLVM, is then never loaded: about "
+        "100 MB less resident); otherwise numba compiles them at start.",
+    )
+    aot_dir: Path | None = Field(
+        None,
+        description="Where `carpulse edge build-kernels` writes them (unset: <state_dir>/kernels).",
+    )
 
 
 class AnomalySettings(BaseModel):

@@ -13,6 +13,11 @@ Private_Clean + Private_Dirty of ``smaps_rollup``) and ``peak_rss_mb`` (VmHWM, w
 numba's compilation at start). Start-up: ``cold_start_s`` and ``warm_start_s`` are the medians of
 ``--cold-runs`` runs of the time from starting ``carpulse edge run`` to the broker's first PUBACK,
 with an empty ``numba_cache_dir`` and with the one the cold run filled.
+
+Kernels: ``--kernels aot`` (the default) first builds them ahead of time (``carpulse edge
+build-kernels``, timed as ``build_kernels_s``) and the agent runs them without importing numba;
+``--kernels jit`` sets ``[edge] aot = false``, so numba compiles them (the figures before issue 21
+item 1). The run fails rather than report figures for the mode the agent did not run.
 """
 
 from __future__ import annotations
@@ -94,9 +99,9 @@ def _edge_toml(
 
 
 def _phase(
-    stack: Any, workdir: Path, name: str, source: dict[str, Any], measure_s: float
+    stack: Any, workdir: Path, name: str, source: dict[str, Any], measure_s: float, kernels: str
 ) -> dict[str, float]:
-    cfg, stats_path = _edge_toml(stack, workdir, name, source)
+    cfg, stats_path = _edge_toml(stack, workdir, name, source, kernels)
     with open(workdir / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(cfg)],
@@ -113,6 +118,7 @@ def _phase(
         old = s1.get("time")
         _wait(lambda: _stats(stats_path).get("time") != old, 5, "fresh stats")
         s2, c2, t2 = _stats(stats_path), _cpu_s(proc.pid), time.monotonic()
+        _check_kernels(s2, kernels, name)
         peak = _status_mb(proc.pid, "VmHWM")
         rss = _status_mb(proc.pid, "VmRSS")
         anon = _status_mb(proc.pid, "RssAnon")
@@ -137,14 +143,26 @@ def _phase(
     }
 
 
-def _cold_start(stack: Any, workdir: Path, name: str, source: dict[str, Any], cache: Path) -> float:
+def _check_kernels(stats: dict[str, Any], kernels: str, name: str) -> None:
+    """Figures are never labelled "aot" when the agent fell back to numba's JIT (or the reverse)."""
+    wanted = "aot" if "aot_dir" in kernels else "jit"
+    if stats.get("kernels") != wanted:
+        raise ConfigError(
+            f"bench edge {name}: the agent ran {stats.get('kernels')} kernels, not {wanted} "
+            f"(see its log in the bench's work dir)"
+        )
+
+
+def _cold_start(
+    stack: Any, workdir: Path, name: str, source: dict[str, Any], cache: Path, kernels: str
+) -> float:
     """Seconds from ``Popen`` of ``carpulse edge run`` to the broker's first PUBACK (agent clock).
 
     ``cache`` is the agent's ``numba_cache_dir``: empty for a cold start, filled by an earlier
     run for a warm one. The OS page cache stays warm (Python's own files are read from RAM).
     """
     cfg, stats_path = _edge_toml(
-        stack, workdir, name, source, extra=f"numba_cache_dir = {json.dumps(str(cache))}\n"
+        stack, workdir, name, source, kernels + f"numba_cache_dir = {json.dumps(str(cache))}\n"
     )
     with open(workdir / f"{name}.log", "ab") as out:
         t0 = time.time()
@@ -157,6 +175,7 @@ def _cold_start(stack: Any, workdir: Path, name: str, source: dict[str, Any], ca
         first = _wait(
             lambda: _stats(stats_path).get("first_ack_time"), 300, f"{name}: first PUBACK"
         )
+        _check_kernels(_stats(stats_path), kernels, name)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -184,6 +203,16 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--cold-runs", type=int, default=5, help="cold and warm starts each (0: skip them)"
     )
+    ap.add_argument(
+        "--kernels",
+        choices=("aot", "jit"),
+        default="aot",
+        help="aot: build the kernels ahead of time first (carpulse edge build-kernels) and run "
+        "the agent without numba; jit: [edge] aot = false, numba compiles them",
+    )
+    ap.add_argument(
+        "--kernels-dir", type=Path, help="with --kernels aot: a build to use (default: build one)"
+    )
     args = ap.parse_args(argv)
     for p in (args.log, args.dbc):
         if not p.exists():
@@ -209,17 +238,28 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     starts: dict[str, list[float]] = {"cold": [], "warm": []}
     with tempfile.TemporaryDirectory(prefix="carpulse-bench-edge-") as tmp:
         work = Path(tmp)
+        build: dict[str, Any] = {}
+        kernels = "aot = false\n"
+        if args.kernels == "aot":
+            from edge.aot import build_kernels
+
+            kdir = args.kernels_dir or work / "kernels"
+            if args.kernels_dir is None:
+                build = build_kernels(kdir)
+            kernels = f"aot_dir = {json.dumps(str(kdir))}\n"
         stack = Stack(free_stack_settings(work / "stack"))
         try:
             stack.up()
             for run in range(args.cold_runs):  # a fresh cache each run, then the same one again
                 cache = work / f"numba-cache{run}"
                 for kind in ("cold", "warm"):
-                    secs = _cold_start(stack, work, f"{kind}{run}", phases["real"], cache)
+                    secs = _cold_start(stack, work, f"{kind}{run}", phases["real"], cache, kernels)
                     starts[kind].append(secs)
             for run in range(args.runs):
                 for name, src in phases.items():
-                    results[name].append(_phase(stack, work, f"{name}{run}", src, args.measure_s))
+                    results[name].append(
+                        _phase(stack, work, f"{name}{run}", src, args.measure_s, kernels)
+                    )
         finally:
             stack.down()
 
@@ -248,6 +288,8 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "rss_mb_by_phase": {k: round(max(r["rss_mb"] for r in rs), 1) for k, rs in results.items()},
         "runs": args.runs,
         "measure_s": args.measure_s,
+        "kernels": args.kernels,
+        "build_kernels_s": build.get("seconds"),
         "target": {"cpu_pct_at_bus_max": 10.0, "rss_mb": 150.0},
         "rss_note": "rss_mb: VmRSS at the end of each measuring window (max over runs); "
         "private_mb: Private_Clean+Private_Dirty of smaps_rollup; peak_rss_mb: VmHWM",

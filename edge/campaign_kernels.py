@@ -8,8 +8,8 @@ are in ``tests/reference/campaigns.py``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from core.jit import njit
 from models import config
 
 

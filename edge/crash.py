@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
-from numba import njit
 
+from core.jit import njit
 from core.wire import Event, Samples
 from models import config
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from numba import njit
 
+from core.jit import njit
 from firmware_bridge.dbc_plan import (
     C_NODE,
     C_VALUE,
