@@ -7,14 +7,19 @@ EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
 APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium prometheus
 # docker-compose: `docker-compose config` checks deploy/docker/compose.yaml (tests/unit/deploy)
 APT_PACKAGES += docker-compose
+# gcc + Python headers: `carpulse edge build-kernels` compiles the edge agent's kernels (kernels target)
+APT_PACKAGES += gcc python3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup apt venv kafka test test-full lint typecheck unit integration demo stack-up stack-down clean
+.PHONY: setup apt venv kafka kernels test test-full lint typecheck unit integration demo stack-up stack-down clean
 
-setup: apt venv kafka ## install everything: apt packages, .venv, the package with its extras, Kafka
+setup: apt venv kafka kernels ## install everything: apt packages, .venv, the package with its extras, Kafka, AOT kernels
 
 kafka: venv ## fetch the pinned Apache Kafka broker from Maven Central into the jar cache (once)
 	@$(BIN)/carpulse stack fetch-kafka
+
+kernels: venv ## the edge agent's kernels compiled ahead of time into .carpulse/edge/kernels (no LLVM at run time)
+	@$(BIN)/carpulse edge build-kernels
 
 apt:
 	@missing=""; \

@@ -369,11 +369,12 @@ def edge_build_kernels(
         Path | None,
         typer.Option(help="Output folder (default [edge] aot_dir, else <state_dir>/kernels)."),
     ] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild even when the build is current.")] = False,
 ) -> None:
     """Compile the agent's kernels ahead of time (once after install; needs gcc and python3-dev)."""
     from edge.aot import build_kernels, kernels_dir
 
-    typer.echo(json.dumps(build_kernels(out or kernels_dir(settings()))))
+    typer.echo(json.dumps(build_kernels(out or kernels_dir(settings()), force=force)))
 
 
 # ----- gate ----------------------------------------------------------------------------------

@@ -103,8 +103,34 @@ def _arg_spec(t: Any) -> list[Any]:
     raise ConfigError(f"build-kernels: argument type {t} is not supported ahead of time")
 
 
-def build_kernels(out_dir: Path, kernels: tuple[Kernel, ...] = AOT_KERNELS) -> dict[str, Any]:
-    """Compile ``kernels`` into ``out_dir`` (replacing an older build atomically); a summary."""
+def current_build(
+    out_dir: Path, kernels: tuple[Kernel, ...] = AOT_KERNELS
+) -> dict[str, Any] | None:
+    """The manifest of the build in ``out_dir`` when it was made for ``kernels`` as they are now."""
+    try:
+        doc = json.loads((out_dir / MANIFEST).read_text())
+        if doc["digest"] == kernel_digest(kernels) and (out_dir / Path(doc["file"]).name).exists():
+            return doc  # type: ignore[no-any-return]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def build_kernels(
+    out_dir: Path, kernels: tuple[Kernel, ...] = AOT_KERNELS, *, force: bool = True
+) -> dict[str, Any]:
+    """Compile ``kernels`` into ``out_dir`` (replacing an older build atomically); a summary.
+
+    With ``force=False`` a build that is already current is kept (``make setup`` runs it each time).
+    """
+    if not force and (doc := current_build(out_dir, kernels)) is not None:
+        return {
+            "dir": str(out_dir),
+            "file": doc["file"],
+            "digest": doc["digest"][:12],
+            "kernels": sorted(doc["kernels"]),
+            "up_to_date": True,
+        }
     problem = toolchain_problem()
     if problem:
         raise ConfigError(f"build-kernels needs {problem}")

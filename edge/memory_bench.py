@@ -7,10 +7,9 @@ digest of the decoded samples:
 - ``imports``: numpy, cantools, pydantic and the frame reader, nothing decoded (the floor);
 - ``jit_cold``: numba compiles the decoder (empty cache dir); ``jit_warm``: loads it from the cache;
 - ``no_jit``: ``NUMBA_DISABLE_JIT=1``, the kernel as plain Python loops (numba still imported);
-- ``aot``: the same kernel compiled ahead of time with ``numba.pycc`` (deprecated, still in numba
-  0.68) into an extension module, loaded in a process where numba is never imported (a stand-in
-  module gives the decorators, so no LLVM is mapped): the option issue 21 item 1 asks to measure.
-  Its digest must equal the JIT one.
+- ``aot``: the agent's kernels compiled ahead of time (``carpulse edge build-kernels``,
+  ``numba.pycc``) and loaded as ``carpulse edge run`` loads them (``core.jit.use_aot``), so numba
+  and its LLVM are never imported: the option issue 21 item 1 chose. Its digest must equal the JIT one.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -64,39 +62,26 @@ def _decode_all(log: Path, dbc: Path, mapping: str) -> dict[str, Any]:
     return {"fps": round(len(frames) / (time.perf_counter() - t0)), "digest": h.hexdigest()}
 
 
-def _build_aot(out_dir: Path, log: Path, dbc: Path, mapping: str) -> None:
-    """Compile the decoder kernel with ``numba.pycc`` for the signature the log calls it with."""
-    import warnings
+def _build_aot(out_dir: Path) -> None:
+    """The agent's build (``edge.aot.AOT_KERNELS``), as ``carpulse edge build-kernels`` makes it."""
+    from edge.aot import build_kernels
 
-    from firmware_bridge import decode_kernel
-
-    _decode_all(log, dbc, mapping)  # one JIT call gives the exact argument types
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pycc's deprecation warning
-        from numba.pycc import CC
-
-        cc = CC("carpulse_aot_decode")
-        cc.output_dir = str(out_dir)
-        cc.export("decode", decode_kernel._decode.signatures[0])(decode_kernel._decode.py_func)
-        cc.compile()
+    build_kernels(out_dir)
 
 
 def child(argv: list[str]) -> int:
     mode, log, dbc, mapping, aot_dir = argv
     out: dict[str, Any] = {"mode": mode}
     if mode == "build_aot":
-        _build_aot(Path(aot_dir), Path(log), Path(dbc), mapping)
+        _build_aot(Path(aot_dir))
         return 0
     if mode == "aot":
-        stand_in = types.ModuleType("numba")  # no numba, hence no LLVM, in this process
-        stand_in.njit = lambda *a, **k: lambda f: f  # type: ignore[attr-defined]
-        sys.modules["numba"] = stand_in
-        sys.path.insert(0, aot_dir)
-        import carpulse_aot_decode  # type: ignore[import-not-found]
+        from core.jit import use_aot
+        from edge.aot import AOT_KERNELS
 
-        from firmware_bridge import compiled
-
-        compiled._decode = carpulse_aot_decode.decode  # type: ignore[attr-defined]
+        loaded, line = use_aot(Path(aot_dir), AOT_KERNELS)
+        if not loaded:
+            raise SystemExit(line)
     if mode == "imports":
         import cantools  # noqa: F401
         import pydantic  # noqa: F401
