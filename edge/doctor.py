@@ -1,4 +1,4 @@
-"""``carpulse edge doctor``: is this gateway ready? Interfaces, permissions, certificates, broker.
+"""``carpulse edge doctor``: is this gateway ready? Interfaces, permissions, certificates, kernels, broker.
 
 Public API::
 
@@ -164,6 +164,27 @@ def check_command_key(path: Path) -> Check:
     return Check("command key", "ok", f"{path} (Ed25519 public key)")
 
 
+def check_kernels(settings: CarpulseSettings) -> Check:
+    """The kernels compiled ahead of time are there and current (else the agent runs numba's JIT)."""
+    from edge.aot import AOT_KERNELS, current_build, kernels_dir
+
+    if not settings.edge.aot:
+        return Check("kernels", "skip", "[edge] aot = false: numba compiles them at start")
+    where = kernels_dir(settings)
+    try:
+        doc = current_build(where, AOT_KERNELS)
+    except ImportError as err:  # a kernel module missing from the install
+        return Check("kernels", "fail", str(err))
+    if doc is None:
+        return Check(
+            "kernels",
+            "warn",
+            f"no current ahead-of-time build in {where}: the agent loads numba (~250 MB instead "
+            "of ~110 MB); run `carpulse edge build-kernels`",
+        )
+    return Check("kernels", "ok", f"built ahead of time in {where} ({doc['digest'][:12]})")
+
+
 def run_doctor(
     settings: CarpulseSettings,
     device_id: str,
@@ -189,6 +210,7 @@ def run_doctor(
     checks += check_certificate(conf.cert_file, conf.key_file, conf.ca_file, device_id)
     if command_key is not None:
         checks.append(check_command_key(command_key))
+    checks.append(check_kernels(settings))
     where = f"{conf.host}:{conf.port}"
     if not broker:
         checks.append(Check("broker", "skip", where))

@@ -17,6 +17,7 @@ from core.signing import generate_keypair
 from edge.doctor import (
     check_can_interface,
     check_certificate,
+    check_kernels,
     check_private_key_file,
     check_serial_device,
     run_doctor,
@@ -104,6 +105,7 @@ def test_certificate_checks(tmp_path: Path) -> None:
 def test_run_doctor_reports_every_check_and_a_closed_broker(tmp_path: Path) -> None:
     s = CarpulseSettings(stack=StackSettings(data_dir=tmp_path))
     s.edge.broker_port = free_port()
+    s.edge.state_dir = tmp_path / "state"  # not the tree's .carpulse (make setup builds there)
     pki = LocalPKI(tmp_path / "pki")
     pki.device("car-doc-1")
     _, pub = generate_keypair(tmp_path / "pki")
@@ -112,6 +114,10 @@ def test_run_doctor_reports_every_check_and_a_closed_broker(tmp_path: Path) -> N
     assert by_name["CAN interface lo"].status == "fail"
     assert by_name["device key permissions"].status == "ok"
     assert by_name["command key"].status == "ok"
+    kernels = by_name["kernels"]  # no build in <state_dir>/kernels: works, but with numba
+    assert kernels.status == "warn" and "carpulse edge build-kernels" in kernels.detail
+    s.edge.aot = False
+    assert check_kernels(s).status == "skip"
     assert (
         by_name["broker"].status == "fail" and str(s.edge.broker_port) in by_name["broker"].detail
     )
