@@ -72,11 +72,23 @@ def _version(dist: str) -> str:
 
 
 def _origin(module: str) -> Path | None:
+    """The file of ``a.b.c`` found on disk from package ``a``'s folder: importing ``a.b`` to find
+    it could import a kernel module before ``use_aot`` (and numba with it)."""
+    top, *rest = module.split(".")
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return None
-    return Path(spec.origin) if spec is not None and spec.origin else None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin else None
+    for base in spec.submodule_search_locations or ():
+        path = Path(base).joinpath(*rest)
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def source_files(modules: Sequence[str]) -> list[Path]:
