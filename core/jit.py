@@ -130,6 +130,17 @@ def kernel_digest(kernels: Sequence[Kernel]) -> str:
     return h.hexdigest()
 
 
+def _describe(v: Any) -> str:
+    if not isinstance(v, np.ndarray):
+        return type(v).__name__
+    return _describe_spec(v.dtype, v.ndim, v.flags.c_contiguous, v.flags.writeable)
+
+
+def _describe_spec(dtype: Any, ndim: int, contiguous: bool, writable: bool) -> str:
+    flags = ("C-contiguous " if contiguous else "") + ("writable " if writable else "read-only ")
+    return f"a {flags}{ndim}-d {dtype} array"
+
+
 def _checked(fn: Callable[..., Any], key: str, args: list[list[Any]]) -> Callable[..., Any]:
     """``fn`` behind a check of each argument against the signature it was compiled for."""
     specs: list[tuple[str, Any, int, bool, bool]] = []
@@ -161,8 +172,10 @@ def _checked(fn: Callable[..., Any], key: str, args: list[list[Any]]) -> Callabl
                     and (not contiguous or v.flags.c_contiguous)
                     and (not writes or v.flags.writeable)
                 ):
-                    got = f"{v.dtype}[{v.ndim}d]" if isinstance(v, np.ndarray) else type(v).__name__
-                    raise TypeError(f"{key}: argument {i} is {got}, the AOT build takes {dtype}")
+                    raise TypeError(
+                        f"{key}: argument {i} is {_describe(v)}, the AOT build takes "
+                        f"{_describe_spec(dtype, ndim, contiguous, writes)}"
+                    )
             elif not isinstance(v, scalar_types[kind]) or (kind == "int" and isinstance(v, bool)):
                 raise TypeError(f"{key}: argument {i} is {type(v).__name__}, expected {kind}")
         return fn(*values)
@@ -207,6 +220,9 @@ def use_aot(directory: Path, kernels: Sequence[Kernel]) -> tuple[bool, str]:
         file = str(doc["file"])
         if Path(file).name != file or not file.startswith(MODULE + "."):
             raise ValueError(f"bad file name {file!r}")
+        for path in (directory, manifest, directory / file):
+            if path.stat().st_mode & 0o002:  # anyone could swap the code the agent runs
+                raise ValueError(f"{path} is writable by every user")
         entries = doc["kernels"]
         if sorted(entries) != sorted(f"{m}.{f}" for m, f, _ in kernels):
             raise ValueError("the kernel list differs")

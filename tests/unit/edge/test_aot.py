@@ -114,6 +114,8 @@ def test_arguments_that_do_not_match_the_build_are_refused(
     for args in bad:
         with pytest.raises(TypeError, match="_scaled_sum"):
             fn(*args)
+    with pytest.raises(TypeError, match="read-only 1-d float64 array, the AOT build takes a "):
+        fn(good, readonly)
     assert fn(good, np.zeros(4)) == 12.0
 
 
@@ -175,7 +177,13 @@ def test_a_hostile_or_broken_manifest_means_no_build(
         (d / MANIFEST).write_text(json.dumps(good | change))
         ok, line = use_aot(d, SAMPLE_KERNELS)
         assert not ok and "fails to load" in line and why in line, line
+    (d / MANIFEST).write_text(json.dumps(good))
+    (d / good["file"]).chmod(0o777)  # anyone could replace the code the agent would run
+    ok, line = use_aot(d, SAMPLE_KERNELS)
+    assert not ok and "writable by every user" in line, line
     assert not jit.aot_active()
+    (d / good["file"]).chmod(0o755)
+    assert use_aot(d, SAMPLE_KERNELS)[0]  # the same build, once only its owner can write it
 
 
 def test_use_aot_refuses_kernels_already_imported(fresh_jit: object, tmp_path: Path) -> None:
