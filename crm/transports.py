@@ -22,6 +22,8 @@ from typing import Any, Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.config import CarpulseSettings
+from core.errors import ConfigError
 from core.plugins import plugin_class, registry
 from crm import store as st
 from crm.delivery import DeliveryError, SmtpTransport, sign
@@ -204,6 +206,36 @@ class WeChatTemplateTransport(MessageTransport):
             code = -1
         if code:
             raise DeliveryError(f"WeChat refused the template message (errcode {code})", True)
+
+
+def from_settings(s: CarpulseSettings) -> MessageTransport | None:
+    """The transport ``[member] transport`` names, built from its settings (None: '')."""
+    m = s.member
+    kind = m.transport
+    if not kind:
+        return None
+    if kind == "recording":
+        return make_transport(kind, path=m.recording_file)
+    if kind == "sms":
+        secret = b"" if m.sms_secret_file is None else _secret(m.sms_secret_file)
+        return make_transport(kind, url=m.sms_url, secret=secret)
+    if kind == "email":
+        if not s.smtp.host:
+            raise ConfigError("[member] transport = email needs [smtp] host")
+        smtp = SmtpTransport(s.smtp.host, s.smtp.port, s.smtp.sender, s.smtp.starttls,
+                             s.smtp.username, s.smtp.resolved_password(), s.smtp.timeout_s)  # fmt: skip
+        return make_transport(kind, smtp=smtp)
+    if kind == "wechat":
+        return make_transport(kind, template_id=m.wechat_template_id,
+                              token_file=m.wechat_token_file, api=m.wechat_api)  # fmt: skip
+    return make_transport(kind)  # an installed plug-in that needs no options
+
+
+def _secret(path: Path) -> bytes:
+    try:
+        return path.read_text().strip().encode()
+    except OSError as err:
+        raise ConfigError(f"member.sms_secret_file {path}: {err.strerror}") from err
 
 
 def transport_class(kind: str) -> type[MessageTransport]:

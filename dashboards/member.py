@@ -273,3 +273,32 @@ def send_sign_in(request: Request, customer_id: str) -> bool:
         log.warning("sign-in link to %s not sent: %s", customer_id, err)
         return False
     return True
+
+
+def demo_link(store: CrmStore, settings: Any, vin: str, base_url: str) -> str:
+    """``make demo``: a sign-in link for the owner of ``vin`` (the demo's first car), who is
+    given a welcome coupon to share if they hold no live one; signed with the key the demo's
+    dashboard uses (``[member] key_file``, else the CRM database's)."""
+    from crm.store import issue_coupon, owner_at
+    from dashboards.auth import SessionStore
+
+    key = settings.member.resolved_key() or SessionStore(store.engine).secret("member-links")
+    now = utcnow()
+    with store.tx() as s:
+        cid = owner_at(s, vin, now)
+        if cid is None:
+            raise CrmError(f"the demo vehicle {vin} has no owner")
+        live = s.scalar(
+            select(Coupon.id)
+            .where(
+                Coupon.holder_id == cid,
+                Coupon.state.in_(("issued", "shared")),
+                Coupon.valid_until >= now,
+            )
+            .limit(1)
+        )
+        tpl = s.get(CouponTemplate, "tier-welcome") or s.scalars(select(CouponTemplate)).first()
+        if live is None and tpl is not None:
+            issue_coupon(s, tpl.code, cid, now + dt.timedelta(days=tpl.valid_days), vin=vin)
+        ttl = dt.timedelta(hours=settings.member.link_ttl_h)
+        return ml.issue_sign_in(s, key, cid, base_url, ttl)

@@ -236,3 +236,44 @@ def test_the_counter_needs_the_advisors_permission_and_dealer(world: dict[str, A
     with store.tx() as s:
         got = s.get(Coupon, b_coupon)
         assert got is not None and got.state == "issued"
+
+
+def test_the_demo_prints_a_working_member_link(world: dict[str, Any]) -> None:
+    """``make demo``'s link (``dashboards.member.demo_link``): the first car's owner, a coupon
+    to share, signed with the key the dashboard checks."""
+    from core.config import CarpulseSettings
+    from crm.demo import seed_demo
+    from dashboards.member import demo_link
+
+    c, store = world["c"], world["store"]
+    (vin,) = seed_demo(store, 1, vins=["CPDEM000000000077"], devices=["demo-x"],
+                       dealer_id="dealer-a")  # fmt: skip
+    url = demo_link(store, CarpulseSettings(), vin, "http://127.0.0.1:8000")
+    assert url.startswith("http://127.0.0.1:8000/m/signin?t=i1.")
+    html = sign_in(c, url.removeprefix("http://127.0.0.1:8000"))
+    assert "车主0" in html and "普卡" in html and len(coupons(html, "valid")) == 1
+    again = demo_link(store, CarpulseSettings(), vin, "http://127.0.0.1:8000")
+    c.cookies.clear()
+    assert len(coupons(sign_in(c, again.removeprefix("http://127.0.0.1:8000")), "valid")) == 1
+
+
+def test_member_settings_build_the_key_and_transport(tmp_path: Path) -> None:
+    from core.config import CarpulseSettings
+    from core.errors import ConfigError
+    from crm.transports import SmsGatewayTransport, from_settings
+
+    key = tmp_path / "member.key"
+    key.write_text("0123456789abcdef0123\n")
+    s = CarpulseSettings.model_validate(
+        {"member": {"key_file": str(key), "transport": "sms", "sms_url": "https://sms.example/x"}}
+    )
+    assert s.member.resolved_key() == b"0123456789abcdef0123"
+    assert isinstance(from_settings(s), SmsGatewayTransport)
+    key.write_text("short")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        s.member.resolved_key()
+    with pytest.raises(ConfigError, match="needs \\[smtp\\] host"):
+        from_settings(CarpulseSettings.model_validate({"member": {"transport": "email"}}))
+    with pytest.raises(ConfigError, match="unknown member transport"):
+        from_settings(CarpulseSettings.model_validate({"member": {"transport": "fax"}}))
+    assert from_settings(CarpulseSettings()) is None
