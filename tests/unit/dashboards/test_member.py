@@ -277,3 +277,31 @@ def test_member_settings_build_the_key_and_transport(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown member transport"):
         from_settings(CarpulseSettings.model_validate({"member": {"transport": "fax"}}))
     assert from_settings(CarpulseSettings()) is None
+
+
+def test_cli_sends_or_prints_a_link_the_page_accepts(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``carpulse member link``: by phone, through the recording transport; by id, printed; the
+    key is the one the running dashboard keeps in the same CRM database."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from carpulse.cli import app
+    from dashboards.users import demo_phone
+
+    db = str(world["store"].engine.url)
+    sent = tmp_path / "sent.jsonl"
+    monkeypatch.setenv("CARPULSE_MEMBER__RECORDING_FILE", str(sent))
+    run = CliRunner().invoke
+    res = run(app, ["member", "link", demo_phone(VIN_A), "--via", "recording", "--db", db])
+    assert res.exit_code == 0 and "sent to" in res.output, res.output
+    url = json.loads(sent.read_text())["url"]
+    sign_in(world["c"], url[url.index("/m/signin") :])
+    res = run(app, ["member", "link", world["owners"][VIN_A2], "--print", "--db", db])
+    assert res.exit_code == 0 and "/m/signin?t=i1." in res.output
+    res = run(app, ["member", "link", "+10000000000", "--print", "--db", db])
+    assert res.exit_code != 0 and "no customer" in str(res.exception)
+    res = run(app, ["member", "link", demo_phone(VIN_A), "--via", "fax", "--db", db])
+    assert res.exit_code != 0 and "unknown member transport 'fax'" in str(res.exception)
