@@ -200,7 +200,13 @@ def share(
                  tpl=tpl, until=offer.expires.date(), csrf=me.csrf)  # fmt: skip
 
 
-def _claim_form(request: Request, token: str, status: int = 200, error: str = "") -> Response:
+def _claim_form(
+    request: Request,
+    token: str,
+    status: int = 200,
+    error: str = "",
+    typed: dict[str, str] | None = None,
+) -> Response:
     key = member_key(request)
     try:
         offer = ml.read_share(key, token)
@@ -215,7 +221,7 @@ def _claim_form(request: Request, token: str, status: int = 200, error: str = ""
         name = (sharer.display_name if sharer else "")[:1] + "**"  # the friend knows who
     nonce = request.cookies.get(CLAIM_COOKIE) or secrets.token_urlsafe(16)
     resp = _page(request, "member_claim.html", status, token=token, tpl=tpl, sharer=name,
-                 until=c.valid_until.date(), csrf=_mac(key, f"claim|{nonce}"), error=error)  # fmt: skip
+                 until=c.valid_until.date(), csrf=_mac(key, f"claim|{nonce}"), error=error, typed=typed or {})  # fmt: skip
     resp.set_cookie(CLAIM_COOKIE, nonce, httponly=True, samesite="strict", path="/m/claim",
                     secure=request.app.state.cfg.secure_cookies, max_age=3600)  # fmt: skip
     return resp
@@ -246,7 +252,7 @@ def claim(
                 s, key, t_, phone, name, terms=terms == "on", marketing=marketing == "on"
             )
     except ml.ClaimError as err:
-        return _claim_form(request, t_, 400, "err_" + err.reason)
+        return _claim_form(request, t_, 400, "err_" + err.reason, {"phone": phone, "name": name})
     except ml.LinkError as err:
         return _error(request, 403 if err.reason != "used" else 409, "err_" + err.reason)
     except CouponStateError:  # a parallel claim won, or the coupon was used meanwhile
