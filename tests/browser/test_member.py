@@ -25,21 +25,21 @@ import pytest
 
 pytest.importorskip("playwright")
 
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from sqlalchemy import select
 
-from carpulse.stack import free_port  # noqa: E402
-from core.topics import KAFKA_PREDICTIONS  # noqa: E402
-from crm import member_links as ml  # noqa: E402
-from crm.migrate import upgrade  # noqa: E402
-from crm.models import AuditRecord, Coupon, utcnow  # noqa: E402
-from crm.store import CrmStore, owner_at, record_visit, transfer_ownership  # noqa: E402
-from crm.tables import ServiceRecord  # noqa: E402
-from crm.transports import RecordingTransport  # noqa: E402
-from dashboards.app import DashboardConfig, create_app  # noqa: E402
-from dashboards.auth import SessionStore  # noqa: E402
-from dashboards.inbox import record_filer  # noqa: E402
-from dashboards.users import DEMO_PASSWORD, create_demo_users, seed_demo_crm  # noqa: E402
+from carpulse.stack import free_port
+from core.topics import KAFKA_PREDICTIONS
+from crm import member_links as ml
+from crm.migrate import upgrade
+from crm.models import AuditRecord, Coupon, utcnow
+from crm.store import CrmStore, owner_at, record_visit, transfer_ownership
+from crm.tables import ServiceRecord
+from crm.transports import RecordingTransport
+from dashboards.app import DashboardConfig, create_app
+from dashboards.auth import SessionStore
+from dashboards.inbox import record_filer
+from dashboards.users import DEMO_PASSWORD, create_demo_users, seed_demo_crm
 
 pytestmark = [pytest.mark.browser]
 
