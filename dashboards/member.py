@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Form, Path, Request
+from fastapi import APIRouter, BackgroundTasks, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select, update
 
@@ -308,3 +308,69 @@ def demo_link(store: CrmStore, settings: Any, vin: str, base_url: str) -> str:
             issue_coupon(s, tpl.code, cid, now + dt.timedelta(days=tpl.valid_days), vin=vin)
         ttl = dt.timedelta(hours=settings.member.link_ttl_h)
         return ml.issue_sign_in(s, key, cid, base_url, ttl)
+
+
+# ----- a new link by phone ------------------------------------------------------------------------
+ASK_COOKIE: Final = "carpulse_ask"
+ASK_PER_PHONE: Final = 3  # link requests per phone number and hour
+ASK_PER_ADDRESS: Final = 10  # ... and per client address
+
+
+def _ask_form(request: Request, status: int = 200, note: str = "") -> Response:
+    nonce = request.cookies.get(ASK_COOKIE) or secrets.token_urlsafe(16)
+    csrf = _mac(member_key(request), f"ask|{nonce}")
+    resp = _page(request, "member_login.html", status, csrf=csrf, note=note)
+    resp.set_cookie(ASK_COOKIE, nonce, httponly=True, samesite="strict", path="/m/login",
+                    secure=request.app.state.cfg.secure_cookies, max_age=3600)  # fmt: skip
+    return resp
+
+
+@router.get("/m/login", response_class=HTMLResponse)
+def ask_page(request: Request) -> Response:
+    return _ask_form(request)
+
+
+@router.post("/m/login", response_class=HTMLResponse)
+def ask_link(
+    request: Request,
+    background: BackgroundTasks,
+    phone: Annotated[str, Form(max_length=40)],
+    csrf_token: Annotated[str, Form(max_length=128)] = "",
+) -> Response:
+    """Send a sign-in link to a member's phone. The answer is the same whether the number is a
+    member's or not (no enumeration); at most ``ASK_PER_PHONE`` requests per number and
+    ``ASK_PER_ADDRESS`` per client address an hour (no message flood), counted in the audit log."""
+    from sqlalchemy import func
+
+    from crm.models import AuditRecord, CustomerIdentity
+    from dashboards.throttle import address_subject
+
+    nonce = request.cookies.get(ASK_COOKIE)
+    if not nonce or not _csrf_ok(_mac(member_key(request), f"ask|{nonce}"), csrf_token):
+        return _error(request, 403, "err_csrf")
+    try:
+        number = ml.normalize_phone(phone)
+    except ml.ClaimError:
+        return _ask_form(request, 400, "err_phone")
+    who = "phone:" + _mac(member_key(request), f"phone|{number}")[:32]
+    addr = address_subject(request.client.host if request.client else None)
+    since = utcnow() - dt.timedelta(hours=1)
+    with _store(request).tx() as s:
+        recent = select(func.count(AuditRecord.id)).where(
+            AuditRecord.action == "member.link.request", AuditRecord.at >= since
+        )
+        if (s.scalar(recent.where(AuditRecord.subject == who)) or 0) >= ASK_PER_PHONE or (
+            s.scalar(recent.where(AuditRecord.actor == addr)) or 0
+        ) >= ASK_PER_ADDRESS:
+            page = _ask_form(request, 429, "err_busy")
+            page.headers["Retry-After"] = "3600"
+            return page
+        audit(s, addr, "member.link.request", who, "member-page")
+        cid = s.scalar(
+            select(CustomerIdentity.customer_id).where(
+                CustomerIdentity.kind == "phone", CustomerIdentity.value == number
+            )
+        )
+    if cid is not None:  # after the answer: its timing tells nothing either
+        background.add_task(send_sign_in, request, cid)
+    return _ask_form(request, 200, "asked")

@@ -89,8 +89,8 @@ TEXT: Final[dict[str, dict[str, str]]] = {
         "en": "You signed out with this link; ask for a new sign-in link.",
     },
     "err_login": {
-        "zh-CN": "请通过短信或微信消息中的链接登录。",
-        "en": "Open the link from your text or WeChat message to sign in.",
+        "zh-CN": "请通过短信或微信消息中的链接登录，或在 /m/login 获取新链接。",
+        "en": "Open the link from your text or WeChat message, or get a new one at /m/login.",
     },
     "err_terms": {"zh-CN": "请先同意条款。", "en": "Accept the terms to claim the coupon."},
     "err_phone": {"zh-CN": "请输入正确的手机号。", "en": "Enter a valid phone number."},
@@ -102,6 +102,16 @@ TEXT: Final[dict[str, dict[str, str]]] = {
     "err_csrf": {
         "zh-CN": "页面已过期，请刷新后重试。",
         "en": "The page is stale; reload and try again.",
+    },
+    "ask_title": {"zh-CN": "获取登录链接", "en": "Get a sign-in link"},
+    "ask": {"zh-CN": "发送登录链接", "en": "Send me a link"},
+    "asked": {
+        "zh-CN": "如果该手机号是会员，登录链接已发送，请查看短信或微信消息。",
+        "en": "If this number is a member's, a sign-in link is on its way (text or WeChat).",
+    },
+    "err_busy": {
+        "zh-CN": "请求过于频繁，请一小时后再试。",
+        "en": "Too many requests; try again in an hour.",
     },
     "signed_out": {"zh-CN": "已退出登录", "en": "Signed out"},
     "lang_other": {"zh-CN": "English", "en": "中文"},

@@ -305,3 +305,33 @@ def test_cli_sends_or_prints_a_link_the_page_accepts(
     assert res.exit_code != 0 and "no customer" in str(res.exception)
     res = run(app, ["member", "link", demo_phone(VIN_A), "--via", "fax", "--db", db])
     assert res.exit_code != 0 and "unknown member transport 'fax'" in str(res.exception)
+
+
+def test_a_new_link_by_phone_same_answer_and_throttled(world: dict[str, Any]) -> None:
+    from dashboards.users import demo_phone
+
+    c, rec = world["c"], world["rec"]
+    form = c.get("/m/login")
+    assert form.status_code == 200
+    token = csrf(form.text)
+    assert (
+        c.post("/m/login", data={"phone": demo_phone(VIN_A), "csrf_token": "x"}).status_code == 403
+    )
+    member = c.post("/m/login", data={"phone": demo_phone(VIN_A), "csrf_token": token})
+    stranger = c.post("/m/login", data={"phone": "+8613700000000", "csrf_token": token})
+    assert member.status_code == stranger.status_code == 200
+    strip = lambda html: re.sub(r'value="[0-9a-f]{64}"', "", html)  # noqa: E731
+    assert strip(member.text) == strip(stranger.text)  # no way to tell a member's number
+    assert [m.address for m in rec.sent] == [demo_phone(VIN_A)]
+    sign_in(c, rec.sent[0].url.removeprefix("https://testserver"))
+    assert c.post("/m/login", data={"phone": "12", "csrf_token": token}).status_code == 400
+    c.post("/m/login", data={"phone": demo_phone(VIN_A), "csrf_token": token})
+    c.post("/m/login", data={"phone": demo_phone(VIN_A), "csrf_token": token})
+    busy = c.post("/m/login", data={"phone": demo_phone(VIN_A), "csrf_token": token})
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "3600"
+    assert len(rec.sent) == 3  # the fourth request of the hour sent nothing
+    for i in range(6):  # other numbers from the same address, up to its limit
+        c.post("/m/login", data={"phone": f"+861370000001{i}", "csrf_token": token})
+    assert (
+        c.post("/m/login", data={"phone": "+8613700000099", "csrf_token": token}).status_code == 429
+    )
