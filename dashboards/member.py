@@ -87,8 +87,8 @@ def _page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRes
     return resp
 
 
-def _error(request: Request, status: int, key: str) -> HTMLResponse:
-    return _page(request, "member_error.html", status, message_key=key)
+def _error(request: Request, status: int, key: str, **ctx: Any) -> HTMLResponse:
+    return _page(request, "member_error.html", status, message_key=key, **ctx)
 
 
 def current_member(request: Request) -> Member | None:
@@ -120,7 +120,7 @@ def sign_in(request: Request) -> Response:
         link = ml.read_sign_in(key, token)
     except ml.LinkError as err:
         log.info("member sign-in refused: %s", err.reason)
-        return _error(request, 403, "err_" + err.reason)
+        return _error(request, 403, "err_" + err.reason, token=token[:300])
     now = utcnow()
     with _store(request).tx() as s:
         retired = s.scalar(
@@ -197,7 +197,7 @@ def share(
     base = request.app.state.cfg.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     link = f"{base}/m/claim?t={token}"
     return _page(request, "member_share.html", link=link, qr=qr_svg(link, scale=3),
-                 tpl=tpl, until=offer.expires.date(), csrf=me.csrf)  # fmt: skip
+                 tpl=tpl, until=offer.expires.date(), csrf=me.csrf, lang_base="/m")  # fmt: skip
 
 
 def _claim_form(
