@@ -23,7 +23,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, BackgroundTasks, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from crm import member_links as ml
 from crm.delivery import DeliveryError
@@ -37,6 +37,7 @@ router = APIRouter(tags=["member"])
 COOKIE: Final = "carpulse_member"
 CLAIM_COOKIE: Final = "carpulse_claim"
 LANG_COOKIE: Final = "carpulse_lang"
+LINK_MAX: Final = dt.timedelta(days=31)  # longer than [member] link_ttl_h may be (720 h)
 CouponId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -133,6 +134,9 @@ def sign_in(request: Request) -> Response:
             return _error(request, 403, "err_signed_out")
         if cust is None or cust.erased_at is not None:
             return _error(request, 403, "err_tampered")
+        # rows older than any link's life that no longer open a session retire nothing: gone
+        s.execute(delete(MemberSession).where(MemberSession.expires_at < now,
+                                              MemberSession.created_at < now - LINK_MAX))  # fmt: skip
         session = secrets.token_urlsafe(32)
         expires = now + dt.timedelta(seconds=cfg.member_session_s)
         s.add(MemberSession(token_hash=_hash(session), customer_id=resolve(s, cust.id),

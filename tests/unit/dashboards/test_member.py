@@ -335,3 +335,18 @@ def test_a_new_link_by_phone_same_answer_and_throttled(world: dict[str, Any]) ->
     assert (
         c.post("/m/login", data={"phone": "+8613700000099", "csrf_token": token}).status_code == 429
     )
+
+
+def test_old_member_sessions_are_pruned_at_sign_in(world: dict[str, Any]) -> None:
+    from crm.tables import MemberSession
+
+    now, cid = utcnow(), world["owners"][VIN_A]
+    with world["store"].tx() as s:
+        for name, age, left in (("old", 40, -9), ("open", 40, 5), ("recent", 3, -1)):
+            s.add(MemberSession(token_hash=name.ljust(64, "0"), customer_id=cid, link_nonce=name,
+                                created_at=now - dt.timedelta(days=age),
+                                expires_at=now + dt.timedelta(days=left)))  # fmt: skip
+    sign_in(world["c"], link(world, VIN_A))
+    with world["store"].tx() as s:
+        left = {r.link_nonce for r in s.scalars(select(MemberSession))}
+    assert "old" not in left and {"open", "recent"} <= left and len(left) == 3
