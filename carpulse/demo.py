@@ -447,9 +447,8 @@ def _print_member_link(stack: Stack, store: Any, s: CarpulseSettings, vin: str) 
     from dashboards.member import demo_link
 
     url = demo_link(store, s, vin, f"http://{s.stack.host}:8000")
-    console.print(
-        f"  member page (会员页) of the first car's owner, on a phone-sized window:\n    {url}"
-    )
+    console.print("  member page (会员页) of the first car's owner, on a phone-sized window:")
+    console.print(f"    {url}", soft_wrap=True, markup=False, highlight=False)  # one line, to copy
     console.print(f"  friends' sign-in links: {stack.root / 'member-messages.jsonl'}\n")
 
 
