@@ -350,3 +350,32 @@ def test_old_member_sessions_are_pruned_at_sign_in(world: dict[str, Any]) -> Non
     with world["store"].tx() as s:
         left = {r.link_nonce for r in s.scalars(select(MemberSession))}
     assert "old" not in left and {"open", "recent"} <= left and len(left) == 3
+
+
+def test_parallel_scans_at_the_counter_one_wins(world: dict[str, Any]) -> None:
+    """Eight counters scan the same code at once, through the app: one 200, seven 409."""
+    import threading
+
+    c, store = world["c"], world["store"]
+    with store.tx() as s:
+        code = ml.short_code(
+            issue_coupon(s, "SERVICE10", world["owners"][VIN_A], utcnow() + dt.timedelta(days=5)).id
+        )
+    token = login(c, "advisor")
+    barrier, status = threading.Barrier(8), []
+
+    def scan() -> None:
+        barrier.wait()
+        status.append(
+            c.post("/inbox/counter", data={"code": code, "csrf_token": token}).status_code
+        )
+
+    threads = [threading.Thread(target=scan) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(status) == [200] + [409] * 7
+    with store.tx() as s:
+        won = s.scalars(select(AuditRecord).where(AuditRecord.action == "coupon.redeem.counter"))
+        assert len(list(won)) == 1
