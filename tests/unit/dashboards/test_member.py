@@ -379,3 +379,16 @@ def test_parallel_scans_at_the_counter_one_wins(world: dict[str, Any]) -> None:
     with store.tx() as s:
         won = s.scalars(select(AuditRecord).where(AuditRecord.action == "coupon.redeem.counter"))
         assert len(list(won)) == 1
+
+
+def test_an_erased_customer_is_signed_out_and_cannot_sign_in(world: dict[str, Any]) -> None:
+    from crm.privacy import erase_customer
+
+    c = world["c"]
+    url = link(world, VIN_A)
+    sign_in(c, url)
+    with world["store"].tx() as s:
+        erase_customer(s, world["owners"][VIN_A], "dpo", "REQ-7")
+    assert c.get("/m").status_code == 401
+    c.cookies.clear()
+    assert c.get(url, follow_redirects=False).status_code == 403
