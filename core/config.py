@@ -2,7 +2,7 @@
 
 The TOML file is ``--config FILE`` or ``$CARPULSE_CONFIG``; sections are named after the
 components (``[mqtt]``, ``[kafka]``, ``[influx]``, ``[stack]``, ``[edge]``, ``[stream]``,
-``[bridge]``, ``[crm]``, ``[smtp]``, ``[webhooks]``, ``[dashboard]``). Every command reads the same
+``[bridge]``, ``[crm]``, ``[smtp]``, ``[webhooks]``, ``[dashboard]``, ``[member]``). Every command reads the same
 file: ``carpulse --config prod.toml crm worker`` and ``carpulse --config prod.toml dashboard``
 agree.
 Environment variables use ``__`` between section and key: ``CARPULSE_INFLUX__URL``.

@@ -30,7 +30,7 @@ from crm.delivery import DeliveryError
 from crm.models import Coupon, CouponTemplate, Customer, utcnow
 from crm.store import CouponStateError, CrmError, CrmStore, audit, resolve
 from crm.tables import MemberSession
-from dashboards.member_text import LANGS, qr_svg, t
+from dashboards.member_text import LANGS, qr_svg, t, tier_name
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["member"])
@@ -80,7 +80,8 @@ def _page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRes
     from dashboards.app import templates
 
     lang = lang_of(request)
-    ctx.update(request=request, lang=lang, t=lambda key, **kw: t(lang, key, **kw))
+    ctx.update(request=request, lang=lang, t=lambda key, **kw: t(lang, key, **kw),
+               tier_name=lambda tier: tier_name(lang, tier))  # fmt: skip
     resp = templates.TemplateResponse(request, name, ctx, status_code=status)
     if request.query_params.get("lang") in LANGS:
         resp.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="lax", path="/m",

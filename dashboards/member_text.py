@@ -118,6 +118,24 @@ TEXT: Final[dict[str, dict[str, str]]] = {
 }
 
 
+# the CRM's tier names (crm.store.DEFAULT_TIERS, and the English ones older data holds)
+TIERS: Final[dict[str, dict[str, str]]] = {
+    "普卡": {"zh-CN": "普卡", "en": "Classic"},
+    "银卡": {"zh-CN": "银卡", "en": "Silver"},
+    "金卡": {"zh-CN": "金卡", "en": "Gold"},
+    "白金": {"zh-CN": "白金卡", "en": "Platinum"},
+    "白金卡": {"zh-CN": "白金卡", "en": "Platinum"},
+    "silver": {"zh-CN": "银卡", "en": "Silver"},
+    "gold": {"zh-CN": "金卡", "en": "Gold"},
+    "platinum": {"zh-CN": "白金卡", "en": "Platinum"},
+}
+
+
+def tier_name(lang: str, tier: str | None) -> str | None:
+    """A tier in the page's language (an unknown tier name as it is)."""
+    return None if tier is None else TIERS.get(tier, {}).get(lang, tier)
+
+
 def t(lang: str, key: str, **kw: object) -> str:
     words = TEXT[key].get(lang) or TEXT[key]["zh-CN"]
     return words.format(**kw) if kw else words

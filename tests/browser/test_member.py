@@ -170,7 +170,7 @@ def test_member_opens_the_link_and_sees_tier_vehicles_and_coupons(
     page.goto(link(world, world.member))
     expect(page).to_have_url(re.compile(r"/m$"))  # the token left the address bar
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
-    expect(page.locator("#m-tier")).to_have_text("silver")
+    expect(page.locator("#m-tier")).to_have_text("银卡")
     expect(page.locator(f"article[data-vin='{VIN}'] .m-next")).to_contain_text("公里")
     sold = page.locator(f"article[data-vin='{VIN_SOLD}']")
     expect(sold).to_contain_text("沪A2002")
@@ -184,6 +184,7 @@ def test_member_opens_the_link_and_sees_tier_vehicles_and_coupons(
     page.click("a.m-lang")
     expect(page.locator("html")).to_have_attribute("lang", "en")
     expect(page.locator("#m-coupons h2")).to_have_text("My coupons")
+    expect(page.locator("#m-tier")).to_have_text("Silver")
     shot(page, world, "member-en.png")
 
 
