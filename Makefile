@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
 APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium prometheus
+# fonts-noto-cjk: the browser tests and screenshots of the zh-CN member page render Chinese
+APT_PACKAGES += fonts-noto-cjk
 # docker-compose: `docker-compose config` checks deploy/docker/compose.yaml (tests/unit/deploy)
 APT_PACKAGES += docker-compose
 # gcc + Python headers: `carpulse edge build-kernels` compiles the edge agent's kernels (kernels target)

@@ -376,6 +376,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         silent.pub.connect()
         fleet.append(silent)
         _print_where_to_look(stack)
+        _print_member_link(stack, store, s, vin_of["demo-car-1"])
         started = time.monotonic()
         sim_t = 0.0
         count: int | None = None
@@ -438,6 +439,17 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         stack.down(progress=lambda m: console.print(f"  {m}"))
         store.engine.dispose()
         console.print("demo stopped; data stays in", stack.root)
+
+
+def _print_member_link(stack: Stack, store: Any, s: CarpulseSettings, vin: str) -> None:
+    """The member page of the first car's owner (a signed link, valid [member] link_ttl_h);
+    the sign-in links of friends who claim a shared coupon land in member-messages.jsonl."""
+    from dashboards.member import demo_link
+
+    url = demo_link(store, s, vin, f"http://{s.stack.host}:8000")
+    console.print("  member page (会员页) of the first car's owner, on a phone-sized window:")
+    console.print(f"    {url}", soft_wrap=True, markup=False, highlight=False)  # one line, to copy
+    console.print(f"  friends' sign-in links: {stack.root / 'member-messages.jsonl'}\n")
 
 
 def _print_where_to_look(stack: Stack) -> None:

@@ -2,7 +2,7 @@
 
 The TOML file is ``--config FILE`` or ``$CARPULSE_CONFIG``; sections are named after the
 components (``[mqtt]``, ``[kafka]``, ``[influx]``, ``[stack]``, ``[edge]``, ``[stream]``,
-``[bridge]``, ``[crm]``, ``[smtp]``, ``[webhooks]``, ``[dashboard]``). Every command reads the same
+``[bridge]``, ``[crm]``, ``[smtp]``, ``[webhooks]``, ``[dashboard]``, ``[member]``). Every command reads the same
 file: ``carpulse --config prod.toml crm worker`` and ``carpulse --config prod.toml dashboard``
 agree.
 Environment variables use ``__`` between section and key: ``CARPULSE_INFLUX__URL``.
@@ -615,6 +615,41 @@ class DashboardSettings(BaseModel):
     )
 
 
+class MemberSettings(BaseModel):
+    """The mobile member page (``dashboards.member``): sign-in links and how they reach members."""
+
+    key_file: Path | None = Field(
+        None,
+        description="File holding the HMAC key of sign-in and share links (text, 16+ characters, "
+        "e.g. `openssl rand -hex 32 > member.key`); unset: a key kept in the CRM database.",
+    )
+    link_ttl_h: float = Field(24.0, gt=0, le=24 * 30, description="How long a sign-in link works.")
+    session_days: float = Field(
+        30.0, gt=0, le=365, description="How long a member stays signed in."
+    )
+    transport: str = Field(
+        "",
+        description="How sign-in links are sent: sms, email (the [smtp] settings), wechat, "
+        "recording (a JSON-lines file, for demos) or an installed plug-in; '' = not sent.",
+    )
+    sms_url: str = Field("", description="The SMS gateway's endpoint (POST, signed JSON).")
+    sms_secret_file: Path | None = Field(None, description="The SMS gateway's HMAC secret file.")
+    wechat_template_id: str = Field("", description="The service account's template message id.")
+    wechat_token_file: Path | None = Field(
+        None, description="File holding the service account's current access token."
+    )
+    wechat_api: str = Field("https://api.weixin.qq.com", description="WeChat API base URL.")
+    recording_file: Path | None = Field(None, description="Where `recording` appends messages.")
+
+    def resolved_key(self) -> bytes | None:
+        if self.key_file is None:
+            return None
+        key = _read_secret(self.key_file, "member.key_file").encode()
+        if len(key) < 16:
+            raise ConfigError(f"member.key_file {self.key_file}: the key is shorter than 16 bytes")
+        return key
+
+
 class BridgeSettings(BaseModel):
     """The MQTT -> Kafka ingest bridge: what one device may send."""
 
@@ -700,6 +735,7 @@ class CarpulseSettings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     webhooks: WebhookSettings = WebhookSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    member: MemberSettings = MemberSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
 

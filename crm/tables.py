@@ -1,5 +1,6 @@
 """CRM tables added by migration 0002 (rule firings, inbox, outbox, parked events, contacts, personal
-data), 0006 (dealer-system references, service history) and 0007 (enrolled gate cameras)."""
+data), 0006 (dealer-system references, service history), 0007 (enrolled gate cameras) and 0008
+(member-page sessions)."""
 
 from __future__ import annotations
 
@@ -198,3 +199,17 @@ class GateDevice(Base):
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     dealer_id: Mapped[str] = mapped_column(String(64), default="default")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class MemberSession(Base):
+    """A customer's session on the mobile member page (migration 0008), opened by a signed
+    sign-in link (``crm.member_links``). Only a SHA-256 of the cookie's token is stored; a row
+    with ``ended_at`` set also retires the link that opened it (no sign-in again after logout)."""
+
+    __tablename__ = "member_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"), index=True)
+    link_nonce: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)

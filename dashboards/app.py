@@ -72,6 +72,12 @@ class DashboardConfig:
     session_recheck_s: float = 5.0  # an open live stream re-reads its session this often
     # who may read /metrics ([metrics] allow): loopback unless the settings say otherwise
     metrics_allow: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    # the member page (dashboards.member): link key (None: one kept in the CRM database), how
+    # long a sign-in link and a member session last, how links reach members (crm.transports)
+    member_key: bytes | None = None
+    member_link_ttl_s: float = 86400.0
+    member_session_s: float = 30 * 86400.0
+    member_transport: Any = None  # a crm.transports.MessageTransport; None: links are not sent
 
 
 class NeedLogin(Exception):
@@ -155,7 +161,7 @@ def _login_refused(
 
 
 def create_app(cfg: DashboardConfig) -> FastAPI:
-    from dashboards import console, desk, inbox
+    from dashboards import console, counter, desk, inbox, member
 
     store = CrmStore.from_url(cfg.crm_url)
     try:
@@ -345,4 +351,6 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
     app.include_router(desk.router)
     app.include_router(console.router)
     app.include_router(inbox.router)
+    app.include_router(counter.router)
+    app.include_router(member.router)
     return app

@@ -25,6 +25,7 @@ def config_from_settings(
     does not exist is a configuration error, never a silent fallback.
     """
     from carpulse.stack import Stack
+    from crm.transports import from_settings as member_transport_from_settings
 
     d = s.dashboard
     stack = Stack(s.stack)
@@ -57,6 +58,10 @@ def config_from_settings(
         public_url=d.public_url,
         maintenance=Horizon(d.maintenance_horizon_days, d.maintenance_horizon_km, d.oil_due_pct),
         metrics_allow=list(s.metrics.allow),
+        member_key=s.member.resolved_key(),
+        member_link_ttl_s=s.member.link_ttl_h * 3600,
+        member_session_s=s.member.session_days * 86400,
+        member_transport=member_transport_from_settings(s),
     )
 
 
@@ -76,6 +81,10 @@ def prepare_demo(cfg: DashboardConfig, s: CarpulseSettings, vehicles: int = 5) -
     )
     if "SERVICE10" not in cfg.coupon_templates:  # the demo's one template
         cfg.coupon_templates.append("SERVICE10")
+    if cfg.member_transport is None:  # friends' sign-in links, for the demo's reader
+        from crm.transports import RecordingTransport
+
+        cfg.member_transport = RecordingTransport(Stack(s.stack).root / "member-messages.jsonl")
     if cfg.signing_key is None:  # the demo's key pair, as `carpulse pki command-key` makes it
         from dashboards.commands import generate_signing_key
 
