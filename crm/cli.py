@@ -18,6 +18,7 @@ import typer
 from core.config import CarpulseSettings, KafkaSettings, SmtpSettings
 from core.errors import CarpulseError, ConfigError
 from crm.admin_cli import import_cmd, templates_app
+from crm.loyalty_cli import register as register_loyalty
 
 if TYPE_CHECKING:
     from core.crm_events import CrmEvent
@@ -31,6 +32,7 @@ audit_app = typer.Typer(help="The audit log: verify its hash chain.")
 crm_app.add_typer(audit_app, name="audit")
 crm_app.add_typer(templates_app, name="templates")
 crm_app.command("import")(import_cmd)
+register_loyalty(crm_app)  # segments, points, close-service, jobs run (crm.loyalty_cli)
 
 DbOpt = Annotated[
     str | None,
@@ -312,6 +314,10 @@ def worker_cmd(
         smtp_host=smtp_host, smtp_port=smtp_port, sender=sender,
     )  # fmt: skip
     store = _store(setup.db_url)
+    if settings.crm.loyalty_file is not None:  # points, tiers and segments of this dealer
+        from crm.loyalty import LoyaltyConfig, use_config
+
+        use_config(LoyaltyConfig.load(settings.crm.loyalty_file))
     engine = RuleEngine(
         load_rules(rules) if rules else shipped_rules(), webhook_url=setup.webhook_url
     )

@@ -1,5 +1,6 @@
 """CRM tables added by migration 0002 (rule firings, inbox, outbox, parked events, contacts, personal
-data), 0006 (dealer-system references, service history) and 0007 (enrolled gate cameras)."""
+data), 0006 (dealer-system references, service history), 0007 (enrolled gate cameras) and 0008 (the
+points ledger)."""
 
 from __future__ import annotations
 
@@ -197,4 +198,31 @@ class GateDevice(Base):
     __tablename__ = "gate_devices"
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     dealer_id: Mapped[str] = mapped_column(String(64), default="default")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class PointsEntry(Base):
+    """The points ledger (migration 0008): append-only like the audit log, one row per change.
+
+    ``source`` names what earned the points (``service:<record id>``, ``redeem:<coupon id>``,
+    ``referral:<coupon id>``...); ``(source, seq)`` is unique, so a source's points are granted
+    once however often its record is imported or its event replayed, and a corrected amount
+    adds a row with the difference (``crm.loyalty.grant``). ``at`` is when the activity happened
+    (what the tier window counts), ``created_at`` when it was written."""
+
+    __tablename__ = "points_ledger"
+    __table_args__ = (
+        UniqueConstraint("source", "seq", name="uq_points_source_seq"),
+        Index("ix_points_customer_at", "customer_id", "at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    source: Mapped[str] = mapped_column(String(120))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16))  # service | redemption | referral | adjustment
+    delta: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), default=None)
+    at: Mapped[dt.datetime] = mapped_column()
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
