@@ -88,7 +88,7 @@ def rfm(
     survivor: dict[str, str] = {}
     for cid, into in s.execute(select(Customer.id, Customer.merged_into).where(
             Customer.merged_into.is_not(None))):  # fmt: skip
-        survivor[cid] = into
+        survivor[cid] = str(into)
 
     def resolve(cid: str) -> str:
         seen = set()
@@ -112,11 +112,11 @@ def rfm(
         cid = resolve(cid)
         if cid in erased:
             continue
-        at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)  # SQLite's min() is a naive string
+        at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)  # as the column type makes it
         last[cid] = max(last.get(cid, at), at)
         if at > since:
             visits[cid] += 1
-            spend[cid] += Decimal(amount)
+            spend[cid] += Decimal(amount or 0)
     out = []
     rc = cfg.rfm
     for cid, at in last.items():
