@@ -452,13 +452,15 @@ def demo_cmd(
 ) -> None:
     """Coupons from simulated maintenance predictions: seed a dealer, run the shipped rules over
     a service-due prediction per car per day, replay the log, and show what was issued once."""
+    from collections import Counter
+
     from sqlalchemy import select
 
     from crm.demo import seed_demo, simulated_predictions
     from crm.engine import RuleEngine
     from crm.jobs import run_events
     from crm.migrate import migrate
-    from crm.models import Coupon
+    from crm.models import Coupon, Member
     from crm.rules import shipped_rules
     from crm.store import CrmStore
     from crm.tables import OutboxMessage
@@ -479,10 +481,11 @@ def demo_cmd(
              "state": c.state} for c in rows
         ]  # fmt: skip
         queued = len(s.scalars(select(OutboxMessage.id)).all())
+        tiers = Counter(s.scalars(select(Member.tier)))  # from the seeded service histories
     doc = {
         "events": len(events), "fired": first["fired"], "coupons": len(coupons),
         "messages_queued": queued, "replay_fired": replay["fired"],
         "skipped": {k: v for k, v in first.items() if k not in ("events", "fired", "parked")},
-        "examples": coupons[:10],
+        "examples": coupons[:10], "members_by_tier": dict(sorted(tiers.items())),
     }  # fmt: skip
     typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))

@@ -4,7 +4,8 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-04 22:40:00
 
-``points_ledger`` is the append-only ledger of ``crm.loyalty``. Existing members' points become
+``points_ledger`` is the append-only ledger of ``crm.loyalty`` (triggers refuse UPDATE and
+DELETE, as for the audit log). Existing members' points become
 an opening-balance row each (so the tier window sees them); tiers stored under their Chinese
 names become the tier ids (普卡 standard, 银卡 silver, 金卡 gold, 白金/白金卡 platinum). The
 coupon templates the shipped win-back and referral rules issue are added when missing (their
@@ -27,6 +28,18 @@ depends_on = None
 
 TIER_IDS = {"普卡": "standard", "银卡": "silver", "金卡": "gold", "白金": "platinum",
             "白金卡": "platinum"}  # fmt: skip
+SQLITE_TRIGGERS = [
+    "CREATE TRIGGER IF NOT EXISTS points_ledger_no_update BEFORE UPDATE ON points_ledger "
+    "BEGIN SELECT RAISE(ABORT, 'points_ledger is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS points_ledger_no_delete BEFORE DELETE ON points_ledger "
+    "BEGIN SELECT RAISE(ABORT, 'points_ledger is append-only'); END",
+]
+PG_TRIGGERS = [
+    "CREATE OR REPLACE FUNCTION points_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'points_ledger is append-only'; END $$",
+    "CREATE TRIGGER points_ledger_no_change BEFORE UPDATE OR DELETE ON points_ledger "
+    "FOR EACH ROW EXECUTE FUNCTION points_ledger_append_only()",
+]
 TEMPLATES = (
     ("win-back", "回厂礼券", "Welcome-back coupon", 200, 60),
     ("referral-thanks", "推荐感谢券", "Referral thank-you coupon", 100, 90),
@@ -52,6 +65,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("source", "seq", name="uq_points_source_seq"),
     )
     op.create_index("ix_points_customer_at", "points_ledger", ["customer_id", "at"], unique=False)
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for stmt in SQLITE_TRIGGERS if sqlite else PG_TRIGGERS:  # corrections are new rows
+        op.execute(stmt)
     conn = op.get_bind()
     now = dt.datetime.now(dt.UTC)
     ledger = sa.table(
@@ -87,5 +103,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name != "sqlite":
+        op.execute("DROP TRIGGER IF EXISTS points_ledger_no_change ON points_ledger")
+        op.execute("DROP FUNCTION IF EXISTS points_ledger_append_only()")
     op.drop_index("ix_points_customer_at", table_name="points_ledger")
     op.drop_table("points_ledger")
