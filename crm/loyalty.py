@@ -537,9 +537,9 @@ def after_redeem(
             PointsEntry.kind.in_(("service", "redemption")),
         )
     )
-    if cfg.points.redemption or first_visit:
-        grant(s, by, f"redeem:{coupon.id}", cfg.points.redemption, kind="redemption", at=now,
-              actor=by, detail={"coupon": coupon.id, "template": coupon.template_code}, cfg=cfg)  # fmt: skip
+    grant(s, by, f"redeem:{coupon.id}", cfg.points.redemption, kind="redemption", at=now,
+          actor=by, detail={"coupon": coupon.id, "template": coupon.template_code}, cfg=cfg)  # fmt: skip
+    review_tier(s, by, now, "redemption", cfg)
     share = s.scalar(
         select(CouponShare)
         .where(CouponShare.coupon_id == coupon.id, CouponShare.to_id.in_(aliases(s, by)))

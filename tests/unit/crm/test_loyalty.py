@@ -171,6 +171,9 @@ def test_tiers_move_up_and_down_with_effective_dates_and_fire_rules(dealer: Deal
         done = loyalty.close_service(s, vin=VIN, amount=12_000, advisor="adv", at=start,
                                      odometer_km=10_000)  # fmt: skip
         assert done.tier == "gold" and done.tier_change == ("standard", "gold")
+    with dealer.store.tx() as s:  # what the rules' templates see (the advisor's arrival card)
+        facts = eng._customer(s, dealer.member)
+        assert (facts["tier"], facts["tier_zh"], facts["tier_en"]) == ("gold", "金卡", "Gold")
     first = scan(dealer.store, eng, now=NOW)
     assert first["fired"] >= 1
     with dealer.store.tx() as s:
