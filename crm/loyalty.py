@@ -245,12 +245,16 @@ def _member(s: Session, cid: str, at: dt.datetime, cfg: LoyaltyConfig) -> Member
     member = s.get(Member, cid)
     if member is None:
         lowest = cfg.tiers.levels[0].id
-        member = Member(customer_id=cid, tier=lowest, points=0, visits=0, spend=Decimal(0),
-                        tier_since=at)  # fmt: skip
-        s.add(member)
-        s.add(TierChange(customer_id=cid, from_tier=None, to_tier=lowest, at=at,
-                         reason="first points"))  # fmt: skip
-        s.flush()
+        try:
+            with s.begin_nested():
+                s.add(Member(customer_id=cid, tier=lowest, points=0, visits=0,
+                             spend=Decimal(0), tier_since=at))  # fmt: skip
+                s.add(TierChange(customer_id=cid, from_tier=None, to_tier=lowest, at=at,
+                                 reason="first points"))  # fmt: skip
+        except IntegrityError:  # a concurrent first grant made the member: use theirs
+            pass
+        member = s.get(Member, cid)
+        assert member is not None
     return member
 
 
@@ -295,10 +299,12 @@ def grant(
                               detail=detail or {}))  # fmt: skip
     except IntegrityError:  # a concurrent grant of the same source won: it wrote the same
         return 0
-    member.points += delta
+    # UPDATE ... SET points = points + delta: concurrent grants to one member add up
+    member.points = Member.points + delta  # type: ignore[assignment]
     if kind in VISIT_KINDS:
-        member.visits += 0 if n else 1
-        member.spend = Decimal(member.spend or 0) + (d_amount or Decimal(0))
+        member.visits = Member.visits + (0 if n else 1)  # type: ignore[assignment]
+        member.spend = Member.spend + (d_amount or Decimal(0))  # type: ignore[assignment]
+    s.flush()
     st.audit(s, actor, "points.grant", cid, source=source, kind=kind, delta=delta,
              balance=member.points, **({"amount": str(amount)} if amount is not None else {}))  # fmt: skip
     return delta

@@ -259,3 +259,53 @@ def test_config_file_is_validated(tmp_path: Path) -> None:
     assert cfg.service_points(Decimal("99.99")) == 19 and cfg.tiers.levels[3].zh == "白金卡"
     assert loyalty.shipped() == loyalty.LoyaltyConfig()  # the YAML says what the code defaults
     assert loyalty.tier_name("银卡", "en") == "Silver" and loyalty.tier_name("gold") == "金卡"
+
+
+@pytest.mark.integration
+def test_concurrent_grants_add_up_on_postgresql(postgres_url: str) -> None:
+    """Eight counters redeem eight coupons of one new customer at once: every redemption
+    succeeds, the member is created once, and the cached balance is the ledger's sum."""
+    import threading
+    import uuid
+
+    from sqlalchemy import text
+
+    from crm.migrate import upgrade
+    from crm.models import CouponTemplate
+
+    name = "t_" + uuid.uuid4().hex[:10]
+    admin = st.make_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    eng = st.make_engine(postgres_url.rsplit("/", 1)[0] + "/" + name, pool_size=20)
+    upgrade(eng)
+    crm = st.CrmStore(eng)
+    with crm.tx() as s:
+        s.add(CouponTemplate(code="oil", title_zh="机油券", title_en="Oil", valid_days=30))
+        s.flush()
+        c = st.find_or_create_customer(s, {"phone": "+8613800000123"})
+        ids = [st.issue_coupon(s, "oil", c, NOW + dt.timedelta(days=30)).id for _ in range(8)]
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def redeem(coupon_id: str) -> None:
+        barrier.wait()
+        try:
+            with crm.tx() as s:
+                st.redeem_coupon(s, coupon_id, c)
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=redeem, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with crm.tx() as s:
+        member = s.get(Member, c)
+        assert member is not None
+        assert member.points == loyalty.balance(s, c) == 8 * loyalty.config().points.redemption
+        assert s.scalar(select(func.count(TierChange.id)).where(TierChange.customer_id == c)) == 1
+    eng.dispose()
