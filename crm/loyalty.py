@@ -518,11 +518,21 @@ def _service_record(
                 f"{r.service_date} (an odometer never goes backwards)"
             )
     if same is None:
-        same = ServiceRecord(vin=vin, service_date=day, odometer_km=float(odometer_km),
-                             work=work, amount=amount, source="advisor")  # fmt: skip
-        s.add(same)
-        s.flush()
-    else:
+        try:
+            with s.begin_nested():
+                s.add(ServiceRecord(vin=vin, service_date=day, odometer_km=float(odometer_km),
+                                    work=work, amount=amount, source="advisor"))  # fmt: skip
+        except IntegrityError:  # a concurrent close of the same visit wrote it: correct that one
+            pass
+        same = s.scalar(
+            select(ServiceRecord).where(ServiceRecord.vin == vin, ServiceRecord.service_date == day)
+        )
+        assert same is not None
+    if (
+        same.amount != amount
+        or same.odometer_km != float(odometer_km)
+        or (work and work != same.work)
+    ):
         same.amount, same.odometer_km = amount, float(odometer_km)
         same.work = work or same.work
     return same

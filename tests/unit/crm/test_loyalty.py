@@ -17,7 +17,7 @@ from crm import store as st
 from crm.engine import RuleEngine
 from crm.jobs import scan
 from crm.lifecycle import run_jobs
-from crm.models import AuditRecord, Coupon, Member, TierChange
+from crm.models import AuditRecord, Coupon, Member, TierChange, Vehicle
 from crm.onboard import import_folder
 from crm.rules import shipped_rules
 from crm.tables import OutboxMessage, PointsEntry, ServiceRecord
@@ -308,4 +308,33 @@ def test_concurrent_grants_add_up_on_postgresql(postgres_url: str) -> None:
         assert member is not None
         assert member.points == loyalty.balance(s, c) == 8 * loyalty.config().points.redemption
         assert s.scalar(select(func.count(TierChange.id)).where(TierChange.customer_id == c)) == 1
+    # four advisors close the same visit at once: one service record, its points once
+    with crm.tx() as s:
+        s.add(Vehicle(vin=VIN, model="Lavida"))
+        s.flush()
+        st.transfer_ownership(s, VIN, c, NOW - dt.timedelta(days=100))
+    barrier = threading.Barrier(4)
+    closed: list[int] = []
+
+    def close() -> None:
+        barrier.wait()
+        try:
+            with crm.tx() as s:
+                done = loyalty.close_service(s, vin=VIN, amount="1,000", advisor="adv",
+                                             odometer_km=1000)  # fmt: skip
+            closed.append(done.written)
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=close) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(closed) == [0, 0, 0, 100]
+    with crm.tx() as s:
+        assert s.scalar(select(func.count(ServiceRecord.id))) == 1
+        member = s.get(Member, c)
+        assert member is not None and member.points == loyalty.balance(s, c) == 260
+        assert member.visits == 1
     eng.dispose()
