@@ -523,6 +523,11 @@ class CrmSettings(BaseModel):
     jobs_interval_s: float = Field(
         60.0, gt=0, description="CRM worker: seconds between periodic jobs (delivery, purge)."
     )
+    loyalty_file: Path | None = Field(
+        None,
+        description="Points, tiers, RFM segments and reminders (YAML like the shipped "
+        "crm/loyalty.yaml, which applies when unset).",
+    )
 
     def resolved_url(self, stack: StackSettings) -> str:
         """``url``, else the contents of ``url_file``, else the local stack's SQLite file."""

@@ -31,6 +31,9 @@ CRM_EVENT_KINDS: Final = (
     "silent_car_end",
     "oil_life",
     "anomaly",
+    "tier_downgraded",
+    "customer_inactive",
+    "referral_rewarded",
 )
 
 

@@ -48,6 +48,7 @@ from crm import location_sync as ls
 from crm.delivery import Dispatcher, close_silent_cards
 from crm.engine import RuleEngine
 from crm.jobs import DeadLetter, retry_parked, scan
+from crm.lifecycle import HOURLY, run_jobs
 from crm.location_sink import InfluxLocations
 from crm.normalize import from_record
 from crm.privacy import record_gate_sighting, record_location
@@ -58,6 +59,7 @@ from stream.offsets import SourceOffsets, guarded
 log = logging.getLogger(__name__)
 CRM_TOPICS = (KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_ANOMALIES)
 PURGE_EVERY_S = 3600  # retention is counted in days: once an hour is plenty
+LIFECYCLE_EVERY_S = 3600  # tier reviews and inactivity are counted in days and months
 PRIVACY_SYNC_S = 2.0  # how soon the stream learns of a consent or ownership change
 
 
@@ -163,10 +165,18 @@ def periodic(
     stats: Counter[str],
     location_sink: InfluxLocations | None = None,
 ) -> list[DeadLetter]:
-    """Tier upgrades and expiring coupons, parked events, the outbox, the retention purge;
-    returns the parked events given up on, for the dead-letter topic."""
+    """Tier changes and expiring coupons, the lifecycle jobs (``crm.lifecycle``: coupon expiry,
+    referral rewards; hourly tier reviews and inactivity), parked events, the outbox, the
+    retention purge; returns the parked events given up on, for the dead-letter topic."""
     dead: list[DeadLetter] = []
     stats.update({f"scan_{k}": v for k, v in scan(store, engine).items()})
+    # coupon expiry and referral rewards every time; tier reviews and inactivity once an hour
+    mono = time.monotonic()
+    hourly = mono - stats.get("_last_lifecycle_mono", -LIFECYCLE_EVERY_S) >= LIFECYCLE_EVERY_S
+    jobs = ("expire", "referrals", *(HOURLY if hourly else ()))
+    stats.update({f"jobs_{k}": v for k, v in run_jobs(store, engine, only=jobs).items()})
+    if hourly:
+        stats["_last_lifecycle_mono"] = int(mono)
     stats.update({f"parked_{k}": v for k, v in retry_parked(store, engine, dead=dead).items()})
     if dispatcher is not None:
         stats.update({f"outbox_{k}": v for k, v in dispatcher.run_once().items()})

@@ -34,7 +34,7 @@ from crm.models import AuditRecord, Coupon, Customer, Vehicle, utcnow
 GENESIS: Final = "0" * 64
 PENDING_KEY: Final = "carpulse_audit_pending"
 _LOCK_ID: Final = 0x63_61_72_70_61_75_64  # "carpaud": one chain, one lock
-APPEND_ONLY_TABLES: Final = ("audit_log", "coupon_shares")
+APPEND_ONLY_TABLES: Final = ("audit_log", "coupon_shares", "points_ledger")
 ROLE_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

@@ -18,6 +18,7 @@ import typer
 from core.config import CarpulseSettings, KafkaSettings, SmtpSettings
 from core.errors import CarpulseError, ConfigError
 from crm.admin_cli import import_cmd, templates_app
+from crm.loyalty_cli import register as register_loyalty
 
 if TYPE_CHECKING:
     from core.crm_events import CrmEvent
@@ -31,6 +32,7 @@ audit_app = typer.Typer(help="The audit log: verify its hash chain.")
 crm_app.add_typer(audit_app, name="audit")
 crm_app.add_typer(templates_app, name="templates")
 crm_app.command("import")(import_cmd)
+register_loyalty(crm_app)  # segments, points, close-service, jobs run (crm.loyalty_cli)
 
 DbOpt = Annotated[
     str | None,
@@ -312,6 +314,10 @@ def worker_cmd(
         smtp_host=smtp_host, smtp_port=smtp_port, sender=sender,
     )  # fmt: skip
     store = _store(setup.db_url)
+    if settings.crm.loyalty_file is not None:  # points, tiers and segments of this dealer
+        from crm.loyalty import LoyaltyConfig, use_config
+
+        use_config(LoyaltyConfig.load(settings.crm.loyalty_file))
     engine = RuleEngine(
         load_rules(rules) if rules else shipped_rules(), webhook_url=setup.webhook_url
     )
@@ -446,13 +452,15 @@ def demo_cmd(
 ) -> None:
     """Coupons from simulated maintenance predictions: seed a dealer, run the shipped rules over
     a service-due prediction per car per day, replay the log, and show what was issued once."""
+    from collections import Counter
+
     from sqlalchemy import select
 
     from crm.demo import seed_demo, simulated_predictions
     from crm.engine import RuleEngine
     from crm.jobs import run_events
     from crm.migrate import migrate
-    from crm.models import Coupon
+    from crm.models import Coupon, Member
     from crm.rules import shipped_rules
     from crm.store import CrmStore
     from crm.tables import OutboxMessage
@@ -473,10 +481,11 @@ def demo_cmd(
              "state": c.state} for c in rows
         ]  # fmt: skip
         queued = len(s.scalars(select(OutboxMessage.id)).all())
+        tiers = Counter(s.scalars(select(Member.tier)))  # from the seeded service histories
     doc = {
         "events": len(events), "fired": first["fired"], "coupons": len(coupons),
         "messages_queued": queued, "replay_fired": replay["fired"],
         "skipped": {k: v for k, v in first.items() if k not in ("events", "fired", "parked")},
-        "examples": coupons[:10],
+        "examples": coupons[:10], "members_by_tier": dict(sorted(tiers.items())),
     }  # fmt: skip
     typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))

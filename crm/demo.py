@@ -12,6 +12,7 @@ import numpy as np
 from sqlalchemy import select
 
 from core.crm_events import CrmEvent
+from crm import loyalty
 from crm import store as st
 from crm.models import CouponTemplate, Customer, PlateAssignment, Vehicle
 from crm.normalize import from_prediction
@@ -19,6 +20,13 @@ from crm.tables import CustomerContact
 from models.maintenance.service import Schedule, UsageState, predict_service, update_usage
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+# (days ago, CNY) per member profile: 80 points; 340; 1,050; 3,250 in the last year (+900 before)
+SERVICE_HISTORIES = (
+    ((300, 800),),
+    ((250, 1800), (120, 1600)),
+    ((330, 4200), (200, 3800), (60, 2500)),
+    ((500, 9000), (340, 12000), (210, 11000), (90, 9500)),
+)
 
 
 def demo_vins(n: int) -> list[str]:
@@ -39,10 +47,11 @@ def seed_demo(
     dealer_id: str | None = None,
 ) -> list[str]:
     """Coupon templates, ``n_vehicles`` cars with plates and owners; every second owner (the
-    first, third...) is a member with marketing consent and an e-mail address. Car ``i`` carries
-    device ``devices[i]`` (default ``demo-car-{i+1}``, the live demo's fleet; a device already
-    installed in another vehicle is left there). Idempotent on the VINs (default
-    ``demo_vins``)."""
+        first, third...) is a member with marketing consent, an e-mail address and a service history
+    whose points give their tier (``SERVICE_HISTORIES``). Car ``i`` carries
+        device ``devices[i]`` (default ``demo-car-{i+1}``, the live demo's fleet; a device already
+        installed in another vehicle is left there). Idempotent on the VINs (default
+        ``demo_vins``)."""
     vins = vins or demo_vins(n_vehicles)
     devices = devices or demo_devices(n_vehicles)
     with store.tx() as s:
@@ -75,7 +84,12 @@ def seed_demo(
                     customer.dealer_id = dealer_id
             st.transfer_ownership(s, vin, cid, start - dt.timedelta(days=700))
             if i % 2 == 0:
-                st.record_visit(s, cid, spend=800)
+                # a workshop history: the points of its services make the member's tier
+                # (crm.loyalty: standard, silver, gold, platinum in turn)
+                for k, (days_ago, amount) in enumerate(SERVICE_HISTORIES[(i // 2) % 4]):
+                    loyalty.close_service(s, vin=vin, amount=amount, advisor="demo",
+                                          at=st.utcnow() - dt.timedelta(days=days_ago),
+                                          odometer_km=8_000 + 9_000 * k, work="demo service")  # fmt: skip
                 st.set_consent(s, cid, "marketing", True, source="demo")
                 if s.get(CustomerContact, cid) is None:  # an owner of several demo cars
                     s.add(CustomerContact(customer_id=cid, email=f"owner{i}@example.com",

@@ -27,6 +27,7 @@ from core.crm_events import CrmEvent
 from core.errors import CarpulseError
 from crm import store as st
 from crm.delivery import ADVISOR_ROLES, file_dtc_card
+from crm.loyalty import tier_name
 from crm.messages import DEFAULT_LANG, render
 from crm.models import (
     Appointment,
@@ -228,6 +229,8 @@ class RuleEngine:
                 name=cust.display_name if cust else "",
                 member=member is not None,
                 tier=member.tier if member else "",
+                tier_zh=tier_name(member.tier, "zh-CN") if member else "",
+                tier_en=tier_name(member.tier, "en") if member else "",
                 lang=contact.lang if contact else DEFAULT_LANG,
                 # consent in force now: the message is sent now, whatever the event's age
                 consent={p: st.has_consent(s, cid, p) for p in ("marketing", "location", "face")},

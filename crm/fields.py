@@ -137,8 +137,17 @@ def check_number(raw: str, what: str, lo: float, hi: float) -> float:
     return value
 
 
+AMOUNT_GROUPED_RE: Final = re.compile(r"^\d{1,3}(,\d{3})+(\.\d*)?$")
+
+
 def check_amount(raw: str) -> Decimal:
-    text = raw.strip().replace(",", "").removeprefix("¥").removeprefix("￥")
+    """CNY, ``0..9999999999.99``: ``1280.5``, ``1,280.50``, ``¥300``. A comma only separates
+    thousands: ``1.234,50`` or ``12,34`` is refused rather than read as another number."""
+    text = raw.strip().removeprefix("¥").removeprefix("￥").strip()
+    if "," in text:
+        if not AMOUNT_GROUPED_RE.match(text):
+            raise FieldError(f"amount {raw[:40]!r}: a comma may only separate thousands (1,280.50)")
+        text = text.replace(",", "")
     try:
         value = Decimal(text)
     except InvalidOperation:

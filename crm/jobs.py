@@ -26,30 +26,37 @@ from crm.engine import RuleEngine
 from crm.models import Coupon, CouponTemplate, TierChange, utcnow
 from crm.tables import ParkedEvent
 
+
 # ----- CRM-side event sources (scanned periodically; idempotent through the effect keys) --------
-TIER_ORDER = [t.name for t in st.DEFAULT_TIERS]
-
-
 def tier_events(s: Session, since: dt.datetime) -> list[CrmEvent]:
+    """A ``tier_upgraded`` event per tier change up (or sideways, and a new member's first
+    tier: ``direction`` ``same``), a ``tier_downgraded`` one per change down; each carries the
+    tiers' names in Chinese and English (``crm.loyalty``)."""
+    from crm import loyalty
+
+    cfg = loyalty.config()
     rows = s.scalars(
         select(TierChange).where(TierChange.at >= since).order_by(TierChange.at, TierChange.id)
     )
     out = []
     for r in rows:
-        old = TIER_ORDER.index(r.from_tier) if r.from_tier in TIER_ORDER else -1
-        new = TIER_ORDER.index(r.to_tier) if r.to_tier in TIER_ORDER else -1
+        old, new = cfg.rank(r.from_tier), cfg.rank(r.to_tier)
         direction = (
             "up" if new > old and r.from_tier is not None else "down" if new < old else "same"
         )
         out.append(
             CrmEvent(
-                kind="tier_upgraded",
+                kind="tier_downgraded" if direction == "down" else "tier_upgraded",
                 ts=r.at,
                 id=f"tier:{r.id}",
                 customer_id=r.customer_id,
                 data={
                     "from_tier": r.from_tier or "",
                     "to_tier": r.to_tier,
+                    "from_tier_zh": loyalty.tier_name(r.from_tier, "zh-CN", cfg),
+                    "from_tier_en": loyalty.tier_name(r.from_tier, "en", cfg),
+                    "to_tier_zh": loyalty.tier_name(r.to_tier, "zh-CN", cfg),
+                    "to_tier_en": loyalty.tier_name(r.to_tier, "en", cfg),
                     "direction": direction,
                     "change_id": str(r.id),
                 },
@@ -104,10 +111,16 @@ def run_events(store: st.CrmStore, engine: RuleEngine, events: Iterable[CrmEvent
 
 
 def scan(store: st.CrmStore, engine: RuleEngine, now: dt.datetime | None = None) -> Counter[str]:
-    """The periodic job: tier upgrades of the last 30 days and coupons expiring within 7 days."""
+    """The periodic job: tier changes of the last 30 days and coupons expiring within the
+    reminder window (``crm/loyalty.yaml`` coupons.remind_days, 7 days)."""
+    from crm.loyalty import config
+
     now = now or utcnow()
+    within = dt.timedelta(days=config().coupons.remind_days)
     with store.tx() as s:
-        events = tier_events(s, now - dt.timedelta(days=30)) + expiring_coupon_events(s, now)
+        events = tier_events(s, now - dt.timedelta(days=30)) + expiring_coupon_events(
+            s, now, within
+        )
     return run_events(store, engine, events)
 
 

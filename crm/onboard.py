@@ -13,7 +13,10 @@ files again changes nothing and a changed row updates its record:
 - ownerships: (vin, customer, from_date); intervals of a vehicle may not overlap (rows of a VIN
   are applied in ``from_date`` order, so a file may close the old owner and open the new one);
 - consents: (customer, purpose, at);
-- service records: (vin, date); the odometer may not go backwards between services.
+- service records: (vin, date); the odometer may not go backwards between services. The owner
+  on the service's date earns its points (``crm.loyalty``, once per record: a corrected amount
+  earns the difference) and the tiers of those who earned are reviewed; an amount over the
+  loyalty rules' ``max_service_amount`` is a reject.
 
 A key that appears twice in one file is a reject of the second row ("same vin as line 3").
 Dates are days (``YYYY-MM-DD``, also ``/`` or ``.``); an ownership starts and ends at midnight
@@ -42,6 +45,7 @@ from sqlalchemy.orm import Session
 from core.errors import CarpulseError, ConfigError
 from core.topics import DEVICE_ID_RE
 from crm import audit as crm_audit
+from crm import loyalty
 from crm import store as st
 from crm.csvfiles import CsvFileError, read_rows
 from crm.fields import (
@@ -127,6 +131,7 @@ class Importer:
     today: dt.date = field(default_factory=lambda: dt.datetime.now(dt.UTC).date())
     report: ImportReport = field(default_factory=ImportReport)
     vin_check_digit: bool = True  # verify position 9 of North American and Chinese VINs
+    earners: set[str] = field(default_factory=set)  # customers whose points changed
 
     # ----- driver ---------------------------------------------------------------------------
     def run(self, folder: Path) -> ImportReport:
@@ -143,6 +148,8 @@ class Importer:
         for name in found:
             self.report.files[name].present = True
             self._file(folder / name, name, handlers[name])
+        for cid in sorted(self.earners):  # tiers follow the imported services
+            loyalty.review_tier(self.s, cid, reason="import")
         st.audit(self.s, SOURCE, "crm.import", self.dealer_id, dealer_id=self.dealer_id,
                  files={n: r.counts() for n, r in self.report.files.items() if r.present})  # fmt: skip
         return self.report
@@ -457,15 +464,24 @@ class Importer:
                     f"{r.service_date} (an odometer never goes backwards)"
                 )
         row = next((r for r in rows if r.service_date == day), None)
+        outcome: Outcome = "unchanged"
         if row is None:
-            self.s.add(ServiceRecord(vin=v.vin, service_date=day, odometer_km=km, work=work,
-                                     amount=amount, source=SOURCE))  # fmt: skip
-            return "inserted"
-        new = (km, work or row.work, amount if amount is not None else row.amount)
-        if (row.odometer_km, row.work, row.amount) == new:
-            return "unchanged"
-        row.odometer_km, row.work, row.amount = new
-        return "updated"
+            row = ServiceRecord(vin=v.vin, service_date=day, odometer_km=km, work=work,
+                                amount=amount, source=SOURCE)  # fmt: skip
+            self.s.add(row)
+            self.s.flush()
+            outcome = "inserted"
+        else:
+            new = (km, work or row.work, amount if amount is not None else row.amount)
+            if (row.odometer_km, row.work, row.amount) != new:
+                row.odometer_km, row.work, row.amount = new
+                outcome = "updated"
+        # the owner on that day earns its points once (crm.loyalty: a corrected amount earns
+        # the difference; importing the file again earns nothing)
+        owner, _ = loyalty.grant_service_record(self.s, row, SOURCE)
+        if owner is not None:
+            self.earners.add(owner)
+        return outcome
 
 
 _FAR: Final = dt.datetime.max.replace(tzinfo=dt.UTC)

@@ -46,6 +46,9 @@ EVENT_KINDS: Final = (
     "silent_car",
     "oil_life",
     "anomaly",
+    "tier_downgraded",
+    "customer_inactive",
+    "referral_rewarded",
 )
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")

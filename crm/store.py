@@ -7,9 +7,8 @@ so a rule's effect record and the coupon it issues commit together or not at all
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -33,9 +32,10 @@ from crm.models import (
     Effect,
     Member,
     Ownership,
-    TierChange,
+    new_id,
     utcnow,
 )
+from crm.tables import PointsEntry
 
 
 class CrmError(CarpulseError):
@@ -71,6 +71,8 @@ def _audit_is_append_only(session: Session, _ctx: Any, _instances: Any) -> None:
             raise CrmError("the audit log is append-only: records cannot be changed or deleted")
         if isinstance(obj, CouponShare) and (obj in session.deleted or session.is_modified(obj)):
             raise CrmError("the share chain is append-only: shares cannot be changed or deleted")
+        if isinstance(obj, PointsEntry) and (obj in session.deleted or session.is_modified(obj)):
+            raise CrmError("the points ledger is append-only: add a correcting entry instead")
 
 
 class CrmStore:
@@ -295,59 +297,24 @@ def has_consent(s: Session, customer_id: str, purpose: str, at: dt.datetime | No
 
 
 # ----- members and tiers --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tier:
-    name: str
-    min_visits: int = 0
-    min_spend: float = 0.0
-    min_points: int = 0
-
-
-DEFAULT_TIERS = (
-    Tier("普卡"),
-    Tier("银卡", min_visits=3, min_spend=3000),
-    Tier("金卡", min_visits=6, min_spend=10000),
-    Tier("白金", min_visits=10, min_spend=30000, min_points=5000),
-)
-
-
-def tier_for(member: Member, tiers: Sequence[Tier] = DEFAULT_TIERS) -> str:
-    """The highest tier whose every threshold the member meets."""
-    best = tiers[0].name
-    for t in tiers:
-        if (
-            member.visits >= t.min_visits
-            and float(member.spend) >= t.min_spend
-            and member.points >= t.min_points
-        ):
-            best = t.name
-    return best
-
-
 def record_visit(
-    s: Session,
-    customer_id: str,
-    spend: float,
-    points: int = 0,
-    tiers: Sequence[Tier] = DEFAULT_TIERS,
+    s: Session, customer_id: str, spend: float, points: int = 0, actor: str = "crm"
 ) -> tuple[str | None, str]:
-    """Count a visit; returns ``(old_tier, new_tier)`` (old is None for a new member)."""
+    """A visit without a service record (a walk-in, a test, a demo): the spend earns points by
+    ``crm.loyalty``'s rules (plus ``points``) and the tier is reviewed; returns ``(old_tier,
+    new_tier)`` (old is None for a new member). Not idempotent: a visit with a record goes
+    through ``crm.loyalty.close_service`` or the import instead."""
+    from crm import loyalty
+
+    cfg = loyalty.config()
     customer_id = resolve(s, customer_id)
     member = s.get(Member, customer_id)
-    old = None if member is None else member.tier
-    if member is None:
-        member = Member(
-            customer_id=customer_id, tier=tiers[0].name, points=0, visits=0, spend=Decimal(0)
-        )
-        s.add(member)
-    member.visits += 1
-    member.spend = Decimal(member.spend or 0) + Decimal(str(spend))
-    member.points += points
-    new = tier_for(member, tiers)
-    if new != old:
-        member.tier = new
-        member.tier_since = utcnow()
-        s.add(TierChange(customer_id=customer_id, from_tier=old, to_tier=new, reason="visit"))
+    old = None if member is None else (cfg.level(member.tier) or cfg.tiers.levels[0]).id
+    amount = loyalty.parse_amount(spend, cfg)
+    now = utcnow()
+    loyalty.grant(s, customer_id, f"visit:{new_id()}", cfg.service_points(amount) + points,
+                  kind="service", at=now, actor=actor, amount=amount, cfg=cfg)  # fmt: skip
+    _, new = loyalty.review_tier(s, customer_id, now, "visit", cfg)
     return old, new
 
 
@@ -461,8 +428,12 @@ def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         _refused(s, coupon_id, now, "be redeemed", by_id)
-    s.refresh(_coupon(s, coupon_id))
+    coupon = _coupon(s, coupon_id)
+    s.refresh(coupon)
     audit(s, by_id, "coupon.redeem", coupon_id)
+    from crm.loyalty import after_redeem  # points for the redemption, the referral reward
+
+    after_redeem(s, coupon, now)
 
 
 def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:
@@ -482,15 +453,23 @@ def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:
 
 
 def expire_coupons(s: Session, now: dt.datetime | None = None) -> int:
-    """Mark live coupons past their date as expired; returns how many."""
+    """Mark live coupons past their date as expired (each with an audit record); returns how
+    many. Each coupon's UPDATE is conditional, so a coupon expires once, and a redemption that
+    commits first wins."""
     now = now or utcnow()
-    result = s.execute(
-        update(Coupon)
-        .where(Coupon.state.in_(LIVE), Coupon.valid_until < now)
-        .values(state="expired")
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    due = list(s.scalars(select(Coupon.id).where(Coupon.state.in_(LIVE), Coupon.valid_until < now)))
+    n = 0
+    for coupon_id in due:
+        result = s.execute(
+            update(Coupon)
+            .where(Coupon.id == coupon_id, Coupon.state.in_(LIVE), Coupon.valid_until < now)
+            .values(state="expired")
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            audit(s, "crm", "coupon.expire", coupon_id)
+            n += 1
+    return n
 
 
 def _refused(s: Session, coupon_id: str, now: dt.datetime, what: str, who: str) -> NoReturn:

@@ -1,6 +1,6 @@
 """CRM tables added by migration 0002 (rule firings, inbox, outbox, parked events, contacts, personal
-data), 0006 (dealer-system references, service history), 0007 (enrolled gate cameras) and 0008
-(member-page sessions)."""
+data), 0006 (dealer-system references, service history), 0007 (enrolled gate cameras), 0008 (the
+points ledger) and 0009 (member-page sessions)."""
 
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ class GateDevice(Base):
 
 
 class MemberSession(Base):
-    """A customer's session on the mobile member page (migration 0008), opened by a signed
+    """A customer's session on the mobile member page (migration 0009), opened by a signed
     sign-in link (``crm.member_links``). Only a SHA-256 of the cookie's token is stored; a row
     with ``ended_at`` set also retires the link that opened it (no sign-in again after logout)."""
 
@@ -213,3 +213,30 @@ class MemberSession(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column()
     ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class PointsEntry(Base):
+    """The points ledger (migration 0008): append-only like the audit log, one row per change.
+
+    ``source`` names what earned the points (``service:<record id>``, ``redeem:<coupon id>``,
+    ``referral:<coupon id>``...); ``(source, seq)`` is unique, so a source's points are granted
+    once however often its record is imported or its event replayed, and a corrected amount
+    adds a row with the difference (``crm.loyalty.grant``). ``at`` is when the activity happened
+    (what the tier window counts), ``created_at`` when it was written."""
+
+    __tablename__ = "points_ledger"
+    __table_args__ = (
+        UniqueConstraint("source", "seq", name="uq_points_source_seq"),
+        Index("ix_points_customer_at", "customer_id", "at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    source: Mapped[str] = mapped_column(String(120))
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    kind: Mapped[str] = mapped_column(String(16))  # service | redemption | referral | adjustment
+    delta: Mapped[int] = mapped_column(Integer)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(12, 2), default=None)
+    at: Mapped[dt.datetime] = mapped_column()
+    actor: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -262,3 +262,53 @@ def test_telemetry_odometer_to_one_maintenance_coupon(local_stack: Stack, tmp_pa
     assert card.role == "advisor" and card.title == f"{vin} 的 ECT 读数异常"  # staff: zh-CN
     assert card.data["evidence"][-1] == [int(ect_ts[-1]), 140.0]
     assert len(card.data["evidence"]) == 60
+
+
+def test_worker_timer_runs_the_loyalty_jobs_once(local_stack: Stack, tmp_path: Path) -> None:
+    """The CRM worker's timer, on the real broker: a coupon past its date is expired, a lapsed
+    member gets one win-back coupon, a sharer one referral thank-you; running the jobs again from
+    the CLI afterwards issues nothing more."""
+    from typer.testing import CliRunner
+
+    from carpulse.cli import app
+
+    settings = local_stack.settings  # type: ignore[attr-defined]
+    asyncio.run(ensure_topics(settings.kafka, settings.kafka.partitions, settings.kafka.replication,
+                              [KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_DEADLETTER]))  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    now = dt.datetime.now(dt.UTC)
+    phone = f"+86137{uuid.uuid4().int % 10**8:08d}"
+    store, member = member_store(url, {VIN: None}, now - dt.timedelta(days=500), phone)
+    with store.tx() as s:
+        s.add(CustomerContact(customer_id=member, email="m@example.com"))
+        friend = st.find_or_create_customer(s, {"phone": phone[:-1] + "0"}, "朋友")
+        old = st.issue_coupon(s, "maintenance", member, now - dt.timedelta(days=1))
+        shared = st.issue_coupon(s, "maintenance", member, now + dt.timedelta(days=30))
+        st.share_coupon(s, shared.id, member, friend)
+        st.redeem_coupon(s, shared.id, friend)  # the friend's first visit: the member is rewarded
+
+    def templates() -> dict[str, int]:
+        with store.tx() as s:
+            rows = s.execute(select(Coupon.template_code, func.count())
+                             .where(Coupon.owner_id == member).group_by(Coupon.template_code))  # fmt: skip
+            return {str(t): int(n) for t, n in rows}
+
+    def state(coupon_id: str) -> str:
+        with store.tx() as s:
+            return str(s.get(Coupon, coupon_id).state)  # type: ignore[union-attr]
+
+    with worker(local_stack, url, tmp_path, "loyalty"):
+        wait_for(lambda: state(old.id) == "expired" and templates().get("referral-thanks") == 1,
+                 90, "expiry and the referral reward from the worker's timer")  # fmt: skip
+        time.sleep(3)  # a few more timer runs
+    assert templates().get("referral-thanks") == 1 and state(old.id) == "expired"
+    # the member's last visit is today (member_store's): a year and a month on, they lapsed
+    later = (now + dt.timedelta(days=400)).isoformat()
+    run = CliRunner().invoke
+    first = run(app, ["crm", "jobs", "run", "--db", url, "--now", later, "--only", "inactive"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["inactive_fired"] == 1
+    again = run(app, ["crm", "jobs", "run", "--db", url, "--now", later])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout).get("inactive_fired", 0) == 0
+    assert templates() == {"maintenance": 2, "referral-thanks": 1, "win-back": 1}

@@ -6,6 +6,7 @@ old, empty or newer schema."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,3 +200,41 @@ def test_migrate_waits_for_the_lock(engine: Engine) -> None:
         assert current_revision(engine) is None
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0 and "(empty -> " in out, out
+
+
+def test_0008_opens_the_ledger_with_the_members_points_and_renames_tiers(engine: Engine) -> None:
+    """Members before 0008 keep their points as an opening row (the tier window sees them), their
+    Chinese tier names become ids; the rules' coupon templates appear; the ledger refuses edits."""
+    from sqlalchemy.orm import Session
+
+    from crm import loyalty
+
+    upgrade(engine, "0007")
+    with engine.begin() as conn:
+        for cid, tier, points in (("c1", "银卡", 450), ("c2", "白金", 0)):
+            conn.execute(text("INSERT INTO customers (id, display_name, dealer_id, created_at) "
+                              "VALUES (:c, '', 'd', CURRENT_TIMESTAMP)"), {"c": cid})  # fmt: skip
+            conn.execute(
+                text("INSERT INTO members (customer_id, tier, points, visits, spend, tier_since) "
+                     "VALUES (:c, :t, :p, 1, 0, CURRENT_TIMESTAMP)"),
+                {"c": cid, "t": tier, "p": points},
+            )  # fmt: skip
+    upgrade(engine)
+    assert _diff(engine) == []
+    with Session(engine) as s:
+        tiers = {r[0]: r[1] for r in s.execute(text("SELECT customer_id, tier FROM members"))}
+        assert tiers == {"c1": "silver", "c2": "platinum"}
+        rows = s.execute(text("SELECT customer_id, source, delta FROM points_ledger")).all()
+        assert [tuple(r) for r in rows] == [("c1", "opening:c1", 450)]
+        assert loyalty.window_points(s, "c1", dt.datetime.now(dt.UTC)) == 450
+        assert loyalty.review_tier(s, "c2") == ("platinum", "standard")  # no points: down
+        codes = set(s.scalars(text("SELECT code FROM coupon_templates")))
+        assert codes == {"win-back", "referral-thanks"}
+    with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+        conn.execute(text("UPDATE points_ledger SET delta = 10000"))
+    with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM points_ledger"))
+    downgrade(engine, "0007")
+    assert "points_ledger" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert _diff(engine) == []

@@ -29,6 +29,7 @@ def test_shipped_rules_cover_the_issue() -> None:
         "service-due-coupon", "gate-arrival-card", "tier-upgrade-welcome",
         "coupon-expiry-reminder", "dtc-high-expert", "crash-call-centre",
         "silent-car-call-centre", "oil-life-coupon", "anomaly-advisor-card",
+        "tier-downgrade-notice", "win-back", "referral-reward",
     }  # fmt: skip
     due = rules["service-due-coupon"]
     assert due.effect["coupon"] == {

@@ -96,8 +96,9 @@ def test_tiers_upgrade_with_visits_and_spend(crm: st.CrmStore) -> None:
     with crm.tx() as s:
         c = st.find_or_create_customer(s, {"member_card": "M001"})
         changes = [st.record_visit(s, c, spend=1200) for _ in range(3)]
-    assert changes[0] == (None, "普卡")
-    assert changes[2] == ("普卡", "银卡")  # 3 visits, 3600 spent
+    assert changes[0] == (None, "standard")  # 普卡
+    assert changes[1] == ("standard", "standard")  # 240 points
+    assert changes[2] == ("standard", "silver")  # 银卡: 3600 CNY spent, 360 points in a year
 
 
 def test_coupon_lifecycle_and_share_chain(crm: st.CrmStore) -> None:

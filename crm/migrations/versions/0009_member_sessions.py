@@ -1,7 +1,7 @@
 """Member-page sessions
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04 22:50:00
 
 The mobile member page (``dashboards.member``) signs a customer in with a signed, expiring link
@@ -15,8 +15,8 @@ from alembic import op
 
 import crm.models
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
