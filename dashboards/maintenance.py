@@ -97,7 +97,7 @@ def oil_due(doc: dict[str, Any], h: Horizon) -> bool:
 def battery_due(doc: dict[str, Any], h: Horizon) -> bool:
     probs = doc.get("problems")
     return doc.get("due") is True and any(
-        p in BATTERY_TEXT for p in (probs if isinstance(probs, list) else [])
+        isinstance(p, str) and p in BATTERY_TEXT for p in (probs if isinstance(probs, list) else [])
     )
 
 
@@ -105,13 +105,17 @@ def battery_summary(doc: dict[str, Any]) -> str:
     """``12 V battery: replace (cranking dips to 9.3 V) · EV pack: ...``: the problems named in
     the record (only known ones: the record came from a topic) and their numbers."""
     probs = doc.get("problems")
-    names = [p for p in (probs if isinstance(probs, list) else []) if p in BATTERY_TEXT]
+    names = [
+        p
+        for p in (probs if isinstance(probs, list) else [])
+        if isinstance(p, str) and p in BATTERY_TEXT
+    ]
     if not names:
         return "battery fine"
 
     def num(key: str) -> float | None:
         x = doc.get(key)
-        return float(x) if type(x) in (int, float) and abs(x) < 1e6 else None
+        return float(x) if isinstance(x, int | float) and abs(x) < 1e6 else None
 
     out = []
     for p in names:

@@ -319,7 +319,11 @@ class PartitionModels:
             return
         lv, lo, hi, soh = (kind == k for k in (K_LV, K_CELL_MIN, K_CELL_MAX, K_SOH))
         c_slot, c_ts = vslot[lo], ts[lo]
-        c_hi = _forward_fill(c_slot, c_ts, vslot[hi], ts[hi], val[hi])  # the max beside each min
+        # the max beside each min: the last at or before it, else the first after it (a BMS may
+        # send the two in separate frames, in either order)
+        c_hi = _forward_fill(c_slot, c_ts, vslot[hi], ts[hi], val[hi])
+        after = _forward_fill(c_slot, -c_ts, vslot[hi], -ts[hi], val[hi])
+        c_hi = np.where(np.isnan(c_hi), after, c_hi)
         paired = ~np.isnan(c_hi)
         before = self.battery.rejected
         out.predictions += self.battery.update(

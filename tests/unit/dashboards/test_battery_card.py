@@ -56,6 +56,7 @@ def test_a_weak_battery_joins_the_vehicles_one_maintenance_card(
     assert card.data["due"] == ["service_due", "battery"]
     assert card.title.endswith(" · Battery check")
     assert len(card.data["parts"]["battery"]["evidence"]) == 3
+    file(KAFKA_PREDICTIONS, _battery(t0 + 4 * DAY_US, [["lv_weak"], {"a": 1}]))  # no crash
     file(KAFKA_PREDICTIONS, _battery(t0 + 4 * DAY_US, ["<img src=x onerror=alert(1)>"]))
     login(client, "advisor")
     (html,) = [c for c in cards(client.get("/inbox").text) if 'data-kind="maintenance"' in c]

@@ -133,3 +133,28 @@ def test_pipeline_counts_rejected_readings_and_keeps_the_partition_moving() -> N
     res = p.process([(0, payload)], lambda t, k: data.get((t, k)))
     assert p.counters.battery_rejected == 2 and p.counters.accepted == 1
     assert any(w[1] == T_MODELS for w in res.writes)
+
+
+def test_the_demo_ev_is_flagged_for_both_batteries() -> None:
+    """``make demo``'s EV (carpulse.demo.drive_ev) through the stream's model: one record per
+    change, the last naming the weak 12 V battery and both pack problems."""
+    import time
+
+    from carpulse.demo import EV_CRANK_EVERY_S, drive_ev
+
+    class Sink:
+        def __init__(self) -> None:
+            self.sent: list[Samples] = []
+
+        def send(self, samples: Samples) -> None:
+            self.sent.append(samples)
+
+    car, now = Sink(), time.monotonic()
+    for i in range(3 * EV_CRANK_EVERY_S + 1):  # the demo's loop: one call a second
+        drive_ev(car, T0 / 1e6 + i, now - i)  # type: ignore[arg-type]
+    m, got = PartitionModels(), []
+    for samples in car.sent:
+        got += battery_recs(m.update([("CPDEM0000DEMOEV", samples)]))
+    assert 1 <= len(got) <= 3
+    assert got[-1]["problems"] == ["lv_replace", "ev_imbalance", "ev_soh_low"]
+    assert m.battery.lv.cranks[0] >= 2
