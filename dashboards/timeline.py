@@ -7,6 +7,9 @@ plate, and the commands agents sent it (their audit rows; the car's answer, when
 process still has it, from the command channel). Battery and service cards are maintenance, shown
 in the advisor's inbox, not here.
 
+Times: a card's is when it was filed (the CRM or the dashboard's feed, seconds after the car sent
+it), a sighting's the camera's, a command's when the agent sent it.
+
 Privacy: only entries at or after the start of the current ownership are read (a new owner's
 call never shows the previous owner's faults, crashes, visits or commands); a vehicle between
 owners shows what happened since the last ownership ended; one never owned shows everything.
