@@ -158,3 +158,15 @@ def test_the_demo_ev_is_flagged_for_both_batteries() -> None:
     assert 1 <= len(got) <= 3
     assert got[-1]["problems"] == ["lv_replace", "ev_imbalance", "ev_soh_low"]
     assert m.battery.lv.cranks[0] >= 2
+
+
+def test_demo_vins_open_on_the_console() -> None:
+    """The demo's extra cars have VINs the console's vehicle page accepts (no I, O, Q)."""
+    import re
+
+    from carpulse.demo import EV_DEVICE, SILENT_DEVICE, fleet_vin
+    from dashboards.console import VIN_RE
+
+    for device in (EV_DEVICE, SILENT_DEVICE, "demo-gt350", "demo-car-3"):
+        assert re.match(VIN_RE, fleet_vin(device)), fleet_vin(device)
+    assert fleet_vin("demo-car-3") == "CPDEM000000000003"
