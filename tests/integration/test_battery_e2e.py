@@ -183,5 +183,6 @@ def test_a_weak_battery_becomes_one_card_and_one_coupon_a_healthy_one_nothing(
             assert crm.poll() is None, (tmp_path / "crm.log").read_text()[-2000:]
             weak.close()
             good.close()
+            print(f"done after {time.monotonic() - started:.1f} s (then the processes stop)")
     finally:
         stop_processes([crm])

@@ -162,5 +162,6 @@ def test_the_console_timeline_follows_the_car_and_the_ownership(
             assert "gate-north" not in section and "lock sent" not in section
             car.close()
             gate.close()
+            print(f"done after {time.monotonic() - started:.1f} s (then the processes stop)")
     finally:
         stop_processes([crm])
