@@ -12,7 +12,10 @@ stream's maintenance model turns them into ``service_due`` predictions and the C
 issues maintenance coupons to the members whose service is due within 30 days: the table
 shows them. One more car, ``demo-silent``, drives at 123 km/h for ``SILENT_DRIVE_S`` seconds and
 then its connection dies (its last will says ``offline``): after ``SILENT_AFTER_S`` the stream
-raises a silent-car alert and the console's desk shows the call-centre card.
+raises a silent-car alert and the console's desk shows the call-centre card. ``demo-ev``, an
+electric car, reports its 12 V battery (a weak one: every start dips to about 9.2 V) and its
+traction pack (cells 0.25 V apart, state of health 76.5 %): the stream's battery model flags both
+and the advisor's inbox shows its maintenance card with the battery part (``EV CARD`` below).
 Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
 """
 
@@ -49,6 +52,7 @@ from edge.seqstate import SequenceCounter
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
 from firmware_bridge.frames import read_candump
 from firmware_bridge.sim import PRIUS_VSS, SimulatedCar, default_dbc
+from stream.battery import CELL_MAX, CELL_MIN, LV_VOLTAGE, SOH
 from stream.state import ODOMETER, SPEED
 
 console = Console(stderr=True)
@@ -60,6 +64,9 @@ HISTORY_DAYS = (330, 339, 348, 357, 366)
 SILENT_DEVICE = "demo-silent"
 SILENT_DRIVE_S = 60.0  # the silent car drives this long, then its connection dies
 SILENT_AFTER_S = 30  # the demo's [stream] silent_after_s (120 s by default)
+EV_DEVICE = "demo-ev"
+VIN_SAFE = str.maketrans("IOQ", "109")
+EV_CRANK_EVERY_S = 15  # the EV's 12 V battery sees a "start" (contactors, pumps) this often
 
 
 @dataclass
@@ -161,7 +168,9 @@ def fleet_vin(device: str) -> str:
     dashboard's demo seeding uses (it then leaves these vehicles as they are)."""
     if device.startswith("demo-car-") and device[9:].isdigit():
         return f"CPDEM{int(device[9:]):012d}"
-    return "CPDEM" + "".join(c for c in device.upper() if c.isalnum())[-12:].rjust(12, "0")
+    # a VIN has no I, O or Q: the console refuses such a VIN (demo-silent's page was a 422)
+    tail = "".join(c for c in device.upper() if c.isalnum())[-12:].translate(VIN_SAFE)
+    return "CPDEM" + tail.rjust(12, "0")
 
 
 def seed_crm(stack: Stack, devices: list[str]) -> tuple[Any, list[str], Path]:
@@ -211,6 +220,14 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
             )
             for vin in s.scalars(silent):  # the call centre's card for the silent car
                 out[vin] = out.get(vin, "") + " · SILENT-CAR CARD"
+            cards = select(InboxItem).where(
+                InboxItem.kind == "maintenance",
+                InboxItem.done_at.is_(None),
+                InboxItem.vin.in_(vins),
+            )
+            for card in s.scalars(cards):  # the advisor's card with a battery part
+                if "battery" in ((card.data or {}).get("due") or []) and card.vin:
+                    out[card.vin] = out.get(card.vin, "") + " · BATTERY CARD"
     except SQLAlchemyError as err:  # a busy database must not end the demo
         return {vin: f"? ({str(err)[:40]})" for vin in vins}
     return out
@@ -271,6 +288,22 @@ def drive_silent(v: Vehicle, now_s: float, started: float) -> None:
         v.send(samples)
 
 
+def drive_ev(v: Vehicle, now_s: float, started: float) -> None:
+    """The EV: 12 V readings at 10 Hz (14.0 V while the DC/DC charges it, a dip to ~9.2 V at
+    each start: a battery that fails the load test) and its pack's extreme cell voltages and
+    state of health (VSS ``TractionBattery``), once a second."""
+    ts = int(now_s * 1e6) + np.arange(10) * 100_000
+    lv = np.full(10, 14.0)
+    if int(time.monotonic() - started) % EV_CRANK_EVERY_S == 0:
+        lv[:6] = (12.5, 12.4, 9.5, 9.2, 9.4, 12.2)
+    names = [LV_VOLTAGE, CELL_MIN, CELL_MAX, SOH]
+    samples = Samples.from_columns(
+        names, np.r_[np.zeros(10), 1.0, 2.0, 3.0], np.r_[ts, ts[:3]], np.r_[lv, 3.62, 3.87, 76.5]
+    )
+    with contextlib.suppress(Exception):  # a broker hiccup shows as no traffic
+        v.send(samples)
+
+
 def _replay_loop(vehicle: Vehicle, log: Path, dbc: Path, stop: threading.Event) -> None:
     """Replay a real log at its real rate, forever, timestamps moved to now."""
     frames, _ = read_candump(log)
@@ -319,7 +352,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     log, dbc = canlog_dir() / car / log_name, canlog_dir() / car / dbc_name
     has_real = log.exists() and dbc.exists()
     devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + (["demo-gt350"] if has_real else [])
-    devices.append(SILENT_DEVICE)
+    devices += [SILENT_DEVICE, EV_DEVICE]
     store, vins, registry = seed_crm(stack, devices)
     vin_of = dict(zip(devices, vins, strict=True))
     console.print(f"  CRM seeded: {len(vins)} vehicles with owners; registry {registry}")
@@ -375,6 +408,10 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         silent.stats.vin = vin_of[SILENT_DEVICE]
         silent.pub.connect()
         fleet.append(silent)
+        ev = Vehicle(s, EV_DEVICE, "EV: weak 12 V battery, pack out of balance")
+        ev.stats.vin = vin_of[EV_DEVICE]
+        ev.pub.connect()
+        fleet.append(ev)
         _print_where_to_look(stack)
         _print_member_link(stack, store, s, vin_of["demo-car-1"])
         started = time.monotonic()
@@ -401,6 +438,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                     except Exception as err:  # a broker hiccup must not end the demo
                         v.stats.error = str(err)[:60]
                 drive_silent(silent, tick, started)
+                drive_ev(ev, tick, started)
                 sim_t += 1.0
                 if int(sim_t) % 3 == 0:
                     count = _influx_count(stack)

@@ -483,6 +483,28 @@ class StreamSettings(BaseModel):
         description="Silent car: the last known speed must be above this (a car that slowed "
         "down or parked before going quiet, in a garage or a tunnel queue, is not an alarm).",
     )
+    # 12 V and EV battery health (stream.battery): a battery record per problem episode
+    battery_cooldown_s: float = Field(
+        86_400.0,
+        ge=0,
+        le=365 * 86_400,
+        description="Battery: least source time between two records of an unchanged problem "
+        "(a change, e.g. weak -> fine, is published at once).",
+    )
+    battery_spread_v: float = Field(
+        0.1,
+        gt=0,
+        le=5,
+        description="Battery: a traction pack whose smoothed cell spread (max - min cell "
+        "voltage) exceeds this many volts is imbalanced.",
+    )
+    battery_soh_pct: float = Field(
+        80.0,
+        ge=0,
+        le=100,
+        description="Battery: a traction pack reporting a state of health below this (%) is due "
+        "for a check.",
+    )
 
     def faust_datadir(self, app_id: str, *, create: bool = False) -> Path:
         """The ``datadir`` of the Faust app ``app_id``: ``{data_dir}/{app_id}-data``; with

@@ -34,6 +34,7 @@ CRM_EVENT_KINDS: Final = (
     "tier_downgraded",
     "customer_inactive",
     "referral_rewarded",
+    "battery",
 )
 
 

@@ -107,10 +107,62 @@ def from_oil_life(doc: dict[str, Any]) -> list[CrmEvent]:
     ]
 
 
+BATTERY_PROBLEMS: Final = ("lv_replace", "lv_weak", "ev_imbalance", "ev_soh_low")
+# numbers a battery record may carry, with their range (anything else is refused)
+BATTERY_NUMBERS: Final = {
+    "lv_health_pct": (0.0, 100.0),
+    "lv_soc_pct": (0.0, 100.0),
+    "lv_crank_v": (0.0, 20.0),
+    "ev_spread_mv": (0.0, 5000.0),
+    "ev_soh_pct": (0.0, 100.0),
+}
+
+
+def from_battery(doc: dict[str, Any]) -> list[CrmEvent]:
+    """A 12 V / EV battery record (``stream.battery``): its problems (a list of known names),
+    ``due`` (any problem), the problem ``episode`` (the rule's once-per-period) and the numbers
+    they were judged from (each null or within its range)."""
+    vin = _str(doc.get("vin"), "battery vin")
+    problems = doc.get("problems")
+    if type(problems) is not list or len(problems) > len(BATTERY_PROBLEMS):
+        raise DecodeError("battery problems must be a short list")
+    if not all(type(p) is str and p in BATTERY_PROBLEMS for p in problems):
+        raise DecodeError(f"battery problems must be among {BATTERY_PROBLEMS}")
+    due = doc.get("due")
+    if type(due) is not bool or due != bool(problems):
+        raise DecodeError("battery due must be true exactly when there are problems")
+    episode = doc.get("episode", "")
+    if type(episode) is not str or len(episode) > MAX_ID_LEN:
+        raise DecodeError("battery episode must be a short string")
+    data: dict[str, Any] = {"problems": ",".join(problems), "due": due, "episode": episode}
+    for name, (lo, hi) in BATTERY_NUMBERS.items():
+        raw = doc.get(name)
+        if raw is not None:
+            x = _num(raw, f"battery {name}")
+            if not lo <= x <= hi:
+                raise DecodeError(f"battery {name} out of range {lo}..{hi}")
+            raw = round(x, 2)
+        data[name] = raw
+    data["lv_bad"] = any(p.startswith("lv_") for p in problems)
+    data["ev_bad"] = any(p.startswith("ev_") for p in problems)
+    return [
+        CrmEvent(
+            kind="battery",
+            ts=_ts(doc.get("ts_us")),
+            id=f"{vin}:battery:{doc['ts_us']}",
+            vin=vin,
+            data=data,
+            source=KAFKA_PREDICTIONS,
+        )
+    ]
+
+
 def from_prediction(payload: bytes) -> list[CrmEvent]:
     doc = _json(payload, KAFKA_PREDICTIONS)
     if doc.get("kind") == "oil_life":
         return from_oil_life(doc)
+    if doc.get("kind") == "battery":
+        return from_battery(doc)
     if doc.get("kind") != "service_due":
         return []  # other predictions are not CRM events
     vin = _str(doc.get("vin"), "service_due vin")

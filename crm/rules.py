@@ -49,6 +49,7 @@ EVENT_KINDS: Final = (
     "tier_downgraded",
     "customer_inactive",
     "referral_rewarded",
+    "battery",
 )
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")

@@ -37,6 +37,7 @@ from dashboards.auth import LocationGrant, SessionStore, WebSession
 from dashboards.data import DealerScopeError, search, vehicle_card
 from dashboards.desk import desk
 from dashboards.live import StateHub, public_view
+from dashboards.timeline import timeline_view
 
 router = APIRouter(tags=["console"])
 VIN_RE: Final = r"^[A-HJ-NPR-Z0-9]{11,17}$"
@@ -154,6 +155,7 @@ def vehicle_page(
         grant=ws.location_grant(vin),
         alerts=_alerts_for(request, ws, list(hub.alerts)),
         commands_on=request.app.state.commands is not None,
+        timeline=timeline_view(request, vin, ws),  # dashboards.timeline (audited)
     )
 
 

@@ -5,8 +5,8 @@ whatever else the rules route there); acknowledge / book / issue a coupon act th
 
 The dashboard's Kafka feed files two kinds of cards into that one inbox (``record_filer``):
 maintenance predictions from ``carpulse.predictions``, one card per vehicle that merges its
-service-due and oil-life predictions (with their evidence series for the charts), filed only when
-something is due within the horizon (``dashboards.maintenance``), and the DTCs of
+service-due, oil-life and battery predictions (with their evidence series for the charts), filed
+only when something is due within the horizon (``dashboards.maintenance``), and the DTCs of
 ``vehicle-state``. The rules engine files the rest (gate arrivals, ...) from the
 CRM worker. A DTC is one card per (vehicle, code, ownership period) whoever files it
 (``crm.delivery.file_dtc_card``): the advisor's for a medium or low severity, the expert queue's
@@ -39,6 +39,7 @@ from dashboards.maintenance import (
     EVIDENCE_POINTS,
     PARTS,
     Horizon,
+    battery_summary,
     due_parts,
     episode_key,
     title,
@@ -54,7 +55,7 @@ def _store(request: Request) -> CrmStore:
     return request.app.state.crm  # type: ignore[no-any-return]
 
 
-PART_NAMES: Final = {"service_due": "Service", "oil_life": "Oil"}
+PART_NAMES: Final = {"service_due": "Service", "oil_life": "Oil", "battery": "Battery"}
 
 
 def record_filer(
@@ -188,6 +189,7 @@ def maintenance_parts(data: dict[str, Any]) -> list[dict[str, Any]]:
             "name": PART_NAMES.get(name, name.replace("_", " ")), "kind": name,
             "is_due": name in due, "due": _due(doc),
             "life_pct": round(life * 100) if isinstance(life, int | float) else None,
+            "battery": battery_summary(doc) if name == "battery" else None,
             "chart": evidence_svg(doc.get("evidence") or []),
         })  # fmt: skip
     return rows

@@ -1,4 +1,4 @@
-"""One maintenance card per vehicle: service-due and oil-life merged, filed only when due soon.
+"""One maintenance card per vehicle: service-due, oil-life and battery merged, filed only when due soon.
 
 Pure functions, no I/O (``dashboards.inbox.record_filer`` files the card). The card's data keeps
 the latest prediction of each part (``service_due``, ``oil_life``) with its evidence series;
@@ -6,7 +6,9 @@ the latest prediction of each part (``service_due``, ``oil_life``) with its evid
 
 * service: due in at most ``days`` days or ``km`` km;
 * oil: life left at most ``oil_pct`` %, or the trend of its evidence reaching zero within
-  ``days`` days.
+  ``days`` days;
+* battery: the stream's battery record names a problem (``due``: a weak 12 V battery, an EV
+  pack out of balance or below its state of health; ``stream.battery``).
 
 A vehicle whose parts are all far off gets no card (an "oil life left 100 %" card teaches
 advisors to ignore the inbox).
@@ -18,7 +20,13 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Final
 
-PARTS: Final = ("service_due", "oil_life")
+PARTS: Final = ("service_due", "oil_life", "battery")
+BATTERY_TEXT: Final = {
+    "lv_replace": "12 V battery: replace",
+    "lv_weak": "12 V battery: weak",
+    "ev_imbalance": "EV pack: cells out of balance",
+    "ev_soh_low": "EV pack: state of health low",
+}
 EVIDENCE_POINTS: Final = 60
 DAY_US: Final = 86_400e6
 
@@ -36,6 +44,11 @@ def evidence_value(doc: dict[str, Any]) -> float | None:
     """The series the chart draws: the oil life left or the distance left."""
     if isinstance(doc.get("value"), int | float):
         return float(doc["value"])
+    if doc.get("kind") == "battery":  # the cranking dip, else the pack's cell spread
+        for key in ("lv_crank_v", "ev_spread_mv"):
+            if type(doc.get(key)) in (int, float) and abs(doc[key]) < 1e6:
+                return float(doc[key])
+        return None
     if isinstance(doc.get("km"), int | float) and isinstance(doc.get("odo"), int | float):
         return round(float(doc["km"]) - float(doc["odo"]), 1)
     return None
@@ -81,9 +94,45 @@ def oil_due(doc: dict[str, Any], h: Horizon) -> bool:
     return left is not None and left <= h.days
 
 
+def battery_due(doc: dict[str, Any], h: Horizon) -> bool:
+    probs = doc.get("problems")
+    return doc.get("due") is True and any(
+        isinstance(p, str) and p in BATTERY_TEXT for p in (probs if isinstance(probs, list) else [])
+    )
+
+
+def battery_summary(doc: dict[str, Any]) -> str:
+    """``12 V battery: replace (cranking dips to 9.3 V) · EV pack: ...``: the problems named in
+    the record (only known ones: the record came from a topic) and their numbers."""
+    probs = doc.get("problems")
+    names = [
+        p
+        for p in (probs if isinstance(probs, list) else [])
+        if isinstance(p, str) and p in BATTERY_TEXT
+    ]
+    if not names:
+        return "battery fine"
+
+    def num(key: str) -> float | None:
+        x = doc.get(key)
+        return float(x) if isinstance(x, int | float) and abs(x) < 1e6 else None
+
+    out = []
+    for p in names:
+        text = BATTERY_TEXT[p]
+        if p.startswith("lv_") and (v := num("lv_crank_v")) is not None:
+            text += f" (cranking dips to {v:.1f} V)"
+        elif p == "ev_imbalance" and (v := num("ev_spread_mv")) is not None:
+            text += f" (cell spread {v:.0f} mV)"
+        elif p == "ev_soh_low" and (v := num("ev_soh_pct")) is not None:
+            text += f" ({v:.1f} %)"
+        out.append(text)
+    return " · ".join(out)
+
+
 def due_parts(parts: dict[str, dict[str, Any]], h: Horizon) -> list[str]:
     """The parts of a vehicle's maintenance due within the horizon, service first."""
-    check = {"service_due": service_due, "oil_life": oil_due}
+    check = {"service_due": service_due, "oil_life": oil_due, "battery": battery_due}
     return [p for p in PARTS if p in parts and check[p](parts[p], h)]
 
 
@@ -93,7 +142,10 @@ def episode_key(vin: str, parts: dict[str, dict[str, Any]], due: list[str]) -> s
     card."""
     cycle = str(parts["service_due"].get("cycle", "")) if "service_due" in due else "-"
     oil = str(parts["oil_life"].get("interval", "")) if "oil_life" in due else "-"
-    return f"{vin}|{cycle}|{oil}"
+    key = f"{vin}|{cycle}|{oil}"
+    if "battery" in due:  # a battery problem episode (keys of cards without one unchanged)
+        key += "|" + str(parts["battery"].get("episode", ""))
+    return key
 
 
 def title(parts: dict[str, dict[str, Any]], due: list[str]) -> str:
@@ -103,8 +155,10 @@ def title(parts: dict[str, dict[str, Any]], due: list[str]) -> str:
         if p == "service_due":
             when = due_date(parts[p])
             names.append(f"Service due by {when}" if when else "Service due")
-        else:
+        elif p == "oil_life":
             names.append("Oil change")
+        else:
+            names.append("Battery check")
     return " · ".join(names) or "Maintenance"
 
 

@@ -28,6 +28,7 @@ from models.maintenance.service import Schedule, UsageState
 from models.state import SlotState
 from stream import trips as tripmod
 from stream.anomaly import AnomalyTracker, check_detector, parse_signals
+from stream.battery import CELL_MAX, CELL_MIN, LV_VOLTAGE, SOH, BatteryTracker
 from stream.lines import escape_tag
 from stream.service_due import ENGINE_HOURS, ODOMETER, ServiceTrack, ServiceTracker
 from stream.state import ENGINE_RPM, SPEED
@@ -36,9 +37,11 @@ OIL_TEMP: Final = "Vehicle.Powertrain.CombustionEngine.EOT"
 ANOMALY_MEASUREMENT: Final = "anomaly"
 OIL_STEP: Final = 0.001  # a new oil-life prediction is published when it moved by this much
 K_OIL_TEMP, K_ODO, K_HOURS = 10, 11, 12  # kind codes past the trip kernel's
+K_LV, K_CELL_MAX, K_CELL_MIN, K_SOH = 13, 14, 15, 16  # stream.battery's signals
 # 2: service-due state added; a version-1 blob still loads (service state starts empty)
 # 3: the configured anomaly detector with evidence rings; a z-score of v1/v2 carries over
-_VERSION: Final = 3
+# 4: 12 V and traction-battery state (stream.battery); a v1-v3 blob loads with it empty
+_VERSION: Final = 4
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Outputs:
     anomaly_ts: dict[str, int] = field(default_factory=dict)  # vehicle -> newest anomaly
     anomaly_lines: list[str] = field(default_factory=list)  # InfluxDB points of the scores
     unwatched: int = 0  # samples of watched signals past max_slots (not scored)
+    battery_rejected: int = 0  # battery readings that cannot be real (stream.battery)
     dropped: int = 0
 
 
@@ -95,8 +99,10 @@ class PartitionModels:
         anomaly_z: float = 6.0,
         schedule: Schedule | None = None,
         anomaly: AnomalySettings | None = None,
+        battery: BatteryTracker | None = None,
     ) -> None:
         self.anomaly_z = anomaly_z
+        self.battery = battery if battery is not None else BatteryTracker()
         cfg = self.anomaly_cfg = anomaly if anomaly is not None else AnomalySettings()
         default = check_detector(cfg.detector).threshold
         threshold = cfg.threshold if cfg.threshold is not None else default
@@ -165,6 +171,10 @@ class PartitionModels:
             OIL_TEMP: K_OIL_TEMP,
             ODOMETER: K_ODO,
             ENGINE_HOURS: K_HOURS,
+            LV_VOLTAGE: K_LV,
+            CELL_MAX: K_CELL_MAX,
+            CELL_MIN: K_CELL_MIN,
+            SOH: K_SOH,
         }
         for vin, s in batches:
             if not len(s):
@@ -195,6 +205,7 @@ class PartitionModels:
         if len(t_slot):  # closed trips make the service interval shorter for severe use
             self.service.add_trips(t_slot, t_rows, len(self.vehicles))
         self._service(vslot, kind, ts, val, names, out)  # after the trips: their severity counts
+        self._battery(vslot, kind, ts, val, names, out)
         for s_, row in zip(t_slot.tolist(), t_rows.tolist(), strict=True):
             rec = dict(zip(tripmod.TRIP_FIELDS, row, strict=True))
             rec["start_us"], rec["end_us"] = int(rec["start_us"]), int(rec["end_us"])
@@ -295,6 +306,35 @@ class PartitionModels:
         out.predictions += recs
         out.dropped += dropped
 
+    def _battery(
+        self,
+        vslot: np.ndarray,
+        kind: np.ndarray,
+        ts: np.ndarray,
+        val: np.ndarray,
+        names: dict[int, str],
+        out: Outputs,
+    ) -> None:
+        if not (kind >= K_LV).any():
+            return
+        lv, lo, hi, soh = (kind == k for k in (K_LV, K_CELL_MIN, K_CELL_MAX, K_SOH))
+        c_slot, c_ts = vslot[lo], ts[lo]
+        # the max beside each min: the last at or before it, else the first after it (a BMS may
+        # send the two in separate frames, in either order)
+        c_hi = _forward_fill(c_slot, c_ts, vslot[hi], ts[hi], val[hi])
+        after = _forward_fill(c_slot, -c_ts, vslot[hi], -ts[hi], val[hi])
+        c_hi = np.where(np.isnan(c_hi), after, c_hi)
+        paired = ~np.isnan(c_hi)
+        before = self.battery.rejected
+        out.predictions += self.battery.update(
+            len(self.vehicles),
+            (vslot[lv], ts[lv], val[lv]),
+            (c_slot[paired], c_ts[paired], val[lo][paired], c_hi[paired]),
+            (vslot[soh], ts[soh], val[soh]),
+            names,
+        )
+        out.battery_rejected += self.battery.rejected - before
+
     def to_bytes(self) -> bytes:
         doc = {
             "v": _VERSION,
@@ -307,6 +347,7 @@ class PartitionModels:
             "oil_emitted": self.oil_emitted.tobytes(),
             "usage": self.service.usage.to_bytes(),
             "service": self.service.track.to_bytes(),
+            **self.battery.to_blobs(),
         }
         return msgpack.packb(doc, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -316,14 +357,15 @@ class PartitionModels:
         raw: bytes,
         schedule: Schedule | None = None,
         anomaly: AnomalySettings | None = None,
+        battery: BatteryTracker | None = None,
     ) -> PartitionModels:
         """Restore a checkpoint; ``schedule`` and ``anomaly`` are configuration, not state
         (settings win: a checkpoint of another detector leaves the detector state fresh)."""
         try:
             doc = msgpack.unpackb(raw, raw=False)
-            if doc.get("v") not in (1, 2, _VERSION):
+            if doc.get("v") not in (1, 2, 3, _VERSION):
                 raise DecodeError(f"partition models: version {doc.get('v')!r}")
-            m = cls(anomaly_z=float(doc["z"]), schedule=schedule, anomaly=anomaly)
+            m = cls(anomaly_z=float(doc["z"]), schedule=schedule, anomaly=anomaly, battery=battery)
             m.vehicles = {v: i for i, v in enumerate(doc["vehicles"])}
             m.zslots = {(a, b): i for i, (a, b) in enumerate(doc["zslots"])}
             if doc["v"] >= 3:
@@ -336,6 +378,7 @@ class PartitionModels:
             if doc["v"] >= 2:
                 m.service.usage = UsageState.from_bytes(doc["usage"])
                 m.service.track = ServiceTrack.from_bytes(doc["service"])
+            m.battery.load(doc)
         except (KeyError, TypeError, ValueError, OSError, msgpack.UnpackException) as err:
             raise DecodeError(f"partition models: bad state blob: {err}") from err
         return m
@@ -350,8 +393,9 @@ def warm_up(anomaly: AnomalySettings | None = None) -> None:
     """
     t = np.arange(4, dtype=np.int64) * 1_000_000
     names = [SPEED, ENGINE_RPM, OIL_TEMP, "Vehicle.Powertrain.FuelSystem.RelativeLevel", ODOMETER]
-    sig = np.repeat(np.arange(5), 4)
-    samples = Samples.from_columns(names, sig, np.tile(t, 5), np.ones(20))
+    names += [LV_VOLTAGE, CELL_MIN, CELL_MAX, SOH]  # the battery kernels too
+    sig = np.repeat(np.arange(len(names)), 4)
+    samples = Samples.from_columns(names, sig, np.tile(t, len(names)), np.ones(4 * len(names)))
     models = PartitionModels(anomaly=anomaly)
     models.update([("warm-up", samples)])
     models.anomaly.update(np.zeros(4, np.int64), np.ones(4), t)  # whatever signals are watched

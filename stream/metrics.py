@@ -215,6 +215,11 @@ def stream_registry(app: Any) -> CollectorRegistry:
             tc.anomaly_unwatched,
         )
         yield counter(f"{p}_predictions", "Maintenance predictions published.", tc.predictions)
+        yield counter(
+            f"{p}_battery_rejected",
+            "12 V, cell-voltage or state-of-health readings dropped as impossible.",
+            tc.battery_rejected,
+        )
         yield counter(f"{p}_trips", "Trips closed.", tc.trips)
         yield counter(f"{p}_sink_lines_written", "Lines InfluxDB accepted.", sc.written)
         yield counter(f"{p}_sink_lines_rejected", "Lines InfluxDB refused.", sc.rejected)

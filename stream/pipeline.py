@@ -37,6 +37,7 @@ from core.errors import DecodeError, WireError
 from core.wire import TelemetryBatch, decode_telemetry
 from stream import state as vstate
 from stream.alerts import dtc_key
+from stream.battery import BatteryTracker
 from stream.dedupe import DeviceSeen
 from stream.lines import LineStats, SkewPolicy, batch_lines, escape_key, escape_tag, keep_mask
 from stream.privacy import PrivacyView, location_tags, public_state, scrub_state, split_location
@@ -66,6 +67,7 @@ class Counters:
     reasons: dict[str, int] = field(default_factory=dict)
     anomalies: int = 0
     anomaly_unwatched: int = 0  # samples of watched signals past stream.anomaly.max_slots
+    battery_rejected: int = 0  # 12 V / cell / SoH readings that cannot be real (stream.battery)
     predictions: int = 0
     trips: int = 0
     days: int = 0
@@ -145,15 +147,19 @@ class TelemetryPipeline:
         if cached is not None and cached[1] is stored:
             return cached[0]
         sched = schedule_from(self.s.service_km, self.s.service_days, self.s.service_engine_hours)
-        models = PartitionModels(self.s.anomaly_z, sched, self.s.anomaly)
+        models = PartitionModels(self.s.anomaly_z, sched, self.s.anomaly, self._battery())
         if stored:
             try:
-                models = PartitionModels.from_bytes(stored, sched, self.s.anomaly)
+                models = PartitionModels.from_bytes(stored, sched, self.s.anomaly, self._battery())
             except DecodeError as err:  # never stall on a bad checkpoint: start fresh, say so
                 self._dead(Result(), b"", "bad_checkpoint", str(err))
         models.seed_services(self.registry.last_service)  # from the CRM's service records
         self._models[partition] = (models, stored)
         return models
+
+    def _battery(self) -> BatteryTracker:
+        s = self.s
+        return BatteryTracker(s.battery_cooldown_s, s.battery_spread_v, s.battery_soh_pct)
 
     def process(self, records: Sequence[tuple[int, bytes]], lookup: Lookup) -> Result:
         res = Result()
@@ -196,6 +202,7 @@ class TelemetryPipeline:
         res.anomalies += out.anomalies
         res.anomaly_lines += out.anomaly_lines
         self.counters.anomaly_unwatched += out.unwatched
+        self.counters.battery_rejected += out.battery_rejected
         res.predictions += out.predictions
         self.counters.anomalies += len(out.anomalies)
         self.counters.predictions += len(out.predictions)

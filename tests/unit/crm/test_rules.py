@@ -30,6 +30,7 @@ def test_shipped_rules_cover_the_issue() -> None:
         "coupon-expiry-reminder", "dtc-high-expert", "crash-call-centre",
         "silent-car-call-centre", "oil-life-coupon", "anomaly-advisor-card",
         "tier-downgrade-notice", "win-back", "referral-reward",
+        "battery-check-coupon",
     }  # fmt: skip
     due = rules["service-due-coupon"]
     assert due.effect["coupon"] == {
@@ -41,6 +42,7 @@ def test_shipped_rules_cover_the_issue() -> None:
     silent = rules["silent-car-call-centre"].effect["inbox"]
     assert (silent["role"], silent["priority"]) == ("call_centre", 0)
     assert rules["oil-life-coupon"].effect["coupon"]["template"] == "maintenance"
+    assert rules["battery-check-coupon"].period == "field:event.episode"
 
 
 def test_conditions_all_any_not_and_missing_fields() -> None:
