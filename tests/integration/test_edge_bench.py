@@ -1,4 +1,5 @@
-"""``carpulse bench edge`` reports start-up times and the three memory figures (short form)."""
+"""``carpulse bench edge`` reports start-up times, the three memory figures and the intrusion
+detector's CPU share (short form)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ def test_bench_edge_reports_cold_and_warm_start_and_memory() -> None:
     assert len(out["cold_start_runs_s"]) == len(out["warm_start_runs_s"]) == 1
     assert 0 < out["private_mb"] < out["rss_mb"] <= out["peak_rss_mb"], out
     assert out["frames_per_s_at_bus_max"] > 3000, out
+    # the intrusion detector's own CPU in the bus_max phase with [edge.intrusion] on: measured,
+    # and a part of the agent's; every frame of that phase scored, none of the clean log flagged
+    assert 0 < out["ids_cpu_pct_at_bus_max"] < out["cpu_pct_at_bus_max_ids"], out
+    assert 0 < out["ids_cpu_share_pct"] < 100 and out["ids_frames_per_s_at_bus_max"] > 3000, out
+    assert out["ids_flagged"] == 0, out
