@@ -24,7 +24,9 @@ numpy. An event says what was seen since the previous one::
 ``kind`` is the detector's best guess from the reasons (``dos``: a flood of one or a few unknown
 ids; ``fuzzing``: many unknown ids; ``injection``: extra frames of known ids, as spoofing and
 replay send; ``forged_payload``; ``bad_dlc``); ``score`` the share of flagged frames in that span.
-While an attack goes on, one event per ``cooldown_s`` carries the sums (``follow_up``);
+An event goes out one window after the incident was seen (so it says what the attack is, not
+just how it began); while an attack goes on, one event per ``cooldown_s`` carries the sums
+(``follow_up``);
 ``suppressed`` counts incidents the hourly cap held back. Times are the frames' own (bus) times.
 """
 
@@ -104,6 +106,7 @@ class IntrusionWatch:
         self._last_ts = -1
         self._recent = np.zeros(0, np.int64)  # the last min_flagged-1 flagged times
         self._armed = False  # an incident not yet reported
+        self._armed_at = -1  # bus time it was seen: the event waits one window for its facts
         self._next_ok = -1  # bus time before which no event goes out (cool-down)
         self._sent: deque[int] = deque()  # bus times of the events of the last hour
         self._suppressed = 0
@@ -177,6 +180,7 @@ class IntrusionWatch:
             self._recent = tf[len(tf) - (m - 1) :] if m > 1 else tf[:0]
             if hit and not self._armed:
                 self._armed = True
+                self._armed_at = int(ts[-1])
                 self.counters["incidents"] += 1
         elif not self._armed and self._last_ts - self._span_first > max(
             self.window_us, self.cooldown_us
@@ -186,7 +190,7 @@ class IntrusionWatch:
         return self._maybe_emit()
 
     def _maybe_emit(self) -> list[tuple[int, dict[str, Any]]]:
-        if not self._armed or self._last_ts < self._next_ok:
+        if not self._armed or self._last_ts < max(self._next_ok, self._armed_at + self.window_us):
             return []
         now = self._last_ts
         while self._sent and now - self._sent[0] >= 3_600_000_000:

@@ -183,9 +183,10 @@ def test_a_long_attack_gives_one_event_per_cooldown_with_the_sums(loaded: Loaded
     for s in range(60):  # 60 s of DoS, in 100 ms blocks
         for a in range(10):
             events += watch.feed(_dos(t0 + s * 1_000_000 + a * 100_000, 0.1))
-    # one at once, then one per 10 s cool-down until the hourly cap of 3 holds the rest back
+    # one a window (1 s) after it began, then one per 10 s cool-down, each for the frames since
+    # the one before, until the hourly cap of 3 holds the rest back
     assert len(events) == 3
-    assert [round((ts - t0) / 1e6) for ts, _ in events] == [0, 0, 10]
+    assert [round((ts - t0) / 1e6) for ts, _ in events] == [0, 1, 11]
     first, second = events[0][1], events[1][1]
     assert not first["follow_up"] and second["follow_up"]
     assert second["flagged"] > 10 * 3000  # the frames flagged during the cool-down, summed
@@ -255,6 +256,8 @@ def test_attach_reads_the_table_and_refuses_bad_ones(tmp_path: Path, profile_doc
     src = agent.sources[0]
     assert len(src.frame_hooks) == 1 and not agent.sources[1].frame_hooks
     src.frame_hooks[0](_dos(1_700_000_000_000_000, 0.5))
+    assert not src.events  # the event waits one window (1 s) to say what the attack is
+    src.frame_hooks[0](_dos(1_700_000_000_500_000, 1.0))
     kind, _ts, prio, data = src.events.popleft()
     assert (kind, prio, data["kind"], data["source"]) == ("intrusion", 1, "dos", "can")
     assert data["vehicle_model"] == "gt350"
