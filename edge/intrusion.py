@@ -27,12 +27,15 @@ replay send; ``forged_payload``; ``bad_dlc``); ``score`` the share of flagged fr
 An event goes out one window after the incident was seen (so it says what the attack is, not
 just how it began); while an attack goes on, one event per ``cooldown_s`` carries the sums
 (``follow_up``);
-``suppressed`` counts incidents the hourly cap held back. Times are the frames' own (bus) times.
+``suppressed`` counts incidents the hourly cap held back. Times are the frames' own (bus) times;
+when the bus goes quiet (the car falls asleep right after an attack) the agent's loop polls each
+watch (``IntrusionWatch.poll``) so an incident still owed is reported.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -112,6 +115,8 @@ class IntrusionWatch:
         self._suppressed = 0
         self._last_event = -1
         self.loops = 0
+        self._lock = threading.Lock()  # feed (the source's thread) and poll (the agent loop)
+        self._fed_at: float | None = None
         self._reset_span()
 
     def restart(self) -> None:
@@ -135,9 +140,28 @@ class IntrusionWatch:
             return []
         t0 = time.thread_time()
         try:
-            return self._feed(frames, n)
+            with self._lock:
+                self._fed_at = time.monotonic()
+                return self._feed(frames, n)
         finally:
             self.counters["cpu_s"] += time.thread_time() - t0
+
+    def poll(self, now: float | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """The event an incident still owes when the bus went quiet (the car fell asleep right
+        after an attack): bus time is taken to run on with the monotonic clock since the last
+        block. Called from the agent's loop; ``now`` is ``time.monotonic()``."""
+        with self._lock:
+            if not self._armed or self._fed_at is None:
+                return []
+            idle_us = int(((time.monotonic() if now is None else now) - self._fed_at) * 1e6)
+            if idle_us <= 0:
+                return []
+            real_last = self._last_ts
+            self._last_ts = real_last + idle_us
+            try:
+                return self._maybe_emit()
+            finally:
+                self._last_ts = real_last  # the next block is judged on its own times
 
     def _feed(self, frames: Frames, n: int) -> list[tuple[int, dict[str, Any]]]:
         from models.ids.detector import frame_keys
@@ -281,6 +305,15 @@ def attach_intrusion(agent: Any, edge_doc: dict[str, Any]) -> None:
         cans = [s for s in cans if s.name in conf.sources]
     if not cans:
         raise ConfigError("[edge.intrusion] is enabled but the agent has no CAN source to watch")
+
+    def publish(got: list[tuple[int, dict[str, Any]]], src: Any) -> None:
+        for ts_us, data in got:
+            log.warning(
+                "%r: CAN intrusion (%s, %d flagged frames of %d)",
+                src, data["kind"], data["flagged"], data["frames"],
+            )  # fmt: skip
+            src.events.append(("intrusion", ts_us, INTRUSION_PRIORITY, data))
+
     agent.intrusion = []
     for src in cans:
         watch = IntrusionWatch(loaded, conf, src.name)
@@ -300,14 +333,15 @@ def attach_intrusion(agent: Any, edge_doc: dict[str, Any]) -> None:
                         "%r: intrusion detector failed (counted, frames still decoded)", src
                     )
                 return
-            for ts_us, data in got:
-                log.warning(
-                    "%r: CAN intrusion (%s, %d flagged frames of %d)",
-                    src, data["kind"], data["flagged"], data["frames"],
-                )  # fmt: skip
-                src.events.append(("intrusion", ts_us, INTRUSION_PRIORITY, data))
+            publish(got, src)
+
+        def tick(watch: IntrusionWatch = watch, src: Any = src) -> None:
+            publish(watch.poll(), src)
 
         src.frame_hooks.append(hook)
+        tick_hooks = getattr(agent, "tick_hooks", None)
+        if tick_hooks is not None:
+            tick_hooks.append(tick)
     log.info(
         "intrusion detection on %s with the %s profile (%d ids)",
         ", ".join(s.name for s in cans), loaded.vehicle_model, len(loaded.profile.keys),

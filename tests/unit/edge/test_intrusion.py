@@ -194,6 +194,20 @@ def test_a_long_attack_gives_one_event_per_cooldown_with_the_sums(loaded: Loaded
     assert watch.counters["flagged"] == watch.counters["frames"]  # every DoS frame is flagged
 
 
+def test_an_incident_when_the_bus_goes_quiet_is_reported_by_the_agents_poll(
+    loaded: LoadedProfile,
+) -> None:
+    watch = IntrusionWatch(loaded, IntrusionSection(enabled=True, window_s=1.0))
+    assert watch.poll() == []  # nothing fed yet
+    assert watch.feed(_dos(1_700_000_000_000_000, 0.3)) == []  # within its first window
+    fed = watch._fed_at
+    assert fed is not None
+    assert watch.poll(fed + 0.5) == []  # the window from the incident's block is not over
+    ((ts, data),) = watch.poll(fed + 1.01)
+    assert ts == 1_700_000_000_000_000 and data["kind"] == "dos" and data["flagged"] == 1000
+    assert watch.poll(fed + 5) == [] and watch.counters["events"] == 1
+
+
 def test_stray_flags_below_the_threshold_make_no_event(loaded: LoadedProfile) -> None:
     watch = IntrusionWatch(loaded, IntrusionSection(enabled=True, min_flagged=5, window_s=1.0))
     t0 = 1_700_000_000_000_000
