@@ -318,3 +318,14 @@ def test_write_candump_round_trips(tmp_path: Path) -> None:
     for a, b in zip((back.ts_us, back.can_id, back.extended, back.dlc, back.data),
                     (f.ts_us, f.can_id, f.extended, f.dlc, f.data), strict=True):  # fmt: skip
         np.testing.assert_array_equal(a, b)
+
+
+def test_environment_overrides_reach_the_intrusion_table(tmp_path: Path) -> None:
+    from edge.agent import edge_tables
+
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[edge.intrusion]\nenabled = false\nprofile = "/etc/carpulse/a.json"\n')
+    env = {"CARPULSE_EDGE__INTRUSION__ENABLED": "true", "CARPULSE_EDGE__INTRUSION__COOLDOWN_S": "5"}
+    doc = edge_tables(cfg, env)
+    assert doc["intrusion"] == {"enabled": True, "profile": "/etc/carpulse/a.json", "cooldown_s": 5}
+    assert IntrusionSection.model_validate(doc["intrusion"]).cooldown_s == 5.0
