@@ -21,6 +21,7 @@ from core.logs import FORMATS, service_logging, start_cli_logging
 from crm.admin_cli import registry_app
 from crm.cli import crm_app, report_app  # typer only: SQLAlchemy/Faust load inside the commands
 from dashboards.cli import users_app
+from models.ids.cli import ids_app
 
 app = typer.Typer(
     help="carpulse: streaming telematics from the car to the dealer.",
@@ -51,6 +52,8 @@ app.command("backup")(backup_cmd)
 app.command("restore")(restore_cmd)
 devices_app = typer.Typer(help="Cars and gate cameras: certificate, broker identity, registry.")
 app.add_typer(devices_app, name="devices")
+# CAN intrusion profiles for the edge agent (issue 18 item 4)
+app.add_typer(ids_app, name="ids")
 
 _state: dict[str, Any] = {}
 

@@ -12,7 +12,9 @@ stream's maintenance model turns them into ``service_due`` predictions and the C
 issues maintenance coupons to the members whose service is due within 30 days: the table
 shows them. One more car, ``demo-silent``, drives at 123 km/h for ``SILENT_DRIVE_S`` seconds and
 then its connection dies (its last will says ``offline``): after ``SILENT_AFTER_S`` the stream
-raises a silent-car alert and the console's desk shows the call-centre card.
+raises a silent-car alert and the console's desk shows the call-centre card. With the shared CAN
+logs, ``demo-ids`` is the real edge agent replaying a gt350 log with a CAN DoS injected
+(``carpulse.demo_ids``): its intrusion detector's event becomes a card in the desk's security queue.
 Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
 """
 
@@ -211,6 +213,11 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
             )
             for vin in s.scalars(silent):  # the call centre's card for the silent car
                 out[vin] = out.get(vin, "") + " · SILENT-CAR CARD"
+            intrusion = select(InboxItem.vin).where(
+                InboxItem.kind == "intrusion", InboxItem.done_at.is_(None), InboxItem.vin.in_(vins)
+            )
+            for vin in s.scalars(intrusion):  # the security queue's card (demo-ids)
+                out[vin] = out.get(vin, "") + " · INTRUSION CARD"
     except SQLAlchemyError as err:  # a busy database must not end the demo
         return {vin: f"? ({str(err)[:40]})" for vin in vins}
     return out
@@ -320,6 +327,11 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     has_real = log.exists() and dbc.exists()
     devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + (["demo-gt350"] if has_real else [])
     devices.append(SILENT_DEVICE)
+    from carpulse import demo_ids
+
+    with_ids = demo_ids.available()
+    if with_ids:
+        devices.append(demo_ids.DEVICE)
     store, vins, registry = seed_crm(stack, devices)
     vin_of = dict(zip(devices, vins, strict=True))
     console.print(f"  CRM seeded: {len(vins)} vehicles with owners; registry {registry}")
@@ -344,6 +356,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     stop = threading.Event()
     threads: list[threading.Thread] = []
     fleet: list[Vehicle] = []
+    ids_agent: Any = None
     try:
         db = load_dbc(default_dbc())
         decoder = CantoolsDecoder(db, PRIUS_VSS)
@@ -411,6 +424,10 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                         with contextlib.suppress(Exception):  # shown by the next live send
                             v.send_one(history)
                     history_sent = True
+                    if with_ids:  # the real edge agent, on a log with a CAN attack in it
+                        ids_agent, th = demo_ids.start(s, logs)
+                        threads.append(th)
+                        console.print(f"  {demo_ids.DEVICE}: edge agent on a log with a CAN DoS")
                 live.update(_table(fleet, count, started, crm))
                 for p in procs:
                     if p.poll() is not None:
@@ -422,6 +439,8 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         console.print("\nstopping...")
     finally:
         stop.set()
+        if ids_agent is not None:
+            ids_agent.stop()
         for th in threads:
             th.join(5)
         for v in fleet:

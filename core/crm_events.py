@@ -31,6 +31,7 @@ CRM_EVENT_KINDS: Final = (
     "silent_car_end",
     "oil_life",
     "anomaly",
+    "intrusion",
 )
 
 

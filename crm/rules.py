@@ -46,6 +46,7 @@ EVENT_KINDS: Final = (
     "silent_car",
     "oil_life",
     "anomaly",
+    "intrusion",
 )
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")

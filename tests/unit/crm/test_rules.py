@@ -29,6 +29,7 @@ def test_shipped_rules_cover_the_issue() -> None:
         "service-due-coupon", "gate-arrival-card", "tier-upgrade-welcome",
         "coupon-expiry-reminder", "dtc-high-expert", "crash-call-centre",
         "silent-car-call-centre", "oil-life-coupon", "anomaly-advisor-card",
+        "intrusion-security-card",
     }  # fmt: skip
     due = rules["service-due-coupon"]
     assert due.effect["coupon"] == {
@@ -40,6 +41,8 @@ def test_shipped_rules_cover_the_issue() -> None:
     silent = rules["silent-car-call-centre"].effect["inbox"]
     assert (silent["role"], silent["priority"]) == ("call_centre", 0)
     assert rules["oil-life-coupon"].effect["coupon"]["template"] == "maintenance"
+    intrusion = rules["intrusion-security-card"]
+    assert intrusion.effect["inbox"]["role"] == "call_centre" and intrusion.on == "intrusion"
 
 
 def test_conditions_all_any_not_and_missing_fields() -> None:
