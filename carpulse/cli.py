@@ -22,6 +22,7 @@ from crm.admin_cli import registry_app
 from crm.cli import crm_app, report_app  # typer only: SQLAlchemy/Faust load inside the commands
 from dashboards.cli import users_app
 from dashboards.member_cli import member_app
+from models.ids.cli import ids_app
 
 app = typer.Typer(
     help="carpulse: streaming telematics from the car to the dealer.",
@@ -54,6 +55,8 @@ devices_app = typer.Typer(help="Cars and gate cameras: certificate, broker ident
 app.add_typer(devices_app, name="devices")
 # the mobile member page (issue 19): sign-in links
 app.add_typer(member_app, name="member")
+# CAN intrusion profiles for the edge agent (issue 18 item 4)
+app.add_typer(ids_app, name="ids")
 
 _state: dict[str, Any] = {}
 

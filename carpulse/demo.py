@@ -16,6 +16,8 @@ raises a silent-car alert and the console's desk shows the call-centre card. ``d
 electric car, reports its 12 V battery (a weak one: every start dips to about 9.2 V) and its
 traction pack (cells 0.25 V apart, state of health 76.5 %): the stream's battery model flags both
 and the advisor's inbox shows its maintenance card with the battery part (``EV CARD`` below).
+With the shared CAN logs, ``demo-ids`` is the real edge agent replaying a gt350 log with a CAN DoS
+injected (``carpulse.demo_ids``): its intrusion detector's event becomes a card in the desk's security queue.
 Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
 """
 
@@ -228,6 +230,11 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
             for card in s.scalars(cards):  # the advisor's card with a battery part
                 if "battery" in ((card.data or {}).get("due") or []) and card.vin:
                     out[card.vin] = out.get(card.vin, "") + " · BATTERY CARD"
+            intrusion = select(InboxItem.vin).where(
+                InboxItem.kind == "intrusion", InboxItem.done_at.is_(None), InboxItem.vin.in_(vins)
+            )
+            for vin in s.scalars(intrusion):  # the security queue's card (demo-ids)
+                out[vin] = out.get(vin, "") + " · INTRUSION CARD"
     except SQLAlchemyError as err:  # a busy database must not end the demo
         return {vin: f"? ({str(err)[:40]})" for vin in vins}
     return out
@@ -353,6 +360,11 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     has_real = log.exists() and dbc.exists()
     devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + (["demo-gt350"] if has_real else [])
     devices += [SILENT_DEVICE, EV_DEVICE]
+    from carpulse import demo_ids
+
+    with_ids = demo_ids.available()
+    if with_ids:
+        devices.append(demo_ids.DEVICE)
     store, vins, registry = seed_crm(stack, devices)
     vin_of = dict(zip(devices, vins, strict=True))
     console.print(f"  CRM seeded: {len(vins)} vehicles with owners; registry {registry}")
@@ -377,6 +389,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     stop = threading.Event()
     threads: list[threading.Thread] = []
     fleet: list[Vehicle] = []
+    ids_agent: Any = None
     try:
         db = load_dbc(default_dbc())
         decoder = CantoolsDecoder(db, PRIUS_VSS)
@@ -450,6 +463,10 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                         with contextlib.suppress(Exception):  # shown by the next live send
                             v.send_one(history)
                     history_sent = True
+                    if with_ids:  # the real edge agent, on a log with a CAN attack in it
+                        ids_agent, th = demo_ids.start(s, logs)
+                        threads.append(th)
+                        console.print(f"  {demo_ids.DEVICE}: edge agent on a log with a CAN DoS")
                 live.update(_table(fleet, count, started, crm))
                 for p in procs:
                     if p.poll() is not None:
@@ -461,6 +478,8 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         console.print("\nstopping...")
     finally:
         stop.set()
+        if ids_agent is not None:
+            ids_agent.stop()
         for th in threads:
             th.join(5)
         for v in fleet:

@@ -35,6 +35,7 @@ CRM_EVENT_KINDS: Final = (
     "customer_inactive",
     "referral_rewarded",
     "battery",
+    "intrusion",
 )
 
 

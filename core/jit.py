@@ -41,8 +41,9 @@ _loaded: dict[str, Callable[..., Any]] | None = None  # "module.function" -> che
 _aot_modules: frozenset[str] = frozenset()
 
 
-def njit(**flags: Any) -> Callable[[Callable[..., Any]], Any]:
-    """numba's ``njit(**flags)``, or the ahead-of-time function when a loaded build has it.
+def njit(signature: str | None = None, **flags: Any) -> Callable[[Callable[..., Any]], Any]:
+    """numba's ``njit(**flags)`` (``njit(signature, **flags)``: compiled eagerly for that one
+    signature), or the ahead-of-time function when a loaded build has it.
 
     A function of a module of the build that the build does not export is a helper compiled into
     the kernels that call it: it stays a plain Python function (numba is not imported for it).
@@ -53,7 +54,9 @@ def njit(**flags: Any) -> Callable[[Callable[..., Any]], Any]:
             return _loaded.get(f"{fn.__module__}.{fn.__qualname__}", fn)
         import numba
 
-        return numba.njit(**flags)(fn)
+        if signature is None:
+            return numba.njit(**flags)(fn)
+        return numba.njit(signature, **flags)(fn)
 
     return decorate
 

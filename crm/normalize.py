@@ -331,7 +331,70 @@ def from_device_event(payload: bytes, gates: Container[str] | None = None) -> li
                 )
             )
         return out
+    if ev.kind == "intrusion":
+        return [from_intrusion(ev, base, ts)]
     return []
+
+
+INTRUSION_KINDS: Final = frozenset({"dos", "fuzzing", "injection", "forged_payload", "bad_dlc"})
+INTRUSION_REASONS: Final = ("unknown_id", "bad_dlc", "frozen_bits", "short_gap", "high_rate")
+_CAN_ID: Final = re.compile(r"^0x[0-9a-f]{3,8}$")
+_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+
+
+def from_intrusion(ev: Any, base: str, ts: dt.datetime) -> CrmEvent:
+    """An edge ``intrusion`` event (``edge.intrusion``) as a security card's facts: every field
+    checked, ids and reasons turned into short text (the card shows them escaped)."""
+    d = ev.data
+    attack = d.get("kind")
+    if not isinstance(attack, str) or attack not in INTRUSION_KINDS:
+        raise DecodeError(f"intrusion event {base}: kind must be one of {sorted(INTRUSION_KINDS)}")
+    flagged = _num(d.get("flagged"), "intrusion flagged", 1e12)
+    frames = _num(d.get("frames"), "intrusion frames", 1e12)
+    score = _num(d.get("score"), "intrusion score", 1.0)
+    raw_reasons = d.get("reasons")
+    reasons = raw_reasons if isinstance(raw_reasons, dict) else {}
+    why = [
+        f"{r} {int(n)}"
+        for r in INTRUSION_REASONS
+        if type(n := reasons.get(r)) is int and 0 < n <= 10**12
+    ]
+    rows = d.get("ids") if isinstance(d.get("ids"), list) else []
+    ids = []
+    for row in rows[:8]:
+        if not isinstance(row, dict) or type(row.get("id")) is not str:
+            continue
+        if (
+            not _CAN_ID.fullmatch(row["id"])
+            or type(row.get("frames")) is not int
+            or not 0 <= row["frames"] <= 10**12
+        ):
+            continue
+        known = "known" if row.get("known") is True else "unknown"
+        ids.append(f"{row['id']} ({known}, {row['frames']} frames)")
+    model, src = d.get("vehicle_model"), d.get("source")
+    return CrmEvent(
+        kind="intrusion",
+        ts=ts,
+        id=base,
+        device=ev.device_id,
+        data={
+            "attack": attack,
+            "attack_text": attack.replace("_", " "),
+            "score": round(max(score, 0.0), 4),
+            "score_pct": round(100 * max(score, 0.0), 1),
+            "flagged": int(flagged),
+            "frames": int(frames),
+            "reasons": ", ".join(why) or "-",
+            "ids": "; ".join(ids) or "-",
+            "distinct_ids": int(_opt_num(d.get("distinct_ids")) or len(ids)),
+            "source": src if isinstance(src, str) and _NAME.fullmatch(src) else "",
+            "vehicle_model": model if isinstance(model, str) and _NAME.fullmatch(model) else "",
+            "follow_up": d.get("follow_up") is True,
+            "severity": "high",
+        },
+        source=KAFKA_EVENTS,
+    )
 
 
 MAX_EVIDENCE: Final = 512  # points of an anomaly's evidence window kept (the stream sends 60)

@@ -50,6 +50,7 @@ EVENT_KINDS: Final = (
     "customer_inactive",
     "referral_rewarded",
     "battery",
+    "intrusion",
 )
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")

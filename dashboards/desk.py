@@ -1,6 +1,7 @@
 """The call-centre agent's desk (the console's start page): the open call-centre queue (crashes,
-silent cars, and whatever else the rules route to the call centre) and the dealer's fleet with
-online / moving / alert status, filterable, refreshed live.
+silent cars, and whatever else the rules route to the call centre), the security queue beside it
+(CAN intrusions the edge agents saw, ``SECURITY_KINDS``) and the dealer's fleet with online /
+moving / alert status, filterable, refreshed live.
 
 The fleet shows no position (``docs/location-privacy.md``): a location is revealed per vehicle,
 with a purpose, on the vehicle page. ``online`` is the device's last ``status`` message (the
@@ -29,6 +30,7 @@ router = APIRouter(tags=["console"])
 CALL_CENTRE_ROLES: Final = ("call_centre",)
 MAX_FLEET: Final = 2000  # rows on one page; the filter narrows a bigger fleet
 Show = Literal["all", "online", "offline", "moving", "alert"]
+SECURITY_KINDS: Final = frozenset({"intrusion"})  # call-centre cards shown in the security queue
 
 
 def queue_rows(s: Session, dealer_id: str) -> list[dict[str, Any]]:
@@ -119,16 +121,20 @@ def desk(request: Request, ws: WebSession, show: Show, q: str) -> dict[str, Any]
     store: CrmStore = request.app.state.crm
     hub: StateHub = request.app.state.hub
     with store.tx() as s:
-        queue = queue_rows(s, ws.dealer_id or "")
-        fleet = fleet_rows(s, ws.dealer_id or "", hub, queue, show, q)
+        cards = queue_rows(s, ws.dealer_id or "")
+        fleet = fleet_rows(s, ws.dealer_id or "", hub, cards, show, q)
+    queue = [c for c in cards if c["kind"] not in SECURITY_KINDS]
+    security = [c for c in cards if c["kind"] in SECURITY_KINDS]
     counts = {
         "vehicles": len(fleet),
         "online": sum(r["online"] == "online" for r in fleet),
         "moving": sum(bool(r["moving"]) for r in fleet),
         "alert": sum(r["alert"] is not None for r in fleet),
         "open_cards": sum(c["open"] for c in queue),
+        "open_security": sum(c["open"] for c in security),
     }
-    return {"queue": queue, "fleet": fleet, "counts": counts, "show": show, "fleet_q": q}
+    return {"queue": queue, "security": security, "fleet": fleet, "counts": counts,
+            "show": show, "fleet_q": q}  # fmt: skip
 
 
 ShowQuery = Annotated[Show, Query()]
@@ -142,7 +148,8 @@ def desk_json(
     find: TextQuery = "",
     ws: WebSession = Depends(require("console.view")),
 ) -> dict[str, Any]:
-    """The desk as JSON: ``queue`` (call-centre cards), ``fleet`` (status rows), ``counts``;
+    """The desk as JSON: ``queue`` (call-centre cards), ``security`` (CAN intrusion cards),
+    ``fleet`` (status rows), ``counts``;
     ``show`` all/online/offline/moving/alert, ``find`` part of a VIN, plate or model."""
     return desk(request, ws, show, find)
 

@@ -34,13 +34,14 @@ from crm.tables import GateSighting, InboxItem
 
 MAX_ENTRIES: Final = 200
 MAX_TEXT: Final = 300  # characters of one entry's text (a card body can be long)
-CARD_KINDS: Final = ("dtc", "anomaly", "crash", "silent_car")
+CARD_KINDS: Final = ("dtc", "anomaly", "crash", "silent_car", "intrusion")
 # the console's labels, English and Chinese (the CRM's staff languages)
 LABELS: Final[dict[str, tuple[str, str]]] = {
     "dtc": ("Fault code", "故障码"),
     "anomaly": ("Anomaly", "异常"),
     "crash": ("Crash", "碰撞"),
     "silent_car": ("Silent car", "失联"),
+    "intrusion": ("CAN intrusion", "总线入侵"),
     "gate": ("Gate arrival", "到店"),
     "command": ("Command", "远程指令"),
 }

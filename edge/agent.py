@@ -108,7 +108,7 @@ def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) 
     ``CARPULSE_EDGE__SOURCES__<NAME>__<OPTION>`` sets an option of the source named ``NAME``
     (``name = "can"`` in its ``[[edge.sources]]`` table; case and punctuation ignored),
     ``CARPULSE_EDGE__<TABLE>__<KEY>`` a key of ``[edge.commands]``, ``[edge.queue]``,
-    ``[edge.crash]`` or ``[edge.head_unit]``, ``CARPULSE_EDGE__ACTUATORS__<NAME>__<OPTION>`` one
+    ``[edge.crash]``, ``[edge.head_unit]`` or ``[edge.intrusion]``, ``CARPULSE_EDGE__ACTUATORS__<NAME>__<OPTION>`` one
     of ``[edge.actuators.<name>]`` and ``CARPULSE_EDGE__<KEY>`` one of the agent's own keys (``stats_file``...).
     Values are read as TOML values when they parse as one (``500000``, ``true``), else as text.
     A systemd drop-in or a test thus points one source elsewhere without editing the file.
@@ -145,7 +145,9 @@ def edge_tables(path: Path | str | None, environ: dict[str, str] | None = None) 
             if not isinstance(table, dict):
                 raise ConfigError(f"[edge.actuators.{parts[1]}] must be a table")
             table[parts[2]] = value
-        elif parts[0] in ("commands", "queue", "crash", "head_unit") and len(parts) == 2:
+        elif (
+            parts[0] in ("commands", "queue", "crash", "head_unit", "intrusion") and len(parts) == 2
+        ):
             section = doc.setdefault(parts[0], {})
             if not isinstance(section, dict):
                 raise ConfigError(f"[edge.{parts[0]}] must be a table")
@@ -420,6 +422,10 @@ class EdgeAgent:
             s.name: dict(c) for s in self.sources if (c := getattr(s, "dtc_counters", None))
         }
         doc["frames"] = sum(int(getattr(s, "frames_read", 0)) for s in self.sources)
+        if getattr(self, "intrusion", None):
+            from edge.intrusion import stats as intrusion_stats
+
+            doc["intrusion"] = intrusion_stats(self)
         doc["campaigns"] = {n: c.version for n, c in self.campaigns.specs.items()}
         tmp = Path(str(self.conf.stats_file) + ".tmp")
         tmp.write_text(json.dumps(doc))

@@ -51,6 +51,14 @@ _CRASH_SIG = (
     "int64(int8[::1], int64[::1], float64[::1], int64, int64[:, ::1], float64[:, ::1], "
     "int64[::1], float64[::1], int64[::1], int8[::1], float64[::1], float64[::1], int64[::1])"
 )
+# models.ids.kernels states these two in its decorators too (explicit signatures): a test checks
+# that both say the same (importing them here would load numba before core.jit.use_aot).
+_IDS_SLOTS_SIG = "void(uint64[:], uint64[:], int64[:])"
+_IDS_SCORE_SIG = (
+    "void(int64[:], int64[:], uint8[:], uint8[:, :], uint64[:], uint8[:, :], uint8[:, :], "
+    "int64[:], float64[:], float64[:], float64[:], float64, int64[:], float64[:], int64[:], "
+    "int64, boolean, uint8[:])"
+)
 
 # The kernels the agent runs, one line each: (module, function, numba signature).
 AOT_KERNELS: tuple[Kernel, ...] = (
@@ -58,6 +66,8 @@ AOT_KERNELS: tuple[Kernel, ...] = (
     ("edge.campaign_kernels", "_periodic", _PERIODIC_SIG),
     ("edge.campaign_kernels", "_on_change", _ON_CHANGE_SIG),
     ("edge.crash", "_crash_kernel", _CRASH_SIG),
+    ("models.ids.kernels", "_slots", _IDS_SLOTS_SIG),  # [edge.intrusion]
+    ("models.ids.kernels", "_score", _IDS_SCORE_SIG),
 )
 
 

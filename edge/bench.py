@@ -18,6 +18,12 @@ Kernels: ``--kernels aot`` (the default) first builds them ahead of time (``carp
 build-kernels``, timed as ``build_kernels_s``) and the agent runs them without importing numba;
 ``--kernels jit`` sets ``[edge] aot = false``, so numba compiles them (the figures before issue 21
 item 1). The run fails rather than report figures for the mode the agent did not run.
+
+CAN intrusion detection (``[edge.intrusion]``): a fourth phase replays at the bus maximum with the
+detector on, its profile learned from the bench log by ``carpulse ids learn``; it reports the
+agent's CPU with and without the detector and the detector's own share, read from the thread CPU
+time the agent counts around each scoring call (``intrusion.cpu_s`` in its stats file), which is
+steadier on a busy machine than the difference of two runs.
 """
 
 from __future__ import annotations
@@ -81,7 +87,7 @@ def _wait(cond: Any, timeout: float, what: str) -> Any:
 
 
 def _edge_toml(
-    stack: Any, workdir: Path, name: str, source: dict[str, Any], extra: str = ""
+    stack: Any, workdir: Path, name: str, source: dict[str, Any], extra: str = "", tables: str = ""
 ) -> tuple[Path, Path]:
     state = workdir / name
     text = "".join(
@@ -93,15 +99,22 @@ def _edge_toml(
     mine += extra
     text = text.replace("[edge]\n", "[edge]\n" + mine, 1)
     text += "\n[[edge.sources]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in source.items())
+    text += tables
     path = workdir / f"{name}.toml"
     path.write_text(text)
     return path, state / "stats.json"
 
 
 def _phase(
-    stack: Any, workdir: Path, name: str, source: dict[str, Any], measure_s: float, kernels: str
+    stack: Any,
+    workdir: Path,
+    name: str,
+    source: dict[str, Any],
+    measure_s: float,
+    kernels: str,
+    tables: str = "",
 ) -> dict[str, float]:
-    cfg, stats_path = _edge_toml(stack, workdir, name, source, kernels)
+    cfg, stats_path = _edge_toml(stack, workdir, name, source, kernels, tables)
     with open(workdir / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(cfg)],
@@ -131,7 +144,16 @@ def _phase(
             proc.kill()
             proc.wait(10)
     span = s2["time"] - s1["time"]
+    ids: dict[str, float] = {}
+    if "intrusion" in s2:  # the detector's thread CPU time between the two stats files
+        i1, i2 = s1.get("intrusion", {}), s2["intrusion"]
+        ids = {
+            "ids_cpu_pct": 100 * (i2["cpu_s"] - i1.get("cpu_s", 0.0)) / span,
+            "ids_frames_per_s": (i2["frames"] - i1.get("frames", 0)) / span,
+            "ids_flagged": float(i2["flagged"]),
+        }
     return {
+        **ids,
         "cpu_pct": 100 * (c2 - c1) / (t2 - t1),
         "frames_per_s": (s2["frames"] - s1["frames"]) / span,
         "wire_bytes_per_s": (s2["bytes_enqueued"] - s1["bytes_enqueued"]) / span,
@@ -186,6 +208,16 @@ def _cold_start(
     return float(first) - t0
 
 
+def _learn_profile(log: Path, out: Path) -> Path:
+    """The bench log's own intrusion profile, written by ``carpulse ids learn`` (its own process)."""
+    subprocess.run(
+        [sys.executable, "-m", "carpulse", "ids", "learn", str(log), "--model", "bench",
+         "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return out
+
+
 def _med(xs: list[float]) -> float | None:
     return round(statistics.median(xs), 2) if xs else None
 
@@ -233,6 +265,7 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "real": dict(base, rate="real"),
         "bus_max": dict(base, rate=args.bus_max / log_fps),
         "max": dict(base, rate="max"),
+        "bus_max_ids": dict(base, rate=args.bus_max / log_fps),
     }
     results: dict[str, list[dict[str, float]]] = {k: [] for k in phases}
     starts: dict[str, list[float]] = {"cold": [], "warm": []}
@@ -248,6 +281,8 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
                 build = build_kernels(kdir)
             kernels = f"aot_dir = {json.dumps(str(kdir))}\n"
         stack = Stack(free_stack_settings(work / "stack"))
+        profile = _learn_profile(args.log, work / "bench.ids.json")
+        ids_table = f'\n[edge.intrusion]\nenabled = true\nprofile = "{profile}"\n'
         try:
             stack.up()
             for run in range(args.cold_runs):  # a fresh cache each run, then the same one again
@@ -257,8 +292,9 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
                     starts[kind].append(secs)
             for run in range(args.runs):
                 for name, src in phases.items():
+                    tables = ids_table if name.endswith("_ids") else ""
                     results[name].append(
-                        _phase(stack, work, f"{name}{run}", src, args.measure_s, kernels)
+                        _phase(stack, work, f"{name}{run}", src, args.measure_s, kernels, tables)
                     )
         finally:
             stack.down()
@@ -286,6 +322,21 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
         "samples_per_s_at_real_rate": med("real", "samples_per_s", 0),
         "rss_anon_mb": round(max(r["rss_anon_mb"] for rs in results.values() for r in rs), 1),
         "rss_mb_by_phase": {k: round(max(r["rss_mb"] for r in rs), 1) for k, rs in results.items()},
+        "cpu_pct_at_bus_max_ids": med("bus_max_ids", "cpu_pct"),
+        "ids_cpu_pct_at_bus_max": med("bus_max_ids", "ids_cpu_pct", 3),
+        "ids_cpu_share_pct": round(
+            statistics.median(
+                100 * r["ids_cpu_pct"] / r["cpu_pct"]
+                for r in results["bus_max_ids"]
+                if r["cpu_pct"]
+            ),
+            2,
+        ),
+        "ids_frames_per_s_at_bus_max": med("bus_max_ids", "ids_frames_per_s", 0),
+        "ids_flagged": max(int(r["ids_flagged"]) for r in results["bus_max_ids"]),
+        "ids_note": "bus_max_ids: the bus_max phase with [edge.intrusion] on (profile learned "
+        "from the bench log); ids_cpu_pct_at_bus_max: the detector's thread CPU time in % of one "
+        "core, ids_cpu_share_pct: its share of the agent's CPU in that phase",
         "runs": args.runs,
         "measure_s": args.measure_s,
         "kernels": args.kernels,

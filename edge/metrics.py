@@ -86,6 +86,16 @@ class _AgentCollector(Collector):
             for action in (*act.actions, "failed"):
                 acts.add_metric([dev, act.name, action], act.counters[action])
         yield acts
+        ids = CounterMetricFamily(
+            f"{p}_intrusion",
+            "CAN intrusion detector: frames scored, flagged, incidents, events sent and "
+            "suppressed by the rate limit, by source ([edge.intrusion]).",
+            labels=["device", "source", "what"],
+        )
+        for w in getattr(a, "intrusion", []):
+            for what in ("frames", "flagged", "incidents", "events", "suppressed"):
+                ids.add_metric([dev, w.source, what], w.counters[what])
+        yield ids
         yield gauge("mqtt_connected", "1 while the MQTT session is up.", int(a.pub.connected))
 
 

@@ -247,5 +247,8 @@ def attach_all(agent: Any, config_path: Path | None) -> None:
 
     doc = edge_tables(config_path)  # the file's [edge] tables with CARPULSE_EDGE__* on top
     attach_crash(agent, doc)
+    from edge.intrusion import attach_intrusion
+
+    attach_intrusion(agent, doc)  # [edge.intrusion]: off unless enabled with a profile
     attach_commands(agent, doc, config_path)
     attach_systemd(agent)

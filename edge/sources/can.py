@@ -11,6 +11,7 @@ path. A log replay keeps the recorded timing (``rate = "real"``), runs ``N`` tim
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,8 @@ class CanSource(Source):
         self._bus: Any = None
         self._pos = 0
         self._done = False
+        # Called with every raw frame block before it is decoded (edge.intrusion), in this thread.
+        self.frame_hooks: list[Callable[[Frames], None]] = []
 
     @property
     def exhausted(self) -> bool:
@@ -196,8 +199,20 @@ class CanSource(Source):
     def _read_internal(self, timeout: float) -> Samples | None:
         assert self.decoder is not None
         if self._bus is not None:
-            return self.decoder.decode(self._bus.read_block())
+            return self._decode(self._bus.read_block())
         return self._replay(timeout)
+
+    def _decode(self, frames: Frames, bus: Frames | None = None) -> Samples:
+        assert self.decoder is not None
+        if len(frames):
+            for hook in self.frame_hooks:
+                hook(frames if bus is None else bus)
+        return self.decoder.decode(frames)
+
+    @property
+    def replay_loops(self) -> int:
+        """How often a looping replay started over (a seam in the bus's timing); 0 when live."""
+        return getattr(self, "_loops", 0)
 
     def _replay(self, timeout: float) -> Samples | None:
         assert self._frames is not None and self.decoder is not None
@@ -229,16 +244,19 @@ class CanSource(Source):
                 return None
         block = f.slice(self._pos, end)
         self._pos = end
+        # The bus as recorded (frame hooks judge its timing), moved to now when restamping.
+        bus = block
         if self.restamp:
             shift = self._wall0_us - self._src0 + self._loops * self._span
+            bus = Frames(block.ts_us + shift, block.can_id, block.extended, block.dlc, block.data)
             if self.speed:
                 # Source time runs speed-times faster; keep the wall-clock spacing of the replay.
                 rel = (block.ts_us - self._src0 + self._loops * self._span) / self.speed
                 ts = (self._wall0_us + rel).astype(np.int64)
+                block = Frames(ts, block.can_id, block.extended, block.dlc, block.data)
             else:
-                ts = block.ts_us + shift
-            block = Frames(ts, block.can_id, block.extended, block.dlc, block.data)
-        return self.decoder.decode(block)
+                block = bus
+        return self._decode(block, bus)
 
     def _close_internal(self) -> None:
         if self._bus is not None:

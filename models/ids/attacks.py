@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from firmware_bridge.frames import Frames
@@ -103,3 +105,17 @@ def inject(
         return None
     merged, label = merge(clean, extra)
     return merged, label, info
+
+
+def write_candump(frames: Frames, path: Path | str, iface: str = "can0") -> None:
+    """Write ``frames`` as a candump ``-L`` log (classic frames; what ``read_candump`` reads)."""
+    lines = []
+    for ts, cid, ext, dlc, row in zip(
+        frames.ts_us.tolist(), frames.can_id.tolist(), frames.extended.tolist(),
+        frames.dlc.tolist(), frames.data, strict=True,
+    ):  # fmt: skip
+        ident = f"{cid:08X}" if ext else f"{cid:03X}"
+        lines.append(
+            f"({ts // 1_000_000}.{ts % 1_000_000:06d}) {iface} {ident}#{row[:dlc].tobytes().hex().upper()}\n"
+        )
+    Path(path).write_text("".join(lines))

@@ -11,10 +11,9 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from firmware_bridge.frames import Frames
-from models import config
+from models.ids.kernels import _score, _slots
 
 UNKNOWN_ID = 1  # an id never seen on this car's bus (fuzzing, DoS with a free high-priority id)
 BAD_DLC = 2  # a payload length this id never had
@@ -34,72 +33,6 @@ NO_GAP = np.int64(-1)
 
 def frame_keys(frames: Frames) -> np.ndarray:
     return frames.can_id.astype(np.uint64) | (frames.extended.astype(np.uint64) * EXT_BIT)
-
-
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
-def _slots(keys: np.ndarray, known: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-    k = len(known)
-    for i in range(len(keys)):
-        j = np.searchsorted(known, keys[i])
-        out[i] = j if j < k and known[j] == keys[i] else -1
-
-
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
-def _score(
-    ts: np.ndarray,
-    slot: np.ndarray,
-    dlc: np.ndarray,
-    data: np.ndarray,
-    dlc_mask: np.ndarray,
-    frozen_mask: np.ndarray,
-    frozen_val: np.ndarray,
-    gap_min: np.ndarray,
-    tau: np.ndarray,
-    rate_max: np.ndarray,
-    period: np.ndarray,
-    rate_gap: float,
-    last_ts: np.ndarray,
-    count: np.ndarray,
-    count_ts: np.ndarray,
-    min_flips: int,
-    learn: bool,
-    out: np.ndarray,
-) -> None:  # pragma: no cover - compiled; covered by the NUMBA_DISABLE_JIT leg
-    nb = data.shape[1]
-    for i in range(len(ts)):
-        s = slot[i]
-        if s < 0:
-            out[i] = 1  # UNKNOWN_ID
-            continue
-        f = 0
-        if (dlc_mask[s] >> np.uint64(min(dlc[i], 63))) & np.uint64(1) == 0:
-            f |= 2
-        flips = 0
-        for b in range(min(nb, 8)):
-            v = np.int64((data[i, b] ^ frozen_val[s, b]) & frozen_mask[s, b])
-            while v:  # popcount
-                v &= v - 1
-                flips += 1
-        if flips >= min_flips:
-            f |= 4
-        t = ts[i]
-        # leaky counter: ~ tau / period in steady state, doubles when frames are injected
-        c = count[s] * np.exp(-(t - count_ts[s]) / tau[s]) + 1.0 if count_ts[s] >= 0 else 1.0
-        count[s] = c
-        count_ts[s] = t
-        early = last_ts[s] >= 0 and t - last_ts[s] < rate_gap * period[s]
-        if learn:
-            if c > rate_max[s]:
-                rate_max[s] = c
-        elif c > rate_max[s] and early:
-            # too many frames lately, and this one is off its sender's schedule: once the
-            # attack stops, the real sender's on-time frames are not flagged any more
-            f |= 16
-        if not learn and last_ts[s] >= 0 and t - last_ts[s] < gap_min[s]:
-            f |= 8
-        if f == 0 or learn:
-            last_ts[s] = t  # a flagged frame does not move the schedule of the real sender
-        out[i] = f
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""``carpulse bench edge`` reports start-up times and the three memory figures (short form), and
-meets issue 21's aims (<= 150 MB resident, <= 10% of a core at bus maximum) with the AOT kernels."""
+"""``carpulse bench edge`` reports start-up times, the three memory figures and the intrusion
+detector's CPU share (short form), and meets issue 21's aims (<= 150 MB resident, <= 10% of a core
+at bus maximum) with the AOT kernels, the detector's phase included."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ def test_bench_edge_reports_cold_and_warm_start_and_memory() -> None:
     assert out["kernels"] == "aot" and out["build_kernels_s"] > 0, out
     assert out["rss_mb"] <= out["target"]["rss_mb"] == 150, out
     assert out["cpu_pct_at_bus_max"] <= out["target"]["cpu_pct_at_bus_max"] == 10, out
+    # rss_mb is the max over the phases; the detector's own (its kernels from the same build) too
+    assert 0 < out["rss_mb_by_phase"]["bus_max_ids"] <= 150, out
+    # the intrusion detector's own CPU in the bus_max phase with [edge.intrusion] on: measured,
+    # and a part of the agent's; every frame of that phase scored, none of the clean log flagged
+    assert 0 < out["ids_cpu_pct_at_bus_max"] < out["cpu_pct_at_bus_max_ids"], out
+    assert 0 < out["ids_cpu_share_pct"] < 100 and out["ids_frames_per_s_at_bus_max"] > 3000, out
+    assert out["ids_flagged"] == 0, out

@@ -1,4 +1,4 @@
-"""Plain-Python reference of ``models.ids.detector._score`` (one frame at a time, obvious)."""
+"""Plain-Python reference of ``models.ids.kernels._score`` (one frame at a time, obvious)."""
 
 from __future__ import annotations
 

@@ -167,7 +167,7 @@ def _json_able(v: Any) -> bool:
     return True
 
 
-KINDS = ["crash", "dtc", "gate.plate", "gate.face", "status", "Bad Kind", ""]
+KINDS = ["crash", "dtc", "gate.plate", "gate.face", "status", "intrusion", "Bad Kind", ""]
 
 
 @st.composite
@@ -179,6 +179,18 @@ def events(draw: Any) -> bytes:
         "dtc": {"codes": ["P0301", "U0100"]},
         "gate.plate": {"plate": "沪A12345", "camera": "gate-1", "confidence": 0.9},
         "gate.face": {"member_id": "m-1", "similarity": 0.8, "camera": "gate-1"},
+        "intrusion": {
+            "kind": "dos",
+            "score": 0.5,
+            "flagged": 10,
+            "frames": 20,
+            "reasons": {"unknown_id": 10},
+            "distinct_ids": 1,
+            "source": "can",
+            "ids": [{"id": "0x000", "extended": False, "known": False, "frames": 10}],
+            "vehicle_model": "gt350",
+            "follow_up": False,
+        },
     }.get(kind, {})
     data = dict(good)
     for key in draw(st.sets(st.sampled_from(sorted(good) or ["x"]), max_size=2)):

@@ -172,6 +172,47 @@ def test_dtc_routing_and_crash_priority(dealer: Dealer) -> None:
         assert hook.target == HOOK and hook.payload["rule"] == "crash-call-centre"
 
 
+INTRUSION = {
+    "kind": "dos", "score": 0.62, "flagged": 6667, "frames": 10752,
+    "reasons": {"unknown_id": 6667, "evil": 5, "high_rate": "x"}, "distinct_ids": 1,
+    "ids": [{"id": "0x000", "extended": False, "known": False, "frames": 6667},
+            {"id": "<img src=x>", "frames": 1}, "junk"],
+    "source": "can", "vehicle_model": "gt350", "suppressed": 0, "follow_up": False,
+}  # fmt: skip
+
+
+def intrusion(seq: int, t: dt.datetime, doc: dict[str, object]) -> list[CrmEvent]:
+    ev = Event("car-1", "boot1", seq, "intrusion", us(t), 1, dict(doc))
+    return from_device_event(encode_event(ev))
+
+
+def test_intrusion_events_become_one_security_card_per_cooldown(dealer: Dealer) -> None:
+    eng = engine()
+    with dealer.store.tx() as s:
+        (ev,) = intrusion(1, T0, INTRUSION)
+        assert ev.data["reasons"] == "unknown_id 6667"  # unknown reasons and non-counts dropped
+        assert ev.data["ids"] == "0x000 (unknown, 6667 frames)"  # a row that is no CAN id dropped
+        assert eng.handle(s, ev).fired
+        later = intrusion(2, T0 + dt.timedelta(minutes=5), INTRUSION)
+        assert not eng.handle(s, later[0]).fired  # within the rule's 30 min cool-down
+        cards = s.scalars(select(InboxItem)).all()
+        assert [(c.role, c.kind, c.priority, c.vin) for c in cards] == [
+            ("call_centre", "intrusion", 1, VIN)
+        ]
+        assert "CAN" in cards[0].title and "dos" in cards[0].title and "6667" in cards[0].body
+
+
+def test_malformed_intrusion_events_are_refused() -> None:
+    import pytest
+
+    from core.errors import DecodeError
+
+    for bad in ({"kind": "party"}, {"kind": ["dos"]}, {**INTRUSION, "score": 2.0},
+                {**INTRUSION, "flagged": "many"}, {**INTRUSION, "frames": float("nan")}):  # fmt: skip
+        with pytest.raises(DecodeError):
+            intrusion(1, T0, bad)
+
+
 def test_unknown_vehicles_are_parked_and_retried(dealer: Dealer) -> None:
     eng = engine()
     gate = device_event("gate-1", 3, "gate.plate", T0, plate="沪C00001", camera="gate-1")

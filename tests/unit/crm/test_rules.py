@@ -31,6 +31,7 @@ def test_shipped_rules_cover_the_issue() -> None:
         "silent-car-call-centre", "oil-life-coupon", "anomaly-advisor-card",
         "tier-downgrade-notice", "win-back", "referral-reward",
         "battery-check-coupon",
+        "intrusion-security-card",
     }  # fmt: skip
     due = rules["service-due-coupon"]
     assert due.effect["coupon"] == {
@@ -43,6 +44,8 @@ def test_shipped_rules_cover_the_issue() -> None:
     assert (silent["role"], silent["priority"]) == ("call_centre", 0)
     assert rules["oil-life-coupon"].effect["coupon"]["template"] == "maintenance"
     assert rules["battery-check-coupon"].period == "field:event.episode"
+    intrusion = rules["intrusion-security-card"]
+    assert intrusion.effect["inbox"]["role"] == "call_centre" and intrusion.on == "intrusion"
 
 
 def test_conditions_all_any_not_and_missing_fields() -> None:

@@ -53,7 +53,8 @@ def test_desk_shows_queue_and_fleet_with_status_and_filters(
     page = client.get("/console").text
     assert 'id="queue"' in page and 'data-kind="silent_car"' in page and "SILENT CAR" in page
     desk = client.get("/console/desk").json()
-    assert desk["counts"] == {"vehicles": 2, "online": 1, "moving": 1, "alert": 1, "open_cards": 1}
+    assert desk["counts"] == {"vehicles": 2, "online": 1, "moving": 1, "alert": 1, "open_cards": 1,
+                              "open_security": 0}  # fmt: skip
     rows = {r["vin"]: r for r in desk["fleet"]}
     assert set(rows) == {VIN_A, VIN_A2}  # not dealer-b's
     assert rows[VIN_A]["online"] == "offline" and rows[VIN_A]["moving"] is True
@@ -84,3 +85,33 @@ def test_the_desk_needs_a_login_and_shows_only_the_own_dealers_fleet(client: Tes
     assert client.get("/console/desk", follow_redirects=False).status_code in (303, 401)
     login(client, "agent-b")
     assert [r["vin"] for r in client.get("/console/desk").json()["fleet"]] == [VIN_B]
+
+
+def test_intrusion_cards_fill_the_security_queue_escaped(
+    client: TestClient, app_store: Any
+) -> None:
+    from core.topics import KAFKA_EVENTS
+    from core.wire import Event, encode_event
+
+    _app, store = app_store
+    data = {"kind": "fuzzing", "score": 0.31, "flagged": 1234, "frames": 4000,
+            "reasons": {"unknown_id": 1234}, "distinct_ids": 900, "source": "can",
+            "ids": [{"id": "0x1a3", "extended": False, "known": False, "frames": 3}],
+            "vehicle_model": "<script>alert(1)</script>", "follow_up": False}  # fmt: skip
+    ev = Event("demo-car-1", "boot1", 7, "intrusion", NOW_US, 1, data)
+    eng, stats = RuleEngine(shipped_rules(), staff_lang="en"), Counter[str]()
+    handle_record(store, eng, KAFKA_EVENTS, encode_event(ev), stats)  # the CRM worker's part
+    login(client, "agent")
+    desk = client.get("/console/desk").json()
+    assert desk["counts"]["open_security"] == 1 and desk["counts"]["open_cards"] == 0
+    (card,) = desk["security"]
+    assert card["kind"] == "intrusion" and card["vin"] == VIN_A and desk["queue"] == []
+    assert "CAN INTRUSION: fuzzing" in card["title"] and "0x1a3 (unknown, 3 frames)" in card["body"]
+    rows = {r["vin"]: r for r in desk["fleet"]}
+    assert rows[VIN_A]["alert"] == "intrusion"
+    page = client.get("/console").text
+    assert 'id="security"' in page and 'data-kind="intrusion"' in page
+    assert "<script>alert(1)" not in page  # the bad model name never reaches the card
+    # the partial the page polls shows the section too
+    html = client.get("/console/fleet").text
+    assert "Security queue" in html and "1234 of" in html

@@ -22,7 +22,8 @@ EVIL = "<script>alert('x')</script>"
 
 
 def seed_history(store: CrmStore, base: dt.datetime) -> None:
-    """One of each kind, an hour apart from ``base``: DTC, anomaly, crash, gate, command."""
+    """One of each kind, an hour apart from ``base``: DTC, anomaly, crash, gate, intrusion,
+    command."""
     with store.tx() as s:
         dtc = delivery.file_dtc_card(s, vin=VIN_A, code="P0217", severity="high",
                                      text=f"Engine overheat {EVIL}", source="feed", at=base)  # fmt: skip
@@ -33,6 +34,9 @@ def seed_history(store: CrmStore, base: dt.datetime) -> None:
                             vin=VIN_A, title=title, created_at=base + dt.timedelta(hours=hours)))  # fmt: skip
         s.add(GateSighting(at=base + dt.timedelta(hours=3), camera="gate-1", plate="DEMO001",
                            vin=VIN_A))  # fmt: skip
+        s.add(InboxItem(role="call_centre", kind="intrusion", vin=VIN_A,
+                        title=f"CAN intrusion (dos) {EVIL}",
+                        created_at=base + dt.timedelta(hours=4)))  # the security queue's card  # fmt: skip
         s.add(InboxItem(role="advisor", kind="maintenance", vin=VIN_A, title="Service due",
                         created_at=base + dt.timedelta(hours=5)))  # not a timeline kind  # fmt: skip
         s.add(InboxItem(role="advisor", kind="dtc", vin=VIN_B, title="DTC P0300 on another car",
@@ -49,7 +53,7 @@ def test_entries_newest_first_of_the_current_ownership_only(app_store: Any) -> N
         since, entries = vehicle_timeline(s, VIN_A)
     assert since is not None and since < NOW - dt.timedelta(days=300)  # seeded a year ago
     kinds = [e.kind for e in entries]
-    assert kinds == ["command", "gate", "crash", "anomaly", "dtc"]  # newest first
+    assert kinds == ["command", "intrusion", "gate", "crash", "anomaly", "dtc"]  # newest first
     assert [e.at for e in entries] == sorted((e.at for e in entries), reverse=True)
     assert entries[0].title == "lock sent by agent" and entries[0].label_zh == "远程指令"
     assert "P0217 Engine overheat" in entries[-1].detail and entries[-1].state == "open"
@@ -90,19 +94,21 @@ def test_the_vehicle_page_shows_the_timeline_escaped_and_audits_the_read(
     section = html[
         html.index('id="timeline"') : html.index("</section>", html.index('id="timeline"'))
     ]
-    assert 'data-entries="5"' in section
+    assert 'data-entries="6"' in section
     assert "<script>alert" not in html and "&lt;script&gt;alert(" in section
     assert re.findall(r'data-kind="(\w+)"', section) == [
         "command",
+        "intrusion",
         "gate",
         "crash",
         "anomaly",
         "dtc",
     ]
     assert "Fault code" in section and "故障码" in section and "lock sent by agent" in section
+    assert "CAN intrusion" in section and "总线入侵" in section
     assert "DTC P0300 on another car" not in html and "Service due" not in section
     with store.tx() as s:
         rows = s.scalars(select(AuditRecord).where(AuditRecord.action == "vehicle.timeline")).all()
-        assert [(r.actor, r.subject, r.detail["entries"]) for r in rows] == [("agent", VIN_A, 5)]
+        assert [(r.actor, r.subject, r.detail["entries"]) for r in rows] == [("agent", VIN_A, 6)]
     # another dealer's vehicle: 404, as for the page itself, and no timeline read
     assert client.get(f"/console/vehicles/{VIN_B}").status_code == 404

@@ -19,6 +19,7 @@ from core import jit
 from core.jit import MANIFEST, kernel_digest, source_files, use_aot
 from edge.aot import AOT_KERNELS, build_kernels, toolchain_problem
 from edge.bench import DEFAULT_DBC, DEFAULT_LOG
+from models.ids.attacks import ATTACKS
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = "tests.unit.edge.aot_sample_kernels"
@@ -208,7 +209,9 @@ def test_the_registry_signatures_are_those_the_jit_compiles_on_a_real_log(
 
 
 # Decodes the log as the agent does (4,096-frame blocks), feeds the campaign kernels and the crash
-# detector, and prints SHA-256 digests of every output and state array, and the numba modules loaded.
+# detector, runs the CAN intrusion detector (a profile learned on the log's first half, then the
+# whole log clean and with each attack injected), and prints SHA-256 digests of every output and
+# state array, and the numba modules loaded.
 PARITY = """
 import hashlib, json, sys
 from pathlib import Path
@@ -221,6 +224,8 @@ from edge.campaign_kernels import grow_state, on_change_state, on_change_update,
 from edge.crash import CrashConfig, CrashDetector
 from edge.sources.can import FrameDecoder
 from firmware_bridge.frames import read_candump
+from models.ids.attacks import ATTACKS, inject
+from models.ids.detector import CanIds, CanIdsProfile
 
 frames, _ = read_candump(Path(LOG))
 dec = FrameDecoder(Path(DBC), "gt350", strict=False, only_mapped=None)
@@ -242,9 +247,26 @@ for start in range(0, len(frames), 4096):
         h["crash"].update(repr(alarm).encode())
 for a in (det._si, det._sf, det._stats):
     h["crash"].update(a.tobytes())
+h.update({k: hashlib.sha256() for k in ("ids_profile", "ids_flags", "ids_state")})
+prof = CanIdsProfile.fit([frames.slice(0, len(frames) // 2)])  # _slots and _score, learning
+for f in prof.__dataclass_fields__:
+    h["ids_profile"].update(getattr(prof, f).tobytes())
+t0 = int(frames.ts_us[len(frames) * 3 // 4])
+flagged = {}
+for seed, kind in enumerate(("clean",) + ATTACKS):
+    got = inject(frames, kind, t0, t0 + 2_000_000, np.random.default_rng(seed)) if seed else None
+    replay, ids = got[0] if got else frames, CanIds(prof)
+    flagged[kind] = 0
+    for start in range(0, len(replay), 4096):
+        flags = ids.score(replay.slice(start, start + 4096))
+        h["ids_flags"].update(flags.tobytes())
+        flagged[kind] += int(np.count_nonzero(flags))
+    for a in (ids.last_ts, ids.count, ids.count_ts):
+        h["ids_state"].update(a.tobytes())
 out = {k: v.hexdigest() for k, v in h.items()}
 out["samples"] = n
 out["crash_stats"] = det.stats
+out["ids_flagged"] = flagged
 out["numba"] = sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite"))
 print(json.dumps(out))
 """
@@ -268,7 +290,13 @@ def test_aot_outputs_equal_the_jit_outputs_bit_for_bit_on_a_real_log(agent_build
     assert aot["numba"] == [] and "numba" in jitted["numba"]
     assert jitted["samples"] > 10_000
     assert sum(jitted["crash_stats"].values()) > 0, jitted  # type: ignore[attr-defined]
-    for key in ("decoded", "periodic", "on_change", "crash", "samples", "crash_stats"):
+    # the intrusion detector: nothing flagged on the clean log, every attack seen
+    flagged: dict[str, int] = jitted["ids_flagged"]  # type: ignore[assignment]
+    assert flagged["clean"] == 0 and all(flagged[k] > 0 for k in ATTACKS), flagged
+    for key in (
+        "decoded", "periodic", "on_change", "crash", "samples", "crash_stats",
+        "ids_profile", "ids_flags", "ids_state", "ids_flagged",
+    ):  # fmt: skip
         assert aot[key] == jitted[key], key
 
 
@@ -283,12 +311,31 @@ finally:
 
 
 def _run_agent(
-    tmp_path: Path, name: str, kernels: Path
+    tmp_path: Path, name: str, kernels: Path, intrusion: bool = False
 ) -> tuple[dict[str, object], str, list[str]]:
-    """``carpulse edge run`` for 3 s on a real log, offline (store and forward; no broker)."""
+    """``carpulse edge run`` for 3 s on a real log, offline (store and forward; no broker).
+
+    ``intrusion``: with ``[edge.intrusion]`` on (a profile of the clean log from ``carpulse ids
+    learn``), replaying that log with a 2 s DoS injected by ``carpulse ids inject``.
+    """
     from carpulse.pki import LocalPKI
 
     log, dbc = _data()
+    tables = ""
+    if intrusion:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        profile, attacked = tmp_path / "gt350.ids.json", tmp_path / "dos.log"
+        for args in (
+            ["learn", str(log), "--model", "gt350", "--out", str(profile)],
+            ["inject", str(log), "--out", str(attacked), "--attack", "dos"],
+        ):
+            got = subprocess.run(
+                [sys.executable, "-m", "carpulse", "ids", *args],
+                env=env, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            assert got.returncode == 0, got.stderr[-2000:]
+        log = attacked
+        tables = f'[edge.intrusion]\nenabled = true\nprofile = "{profile}"\n'
     if not (tmp_path / "pki").exists():
         LocalPKI(tmp_path / "pki").init()
     state = tmp_path / name
@@ -298,7 +345,7 @@ def _run_agent(
         f'[edge]\ndevice_id = "aot-{name}"\nstate_dir = "{state}"\nbroker_port = 9\n'
         f'aot_dir = "{kernels}"\nstats_file = "{state / "stats.json"}"\n'
         f'[[edge.sources]]\ntype = "can"\nlog = "{log}"\ndbc = "{dbc}"\nmapping = "gt350"\n'
-        'rate = "max"\n'
+        'rate = "max"\n' + tables
     )
     got = subprocess.run(
         [sys.executable, "-c", RUN_AGENT, "edge", "run", "--config", str(cfg), "--seconds", "3"],
@@ -317,10 +364,15 @@ def _run_agent(
 def test_the_agent_runs_the_build_and_never_imports_numba(
     agent_build: Path, tmp_path: Path
 ) -> None:
-    stats, err, numba = _run_agent(tmp_path, "aot", agent_build)
-    assert stats["kernels"] == "aot" and "4 loaded ahead of time" in err, err[-2000:]
+    # [edge.intrusion] on: the detector's kernels come from the build too
+    stats, err, numba = _run_agent(tmp_path, "aot", agent_build, intrusion=True)
+    loaded = f"{len(AOT_KERNELS)} loaded ahead of time"
+    assert stats["kernels"] == "aot" and loaded in err, err[-2000:]
     assert numba == [], numba
     assert int(stats["samples_in"]) > 1000 and int(stats["batches"]) > 0, stats  # type: ignore[call-overload]
+    ids: dict[str, int] = stats["intrusion"]  # type: ignore[assignment]
+    # every frame scored; the injected DoS (6,667 frames of id 0x000) flagged and reported
+    assert ids["frames"] > 10_000 and ids["flagged"] >= 6667 and ids["events"] >= 1, ids
 
 
 @needs_build
