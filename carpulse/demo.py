@@ -47,12 +47,14 @@ from carpulse.stack import Stack, port_in_use
 from core.config import CarpulseSettings, load_settings
 from core.errors import StackError
 from core.topics import device_topic
-from core.wire import Samples, TelemetryBatch, encode_telemetry
+from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
+from edge.dtc_watch import DTC_PRIORITY, DtcWatcher
 from edge.publisher import MqttPublisher, device_mqtt_settings
 from edge.replay import batches_for
 from edge.seqstate import SequenceCounter
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
 from firmware_bridge.frames import read_candump
+from firmware_bridge.obd.dtc_poll import DtcSnapshot
 from firmware_bridge.sim import PRIUS_VSS, SimulatedCar, default_dbc
 from stream.battery import CELL_MAX, CELL_MIN, LV_VOLTAGE, SOH
 from stream.state import ODOMETER, SPEED
@@ -98,6 +100,12 @@ class Vehicle:
         self.pub.publish(self.topic, encode_telemetry(batch))
         self.stats.batches += 1
         self.stats.samples += len(samples)
+
+    def send_event(self, kind: str, priority: int, data: dict[str, Any]) -> None:
+        """One event on the device's events topic, numbered like its telemetry (as the agent)."""
+        ev = Event(self.stats.device_id, self.seq.boot_id, self.seq.next(), kind,
+                   int(time.time() * 1e6), priority, data)  # fmt: skip
+        self.pub.publish(device_topic(self.stats.device_id, "events"), encode_event(ev))
 
     def send(self, samples: Samples) -> None:
         for part in batches_for(samples, self.s):
@@ -192,7 +200,8 @@ def seed_crm(stack: Stack, devices: list[str]) -> tuple[Any, list[str], Path]:
 
 
 def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
-    """Per VIN: 'member' / '-' and the maintenance coupon issued to its owner, if any."""
+    """Per VIN: 'member' / '-', the maintenance coupon issued to its owner, if any, and the open
+    cards of each kind the demo shows (silent car, battery, intrusion, DTC, anomaly)."""
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -235,6 +244,12 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
             )
             for vin in s.scalars(intrusion):  # the security queue's card (demo-ids)
                 out[vin] = out.get(vin, "") + " · INTRUSION CARD"
+            for kind in ("dtc", "anomaly"):  # the advisor's fault-code and anomaly cards
+                open_ = select(InboxItem.vin).where(
+                    InboxItem.kind == kind, InboxItem.done_at.is_(None), InboxItem.vin.in_(vins)
+                )
+                for vin in set(s.scalars(open_)):
+                    out[vin] = out.get(vin, "") + f" · {kind.upper()} CARD"
     except SQLAlchemyError as err:  # a busy database must not end the demo
         return {vin: f"? ({str(err)[:40]})" for vin in vins}
     return out
@@ -293,6 +308,16 @@ def drive_silent(v: Vehicle, now_s: float, started: float) -> None:
     )
     with contextlib.suppress(Exception):  # a broker hiccup shows as no traffic
         v.send(samples)
+
+
+def ev_dtc_event() -> dict[str, Any]:
+    """The weak battery's fault code as the edge agent's DTC watcher reports it (``edge.dtc_watch``,
+    the same event the agent sends after an OBD mode 03/07 poll): P0562, system voltage low, MIL
+    on. The advisor's inbox shows a DTC card for ``demo-ev``."""
+    snap = DtcSnapshot(stored=("P0562",), pending=(), mil=True, count=1)
+    data = DtcWatcher().update(snap)
+    assert data is not None  # a first snapshot is always news
+    return data
 
 
 def drive_ev(v: Vehicle, now_s: float, started: float) -> None:
@@ -463,6 +488,8 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                         with contextlib.suppress(Exception):  # shown by the next live send
                             v.send_one(history)
                     history_sent = True
+                    with contextlib.suppress(Exception):  # the EV's ECU stores P0562
+                        ev.send_event("dtc", DTC_PRIORITY, ev_dtc_event())
                     if with_ids:  # the real edge agent, on a log with a CAN attack in it
                         ids_agent, th = demo_ids.start(s, logs)
                         threads.append(th)

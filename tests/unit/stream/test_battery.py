@@ -170,3 +170,18 @@ def test_demo_vins_open_on_the_console() -> None:
     for device in (EV_DEVICE, SILENT_DEVICE, "demo-gt350", "demo-car-3"):
         assert re.match(VIN_RE, fleet_vin(device)), fleet_vin(device)
     assert fleet_vin("demo-car-3") == "CPDEM000000000003"
+
+
+def test_the_demo_evs_fault_code_is_a_crm_dtc_event() -> None:
+    """``make demo``'s EV sends P0562 once, as the edge agent's DTC watcher words it: the CRM's
+    normaliser (what its worker runs on carpulse.events) makes it a dtc event for the inbox."""
+    from carpulse.demo import EV_DEVICE, ev_dtc_event
+    from core.wire import Event, encode_event
+    from crm.normalize import from_device_event
+
+    data = ev_dtc_event()
+    assert data["codes"] == ["P0562"] and data["mil"] is True and data["new"] == ["P0562"]
+    payload = encode_event(Event(EV_DEVICE, "boot", 7, "dtc", 1_700_000_000_000_000, 2, data))
+    events = from_device_event(payload)
+    assert [e.kind for e in events] == ["dtc"]
+    assert "P0562" in repr(events[0]) and "System voltage low" in repr(events[0])
