@@ -267,3 +267,11 @@ def test_value_table_rebuilds_keep_every_text_exact(monkeypatch: pytest.MonkeyPa
         )
         assert len(lines_mod._TEXTS.texts) <= 40
     assert lines_mod._TEXTS.indexed > 0  # the hash index was used
+
+
+def test_write_bodies_are_plain_gzip_that_any_influxdb_reads() -> None:
+    from stream.influx import gzip_fast
+
+    body = "\n".join(f"telemetry,device=car-1 x={i / 7!r} {NOW + i}" for i in range(5000)).encode()
+    packed = gzip_fast(body)
+    assert gzip.decompress(packed) == body and len(packed) < len(body) / 3
