@@ -358,7 +358,26 @@ def _check_text(text_l: Any) -> list[tuple[str, int, str]]:
     return text
 
 
-def _decode_binary(payload: bytes) -> TelemetryBatch:
+@dataclass(frozen=True, slots=True)
+class _Body:
+    """A binary telemetry body with every field checked, its sample columns still packed."""
+
+    device_id: str
+    boot_id: str
+    seq: int
+    names: tuple[str, ...]
+    counts: list[int]
+    n: int
+    t0: int
+    width: int
+    tbuf: bytes
+    vbuf: bytes
+    text: list[tuple[str, int, str]]
+
+
+def _check_binary(payload: bytes) -> _Body:
+    """Header, bounded inflate, msgpack and every field but the samples' values: what the ingest
+    bridge checks before it forwards the bytes (no per-sample work but the text samples)."""
     _require(len(payload) >= 5, "truncated", "shorter than the header")
     version, codec = payload[3], payload[4]
     _require(version == SCHEMA_VERSION, "unknown_schema", f"schema version {version}")
@@ -380,10 +399,19 @@ def _decode_binary(payload: bytes) -> TelemetryBatch:
     _require(type(width) is int and width in _INT_CODES, "bad_ts_width", "width must be 1/2/4/8")
     n = _check_counts(counts_l, len(names))
     _require(type(tbuf) is bytes and type(vbuf) is bytes, "bad_columns", "not bytes")
+    for buf, size in ((tbuf, n * width), (vbuf, n * 8)):
+        if len(buf) != size:
+            raise WireError("bad_column_size", f"expected {size} bytes, got {len(buf)}")
     text = _check_text(text_l)
-    counts = np.asarray(counts_l, dtype=np.int64)
-    dts = _unshuffle(tbuf, _INT_CODES[width], n).astype(np.int64)
-    xored = _unshuffle(vbuf, np.uint64, n)
+    return _Body(device_id, boot_id, seq, names, counts_l, n, t0, width, tbuf, vbuf, text)
+
+
+def _decode_binary(payload: bytes) -> TelemetryBatch:
+    b = _check_binary(payload)
+    n, names = b.n, b.names
+    counts = np.asarray(b.counts, dtype=np.int64)
+    dts = _unshuffle(b.tbuf, _INT_CODES[b.width], n).astype(np.int64)
+    xored = _unshuffle(b.vbuf, np.uint64, n)
     sig = np.repeat(np.arange(len(names), dtype=np.int32), counts)
     first = _group_starts(counts)
     # Undo the per-name running delta / XOR with segmented cumulative operations. The sums wrap
@@ -392,14 +420,15 @@ def _decode_binary(payload: bytes) -> TelemetryBatch:
     group_base = np.maximum.accumulate(np.where(first, np.arange(n), 0)) if n else dts
     if n:
         before = np.concatenate(([0], ts[:-1]))
-        ts = ts - before[group_base] + np.int64(t0)
+        ts = ts - before[group_base] + np.int64(b.t0)
     bits = np.bitwise_xor.accumulate(xored) if n else xored
     if n:
         prefix = np.concatenate(([np.uint64(0)], bits[:-1]))
         bits = bits ^ prefix[group_base]
     return TelemetryBatch(
-        device_id, boot_id, seq, Samples(names, sig, ts, bits.view(np.float64)), tuple(text)
-    )
+        b.device_id, b.boot_id, b.seq, Samples(names, sig, ts, bits.view(np.float64)),
+        tuple(b.text),
+    )  # fmt: skip
 
 
 def _decode_json(payload: bytes) -> TelemetryBatch:
@@ -446,6 +475,23 @@ def decode_telemetry(payload: bytes) -> TelemetryBatch:
     if payload[:1] == b"{":
         return _decode_json(payload)
     raise WireError("unknown_format", f"starts with {payload[:4]!r}")
+
+
+def telemetry_device(payload: bytes) -> str:
+    """Check a telemetry message but leave its samples packed; return the device id it names.
+
+    This is the ingest bridge's check: the header, the bounded inflate, the msgpack body and
+    every field (ids, sequence number, counts, column sizes, text samples) are checked exactly as
+    ``decode_telemetry`` checks them, with the same ``WireError`` reasons, but the timestamp and
+    value columns are not rebuilt: the stream worker decodes them, once. The JSON debugging form
+    is decoded in full.
+    """
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise WireError("bad_payload", f"expected bytes, got {type(payload).__name__}")
+    payload = bytes(payload)
+    if payload.startswith(TELEMETRY_MAGIC):
+        return _check_binary(payload).device_id
+    return decode_telemetry(payload).device_id
 
 
 def telemetry_to_json(batch: TelemetryBatch) -> bytes:

@@ -220,7 +220,7 @@ def install_pipeline(
         for event in batch:
             p = event.message.partition
             last_of[p] = event
-            records.append((p, event.value))
+            records.append((p, event.value, event.key))
         res = pipeline.process(records, lookup)
         for value, headers in res.dead:
             await deadletter.send(value=value, headers=headers)

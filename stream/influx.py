@@ -21,7 +21,6 @@ so that during an outage they park at once instead of each waiting through the w
 from __future__ import annotations
 
 import asyncio
-import gzip
 import io
 import logging
 import random
@@ -49,13 +48,26 @@ MAX_REJECT_DETAIL: Final = 500
 MAX_IN_FLIGHT: Final = 2
 # A write this large is cut into MAX_IN_FLIGHT requests at least (smaller ones cost more per line).
 SPLIT_MIN_LINES: Final = 1000
-# Bodies from this size are compressed in a worker thread (about 0.2 us of CPU per sample).
+# Bodies from this size are compressed in a worker thread (zlib: ~0.13 us of CPU per sample,
+# ISA-L: ~0.04).
 GZIP_THREAD_BYTES: Final = 64 * 1024
 # Extra requests one write may spend isolating refused lines; past it whole requests are refused.
 BISECT_BUDGET: Final = 128
 # Not about the lines: authentication, unknown bucket or retention policy. Parked, not dead-lettered,
 # so that the data is replayed once the configuration is fixed.
 CONFIG_STATUS: Final = frozenset({401, 403, 404})
+
+
+def gzip_fast(body: bytes) -> bytes:
+    """gzip at level 1 through ISA-L (``isal``, ~3.5x zlib's speed at a better ratio on line
+    protocol, the same gzip format), or zlib where ``isal`` is not installed."""
+    return _gzip(body, compresslevel=1)
+
+
+try:
+    from isal.igzip import compress as _gzip
+except ImportError:  # pragma: no cover - isal is in the stream extra
+    from gzip import compress as _gzip  # type: ignore[assignment]
 
 
 class Transient(Exception):
@@ -299,9 +311,9 @@ class InfluxV1Sink(InfluxSink):
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.s.gzip:
             if len(body) >= GZIP_THREAD_BYTES:  # zlib drops the GIL: the event loop goes on
-                body = await asyncio.to_thread(gzip.compress, body, 1)
+                body = await asyncio.to_thread(gzip_fast, body)
             else:
-                body = gzip.compress(body, compresslevel=1)
+                body = gzip_fast(body)
             headers["Content-Encoding"] = "gzip"
         try:
             async with self._session.post(

@@ -21,7 +21,7 @@ import numpy as np
 
 from core.config import AnomalySettings
 from core.errors import DecodeError
-from core.wire import Samples
+from core.wire import Samples, TelemetryBatch
 from models.kernels.zscore import RobustZScore
 from models.maintenance.oil import OilState, oil_life, update_oil
 from models.maintenance.service import Schedule, UsageState
@@ -399,3 +399,10 @@ def warm_up(anomaly: AnomalySettings | None = None) -> None:
     models = PartitionModels(anomaly=anomaly)
     models.update([("warm-up", samples)])
     models.anomaly.update(np.zeros(4, np.int64), np.ones(4), t)  # whatever signals are watched
+    from stream.lines import ValueTexts, batch_lines
+
+    batch = TelemetryBatch("warm-up", "warm-up", 0, samples)
+    batch_lines(batch, "warm-up", now_us=int(t[-1]))  # the renderer, its new-values table
+    texts = ValueTexts()  # the hash index, on a private cache: the global one stays as it is
+    texts._rebuild()
+    texts.lookup(np.ones(2).view(np.int64))

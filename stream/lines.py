@@ -17,19 +17,17 @@ What InfluxDB cannot store, or should not, is counted and left out, never silent
 
 Each rejected group is reported once per batch in ``LineStats.rejects`` as ``(reason, detail)``;
 the caller dead-letters those. The hot path is vectorised: one NumPy pass decides which rows
-stay, sorts them by time and finds line boundaries; the text is made by C-level ``map``/``join``
-over precomputed per-signal prefixes, and each distinct value is formatted once (and kept in a
-bounded cache across batches: CAN signals are scaled integers with few distinct values).
+stay, sorts them by time and finds line boundaries; each distinct value is formatted once (and kept
+in a bounded cache across batches: CAN signals are scaled integers with few distinct values), and
+a compiled loop (``stream.line_kernel``) copies prefixes, values and timestamps into the text.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import operator
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -122,24 +120,83 @@ def keep_mask(
     return keep
 
 
-_TEXTS: dict[int, str] = {}  # float64 bit pattern -> repr; one event loop thread uses it
-TEXT_CACHE_MAX: Final = (
-    1 << 17
-)  # ~10 MB at most; cleared when full (a scaled signal has few values)
+Table = tuple[np.ndarray, np.ndarray]  # (bytes, offsets): item i is bytes[off[i]:off[i + 1]]
+# read-only like every table text_table makes: the compiled renderer sees one array type only
+EMPTY_TABLE: Final[Table] = (np.frombuffer(b"", np.uint8), np.zeros(1, np.int64))
+TEXT_CACHE_MAX: Final = 1 << 17  # distinct values remembered (~10 MB); cleared when full
+REBUILD_MIN: Final = 4096  # new values gathered before the sorted table is rebuilt
 
 
-def _texts(bits: np.ndarray) -> list[str]:
-    """``repr`` of the floats whose int64 bit patterns are ``bits``, through the cache."""
-    keys = bits.tolist()
-    cache = _TEXTS
-    missing = [k for k in keys if k not in cache]
-    if missing:
-        if len(cache) + len(missing) > TEXT_CACHE_MAX:
-            cache.clear()
-            missing = keys
-        floats = np.array(missing, dtype=np.int64).view(np.float64).tolist()
-        cache.update(zip(missing, map(repr, floats), strict=True))
-    return list(map(cache.__getitem__, keys))
+class ValueTexts:
+    """``repr`` of float64 values by bit pattern (bits, not values, keep -0.0 apart from 0.0),
+    formatted once and kept across batches: CAN signals are scaled integers with few distinct
+    values. Known values are found through a compiled hash index into one byte buffer of texts
+    (no per-sample Python); new ones are formatted once per distinct value, handed to the
+    renderer as a table of their own, and folded into the index in bulk."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, str] = {}  # every value known; the index is rebuilt from it
+        self.pending = 0  # values in ``texts`` not yet in the index
+        self.indexed = 0
+        self.index: Any = None  # stream.line_kernel.HashIndex, made at the first rebuild
+        self.table: Table = EMPTY_TABLE
+
+    def lookup(self, bits: np.ndarray) -> tuple[np.ndarray, Table, Table]:
+        """``(vix, table, local)``: ``vix >= 0`` indexes ``table`` (the indexed texts as they
+        were at the call), ``vix < 0`` item ``-vix - 1`` of ``local``, this call's new values."""
+        from stream.line_kernel import text_table
+
+        table = self.table
+        if self.index is not None:
+            vix, misses = self.index.find(bits)
+        else:
+            vix, misses = np.full(len(bits), -1, np.int64), len(bits)
+        if not misses:
+            return vix, table, EMPTY_TABLE
+        miss = vix < 0
+        new, inverse = np.unique(bits[miss], return_inverse=True)
+        known = self.texts
+        keys = new.tolist()
+        found = list(map(known.get, keys))
+        texts: list[str] = found  # type: ignore[assignment]  # unless a None is in it:
+        if None in found:
+            floats = new.view(np.float64).tolist()
+            texts = [t if t is not None else repr(f) for t, f in zip(found, floats, strict=True)]
+            if len(known) + len(keys) > TEXT_CACHE_MAX:  # full: start again (rare)
+                self.texts, self.pending = {}, 0  # the table of this call stays valid
+                known = self.texts
+            before = len(known)
+            known.update(zip(keys, texts, strict=True))
+            self.pending += len(known) - before
+        vix[miss] = -1 - inverse
+        local = text_table(texts)
+        if self.pending >= max(REBUILD_MIN, self.indexed // 4):
+            self._rebuild()
+        return vix, table, local
+
+    def _rebuild(self) -> None:
+        from stream.line_kernel import HashIndex, text_table
+
+        keys = np.fromiter(self.texts.keys(), np.int64, len(self.texts))
+        self.index = HashIndex(keys)
+        self.table = text_table(list(self.texts.values()))
+        self.indexed, self.pending = len(keys), 0
+
+
+_TEXTS = ValueTexts()  # one event loop thread uses it
+
+
+_PREFIXES: dict[tuple[str, ...], list[bytes]] = {}  # names of a batch -> escaped ``name=`` bytes
+PREFIX_CACHE_MAX: Final = 1024
+
+
+def _prefixes(names: tuple[str, ...]) -> list[bytes]:
+    got = _PREFIXES.get(names)
+    if got is None:
+        if len(_PREFIXES) >= PREFIX_CACHE_MAX:
+            _PREFIXES.clear()
+        got = _PREFIXES[names] = [(escape_key(n) + "=").encode() for n in names]
+    return got
 
 
 def batch_lines(
@@ -163,24 +220,16 @@ def batch_lines(
         return []
     order = idx[np.argsort(s.ts_us[idx], kind="stable")]
     ts = s.ts_us[order]
-    cuts = (np.flatnonzero(ts[1:] != ts[:-1]) + 1).tolist()
-    bounds = [0, *cuts, len(order)]
     head = f"{escape_key(measurement)},device={escape_tag(batch.device_id)}{tags} "
-    prefixes = [escape_key(n) + "=" for n in s.names]
     # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
     # distinct bit pattern is formatted once per batch, and once at all while it stays in the
     # cache; bits, not values, keep -0.0 apart from 0.0.
-    bits, inverse = np.unique(s.value[order].view(np.int64), return_inverse=True)
-    texts = _texts(bits)
-    fields = list(
-        map(
-            operator.add,
-            map(prefixes.__getitem__, s.sig[order].tolist()),
-            map(texts.__getitem__, inverse.tolist()),
-        )
+    from stream.line_kernel import render_lines  # numba loads at the first batch, not at import
+
+    vix, table, local = _TEXTS.lookup(s.value[order].view(np.int64))
+    bounds = np.concatenate(([0], np.flatnonzero(ts[1:] != ts[:-1]) + 1, [len(order)]))
+    lines = render_lines(
+        head.encode(), _prefixes(tuple(s.names)), table, local, s.sig[order], vix, ts, bounds
     )
-    ts_l = ts.tolist()
-    join = ",".join
-    lines = [f"{head}{join(fields[a:b])} {ts_l[a]}" for a, b in itertools.pairwise(bounds)]
     st.lines += len(lines)
     return lines

@@ -54,6 +54,7 @@ T_STATE = "vehicle_state"
 T_MODELS = "models"
 
 Lookup = Callable[[str, str], bytes | None]  # (table, key) -> value
+Record = tuple[int, bytes] | tuple[int, bytes, bytes | None]  # partition, value[, key]
 
 
 @dataclass
@@ -161,11 +162,14 @@ class TelemetryPipeline:
         s = self.s
         return BatteryTracker(s.battery_cooldown_s, s.battery_spread_v, s.battery_soh_pct)
 
-    def process(self, records: Sequence[tuple[int, bytes]], lookup: Lookup) -> Result:
+    def process(self, records: Sequence[Record], lookup: Lookup) -> Result:
+        """``(partition, value[, key])`` records of the telemetry topic; the key is the device id
+        the ingest bridge took from the MQTT topic (absent or ``None``: not checked)."""
         res = Result()
-        by_part: dict[int, list[bytes]] = {}
-        for partition, payload in records:
-            by_part.setdefault(partition, []).append(payload)
+        by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for rec in records:
+            key = rec[2] if len(rec) > 2 else None  # type: ignore[misc]
+            by_part.setdefault(rec[0], []).append((rec[1], key))
         for partition, payloads in by_part.items():
             part = Result()
             try:
@@ -175,23 +179,27 @@ class TelemetryPipeline:
                     "partition %d: a batch of %d records failed", partition, len(payloads)
                 )
                 part = Result()  # nothing of it is written: each record is a dead letter
-                for payload in payloads:
+                for payload, _ in payloads:
                     self._dead(part, payload, f"internal_error:{type(err).__name__}", str(err))
             for name in fields(Result):
                 getattr(res, name.name).extend(getattr(part, name.name))
         return res
 
     def _partition(
-        self, partition: int, payloads: list[bytes], lookup: Lookup, res: Result
+        self,
+        partition: int,
+        payloads: list[tuple[bytes, bytes | None]],
+        lookup: Lookup,
+        res: Result,
     ) -> None:
         seen: dict[str, DeviceSeen] = {}
         states: dict[str, vstate.State] = {}
         feed: list[tuple[str, Any]] = []
         now = self.now_us()
-        for payload in payloads:
+        for payload, key in payloads:
             self.counters.records += 1
             try:
-                self._record(payload, lookup, now, res, seen, states, feed)
+                self._record(payload, key, lookup, now, res, seen, states, feed)
             except Exception as err:  # never stall a partition on one record
                 self._dead(res, payload, f"internal_error:{type(err).__name__}", str(err))
         models = self.models_for(partition, lookup)
@@ -239,6 +247,7 @@ class TelemetryPipeline:
     def _record(
         self,
         payload: bytes,
+        key: bytes | None,
         lookup: Lookup,
         now: int,
         res: Result,
@@ -251,6 +260,14 @@ class TelemetryPipeline:
             batch = decode_telemetry(payload)
         except WireError as err:
             self._dead(res, payload, err.reason, err.detail)
+            return
+        if key is not None and key != batch.device_id.encode():
+            # the bridge forwards the bytes after checking their envelope; a body that names
+            # another device than its topic (the record key) is refused here
+            self._dead(
+                res, payload, "device_mismatch",
+                f"batch says {batch.device_id!r}, key {key[:80]!r}", device=batch.device_id,
+            )  # fmt: skip
             return
         n = len(batch.samples)
         if n > self.s.max_batch_samples:

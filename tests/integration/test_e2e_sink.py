@@ -135,6 +135,13 @@ def test_bench_e2e_reports_the_figures() -> None:
     assert out["influx_ceiling_samples_per_s"] > 10_000
     assert out["faust_only_samples_per_s"] > 1_000
     assert out["steps"][0]["achieved"] > 2_000
+    step = out["steps"][0]
+    per = step["cpu_us_per_sample"]
+    assert per["bridge"] > 0 and per["worker"] > 0 and per["influxdb"] > 0
+    assert step["own_cpu_ratio"] == pytest.approx(
+        (per["bridge"] + per["worker"]) / per["influxdb"], abs=2e-3
+    )
+    assert out["own_cpu_ratio"] == step["own_cpu_ratio"]  # the only step is the headline
     assert 0 < out["p50_ms"] <= out["p99_ms"] < 30_000
     if out["samples_per_s"]:
         assert out["ratio"] == pytest.approx(

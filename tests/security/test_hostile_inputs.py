@@ -355,3 +355,35 @@ def test_ack_handler_survives_on_pahos_thread(channel: CommandChannel) -> None:
     assert channel.dropped.get("wrong_device", 0) >= 1
     channel._on_message(None, None, msg(b"carpulse/v1/car-1/cmd-ack", good))
     assert channel.ack(ACK_ID) is not None and channel.ack(ACK_ID).status == "accepted"  # type: ignore[union-attr]
+
+
+@given(payload=any_payload)
+@examples(*({"payload": p} for p in (*hostile.ISSUE_TELEMETRY, *hostile.bombs())))
+@CHECKED
+def test_the_bridges_envelope_check_refuses_exactly_what_decoding_refuses(payload: bytes) -> None:
+    """The bridge forwards the bytes without rebuilding the sample columns (issue 22): what it
+    lets through must decode in the worker, and what it refuses gets decode's own reason."""
+    from core.errors import WireError
+    from core.wire import decode_telemetry, telemetry_device
+
+    try:
+        device = telemetry_device(payload)
+    except WireError as err:
+        with pytest.raises(WireError) as full:
+            decode_telemetry(payload)
+        assert full.value.reason == err.reason
+        return
+    assert decode_telemetry(payload).device_id == device
+
+
+def test_the_worker_refuses_a_body_that_names_another_device_than_its_key(
+    pipeline: tuple[TelemetryPipeline, Tables],
+) -> None:
+    from core.wire import Samples, TelemetryBatch, encode_telemetry
+
+    pipe, tables = pipeline
+    rows = Samples.from_records([("Vehicle.Speed", 1_700_000_000_000_000, 1.0)])
+    own = encode_telemetry(TelemetryBatch("car-1", "boot-k", 1, rows))
+    res = pipe.process([(0, own, b"car-2"), (0, own, b"car-1")], tables.lookup)
+    assert [h["reason"] for _, h in res.dead] == [b"device_mismatch"]
+    assert len(res.lines) == 1  # the same bytes under their own key go on

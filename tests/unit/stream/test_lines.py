@@ -184,7 +184,7 @@ def test_value_texts_are_exact_through_the_cache_and_its_overflow(
         want = {("d", "x", int(t)): float(v) for t, v in zip(ts, values, strict=True)}
         assert got == want
         assert [math.copysign(1, got[("d", "x", int(ts[i]))]) for i in (0, 1)] == [1, -1]
-        assert len(lines_mod._TEXTS) <= 10
+        assert len(lines_mod._TEXTS.texts) <= 10
 
 
 def test_a_large_write_is_split_for_influxdb_to_parse_on_several_cores() -> None:
@@ -208,3 +208,70 @@ def test_a_large_write_is_split_for_influxdb_to_parse_on_several_cores() -> None
         asyncio.run(sink.write(lines))
         assert sorted((b.count(b"\n") for b in sink.bodies), reverse=True) == want
         assert b"".join(sorted(sink.bodies)).count(b"\n") == n and MAX_IN_FLIGHT == 2
+
+
+# ----- the compiled renderer against the plain reference (tests/reference/line_protocol.py) -----
+odd_names = st.sampled_from(
+    ["Vehicle.Speed", "Vehicle.A.B", "Vehicle.Powertrain.X_1", "Vehicle.Private.Dbc.M_1.S 2"]
+)
+any_stamps = st.integers(-INFLUX_MAX_ABS_US - 5, INFLUX_MAX_ABS_US + 5)
+
+
+@pytest.mark.kernel
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(odd_names, any_stamps, values), max_size=80),
+    st.sampled_from(["", ",vin=VIN\\ 1,ownership=o-1", ",vin=车辆\\,1"]),
+    st.sampled_from(["car-1", "gate 7,x=y"]),
+)
+def test_compiled_lines_equal_the_reference_byte_for_byte(
+    records: list[tuple[str, int, float]], tags: str, device: str
+) -> None:
+    from tests.reference.line_protocol import batch_lines_ref
+
+    b = TelemetryBatch(device, "b", 7, Samples.from_records(records))
+    policy = SkewPolicy(max_future_s=10**9)
+    got = batch_lines(b, "tele metry", now_us=NOW, tags=tags, policy=policy)
+    assert got == batch_lines_ref(b, "tele metry", now_us=NOW, tags=tags, policy=policy)
+
+
+@pytest.mark.kernel
+def test_line_renderer_is_compiled() -> None:
+    from stream.line_kernel import _render
+
+    batch_lines(batch([("Vehicle.Speed", NOW, 1.5)]), "telemetry", now_us=NOW)
+    if not hasattr(_render, "signatures"):  # NUMBA_DISABLE_JIT=1: the plain function itself
+        pytest.skip("numba's JIT is disabled in this run")
+    assert _render.signatures
+
+
+def test_value_table_rebuilds_keep_every_text_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known values come from the sorted table, new ones from the call's own table, mixed in one
+    batch; rebuilds (forced often here) and a full cache never change a byte."""
+    import stream.lines as lines_mod
+    from tests.reference.line_protocol import batch_lines_ref
+
+    monkeypatch.setattr(lines_mod, "REBUILD_MIN", 3)
+    monkeypatch.setattr(lines_mod, "TEXT_CACHE_MAX", 40)
+    monkeypatch.setattr(lines_mod, "_TEXTS", lines_mod.ValueTexts())
+    rng = np.random.default_rng(11)
+    pool = np.r_[0.0, -0.0, 5e-324, -1.7976931348623157e308, np.round(rng.normal(0, 50, 30), 2)]
+    for seq in range(30):
+        values = rng.choice(pool, 25)
+        ts = NOW - 10**9 + seq * 100 + np.arange(25) // 3
+        b = TelemetryBatch(
+            "car-1", "b", seq, Samples.from_columns(["x", "y"], np.arange(25) % 2, ts, values)
+        )
+        assert batch_lines(b, "telemetry", now_us=NOW) == batch_lines_ref(
+            b, "telemetry", now_us=NOW
+        )
+        assert len(lines_mod._TEXTS.texts) <= 40
+    assert lines_mod._TEXTS.indexed > 0  # the hash index was used
+
+
+def test_write_bodies_are_plain_gzip_that_any_influxdb_reads() -> None:
+    from stream.influx import gzip_fast
+
+    body = "\n".join(f"telemetry,device=car-1 x={i / 7!r} {NOW + i}" for i in range(5000)).encode()
+    packed = gzip_fast(body)
+    assert gzip.decompress(packed) == body and len(packed) < len(body) / 3

@@ -1,0 +1,191 @@
+"""The line-protocol renderer's compiled loop: one batch's lines as bytes, no per-sample Python.
+
+``stream.lines.batch_lines`` decides which rows stay, sorts them by time, finds the line
+boundaries and formats each distinct value once (``repr``: exact, shortest); this kernel then
+copies the per-signal ``name=`` prefixes and the value texts into one buffer, with the head
+(measurement and tags) at the start of each line and the timestamp in decimal at its end. The
+plain Python version it must equal byte for byte is ``tests/reference/line_protocol.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from models import config
+
+COMMA, SPACE, NEWLINE, MINUS, ZERO = 44, 32, 10, 45, 48
+MAX_VALUE_TEXT = 32  # repr of a float64 is at most 24 characters ('-2.2250738585072014e-308')
+
+
+@njit(cache=config.CACHE, nogil=True)
+def _render(
+    head: np.ndarray,
+    pre_buf: np.ndarray,
+    pre_off: np.ndarray,
+    val_buf: np.ndarray,
+    val_off: np.ndarray,
+    new_buf: np.ndarray,
+    new_off: np.ndarray,
+    sig: np.ndarray,
+    vix: np.ndarray,
+    ts: np.ndarray,
+    bounds: np.ndarray,
+    out: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    pos = 0
+    digits = np.empty(20, np.uint8)
+    for li in range(len(bounds) - 1):
+        a = bounds[li]
+        b = bounds[li + 1]
+        for k in range(len(head)):
+            out[pos + k] = head[k]
+        pos += len(head)
+        for r in range(a, b):
+            if r > a:
+                out[pos] = COMMA
+                pos += 1
+            s = sig[r]
+            for k in range(pre_off[s], pre_off[s + 1]):
+                out[pos] = pre_buf[k]
+                pos += 1
+            v = vix[r]
+            if v >= 0:
+                for k in range(val_off[v], val_off[v + 1]):
+                    out[pos] = val_buf[k]
+                    pos += 1
+            else:
+                v = -1 - v
+                for k in range(new_off[v], new_off[v + 1]):
+                    out[pos] = new_buf[k]
+                    pos += 1
+        out[pos] = SPACE
+        pos += 1
+        t = ts[a]  # |t| < 2**63 / 1000: the caller keeps only InfluxDB's range
+        if t < 0:
+            out[pos] = MINUS
+            pos += 1
+            t = -t
+        nd = 0
+        while True:
+            digits[nd] = ZERO + t % 10
+            nd += 1
+            t //= 10
+            if t == 0:
+                break
+        for k in range(nd):
+            out[pos + k] = digits[nd - 1 - k]
+        pos += nd
+        out[pos] = NEWLINE
+        pos += 1
+    return pos
+
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of a value's bit pattern
+
+
+@njit(cache=config.CACHE, nogil=True)
+def _slot(key: np.int64, shift: np.uint64) -> np.int64:  # pragma: no cover - compiled
+    return np.int64((np.uint64(key) * GOLDEN) >> shift)
+
+
+@njit(cache=config.CACHE, nogil=True)
+def _hash_build(
+    keys: np.ndarray, slot_keys: np.ndarray, slot_vals: np.ndarray, shift: np.uint64
+) -> None:  # pragma: no cover - compiled
+    mask = len(slot_keys) - 1
+    for i in range(len(keys)):
+        j = _slot(keys[i], shift)
+        while slot_vals[j] != -1:
+            j = (j + 1) & mask
+        slot_keys[j] = keys[i]
+        slot_vals[j] = i
+
+
+@njit(cache=config.CACHE, nogil=True)
+def _hash_find(
+    slot_keys: np.ndarray,
+    slot_vals: np.ndarray,
+    shift: np.uint64,
+    bits: np.ndarray,
+    out: np.ndarray,
+) -> int:  # pragma: no cover - compiled
+    mask = len(slot_keys) - 1
+    misses = 0
+    for i in range(len(bits)):
+        k = bits[i]
+        j = _slot(k, shift)
+        while True:
+            v = slot_vals[j]
+            if v == -1:
+                out[i] = -1
+                misses += 1
+                break
+            if slot_keys[j] == k:
+                out[i] = v
+                break
+            j = (j + 1) & mask
+    return misses
+
+
+class HashIndex:
+    """Open-addressing hash of int64 keys to their position in a list (load factor <= 1/2)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        size = 1 << max(4, int(2 * len(keys) - 1).bit_length())
+        self.shift = np.uint64(64 - (size.bit_length() - 1))
+        self.slot_keys = np.zeros(size, np.int64)
+        self.slot_vals = np.full(size, -1, np.int64)
+        _hash_build(
+            np.ascontiguousarray(keys, np.int64), self.slot_keys, self.slot_vals, self.shift
+        )
+
+    def find(self, bits: np.ndarray) -> tuple[np.ndarray, int]:
+        """Each key's position, -1 where it is not in the index; and how many were not."""
+        out = np.empty(len(bits), np.int64)
+        misses = _hash_find(
+            self.slot_keys, self.slot_vals, self.shift, np.ascontiguousarray(bits, np.int64), out
+        )
+        return out, misses
+
+
+def text_table(items: list[bytes] | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated items and their offsets (``off[i]:off[i + 1]`` is item ``i``); ``str``
+    items must be ASCII (one byte per character), as ``repr`` of a float is."""
+    off = np.zeros(len(items) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, items), np.int64, len(items)), out=off[1:])
+    if items and isinstance(items[0], str):
+        joined = "".join(items).encode("ascii")  # type: ignore[arg-type]
+    else:
+        joined = b"".join(items)  # type: ignore[arg-type]
+    return np.frombuffer(joined, np.uint8), off
+
+
+def render_lines(
+    head: bytes,
+    prefixes: list[bytes],
+    table: tuple[np.ndarray, np.ndarray],
+    new: tuple[np.ndarray, np.ndarray],
+    sig: np.ndarray,
+    vix: np.ndarray,
+    ts: np.ndarray,
+    bounds: np.ndarray,
+) -> list[str]:
+    """Lines ``head + prefix[sig]value[vix],... ts`` for rows ``bounds[i]:bounds[i + 1]`` (rows
+    already in time order; a line's timestamp is its first row's). A value text is item ``vix``
+    of ``table``, or item ``-vix - 1`` of ``new`` when ``vix < 0`` (tables from ``text_table``;
+    value texts are ASCII, ``head`` and ``prefixes`` UTF-8)."""
+    if len(bounds) < 2:
+        return []
+    pre_buf, pre_off = text_table(prefixes)
+    sig = np.ascontiguousarray(sig, np.int64)
+    vix = np.ascontiguousarray(vix, np.int64)
+    n_lines = len(bounds) - 1
+    longest = int(np.diff(pre_off).max()) + MAX_VALUE_TEXT + 1  # name=value and a comma
+    size = len(sig) * longest + n_lines * (len(head) + 22)  # space, sign, 19 digits, newline
+    out = np.empty(size, np.uint8)
+    end = _render(
+        np.frombuffer(head, np.uint8), pre_buf, pre_off, table[0], table[1], new[0], new[1],
+        sig, vix, np.ascontiguousarray(ts, np.int64), np.ascontiguousarray(bounds, np.int64), out,
+    )  # fmt: skip
+    return out[: end - 1].tobytes().decode().split("\n")
