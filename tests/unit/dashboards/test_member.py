@@ -219,6 +219,11 @@ def test_share_claim_sign_in_redeem_at_the_counter(world: dict[str, Any]) -> Non
     c.cookies.clear()
     friend_after = sign_in(c, msg.url.removeprefix("https://testserver"))
     assert coupons(friend_after, "used") == [coupon] and coupons(friend_after, "valid") == []
+    # crm/loyalty.yaml: the redeemer earns 20, the sharer 200 (the friend's first visit)
+    assert 'id="m-points">20<' in friend_after and ">普卡<" in friend_after
+    c.cookies.clear()
+    sharer_after = sign_in(c, link(world, VIN_A))
+    assert 'id="m-points">540<' in sharer_after and "再得 460 积分升级金卡" in sharer_after
 
 
 def test_the_counter_needs_the_advisors_permission_and_dealer(world: dict[str, Any]) -> None:
