@@ -354,11 +354,12 @@ def next_tier(
     s: Session, customer_id: str, tier: str | None, now: dt.datetime
 ) -> dict[str, Any] | None:
     """The next tier up and the points still missing for it in the tier window
-    (``crm.loyalty``: tiers count the points of the last ``window_days``); None at the top."""
+    (``crm.loyalty``: tiers count the points of the last ``window_days``); None at the top or
+    for a tier the rules do not know."""
     cfg = loyalty.config()
     levels = cfg.tiers.levels
     rank = cfg.rank(tier)
-    if rank + 1 >= len(levels):
+    if rank < 0 or rank + 1 >= len(levels):  # an unknown tier: no promise
         return None
     up = levels[rank + 1]
     have = loyalty.window_points(s, customer_id, now, cfg)
