@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from crm import loyalty
 from crm import store as st
 from crm.models import (
     Coupon,
@@ -343,20 +344,37 @@ def _refuse_dead(c: Coupon, now: dt.datetime) -> None:
 
 # ----- what a member sees ---------------------------------------------------------------------
 def points_of(s: Session, customer_id: str) -> int | None:
-    """The member's points, None for a non-member. The hook for the points ledger: when it
-    lands, this returns the ledger's balance and the member page shows it unchanged."""
-    m = s.get(Member, customer_id)
-    return None if m is None else int(m.points)
+    """The member's points: the balance of the points ledger (``crm.loyalty.balance``, merged
+    customers' rows included); None for a customer who is no member and never earned any."""
+    pts = loyalty.balance(s, customer_id)
+    return None if pts == 0 and s.get(Member, st.resolve(s, customer_id)) is None else pts
+
+
+def next_tier(
+    s: Session, customer_id: str, tier: str | None, now: dt.datetime
+) -> dict[str, Any] | None:
+    """The next tier up and the points still missing for it in the tier window
+    (``crm.loyalty``: tiers count the points of the last ``window_days``); None at the top or
+    for a tier the rules do not know."""
+    cfg = loyalty.config()
+    levels = cfg.tiers.levels
+    rank = cfg.rank(tier)
+    if rank < 0 or rank + 1 >= len(levels):  # an unknown tier: no promise
+        return None
+    up = levels[rank + 1]
+    have = loyalty.window_points(s, customer_id, now, cfg)
+    return {"tier": up.id, "points": max(up.min_points - have, 0)}
 
 
 @dataclass
 class MemberView:
     customer_id: str
     name: str
-    tier: str | None
+    tier: str | None  # a tier id of crm/loyalty.yaml (``crm.loyalty.tier_name`` names it)
     points: int | None
     vehicles: list[dict[str, Any]] = field(default_factory=list)
     coupons: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    next_tier: dict[str, Any] | None = None  # {"tier": id, "points": missing}
 
 
 def _next_service(s: Session, vin: str, cid: str, since: dt.datetime) -> dict[str, Any] | None:
@@ -404,7 +422,11 @@ def member_view(s: Session, customer_id: str, now: dt.datetime | None = None) ->
     if cust is None or cust.erased_at is not None:
         raise st.CrmError(f"unknown customer {customer_id!r}")
     m = s.get(Member, cid)
-    view = MemberView(cid, cust.display_name, m.tier if m else None, points_of(s, cid))
+    level = loyalty.config().level(m.tier) if m else None  # a legacy name (银卡) -> its id
+    tier = level.id if level else (m.tier if m else None)
+    view = MemberView(cid, cust.display_name, tier, points_of(s, cid))
+    if m is not None:
+        view.next_tier = next_tier(s, cid, tier, now)
     for own in s.scalars(
         select(Ownership)
         .where(Ownership.customer_id == cid, Ownership.valid_to.is_(None))

@@ -25,12 +25,13 @@ from fastapi import APIRouter, BackgroundTasks, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, select, update
 
+from crm import loyalty
 from crm import member_links as ml
 from crm.delivery import DeliveryError
 from crm.models import Coupon, CouponTemplate, Customer, utcnow
 from crm.store import CouponStateError, CrmError, CrmStore, audit, resolve
 from crm.tables import MemberSession
-from dashboards.member_text import LANGS, qr_svg, t, tier_name
+from dashboards.member_text import LANGS, qr_svg, t
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["member"])
@@ -81,7 +82,7 @@ def _page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLRes
 
     lang = lang_of(request)
     ctx.update(request=request, lang=lang, t=lambda key, **kw: t(lang, key, **kw),
-               tier_name=lambda tier: tier_name(lang, tier))  # fmt: skip
+               tier_name=lambda tier: loyalty.tier_name(tier, lang))  # fmt: skip
     resp = templates.TemplateResponse(request, name, ctx, status_code=status)
     if request.query_params.get("lang") in LANGS:
         resp.set_cookie(LANG_COOKIE, lang, httponly=True, samesite="lax", path="/m",

@@ -14,6 +14,8 @@ TEXT: Final[dict[str, dict[str, str]]] = {
     "tier": {"zh-CN": "会员等级", "en": "Tier"},
     "points": {"zh-CN": "积分", "en": "Points"},
     "not_member": {"zh-CN": "尚未入会", "en": "Not a member yet"},
+    "to_next_tier": {"zh-CN": "再得 {points} 积分升级{tier}", "en": "{points} points to {tier}"},
+    "top_tier": {"zh-CN": "已是最高等级", "en": "The highest tier"},
     "vehicles": {"zh-CN": "我的车辆", "en": "My vehicles"},
     "no_vehicle": {"zh-CN": "名下暂无车辆", "en": "No vehicle in your name"},
     "owned_since": {"zh-CN": "登记日期", "en": "Yours since"},
@@ -116,24 +118,6 @@ TEXT: Final[dict[str, dict[str, str]]] = {
     "signed_out": {"zh-CN": "已退出登录", "en": "Signed out"},
     "lang_other": {"zh-CN": "English", "en": "中文"},
 }
-
-
-# the CRM's tier names (crm.store.DEFAULT_TIERS, and the English ones older data holds)
-TIERS: Final[dict[str, dict[str, str]]] = {
-    "普卡": {"zh-CN": "普卡", "en": "Classic"},
-    "银卡": {"zh-CN": "银卡", "en": "Silver"},
-    "金卡": {"zh-CN": "金卡", "en": "Gold"},
-    "白金": {"zh-CN": "白金卡", "en": "Platinum"},
-    "白金卡": {"zh-CN": "白金卡", "en": "Platinum"},
-    "silver": {"zh-CN": "银卡", "en": "Silver"},
-    "gold": {"zh-CN": "金卡", "en": "Gold"},
-    "platinum": {"zh-CN": "白金卡", "en": "Platinum"},
-}
-
-
-def tier_name(lang: str, tier: str | None) -> str | None:
-    """A tier in the page's language (an unknown tier name as it is)."""
-    return None if tier is None else TIERS.get(tier, {}).get(lang, tier)
 
 
 def t(lang: str, key: str, **kw: object) -> str:

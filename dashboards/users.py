@@ -7,7 +7,8 @@ import zlib
 from decimal import Decimal
 from typing import Final
 
-from crm.models import CouponTemplate, Member, PlateAssignment, Vehicle
+from crm import loyalty
+from crm.models import CouponTemplate, PlateAssignment, Vehicle
 from crm.store import (
     CrmStore,
     find_or_create_customer,
@@ -43,10 +44,22 @@ def create_demo_users(store: CrmStore, password: str = DEMO_PASSWORD) -> list[st
     return [u[0] for u in DEMO_USERS]
 
 
+# (days ago, CNY) of each demo owner's services, in turn: with crm/loyalty.yaml's rules (1 point
+# per 10 CNY, tiers by the points of the last 365 days) 340 points: 银卡 silver; 1,050: 金卡 gold;
+# 3,250: 白金卡 platinum. All within the year the demo owners have had their cars.
+DEMO_SERVICES: Final = (
+    ((250, 1800), (120, 1600)),
+    ((330, 4200), (200, 3800), (60, 2500)),
+    ((340, 12000), (210, 11000), (90, 9500)),
+)
+
+
 def seed_demo_crm(
     store: CrmStore, vehicles: list[tuple[str, str, str]], dealer_id: str = "dealer-a"
 ) -> None:
-    """``vehicles``: ``(vin, device_id, plate)``; each gets an owner with a phone, a tier and a coupon.
+    """``vehicles``: ``(vin, device_id, plate)``; each gets an owner with a phone, a coupon and
+    a service history closed through ``crm.loyalty.close_service`` (``DEMO_SERVICES``), whose
+    points in the ledger give the owner's tier, so the hourly tier review agrees with it.
 
     Idempotent: vehicles already in the CRM are left as they are.
     """
@@ -71,8 +84,9 @@ def seed_demo_crm(
             assert cust is not None
             cust.dealer_id = dealer_id
             transfer_ownership(s, vin, cid, now - dt.timedelta(days=365))
-            s.add(
-                Member(customer_id=cid, tier=("silver", "gold", "platinum")[i % 3], points=120 * i)
-            )
+            for k, (days_ago, amount) in enumerate(DEMO_SERVICES[i % 3]):
+                loyalty.close_service(s, vin=vin, amount=amount, advisor="demo",
+                                      at=now - dt.timedelta(days=days_ago), work="demo service",
+                                      odometer_km=6_000 + 9_000 * k)  # fmt: skip
             set_consent(s, cid, "location", i % 2 == 0, source="demo")
             issue_coupon(s, "SERVICE10", cid, now + dt.timedelta(days=30), vin=vin)

@@ -33,7 +33,7 @@ from core.topics import KAFKA_PREDICTIONS
 from crm import member_links as ml
 from crm.migrate import upgrade
 from crm.models import AuditRecord, Coupon, utcnow
-from crm.store import CrmStore, owner_at, record_visit, transfer_ownership
+from crm.store import CrmStore, owner_at, transfer_ownership
 from crm.tables import ServiceRecord
 from crm.transports import RecordingTransport
 from dashboards.app import DashboardConfig, create_app
@@ -229,7 +229,9 @@ def test_share_claim_redeem_and_points_move(browser: Browser, world: World) -> N
     code = coupon.get_attribute("data-code")
     coupon_id = coupon.get_attribute("data-coupon")
     assert code and coupon_id
-    expect(page.locator("#m-points")).to_have_text("0")
+    # the demo seed's two services (crm.loyalty.close_service): 340 points, 银卡; 金卡 at 1,000
+    expect(page.locator("#m-points")).to_have_text("340")
+    expect(page.locator("#m-next-tier")).to_have_text("再得 660 积分升级金卡")
     coupon.locator("form.m-share button").click()
     share = page.locator("#share-link")
     expect(share).to_have_value(re.compile(r"/m/claim\?t=s1\."))
@@ -278,12 +280,14 @@ def test_share_claim_redeem_and_points_move(browser: Browser, world: World) -> N
 
     friend.reload()
     expect(friend.locator(f"[data-group=used] article[data-coupon='{coupon_id}']")).to_have_count(1)
-    # points: the member's balance as crm.member_links.points_of reads it; a visit recorded
-    # through the CRM (what the points rules will do for redemptions and referrals) shows at once
-    with world.store.tx() as s:
-        record_visit(s, world.member, spend=680.0, points=68)
+    # points by crm/loyalty.yaml: the friend earns 20 for redeeming, the sharer 200 (referral:
+    # the friend's first visit redeemed a coupon they shared)
+    expect(friend.locator("#m-points")).to_have_text("20")
+    expect(friend.locator("#m-tier")).to_have_text("普卡")
+    expect(friend.locator("#m-next-tier")).to_have_text("再得 280 积分升级银卡")
     page.goto(world.url + "/m")
-    expect(page.locator("#m-points")).to_have_text("68")
+    expect(page.locator("#m-points")).to_have_text("540")
+    expect(page.locator("#m-next-tier")).to_have_text("再得 460 积分升级金卡")
     expect(page.locator(f"[data-group=shared] article[data-coupon='{coupon_id}']")).to_contain_text(
         "好友已使用"
     )
@@ -292,7 +296,33 @@ def test_share_claim_redeem_and_points_move(browser: Browser, world: World) -> N
         actions = [r.action for r in rows]
     assert actions[-3:] == ["coupon.claim", "coupon.redeem", "coupon.redeem.counter"]
 
+    # the member's car comes in: the advisor closes the visit with its amount at the counter;
+    # 4,600 CNY earn 460 points (1 per 10 CNY): 1,000 in the year, 金卡
+    advisor.fill("#service-vehicle", "沪A1001")
+    advisor.fill("#service-amount", "4,600.00")
+    advisor.fill("#service-odometer", "21000")
+    advisor.fill("#service-work", "保养 oil and filter")
+    advisor.click("#service-form button")
+    expect(advisor.locator("#service-result")).to_contain_text(
+        "460 points (+460 now); balance 1000"
+    )
+    expect(advisor.locator("#service-result")).to_contain_text("Gold · 金卡 (was Silver · 银卡)")
+    shot(advisor, world, "counter-service.png")
+    advisor.fill("#service-vehicle", VIN)
+    advisor.fill("#service-amount", "-100")
+    advisor.click("#service-form button")
+    expect(advisor.locator("#service-error")).to_contain_text("must be")
+    page.reload()
+    expect(page.locator("#m-points")).to_have_text("1000")
+    expect(page.locator("#m-tier")).to_have_text("金卡")
+    expect(page.locator("#m-next-tier")).to_have_text("再得 2000 积分升级白金卡")
+    shot(page, world, "member-points.png")
+    page.goto(world.url + "/m?lang=en")
+    expect(page.locator("#m-next-tier")).to_have_text("2000 points to Platinum")
+    page.goto(world.url + "/m?lang=zh-CN")
+
 
 def test_screenshots_were_saved(world: World) -> None:
     names = {p.name for p in world.shots.glob("*.png")}
-    assert {"member-zh.png", "member-en.png", "member-claim.png", "counter.png"} <= names
+    assert {"member-zh.png", "member-en.png", "member-claim.png", "counter.png",
+            "counter-service.png", "member-points.png"} <= names  # fmt: skip

@@ -10,6 +10,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
+from crm import loyalty
 from crm import member_links as ml
 from crm import store as st
 from crm.models import AuditRecord, Consent, Coupon, CouponShare, CustomerIdentity, utcnow
@@ -220,4 +221,40 @@ def test_member_view_shows_only_the_current_ownership(dealer: Dealer) -> None:
     assert before.vehicles == []
     assert [c["id"] for c in view.coupons["valid"]] == [mine]
     assert theirs not in str(view.coupons) and mine not in str(before.coupons)
-    assert view.points is not None and view.tier == "普卡"
+    # the tier as its id (crm/loyalty.yaml), named in the page's language by crm.loyalty.tier_name
+    assert view.points is not None and view.tier == "standard"
+    assert (
+        loyalty.tier_name(view.tier) == "普卡" and loyalty.tier_name(view.tier, "en") == "Standard"
+    )
+
+
+def test_member_view_points_and_next_tier_come_from_the_ledger(dealer: Dealer) -> None:
+    """Points are the ledger's balance (crm.loyalty), the next tier what the window still lacks;
+    a service closed with an amount moves both, and at the top there is no next tier."""
+    cfg = loyalty.config()
+    silver, gold, top = (cfg.level(t) for t in ("silver", "gold", "platinum"))
+    assert silver and gold and top
+    with dealer.store.tx() as s:
+        before = ml.member_view(s, dealer.member)
+        have = loyalty.window_points(s, dealer.member, utcnow())
+    assert before.points is not None and before.next_tier is not None
+    level = cfg.level(before.tier)
+    assert (
+        level is not None
+        and before.next_tier["tier"] == cfg.tiers.levels[cfg.rank(level.id) + 1].id
+    )
+    assert before.next_tier["points"] == max(
+        cfg.level(before.next_tier["tier"]).min_points - have,
+        0,  # type: ignore[union-attr]
+    )
+    amount = (gold.min_points - have) * cfg.points.service_cny_per_point  # exactly to 金卡
+    with dealer.store.tx() as s:
+        done = loyalty.close_service(s, vin=VIN, amount=amount, advisor="li", odometer_km=30_000)
+        after = ml.member_view(s, dealer.member)
+        assert after.points == loyalty.balance(s, dealer.member) == before.points + done.written
+    assert done.written == gold.min_points - have > 0
+    assert after.tier == "gold" and after.next_tier == {"tier": "platinum",
+                                                        "points": top.min_points - gold.min_points}  # fmt: skip
+    with dealer.store.tx() as s:
+        loyalty.close_service(s, vin=VIN, amount=top.min_points * 10, advisor="li")
+        assert ml.member_view(s, dealer.member).next_tier is None

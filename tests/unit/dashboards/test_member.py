@@ -219,6 +219,11 @@ def test_share_claim_sign_in_redeem_at_the_counter(world: dict[str, Any]) -> Non
     c.cookies.clear()
     friend_after = sign_in(c, msg.url.removeprefix("https://testserver"))
     assert coupons(friend_after, "used") == [coupon] and coupons(friend_after, "valid") == []
+    # crm/loyalty.yaml: the redeemer earns 20, the sharer 200 (the friend's first visit)
+    assert 'id="m-points">20<' in friend_after and ">普卡<" in friend_after
+    c.cookies.clear()
+    sharer_after = sign_in(c, link(world, VIN_A))
+    assert 'id="m-points">540<' in sharer_after and "再得 460 积分升级金卡" in sharer_after
 
 
 def test_the_counter_needs_the_advisors_permission_and_dealer(world: dict[str, Any]) -> None:
@@ -254,7 +259,55 @@ def test_the_demo_prints_a_working_member_link(world: dict[str, Any]) -> None:
     assert "车主0" in html and ">普卡<" in html and len(coupons(html, "valid")) == 1
     again = demo_link(store, CarpulseSettings(), vin, "http://127.0.0.1:8000")
     c.cookies.clear()
-    assert len(coupons(sign_in(c, again.removeprefix("http://127.0.0.1:8000")), "valid")) == 1
+    html = sign_in(c, again.removeprefix("http://127.0.0.1:8000"))
+    assert len(coupons(html, "valid")) == 1
+
+
+def test_the_readme_walk_through_with_the_demo_numbers(world: dict[str, Any]) -> None:
+    """README "Member page", steps 1-5 on ``make demo``'s first car: 80 points (普卡) -> share ->
+    the friend claims -> redeemed at the counter: friend 20, sharer 280 -> the advisor closes a
+    1,280 CNY service: 408 points, 银卡."""
+    from core.config import CarpulseSettings
+    from crm.demo import seed_demo
+    from dashboards.member import demo_link
+
+    c, store, rec = world["c"], world["store"], world["rec"]
+    (vin,) = seed_demo(store, 1, vins=["CPDEM000000000078"], devices=["demo-y"],
+                       dealer_id="dealer-a")  # fmt: skip
+    url = demo_link(store, CarpulseSettings(), vin, "https://testserver")
+    html = sign_in(c, url.removeprefix("https://testserver"))
+    assert 'id="m-points">80<' in html and ">普卡<" in html and "再得 220 积分升级银卡" in html
+    coupon = coupons(html, "valid")[0]
+    share = c.post(f"/m/coupons/{coupon}/share", data={"csrf_token": csrf(html)})
+    claim_url = re.search(r'id="share-link"[^>]*value="https://testserver([^"]+)"', share.text)
+    assert claim_url
+    c.cookies.clear()
+    form = c.get(claim_url.group(1)).text
+    token = re.search(r'name="t" value="([^"]+)"', form)
+    assert token
+    done = c.post("/m/claim", data={"t": token.group(1), "phone": "+86 139 7777 0001",
+                                    "terms": "on", "csrf_token": csrf(form)})  # fmt: skip
+    assert done.status_code == 200
+    c.cookies.clear()
+    staff = login(c, "advisor")
+    r = c.post("/inbox/counter", data={"code": ml.short_code(coupon), "csrf_token": staff})
+    assert r.status_code == 200
+    c.cookies.clear()
+    friend = sign_in(c, rec.sent[-1].url.removeprefix("https://testserver"))
+    assert 'id="m-points">20<' in friend
+    c.cookies.clear()
+    sharer = sign_in(c, url.removeprefix("https://testserver"))
+    assert 'id="m-points">280<' in sharer and "再得 20 积分升级银卡" in sharer
+    c.cookies.clear()
+    staff = login(c, "advisor")
+    closed = c.post("/inbox/counter/service", data={"vehicle": "沪D00000", "amount": "1,280.00",
+                                                    "work": "保养", "csrf_token": staff})  # fmt: skip
+    assert closed.status_code == 200 and "128 points (+128 now); balance 408" in closed.text
+    c.cookies.clear()
+    sharer = sign_in(c, url.removeprefix("https://testserver"))
+    assert (
+        'id="m-points">408<' in sharer and ">银卡<" in sharer and "再得 592 积分升级金卡" in sharer
+    )
 
 
 def test_member_settings_build_the_key_and_transport(tmp_path: Path) -> None:
