@@ -550,7 +550,8 @@ def _print_commands_car(stack: Stack, vin: str | None) -> None:
         return
     console.print(
         f"  remote actions: demo-ids locks/unlocks (virtual doors) and navigates (head-unit "
-        f"simulator), ack in the console: http://{stack.s.host}:8000/console/vehicles/{vin}"
+        f"simulator), ack in the console: http://{stack.s.host}:8000/console/vehicles/{vin}",
+        soft_wrap=True,  # one line, the URL whole
     )
 
 
