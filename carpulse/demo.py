@@ -18,6 +18,8 @@ traction pack (cells 0.25 V apart, state of health 76.5 %): the stream's battery
 and the advisor's inbox shows its maintenance card with the battery part (``EV CARD`` below).
 With the shared CAN logs, ``demo-ids`` is the real edge agent replaying a gt350 log with a CAN DoS
 injected (``carpulse.demo_ids``): its intrusion detector's event becomes a card in the desk's security queue.
+It is the one car that acts on the console's lock, unlock and navigate (a virtual door actuator, a
+head-unit simulator): its ack says what it did; the other demo cars' commands stay pending.
 Ctrl-C stops the fleet, the pipeline, the CRM worker and the stack.
 """
 
@@ -405,6 +407,8 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                logs / "crm.log"),
     ]  # fmt: skip
     console.print(f"  ingest bridge, Faust worker and CRM worker started, logs in {logs}")
+    if with_ids:  # the dashboard signs the console's commands with the key demo-ids trusts
+        demo_ids.command_key(s)
     procs.append(
         _spawn(["dashboard", "--demo-users", "--insecure-cookies"], env, logs / "dashboard.log")
     )
@@ -451,6 +455,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         ev.pub.connect()
         fleet.append(ev)
         _print_where_to_look(stack)
+        _print_commands_car(stack, vin_of.get(demo_ids.DEVICE) if with_ids else None)
         _print_member_link(stack, store, s, vin_of["demo-car-1"])
         started = time.monotonic()
         sim_t = 0.0
@@ -534,6 +539,20 @@ def _print_member_link(stack: Stack, store: Any, s: CarpulseSettings, vin: str) 
     console.print("  member page (会员页) of the first car's owner, on a phone-sized window:")
     console.print(f"    {url}", soft_wrap=True, markup=False, highlight=False)  # one line, to copy
     console.print(f"  friends' sign-in links: {stack.root / 'member-messages.jsonl'}\n")
+
+
+def _print_commands_car(stack: Stack, vin: str | None) -> None:
+    """Which car acts on the console's remote actions (lock, unlock, navigate)."""
+    if vin is None:
+        console.print(
+            "  remote actions: no car takes commands here (demo-ids needs the shared CAN logs)"
+        )
+        return
+    console.print(
+        f"  remote actions: demo-ids locks/unlocks (virtual doors) and navigates (head-unit "
+        f"simulator), ack in the console: http://{stack.s.host}:8000/console/vehicles/{vin}",
+        soft_wrap=True,  # one line, the URL whole
+    )
 
 
 def _print_where_to_look(stack: Stack) -> None:

@@ -1,9 +1,9 @@
 """End to end on the real Mosquitto: the console's command channel -> MQTT -> the edge agent ->
 a CAN frame on a virtual bus, the head-unit simulator -> ack back; and the agent's own DTC poll of
 the ELM327 emulator -> a ``dtc`` event on MQTT -> the stream's and the CRM's functions -> the
-advisor's and the expert's inbox cards. (Faust workers take ~35 s to join a group, too slow for
-this test's budget: the Kafka leg of ``dtc`` events is covered by tests/integration/test_crm_stream.py
-with events of this shape.)"""
+advisor's and the expert's inbox cards. (The same car through the bridge, Kafka and the stream and
+CRM workers: tests/integration/test_dtc_e2e.py.) And the demo's car that takes commands
+(``carpulse.demo_ids``) over the same channel."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select
 
+from carpulse import demo_ids
 from carpulse.stack import Stack
 from core.signing import generate_keypair, load_private_key
 from core.topics import KAFKA_VEHICLE_STATE, device_topic
@@ -39,6 +40,7 @@ from edge.wiring import attach_all
 from firmware_bridge.obd.emulator import ElmEmulator
 from stream.alerts import handle_event
 from stream.registry import DeviceRegistry
+from tests.conftest import require_data
 from tests.contract.test_actuators import write_dbc
 
 pytestmark = pytest.mark.integration
@@ -190,3 +192,44 @@ socket = "{tmp_path / "hu.sock"}"
     # overheating (high) in the expert queue, the catalyst (medium) with the advisor; one card
     # per code, whoever filed it (the rules engine and the dashboard's state feed both did)
     assert sorted(cards) == [("dtc", "advisor", "P0420"), ("dtc", "expert", "P0217")]
+
+
+def test_the_demo_car_acts_on_the_console(local_stack: Stack, tmp_path: Path) -> None:
+    """``carpulse demo``'s ``demo-ids`` (``carpulse.demo_ids``, with the stack's TLS identity and
+    its command key) over the real Mosquitto: unlock and navigate from the console's channel ->
+    acks that say what the car did."""
+    require_data("canlogs/gt350")
+    if not demo_ids.available():
+        pytest.skip("the demo's gt350 logs are not all here")
+    s = local_stack.settings  # type: ignore[attr-defined]
+    s = s.model_copy(update={"edge": s.edge.model_copy(update={"state_dir": tmp_path / "state"})})
+    agent, head_unit = demo_ids.build(s, tmp_path)
+    console = CommandChannel(
+        s.mqtt.model_copy(update={"username": "carpulse-console"}),
+        load_private_key(
+            local_stack.root / "pki" / "cmd-sign.key"
+        ),  # what the demo's dashboard signs with
+        local_stack.secret_file("carpulse-console").read_text().strip(),
+    )
+    console.start()
+    runner = threading.Thread(target=agent.run, kwargs={"seconds": 30}, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not agent.pub.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.pub.connected, "demo-ids did not connect"
+        time.sleep(0.5)  # its SUBSCRIBE to cmd/+ goes out right after the CONNACK
+        unlock = console.wait_ack(console.send(demo_ids.DEVICE, "unlock", {}), 10)
+        assert unlock is not None, "no ack for unlock"
+        assert (unlock.status, unlock.detail) == ("accepted", "done: unlock by doors (virtual)")
+        assert agent.actuators[0].state == "unlocked"
+        nav = console.send(demo_ids.DEVICE, "navigate", {"address": "Dealer, 88 Huaihai Rd"})
+        ack = console.wait_ack(nav, 10)
+        assert ack is not None and ack.detail == "done: head unit route_started"
+        assert [d["address"] for d in head_unit.received] == ["Dealer, 88 Huaihai Rd"]
+    finally:
+        agent.stop()
+        runner.join(15)
+        console.stop()
+    assert not runner.is_alive() and not head_unit.path.exists()  # closed with the agent
