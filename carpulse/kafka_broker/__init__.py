@@ -407,8 +407,7 @@ def format_storage(
         256,
         "kafka.tools.StorageTool",
         "format",
-        "-t",
-        cluster_id,
+        f"--cluster-id={cluster_id}",  # one token: an id made elsewhere may start with "-"
         "-c",
         str(node.properties),
         *scram,
@@ -427,13 +426,22 @@ def run_admin(coro: Any) -> Any:
 
 
 # ----- what the local stack does with them ------------------------------------------------------
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka makes them (URL-safe base64 of 16 bytes) that does not start
+    with "-": the storage tool's argument parser takes "-t -x..." for a missing value (one stack
+    start in 64 failed with "argument --cluster-id/-t: expected one argument")."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
 def write_configs(d: Path, pki: Any, cluster: list[KafkaNode], admin_password: str) -> None:
     """server.properties per node, the PEM keystore and the cluster id (kept once made)."""
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     id_file = d / "cluster.id"
     if not id_file.exists():
-        id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        id_file.write_text(new_cluster_id())
     keystore = d / "keystore.pem"
     keystore.write_text(
         pki.server_key.read_text() + pki.server_cert.read_text() + pki.ca_cert.read_text()

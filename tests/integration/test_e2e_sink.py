@@ -137,7 +137,8 @@ def test_bench_e2e_reports_the_figures() -> None:
     assert out["steps"][0]["achieved"] > 2_000
     step = out["steps"][0]
     per = step["cpu_us_per_sample"]
-    assert per["bridge"] > 0 and per["worker"] > 0 and per["influxdb"] > 0
+    # /proc counts CPU in 10 ms ticks: at this tiny step the bridge may show none
+    assert per["bridge"] >= 0 and per["worker"] > 0 and per["influxdb"] > 0
     assert step["own_cpu_ratio"] == pytest.approx(
         (per["bridge"] + per["worker"]) / per["influxdb"], abs=2e-3
     )

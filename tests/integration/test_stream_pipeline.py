@@ -114,7 +114,14 @@ def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -
     ]
     records = [(KAFKA_TELEMETRY, x.device_id.encode(), encode_telemetry(x)) for x in a + b]
     records += [(KAFKA_TELEMETRY, b"pipe-a", encode_telemetry(x)) for x in resend]
-    records += [(KAFKA_TELEMETRY, b"pipe-a", v) for v in bad]
+    # keyed as the bridge keys them, by the device the MQTT topic names (a body naming another
+    # device than its key is refused as device_mismatch: tests/security/test_hostile_inputs.py)
+    bad_keys = [b"pipe-a", b"ghost-car", b"pipe-a", b"pipe-b"]
+    records += [(KAFKA_TELEMETRY, k, v) for k, v in zip(bad_keys, bad, strict=True)]
+    # pipe-b's batch under pipe-a's key: what the bridge would never forward
+    records.append(
+        (KAFKA_TELEMETRY, b"pipe-a", encode_telemetry(drive("pipe-b", "boot9", 0, 1, t0, 0.0)[0]))
+    )
     worker = spawn_worker(local_stack, tmp_path / "worker.log", env)
     try:
         produce(local_stack, records)
@@ -160,7 +167,8 @@ def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -
     )
     # the dead-letter topic is shared by the session's tests: keep the records of this one
     reasons = sorted(dict(r.headers)["reason"].decode() for r in dead if r.timestamp >= started_ms)
-    for reason in ("unknown_format", "unknown_device", "non_finite", "clock_ahead", "oversized"):
+    for reason in ("unknown_format", "unknown_device", "non_finite", "clock_ahead", "oversized",
+                   "device_mismatch"):  # fmt: skip
         assert reason in reasons, (reason, reasons)
     # This worker reads the shared telemetry topic from the start, so earlier tests' devices are
     # unknown to its registry too: count only this test's ghost car (telemetry + crash event).

@@ -93,3 +93,14 @@ def test_jar_cache_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     said: list[str] = []
     assert kb.fetch(progress=said.append) == libs  # no Maven run
     assert "cached" in said[0]
+
+
+def test_cluster_ids_never_start_with_a_dash() -> None:
+    """A leading "-" made the storage tool read "-t -x..." as a missing value (1 start in 64)."""
+    import re
+
+    from carpulse.kafka_broker import new_cluster_id
+
+    ids = {new_cluster_id() for _ in range(3000)}
+    assert len(ids) == 3000
+    assert all(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", i) for i in ids)
