@@ -435,6 +435,7 @@ def new_cluster_id() -> str:
         if not cid.startswith("-"):
             return cid
 
+
 def write_configs(d: Path, pki: Any, cluster: list[KafkaNode], admin_password: str) -> None:
     """server.properties per node, the PEM keystore and the cluster id (kept once made)."""
     d.mkdir(parents=True, exist_ok=True)
