@@ -21,14 +21,16 @@ from sqlalchemy import select
 
 from core.config import MqttSettings
 from core.errors import ConfigError
+from crm import loyalty
 from crm.migrate import SchemaError, check_schema, migrate
 from crm.models import AuditRecord
 from crm.privacy import READ_PURPOSES
 from crm.store import CrmStore, audit
-from dashboards import auth
+from dashboards import auth, staff_text
 from dashboards.auth import COOKIE, PRELOGIN_COOKIE, PRELOGIN_S, SessionStore, WebSession, csrf_ok
 from dashboards.live import KafkaFeed, StateHub
 from dashboards.maintenance import Horizon
+from dashboards.member import lang_of
 from dashboards.metrics import install as install_metrics
 from dashboards.throttle import LoginThrottle, address_subject
 
@@ -87,6 +89,7 @@ class NeedLogin(Exception):
 def _templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape is on for .html
     t.env.globals["reason_codes"] = REASON_CODES
+    t.env.globals["staff_keys"] = staff_text.TEXT  # to ask whether a data value has words
     return t
 
 
@@ -146,9 +149,23 @@ def set_cookie(resp: Response, ws: WebSession, secure: bool) -> None:
     )
 
 
+def staff_lang(request: Request) -> str:
+    """The staff pages' language: ``?lang=``, else the cookie's, else English."""
+    return lang_of(request, staff_text.COOKIE, staff_text.DEFAULT, staff_text.LANGS)
+
+
 def render(request: Request, name: str, ws: WebSession | None, **ctx: Any) -> HTMLResponse:
-    ctx.update(request=request, ws=ws, csrf=ws.csrf if ws else "")
-    return templates.TemplateResponse(request, name, ctx)
+    lang = staff_lang(request)
+    switch = request.url.include_query_params(lang="en" if lang == "zh-CN" else "zh-CN")
+    ctx.update(request=request, ws=ws, csrf=ws.csrf if ws else "", lang=lang,
+               t=lambda key, **kw: staff_text.t(lang, key, **kw),
+               tier_name=lambda tier: loyalty.tier_name(tier, lang),
+               lang_switch=f"{switch.path}?{switch.query}")  # fmt: skip
+    resp = templates.TemplateResponse(request, name, ctx)
+    if request.query_params.get("lang") in staff_text.LANGS:  # remembered for every staff page
+        resp.set_cookie(staff_text.COOKIE, lang, httponly=True, samesite="lax", path="/",
+                        secure=request.app.state.cfg.secure_cookies, max_age=365 * 86400)  # fmt: skip
+    return resp
 
 
 def _login_refused(
@@ -295,7 +312,7 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
         if wait:  # no password check at all: a guessing flood costs no argon2
             metrics.logins.labels("throttled").inc()
             log.warning("login throttled: %r from %s for %d s", username[:64], host, wait)
-            return _login_refused(request, old, 429, wait, "Too many failed logins; try later.")
+            return _login_refused(request, old, 429, wait, "err_throttled")
         try:
             with store.tx() as s:
                 user = auth.authenticate(s, username, password)
@@ -311,11 +328,11 @@ def create_app(cfg: DashboardConfig) -> FastAPI:
                     s.expunge(user)
         except auth.LoginBusy:
             metrics.logins.labels("busy").inc()
-            return _login_refused(request, old, 503, 1, "The server is busy; try again.")
+            return _login_refused(request, old, 503, 1, "err_busy_login")
         metrics.logins.labels("failed" if user is None else "success").inc()
         if user is None:
             form_ws = old or get_prelogin(request)
-            page = render(request, "login.html", form_ws, error="Wrong user name or password.")
+            page = render(request, "login.html", form_ws, error="err_wrong")
             page.status_code = 401
             return page
         ws = request.app.state.sessions.login(old, user)

@@ -26,7 +26,8 @@ from crm import loyalty
 from crm import member_links as ml
 from crm.models import PlateAssignment, Vehicle
 from crm.store import CrmError, audit
-from dashboards.app import csrf, render, require
+from dashboards import staff_text
+from dashboards.app import csrf, render, require, staff_lang
 from dashboards.auth import WebSession
 
 router = APIRouter(tags=["inbox"])
@@ -56,10 +57,21 @@ def counter_redeem(
     try:
         result = ml.redeem_code(request.app.state.crm, code, ws.username or "", ws.dealer_id or "")
     except ml.CounterError as err:
-        return _page(request, ws, STATUS.get(err.reason, 409), error=str(err), code=code)
+        return _page(request, ws, STATUS.get(err.reason, 409), error=_why(request, err), code=code)
     except OperationalError:
-        return _page(request, ws, 503, error="busy; scan again", code=code)
+        return _page(request, ws, 503, error=_t(request, "busy_scan"), code=code)
     return _page(request, ws, result=result)
+
+
+def _t(request: Request, key: str) -> str:
+    return staff_text.t(staff_lang(request), key)
+
+
+def _why(request: Request, err: ml.CounterError) -> str:
+    """The CRM's reason in English (it names the code and dates); in Chinese by its kind."""
+    key = f"counter_{err.reason}"
+    lang = staff_lang(request)
+    return staff_text.t(lang, key) if lang != "en" and key in staff_text.TEXT else str(err)
 
 
 _VIN = re.compile(r"[A-Z0-9]{17}")  # the demos' VINs hold I and O, which real ones never do
@@ -118,7 +130,7 @@ def counter_close_service(
                   dealer_id=dealer, reason=str(err)[:200])  # fmt: skip
         return _page(request, ws, 400, close_error=str(err), typed=typed)
     except OperationalError:
-        return _page(request, ws, 503, close_error="busy; try again", typed=typed)
+        return _page(request, ws, 503, close_error=_t(request, "busy_retry"), typed=typed)
     lang_tier = {lang: loyalty.tier_name(done.tier, lang) for lang in ("en", "zh-CN")}
     moved = done.tier_change and {
         lang: loyalty.tier_name(done.tier_change[0], lang) for lang in ("en", "zh-CN")

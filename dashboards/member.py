@@ -72,9 +72,16 @@ def _mac(key: bytes, msg: str) -> str:
     return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
 
 
-def lang_of(request: Request) -> str:
-    asked = request.query_params.get("lang") or request.cookies.get(LANG_COOKIE)
-    return asked if asked in LANGS else "zh-CN"
+def lang_of(
+    request: Request,
+    cookie: str = LANG_COOKIE,
+    default: str = "zh-CN",
+    langs: tuple[str, ...] = LANGS,
+) -> str:
+    """``?lang=`` if it names one of ``langs``, else the cookie's, else ``default`` (the member
+    page's: Chinese; the staff pages pass theirs, see ``dashboards.staff_text``)."""
+    asked = request.query_params.get("lang") or request.cookies.get(cookie)
+    return asked if asked is not None and asked in langs else default
 
 
 def _page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:

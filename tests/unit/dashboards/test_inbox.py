@@ -53,7 +53,8 @@ def test_gate_arrival_shows_in_the_advisor_inbox_with_the_customer_card(
     assert len(arrivals) == 1
     card = arrivals[0]
     assert VIN_A in card and "DEMO001" in card and "gate-east" in card
-    assert "Demo customer 1" in card and "tier silver" in card and "+86138" in card
+    assert "Demo customer 1" in card and "tier Silver" in card and "+86138" in card
+    assert 'data-tier="silver"' in card  # the id stays in the markup, the name is shown
     item_id = int(re.search(r'id="item-(\d+)"', card).group(1))  # type: ignore[union-attr]
     r = client.post(f"/inbox/{item_id}/acknowledge", data={"csrf_token": token},
                     follow_redirects=False)  # fmt: skip
