@@ -4,6 +4,9 @@
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
   const $ = (sel) => document.querySelector(sel);
   const fmtTime = (us) => (us ? new Date(Number(us) / 1000).toLocaleString() : "—");
+  // the page's words in the staff language (<html lang>, dashboards/staff_text.py); English else
+  const ZH = document.documentElement.lang === "zh-CN";
+  const W = (en, zh) => (ZH ? zh : en);
   const num = (v, digits, unit) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits) + unit);
 
   function beep() {
@@ -40,10 +43,10 @@
         li.append(b, " " + d.text);
         ul.append(li);
       });
-      if (!ul.children.length) { const li = document.createElement("li"); li.className = "muted"; li.textContent = "none"; ul.append(li); }
+      if (!ul.children.length) { const li = document.createElement("li"); li.className = "muted"; li.textContent = W("none", "无"); ul.append(li); }
     }
     const loc = document.getElementById("v-location");
-    if (loc) loc.textContent = s.location ? Number(s.location.lat).toFixed(5) + ", " + Number(s.location.lon).toFixed(5) : "hidden";
+    if (loc) loc.textContent = s.location ? Number(s.location.lat).toFixed(5) + ", " + Number(s.location.lon).toFixed(5) : W("hidden", "已隐藏");
   }
 
   function showAlert(a) {
@@ -59,7 +62,7 @@
     const link = document.createElement("a");
     link.href = "/console/vehicles/" + encodeURIComponent(a.vin);
     link.textContent = a.vin;
-    div.append(a.kind === "silent" ? "SILENT CAR · " : "CRASH · ", link, " · " + fmtTime(a.ts_us));
+    div.append(a.kind === "silent" ? W("SILENT CAR", "车辆失联") + " · " : W("CRASH", "碰撞") + " · ", link, " · " + fmtTime(a.ts_us));
     box.prepend(div);
     beep();
   }
@@ -83,13 +86,13 @@
       const r = await fetch("/console/commands/" + id, { headers: { Accept: "application/json" } });
       const j = await r.json();
       if (j.status !== "pending") {
-        out.textContent = "Car answered: " + j.status + " (" + j.reason + ")";
+        out.textContent = W("Car answered: ", "车辆回复：") + j.status + " (" + j.reason + ")";
         out.dataset.status = j.status;
         return;
       }
       await new Promise((res) => setTimeout(res, 500));
     }
-    out.textContent = "No answer from the car yet (it may be offline).";
+    out.textContent = W("No answer from the car yet (it may be offline).", "车辆尚未回复（可能离线）。");
   }
 
   document.addEventListener("submit", async (e) => {
@@ -103,14 +106,15 @@
     const r = await fetch(form.action, { method: "POST", body, headers: { "X-CSRF-Token": csrf(), Accept: "application/json" } });
     let j = {};
     try { j = await r.json(); } catch (err) { /* not JSON */ }
-    if (!r.ok) { out.textContent = "Refused: " + (j.detail && j.detail.toString ? j.detail.toString() : r.status); out.dataset.status = "error"; return; }
+    if (!r.ok) { out.textContent = W("Refused: ", "已拒绝：") + (j.detail && j.detail.toString ? j.detail.toString() : r.status); out.dataset.status = "error"; return; }
     if (form.id === "reveal-form") {
-      setText("v-location", j.location ? Number(j.location.lat).toFixed(5) + ", " + Number(j.location.lon).toFixed(5) : "no position known");
-      out.textContent = "Location revealed for " + Math.round(j.seconds / 60) + " min (audited).";
+      setText("v-location", j.location ? Number(j.location.lat).toFixed(5) + ", " + Number(j.location.lon).toFixed(5) : W("no position known", "无位置信息"));
+      out.textContent = W("Location revealed for " + Math.round(j.seconds / 60) + " min (audited).",
+                        "位置显示 " + Math.round(j.seconds / 60) + " 分钟（已记录审计）。");
       out.dataset.status = "ok";
       return;
     }
-    out.textContent = "Sent, command " + j.id + "; waiting for the car…";
+    out.textContent = W("Sent, command " + j.id + "; waiting for the car…", "已发送指令 " + j.id + "，等待车辆回复…");
     out.dataset.command = j.id;
     if (form.dataset.ack) pollAck(j.id, out);
   });

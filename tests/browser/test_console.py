@@ -307,6 +307,18 @@ def test_advisor_inbox_shows_the_gate_arrival_one_card_per_dtc_and_cannot_reveal
     expect(catalyst).to_have_count(1)
     expect(catalyst).not_to_contain_text("expert queue")
     _shot(page, world, "inbox.png", docs=True)
+    # the same inbox in Chinese through the header's switch, rendered with a CJK font
+    page.click("#lang-switch")
+    expect(page.locator("h1")).to_have_text("服务收件箱")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(arrival.locator("form[action$=acknowledge] button")).to_have_text("确认")
+    expect(misfire).to_contain_text("已转专家队列")
+    assert page.evaluate("() => document.fonts.check('16px \"Noto Sans CJK SC\"', '服务收件箱')")
+    _shot(page, world, "inbox-zh.png", docs=True)
+    page.goto(f"{world.url}/inbox")
+    expect(page.locator("h1")).to_have_text("服务收件箱")
+    page.click("#lang-switch")
+    expect(page.locator("h1")).to_have_text("Service inbox")
     page.goto(f"{world.url}/console/vehicles/{VIN}")
     expect(page.locator("#v-speed")).to_be_visible()
     assert page.locator("#reveal-form").count() == 0
@@ -373,4 +385,4 @@ def test_the_start_page_is_the_desk_with_the_fleet_live_and_filterable(
 
 def test_screenshots_were_saved(world: World) -> None:
     names = {p.name for p in world.shots.glob("*.png")}
-    assert {"01-login.png", "console.png", "inbox.png"} <= names
+    assert {"01-login.png", "console.png", "inbox.png", "inbox-zh.png"} <= names
