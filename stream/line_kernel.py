@@ -84,18 +84,19 @@ def _render(
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of a value's bit pattern
 
 
-@njit(cache=config.CACHE, nogil=True)
-def _slot(key: np.int64, shift: np.uint64) -> np.int64:  # pragma: no cover - compiled
-    return np.int64((np.uint64(key) * GOLDEN) >> shift)
+def _slots(keys: np.ndarray, shift: np.uint64) -> np.ndarray:
+    """Each key's home slot: an array product, which wraps modulo 2**64 silently (a scalar one
+    warns of overflow, also when the kernels below run as Python with NUMBA_DISABLE_JIT=1)."""
+    return ((keys.view(np.uint64) * GOLDEN) >> shift).astype(np.int64)
 
 
 @njit(cache=config.CACHE, nogil=True)
 def _hash_build(
-    keys: np.ndarray, slot_keys: np.ndarray, slot_vals: np.ndarray, shift: np.uint64
+    keys: np.ndarray, home: np.ndarray, slot_keys: np.ndarray, slot_vals: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     mask = len(slot_keys) - 1
     for i in range(len(keys)):
-        j = _slot(keys[i], shift)
+        j = home[i]
         while slot_vals[j] != -1:
             j = (j + 1) & mask
         slot_keys[j] = keys[i]
@@ -106,15 +107,15 @@ def _hash_build(
 def _hash_find(
     slot_keys: np.ndarray,
     slot_vals: np.ndarray,
-    shift: np.uint64,
     bits: np.ndarray,
+    home: np.ndarray,
     out: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     mask = len(slot_keys) - 1
     misses = 0
     for i in range(len(bits)):
         k = bits[i]
-        j = _slot(k, shift)
+        j = home[i]
         while True:
             v = slot_vals[j]
             if v == -1:
@@ -136,16 +137,14 @@ class HashIndex:
         self.shift = np.uint64(64 - (size.bit_length() - 1))
         self.slot_keys = np.zeros(size, np.int64)
         self.slot_vals = np.full(size, -1, np.int64)
-        _hash_build(
-            np.ascontiguousarray(keys, np.int64), self.slot_keys, self.slot_vals, self.shift
-        )
+        keys = np.ascontiguousarray(keys, np.int64)
+        _hash_build(keys, _slots(keys, self.shift), self.slot_keys, self.slot_vals)
 
     def find(self, bits: np.ndarray) -> tuple[np.ndarray, int]:
         """Each key's position, -1 where it is not in the index; and how many were not."""
+        bits = np.ascontiguousarray(bits, np.int64)
         out = np.empty(len(bits), np.int64)
-        misses = _hash_find(
-            self.slot_keys, self.slot_vals, self.shift, np.ascontiguousarray(bits, np.int64), out
-        )
+        misses = _hash_find(self.slot_keys, self.slot_vals, bits, _slots(bits, self.shift), out)
         return out, misses
 
 
