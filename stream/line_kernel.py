@@ -162,7 +162,7 @@ def text_table(items: list[bytes] | list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def render_lines(
     head: bytes,
-    prefixes: list[bytes],
+    prefixes: tuple[np.ndarray, np.ndarray],
     table: tuple[np.ndarray, np.ndarray],
     new: tuple[np.ndarray, np.ndarray],
     sig: np.ndarray,
@@ -170,13 +170,13 @@ def render_lines(
     ts: np.ndarray,
     bounds: np.ndarray,
 ) -> list[str]:
-    """Lines ``head + prefix[sig]value[vix],... ts`` for rows ``bounds[i]:bounds[i + 1]`` (rows
+    """Lines ``head + prefixes[sig]value[vix],... ts`` for rows ``bounds[i]:bounds[i + 1]`` (rows
     already in time order; a line's timestamp is its first row's). A value text is item ``vix``
     of ``table``, or item ``-vix - 1`` of ``new`` when ``vix < 0`` (tables from ``text_table``;
     value texts are ASCII, ``head`` and ``prefixes`` UTF-8)."""
     if len(bounds) < 2:
         return []
-    pre_buf, pre_off = text_table(prefixes)
+    pre_buf, pre_off = prefixes
     sig = np.ascontiguousarray(sig, np.int64)
     vix = np.ascontiguousarray(vix, np.int64)
     n_lines = len(bounds) - 1

@@ -186,16 +186,19 @@ class ValueTexts:
 _TEXTS = ValueTexts()  # one event loop thread uses it
 
 
-_PREFIXES: dict[tuple[str, ...], list[bytes]] = {}  # names of a batch -> escaped ``name=`` bytes
+# names of a batch -> the table (``stream.line_kernel.text_table``) of their escaped ``name=``
+_PREFIXES: dict[tuple[str, ...], Table] = {}
 PREFIX_CACHE_MAX: Final = 1024
 
 
-def _prefixes(names: tuple[str, ...]) -> list[bytes]:
+def _prefixes(names: tuple[str, ...]) -> Table:
     got = _PREFIXES.get(names)
     if got is None:
+        from stream.line_kernel import text_table
+
         if len(_PREFIXES) >= PREFIX_CACHE_MAX:
             _PREFIXES.clear()
-        got = _PREFIXES[names] = [(escape_key(n) + "=").encode() for n in names]
+        got = _PREFIXES[names] = text_table([(escape_key(n) + "=").encode() for n in names])
     return got
 
 
