@@ -44,9 +44,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from carpulse.datasets import canlog_dir
 from carpulse.stack import Stack, port_in_use
 from core.config import CarpulseSettings, load_settings
+from core.datasets import canlog_dir
 from core.errors import StackError
 from core.topics import device_topic
 from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from carpulse.datasets import canlog_dir
+from core.datasets import canlog_dir
 
 DEVICE = "demo-ids"
 CAR = "gt350"

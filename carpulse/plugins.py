@@ -15,23 +15,23 @@ from core.errors import ConfigError
 
 BENCHMARKS: dict[str, str] = {
     "wire": "carpulse.bench:bench_wire",
-    "decode": "firmware_bridge.bench:bench_decode",
-    "obd": "firmware_bridge.obd.bench:bench_obd",
-    "kernels": "models.bench:bench_kernels",
-    "e2e": "carpulse.e2e_bench:bench_e2e",
-    "edge": "edge.bench:bench_edge",
-    "edge-queue": "edge.queue_bench:bench_edge_queue",
-    "edge-arm64": "edge.arm64_bench:bench_edge_arm64",
-    "edge-memory": "edge.memory_bench:bench_edge_memory",
-    "canread": "firmware_bridge.can_bench:bench_canread",
+    "decode": "carpulse.bench.decode:bench_decode",
+    "obd": "carpulse.bench.obd:bench_obd",
+    "kernels": "carpulse.bench.kernels:bench_kernels",
+    "e2e": "carpulse.bench.e2e:bench_e2e",
+    "edge": "carpulse.bench.edge:bench_edge",
+    "edge-queue": "carpulse.bench.edge_queue:bench_edge_queue",
+    "edge-arm64": "carpulse.bench.edge_arm64:bench_edge_arm64",
+    "edge-memory": "carpulse.bench.edge_memory:bench_edge_memory",
+    "canread": "carpulse.bench.canread:bench_canread",
 }
 
 EVALUATIONS: dict[str, str] = {
-    "nab": "models.evals.nab:main",
-    "cmapss": "models.evals.cmapss:main",
-    "can-ids": "models.evals.can_ids:main",
-    "plates": "models.evals.plates:main",
-    "faults": "carpulse.faults_eval:main",
+    "nab": "carpulse.evals.nab:main",
+    "cmapss": "carpulse.evals.cmapss:main",
+    "can-ids": "carpulse.evals.can_ids:main",
+    "plates": "carpulse.evals.plates:main",
+    "faults": "carpulse.evals.faults:main",
 }
 
 

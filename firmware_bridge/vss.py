@@ -32,7 +32,6 @@ import argparse
 import csv
 import logging
 import math
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from core.datasets import shared_data_dir
 from core.errors import ConfigError
 from core.wire import Samples
 
@@ -430,10 +430,7 @@ def regenerate_catalog(
 
 
 def _default_vss_csv() -> Path:
-    # same rule as carpulse.datasets.shared_data_dir (firmware_bridge must not import carpulse)
-    env = os.environ.get("CARPULSE_SHARED_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return base / "vss" / "vss.csv"
+    return shared_data_dir() / "vss" / "vss.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

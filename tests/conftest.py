@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from carpulse.datasets import shared_data_dir
+from core.datasets import shared_data_dir
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

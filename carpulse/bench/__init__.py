@@ -31,7 +31,7 @@ def bench_wire(argv: list[str]) -> dict[str, Any]:
 
 def wire_figures(data: Path | None, batch_samples: int, batch_seconds: float) -> dict[str, Any]:
     """The figures of ``bench wire`` (deterministic: sizes, not times)."""
-    from carpulse.datasets import canlog_dir, car_logs
+    from core.datasets import canlog_dir, car_logs
     from core.wire import TelemetryBatch, encode_telemetry, split_by_time
     from firmware_bridge.dbc import CantoolsDecoder, load_dbc
     from firmware_bridge.frames import read_candump

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from core.datasets import canlog_dir
 from core.errors import ConfigError
 from core.wire import Samples
 from firmware_bridge.can_logs import concat_frames, read_log, write_log
@@ -20,10 +20,7 @@ from firmware_bridge.vss import load_mapping, shipped_mappings
 
 
 def _default_logs() -> Path:
-    # same rule as carpulse.datasets.canlog_dir (firmware_bridge must not import carpulse)
-    env = os.environ.get("CARPULSE_SHARED_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return base / "canlogs"
+    return canlog_dir()
 
 
 def _median_rate(fn: Any, n_items: int, repeat: int) -> float:

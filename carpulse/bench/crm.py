@@ -1,4 +1,4 @@
-"""``python -m crm.bench --json``: rules evaluated per second (compiled conditions against the
+"""``python -m carpulse.bench.crm --json``: rules evaluated per second (compiled conditions against the
 ``eval`` of the same expressions, which the rules engine refuses to use), events per second
 through the engine on SQLite, full-log replay time, dry-run time. Medians of ``--repeat`` runs."""
 
@@ -93,7 +93,7 @@ def bench_engine(
 
 
 def bench_crm(argv: list[str]) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="crm.bench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="carpulse.bench.crm", description=__doc__)
     ap.add_argument("--vehicles", type=int, default=100)
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--evals", type=int, default=200_000)

@@ -1,4 +1,4 @@
-"""``python -m dashboards.bench [--json]``: per-request costs of the dashboard on a SQLite CRM.
+"""``python -m carpulse.bench.dashboards [--json]``: per-request costs of the dashboard on a SQLite CRM.
 
 Times a session lookup in the CRM database (``SessionStore.get``), the live-state endpoint
 (session + dealer check), the advisor inbox page with 100 maintenance cards of 60 evidence

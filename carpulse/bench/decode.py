@@ -51,7 +51,7 @@ def compile_seconds(cache_dir: Path | None = None) -> float:
     With ``cache_dir``, numba's on-disk cache (``CARPULSE_NUMBA_CACHE=1``) lives there: the first
     call fills it, a second one measures a restart that loads the kernels instead.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
     env.pop("CARPULSE_NUMBA_CACHE", None)
     if cache_dir is not None:
@@ -89,7 +89,7 @@ def decode_figures(data: Path | None, repeat: int, measure_compile: bool) -> dic
     """The figures of ``bench decode``; frame parsing is outside the timed part."""
     import statistics
 
-    from carpulse.datasets import canlog_dir, car_logs
+    from core.datasets import canlog_dir, car_logs
     from firmware_bridge.compiled import CompiledDecoder, compile_kernels
     from firmware_bridge.dbc import CantoolsDecoder, load_dbc
     from firmware_bridge.frames import read_candump

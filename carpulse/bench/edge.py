@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from carpulse.datasets import shared_data_dir
+from core.datasets import shared_data_dir
 from core.errors import ConfigError
 
 DEFAULT_LOG = "canlogs/gt350/normalsportcomfortengineon.log"

@@ -25,11 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from carpulse.datasets import shared_data_dir
+from carpulse.bench.edge import DEFAULT_DBC, DEFAULT_LOG
+from core.datasets import shared_data_dir
 from core.errors import ConfigError
-from edge.bench import DEFAULT_DBC, DEFAULT_LOG
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("core", "firmware_bridge", "edge", "models")
 # What the decoder and kernels import on a Pi, pinned to the versions of this environment.
 WHEELS: tuple[str, ...] = ("numpy", "numba", "llvmlite", "cantools", "pydantic")

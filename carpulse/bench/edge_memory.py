@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from carpulse.datasets import shared_data_dir
+from carpulse.bench.edge import DEFAULT_DBC, DEFAULT_LOG
+from core.datasets import shared_data_dir
 from core.errors import ConfigError
-from edge.bench import DEFAULT_DBC, DEFAULT_LOG
 
 MODES = ("imports", "jit_cold", "jit_warm", "no_jit", "aot")
 
@@ -112,7 +112,14 @@ def bench_edge_memory(argv: list[str]) -> dict[str, Any]:
         work = Path(tmp)
 
         def run(mode: str, cache: Path, **env: str) -> dict[str, Any]:
-            cmd = [sys.executable, "-m", "edge.memory_bench", mode, str(args.log), str(args.dbc)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "carpulse.bench.edge_memory",
+                mode,
+                str(args.log),
+                str(args.dbc),
+            ]
             e = dict(os.environ, NUMBA_CACHE_DIR=str(cache), CARPULSE_NUMBA_CACHE="1", **env)
             got = subprocess.run(
                 [*cmd, args.mapping, str(work)], env=e, capture_output=True, text=True, check=False

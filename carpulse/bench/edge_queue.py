@@ -2,7 +2,7 @@
 
 The agent commits about two transactions a second at its recorded rate: ``put`` of one batch
 (``--payload`` bytes, the agent's wire bytes per second) and ``ack`` of the batch the broker
-acknowledged. A writer process (``python -m edge.queue_bench writer``) runs ``--pairs`` such
+acknowledged. A writer process (``python -m carpulse.bench.edge_queue writer``) runs ``--pairs`` such
 pairs as fast as it can under ``strace -c``, once per policy; the syscall counts and the bytes
 sent to the block layer (``write_bytes`` of ``/proc/<pid>/io``) per pair are scaled to the
 agent's rate of ``--rate`` pairs per second, so the figures are per minute of driving. The
@@ -32,7 +32,7 @@ def writer(argv: list[str]) -> int:
     from edge.queue import DurableQueue
     from edge.seqstate import SequenceCounter
 
-    ap = argparse.ArgumentParser(prog="python -m edge.queue_bench writer")
+    ap = argparse.ArgumentParser(prog="python -m carpulse.bench.edge_queue writer")
     ap.add_argument("--db", type=Path, required=True)
     ap.add_argument("--fsync", choices=("full", "normal"), default="full")
     ap.add_argument("--payload", type=int, default=2100)
@@ -97,7 +97,7 @@ def bench_edge_queue(argv: list[str]) -> dict[str, Any]:
             trace, io = work / "strace.txt", work / "io.txt"
             cmd = [
                 "strace", "-f", "-c", "-o", str(trace), "-e", "trace=" + ",".join(SYSCALLS),
-                sys.executable, "-m", "edge.queue_bench", "writer", "--db", str(work / "q.db"),
+                sys.executable, "-m", "carpulse.bench.edge_queue", "writer", "--db", str(work / "q.db"),
                 "--fsync", mode, "--payload", str(args.payload), "--pairs", str(args.pairs),
                 "--io-out", str(io),
             ]  # fmt: skip
@@ -127,5 +127,5 @@ def bench_edge_queue(argv: list[str]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["writer"]:
-        sys.exit("usage: python -m edge.queue_bench writer --db PATH [...]")
+        sys.exit("usage: python -m carpulse.bench.edge_queue writer --db PATH [...]")
     raise SystemExit(writer(sys.argv[2:]))

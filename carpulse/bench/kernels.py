@@ -163,7 +163,7 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
     contextOSE's speed falls as a slot learns contexts, so a run starts from empty detectors and
     covers ``--nab-samples`` samples over ``--nab-slots`` slots (whole-run rate, NAB-sized series).
     """
-    from models.evals.nab import CONTEXT_CAP, CONTEXT_MARGIN
+    from carpulse.evals.nab import CONTEXT_CAP, CONTEXT_MARGIN
     from models.kernels import RobustZScore
     from models.kernels.artime import ARTime
     from models.kernels.context import ContextOSE

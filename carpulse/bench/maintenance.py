@@ -1,4 +1,4 @@
-"""Speed of the maintenance kernels: ``python -m models.maintenance.bench [--samples N] [--slots V]``."""
+"""Speed of the maintenance kernels: ``python -m carpulse.bench.maintenance [--samples N] [--slots V]``."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _timer(fn: Callable[[], object]) -> Callable[[], float]:
 
 def bench_maintenance(argv: list[str]) -> dict[str, Any]:
     """Samples/s of each kernel on one core, ``--slots`` vehicles interleaved, median of ``--repeat``."""
-    ap = argparse.ArgumentParser(prog="python -m models.maintenance.bench")
+    ap = argparse.ArgumentParser(prog="python -m carpulse.bench.maintenance")
     ap.add_argument("--samples", type=int, default=2_000_000)
     ap.add_argument("--slots", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=5)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from carpulse.datasets import canlog_dir
+from core.datasets import canlog_dir
 from core.errors import ConfigError
 from firmware_bridge.frames import Frames, read_candump
 from models.ids.attacks import ATTACKS, inject

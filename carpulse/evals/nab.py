@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError
-from models.evals.nab_scorer import (
+from carpulse.evals.nab_scorer import (
     PROFILES,
     FileSweep,
     probation_length,
@@ -22,6 +21,7 @@ from models.evals.nab_scorer import (
     score_corpus,
     sweep_file,
 )
+from core.errors import ConfigError
 from models.kernels import Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
 from models.kernels.artime import ARTime
 from models.kernels.context import ContextOSE
@@ -424,7 +424,7 @@ def evaluate(
 
 
 def main(argv: list[str]) -> dict[str, Any]:
-    from carpulse.datasets import shared_data_dir
+    from core.datasets import shared_data_dir
 
     ap = argparse.ArgumentParser(prog="carpulse eval nab")
     ap.add_argument("--data", type=Path, default=shared_data_dir() / "nab" / "data")

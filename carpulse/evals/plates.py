@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from carpulse.datasets import shared_data_dir
+from core.datasets import shared_data_dir
 from core.errors import ConfigError
 from models.plates.vote import _distance
 

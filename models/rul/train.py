@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from carpulse.datasets import shared_data_dir
+from core.datasets import shared_data_dir
 from models.rul.data import Series, read_series, rul_targets
 from models.rul.features import N_PER_SENSOR, window_features
 from models.rul.model import BASELINE, MODEL_PATH, RUL_CAP, WINDOW

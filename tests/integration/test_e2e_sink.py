@@ -103,7 +103,7 @@ def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_pat
 
 
 def test_bench_e2e_reports_the_figures() -> None:
-    from carpulse.e2e_bench import bench_e2e
+    from carpulse.bench.e2e import bench_e2e
 
     out = bench_e2e(
         [

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from carpulse.datasets import shared_data_dir
+from carpulse.bench.edge import DEFAULT_LOG, bench_edge
+from core.datasets import shared_data_dir
 from edge.aot import toolchain_problem
-from edge.bench import DEFAULT_LOG, bench_edge
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from carpulse.faults_eval import SINGLE, TRIPLE
+from carpulse.evals.faults import SINGLE, TRIPLE
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 

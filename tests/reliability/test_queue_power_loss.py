@@ -1,6 +1,6 @@
 """The durable queue under ``kill -9`` during writes, and crash-consistent snapshots of its files.
 
-The writer is ``python -m edge.queue_bench writer``: the agent's durable queue and sequence
+The writer is ``python -m carpulse.bench.edge_queue writer``: the agent's durable queue and sequence
 counter, putting batches and acking them one behind as fast as it can, and printing what each
 returned call stored (``P id boot seq``) or deleted (``A id...``).
 
@@ -45,7 +45,7 @@ class Writer:
 
     def __init__(self, db: Path, fsync: str) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        cmd = [sys.executable, "-m", "edge.queue_bench", "writer", "--db", str(db)]
+        cmd = [sys.executable, "-m", "carpulse.bench.edge_queue", "writer", "--db", str(db)]
         self.proc = subprocess.Popen(
             [*cmd, "--fsync", fsync], stdout=subprocess.PIPE, env=env, text=True
         )

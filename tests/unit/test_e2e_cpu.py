@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carpulse.e2e_bench import headline_cpu, medians, own_cpu
+from carpulse.bench.e2e import headline_cpu, medians, own_cpu
 
 
 def _step(offered: int, kept: bool, bridge: float, worker: float, influx: float) -> dict:

@@ -70,7 +70,7 @@ def test_write_counter_carries_over_an_influx_restart() -> None:
 def test_vehicles_cover_every_kafka_partition() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
-    from carpulse.faults_eval import device_ids
+    from carpulse.evals.faults import device_ids
 
     ids = device_ids("fx-wk-", 6, 4)
     parts = [DefaultPartitioner()(d.encode(), [0, 1, 2, 3], [0, 1, 2, 3]) for d in ids]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from crm.bench import bench_crm
+from carpulse.bench.crm import bench_crm
 
 
 def test_bench_crm_small() -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carpulse.datasets import shared_data_dir
+from carpulse.bench.edge import DEFAULT_DBC, DEFAULT_LOG
 from core import jit
+from core.datasets import shared_data_dir
 from core.jit import MANIFEST, kernel_digest, source_files, use_aot
 from edge.aot import AOT_KERNELS, build_kernels, toolchain_problem
-from edge.bench import DEFAULT_DBC, DEFAULT_LOG
 from models.ids.attacks import ATTACKS
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from carpulse.datasets import shared_data_dir
-from edge.bench import DEFAULT_LOG
+from carpulse.bench.edge import DEFAULT_LOG
+from core.datasets import shared_data_dir
 
 ROOT = os.environ.get("CARPULSE_ARM64_ROOT")
 pytestmark = [
@@ -22,7 +22,7 @@ pytestmark = [
 
 
 def test_arm64_digests_equal_x86_64() -> None:
-    from edge.arm64_bench import bench_edge_arm64
+    from carpulse.bench.edge_arm64 import bench_edge_arm64
 
     if not (shared_data_dir() / DEFAULT_LOG).exists():
         pytest.skip("real CAN logs not here (../shared/DATA.md)")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from carpulse.datasets import CAR_DBC, car_logs
+from core.datasets import CAR_DBC, car_logs
 from core.wire import Samples
 from edge.crash import CrashDetector
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc

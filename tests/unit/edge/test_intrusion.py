@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from carpulse.evals.can_ids import batched_share
 from core.errors import ConfigError
 from edge.intrusion import IntrusionSection, IntrusionWatch, attach_intrusion
 from firmware_bridge.frames import Frames, read_candump
-from models.evals.can_ids import batched_share
 from models.ids.attacks import inject, write_candump
 from models.ids.profile import LoadedProfile, ProfileError, learn, parse_profile, read_profile
 from tests.conftest import require_data

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from carpulse.datasets import shared_data_dir
-from edge.bench import DEFAULT_LOG
+from carpulse.bench.edge import DEFAULT_LOG
+from core.datasets import shared_data_dir
 
 pytestmark = pytest.mark.slow
 
 
 def test_aot_decoder_matches_jit_without_llvm() -> None:
-    from edge.memory_bench import bench_edge_memory
+    from carpulse.bench.edge_memory import bench_edge_memory
 
     if not (shared_data_dir() / DEFAULT_LOG).exists():
         pytest.skip("real CAN logs not here (../shared/DATA.md)")

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from edge.queue_bench import bench_edge_queue
+from carpulse.bench.edge_queue import bench_edge_queue
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 

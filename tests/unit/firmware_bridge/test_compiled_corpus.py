@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carpulse.datasets import CAR_DBC
+from carpulse.bench.decode import count_mismatches
+from core.datasets import CAR_DBC
 from core.errors import ConfigError
-from firmware_bridge.bench import count_mismatches
 from firmware_bridge.compiled import CompiledDecoder
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
 from firmware_bridge.frames import read_candump

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from carpulse.bench.decode import bench_decode, compile_seconds, decode_figures
 from carpulse.plugins import BENCHMARKS, load
 from core.errors import ConfigError
-from firmware_bridge.bench import bench_decode, compile_seconds, decode_figures
 from tests.conftest import require_data
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carpulse.datasets import CAR_DBC, car_logs
+from core.datasets import CAR_DBC, car_logs
 from core.errors import ConfigError
 from core.wire import Samples
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc

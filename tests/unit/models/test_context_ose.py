@@ -124,7 +124,7 @@ def test_bad_parameters_are_clear_errors() -> None:
 
 
 def test_bench_kernels_reports_nab_detector_cost() -> None:
-    from models.bench import bench_kernels
+    from carpulse.bench.kernels import bench_kernels
 
     out = bench_kernels(
         ["--only-nab", "--nab-samples", "3000", "--nab-slots", "2", "--repeat", "1"]

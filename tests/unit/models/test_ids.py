@@ -220,7 +220,7 @@ def test_inject_labels_exactly_the_added_frames(kind: str) -> None:
 @pytest.mark.slow
 def test_eval_can_ids_on_real_logs(tmp_path: Path) -> None:
     logs = require_data("canlogs")
-    from models.evals.can_ids import main
+    from carpulse.evals.can_ids import main
 
     res = main(["--logs", str(logs), "--seed", "1", "--out", str(tmp_path)])
     assert res["false_alarm_rate"] <= 0.001, res["clean_flags_by_reason"]

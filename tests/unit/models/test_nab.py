@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.evals.nab_scorer import MAX_TP, PROFILES, optimise_threshold, score_corpus, sweep_file
+from carpulse.evals.nab_scorer import MAX_TP, PROFILES, optimise_threshold, score_corpus, sweep_file
 from tests.conftest import require_data
 from tests.reference.nab_ref import best_raw
 
@@ -96,7 +96,7 @@ def test_threshold_optimiser_equals_brute_force(
 
 
 def test_eval_nab_on_two_real_files(tmp_path: Path) -> None:
-    from models.evals.nab import main
+    from carpulse.evals.nab import main
 
     root = require_data("nab")
     data = tmp_path / "data"
@@ -137,7 +137,7 @@ def test_eval_nab_on_two_real_files(tmp_path: Path) -> None:
 
 
 def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) -> None:
-    from models.evals.nab import DETECTORS, main
+    from carpulse.evals.nab import DETECTORS, main
 
     assert {"carpulse_nn_likelihood", "nab_windowed_gaussian", "carpulse_context_ose",
             "carpulse_context_nn", "carpulse_context_ensemble", "carpulse_artime",
@@ -165,7 +165,7 @@ def test_eval_nab_registers_new_detectors_and_reports_the_split(tmp_path: Path) 
 
 
 def test_context_ensemble_is_the_mean_of_its_parts() -> None:
-    from models.evals import nab
+    from carpulse.evals import nab
 
     root = require_data("nab")
     rel = "realAdExchange/exchange-3_cpc_results.csv"
@@ -189,8 +189,8 @@ def test_context_ensemble_is_the_mean_of_its_parts() -> None:
 
 
 def test_eval_nab_context_cap_is_checked_and_used(tmp_path: Path) -> None:
+    from carpulse.evals import nab
     from core.errors import ConfigError
-    from models.evals import nab
 
     root = require_data("nab")
     data = tmp_path / "data"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.evals.nab_scorer import PROFILES, score_at, sweep_file
+from carpulse.evals.nab_scorer import PROFILES, score_at, sweep_file
 from models.kernels import gaussian, neighbour
 from models.kernels.gaussian import windowed_gaussian
 from models.kernels.neighbour import NNLikelihoodParams, nn_likelihood
@@ -112,7 +112,7 @@ NAB_PUBLISHED_WG = {
 def test_windowed_gaussian_reproduces_nab_published_file_scores(rel: str) -> None:
     import json
 
-    from models.evals.nab import read_nab_csv
+    from carpulse.evals.nab import read_nab_csv
 
     root = require_data("nab")
     f, problems = read_nab_csv(root / "data" / rel, rel)

@@ -135,7 +135,7 @@ def test_shipped_model_is_small_and_tracks_training_engines() -> None:
 
 def test_onnx_export_matches_scikit_learn() -> None:
     path = require_data("cmapss/train_FD001.txt")
-    from models.evals.cmapss import _onnx_predict
+    from carpulse.evals.cmapss import _onnx_predict
     from models.rul.train import fit
 
     s = read_series(path)
@@ -152,7 +152,7 @@ def test_onnx_export_matches_scikit_learn() -> None:
 @pytest.mark.slow
 def test_eval_cmapss_held_out_meets_aim(tmp_path: Path) -> None:
     path = require_data("cmapss/train_FD001.txt")
-    from models.evals.cmapss import main
+    from carpulse.evals.cmapss import main
 
     res = main(["--train", str(path), "--folds", "5", "--out", str(tmp_path)])
     json.dumps(res)
@@ -166,7 +166,7 @@ def test_eval_cmapss_held_out_meets_aim(tmp_path: Path) -> None:
 def test_eval_cmapss_official_protocol_with_crafted_test_files(tmp_path: Path) -> None:
     """The --test/--rul path: engines 81..100 cut like the test set, trained on 1..80 only."""
     path = require_data("cmapss/train_FD001.txt")
-    from models.evals.cmapss import main
+    from carpulse.evals.cmapss import main
 
     lines = path.read_text().splitlines()
     train_lines = [ln for ln in lines if int(ln.split()[0]) <= 80]

@@ -62,7 +62,7 @@ def test_votes_and_dedupe_over_repeated_frames(reader) -> None:  # type: ignore[
 
 @pytest.mark.slow
 def test_plate_evaluation_reaches_the_first_bar() -> None:
-    from models.evals.plates import main
+    from carpulse.evals.plates import main
 
     plates = require_data("plates")
     res = main(["--images", str(plates), "--labels", str(plates / "labels.json"), "--no-latency"])
