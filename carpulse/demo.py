@@ -208,7 +208,7 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from crm import store as st
-    from crm.models import Coupon
+    from crm.schema import Coupon
     from crm.tables import InboxItem
 
     out: dict[str, str] = {}

@@ -57,7 +57,7 @@ def _register_in_crm(
     from sqlalchemy import select
 
     from crm.cli import _settings_db_url, _store
-    from crm.models import Vehicle
+    from crm.schema import Vehicle
     from crm.tables import GateDevice
 
     store = _store(db or _settings_db_url(settings))

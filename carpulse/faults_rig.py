@@ -68,7 +68,7 @@ class Rig:
         self.influx._get(f'CREATE DATABASE "{self.influx.db}"', None)
         self.writes = WriteCounter(self.influx)
         from crm.migrate import upgrade
-        from crm.models import CouponTemplate
+        from crm.schema import CouponTemplate
         from crm.store import CrmStore
 
         self.crm = CrmStore.from_url(self.crm_url)
@@ -303,7 +303,7 @@ class CrashSender:
         from edge.publisher import MqttPublisher, device_mqtt_settings
 
         assert rig.settings is not None
-        from crm.models import Vehicle as CrmVehicle
+        from crm.schema import Vehicle as CrmVehicle
 
         with rig.crm.tx() as s:
             s.add(CrmVehicle(vin=device_id, model="eval", device_id=device_id))

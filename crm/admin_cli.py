@@ -125,7 +125,7 @@ def templates_add(
     import re
 
     from crm.fields import FieldError, check_text
-    from crm.models import CouponTemplate
+    from crm.schema import CouponTemplate
     from crm.store import audit
 
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", code):
@@ -170,7 +170,7 @@ def templates_list(
     """The coupon templates in the CRM."""
     from sqlalchemy import select
 
-    from crm.models import CouponTemplate
+    from crm.schema import CouponTemplate
 
     store = _store(db)
     try:
@@ -198,7 +198,7 @@ def registry_doc(store: CrmStore, *, with_service: bool, gates: Sequence[str] = 
     the ones enrolled in the CRM (``carpulse devices enroll --gate``) and ``gates``."""
     from sqlalchemy import func, select
 
-    from crm.models import Vehicle
+    from crm.schema import Vehicle
     from crm.tables import GateDevice, ServiceRecord
 
     with store.tx() as s:

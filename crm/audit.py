@@ -29,7 +29,7 @@ from typing import Any, Final
 from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session
 
-from crm.models import AuditRecord, Coupon, Customer, Vehicle, utcnow
+from crm.schema import AuditRecord, Coupon, Customer, Vehicle, utcnow
 
 GENESIS: Final = "0" * 64
 PENDING_KEY: Final = "carpulse_audit_pending"

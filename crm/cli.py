@@ -362,7 +362,7 @@ def coupons_cmd(
     its effect key: ``rule|subject|period``)."""
     from sqlalchemy import select
 
-    from crm.models import Coupon
+    from crm.schema import Coupon
 
     query = select(Coupon).order_by(Coupon.issued_at.desc()).limit(limit)
     if vin:
@@ -460,8 +460,8 @@ def demo_cmd(
     from crm.engine import RuleEngine
     from crm.jobs import run_events
     from crm.migrate import migrate
-    from crm.models import Coupon, Member
     from crm.rules import shipped_rules
+    from crm.schema import Coupon, Member
     from crm.store import CrmStore
     from crm.tables import OutboxMessage
 

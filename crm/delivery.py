@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import CarpulseError
 from crm import store as st
-from crm.models import Appointment, Coupon, CouponTemplate, Customer, Ownership, Vehicle, utcnow
+from crm.schema import Appointment, Coupon, CouponTemplate, Customer, Ownership, Vehicle, utcnow
 from crm.store import CrmError, CrmStore, audit
 from crm.tables import INBOX_ROLES, InboxItem, OutboxMessage
 

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from core.crm_events import CrmEvent
 from crm import loyalty
 from crm import store as st
-from crm.models import CouponTemplate, Customer, PlateAssignment, Vehicle
 from crm.normalize import from_prediction
+from crm.schema import CouponTemplate, Customer, PlateAssignment, Vehicle
 from crm.tables import CustomerContact
 from models.maintenance.service import Schedule, UsageState, predict_service, update_usage
 

@@ -29,7 +29,8 @@ from crm import store as st
 from crm.delivery import ADVISOR_ROLES, file_dtc_card
 from crm.loyalty import tier_name
 from crm.messages import DEFAULT_LANG, render
-from crm.models import (
+from crm.rules import EVENT_KINDS, Rule, is_missing, lookup
+from crm.schema import (
     Appointment,
     Coupon,
     CouponTemplate,
@@ -38,7 +39,6 @@ from crm.models import (
     PlateAssignment,
     Vehicle,
 )
-from crm.rules import EVENT_KINDS, Rule, is_missing, lookup
 from crm.tables import CustomerContact, InboxItem, OutboxMessage, ParkedEvent, RuleFiring
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from core.crm_events import CrmEvent
 from crm import store as st
 from crm.engine import RuleEngine
-from crm.models import Coupon, CouponTemplate, TierChange, utcnow
+from crm.schema import Coupon, CouponTemplate, TierChange, utcnow
 from crm.tables import ParkedEvent
 
 

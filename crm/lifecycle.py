@@ -40,7 +40,7 @@ from crm import loyalty
 from crm import store as st
 from crm.engine import RuleEngine
 from crm.jobs import run_events, scan
-from crm.models import Customer, Ownership, utcnow
+from crm.schema import Customer, Ownership, utcnow
 from crm.tables import PointsEntry
 
 JOBS: Final = ("expire", "tiers", "events", "referrals", "inactive")

@@ -27,7 +27,7 @@ from core.privacy import LocationPolicy
 from crm import privacy as pv
 from crm import store as st
 from crm.location_sink import InfluxLocations
-from crm.models import Consent, Customer, Ownership, Vehicle, utcnow
+from crm.schema import Consent, Customer, Ownership, Vehicle, utcnow
 
 NO_OWNER: Final = "none"
 CUT_PASSES: Final = 2

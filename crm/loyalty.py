@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConfigError
 from crm import store as st
-from crm.models import Coupon, CouponShare, Customer, Member, TierChange, Vehicle, utcnow
+from crm.schema import Coupon, CouponShare, Customer, Member, TierChange, Vehicle, utcnow
 from crm.tables import PointsEntry, ServiceRecord
 
 SHIPPED: Final = Path(__file__).parent / "loyalty.yaml"

@@ -144,7 +144,7 @@ def points_cmd(
 
     from crm import loyalty
     from crm import store as st
-    from crm.models import Member
+    from crm.schema import Member
     from crm.tables import PointsEntry
 
     store = _setup(db)

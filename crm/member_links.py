@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from crm import loyalty
 from crm import store as st
-from crm.models import (
+from crm.schema import (
     Coupon,
     CouponShare,
     CouponTemplate,

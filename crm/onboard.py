@@ -60,7 +60,7 @@ from crm.fields import (
     check_time,
     check_vin,
 )
-from crm.models import (
+from crm.schema import (
     CONSENT_PURPOSES,
     Consent,
     Customer,

@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from crm import store as st
-from crm.models import Consent, Coupon, Customer, CustomerIdentity, Ownership, utcnow
+from crm.schema import Consent, Coupon, Customer, CustomerIdentity, Ownership, utcnow
 from crm.tables import (
     CustomerContact,
     GateSighting,

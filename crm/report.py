@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from core.errors import SinkError
 from crm import store as st
-from crm.models import Appointment, Coupon, Vehicle
+from crm.schema import Appointment, Coupon, Vehicle
 
 SPEED: Final = "Vehicle.Speed"
 ODO: Final = "Vehicle.TraveledDistance"  # metres in InfluxDB (VSS); km in ``Columns``

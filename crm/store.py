@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import CarpulseError
 from crm import audit as crm_audit
-from crm.models import (
+from crm.schema import (
     CONSENT_PURPOSES,
     IDENTITY_KINDS,
     AuditRecord,

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from crm.models import Base, utcnow
+from crm.schema import Base, utcnow
 
 INBOX_ROLES = ("advisor", "call_centre", "expert")
 OUTBOX_STATES = ("pending", "sent", "dead")

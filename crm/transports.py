@@ -27,7 +27,7 @@ from core.errors import ConfigError
 from core.plugins import plugin_class, registry
 from crm import store as st
 from crm.delivery import DeliveryError, SmtpTransport, sign
-from crm.models import CustomerIdentity, new_id
+from crm.schema import CustomerIdentity, new_id
 from crm.tables import CustomerContact, OutboxMessage
 
 GROUP: Final = "carpulse.member_transports"

@@ -23,8 +23,8 @@ from core.config import MqttSettings
 from core.errors import ConfigError
 from crm import loyalty
 from crm.migrate import SchemaError, check_schema, migrate
-from crm.models import AuditRecord
 from crm.privacy import READ_PURPOSES
+from crm.schema import AuditRecord
 from crm.store import CrmStore, audit
 from dashboards import auth, staff_text
 from dashboards.auth import COOKIE, PRELOGIN_COOKIE, PRELOGIN_S, SessionStore, WebSession, csrf_ok

@@ -29,8 +29,8 @@ from fastapi.responses import (
 
 from core.errors import PublishError, WireError
 from crm import delivery
-from crm.models import Vehicle
 from crm.privacy import Fix, PrivacyError, grant_in_force, read_location
+from crm.schema import Vehicle
 from crm.store import CrmError, CrmStore, audit
 from dashboards.app import REASON_CODES, csrf, render, require
 from dashboards.auth import LocationGrant, SessionStore, WebSession

@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from crm import loyalty
 from crm import member_links as ml
-from crm.models import PlateAssignment, Vehicle
+from crm.schema import PlateAssignment, Vehicle
 from crm.store import CrmError, audit
 from dashboards import staff_text
 from dashboards.app import csrf, render, require, staff_lang

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crm.models import (
+from crm.schema import (
     Coupon,
     CouponTemplate,
     Customer,

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crm import delivery
-from crm.models import PlateAssignment, Vehicle
+from crm.schema import PlateAssignment, Vehicle
 from crm.store import CrmStore
 from dashboards.app import render, require
 from dashboards.auth import WebSession

@@ -27,8 +27,8 @@ from sqlalchemy import select
 from core.checks import valid_dtcs
 from core.topics import KAFKA_VEHICLE_STATE
 from crm import delivery
-from crm.models import CouponTemplate, Vehicle, utcnow
 from crm.normalize import dtc_severity
+from crm.schema import CouponTemplate, Vehicle, utcnow
 from crm.store import CrmError, CrmStore, audit, owner_at
 from crm.tables import InboxItem
 from dashboards.app import csrf, render, require

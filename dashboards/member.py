@@ -28,7 +28,7 @@ from sqlalchemy import delete, select, update
 from crm import loyalty
 from crm import member_links as ml
 from crm.delivery import DeliveryError
-from crm.models import Coupon, CouponTemplate, Customer, utcnow
+from crm.schema import Coupon, CouponTemplate, Customer, utcnow
 from crm.store import CouponStateError, CrmError, CrmStore, audit, resolve
 from crm.tables import MemberSession
 from dashboards.member_text import LANGS, qr_svg, t
@@ -355,7 +355,7 @@ def ask_link(
     ``ASK_PER_ADDRESS`` per client address an hour (no message flood), counted in the audit log."""
     from sqlalchemy import func
 
-    from crm.models import AuditRecord, CustomerIdentity
+    from crm.schema import AuditRecord, CustomerIdentity
     from dashboards.throttle import address_subject
 
     nonce = request.cookies.get(ASK_COOKIE)

@@ -33,7 +33,7 @@ def member_link(
     from crm import member_links as ml
     from crm.cli import _store
     from crm.delivery import DeliveryError
-    from crm.models import Customer, CustomerIdentity
+    from crm.schema import Customer, CustomerIdentity
     from crm.store import CrmError
     from crm.transports import from_settings
     from dashboards.auth import SessionStore

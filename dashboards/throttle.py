@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from crm.models import AuditRecord, utcnow
+from crm.schema import AuditRecord, utcnow
 
 
 def address_subject(host: str | None) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Final
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crm.models import AuditRecord, Ownership
+from crm.schema import AuditRecord, Ownership
 from crm.tables import GateSighting, InboxItem
 
 MAX_ENTRIES: Final = 200

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Final
 
 from crm import loyalty
-from crm.models import CouponTemplate, PlateAssignment, Vehicle
+from crm.schema import CouponTemplate, PlateAssignment, Vehicle
 from crm.store import (
     CrmStore,
     find_or_create_customer,
@@ -78,7 +78,7 @@ def seed_demo_crm(
                 s, {"phone": demo_phone(vin), "member_card": demo_card(vin)},
                 display_name=f"Demo customer {i + 1}", source="demo",
             )  # fmt: skip
-            from crm.models import Customer
+            from crm.schema import Customer
 
             cust = s.get(Customer, cid)
             assert cust is not None

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 import crm.tables  # noqa: F401  (registers the 0002 tables on Base.metadata)
-from crm.models import Base
+from crm.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

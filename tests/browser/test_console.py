@@ -33,7 +33,7 @@ from core.topics import KAFKA_EVENTS, KAFKA_TELEMETRY, device_topic  # noqa: E40
 from core.wire import Samples, TelemetryBatch, encode_telemetry  # noqa: E402
 from crm.location_sync import publish_policies  # noqa: E402
 from crm.migrate import upgrade  # noqa: E402
-from crm.models import AuditRecord  # noqa: E402
+from crm.schema import AuditRecord  # noqa: E402
 from crm.store import CrmStore  # noqa: E402
 from dashboards.app import DashboardConfig, create_app  # noqa: E402
 from dashboards.commands import generate_signing_key  # noqa: E402

@@ -32,7 +32,7 @@ from carpulse.stack import free_port
 from core.topics import KAFKA_PREDICTIONS
 from crm import member_links as ml
 from crm.migrate import upgrade
-from crm.models import AuditRecord, Coupon, utcnow
+from crm.schema import AuditRecord, Coupon, utcnow
 from crm.store import CrmStore, owner_at, transfer_ownership
 from crm.tables import ServiceRecord
 from crm.transports import RecordingTransport

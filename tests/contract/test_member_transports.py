@@ -19,7 +19,7 @@ from sqlalchemy import select
 from carpulse.stack import free_port
 from core.errors import ConfigError
 from crm.delivery import DeliveryError, SmtpTransport, verify_signature
-from crm.models import AuditRecord, CustomerIdentity
+from crm.schema import AuditRecord, CustomerIdentity
 from crm.transports import (
     MessageTransport,
     SmsGatewayTransport,

@@ -32,7 +32,7 @@ from core.topics import (
 )
 from core.wire import Samples, TelemetryBatch, encode_telemetry
 from crm.migrate import upgrade
-from crm.models import Coupon, CouponTemplate, Ownership
+from crm.schema import Coupon, CouponTemplate, Ownership
 from crm.store import CrmStore, set_consent
 from crm.tables import CustomerContact, InboxItem, OutboxMessage
 from dashboards.app import DashboardConfig, create_app

@@ -27,9 +27,9 @@ from core.wire import decode_event
 from crm import store as st
 from crm.engine import RuleEngine
 from crm.migrate import upgrade
-from crm.models import Vehicle
 from crm.normalize import from_device_event
 from crm.rules import shipped_rules
+from crm.schema import Vehicle
 from crm.tables import InboxItem
 from dashboards.commands import CommandChannel
 from dashboards.inbox import record_filer

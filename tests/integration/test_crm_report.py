@@ -19,7 +19,7 @@ import pytest
 from carpulse.stack import Stack
 from crm import store as st
 from crm.migrate import upgrade
-from crm.models import Vehicle
+from crm.schema import Vehicle
 
 pytestmark = pytest.mark.integration
 VIN = "LSVAA4182E2123456"

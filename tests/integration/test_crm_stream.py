@@ -34,7 +34,7 @@ from core.topics import (
 from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
 from crm import store as st
 from crm.migrate import upgrade
-from crm.models import Coupon, CouponTemplate, Effect, Vehicle
+from crm.schema import Coupon, CouponTemplate, Effect, Vehicle
 from crm.tables import CustomerContact, InboxItem
 from stream.bridge import ensure_topics
 from stream.service_due import ODOMETER

@@ -30,7 +30,7 @@ from core.topics import (
     KAFKA_TELEMETRY,
 )
 from crm.migrate import upgrade
-from crm.models import CouponTemplate
+from crm.schema import CouponTemplate
 from crm.store import CrmStore
 from crm.tables import InboxItem
 from dashboards.app import DashboardConfig, create_app

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from carpulse.stack import Stack, stop_processes
 from core.topics import KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_PREDICTIONS, KAFKA_TELEMETRY
 from crm.migrate import upgrade
-from crm.models import CouponTemplate
+from crm.schema import CouponTemplate
 from crm.store import CrmStore
 from dashboards.app import DashboardConfig, create_app
 from dashboards.users import create_demo_users, seed_demo_crm

@@ -111,7 +111,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 def _crm_db(url: str) -> None:
     """A migrated CRM with the coupon templates the shipped rules need."""
     from crm.migrate import upgrade
-    from crm.models import CouponTemplate
+    from crm.schema import CouponTemplate
     from crm.store import CrmStore
 
     store = CrmStore.from_url(url)

@@ -29,7 +29,7 @@ from core.topics import (
 )
 from core.wire import Samples, TelemetryBatch, encode_telemetry
 from crm.migrate import upgrade
-from crm.models import CouponTemplate
+from crm.schema import CouponTemplate
 from crm.store import CrmStore
 from dashboards.app import DashboardConfig, create_app
 from dashboards.users import create_demo_users, seed_demo_crm

@@ -31,7 +31,7 @@ from core.topics import (
 )
 from core.wire import Event, encode_event
 from crm.migrate import upgrade
-from crm.models import CouponTemplate, Customer
+from crm.schema import CouponTemplate, Customer
 from crm.store import CrmStore, find_or_create_customer, transfer_ownership
 from dashboards.app import DashboardConfig, create_app
 from dashboards.users import create_demo_users, seed_demo_crm

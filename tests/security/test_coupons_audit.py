@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from carpulse.cli import app as cli
 from crm import store as st
 from crm.migrate import upgrade
-from crm.models import AuditRecord, Coupon, CouponShare, CouponTemplate
+from crm.schema import AuditRecord, Coupon, CouponShare, CouponTemplate
 
 pytestmark = pytest.mark.security
 LATER = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)

@@ -29,7 +29,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from carpulse.stack import free_port
-from crm.models import AuditRecord
+from crm.schema import AuditRecord
 from crm.store import CrmStore
 from dashboards import auth
 from dashboards.app import DashboardConfig, create_app

@@ -35,8 +35,8 @@ from crm import store as cst
 from crm.agents import dead_letter_of, handle_record
 from crm.engine import RuleEngine
 from crm.migrate import upgrade
-from crm.models import Vehicle
 from crm.rules import shipped_rules
+from crm.schema import Vehicle
 from dashboards.commands import CommandChannel
 from stream.alerts import handle_event
 from stream.bridge import route

@@ -36,7 +36,7 @@ from crm import location_sync as ls
 from crm import store as st
 from crm.location_sink import InfluxLocations
 from crm.migrate import upgrade
-from crm.models import AuditRecord, Customer, Ownership, utcnow
+from crm.schema import AuditRecord, Customer, Ownership, utcnow
 from crm.tables import LocationFix
 from tests.integration.helpers import influx_query, pipeline, wait_for
 from tests.integration.stream_util import consume, create_topics

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 SQLITE_TRIGGERS = [
     "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log "
@@ -36,7 +36,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_log",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("subject", sa.String(length=64), nullable=False),
@@ -64,9 +64,9 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("display_name", sa.String(length=200), nullable=False),
         sa.Column("dealer_id", sa.String(length=64), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("merged_into", sa.String(length=32), nullable=True),
-        sa.Column("erased_at", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("erased_at", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["merged_into"],
             ["customers.id"],
@@ -85,7 +85,7 @@ def upgrade() -> None:
         sa.Column("period", sa.String(length=32), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("payload", sa.JSON(), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("key"),
     )
@@ -98,7 +98,7 @@ def upgrade() -> None:
         sa.Column("model", sa.String(length=100), nullable=False),
         sa.Column("device_id", sa.String(length=64), nullable=True),
         sa.Column("dealer_id", sa.String(length=64), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("vin"),
         sa.UniqueConstraint("device_id"),
     )
@@ -110,7 +110,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("vin", sa.String(length=17), nullable=False),
         sa.Column("customer_id", sa.String(length=32), nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("created_by", sa.String(length=64), nullable=False),
@@ -133,7 +133,7 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.String(length=32), nullable=False),
         sa.Column("purpose", sa.String(length=20), nullable=False),
         sa.Column("granted", sa.Boolean(), nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
         sa.CheckConstraint(
             "purpose IN ('location', 'face', 'marketing')", name="ck_consent_purpose"
@@ -157,9 +157,9 @@ def upgrade() -> None:
         sa.Column("holder_id", sa.String(length=32), nullable=False),
         sa.Column("vin", sa.String(length=17), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("issued_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("valid_until", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("redeemed_at", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("issued_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("valid_until", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("redeemed_at", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.Column("redeemed_by", sa.String(length=32), nullable=True),
         sa.Column("effect_key", sa.String(length=200), nullable=True),
         sa.CheckConstraint(
@@ -200,7 +200,7 @@ def upgrade() -> None:
         sa.Column("value", sa.String(length=128), nullable=False),
         sa.Column("verified", sa.Boolean(), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.CheckConstraint(
             "kind IN ('phone', 'wechat_openid', 'member_card', 'plate')", name="ck_identity_kind"
         ),
@@ -222,7 +222,7 @@ def upgrade() -> None:
         sa.Column("survivor_id", sa.String(length=32), nullable=False),
         sa.Column("merged_id", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.String(length=200), nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(
             ["merged_id"],
@@ -241,7 +241,7 @@ def upgrade() -> None:
         sa.Column("points", sa.Integer(), nullable=False),
         sa.Column("visits", sa.Integer(), nullable=False),
         sa.Column("spend", sa.Numeric(precision=12, scale=2), nullable=False),
-        sa.Column("tier_since", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("tier_since", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],
@@ -253,8 +253,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("vin", sa.String(length=17), nullable=False),
         sa.Column("customer_id", sa.String(length=32), nullable=False),
-        sa.Column("valid_from", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("valid_to", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("valid_from", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["customer_id"],
             ["customers.id"],
@@ -276,8 +276,8 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("vin", sa.String(length=17), nullable=False),
         sa.Column("plate", sa.String(length=16), nullable=False),
-        sa.Column("valid_from", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("valid_to", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("valid_from", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("valid_to", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["vin"],
             ["vehicles.vin"],
@@ -294,7 +294,7 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.String(length=32), nullable=False),
         sa.Column("from_tier", sa.String(length=32), nullable=True),
         sa.Column("to_tier", sa.String(length=32), nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("reason", sa.String(length=200), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -313,7 +313,7 @@ def upgrade() -> None:
         sa.Column("coupon_id", sa.String(length=32), nullable=False),
         sa.Column("from_id", sa.String(length=32), nullable=False),
         sa.Column("to_id", sa.String(length=32), nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["coupon_id"],
             ["coupons.id"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 revision = "0002"
 down_revision = "0001"
@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "gate_sightings",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("camera", sa.String(length=64), nullable=False),
         sa.Column("plate", sa.String(length=16), nullable=True),
         sa.Column("vin", sa.String(length=17), nullable=True),
@@ -50,8 +50,8 @@ def upgrade() -> None:
         sa.Column("lang", sa.String(length=8), nullable=False),
         sa.Column("effect_key", sa.String(length=200), nullable=True),
         sa.Column("data", sa.JSON(), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("done_at", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("done_at", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint("role IN ('advisor', 'call_centre', 'expert')", name="ck_inbox_role"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("effect_key"),
@@ -67,7 +67,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("vin", sa.String(length=17), nullable=False),
         sa.Column("customer_id", sa.String(length=32), nullable=True),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("lat", sa.Float(), nullable=False),
         sa.Column("lon", sa.Float(), nullable=False),
         sa.Column("source", sa.String(length=64), nullable=False),
@@ -91,10 +91,10 @@ def upgrade() -> None:
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("state", sa.String(length=8), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("next_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("next_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_error", sa.String(length=500), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("sent_at", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.CheckConstraint("state IN ('pending', 'sent', 'dead')", name="ck_outbox_state"),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -111,9 +111,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=300), nullable=False),
         sa.Column("event", sa.JSON(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("next_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("resolved_at", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("next_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("resolved_at", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("parked_events", schema=None) as batch_op:
@@ -140,7 +140,7 @@ def upgrade() -> None:
         sa.Column("subject", sa.String(length=64), nullable=False),
         sa.Column("customer_id", sa.String(length=32), nullable=True),
         sa.Column("rate_group", sa.String(length=64), nullable=False),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["effect_key"],
             ["effects.key"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 revision = "0003"
 down_revision = "0002"
@@ -21,7 +21,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("parked_events", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column("dead_at", crm.models.UTCDateTime(timezone=True), nullable=True)
+            sa.Column("dead_at", crm.schema.UTCDateTime(timezone=True), nullable=True)
         )
 
 

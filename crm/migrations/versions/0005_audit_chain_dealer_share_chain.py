@@ -41,7 +41,7 @@ PG_SHARE_TRIGGERS = [
 
 def _backfill() -> None:
     from crm.audit import GENESIS, row_hash
-    from crm.models import AuditRecord
+    from crm.schema import AuditRecord
 
     bind = op.get_bind()
     for table, key, col in (("vehicles", "vin", "dealer_id"), ("customers", "id", "dealer_id")):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 revision = "0006"
 down_revision = "0005"
@@ -30,7 +30,7 @@ def upgrade() -> None:
         sa.Column("dealer_id", sa.String(length=64), nullable=False),
         sa.Column("ref", sa.String(length=64), nullable=False),
         sa.Column("customer_id", sa.String(length=32), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["customer_id"], ["customers.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("dealer_id", "ref", name="uq_customer_ref"),
@@ -47,7 +47,7 @@ def upgrade() -> None:
         sa.Column("work", sa.Text(), nullable=False),
         sa.Column("amount", sa.Numeric(precision=12, scale=2), nullable=True),
         sa.Column("source", sa.String(length=64), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["vin"], ["vehicles.vin"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("vin", "service_date", name="uq_service_vin_date"),

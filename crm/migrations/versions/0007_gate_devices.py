@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 revision = "0007"
 down_revision = "0006"
@@ -26,7 +26,7 @@ def upgrade() -> None:
         "gate_devices",
         sa.Column("device_id", sa.String(length=64), nullable=False),
         sa.Column("dealer_id", sa.String(length=64), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("device_id"),
     )
 

@@ -19,7 +19,7 @@ import datetime as dt
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 revision = "0008"
 down_revision = "0007"
@@ -56,10 +56,10 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("delta", sa.Integer(), nullable=False),
         sa.Column("amount", sa.Numeric(precision=12, scale=2), nullable=True),
-        sa.Column("at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("detail", sa.JSON(), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["customer_id"], ["customers.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("source", "seq", name="uq_points_source_seq"),
@@ -74,9 +74,9 @@ def upgrade() -> None:
         "points_ledger",
         sa.column("customer_id", sa.String()), sa.column("source", sa.String()),
         sa.column("seq", sa.Integer()), sa.column("kind", sa.String()),
-        sa.column("delta", sa.Integer()), sa.column("at", crm.models.UTCDateTime()),
+        sa.column("delta", sa.Integer()), sa.column("at", crm.schema.UTCDateTime()),
         sa.column("actor", sa.String()), sa.column("detail", sa.JSON()),
-        sa.column("created_at", crm.models.UTCDateTime()),
+        sa.column("created_at", crm.schema.UTCDateTime()),
     )  # fmt: skip
     members = conn.execute(sa.text("SELECT customer_id, points FROM members WHERE points <> 0"))
     rows = [{"customer_id": cid, "source": f"opening:{cid}", "seq": 0, "kind": "adjustment",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import crm.models
+import crm.schema
 
 revision = "0009"
 down_revision = "0008"
@@ -27,9 +27,9 @@ def upgrade() -> None:
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column("customer_id", sa.String(length=32), nullable=False),
         sa.Column("link_nonce", sa.String(length=32), nullable=False),
-        sa.Column("created_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("expires_at", crm.models.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("ended_at", crm.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", crm.schema.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", crm.schema.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["customer_id"], ["customers.id"]),
         sa.PrimaryKeyConstraint("token_hash"),
     )

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, text
 
 from crm import store as st
 from crm.migrate import upgrade
-from crm.models import CouponTemplate, PlateAssignment, Vehicle
+from crm.schema import CouponTemplate, PlateAssignment, Vehicle
 from crm.tables import CustomerContact
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)

@@ -18,8 +18,8 @@ from core.wire import Event, encode_event
 from crm import store as st
 from crm.agents import install_crm_agents
 from crm.engine import RuleEngine
-from crm.models import Coupon
 from crm.rules import shipped_rules
+from crm.schema import Coupon
 from crm.tables import InboxItem, LocationFix
 from tests.unit.crm.conftest import T0, VIN, Dealer
 

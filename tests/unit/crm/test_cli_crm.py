@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from carpulse.cli import app
-from crm.models import Coupon, Effect
 from crm.rules import SHIPPED
+from crm.schema import Coupon, Effect
 from tests.unit.crm.conftest import T0, VIN, Dealer
 
 

@@ -29,7 +29,7 @@ from crm.delivery import (
     sign,
     verify_signature,
 )
-from crm.models import AuditRecord, utcnow
+from crm.schema import AuditRecord, utcnow
 from crm.tables import InboxItem, OutboxMessage
 from tests.unit.crm.conftest import Dealer
 

@@ -14,9 +14,9 @@ from core.wire import Event, encode_event
 from crm import store as st
 from crm.engine import RuleEngine
 from crm.jobs import dry_run, retry_parked, run_events, scan
-from crm.models import Coupon, Effect, PlateAssignment, Vehicle
 from crm.normalize import from_alert, from_device_event, from_prediction
 from crm.rules import shipped_rules
+from crm.schema import Coupon, Effect, PlateAssignment, Vehicle
 from crm.tables import InboxItem, OutboxMessage, ParkedEvent
 from tests.unit.crm.conftest import T0, VIN, VIN2, Dealer
 

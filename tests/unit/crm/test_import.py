@@ -16,8 +16,8 @@ from carpulse.cli import app
 from crm import store as st
 from crm.fields import FieldError, check_phone, check_vin, vin_check_digit
 from crm.migrate import upgrade
-from crm.models import Consent, Customer, CustomerIdentity, Ownership, PlateAssignment, Vehicle
 from crm.onboard import import_folder
+from crm.schema import Consent, Customer, CustomerIdentity, Ownership, PlateAssignment, Vehicle
 from crm.tables import CustomerContact, CustomerRef, ServiceRecord
 from tests.unit.crm.conftest import fresh_engine
 

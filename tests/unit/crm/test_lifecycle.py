@@ -19,8 +19,8 @@ from crm.agents import periodic
 from crm.engine import RuleEngine
 from crm.lifecycle import inactive_events, rfm, run_jobs
 from crm.migrate import upgrade
-from crm.models import AuditRecord, Coupon, CouponTemplate, Vehicle
 from crm.rules import shipped_rules
+from crm.schema import AuditRecord, Coupon, CouponTemplate, Vehicle
 from crm.tables import OutboxMessage
 from tests.unit.crm.conftest import VIN, VIN2, Dealer
 

@@ -20,7 +20,7 @@ from crm import location_sync as ls
 from crm import privacy as pv
 from crm import store as st
 from crm.location_sink import InfluxLocations, v1_delete_period, v1_purge, v2_delete_body
-from crm.models import Ownership, utcnow
+from crm.schema import Ownership, utcnow
 from tests.unit.crm.conftest import VIN, VIN2, Dealer
 
 

@@ -17,9 +17,9 @@ from crm import store as st
 from crm.engine import RuleEngine
 from crm.jobs import scan
 from crm.lifecycle import run_jobs
-from crm.models import AuditRecord, Coupon, Member, TierChange, Vehicle
 from crm.onboard import import_folder
 from crm.rules import shipped_rules
+from crm.schema import AuditRecord, Coupon, Member, TierChange, Vehicle
 from crm.tables import OutboxMessage, PointsEntry, ServiceRecord
 from tests.unit.crm.conftest import VIN, VIN2, Dealer
 from tests.unit.crm.test_import import write
@@ -271,7 +271,7 @@ def test_concurrent_grants_add_up_on_postgresql(postgres_url: str) -> None:
     from sqlalchemy import text
 
     from crm.migrate import upgrade
-    from crm.models import CouponTemplate
+    from crm.schema import CouponTemplate
 
     name = "t_" + uuid.uuid4().hex[:10]
     admin = st.make_engine(postgres_url, isolation_level="AUTOCOMMIT")

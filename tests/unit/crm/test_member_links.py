@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from crm import loyalty
 from crm import member_links as ml
 from crm import store as st
-from crm.models import AuditRecord, Consent, Coupon, CouponShare, CustomerIdentity, utcnow
+from crm.schema import AuditRecord, Consent, Coupon, CouponShare, CustomerIdentity, utcnow
 from crm.tables import ServiceRecord
 from tests.unit.crm.conftest import VIN, VIN2, Dealer
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, MetaData, inspect, text
 
 import crm.tables  # noqa: F401  (registers the 0002 tables on Base.metadata)
 from crm.migrate import downgrade, upgrade
-from crm.models import Base
+from crm.schema import Base
 from dashboards.auth import UserBase
 from tests.unit.crm.conftest import fresh_engine
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from crm import store as st
 from crm.jobs import DeadLetter, expire_parked, retry_parked, run_events
-from crm.models import Vehicle
+from crm.schema import Vehicle
 from crm.tables import ParkedEvent
 from tests.unit.crm.conftest import T0, Dealer
 from tests.unit.crm.test_engine import due, engine

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from crm import privacy as pv
 from crm import store as st
-from crm.models import AuditRecord, Coupon, CustomerIdentity, utcnow
+from crm.schema import AuditRecord, Coupon, CustomerIdentity, utcnow
 from crm.tables import CustomerContact, GateSighting, LocationFix, OutboxMessage
 from tests.unit.crm.conftest import VIN, VIN2, Dealer
 

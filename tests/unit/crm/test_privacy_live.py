@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from crm import delivery as dl
 from crm import privacy as pv
 from crm import store as st
-from crm.models import AuditRecord, Coupon, Customer, Vehicle, utcnow
+from crm.schema import AuditRecord, Coupon, Customer, Vehicle, utcnow
 from crm.tables import InboxItem, LocationFix
 from tests.unit.crm.conftest import VIN, VIN2, Dealer
 

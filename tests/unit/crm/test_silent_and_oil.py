@@ -14,9 +14,9 @@ from core.errors import DecodeError
 from core.topics import KAFKA_ALERTS
 from crm.agents import handle_record
 from crm.engine import RuleEngine
-from crm.models import Coupon
 from crm.normalize import from_alert, from_prediction
 from crm.rules import shipped_rules
+from crm.schema import Coupon
 from crm.tables import InboxItem, OutboxMessage
 from tests.unit.crm.conftest import T0, VIN, VIN2, Dealer
 

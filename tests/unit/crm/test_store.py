@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 
 from crm import store as st
 from crm.migrate import upgrade
-from crm.models import AuditRecord, Coupon, CouponShare, CouponTemplate, CustomerMerge, Vehicle
+from crm.schema import AuditRecord, Coupon, CouponShare, CouponTemplate, CustomerMerge, Vehicle
 from tests.unit.crm.conftest import fresh_engine
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from crm.migrate import upgrade
-from crm.models import Customer, Ownership, Vehicle
+from crm.schema import Customer, Ownership, Vehicle
 from crm.store import CrmStore
 from dashboards.app import DashboardConfig, create_app
 from dashboards.users import DEMO_PASSWORD, create_demo_users, seed_demo_crm

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from crm import delivery
-from crm.models import AuditRecord, Coupon, Customer, utcnow
+from crm.schema import AuditRecord, Coupon, Customer, utcnow
 from crm.store import CrmStore, find_or_create_customer, set_consent, transfer_ownership
 from crm.tables import InboxItem, LocationFix
 from dashboards.auth import SessionRow

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from crm import loyalty
-from crm.models import AuditRecord, Member, utcnow
+from crm.schema import AuditRecord, Member, utcnow
 from crm.tables import PointsEntry, ServiceRecord
 from tests.unit.dashboards.conftest import VIN_A, VIN_B, login
 from tests.unit.dashboards.test_member import link, sign_in, world  # noqa: F401

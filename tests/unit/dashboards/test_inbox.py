@@ -154,7 +154,7 @@ def test_a_device_declared_high_moves_the_advisor_card_to_the_expert_queue(
 
 
 def test_a_new_owner_gets_a_new_dtc_card(app_store: Any) -> None:
-    from crm.models import utcnow
+    from crm.schema import utcnow
     from crm.store import find_or_create_customer, transfer_ownership
 
     store = app_store[1]
@@ -191,7 +191,7 @@ def test_expert_cards_of_the_dealer_show_with_their_text(
 
 def test_inbox_escapes_card_text_and_needs_csrf(client: TestClient, app_store: Any) -> None:
     from crm import delivery
-    from crm.models import Customer
+    from crm.schema import Customer
     from tests.unit.dashboards.conftest import owner_of
 
     store = app_store[1]
@@ -249,7 +249,7 @@ def test_crash_cards_form_the_call_centre_queue_on_the_console(
     assert r.status_code == 303
     assert "state-acknowledged" in client.get("/console").text
     with store.tx() as s:
-        from crm.models import AuditRecord
+        from crm.schema import AuditRecord
 
         rec = s.scalars(select(AuditRecord).where(AuditRecord.action == "inbox.acknowledge")).all()
         assert [(a.actor, a.detail["role"]) for a in rec] == [("agent", "call_centre")]

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from crm.models import AuditRecord, Customer, utcnow
+from crm.schema import AuditRecord, Customer, utcnow
 from crm.store import CrmStore, find_or_create_customer, set_consent, transfer_ownership
 from dashboards.auth import SessionRow
 from dashboards.console import located_view

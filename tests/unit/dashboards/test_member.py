@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from crm import member_links as ml
-from crm.models import AuditRecord, Coupon, utcnow
+from crm.schema import AuditRecord, Coupon, utcnow
 from crm.store import CrmStore, issue_coupon, owner_at, transfer_ownership
 from crm.tables import ServiceRecord
 from crm.transports import RecordingTransport

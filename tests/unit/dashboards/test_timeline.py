@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from crm import delivery
-from crm.models import AuditRecord
+from crm.schema import AuditRecord
 from crm.store import CrmStore, audit, find_or_create_customer, transfer_ownership
 from crm.tables import GateSighting, InboxItem
 from dashboards.timeline import period_start, vehicle_timeline
@@ -76,7 +76,7 @@ def test_period_start_between_owners_and_never_owned(app_store: Any) -> None:
     store = app_store[1]
     with store.tx() as s:
         assert period_start(s, "NEVEROWNED0000001") is None
-        from crm.models import Ownership
+        from crm.schema import Ownership
 
         row = s.scalars(select(Ownership).where(Ownership.vin == VIN_A)).one()
         row.valid_to = NOW - dt.timedelta(days=2)  # scrapped / returned: no current owner
