@@ -306,7 +306,9 @@ def replay(
 
     if rate not in ("real", "max"):
         raise CarpulseError(f"--rate must be 'real' or 'max', not {rate!r}")
-    s = settings()
+    from carpulse.local_files import with_device_certs
+
+    s = with_device_certs(settings(), device)
     report = replay_log(log, dbc, device, s, rate=rate, strict=strict, progress=True)
     typer.echo(json.dumps(report))
 
@@ -323,10 +325,12 @@ def edge_doctor(
     ] = None,
 ) -> None:
     """Check interfaces, permissions, certificates and broker reachability, one line each."""
+    from carpulse.local_files import with_device_certs
     from edge.doctor import run_doctor
 
     s = settings()
     dev = device or s.edge.device_id
+    s = with_device_certs(s, dev)
     checks = run_doctor(s, dev, can=can or (), serial=serial or (), command_key=command_key)
     for check in checks:
         typer.echo(check.line())
@@ -356,10 +360,12 @@ def edge_run(
     from edge.aot import load_agent_kernels
 
     aot, kernels_line = load_agent_kernels(s0)  # ahead of time when built: numba never loads
+    from carpulse.local_files import with_device_certs
     from edge.agent import EdgeAgent, load_agent_config
     from edge.wiring import attach_all
 
     s, conf = load_agent_config(path)
+    s = with_device_certs(s)  # [edge] files, else the local stack's PKI
     _service_logging("edge", s)
     logging.getLogger("edge.aot").log(logging.INFO if aot else logging.WARNING, kernels_line)
     agent = EdgeAgent(s, conf)
@@ -433,7 +439,10 @@ def gate_run(
 
         stats = GateLoop(conf, show, faces=faces).run(stop, seconds)
     else:
+        from carpulse.local_files import with_device_certs
+
         s = settings()
+        s = with_device_certs(s, device or s.edge.device_id)
         sink = QueuedEvents(s, device or s.edge.device_id)
         sink.start()
         try:
@@ -569,16 +578,20 @@ def dashboard(
     """Serve the call-centre console and the service-advisor inbox."""
     s = settings()
     _service_logging("dashboard", s)  # before the imports: alembic logs when it loads
+    from carpulse.local_files import dashboard_local_files
     from dashboards.serve import config_from_settings, prepare_demo, serve
 
+    local = dashboard_local_files(s)  # the stack's files, where the settings name none
     cfg = config_from_settings(
         s,
+        local=local,
         crm_url=crm_url,
         secure_cookies=False if insecure_cookies else None,
         coupon_templates=coupon_template,
     )
     if demo_users:
-        prepare_demo(cfg, s)
+        assert local.folder is not None
+        prepare_demo(cfg, local.folder)
     serve(cfg, host or s.dashboard.host, port or s.dashboard.port)
 
 

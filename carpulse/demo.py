@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import Stack, port_in_use
 from core.config import CarpulseSettings, load_settings
 from core.datasets import canlog_dir
@@ -51,7 +52,7 @@ from core.errors import StackError
 from core.topics import device_topic
 from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
 from edge.dtc_watch import DTC_PRIORITY, DtcWatcher
-from edge.publisher import MqttPublisher, device_mqtt_settings
+from edge.publisher import MqttPublisher
 from edge.replay import batches_for
 from edge.seqstate import SequenceCounter
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
@@ -93,7 +94,7 @@ class Vehicle:
         self.s = s
         self.stats = VehicleStats(device_id, kind)
         self.seq = SequenceCounter(s.edge.state_dir, device_id)
-        self.pub = MqttPublisher(device_mqtt_settings(s, device_id), self.seq.boot_id)
+        self.pub = MqttPublisher(local_device_mqtt(s, device_id), self.seq.boot_id)
         self.topic = device_topic(device_id, "telemetry")
 
     def send_one(self, samples: Samples) -> None:

@@ -86,6 +86,7 @@ def build(settings: Any, workdir: Path) -> tuple[Any, Any]:
     """The agent, not started: the attacked log's CAN source and its intrusion detector, the
     console's commands with the door actuator; and its head-unit simulator, running (closed when
     the agent stops)."""
+    from carpulse.local_files import with_device_certs
     from edge.agent import AgentConfig, EdgeAgent
     from edge.headunit import HeadUnitSimulator
     from edge.intrusion import attach_intrusion
@@ -100,7 +101,7 @@ def build(settings: Any, workdir: Path) -> tuple[Any, Any]:
     )
     source = {"type": "can", "name": "can", "log": str(attacked),
               "dbc": str(canlog_dir() / CAR / DBC), "mapping": CAR}  # fmt: skip
-    agent = EdgeAgent(s, AgentConfig(sources=[source]))
+    agent = EdgeAgent(with_device_certs(s, DEVICE), AgentConfig(sources=[source]))
     doc = {"intrusion": {"enabled": True, "profile": str(profile)},
            **command_tables(settings, workdir)}  # fmt: skip
     attach_intrusion(agent, doc)

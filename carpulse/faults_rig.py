@@ -300,7 +300,8 @@ class CrashSender:
     """A device that only sends crash events over MQTT (each twice: an edge resend)."""
 
     def __init__(self, rig: Rig, device_id: str) -> None:
-        from edge.publisher import MqttPublisher, device_mqtt_settings
+        from carpulse.local_files import local_device_mqtt
+        from edge.publisher import MqttPublisher
 
         assert rig.settings is not None
         from crm.schema import Vehicle as CrmVehicle
@@ -308,7 +309,7 @@ class CrashSender:
         with rig.crm.tx() as s:
             s.add(CrmVehicle(vin=device_id, model="eval", device_id=device_id))
         self.rig, self.device_id = rig, device_id
-        self.pub = MqttPublisher(device_mqtt_settings(rig.settings, device_id), "crash-boot")
+        self.pub = MqttPublisher(local_device_mqtt(rig.settings, device_id), "crash-boot")
         self.pub.connect(30.0, announce=False)
         self.sent = 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import CarpulseSettings
@@ -10,9 +11,20 @@ from dashboards.app import DashboardConfig
 from dashboards.maintenance import Horizon
 
 
+@dataclass(frozen=True)
+class LocalFiles:
+    """Files of a local stack that the shell offers (``carpulse dashboard``); each is used only
+    when the settings leave it unset and it exists."""
+
+    mqtt_password_file: Path | None = None
+    signing_key_file: Path | None = None
+    folder: Path | None = None  # where the demo keeps its key pair and member messages
+
+
 def config_from_settings(
     s: CarpulseSettings,
     *,
+    local: LocalFiles | None = None,
     crm_url: str | None = None,
     secure_cookies: bool | None = None,
     coupon_templates: list[str] | None = None,
@@ -20,19 +32,18 @@ def config_from_settings(
     """The app's config from ``[dashboard]``, ``[crm]``, ``[kafka]`` and ``[mqtt]``; arguments
     given here (the command's flags) override them.
 
-    The CRM URL, the MQTT password file and the command-signing key fall back to the local
-    stack's folder only when the settings leave them unset; a file the settings name but that
-    does not exist is a configuration error, never a silent fallback.
+    The CRM URL falls back to the stack's database, the MQTT password file and the
+    command-signing key to ``local``'s files, only when the settings leave them unset; a file the
+    settings name but that does not exist is a configuration error, never a silent fallback.
     """
-    from carpulse.stack import Stack
     from crm.transports import from_settings as member_transport_from_settings
 
     d = s.dashboard
-    stack = Stack(s.stack)
+    local = local or LocalFiles()
     password_file = d.mqtt_password_file
     if password_file is None:
-        local = stack.secret_file(d.mqtt_username)
-        password_file = local if local.exists() else None
+        offered = local.mqtt_password_file
+        password_file = offered if offered and offered.exists() else None
     elif not Path(password_file).exists():
         raise ConfigError(f"dashboard.mqtt_password_file {password_file} does not exist")
     mqtt = s.mqtt.model_copy(
@@ -42,8 +53,8 @@ def config_from_settings(
     password = mqtt.resolved_password()
     key = d.signing_key_file
     if key is None:
-        local_key = stack.root / "pki" / "cmd-sign.key"
-        key = local_key if local_key.exists() else None
+        offered_key = local.signing_key_file
+        key = offered_key if offered_key and offered_key.exists() else None
     elif not Path(key).exists():
         raise ConfigError(f"dashboard.signing_key_file {key} does not exist")
     return DashboardConfig(
@@ -65,9 +76,9 @@ def config_from_settings(
     )
 
 
-def prepare_demo(cfg: DashboardConfig, s: CarpulseSettings, vehicles: int = 5) -> None:
-    """Migrate the CRM, create the demo users, the demo fleet's CRM records and a signing key."""
-    from carpulse.stack import Stack
+def prepare_demo(cfg: DashboardConfig, folder: Path, vehicles: int = 5) -> None:
+    """Migrate the CRM, create the demo users, the demo fleet's CRM records and a signing key
+    (``folder``: the local stack's, where the demo keeps its files)."""
     from crm.migrate import migrate
     from crm.store import CrmStore
     from dashboards.users import create_demo_users, seed_demo_crm
@@ -84,11 +95,11 @@ def prepare_demo(cfg: DashboardConfig, s: CarpulseSettings, vehicles: int = 5) -
     if cfg.member_transport is None:  # friends' sign-in links, for the demo's reader
         from crm.transports import RecordingTransport
 
-        cfg.member_transport = RecordingTransport(Stack(s.stack).root / "member-messages.jsonl")
+        cfg.member_transport = RecordingTransport(folder / "member-messages.jsonl")
     if cfg.signing_key is None:  # the demo's key pair, as `carpulse pki command-key` makes it
         from dashboards.commands import generate_signing_key
 
-        cfg.signing_key = generate_signing_key(Stack(s.stack).root / "pki")
+        cfg.signing_key = generate_signing_key(folder / "pki")
 
 
 def serve(cfg: DashboardConfig, host: str, port: int) -> None:

@@ -46,24 +46,19 @@ class DeviceMqtt:
 
 
 def device_mqtt_settings(s: CarpulseSettings, device_id: str) -> DeviceMqtt:
-    """The device's connection: explicit files from ``[edge]``, else the local stack's PKI."""
+    """The device's connection from ``[edge]``: broker, CA, certificate and key files.
+
+    The agent never looks for a development PKI: the ``carpulse`` commands fill the three files
+    from the local stack (``carpulse.local_files``) before they start edge code.
+    """
     e = s.edge
     check_device_id(device_id)
-    if e.cert_file and e.key_file and e.ca_file:
-        ca, cert, key = e.ca_file, e.cert_file, e.key_file
-    else:
-        from carpulse.stack import Stack  # local runs only
-
-        stack = Stack(s.stack)
-        if not stack.pki.ca_cert.exists():
-            raise ConfigError(
-                f"no certificates for {device_id}: set [edge] ca_file/cert_file/key_file, "
-                f"or run `carpulse stack up` to create a local PKI in {stack.pki.root}"
-            )
-        # Issues the certificate on first use and gives the device its ACL role on the broker.
-        cert, key = stack.provision_device(device_id)
-        ca = stack.pki.device_trust
-    return DeviceMqtt(device_id, e.broker_host, e.broker_port, ca, cert, key)
+    if not (e.cert_file and e.key_file and e.ca_file):
+        raise ConfigError(
+            f"no certificates for {device_id}: set [edge] ca_file, cert_file and key_file, "
+            "or run `carpulse stack up` to create a local PKI that the carpulse commands use"
+        )
+    return DeviceMqtt(device_id, e.broker_host, e.broker_port, e.ca_file, e.cert_file, e.key_file)
 
 
 class Backoff:

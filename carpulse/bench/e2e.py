@@ -206,15 +206,14 @@ class Fleet:
     def __init__(self, s: CarpulseSettings, vehicles: int) -> None:
         # The benchmark drives the real edge publisher on purpose: it measures the whole path.
         # Imported here only, so that the stream package itself never depends on edge.
-        from edge.publisher import MqttPublisher, device_mqtt_settings
+        from carpulse.local_files import local_device_mqtt
+        from edge.publisher import MqttPublisher
 
         self.ids = [f"bench-v{i}" for i in range(vehicles)]
         from carpulse.stack import Stack
 
         Stack(s.stack).provision_devices(self.ids)  # one ACL update for the fleet, not one each
-        self.pubs = [
-            MqttPublisher(device_mqtt_settings(s, d), "bench", window=64) for d in self.ids
-        ]
+        self.pubs = [MqttPublisher(local_device_mqtt(s, d), "bench", window=64) for d in self.ids]
         for p in self.pubs:
             p.connect(announce=False)
         from core.topics import device_topic

@@ -8,11 +8,12 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import Stack
 from core.config import KafkaSettings
 from core.topics import KAFKA_DEADLETTER, KAFKA_TELEMETRY, device_topic
 from core.wire import Samples, TelemetryBatch, decode_telemetry, encode_telemetry
-from edge.publisher import MqttPublisher, device_mqtt_settings
+from edge.publisher import MqttPublisher
 from stream.bridge import IngestBridge
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def test_bridge_forwards_valid_and_dead_letters_bad(local_stack: Stack) -> None:
         bridge = IngestBridge(s, name="bridge-test")
         await bridge.start()
         try:
-            pub = MqttPublisher(device_mqtt_settings(s, "br-car"), boot_id="b")
+            pub = MqttPublisher(local_device_mqtt(s, "br-car"), boot_id="b")
             await asyncio.to_thread(pub.connect, 10.0, announce=False)
             good = TelemetryBatch(
                 "br-car", "b", 1, Samples.from_records([("Vehicle.Speed", 5, 42.0)])

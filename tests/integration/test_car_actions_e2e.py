@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from carpulse import demo_ids
+from carpulse.local_files import with_device_certs
 from carpulse.stack import Stack
 from core.signing import generate_keypair, load_private_key
 from core.topics import KAFKA_VEHICLE_STATE, device_topic
@@ -111,7 +112,8 @@ channel = "{channel_name}"
 [edge.head_unit]
 socket = "{tmp_path / "hu.sock"}"
 """)
-        agent = EdgeAgent(*load_agent_config(cfg))
+        agent_settings, agent_conf = load_agent_config(cfg)
+        agent = EdgeAgent(with_device_certs(agent_settings), agent_conf)
         attach_all(agent, cfg)
         runner = threading.Thread(target=agent.run, kwargs={"seconds": 25}, daemon=True)
         runner.start()

@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from carpulse.local_files import with_device_certs
 from carpulse.stack import Stack, stop_processes
 from core.topics import (
     KAFKA_ALERTS,
@@ -103,7 +104,8 @@ dtc_interval_s = 1
 [edge.crash]
 enabled = false
 """)
-            agent = EdgeAgent(*load_agent_config(cfg))
+            agent_settings, agent_conf = load_agent_config(cfg)
+            agent = EdgeAgent(with_device_certs(agent_settings), agent_conf)
             attach_all(agent, cfg)
             # stopped in the finally below; long enough for a worker that first reads the
             # session's earlier records on the shared topics (a fresh consumer group)

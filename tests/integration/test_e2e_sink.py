@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import Stack
 from core.topics import KAFKA_INFLUX_RETRY, device_topic
 from core.wire import Samples, TelemetryBatch, encode_telemetry
-from edge.publisher import MqttPublisher, device_mqtt_settings
+from edge.publisher import MqttPublisher
 from tests.faultproxy import FaultProxy
 from tests.integration.helpers import influx_query, pipeline, uncommitted, wait_for
 
@@ -61,7 +62,7 @@ def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_pat
             "CARPULSE_INFLUX__TIMEOUT_S": "2",
         }
         with pipeline(local_stack, tmp_path, **env):
-            pub = MqttPublisher(device_mqtt_settings(s, device), boot_id="boot")
+            pub = MqttPublisher(local_device_mqtt(s, device), boot_id="boot")
             pub.connect(announce=False)
             topic = device_topic(device, "telemetry")
 

@@ -12,12 +12,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import Stack
 from core.commands import Ack, decode_ack, unpack_command
 from core.signing import generate_keypair, load_private_key, load_public_key, sign_command
 from core.topics import command_topic, device_topic, subscription
 from edge.commands import Command, CommandProcessor
-from edge.publisher import device_mqtt_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -25,7 +25,7 @@ DEV_A, DEV_B = "sec-cmd-a", "sec-cmd-b"
 
 
 def _device_client(stack: Stack, device_id: str) -> mqtt.Client:
-    conf = device_mqtt_settings(stack.settings, device_id)  # type: ignore[attr-defined]
+    conf = local_device_mqtt(stack.settings, device_id)  # type: ignore[attr-defined]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{device_id}")
     client.tls_set(
         ca_certs=str(conf.ca_file), certfile=str(conf.cert_file), keyfile=str(conf.key_file)

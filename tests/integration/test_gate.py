@@ -9,6 +9,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from carpulse.local_files import with_device_certs
 from carpulse.stack import Stack
 from core.wire import decode_event
 from edge.gate import GateConfig, GateLoop, QueuedEvents
@@ -39,7 +40,7 @@ def test_gate_events_reach_the_broker_and_leave_the_queue(
     try:
         console.subscribe("carpulse/v1/gate-test-1/events", qos=1)
         assert ready.wait(10)
-        sink = QueuedEvents(s, "gate-test-1")
+        sink = QueuedEvents(with_device_certs(s, "gate-test-1"), "gate-test-1")
         sink.start()
         conf = GateConfig(source=str(tmp_path), camera="gate-north", min_votes=1, presence=False)
         stats = GateLoop(conf, sink, tick=sink.pump).run()

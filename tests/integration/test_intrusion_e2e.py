@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from carpulse.local_files import with_device_certs
 from carpulse.stack import Stack, stop_processes
 from core.topics import KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_PREDICTIONS, KAFKA_TELEMETRY
 from crm.migrate import upgrade
@@ -101,7 +102,8 @@ enabled = true
 profile = "{prof}"
 cooldown_s = 30
 """)
-    agent = EdgeAgent(*load_agent_config(cfg))
+    agent_settings, agent_conf = load_agent_config(cfg)
+    agent = EdgeAgent(with_device_certs(agent_settings), agent_conf)
     attach_all(agent, cfg)
     runner = threading.Thread(target=agent.run, kwargs={"seconds": 25}, daemon=True)
     dash = DashboardConfig(crm_url=url, kafka_bootstrap=s.kafka.bootstrap,

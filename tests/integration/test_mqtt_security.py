@@ -10,10 +10,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.pki import LocalPKI
 from carpulse.stack import Stack
 from core.errors import PublishError
-from edge.publisher import DeviceMqtt, MqttPublisher, device_mqtt_settings
+from edge.publisher import DeviceMqtt, MqttPublisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -38,7 +39,7 @@ def test_device_cannot_publish_under_another_device(local_stack: Stack) -> None:
     s = local_stack.settings  # type: ignore[attr-defined]
     console, got = _console(local_stack)
     try:
-        pub = MqttPublisher(device_mqtt_settings(s, "sec-car-a"), boot_id="t")
+        pub = MqttPublisher(local_device_mqtt(s, "sec-car-a"), boot_id="t")
         pub.connect(announce=False)
         pub.publish("carpulse/v1/sec-car-a/events", b"mine")
         pub.publish("carpulse/v1/sec-car-b/events", b"forged")
@@ -116,7 +117,7 @@ def test_unreachable_broker_is_named(local_stack: Stack) -> None:
     from carpulse.stack import free_port
 
     s = local_stack.settings  # type: ignore[attr-defined]
-    conf = device_mqtt_settings(s, "sec-car-a")
+    conf = local_device_mqtt(s, "sec-car-a")
     port = free_port()
     conf = DeviceMqtt(conf.device_id, conf.host, port, conf.ca_file, conf.cert_file, conf.key_file)
     with pytest.raises(PublishError, match=rf"cannot reach the MQTT broker at 127\.0\.0\.1:{port}"):

@@ -13,6 +13,7 @@ import can
 import cantools
 import pytest
 
+from carpulse.local_files import with_device_certs
 from edge.replay import replay_log
 from firmware_bridge.dbc import private_path
 from tests.conftest import require_data
@@ -46,7 +47,8 @@ def test_can_log_lands_in_influxdb_exactly(local_stack, tmp_path: Path) -> None:
     assert len(expected) > 10_000
     device = "gt350-it"
     with pipeline(local_stack, tmp_path):
-        report = replay_log(log, dbc, device, local_stack.settings, rate="max")
+        s = with_device_certs(local_stack.settings, device)  # type: ignore[attr-defined]
+        report = replay_log(log, dbc, device, s, rate="max")
         assert report["samples"] == len(expected)
         want_counts = Counter(name for name, _ in expected)
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import stop_processes
 from core.topics import KAFKA_TELEMETRY, device_topic
 from core.wire import Samples, TelemetryBatch, decode_telemetry, encode_telemetry
-from edge.publisher import MqttPublisher, device_mqtt_settings
+from edge.publisher import MqttPublisher
 from tests.integration.helpers import pipeline_env
 from tests.integration.stream_util import consume, create_topics
 
@@ -65,7 +66,7 @@ def test_two_bridges_split_the_load_and_a_killed_one_loses_nothing(
     pubs = []
     try:
         for d in DEVICES:
-            pub = MqttPublisher(device_mqtt_settings(s, d), boot_id="b")
+            pub = MqttPublisher(local_device_mqtt(s, d), boot_id="b")
             pub.connect(15.0, announce=False)
             pubs.append(pub)
         time.sleep(3.0)  # both bridges connected and subscribed (their sessions persist)

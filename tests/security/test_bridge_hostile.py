@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import Stack
 from core.config import KafkaSettings
 from core.topics import KAFKA_DEADLETTER, KAFKA_TELEMETRY, device_topic
 from core.wire import Samples, TelemetryBatch, decode_telemetry, encode_telemetry
-from edge.publisher import MqttPublisher, device_mqtt_settings
+from edge.publisher import MqttPublisher
 from stream.bridge import IngestBridge
 from tests.security import hostile
 
@@ -94,8 +95,8 @@ def test_bridge_refuses_a_hostile_device_and_keeps_a_legitimate_one(local_stack:
         await bridge.start()
         pubs = []
         try:
-            evil_pub = MqttPublisher(device_mqtt_settings(s, EVIL), boot_id="boot")
-            good_pub = MqttPublisher(device_mqtt_settings(s, GOOD), boot_id="boot")
+            evil_pub = MqttPublisher(local_device_mqtt(s, EVIL), boot_id="boot")
+            good_pub = MqttPublisher(local_device_mqtt(s, GOOD), boot_id="boot")
             pubs = [evil_pub, good_pub]
             for p in pubs:
                 await asyncio.to_thread(p.connect, 10.0, announce=False)
@@ -181,7 +182,7 @@ def test_a_record_kafka_refuses_is_dead_lettered_not_held_in_flight(local_stack:
         bridge = IngestBridge(s, name="sec-bridge-big")
         await bridge.start()
         try:
-            pub = MqttPublisher(device_mqtt_settings(s, EVIL), boot_id="boot")
+            pub = MqttPublisher(local_device_mqtt(s, EVIL), boot_id="boot")
             await asyncio.to_thread(pub.connect, 10.0, announce=False)
             topic = device_topic(EVIL, "telemetry")
             await asyncio.to_thread(pub.publish, topic, big)

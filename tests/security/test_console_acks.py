@@ -9,11 +9,12 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from carpulse.local_files import local_device_mqtt
 from carpulse.stack import Stack
 from core.commands import Ack, encode_ack
 from core.topics import device_topic
 from dashboards.commands import CommandChannel
-from edge.publisher import MqttPublisher, device_mqtt_settings
+from edge.publisher import MqttPublisher
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
@@ -37,7 +38,7 @@ def test_console_survives_malformed_acks_and_keeps_only_the_addressed_cars(
     password = local_stack.secret_file("carpulse-console").read_text().strip()
     channel = CommandChannel(mqtt, Ed25519PrivateKey.generate(), password)
     channel.start()
-    pubs = [MqttPublisher(device_mqtt_settings(s, d), boot_id="b") for d in (CAR, OTHER)]
+    pubs = [MqttPublisher(local_device_mqtt(s, d), boot_id="b") for d in (CAR, OTHER)]
     try:
         for p in pubs:
             p.connect(10.0, announce=False)

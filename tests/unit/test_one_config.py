@@ -11,12 +11,19 @@ import pytest
 from typer.testing import CliRunner
 
 from carpulse.cli import app
+from carpulse.local_files import dashboard_local_files
 from carpulse.pki import LocalPKI
 from core.config import load_settings
 from core.errors import ConfigError
 from core.signing import generate_keypair
 from crm.cli import worker_setup
-from dashboards.serve import config_from_settings
+from dashboards.serve import LocalFiles, config_from_settings
+
+
+def _stack_files(conf: Path) -> LocalFiles:
+    """What ``carpulse dashboard`` offers from the local stack (carpulse.local_files)."""
+    return dashboard_local_files(load_settings(conf))
+
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "production-cloud.toml"
 
@@ -168,16 +175,19 @@ def test_dashboard_falls_back_to_the_local_stack_only_when_unset(
 ) -> None:
     conf = tmp_path / "local.toml"
     conf.write_text(f'[stack]\ndata_dir = "{tmp_path / "stack"}"\n')
-    bare = config_from_settings(load_settings(conf))
+    bare = config_from_settings(load_settings(conf), local=_stack_files(conf))
     assert bare.crm_url == f"sqlite:///{tmp_path / 'stack' / 'crm.sqlite'}"
     assert bare.mqtt is None and bare.signing_key is None  # nothing there: commands disabled
     (tmp_path / "stack" / "secrets").mkdir(parents=True)
     (tmp_path / "stack" / "secrets" / "carpulse-console.password").write_text("stack-pw\n")
     priv, _pub = generate_keypair(tmp_path / "stack" / "pki")
-    cfg = config_from_settings(load_settings(conf))
+    cfg = config_from_settings(load_settings(conf), local=_stack_files(conf))
     assert cfg.mqtt_password == "stack-pw" and cfg.signing_key == priv
     monkeypatch.setenv("CARPULSE_DASHBOARD__MQTT_PASSWORD", "env-pw")  # settings win
-    assert config_from_settings(load_settings(conf)).mqtt_password == "env-pw"
+    assert (
+        config_from_settings(load_settings(conf), local=_stack_files(conf)).mqtt_password
+        == "env-pw"
+    )
 
 
 def test_every_service_reads_log_and_metrics_from_the_file(prod: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from carpulse.local_files import with_device_certs
 from carpulse.pki import LocalPKI
 from carpulse.stack import free_port
 from core.config import CarpulseSettings, StackSettings
@@ -109,7 +110,7 @@ def test_run_doctor_reports_every_check_and_a_closed_broker(tmp_path: Path) -> N
     pki = LocalPKI(tmp_path / "pki")
     pki.device("car-doc-1")
     _, pub = generate_keypair(tmp_path / "pki")
-    checks = run_doctor(s, "car-doc-1", can=["lo"], command_key=pub)
+    checks = run_doctor(with_device_certs(s, "car-doc-1"), "car-doc-1", can=["lo"], command_key=pub)
     by_name = {c.name: c for c in checks}
     assert by_name["CAN interface lo"].status == "fail"
     assert by_name["device key permissions"].status == "ok"
@@ -122,7 +123,8 @@ def test_run_doctor_reports_every_check_and_a_closed_broker(tmp_path: Path) -> N
         by_name["broker"].status == "fail" and str(s.edge.broker_port) in by_name["broker"].detail
     )
     # No PKI at all: one clear failure instead of a traceback.
-    empty = run_doctor(CarpulseSettings(stack=StackSettings(data_dir=tmp_path / "none")), "x-1")
+    bare = CarpulseSettings(stack=StackSettings(data_dir=tmp_path / "none"))
+    empty = run_doctor(with_device_certs(bare, "x-1"), "x-1")
     assert [c.status for c in empty] == ["fail"] and "carpulse stack up" in empty[0].detail
 
 

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from carpulse.local_files import with_device_certs
 from carpulse.pki import LocalPKI
 from edge.agent import EdgeAgent, load_agent_config
 from edge.metrics import start_obs
@@ -30,7 +31,8 @@ def test_queue_depth_drops_and_readiness_offline(tmp_path: Path) -> None:
         f'[edge]\ndevice_id = "m-car-1"\nstate_dir = "{tmp_path / "state"}"\n'
         '[[edge.sources]]\ntype = "sim"\n[edge.queue]\nmax_bytes = 1000\n'
     )
-    agent = EdgeAgent(*load_agent_config(cfg))
+    agent_settings, agent_conf = load_agent_config(cfg)
+    agent = EdgeAgent(with_device_certs(agent_settings), agent_conf)
     for i in range(3):  # the third pushes the first out (1000-byte cap)
         agent.enqueue_event("test", 1_000_000 + i, 5, {"pad": "x" * 300})
     obs = start_obs(agent, "127.0.0.1", 0)
