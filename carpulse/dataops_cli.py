@@ -137,7 +137,7 @@ def retention_show(as_json: JsonOpt = False) -> None:
 def _crm_url(db: str | None, crm: bool) -> str | None:
     if not crm:
         return None
-    from crm.cli import _db_url
+    from crm.cli_store import db_url as _db_url
 
     return _db_url(db)
 

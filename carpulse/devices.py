@@ -56,7 +56,8 @@ def _register_in_crm(
     gate camera ``device_id`` when ``vin`` is None."""
     from sqlalchemy import select
 
-    from crm.cli import _settings_db_url, _store
+    from crm.cli_store import open_store as _store
+    from crm.cli_store import settings_db_url as _settings_db_url
     from crm.schema import Vehicle
     from crm.tables import GateDevice
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from core.errors import ConfigError
+from crm.cli_store import DbOpt, open_store
 
 if TYPE_CHECKING:
     from crm.store import CrmStore
@@ -26,19 +27,6 @@ templates_app = typer.Typer(help="Coupon templates the rules and the advisors is
 registry_app = typer.Typer(
     help="The device -> VIN registry the stream reads (\\[stream] registry)."
 )
-
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
-    ),
-]
-
-
-def _store(db: str | None) -> CrmStore:
-    from crm.cli import _store as store
-
-    return store(db)
 
 
 def _db_error(err: Exception) -> ConfigError:
@@ -84,7 +72,7 @@ def import_cmd(
     if region.upper() not in phonenumbers.SUPPORTED_REGIONS:
         raise ConfigError(f"--region {region!r}: not a country code phonenumbers knows (CN, HK...)")
     region = region.upper()
-    store = _store(db)
+    store = open_store(db)
     try:
         report = import_folder(
             store, folder, dealer_id=dealer, region=region, dry_run=dry_run,
@@ -140,7 +128,7 @@ def templates_add(
         raise ConfigError(f"--value {value!r} is not a number") from None
     if not amount.is_finite() or amount < 0 or amount >= Decimal("1e10"):
         raise ConfigError(f"--value {value!r} must be 0..9999999999.99")
-    store = _store(db)
+    store = open_store(db)
     try:
         with store.tx() as s:
             t = s.get(CouponTemplate, code)
@@ -172,7 +160,7 @@ def templates_list(
 
     from crm.schema import CouponTemplate
 
-    store = _store(db)
+    store = open_store(db)
     try:
         with store.tx() as s:
             rows = [
@@ -263,7 +251,7 @@ def registry_export(
     for g in gate or ():
         if not DEVICE_ID_RE.fullmatch(g):
             raise ConfigError(f"--gate {g!r}: not a device id")
-    store = _store(db)
+    store = open_store(db)
     try:
         doc = registry_doc(store, with_service=with_service, gates=gate or ())
     finally:

@@ -18,11 +18,11 @@ import typer
 from core.config import CarpulseSettings, KafkaSettings, SmtpSettings
 from core.errors import CarpulseError, ConfigError
 from crm.admin_cli import import_cmd, templates_app
+from crm.cli_store import DbOpt, db_url, open_store, settings_db_url
 from crm.loyalty_cli import register as register_loyalty
 
 if TYPE_CHECKING:
     from core.crm_events import CrmEvent
-    from crm.store import CrmStore
 
 crm_app = typer.Typer(
     help="CRM: rules (dry run), the rules worker, coupons issued, database migrations."
@@ -33,38 +33,6 @@ crm_app.add_typer(audit_app, name="audit")
 crm_app.add_typer(templates_app, name="templates")
 crm_app.command("import")(import_cmd)
 register_loyalty(crm_app)  # segments, points, close-service, jobs run (crm.loyalty_cli)
-
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
-    ),
-]
-
-
-def _db_url(db: str | None) -> str:
-    """``--db``, else ``[crm]`` (``CARPULSE_CRM__URL``, the file's ``url``/``url_file``; the
-    older ``CARPULSE_CRM_URL`` still counts when neither is set), else the stack's SQLite."""
-    if db:
-        return db
-    from core.config import cli_settings
-
-    return _settings_db_url(cli_settings())
-
-
-def _store(db: str | None) -> CrmStore:
-    """The CRM store, once its schema is this carpulse's (``carpulse crm migrate`` migrates;
-    nothing else does)."""
-    from crm.migrate import check_schema
-    from crm.store import CrmStore
-
-    store = CrmStore.from_url(_db_url(db))
-    try:
-        check_schema(store.engine)
-    except ConfigError:
-        store.engine.dispose()
-        raise
-    return store
 
 
 def read_events(path: Path) -> tuple[list[CrmEvent], list[str]]:
@@ -118,7 +86,7 @@ def dry_run_cmd(
 
     loaded = load_rules(rules)  # RuleError (file:line: field) is printed by carpulse.cli.main
     evs, bad = read_events(events)
-    store = _store(db)
+    store = open_store(db)
     engine = RuleEngine(loaded, webhook_url="https://dry-run.invalid/hook")
     with store.tx() as s:
         problems = engine.check(s)
@@ -147,7 +115,7 @@ def migrate_cmd(
     from crm.migrate import migrate
     from crm.store import CrmStore
 
-    url = _db_url(db)
+    url = db_url(db)
     store = CrmStore.from_url(url)
     try:
         before, after = migrate(store.engine)
@@ -178,7 +146,7 @@ def audit_verify_cmd(
     """Walk the audit log's hash chain; list edited rows and gaps (exit 1 if any)."""
     from crm.audit import verify_chain
 
-    store = _store(db)
+    store = open_store(db)
     try:
         with store.tx() as s:
             report = verify_chain(s, expect_head)
@@ -202,7 +170,7 @@ def app_role_cmd(
     and the coupon share chain. Run as the owner after every migrate."""
     from crm.audit import grant_app_role
 
-    store = _store(db)
+    store = open_store(db)
     try:
         done = grant_app_role(store.engine, role, os.environ.get("CARPULSE_CRM_APP_PASSWORD"))
     except ValueError as err:
@@ -252,7 +220,7 @@ def worker_setup(
     if smtp is not None and not smtp.host:
         smtp = None
     return WorkerSetup(
-        db_url=db or _settings_db_url(settings),
+        db_url=db or settings_db_url(settings),
         app_id=settings.stream.crm_app_id,
         kafka=settings.kafka,
         interval_s=interval if interval is not None else settings.crm.jobs_interval_s,
@@ -261,13 +229,6 @@ def worker_setup(
         webhook_secret=secret,
         smtp=smtp,
     )
-
-
-def _settings_db_url(settings: CarpulseSettings) -> str:
-    c = settings.crm
-    if not c.url and c.url_file is None and (env := os.environ.get("CARPULSE_CRM_URL")):
-        return env
-    return c.resolved_url(settings.stack)
 
 
 @crm_app.command("worker")
@@ -313,7 +274,7 @@ def worker_cmd(
         settings, db=db, interval=interval, webhook_url=webhook_url,
         smtp_host=smtp_host, smtp_port=smtp_port, sender=sender,
     )  # fmt: skip
-    store = _store(setup.db_url)
+    store = open_store(setup.db_url)
     if settings.crm.loyalty_file is not None:  # points, tiers and segments of this dealer
         from crm.loyalty import LoyaltyConfig, use_config
 
@@ -369,7 +330,7 @@ def coupons_cmd(
         query = query.where(Coupon.vin == vin)
     if template:
         query = query.where(Coupon.template_code == template)
-    store = _store(db)
+    store = open_store(db)
     try:
         with store.tx() as s:
             for c in s.scalars(query):
@@ -397,7 +358,7 @@ def erase_cmd(
 
     settings = cli_settings()
     sink = InfluxLocations(settings.influx, settings.stream.measurement)
-    counts = erase_customer(_store(db), sink, customer, actor, ticket)
+    counts = erase_customer(open_store(db), sink, customer, actor, ticket)
     typer.echo(json.dumps(counts))
 
 
@@ -408,7 +369,7 @@ def privacy_sync_cmd(db: DbOpt = None) -> None:
     from core.config import cli_settings
     from crm.location_sync import publish_policies
 
-    sent = publish_policies(_store(db), cli_settings().kafka.client_options("crm"))
+    sent = publish_policies(open_store(db), cli_settings().kafka.client_options("crm"))
     allowed = sum(p.location for p in sent)
     typer.echo(json.dumps({"vehicles": len(sent), "location_allowed": allowed}))
 
@@ -435,7 +396,7 @@ def yearly_cmd(
         ix.url, ix.database, settings.stream.measurement, ix.username,
         ix.password.get_secret_value() if ix.password else None,
     )  # fmt: skip
-    store = _store(db)
+    store = open_store(db)
     with store.tx() as s:
         doc = yearly_report(s, reader, vin, year, out, customer_id=customer, actor="cli")
     summary: dict[str, Any] = {
@@ -465,7 +426,7 @@ def demo_cmd(
     from crm.store import CrmStore
     from crm.tables import OutboxMessage
 
-    store = CrmStore.from_url(_db_url(db))
+    store = CrmStore.from_url(db_url(db))
     migrate(store.engine)  # a demo is one command, like `carpulse demo`
     vins = seed_demo(store, vehicles)
     events = simulated_predictions(vins, days)

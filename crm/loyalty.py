@@ -35,7 +35,16 @@ from sqlalchemy.orm import Session
 
 from core.errors import ConfigError
 from crm import store as st
-from crm.schema import Coupon, CouponShare, Customer, Member, TierChange, Vehicle, utcnow
+from crm.schema import (
+    Coupon,
+    CouponShare,
+    Customer,
+    Member,
+    TierChange,
+    Vehicle,
+    new_id,
+    utcnow,
+)
 from crm.tables import PointsEntry, ServiceRecord
 
 SHIPPED: Final = Path(__file__).parent / "loyalty.yaml"
@@ -539,10 +548,36 @@ def _service_record(
 
 
 # ----- redemptions and referrals -----------------------------------------------------------------
+def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | None = None) -> None:
+    """Redeem atomically (``crm.store.mark_redeemed``: of two concurrent redemptions exactly one
+    succeeds), then the points for the redemption and the referral reward (``after_redeem``)."""
+    now = now or utcnow()
+    after_redeem(s, st.mark_redeemed(s, coupon_id, by_id, now), now)
+
+
+def record_visit(
+    s: Session, customer_id: str, spend: float, points: int = 0, actor: str = "crm"
+) -> tuple[str | None, str]:
+    """A visit without a service record (a walk-in, a test, a demo): the spend earns points by
+    these rules (plus ``points``) and the tier is reviewed; returns ``(old_tier,
+    new_tier)`` (old is None for a new member). Not idempotent: a visit with a record goes
+    through ``close_service`` or the import instead."""
+    cfg = config()
+    customer_id = st.resolve(s, customer_id)
+    member = s.get(Member, customer_id)
+    old = None if member is None else (cfg.level(member.tier) or cfg.tiers.levels[0]).id
+    amount = parse_amount(spend, cfg)
+    now = utcnow()
+    grant(s, customer_id, f"visit:{new_id()}", cfg.service_points(amount) + points,
+                  kind="service", at=now, actor=actor, amount=amount, cfg=cfg)  # fmt: skip
+    _, new = review_tier(s, customer_id, now, "visit", cfg)
+    return old, new
+
+
 def after_redeem(
     s: Session, coupon: Coupon, now: dt.datetime, cfg: LoyaltyConfig | None = None
 ) -> None:
-    """Called by ``crm.store.redeem_coupon`` once a redemption succeeded: the holder earns the
+    """Called by ``redeem_coupon`` once a redemption succeeded: the holder earns the
     redemption points; a coupon that came through a share, redeemed at the holder's first
     visit, earns the sharer the referral points (once per coupon)."""
     cfg = cfg or config()

@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from core.errors import ConfigError
+from crm.cli_store import DbOpt, open_store
 
 if TYPE_CHECKING:
     from crm.store import CrmStore
 
 jobs_app = typer.Typer(help="The CRM's scheduled jobs (the CRM worker runs them on a timer).")
 
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db", help="CRM database URL (default \\[crm] url or url_file, else the stack's SQLite)."
-    ),
-]
 NowOpt = Annotated[
     str | None,
     typer.Option("--now", help="Evaluate at this ISO time with offset (default: now)."),
@@ -35,11 +30,10 @@ def _setup(db: str | None) -> CrmStore:
     """The store, with ``[crm] loyalty_file`` made this process's loyalty rules."""
     from core.config import cli_settings
     from crm import loyalty
-    from crm.cli import _store
 
     path = cli_settings().crm.loyalty_file
     loyalty.use_config(loyalty.LoyaltyConfig.load(path) if path else None)
-    return _store(db)
+    return open_store(db)
 
 
 def _now(text: str | None) -> dt.datetime:

@@ -285,7 +285,7 @@ def redeem_at_counter(
     s: Session, raw: str, actor: str, dealer_id: str, now: dt.datetime | None = None
 ) -> Coupon:
     """Redeem the coupon of a code for whoever holds it: one conditional UPDATE
-    (``crm.store.redeem_coupon``), so of N parallel scans exactly one succeeds; audited.
+    (``crm.loyalty.redeem_coupon``), so of N parallel scans exactly one succeeds; audited.
     ``CounterError`` says why not (unknown, another dealer's, used, expired, voided)."""
     now = now or utcnow()
     c = find_by_code(s, raw)
@@ -293,7 +293,7 @@ def redeem_at_counter(
         raise CounterError(f"coupon {short_code(c.id)} is not one of this dealer's", "other_dealer")
     _refuse_dead(c, now)
     try:
-        st.redeem_coupon(s, c.id, c.holder_id, now)
+        loyalty.redeem_coupon(s, c.id, c.holder_id, now)
     except st.CouponStateError as err:  # lost the race to a parallel scan (or a void)
         s.refresh(c)
         _refuse_dead(c, now)

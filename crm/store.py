@@ -32,7 +32,6 @@ from crm.schema import (
     Effect,
     Member,
     Ownership,
-    new_id,
     utcnow,
 )
 from crm.tables import PointsEntry
@@ -296,28 +295,6 @@ def has_consent(s: Session, customer_id: str, purpose: str, at: dt.datetime | No
     return bool(latest and latest.granted)
 
 
-# ----- members and tiers --------------------------------------------------------------------------
-def record_visit(
-    s: Session, customer_id: str, spend: float, points: int = 0, actor: str = "crm"
-) -> tuple[str | None, str]:
-    """A visit without a service record (a walk-in, a test, a demo): the spend earns points by
-    ``crm.loyalty``'s rules (plus ``points``) and the tier is reviewed; returns ``(old_tier,
-    new_tier)`` (old is None for a new member). Not idempotent: a visit with a record goes
-    through ``crm.loyalty.close_service`` or the import instead."""
-    from crm import loyalty
-
-    cfg = loyalty.config()
-    customer_id = resolve(s, customer_id)
-    member = s.get(Member, customer_id)
-    old = None if member is None else (cfg.level(member.tier) or cfg.tiers.levels[0]).id
-    amount = loyalty.parse_amount(spend, cfg)
-    now = utcnow()
-    loyalty.grant(s, customer_id, f"visit:{new_id()}", cfg.service_points(amount) + points,
-                  kind="service", at=now, actor=actor, amount=amount, cfg=cfg)  # fmt: skip
-    _, new = loyalty.review_tier(s, customer_id, now, "visit", cfg)
-    return old, new
-
-
 # ----- effects (exactly once) ---------------------------------------------------------------------
 def effect_key(rule: str, subject: str, period: str) -> str:
     return f"{rule}|{subject}|{period}"
@@ -411,8 +388,9 @@ def share_coupon(
     audit(s, from_id, "coupon.share", coupon_id, to=to_id)
 
 
-def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | None = None) -> None:
-    """Redeem atomically: of two concurrent redemptions exactly one succeeds."""
+def mark_redeemed(s: Session, coupon_id: str, by_id: str, now: dt.datetime | None = None) -> Coupon:
+    """Mark the coupon redeemed atomically: of two concurrent redemptions exactly one succeeds.
+    ``crm.loyalty.redeem_coupon`` calls this and then grants the points."""
     now = now or utcnow()
     by_id = resolve(s, by_id)
     result = s.execute(
@@ -431,9 +409,7 @@ def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
     coupon = _coupon(s, coupon_id)
     s.refresh(coupon)
     audit(s, by_id, "coupon.redeem", coupon_id)
-    from crm.loyalty import after_redeem  # points for the redemption, the referral reward
-
-    after_redeem(s, coupon, now)
+    return coupon
 
 
 def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:

@@ -56,7 +56,7 @@ def _password(password_file: Path | None, password_stdin: bool) -> str:
 
 
 def _run(db: str | None, fn: object) -> None:
-    from crm.cli import _store
+    from crm.cli_store import open_store as _store
 
     store = _store(db)  # refuses a CRM not migrated (the users table is migration 0004's)
     try:

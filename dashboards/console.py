@@ -32,12 +32,12 @@ from crm import delivery
 from crm.privacy import Fix, PrivacyError, grant_in_force, read_location
 from crm.schema import Vehicle
 from crm.store import CrmError, CrmStore, audit
-from dashboards.app import REASON_CODES, csrf, render, require
 from dashboards.auth import LocationGrant, SessionStore, WebSession
 from dashboards.data import DealerScopeError, search, vehicle_card
 from dashboards.desk import desk
 from dashboards.live import StateHub, public_view
 from dashboards.timeline import timeline_view
+from dashboards.web import REASON_CODES, csrf, render, require
 
 router = APIRouter(tags=["console"])
 VIN_RE: Final = r"^[A-HJ-NPR-Z0-9]{11,17}$"

@@ -27,8 +27,8 @@ from crm import member_links as ml
 from crm.schema import PlateAssignment, Vehicle
 from crm.store import CrmError, audit
 from dashboards import staff_text
-from dashboards.app import csrf, render, require, staff_lang
 from dashboards.auth import WebSession
+from dashboards.web import csrf, render, require, staff_lang
 
 router = APIRouter(tags=["inbox"])
 STATUS = {"bad": 400, "unknown": 404, "ambiguous": 409, "other_dealer": 404, "redeemed": 409,

@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from crm import delivery
 from crm.schema import PlateAssignment, Vehicle
 from crm.store import CrmStore
-from dashboards.app import render, require
 from dashboards.auth import WebSession
 from dashboards.live import SPEED, StateHub
+from dashboards.web import render, require
 
 router = APIRouter(tags=["console"])
 CALL_CENTRE_ROLES: Final = ("call_centre",)

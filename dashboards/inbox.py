@@ -31,7 +31,6 @@ from crm.normalize import dtc_severity
 from crm.schema import CouponTemplate, Vehicle, utcnow
 from crm.store import CrmError, CrmStore, audit, owner_at
 from crm.tables import InboxItem
-from dashboards.app import csrf, render, require
 from dashboards.auth import WebSession
 from dashboards.data import DealerScopeError, VehicleCard, customer_card, vehicle_card
 from dashboards.live import describe_dtc
@@ -45,6 +44,7 @@ from dashboards.maintenance import (
     title,
     with_evidence,
 )
+from dashboards.web import csrf, render, require
 
 router = APIRouter(tags=["inbox"])
 ItemId = Annotated[int, Path(ge=1, le=2**62)]

@@ -32,6 +32,7 @@ from crm.schema import Coupon, CouponTemplate, Customer, utcnow
 from crm.store import CouponStateError, CrmError, CrmStore, audit, resolve
 from crm.tables import MemberSession
 from dashboards.member_text import LANGS, qr_svg, t
+from dashboards.web import lang_of, templates
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["member"])
@@ -72,22 +73,8 @@ def _mac(key: bytes, msg: str) -> str:
     return hmac.new(key, msg.encode(), hashlib.sha256).hexdigest()
 
 
-def lang_of(
-    request: Request,
-    cookie: str = LANG_COOKIE,
-    default: str = "zh-CN",
-    langs: tuple[str, ...] = LANGS,
-) -> str:
-    """``?lang=`` if it names one of ``langs``, else the cookie's, else ``default`` (the member
-    page's: Chinese; the staff pages pass theirs, see ``dashboards.staff_text``)."""
-    asked = request.query_params.get("lang") or request.cookies.get(cookie)
-    return asked if asked is not None and asked in langs else default
-
-
 def _page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-    from dashboards.app import templates
-
-    lang = lang_of(request)
+    lang = lang_of(request, LANG_COOKIE, "zh-CN", LANGS)
     ctx.update(request=request, lang=lang, t=lambda key, **kw: t(lang, key, **kw),
                tier_name=lambda tier: loyalty.tier_name(tier, lang))  # fmt: skip
     resp = templates.TemplateResponse(request, name, ctx, status_code=status)

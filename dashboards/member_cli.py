@@ -31,7 +31,7 @@ def member_link(
 
     from core.config import cli_settings
     from crm import member_links as ml
-    from crm.cli import _store
+    from crm.cli_store import open_store as _store
     from crm.delivery import DeliveryError
     from crm.schema import Customer, CustomerIdentity
     from crm.store import CrmError

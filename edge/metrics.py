@@ -7,8 +7,8 @@ offline, when the queue can still be written (store and forward).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,13 +17,35 @@ from prometheus_client.registry import Collector
 from core.observe import ObsServer
 
 if TYPE_CHECKING:
-    from edge.agent import EdgeAgent
+    from edge.queue import DurableQueue
+    from edge.sources.base import Source
 
 DROPS = ("evicted", "rejected", "expired")
 
 
+class _Link(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+class AgentView(Protocol):
+    """What the metrics read of an agent (``edge.agent.EdgeAgent``; also ``actuators`` and
+    ``intrusion`` when it has them)."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def stats(self) -> Mapping[str, Any]: ...
+    @property
+    def queue(self) -> DurableQueue: ...
+    @property
+    def sources(self) -> Sequence[Source]: ...
+    @property
+    def pub(self) -> _Link: ...
+
+
 class _AgentCollector(Collector):
-    def __init__(self, agent: EdgeAgent) -> None:
+    def __init__(self, agent: AgentView) -> None:
         self.agent = agent
 
     def collect(self) -> Iterable[Metric]:
@@ -99,7 +121,7 @@ class _AgentCollector(Collector):
         yield gauge("mqtt_connected", "1 while the MQTT session is up.", int(a.pub.connected))
 
 
-def start_obs(agent: EdgeAgent, host: str, port: int) -> ObsServer:
+def start_obs(agent: AgentView, host: str, port: int) -> ObsServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` for ``agent`` on ``host:port``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_AgentCollector(agent))

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from core.observe import readiness
-
-if TYPE_CHECKING:
-    from stream.bridge import IngestBridge
 
 AsyncCheck = Callable[[], Awaitable[tuple[bool, str]]]
 # InfluxDB write requests take ms on a LAN, seconds when it is struggling, up to the retries
@@ -69,7 +67,32 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 
 # ----- ingest bridge -----------------------------------------------------------------------
-def bridge_registry(bridge: IngestBridge) -> CollectorRegistry:
+class _BridgeCounters(Protocol):
+    @property
+    def lock(self) -> AbstractContextManager[Any]: ...
+    @property
+    def received(self) -> int: ...
+    @property
+    def forwarded(self) -> int: ...
+    @property
+    def rate_limited(self) -> int: ...
+    @property
+    def reasons(self) -> Mapping[str, int]: ...
+
+
+class BridgeView(Protocol):
+    """What the metrics read of a bridge (``stream.bridge.IngestBridge``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def counters(self) -> _BridgeCounters: ...
+    def in_flight(self) -> int: ...
+    def mqtt_up(self) -> bool: ...
+    def kafka_ok(self) -> tuple[bool, str]: ...
+
+
+def bridge_registry(bridge: BridgeView) -> CollectorRegistry:
     """``carpulse_bridge_*`` from the bridge's own counters, labelled with its name."""
     c = bridge.counters
 

@@ -32,6 +32,7 @@ from core.topics import (
     KAFKA_TELEMETRY,
 )
 from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
+from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
 from crm.schema import Coupon, CouponTemplate, Effect, Vehicle
@@ -88,7 +89,7 @@ def member_store(
         member = st.find_or_create_customer(s, {"phone": phone})
         for vin in vehicles:
             st.transfer_ownership(s, vin, member, now - dt.timedelta(days=400))
-        st.record_visit(s, member, spend=100)
+        loyalty.record_visit(s, member, spend=100)
         st.set_consent(s, member, "marketing", True)
     return store, member
 
@@ -289,7 +290,9 @@ def test_worker_timer_runs_the_loyalty_jobs_once(local_stack: Stack, tmp_path: P
         old = st.issue_coupon(s, "maintenance", member, now - dt.timedelta(days=1))
         shared = st.issue_coupon(s, "maintenance", member, now + dt.timedelta(days=30))
         st.share_coupon(s, shared.id, member, friend)
-        st.redeem_coupon(s, shared.id, friend)  # the friend's first visit: the member is rewarded
+        loyalty.redeem_coupon(
+            s, shared.id, friend
+        )  # the friend's first visit: the member is rewarded
 
     def templates() -> dict[str, int]:
         with store.tx() as s:

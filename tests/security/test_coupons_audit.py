@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from carpulse.cli import app as cli
+from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
 from crm.schema import AuditRecord, Coupon, CouponShare, CouponTemplate
@@ -78,7 +79,7 @@ def _race_behind_a_redemption(store: st.CrmStore, cid: str, redeemer: str, other
     outcome: dict[str, Any] = {}
     tx = Session(store.engine, expire_on_commit=False)
     tx.begin()
-    st.redeem_coupon(tx, cid, redeemer)  # holds the coupon's row lock until commit
+    loyalty.redeem_coupon(tx, cid, redeemer)  # holds the coupon's row lock until commit
 
     def run() -> None:
         try:
@@ -112,7 +113,7 @@ def test_a_share_cannot_overwrite_a_redemption_on_postgresql(pg: Any) -> None:
     with store.tx() as s:
         st.share_coupon(s, legit, a, b)
     with store.tx() as s:
-        st.redeem_coupon(s, legit, b)
+        loyalty.redeem_coupon(s, legit, b)
         assert s.get(Coupon, legit).redeemed_by == b  # type: ignore[union-attr]
 
 
@@ -152,7 +153,7 @@ def test_racing_shares_and_redemptions_settle_to_exactly_one_on_postgresql(pg: A
         share = threading.Thread(target=attempt, args=(
             lambda s, c=cid: st.share_coupon(s, c, a, b), barrier, wins, "share"))  # fmt: skip
         redeem = threading.Thread(target=attempt, args=(
-            lambda s, c=cid: st.redeem_coupon(s, c, a), barrier, wins, "redeem"))  # fmt: skip
+            lambda s, c=cid: loyalty.redeem_coupon(s, c, a), barrier, wins, "redeem"))  # fmt: skip
         share.start(), redeem.start()
         share.join(15), redeem.join(15)
         assert len(wins) == 1, (cid, wins)  # exactly one of the two took effect
@@ -254,7 +255,7 @@ def test_the_application_role_cannot_change_the_audit_log_on_postgresql(
     with app_store.tx() as s:
         st.share_coupon(s, cid, a, b)
     with app_store.tx() as s:
-        st.redeem_coupon(s, cid, b)
+        loyalty.redeem_coupon(s, cid, b)
     web = create_app(DashboardConfig(crm_url=app_url))
     with TestClient(web, base_url="https://testserver") as c:
         login(c, "agent")

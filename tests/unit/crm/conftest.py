@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import Engine, text
 
+from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
 from crm.schema import CouponTemplate, PlateAssignment, Vehicle
@@ -63,7 +64,7 @@ def dealer(request: pytest.FixtureRequest, tmp_path) -> Iterator[Dealer]:  # typ
         other = st.find_or_create_customer(s, {"phone": "+8613800000002"}, "李女士")
         st.transfer_ownership(s, VIN, member, T0 - dt.timedelta(days=800))
         st.transfer_ownership(s, VIN2, other, T0 - dt.timedelta(days=800))
-        st.record_visit(s, member, spend=500)
+        loyalty.record_visit(s, member, spend=500)
         st.set_consent(s, member, "marketing", True, source="app")
         s.add(CustomerContact(customer_id=member, email="wang@example.com", lang="zh-CN"))
     yield Dealer(store, member, other)

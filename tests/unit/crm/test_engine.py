@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from core.crm_events import CrmEvent
 from core.wire import Event, encode_event
+from crm import loyalty
 from crm import store as st
 from crm.engine import RuleEngine
 from crm.jobs import dry_run, retry_parked, run_events, scan
@@ -138,7 +139,7 @@ def test_tier_upgrade_welcome_and_expiry_reminder_once(dealer: Dealer) -> None:
     eng = engine()
     with dealer.store.tx() as s:
         for _ in range(3):
-            st.record_visit(s, dealer.member, spend=2000)
+            loyalty.record_visit(s, dealer.member, spend=2000)
     now = st.utcnow()
     first = scan(dealer.store, eng, now=now)
     assert first["fired"] >= 1

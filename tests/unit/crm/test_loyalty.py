@@ -216,14 +216,14 @@ def test_redemption_and_referral_earn_once(dealer: Dealer) -> None:
         st.share_coupon(s, second.id, dealer.member, friend, now=NOW)
         sharer_before = loyalty.balance(s, dealer.member)
     with dealer.store.tx() as s:  # the friend's first visit
-        st.redeem_coupon(s, first.id, friend, now=NOW)
+        loyalty.redeem_coupon(s, first.id, friend, now=NOW)
     with dealer.store.tx() as s:
         assert loyalty.balance(s, friend) == cfg.points.redemption
         assert loyalty.balance(s, dealer.member) == sharer_before + cfg.points.referral
         (ref,) = ledger(s, "referral:")
         assert (ref.customer_id, ref.detail["friend"]) == (dealer.member, friend)
     with dealer.store.tx() as s:  # not the friend's first visit any more: no second referral
-        st.redeem_coupon(s, second.id, friend, now=NOW + dt.timedelta(hours=1))
+        loyalty.redeem_coupon(s, second.id, friend, now=NOW + dt.timedelta(hours=1))
     with dealer.store.tx() as s:
         assert loyalty.balance(s, friend) == 2 * cfg.points.redemption
         assert len(ledger(s, "referral:")) == 1
@@ -239,7 +239,7 @@ def test_redemption_and_referral_earn_once(dealer: Dealer) -> None:
 def test_own_coupon_redeemed_earns_no_referral(dealer: Dealer) -> None:
     with dealer.store.tx() as s:
         cp = st.issue_coupon(s, "maintenance", dealer.other, NOW + dt.timedelta(days=30))
-        st.redeem_coupon(s, cp.id, dealer.other, now=NOW)
+        loyalty.redeem_coupon(s, cp.id, dealer.other, now=NOW)
     with dealer.store.tx() as s:
         assert ledger(s, "referral:") == []
         assert [r.delta for r in ledger(s, "redeem:")] == [loyalty.config().points.redemption]
@@ -293,7 +293,7 @@ def test_concurrent_grants_add_up_on_postgresql(postgres_url: str) -> None:
         barrier.wait()
         try:
             with crm.tx() as s:
-                st.redeem_coupon(s, coupon_id, c)
+                loyalty.redeem_coupon(s, coupon_id, c)
         except BaseException as err:  # reported by the assertion below
             errors.append(err)
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select, text
 
+from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
 from crm.schema import AuditRecord, Coupon, CouponShare, CouponTemplate, CustomerMerge, Vehicle
@@ -95,7 +96,7 @@ def test_consent_is_revocable_with_history(crm: st.CrmStore) -> None:
 def test_tiers_upgrade_with_visits_and_spend(crm: st.CrmStore) -> None:
     with crm.tx() as s:
         c = st.find_or_create_customer(s, {"member_card": "M001"})
-        changes = [st.record_visit(s, c, spend=1200) for _ in range(3)]
+        changes = [loyalty.record_visit(s, c, spend=1200) for _ in range(3)]
     assert changes[0] == (None, "standard")  # 普卡
     assert changes[1] == ("standard", "standard")  # 240 points
     assert changes[2] == ("standard", "silver")  # 银卡: 3600 CNY spent, 360 points in a year
@@ -108,14 +109,14 @@ def test_coupon_lifecycle_and_share_chain(crm: st.CrmStore) -> None:
         cp = st.issue_coupon(s, "tyre", a, T0 + dt.timedelta(days=30))
         st.share_coupon(s, cp.id, a, b, now=T0)
     with pytest.raises(st.CouponStateError, match="held by"), crm.tx() as s:
-        st.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=1))
+        loyalty.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=1))
     with crm.tx() as s:
-        st.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=1))
+        loyalty.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=1))
         chain = [(x.from_id, x.to_id) for x in s.scalars(select(CouponShare))]
         assert chain == [(a, b)]
         assert s.get(Coupon, cp.id).redeemed_by == b  # type: ignore[union-attr]
     with pytest.raises(st.CouponStateError, match="it is redeemed"), crm.tx() as s:
-        st.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=2))
+        loyalty.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=2))
 
 
 def test_redeeming_an_expired_coupon_is_a_clear_error(crm: st.CrmStore) -> None:
@@ -123,7 +124,7 @@ def test_redeeming_an_expired_coupon_is_a_clear_error(crm: st.CrmStore) -> None:
         a = st.find_or_create_customer(s, {"phone": "20"})
         cp = st.issue_coupon(s, "tyre", a, T0 + dt.timedelta(days=30))
     with pytest.raises(st.CouponStateError, match="expired on 2026-01-31"), crm.tx() as s:
-        st.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=31))
+        loyalty.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=31))
     with crm.tx() as s:
         assert st.expire_coupons(s, now=T0 + dt.timedelta(days=31)) == 1
 
@@ -178,7 +179,7 @@ def test_concurrent_redemptions_exactly_one_succeeds_on_postgresql(postgres_url:
             barrier.wait()
             try:
                 with crm.tx() as s:
-                    st.redeem_coupon(s, coupon_id, c)
+                    loyalty.redeem_coupon(s, coupon_id, c)
                 outcomes.append("ok")
             except st.CouponStateError:
                 outcomes.append("refused")
