@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from carpulse.dataops_cli import backup_cmd, influx_app, restore_cmd
+from carpulse.install_check import doctor_cmd
 from core.config import CarpulseSettings, cli_settings, masked_dump, start_cli
 from core.errors import CarpulseError
 from core.logs import FORMATS, service_logging, start_cli_logging
@@ -57,6 +58,8 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(member_app, name="member")
 # CAN intrusion profiles for the edge agent (issue 18 item 4)
 app.add_typer(ids_app, name="ids")
+# another distribution with our top-level names (issue 16 item 6)
+app.command("doctor")(doctor_cmd)
 
 _state: dict[str, Any] = {}
 
