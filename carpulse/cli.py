@@ -295,20 +295,33 @@ def config_show() -> None:
 # ----- replay / edge -------------------------------------------------------------------------
 @app.command("replay")
 def replay(
-    log: Annotated[Path, typer.Argument(help="candump -L log file.")],
-    dbc: Annotated[Path, typer.Option(help="DBC file for this car.")],
+    log: Annotated[Path, typer.Argument(help="CAN log: candump -L (.log), Vector ASC or BLF.")],
+    dbc: Annotated[Path, typer.Option(help="DBC file that decodes this car's frames.")],
     device: Annotated[str, typer.Option(help="Device id (its certificate CN).")],
-    rate: Annotated[str, typer.Option(help="'real' (source timing) or 'max'.")] = "max",
+    rate: Annotated[
+        str, typer.Option(help="'max' (as fast as it goes), 'real' (log speed) or N x log speed.")
+    ] = "max",
     strict: Annotated[bool, typer.Option(help="Strict DBC parsing.")] = True,
+    mapping: Annotated[
+        str,
+        typer.Option(
+            help="VSS mapping: 'auto' (the shipped one for this DBC), a name (gt350), a YAML "
+            "file, or 'none' (private Vehicle.Private.Dbc names)."
+        ),
+    ] = "auto",
 ) -> None:
-    """Publish a real CAN log as telemetry over MQTT/TLS with the device's certificate."""
-    from edge.replay import replay_log
+    """Send a CAN log through the edge agent (decoder, VSS mapping, durable queue, MQTT/TLS)."""
+    from edge.jit_cache import use_cache_dir
 
-    if rate not in ("real", "max"):
-        raise CarpulseError(f"--rate must be 'real' or 'max', not {rate!r}")
     s = settings()
-    report = replay_log(log, dbc, device, s, rate=rate, strict=strict, progress=True)
+    use_cache_dir(s.edge.numba_cache_dir)  # before the decoder kernel is imported
+    from edge.replay import raise_unless_flushed, replay_log
+
+    report = replay_log(
+        log, dbc, device, s, mapping=mapping, rate=rate, strict=strict, progress=True
+    )
     typer.echo(json.dumps(report))
+    raise_unless_flushed(report)
 
 
 @edge_app.command("doctor")
