@@ -309,6 +309,9 @@ def replay(
             "file, or 'none' (private Vehicle.Private.Dbc names)."
         ),
     ] = "auto",
+    connect_timeout: Annotated[
+        float, typer.Option(help="Give up when the broker has not answered within this (s).")
+    ] = 15.0,
 ) -> None:
     """Send a CAN log through the edge agent (decoder, VSS mapping, durable queue, MQTT/TLS)."""
     from edge.jit_cache import use_cache_dir
@@ -318,8 +321,9 @@ def replay(
     from edge.replay import raise_unless_flushed, replay_log
 
     report = replay_log(
-        log, dbc, device, s, mapping=mapping, rate=rate, strict=strict, progress=True
-    )
+        log, dbc, device, s, mapping=mapping, rate=rate, strict=strict, progress=True,
+        connect_timeout_s=connect_timeout,
+    )  # fmt: skip
     typer.echo(json.dumps(report))
     raise_unless_flushed(report)
 
