@@ -112,3 +112,83 @@ def test_blf_replay_waits_for_the_broker_and_keeps_the_backlog(
         )  # fmt: skip
     finally:
         col.close()
+
+
+class _Batches(Collector):
+    """The collector, keeping every telemetry batch's samples."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.batches: list[Any] = []
+        super().__init__(stack, ("telemetry",))
+
+    def _on_message(self, client, userdata, msg) -> None:  # type: ignore[no-untyped-def]
+        from core.wire import decode_telemetry
+
+        super()._on_message(client, userdata, msg)
+        with self.lock:
+            self.batches.append(decode_telemetry(msg.payload))
+
+
+def test_demo_log_car_is_the_edge_agent_replaying_in_a_loop(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    import time
+
+    from carpulse.demo import LogCar
+    from core.config import load_settings
+
+    log, dbc = require_data(LOG), require_data(DBC)
+    s = load_settings(broker.stack.config_file)
+    s = s.model_copy(update={"edge": s.edge.model_copy(update={"state_dir": tmp_path / "state"})})
+    col = _Batches(broker.stack)
+    car = LogCar(s, log, dbc, "gt350")
+    t0_us = time.time() * 1e6
+    car.thread.start()
+    try:
+        src = car.agent.sources[0]
+        wait_until(lambda: src.replay_loops >= 1, 60, "the log to start over")  # type: ignore[attr-defined]
+        wait_until(lambda: len(col.batches) >= 2, 30, "telemetry at the broker")
+        car.refresh()
+        assert car.stats.batches >= 1 and car.stats.samples > 0
+        assert car.stats.speed == car.stats.speed  # the table's speed column is filled
+    finally:
+        car.stop()
+        col.close()
+    assert not car.thread.is_alive()
+    with col.lock:
+        batches = list(col.batches)
+    assert {b.device_id for b in batches} == {"demo-gt350"}
+    names = {b.samples.names[i] for b in batches for i in set(b.samples.sig.tolist())}
+    assert "Vehicle.Speed" in names and not any(".Private." in n for n in names)
+    first = min(int(b.samples.ts_us.min()) for b in batches)
+    assert abs(first - t0_us) < 30e6  # stamped with the wall clock, not the log's 2020 time
+
+
+def test_demo_ids_log_source_raises_the_intrusion_event(broker: Mosquitto, tmp_path: Path) -> None:
+    """``demo-ids`` replays its attacked log through the log source at log speed: the agent's
+    intrusion detector sees the DoS and its event reaches the broker."""
+    import threading
+
+    from carpulse import demo_ids
+    from core.config import load_settings
+
+    require_data(CAR)
+    if not demo_ids.available():
+        pytest.skip("the demo's gt350 logs are not all here")
+    s = load_settings(broker.stack.config_file)
+    s = s.model_copy(update={"edge": s.edge.model_copy(update={"state_dir": tmp_path / "state"})})
+    agent, _head_unit = demo_ids.build(s, tmp_path)
+    assert [src.kind for src in agent.sources] == ["log"]
+    col = Collector(broker.stack)
+    runner = threading.Thread(target=agent.run, kwargs={"seconds": 40}, daemon=True)
+    runner.start()
+    try:
+        wait_until(
+            lambda: [e for e in col.events if e[0] == demo_ids.DEVICE and e[3] == "intrusion"],
+            40, "the intrusion event at the broker",
+        )  # fmt: skip
+    finally:
+        agent.stop()
+        runner.join(15)
+        col.close()
+    assert sum(1 for e in col.events if e[3] == "intrusion") == 1
