@@ -318,14 +318,14 @@ def replay(
 
     s = settings()
     use_cache_dir(s.edge.numba_cache_dir)  # before the decoder kernel is imported
-    from edge.replay import raise_unless_flushed, replay_log
+    from edge.replay import raise_on_error, replay_log
 
     report = replay_log(
         log, dbc, device, s, mapping=mapping, rate=rate, strict=strict, progress=True,
         connect_timeout_s=connect_timeout,
     )  # fmt: skip
     typer.echo(json.dumps(report))
-    raise_unless_flushed(report)
+    raise_on_error(report)
 
 
 @edge_app.command("doctor")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import CarpulseSettings
-from core.errors import ConfigError, PublishError, SourceUnavailableError
+from core.errors import ConfigError, DecodeError, PublishError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,9 @@ def replay_log(
         from rich.progress import Progress
 
         total = _count_lines(path)
-        bar = Progress(transient=True)
+        from rich.console import Console
+
+        bar = Progress(console=Console(stderr=True), transient=True)  # stdout: the JSON line
         task = bar.add_task(f"{device_id}: {path.name}", total=total)
 
         def show() -> None:
@@ -196,6 +198,12 @@ def replay_log(
             f"{why}; {left} message(s) stay in the durable queue "
             f"{agent.state_dir / (device_id + '.queue.sqlite')} for the device's next run"
         )
+    elif report["frames"] and report["unknown_id"] == report["frames"]:
+        # A wrong DBC for the log is a user mistake, not an empty success.
+        report["error"] = (
+            f"none of {report['frames']} frames matched the DBC {dbc_path} "
+            f"({report['unknown_id']} unknown ids): is it the right DBC for this log?"
+        )
     return report
 
 
@@ -210,7 +218,10 @@ def _queued_rows(agent: Any) -> int:
         q.close()
 
 
-def raise_unless_flushed(report: dict[str, Any]) -> None:
-    """A ``PublishError`` carrying the report's reason when batches were left queued."""
+def raise_on_error(report: dict[str, Any]) -> None:
+    """Raise what went wrong: batches left queued (``PublishError``), a log the DBC does not
+    decode at all (``DecodeError``)."""
     if not report.get("flushed"):
         raise PublishError(str(report.get("error", "replay not flushed")))
+    if report.get("error"):
+        raise DecodeError(str(report["error"]))

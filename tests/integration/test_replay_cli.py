@@ -192,3 +192,15 @@ def test_demo_ids_log_source_raises_the_intrusion_event(broker: Mosquitto, tmp_p
         runner.join(15)
         col.close()
     assert sum(1 for e in col.events if e[3] == "intrusion") == 1
+
+
+def test_a_dbc_that_matches_nothing_is_a_clear_error(broker: Mosquitto, tmp_path: Path) -> None:
+    log = require_data(LOG)
+    dbc = tmp_path / "other.dbc"
+    dbc.write_text('VERSION ""\nBO_ 2046 M: 8 X\n SG_ S : 0|8@1+ (1,0) [0|0] "" X\n')
+    code, report, err = replay(broker.stack, log, dbc, "replay-wrong", "--mapping", "none")
+    assert code == 2 and report["samples"] == 0
+    assert report["unknown_id"] == report["frames"] > 1000
+    assert "is it the right DBC for this log?" in err
+    _, _, err = replay(broker.stack, log, dbc, "replay-wrong")
+    assert "no shipped VSS mapping is written for other.dbc" in err  # --mapping auto
