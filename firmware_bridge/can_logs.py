@@ -128,12 +128,13 @@ def _refused(msg: can.Message, candump: str | None, counters: BusCounters, where
         return True
     can_id = msg.arbitration_id
     if candump is not None:  # the id as written: the reader keeps only its low 29 bits
-        fields = candump.split()
-        ident = fields[2].split("#", 1)[0] if len(fields) > 2 else ""
-        with contextlib.suppress(ValueError):
-            can_id = int(ident, 16)
-        if len(ident) == 8 and can_id & ~CAN_EFF_MASK == CAN_ERR_FLAG:
-            can_id = msg.arbitration_id  # an error-class id, as candump writes error frames
+        end = candump.find("#")
+        ident = candump[candump.rfind(" ", 0, end) + 1 : end]
+        if len(ident) >= 8:  # shorter ids cannot be wider than 29 bits
+            with contextlib.suppress(ValueError):
+                can_id = int(ident, 16)
+            if len(ident) == 8 and can_id & ~CAN_EFF_MASK == CAN_ERR_FLAG:
+                can_id = msg.arbitration_id  # an error-class id, as candump writes error frames
     elif msg.is_error_frame:
         return False
     if can_id > (CAN_EFF_MASK if msg.is_extended_id else 0x7FF):
