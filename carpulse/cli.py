@@ -318,6 +318,9 @@ def replay(
 
     s = settings()
     use_cache_dir(s.edge.numba_cache_dir)  # before the decoder kernel is imported
+    from edge.aot import load_agent_kernels
+
+    load_agent_kernels(s)  # the kernels `edge run` uses: ahead of time when built
     from edge.replay import raise_on_error, replay_log
 
     report = replay_log(
