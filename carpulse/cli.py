@@ -298,22 +298,42 @@ def config_show() -> None:
 # ----- replay / edge -------------------------------------------------------------------------
 @app.command("replay")
 def replay(
-    log: Annotated[Path, typer.Argument(help="candump -L log file.")],
-    dbc: Annotated[Path, typer.Option(help="DBC file for this car.")],
+    log: Annotated[Path, typer.Argument(help="CAN log: candump -L (.log), Vector ASC or BLF.")],
+    dbc: Annotated[Path, typer.Option(help="DBC file that decodes this car's frames.")],
     device: Annotated[str, typer.Option(help="Device id (its certificate CN).")],
-    rate: Annotated[str, typer.Option(help="'real' (source timing) or 'max'.")] = "max",
+    rate: Annotated[
+        str, typer.Option(help="'max' (as fast as it goes), 'real' (log speed) or N x log speed.")
+    ] = "max",
     strict: Annotated[bool, typer.Option(help="Strict DBC parsing.")] = True,
+    mapping: Annotated[
+        str,
+        typer.Option(
+            help="VSS mapping: 'auto' (the shipped one for this DBC), a name (gt350), a YAML "
+            "file, or 'none' (private Vehicle.Private.Dbc names)."
+        ),
+    ] = "auto",
+    connect_timeout: Annotated[
+        float, typer.Option(help="Give up when the broker has not answered within this (s).")
+    ] = 15.0,
 ) -> None:
-    """Publish a real CAN log as telemetry over MQTT/TLS with the device's certificate."""
-    from edge.replay import replay_log
+    """Send a CAN log through the edge agent (decoder, VSS mapping, durable queue, MQTT/TLS)."""
+    from edge.jit_cache import use_cache_dir
 
-    if rate not in ("real", "max"):
-        raise CarpulseError(f"--rate must be 'real' or 'max', not {rate!r}")
     from carpulse.local_files import with_device_certs
 
     s = with_device_certs(settings(), device)
-    report = replay_log(log, dbc, device, s, rate=rate, strict=strict, progress=True)
+    use_cache_dir(s.edge.numba_cache_dir)  # before the decoder kernel is imported
+    from edge.aot import load_agent_kernels
+
+    load_agent_kernels(s)  # the kernels `edge run` uses: ahead of time when built
+    from edge.replay import raise_on_error, replay_log
+
+    report = replay_log(
+        log, dbc, device, s, mapping=mapping, rate=rate, strict=strict, progress=True,
+        connect_timeout_s=connect_timeout,
+    )  # fmt: skip
     typer.echo(json.dumps(report))
+    raise_on_error(report)
 
 
 @edge_app.command("doctor")

@@ -1,8 +1,10 @@
 """``carpulse demo``: the local stack, the pipeline, the CRM and a simulated fleet, with a live table.
 
 Vehicles ``demo-car-1..N`` follow a drive cycle encoded as CAN frames with opendbc's Prius DBC;
-when ``../shared/data/canlogs`` is present, one more vehicle replays a real Mustang GT350 log in
-a loop (timestamps moved to now). The CRM database is seeded with a VIN, an owner and a plate
+when ``../shared/data/canlogs`` is present, one more vehicle, ``demo-gt350``, is the real edge
+agent with a log source replaying a Mustang GT350 log in a loop at its recorded speed (timestamps
+moved to now; the compiled decoder, the gt350 VSS mapping and the durable queue, as ``carpulse
+replay`` and a car use them). The CRM database is seeded with a VIN, an owner and a plate
 for every device (``crm.demo.seed_demo``: the first, third... owner is a member with marketing
 consent), and the stream worker gets the device -> VIN registry file written from it.
 
@@ -50,13 +52,18 @@ from core.config import CarpulseSettings, load_settings
 from core.datasets import canlog_dir
 from core.errors import StackError
 from core.topics import device_topic
-from core.wire import Event, Samples, TelemetryBatch, encode_event, encode_telemetry
+from core.wire import (
+    Event,
+    Samples,
+    TelemetryBatch,
+    encode_event,
+    encode_telemetry,
+    split_by_time,
+)
 from edge.dtc_watch import DTC_PRIORITY, DtcWatcher
 from edge.publisher import MqttPublisher
-from edge.replay import batches_for
 from edge.seqstate import SequenceCounter
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
-from firmware_bridge.frames import read_candump
 from firmware_bridge.obd.dtc_poll import DtcSnapshot
 from firmware_bridge.sim import PRIUS_VSS, SimulatedCar, default_dbc
 from stream.battery import CELL_MAX, CELL_MIN, LV_VOLTAGE, SOH
@@ -64,6 +71,7 @@ from stream.state import ODOMETER, SPEED
 
 console = Console(stderr=True)
 REAL_LOG = ("gt350", "normalsportcomfortengineon.log", "ford_lincoln_base_pt.dbc")
+REAL_DEVICE = "demo-gt350"
 DAY_S = 86_400
 # how long the stream has "seen" each simulated car (cycled): with the default 365-day schedule
 # the calendar makes them due in 35, 26, 17, 8 and 0 days
@@ -85,6 +93,16 @@ class VehicleStats:
     speed: float = float("nan")
     error: str = ""
     vin: str = ""
+
+
+def batches_for(samples: Samples, s: CarpulseSettings) -> list[Samples]:
+    """A simulated car's samples cut into wire batches (the agent's time span and size caps)."""
+    return [
+        part.compact()
+        for part in split_by_time(
+            samples, s.edge.batch_max_samples, int(s.edge.batch_max_interval_s * 1e6)
+        )
+    ]
 
 
 class Vehicle:
@@ -259,7 +277,7 @@ def crm_view(store: Any, vins: list[str]) -> dict[str, str]:
 
 
 def _table(
-    vehicles: list[Vehicle],
+    vehicles: list[Vehicle | LogCar],
     influx_speed_points: int | None,
     started: float,
     crm: dict[str, str] | None = None,
@@ -339,26 +357,51 @@ def drive_ev(v: Vehicle, now_s: float, started: float) -> None:
         v.send(samples)
 
 
-def _replay_loop(vehicle: Vehicle, log: Path, dbc: Path, stop: threading.Event) -> None:
-    """Replay a real log at its real rate, forever, timestamps moved to now."""
-    frames, _ = read_candump(log)
-    samples, _ = CantoolsDecoder(load_dbc(dbc, strict=False)).decode(frames)
-    parts = batches_for(samples, vehicle.s)
-    if not parts:
-        return
-    t_first = int(samples.ts_us[0])
-    while not stop.is_set():
-        start_wall = time.time()
-        base = int(start_wall * 1e6)
-        for part in parts:
-            due = (int(part.ts_us[0]) - t_first) / 1e6
-            if stop.wait(max(0.0, due - (time.time() - start_wall))):
-                return
-            shifted = Samples(part.names, part.sig, part.ts_us - t_first + base, part.value)
-            try:
-                vehicle.send(shifted)
-            except Exception as err:  # keep the demo alive; show the problem in the table
-                vehicle.stats.error = str(err)[:60]
+class LogCar:
+    """``demo-gt350``: the edge agent with a looping log source; its row in the table."""
+
+    def __init__(self, s: CarpulseSettings, log: Path, dbc: Path, mapping: str) -> None:
+        from edge.agent import AgentConfig, EdgeAgent
+
+        self.stats = VehicleStats(REAL_DEVICE, f"edge agent, log {log.parent.name}/{log.name}")
+        from carpulse.local_files import with_device_certs
+
+        settings = with_device_certs(s, REAL_DEVICE)
+        settings = settings.model_copy(
+            update={
+                "edge": settings.edge.model_copy(update={"device_id": REAL_DEVICE}),
+                "metrics": s.metrics.model_copy(update={"edge_port": 0}),
+            }
+        )
+        source = {"type": "log", "name": "log", "log": str(log), "dbc": str(dbc),
+                  "mapping": mapping, "rate": "real", "loop": True, "restamp": True,
+                  "strict": False}  # fmt: skip
+        self.agent = EdgeAgent(settings, AgentConfig(sources=[source]))
+        self.agent.sample_hooks.append(self._watch_speed)
+        self.agent.sources[0].open()  # compiles the decoder now; a bad file fails the demo here
+        self.thread = threading.Thread(target=self._run, name=REAL_DEVICE, daemon=True)
+
+    def _watch_speed(self, samples: Samples) -> list[Event]:
+        if SPEED in samples.names:
+            speeds = samples.value[samples.sig == samples.names.index(SPEED)]
+            if len(speeds):
+                self.stats.speed = float(speeds[-1])
+        return []
+
+    def _run(self) -> None:
+        try:
+            self.agent.run()
+        except Exception as err:  # keep the demo alive; show the problem in the table
+            self.stats.error = str(err)[:60]
+
+    def refresh(self) -> None:
+        st = self.agent.stats
+        self.stats.batches, self.stats.samples = st["batches"], st["samples_out"]
+        self.stats.error = "" if self.agent.pub.connected else "connecting..."
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.thread.join(10)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -386,7 +429,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     car, log_name, dbc_name = REAL_LOG
     log, dbc = canlog_dir() / car / log_name, canlog_dir() / car / dbc_name
     has_real = log.exists() and dbc.exists()
-    devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + (["demo-gt350"] if has_real else [])
+    devices = [f"demo-car-{i + 1}" for i in range(vehicles)] + ([REAL_DEVICE] if has_real else [])
     devices += [SILENT_DEVICE, EV_DEVICE]
     from carpulse import demo_ids
 
@@ -420,6 +463,7 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
     threads: list[threading.Thread] = []
     fleet: list[Vehicle] = []
     ids_agent: Any = None
+    log_car: LogCar | None = None
     try:
         db = load_dbc(default_dbc())
         decoder = CantoolsDecoder(db, PRIUS_VSS)
@@ -438,13 +482,9 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
             histories.append(history)
             odo_m.append(last_km * 1000.0)
         if has_real:
-            real = Vehicle(s, "demo-gt350", f"real log {car}/{log_name}")
-            real.stats.vin = vin_of["demo-gt350"]
-            real.pub.connect()
-            fleet.append(real)
-            th = threading.Thread(target=_replay_loop, args=(real, log, dbc, stop), daemon=True)
-            th.start()
-            threads.append(th)
+            log_car = LogCar(s, log, dbc, car)
+            log_car.stats.vin = vin_of[REAL_DEVICE]
+            log_car.thread.start()
         else:
             console.print(f"  (no shared CAN logs at {canlog_dir()}: simulated traffic only)")
         silent = Vehicle(s, SILENT_DEVICE, f"123 km/h for {SILENT_DRIVE_S:.0f} s, then silent")
@@ -463,7 +503,9 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         count: int | None = None
         crm: dict[str, str] = {}
         history_sent = False
-        with Live(_table(fleet, count, started), console=console, refresh_per_second=2) as live:
+        rows: list[Vehicle | LogCar] = [*fleet[:vehicles], *([log_car] if log_car else []),
+                                        *fleet[vehicles:]]  # fmt: skip
+        with Live(_table(rows, count, started), console=console, refresh_per_second=2) as live:
             while not seconds or time.monotonic() - started < seconds:
                 tick = time.time()
                 for i, (v, c) in enumerate(zip(fleet, cars, strict=False)):
@@ -500,7 +542,9 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
                         ids_agent, th = demo_ids.start(s, logs)
                         threads.append(th)
                         console.print(f"  {demo_ids.DEVICE}: edge agent on a log with a CAN DoS")
-                live.update(_table(fleet, count, started, crm))
+                if log_car is not None:
+                    log_car.refresh()
+                live.update(_table(rows, count, started, crm))
                 for p in procs:
                     if p.poll() is not None:
                         raise StackError(
@@ -513,6 +557,8 @@ def run_demo(settings: CarpulseSettings, vehicles: int = 5, seconds: float = 0) 
         stop.set()
         if ids_agent is not None:
             ids_agent.stop()
+        if log_car is not None:
+            log_car.stop()
         for th in threads:
             th.join(5)
         for v in fleet:

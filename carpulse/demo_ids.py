@@ -1,7 +1,7 @@
 """The demo's car under a CAN attack: the real edge agent with ``[edge.intrusion]`` on a real log.
 
-``demo-ids`` is an ``edge.agent.EdgeAgent`` (the product's agent, not a stand-in) whose CAN
-source replays a held-out gt350 log (``ATTACKED``) with a 2 s DoS injected at 5 s
+``demo-ids`` is an ``edge.agent.EdgeAgent`` (the product's agent, not a stand-in) whose log
+source (``edge.sources.log``) replays a held-out gt350 log (``ATTACKED``) with a 2 s DoS injected at 5 s
 (``models.ids.attacks``); its profile is learned at start from other gt350 logs (``TRAIN``), as
 ``carpulse ids learn`` does. The agent's ``intrusion`` event goes the product's way: MQTT ->
 bridge -> Kafka -> CRM worker -> the desk's security queue.
@@ -99,7 +99,8 @@ def build(settings: Any, workdir: Path) -> tuple[Any, Any]:
             "metrics": settings.metrics.model_copy(update={"edge_port": 0}),
         }
     )
-    source = {"type": "can", "name": "can", "log": str(attacked),
+    # the log source at the log's own speed, stamped with the wall clock as a live bus would be
+    source = {"type": "log", "name": "can", "log": str(attacked), "rate": "real", "restamp": True,
               "dbc": str(canlog_dir() / CAR / DBC), "mapping": CAR}  # fmt: skip
     agent = EdgeAgent(with_device_certs(s, DEVICE), AgentConfig(sources=[source]))
     doc = {"intrusion": {"enabled": True, "profile": str(profile)},

@@ -11,7 +11,9 @@ candump logs and is what hot paths use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -22,21 +24,26 @@ import can
 import numpy as np
 
 from core.errors import SourceUnavailableError
-from firmware_bridge.can_source import BlockBuilder, BusCounters
-from firmware_bridge.frames import Frames
+from firmware_bridge.can_source import CLASSIC_MAX, FD_MAX, BlockBuilder, BusCounters
+from firmware_bridge.frames import CAN_EFF_MASK, CAN_ERR_FLAG, Frames
 
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".log", ".asc", ".csv", ".trc"}
 # State an ASC reader learns from the header, copied into a reader that resumes after a bad line.
 _ASC_STATE = ("base", "_converted_base", "start_time", "date", "timestamps_format")
+MAX_LINE = 4096  # a CAN FD line is < 300 characters; a longer one is garbage, not read whole
+MAX_TS_S = 1e10  # year 2286; logs with relative time start near 0
 
 
 class _Lines:
-    """A text file as an iterator of lines that remembers the current line number."""
+    """A text file as an iterator of lines that remembers the current line number; a line
+    longer than ``MAX_LINE`` is skipped (counted) without being held in memory."""
 
-    def __init__(self, fh: Any) -> None:
+    def __init__(self, fh: Any, where: str = "", counters: BusCounters | None = None) -> None:
         self._fh = fh
+        self._where = where
+        self._counters = counters
         self.lineno = 0
         self.line = ""
 
@@ -44,9 +51,21 @@ class _Lines:
         return self
 
     def __next__(self) -> str:
-        self.line = next(self._fh)
-        self.lineno += 1
-        return self.line
+        while True:
+            line = self._fh.readline(MAX_LINE + 1)
+            if not line:
+                raise StopIteration
+            self.lineno += 1
+            if len(line) <= MAX_LINE or line.endswith("\n"):
+                self.line = line
+                return line
+            while line and not line.endswith("\n"):  # the rest of the overlong line
+                line = self._fh.readline(1 << 16)
+            if self._counters is not None:
+                self._counters.bad_records += 1
+                self._counters.note(
+                    f"{self._where}:{self.lineno}: line longer than {MAX_LINE} characters"
+                )
 
     def read(self, size: int = -1) -> str:  # python-can only checks that it exists
         return str(self._fh.read(size))
@@ -74,7 +93,7 @@ def iter_log_messages(path: Path | str, counters: BusCounters) -> Iterator[can.M
 
 def _iter_text(p: Path, suffix: str, counters: BusCounters) -> Iterator[can.Message]:
     with open(p, encoding="ascii", errors="replace", newline=None) as fh:
-        lines = _Lines(fh)
+        lines = _Lines(fh, str(p), counters)
         state: dict[str, Any] | None = None
         while True:
             reader = _open_reader(p, suffix, lines)
@@ -84,7 +103,11 @@ def _iter_text(p: Path, suffix: str, counters: BusCounters) -> Iterator[can.Mess
                     setattr(reader, name, value)
                 reader._extract_header = lambda: None  # type: ignore[attr-defined]
             try:
-                yield from reader
+                for msg in reader:
+                    if _refused(msg, lines.line if suffix == ".log" else None, counters,
+                                f"{p}:{lines.lineno}"):  # fmt: skip
+                        continue
+                    yield msg
                 return
             except (ValueError, IndexError, KeyError, TypeError, OverflowError) as err:
                 counters.bad_records += 1
@@ -93,6 +116,41 @@ def _iter_text(p: Path, suffix: str, counters: BusCounters) -> Iterator[can.Mess
                     state = {k: getattr(reader, k) for k in _ASC_STATE if hasattr(reader, k)}
                 else:
                     state = {}
+
+
+def _refused(msg: can.Message, candump: str | None, counters: BusCounters, where: str) -> bool:
+    """Count and note (file:line) a record no bus could carry; python-can's readers pass them on
+    (candump ids are masked to 29 bits, ASC lengths are not checked)."""
+    ts = msg.timestamp
+    if not (math.isfinite(ts) and 0 <= ts < MAX_TS_S):
+        counters.bad_records += 1
+        counters.note(f"{where}: timestamp {ts!r} is not a time")
+        return True
+    can_id = msg.arbitration_id
+    if candump is not None:  # the id as written: the reader keeps only its low 29 bits
+        end = candump.find("#")
+        ident = candump[candump.rfind(" ", 0, end) + 1 : end]
+        if len(ident) >= 8:  # shorter ids cannot be wider than 29 bits
+            with contextlib.suppress(ValueError):
+                can_id = int(ident, 16)
+            if len(ident) == 8 and can_id & ~CAN_EFF_MASK == CAN_ERR_FLAG:
+                can_id = msg.arbitration_id  # an error-class id, as candump writes error frames
+    elif msg.is_error_frame:
+        return False
+    if can_id > (CAN_EFF_MASK if msg.is_extended_id else 0x7FF):
+        counters.bad_id += 1
+        bits = "29" if msg.is_extended_id else "11"
+        counters.note(f"{where}: id 0x{can_id:x} is wider than {bits} bits")
+        return True
+    if msg.is_error_frame:
+        return False
+    size = max(len(msg.data), msg.dlc)
+    limit = FD_MAX if msg.is_fd else CLASSIC_MAX
+    if size > limit:
+        counters.oversized += 1
+        counters.note(f"{where}: id 0x{can_id:x}: {size} bytes > {limit}")
+        return True
+    return False
 
 
 def _open_reader(p: Path, suffix: str, lines: _Lines) -> Any:
@@ -133,7 +191,9 @@ def _iter_binary(p: Path, counters: BusCounters) -> Iterator[can.Message]:
             "%s: truncated BLF (%d of %d bytes), reading what is there", p, actual, expected
         )
     try:
-        yield from reader
+        for n, msg in enumerate(reader, 1):
+            if not _refused(msg, None, counters, f"{p}: object {n}"):
+                yield msg
     except (ValueError, struct.error, zlib.error, can.io.blf.BLFParseError, EOFError) as err:
         # Binary logs cannot be resynchronised reliably: keep what was read, report the rest.
         counters.bad_records += 1

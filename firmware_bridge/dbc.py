@@ -16,7 +16,7 @@ import cantools
 import cantools.database
 import numpy as np
 
-from core.errors import ConfigError, DecodeError
+from core.errors import ConfigError
 from core.wire import Samples
 from firmware_bridge.frames import Frames
 
@@ -119,17 +119,6 @@ class CantoolsDecoder:
                 val_l.append(float(value))  # type: ignore[arg-type]  # choices off: numbers only
         samples = Samples.from_columns(list(index), sig_l, ts_l, val_l)
         return samples, stats
-
-
-def decode_raise(frames: Frames, decoder: CantoolsDecoder) -> Samples:
-    """Decode and fail loudly if nothing decoded (a wrong DBC for the log is a user mistake)."""
-    samples, stats = decoder.decode(frames)
-    if stats.frames and not stats.decoded:
-        raise DecodeError(
-            f"none of {stats.frames} frames matched the DBC ({stats.unknown_id} unknown ids): "
-            "is it the right DBC for this log?"
-        )
-    return samples
 
 
 def signal_count(samples: Samples) -> np.ndarray:

@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "carpulse.edge.sources"
 
 SOURCES: dict[str, str] = {
     "can": "edge.sources.can:CanSource",
+    "log": "edge.sources.log:LogSource",
     "sim": "edge.sources.sim:SimSource",
     "obd": "edge.sources.obd:ObdSource",
     "gnss": "edge.sources.gnss:GnssSource",

@@ -1,8 +1,9 @@
 """Every source plugin passes the same contract (python-can's back-to-back style).
 
-Each fixture builds a source through the registry, next to something feeding it: a candump log
-written from the simulator, a python-can ``virtual`` bus with a sender thread, the simulator itself,
-the ELM327 emulator (OBD-II) and a pty carrying NMEA (GNSS).
+Each fixture builds a source through the registry, next to something feeding it: a log written
+from the simulator (candump for the CAN source; candump, ASC and BLF for the log source), a
+python-can ``virtual`` bus with a sender thread, the simulator itself, the ELM327 emulator
+(OBD-II) and a pty carrying NMEA (GNSS).
 """
 
 from __future__ import annotations
@@ -58,6 +59,33 @@ def can_log(tmp_path: Path) -> Iterator[Source]:
         "can", "log", {"log": str(log), "dbc": str(default_dbc()), "mapping": str(_prius_mapping(tmp_path)),
                        "rate": 4.0, "strict": False, "block_ms": 50},
     )  # fmt: skip
+
+
+def _log_source(tmp_path: Path, suffix: str) -> Source:
+    from firmware_bridge.can_logs import write_log
+    from firmware_bridge.sim import default_dbc
+
+    log = tmp_path / f"sim{suffix}"
+    write_log(log, _sim_frames(2.0))
+    return create_source(
+        "log", "log", {"log": str(log), "dbc": str(default_dbc()), "mapping": str(_prius_mapping(tmp_path)),
+                       "rate": 4.0, "restamp": True, "strict": False, "block_ms": 50},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def log_candump(tmp_path: Path) -> Source:
+    return _log_source(tmp_path, ".log")
+
+
+@pytest.fixture
+def log_asc(tmp_path: Path) -> Source:
+    return _log_source(tmp_path, ".asc")
+
+
+@pytest.fixture
+def log_blf(tmp_path: Path) -> Source:
+    return _log_source(tmp_path, ".blf")
 
 
 @pytest.fixture
@@ -128,7 +156,17 @@ def tick(tmp_path: Path) -> Source:
     return create_source("tick", "tick", {"hz": 200, "journal": str(tmp_path / "ticks")})
 
 
-PLUGINS = ["can_log", "can_virtual", "sim", "obd", "gnss", "tick"]
+PLUGINS = [
+    "can_log",
+    "log_candump",
+    "log_asc",
+    "log_blf",
+    "can_virtual",
+    "sim",
+    "obd",
+    "gnss",
+    "tick",
+]
 
 
 @pytest.fixture(params=PLUGINS)
