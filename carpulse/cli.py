@@ -317,9 +317,8 @@ def replay(
     ] = 15.0,
 ) -> None:
     """Send a CAN log through the edge agent (decoder, VSS mapping, durable queue, MQTT/TLS)."""
-    from edge.jit_cache import use_cache_dir
-
     from carpulse.local_files import with_device_certs
+    from edge.jit_cache import use_cache_dir
 
     s = with_device_certs(settings(), device)
     use_cache_dir(s.edge.numba_cache_dir)  # before the decoder kernel is imported
