@@ -15,9 +15,9 @@ from carpulse.stack import Stack
 from core.config import InfluxSettings
 from core.wire import Samples, TelemetryBatch
 from stream.bridge import ensure_topics
-from stream.influx import InfluxV1Sink
 from stream.lines import batch_lines
-from stream.retry import SinkWriter
+from stream.sinks.influx import InfluxV1Sink
+from stream.sinks.writer import SinkWriter
 from tests.faultproxy import FaultProxy
 from tests.integration.helpers import influx_query
 

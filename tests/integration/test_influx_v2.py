@@ -21,8 +21,8 @@ import pytest
 
 from carpulse.stack import free_port
 from core.config import InfluxSettings
-from stream.influx import InfluxV2Sink
 from stream.lines import batch_lines
+from stream.sinks.influx import InfluxV2Sink
 from tests.faultproxy import FaultProxy
 from tests.integration.test_influx_v1 import sample_batch
 
