@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -181,8 +182,21 @@ def chunks(lines: Sequence[str], max_lines: int, max_bytes: int = MAX_BODY_BYTES
     return out
 
 
+# control characters break a line of text; a backslash is read back differently by InfluxDB 1.x
+# (which keeps an escaped one as two characters) and 2.x (one), so no sink takes one in a name
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def _bad_tag(text: str) -> bool:
-    return not text or len(text.encode()) > MAX_TAG_BYTES or not text.isprintable()
+    return not text or len(text.encode()) > MAX_TAG_BYTES or not text.isprintable() or "\\" in text
+
+
+def _bad_names(names: Sequence[str]) -> list[int]:
+    """Indexes of field names no sink takes (empty, control characters, backslashes, too long)."""
+    joined = "".join(names)
+    if _BAD_CHARS.search(joined) is None and all(names) and len(joined) < MAX_TAG_BYTES:
+        return []  # the common case: one C pass
+    return [i for i, n in enumerate(names) if _bad_tag(n)]
 
 
 class Sink(ABC):
@@ -246,9 +260,15 @@ class Sink(ABC):
             finite = np.isfinite(p.value)
             in_range = (p.ts_us >= lo) & (p.ts_us <= hi)
             keep = finite & in_range
-            if not keep.all():
+            bad = _bad_names(p.names)
+            if bad or not keep.all():
                 self._refuse(out, p, ~finite, "non_finite", "NaN or infinite value")
                 self._refuse(out, p, finite & ~in_range, "out_of_range", "timestamp out of range")
+                if bad:
+                    named = np.isin(p.sig, bad, invert=True)
+                    why = "field name empty, too long, or with a control character or backslash"
+                    self._refuse(out, p, keep & ~named, "bad_field", why)
+                    keep &= named
                 p = p.take(np.flatnonzero(keep))
                 if not len(p):
                     continue

@@ -118,6 +118,8 @@ class InfluxSink(Sink):
 class InfluxV1Sink(InfluxSink):
     """InfluxDB 1.x: ``POST /write?db=..&rp=..&precision=u``."""
 
+    name = "influx-v1"
+
     def __init__(self, settings: InfluxSettings) -> None:
         super().__init__(settings)
         self._session: aiohttp.ClientSession | None = None
@@ -234,6 +236,8 @@ class InfluxV1Sink(InfluxSink):
 class InfluxV2Sink(InfluxSink):
     """InfluxDB 2.x/3.x (and other servers with ``/api/v2/write``) through influxdb-client."""
 
+    name = "influx-v2"
+
     def __init__(self, settings: InfluxSettings) -> None:
         super().__init__(settings)
         self._client: Any = None
@@ -309,27 +313,21 @@ class InfluxV2Sink(InfluxSink):
         headers = {"Authorization": f"Token {self._token()}"} if self._token() else {}
         timeout = aiohttp.ClientTimeout(total=self.s.timeout_s * 5)
         try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
-                session.get(
-                    f"{self.s.url.rstrip('/')}/api/v1/export", params={"match[]": match}
-                ) as resp,
-            ):
-                if resp.status != 200:
-                    raise SinkError(f"export from {self.s.url} answered {resp.status}")
-                text = await resp.text()
+            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+                # what was just written is searchable after a flush (VictoriaMetrics buffers ~1 s)
+                async with session.get(f"{self.s.url.rstrip('/')}/internal/force_flush"):
+                    pass
+                text = await self._export_text(session, match)
         except (aiohttp.ClientError, TimeoutError) as err:
             raise SinkError(f"{self.s.url} unreachable: {type(err).__name__}") from err
-        out: list[tuple[int, str, float]] = []
-        prefix = f"{measurement}_"
-        for row in text.splitlines():
-            doc = json.loads(row)
-            name = doc["metric"]["__name__"].removeprefix(prefix)
-            out += [
-                (t * 1000, name, float(v))
-                for t, v in zip(doc["timestamps"], doc["values"], strict=True)
-            ]
-        return sorted(out)
+        return _export_rows(text, measurement)
+
+    async def _export_text(self, session: aiohttp.ClientSession, match: str) -> str:
+        url = f"{self.s.url.rstrip('/')}/api/v1/export"
+        async with session.get(url, params={"match[]": match}) as resp:
+            if resp.status != 200:
+                raise SinkError(f"export from {self.s.url} answered {resp.status}")
+            return await resp.text()
 
     async def _write_internal(self, body: bytes, group: str = DEFAULT_FAMILY) -> None:
         from influxdb_client.client.exceptions import InfluxDBError
@@ -353,6 +351,20 @@ class InfluxV2Sink(InfluxSink):
             raise Rejected(status, text[:MAX_REJECT_DETAIL]) from err
         except (aiohttp.ClientError, TimeoutError) as err:
             raise Transient(f"{type(err).__name__}: {err}") from err
+
+
+def _export_rows(text: str, measurement: str) -> list[tuple[int, str, float]]:
+    """``(ts_us, field, value)`` of a ``/api/v1/export`` answer (JSON lines, ms timestamps)."""
+    out: list[tuple[int, str, float]] = []
+    prefix = f"{measurement}_"
+    for row in text.splitlines():
+        doc = json.loads(row)
+        name = doc["metric"]["__name__"].removeprefix(prefix)
+        out += [
+            (t * 1000, name, float(v))
+            for t, v in zip(doc["timestamps"], doc["values"], strict=True)
+        ]
+    return sorted(out)
 
 
 def _ident(name: str) -> str:

@@ -28,7 +28,12 @@ class Parked(Event):
 class FlakySink:
     """InfluxDB down for the first ``down`` writes; logs every write with what it carried."""
 
-    name, label, record_format, reject_reason = "flaky", "InfluxDB", "influx-line/1", "influx_rejected"
+    name, label, record_format, reject_reason = (
+        "flaky",
+        "InfluxDB",
+        "influx-line/1",
+        "influx_rejected",
+    )
 
     def __init__(self, log: list[tuple[str, Any]], down: int) -> None:
         self.log = log
