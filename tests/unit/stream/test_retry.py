@@ -179,3 +179,17 @@ def test_parked_records_carry_their_format_and_old_records_still_replay() -> Non
     ]
     [(_, headers)] = dead
     assert headers["reason"] == b"retry_format" and b"timescale-row/1" in headers["detail"]
+
+
+def test_the_retry_agent_reads_headers_of_faust_events_and_kafka_messages() -> None:
+    from types import SimpleNamespace
+
+    FaustEvent = lambda: SimpleNamespace(headers={"format": b"influx-line/1"})  # noqa: E731
+    KafkaMessage = lambda: SimpleNamespace(headers=[("format", b"x/1"), ("empty", None)])  # noqa: E731
+
+    class EventWithoutHeaders:
+        headers = None
+        message = KafkaMessage()
+
+    assert retry_mod._headers(FaustEvent()) == {"format": b"influx-line/1"}
+    assert retry_mod._headers(EventWithoutHeaders()) == {"format": b"x/1"}
