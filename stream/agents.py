@@ -324,7 +324,7 @@ def install_pipeline(
         last_status[device] = online
         vin = registry.vin(device)
         tags = {"device": device, **({"vin": vin} if vin else {})}
-        await writer.deliver([Points.point("device_status", tags, now_us, online=online)])
+        await writer.deliver([Points.point("device_status", tags, now_us, {"online": online})])
 
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:

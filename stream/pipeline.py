@@ -118,7 +118,7 @@ def summary_points(measurement: str, vin: str, ts_us: int, rec: dict[str, Any]) 
     fields = {k: float(v) for k, v in rec.items() if k not in ("start_us", "end_us")}
     if "start_us" in rec:
         fields["duration_s"] = (rec["end_us"] - rec["start_us"]) / 1e6
-    return Points.point(measurement, {"vin": vin}, ts_us, **fields)
+    return Points.point(measurement, {"vin": vin}, ts_us, fields)
 
 
 def summary_lines(measurement: str, vin: str, ts_us: int, rec: dict[str, Any]) -> str:

@@ -90,17 +90,13 @@ class Points:
         return cls(measurement, tuple((str(k), str(v)) for k, v in items), names, s, t, v)
 
     @classmethod
-    def point(cls, measurement: str, tags: dict[str, str], ts_us: int, **fields: float) -> Points:
+    def point(
+        cls, measurement: str, tags: dict[str, str], ts_us: int, fields: dict[str, float]
+    ) -> Points:
         """One point: ``fields`` at ``ts_us`` (summaries, status changes)."""
         names = list(fields)
-        return cls.of(
-            measurement,
-            tags,
-            names,
-            np.arange(len(names)),
-            [ts_us] * len(names),
-            list(fields.values()),
-        )
+        ts = [ts_us] * len(names)
+        return cls.of(measurement, tags, names, range(len(names)), ts, list(fields.values()))
 
     def __len__(self) -> int:
         return len(self.ts_us)
@@ -224,8 +220,9 @@ class Sink(ABC):
 
     @classmethod
     def from_settings(cls, settings: Any) -> Sink:
-        """The sink configured by ``settings`` (``core.config.CarpulseSettings``)."""
-        return cls(settings.influx.url)
+        """The sink configured by ``settings`` (``core.config.CarpulseSettings``); a plug-in
+        reads its own section or environment here."""
+        return cls()
 
     async def ping(self) -> str:
         """One line for the readiness check (``/readyz``): the server and its version; raises
