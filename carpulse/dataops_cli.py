@@ -51,8 +51,8 @@ def _v2_token(s: Any) -> str:
 
 async def _v1(fn: str) -> Any:
     from core.config import cli_settings
-    from stream.influx import InfluxV1Sink
     from stream.retention import v1_policies
+    from stream.sinks.influx import InfluxV1Sink
 
     sink = InfluxV1Sink(cli_settings().influx)
     sink.open_session()

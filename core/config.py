@@ -423,6 +423,12 @@ class StreamSettings(BaseModel):
     )
     web_port: int = Field(6066, description="Faust web server port (bound to localhost).")
     measurement: str = Field("telemetry", description="InfluxDB measurement for signal samples.")
+    sink: str = Field(
+        "",
+        pattern=r"^([a-z0-9][a-z0-9._-]{0,63})?$",
+        description="Sink plug-in by name (stream.sinks: influx-v1, influx-v2, or one an installed "
+        "package adds through the carpulse.sinks entry points); '' = influx-<[influx] api>.",
+    )
     registry: str = Field(
         "",
         description="Device -> VIN registry: JSON/CSV file or http(s) URL ('' = open mode, "

@@ -85,7 +85,7 @@ def _json(payload: bytes, what: str) -> dict[str, Any]:
 
 
 def from_oil_life(doc: dict[str, Any]) -> list[CrmEvent]:
-    """An oil-life prediction (``stream.kernels``: ``value`` is the life left, 0..1) as a
+    """An oil-life prediction (``stream.partition_models``: ``value`` is the life left, 0..1) as a
     maintenance event; ``interval`` names the oil interval (the rule's once-per-period)."""
     vin = _str(doc.get("vin"), "oil_life vin")
     life = _num(doc.get("value"), "oil_life value", 10.0)

@@ -3,7 +3,7 @@
 Agents stay thin: they decode nothing themselves; ``TelemetryPipeline`` and ``handle_event``
 decide, the agents perform the I/O in a crash-safe order:
 
-1. dead-letter records, 2. InfluxDB lines through the shared ``SinkWriter`` (refused lines are
+1. dead-letter records, 2. points through the shared ``SinkWriter`` (refused rows and lines are
 dead-lettered, an outage parks them on the retry topic), 3. output topics, 4. table writes.
 The telemetry agent commits a source offset itself, only after the micro-batch was handled, and
 only for the contiguous run of offsets it received (``stream.offsets``: Faust's rebalance race can
@@ -49,13 +49,13 @@ from core.topics import (
 from core.wire import decode_status
 from stream import state as vstate
 from stream.alerts import handle_event
-from stream.lines import escape_tag
 from stream.offsets import SourceOffsets, guarded
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
 from stream.privacy import PrivacyFeed, PrivacyView, public_state
 from stream.registry import DeviceRegistry
-from stream.retry import SinkWriter
 from stream.silence import SilenceWatch
+from stream.sinks.base import Points
+from stream.sinks.writer import SinkWriter
 
 log = logging.getLogger(__name__)
 # devices whose last written online/offline state one worker remembers (repeats are dropped)
@@ -224,7 +224,7 @@ def install_pipeline(
         res = pipeline.process(records, lookup)
         for value, headers in res.dead:
             await deadletter.send(value=value, headers=headers)
-        await writer.deliver(res.lines + res.anomaly_lines)
+        await writer.deliver(res.points + res.anomaly_points)
         await publish(KAFKA_ANOMALIES, res.anomalies)
         await publish(KAFKA_PREDICTIONS, res.predictions)
         await publish(KAFKA_TRIPS, res.trips)
@@ -323,8 +323,8 @@ def install_pipeline(
             last_status.clear()  # bounded: after a clear a device's next status is written again
         last_status[device] = online
         vin = registry.vin(device)
-        tags = f"device={escape_tag(device)}" + (f",vin={escape_tag(vin)}" if vin else "")
-        await writer.deliver([f"device_status,{tags} online={online!r} {now_us}"])
+        tags = {"device": device, **({"vin": vin} if vin else {})}
+        await writer.deliver([Points.point("device_status", tags, now_us, {"online": online})])
 
     @app.agent(events)
     async def events_fast_path(stream: Any) -> Any:

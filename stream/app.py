@@ -27,12 +27,13 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from stream.agents import install_pipeline
-from stream.influx import InfluxSink, make_sink, ping
 from stream.kafka_options import faust_broker_settings
 from stream.metrics import add_faust_sensor, install_web, kafka_assigned, stream_registry
 from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import load_registry
-from stream.retry import SinkWriter, install_retry_agent
+from stream.sinks import make_sink
+from stream.sinks.base import Sink
+from stream.sinks.writer import SinkWriter, install_retry_agent
 from stream.transport import install_transport
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         partitions=settings.kafka.partitions,
         acks=False,  # the retry agent commits its offsets itself (stream.offsets)
     )
-    sink: InfluxSink = make_sink(settings.influx)
+    sink: Sink = make_sink(settings)  # [stream] sink, or influx-<[influx] api>
     writer = SinkWriter(
         sink,
         lambda v, h: deadletter.send(value=v, headers=h),
@@ -129,23 +130,22 @@ def build_app(settings: CarpulseSettings) -> faust.App:
 
     # /metrics, /healthz, /readyz (ready: partitions assigned and InfluxDB answering)
     app.carpulse_offset_guards = []  # type: ignore[attr-defined]
-    influx = settings.influx
 
-    async def influx_ok() -> tuple[bool, str]:
+    async def sink_ok() -> tuple[bool, str]:
         try:
-            return True, f"{influx.url} (version {await ping(influx)})"
+            return True, await sink.ping()
         except SinkError as err:
             return False, str(err)
 
     metrics = stream_registry(app)
     if settings.metrics.faust_sensor:
         add_faust_sensor(app, metrics, "carpulse_stream")
-    install_web(app, metrics, {"kafka": lambda: kafka_assigned(app), "influx": influx_ok})
+    install_web(app, metrics, {"kafka": lambda: kafka_assigned(app), sink.health_name: sink_ok})
     return app
 
 
 async def _prepare_sink(settings: CarpulseSettings) -> None:
-    sink = make_sink(settings.influx)
+    sink = make_sink(settings)
     try:
         await sink.start()  # not fatal when InfluxDB is down: writes retry and park
     finally:
@@ -197,7 +197,7 @@ async def prepare_output_topics(
 
 
 def _warm_up(anomaly: AnomalySettings | None = None) -> None:
-    from stream.kernels import warm_up  # imports numba: off the start-up path
+    from stream.partition_models import warm_up  # imports numba: off the start-up path
 
     warm_up(anomaly)
 

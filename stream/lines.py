@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from core.wire import TelemetryBatch
+
+if TYPE_CHECKING:
+    from stream.sinks.base import Points
 
 # InfluxDB stores int64 nanoseconds: anything beyond this many microseconds is unrepresentable.
 INFLUX_MAX_ABS_US: Final = 9_223_372_036_854_775
@@ -211,7 +215,8 @@ def batch_lines(
     tags: str = "",
 ) -> list[str]:
     """Line-protocol lines for one batch (timestamps in microseconds); ``tags`` (escaped,
-    ``",k=v,..."``) follow the ``device`` tag."""
+    ``",k=v,..."``) follow the ``device`` tag. The stream hands ``batch_points`` to its sink
+    instead; this is the same text, for tools and tests."""
     s = batch.samples
     st = stats if stats is not None else LineStats()
     st.samples += len(s)
@@ -221,18 +226,60 @@ def batch_lines(
     idx = np.flatnonzero(keep)
     if not len(idx):
         return []
-    order = idx[np.argsort(s.ts_us[idx], kind="stable")]
-    ts = s.ts_us[order]
     head = f"{escape_key(measurement)},device={escape_tag(batch.device_id)}{tags} "
+    lines = render_rows(head, s.names, s.sig[idx], s.ts_us[idx], s.value[idx])
+    st.lines += len(lines)
+    return lines
+
+
+def batch_points(
+    batch: TelemetryBatch,
+    measurement: str,
+    keep: np.ndarray,
+    tags: tuple[tuple[str, str], ...] = (),
+) -> Points:
+    """The rows of ``batch`` that ``keep`` (``keep_mask``) lets through, as the sink's columns:
+    tag ``device`` first, then ``tags``. No copy when every row stays."""
+    from stream.sinks.base import Points
+
+    s = batch.samples
+    all_tags = (("device", batch.device_id), *tags)
+    if keep.all():
+        return Points(measurement, all_tags, s.names, s.sig, s.ts_us, s.value)
+    idx = np.flatnonzero(keep)
+    return Points(measurement, all_tags, s.names, s.sig[idx], s.ts_us[idx], s.value[idx])
+
+
+def points_lines(p: Points) -> list[str]:
+    """Line protocol of one ``Points`` (rows sharing a timestamp share a line); the caller
+    (``Sink.render``) has refused what line protocol cannot hold."""
+    if not len(p.ts_us):
+        return []
+    head = escape_key(p.measurement) + "".join(
+        f",{escape_tag(k)}={escape_tag(v)}" for k, v in p.tags
+    )
+    return render_rows(head + " ", p.names, p.sig, p.ts_us, p.value)
+
+
+def render_rows(
+    head: str, names: Sequence[str], sig: np.ndarray, ts_us: np.ndarray, value: np.ndarray
+) -> list[str]:
+    """``head`` then ``name=value,...`` and the timestamp, one line per distinct timestamp, in
+    time order (rows of one timestamp in their given order)."""
+    order = np.argsort(ts_us, kind="stable")
+    ts = ts_us[order]
     # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
     # distinct bit pattern is formatted once per batch, and once at all while it stays in the
     # cache; bits, not values, keep -0.0 apart from 0.0.
     from stream.line_kernel import render_lines  # numba loads at the first batch, not at import
 
-    vix, table, local = _TEXTS.lookup(s.value[order].view(np.int64))
+    vix, table, local = _TEXTS.lookup(value[order].view(np.int64))
     bounds = np.concatenate(([0], np.flatnonzero(ts[1:] != ts[:-1]) + 1, [len(order)]))
-    lines = render_lines(
-        head.encode(), _prefixes(tuple(s.names)), table, local, s.sig[order], vix, ts, bounds
+    return render_lines(
+        head.encode(), _prefixes(tuple(names)), table, local, sig[order], vix, ts, bounds
     )
-    st.lines += len(lines)
-    return lines
+
+
+def all_lines(points: Sequence[Points]) -> list[str]:
+    """Line protocol of several ``Points`` (tests and tools; the stream renders in its sink)."""
+    return [line for p in points for line in points_lines(p)]

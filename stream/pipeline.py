@@ -1,7 +1,8 @@
 """One telemetry micro-batch through decode, registry, dedupe, state and detectors: no I/O here.
 
 ``TelemetryPipeline.process(records)`` takes ``(partition, payload)`` pairs and returns a
-``Result`` listing everything the agent must do: dead-letter records, InfluxDB lines, records for
+``Result`` listing everything the agent must do: dead-letter records, ``Points`` (columns) for
+the sink (``stream.sinks``: the sink renders its own format, InfluxDB line protocol), records for
 the output topics and table writes *tagged with the partition they belong to*. The agent performs
 them in a safe order (sink first, table checkpoints last), so a worker killed half-way reprocesses
 the batch and the dedupe table drops only what was really written.
@@ -39,12 +40,21 @@ from stream import state as vstate
 from stream.alerts import dtc_key
 from stream.battery import BatteryTracker
 from stream.dedupe import DeviceSeen
-from stream.lines import LineStats, SkewPolicy, batch_lines, escape_key, escape_tag, keep_mask
+from stream.lines import (
+    LineStats,
+    SkewPolicy,
+    all_lines,
+    batch_points,
+    escape_key,
+    escape_tag,
+    keep_mask,
+)
 from stream.privacy import PrivacyView, location_tags, public_state, scrub_state, split_location
 from stream.registry import DeviceRegistry
+from stream.sinks.base import Points
 
 if TYPE_CHECKING:  # numba loads at the first batch, not at import: the worker starts faster
-    from stream.kernels import PartitionModels
+    from stream.partition_models import PartitionModels
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,7 @@ class Counters:
     records: int = 0
     accepted: int = 0  # records whose samples went on (the rest: duplicates or dead letters)
     samples: int = 0
-    lines: int = 0
+    rows: int = 0  # samples handed to the sink (the sink renders them: InfluxDB lines)
     duplicates: int = 0
     dead_lettered: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
@@ -84,14 +94,31 @@ class Counters:
 @dataclass
 class Result:
     dead: list[tuple[bytes, dict[str, bytes]]] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
-    anomaly_lines: list[str] = field(default_factory=list)  # detector scores (measurement anomaly)
+    points: list[Points] = field(default_factory=list)
+    anomaly_points: list[Points] = field(default_factory=list)  # detector scores (``anomaly``)
     state_updates: list[tuple[str, bytes]] = field(default_factory=list)
     anomalies: list[tuple[str, bytes]] = field(default_factory=list)
     predictions: list[tuple[str, bytes]] = field(default_factory=list)
     trips: list[tuple[str, bytes]] = field(default_factory=list)
     days: list[tuple[str, bytes]] = field(default_factory=list)
     writes: list[tuple[int, str, str, bytes]] = field(default_factory=list)  # partition, table...
+
+    @property
+    def lines(self) -> list[str]:
+        """``points`` as InfluxDB line protocol (tests and tools: the sink renders its own)."""
+        return all_lines(self.points)
+
+    @property
+    def anomaly_lines(self) -> list[str]:
+        return all_lines(self.anomaly_points)
+
+
+def summary_points(measurement: str, vin: str, ts_us: int, rec: dict[str, Any]) -> Points:
+    """A trip or a day summary as one point (numbers only, as floats; tag ``vin``)."""
+    fields = {k: float(v) for k, v in rec.items() if k not in ("start_us", "end_us")}
+    if "start_us" in rec:
+        fields["duration_s"] = (rec["end_us"] - rec["start_us"]) / 1e6
+    return Points.point(measurement, {"vin": vin}, ts_us, fields)
 
 
 def summary_lines(measurement: str, vin: str, ts_us: int, rec: dict[str, Any]) -> str:
@@ -139,7 +166,7 @@ class TelemetryPipeline:
         res.dead.append((payload, headers))
 
     def models_for(self, partition: int, lookup: Lookup) -> PartitionModels:
-        from stream.kernels import PartitionModels
+        from stream.partition_models import PartitionModels
         from stream.service_due import schedule_from
 
         key = f"p{partition}"
@@ -208,7 +235,7 @@ class TelemetryPipeline:
             if vin in states:
                 vstate.note_anomaly(states[vin], ts)
         res.anomalies += out.anomalies
-        res.anomaly_lines += out.anomaly_lines
+        res.anomaly_points += out.anomaly_points
         self.counters.anomaly_unwatched += out.unwatched
         self.counters.battery_rejected += out.battery_rejected
         res.predictions += out.predictions
@@ -216,11 +243,11 @@ class TelemetryPipeline:
         self.counters.predictions += len(out.predictions)
         for vin, rec in out.trips:
             res.trips.append((vin, json.dumps({"vin": vin, **rec}).encode()))
-            res.lines.append(summary_lines("trips", vin, rec["end_us"], rec))
+            res.points.append(summary_points("trips", vin, rec["end_us"], rec))
         for vin, rec in out.days:
             day_us = rec["day"] * 86_400_000_000
             res.days.append((vin, json.dumps({"vin": vin, **rec}).encode()))
-            res.lines.append(summary_lines("daily", vin, day_us, rec))
+            res.points.append(summary_points("daily", vin, day_us, rec))
         self.counters.trips += len(out.trips)
         self.counters.days += len(out.days)
         min_us = self.s.state_min_interval_ms * 1000
@@ -295,18 +322,19 @@ class TelemetryPipeline:
                 f"seq {batch.seq} of boot {batch.boot_id!r} is older than the dedupe window",
             )  # fmt: skip
             return
-        before = self.line_stats.lines
         policy = self.privacy.get(vin)
+        points: list[Points] = []
         try:
             split = split_location(batch, policy)
-            lines = batch_lines(split.rest, self.s.measurement, self.line_stats, self.policy, now)
+            keep = keep_mask(split.rest, self.line_stats, self.policy, now)
+            points.append(batch_points(split.rest, self.s.measurement, keep))
             stored = 0
             if split.stored is not None and policy is not None:
                 stored = len(split.stored.samples)
-                lines += batch_lines(
-                    split.stored, self.s.measurement, self.line_stats, self.policy, now,
-                    tags=location_tags(policy),
-                )  # fmt: skip
+                keep = keep_mask(split.stored, self.line_stats, self.policy, now)
+                points.append(
+                    batch_points(split.stored, self.s.measurement, keep, location_tags(policy))
+                )
             clean = self._clean(batch, now)
         finally:
             rejects, self.line_stats.rejects = self.line_stats.rejects, []
@@ -322,8 +350,10 @@ class TelemetryPipeline:
         self.counters.samples += n
         self.counters.locations_withheld += split.withheld
         self.counters.locations_stored += stored
-        res.lines.extend(lines)
-        self.counters.lines += self.line_stats.lines - before
+        for p in points:
+            if len(p):
+                res.points.append(p)
+                self.counters.rows += len(p)
         for reason, detail in rejects:
             self._dead(res, detail.encode("utf-8", "replace"), reason, "see value")
         feed.append((vin, split_location(clean, None).rest.samples))  # no positions

@@ -37,7 +37,6 @@ from core.privacy import (
 )
 from core.topics import KAFKA_PRIVACY
 from core.wire import Samples, TelemetryBatch
-from stream.lines import escape_tag
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +139,9 @@ def split_location(batch: TelemetryBatch, policy: LocationPolicy | None) -> Spli
     return Split(rest, _take(batch, allowed, text), withheld)
 
 
-def location_tags(policy: LocationPolicy) -> str:
+def location_tags(policy: LocationPolicy) -> tuple[tuple[str, str], tuple[str, str]]:
     """The extra tags of a stored position (sorted after ``device``, as InfluxDB likes them)."""
-    return f",{TAG_OWNERSHIP}={escape_tag(policy.ownership)},{TAG_VIN}={escape_tag(policy.vin)}"
+    return ((TAG_OWNERSHIP, policy.ownership), (TAG_VIN, policy.vin))
 
 
 def fix_ts(state: dict[str, Any]) -> int | None:

@@ -27,10 +27,10 @@ from core.wire import Samples, TelemetryBatch
 from crm import store as st
 from crm.demo import seed_demo
 from crm.migrate import head_revision, migrate
-from stream.influx import InfluxV1Sink
 from stream.lines import batch_lines
 from stream.pipeline import summary_lines
 from stream.retention import v1_policies
+from stream.sinks.influx import InfluxV1Sink
 from tests.integration.helpers import influx_query
 
 pytestmark = pytest.mark.integration

@@ -42,11 +42,11 @@ def _lines(now_s: int) -> str:
 
 
 def anomaly_lines(now_s: int) -> list[str]:
-    """The stream's own anomaly points (stream.kernels, default detector) for a speed spike."""
+    """The stream's own anomaly points (stream.partition_models, default detector) for a speed spike."""
     import numpy as np
 
     from core.wire import Samples
-    from stream.kernels import PartitionModels
+    from stream.partition_models import PartitionModels
 
     m, lines = PartitionModels(), []
     for d, vin in enumerate(VINS):

@@ -15,9 +15,10 @@ from carpulse.stack import Stack
 from core.config import InfluxSettings
 from core.wire import Samples, TelemetryBatch
 from stream.bridge import ensure_topics
-from stream.influx import InfluxV1Sink
-from stream.lines import batch_lines
-from stream.retry import SinkWriter
+from stream.lines import batch_lines, batch_points
+from stream.sinks.base import Points
+from stream.sinks.influx import InfluxV1Sink
+from stream.sinks.writer import SinkWriter
 from tests.faultproxy import FaultProxy
 from tests.integration.helpers import influx_query
 
@@ -151,7 +152,10 @@ def test_long_outage_parks_on_kafka_and_replay_restores_everything(local_stack: 
     batches = [sample_batch("v1-outage", 3000, seed) for seed in range(4)]
     expected = {(n, t): v for b in batches for n, t, v in b.samples.records()}
 
-    async def run(proxy: FaultProxy) -> tuple[SinkWriter, int, list[bytes]]:
+    def points(b: TelemetryBatch) -> list[Points]:  # what the pipeline hands the writer
+        return [batch_points(b, "telemetry", np.ones(len(b.samples), bool))]
+
+    async def run(proxy: FaultProxy) -> tuple[SinkWriter, int, list[tuple[bytes, dict]]]:
         await ensure_topics(s.kafka, 1, 1, [topic, dead_topic])
         producer = AIOKafkaProducer(**s.kafka.client_options(), acks="all")
         await producer.start()
@@ -166,26 +170,26 @@ def test_long_outage_parks_on_kafka_and_replay_restores_everything(local_stack: 
         writer = SinkWriter(sink, send(dead_topic), send(topic))
         await writer.start()
         try:
-            await writer.deliver(batch_lines(batches[0], "telemetry"))  # before the outage
+            await writer.deliver(points(batches[0]))  # before the outage
             proxy.go_down()
             for b in batches[1:]:
-                await writer.deliver(batch_lines(b, "telemetry"))
+                await writer.deliver(points(b))
             requests_in_outage = sink.requests
             proxy.recover()
             consumer = AIOKafkaConsumer(
                 topic, **s.kafka.client_options(), auto_offset_reset="earliest"
             )
             await consumer.start()
-            records: list[bytes] = []
+            records: list[tuple[bytes, dict]] = []  # value, headers
             try:
                 deadline = time.monotonic() + 20
                 while len(records) < writer.counters.parked_records and time.monotonic() < deadline:
                     for recs in (await consumer.getmany(timeout_ms=500)).values():
-                        records.extend(r.value for r in recs)
+                        records.extend((r.value, dict(r.headers)) for r in recs)
             finally:
                 await consumer.stop()
-            for value in records:
-                await writer.replay(value, asyncio.sleep)
+            for value, headers in records:
+                await writer.replay(value, asyncio.sleep, headers)
         finally:
             await writer.close()
             await producer.stop()
@@ -197,6 +201,7 @@ def test_long_outage_parks_on_kafka_and_replay_restores_everything(local_stack: 
     lines_after_first = sum(len(batch_lines(b, "telemetry")) for b in batches[1:])
     assert c.parked_lines == lines_after_first
     assert len(records) == c.parked_records
+    assert all(h["format"] == b"influx-line/1" and h["attempt"] == b"1" for _, h in records)
     assert c.replayed_lines == lines_after_first
     assert c.rejected == 0
     # Circuit breaker: the first parked batch used its retries (two chunks in flight, the first

@@ -8,6 +8,7 @@ millisecond precision VictoriaMetrics stores (the test data sits on whole millis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -21,8 +22,8 @@ import pytest
 
 from carpulse.stack import free_port
 from core.config import InfluxSettings
-from stream.influx import InfluxV2Sink
 from stream.lines import batch_lines
+from stream.sinks.influx import InfluxV2Sink
 from tests.faultproxy import FaultProxy
 from tests.integration.test_influx_v1 import sample_batch
 
@@ -53,11 +54,17 @@ class Victoria:
 
 @pytest.fixture(scope="module")
 def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victoria]:
+    with run_victoria(tmp_path_factory.mktemp("victoria")) as vm:
+        yield vm
+
+
+@contextlib.contextmanager
+def run_victoria(root: Path) -> Iterator[Victoria]:
+    """Debian's victoria-metrics on a free port, data under ``root`` (also tests/contract)."""
     binary = shutil.which("victoria-metrics")
     if binary is None:
         pytest.fail("victoria-metrics is missing: apt-get install -y victoria-metrics (make setup)")
     port = free_port()
-    root: Path = tmp_path_factory.mktemp("victoria")
     with open(root / "victoria.log", "wb") as out:
         proc = subprocess.Popen(
             [

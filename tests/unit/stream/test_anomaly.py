@@ -13,7 +13,7 @@ from core.errors import ConfigError
 from core.wire import Samples
 from models.kernels.zscore import _zscore_loop
 from stream.anomaly import AnomalyTracker, parse_signals
-from stream.kernels import PartitionModels
+from stream.partition_models import PartitionModels
 from stream.state import BATTERY_V, SPEED
 
 S = 1_000_000

@@ -19,7 +19,7 @@ def test_app_has_the_agents_and_tables() -> None:
         "stream.agents.telemetry_pipeline",
         "stream.agents.events_fast_path",
         "stream.agents.device_status",  # carpulse.status: online/offline into the silence watch
-        "stream.retry.influx_retry",
+        "stream.sinks.writer.influx_retry",
     }
     watch = app.carpulse_silence  # type: ignore[attr-defined]
     assert (watch.after_us, watch.min_kmh) == (

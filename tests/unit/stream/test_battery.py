@@ -13,8 +13,8 @@ import numpy as np
 from core.config import StreamSettings
 from core.wire import Samples, TelemetryBatch, encode_telemetry
 from stream.battery import CELL_MAX, CELL_MIN, LV_VOLTAGE, SOH, BatteryTracker
-from stream.kernels import PartitionModels
 from stream.lines import SkewPolicy
+from stream.partition_models import PartitionModels
 from stream.pipeline import T_MODELS, TelemetryPipeline
 from stream.registry import DeviceRegistry
 

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from core.errors import SinkError
 from core.wire import Samples, TelemetryBatch
-from stream.influx import backoff_s, chunks, parse_retry_after
 from stream.lines import INFLUX_MAX_ABS_US, LineStats, SkewPolicy, batch_lines
-from stream.retry import pack, unpack
+from stream.sinks.influx import backoff_s, chunks, parse_retry_after
+from stream.sinks.writer import pack, unpack
 
 NOW = 1_800_000_000_000_000
 
@@ -191,7 +191,7 @@ def test_a_large_write_is_split_for_influxdb_to_parse_on_several_cores() -> None
     import asyncio
 
     from core.config import InfluxSettings
-    from stream.influx import MAX_IN_FLIGHT, SPLIT_MIN_LINES, InfluxSink
+    from stream.sinks.influx import MAX_IN_FLIGHT, SPLIT_MIN_LINES, InfluxSink
 
     class Recorder(InfluxSink):
         def __init__(self) -> None:
@@ -270,7 +270,7 @@ def test_value_table_rebuilds_keep_every_text_exact(monkeypatch: pytest.MonkeyPa
 
 
 def test_write_bodies_are_plain_gzip_that_any_influxdb_reads() -> None:
-    from stream.influx import gzip_fast
+    from stream.sinks.influx import gzip_fast
 
     body = "\n".join(f"telemetry,device=car-1 x={i / 7!r} {NOW + i}" for i in range(5000)).encode()
     packed = gzip_fast(body)

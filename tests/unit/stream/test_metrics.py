@@ -51,7 +51,7 @@ def test_stream_metrics_read_the_pipeline_and_sink_counters() -> None:
 def test_sink_write_time_is_observed_once_per_write_even_when_it_fails() -> None:
     from core.config import InfluxSettings
     from core.errors import SinkError
-    from stream.influx import InfluxV1Sink
+    from stream.sinks.influx import InfluxV1Sink
 
     seen: list[float] = []
     sink = InfluxV1Sink(InfluxSettings(url="http://127.0.0.1:1", max_retries=0, timeout_s=1))

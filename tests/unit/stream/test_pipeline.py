@@ -10,8 +10,8 @@ import pytest
 
 from core.config import StreamSettings
 from core.wire import Samples, TelemetryBatch, encode_telemetry
-from stream.kernels import PartitionModels, _forward_fill
 from stream.lines import SkewPolicy
+from stream.partition_models import PartitionModels, _forward_fill
 from stream.pipeline import T_DEDUPE, T_MODELS, T_STATE, TelemetryPipeline
 from stream.registry import DeviceRegistry
 from stream.state import ENGINE_RPM, SPEED
@@ -146,7 +146,7 @@ def test_warm_up_compiles_the_stream_kernels() -> None:
 
     import numba
 
-    from stream.kernels import warm_up
+    from stream.partition_models import warm_up
     from stream.trips import _trip_loop
 
     warm_up()

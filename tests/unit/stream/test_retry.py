@@ -11,10 +11,10 @@ from typing import Any
 from core.config import CarpulseSettings
 from core.errors import SinkError
 from stream import offsets as offsets_mod
-from stream import retry as retry_mod
 from stream.app import build_app
-from stream.influx import WriteResult
-from stream.retry import SinkWriter, install_retry_agent, pack
+from stream.sinks import writer as retry_mod
+from stream.sinks.influx import WriteResult
+from stream.sinks.writer import SinkWriter, install_retry_agent, pack
 from tests.unit.stream.test_offsets import T0, App, Consumer, Event, Message
 
 TP0 = T0._replace(topic="carpulse.influx-retry")
@@ -27,6 +27,13 @@ class Parked(Event):
 
 class FlakySink:
     """InfluxDB down for the first ``down`` writes; logs every write with what it carried."""
+
+    name, label, record_format, reject_reason = (
+        "flaky",
+        "InfluxDB",
+        "influx-line/1",
+        "influx_rejected",
+    )
 
     def __init__(self, log: list[tuple[str, Any]], down: int) -> None:
         self.log = log
@@ -100,7 +107,7 @@ def test_replays_in_order_and_commits_records_only_once_written(monkeypatch: Any
 def test_the_worker_consumes_the_retry_topic_with_acks_off() -> None:
     app = build_app(CarpulseSettings())
     try:
-        assert app.agents["stream.retry.influx_retry"].channel.acks is False
+        assert app.agents["stream.sinks.writer.influx_retry"].channel.acks is False
     finally:
         thread = getattr(app.consumer, "_thread", None)
         if thread is not None and not thread.thread_loop.is_closed():
@@ -133,3 +140,56 @@ def test_a_bad_parked_record_is_dead_lettered_and_committed() -> None:
 
     asyncio.run(agent(Stream()))
     assert [h["reason"] for h in dead] == [b"bad_retry_record"] and commits == [{TP0: 8}]
+
+
+def test_parked_records_carry_their_format_and_old_records_still_replay() -> None:
+    """Records parked before the ``format`` header existed are InfluxDB line protocol and are
+    replayed; a record of another sink's format is dead-lettered, never written as garbage."""
+    log: list[tuple[str, Any]] = []
+    parked: list[tuple[bytes, dict[str, bytes]]] = []
+    dead: list[tuple[bytes, dict[str, bytes]]] = []
+
+    async def to_park(value: bytes, headers: dict[str, bytes]) -> None:
+        parked.append((value, headers))
+
+    async def to_dead(value: bytes, headers: dict[str, bytes]) -> None:
+        dead.append((value, headers))
+
+    async def no_sleep(_s: float) -> None: ...
+
+    async def run() -> list[int]:
+        writer = SinkWriter(FlakySink(log, down=1), to_dead, to_park)  # type: ignore[arg-type]
+        await writer.deliver_records(["telemetry,device=d v=1 1"])  # down: parked
+        [(value, headers)] = parked
+        assert headers["format"] == b"influx-line/1" and headers["attempt"] == b"1"
+        old = {"attempt": b"1", "first_failed_us": b"1700000000000000"}  # as 0.x parked them
+        other = {**old, "format": b"timescale-row/1"}
+        return [
+            await writer.replay(value, no_sleep, headers),
+            await writer.replay(pack(["telemetry,device=d v=2 2"])[0], no_sleep, old),
+            await writer.replay(pack(["telemetry,device=d v=3 3"])[0], no_sleep, None),
+            await writer.replay(pack(["d,1,3.0"])[0], no_sleep, other),
+        ]
+
+    assert asyncio.run(run()) == [1, 1, 1, 0]
+    assert [x for what, x in log if what == "written"] == [
+        "telemetry,device=d v=1 1",
+        "telemetry,device=d v=2 2",
+        "telemetry,device=d v=3 3",
+    ]
+    [(_, headers)] = dead
+    assert headers["reason"] == b"retry_format" and b"timescale-row/1" in headers["detail"]
+
+
+def test_the_retry_agent_reads_headers_of_faust_events_and_kafka_messages() -> None:
+    from types import SimpleNamespace
+
+    FaustEvent = lambda: SimpleNamespace(headers={"format": b"influx-line/1"})  # noqa: E731
+    KafkaMessage = lambda: SimpleNamespace(headers=[("format", b"x/1"), ("empty", None)])  # noqa: E731
+
+    class EventWithoutHeaders:
+        headers = None
+        message = KafkaMessage()
+
+    assert retry_mod._headers(FaustEvent()) == {"format": b"influx-line/1"}
+    assert retry_mod._headers(EventWithoutHeaders()) == {"format": b"x/1"}

@@ -14,7 +14,7 @@ import pytest
 from core.crm_events import CrmEvent
 from core.wire import Samples
 from crm.normalize import from_prediction
-from stream.kernels import PartitionModels
+from stream.partition_models import PartitionModels
 from stream.service_due import ENGINE_HOURS, ODOMETER, schedule_from
 from stream.state import SPEED
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from stream.kernels import PartitionModels
+from stream.partition_models import PartitionModels
 from stream.registry import load_registry
 from stream.service_due import schedule_from
 from tests.unit.stream.test_service_due import DAY0, START_KM, drive

@@ -29,12 +29,13 @@ from models.state import SlotState
 from stream import trips as tripmod
 from stream.anomaly import AnomalyTracker, check_detector, parse_signals
 from stream.battery import CELL_MAX, CELL_MIN, LV_VOLTAGE, SOH, BatteryTracker
-from stream.lines import escape_tag
 from stream.service_due import ENGINE_HOURS, ODOMETER, ServiceTrack, ServiceTracker
+from stream.sinks.base import Points
 from stream.state import ENGINE_RPM, SPEED
 
 OIL_TEMP: Final = "Vehicle.Powertrain.CombustionEngine.EOT"
 ANOMALY_MEASUREMENT: Final = "anomaly"
+ANOMALY_FIELDS: Final = ("score", "threshold", "events")
 OIL_STEP: Final = 0.001  # a new oil-life prediction is published when it moved by this much
 K_OIL_TEMP, K_ODO, K_HOURS = 10, 11, 12  # kind codes past the trip kernel's
 K_LV, K_CELL_MAX, K_CELL_MIN, K_SOH = 13, 14, 15, 16  # stream.battery's signals
@@ -53,10 +54,17 @@ class Outputs:
     trips: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     days: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     anomaly_ts: dict[str, int] = field(default_factory=dict)  # vehicle -> newest anomaly
-    anomaly_lines: list[str] = field(default_factory=list)  # InfluxDB points of the scores
+    anomaly_points: list[Points] = field(default_factory=list)  # the scores, per vehicle/signal
     unwatched: int = 0  # samples of watched signals past max_slots (not scored)
     battery_rejected: int = 0  # battery readings that cannot be real (stream.battery)
     dropped: int = 0
+
+    @property
+    def anomaly_lines(self) -> list[str]:
+        """``anomaly_points`` as InfluxDB line protocol (tests and tools)."""
+        from stream.lines import all_lines
+
+        return all_lines(self.anomaly_points)
 
 
 def _grow_oil(state: OilState, n: int) -> OilState:
@@ -225,14 +233,28 @@ class PartitionModels:
         order = np.lexsort((zt, zs))  # time order per slot, as the detector requires
         hits = self.anomaly.update(zs[order], zv[order], zt[order])
         by_slot = {v: k for k, v in self.zslots.items()}
-        det = escape_tag(self.anomaly.detector)
+        det = self.anomaly.detector
         events = Counter(s_ for s_, _ in hits.events)
+        scored: dict[int, list[tuple[int, float]]] = {}
         for s_, t_i, score in hits.scores:
+            scored.setdefault(s_, []).append((t_i, score))
+        for s_, rows in scored.items():  # one point per score: score, threshold, events
             vin, signal = by_slot[s_]
-            out.anomaly_lines.append(
-                f"{ANOMALY_MEASUREMENT},vin={escape_tag(vin)},signal={escape_tag(signal)},"
-                f"detector={det} score={score!r},threshold={self.anomaly.threshold!r},"
-                f"events={float(events[s_])!r} {t_i}"
+            n = len(rows)
+            ts = np.repeat(np.fromiter((t for t, _ in rows), np.int64, n), 3)
+            val = np.empty((n, 3))
+            val[:, 0] = [sc for _, sc in rows]
+            val[:, 1] = self.anomaly.threshold
+            val[:, 2] = float(events[s_])
+            out.anomaly_points.append(
+                Points(
+                    ANOMALY_MEASUREMENT,
+                    (("vin", vin), ("signal", signal), ("detector", det)),
+                    ANOMALY_FIELDS,
+                    np.tile(np.arange(3), n),
+                    ts,
+                    val.ravel(),
+                )
             )
         for s_, rec in hits.events:
             vin, signal = by_slot[s_]

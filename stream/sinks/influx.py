@@ -1,11 +1,12 @@
-"""InfluxDB sinks, as Telegraf has them: the 1.x HTTP API and the 2.x/3.x API through influxdb-client.
+"""InfluxDB sink plug-ins, as Telegraf has them: the 1.x HTTP API (``influx-v1``) and the 2.x/3.x
+API through influxdb-client (``influx-v2``); both render ``Points`` as line protocol (``stream.lines``).
 
 Both take line protocol with microsecond source timestamps, so a retried write rewrites the same
 points (same series + timestamp = same point): retries and replays never duplicate.
 
 * 429, 5xx, timeouts and connection errors are transient: retried with exponential backoff and
   full jitter, honouring ``Retry-After``; after ``max_retries`` the write raises ``SinkError`` and
-  the caller parks the lines on the retry topic (``stream.retry``).
+  the caller parks the lines on the retry topic (``stream.sinks.writer``, format ``influx-line/1``).
 * Any other 4xx (400 partial write, 413 too large, 404 unknown database...) is about the lines:
   the chunk is bisected so that only the lines the server refuses come back in
   ``WriteResult.rejected`` with the server's reason; the rest is written. The caller dead-letters
@@ -22,40 +23,52 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
-import random
-import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import re
+from abc import abstractmethod
+from collections.abc import Sequence
 from typing import Any, Final
 
 import aiohttp
 
 from core.config import InfluxSettings
 from core.errors import SinkError
-from stream.retention import DEFAULT_FAMILY, by_family, v1_apply, v1_policy, v2_apply, v2_bucket
+from stream.lines import INFLUX_MAX_ABS_US, points_lines
+from stream.retention import (
+    DEFAULT_FAMILY,
+    by_family,
+    family_of,
+    v1_apply,
+    v1_policy,
+    v2_apply,
+    v2_bucket,
+)
+from stream.sinks.base import (  # noqa: F401 - re-exported: the sink's public names
+    MAX_BODY_BYTES,
+    MAX_IN_FLIGHT,
+    MAX_REJECT_DETAIL,
+    SPLIT_MIN_LINES,
+    Points,
+    Rejected,
+    Sink,
+    Transient,
+    WriteResult,
+    backoff_s,
+    chunks,
+    parse_retry_after,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
-MAX_BODY_BYTES: Final = 8 * 1024 * 1024  # InfluxDB 1.x refuses bodies over 25 MB by default
-MAX_BACKOFF_S: Final = 30.0
-BASE_BACKOFF_S: Final = 0.1
-MAX_REJECT_DETAIL: Final = 500
-# Requests of one write in flight at once. The caller still awaits them all before its Kafka
-# offsets move, so at-least-once delivery holds; points are idempotent, so order does not matter.
-MAX_IN_FLIGHT: Final = 2
-# A write this large is cut into MAX_IN_FLIGHT requests at least (smaller ones cost more per line).
-SPLIT_MIN_LINES: Final = 1000
 # Bodies from this size are compressed in a worker thread (zlib: ~0.13 us of CPU per sample,
 # ISA-L: ~0.04).
 GZIP_THREAD_BYTES: Final = 64 * 1024
-# Extra requests one write may spend isolating refused lines; past it whole requests are refused.
-BISECT_BUDGET: Final = 128
 # Not about the lines: authentication, unknown bucket or retention policy. Parked, not dead-lettered,
 # so that the data is replayed once the configuration is fixed.
 CONFIG_STATUS: Final = frozenset({401, 403, 404})
+LINE_FORMAT: Final = "influx-line/1"  # gzip line protocol, microsecond timestamps
 
 
 def gzip_fast(body: bytes) -> bytes:
@@ -70,184 +83,42 @@ except ImportError:  # pragma: no cover - isal is in the stream extra
     from gzip import compress as _gzip  # type: ignore[assignment]
 
 
-class Transient(Exception):
-    """A write failed in a way that may pass (429, 5xx, timeout); ``retry_after`` from the server."""
+class InfluxSink(Sink):
+    """Line protocol to InfluxDB; the base (``stream.sinks.base.Sink``) does chunking, retries,
+    bisection and the log lines; requests are grouped by retention family (``stream.retention``)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class Rejected(Exception):
-    """The server refused the lines themselves (4xx other than 429)."""
-
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-@dataclass
-class WriteResult:
-    """What a write did: lines written, and lines refused with the server's reason."""
-
-    written: int = 0
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (line, reason)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def backoff_s(attempt: int, retry_after: float | None = None) -> float:
-    """Full-jitter exponential backoff; the server's ``Retry-After`` is a floor."""
-    delay = random.uniform(0, min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2**attempt))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_BACKOFF_S * 4))
-    return delay
-
-
-def chunks(lines: Sequence[str], max_lines: int, max_bytes: int = MAX_BODY_BYTES) -> list[bytes]:
-    """Request bodies of at most ``max_lines`` lines and about ``max_bytes`` bytes."""
-    out: list[bytes] = []
-    step = max(1, max_lines)
-    for start in range(0, len(lines), step):
-        body = ("\n".join(lines[start : start + step]) + "\n").encode()
-        if len(body) <= max_bytes or step == 1:
-            out.append(body)
-            continue
-        out.extend(chunks(lines[start : start + step], max(1, step // 2), max_bytes))
-    return out
-
-
-class InfluxSink(ABC):
-    """Writes line protocol; ``write`` does chunking, retries, bisection and the log lines."""
+    health_name = "influx"
+    label = "InfluxDB"
+    reject_reason = "influx_rejected"
+    record_format = LINE_FORMAT
+    ts_range_us = (-INFLUX_MAX_ABS_US, INFLUX_MAX_ABS_US)
 
     def __init__(self, settings: InfluxSettings) -> None:
+        super().__init__(settings.url, settings.batch_lines, settings.max_retries)
         self.s = settings
-        self.written_lines = 0
-        self.rejected_lines = 0
-        self.retries = 0
-        self.requests = 0
-        self.broken_since: float | None = None
-        # the metrics' latency histogram (stream.metrics), once per write, not per line
-        self.observe_write: Callable[[float], None] | None = None
 
-    @property
-    def broken(self) -> bool:
-        return self.broken_since is not None
+    @classmethod
+    def from_settings(cls, settings: Any) -> Sink:
+        return cls(settings.influx)
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
-        """Open connections, create the database where the API allows it."""
+    async def ping(self) -> str:
+        return f"{self.s.url} (version {await ping(self.s)})"
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+    def _render_internal(self, points: Points) -> list[str]:
+        return points_lines(points)
+
+    def _group_internal(self, records: Sequence[str]) -> dict[str, list[str]]:
+        return by_family(records)
 
     @abstractmethod
-    async def _write_internal(self, body: bytes, family: str = DEFAULT_FAMILY) -> None:
-        """Send one request of ``family``'s lines (its policy or bucket); raise ``Transient``
-        or ``Rejected``."""
-
-    async def write(self, lines: Sequence[str], *, max_retries: int | None = None) -> WriteResult:
-        """Write ``lines``; raises ``SinkError`` when transient failures outlast the retries."""
-        t0 = time.perf_counter()
-        try:
-            return await self._write(lines, max_retries)
-        finally:
-            if self.observe_write is not None:
-                self.observe_write(time.perf_counter() - t0)
-
-    async def _write(self, lines: Sequence[str], max_retries: int | None) -> WriteResult:
-        result = WriteResult()
-        retries = self.s.max_retries if max_retries is None else max_retries
-        budget = [BISECT_BUDGET]
-        per = self.s.batch_lines
-        if len(lines) >= SPLIT_MIN_LINES:
-            per = min(per, -(-len(lines) // MAX_IN_FLIGHT))
-        bodies = [
-            (family, body)
-            for family, part in by_family(lines).items()
-            for body in chunks(part, per)
-        ]
-        if len(bodies) == 1 or retries == 0:  # one request, or probing a broken link
-            for family, body in bodies:
-                await self._write_body(body, retries, result, budget, family)
-        else:  # InfluxDB ingests faster with a few requests in flight (see BENCHMARKS.md)
-            gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-
-            async def one(family: str, body: bytes) -> None:
-                async with gate:
-                    await self._write_body(body, retries, result, budget, family)
-
-            try:
-                async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest
-                    for family, body in bodies:
-                        tg.create_task(one(family, body))
-            except* SinkError as group:
-                raise group.exceptions[0] from None
-        self.written_lines += result.written
-        self.rejected_lines += len(result.rejected)
-        return result
-
-    async def _write_body(
-        self, body: bytes, retries: int, result: WriteResult, budget: list[int], family: str
-    ) -> None:
-        try:
-            await self._write_retrying(body, retries, family)
-        except Rejected as err:
-            lines = body.rstrip(b"\n").split(b"\n")
-            budget[0] -= 1
-            if len(lines) == 1 or budget[0] <= 0:
-                why = str(err)[:MAX_REJECT_DETAIL]
-                if len(lines) > 1:
-                    why = f"{why} (whole request of {len(lines)} lines refused)"
-                result.rejected.extend((line.decode(errors="replace"), why) for line in lines)
-                return
-            # Rewriting the accepted half is harmless (same points), so bisect to the bad lines.
-            mid = len(lines) // 2
-            for part in (lines[:mid], lines[mid:]):
-                await self._write_body(b"\n".join(part) + b"\n", retries, result, budget, family)
-            return
-        result.written += body.count(b"\n")
-
-    async def _write_retrying(self, body: bytes, retries: int, family: str) -> None:
-        attempt = 0
-        while True:
-            self.requests += 1
-            try:
-                await self._write_internal(body, family)
-            except Transient as err:
-                attempt += 1
-                self.retries += 1
-                if self.broken_since is None:
-                    log.warning(
-                        "InfluxDB at %s failing (%s); retrying with backoff", self.s.url, err
-                    )
-                    self.broken_since = time.monotonic()
-                if attempt > retries:
-                    raise SinkError(
-                        f"InfluxDB write to {self.s.url} failed after {attempt} attempts: {err}"
-                    ) from err
-                await asyncio.sleep(backoff_s(attempt, err.retry_after))
-                continue
-            if self.broken_since is not None:
-                log.warning(
-                    "InfluxDB at %s recovered after %.1fs",
-                    self.s.url,
-                    time.monotonic() - self.broken_since,
-                )
-                self.broken_since = None
-            return
+    async def _write_internal(self, body: bytes, group: str = DEFAULT_FAMILY) -> None:
+        """Send one request of ``group``'s lines (its retention family's policy or bucket)."""
 
 
 class InfluxV1Sink(InfluxSink):
     """InfluxDB 1.x: ``POST /write?db=..&rp=..&precision=u``."""
+
+    name = "influx-v1"
 
     def __init__(self, settings: InfluxSettings) -> None:
         super().__init__(settings)
@@ -302,10 +173,34 @@ class InfluxV1Sink(InfluxSink):
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
             raise SinkError(f"InfluxDB at {self.s.url} unreachable: {err}") from err
 
-    async def _write_internal(self, body: bytes, family: str = DEFAULT_FAMILY) -> None:
+    async def read(self, measurement: str, tags: dict[str, str]) -> list[tuple[int, str, float]]:
+        """The fields stored under ``measurement`` and ``tags`` (InfluxQL ``SELECT *::field``)."""
+        self.open_session()
+        rp = v1_policy(self.s, family_of(f"{measurement} "))
+        source = f"{_ident(self.s.database)}.{_ident(rp)}." if rp else ""
+        where = " AND ".join(f"{_ident(k)} = {_literal(v)}" for k, v in tags.items())
+        q = f"SELECT *::field FROM {source}{_ident(measurement)}" + (
+            f" WHERE {where}" if where else ""
+        )
+        data = await self.query(q)
+        out: list[tuple[int, str, float]] = []
+        for result in data.get("results", []):
+            if "error" in result:
+                raise SinkError(f"InfluxDB query failed: {result['error']}")
+            for series in result.get("series", []):
+                cols = series["columns"]
+                for row in series["values"]:
+                    out += [
+                        (row[0], c, float(v))
+                        for c, v in zip(cols[1:], row[1:], strict=True)
+                        if v is not None
+                    ]
+        return sorted(out)
+
+    async def _write_internal(self, body: bytes, group: str = DEFAULT_FAMILY) -> None:
         assert self._session is not None, "start() first"
         params = {"db": self.s.database, "precision": "u"}
-        if rp := v1_policy(self.s, family):
+        if rp := v1_policy(self.s, group):
             params["rp"] = rp
         # A BytesIO body: aiohttp warns (an error under pytest) about raw bodies over 1 MB.
         headers = {"Content-Type": "text/plain; charset=utf-8"}
@@ -341,6 +236,8 @@ class InfluxV1Sink(InfluxSink):
 class InfluxV2Sink(InfluxSink):
     """InfluxDB 2.x/3.x (and other servers with ``/api/v2/write``) through influxdb-client."""
 
+    name = "influx-v2"
+
     def __init__(self, settings: InfluxSettings) -> None:
         super().__init__(settings)
         self._client: Any = None
@@ -375,14 +272,71 @@ class InfluxV2Sink(InfluxSink):
             await self._client.close()
             self._client = None
 
-    async def _write_internal(self, body: bytes, family: str = DEFAULT_FAMILY) -> None:
+    async def read(self, measurement: str, tags: dict[str, str]) -> list[tuple[int, str, float]]:
+        """The fields stored under ``measurement`` and ``tags``: a Flux query, or, on servers
+        with the v2 write API but no Flux (VictoriaMetrics: 400/404/422 on ``/api/v2/query``),
+        their Prometheus-style ``/api/v1/export`` (metric ``<measurement>_<field>``, millisecond
+        timestamps)."""
+        from influxdb_client.client.exceptions import InfluxDBError
+
+        assert self._client is not None, "start() first"
+        bucket = v2_bucket(self.s, family_of(f"{measurement} "))
+        cond = " and ".join(
+            [f"r._measurement == {_flux(measurement)}"]
+            + [f"r[{_flux(k)}] == {_flux(v)}" for k, v in tags.items()]
+        )
+        flux = (
+            f"from(bucket: {_flux(bucket)}) |> range(start: 1677-09-21T00:12:44Z, "
+            f"stop: 2262-04-11T23:47:16Z) |> filter(fn: (r) => {cond})"
+        )
+        try:
+            tables = await self._client.query_api().query(flux, org=self.s.org)
+        except InfluxDBError as err:
+            status = getattr(err.response, "status", None)
+            if status not in (400, 404, 422):
+                raise SinkError(f"InfluxDB query failed: {err}") from err
+            return await self._export(measurement, tags)
+        out = [
+            (
+                int(rec.get_time().timestamp() * 1_000_000),
+                str(rec.get_field()),
+                float(rec.get_value()),
+            )
+            for table in tables
+            for rec in table.records
+        ]
+        return sorted(out)
+
+    async def _export(self, measurement: str, tags: dict[str, str]) -> list[tuple[int, str, float]]:
+        labels = "".join(f",{k}={_prom(v)}" for k, v in tags.items())
+        match = f"{{__name__=~{_prom(_regex_quote(measurement) + '_.+')}{labels}}}"
+        headers = {"Authorization": f"Token {self._token()}"} if self._token() else {}
+        timeout = aiohttp.ClientTimeout(total=self.s.timeout_s * 5)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+                # what was just written is searchable after a flush (VictoriaMetrics buffers ~1 s)
+                async with session.get(f"{self.s.url.rstrip('/')}/internal/force_flush"):
+                    pass
+                text = await self._export_text(session, match)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise SinkError(f"{self.s.url} unreachable: {type(err).__name__}") from err
+        return _export_rows(text, measurement)
+
+    async def _export_text(self, session: aiohttp.ClientSession, match: str) -> str:
+        url = f"{self.s.url.rstrip('/')}/api/v1/export"
+        async with session.get(url, params={"match[]": match}) as resp:
+            if resp.status != 200:
+                raise SinkError(f"export from {self.s.url} answered {resp.status}")
+            return await resp.text()
+
+    async def _write_internal(self, body: bytes, group: str = DEFAULT_FAMILY) -> None:
         from influxdb_client.client.exceptions import InfluxDBError
         from influxdb_client.domain.write_precision import WritePrecision
 
         assert self._api is not None, "start() first"
         try:
             await self._api.write(
-                bucket=v2_bucket(self.s, family),
+                bucket=v2_bucket(self.s, group),
                 org=self.s.org,
                 record=body,
                 write_precision=WritePrecision.US,
@@ -399,6 +353,44 @@ class InfluxV2Sink(InfluxSink):
             raise Transient(f"{type(err).__name__}: {err}") from err
 
 
+def _export_rows(text: str, measurement: str) -> list[tuple[int, str, float]]:
+    """``(ts_us, field, value)`` of a ``/api/v1/export`` answer (JSON lines, ms timestamps)."""
+    out: list[tuple[int, str, float]] = []
+    prefix = f"{measurement}_"
+    for row in text.splitlines():
+        doc = json.loads(row)
+        name = doc["metric"]["__name__"].removeprefix(prefix)
+        out += [
+            (t * 1000, name, float(v))
+            for t, v in zip(doc["timestamps"], doc["values"], strict=True)
+        ]
+    return sorted(out)
+
+
+def _ident(name: str) -> str:
+    """An InfluxQL identifier, double-quoted."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(value: str) -> str:
+    """An InfluxQL string literal, single-quoted."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _flux(value: str) -> str:
+    """A Flux string literal (``${`` would interpolate)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _prom(value: str) -> str:
+    """A PromQL/MetricsQL label value, double-quoted."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _regex_quote(text: str) -> str:
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
+
+
 async def ping(settings: InfluxSettings, timeout_s: float = 3.0) -> str:
     """Ask the server's ``/ping`` (InfluxDB 1.x and 2.x); returns its version, raises ``SinkError``."""
     timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -412,7 +404,3 @@ async def ping(settings: InfluxSettings, timeout_s: float = 3.0) -> str:
             return resp.headers.get("X-Influxdb-Version", "?")
     except (aiohttp.ClientError, TimeoutError) as err:
         raise SinkError(f"InfluxDB at {settings.url} unreachable: {type(err).__name__}") from err
-
-
-def make_sink(settings: InfluxSettings) -> InfluxSink:
-    return InfluxV1Sink(settings) if settings.api == "v1" else InfluxV2Sink(settings)

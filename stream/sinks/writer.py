@@ -1,16 +1,22 @@
-"""Deliver line protocol to InfluxDB without losing any: dead-letter what it refuses, park what fails.
+"""Deliver points through the configured sink without losing any: dead-letter what it refuses,
+park what fails.
 
-``SinkWriter.deliver(lines)`` is what the telemetry agent calls:
+``SinkWriter.deliver(points)`` is what the agents call (``points``: ``stream.sinks.base.Points``,
+the columns the pipeline has); the sink renders its own records (InfluxDB: line protocol):
 
-* lines the server refuses (400 partial write...) go to the dead-letter topic, grouped by reason;
-* when transient failures outlast the sink's retries (a long outage), the lines are parked on
-  ``carpulse.influx-retry`` (gzip line protocol, headers ``attempt`` and ``first_failed_us``),
-  and the agent goes on with its partition instead of stalling it;
+* rows no sink may store (``Sink.render``: NaN, timestamps out of range, bad tags) and records the
+  server refuses (400 partial write...) go to the dead-letter topic, grouped by reason;
+* when transient failures outlast the sink's retries (a long outage), the records are parked on
+  ``carpulse.influx-retry`` (gzip of newline-separated records, headers ``attempt``,
+  ``first_failed_us`` and ``format``: the sink's ``record_format``, ``influx-line/1`` for both
+  InfluxDB sinks), and the agent goes on with its partition instead of stalling it;
 * while the sink is known broken, ``deliver`` tries once and parks at once (a circuit breaker),
   so an outage costs one request per micro-batch rather than the whole backoff each time.
 
 The retry agent (``install_retry_agent``) replays parked records one at a time with exponential
-backoff, forever: its Kafka offset only moves once a record is written or dead-lettered, so a
+backoff, forever (a record without a ``format`` header was parked before the header existed: it
+is InfluxDB line protocol; a record of another format than the sink's is dead-lettered as
+``retry_format``, never written as garbage): its Kafka offset only moves once a record is written or dead-lettered, so a
 crash or a week-long outage loses nothing. It commits that offset itself, record by record, through
 the offset guard (``stream.offsets``; the topic is consumed with Faust acks off), since Faust's
 rebalance race could otherwise skip parked records and commit past them. Points carry source
@@ -25,19 +31,21 @@ import contextlib
 import gzip
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from core.errors import SinkError
-from stream.influx import InfluxSink, backoff_s, chunks
 from stream.offsets import SourceOffsets, guarded
+from stream.sinks.base import Points, Sink, backoff_s, chunks
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[bytes, dict[str, bytes]], Awaitable[Any]]
 
 PARK_CHUNK_BYTES: Final = 512 * 1024  # below Kafka's 1 MB default message size, before gzip
+# the format of parked records without a ``format`` header (parked before it existed)
+LEGACY_FORMAT: Final = "influx-line/1"
 REPLAY_MAX_BACKOFF_S: Final = 60.0
 
 
@@ -47,6 +55,7 @@ class SinkCounters:
 
     written: int = 0
     rejected: int = 0
+    refused_rows: int = 0  # rows the sink refused to render (dead-lettered by reason)
     parked_lines: int = 0
     parked_records: int = 0
     replayed_lines: int = 0
@@ -63,18 +72,18 @@ def pack(lines: Sequence[str]) -> list[bytes]:
 
 
 def unpack(value: bytes) -> list[str]:
-    """Lines of one parked record; raises ``SinkError`` if it is not ours."""
+    """Records of one parked record; raises ``SinkError`` if it is not ours."""
     try:
         text = gzip.decompress(value).decode()
     except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise SinkError(f"retry record is not gzip line protocol: {err}") from err
+        raise SinkError(f"retry record is not gzip line protocol (or records): {err}") from err
     return [line for line in text.split("\n") if line]
 
 
 class SinkWriter:
     """Writes through ``sink``; sends refused lines to ``deadletter`` and failures to ``park``."""
 
-    def __init__(self, sink: InfluxSink, deadletter: Send, park: Send) -> None:
+    def __init__(self, sink: Sink, deadletter: Send, park: Send) -> None:
         self.sink = sink
         self.deadletter = deadletter
         self.park = park
@@ -96,7 +105,22 @@ class SinkWriter:
             if self._users == 0:
                 await self.sink.close()
 
-    async def deliver(self, lines: Sequence[str]) -> None:
+    async def deliver(self, points: Sequence[Points]) -> None:
+        """Render ``points`` through the sink and write them (see the module docstring)."""
+        if not points:
+            return
+        rendered = self.sink.render(points)
+        for reason, detail in rendered.refused:
+            self.counters.count(reason)
+            await self.deadletter(
+                detail.encode("utf-8", "replace"),
+                {"reason": reason.encode(), "detail": b"see value"},
+            )
+        self.counters.refused_rows += rendered.refused_rows
+        await self.deliver_records(rendered.records)
+
+    async def deliver_records(self, lines: Sequence[str]) -> None:
+        """Write records already in the sink's format."""
         if not lines:
             return
         retries = 0 if self.sink.broken else None
@@ -106,7 +130,10 @@ class SinkWriter:
             await self._park(lines, err, attempt=1)
             return
         if self._parking:
-            log.warning("InfluxDB writes go through again; the retry agent replays what was parked")
+            log.warning(
+                "%s writes go through again; the retry agent replays what was parked",
+                self.sink.label,
+            )
             self._parking = False
         self.counters.written += result.written
         await self.dead_letter(result.rejected)
@@ -118,25 +145,40 @@ class SinkWriter:
             by_reason.setdefault(reason, []).append(line)
         for reason, lines in by_reason.items():
             self.counters.rejected += len(lines)
-            self.counters.count("influx_rejected", len(lines))
+            self.counters.count(self.sink.reject_reason, len(lines))
             await self.deadletter(
                 "\n".join(lines).encode(),
-                {"reason": b"influx_rejected", "detail": reason[:500].encode()},
+                {"reason": self.sink.reject_reason.encode(), "detail": reason[:500].encode()},
             )
 
     async def _park(self, lines: Sequence[str], err: Exception, attempt: int) -> None:
         if not self._parking:
-            log.error("InfluxDB unavailable (%s); parking batches on the retry topic", err)
+            log.error(
+                "%s unavailable (%s); parking batches on the retry topic", self.sink.label, err
+            )
             self._parking = True
         now = str(int(time.time() * 1e6)).encode()
+        fmt = self.sink.record_format.encode()
         for record in pack(lines):
-            await self.park(record, {"attempt": str(attempt).encode(), "first_failed_us": now})
+            headers = {"attempt": str(attempt).encode(), "first_failed_us": now, "format": fmt}
+            await self.park(record, headers)
             self.counters.parked_records += 1
         self.counters.parked_lines += len(lines)
         self.counters.count("parked", len(lines))
 
-    async def replay(self, value: bytes, sleep: Callable[[float], Awaitable[Any]]) -> int:
+    async def replay(
+        self,
+        value: bytes,
+        sleep: Callable[[float], Awaitable[Any]],
+        headers: Mapping[str, bytes] | None = None,
+    ) -> int:
         """Write one parked record, retrying with backoff until it is written or refused."""
+        fmt = (headers or {}).get("format") or LEGACY_FORMAT.encode()
+        if fmt != self.sink.record_format.encode():
+            why = f"parked as {fmt[:80]!r}; sink {self.sink.name} writes {self.sink.record_format}"
+            self.counters.count("retry_format")
+            await self.deadletter(value, {"reason": b"retry_format", "detail": why.encode()})
+            return 0
         try:
             lines = unpack(value)
         except SinkError as err:
@@ -162,6 +204,13 @@ class SinkWriter:
             return result.written
 
 
+def _headers(event: Any) -> dict[str, bytes]:
+    """An event's headers as a dict (Faust gives a list of pairs or a mapping)."""
+    raw = getattr(event, "headers", None) or getattr(event.message, "headers", None) or {}
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return {str(k): bytes(v) for k, v in items if v is not None}
+
+
 def _topic_name(topic: Any) -> str:
     return topic if isinstance(topic, str) else str(topic.get_topic_name())
 
@@ -181,7 +230,7 @@ def install_retry_agent(app: Any, writer: SinkWriter, retry_topic: Any) -> Any:
                 guarded(stream.events(), SourceOffsets(app, {_topic_name(retry_topic)}))
             ) as events:
                 async for event in events:
-                    await writer.replay(event.value, asyncio.sleep)
+                    await writer.replay(event.value, asyncio.sleep, _headers(event))
         finally:
             await writer.close()
 
