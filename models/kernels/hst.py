@@ -252,8 +252,9 @@ class HalfSpaceTrees(SlotStateful):
             mass, ref = a.pop("mass"), a.pop("ref")
             if mass.ndim != 4 or mass.shape[-1] != 2 or ref.shape != mass.shape[:1]:
                 raise DecodeError(f"half_space_trees state has mass {mass.shape}, ref {ref.shape}")
-            k = np.arange(mass.shape[0])
-            pair = (mass[k, ..., ref.astype(np.int64)], mass[k, ..., 1 - ref.astype(np.int64)])
+            rows = np.arange(mass.shape[0])
+            r = ref.astype(np.int64)
+            pair = (mass[rows, ..., r], mass[rows, ..., 1 - r])
         if pair is not None:
             r_mass, l_mass = pair
             n_leaves = 2**det.height
@@ -262,10 +263,10 @@ class HalfSpaceTrees(SlotStateful):
             leaf = det.state["leaf"].dtype
             table = np.zeros((r_mass.shape[0], det.n_trees, n_leaves), det.state["table"].dtype)
             scratch = np.empty(2 * n_leaves - 1, np.int64)
-            for k in range(r_mass.shape[0]):
+            for slot in range(r_mass.shape[0]):
                 _leaf_table(
-                    np.ascontiguousarray(r_mass[k, :, n_leaves - 1 :]),
-                    det.height, 0.1 * det.window_size, scratch, table[k],
+                    np.ascontiguousarray(r_mass[slot, :, n_leaves - 1 :]),
+                    det.height, 0.1 * det.window_size, scratch, table[slot],
                 )  # fmt: skip
             st.arrays = {
                 "leaf": np.ascontiguousarray(l_mass[:, :, n_leaves - 1 :]).astype(leaf),
