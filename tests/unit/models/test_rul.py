@@ -221,9 +221,11 @@ def test_onnx_export_matches_scikit_learn() -> None:
     want = np.clip(model.predict(x), 0, RUL_CAP)
     got = _onnx_predict(model, x)
     assert want.std() > 10.0  # a real spread of answers, not a constant
-    # float32 inputs in ONNX may flip a split at a threshold; the bulk must agree closely
-    assert np.median(np.abs(got - want)) < 1e-3
-    assert np.mean(np.abs(got - want)) < 0.05
+    # float32 inputs in ONNX could flip a split at a threshold (none here: max 2.6e-5 measured);
+    # allow one row in a thousand, the rest within float32 rounding of the summed leaves
+    diff = np.abs(got - want)
+    assert np.median(diff) < 1e-4
+    assert np.mean(diff > 1e-3) <= 0.001, diff.max()
 
 
 def test_shipped_model_was_exported_by_skl2onnx() -> None:
