@@ -54,6 +54,57 @@ def build_trees(
 
 
 @njit(cache=config.CACHE, fastmath=config.FASTMATH)
+def _leaf_table(
+    leaf: np.ndarray, height: int, size_limit: float, mass: np.ndarray, table: np.ndarray
+) -> None:  # pragma: no cover - compiled; covered by the NUMBA_DISABLE_JIT leg
+    """Each leaf's score against a reference window whose leaf counts are ``leaf`` (n_trees, n_leaves).
+
+    Every sample bumps each node on its root-to-leaf path once, so a node's mass is the sum of the
+    leaf counts under it. The score walk of River reads only reference masses, fixed for a whole
+    window, so its result depends on the leaf reached alone: sum of mass * 2**depth from the root
+    until (and including) the first node whose mass is under ``size_limit``. ``mass`` is scratch
+    (2 * n_leaves - 1,).
+    """
+    n_trees, n_leaves = leaf.shape
+    n_inner = n_leaves - 1
+    live = np.empty(mass.shape[0], np.bool_)
+    pre = np.empty(mass.shape[0], np.int64)
+    for t in range(n_trees):
+        for k in range(n_leaves):
+            mass[n_inner + k] = leaf[t, k]
+        for nd in range(n_inner - 1, -1, -1):
+            mass[nd] = mass[2 * nd + 1] + mass[2 * nd + 2]
+        pre[0] = mass[0]
+        live[0] = mass[0] >= size_limit
+        first = 1
+        depth_pow = 2
+        for _ in range(height):
+            for nd in range(first, 2 * first + 1):
+                p = (nd - 1) // 2
+                if live[p]:
+                    pre[nd] = pre[p] + mass[nd] * depth_pow
+                    live[nd] = mass[nd] >= size_limit
+                else:
+                    pre[nd] = pre[p]
+                    live[nd] = False
+            first = 2 * first + 1
+            depth_pow *= 2
+        for k in range(n_leaves):
+            table[t, k] = pre[n_inner + k]
+
+
+@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+def _subtree_mass(leaf: np.ndarray, t: int, nd: int, depth: int, height: int) -> int:
+    """A node's learning-window mass: the sum of the leaf counts under it (missing-feature walks)."""
+    width = 1 << (height - depth)
+    lo = (nd + 1) * width - 1 - (leaf.shape[1] - 1)
+    m = 0
+    for k in range(lo, lo + width):
+        m += leaf[t, k]
+    return m
+
+
+@njit(cache=config.CACHE, fastmath=config.FASTMATH)
 def _hst_loop(
     slots: np.ndarray,
     x: np.ndarray,
@@ -63,64 +114,54 @@ def _hst_loop(
     threshold: np.ndarray,
     height: int,
     window_size: int,
-    mass: np.ndarray,
-    ref: np.ndarray,
+    leaf: np.ndarray,
+    table: np.ndarray,
     counter: np.ndarray,
     first_window: np.ndarray,
     out: np.ndarray,
-) -> None:
+) -> None:  # pragma: no cover - compiled; covered by the NUMBA_DISABLE_JIT leg
     n_trees = feature.shape[0]
+    n_inner = (1 << height) - 1
     size_limit = 0.1 * window_size
     node = np.zeros(n_trees, np.int64)
-    live = np.zeros(n_trees, np.int64)  # 1 while the score walk still counts (branch-free)
+    scratch = np.empty(2 * n_inner + 1, np.int64)
     for i in range(slots.shape[0]):
         s = slots[i]
-        scoring = score and not first_window[s]
-        if score and not scoring:
-            out[i] = -1
-        total = 0
-        rh = ref[s]  # which half of a node's pair is the reference window's mass
-        lh = 1 - rh
         # The trees walk level by level in lockstep: each walk is a chain of dependent loads
-        # (node -> feature -> value -> child), and interleaving ten independent chains lets the
-        # CPU overlap them. One walk serves both River's score walk and its learn walk (they pick
-        # the same children: the learn walk bumps a node before reading its children's masses),
-        # so scoring reads r_mass until the walk stops counting and learning bumps l_mass.
+        # (node -> feature -> value -> child) over the shared trees only, and interleaving ten
+        # independent chains lets the CPU overlap them. A slot's state is touched once per tree:
+        # the reached leaf's count (learning window) and its precomputed score (reference window).
         for t in range(n_trees):
             node[t] = 0
-            live[t] = 1 if scoring else 0
-        depth_pow = 1
-        for _ in range(height):
+        for depth in range(height):
             for t in range(n_trees):
                 nd = node[t]
-                r = mass[s, t, nd, rh]
-                lv = live[t]
-                total += r * depth_pow * lv
-                live[t] = lv & (r >= size_limit)
-                if learn:
-                    mass[s, t, nd, lh] += 1
                 v = x[i, feature[t, nd]]
                 left = 2 * nd + 1
                 if v != v:  # missing feature: River's KeyError branch, heavier child
-                    heavier = mass[s, t, left, lh] < mass[s, t, left + 1, lh]
-                    node[t] = left + 1 if heavier else left
+                    ml = _subtree_mass(leaf[s], t, left, depth + 1, height)
+                    mr = _subtree_mass(leaf[s], t, left + 1, depth + 1, height)
+                    node[t] = left + 1 if ml < mr else left
                 else:
                     node[t] = left + (v >= threshold[t, nd])
-            depth_pow *= 2
-        for t in range(n_trees):
-            total += mass[s, t, node[t], rh] * depth_pow * live[t]
-            if learn:
-                mass[s, t, node[t], lh] += 1
-        if scoring:
-            # Integer mass, exact; the wrapper divides outside numba (fastmath's arcp would
-            # turn the division into a reciprocal multiply, one ulp off River's score).
-            out[i] = total
+        if score:
+            if first_window[s]:
+                out[i] = -1
+            else:
+                # Integer mass, exact; the wrapper divides outside numba (fastmath's arcp would
+                # turn the division into a reciprocal multiply, one ulp off River's score).
+                total = 0
+                for t in range(n_trees):
+                    total += table[s, t, node[t] - n_inner]
+                out[i] = total
         if learn:
+            for t in range(n_trees):
+                leaf[s, t, node[t] - n_inner] += 1
             counter[s] += 1
             if counter[s] == window_size:
-                # The learning half becomes the reference: flip which half is which, no copy.
-                ref[s] = lh
-                mass[s, :, :, rh] = 0
+                # The learning window becomes the reference: its leaf scores, then a fresh window.
+                _leaf_table(leaf[s], height, size_limit, scratch, table[s])
+                leaf[s] = 0
                 first_window[s] = False
                 counter[s] = 0
 
@@ -161,19 +202,21 @@ class HalfSpaceTrees(SlotStateful):
             raise ValueError(f"limits has {len(lims)} entries for {n_features} features")
         self._seed = seed if seed is not None else random.randrange(2**32)
         self.feature, self.threshold = build_trees(n_trees, height, lims, self._seed)  # type: ignore[arg-type]
-        n_nodes = self.feature.shape[1]
-        # A node's mass never exceeds the window: 16-bit counts halve the bytes the walks touch.
-        mdt = np.int16 if window_size <= np.iinfo(np.int16).max else np.int32
+        n_leaves = 2**height
+        # A leaf count never exceeds the window, a leaf's score window * (2**(height+1) - 1):
+        # the smallest integers that hold them, so a slot's state stays small and cache-resident.
+        cdt = np.int16 if window_size <= np.iinfo(np.int16).max else np.int32
+        tdt = np.int32 if window_size * (2 * n_leaves - 1) <= np.iinfo(np.int32).max else np.int64
         self.state = SlotState(
             self.kind,
             {"n_features": n_features, "n_trees": n_trees, "height": height,
              "window_size": window_size, "limits": None if limits is None else [list(x) for x in lims],
              "seed": self._seed},
             {
-                # Per node its (reference, learning) masses side by side: the fused walk reads one
-                # and bumps the other, so both sit in the same cache line.
-                "mass": np.zeros((n_slots, n_trees, n_nodes, 2), mdt),
-                "ref": np.zeros(n_slots, np.int64),
+                # Learning window: samples per leaf (a node's mass is the sum under it).
+                "leaf": np.zeros((n_slots, n_trees, n_leaves), cdt),
+                # Reference window: River's score of each leaf's path, made when the window ends.
+                "table": np.zeros((n_slots, n_trees, n_leaves), tdt),
                 "counter": np.zeros(n_slots, np.int64),
                 "first_window": np.ones(n_slots, np.bool_),
             },
@@ -188,7 +231,7 @@ class HalfSpaceTrees(SlotStateful):
         st = self.state
         _hst_loop(
             s, v, score, learn, self.feature, self.threshold, self.height, self.window_size,
-            st["mass"], st["ref"], st["counter"], st["first_window"], mass,
+            st["leaf"], st["table"], st["counter"], st["first_window"], mass,
         )  # fmt: skip
         # Normalise and flip as River: 1 - mass / max mass; 0 during the first window (-1 mark).
         max_score = float(self.n_trees * self.window_size * (2 ** (self.height + 1) - 1))
@@ -196,17 +239,43 @@ class HalfSpaceTrees(SlotStateful):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> HalfSpaceTrees:
-        """Restore a state blob, including one saved before the masses were paired (``l_mass`` and
-        ``r_mass`` arrays): it is converted, the reference masses in half 0."""
+        """Restore a state blob, including those of the two earlier layouts (full per-node masses:
+        ``l_mass``/``r_mass``, or ``mass`` pairs with ``ref``): converted exactly, since a
+        window's masses are fixed by its leaf counts."""
         st = SlotState.from_bytes(data, cls.kind)
         det = cls(**st.params, n_slots=0)
-        if "mass" not in st.arrays and {"l_mass", "r_mass"} <= st.arrays.keys():
-            lm, rm = st.arrays.pop("l_mass"), st.arrays.pop("r_mass")
-            mass = np.stack([rm, lm], axis=-1).astype(det.state["mass"].dtype)
-            st.arrays = {"mass": mass, "ref": np.zeros(mass.shape[0], np.int64), **st.arrays}
-            st.fill.update({"mass": 0.0, "ref": 0.0})
-            st.fill.pop("l_mass", None)
-            st.fill.pop("r_mass", None)
+        a = st.arrays
+        pair = None
+        if {"l_mass", "r_mass"} <= a.keys() and "mass" not in a:
+            pair = (a.pop("r_mass"), a.pop("l_mass"))
+        elif {"mass", "ref"} <= a.keys():
+            mass, ref = a.pop("mass"), a.pop("ref")
+            if mass.ndim != 4 or mass.shape[-1] != 2 or ref.shape != mass.shape[:1]:
+                raise DecodeError(f"half_space_trees state has mass {mass.shape}, ref {ref.shape}")
+            rows = np.arange(mass.shape[0])
+            r = ref.astype(np.int64)
+            pair = (mass[rows, ..., r], mass[rows, ..., 1 - r])
+        if pair is not None:
+            r_mass, l_mass = pair
+            n_leaves = 2**det.height
+            if r_mass.ndim != 3 or r_mass.shape[1:] != (det.n_trees, 2 * n_leaves - 1):
+                raise DecodeError(f"half_space_trees state has masses of shape {r_mass.shape}")
+            leaf = det.state["leaf"].dtype
+            table = np.zeros((r_mass.shape[0], det.n_trees, n_leaves), det.state["table"].dtype)
+            scratch = np.empty(2 * n_leaves - 1, np.int64)
+            for slot in range(r_mass.shape[0]):
+                _leaf_table(
+                    np.ascontiguousarray(r_mass[slot, :, n_leaves - 1 :]),
+                    det.height, 0.1 * det.window_size, scratch, table[slot],
+                )  # fmt: skip
+            st.arrays = {
+                "leaf": np.ascontiguousarray(l_mass[:, :, n_leaves - 1 :]).astype(leaf),
+                "table": table,
+                **{n: v for n, v in a.items() if n not in ("leaf", "table")},
+            }
+            for n in ("l_mass", "r_mass", "mass", "ref"):
+                st.fill.pop(n, None)
+            st.fill.update({"leaf": 0.0, "table": 0.0})
         if st.arrays.keys() != det.state.arrays.keys():
             raise DecodeError(f"half_space_trees state has arrays {sorted(st.arrays)}")
         det.state = st

@@ -7,12 +7,28 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import ConfigError
-from models.rul.features import window_features
+from models.rul.features import N_PER_SENSOR, smooth_features, window_features
 
 MODEL_PATH = Path(__file__).with_name("fd001_rul.onnx")
 RUL_CAP = 125.0  # piecewise-linear target as in Heimes 2008 / Zheng 2017 (125 customary for FD001)
 WINDOW = 30
 BASELINE = 20
+# Smoothed features (issue 20): EWMA factors and the long slope's window, picked on the tuning CV.
+FAST, SLOW, LONG_WINDOW = 0.3, 0.1, 80
+
+
+def rul_features(unit: np.ndarray, sensors: np.ndarray) -> np.ndarray:
+    """The shipped model's input: window mean/std/slope/drift (not the raw last value: noise),
+    smoothed levels, long slopes, cycles seen. float64 (n, m * 8 + 1), causal per unit."""
+    w = window_features(unit, sensors, WINDOW, BASELINE)
+    m = w.shape[1] // N_PER_SENSOR
+    keep = [c for c in range(w.shape[1]) if c >= m * N_PER_SENSOR or c % N_PER_SENSOR != 0]
+    sm = smooth_features(unit, sensors, FAST, SLOW, LONG_WINDOW, BASELINE)
+    return np.hstack([w[:, keep[:-1]], sm, w[:, -1:]])
+
+
+def n_features(n_sensors: int) -> int:
+    return n_sensors * 8 + 1
 
 
 def nasa_score(pred: np.ndarray, true: np.ndarray) -> float:
@@ -54,4 +70,4 @@ class RulModel:
 
     def predict_rows(self, unit: np.ndarray, sensors: np.ndarray) -> np.ndarray:
         """RUL estimate after every row (each row sees its unit's history up to it)."""
-        return self.predict_features(window_features(unit, sensors, WINDOW, BASELINE))
+        return self.predict_features(rul_features(unit, sensors))

@@ -130,12 +130,16 @@ def test_page_hinkley_equals_river(mode: str) -> None:
 def _hst_river(x: np.ndarray, **kw: object) -> np.ndarray:
     from river import anomaly
 
-    model = anomaly.HalfSpaceTrees(**kw)  # type: ignore[arg-type]
+    return _hst_river_from(anomaly.HalfSpaceTrees(**kw), x)  # type: ignore[arg-type]
+
+
+def _hst_river_from(model: object, x: np.ndarray) -> np.ndarray:
+    """Score then learn each row with a River model (features f0, f1, ...; NaN = absent)."""
     out = []
     for row in x:
         feats = {f"f{i}": v for i, v in enumerate(row) if not np.isnan(v)}
-        out.append(model.score_one(feats))
-        model.learn_one(feats)
+        out.append(model.score_one(feats))  # type: ignore[attr-defined]
+        model.learn_one(feats)  # type: ignore[attr-defined]
     return np.array(out, float)
 
 
@@ -280,12 +284,15 @@ def test_state_roundtrips_bytes_exactly(make: object) -> None:
         SlotState.from_bytes(blob, kind="something_else")
 
 
-def test_hst_masses_are_16_bit_unless_the_window_needs_more() -> None:
+def test_hst_state_is_small_integers_unless_the_window_needs_more() -> None:
     small = HalfSpaceTrees(2, n_trees=2, height=3, window_size=250, seed=1)
     big = HalfSpaceTrees(2, n_trees=2, height=3, window_size=40_000, seed=1)
-    assert small.state["mass"].dtype == np.int16 and big.state["mass"].dtype == np.int32
-    # (reference, learning) pairs per node: 2 trees x 15 nodes x 2 masses x 2 bytes + ref/counter/flag
-    assert small.state.bytes_per_slot() == 2 * 15 * 2 * 2 + 8 + 8 + 1
+    assert small.state["leaf"].dtype == np.int16 and big.state["leaf"].dtype == np.int32
+    assert small.state["table"].dtype == np.int32
+    deep = HalfSpaceTrees(2, n_trees=1, height=16, window_size=40_000, seed=1)
+    assert deep.state["table"].dtype == np.int64  # 40,000 x (2**17 - 1) > 2**31
+    # per leaf a 16-bit count and a 32-bit path score: 2 trees x 8 leaves x 6 bytes + counter/flag
+    assert small.state.bytes_per_slot() == 2 * 8 * 6 + 8 + 1
     x = np.random.default_rng(4).random((2000, 2))
     got = small.score_learn_many(np.zeros(2000, np.int64), x)
     restored = HalfSpaceTrees.from_bytes(small.to_bytes())
@@ -297,27 +304,54 @@ def test_hst_masses_are_16_bit_unless_the_window_needs_more() -> None:
     assert got[250:].min() >= 0.0 and got[:250].max() == 0.0
 
 
-def test_hst_restores_a_blob_saved_before_the_masses_were_paired() -> None:
-    det = HalfSpaceTrees(2, n_trees=3, height=4, window_size=20, seed=9, n_slots=2)
+def _river_masses(model: object, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """River's per-node (l_mass, r_mass) in heap order (children 2i+1, 2i+2)."""
+    trees = model.trees  # type: ignore[attr-defined]
+    l_mass = np.zeros((len(trees), n_nodes), np.int32)
+    r_mass = np.zeros_like(l_mass)
+    for t, root in enumerate(trees):
+        stack = [(root, 0)]
+        while stack:
+            node, i = stack.pop()
+            l_mass[t, i], r_mass[t, i] = node.l_mass, node.r_mass
+            for k, child in enumerate(getattr(node, "children", ())):
+                stack.append((child, 2 * i + 1 + k))
+    return l_mass, r_mass
+
+
+def test_hst_restores_blobs_of_the_earlier_layouts_and_goes_on_as_river() -> None:
+    """Blobs with full per-node masses (int32 l_mass/r_mass, then int16 pairs with ``ref``), made
+    here from River's own trees mid-window, restore to a detector that goes on scoring as River."""
+    from river import anomaly
+
+    kw = {"n_trees": 3, "height": 4, "window_size": 20, "seed": 9}
     rng = np.random.default_rng(8)
     x = rng.random((300, 2))
-    slots = np.arange(300, dtype=np.int64) % 2
-    det.score_learn_many(slots[:150], x[:150])
-    # The previous layout: int32 l_mass/r_mass, reference masses always in r_mass.
-    st = det.state
-    pairs = st["mass"]
-    r_mass = np.stack([pairs[k, ..., st["ref"][k]] for k in range(2)]).astype(np.int32)
-    l_mass = np.stack([pairs[k, ..., 1 - st["ref"][k]] for k in range(2)]).astype(np.int32)
-    old = SlotState(
-        st.kind, st.params,
-        {"l_mass": l_mass, "r_mass": r_mass,
-         "counter": st["counter"], "first_window": st["first_window"]},
-        fill={"first_window": 1.0},
+    river = anomaly.HalfSpaceTrees(**kw)  # type: ignore[arg-type]
+    for row in x[:150]:
+        river.learn_one({"f0": row[0], "f1": row[1]})
+    det = HalfSpaceTrees(2, **kw)  # type: ignore[arg-type]
+    l_mass, r_mass = _river_masses(river, det.feature.shape[1])
+    want = _hst_river_from(river, x[150:])
+    assert r_mass.sum() > 0 and l_mass.sum() > 0  # mid-window, with a reference window
+    common = {"counter": np.array([150 % 20]), "first_window": np.array([False])}
+    unpaired = SlotState(
+        det.kind, det.state.params,
+        {"l_mass": l_mass[None], "r_mass": r_mass[None], **common}, fill={"first_window": 1.0},
     )  # fmt: skip
-    restored = HalfSpaceTrees.from_bytes(old.to_bytes())
-    np.testing.assert_array_equal(
-        restored.score_learn_many(slots[150:], x[150:]), det.score_learn_many(slots[150:], x[150:])
-    )
+    # paired layout, reference in half 1 this time (the flip that replaced copying)
+    pairs = np.stack([l_mass, r_mass], axis=-1).astype(np.int16)[None]
+    paired = SlotState(
+        det.kind, det.state.params,
+        {"mass": pairs, "ref": np.array([1]), **common}, fill={"first_window": 1.0},
+    )  # fmt: skip
+    for blob in (unpaired, paired):
+        restored = HalfSpaceTrees.from_bytes(blob.to_bytes())
+        got = restored.score_learn_many(np.zeros(150, np.int64), x[150:])
+        np.testing.assert_array_equal(got, want)
+        # a new slot still starts in its first window
+        assert restored.score_learn_many(np.array([1]), x[:1])[0] == 0.0
+    st = det.state
     broken = SlotState(st.kind, st.params, {"counter": st["counter"]})
     with pytest.raises(DecodeError, match="half_space_trees"):
         HalfSpaceTrees.from_bytes(broken.to_bytes())
