@@ -22,8 +22,8 @@ import can
 import numpy as np
 
 from core.errors import SourceUnavailableError
+from core.frames import Frames
 from firmware_bridge.can_source import BlockBuilder, BusCounters
-from firmware_bridge.frames import Frames
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import cantools.database
 import numpy as np
 
 from core.errors import ConfigError, DecodeError
+from core.frames import Frames
 from core.wire import Samples
-from firmware_bridge.frames import Frames
 
 log = logging.getLogger(__name__)
 

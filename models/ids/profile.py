@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from core.errors import ConfigError
-from firmware_bridge.frames import Frames
+from core.frames import Frames
 from models.ids.detector import EXT_BIT, CanIds, CanIdsProfile
 
 FORMAT: Final = "carpulse.can-ids-profile"

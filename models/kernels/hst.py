@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from core import kernel_flags
 from core.errors import DecodeError
-from models import config
 from models.state import SlotState, SlotStateful, as_batch
 
 
@@ -53,7 +53,7 @@ def build_trees(
     return feature, threshold
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _hst_loop(
     slots: np.ndarray,
     x: np.ndarray,
