@@ -25,10 +25,10 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from core.checks import valid_dtcs
+from core.dtc import dtc_severity
 from core.topics import KAFKA_VEHICLE_STATE
 from crm import delivery
 from crm.models import CouponTemplate, Vehicle, utcnow
-from crm.normalize import dtc_severity
 from crm.store import CrmError, CrmStore, audit, owner_at
 from crm.tables import InboxItem
 from dashboards.app import csrf, render, require

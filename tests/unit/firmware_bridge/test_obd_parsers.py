@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.dtc import describe
 from core.errors import CarpulseError
 from firmware_bridge.obd.base import (
     ObdTransport,
@@ -14,7 +15,7 @@ from firmware_bridge.obd.base import (
     WriteRefusedError,
     with_backoff,
 )
-from firmware_bridge.obd.dtc import code_from_bytes, decode_dtcs, describe
+from firmware_bridge.obd.dtc import code_from_bytes, decode_dtcs
 from firmware_bridge.obd.pids import (
     EXTENSION_PREFIX,
     PIDS,
