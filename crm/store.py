@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import CarpulseError
+from core.errors import CouponStateError, CrmError
 from crm import audit as crm_audit
 from crm.models import (
     CONSENT_PURPOSES,
@@ -36,14 +36,6 @@ from crm.models import (
     utcnow,
 )
 from crm.tables import PointsEntry
-
-
-class CrmError(CarpulseError):
-    """A CRM operation that cannot be done as asked (unknown customer, bad transition...)."""
-
-
-class CouponStateError(CrmError):
-    """A coupon transition that its state does not allow (redeeming an expired coupon...)."""
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

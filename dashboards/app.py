@@ -20,9 +20,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from core.config import MqttSettings
-from core.errors import ConfigError
+from core.errors import ConfigError, SchemaError
 from crm import loyalty
-from crm.migrate import SchemaError, check_schema, migrate
+from crm.migrate import check_schema, migrate
 from crm.models import AuditRecord
 from crm.privacy import READ_PURPOSES
 from crm.store import CrmStore, audit

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.errors import CrmError, DealerScopeError
 from crm.models import (
     Coupon,
     CouponTemplate,
@@ -23,11 +24,7 @@ from crm.models import (
     PlateAssignment,
     Vehicle,
 )
-from crm.store import CrmError, resolve
-
-
-class DealerScopeError(CrmError):
-    """The vehicle or customer belongs to another dealer."""
+from crm.store import resolve
 
 
 @dataclass

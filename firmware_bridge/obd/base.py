@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from core.errors import CarpulseError, SourceError
+from core.errors import SourceError, WriteRefusedError
 from firmware_bridge.obd.responses import ElmResponse
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 # pending DTCs, vehicle info, permanent DTCs; and UDS ReadDTCInformation (0x19, ISO 14229-1:
 # every sub-function reads). Everything else changes the car and is refused.
 READ_SERVICES: Final = frozenset({0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x09, 0x0A, 0x19})
-
-
-class WriteRefusedError(CarpulseError):
-    """A request that changes the vehicle (mode 04, UDS writes...) was not authorised."""
 
 
 class WriteAuthorization(ABC):

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.errors import SourceUnavailableError
+from core.errors import SourceUnavailableError, WriteRefusedError
 from core.wire import Samples
-from firmware_bridge.obd.base import ScopedAuthorization, WriteRefusedError, with_backoff
+from firmware_bridge.obd.base import ScopedAuthorization, with_backoff
 from firmware_bridge.obd.bench import bench_obd
 from firmware_bridge.obd.cli import scan
 from firmware_bridge.obd.client import ObdClient

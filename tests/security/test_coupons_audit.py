@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from carpulse.cli import app as cli
+from core.errors import CouponStateError, CrmError
 from crm import store as st
 from crm.migrate import upgrade
 from crm.models import AuditRecord, Coupon, CouponShare, CouponTemplate
@@ -85,7 +86,7 @@ def _race_behind_a_redemption(store: st.CrmStore, cid: str, redeemer: str, other
             with store.tx() as s:
                 other(s)
             outcome["ok"] = True
-        except st.CouponStateError as err:
+        except CouponStateError as err:
             outcome["refused"] = str(err)
 
     th = threading.Thread(target=run)
@@ -144,7 +145,7 @@ def test_racing_shares_and_redemptions_settle_to_exactly_one_on_postgresql(pg: A
             with store.tx() as s:
                 fn(s)
             wins.append(name)
-        except st.CouponStateError:
+        except CouponStateError:
             pass
 
     for cid in ids:
@@ -172,10 +173,10 @@ def test_the_share_chain_is_append_only(any_db: Any) -> None:
     cid = _issue(store, a)
     with store.tx() as s:
         st.share_coupon(s, cid, a, b)
-    with pytest.raises(st.CrmError, match="append-only"), store.tx() as s:
+    with pytest.raises(CrmError, match="append-only"), store.tx() as s:
         row = s.scalars(select(CouponShare)).one()
         row.to_id = a  # rewrite who got it
-    with pytest.raises(st.CrmError, match="append-only"), store.tx() as s:
+    with pytest.raises(CrmError, match="append-only"), store.tx() as s:
         s.delete(s.scalars(select(CouponShare)).one())
     for sql in ("UPDATE coupon_shares SET to_id = from_id", "DELETE FROM coupon_shares"):
         with pytest.raises(DBAPIError, match="append-only"), store.engine.begin() as conn:
