@@ -32,6 +32,7 @@ from typing import Any
 import faust
 from sqlalchemy.exc import OperationalError
 
+from core.backoff import Backoff
 from core.checks import finite
 from core.config import KafkaSettings, StreamSettings
 from core.crm_events import CrmEvent
@@ -141,7 +142,7 @@ class DbRunner:
 
     async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        delay = 0.05
+        backoff = Backoff(0.05, self.max_delay_s)
         while True:
             try:
                 result = await loop.run_in_executor(self.executor, fn, *args)
@@ -149,8 +150,7 @@ class DbRunner:
                 if not self.broken:
                     log.warning("CRM database unavailable, retrying: %s", str(err).splitlines()[0])
                     self.broken = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_delay_s)
+                await asyncio.sleep(backoff.next())
                 continue
             if self.broken:
                 log.warning("CRM database reachable again")

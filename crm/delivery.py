@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import smtplib
 import time
 import urllib.error
@@ -34,6 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from core.backoff import exponential, jittered
 from core.errors import CrmError, DeliveryError, DuplicateAction, InboxScopeError
 from crm import store as st
 from crm.models import Appointment, Coupon, CouponTemplate, Customer, Ownership, Vehicle, utcnow
@@ -148,8 +148,8 @@ class Backoff:
     jitter: float = 0.2
 
     def delay(self, attempts: int) -> float:
-        d = min(self.base_s * 2 ** max(attempts - 1, 0), self.cap_s)
-        return d * (1 + random.uniform(-self.jitter, self.jitter))
+        """The wait after the ``attempts``-th failed attempt (from 1), within ``(1 +- jitter)``."""
+        return jittered(exponential(max(attempts - 1, 0), self.base_s, self.cap_s), self.jitter)
 
 
 class Dispatcher:

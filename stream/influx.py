@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from core.backoff import exponential, jittered
 from core.config import InfluxSettings
 from core.errors import SinkError
 from stream.retention import DEFAULT_FAMILY, by_family, v1_apply, v1_policy, v2_apply, v2_bucket
@@ -107,7 +107,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def backoff_s(attempt: int, retry_after: float | None = None) -> float:
     """Full-jitter exponential backoff; the server's ``Retry-After`` is a floor."""
-    delay = random.uniform(0, min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2**attempt))
+    delay = jittered(exponential(attempt, BASE_BACKOFF_S, MAX_BACKOFF_S), "full")
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_BACKOFF_S * 4))
     return delay

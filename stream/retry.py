@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from core.backoff import exponential
 from core.errors import SinkError
 from stream.influx import InfluxSink, backoff_s, chunks
 from stream.offsets import SourceOffsets, guarded
@@ -152,7 +153,7 @@ class SinkWriter:
             except SinkError as err:
                 attempt += 1
                 self.counters.replay_failures += 1
-                delay = min(REPLAY_MAX_BACKOFF_S, backoff_s(attempt) + 2 ** min(attempt, 6))
+                delay = min(REPLAY_MAX_BACKOFF_S, backoff_s(attempt) + exponential(attempt, 1, 64))
                 log.debug("replay attempt %d failed (%s); next in %.1fs", attempt, err, delay)
                 await sleep(delay)
                 continue

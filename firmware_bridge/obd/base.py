@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
+from core.backoff import Backoff
 from core.errors import SourceError, WriteRefusedError
 from firmware_bridge.obd.responses import ElmResponse
 
@@ -130,7 +131,7 @@ def with_backoff(
 
     The failure is logged once, the recovery once; the last error is raised after ``attempts``.
     """
-    delay = first_delay
+    backoff = Backoff(first_delay, max_delay)
     for attempt in range(1, attempts + 1):
         try:
             result = connect()
@@ -139,8 +140,7 @@ def with_backoff(
                 log.warning("OBD link down (%s); retrying with backoff", err)
             if attempt == attempts:
                 raise
-            sleep(delay)
-            delay = min(delay * 2, max_delay)
+            sleep(backoff.next())
             continue
         if attempt > 1:
             log.warning("OBD link back after %d attempts", attempt)
