@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.crm_events import CrmEvent
+from core.crm_events import EVENT_KINDS, CrmEvent
 from core.errors import CarpulseError, CrmError, Unplaced
 from crm import store as st
 from crm.delivery import ADVISOR_ROLES, file_dtc_card
@@ -38,7 +38,7 @@ from crm.models import (
     PlateAssignment,
     Vehicle,
 )
-from crm.rules import EVENT_KINDS, Rule, is_missing, lookup
+from crm.rules import Rule, is_missing, lookup
 from crm.tables import CustomerContact, InboxItem, OutboxMessage, ParkedEvent, RuleFiring
 
 log = logging.getLogger(__name__)
