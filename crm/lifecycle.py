@@ -45,7 +45,6 @@ from crm.models import Customer, Ownership, utcnow
 from crm.tables import PointsEntry
 
 JOBS: Final = ("expire", "tiers", "events", "referrals", "inactive")
-FREQUENT: Final = ("expire", "events", "referrals")  # cheap: every worker interval
 HOURLY: Final = ("tiers", "inactive")  # a pass over every member: once an hour
 MONTH_DAYS: Final = 30.44
 

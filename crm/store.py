@@ -345,7 +345,7 @@ def claim_effect(
 
 
 # ----- coupons ------------------------------------------------------------------------------------
-LIVE = ("issued", "shared")  # the states a share, a redemption or a void starts from
+LIVE = ("issued", "shared")  # the states a share or a redemption starts from
 
 
 def issue_coupon(
@@ -426,22 +426,6 @@ def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
     from crm.loyalty import after_redeem  # points for the redemption, the referral reward
 
     after_redeem(s, coupon, now)
-
-
-def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:
-    """Void a live coupon (one conditional UPDATE: a concurrent redemption wins or loses whole)."""
-    result = s.execute(
-        update(Coupon)
-        .where(Coupon.id == coupon_id, Coupon.state.in_(LIVE))
-        .values(state="voided")
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        coupon = _coupon(s, coupon_id)
-        s.refresh(coupon)
-        raise CouponStateError(f"coupon {coupon_id} cannot be voided: it is {coupon.state}")
-    s.refresh(_coupon(s, coupon_id))
-    audit(s, actor, "coupon.void", coupon_id, reason=reason)
 
 
 def expire_coupons(s: Session, now: dt.datetime | None = None) -> int:

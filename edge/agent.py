@@ -57,7 +57,6 @@ from edge.sources.base import Source, create_source
 
 log = logging.getLogger(__name__)
 
-CRASH_PRIORITY = 0
 TRIGGER_PRIORITY = 2
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import cantools
 import cantools.database
-import numpy as np
 
 from core.errors import ConfigError, DecodeError
 from core.frames import Frames
@@ -130,8 +129,3 @@ def decode_raise(frames: Frames, decoder: CantoolsDecoder) -> Samples:
             "is it the right DBC for this log?"
         )
     return samples
-
-
-def signal_count(samples: Samples) -> np.ndarray:
-    """Samples per name (handy for reports)."""
-    return np.bincount(samples.sig, minlength=len(samples.names))

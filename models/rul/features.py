@@ -73,7 +73,3 @@ def window_features(
     if len(u):
         _window_features(u, xs, int(window), int(baseline), out)
     return out
-
-
-def feature_names(sensors: list[str]) -> list[str]:
-    return [f"{s}_{f}" for s in sensors for f in PER_SENSOR] + ["cycles"]

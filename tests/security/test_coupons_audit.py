@@ -118,23 +118,6 @@ def test_a_share_cannot_overwrite_a_redemption_on_postgresql(pg: Any) -> None:
 
 
 @pytest.mark.integration
-def test_a_void_cannot_overwrite_a_redemption_on_postgresql(pg: Any) -> None:
-    store, a, _b, _ = pg
-    cid = _issue(store, a)
-    outcome = _race_behind_a_redemption(
-        store, cid, a, lambda s: st.void_coupon(s, cid, "dealer", "mistake")
-    )
-    assert "it is redeemed" in outcome.get("refused", ""), outcome
-    with store.tx() as s:
-        assert s.get(Coupon, cid).state == "redeemed"  # type: ignore[union-attr]
-    legit = _issue(store, a)
-    with store.tx() as s:
-        st.void_coupon(s, legit, "dealer", "mistake")
-    with store.tx() as s:
-        assert s.get(Coupon, legit).state == "voided"  # type: ignore[union-attr]
-
-
-@pytest.mark.integration
 def test_racing_shares_and_redemptions_settle_to_exactly_one_on_postgresql(pg: Any) -> None:
     store, a, b, _ = pg
     ids = [_issue(store, a) for _ in range(12)]

@@ -162,8 +162,10 @@ def test_counter_refuses_with_clear_reasons(dealer: Dealer) -> None:
     with pytest.raises(CounterError, match="expired on") as err:
         ml.redeem_code(dealer.store, ml.short_code(old), "adv", "default")
     voided = _coupon(dealer, dealer.member)
-    with dealer.store.tx() as s:
-        st.void_coupon(s, voided, "crm", "test")
+    with dealer.store.tx() as s:  # as a privacy erasure leaves the member's live coupons
+        coupon = s.get(Coupon, voided)
+        assert coupon is not None
+        coupon.state = "voided"
     with pytest.raises(CounterError, match="voided"):
         ml.redeem_code(dealer.store, ml.short_code(voided), "adv", "default")
     with dealer.store.tx() as s:
