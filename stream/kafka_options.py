@@ -8,7 +8,6 @@ from typing import Any
 import faust
 
 from core.config import KafkaSettings
-from stream.transport import install_transport
 
 
 def faust_broker_settings(kafka: KafkaSettings, component: str) -> dict[str, Any]:
@@ -68,6 +67,9 @@ def make_faust_app(
 ) -> faust.App:
     """A ``faust.App`` with ``faust_app_settings`` plus the app's own ``app_settings``, consuming
     through ``stream.transport`` (the worker's fetch wait from ``[stream] fetch_max_wait_ms``)."""
+    # imported here: the bridge uses this module's kafka_problem without Faust's Kafka driver
+    from stream.transport import install_transport
+
     app = faust.App(
         app_id,
         **faust_app_settings(kafka, component, session_timeout_s=session_timeout_s),
