@@ -31,16 +31,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from core.config import CarpulseSettings, InfluxSettings
-from core.errors import ConfigError
+from core.errors import BackupError
 
 FORMAT: Final = "carpulse-backup/1"
 MANIFEST: Final = "manifest.json"
 INFLUX_DIR: Final = "influx"
 TOOL_TIMEOUT_S: Final = 3600.0
-
-
-class BackupError(ConfigError):
-    """A backup could not be made, or a backup folder / restore target is not acceptable."""
 
 
 def sha256(path: Path) -> str:

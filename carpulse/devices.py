@@ -35,7 +35,8 @@ class Enrolled:
 
 
 def _check_vin(vin: str, check_digit: bool) -> str:
-    from crm.fields import FieldError, check_vin
+    from core.errors import FieldError
+    from crm.fields import check_vin
 
     try:
         return check_vin(vin, check_digit)

@@ -10,35 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from carpulse.faults_probe import Influx, WriteCounter, watch_queue
-from carpulse.stack import Stack, free_port, free_stack_settings, stop_processes
+from carpulse.stack import Stack, free_port, free_stack_settings, pipeline_env, stop_processes
+from carpulse.stack import wait_until as stack_wait_until
 from core.config import CarpulseSettings, load_settings
 from core.errors import StackError
 
 Say = Callable[[str], None]
 
 
-def wait_until(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, StackError, ValueError):
-            last = cond()
-            if last:
-                return last
-        time.sleep(every)
-    raise StackError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+# The rig's waits read services that may be restarting: their errors count as "not yet".
+wait_until = functools.partial(stack_wait_until, ignore=(OSError, StackError, ValueError))
 
 
 class Rig:
@@ -76,12 +69,9 @@ class Rig:
         with self.crm.tx() as s:  # the shipped rules refuse to start without their templates
             for code in ("maintenance", "tier-welcome"):
                 s.add(CouponTemplate(code=code, title_zh=code, title_en=code, valid_days=60))
-        uid = uuid.uuid4().hex[:8]
-        self.env = dict(os.environ)
-        self.env.update(
-            CARPULSE_CONFIG=str(self.stack.config_file),
-            CARPULSE_STREAM__APP_ID=f"carpulse-stream-faults-{uid}",
-            CARPULSE_STREAM__CRM_APP_ID=f"carpulse-crm-faults-{uid}",
+        self.env = pipeline_env(
+            self.stack.config_file,
+            "faults",
             CARPULSE_STREAM__SESSION_TIMEOUT_S=str(self.session_timeout_s),
             # a plain persistent subscription: survives a Mosquitto restart (a shared one does not)
             CARPULSE_MQTT__SHARE_GROUP="",

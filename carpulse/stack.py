@@ -32,7 +32,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,49 @@ def free_stack_settings(data_dir: Path, **overrides: Any) -> StackSettings:
         "influx_rpc_port": free_port(),
     }
     return StackSettings(**{**values, **overrides})
+
+
+def pipeline_env(config_file: Path, label: str, **extra: str) -> dict[str, str]:
+    """The environment of pipeline processes (bridge, stream and CRM workers) run against a
+    throwaway stack: its config file, Faust app ids of their own (``carpulse-stream-<label>-<id>``,
+    so no earlier run's offsets or tables are read) and a free web port; ``extra`` added last."""
+    uid = uuid.uuid4().hex[:8]
+    return {
+        **os.environ,
+        "CARPULSE_CONFIG": str(config_file),
+        "CARPULSE_STREAM__APP_ID": f"carpulse-stream-{label}-{uid}",
+        "CARPULSE_STREAM__CRM_APP_ID": f"carpulse-crm-{label}-{uid}",
+        "CARPULSE_STREAM__WEB_PORT": str(free_port()),
+        **extra,
+    }
+
+
+def wait_until(
+    cond: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.25,
+    *,
+    ignore: tuple[type[Exception], ...] = (),
+    error: type[Exception] = StackError,
+) -> Any:
+    """Call ``cond`` every ``interval`` s until it returns something true, and return that.
+
+    After ``timeout`` s ``error`` says what was awaited and the last answer; an exception in
+    ``ignore`` counts as a false answer (a service still starting).
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = cond()
+        except ignore:
+            pass
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise error(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
 def _which(binary: str, apt_package: str) -> str:
@@ -637,6 +681,18 @@ data_dir = "{self.root / "faust"}"
                 child.wait(10)
             self._pid_file(name).unlink(missing_ok=True)
             progress(f"{name}: stopped")
+
+
+@contextlib.contextmanager
+def throwaway_stack(data_dir: Path, **overrides: Any) -> Iterator[Stack]:
+    """A whole stack on free ports (``free_stack_settings``) in ``data_dir``: up for the ``with``
+    block, down after it, and down too when it fails to come up (no stray brokers)."""
+    stack = Stack(free_stack_settings(data_dir, **overrides))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
 
 
 def _mqtt_connect_packet(client_id: str, user: str, password: str) -> bytes:

@@ -115,9 +115,6 @@ class KafkaPrincipal(BaseModel):
     password_file: Path = Field(description="File holding this component's SASL password.")
 
 
-KAFKA_COMPONENTS = ("bridge", "stream", "crm", "dashboards")
-
-
 class KafkaSettings(BaseModel):
     """Kafka: Apache Kafka (the local stack runs it in KRaft mode) or any managed Kafka.
 

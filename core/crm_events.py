@@ -20,7 +20,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-CRM_EVENT_KINDS: Final = (
+# The kinds a CRM rule triggers on (``on:`` in a rules file). ``silent_car_end`` is an event
+# too, but no rule's: it closes the card of its ``silent_car`` episode (crm.agents).
+EVENT_KINDS: Final = (
     "service_due",
     "gate_arrival",
     "tier_upgraded",
@@ -28,7 +30,6 @@ CRM_EVENT_KINDS: Final = (
     "dtc",
     "crash",
     "silent_car",
-    "silent_car_end",
     "oil_life",
     "anomaly",
     "tier_downgraded",

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final
 
 from core.errors import WireError
 
 MQTT_ROOT: Final = "carpulse/v1"
-Channel = Literal["telemetry", "events", "status", "cmd-ack"]
 DEVICE_CHANNELS: Final[tuple[str, ...]] = ("telemetry", "events", "status", "cmd-ack")
 
 # A device id is the MQTT client id and the certificate CN: keep it topic- and DNS-safe.
@@ -29,8 +28,6 @@ KAFKA_PREDICTIONS: Final = "carpulse.predictions"
 KAFKA_TRIPS: Final = "carpulse.trips"
 KAFKA_DAILY: Final = "carpulse.daily"
 KAFKA_ALERTS: Final = "carpulse.alerts"
-# Optional compacted device -> VIN registry (key device id, value VIN) for other consumers.
-KAFKA_REGISTRY: Final = "carpulse.registry"
 # Compacted, key VIN: written by the CRM, read by the stream: may this vehicle's positions be
 # stored, and under which ownership period (core.privacy.LocationPolicy). No record = no.
 KAFKA_PRIVACY: Final = "carpulse.privacy"

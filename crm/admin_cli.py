@@ -112,7 +112,8 @@ def templates_add(
     """Create a coupon template, or update the one with this code (idempotent)."""
     import re
 
-    from crm.fields import FieldError, check_text
+    from core.errors import FieldError
+    from crm.fields import check_text
     from crm.schema import CouponTemplate
     from crm.store import audit
 

@@ -32,6 +32,7 @@ from typing import Any
 import faust
 from sqlalchemy.exc import OperationalError
 
+from core.backoff import Backoff
 from core.checks import finite
 from core.config import KafkaSettings, StreamSettings
 from core.crm_events import CrmEvent
@@ -53,7 +54,7 @@ from crm.location_sink import InfluxLocations
 from crm.normalize import from_record
 from crm.privacy import record_gate_sighting, record_location
 from crm.store import CrmStore, has_consent
-from stream.kafka_options import faust_broker_settings
+from stream.kafka_options import make_faust_app
 from stream.offsets import SourceOffsets, guarded
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class DbRunner:
 
     async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        delay = 0.05
+        backoff = Backoff(0.05, self.max_delay_s)
         while True:
             try:
                 result = await loop.run_in_executor(self.executor, fn, *args)
@@ -149,8 +150,7 @@ class DbRunner:
                 if not self.broken:
                     log.warning("CRM database unavailable, retrying: %s", str(err).splitlines()[0])
                     self.broken = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_delay_s)
+                await asyncio.sleep(backoff.next())
                 continue
             if self.broken:
                 log.warning("CRM database reachable again")
@@ -295,29 +295,26 @@ def build_crm_app(
     web_port: int = 0,
     web_host: str = "127.0.0.1",
     faust_sensor: bool = False,
+    fetch_max_wait_ms: int = StreamSettings.model_fields["fetch_max_wait_ms"].default,
 ) -> faust.App:
     """A Faust app of its own for the CRM worker (``carpulse crm worker``); its table data goes
     to ``datadir`` (``StreamSettings.faust_datadir``), never to the current directory. With
     ``web_port`` its web server serves ``/metrics``, ``/healthz`` and ``/readyz`` (ready: database
-    and Kafka partitions)."""
-    app = faust.App(
+    and Kafka partitions). Kafka settings as the stream worker's (``make_faust_app``), with its
+    consumer's fetch wait ``fetch_max_wait_ms`` (``[stream] fetch_max_wait_ms``)."""
+    app = make_faust_app(
         app_id,
-        **faust_broker_settings(kafka, "crm"),
+        kafka,
+        "crm",
+        session_timeout_s=session_timeout_s,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         datadir=str(datadir if datadir is not None else StreamSettings().faust_datadir(app_id)),
         store="memory://",
-        value_serializer="raw",
-        key_serializer="raw",
         web_enabled=bool(web_port),
         web_port=web_port or 6066,
         web_bind=web_host,
-        web_tables_enabled=False,
-        web_router_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        stream_wait_empty=False,
         # the group coordinator waits up to this long for members at a (re)join
-        broker_session_timeout=session_timeout_s,
         broker_rebalance_timeout=session_timeout_s,
-        broker_heartbeat_interval=max(0.5, min(3.0, session_timeout_s / 10)),
     )
     install_crm_agents(app, store, engine, dispatcher=dispatcher, interval_s=interval_s,
                        location_sink=location_sink, gates=gates)  # fmt: skip

@@ -306,6 +306,7 @@ def worker_cmd(
         datadir=settings.stream.faust_datadir(setup.app_id, create=True),
         web_port=settings.metrics.crm_port, web_host=settings.metrics.host,
         faust_sensor=settings.metrics.faust_sensor,
+        fetch_max_wait_ms=settings.stream.fetch_max_wait_ms,
     )  # fmt: skip
     faust_worker(app, loglevel).execute_from_commandline()
 

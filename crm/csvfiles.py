@@ -17,15 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from core.errors import CarpulseError
+from core.errors import CsvFileError
 
 MAX_FILE_BYTES: Final = 128 * 1024 * 1024  # rows are held in memory for ordering
 MAX_LINE: Final = 1024 * 1024  # characters of one physical line
 MAX_COLUMNS: Final = 256  # cells of the header and of a row
-
-
-class CsvFileError(CarpulseError):
-    """A file refused as a whole (unreadable, too large, header without required columns)."""
 
 
 @dataclass

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import smtplib
 import time
 import urllib.error
@@ -34,21 +33,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.errors import CarpulseError
+from core.backoff import exponential, jittered
+from core.errors import CrmError, DeliveryError, DuplicateAction, InboxScopeError
 from crm import store as st
 from crm.schema import Appointment, Coupon, CouponTemplate, Customer, Ownership, Vehicle, utcnow
-from crm.store import CrmError, CrmStore, audit
+from crm.store import CrmStore, audit
 from crm.tables import INBOX_ROLES, InboxItem, OutboxMessage
 
 log = logging.getLogger(__name__)
-
-
-class DeliveryError(CarpulseError):
-    """A delivery attempt failed; ``permanent`` ones go to the dead letters at once."""
-
-    def __init__(self, msg: str, permanent: bool = False) -> None:
-        super().__init__(msg)
-        self.permanent = permanent
 
 
 class Transport(Protocol):
@@ -156,8 +148,8 @@ class Backoff:
     jitter: float = 0.2
 
     def delay(self, attempts: int) -> float:
-        d = min(self.base_s * 2 ** max(attempts - 1, 0), self.cap_s)
-        return d * (1 + random.uniform(-self.jitter, self.jitter))
+        """The wait after the ``attempts``-th failed attempt (from 1), within ``(1 +- jitter)``."""
+        return jittered(exponential(max(attempts - 1, 0), self.base_s, self.cap_s), self.jitter)
 
 
 class Dispatcher:
@@ -246,10 +238,6 @@ def requeue(s: Session, message_id: int, actor: str) -> None:
 # on them through ``acknowledge`` / ``book`` / ``coupon`` (audited, scoped to their dealer).
 ADVISOR_ROLES: Final = ("advisor", "expert")
 RECENTLY_DONE: Final = dt.timedelta(days=1)  # closed cards stay on the advisors' page this long
-
-
-class InboxScopeError(CrmError):
-    """The inbox card is not one of the caller's dealer's (or not in the caller's queues)."""
 
 
 def inbox(s: Session, role: str, *, open_only: bool = True, limit: int = 100) -> list[InboxItem]:
@@ -506,7 +494,3 @@ def coupon(s: Session, item_id: int, template: str, actor: str, dealer_id: str) 
                         effect=st.effect_key("inbox", str(item.id), period))  # fmt: skip
     _act(s, item, actor, "coupon_issued", "inbox.coupon", coupon=c.id, template=template)
     return c
-
-
-class DuplicateAction(CrmError):
-    """The action was already taken on this card (a second coupon of the same template)."""

@@ -23,13 +23,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.crm_events import CrmEvent
-from core.errors import CarpulseError
+from core.crm_events import EVENT_KINDS, CrmEvent
+from core.errors import CarpulseError, CrmError, Unplaced
 from crm import store as st
 from crm.delivery import ADVISOR_ROLES, file_dtc_card
 from crm.loyalty import tier_name
 from crm.messages import DEFAULT_LANG, render
-from crm.rules import EVENT_KINDS, Rule, is_missing, lookup
+from crm.rules import Rule, is_missing, lookup
 from crm.schema import (
     Appointment,
     Coupon,
@@ -42,10 +42,6 @@ from crm.schema import (
 from crm.tables import CustomerContact, InboxItem, OutboxMessage, ParkedEvent, RuleFiring
 
 log = logging.getLogger(__name__)
-
-
-class Unplaced(CarpulseError):
-    """The event names a VIN, device or plate the CRM does not know (yet)."""
 
 
 @dataclass
@@ -422,7 +418,7 @@ class RuleEngine:
     ) -> Coupon:
         template = s.get(CouponTemplate, spec["template"])
         if template is None:
-            raise st.CrmError(f"unknown coupon template {spec['template']!r}")
+            raise CrmError(f"unknown coupon template {spec['template']!r}")
         until = None
         if "valid_until" in spec:
             until = _as_time(lookup(facts, spec["valid_until"]))

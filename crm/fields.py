@@ -25,12 +25,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
-from core.errors import CarpulseError
-
-
-class FieldError(CarpulseError):
-    """One value that does not pass its check; the message says why."""
-
+from core.errors import FieldError
 
 VIN_RE: Final = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 _TRANSLIT: Final = {

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.backoff import exponential
 from core.crm_events import CrmEvent
 from crm import store as st
 from crm.engine import RuleEngine
@@ -210,7 +211,7 @@ def retry_parked(
                 totals["resolved"] += 1
                 totals["fired"] += len(out.fired)
             else:
-                delay = min(60 * 2 ** min(row.attempts, 20), 86_400)
+                delay = exponential(row.attempts, 60, 86_400)
                 row.next_at = now + dt.timedelta(seconds=delay)
                 row.reason = out.parked[:300]
                 totals["still_parked"] += 1

@@ -36,6 +36,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.crm_events import CrmEvent
+from core.errors import CrmError
 from crm import loyalty
 from crm import store as st
 from crm.engine import RuleEngine
@@ -44,7 +45,6 @@ from crm.schema import Customer, Ownership, utcnow
 from crm.tables import PointsEntry
 
 JOBS: Final = ("expire", "tiers", "events", "referrals", "inactive")
-FREQUENT: Final = ("expire", "events", "referrals")  # cheap: every worker interval
 HOURLY: Final = ("tiers", "inactive")  # a pass over every member: once an hour
 MONTH_DAYS: Final = 30.44
 
@@ -193,7 +193,7 @@ def run_jobs(
     now = now or utcnow()
     wanted = list(only)
     if bad := [j for j in wanted if j not in JOBS]:
-        raise st.CrmError(f"unknown job(s) {', '.join(bad)}; expected some of {', '.join(JOBS)}")
+        raise CrmError(f"unknown job(s) {', '.join(bad)}; expected some of {', '.join(JOBS)}")
     totals: Counter[str] = Counter()
     if "expire" in wanted:
         with store.tx() as s:

@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.errors import ConfigError
+from core.errors import ConfigError, CrmError
 from crm import store as st
 from crm.schema import (
     Coupon,
@@ -215,24 +215,25 @@ def parse_amount(raw: Any, cfg: LoyaltyConfig | None = None) -> Decimal:
     is not a finite number in ``0..max_service_amount`` (``CrmError`` saying why)."""
     cfg = cfg or config()
     if isinstance(raw, bool) or raw is None:
-        raise st.CrmError(f"amount {raw!r} is not a number")
+        raise CrmError(f"amount {raw!r} is not a number")
     if isinstance(raw, str):
-        from crm.fields import FieldError, check_amount
+        from core.errors import FieldError
+        from crm.fields import check_amount
 
         try:
             value = check_amount(raw)
         except FieldError as err:
-            raise st.CrmError(str(err)) from None
+            raise CrmError(str(err)) from None
     else:
         try:
             value = Decimal(str(raw)) if isinstance(raw, float) else Decimal(raw)
         except (InvalidOperation, TypeError, ValueError):
-            raise st.CrmError(f"amount {str(raw)[:40]!r} is not a number") from None
+            raise CrmError(f"amount {str(raw)[:40]!r} is not a number") from None
         if not value.is_finite() or value < 0:
-            raise st.CrmError(f"amount {str(raw)[:40]!r} must be a finite number >= 0")
+            raise CrmError(f"amount {str(raw)[:40]!r} must be a finite number >= 0")
         value = value.quantize(Decimal("0.01"))
     if value > cfg.points.max_service_amount:
-        raise st.CrmError(
+        raise CrmError(
             f"amount {value} is over {cfg.points.max_service_amount} CNY, the most one service "
             "may be (crm/loyalty.yaml points.max_service_amount)"
         )
@@ -286,9 +287,9 @@ def grant(
     Returns the points written. The customer of the source's first row keeps its points."""
     cfg = cfg or config()
     if kind not in KINDS:
-        raise st.CrmError(f"unknown points kind {kind!r}; expected one of {KINDS}")
+        raise CrmError(f"unknown points kind {kind!r}; expected one of {KINDS}")
     if not -10_000_000 <= points <= 10_000_000:
-        raise st.CrmError(f"{points} points for {source} is out of range")
+        raise CrmError(f"{points} points for {source} is out of range")
     n, have, spent, first = s.execute(
         select(func.count(PointsEntry.id), func.coalesce(func.sum(PointsEntry.delta), 0),
                func.sum(PointsEntry.amount), func.min(PointsEntry.customer_id))
@@ -405,7 +406,7 @@ def grant_service_record(
         return None, 0
     amount = None if record.amount is None else Decimal(record.amount)
     if amount is not None and amount > cfg.points.max_service_amount:
-        raise st.CrmError(
+        raise CrmError(
             f"amount {amount} is over {cfg.points.max_service_amount} CNY, the most one service "
             "may be (crm/loyalty.yaml points.max_service_amount)"
         )
@@ -457,28 +458,29 @@ def close_service(
     now = utcnow()
     at = at or now
     if at.tzinfo is None:
-        raise st.CrmError("at: pass a timezone-aware time")
+        raise CrmError("at: pass a timezone-aware time")
     if at > now + dt.timedelta(minutes=5) or at.year < 1950:
-        raise st.CrmError(f"at {at:%Y-%m-%d %H:%M} is in the future or before 1950")
+        raise CrmError(f"at {at:%Y-%m-%d %H:%M} is in the future or before 1950")
     value = parse_amount(amount, cfg)
     if not advisor or len(advisor) > 64:
-        raise st.CrmError("advisor: 1..64 characters")
-    from crm.fields import FieldError, check_text
+        raise CrmError("advisor: 1..64 characters")
+    from core.errors import FieldError
+    from crm.fields import check_text
 
     try:
         work = check_text(work, "work", 2000, multiline=True)
     except FieldError as err:
-        raise st.CrmError(str(err)) from None
+        raise CrmError(str(err)) from None
     record: ServiceRecord | None = None
     if vin is not None:
         vin = vin.strip().upper()
         if s.get(Vehicle, vin) is None:
-            raise st.CrmError(f"unknown vehicle {vin!r}")
+            raise CrmError(f"unknown vehicle {vin!r}")
         owner = st.owner_at(s, vin, at)
         if owner is None:
-            raise st.CrmError(f"vehicle {vin} has no owner on {at:%Y-%m-%d}")
+            raise CrmError(f"vehicle {vin} has no owner on {at:%Y-%m-%d}")
         if customer_id is not None and st.resolve(s, customer_id) != owner:
-            raise st.CrmError(f"customer {customer_id} is not the owner of {vin} on {at:%Y-%m-%d}")
+            raise CrmError(f"customer {customer_id} is not the owner of {vin} on {at:%Y-%m-%d}")
         cid = owner
         record = _service_record(s, vin, at.date(), value, work, odometer_km)
         source = f"service:{record.id}"
@@ -486,7 +488,7 @@ def close_service(
         cid = st.resolve(s, customer_id)
         source = f"service:{cid}:{at:%Y-%m-%d}"
     else:
-        raise st.CrmError("close_service needs a vin or a customer_id")
+        raise CrmError("close_service needs a vin or a customer_id")
     points = cfg.service_points(value)
     written = grant(s, cid, source, points, kind="service", at=at, actor=advisor, amount=value,
                     detail={"vin": vin, "closed_by": advisor}, cfg=cfg)  # fmt: skip
@@ -507,7 +509,7 @@ def _service_record(
         isinstance(odometer_km, int | float) and math.isfinite(odometer_km)
         and 0 <= odometer_km <= 2_000_000
     ):  # fmt: skip
-        raise st.CrmError(f"odometer_km {odometer_km!r} must be 0..2000000")
+        raise CrmError(f"odometer_km {odometer_km!r} must be 0..2000000")
     same = next((r for r in rows if r.service_date == day), None)
     if odometer_km is None:
         earlier = [r for r in rows if r.service_date <= day]
@@ -516,13 +518,13 @@ def _service_record(
         elif earlier:
             odometer_km = max(earlier, key=lambda r: r.service_date).odometer_km
         else:
-            raise st.CrmError(f"odometer_km is needed for the first service record of {vin}")
+            raise CrmError(f"odometer_km is needed for the first service record of {vin}")
     for r in rows:
         if r.service_date != day and (
             (r.service_date < day and r.odometer_km > odometer_km)
             or (r.service_date > day and r.odometer_km < odometer_km)
         ):
-            raise st.CrmError(
+            raise CrmError(
                 f"odometer_km {odometer_km:g} on {day} does not fit {r.odometer_km:g} km on "
                 f"{r.service_date} (an odometer never goes backwards)"
             )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from core.errors import ConfigError
+from core.errors import ConfigError, CrmError
 from crm.cli_store import DbOpt, open_store
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def points_cmd(
                             "delta": r.delta, "amount": None if r.amount is None else str(r.amount),
                             "actor": r.actor} for r in rows],
             }  # fmt: skip
-    except st.CrmError as err:
+    except CrmError as err:
         raise ConfigError(str(err)) from None
     finally:
         store.engine.dispose()
@@ -189,8 +189,8 @@ def close_service_cmd(
 ) -> None:
     """Close a visit with its amount, as the advisor page does: the service record, the points
     (rules: crm/loyalty.yaml), the tier. The same close again earns nothing more."""
+    from core.errors import CrmError
     from crm.loyalty import close_service
-    from crm.store import CrmError
 
     store = _setup(db)
     try:

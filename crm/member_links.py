@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from core.errors import ClaimError, CounterError, CouponStateError, CrmError, LinkError
 from crm import loyalty
 from crm import store as st
 from crm.schema import (
@@ -50,31 +51,6 @@ SHARE_TTL: Final = dt.timedelta(days=7)
 CODE_DIGITS: Final = 12  # 48 bits of the coupon's random id
 _ID = re.compile(r"[0-9a-f]{32}")
 _PHONE = re.compile(r"\+?[0-9]{6,20}")
-
-
-class LinkError(st.CrmError):
-    """A link that is malformed, signed with another key (tampered) or expired."""
-
-    def __init__(self, msg: str, reason: str) -> None:
-        super().__init__(msg)
-        self.reason = reason  # malformed | tampered | expired | used
-
-
-class CounterError(st.CrmError):
-    """A code the counter refuses; ``reason``: bad | unknown | ambiguous | other_dealer |
-    redeemed | expired | voided."""
-
-    def __init__(self, msg: str, reason: str) -> None:
-        super().__init__(msg)
-        self.reason = reason
-
-
-class ClaimError(st.CrmError):
-    """A claim of a shared coupon refused (no terms accepted, the sharer's own phone...)."""
-
-    def __init__(self, msg: str, reason: str) -> None:
-        super().__init__(msg)
-        self.reason = reason
 
 
 def _sig(key: bytes, msg: str) -> str:
@@ -108,7 +84,7 @@ def sign_in_token(
 ) -> str:
     """A sign-in token for one member, good until ``now + ttl``."""
     if not _ID.fullmatch(customer_id):
-        raise st.CrmError(f"not a customer id: {customer_id!r}")
+        raise CrmError(f"not a customer id: {customer_id!r}")
     exp = _ts((now or utcnow()) + ttl)
     body = f"i1.{customer_id}.{exp}.{secrets.token_hex(12)}"
     return f"{body}.{_sig(key, body)}"
@@ -132,7 +108,7 @@ def issue_sign_in(
     cid = st.resolve(s, customer_id)
     cust = s.get(Customer, cid)
     if cust is None or cust.erased_at is not None:
-        raise st.CrmError(f"customer {customer_id} cannot sign in (erased)")
+        raise CrmError(f"customer {customer_id} cannot sign in (erased)")
     url = f"{base_url.rstrip('/')}/m/signin?t={sign_in_token(key, cid, ttl)}"
     st.audit(s, "crm", "member.link", cid, "member-page", dealer_id=cust.dealer_id,
              ttl_s=int(ttl.total_seconds()))  # fmt: skip
@@ -167,12 +143,12 @@ def share_token(
     from_id = st.resolve(s, from_id)
     c = s.get(Coupon, coupon_id)
     if c is None or c.holder_id != from_id:
-        raise st.CrmError(f"unknown coupon {coupon_id!r}")
+        raise CrmError(f"unknown coupon {coupon_id!r}")
     t = s.get(CouponTemplate, c.template_code)
     if t is not None and not t.shareable:
-        raise st.CouponStateError(f"coupon {coupon_id} ({c.template_code}) cannot be shared")
+        raise CouponStateError(f"coupon {coupon_id} ({c.template_code}) cannot be shared")
     if not _live(c, now):
-        raise st.CouponStateError(f"coupon {coupon_id} cannot be shared: it is {c.state}")
+        raise CouponStateError(f"coupon {coupon_id} cannot be shared: it is {c.state}")
     exp = _ts(min(now + SHARE_TTL, c.valid_until))
     body = f"s1.{coupon_id}.{from_id}.{_chain_len(s, coupon_id)}.{exp}"
     st.audit(s, from_id, "coupon.share.link", coupon_id, "member-page")
@@ -294,7 +270,7 @@ def redeem_at_counter(
     _refuse_dead(c, now)
     try:
         loyalty.redeem_coupon(s, c.id, c.holder_id, now)
-    except st.CouponStateError as err:  # lost the race to a parallel scan (or a void)
+    except CouponStateError as err:  # lost the race to a parallel scan (or a void)
         s.refresh(c)
         _refuse_dead(c, now)
         raise CounterError(str(err), "redeemed") from err
@@ -420,7 +396,7 @@ def member_view(s: Session, customer_id: str, now: dt.datetime | None = None) ->
     cid = st.resolve(s, customer_id)
     cust = s.get(Customer, cid)
     if cust is None or cust.erased_at is not None:
-        raise st.CrmError(f"unknown customer {customer_id!r}")
+        raise CrmError(f"unknown customer {customer_id!r}")
     m = s.get(Member, cid)
     level = loyalty.config().level(m.tier) if m else None  # a legacy name (银卡) -> its id
     tier = level.id if level else (m.tier if m else None)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from core.errors import ConfigError
+from core.errors import ConfigError, SchemaError
 
 # before alembic is imported: it logs a line per plugin at import and per step at run
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -33,10 +33,6 @@ from alembic.script import ScriptDirectory  # noqa: E402
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key of the CRM's migrations (any constant; 'crmmigr' in ASCII)
 PG_LOCK_KEY = 0x63726D6D696772
-
-
-class SchemaError(ConfigError):
-    """The CRM database's schema is not the one this carpulse needs."""
 
 
 def alembic_config() -> Config:

@@ -18,28 +18,14 @@ from typing import Any, Final
 
 from core.checks import MAX_ID_LEN, bounded_str, check_dtcs, finite
 from core.crm_events import CrmEvent
+from core.dtc import dtc_severity
 from core.errors import DecodeError, WireError
 from core.topics import KAFKA_ALERTS, KAFKA_ANOMALIES, KAFKA_EVENTS, KAFKA_PREDICTIONS
 from core.wire import decode_event
 
-# SAE J2012 codes whose fault can damage the engine or the driver's safety if driven on:
-# misfires, overheating, oil pressure, brakes/ABS, airbags, high-voltage isolation.
-HIGH_DTC: Final = re.compile(
-    r"^(P030\d|P031[0-2]|P0217|P0218|P052[0-4]|P0A0[ABCDEF]|P1A|C00[2-3]\d|C0[1-2][0-9]{2}|B00\d\d)"
-)
-MEDIUM_DTC: Final = re.compile(r"^(P0[1-4]\d\d|U0\d\d\d)")
 MAX_PLATE_LEN: Final = 32
 MAX_TS_US: Final = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
 MAX_DAYS: Final = 36_500.0  # a prediction further out than a century is not one
-
-
-def dtc_severity(code: str, declared: str | None = None) -> str:
-    """``high``, ``medium`` or ``low``: the device's own label when it gives one, else by code."""
-    if declared in ("high", "medium", "low"):
-        return declared
-    if HIGH_DTC.match(code):
-        return "high"
-    return "medium" if MEDIUM_DTC.match(code) else "low"
 
 
 def _ts(ts_us: Any) -> dt.datetime:

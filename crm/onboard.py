@@ -42,14 +42,13 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.errors import CarpulseError, ConfigError
+from core.errors import CarpulseError, ConfigError, CsvFileError, FieldError
 from core.topics import DEVICE_ID_RE
 from crm import audit as crm_audit
 from crm import loyalty
 from crm import store as st
-from crm.csvfiles import CsvFileError, read_rows
+from crm.csvfiles import read_rows
 from crm.fields import (
-    FieldError,
     check_amount,
     check_bool,
     check_date,

@@ -16,6 +16,7 @@ from typing import Final
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from core.errors import PrivacyError
 from crm import store as st
 from crm.schema import Consent, Coupon, Customer, CustomerIdentity, Ownership, utcnow
 from crm.tables import (
@@ -40,10 +41,6 @@ RETENTION_DAYS: Final[Mapping[str, int]] = {
     "outbox_done": 90,
     "parked_resolved": 30,
 }
-
-
-class PrivacyError(st.CrmError):
-    """A personal-data operation refused: no consent, no ticket, unknown purpose."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.errors import SinkError
+from core.errors import CrmError, SinkError
 from crm import store as st
 from crm.schema import Appointment, Coupon, Vehicle
 
@@ -310,14 +310,14 @@ def yearly_report(
     """Write ``index.html`` and PNG charts to ``out_dir``; returns the summary as a dict."""
     vehicle = s.get(Vehicle, vin)
     if vehicle is None:
-        raise st.CrmError(f"unknown VIN {vin!r}")
+        raise CrmError(f"unknown VIN {vin!r}")
     owner = customer_id or st.owner_at(
         s,
         vin,
         min(dt.datetime(year + 1, 1, 1, tzinfo=dt.UTC), st.utcnow()) - dt.timedelta(seconds=1),
     )
     if owner is None:
-        raise st.CrmError(f"{vin} had no owner at the end of {year}")
+        raise CrmError(f"{vin} had no owner at the end of {year}")
     owner = st.resolve(s, owner)
     windows = year_windows(st.visible_windows(s, vin, owner), year)
     cols = Columns.concat([reader.fetch(vehicle.device_id or vin, a, b) for a, b in windows])

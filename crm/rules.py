@@ -32,26 +32,11 @@ from typing import Any, Final
 
 import yaml
 
+from core.crm_events import EVENT_KINDS
 from core.errors import RuleError
 from crm.messages import TEMPLATES_DIR, message_templates
 from crm.tables import INBOX_ROLES
 
-EVENT_KINDS: Final = (
-    "service_due",
-    "gate_arrival",
-    "tier_upgraded",
-    "coupon_expiring",
-    "dtc",
-    "crash",
-    "silent_car",
-    "oil_life",
-    "anomaly",
-    "tier_downgraded",
-    "customer_inactive",
-    "referral_rewarded",
-    "battery",
-    "intrusion",
-)
 PERIODS: Final = ("event", "day", "week", "month", "year")
 CHANNELS: Final = ("email", "webhook")
 CUSTOMER_FIELDS: Final = frozenset(

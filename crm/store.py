@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.errors import CarpulseError
+from core.errors import CouponStateError, CrmError
 from crm import audit as crm_audit
 from crm.schema import (
     CONSENT_PURPOSES,
@@ -35,14 +35,6 @@ from crm.schema import (
     utcnow,
 )
 from crm.tables import PointsEntry
-
-
-class CrmError(CarpulseError):
-    """A CRM operation that cannot be done as asked (unknown customer, bad transition...)."""
-
-
-class CouponStateError(CrmError):
-    """A coupon transition that its state does not allow (redeeming an expired coupon...)."""
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -330,7 +322,7 @@ def claim_effect(
 
 
 # ----- coupons ------------------------------------------------------------------------------------
-LIVE = ("issued", "shared")  # the states a share, a redemption or a void starts from
+LIVE = ("issued", "shared")  # the states a share or a redemption starts from
 
 
 def issue_coupon(
@@ -410,22 +402,6 @@ def mark_redeemed(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
     s.refresh(coupon)
     audit(s, by_id, "coupon.redeem", coupon_id)
     return coupon
-
-
-def void_coupon(s: Session, coupon_id: str, actor: str, reason: str) -> None:
-    """Void a live coupon (one conditional UPDATE: a concurrent redemption wins or loses whole)."""
-    result = s.execute(
-        update(Coupon)
-        .where(Coupon.id == coupon_id, Coupon.state.in_(LIVE))
-        .values(state="voided")
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        coupon = _coupon(s, coupon_id)
-        s.refresh(coupon)
-        raise CouponStateError(f"coupon {coupon_id} cannot be voided: it is {coupon.state}")
-    s.refresh(_coupon(s, coupon_id))
-    audit(s, actor, "coupon.void", coupon_id, reason=reason)
 
 
 def expire_coupons(s: Session, now: dt.datetime | None = None) -> int:

@@ -23,10 +23,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.config import CarpulseSettings
-from core.errors import ConfigError
+from core.errors import ConfigError, DeliveryError
 from core.plugins import plugin_class, registry
 from crm import store as st
-from crm.delivery import DeliveryError, SmtpTransport, sign
+from crm.delivery import SmtpTransport, sign
 from crm.schema import CustomerIdentity, new_id
 from crm.tables import CustomerContact, OutboxMessage
 

@@ -22,8 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from core.config import MqttSettings
-from core.errors import ConfigError
-from crm.migrate import SchemaError, check_schema, migrate
+from core.errors import ConfigError, SchemaError
+from crm.migrate import check_schema, migrate
 from crm.schema import AuditRecord
 from crm.store import CrmStore, audit
 from dashboards import auth

@@ -27,13 +27,20 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from core.errors import PublishError, WireError
+from core.errors import (
+    CrmError,
+    DealerScopeError,
+    InboxScopeError,
+    PrivacyError,
+    PublishError,
+    WireError,
+)
 from crm import delivery
-from crm.privacy import Fix, PrivacyError, grant_in_force, read_location
+from crm.privacy import Fix, grant_in_force, read_location
 from crm.schema import Vehicle
-from crm.store import CrmError, CrmStore, audit
+from crm.store import CrmStore, audit
 from dashboards.auth import LocationGrant, SessionStore, WebSession
-from dashboards.data import DealerScopeError, search, vehicle_card
+from dashboards.data import search, vehicle_card
 from dashboards.desk import desk
 from dashboards.live import StateHub, public_view
 from dashboards.timeline import timeline_view
@@ -135,7 +142,7 @@ def ack_queue_item(
         with _store(request).tx() as s:
             delivery.acknowledge(s, item_id, ws.username or "", ws.dealer_id or "",
                                  CALL_CENTRE_ROLES)  # fmt: skip
-    except delivery.InboxScopeError as err:
+    except InboxScopeError as err:
         raise HTTPException(403, str(err)) from err
     return RedirectResponse("/console", status_code=303)
 

@@ -22,10 +22,11 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from core.errors import CounterError, CrmError
 from crm import loyalty
 from crm import member_links as ml
 from crm.schema import PlateAssignment, Vehicle
-from crm.store import CrmError, audit
+from crm.store import audit
 from dashboards import staff_text
 from dashboards.auth import WebSession
 from dashboards.web import csrf, render, require, staff_lang
@@ -56,7 +57,7 @@ def counter_redeem(
 ) -> Response:
     try:
         result = ml.redeem_code(request.app.state.crm, code, ws.username or "", ws.dealer_id or "")
-    except ml.CounterError as err:
+    except CounterError as err:
         return _page(request, ws, STATUS.get(err.reason, 409), error=_why(request, err), code=code)
     except OperationalError:
         return _page(request, ws, 503, error=_t(request, "busy_scan"), code=code)
@@ -67,7 +68,7 @@ def _t(request: Request, key: str) -> str:
     return staff_text.t(staff_lang(request), key)
 
 
-def _why(request: Request, err: ml.CounterError) -> str:
+def _why(request: Request, err: CounterError) -> str:
     """The CRM's reason in English (it names the code and dates); in Chinese by its kind."""
     key = f"counter_{err.reason}"
     lang = staff_lang(request)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.errors import CrmError, DealerScopeError
 from crm.schema import (
     Coupon,
     CouponTemplate,
@@ -23,11 +24,7 @@ from crm.schema import (
     PlateAssignment,
     Vehicle,
 )
-from crm.store import CrmError, resolve
-
-
-class DealerScopeError(CrmError):
-    """The vehicle or customer belongs to another dealer."""
+from crm.store import resolve
 
 
 @dataclass

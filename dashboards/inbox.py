@@ -25,14 +25,15 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 
 from core.checks import valid_dtcs
+from core.dtc import dtc_severity
+from core.errors import CrmError, DealerScopeError, DuplicateAction, InboxScopeError
 from core.topics import KAFKA_VEHICLE_STATE
 from crm import delivery
-from crm.normalize import dtc_severity
 from crm.schema import CouponTemplate, Vehicle, utcnow
-from crm.store import CrmError, CrmStore, audit, owner_at
+from crm.store import CrmStore, audit, owner_at
 from crm.tables import InboxItem
 from dashboards.auth import WebSession
-from dashboards.data import DealerScopeError, VehicleCard, customer_card, vehicle_card
+from dashboards.data import VehicleCard, customer_card, vehicle_card
 from dashboards.live import describe_dtc
 from dashboards.maintenance import (
     EVIDENCE_POINTS,
@@ -255,9 +256,9 @@ def _act(request: Request, fn: Callable[..., Any], *args: Any) -> Response:
     try:
         with _store(request).tx() as s:
             fn(s, *args)
-    except delivery.InboxScopeError as err:
+    except InboxScopeError as err:
         raise HTTPException(403, str(err)) from err
-    except delivery.DuplicateAction as err:
+    except DuplicateAction as err:
         raise HTTPException(409, str(err)) from err
     except CrmError as err:
         raise HTTPException(409, str(err)) from err

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from core.checks import valid_dtcs
+from core.dtc import describe
 from core.errors import WireError
 from core.topics import (
     KAFKA_ALERTS,
@@ -42,10 +43,6 @@ MAX_ALERTS: Final = 50
 
 def describe_dtc(code: str) -> str:
     """The SAE J2012 text of a code (generic description for codes not in the table)."""
-    try:  # firmware_bridge is optional on a dashboard host; codes then show without text
-        from firmware_bridge.obd.dtc import describe
-    except ImportError:
-        return ""
     try:
         return describe(code)
     except Exception:  # a malformed code from a device shows as itself

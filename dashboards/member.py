@@ -25,11 +25,11 @@ from fastapi import APIRouter, BackgroundTasks, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, select, update
 
+from core.errors import ClaimError, CouponStateError, CrmError, DeliveryError, LinkError
 from crm import loyalty
 from crm import member_links as ml
-from crm.delivery import DeliveryError
 from crm.schema import Coupon, CouponTemplate, Customer, utcnow
-from crm.store import CouponStateError, CrmError, CrmStore, audit, resolve
+from crm.store import CrmStore, audit, resolve
 from crm.tables import MemberSession
 from dashboards.member_text import LANGS, qr_svg, t
 from dashboards.web import lang_of, templates
@@ -115,7 +115,7 @@ def sign_in(request: Request) -> Response:
     key, cfg = member_key(request), request.app.state.cfg
     try:
         link = ml.read_sign_in(key, token)
-    except ml.LinkError as err:
+    except LinkError as err:
         log.info("member sign-in refused: %s", err.reason)
         return _error(request, 403, "err_" + err.reason, token=token[:300])
     now = utcnow()
@@ -210,7 +210,7 @@ def _claim_form(
     key = member_key(request)
     try:
         offer = ml.read_share(key, token)
-    except ml.LinkError as err:
+    except LinkError as err:
         return _error(request, 403 if err.reason != "used" else 409, "err_" + err.reason)
     with _store(request).tx() as s:
         c = s.get(Coupon, offer.coupon_id)
@@ -251,9 +251,9 @@ def claim(
             _, friend, _ = ml.claim_share(
                 s, key, t_, phone, name, terms=terms == "on", marketing=marketing == "on"
             )
-    except ml.ClaimError as err:
+    except ClaimError as err:
         return _claim_form(request, t_, 400, "err_" + err.reason, {"phone": phone, "name": name})
-    except ml.LinkError as err:
+    except LinkError as err:
         return _error(request, 403 if err.reason != "used" else 409, "err_" + err.reason)
     except CouponStateError:  # a parallel claim won, or the coupon was used meanwhile
         return _error(request, 409, "err_used")
@@ -350,7 +350,7 @@ def ask_link(
         return _error(request, 403, "err_csrf")
     try:
         number = ml.normalize_phone(phone)
-    except ml.ClaimError:
+    except ClaimError:
         return _ask_form(request, 400, "err_phone")
     who = "phone:" + _mac(member_key(request), f"phone|{number}")[:32]
     addr = address_subject(request.client.host if request.client else None)

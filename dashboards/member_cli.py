@@ -30,11 +30,10 @@ def member_link(
     from sqlalchemy import select
 
     from core.config import cli_settings
+    from core.errors import CrmError, DeliveryError
     from crm import member_links as ml
     from crm.cli_store import open_store as _store
-    from crm.delivery import DeliveryError
     from crm.schema import Customer, CustomerIdentity
-    from crm.store import CrmError
     from crm.transports import from_settings
     from dashboards.auth import SessionStore
 

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.backoff import Backoff
 from core.config import CarpulseSettings, load_settings
 from core.errors import CarpulseError, ConfigError, SourceError
 from core.observe import ObsServer
@@ -56,7 +57,6 @@ from edge.sources.base import Source, create_source
 
 log = logging.getLogger(__name__)
 
-CRASH_PRIORITY = 0
 TRIGGER_PRIORITY = 2
 
 
@@ -219,7 +219,7 @@ class EdgeAgent:
     """One device: reads its sources, applies campaigns, queues durably and publishes."""
 
     def __init__(self, settings: CarpulseSettings, conf: AgentConfig) -> None:
-        from edge.publisher import Backoff, MqttPublisher, device_mqtt_settings
+        from edge.publisher import MqttPublisher, device_mqtt_settings
 
         e = settings.edge
         self.settings, self.conf = settings, conf
@@ -255,7 +255,7 @@ class EdgeAgent:
         self.pub = MqttPublisher(
             device_mqtt_settings(settings, self.device_id), self.seq.boot_id, self.window
         )
-        self.pub.backoff = Backoff(conf.reconnect_min_s, conf.reconnect_max_s)
+        self.pub.backoff = Backoff(conf.reconnect_min_s, conf.reconnect_max_s, jitter="equal")
         self._acks: deque[int] = deque()
         self.pub.on_ack = self._acks.append  # called from paho's thread; deque.append is atomic
         self._inflight: dict[int, int] = {}  # mid -> queue row id
@@ -294,14 +294,15 @@ class EdgeAgent:
     # ----- sources -----------------------------------------------------------------------------
     def _source_loop(self, src: Source) -> None:
         broken = False
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while not self._stop.is_set():
             try:
                 src.open()
                 block = src.read(0.2)
                 if broken:
                     log.info("%r: reading again", src)
-                    broken, delay = False, 0.5
+                    broken = False
+                    backoff.reset()
             except ConfigError as err:
                 # A bad mapping, DBC or catalog will not fix itself: stop the agent and say so
                 # (the CLI exits 2, which the systemd unit does not restart).
@@ -314,8 +315,7 @@ class EdgeAgent:
                     log.warning("%r: %s (retrying)", src, err)
                     broken = True
                 src.close()
-                self._stop.wait(delay)
-                delay = min(30.0, delay * 2)
+                self._stop.wait(backoff.next())
                 continue
             if len(block):
                 # A block once read is handed over even when a stop comes meanwhile: the

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import kernel_flags
 from core.jit import njit
-from models import config
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _periodic(  # type: ignore[no-untyped-def]
     slot_of, sig, ts, val, period_us, horizon_us,
     bucket, mn, mx, sm, cnt, last, last_ts,
@@ -69,7 +69,7 @@ def _periodic(  # type: ignore[no-untyped-def]
     return k
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _on_change(slot_of, sig, val, deadband, sent, has_sent, keep):  # type: ignore[no-untyped-def]
     """Keep a sample when it differs from the last one kept for its slot by more than ``deadband``."""
     k = 0

@@ -49,6 +49,7 @@ A verified ``clear_dtcs`` command carries ``cmd.authorization``: a one-shot
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -85,16 +86,10 @@ _LOG_PER_REASON = 10  # then only counted: a flood of forged commands must not f
 
 
 @dataclass(frozen=True, slots=True)
-class Command:
-    """A verified command, as a handler receives it."""
+class Command(CommandBody):
+    """A verified command, as a handler receives it: the signed body (``core.commands``) and,
+    for ``clear_dtcs``, its authorisation."""
 
-    id: str
-    device_id: str
-    name: str
-    args: dict[str, Any]
-    issued_at: float
-    expires_at: float
-    nonce: str
     authorization: Any = None  # an OBD WriteAuthorization for clear_dtcs, else None
 
 
@@ -396,9 +391,8 @@ class CommandProcessor:
             if body.name == "clear_dtcs"
             else None
         )
-        return Command(
-            body.id, body.device, body.name, body.args, body.iat, body.exp, body.nonce, auth
-        )
+        fields = {f.name: getattr(body, f.name) for f in dataclasses.fields(body)}
+        return Command(**fields, authorization=auth)
 
     def _ack(
         self,

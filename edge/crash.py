@@ -39,9 +39,9 @@ from typing import Any, Final
 
 import numpy as np
 
+from core import kernel_flags
 from core.jit import njit
 from core.wire import Event, Samples
-from models import config
 
 G = 9.80665
 NONE = -(2**62)  # "no timestamp yet" (int64 sentinel far before any real time)
@@ -106,7 +106,7 @@ STAT_NAMES = (
 )
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _end_pulse(si, sf, slot, pi, t, quiet, row, out_row, out_reason, out_a, out_b, n_out, stats):  # type: ignore[no-untyped-def]
     run = si[slot, S_ACC_RUN]
     duration = si[slot, S_ACC_LAST_TS] - si[slot, S_ACC_START_TS]
@@ -128,7 +128,7 @@ def _end_pulse(si, sf, slot, pi, t, quiet, row, out_row, out_reason, out_a, out_
     return n_out + 1
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _crash_kernel(kind, ts, val, slot, si, sf, pi, pf, out_row, out_reason, out_a, out_b, stats):  # type: ignore[no-untyped-def]
     """Scan time-ordered rows of one slot; write alarms into ``out_*``; return how many."""
     n_out = 0

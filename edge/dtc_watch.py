@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from firmware_bridge.obd.dtc import describe
+from core.dtc import describe
 from firmware_bridge.obd.dtc_poll import DtcSnapshot
 
 DTC_PRIORITY = 2

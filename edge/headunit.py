@@ -24,16 +24,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import CarpulseError
+from core.errors import HeadUnitError
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 4096
 DESTINATION_KEYS = ("address", "lat", "lon", "label")
-
-
-class HeadUnitError(CarpulseError):
-    """The head unit is not there, did not answer in time, or said no."""
 
 
 class HeadUnitConfig(BaseModel):

@@ -45,7 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ConfigError
-from firmware_bridge.frames import Frames
+from core.frames import Frames
 
 log = logging.getLogger(__name__)
 

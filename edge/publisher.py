@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import ssl
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from core.backoff import Backoff
 from core.config import CarpulseSettings
 from core.errors import ConfigError, PublishError
 from core.topics import check_device_id, device_topic
@@ -59,23 +59,6 @@ def device_mqtt_settings(s: CarpulseSettings, device_id: str) -> DeviceMqtt:
             "or run `carpulse stack up` to create a local PKI that the carpulse commands use"
         )
     return DeviceMqtt(device_id, e.broker_host, e.broker_port, e.ca_file, e.cert_file, e.key_file)
-
-
-class Backoff:
-    """Exponential backoff with "equal jitter": half the delay fixed, half random."""
-
-    def __init__(self, base_s: float = 0.5, cap_s: float = 60.0, seed: int | None = None) -> None:
-        self.base_s, self.cap_s = base_s, cap_s
-        self.attempt = 0
-        self._rng = random.Random(seed)
-
-    def next(self) -> float:
-        delay = min(self.cap_s, self.base_s * 2**self.attempt)
-        self.attempt = min(self.attempt + 1, 30)
-        return delay / 2 + self._rng.uniform(0, delay / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def _status(state: str, boot_id: str) -> bytes:
@@ -119,7 +102,7 @@ class MqttPublisher:
         self.subscriptions: list[str] = []
         self.on_message: Callable[[str, bytes], None] | None = None
         self.client.on_message = self._on_message
-        self.backoff = Backoff()
+        self.backoff = Backoff(0.5, 60.0, jitter="equal")
         self.connects = 0  # successful CONNACKs
         self.retained_dropped = 0  # retained messages on our subscriptions, never acted upon
         self._announce = False

@@ -121,8 +121,8 @@ def attach_commands(agent: Any, edge_doc: dict[str, Any], config_path: Path | No
     section = CommandsSection.model_validate(_section(edge_doc, "commands"))
     if section.public_key is None and not section.public_keys:
         return
+    from core.errors import ActuatorError
     from core.signing import load_public_key
-    from edge.actuators import ActuatorError
     from edge.commands import Command, CommandProcessor, CommandRefused
 
     actuators = build_actuators(edge_doc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.backoff import Backoff
 from core.errors import ConfigError, SourceUnavailableError
 
 log = logging.getLogger(__name__)
@@ -144,16 +144,10 @@ class FrameFeed:
     ) -> None:
         self.camera = camera
         self.base_s, self.cap_s = base_s, cap_s
-        self._rng = random.Random(seed)
-        self._attempt = 0
+        self._backoff = Backoff(base_s, cap_s, jitter="equal", seed=seed)
         self.broken = False
         self.outages = 0
         self.reconnects = 0
-
-    def _delay(self) -> float:
-        delay = min(self.cap_s, self.base_s * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 30)
-        return delay / 2 + self._rng.uniform(0, delay / 2)
 
     def frames(self, stop: Any = None) -> Iterator[Frame]:
         """Yield frames until the source is exhausted or ``stop`` (a ``threading.Event``) is set."""
@@ -167,7 +161,7 @@ class FrameFeed:
                     self.broken = True
                     self.outages += 1
                 self.camera.close()
-                delay = self._delay()
+                delay = self._backoff.next()
                 if stop is not None:
                     stop.wait(delay)
                 else:
@@ -177,7 +171,7 @@ class FrameFeed:
                 log.info("camera %s: frames again", self.camera.name)
                 self.broken = False
                 self.reconnects += 1
-            self._attempt = 0
+            self._backoff.reset()
             if frame is None:
                 return
             yield frame

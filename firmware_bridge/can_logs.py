@@ -24,8 +24,8 @@ import can
 import numpy as np
 
 from core.errors import SourceUnavailableError
+from core.frames import CAN_EFF_MASK, CAN_ERR_FLAG, Frames
 from firmware_bridge.can_source import CLASSIC_MAX, FD_MAX, BlockBuilder, BusCounters
-from firmware_bridge.frames import CAN_EFF_MASK, CAN_ERR_FLAG, Frames
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 python-can hands us one ``can.Message`` object per frame; that boundary is the only place with
 per-frame Python. :class:`BlockBuilder` turns messages into column lists and emits one
-:class:`~firmware_bridge.frames.Frames` block per N frames or T milliseconds, so everything
+:class:`~core.frames.Frames` block per N frames or T milliseconds, so everything
 downstream works on arrays.
 
 Error frames, bus-off and read errors are not exceptions: they become :class:`BusEvent` records and
@@ -22,7 +22,8 @@ import can
 import numpy as np
 
 from core.errors import SourceUnavailableError
-from firmware_bridge.frames import CAN_EFF_MASK, MAX_REPORTED, Frames
+from core.frames import CAN_EFF_MASK, Frames
+from firmware_bridge.frames import MAX_REPORTED
 
 log = logging.getLogger(__name__)
 

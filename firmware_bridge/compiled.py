@@ -26,6 +26,7 @@ import cantools.database
 import numpy as np
 
 from core.errors import DecodeError
+from core.frames import Frames
 from core.wire import Samples
 from firmware_bridge.dbc import DecodeStats, private_path
 from firmware_bridge.dbc_plan import MSG_MAXOUT, DecodePlan, build_plan
@@ -37,7 +38,6 @@ from firmware_bridge.decode_kernel import (
     ST_UNKNOWN,
     _decode,
 )
-from firmware_bridge.frames import Frames
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import cantools
 import cantools.database
-import numpy as np
 
 from core.errors import ConfigError
+from core.frames import Frames
 from core.wire import Samples
-from firmware_bridge.frames import Frames
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +118,3 @@ class CantoolsDecoder:
                 val_l.append(float(value))  # type: ignore[arg-type]  # choices off: numbers only
         samples = Samples.from_columns(list(index), sig_l, ts_l, val_l)
         return samples, stats
-
-
-def signal_count(samples: Samples) -> np.ndarray:
-    """Samples per name (handy for reports)."""
-    return np.bincount(samples.sig, minlength=len(samples.names))

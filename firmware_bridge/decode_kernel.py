@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from core import kernel_flags
 from core.jit import njit
 from firmware_bridge.dbc_plan import (
     C_NODE,
@@ -38,12 +37,6 @@ from firmware_bridge.dbc_plan import (
     X_ENTRY,
 )
 
-# Same switch as models/config.py (firmware_bridge may not import models: layout rule).
-CACHE: bool = os.environ.get("CARPULSE_NUMBA_CACHE", "0") == "1"
-# fastmath stays OFF here on purpose: "contract" lets LLVM fuse raw * scale + offset into one FMA,
-# which rounds once instead of twice and breaks bit-identity with cantools.
-FASTMATH = False
-
 # Indices into the stats array the decode kernel fills.
 ST_DECODED, ST_UNKNOWN, ST_SHORT, ST_FAILED, ST_FALLBACK = range(5)
 N_STATS = 5
@@ -52,7 +45,7 @@ _TWO63 = 9.223372036854775808e18
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _raw_wide(data, i, avail, length, be, shift, nbits):  # type: ignore[no-untyped-def]
     """Raw bits of a signal in a payload longer than 8 bytes (CAN FD), byte by byte."""
     v = np.uint64(0)
@@ -73,7 +66,7 @@ def _raw_wide(data, i, avail, length, be, shift, nbits):  # type: ignore[no-unty
     return v
 
 
-@njit(cache=CACHE, fastmath=FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _decode(  # type: ignore[no-untyped-def]
     can_id,
     extended,

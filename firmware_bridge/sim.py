@@ -13,7 +13,7 @@ from pathlib import Path
 import cantools
 import numpy as np
 
-from firmware_bridge.frames import Frames
+from core.frames import Frames
 
 # (message, signal) -> VSS path for the default DBC.
 PRIUS_VSS = {

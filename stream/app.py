@@ -27,14 +27,13 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from stream.agents import install_pipeline
-from stream.kafka_options import faust_broker_settings
+from stream.kafka_options import make_faust_app
 from stream.metrics import add_faust_sensor, install_web, kafka_assigned, stream_registry
 from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import load_registry
 from stream.sinks import make_sink
 from stream.sinks.base import Sink
 from stream.sinks.writer import SinkWriter, install_retry_agent
-from stream.transport import install_transport
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +72,20 @@ def counters_of(app: faust.App) -> dict[str, Any]:
 
 def build_app(settings: CarpulseSettings) -> faust.App:
     st = settings.stream
-    app = faust.App(
+    app = make_faust_app(
         st.app_id,
-        **faust_broker_settings(settings.kafka, "stream"),
+        settings.kafka,
+        "stream",
+        session_timeout_s=st.session_timeout_s,
+        fetch_max_wait_ms=st.fetch_max_wait_ms,
         datadir=str(st.faust_datadir(st.app_id)),  # not {app_id}-data in the current directory
         store=st.store,
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication,
-        value_serializer="raw",
-        key_serializer="raw",
         web_enabled=True,
         web_bind=settings.metrics.host,  # 127.0.0.1 unless [metrics] host says otherwise
-        # /table/ would serve vehicle_state (locations) to anyone reaching the port
-        web_tables_enabled=False,
-        web_router_enabled=False,
         web_port=st.web_port,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1 if settings.kafka.acks == "all" else int(settings.kafka.acks),
-        broker_max_poll_records=1000,
-        stream_wait_empty=False,
-        # a worker killed with -9 holds its partitions until the session expires
-        broker_session_timeout=st.session_timeout_s,
-        broker_heartbeat_interval=max(0.5, min(3.0, st.session_timeout_s / 10)),
     )
-    # before any topic: the conductor takes the transport at its first use
-    install_transport(app, st.fetch_max_wait_ms)
     deadletter = app.topic(KAFKA_DEADLETTER, value_serializer="raw", key_serializer="raw")
     retry_topic = app.topic(
         KAFKA_INFLUX_RETRY,

@@ -48,6 +48,7 @@ from aiokafka.errors import (
     for_code,
 )
 
+from core.backoff import exponential
 from core.commands import decode_ack
 from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
@@ -408,7 +409,7 @@ class IngestBridge:
                 if line != said:
                     log.error("bridge %s: %s; retrying with backoff", self.name, line)
                     said = line
-            delay = min(30.0, 0.5 * 2 ** min(attempt - 1, 6))
+            delay = exponential(attempt - 1, 0.5, 30.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             if self._stop.is_set():

@@ -1,4 +1,5 @@
-"""One place that turns ``[kafka]`` settings into Faust app settings (brokers and credentials)."""
+"""One place that turns ``[kafka]`` settings into Faust app settings: brokers, credentials and the
+consumer/producer settings both Faust apps (the stream worker, the CRM worker) share."""
 
 from __future__ import annotations
 
@@ -31,6 +32,52 @@ def faust_broker_settings(kafka: KafkaSettings, component: str) -> dict[str, Any
         "broker": [f"kafka://{b}" for b in kafka.servers()],
         "broker_credentials": creds,
     }
+
+
+def faust_app_settings(
+    kafka: KafkaSettings, component: str, *, session_timeout_s: float
+) -> dict[str, Any]:
+    """The ``faust.App`` settings every carpulse Faust app shares: brokers and credentials, raw
+    values, no table views on the web server, consumer and producer behaviour."""
+    return {
+        **faust_broker_settings(kafka, component),
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        # /table/ would serve table contents (locations) to anyone reaching the port
+        "web_tables_enabled": False,
+        "web_router_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1 if kafka.acks == "all" else int(kafka.acks),
+        "broker_max_poll_records": 1000,
+        "stream_wait_empty": False,
+        # a worker killed with -9 holds its partitions until the session expires
+        "broker_session_timeout": session_timeout_s,
+        "broker_heartbeat_interval": max(0.5, min(3.0, session_timeout_s / 10)),
+    }
+
+
+def make_faust_app(
+    app_id: str,
+    kafka: KafkaSettings,
+    component: str,
+    *,
+    session_timeout_s: float,
+    fetch_max_wait_ms: int,
+    **app_settings: Any,
+) -> faust.App:
+    """A ``faust.App`` with ``faust_app_settings`` plus the app's own ``app_settings``, consuming
+    through ``stream.transport`` (the worker's fetch wait from ``[stream] fetch_max_wait_ms``)."""
+    # imported here: the bridge uses this module's kafka_problem without Faust's Kafka driver
+    from stream.transport import install_transport
+
+    app = faust.App(
+        app_id,
+        **faust_app_settings(kafka, component, session_timeout_s=session_timeout_s),
+        **app_settings,
+    )
+    # before any topic: the conductor takes the transport at its first use
+    install_transport(app, fetch_max_wait_ms)
+    return app
 
 
 def kafka_problem(

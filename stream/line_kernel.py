@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 
 COMMA, SPACE, NEWLINE, MINUS, ZERO = 44, 32, 10, 45, 48
 MAX_VALUE_TEXT = 32  # repr of a float64 is at most 24 characters ('-2.2250738585072014e-308')
 
 
-@njit(cache=config.CACHE, nogil=True)
+@njit(cache=kernel_flags.CACHE, nogil=True)
 def _render(
     head: np.ndarray,
     pre_buf: np.ndarray,
@@ -90,7 +90,7 @@ def _slots(keys: np.ndarray, shift: np.uint64) -> np.ndarray:
     return ((keys.view(np.uint64) * GOLDEN) >> shift).astype(np.int64)
 
 
-@njit(cache=config.CACHE, nogil=True)
+@njit(cache=kernel_flags.CACHE, nogil=True)
 def _hash_build(
     keys: np.ndarray, home: np.ndarray, slot_keys: np.ndarray, slot_vals: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -103,7 +103,7 @@ def _hash_build(
         slot_vals[j] = i
 
 
-@njit(cache=config.CACHE, nogil=True)
+@njit(cache=kernel_flags.CACHE, nogil=True)
 def _hash_find(
     slot_keys: np.ndarray,
     slot_vals: np.ndarray,

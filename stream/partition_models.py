@@ -410,7 +410,7 @@ def warm_up(anomaly: AnomalySettings | None = None) -> None:
     """Compile every kernel the stream uses on a tiny batch.
 
     The worker calls this before it joins the consumer group: numba compiles at the first call
-    (caching is off, see models/config.py), which takes seconds on a small machine and would
+    (caching is off, see core/kernel_flags.py), which takes seconds on a small machine and would
     block the event loop, heartbeats included, long enough to be evicted from the group.
     """
     t = np.arange(4, dtype=np.int64) * 1_000_000

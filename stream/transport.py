@@ -5,8 +5,9 @@ written into ``AIOKafkaConsumerThread._create_worker_consumer`` (no app setting 
 broker that holds an empty fetch for the whole wait instead of answering when data arrives (the
 memory broker used before Apache Kafka did) then delays a record by up to 1.5 s: most of the end-to-end latency (BENCHMARKS.md, "End-to-end").
 These subclasses only change that one value, on the consumer Faust has just built and before
-it starts (the fetcher is made at ``start()`` from it); ``build_app`` installs the transport
-through the ``App.transport`` setter, so the installed Faust stays untouched.
+it starts (the fetcher is made at ``start()`` from it); ``install_transport`` installs it
+through the ``App.transport`` setter, so the installed Faust stays untouched;
+``stream.kafka_options.make_faust_app`` does it for both Faust apps (stream and CRM workers).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.state import SlotState
 
 K_SPEED, K_RPM, K_FUEL, K_ENERGY = 0, 1, 2, 3
@@ -53,7 +53,7 @@ TRIP_FIELDS: Final = ("start_us", "end_us", *ACC)
 DAY_FIELDS: Final = ("day", "trips", *ACC)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _trip_loop(
     slot: np.ndarray,
     ts: np.ndarray,

@@ -27,22 +27,12 @@ def require_data(relative: str) -> Path:
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real Mosquitto + Apache Kafka (KRaft, SASL_SSL) + InfluxDB 1.x on free loopback ports."""
-    from carpulse.stack import Stack, free_stack_settings
+    from carpulse.stack import throwaway_stack
     from core.config import load_settings
 
-    root = tmp_path_factory.mktemp("stack")
-    stack = Stack(free_stack_settings(root))
-    try:
-        stack.up()
-    except Exception:
-        stack.down()
-        raise
-    settings = load_settings(stack.config_file)
-    stack.settings = settings  # type: ignore[attr-defined]
-    try:
+    with throwaway_stack(tmp_path_factory.mktemp("stack")) as stack:
+        stack.settings = load_settings(stack.config_file)  # type: ignore[attr-defined]
         yield stack
-    finally:
-        stack.down()
 
 
 def _pg_bin(name: str) -> str | None:

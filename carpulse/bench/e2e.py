@@ -41,7 +41,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,12 +170,9 @@ def influx_ceiling(influx: Influx, total_lines: int, rng: np.random.Generator) -
 # ----- the pipeline processes --------------------------------------------------------------------
 @contextlib.contextmanager
 def pipeline(config: Path, log_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    from carpulse.stack import free_port
+    from carpulse.stack import pipeline_env
 
-    env = dict(os.environ)
-    env["CARPULSE_CONFIG"] = str(config)
-    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-stream-bench-{uuid.uuid4().hex[:8]}"
-    env["CARPULSE_STREAM__WEB_PORT"] = str(free_port())
+    env = pipeline_env(config, "bench")
     # a few simulated vehicles carry a fleet's load: the per-device limit is not what is measured
     env.setdefault("CARPULSE_BRIDGE__RATE_PER_DEVICE", "100000")
     env.setdefault("CARPULSE_BRIDGE__BURST_PER_DEVICE", "100000")

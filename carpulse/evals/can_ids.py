@@ -12,7 +12,8 @@ import numpy as np
 
 from core.datasets import canlog_dir
 from core.errors import ConfigError
-from firmware_bridge.frames import Frames, read_candump
+from core.frames import Frames
+from firmware_bridge.frames import read_candump
 from models.ids.attacks import ATTACKS, inject
 from models.ids.detector import REASONS, CanIds, CanIdsProfile
 

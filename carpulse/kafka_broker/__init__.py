@@ -420,11 +420,6 @@ def format_storage(
     return True
 
 
-def run_admin(coro: Any) -> Any:
-    """Run one admin coroutine to completion from synchronous stack code."""
-    return asyncio.run(coro)
-
-
 # ----- what the local stack does with them ------------------------------------------------------
 def new_cluster_id() -> str:
     """A random cluster id as Kafka makes them (URL-safe base64 of 16 bytes) that does not start

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, ClassVar, Final
 
-from core.errors import CarpulseError, ConfigError
+from core.errors import ActuatorError, ConfigError
 from core.plugins import plugin_class, registry
 
 ENTRY_POINT_GROUP = "carpulse.edge.actuators"
@@ -24,10 +24,6 @@ ACTUATORS: dict[str, str] = {
     "can": "edge.actuators.can:CanActuator",
     "gpio": "edge.actuators.gpio:GpioActuator",
 }
-
-
-class ActuatorError(CarpulseError):
-    """The actuator could not carry out the action (bus down, line busy, device gone...)."""
 
 
 class Actuator(ABC):

@@ -24,8 +24,8 @@ import threading
 import time
 from typing import Any
 
-from core.errors import ConfigError
-from edge.actuators.base import ACTIONS, Actuator, ActuatorError
+from core.errors import ActuatorError, ConfigError
+from edge.actuators.base import ACTIONS, Actuator
 
 
 class CanActuator(Actuator):

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.actuators.base import Actuator, ActuatorError
+from core.errors import ActuatorError
+from edge.actuators.base import Actuator
 
 
 class GpioActuator(Actuator):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from edge.actuators.base import Actuator, ActuatorError
+from core.errors import ActuatorError
+from edge.actuators.base import Actuator
 
 
 class VirtualActuator(Actuator):

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, SourceUnavailableError
+from core.frames import Frames
 from core.wire import Samples
 from edge.sources.base import Source
-from firmware_bridge.frames import Frames
 
 
 def load_vss_mapping(mapping: str | Path | None, catalog: str | Path | None = None) -> Any:

@@ -111,8 +111,9 @@ class ObdSource(Source):
     def poll_dtcs(self) -> dict[str, object] | None:
         """One DTC poll; a change is queued as a ``dtc`` event and returned. Never raises for a
         bad answer (counted in ``dtc_counters['errors']``); a lost link raises as reads do."""
+        from core.errors import DtcReadError
         from edge.dtc_watch import DTC_PRIORITY
-        from firmware_bridge.obd.dtc_poll import DtcReadError, poll_dtcs
+        from firmware_bridge.obd.dtc_poll import poll_dtcs
 
         self.dtc_counters["polls"] += 1
         last = self.dtc_watch.last

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
+from core.frames import Frames
 from core.wire import Samples
 from edge.sources.base import Source
 from edge.sources.can import _empty_frames
-from firmware_bridge.frames import Frames
 
 
 class SimSource(Source):

@@ -4,7 +4,6 @@ from firmware_bridge.obd.base import (
     ObdTransport,
     ScopedAuthorization,
     WriteAuthorization,
-    WriteRefusedError,
     with_backoff,
 )
 from firmware_bridge.obd.client import ObdClient, Reading
@@ -17,6 +16,5 @@ __all__ = [
     "Reading",
     "ScopedAuthorization",
     "WriteAuthorization",
-    "WriteRefusedError",
     "with_backoff",
 ]

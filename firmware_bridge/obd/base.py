@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from core.errors import CarpulseError, SourceError
+from core.backoff import Backoff
+from core.errors import SourceError, WriteRefusedError
 from firmware_bridge.obd.responses import ElmResponse
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,6 @@ log = logging.getLogger(__name__)
 # pending DTCs, vehicle info, permanent DTCs; and UDS ReadDTCInformation (0x19, ISO 14229-1:
 # every sub-function reads). Everything else changes the car and is refused.
 READ_SERVICES: Final = frozenset({0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x09, 0x0A, 0x19})
-
-
-class WriteRefusedError(CarpulseError):
-    """A request that changes the vehicle (mode 04, UDS writes...) was not authorised."""
 
 
 class WriteAuthorization(ABC):
@@ -134,7 +131,7 @@ def with_backoff(
 
     The failure is logged once, the recovery once; the last error is raised after ``attempts``.
     """
-    delay = first_delay
+    backoff = Backoff(first_delay, max_delay)
     for attempt in range(1, attempts + 1):
         try:
             result = connect()
@@ -143,8 +140,7 @@ def with_backoff(
                 log.warning("OBD link down (%s); retrying with backoff", err)
             if attempt == attempts:
                 raise
-            sleep(delay)
-            delay = min(delay * 2, max_delay)
+            sleep(backoff.next())
             continue
         if attempt > 1:
             log.warning("OBD link back after %d attempts", attempt)

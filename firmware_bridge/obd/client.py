@@ -25,8 +25,6 @@ from firmware_bridge.obd.responses import QUIET, ElmResponse, Status
 
 log = logging.getLogger(__name__)
 
-NEGATIVE_RESPONSE = 0x7F
-
 
 @dataclass(slots=True)
 class Reading:

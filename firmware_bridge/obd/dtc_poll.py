@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from core.errors import SourceError
+from core.errors import DtcReadError
 from firmware_bridge.obd.client import ObdClient
 from firmware_bridge.obd.dtc import code_from_bytes, decode_dtcs
 from firmware_bridge.obd.pids import PIDS, decode_pid
@@ -22,10 +22,6 @@ from firmware_bridge.obd.responses import Status
 MAX_CODES: Final = 64  # core.checks.MAX_DTCS: what a dtc event may carry
 # Freeze-frame PIDs asked for (mode 02, frame 0): load, coolant, RPM, speed, throttle.
 FREEZE_PIDS: Final = (0x04, 0x05, 0x0C, 0x0D, 0x11)
-
-
-class DtcReadError(SourceError):
-    """The car did not give a usable answer to a DTC request (counted by the caller)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,9 +196,6 @@ BITMAP_PIDS: Final = tuple(range(0x00, 0x100, 0x20))
 # What ``obd scan`` and the poller read by default when the car supports them.
 DEFAULT_PIDS: Final = (0x0D, 0x0C, 0x05, 0x04, 0x10, 0x2F, 0x42, 0x11, 0x0F, 0x46, 0x1F, 0xA6)
 
-# Volts measured by the adapter on pin 16 (``ATRV``): the 12 V battery.
-ADAPTER_VOLTAGE_VSS: Final = "Vehicle.LowVoltageBattery.CurrentVoltage"
-
 
 def decode_bitmap(base: int, data: bytes) -> list[int]:
     """PIDs ``base+1 .. base+32`` whose bit is set in a 4-byte support bitmap (MSB first)."""

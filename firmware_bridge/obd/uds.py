@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from core.errors import DtcReadError
 from firmware_bridge.obd.base import ObdTransport
 from firmware_bridge.obd.dtc import code_from_bytes
-from firmware_bridge.obd.dtc_poll import MAX_CODES, DtcReadError, DtcSnapshot
+from firmware_bridge.obd.dtc_poll import MAX_CODES, DtcSnapshot
 from firmware_bridge.obd.responses import Status
 
 READ_DTC_INFORMATION: Final = 0x19

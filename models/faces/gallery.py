@@ -9,13 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.errors import CarpulseError
+from core.errors import ConsentError
 
 log = logging.getLogger(__name__)
-
-
-class ConsentError(CarpulseError):
-    """A member without face consent cannot be enrolled."""
 
 
 class FaceGallery:

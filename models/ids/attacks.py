@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from firmware_bridge.frames import Frames
+from core.frames import Frames
 
 ATTACKS = ("dos", "fuzzing", "spoofing", "replay")
 # Injection periods in the spirit of the HCRL car-hacking dataset (Song et al. 2020): DoS every

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from firmware_bridge.frames import Frames
+from core.frames import Frames
 from models.ids.kernels import _score, _slots
 
 UNKNOWN_ID = 1  # an id never seen on this car's bus (fuzzing, DoS with a free high-priority id)

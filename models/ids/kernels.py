@@ -6,7 +6,7 @@ edge agent's ahead-of-time list can name them as they are; the arrays are any la
 ``core.jit.njit``: with a current ``carpulse edge build-kernels`` build loaded, the agent runs
 these two compiled ahead of time (``edge.aot.AOT_KERNELS``, same signatures) and never imports
 numba; everywhere else (``carpulse ids``, the evaluation) numba compiles them. No fastmath
-(``config.EXACT_MATH``): pycc compiles without it for a generic CPU, and the leaky rate counter
+(``kernel_flags.EXACT_MATH``): pycc compiles without it for a generic CPU, and the leaky rate counter
 (``count * exp(..) + 1``) fused into an FMA by the JIT would differ from the build in its last bits
 (the learned ``rate_max`` and the state, not the flags, on the gt350 logs); exact math gives both
 the same bits.
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import kernel_flags
 from core.jit import njit
-from models import config
 
 SLOTS_SIG = "void(uint64[:], uint64[:], int64[:])"
 SCORE_SIG = (
@@ -27,7 +27,7 @@ SCORE_SIG = (
 )
 
 
-@njit(SLOTS_SIG, cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(SLOTS_SIG, cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _slots(keys: np.ndarray, known: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     k = len(known)
     for i in range(len(keys)):
@@ -35,7 +35,7 @@ def _slots(keys: np.ndarray, known: np.ndarray, out: np.ndarray) -> None:  # pra
         out[i] = j if j < k and known[j] == keys[i] else -1
 
 
-@njit(SCORE_SIG, cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(SCORE_SIG, cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _score(
     ts: np.ndarray,
     slot: np.ndarray,

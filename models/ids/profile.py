@@ -30,8 +30,8 @@ from typing import Annotated, Any, Final, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from core.errors import ConfigError
-from firmware_bridge.frames import Frames
+from core.errors import ProfileError
+from core.frames import Frames
 from models.ids.detector import EXT_BIT, CanIds, CanIdsProfile
 
 FORMAT: Final = "carpulse.can-ids-profile"
@@ -40,10 +40,6 @@ MAX_BYTES: Final = 8 * 1024 * 1024  # a real car has a few hundred ids: ~100 kB
 MAX_IDS: Final = 20_000
 MAX_US: Final = 3_600_000_000  # an hour, in us: longer gaps or time constants are not a bus's
 Hex8 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
-
-
-class ProfileError(ConfigError):
-    """A profile file that cannot be used (missing, too big, not JSON, wrong shape or values)."""
 
 
 class IdEntry(BaseModel):

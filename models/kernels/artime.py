@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.state import SlotState, SlotStateful, as_batch
 
 WINDOW = 8  # values per feature window (the Haar transform needs a power of two)
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _train(
     x: np.ndarray, learning: bool, W: np.ndarray, labels: np.ndarray, n: np.ndarray, k: int,
     rho_lb: float, rho_ub: float, M: np.ndarray, es: np.ndarray, em: np.ndarray,
@@ -103,7 +103,7 @@ def _train(
     return label, max_bmu, max_bmue
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _features(fw: np.ndarray, dsi: int, out: np.ndarray) -> None:
     """Haar wavelet of the min-max scaled window, min-max scaled, then the window itself."""
     w = fw.shape[0]
@@ -147,7 +147,7 @@ def _features(fw: np.ndarray, dsi: int, out: np.ndarray) -> None:
         out[w + j] = fw[j]
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _init_rho(
     X: np.ndarray, tw: int, initial_rho: float, cap: int, M: np.ndarray, es: np.ndarray,
     em: np.ndarray,
@@ -200,7 +200,7 @@ def _init_rho(
     return t / (m - first)
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _detect(
     s: int, f: np.ndarray, i: int, tw: int,
     W: np.ndarray, labels: np.ndarray, ncat: np.ndarray, rho: np.ndarray, ints: np.ndarray,
@@ -283,7 +283,7 @@ def _detect(
     return anomaly
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _ingest(
     s: int, v: float, sstep: int, tw: int, nlevels: int, chomp: float, initial_rho: float,
     dmin: np.ndarray, dmax: np.ndarray, dsw: np.ndarray, dsma: np.ndarray, dsi: np.ndarray,
@@ -366,7 +366,7 @@ def _ingest(
     return out
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _artime_loop(
     slots: np.ndarray, xv: np.ndarray, calib: int, margin: float, sstep: int, tw: int,
     nlevels: int, chomp: float, initial_rho: float,

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.state import SlotState, SlotStateful, as_batch
 
 _MODES = {"up": 1, "down": 2, "both": 3}
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _page_hinkley_loop(
     slots: np.ndarray,
     x: np.ndarray,
@@ -138,7 +138,7 @@ class PageHinkley(SlotStateful):
         return bool(slot < self.state.n_slots and self.state["drift"][slot])
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _cusum_loop(
     slots: np.ndarray,
     x: np.ndarray,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.state import SlotState, SlotStateful, as_batch
 
 _MASK = (1 << 61) - 1
@@ -25,7 +25,7 @@ _FNV = 1469598103934665603
 _PRIME = 1099511628211
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _hash(facts: np.ndarray, n: int) -> int:
     h = _FNV
     for k in range(n):
@@ -33,7 +33,7 @@ def _hash(facts: np.ndarray, n: int) -> int:
     return h
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _find_semi(
     tab: np.ndarray,
     hashes: np.ndarray,
@@ -61,7 +61,7 @@ def _find_semi(
         pos = (pos + 1) & mask
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _find_ctx(
     tab: np.ndarray, ctx_l: np.ndarray, ctx_r: np.ndarray, ls: int, rs: int
 ) -> tuple[int, int]:
@@ -74,7 +74,7 @@ def _find_ctx(
         pos = (pos + 1) & mask
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _add_context(
     s: int,
     left: np.ndarray,
@@ -128,7 +128,7 @@ def _add_context(
     return cid
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _crossed(facts: np.ndarray, n: int, mask: np.ndarray, out: np.ndarray) -> int:
     """The facts of a semi-context present in ``mask``, in order, into ``out``; returns how many."""
     m = 0
@@ -140,7 +140,7 @@ def _crossed(facts: np.ndarray, n: int, mask: np.ndarray, out: np.ndarray) -> in
     return m
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _context_step(
     s: int,
     v: float,
@@ -302,7 +302,7 @@ def _context_step(
     return out
 
 
-@njit(cache=config.CACHE, fastmath=config.EXACT_MATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _context_loop(
     slots: np.ndarray,
     x: np.ndarray,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _mean_std(x: np.ndarray, a: int, b: int) -> tuple[float, float]:
     m = 0.0
     for i in range(a, b):
@@ -24,7 +24,7 @@ def _mean_std(x: np.ndarray, a: int, b: int) -> tuple[float, float]:
     return m, sd if sd != 0.0 else 0.000001
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _windowed_gaussian_loop(
     offsets: np.ndarray, x: np.ndarray, window: int, step: int, out: np.ndarray
 ) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from core import kernel_flags
 from core.errors import DecodeError
-from models import config
 from models.state import SlotState, SlotStateful, as_batch
 
 
@@ -53,7 +53,7 @@ def build_trees(
     return feature, threshold
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _leaf_table(
     leaf: np.ndarray, height: int, size_limit: float, mass: np.ndarray, table: np.ndarray
 ) -> None:  # pragma: no cover - compiled; covered by the NUMBA_DISABLE_JIT leg
@@ -93,7 +93,7 @@ def _leaf_table(
             table[t, k] = pre[n_inner + k]
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _subtree_mass(leaf: np.ndarray, t: int, nd: int, depth: int, height: int) -> int:
     """A node's learning-window mass: the sum of the leaf counts under it (missing-feature walks)."""
     width = 1 << (height - depth)
@@ -104,7 +104,7 @@ def _subtree_mass(leaf: np.ndarray, t: int, nd: int, depth: int, height: int) ->
     return m
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _hst_loop(
     slots: np.ndarray,
     x: np.ndarray,

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.kernels.gaussian import _offsets
 from models.state import SlotState, SlotStateful, as_batch
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _left_nn_distance(
     x: np.ndarray, lo: int, hi: int, length: int, history: int, out: np.ndarray
 ) -> None:
@@ -36,7 +36,7 @@ def _left_nn_distance(
         out[t] = math.sqrt(best / length)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _nn_likelihood_loop(
     offsets: np.ndarray,
     x: np.ndarray,
@@ -169,7 +169,7 @@ def nn_likelihood(
     return out
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _lik_row(
     s: int, i: int, r: float, v: float, p_avg: int, p_hist: int, learn: int,
     red: float, yellow: float, refractory: int, tolerance: float,
@@ -220,7 +220,7 @@ def _lik_row(
     return math.log10(q + 1e-10) / -10.0
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _nn_stream_loop(
     slots: np.ndarray, x: np.ndarray, calib: int, length: int, history: int, learn: int,
     p_avg: int, p_hist: int, red: float, yellow: float, refractory: int, tolerance: float,

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.state import SlotState, SlotStateful, as_batch
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _zscore_loop(
     slots: np.ndarray,
     x: np.ndarray,

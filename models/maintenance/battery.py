@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.maintenance.soa import SlotState, as_f64, check_slots
 
 CRANK_V = 11.0
@@ -50,12 +50,12 @@ class BatteryState(SlotState):
         )
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _ewma(old: float, new: float, a: float) -> float:  # pragma: no cover
     return new if np.isnan(old) else (1.0 - a) * old + a * new
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _update_battery(
     slot: np.ndarray,
     ts: np.ndarray,
@@ -139,7 +139,7 @@ def battery_health(state: BatteryState) -> dict[str, np.ndarray]:
 # ----- EV pack -------------------------------------------------------------------------------
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _cell_spread(cells: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
     for i in range(cells.shape[0]):
         lo = np.inf
@@ -178,7 +178,7 @@ class PackState(SlotState):
         return cls(np.full(n_slots, np.nan), z.copy(), z.copy(), z.copy(), z.copy(), z.copy())
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _update_pack(
     slot: np.ndarray,
     spread: np.ndarray,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.maintenance.soa import SlotState, as_f64, check_slots
 
 REV_BUDGET = 30e6  # ~15,000 km at 2,000 rpm and 60 km/h in normal use
@@ -45,7 +45,7 @@ class OilState(SlotState):
         self.changed_ts[slots] = ts
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _temp_weight(t: float) -> float:  # pragma: no cover
     if t < COLD_C:
         return COLD_WEIGHT
@@ -54,7 +54,7 @@ def _temp_weight(t: float) -> float:  # pragma: no cover
     return 1.0
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _update_oil(
     slot: np.ndarray,
     ts: np.ndarray,

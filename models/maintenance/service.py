@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.maintenance.soa import SlotState, as_f64, check_slots
 
 SHORT_TRIP_KM = 8.0  # trips under ~8 km never warm the oil up (most makers' severe-use wording)
@@ -49,7 +49,7 @@ class UsageState(SlotState):
         )
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _welford(
     k: int, x: float, n: np.ndarray, mean: np.ndarray, m2: np.ndarray
 ) -> None:  # pragma: no cover
@@ -59,7 +59,7 @@ def _welford(
     m2[k] += d * (x - mean[k])
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _update_usage(
     slot: np.ndarray,
     day: np.ndarray,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 from models.plates.syntax import TEMPLATES, template_masks
 
 NEG = -1e30
@@ -15,7 +15,7 @@ NEG = -1e30
 BLANK_LIKE = ("·", "•", ".", "-", " ", ":", "：", "'")
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _template_viterbi(lp, blank, mask, length, out_cls, out_lp):  # type: ignore[no-untyped-def]
     """Best CTC path through ``length`` characters, position ``p`` restricted to ``mask[p]``.
 

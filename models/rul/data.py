@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 N_COLUMNS = 26
 # Sensors that move in FD001 (the others are constant or nearly so at one operating condition).
 SENSORS = (2, 3, 4, 7, 8, 9, 11, 12, 13, 14, 15, 17, 20, 21)
-SENSOR_NAMES = [f"s{s}" for s in SENSORS]
 SENSOR_COLUMNS = [4 + s for s in SENSORS]  # 1-based sensor k is 0-based column 4 + k
 MAX_REPORTED = 5
 

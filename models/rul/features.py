@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from models import config
+from core import kernel_flags
 
 # Per sensor: last value, window mean, window std, least-squares slope, window mean minus the
 # unit's own baseline (engines start with different wear, so drift from the start matters most).
@@ -13,7 +13,7 @@ PER_SENSOR = ("last", "mean", "std", "slope", "drift")
 N_PER_SENSOR = len(PER_SENSOR)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _window_features(
     unit: np.ndarray, x: np.ndarray, window: int, baseline: int, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled; covered by the NUMBA_DISABLE_JIT leg
@@ -85,7 +85,7 @@ PER_SENSOR_SMOOTH = ("ewm_fast", "ewm_slow", "ewm_drift", "long_slope")
 N_PER_SENSOR_SMOOTH = len(PER_SENSOR_SMOOTH)
 
 
-@njit(cache=config.CACHE, fastmath=config.FASTMATH)
+@njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
 def _smooth_features(
     unit: np.ndarray,
     x: np.ndarray,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from abc import ABC, abstractmethod
@@ -32,6 +31,7 @@ from typing import Any, ClassVar, Final
 
 import numpy as np
 
+from core.backoff import exponential, jittered
 from core.errors import SinkError
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def backoff_s(attempt: int, retry_after: float | None = None) -> float:
     """Full-jitter exponential backoff; the server's ``Retry-After`` is a floor."""
-    delay = random.uniform(0, min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2**attempt))
+    delay = jittered(exponential(attempt, BASE_BACKOFF_S, MAX_BACKOFF_S), "full")
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_BACKOFF_S * 4))
     return delay

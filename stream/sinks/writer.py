@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from core.backoff import exponential
 from core.errors import SinkError
 from stream.offsets import SourceOffsets, guarded
 from stream.sinks.base import Points, Sink, backoff_s, chunks
@@ -194,7 +195,7 @@ class SinkWriter:
             except SinkError as err:
                 attempt += 1
                 self.counters.replay_failures += 1
-                delay = min(REPLAY_MAX_BACKOFF_S, backoff_s(attempt) + 2 ** min(attempt, 6))
+                delay = min(REPLAY_MAX_BACKOFF_S, backoff_s(attempt) + exponential(attempt, 1, 64))
                 log.debug("replay attempt %d failed (%s); next in %.1fs", attempt, err, delay)
                 await sleep(delay)
                 continue

@@ -12,8 +12,8 @@ from typing import Any
 import can
 import pytest
 
-from core.errors import ConfigError
-from edge.actuators import ACTUATORS, Actuator, ActuatorError, create_actuator
+from core.errors import ActuatorError, ConfigError
+from edge.actuators import ACTUATORS, Actuator, create_actuator
 
 # A body controller's door command, as a manufacturer's DBC would declare it (test fixture).
 DOORS_DBC = """VERSION ""

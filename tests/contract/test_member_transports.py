@@ -17,8 +17,8 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from carpulse.stack import free_port
-from core.errors import ConfigError
-from crm.delivery import DeliveryError, SmtpTransport, verify_signature
+from core.errors import ConfigError, DeliveryError
+from crm.delivery import SmtpTransport, verify_signature
 from crm.schema import AuditRecord, CustomerIdentity
 from crm.transports import (
     MessageTransport,

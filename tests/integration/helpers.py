@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from carpulse.stack import Stack, free_port, stop_processes
+from carpulse.stack import Stack, stop_processes, wait_until
+from carpulse.stack import pipeline_env as stack_pipeline_env
 
 
 def pipeline_env(stack: Stack, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["CARPULSE_CONFIG"] = str(stack.config_file)
-    env["CARPULSE_STREAM__APP_ID"] = f"carpulse-stream-test-{uuid.uuid4().hex[:8]}"
-    env["CARPULSE_STREAM__CRM_APP_ID"] = f"carpulse-crm-test-{uuid.uuid4().hex[:8]}"
-    env["CARPULSE_STREAM__WEB_PORT"] = str(free_port())
-    env.update(extra)
-    return env
+    return stack_pipeline_env(stack.config_file, "test", **extra)
 
 
 @contextmanager
@@ -63,14 +55,8 @@ def influx_query(stack: Stack, q: str, db: str = "carpulse") -> list[dict[str, A
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    """``carpulse.stack.wait_until`` failing the test when the time runs out."""
+    return wait_until(predicate, timeout, what, interval, error=AssertionError)
 
 
 def topic_config(stack: Any, topic: str) -> dict[str, str]:

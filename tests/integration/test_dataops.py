@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from carpulse.backup import MANIFEST, BackupError, backup, restore
+from carpulse.backup import MANIFEST, backup, restore
 from carpulse.cli import app
 from carpulse.stack import Stack, free_stack_settings
 from core.config import CarpulseSettings, InfluxSettings
+from core.errors import BackupError
 from core.wire import Samples, TelemetryBatch
 from crm import store as st
 from crm.demo import seed_demo

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from carpulse.bench.obd import bench_obd
-from core.errors import SourceUnavailableError
+from core.errors import SourceUnavailableError, WriteRefusedError
 from core.wire import Samples
-from firmware_bridge.obd.base import ScopedAuthorization, WriteRefusedError, with_backoff
+from firmware_bridge.obd.base import ScopedAuthorization, with_backoff
 from firmware_bridge.obd.cli import scan
 from firmware_bridge.obd.client import ObdClient
 from firmware_bridge.obd.elm327 import Elm327

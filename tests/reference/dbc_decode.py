@@ -8,8 +8,8 @@ from typing import Any
 import cantools
 import cantools.database
 
+from core.frames import Frames
 from firmware_bridge.dbc import DecodeStats, private_path
-from firmware_bridge.frames import Frames
 
 Record = tuple[str, int, float]
 

@@ -17,6 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from carpulse.stack import Stack
+from carpulse.stack import wait_until as stack_wait_until
 from core.topics import parse_topic, subscription
 from core.wire import decode_event, decode_telemetry
 
@@ -114,14 +115,9 @@ class Collector:
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    """``carpulse.stack.wait_until`` polling fast (an agent's stats file changes quickly),
+    failing the test when the time runs out."""
+    return stack_wait_until(cond, timeout, what, interval, error=AssertionError)
 
 
 def read_stats(state_dir: Path) -> dict[str, Any]:

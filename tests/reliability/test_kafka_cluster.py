@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from carpulse.stack import Stack, free_stack_settings
+from carpulse.stack import Stack, free_stack_settings, throwaway_stack
 from core.config import KafkaSettings, load_settings
 from core.topics import KAFKA_TELEMETRY
 from tests.integration.helpers import topic_config
@@ -25,15 +25,10 @@ RECORDS = 3000
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(
-        free_stack_settings(tmp_path_factory.mktemp("cluster"), kafka_brokers=3, kafka_heap_mb=384)
-    )
-    try:
-        stack.up()
+    root = tmp_path_factory.mktemp("cluster")
+    with throwaway_stack(root, kafka_brokers=3, kafka_heap_mb=384) as stack:
         stack.settings = load_settings(stack.config_file)  # type: ignore[attr-defined]
         yield stack
-    finally:
-        stack.down()
 
 
 def _kafka(stack: Stack) -> KafkaSettings:

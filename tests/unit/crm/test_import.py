@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from carpulse.cli import app
+from core.errors import FieldError
 from crm import store as st
-from crm.fields import FieldError, check_phone, check_vin, vin_check_digit
+from crm.fields import check_phone, check_vin, vin_check_digit
 from crm.migrate import upgrade
 from crm.onboard import import_folder
 from crm.schema import Consent, Customer, CustomerIdentity, Ownership, PlateAssignment, Vehicle

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import CrmError
 from crm import loyalty
 from crm import store as st
 from crm.engine import RuleEngine
@@ -67,9 +68,9 @@ def test_close_service_earns_once_and_a_correction_earns_the_difference(dealer: 
         assert [g.detail["delta"] for g in grants if g.detail["source"] == fixed.source] == [
             128, 72]  # fmt: skip
     # the ledger is append-only
-    with pytest.raises(st.CrmError, match="append-only"), dealer.store.tx() as s:
+    with pytest.raises(CrmError, match="append-only"), dealer.store.tx() as s:
         ledger(s)[-1].delta = 10_000
-    with pytest.raises(st.CrmError, match="append-only"), dealer.store.tx() as s:
+    with pytest.raises(CrmError, match="append-only"), dealer.store.tx() as s:
         s.delete(ledger(s)[-1])
 
 
@@ -89,7 +90,7 @@ def test_close_service_earns_once_and_a_correction_earns_the_difference(dealer: 
     ],
 )
 def test_hostile_amounts_are_refused(dealer: Dealer, amount: object, why: str) -> None:
-    with pytest.raises(st.CrmError, match=why), dealer.store.tx() as s:
+    with pytest.raises(CrmError, match=why), dealer.store.tx() as s:
         loyalty.close_service(s, vin=VIN, amount=amount, advisor="adv", odometer_km=1000)
     with dealer.store.tx() as s:
         assert ledger(s, "service:") == [] and s.scalar(select(func.count(ServiceRecord.id))) == 0
@@ -105,7 +106,7 @@ def test_close_service_refuses_what_does_not_fit(dealer: Dealer) -> None:
         ({}, "needs a vin or a customer_id"),
     ]
     for kwargs, why in cases:
-        with pytest.raises(st.CrmError, match=why), dealer.store.tx() as s:
+        with pytest.raises(CrmError, match=why), dealer.store.tx() as s:
             loyalty.close_service(s, amount=100, advisor="adv", **kwargs)  # type: ignore[arg-type]
     with dealer.store.tx() as s:  # a walk-in without a known vehicle earns on the customer
         done = loyalty.close_service(s, customer_id=dealer.other, amount=350, advisor="adv")

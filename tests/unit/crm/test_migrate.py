@@ -113,7 +113,8 @@ def test_commands_refuse_an_old_schema_and_work_after_migrate(engine: Engine) ->
     from typer.testing import CliRunner
 
     from carpulse.cli import app
-    from crm.migrate import SchemaError, check_schema, current_revision, head_revision
+    from core.errors import SchemaError
+    from crm.migrate import check_schema, current_revision, head_revision
     from dashboards.app import DashboardConfig, create_app
 
     upgrade(engine, "0005")
@@ -134,7 +135,8 @@ def test_commands_refuse_an_old_schema_and_work_after_migrate(engine: Engine) ->
 
 
 def test_a_revision_from_a_newer_carpulse_is_refused(engine: Engine) -> None:
-    from crm.migrate import SchemaError, check_schema
+    from core.errors import SchemaError
+    from crm.migrate import check_schema
 
     upgrade(engine)
     with engine.begin() as conn:

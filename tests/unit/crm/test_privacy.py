@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import PrivacyError
 from crm import privacy as pv
 from crm import store as st
 from crm.schema import AuditRecord, Coupon, CustomerIdentity, utcnow
@@ -36,7 +37,7 @@ def test_location_kept_and_read_only_with_consent_and_every_read_audited(dealer:
         (VIN, "curiosity", "T-101", "unknown purpose 'curiosity'"),
         (VIN2, "crash-response", "T-102", "has not consented"),
     ]:
-        with pytest.raises(pv.PrivacyError, match=why), dealer.store.tx() as s:
+        with pytest.raises(PrivacyError, match=why), dealer.store.tx() as s:
             pv.read_location(s, "agent-7", vin, purpose, ticket)
     granted = audits(dealer, "location.read")
     assert [(a.actor, a.subject, a.purpose, a.detail["ticket"]) for a in granted] == [
@@ -103,7 +104,7 @@ def test_erasure_anonymises_and_keeps_the_audit_log(dealer: Dealer) -> None:
                             customer_id=dealer.member, subject="hi 王先生", body="..."))  # fmt: skip
     with dealer.store.tx() as s:
         before = s.scalar(select(func.count(AuditRecord.id))) or 0
-    with pytest.raises(pv.PrivacyError, match="needs a ticket"), dealer.store.tx() as s:
+    with pytest.raises(PrivacyError, match="needs a ticket"), dealer.store.tx() as s:
         pv.erase_customer(s, dealer.member, "dpo", "")
     with dealer.store.tx() as s:
         counts = pv.erase_customer(s, dealer.member, "dpo", "GDPR-42")

@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import CrmError, DuplicateAction, InboxScopeError, PrivacyError
 from crm import delivery as dl
 from crm import privacy as pv
 from crm import store as st
@@ -41,7 +42,7 @@ def test_live_fix_goes_through_the_same_checks_and_is_kept_with_consent(dealer: 
         fix = pv.read_location(s, "agent-7", VIN, "roadside-assistance", "T-2", live=older)
     assert fix is not None and fix.lat == 31.5
     # no consent: the live fix is refused like a stored one, and the refusal is audited
-    with pytest.raises(pv.PrivacyError, match="not consented"), dealer.store.tx() as s:
+    with pytest.raises(PrivacyError, match="not consented"), dealer.store.tx() as s:
         pv.read_location(s, "agent-7", VIN2, "customer-request", "T-3",
                          live=pv.Fix(VIN2, now, 1.0, 2.0, "vehicle-state"))  # fmt: skip
     assert fixes(dealer, VIN2) == 0
@@ -68,7 +69,7 @@ def test_a_new_owner_never_sees_a_live_fix_from_before_the_sale(dealer: Dealer) 
 def test_crash_response_without_consent_needs_a_crash_on_record(dealer: Dealer) -> None:
     now = utcnow()
     live = pv.Fix(VIN2, now, 31.2, 121.2, "vehicle-state")
-    with pytest.raises(pv.PrivacyError, match="no crash"), dealer.store.tx() as s:
+    with pytest.raises(PrivacyError, match="no crash"), dealer.store.tx() as s:
         pv.read_location(s, "agent-7", VIN2, "crash-response", "T-1", live=live)
     with dealer.store.tx() as s:  # the crash rule's call-centre card
         dl.file_card(s, role="call_centre", kind="crash", key="crash-call-centre|x|1", vin=VIN2,
@@ -79,7 +80,7 @@ def test_crash_response_without_consent_needs_a_crash_on_record(dealer: Dealer) 
     assert fixes(dealer, VIN2) == 0  # shown for the emergency, not kept without consent
     rec = audits(dealer, "location.read")[-1]
     assert rec.detail["emergency"] is True and rec.detail["consent"] is False
-    with pytest.raises(pv.PrivacyError), dealer.store.tx() as s:  # other purposes still refused
+    with pytest.raises(PrivacyError), dealer.store.tx() as s:  # other purposes still refused
         pv.read_location(s, "agent-7", VIN2, "customer-request", "T-2", live=live)
 
 
@@ -103,15 +104,15 @@ def test_dealer_inbox_scope_and_audited_actions(dealer: Dealer) -> None:
         dl.file_card(s, role="advisor", kind="maintenance", key="k|a", vin=VIN, title="A2")
     with dealer.store.tx() as s:
         for wrong in (ids[1], ids[2], 10**9):
-            with pytest.raises(dl.InboxScopeError):
+            with pytest.raises(InboxScopeError):
                 dl.acknowledge(s, wrong, "adv", dealer_id)
         dl.acknowledge(s, ids[0], "adv", dealer_id)
         dl.coupon(s, ids[0], "maintenance", "adv", dealer_id)
-        with pytest.raises(dl.DuplicateAction):
+        with pytest.raises(DuplicateAction):
             dl.coupon(s, ids[0], "maintenance", "adv", dealer_id)
         dl.book(s, ids[0], utcnow() + dt.timedelta(days=2), "adv", dealer_id)
         dl.coupon(s, ids[3], "maintenance", "adv", dealer_id)  # a customer-only arrival card
-        with pytest.raises(st.CrmError, match="no vehicle"):
+        with pytest.raises(CrmError, match="no vehicle"):
             dl.book(s, ids[3], utcnow(), "adv", dealer_id)
     with dealer.store.tx() as s:
         item = s.get(InboxItem, ids[0])

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select, text
 
+from core.errors import CouponStateError, CrmError
 from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
@@ -59,7 +60,7 @@ def test_identities_merge_into_the_oldest_customer(crm: st.CrmStore) -> None:
 
 
 def test_bad_identity_kind_is_refused(crm: st.CrmStore) -> None:
-    with pytest.raises(st.CrmError, match="unknown identity kind 'email'"), crm.tx() as s:
+    with pytest.raises(CrmError, match="unknown identity kind 'email'"), crm.tx() as s:
         st.find_or_create_customer(s, {"email": "x@y"})
 
 
@@ -75,7 +76,7 @@ def test_new_owner_never_sees_previous_owner_history(crm: st.CrmStore) -> None:
         assert st.owner_at(s, vin, T0 + dt.timedelta(days=150)) == second
         assert st.visible_windows(s, vin, second) == [(T0 + dt.timedelta(days=100), None)]
         assert st.visible_windows(s, vin, first) == [(T0, T0 + dt.timedelta(days=100))]
-    with pytest.raises(st.CrmError, match="is not after the current one"), crm.tx() as s:
+    with pytest.raises(CrmError, match="is not after the current one"), crm.tx() as s:
         st.transfer_ownership(s, vin, first, T0 + dt.timedelta(days=10))
 
 
@@ -108,23 +109,23 @@ def test_coupon_lifecycle_and_share_chain(crm: st.CrmStore) -> None:
         b = st.find_or_create_customer(s, {"phone": "11"})
         cp = st.issue_coupon(s, "tyre", a, T0 + dt.timedelta(days=30))
         st.share_coupon(s, cp.id, a, b, now=T0)
-    with pytest.raises(st.CouponStateError, match="held by"), crm.tx() as s:
-        loyalty.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=1))
+    with pytest.raises(CouponStateError, match="held by"), crm.tx() as s:
+        st.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=1))
     with crm.tx() as s:
         loyalty.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=1))
         chain = [(x.from_id, x.to_id) for x in s.scalars(select(CouponShare))]
         assert chain == [(a, b)]
         assert s.get(Coupon, cp.id).redeemed_by == b  # type: ignore[union-attr]
-    with pytest.raises(st.CouponStateError, match="it is redeemed"), crm.tx() as s:
-        loyalty.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=2))
+    with pytest.raises(CouponStateError, match="it is redeemed"), crm.tx() as s:
+        st.redeem_coupon(s, cp.id, b, now=T0 + dt.timedelta(days=2))
 
 
 def test_redeeming_an_expired_coupon_is_a_clear_error(crm: st.CrmStore) -> None:
     with crm.tx() as s:
         a = st.find_or_create_customer(s, {"phone": "20"})
         cp = st.issue_coupon(s, "tyre", a, T0 + dt.timedelta(days=30))
-    with pytest.raises(st.CouponStateError, match="expired on 2026-01-31"), crm.tx() as s:
-        loyalty.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=31))
+    with pytest.raises(CouponStateError, match="expired on 2026-01-31"), crm.tx() as s:
+        st.redeem_coupon(s, cp.id, a, now=T0 + dt.timedelta(days=31))
     with crm.tx() as s:
         assert st.expire_coupons(s, now=T0 + dt.timedelta(days=31)) == 1
 
@@ -139,7 +140,7 @@ def test_effects_happen_once(crm: st.CrmStore) -> None:
 def test_audit_log_is_append_only_even_in_sql(crm: st.CrmStore) -> None:
     with crm.tx() as s:
         rec = st.audit(s, "agent-7", "location.read", "VIN1", "crash-alert", ticket="T-1")
-    with pytest.raises(st.CrmError, match="append-only"), crm.tx() as s:
+    with pytest.raises(CrmError, match="append-only"), crm.tx() as s:
         row = s.get(AuditRecord, rec.id)
         assert row is not None
         row.actor = "someone-else"
@@ -181,7 +182,7 @@ def test_concurrent_redemptions_exactly_one_succeeds_on_postgresql(postgres_url:
                 with crm.tx() as s:
                     loyalty.redeem_coupon(s, coupon_id, c)
                 outcomes.append("ok")
-            except st.CouponStateError:
+            except CouponStateError:
                 outcomes.append("refused")
 
         threads = [threading.Thread(target=redeem) for _ in range(8)]

@@ -49,7 +49,7 @@ def test_readyz_is_503_when_the_database_does_not_answer(app_store: tuple[Any, C
 def test_a_database_behind_the_schema_is_refused_at_start_and_not_ready_later(
     tmp_path: Any,
 ) -> None:
-    from crm.migrate import SchemaError
+    from core.errors import SchemaError
 
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     CrmStore.from_url(url).engine.dispose()

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from core.backoff import Backoff
 from core.errors import ConfigError
 from edge.agent import EdgeAgent, load_agent_config
-from edge.publisher import Backoff
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -58,7 +58,7 @@ def test_bad_agent_tables(tmp_path: Path, body: str, why: str) -> None:
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
-    b = Backoff(base_s=0.5, cap_s=8.0, seed=1)
+    b = Backoff(base_s=0.5, cap_s=8.0, jitter="equal", seed=1)  # as the MQTT publisher
     delays = [b.next() for _ in range(8)]
     for i, d in enumerate(delays):
         full = min(8.0, 0.5 * 2**i)

@@ -149,7 +149,7 @@ def test_the_digest_follows_the_sources_and_the_modules_they_import(
 ) -> None:
     names = {p.name for p in source_files(["firmware_bridge.decode_kernel"])}
     assert {"decode_kernel.py", "dbc_plan.py", "jit.py"} <= names  # dbc_plan's constants
-    assert "config.py" in {p.name for p in source_files(["edge.crash"])}  # models.config flags
+    assert "kernel_flags.py" in {p.name for p in source_files(["edge.crash"])}  # core flags
     mod = tmp_path / "aot_tmp_kernel.py"
     mod.write_text("from core.jit import njit\nK = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))

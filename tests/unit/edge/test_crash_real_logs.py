@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from core.datasets import CAR_DBC, car_logs
+from core.frames import Frames
 from core.wire import Samples
 from edge.crash import CrashDetector
 from firmware_bridge.dbc import CantoolsDecoder, load_dbc
-from firmware_bridge.frames import Frames, read_candump
+from firmware_bridge.frames import read_candump
 from tests.conftest import require_data
 
 pytestmark = pytest.mark.slow

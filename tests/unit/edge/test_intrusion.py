@@ -18,11 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from carpulse.evals.can_ids import batched_share
-from core.errors import ConfigError
+from core.errors import ConfigError, ProfileError
+from core.frames import Frames
 from edge.intrusion import IntrusionSection, IntrusionWatch, attach_intrusion
-from firmware_bridge.frames import Frames, read_candump
+from firmware_bridge.frames import read_candump
 from models.ids.attacks import inject, write_candump
-from models.ids.profile import LoadedProfile, ProfileError, learn, parse_profile, read_profile
+from models.ids.profile import LoadedProfile, learn, parse_profile, read_profile
 from tests.conftest import require_data
 
 HELD_OUT = ("normalsportcomfortengineon.log", "keyonagain.log", "tracoff.log")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from core.commands import Ack, decode_ack
-from core.errors import ConfigError
+from core.errors import ConfigError, HeadUnitError
 from core.signing import generate_keypair, load_private_key, sign_command
 from core.topics import command_topic
-from edge.headunit import HeadUnitClient, HeadUnitConfig, HeadUnitError, HeadUnitSimulator
+from edge.headunit import HeadUnitClient, HeadUnitConfig, HeadUnitSimulator
 from edge.wiring import attach_commands
 
 DEV = "act-car-1"

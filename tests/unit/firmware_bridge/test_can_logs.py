@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from core.errors import SourceUnavailableError
+from core.frames import Frames
 from firmware_bridge.can_logs import concat_frames, read_log, replay_log, write_log
-from firmware_bridge.frames import Frames, parse_candump_lines, read_candump
+from firmware_bridge.frames import parse_candump_lines, read_candump
 from tests.conftest import require_data
 
 SAMPLE = [

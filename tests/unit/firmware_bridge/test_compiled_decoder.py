@@ -14,9 +14,9 @@ from cantools.database.conversion import BaseConversion
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.frames import Frames
 from firmware_bridge.compiled import CompiledDecoder
 from firmware_bridge.dbc import CantoolsDecoder
-from firmware_bridge.frames import Frames
 from tests.reference.dbc_decode import reference_decode, same_record
 
 pytestmark = pytest.mark.kernel

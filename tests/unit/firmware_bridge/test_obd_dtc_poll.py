@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.errors import DtcReadError
 from firmware_bridge.obd.base import ObdTransport
 from firmware_bridge.obd.client import ObdClient
-from firmware_bridge.obd.dtc_poll import MAX_CODES, DtcReadError, poll_dtcs
+from firmware_bridge.obd.dtc_poll import MAX_CODES, poll_dtcs
 from firmware_bridge.obd.responses import ElmResponse, parse_response
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import can
 import pytest
 
-from firmware_bridge.obd.base import WriteRefusedError
+from core.errors import WriteRefusedError
 from firmware_bridge.obd.client import ObdClient
 from firmware_bridge.obd.isotp_can import EcuSimulator, IsoTpObd
 

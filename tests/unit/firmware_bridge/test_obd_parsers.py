@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import CarpulseError
+from core.dtc import describe
+from core.errors import CarpulseError, WriteRefusedError
 from firmware_bridge.obd.base import (
     ObdTransport,
     ScopedAuthorization,
     WriteAuthorization,
-    WriteRefusedError,
     with_backoff,
 )
-from firmware_bridge.obd.dtc import code_from_bytes, decode_dtcs, describe
+from firmware_bridge.obd.dtc import code_from_bytes, decode_dtcs
 from firmware_bridge.obd.pids import (
     EXTENSION_PREFIX,
     PIDS,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.errors import DtcReadError
 from edge.sources.obd import ObdSource
-from firmware_bridge.obd.dtc_poll import DtcReadError
 from firmware_bridge.obd.isotp_can import EcuSimulator, IsoTpObd
 from firmware_bridge.obd.uds import parse_by_status_mask, poll_uds_dtcs
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge.frames import Frames
+from core.frames import Frames
 from models.ids import detector as det_mod
 from models.ids.attacks import inject, merge, periodic_ids
 from models.ids.detector import (

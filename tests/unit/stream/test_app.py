@@ -133,3 +133,33 @@ def test_the_worker_makes_the_data_dir_faust_only_makes_the_last_level(tmp_path:
     settings.stream.data_dir = tmp_path / "file" / "faust"
     with pytest.raises(ConfigError, match=r"stream\.data_dir"):
         settings.stream.faust_datadir("x", create=True)
+
+
+def test_both_faust_apps_share_the_kafka_settings_and_the_fetch_wait(tmp_path: Path) -> None:
+    # one builder (stream.kafka_options.make_faust_app): the CRM worker's consumer waits as
+    # briefly as the stream worker's, not Faust's hard-coded 1.5 s
+    from sqlalchemy import create_engine
+
+    from crm.agents import build_crm_app
+    from crm.engine import RuleEngine
+    from crm.rules import shipped_rules
+    from crm.store import CrmStore
+    from stream.kafka_options import faust_app_settings
+
+    settings = CarpulseSettings()
+    settings.stream.data_dir = tmp_path
+    settings.stream.session_timeout_s = 12.0
+    stream_app = build_app(settings)
+    store = CrmStore(create_engine("sqlite://"))
+    crm_app = build_crm_app(
+        "crm-z", settings.kafka, store, RuleEngine(shipped_rules()),
+        session_timeout_s=12.0, datadir=tmp_path / "crm-z-data", fetch_max_wait_ms=77,
+    )  # fmt: skip
+    store.engine.dispose()
+    shared = faust_app_settings(settings.kafka, "crm", session_timeout_s=12.0)
+    for key in shared.keys() - {"broker", "broker_credentials"}:
+        assert getattr(stream_app.conf, key) == getattr(crm_app.conf, key), key
+    assert crm_app.conf.broker_max_poll_records == 1000
+    assert crm_app.conf.broker_session_timeout == 12.0
+    assert isinstance(crm_app.transport, Transport) and crm_app.transport.fetch_max_wait_ms == 77
+    assert stream_app.transport.fetch_max_wait_ms == settings.stream.fetch_max_wait_ms == 100

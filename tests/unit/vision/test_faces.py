@@ -9,8 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from core.errors import ConsentError
 from edge.gate import FaceMatcher, GateConfig, GateLoop
-from models.faces.gallery import ConsentError, FaceGallery
+from models.faces.gallery import FaceGallery
 from models.faces.onnx_models import FaceDetector, FaceEmbedder
 
 

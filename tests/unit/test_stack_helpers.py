@@ -1,0 +1,48 @@
+"""carpulse.stack's helpers for throwaway stacks: waiting for a condition, the pipeline's env."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from carpulse.stack import pipeline_env, wait_until
+from core.errors import StackError
+
+
+def test_wait_until_returns_the_first_true_answer() -> None:
+    answers = iter([0, None, "", [3]])
+    assert wait_until(lambda: next(answers), 5, "a list", interval=0.001) == [3]
+
+
+def test_wait_until_says_what_it_waited_for_and_the_last_answer() -> None:
+    with pytest.raises(StackError, match=r"waiting for the broker \(last: 0\)"):
+        wait_until(lambda: 0, 0.05, "the broker", interval=0.01)
+    with pytest.raises(AssertionError, match="the worker"):
+        wait_until(lambda: False, 0.05, "the worker", interval=0.01, error=AssertionError)
+
+
+def test_wait_until_counts_only_the_errors_it_is_told_to_ignore() -> None:
+    calls = itertools.count()
+
+    def starting() -> int:
+        if next(calls) < 3:
+            raise ConnectionRefusedError("not yet")
+        return 7
+
+    assert wait_until(starting, 5, "a service", interval=0.001, ignore=(OSError,)) == 7
+    with pytest.raises(ZeroDivisionError):
+        wait_until(lambda: 1 // 0, 5, "never", interval=0.001, ignore=(OSError,))
+
+
+def test_pipeline_env_gives_each_run_its_own_app_ids_and_port(tmp_path: Path) -> None:
+    cfg = tmp_path / "carpulse.toml"
+    a = pipeline_env(cfg, "test", CARPULSE_X="1")
+    b = pipeline_env(cfg, "test")
+    assert a["CARPULSE_CONFIG"] == str(cfg) and a["CARPULSE_X"] == "1"
+    assert a["CARPULSE_STREAM__APP_ID"].startswith("carpulse-stream-test-")
+    assert a["CARPULSE_STREAM__CRM_APP_ID"].startswith("carpulse-crm-test-")
+    assert a["CARPULSE_STREAM__APP_ID"] != b["CARPULSE_STREAM__APP_ID"]
+    assert 0 < int(a["CARPULSE_STREAM__WEB_PORT"]) < 65536
+    assert pipeline_env(cfg, "t", CARPULSE_STREAM__WEB_PORT="9")["CARPULSE_STREAM__WEB_PORT"] == "9"
