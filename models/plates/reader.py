@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 
 from models.plates.decode import PlateDecoder
-from models.plates.locate import colour_candidates
+from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
+from models.plates.quad import refine, stroke_count, warp_quad
 from models.plates.syntax import normalise
 
 # A two-row plate (motorcycles, lorries) is about 2:1; a one-row plate about 3.1:1.
@@ -60,11 +61,15 @@ class PlateReader:
         min_confidence: float = 0.5,
         model_dir: Path | None = None,
         detector_sides: tuple[int, ...] = (320, 640),
+        deskew: bool = True,
+        min_strokes: float = 4.0,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         self.decoder = PlateDecoder(self.ocr.alphabet)
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
+        self.deskew = deskew
+        self.min_strokes = min_strokes
 
     def _read_crops(
         self,
@@ -74,8 +79,12 @@ class PlateReader:
     ) -> list[PlateRead]:
         crops, owners = [], []
         for i, rect in enumerate(rects):
-            crop = crop_rect(image, rect)
+            # Deskewed crop first (roll and perspective tilt undone from the plate's corners).
+            quad = refine(image, rect) if self.deskew else None
+            crop = warp_quad(image, quad) if quad is not None else crop_rect(image, rect)
             if crop.shape[0] < 6 or crop.shape[1] < 12:
+                continue
+            if stroke_count(crop) < self.min_strokes:  # not text: skip the recogniser
                 continue
             crops.append(crop)
             owners.append(i)
@@ -108,6 +117,11 @@ class PlateReader:
             found = self._read_crops(image, [cand.rect], "colour")
             if found:
                 break
+        if not found:  # white and black plates (police, consulate...) have no colour region
+            for cand in edge_candidates(image):
+                found = self._read_crops(image, [cand.rect], "edge")
+                if found:
+                    break
         for side in self.detector_sides:
             if found:
                 break
