@@ -15,6 +15,7 @@ Rect = tuple[tuple[float, float], tuple[float, float], float]
 
 PLATE_ASPECT = 440 / 140  # a single-row plate
 OUT_H = 48  # the recogniser's input height
+MARGIN = 0.04
 
 
 def order_corners(pts: np.ndarray) -> np.ndarray:
@@ -28,11 +29,27 @@ def order_corners(pts: np.ndarray) -> np.ndarray:
     return np.roll(pts, -start, axis=0)
 
 
-def warp_quad(image: np.ndarray, quad: np.ndarray, out_h: int = OUT_H) -> np.ndarray:
-    """The quadrilateral ``quad`` (TL, TR, BR, BL) warped to an upright crop ``out_h`` high."""
+def grow_quad(q: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``q`` (TL, TR, BR, BL) grown by ``dx`` of its width on the left and right, ``dy`` of its height."""
+    across, down = (q[1] - q[0] + q[2] - q[3]) / 2, (q[3] - q[0] + q[2] - q[1]) / 2
+    sx = np.array([-1, 1, 1, -1], np.float32)[:, None]
+    sy = np.array([-1, -1, 1, 1], np.float32)[:, None]
+    return (q + sx * dx * across + sy * dy * down).astype(np.float32)
+
+
+def warp_quad(
+    image: np.ndarray, quad: np.ndarray, out_h: int = OUT_H, margin: float = MARGIN
+) -> np.ndarray:
+    """The quadrilateral ``quad`` (TL, TR, BR, BL) warped to an upright crop ``out_h`` high.
+
+    ``margin`` (of the width, each side) of the surroundings is kept: the recogniser was trained
+    on text lines with some room around them and misses a first character that touches the edge.
+    """
     q = order_corners(quad)
-    top, bottom = np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3])
-    left, right = np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1])
+    if margin > 0:
+        q = grow_quad(q, margin, margin)
+    top, bottom = float(np.linalg.norm(q[1] - q[0])), float(np.linalg.norm(q[2] - q[3]))
+    left, right = float(np.linalg.norm(q[3] - q[0])), float(np.linalg.norm(q[2] - q[1]))
     aspect = (top + bottom) / max(1e-6, left + right)
     # Perspective shortens one side: undo it, but keep two-row plates (about 2:1) two-row.
     aspect = float(np.clip(aspect, 1.5, 5.0))
@@ -105,8 +122,8 @@ def refine(image: np.ndarray, rect: Rect, pad: float = 0.25) -> np.ndarray | Non
         return None
     quad = _fit_quad(cnt) / scale + np.array([x0, y0], np.float32)
     q = order_corners(quad)
-    width = 0.5 * (np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
-    height = 0.5 * (np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    width = 0.5 * float(np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
+    height = 0.5 * float(np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
     if height < 6 or not 1.4 <= width / max(height, 1e-6) <= 6.5:
         return None
     return q

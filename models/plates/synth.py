@@ -31,6 +31,7 @@ SC_INDEX = 2  # Noto Sans CJK SC inside the .ttc collection
 GLYPH_H = 96  # glyphs are rendered once at this height, then squeezed into plate cells
 PLATE_H = 140  # a single-row plate is 440 x 140 mm: rendered at 1 px per mm
 SCENE = (640, 480)
+EMPTY_SHARE = 0.05  # photos without a plate (a car body and clutter only)
 
 # Plate colours (RGB): background, text, and the red used for 警, 使, 应急, WJ.
 BG = {
@@ -146,8 +147,15 @@ def render_plate(text: str, kind: str, rng: np.random.Generator | None = None) -
         a = glyph[:, : region.shape[1], None]
         region[:] = region * (1 - a) + col * a
         x += cell_w + 6
-    if rng is not None:  # dirt and wear
+    if rng is not None:  # dirt and wear: grain and a few smudges
         plate += rng.normal(0, 4, plate.shape).astype(np.float32)
+        for _ in range(int(rng.integers(0, 4))):
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, PLATE_H)))
+            axes = (int(rng.integers(8, 40)), int(rng.integers(5, 20)))
+            smudge = plate.copy()
+            cv2.ellipse(smudge, centre, axes, float(rng.uniform(0, 180)), 0, 360, (90, 80, 60), -1)
+            alpha = float(rng.uniform(0.15, 0.45))
+            plate = plate * (1 - alpha) + smudge * alpha
     return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
@@ -164,8 +172,8 @@ def _background(rng: np.random.Generator) -> np.ndarray:
         p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         cv2.line(img, p0, p1, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 6)))
-    img = cv2.GaussianBlur(img, (0, 0), 1.0)
-    return img.astype(np.uint8)
+    blurred: np.ndarray = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return blurred.astype(np.uint8)
 
 
 def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> Sample:
@@ -176,9 +184,11 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
     text = random_text(kind, rng)
     plate = render_plate(text, kind, rng)
     scene = _background(rng)
+    if kinds is None and rng.random() < EMPTY_SHARE:  # an empty lot: false positives count
+        kind, text, plate = "none", "", np.zeros((2, 2, 3), np.uint8)
     w, h = SCENE
     # A car body the plate hangs on (paint of any colour, blue cars included).
-    pw = float(rng.uniform(110, 300))  # plate width in the photo
+    pw = float(rng.uniform(90, 300))  # plate width in the photo
     ph = pw * plate.shape[0] / plate.shape[1]
     cx, cy = rng.uniform(pw * 0.7, w - pw * 0.7), rng.uniform(h * 0.35, h - ph * 1.5)
     body = rng.uniform(0, 255, 3).tolist()
@@ -189,8 +199,9 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
         body,
         -1,
     )
-    angle = float(rng.uniform(-15, 15))  # roll
-    tilt = float(rng.uniform(0, 0.25))  # perspective: one side nearer than the other
+    angle = float(rng.uniform(-25, 25))  # roll
+    tilt = float(rng.uniform(0, 0.45))  # yaw: one side nearer than the other
+    pitch = float(rng.uniform(0, 0.2))  # camera above the plate: the bottom edge nearer
     side = 1 if rng.random() < 0.5 else -1
     src = np.array(
         [[0, 0], [plate.shape[1], 0], [plate.shape[1], plate.shape[0]], [0, plate.shape[0]]],
@@ -202,6 +213,8 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
     shrink = np.array([1 - tilt if (c[0] > 0) == (side > 0) else 1.0 for c in corners], np.float32)
     corners[:, 1] *= shrink
     corners[:, 0] *= 1 - tilt / 2
+    corners[:2, 0] *= 1 - pitch  # top edge shorter
+    corners[:, 1] *= 1 - pitch / 2
     corners += rng.normal(0, 0.03 * ph, corners.shape).astype(np.float32)  # a little shear
     rad = np.deg2rad(angle)
     rot = np.array([[np.cos(rad), -np.sin(rad)], [np.sin(rad), np.cos(rad)]], np.float32)
@@ -209,6 +222,8 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
     m = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
     warped = cv2.warpPerspective(plate, m, SCENE, flags=cv2.INTER_AREA)
     cover = cv2.warpPerspective(np.full(plate.shape[:2], 255, np.uint8), m, SCENE)
+    if not text:
+        cover[:] = 0
     a = (cover.astype(np.float32) / 255.0)[:, :, None]
     img = scene.astype(np.float32) * (1 - a) + warped.astype(np.float32) * a
     night = bool(rng.random() < 0.25)
@@ -218,23 +233,34 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         r = rng.uniform(30, 90)
         img += 230 * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * r * r))[:, :, None]
-    blur = float(rng.uniform(0, 1.6)) if rng.random() < 0.6 else 0.0
+    haze = float(rng.uniform(0, 0.4)) if rng.random() < 0.3 else 0.0
+    img = img * (1 - haze) + 128 * haze  # fog, a dirty lens: low contrast
+    blur = float(rng.uniform(0, 1.8)) if rng.random() < 0.6 else 0.0
     if blur > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), blur)
+    motion = int(rng.integers(3, 10)) if rng.random() < 0.2 else 0
+    if motion:  # the car still moving at the barrier
+        img = cv2.filter2D(img, -1, np.full((1, motion), 1.0 / motion, np.float32))
     noise = float(rng.uniform(0, 10))
     img += rng.normal(0, noise, img.shape).astype(np.float32)
     scale = float(rng.uniform(0.7, 1.6))  # the camera's resolution
-    out = np.clip(img, 0, 255).astype(np.uint8)
-    out = cv2.resize(out, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    clipped = np.clip(img, 0, 255).astype(np.uint8)
+    out: np.ndarray = cv2.resize(
+        clipped, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+    )
     conditions = {
         "angle": round(angle, 2),
         "tilt": round(tilt, 3),
         "plate_width_px": round(pw * scale, 1),
+        "pitch": round(pitch, 3),
         "blur": round(blur, 2),
+        "motion_px": float(motion),
+        "haze": round(haze, 3),
         "noise": round(noise, 2),
         "night": float(night),
         "scale": round(scale, 3),
     }
+    conditions["jpeg_quality"] = float(rng.integers(55, 96))
     return Sample(out, text, kind, conditions)
 
 
@@ -248,10 +274,12 @@ def write_set(out: Path, n: int, seed: int) -> dict[str, Any]:
     for i in range(n):
         s = make_sample(seed, i)
         name = f"synth_s{seed}_{i:05d}.jpg"
-        if not cv2.imwrite(str(out / name), s.image, [cv2.IMWRITE_JPEG_QUALITY, 90]):
+        quality = int(s.conditions["jpeg_quality"])
+        if not cv2.imwrite(str(out / name), s.image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
             raise ConfigError(f"cannot write {out / name}")
+        plates = [{"text": s.text, "confidence": "high", "kind": s.kind}] if s.text else []
         labels[name] = {
-            "plates": [{"text": s.text, "confidence": "high", "kind": s.kind}],
+            "plates": plates,
             "conditions": s.conditions,
         }
         kinds[s.kind] = kinds.get(s.kind, 0) + 1
