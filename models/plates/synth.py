@@ -185,7 +185,7 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
     plate = render_plate(text, kind, rng)
     scene = _background(rng)
     if kinds is None and rng.random() < EMPTY_SHARE:  # an empty lot: false positives count
-        kind, text, plate = "none", "", np.zeros((2, 2, 3), np.uint8)
+        kind, text = "none", ""
     w, h = SCENE
     # A car body the plate hangs on (paint of any colour, blue cars included).
     pw = float(rng.uniform(90, 300))  # plate width in the photo
