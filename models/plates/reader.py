@@ -81,11 +81,39 @@ class PlateReader:
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
     ) -> list[PlateRead]:
-        crops, owners = [], []
-        for i, rect in enumerate(rects):
+        deskewed: list[np.ndarray | None] = []
+        for rect in rects:
             # Deskewed crop first (roll and perspective tilt undone from the plate's corners).
             quad = refine(image, rect) if self.deskew else None
-            crop = warp_quad(image, quad) if quad is not None else crop_rect(image, rect)
+            deskewed.append(warp_quad(image, quad) if quad is not None else None)
+        best = self._recognise(
+            [
+                (i, c if c is not None else crop_rect(image, r))
+                for i, (r, c) in enumerate(zip(rects, deskewed, strict=True))
+            ],
+            rects,
+            stage,
+        )
+        # A corner fit can go wrong (a lamp or a bumper of the plate's colour): where the deskewed
+        # crop gave no reading, the plain rotated rectangle gets its turn.
+        retry = [
+            (i, crop_rect(image, rects[i]))
+            for i, c in enumerate(deskewed)
+            if c is not None and i not in best
+        ]
+        if retry:
+            best.update(self._recognise(retry, rects, stage))
+        return [r for r, _ in best.values()]
+
+    def _recognise(
+        self,
+        items: list[tuple[int, np.ndarray]],
+        rects: list[tuple[tuple[float, float], tuple[float, float], float]],
+        stage: str,
+    ) -> dict[int, tuple[PlateRead, float]]:
+        """The best valid, confident reading per owner of ``(owner, crop)`` items (one batch)."""
+        crops, owners = [], []
+        for i, crop in items:
             if crop.shape[0] < 6 or crop.shape[1] < 12:
                 continue
             if stroke_count(crop) < self.min_strokes:  # not text: skip the recogniser
@@ -112,7 +140,7 @@ class PlateReader:
                 PlateRead(dec.text, conf, rects[owner], raw, stage, sha),
                 dec.score,
             )
-        return [r for r, _ in best.values()]
+        return best
 
     def read(self, image: np.ndarray) -> list[PlateRead]:
         """Valid plate readings in a BGR image, most confident first (an empty list if none)."""
