@@ -21,7 +21,9 @@ def _frames(text: str, rng: np.random.Generator) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("text", ["WJ京1234消", "WJ0112345", "使014578", "粤Z1234港", "京A1234应急"])
+@pytest.mark.parametrize(
+    "text", ["WJ京1234消", "WJ0112345", "使014578", "粤Z1234港", "京A1234应急"]
+)
 def test_constrained_decoding_reads_the_new_kinds(text: str) -> None:
     d = PlateDecoder(ALPHABET)
     got = d.constrained(_frames(text, np.random.default_rng(3)))
