@@ -551,6 +551,16 @@ def evaluate(
     _run_plugin("EVALUATIONS", "evaluation", name, ctx, as_json)
 
 
+@app.command("plates", context_settings=_FORWARD)
+def plates(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="plate tool, e.g. 'synth' (NAME --help for options)")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+) -> None:
+    """Licence-plate tools: synthetic test photos of every plate kind."""
+    _run_plugin("TOOLS_PLATES", "plate command", name, ctx, as_json)
+
+
 @app.command("obd", context_settings=_FORWARD)
 def obd(
     ctx: typer.Context,

@@ -39,6 +39,10 @@ TOOLS_OBD: dict[str, str] = {
     "scan": "firmware_bridge.obd.cli:scan",
 }
 
+TOOLS_PLATES: dict[str, str] = {
+    "synth": "models.plates.synth:main",
+}
+
 
 def load(registry: dict[str, str], kind: str, name: str) -> Callable[[list[str]], dict[str, Any]]:
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import numpy as np
 
 from core.datasets import shared_data_dir
 from core.errors import ConfigError
+from models.plates.syntax import kind_of, normalise
 from models.plates.vote import _distance
 
 COUNTED = ("high", "medium")  # low-confidence labels may be wrong: not in exact accuracy
@@ -62,6 +64,68 @@ def _latency(reader: Any, images: dict[str, np.ndarray], repeats: int) -> dict[s
     }
 
 
+class OffTheShelf:
+    """RapidOCR 1.4.4 as shipped (whole image, its own detector, classifier and recogniser), one thread.
+
+    It reads a plate if one of its text lines, or two neighbouring lines joined (it may split a
+    plate at the separator dot), normalises to the label.
+    """
+
+    def __init__(self) -> None:
+        from rapidocr_onnxruntime import RapidOCR
+
+        self.ocr = RapidOCR(intra_op_num_threads=1, inter_op_num_threads=1)
+
+    def read(self, image: np.ndarray) -> list[str]:
+        result, _ = self.ocr(image)
+        lines = [normalise(str(r[1])) for r in result or []]
+        return lines + [a + b for a, b in itertools.pairwise(lines)]
+
+
+def _score(
+    read: Any, images: dict[str, np.ndarray], labels: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Exact and per-character accuracy of ``read(image) -> texts`` over the labelled images."""
+    counted = exact = false_pos = chars_ok = chars_total = 0
+    wrong: list[dict[str, Any]] = []
+    low: list[dict[str, Any]] = []
+    per_kind: dict[str, list[int]] = {}
+    for name, img in images.items():
+        got = read(img)
+        want = labels[name]
+        if not want:
+            false_pos += len(got)
+            if got:
+                wrong.append({"image": name, "want": [], "got": got})
+            continue
+        for plate in want:
+            text = plate["text"]
+            if plate.get("confidence") not in COUNTED:
+                low.append({"image": name, "label": text, "got": got})
+                continue
+            counted += 1
+            best = min(got, key=lambda g: _distance(g, text), default="")
+            exact += best == text
+            chars_total += len(text)
+            chars_ok += max(0, len(text) - _distance(best, text))
+            kind = str(plate.get("kind") or kind_of(text) or "other")
+            per_kind.setdefault(kind, [0, 0])
+            per_kind[kind][0] += best == text
+            per_kind[kind][1] += 1
+            if best != text:
+                wrong.append({"image": name, "want": text, "got": got[:4]})
+    return {
+        "plates_counted": counted,
+        "exact_correct": exact,
+        "exact_accuracy": round(exact / counted, 4) if counted else None,
+        "char_accuracy": round(chars_ok / chars_total, 4) if chars_total else None,
+        "false_positives": false_pos,
+        "per_kind": {k: f"{v[0]}/{v[1]}" for k, v in sorted(per_kind.items())},
+        "wrong": wrong,
+        "low_confidence_labels": low,
+    }
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="carpulse eval plates", description=__doc__)
     ap.add_argument("--images", type=Path, default=None, help="folder (default shared data)")
@@ -71,6 +135,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=3, help="timed reads per image (median)")
     ap.add_argument("--min-confidence", type=float, default=0.5)
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (faster)")
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="skip off-the-shelf RapidOCR on the same images"
+    )
+    ap.add_argument(
+        "--all-threads", action="store_true", help="also time ours with every core (default: one)"
+    )
     args = ap.parse_args(argv)
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
@@ -89,55 +159,50 @@ def main(argv: list[str]) -> dict[str, Any]:
             continue
         images[name] = img
     reader = PlateReader(threads=1, min_confidence=args.min_confidence)
-    counted = exact = false_pos = 0
-    chars_ok = chars_total = 0
-    wrong: list[dict[str, Any]] = []
-    low: list[dict[str, Any]] = []
     stages: dict[str, int] = {}
-    for name, img in images.items():
+
+    def ours(img: np.ndarray) -> list[str]:
         reads = reader.read(img)
-        got = [r.text for r in reads]
         for r in reads:
             stages[r.stage] = stages.get(r.stage, 0) + 1
-        want = labels[name]
-        if not want:
-            false_pos += len(got)
-            if got:
-                wrong.append({"image": name, "want": [], "got": got})
-            continue
-        for plate in want:
-            text = plate["text"]
-            if plate.get("confidence") not in COUNTED:
-                low.append({"image": name, "label": text, "got": got})
-                continue
-            counted += 1
-            best = min(got, key=lambda g: _distance(g, text), default="")
-            exact += best == text
-            chars_total += len(text)
-            chars_ok += max(0, len(text) - _distance(best, text))
-            if best != text:
-                wrong.append({"image": name, "want": text, "got": got})
+        return [r.text for r in reads]
+
     result: dict[str, Any] = {
         "images": len(images),
         "unreadable_images": unreadable,
-        "plates_counted": counted,
-        "exact_correct": exact,
-        "exact_accuracy": round(exact / counted, 4) if counted else None,
-        "char_accuracy": round(chars_ok / chars_total, 4) if chars_total else None,
-        "false_positives": false_pos,
-        "wrong": wrong,
-        "low_confidence_labels": low,
+        **_score(ours, images, labels),
         "stages": stages,
         "cpus": os.cpu_count(),
     }
+    baseline = None if args.no_baseline else OffTheShelf()
+    if baseline is not None:
+        base = _score(baseline.read, images, labels)
+        result["baseline"] = {
+            "name": "rapidocr-onnxruntime 1.4.4, whole image, 1 thread",
+            **{k: base[k] for k in ("exact_correct", "exact_accuracy", "char_accuracy")},
+            "wrong": base["wrong"][:20],
+        }
+        if base["exact_accuracy"]:
+            result["accuracy_ratio_vs_baseline"] = round(
+                (result["exact_accuracy"] or 0.0) / base["exact_accuracy"], 3
+            )
     if not args.no_latency:
         lat1 = _latency(reader, images, args.repeats)
-        lat_all = _latency(
-            PlateReader(threads=0, min_confidence=args.min_confidence), images, args.repeats
-        )
         result.update(p50_ms=lat1["p50_ms"], p95_ms=lat1["p95_ms"])
-        result["latency"] = {"threads_1": lat1, "threads_all": lat_all}
+        result["latency"] = {"threads_1": lat1}
+        if args.all_threads:
+            result["latency"]["threads_all"] = _latency(
+                PlateReader(threads=0, min_confidence=args.min_confidence), images, args.repeats
+            )
+        if baseline is not None:
+            lat_b = _latency(baseline, images, args.repeats)
+            result["baseline"].update(p50_ms=lat_b["p50_ms"], p95_ms=lat_b["p95_ms"])
+            result["latency"]["baseline_threads_1"] = lat_b
+            result["speedup_p50_vs_baseline"] = round(
+                lat_b["p50_ms"] / max(lat1["p50_ms"], 1e-6), 2
+            )
         result["latency_note"] = (
-            "per image, decoded image in memory, median of repeats; p50/p95 over images"
+            "per image, decoded image in memory, one onnxruntime thread, median of repeats; "
+            "p50/p95 over images"
         )
     return result

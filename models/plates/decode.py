@@ -141,6 +141,8 @@ class PlateDecoder:
         sub = [alphabet[i] for i in self.keep.tolist()]
         self.sub_alphabet = sub
         self.masks, self.lengths = template_masks(sub)
+        self._flat_masks = self.masks.reshape(-1, self.masks.shape[2]).astype(np.float64)
+        self.min_presence = 1e-3
 
     def greedy(self, probs: np.ndarray) -> str:
         """Plain best-path decoding (what off-the-shelf OCR prints)."""
@@ -160,7 +162,13 @@ class PlateDecoder:
             blank = np.log(np.maximum(probs[:, self.blank_like].sum(axis=1), 1e-30))
         best: Decoded | None = None
         n = self.masks.shape[1]
+        # A template is tried only if each of its positions is plausible somewhere in the line
+        # (no frame gives 使, 应 or W any mass: skip those kinds without running the Viterbi).
+        kept = probs[:, self.keep]
+        presence = (kept @ self._flat_masks.T).max(axis=0).reshape(self.masks.shape[:2])
         for t, length in enumerate(self.lengths):
+            if presence[t, :length].min() < self.min_presence:
+                continue
             out_cls = np.zeros(n, dtype=np.int32)
             out_lp = np.zeros(n, dtype=np.float64)
             score = _template_viterbi(lp, blank, self.masks[t], length, out_cls, out_lp)

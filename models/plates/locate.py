@@ -73,3 +73,48 @@ def colour_candidates(
             out.append(Candidate(rect, colour, fill, area / scale**2, score))
     out.sort(key=lambda c: c.score, reverse=True)
     return out[:max_candidates]
+
+
+def edge_candidates(
+    image: np.ndarray, work_width: int = 320, max_candidates: int = 3
+) -> list[Candidate]:
+    """Plate-shaped clusters of vertical strokes, whatever the plate colour (white, black plates).
+
+    Characters make a row of strong vertical edges; closing them horizontally joins one plate into
+    one blob. Ranked like colour candidates (edge density x plate-like aspect).
+    """
+    h, w = image.shape[:2]
+    scale = min(1.0, work_width / w)
+    small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    sob = cv2.convertScaleAbs(cv2.Sobel(gray, cv2.CV_16S, 1, 0, ksize=3))
+    _, edges = cv2.threshold(sob, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    integral = cv2.integral((edges > 0).astype(np.uint8))
+    joined = cv2.morphologyEx(edges, cv2.MORPH_CLOSE, np.ones((3, 11), np.uint8))
+    joined = cv2.morphologyEx(joined, cv2.MORPH_OPEN, np.ones((3, 5), np.uint8))
+    contours, _ = cv2.findContours(joined, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    min_area = 0.0004 * small.shape[0] * small.shape[1]
+    out: list[Candidate] = []
+    for cnt in contours:
+        area = cv2.contourArea(cnt)
+        if area < min_area:
+            continue
+        (cx, cy), (rw, rh), ang = cv2.minAreaRect(cnt)
+        long, short = max(rw, rh), min(rw, rh)
+        if short < 4 or not 2.0 <= long / short <= 7.0:
+            continue
+        fill = area / (rw * rh)
+        if fill < 0.45:
+            continue
+        x, y, bw, bh = cv2.boundingRect(cnt)
+        n_edges = (
+            integral[y + bh, x + bw] - integral[y, x + bw] - integral[y + bh, x] + integral[y, x]
+        )
+        density = float(n_edges) / max(1, bw * bh)
+        ratio = long / short
+        score = density * fill / (1.0 + abs(ratio - 3.6))
+        # The stroke blob stops at the characters: grow it to the plate's edge.
+        rect = ((cx / scale, cy / scale), (rw * 1.12 / scale, rh * 1.3 / scale), ang)
+        out.append(Candidate(rect, "edge", fill, area / scale**2, score))
+    out.sort(key=lambda c: c.score, reverse=True)
+    return out[:max_candidates]

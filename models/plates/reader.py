@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 
 from models.plates.decode import PlateDecoder
-from models.plates.locate import colour_candidates
+from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
+from models.plates.quad import refine, stroke_count, warp_quad
 from models.plates.syntax import normalise
 
 # A two-row plate (motorcycles, lorries) is about 2:1; a one-row plate about 3.1:1.
@@ -60,11 +61,19 @@ class PlateReader:
         min_confidence: float = 0.5,
         model_dir: Path | None = None,
         detector_sides: tuple[int, ...] = (320, 640),
+        deskew: bool = True,
+        min_strokes: float = 4.0,
+        first_floor: float = 0.02,
+        edge_width: int = 480,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         self.decoder = PlateDecoder(self.ocr.alphabet)
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
+        self.deskew = deskew
+        self.min_strokes = min_strokes
+        self.first_floor = first_floor
+        self.edge_width = edge_width
 
     def _read_crops(
         self,
@@ -72,10 +81,42 @@ class PlateReader:
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
     ) -> list[PlateRead]:
+        deskewed: list[np.ndarray | None] = []
+        for rect in rects:
+            # Deskewed crop first (roll and perspective tilt undone from the plate's corners).
+            quad = refine(image, rect) if self.deskew else None
+            deskewed.append(warp_quad(image, quad) if quad is not None else None)
+        best = self._recognise(
+            [
+                (i, c if c is not None else crop_rect(image, r))
+                for i, (r, c) in enumerate(zip(rects, deskewed, strict=True))
+            ],
+            rects,
+            stage,
+        )
+        # A corner fit can go wrong (a lamp or a bumper of the plate's colour): where the deskewed
+        # crop gave no reading, the plain rotated rectangle gets its turn.
+        retry = [
+            (i, crop_rect(image, rects[i]))
+            for i, c in enumerate(deskewed)
+            if c is not None and i not in best
+        ]
+        if retry:
+            best.update(self._recognise(retry, rects, stage))
+        return [r for r, _ in best.values()]
+
+    def _recognise(
+        self,
+        items: list[tuple[int, np.ndarray]],
+        rects: list[tuple[tuple[float, float], tuple[float, float], float]],
+        stage: str,
+    ) -> dict[int, tuple[PlateRead, float]]:
+        """The best valid, confident reading per owner of ``(owner, crop)`` items (one batch)."""
         crops, owners = [], []
-        for i, rect in enumerate(rects):
-            crop = crop_rect(image, rect)
+        for i, crop in items:
             if crop.shape[0] < 6 or crop.shape[1] < 12:
+                continue
+            if stroke_count(crop) < self.min_strokes:  # not text: skip the recogniser
                 continue
             crops.append(crop)
             owners.append(i)
@@ -85,7 +126,10 @@ class PlateReader:
         best: dict[int, tuple[PlateRead, float]] = {}
         for owner, crop, probs in zip(owners, crops, self.ocr.recognise(crops), strict=True):
             dec = self.decoder.constrained(probs)
-            if dec is None or dec.confidence < self.min_confidence:
+            if dec is None:
+                continue
+            conf = _confidence(dec.char_probs, self.first_floor)
+            if conf < self.min_confidence:
                 continue
             prev = best.get(owner)
             if prev is not None and prev[1] >= dec.score:
@@ -93,10 +137,10 @@ class PlateReader:
             sha = hashlib.sha256(np.ascontiguousarray(crop).tobytes()).hexdigest()
             raw = normalise(self.decoder.greedy(probs))
             best[owner] = (
-                PlateRead(dec.text, dec.confidence, rects[owner], raw, stage, sha),
+                PlateRead(dec.text, conf, rects[owner], raw, stage, sha),
                 dec.score,
             )
-        return [r for r, _ in best.values()]
+        return best
 
     def read(self, image: np.ndarray) -> list[PlateRead]:
         """Valid plate readings in a BGR image, most confident first (an empty list if none)."""
@@ -108,6 +152,11 @@ class PlateReader:
             found = self._read_crops(image, [cand.rect], "colour")
             if found:
                 break
+        if not found:  # white and black plates (police, consulate...) have no colour region
+            for cand in edge_candidates(image, self.edge_width):
+                found = self._read_crops(image, [cand.rect], "edge")
+                if found:
+                    break
         for side in self.detector_sides:
             if found:
                 break
@@ -120,6 +169,18 @@ class PlateReader:
             if r.text not in unique or r.confidence > unique[r.text].confidence:
                 unique[r.text] = r
         return sorted(unique.values(), key=lambda r: r.confidence, reverse=True)
+
+
+def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:
+    """Lowest character probability, the first character judged apart.
+
+    The province character (or 使, 应, W) is the one the recogniser knows least (31 provinces in
+    one small glyph, the serial font differs from its training text): the reading counts if it
+    reaches ``first_floor``, and the rest must reach the usual bar.
+    """
+    if len(char_probs) < 2 or char_probs[0] < first_floor:
+        return 0.0
+    return min(char_probs[1:])
 
 
 def _plausible(rect: tuple[tuple[float, float], tuple[float, float], float]) -> bool:

@@ -1,8 +1,34 @@
-"""Chinese licence-plate syntax (GA 36-2018): provinces, letters without I/O, new-energy and special plates."""
+"""Chinese licence-plate syntax: every kind of GA 36-2018, plus armed-police and emergency plates.
+
+Each kind is a list of templates (one allowed-character set per position); the same templates drive
+``is_valid`` and the constrained CTC decoding, so the reader can only print what a kind allows.
+
+Covered (GA 36-2018 unless said otherwise):
+
+- ordinary small (blue) and large (yellow) plates, motorcycles: province, issuing-office letter,
+  five letters/digits;
+- new-energy (green) small: ``D``/``F`` first, then a letter or digit, then four digits; large:
+  five digits, then ``D``/``F`` (``D`` battery electric, ``F`` other new energy);
+- four letters/digits and a last Chinese character: trailer 挂 (yellow), coach 学 (yellow),
+  police 警 (white), consulate 领 (black), test 试, over-size 超, Hong Kong 港 / Macau 澳 entry
+  (black, issued in Guangdong as 粤Z only);
+- embassy (black): 使 and six digits (three of the mission, three of the vehicle);
+- emergency rescue (white, from 2018; State Council notice 国办发〔2018〕114号, not GA 36 itself):
+  cars are province, team letter, four digits, 应急; motorcycles 应急, province, three digits, team
+  letter;
+- armed police (white, the armed police's own standard, not GA 36): ``WJ``, a province, four
+  digits and a fifth digit or a service character (消 fire, 边 border, 通 traffic, 森 forest,
+  金 gold, 警 guard, 电 hydropower); older plates have a two-digit region code instead of the
+  province.
+
+Not covered: military plates (the PLA's own standard, red-letter unit codes; not GA 36), civil
+aviation 民航 airside plates, agricultural machinery (the agriculture ministry's NY/T standard), and
+paper temporary plates (GA 36 gives them a printed, not embossed, layout that this reader does not
+target).
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import numpy as np
@@ -12,52 +38,106 @@ PROVINCES: Final = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋
 LETTERS: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 DIGITS: Final = "0123456789"
 ALNUM: Final = LETTERS + DIGITS
-# A last character that replaces the fifth serial character on special plates.
-SPECIAL_SUFFIX: Final = "警学挂领试超港澳"
 NEV_LETTERS: Final = "DF"  # D = battery electric, F = other new-energy
+# Last character of the seven-character special plates, with their kind.
+SUFFIX_KINDS: Final = {
+    "挂": "trailer",
+    "学": "coach",
+    "警": "police",
+    "领": "consulate",
+    "试": "test",
+    "超": "oversize",
+    "港": "hong-kong",
+    "澳": "macau",
+}
+SPECIAL_SUFFIX: Final = "".join(SUFFIX_KINDS)
+WJ_SERVICES: Final = "消边通森金警电"
 
-_P, _L, _A = f"[{PROVINCES}]", f"[{LETTERS}]", f"[{ALNUM}]"
-PLATE_RE: Final = re.compile(
-    rf"^{_P}{_L}(?:{_A}{{5}}|{_A}{{4}}[{SPECIAL_SUFFIX}]"
-    rf"|[{NEV_LETTERS}]{_A}\d{{4}}|\d{{5}}[{NEV_LETTERS}])$"
+Template = tuple[str, ...]
+
+_ORDINARY: Final[Template] = (PROVINCES, LETTERS, ALNUM, ALNUM, ALNUM, ALNUM, ALNUM)
+_SUFFIX_COLOUR: Final = {
+    "police": "white",
+    "consulate": "black",
+    "hong-kong": "black",
+    "macau": "black",
+}
+
+
+def _suffixed(last: str, kind: str) -> Template:
+    """Four letters/digits and a Chinese last character; Hong Kong/Macau plates are 粤Z only."""
+    head = ("粤", "Z") if kind in ("hong-kong", "macau") else (PROVINCES, LETTERS)
+    return (*head, ALNUM, ALNUM, ALNUM, ALNUM, last)
+
+
+# (kind, colour, templates); order matters only for ``kind_of`` (first match wins).
+KINDS: Final[tuple[tuple[str, str, tuple[Template, ...]], ...]] = (
+    ("ordinary", "blue", (_ORDINARY,)),
+    ("new-energy-small", "green", ((PROVINCES, LETTERS, NEV_LETTERS, ALNUM, *[DIGITS] * 4),)),
+    ("new-energy-large", "green", ((PROVINCES, LETTERS, *[DIGITS] * 5, NEV_LETTERS),)),
+    *(
+        (kind, _SUFFIX_COLOUR.get(kind, "yellow"), (_suffixed(ch, kind),))
+        for ch, kind in SUFFIX_KINDS.items()
+    ),
+    ("embassy", "black", (("使", *[DIGITS] * 6),)),
+    ("emergency", "white", ((PROVINCES, LETTERS, *[DIGITS] * 4, "应", "急"),)),
+    ("emergency-motorcycle", "white", (("应", "急", PROVINCES, *[DIGITS] * 3, LETTERS),)),
+    (
+        "armed-police",
+        "white",
+        (
+            ("W", "J", PROVINCES, *[DIGITS] * 4, DIGITS + WJ_SERVICES),
+            ("W", "J", DIGITS, DIGITS, *[DIGITS] * 4, DIGITS + WJ_SERVICES),
+        ),
+    ),
 )
+KIND_COLOUR: Final = {kind: colour for kind, colour, _ in KINDS}
 
-# Characters a recogniser prints around or inside plates that are not part of the number.
-_SEPARATORS: Final = re.compile(r"[\s·•.\-_:：'\"|。,，]")
+# Templates for constrained decoding: every kind's, in KINDS order.
+TEMPLATES: Final[tuple[Template, ...]] = tuple(t for _, _, ts in KINDS for t in ts)
+_TEMPLATE_KIND: Final = tuple(kind for kind, _, ts in KINDS for _ in ts)
+
+_SEPARATORS: Final = str.maketrans("", "", " \t\r\n·•.-_:：'\"|。,，")
 # Excluded letters are read where a digit is meant.
 _FOLD: Final = str.maketrans({"O": "0", "I": "1", "o": "0", "i": "1"})
 
 
 def normalise(text: str) -> str:
     """Upper-case, drop separators, fold the letters I/O that plates never use into 1/0."""
-    return _SEPARATORS.sub("", text).upper().translate(_FOLD)
+    return text.translate(_SEPARATORS).upper().translate(_FOLD)
+
+
+def _fits(text: str, template: Template) -> bool:
+    return len(text) == len(template) and all(
+        c in allowed for c, allowed in zip(text, template, strict=True)
+    )
+
+
+def kind_of(text: str) -> str | None:
+    """The plate kind (``"ordinary"``, ``"coach"``, ``"armed-police"``...) or ``None`` if invalid."""
+    for template, kind in zip(TEMPLATES, _TEMPLATE_KIND, strict=True):
+        if _fits(text, template):
+            return kind
+    return None
 
 
 def is_valid(text: str) -> bool:
-    """True if ``text`` (already normalised) is a well-formed civil plate number."""
-    return PLATE_RE.match(text) is not None
+    """True if ``text`` (already normalised) is a well-formed plate number of a covered kind."""
+    return kind_of(text) is not None
 
 
 def plate_kind(text: str) -> str:
-    """``"new-energy"``, ``"special"`` or ``"standard"`` for a valid plate."""
-    if len(text) == 8:
+    """Coarse kind for gate events: ``"new-energy"``, ``"special"`` or ``"standard"``."""
+    kind = kind_of(text)
+    if kind is not None and kind.startswith("new-energy"):
         return "new-energy"
-    if text[-1] in SPECIAL_SUFFIX:
-        return "special"
-    return "standard"
-
-
-# Templates for constrained decoding: one allowed-character set per position.
-TEMPLATES: Final[tuple[tuple[str, ...], ...]] = (
-    (PROVINCES, LETTERS, ALNUM, ALNUM, ALNUM, ALNUM, ALNUM),
-    (PROVINCES, LETTERS, ALNUM, ALNUM, ALNUM, ALNUM, SPECIAL_SUFFIX),
-    (PROVINCES, LETTERS, NEV_LETTERS, ALNUM, DIGITS, DIGITS, DIGITS, DIGITS),
-    (PROVINCES, LETTERS, DIGITS, DIGITS, DIGITS, DIGITS, DIGITS, NEV_LETTERS),
-)
+    if kind in (None, "ordinary"):
+        return "standard"
+    return "special"
 
 
 def template_masks(
-    alphabet: list[str], templates: tuple[tuple[str, ...], ...] = TEMPLATES
+    alphabet: list[str], templates: tuple[Template, ...] = TEMPLATES
 ) -> tuple[np.ndarray, list[int]]:
     """``(mask[template, position, class], lengths)`` over a CTC alphabet (class 0 = blank).
 

@@ -1,0 +1,301 @@
+"""Synthetic gate photos: plates of every kind rendered with a CJK font, then rotated, tilted, blurred, darkened.
+
+Deterministic from ``(seed, index)``: image ``i`` of seed ``s`` is the same whatever ``n`` is, so a
+TUNE seed range and a TEST seed range never share an image. Nothing is downloaded: the font is the
+system's Noto Sans CJK (Debian ``fonts-noto-cjk``) and backgrounds are drawn from the random state.
+``carpulse plates synth --out DIR --n 300 --seed 1`` writes ``DIR/*.jpg`` and ``DIR/labels.json`` in
+the format ``carpulse eval plates`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.errors import ConfigError
+from models.plates.syntax import DIGITS, KINDS, NEV_LETTERS
+
+FONT_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+)
+SC_INDEX = 2  # Noto Sans CJK SC inside the .ttc collection
+GLYPH_H = 96  # glyphs are rendered once at this height, then squeezed into plate cells
+PLATE_H = 140  # a single-row plate is 440 x 140 mm: rendered at 1 px per mm
+SCENE = (640, 480)
+EMPTY_SHARE = 0.05  # photos without a plate (a car body and clutter only)
+
+# Plate colours (RGB): background, text, and the red used for 警, 使, 应急, WJ.
+BG = {
+    "blue": (18, 62, 190),
+    "yellow": (240, 190, 20),
+    "white": (236, 238, 236),
+    "black": (18, 18, 20),
+}
+RED = (200, 24, 24)
+RED_CHARS = {"police": (-1,), "armed-police": (0, 1), "emergency": (-2, -1)}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One synthetic photo: the BGR image, its plate text and kind, and the conditions applied."""
+
+    image: np.ndarray
+    text: str
+    kind: str
+    conditions: dict[str, float]
+
+
+def font_path() -> Path:
+    """The CJK font used for rendering; a clear error if fonts-noto-cjk is missing."""
+    for cand in FONT_CANDIDATES:
+        if Path(cand).exists():
+            return Path(cand)
+    try:  # another install location
+        out = subprocess.run(
+            ["fc-match", "-f", "%{file}", "Noto Sans CJK SC:bold"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except OSError:
+        out = ""
+    if out and Path(out).exists() and "CJK" in out:
+        return Path(out)
+    raise ConfigError("no CJK font found: apt-get install fonts-noto-cjk")
+
+
+@lru_cache(maxsize=512)
+def _glyph(ch: str) -> np.ndarray:
+    """Coverage mask (0..255) of one character, cropped to its ink."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    path = font_path()
+    font = ImageFont.truetype(str(path), GLYPH_H, index=SC_INDEX if path.suffix == ".ttc" else 0)
+    img = Image.new("L", (GLYPH_H * 2, GLYPH_H * 2), 0)
+    ImageDraw.Draw(img).text((GLYPH_H // 2, GLYPH_H // 4), ch, fill=255, font=font)
+    arr = np.asarray(img)
+    ys, xs = np.nonzero(arr > 20)
+    if ys.size == 0:
+        raise ConfigError(f"font {path} has no glyph for {ch!r}")
+    return arr[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].copy()
+
+
+def random_text(kind: str, rng: np.random.Generator) -> str:
+    """A valid number of ``kind`` (serials lean to digits, as issued plates do)."""
+    templates = next(ts for k, _, ts in KINDS if k == kind)
+    template = templates[int(rng.integers(len(templates)))]
+    out = []
+    for allowed in template:
+        if len(allowed) > 10 and allowed != NEV_LETTERS and rng.random() < 0.6:
+            digits = [c for c in allowed if c in DIGITS]
+            if digits and len(digits) < len(allowed):
+                allowed = "".join(digits)
+        out.append(allowed[int(rng.integers(len(allowed)))])
+    return "".join(out)
+
+
+def render_plate(text: str, kind: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """An upright plate (BGR) in the kind's colours: 440 x 140 for 7 characters, 480 x 140 for 8."""
+    colour = next(c for k, c, _ in KINDS if k == kind)
+    n = len(text)
+    width = 440 if n <= 7 else 480
+    plate = np.zeros((PLATE_H, width, 3), dtype=np.float32)
+    ink: tuple[int, int, int]
+    if colour == "green":  # white-to-green gradient (small) or yellow-green (large)
+        top = np.array((245, 250, 245) if kind.endswith("small") else (200, 220, 60), np.float32)
+        bottom = np.array((60, 190, 90), np.float32)
+        t = np.linspace(0, 1, PLATE_H, dtype=np.float32)[:, None, None]
+        plate[:] = top * (1 - t) + bottom * t
+        ink = (10, 10, 10)
+    else:
+        plate[:] = BG[colour]
+        ink = (245, 245, 245) if colour in ("blue", "black") else (12, 12, 12)
+    reds = {p % n for p in RED_CHARS.get(kind, ())}
+    if kind == "embassy":
+        reds = {0}
+    # Border line, 3 px inside the edge.
+    cv2.rectangle(plate, (5, 5), (width - 6, PLATE_H - 6), ink, 2)
+    # Characters in equal cells, with the separator dot after the second (GA 36 layout).
+    margin, gap = 16, 20 if n <= 7 else 12
+    cell_w = (width - 2 * margin - gap - (n - 1) * 6) / n
+    x = float(margin)
+    for p, ch in enumerate(text):
+        if p == 2:
+            cx = int(x + gap / 2 - 3)
+            cv2.circle(plate, (cx, PLATE_H // 2), 5, ink, -1)
+            x += gap
+        mask = _glyph(ch).astype(np.float32) / 255.0
+        cw = int(cell_w)
+        ch_h = 90
+        ascii_narrow = ch.isascii() and ch in "1"
+        gw = max(4, int(cw * (0.45 if ascii_narrow else 1.0)))
+        glyph = cv2.resize(mask, (gw, ch_h), interpolation=cv2.INTER_AREA)
+        x0 = int(x + (cw - gw) / 2)
+        y0 = (PLATE_H - ch_h) // 2
+        col = np.array(RED if p in reds else ink, np.float32)
+        region = plate[y0 : y0 + ch_h, x0 : x0 + gw]
+        a = glyph[:, : region.shape[1], None]
+        region[:] = region * (1 - a) + col * a
+        x += cell_w + 6
+    if rng is not None:  # dirt and wear: grain and a few smudges
+        plate += rng.normal(0, 4, plate.shape).astype(np.float32)
+        for _ in range(int(rng.integers(0, 4))):
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, PLATE_H)))
+            axes = (int(rng.integers(8, 40)), int(rng.integers(5, 20)))
+            smudge = plate.copy()
+            cv2.ellipse(smudge, centre, axes, float(rng.uniform(0, 180)), 0, 360, (90, 80, 60), -1)
+            alpha = float(rng.uniform(0.15, 0.45))
+            plate = plate * (1 - alpha) + smudge * alpha
+    return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    w, h = SCENE
+    base = rng.uniform(40, 200, 3)
+    grad = np.linspace(0.6, 1.2, h, dtype=np.float32)[:, None, None]
+    img = np.clip(np.ones((h, w, 3), np.float32) * base * grad, 0, 255)
+    for _ in range(int(rng.integers(3, 9))):  # clutter: walls, cars, signs, road marks
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1, y1 = x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(10, 200))
+        cv2.rectangle(img, (x0, y0), (x1, y1), rng.uniform(0, 255, 3).tolist(), -1)
+    for _ in range(int(rng.integers(2, 6))):
+        p0 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        cv2.line(img, p0, p1, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 6)))
+    blurred: np.ndarray = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return blurred.astype(np.uint8)
+
+
+def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> Sample:
+    """Image ``index`` of seed ``seed``: a car-like body with one plate under random conditions."""
+    rng = np.random.default_rng([seed, index])
+    names = kinds or tuple(k for k, _, _ in KINDS)
+    kind = names[int(rng.integers(len(names)))]
+    text = random_text(kind, rng)
+    plate = render_plate(text, kind, rng)
+    scene = _background(rng)
+    if kinds is None and rng.random() < EMPTY_SHARE:  # an empty lot: false positives count
+        kind, text = "none", ""
+    w, h = SCENE
+    # A car body the plate hangs on (paint of any colour, blue cars included).
+    pw = float(rng.uniform(90, 300))  # plate width in the photo
+    ph = pw * plate.shape[0] / plate.shape[1]
+    cx, cy = rng.uniform(pw * 0.7, w - pw * 0.7), rng.uniform(h * 0.35, h - ph * 1.5)
+    body = rng.uniform(0, 255, 3).tolist()
+    cv2.rectangle(
+        scene,
+        (int(cx - pw * 1.4), int(cy - ph * 3)),
+        (int(cx + pw * 1.4), int(cy + ph * 1.4)),
+        body,
+        -1,
+    )
+    angle = float(rng.uniform(-25, 25))  # roll
+    tilt = float(rng.uniform(0, 0.45))  # yaw: one side nearer than the other
+    pitch = float(rng.uniform(0, 0.2))  # camera above the plate: the bottom edge nearer
+    side = 1 if rng.random() < 0.5 else -1
+    src = np.array(
+        [[0, 0], [plate.shape[1], 0], [plate.shape[1], plate.shape[0]], [0, plate.shape[0]]],
+        np.float32,
+    )
+    dx, dy = pw / 2, ph / 2
+    corners = np.array([[-dx, -dy], [dx, -dy], [dx, dy], [-dx, dy]], np.float32)
+    # Yaw: the far side is shorter and the plate narrower.
+    shrink = np.array([1 - tilt if (c[0] > 0) == (side > 0) else 1.0 for c in corners], np.float32)
+    corners[:, 1] *= shrink
+    corners[:, 0] *= 1 - tilt / 2
+    corners[:2, 0] *= 1 - pitch  # top edge shorter
+    corners[:, 1] *= 1 - pitch / 2
+    corners += rng.normal(0, 0.03 * ph, corners.shape).astype(np.float32)  # a little shear
+    rad = np.deg2rad(angle)
+    rot = np.array([[np.cos(rad), -np.sin(rad)], [np.sin(rad), np.cos(rad)]], np.float32)
+    dst = corners @ rot.T + np.array([cx, cy], np.float32)
+    m = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    warped = cv2.warpPerspective(plate, m, SCENE, flags=cv2.INTER_AREA)
+    cover = cv2.warpPerspective(np.full(plate.shape[:2], 255, np.uint8), m, SCENE)
+    if not text:
+        cover[:] = 0
+    a = (cover.astype(np.float32) / 255.0)[:, :, None]
+    img = scene.astype(np.float32) * (1 - a) + warped.astype(np.float32) * a
+    night = bool(rng.random() < 0.25)
+    if night:  # dark scene, plate lit by the headlamps of the next car: a glare blob
+        img *= rng.uniform(0.2, 0.45)
+        gx, gy = rng.uniform(0, w), rng.uniform(0, h)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        r = rng.uniform(30, 90)
+        img += 230 * np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * r * r))[:, :, None]
+    haze = float(rng.uniform(0, 0.4)) if rng.random() < 0.3 else 0.0
+    img = img * (1 - haze) + 128 * haze  # fog, a dirty lens: low contrast
+    blur = float(rng.uniform(0, 1.8)) if rng.random() < 0.6 else 0.0
+    if blur > 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), blur)
+    motion = int(rng.integers(3, 10)) if rng.random() < 0.2 else 0
+    if motion:  # the car still moving at the barrier
+        img = cv2.filter2D(img, -1, np.full((1, motion), 1.0 / motion, np.float32))
+    noise = float(rng.uniform(0, 10))
+    img += rng.normal(0, noise, img.shape).astype(np.float32)
+    scale = float(rng.uniform(0.7, 1.6))  # the camera's resolution
+    clipped = np.clip(img, 0, 255).astype(np.uint8)
+    out: np.ndarray = cv2.resize(
+        clipped, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+    )
+    conditions = {
+        "angle": round(angle, 2),
+        "tilt": round(tilt, 3),
+        "plate_width_px": round(pw * scale, 1),
+        "pitch": round(pitch, 3),
+        "blur": round(blur, 2),
+        "motion_px": float(motion),
+        "haze": round(haze, 3),
+        "noise": round(noise, 2),
+        "night": float(night),
+        "scale": round(scale, 3),
+    }
+    conditions["jpeg_quality"] = float(rng.integers(55, 96))
+    return Sample(out, text, kind, conditions)
+
+
+def write_set(out: Path, n: int, seed: int) -> dict[str, Any]:
+    """Write ``n`` images of seed ``seed`` and labels.json into ``out``; returns a summary."""
+    if n < 1 or n > 100_000:
+        raise ConfigError(f"--n must be 1..100000, got {n}")
+    out.mkdir(parents=True, exist_ok=True)
+    labels: dict[str, Any] = {}
+    kinds: dict[str, int] = {}
+    for i in range(n):
+        s = make_sample(seed, i)
+        name = f"synth_s{seed}_{i:05d}.jpg"
+        quality = int(s.conditions["jpeg_quality"])
+        if not cv2.imwrite(str(out / name), s.image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
+            raise ConfigError(f"cannot write {out / name}")
+        plates = [{"text": s.text, "confidence": "high", "kind": s.kind}] if s.text else []
+        labels[name] = {
+            "plates": plates,
+            "conditions": s.conditions,
+        }
+        kinds[s.kind] = kinds.get(s.kind, 0) + 1
+    (out / "labels.json").write_text(
+        json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    return {"out": str(out), "images": n, "seed": seed, "kinds": kinds}
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """``carpulse plates synth``."""
+    ap = argparse.ArgumentParser(prog="carpulse plates synth", description=__doc__)
+    ap.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    ap.add_argument("--n", type=int, default=300, help="number of images")
+    ap.add_argument(
+        "--seed", type=int, default=1, help="seed (sets of different seeds are disjoint)"
+    )
+    args = ap.parse_args(argv)
+    return write_set(args.out, args.n, args.seed)

@@ -1,0 +1,81 @@
+"""Deskew: a rolled and tilted plate is found by its corners and warped back upright."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from models.plates.quad import order_corners, refine, stroke_count, warp_quad
+from models.plates.synth import render_plate
+
+PLATE = render_plate("苏E9E0A5", "ordinary")
+
+
+def _scene(corners: np.ndarray) -> np.ndarray:
+    """The plate warped onto a grey 640 x 480 background at ``corners`` (TL, TR, BR, BL)."""
+    h, w = PLATE.shape[:2]
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    m = cv2.getPerspectiveTransform(src, corners.astype(np.float32))
+    scene = np.full((480, 640, 3), 110, np.uint8)
+    cover = cv2.warpPerspective(np.full((h, w), 255, np.uint8), m, (640, 480)) > 127
+    warped = cv2.warpPerspective(PLATE, m, (640, 480))
+    scene[cover] = warped[cover]
+    return scene
+
+
+def _rolled_and_tilted(roll_deg: float, yaw: float) -> np.ndarray:
+    dx, dy = 110.0, 35.0
+    c = np.array([[-dx, -dy], [dx, -dy * (1 - yaw)], [dx, dy * (1 - yaw)], [-dx, dy]], np.float32)
+    r = np.deg2rad(roll_deg)
+    rot = np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]], np.float32)
+    return c @ rot.T + np.array([320, 240], np.float32)
+
+
+def test_order_corners_whatever_the_input_order() -> None:
+    box = np.array([[10, 10], [100, 12], [98, 40], [12, 38]], np.float32)
+    for perm in ([2, 0, 3, 1], [3, 2, 1, 0], [1, 3, 0, 2]):
+        assert np.array_equal(order_corners(box[perm]), box)
+
+
+@pytest.mark.parametrize(("roll", "yaw"), [(0, 0), (18, 0), (-22, 0.3), (8, 0.4)])
+def test_refine_finds_the_corners_of_a_tilted_plate(roll: float, yaw: float) -> None:
+    truth = _rolled_and_tilted(roll, yaw)
+    scene = _scene(truth)
+    # A loose box, as a locator gives: the min-area rectangle, a little off-centre and too big.
+    (cx, cy), (w, h), ang = cv2.minAreaRect(truth)
+    quad = refine(scene, ((cx + 4, cy - 3), (w * 1.15, h * 1.2), ang))
+    assert quad is not None
+    assert float(np.abs(quad - truth).max()) < 8.0, (quad, truth)
+
+
+def test_warped_plate_is_upright_and_matches_the_render() -> None:
+    truth = _rolled_and_tilted(-15, 0.35)
+    crop = warp_quad(_scene(truth), truth, out_h=48, margin=0.0)
+    # Yaw shortens one side, so the estimated aspect runs a little over the true 3.14.
+    assert crop.shape[0] == 48 and 2.9 <= crop.shape[1] / 48 <= 4.2
+    want = cv2.resize(PLATE, (crop.shape[1], 48), interpolation=cv2.INTER_AREA)
+    a = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32).ravel()
+    b = cv2.cvtColor(want, cv2.COLOR_BGR2GRAY).astype(np.float32).ravel()
+    assert float(np.corrcoef(a, b)[0, 1]) > 0.8
+    # Without deskewing (the rotated box alone), the same comparison is clearly worse.
+    (cx, cy), (w, h), ang = cv2.minAreaRect(truth)
+    from models.plates.ocr import crop_rect
+
+    plain = cv2.resize(crop_rect(_scene(truth), ((cx, cy), (w, h), ang)), (crop.shape[1], 48))
+    c = cv2.cvtColor(plain, cv2.COLOR_BGR2GRAY).astype(np.float32).ravel()
+    assert float(np.corrcoef(c, b)[0, 1]) < float(np.corrcoef(a, b)[0, 1])
+
+
+def test_refine_gives_up_on_a_flat_region() -> None:
+    flat = np.full((200, 300, 3), 128, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    assert refine(noise, ((150, 100), (120, 40), 0.0)) is None
+    assert refine(flat, ((5, 5), (4, 2), 0.0)) is None  # too small
+
+
+def test_stroke_count_tells_text_from_paint() -> None:
+    crop = cv2.resize(PLATE, (151, 48))
+    assert stroke_count(crop) >= 10
+    assert stroke_count(np.full((48, 151, 3), 90, np.uint8)) < 4
+    assert stroke_count(np.zeros((3, 3, 3), np.uint8)) == 0.0
