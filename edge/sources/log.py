@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError, SourceUnavailableError
+from core.frames import Frames
 from core.wire import Samples
 from edge.sources.base import Source
 from edge.sources.can import FrameDecoder
-from firmware_bridge.frames import Frames
 
 # What a log reader refused: records no bus could carry (BusCounters fields).
 REFUSED = ("bad_records", "bad_id", "oversized", "read_errors")

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError, SourceUnavailableError
+from core.frames import Frames
 from core.wire import Samples
 from edge.replay import resolve_mapping
 from edge.sources.base import create_source, source_class
 from edge.sources.can import FrameDecoder
 from edge.sources.log import LogSource, parse_rate
 from firmware_bridge.can_logs import concat_frames, write_log
-from firmware_bridge.frames import Frames, read_candump
+from firmware_bridge.frames import read_candump
 from tests.conftest import require_data
 
 CAR = "canlogs/gt350"

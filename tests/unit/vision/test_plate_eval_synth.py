@@ -39,7 +39,7 @@ def test_a_kind_the_frames_do_not_support_is_not_forced() -> None:
 
 @pytest.mark.slow
 def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
-    from models.evals.plates import main
+    from carpulse.evals.plates import main
     from models.plates.synth import write_set
 
     write_set(tmp_path, 6, seed=31)

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from carpulse.cli import app
+from carpulse.evals.plates import load_labels
 from core.errors import ConfigError
-from models.evals.plates import load_labels
 from models.plates.syntax import KINDS, kind_of
 from models.plates.synth import make_sample, random_text, render_plate, write_set
 
