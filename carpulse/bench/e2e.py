@@ -424,13 +424,12 @@ def headline_cpu(steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from carpulse.stack import Stack, free_stack_settings
+    from carpulse.stack import throwaway_stack
     from core.config import load_settings
 
     rng = np.random.default_rng(7)
-    stack = Stack(free_stack_settings(root / "stack"))
-    stack.up()
-    try:
+    # down again when it fails to come up, too: a failed start leaves no broker running
+    with throwaway_stack(root / "stack") as stack:
         s = load_settings(stack.config_file)
         influx = Influx(s.influx.url, s.influx.database)
         cpu = CpuMeter({st.name: st.pid for st in stack.status() if st.pid})
@@ -454,8 +453,6 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 p50, p99, lat_rate = _latency(fleet, influx, lat_rate, args, rng)
             finally:
                 fleet.close()
-    finally:
-        stack.down()
     ceil = ceiling["samples_per_s"]
     return {
         "samples_per_s": round(sustained),
