@@ -310,10 +310,46 @@ class IngestBridge:
             log.warning("bridge %s: device %r over its rate limit, dropping", self.name, device)
 
     def _submit(self, client: mqtt.Client, mid: int, qos: int, topic: str, payload: bytes) -> None:
-        assert self._loop is not None
-        fut = asyncio.run_coroutine_threadsafe(self._forward(topic, payload), self._loop)
+        # paho thread -> decode pool (route: the checks) -> event loop (the Kafka write): the
+        # check runs off both the network thread and the loop, and the loop is woken once per
+        # message, not twice (it used to hand the check to the pool itself: issue 22)
         with self._pending_lock:
             self._pending += 1
+        try:
+            job = self._decoder.submit(self._route_and_send, client, mid, qos, topic, payload)
+        except Exception as err:  # the pool is shut down: still a dead letter
+            self._send(client, mid, qos, topic, dead_route(payload, err))
+            return
+        job.add_done_callback(lambda j: self._job_done(j, mid))
+
+    def _job_done(self, job: Any, mid: int) -> None:
+        # a queued check cancelled at shutdown never reached the loop: not acknowledged, so the
+        # broker redelivers it; anything else that escaped _route_and_send is a bug, logged
+        if job.cancelled():
+            with self._pending_lock:
+                self._pending -= 1
+        elif job.exception() is not None:
+            with self._pending_lock:
+                self._pending -= 1
+            log.error("bridge %s: message %s lost in the decode pool: %r", self.name, mid,
+                      job.exception())  # fmt: skip
+
+    def _route_and_send(
+        self, client: mqtt.Client, mid: int, qos: int, topic: str, payload: bytes
+    ) -> None:
+        """Decode pool thread: check one message (never raises) and hand it to the loop."""
+        self._send(client, mid, qos, topic, route(topic, payload, self.s.bridge.max_payload_bytes))
+
+    def _send(self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route) -> None:
+        assert self._loop is not None
+        coro = self._forward(topic, r)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: not acknowledged, the broker redelivers
+            coro.close()
+            with self._pending_lock:
+                self._pending -= 1
+            return
 
         def done(f: Any) -> None:
             with self._pending_lock:
@@ -331,16 +367,10 @@ class IngestBridge:
         fut.add_done_callback(done)
 
     # asyncio side --------------------------------------------------------------------------------
-    async def _forward(self, topic: str, payload: bytes) -> None:
+    async def _forward(self, topic: str, r: Route) -> None:
         assert self._producer is not None
         with self.counters.lock:
             self.counters.received += 1
-        loop = asyncio.get_running_loop()
-        limit = self.s.bridge.max_payload_bytes
-        try:
-            r = await loop.run_in_executor(self._decoder, route, topic, payload, limit)
-        except Exception as err:  # the pool itself failed (shut down): still a dead letter
-            r = dead_route(payload, err)
         if r.reason is not None:
             self.counters.count(r.reason)
             await self._producer.send_and_wait(r.kafka_topic, r.payload, headers=r.headers(topic))
@@ -350,7 +380,8 @@ class IngestBridge:
         try:
             await self._producer.send_and_wait(r.kafka_topic, r.payload, key=r.key, headers=headers)
         except REFUSED_RECORD as err:  # this record can never go: dead letter, not a retry
-            d = dead_route(payload, WireError("kafka_refused", f"{type(err).__name__}: {err}"))
+            why = WireError("kafka_refused", f"{type(err).__name__}: {err}")
+            d = dead_route(r.payload, why)
             self.counters.count("kafka_refused")
             await self._producer.send_and_wait(d.kafka_topic, d.payload, headers=d.headers(topic))
             return
