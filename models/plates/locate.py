@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +28,27 @@ class Candidate:
     score: float  # ranks candidates: edge density x plate-like aspect
 
 
+def _blob(
+    cnt: np.ndarray, min_area: float, ratio_lo: float, ratio_hi: float, integral: np.ndarray
+) -> tuple[Any, ...] | None:
+    """A contour's rotated rectangle, aspect, fill, area and edge density when it is plate-shaped
+    (large enough, aspect within ``ratio_lo..ratio_hi``, well filled), else None."""
+    area = cv2.contourArea(cnt)
+    if area < min_area:
+        return None
+    (cx, cy), (rw, rh), ang = cv2.minAreaRect(cnt)
+    long, short = max(rw, rh), min(rw, rh)
+    if short < 4 or not ratio_lo <= long / short <= ratio_hi:
+        return None
+    fill = area / (rw * rh)
+    if fill < 0.45:
+        return None
+    x, y, bw, bh = cv2.boundingRect(cnt)
+    n_edges = integral[y + bh, x + bw] - integral[y, x + bw] - integral[y + bh, x] + integral[y, x]
+    density = float(n_edges) / max(1, bw * bh)
+    return (cx, cy), (rw, rh), ang, long / short, fill, area, density
+
+
 def colour_candidates(
     image: np.ndarray, work_width: int = 320, max_candidates: int = 3
 ) -> list[Candidate]:
@@ -48,25 +70,9 @@ def colour_candidates(
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         for cnt in contours:
-            area = cv2.contourArea(cnt)
-            if area < min_area:
+            if (blob := _blob(cnt, min_area, 1.4, 6.0, integral)) is None:
                 continue
-            (cx, cy), (rw, rh), ang = cv2.minAreaRect(cnt)
-            long, short = max(rw, rh), min(rw, rh)
-            if short < 4 or not 1.4 <= long / short <= 6.0:
-                continue
-            fill = area / (rw * rh)
-            if fill < 0.45:
-                continue
-            x, y, bw, bh = cv2.boundingRect(cnt)
-            n_edges = (
-                integral[y + bh, x + bw]
-                - integral[y, x + bw]
-                - integral[y + bh, x]
-                + integral[y, x]
-            )
-            density = float(n_edges) / max(1, bw * bh)
-            ratio = long / short
+            (cx, cy), (rw, rh), ang, ratio, fill, area, density = blob
             shape = min(abs(ratio - 3.1), abs(ratio - 2.0))  # one-row or two-row plate
             score = density * fill / (1.0 + shape)
             rect = ((cx / scale, cy / scale), (rw / scale, rh / scale), ang)
@@ -96,22 +102,9 @@ def edge_candidates(
     min_area = 0.0004 * small.shape[0] * small.shape[1]
     out: list[Candidate] = []
     for cnt in contours:
-        area = cv2.contourArea(cnt)
-        if area < min_area:
+        if (blob := _blob(cnt, min_area, 2.0, 7.0, integral)) is None:
             continue
-        (cx, cy), (rw, rh), ang = cv2.minAreaRect(cnt)
-        long, short = max(rw, rh), min(rw, rh)
-        if short < 4 or not 2.0 <= long / short <= 7.0:
-            continue
-        fill = area / (rw * rh)
-        if fill < 0.45:
-            continue
-        x, y, bw, bh = cv2.boundingRect(cnt)
-        n_edges = (
-            integral[y + bh, x + bw] - integral[y, x + bw] - integral[y + bh, x] + integral[y, x]
-        )
-        density = float(n_edges) / max(1, bw * bh)
-        ratio = long / short
+        (cx, cy), (rw, rh), ang, ratio, fill, area, density = blob
         score = density * fill / (1.0 + abs(ratio - 3.6))
         # The stroke blob stops at the characters: grow it to the plate's edge.
         rect = ((cx / scale, cy / scale), (rw * 1.12 / scale, rh * 1.3 / scale), ang)
