@@ -16,6 +16,7 @@ for a high one; the advisor's page shows the dealer's expert cards too, marked a
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
 from typing import Annotated, Any, Final
 
@@ -50,6 +51,9 @@ from dashboards.web import csrf, render, require
 router = APIRouter(tags=["inbox"])
 ItemId = Annotated[int, Path(ge=1, le=2**62)]
 FEED_KEY: Final = "feed|"  # effect keys of the cards the dashboard's feed files
+# a vehicle's unchanged DTC list is filed again after this long: a car sold while a fault stays
+# active gets the new owner's card within this time (filing is idempotent per ownership period)
+DTC_REFILE_S: Final = 300.0
 
 
 def _store(request: Request) -> CrmStore:
@@ -60,12 +64,17 @@ PART_NAMES: Final = {"service_due": "Service", "oil_life": "Oil", "battery": "Ba
 
 
 def record_filer(
-    store: CrmStore, horizon: Horizon | None = None
+    store: CrmStore,
+    horizon: Horizon | None = None,
+    *,
+    refile_s: float = DTC_REFILE_S,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[str, dict[str, Any]], None]:
     """Files predictions as one maintenance card per vehicle (only when something is due within
     ``horizon``) and DTC lists as DTC cards, in the CRM inbox."""
 
-    filed: dict[str, list[str]] = {}  # states repeat every 200 ms: write only when codes change
+    # states repeat every 200 ms: write when the codes change, or every ``refile_s`` (a new owner)
+    filed: dict[str, tuple[list[str], float]] = {}
     h = horizon or Horizon()
     latest: dict[str, dict[str, dict[str, Any]]] = {}  # vin -> part -> prediction + evidence
 
@@ -75,8 +84,10 @@ def record_filer(
             return
         if topic == KAFKA_VEHICLE_STATE:
             codes = valid_dtcs(doc.get("active_dtcs"))  # a topic is input too: checked, capped
-            if codes and filed.get(vin) != codes:
-                filed[vin] = codes
+            last = filed.get(vin)
+            now = clock()
+            if codes and (last is None or last[0] != codes or now - last[1] >= refile_s):
+                filed[vin] = (codes, now)
                 with store.tx() as s:
                     if s.get(Vehicle, vin) is None:
                         return

@@ -172,6 +172,31 @@ def test_a_new_owner_gets_a_new_dtc_card(app_store: Any) -> None:
         assert len(rows) == 2 and rows[0].customer_id != rows[1].customer_id == buyer
 
 
+def test_a_running_feed_files_the_new_owners_card_for_a_fault_that_stays(app_store: Any) -> None:
+    """The car is sold while P0420 stays active: the same feed process (its cache remembers the
+    codes) files the new owner's card at the next refile, not only after a restart."""
+    from crm.schema import utcnow
+    from crm.store import find_or_create_customer, transfer_ownership
+
+    store, now = app_store[1], [0.0]
+    file = record_filer(store, refile_s=300.0, clock=lambda: now[0])
+    state = {"vin": VIN_A, "active_dtcs": ["P0420"]}
+    file(KAFKA_VEHICLE_STATE, state)
+    with store.tx() as s:
+        buyer = find_or_create_customer(s, {"phone": "+8613900000043"}, "Buyer")
+        transfer_ownership(s, VIN_A, buyer, utcnow())
+    now[0] = 299.0
+    file(KAFKA_VEHICLE_STATE, state)  # inside the refile time: the cache holds it back
+    with store.tx() as s:
+        assert len(list(s.scalars(select(InboxItem).where(InboxItem.kind == "dtc")))) == 1
+    now[0] = 300.0
+    file(KAFKA_VEHICLE_STATE, state)
+    file(KAFKA_VEHICLE_STATE, state)  # and once only
+    with store.tx() as s:
+        rows = list(s.scalars(select(InboxItem).where(InboxItem.kind == "dtc")))
+        assert len(rows) == 2 and {r.customer_id for r in rows} >= {buyer}
+
+
 def test_expert_cards_of_the_dealer_show_with_their_text(
     client: TestClient, app_store: Any
 ) -> None:
