@@ -519,6 +519,12 @@ def _run_plugin(
     from carpulse import plugins
 
     registry = getattr(plugins, registry_name)
+    if name in ("--help", "-h", "help"):  # the command's own help: the names it knows
+        command = ctx.info_name or kind
+        typer.echo(f"Usage: carpulse {command} NAME [--json] [OPTIONS]\n\n{kind}s:")
+        typer.echo("\n".join(f"  {n}" for n in sorted(registry)))
+        typer.echo(f"\n'carpulse {command} NAME --help' lists the options of one {kind}.")
+        return
     fn = plugins.load(registry, kind, name)
     try:
         result = fn(list(ctx.args))

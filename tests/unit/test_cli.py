@@ -55,3 +55,11 @@ def test_unknown_benchmark_lists_known() -> None:
     r = _carpulse("bench", "nope")
     assert r.returncode == 2
     assert "unknown benchmark 'nope'; known:" in r.stderr and "wire" in r.stderr
+
+
+def test_bench_and_eval_help_list_their_names() -> None:
+    for command, name in (("bench", "e2e"), ("eval", "nab")):
+        r = _carpulse(command, "--help")
+        assert r.returncode == 0, r.stderr
+        assert f"Usage: carpulse {command} NAME" in r.stdout and f"  {name}\n" in r.stdout
+        assert "unknown" not in r.stderr
