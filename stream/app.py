@@ -78,6 +78,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         "stream",
         session_timeout_s=st.session_timeout_s,
         fetch_max_wait_ms=st.fetch_max_wait_ms,
+        fetch_batch_wait_ms=st.fetch_batch_wait_ms,
         datadir=str(st.faust_datadir(st.app_id)),  # not {app_id}-data in the current directory
         store=st.store,
         topic_partitions=settings.kafka.partitions,
