@@ -32,8 +32,6 @@ FAUST_FETCH_MAX_WAIT_MS = 1500
 # What a paced fetch asks for: the wait, not this, ends it at the stream's rates (2.6 MB/s at
 # 400k samples/s: 130 kB in 50 ms).
 BATCH_MIN_BYTES: Final = 1024 * 1024
-
-
 # fetches in a row that bring records within the batch wait before batching starts (a lone
 # event on a quiet worker does not make the next one wait)
 BATCH_AFTER: Final = 2
