@@ -27,7 +27,7 @@ class Fetcher:
         return got
 
 
-def run(answers: list[tuple[float, bool]], wait_ms: int = 50) -> tuple[Fetcher, FetchPacer]:
+def run(answers: list[tuple[float, bool]], wait_ms: int = 500) -> tuple[Fetcher, FetchPacer]:
     fetcher = Fetcher(answers)
     pacer = FetchPacer(fetcher, wait_ms)
 
@@ -39,7 +39,7 @@ def run(answers: list[tuple[float, bool]], wait_ms: int = 50) -> tuple[Fetcher, 
     return fetcher, pacer
 
 
-EAGER, BATCH = (1, 100), (BATCH_MIN_BYTES, 50)
+EAGER, BATCH = (1, 100), (BATCH_MIN_BYTES, 500)  # a wait no loaded machine misses
 
 
 def test_records_in_quick_succession_batch_and_an_empty_fetch_stops_it() -> None:
