@@ -418,6 +418,14 @@ class StreamSettings(BaseModel):
         description="Longest time the worker's Kafka fetch waits for data (Faust hard-codes "
         "1500 ms; a broker that holds an empty fetch that long delays every record by it).",
     )
+    fetch_batch_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=1000,
+        description="While records keep coming, the worker's Kafka fetch waits this long for "
+        "more instead of returning each record (fewer fetches: less CPU; under load an event "
+        "may wait this much more); 0 = off. An idle worker answers at once as before.",
+    )
     web_port: int = Field(6066, description="Faust web server port (bound to localhost).")
     measurement: str = Field("telemetry", description="InfluxDB measurement for signal samples.")
     sink: str = Field(

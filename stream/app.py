@@ -67,7 +67,18 @@ def counters_of(app: faust.App) -> dict[str, Any]:
             "retries": sink.sink.retries,
             "broken": sink.sink.broken,
         },
+        "fetch": fetch_pacing(app),
     }
+
+
+def fetch_pacing(app: faust.App) -> dict[str, Any]:
+    """The consumer's fetch pacing (``stream.transport.FetchPacer``): on, batching now, and how
+    often it switched; ``paced`` is false before the consumer started or when it is off."""
+    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
+    pacer = getattr(thread, "pacer", None)
+    if pacer is None:
+        return {"paced": False}
+    return {"paced": True, "batching": pacer.batching, "switches": pacer.switches}
 
 
 def build_app(settings: CarpulseSettings) -> faust.App:
@@ -78,6 +89,7 @@ def build_app(settings: CarpulseSettings) -> faust.App:
         "stream",
         session_timeout_s=st.session_timeout_s,
         fetch_max_wait_ms=st.fetch_max_wait_ms,
+        fetch_batch_wait_ms=st.fetch_batch_wait_ms,
         datadir=str(st.faust_datadir(st.app_id)),  # not {app_id}-data in the current directory
         store=st.store,
         topic_partitions=settings.kafka.partitions,

@@ -63,10 +63,12 @@ def make_faust_app(
     *,
     session_timeout_s: float,
     fetch_max_wait_ms: int,
+    fetch_batch_wait_ms: int = 0,
     **app_settings: Any,
 ) -> faust.App:
     """A ``faust.App`` with ``faust_app_settings`` plus the app's own ``app_settings``, consuming
-    through ``stream.transport`` (the worker's fetch wait from ``[stream] fetch_max_wait_ms``)."""
+    through ``stream.transport`` (the worker's fetch wait from ``[stream] fetch_max_wait_ms``;
+    fetch pacing under load with ``fetch_batch_wait_ms`` > 0)."""
     # imported here: the bridge uses this module's kafka_problem without Faust's Kafka driver
     from stream.transport import install_transport
 
@@ -76,7 +78,7 @@ def make_faust_app(
         **app_settings,
     )
     # before any topic: the conductor takes the transport at its first use
-    install_transport(app, fetch_max_wait_ms)
+    install_transport(app, fetch_max_wait_ms, fetch_batch_wait_ms)
     return app
 
 

@@ -32,6 +32,7 @@ def _render(
     ts: np.ndarray,
     bounds: np.ndarray,
     out: np.ndarray,
+    ends: np.ndarray,
 ) -> int:  # pragma: no cover - compiled
     pos = 0
     digits = np.empty(20, np.uint8)
@@ -78,6 +79,7 @@ def _render(
         pos += nd
         out[pos] = NEWLINE
         pos += 1
+        ends[li] = pos
     return pos
 
 
@@ -160,6 +162,39 @@ def text_table(items: list[bytes] | list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(joined, np.uint8), off
 
 
+def render_block(
+    head: bytes,
+    prefixes: tuple[np.ndarray, np.ndarray],
+    table: tuple[np.ndarray, np.ndarray],
+    new: tuple[np.ndarray, np.ndarray],
+    sig: np.ndarray,
+    vix: np.ndarray,
+    ts: np.ndarray,
+    bounds: np.ndarray,
+) -> tuple[bytes, np.ndarray]:
+    """Lines ``head + prefixes[sig]value[vix],... ts`` for rows ``bounds[i]:bounds[i + 1]`` (rows
+    already in time order; a line's timestamp is its first row's), each ending with a newline,
+    in one buffer, and where each line ends (``ends[i]``: one past its newline). A value text is
+    item ``vix`` of ``table``, or item ``-vix - 1`` of ``new`` when ``vix < 0`` (tables from
+    ``text_table``; value texts are ASCII, ``head`` and ``prefixes`` UTF-8)."""
+    if len(bounds) < 2:
+        return b"", np.zeros(0, np.int64)
+    pre_buf, pre_off = prefixes
+    sig = np.ascontiguousarray(sig, np.int64)
+    vix = np.ascontiguousarray(vix, np.int64)
+    n_lines = len(bounds) - 1
+    longest = int(np.diff(pre_off).max()) + MAX_VALUE_TEXT + 1  # name=value and a comma
+    size = len(sig) * longest + n_lines * (len(head) + 22)  # space, sign, 19 digits, newline
+    out = np.empty(size, np.uint8)
+    ends = np.empty(n_lines, np.int64)
+    end = _render(
+        np.frombuffer(head, np.uint8), pre_buf, pre_off, table[0], table[1], new[0], new[1],
+        sig, vix, np.ascontiguousarray(ts, np.int64), np.ascontiguousarray(bounds, np.int64), out,
+        ends,
+    )  # fmt: skip
+    return out[:end].tobytes(), ends
+
+
 def render_lines(
     head: bytes,
     prefixes: tuple[np.ndarray, np.ndarray],
@@ -170,21 +205,6 @@ def render_lines(
     ts: np.ndarray,
     bounds: np.ndarray,
 ) -> list[str]:
-    """Lines ``head + prefixes[sig]value[vix],... ts`` for rows ``bounds[i]:bounds[i + 1]`` (rows
-    already in time order; a line's timestamp is its first row's). A value text is item ``vix``
-    of ``table``, or item ``-vix - 1`` of ``new`` when ``vix < 0`` (tables from ``text_table``;
-    value texts are ASCII, ``head`` and ``prefixes`` UTF-8)."""
-    if len(bounds) < 2:
-        return []
-    pre_buf, pre_off = prefixes
-    sig = np.ascontiguousarray(sig, np.int64)
-    vix = np.ascontiguousarray(vix, np.int64)
-    n_lines = len(bounds) - 1
-    longest = int(np.diff(pre_off).max()) + MAX_VALUE_TEXT + 1  # name=value and a comma
-    size = len(sig) * longest + n_lines * (len(head) + 22)  # space, sign, 19 digits, newline
-    out = np.empty(size, np.uint8)
-    end = _render(
-        np.frombuffer(head, np.uint8), pre_buf, pre_off, table[0], table[1], new[0], new[1],
-        sig, vix, np.ascontiguousarray(ts, np.int64), np.ascontiguousarray(bounds, np.int64), out,
-    )  # fmt: skip
-    return out[: end - 1].tobytes().decode().split("\n")
+    """``render_block``'s lines as a list of strings (without their newlines)."""
+    data, _ = render_block(head, prefixes, table, new, sig, vix, ts, bounds)
+    return data[:-1].decode().split("\n") if data else []

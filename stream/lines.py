@@ -250,15 +250,44 @@ def batch_points(
     return Points(measurement, all_tags, s.names, s.sig[idx], s.ts_us[idx], s.value[idx])
 
 
+def _head(p: Points) -> str:
+    return (
+        escape_key(p.measurement)
+        + "".join(f",{escape_tag(k)}={escape_tag(v)}" for k, v in p.tags)
+        + " "
+    )
+
+
 def points_lines(p: Points) -> list[str]:
     """Line protocol of one ``Points`` (rows sharing a timestamp share a line); the caller
     (``Sink.render``) has refused what line protocol cannot hold."""
     if not len(p.ts_us):
         return []
-    head = escape_key(p.measurement) + "".join(
-        f",{escape_tag(k)}={escape_tag(v)}" for k, v in p.tags
-    )
-    return render_rows(head + " ", p.names, p.sig, p.ts_us, p.value)
+    return render_rows(_head(p), p.names, p.sig, p.ts_us, p.value)
+
+
+def points_block(p: Points) -> tuple[bytes, np.ndarray]:
+    """``points_lines`` as one buffer of newline-terminated lines and each line's end offset:
+    what a write request's body is made of, without a string per line."""
+    if not len(p.ts_us):
+        return b"", np.zeros(0, np.int64)
+    from stream.line_kernel import render_block
+
+    return render_block(*_render_args(_head(p), p.names, p.sig, p.ts_us, p.value))
+
+
+def _render_args(
+    head: str, names: Sequence[str], sig: np.ndarray, ts_us: np.ndarray, value: np.ndarray
+) -> tuple[Any, ...]:
+    """The compiled renderer's arguments: rows in time order, line bounds, value texts."""
+    order = np.argsort(ts_us, kind="stable")
+    ts = ts_us[order]
+    # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
+    # distinct bit pattern is formatted once per batch, and once at all while it stays in the
+    # cache; bits, not values, keep -0.0 apart from 0.0.
+    vix, table, local = _TEXTS.lookup(value[order].view(np.int64))
+    bounds = np.concatenate(([0], np.flatnonzero(ts[1:] != ts[:-1]) + 1, [len(order)]))
+    return head.encode(), _prefixes(tuple(names)), table, local, sig[order], vix, ts, bounds
 
 
 def render_rows(
@@ -266,18 +295,9 @@ def render_rows(
 ) -> list[str]:
     """``head`` then ``name=value,...`` and the timestamp, one line per distinct timestamp, in
     time order (rows of one timestamp in their given order)."""
-    order = np.argsort(ts_us, kind="stable")
-    ts = ts_us[order]
-    # CAN signals repeat their values (about 3 % distinct per batch in the real logs), so each
-    # distinct bit pattern is formatted once per batch, and once at all while it stays in the
-    # cache; bits, not values, keep -0.0 apart from 0.0.
     from stream.line_kernel import render_lines  # numba loads at the first batch, not at import
 
-    vix, table, local = _TEXTS.lookup(value[order].view(np.int64))
-    bounds = np.concatenate(([0], np.flatnonzero(ts[1:] != ts[:-1]) + 1, [len(order)]))
-    return render_lines(
-        head.encode(), _prefixes(tuple(names)), table, local, sig[order], vix, ts, bounds
-    )
+    return render_lines(*_render_args(head, names, sig, ts_us, value))
 
 
 def all_lines(points: Sequence[Points]) -> list[str]:

@@ -191,11 +191,19 @@ class PartitionModels:
             # per name: trip/oil kind code (-1: not used) and anomaly slot (-1: not watched)
             kind_of = np.array([kinds.get(n, -1) for n in s.names], np.int64)
             z_of = np.array([self._z_slot(vin, n) for n in s.names], np.int64)
-            cols["vslot"].append(np.full(len(s), vs, np.int64))
-            cols["zslot"].append(z_of[s.sig])
-            cols["k"].append(kind_of[s.sig])
-            cols["ts"].append(s.ts_us)
-            cols["v"].append(s.value)
+            # only rows some detector reads (or counts: -2, watched past max_slots) go on; most
+            # signals are none of them, and copying every row cost more than the detectors
+            used = (kind_of >= 0) | (z_of != -1)
+            if used.all():
+                sig, ts, val = s.sig, s.ts_us, s.value
+            else:
+                rows = np.flatnonzero(used[s.sig])
+                sig, ts, val = s.sig[rows], s.ts_us[rows], s.value[rows]
+            cols["vslot"].append(np.full(len(sig), vs, np.int64))
+            cols["zslot"].append(z_of[sig])
+            cols["k"].append(kind_of[sig])
+            cols["ts"].append(ts)
+            cols["v"].append(val)
         if not cols["ts"]:
             return out
         vslot, zslot, kind, ts, val = (

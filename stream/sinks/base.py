@@ -6,9 +6,13 @@ Like python-can's ``BusABC``: the public methods do the shared work and a plugin
 * ``Sink.render(points)`` checks what no sink may store (non-finite values, timestamps outside
   ``ts_range_us``, empty tag values or tags with control characters) and reports each refused
   group with a reason; ``_render_internal`` turns the rest into the sink's records (one line of
-  text each: line protocol for InfluxDB, a CSV row or an SQL tuple for others).
-* ``Sink.write(records)`` groups them (``_group_internal``), cuts requests of at most
-  ``batch_records`` records and ``MAX_BODY_BYTES`` bytes, sends them (``_write_internal``), retries
+  text each: line protocol for InfluxDB, a CSV row or an SQL tuple for others), which the base
+  groups (``_group_internal``) into ``Block``s: a group's newline-terminated records in one
+  buffer. A sink that renders straight into such a buffer overrides ``_render_blocks_internal``
+  (InfluxDB: no string per line on the hot path).
+* ``Sink.write_blocks(blocks)`` (``Sink.write(records)`` for records as text) cuts requests of
+  at most ``batch_records`` records and ``MAX_BODY_BYTES`` bytes per group, sends them
+  (``_write_internal``), retries
   ``Transient`` failures with full-jitter backoff, bisects a request the server ``Rejected`` down to
   the refused records, counts, and logs a broken link once when it breaks and once when it recovers.
 * ``record_format`` names the records' format on the retry topic (``stream.sinks.writer``): a
@@ -137,14 +141,75 @@ class WriteResult:
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (record, reason)
 
 
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Records of one destination group in one buffer, each ending with a newline: record ``i``
+    is ``data[ends[i - 1]:ends[i]]`` (from 0 for the first; ``ends[-1] == len(data)``)."""
+
+    group: str
+    data: bytes
+    ends: np.ndarray  # int64, increasing
+
+    @classmethod
+    def of(cls, group: str, records: Sequence[str]) -> Block:
+        """A block of records given as text (one line each, no newline in them)."""
+        encoded = [r.encode() + b"\n" for r in records]
+        ends = np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+        return cls(group, b"".join(encoded), ends)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def records(self) -> list[str]:
+        """The records as text, without their newlines."""
+        return self.data[:-1].decode().split("\n") if len(self.ends) else []
+
+
+def bodies(
+    blocks: Sequence[Block], max_records: int, max_bytes: int = MAX_BODY_BYTES
+) -> list[tuple[bytes, int]]:
+    """Request bodies of whole records of ``blocks`` (in order), at most ``max_records`` records
+    and ``max_bytes`` bytes each (a record longer than that goes alone), with their record
+    counts; slices of the blocks' buffers, joined once per body."""
+    out: list[tuple[bytes, int]] = []
+    parts: list[memoryview] = []
+    n = size = 0
+    step = max(1, max_records)
+    for b in blocks:
+        view, ends = memoryview(b.data), b.ends
+        start = 0
+        while start < len(ends):
+            base = int(ends[start - 1]) if start else 0
+            stop = min(len(ends), start + step - n)
+            fit = int(np.searchsorted(ends, base + max_bytes - size, side="right"))
+            stop = min(stop, max(fit, start + 1 if n == 0 else start))
+            if stop > start:
+                end = int(ends[stop - 1])
+                parts.append(view[base:end])
+                n += stop - start
+                size += end - base
+                start = stop
+            if n >= step or start < len(ends):  # full, by records or by bytes
+                out.append((b"".join(parts), n))
+                parts, n, size = [], 0, 0
+    if parts:
+        out.append((b"".join(parts), n))
+    return out
+
+
 @dataclass
 class Rendered:
-    """``Sink.render``'s answer: the records, and rows refused before rendering, per reason as
-    ``(reason, detail)`` (JSON detail: measurement, tags, count, examples)."""
+    """``Sink.render``'s answer: the records (``Block``s), and rows refused before rendering, per
+    reason as ``(reason, detail)`` (JSON detail: measurement, tags, count, examples)."""
 
-    records: list[str] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
     refused_rows: int = 0
+
+    @property
+    def records(self) -> list[str]:
+        """The records as text, one line each (tests and tools: writes take the blocks)."""
+        return [r for b in self.blocks for r in b.records()]
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -269,7 +334,7 @@ class Sink(ABC):
                 p = p.take(np.flatnonzero(keep))
                 if not len(p):
                     continue
-            out.records.extend(self._render_internal(p))
+            out.blocks.extend(b for b in self._render_blocks_internal(p) if len(b))
         return out
 
     @staticmethod
@@ -297,6 +362,15 @@ class Sink(ABC):
     def _render_internal(self, points: Points) -> list[str]:
         """Records (one line of text each, no newline in them) for rows that passed the checks."""
 
+    def _render_blocks_internal(self, points: Points) -> list[Block]:
+        """``_render_internal``'s records as blocks, one per group (``_group_internal``); a sink
+        that can render into one buffer directly overrides this."""
+        return self.blocks_of(self._render_internal(points))
+
+    def blocks_of(self, records: Sequence[str]) -> list[Block]:
+        """Records given as text as one block per group."""
+        return [Block.of(g, part) for g, part in self._group_internal(records).items() if part]
+
     # -- writing -----------------------------------------------------------------------------
 
     def _group_internal(self, records: Sequence[str]) -> dict[str, list[str]]:
@@ -309,40 +383,51 @@ class Sink(ABC):
         ``Rejected``."""
 
     async def write(self, lines: Sequence[str], *, max_retries: int | None = None) -> WriteResult:
-        """Write records; raises ``SinkError`` when transient failures outlast the retries."""
+        """Write records given as text; raises ``SinkError`` when transient failures outlast the
+        retries."""
+        return await self.write_blocks(self.blocks_of(lines), max_retries=max_retries)
+
+    async def write_blocks(
+        self, blocks: Sequence[Block], *, max_retries: int | None = None
+    ) -> WriteResult:
+        """Write rendered blocks; raises ``SinkError`` when transient failures outlast the
+        retries."""
         t0 = time.perf_counter()
         try:
-            return await self._write(lines, max_retries)
+            return await self._write(blocks, max_retries)
         finally:
             if self.observe_write is not None:
                 self.observe_write(time.perf_counter() - t0)
 
-    async def _write(self, lines: Sequence[str], max_retries: int | None) -> WriteResult:
+    async def _write(self, blocks: Sequence[Block], max_retries: int | None) -> WriteResult:
         result = WriteResult()
         retries = self.max_retries if max_retries is None else max_retries
         budget = [BISECT_BUDGET]
         per = self.batch_records
-        if len(lines) >= SPLIT_MIN_LINES:
-            per = min(per, -(-len(lines) // MAX_IN_FLIGHT))
-        bodies = [
-            (group, body)
-            for group, part in self._group_internal(lines).items()
-            for body in chunks(part, per)
+        total = sum(map(len, blocks))
+        if total >= SPLIT_MIN_LINES:
+            per = min(per, -(-total // MAX_IN_FLIGHT))
+        groups: dict[str, list[Block]] = {}
+        for b in blocks:
+            if len(b):
+                groups.setdefault(b.group, []).append(b)
+        requests = [
+            (group, body, n) for group, part in groups.items() for body, n in bodies(part, per)
         ]
-        if len(bodies) == 1 or retries == 0:  # one request, or probing a broken link
-            for group, body in bodies:
-                await self._write_body(body, retries, result, budget, group)
+        if len(requests) == 1 or retries == 0:  # one request, or probing a broken link
+            for group, body, n in requests:
+                await self._write_body(body, retries, result, budget, group, n)
         else:  # InfluxDB ingests faster with a few requests in flight (see BENCHMARKS.md)
             gate = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-            async def one(group: str, body: bytes) -> None:
+            async def one(group: str, body: bytes, n: int) -> None:
                 async with gate:
-                    await self._write_body(body, retries, result, budget, group)
+                    await self._write_body(body, retries, result, budget, group, n)
 
             try:
                 async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest
-                    for group, body in bodies:
-                        tg.create_task(one(group, body))
+                    for group, body, n in requests:
+                        tg.create_task(one(group, body, n))
             except* SinkError as errors:
                 raise errors.exceptions[0] from None
         self.written_lines += result.written
@@ -350,7 +435,13 @@ class Sink(ABC):
         return result
 
     async def _write_body(
-        self, body: bytes, retries: int, result: WriteResult, budget: list[int], group: str
+        self,
+        body: bytes,
+        retries: int,
+        result: WriteResult,
+        budget: list[int],
+        group: str,
+        records: int | None = None,
     ) -> None:
         try:
             await self._write_retrying(body, retries, group)
@@ -368,7 +459,7 @@ class Sink(ABC):
             for part in (lines[:mid], lines[mid:]):
                 await self._write_body(b"\n".join(part) + b"\n", retries, result, budget, group)
             return
-        result.written += body.count(b"\n")
+        result.written += body.count(b"\n") if records is None else records
 
     async def _write_retrying(self, body: bytes, retries: int, group: str) -> None:
         attempt = 0

@@ -34,7 +34,7 @@ import aiohttp
 
 from core.config import InfluxSettings
 from core.errors import SinkError
-from stream.lines import INFLUX_MAX_ABS_US, points_lines
+from stream.lines import INFLUX_MAX_ABS_US, escape_key, points_block, points_lines
 from stream.retention import (
     DEFAULT_FAMILY,
     by_family,
@@ -49,6 +49,7 @@ from stream.sinks.base import (  # noqa: F401 - re-exported: the sink's public n
     MAX_IN_FLIGHT,
     MAX_REJECT_DETAIL,
     SPLIT_MIN_LINES,
+    Block,
     Points,
     Rejected,
     Sink,
@@ -106,6 +107,12 @@ class InfluxSink(Sink):
 
     def _render_internal(self, points: Points) -> list[str]:
         return points_lines(points)
+
+    def _render_blocks_internal(self, points: Points) -> list[Block]:
+        # one buffer straight from the compiled renderer; the family is the measurement's (as
+        # by_family finds it from a line's start)
+        data, ends = points_block(points)
+        return [Block(family_of(escape_key(points.measurement) + " "), data, ends)]
 
     def _group_internal(self, records: Sequence[str]) -> dict[str, list[str]]:
         return by_family(records)

@@ -38,7 +38,7 @@ from typing import Any, Final
 from core.backoff import exponential
 from core.errors import SinkError
 from stream.offsets import SourceOffsets, guarded
-from stream.sinks.base import Points, Sink, backoff_s, chunks
+from stream.sinks.base import Block, Points, Sink, WriteResult, backoff_s, bodies
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,12 @@ class SinkCounters:
 
 def pack(lines: Sequence[str]) -> list[bytes]:
     """Gzip line-protocol records of bounded size for the retry topic."""
-    return [gzip.compress(b, compresslevel=1) for b in chunks(lines, 5000, PARK_CHUNK_BYTES)]
+    return pack_blocks([Block.of("", lines)])
+
+
+def pack_blocks(blocks: Sequence[Block]) -> list[bytes]:
+    """``pack`` for rendered blocks (any groups: a replay groups the records again)."""
+    return [gzip.compress(b, compresslevel=1) for b, _ in bodies(blocks, 5000, PARK_CHUNK_BYTES)]
 
 
 def unpack(value: bytes) -> list[str]:
@@ -118,17 +123,29 @@ class SinkWriter:
                 {"reason": reason.encode(), "detail": b"see value"},
             )
         self.counters.refused_rows += rendered.refused_rows
-        await self.deliver_records(rendered.records)
+        await self.deliver_blocks(rendered.blocks)
 
     async def deliver_records(self, lines: Sequence[str]) -> None:
         """Write records already in the sink's format."""
-        if not lines:
-            return
-        retries = 0 if self.sink.broken else None
+        if lines:
+            retries = 0 if self.sink.broken else None
+            await self._deliver(
+                self.sink.write(lines, max_retries=retries), lambda: [Block.of("", lines)]
+            )
+
+    async def deliver_blocks(self, blocks: Sequence[Block]) -> None:
+        """Write records the sink rendered (``Sink.render``)."""
+        if any(map(len, blocks)):
+            retries = 0 if self.sink.broken else None
+            await self._deliver(self.sink.write_blocks(blocks, max_retries=retries), lambda: blocks)
+
+    async def _deliver(
+        self, write: Awaitable[WriteResult], parked: Callable[[], Sequence[Block]]
+    ) -> None:
         try:
-            result = await self.sink.write(lines, max_retries=retries)
+            result = await write
         except SinkError as err:
-            await self._park(lines, err, attempt=1)
+            await self._park(parked(), err, attempt=1)
             return
         if self._parking:
             log.warning(
@@ -152,7 +169,7 @@ class SinkWriter:
                 {"reason": self.sink.reject_reason.encode(), "detail": reason[:500].encode()},
             )
 
-    async def _park(self, lines: Sequence[str], err: Exception, attempt: int) -> None:
+    async def _park(self, blocks: Sequence[Block], err: Exception, attempt: int) -> None:
         if not self._parking:
             log.error(
                 "%s unavailable (%s); parking batches on the retry topic", self.sink.label, err
@@ -160,12 +177,13 @@ class SinkWriter:
             self._parking = True
         now = str(int(time.time() * 1e6)).encode()
         fmt = self.sink.record_format.encode()
-        for record in pack(lines):
+        for record in pack_blocks(blocks):
             headers = {"attempt": str(attempt).encode(), "first_failed_us": now, "format": fmt}
             await self.park(record, headers)
             self.counters.parked_records += 1
-        self.counters.parked_lines += len(lines)
-        self.counters.count("parked", len(lines))
+        n = sum(map(len, blocks))
+        self.counters.parked_lines += n
+        self.counters.count("parked", n)
 
     async def replay(
         self,

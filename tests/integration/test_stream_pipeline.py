@@ -268,3 +268,5 @@ def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Pa
     assert cleanup == "compact"
     # the live counters are the pipeline's own: at least this test's 8 records and lines
     assert counters["telemetry"]["records"] >= 8 and counters["sink"]["written"] >= 8
+    # the consumer's fetches are paced, and records 0.37 s apart never make a fetch wait
+    assert counters["fetch"]["paced"] and not counters["fetch"]["batching"], counters["fetch"]

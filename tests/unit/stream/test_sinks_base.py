@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stream.sinks as registry
 from core.config import CarpulseSettings
 from core.errors import ConfigError
 from stream.pipeline import summary_lines, summary_points
-from stream.sinks.base import Points, Rejected, Sink
+from stream.sinks.base import Block, Points, Rejected, Sink, bodies
 
 
 class CsvSink(Sink):
@@ -92,3 +94,40 @@ def test_summaries_and_status_points_render_as_the_lines_they_replace() -> None:
     assert line == summary_lines("trips", "VIN 1", 10**12 + 5 * 10**6, rec)
     status = Points.point("device_status", {"device": "car-1", "vin": "V1"}, 7, {"online": 1.0})
     assert all_lines([status]) == ["device_status,device=car-1,vin=V1 online=1.0 7"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.text("ab\u00e9,=", min_size=0, max_size=12), max_size=9), max_size=5),
+    st.integers(1, 7),
+    st.integers(1, 40),
+)
+def test_bodies_cut_blocks_at_record_bounds_within_both_limits(
+    blocks: list[list[str]], max_records: int, max_bytes: int
+) -> None:
+    """Every record once, in order, whole; each body at most ``max_records`` records and
+    ``max_bytes`` bytes unless it is one record longer than that; counts match."""
+    made = [Block.of("g", recs) for recs in blocks]
+    assert [b.records() for b in made] == [recs for recs in blocks]
+    out = bodies(made, max_records, max_bytes)
+    assert b"".join(body for body, _ in out) == b"".join(b.data for b in made)
+    for body, n in out:
+        assert 1 <= n <= max_records and body.count(b"\n") == n and body.endswith(b"\n")
+        assert len(body) <= max_bytes or n == 1
+
+
+def test_the_influx_sink_renders_blocks_as_its_lines_with_the_family_as_group() -> None:
+    from stream.sinks.influx import InfluxV1Sink
+
+    sink = InfluxV1Sink(CarpulseSettings().influx)
+    tele = Points.of("telemetry", {"device": "d 1"}, ["x", "y"], [0, 1, 0], [5, 5, 6], [1, 2, 3])
+    trips = summary_points("trips", "VIN1", 10**12, {"dist_km": 2.5})
+    rendered = sink.render([tele, trips])
+    assert [b.group for b in rendered.blocks] == ["telemetry", "trips"]
+    assert rendered.records == [
+        "telemetry,device=d\\ 1 x=1.0,y=2.0 5",
+        "telemetry,device=d\\ 1 x=3.0 6",
+        summary_lines("trips", "VIN1", 10**12, {"dist_km": 2.5}),
+    ]
+    assert [len(b) for b in rendered.blocks] == [2, 1]
+    assert sink.blocks_of(rendered.records)[1].data == rendered.blocks[1].data

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.wire import Samples, TelemetryBatch
 from stream import state as vs
@@ -20,6 +22,38 @@ def test_latest_per_signal_picks_newest_finite_row() -> None:
          (vs.ENGINE_RPM, 4, 800.0)]
     )  # fmt: skip
     assert vs.latest_per_signal(s) == {vs.SPEED: (9, 90.0), vs.ENGINE_RPM: (4, 800.0)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 4),
+            st.sampled_from([1.0, 2.0, -0.0, 0.0, math.nan, math.inf, -math.inf]),
+        ),
+        max_size=40,
+    )
+)
+def test_latest_per_signal_equals_a_plain_scan(rows: list[tuple[int, int, float]]) -> None:
+    """Newest finite row of each signal, ties to the later row: against a plain loop (the
+    rows of one time are told apart by their values' bits, so -0.0 is not 0.0)."""
+    names = [f"S{i}" for i in range(4)]
+    s = Samples.from_columns(
+        names,
+        np.array([r[0] for r in rows], np.int32),
+        np.array([r[1] for r in rows], np.int64),
+        np.array([r[2] for r in rows], np.float64),
+    )
+    want: dict[str, tuple[int, float]] = {}
+    for k, t, v in rows:
+        if math.isfinite(v) and (names[k] not in want or t >= want[names[k]][0]):
+            want[names[k]] = (t, v)
+    got = vs.latest_per_signal(s)
+    assert sorted(got) == sorted(want)
+    for name, (t, v) in want.items():
+        assert got[name][0] == t and math.copysign(1, got[name][1]) == math.copysign(1, v)
+        assert got[name][1] == v
 
 
 def test_derived_state_and_late_data_never_rolls_back() -> None:
