@@ -11,8 +11,13 @@ The bridge checks a telemetry message's envelope (topic, size, header, the devic
 worker, which dead-letters what does not decode or names another device than the record's key.
 Events, status and command acks are small and decoded in full here.
 
-Hostile input never stalls the bridge: messages are checked on a thread pool, off the
-event loop; *any* exception while handling one message (not only ``WireError``) makes it a dead
+Messages are checked on paho's network thread (a thread pool with ``[bridge] decode_workers``),
+off the event loop, and queued for one forwarder task on the loop. It appends each record to
+the producer's batches without waiting for Kafka (records of many messages share one produce
+request, one ``[kafka] linger_ms`` window) and acknowledges each MQTT message from its own
+record's future; a device's messages reach Kafka in the order they came (with no pool).
+
+Hostile input never stalls the bridge: the check of one message is bounded; *any* exception while handling one message (not only ``WireError``) makes it a dead
 letter with a reason and a counter, and the message is acknowledged. Only a Kafka outage leaves a
 message unacknowledged (the broker redelivers it once Kafka is back); a record Kafka refuses for
 good (too large, invalid) is dead-lettered as ``kafka_refused``. Each device has a token
