@@ -17,8 +17,9 @@ the producer's batches without waiting for Kafka (records of many messages share
 request, one ``[kafka] linger_ms`` window) and acknowledges each MQTT message from its own
 record's future; a device's messages reach Kafka in the order they came (with no pool).
 
-Hostile input never stalls the bridge: the check of one message is bounded; *any* exception while handling one message (not only ``WireError``) makes it a dead
-letter with a reason and a counter, and the message is acknowledged. Only a Kafka outage leaves a
+Hostile input never stalls the bridge: the check of one message is bounded; *any* exception
+while handling one message (not only ``WireError``) makes it a dead letter with a reason and a
+counter, and the message is acknowledged. Only a Kafka outage leaves a
 message unacknowledged (the broker redelivers it once Kafka is back); a record Kafka refuses for
 good (too large, invalid) is dead-lettered as ``kafka_refused``. Each device has a token
 bucket (``[bridge] rate_per_device``, ``burst_per_device``): what it sends beyond that is
