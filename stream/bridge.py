@@ -11,9 +11,15 @@ The bridge checks a telemetry message's envelope (topic, size, header, the devic
 worker, which dead-letters what does not decode or names another device than the record's key.
 Events, status and command acks are small and decoded in full here.
 
-Hostile input never stalls the bridge: messages are checked on a thread pool, off the
-event loop; *any* exception while handling one message (not only ``WireError``) makes it a dead
-letter with a reason and a counter, and the message is acknowledged. Only a Kafka outage leaves a
+Messages are checked on paho's network thread (a thread pool with ``[bridge] decode_workers``),
+off the event loop, and queued for one forwarder task on the loop. It appends each record to
+the producer's batches without waiting for Kafka (records of many messages share one produce
+request, one ``[kafka] linger_ms`` window) and acknowledges each MQTT message from its own
+record's future; a device's messages reach Kafka in the order they came (with no pool).
+
+Hostile input never stalls the bridge: the check of one message is bounded; *any* exception
+while handling one message (not only ``WireError``) makes it a dead letter with a reason and a
+counter, and the message is acknowledged. Only a Kafka outage leaves a
 message unacknowledged (the broker redelivers it once Kafka is back); a record Kafka refuses for
 good (too large, invalid) is dead-lettered as ``kafka_refused``. Each device has a token
 bucket (``[bridge] rate_per_device``, ``burst_per_device``): what it sends beyond that is
@@ -43,6 +49,7 @@ from aiokafka.errors import (
     InvalidMessageError,
     KafkaError,
     MessageSizeTooLargeError,
+    ProducerClosed,
     RecordTooLargeError,
     TopicAlreadyExistsError,
     for_code,
@@ -220,7 +227,19 @@ class IngestBridge:
         self.counters = BridgeCounters()
         b = settings.bridge
         self.limiter = RateLimiter(b.rate_per_device, b.burst_per_device)
-        self._decoder = ThreadPoolExecutor(b.decode_workers, thread_name_prefix=f"{name}-decode")
+        self._decoder = (  # None: messages are checked on paho's network thread
+            ThreadPoolExecutor(b.decode_workers, thread_name_prefix=f"{name}-decode")
+            if b.decode_workers
+            else None
+        )
+        # checked messages waiting for the loop's forwarder: (client, mid, qos, topic, route)
+        self._inbox: list[tuple[mqtt.Client, int, int, str, Route]] = []
+        self._inbox_lock = threading.Lock()
+        self._woken = False  # a wake-up of the forwarder is already on its way
+        self._wake = asyncio.Event()
+        self._forwarding: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # dead letters of refused records
+        self._headers = [("bridge", name.encode())]
         self._rate_logged: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -310,83 +329,167 @@ class IngestBridge:
             log.warning("bridge %s: device %r over its rate limit, dropping", self.name, device)
 
     def _submit(self, client: mqtt.Client, mid: int, qos: int, topic: str, payload: bytes) -> None:
-        # paho thread -> decode pool (route: the checks) -> event loop (the Kafka write): the
-        # check runs off both the network thread and the loop, and the loop is woken once per
-        # message, not twice (it used to hand the check to the pool itself: issue 22)
+        # The check (route: ~30 us for a telemetry envelope) runs right here on paho's thread by
+        # default, off the event loop; each hop to another thread cost more than the check
+        # itself (issue 22). ``[bridge] decode_workers`` > 0 puts it on a pool instead.
         with self._pending_lock:
             self._pending += 1
+        if self._decoder is None:
+            self._enqueue(client, mid, qos, topic, self._route(topic, payload))
+            return
         try:
-            job = self._decoder.submit(self._route_and_send, client, mid, qos, topic, payload)
+            job = self._decoder.submit(self._route_and_enqueue, client, mid, qos, topic, payload)
         except Exception as err:  # the pool is shut down: still a dead letter
-            self._send(client, mid, qos, topic, dead_route(payload, err))
+            self._enqueue(client, mid, qos, topic, dead_route(payload, err))
             return
         job.add_done_callback(lambda j: self._job_done(j, mid))
 
+    def _route(self, topic: str, payload: bytes) -> Route:
+        return route(topic, payload, self.s.bridge.max_payload_bytes)
+
     def _job_done(self, job: Any, mid: int) -> None:
         # a queued check cancelled at shutdown never reached the loop: not acknowledged, so the
-        # broker redelivers it; anything else that escaped _route_and_send is a bug, logged
+        # broker redelivers it; anything else that escaped _route_and_enqueue is a bug, logged
         if job.cancelled():
-            with self._pending_lock:
-                self._pending -= 1
+            self._settled()
         elif job.exception() is not None:
-            with self._pending_lock:
-                self._pending -= 1
+            self._settled()
             log.error("bridge %s: message %s lost in the decode pool: %r", self.name, mid,
                       job.exception())  # fmt: skip
 
-    def _route_and_send(
+    def _route_and_enqueue(
         self, client: mqtt.Client, mid: int, qos: int, topic: str, payload: bytes
     ) -> None:
-        """Decode pool thread: check one message (never raises) and hand it to the loop."""
-        self._send(client, mid, qos, topic, route(topic, payload, self.s.bridge.max_payload_bytes))
+        """Decode pool thread: check one message (never raises) and queue it for the loop."""
+        self._enqueue(client, mid, qos, topic, self._route(topic, payload))
 
-    def _send(self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route) -> None:
-        assert self._loop is not None
-        coro = self._forward(topic, r)
-        try:
-            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError:  # the loop is closed: not acknowledged, the broker redelivers
-            coro.close()
-            with self._pending_lock:
-                self._pending -= 1
-            return
+    def _enqueue(self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route) -> None:
+        """Any thread: queue a checked message for the loop's forwarder, in arrival order.
 
-        def done(f: Any) -> None:
-            with self._pending_lock:
-                self._pending -= 1
-            if f.cancelled():  # the loop is going away: the broker redelivers
+        The loop is woken only when the queue was empty: what arrives while it works waits for
+        the same turn, and one turn hands all of it to the producer.
+        """
+        with self._inbox_lock:
+            self._inbox.append((client, mid, qos, topic, r))
+            if self._woken:
                 return
-            err = f.exception()
-            if err is None:
-                self._kafka_error = None
-                client.ack(mid, qos)
-            else:  # Kafka down: leave unacknowledged; the broker redelivers after reconnect
-                self._kafka_error = f"{type(err).__name__}: {err}"[:200]
-                log.error("bridge %s could not hand a message to Kafka: %s", self.name, err)
+            self._woken = True
+        try:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: not acknowledged, the broker redelivers
+            pass
 
-        fut.add_done_callback(done)
+    def _settled(self, n: int = 1) -> None:
+        with self._pending_lock:
+            self._pending -= n
 
     # asyncio side --------------------------------------------------------------------------------
-    async def _forward(self, topic: str, r: Route) -> None:
-        assert self._producer is not None
+    async def _forwarder(self) -> None:
+        """Hand queued messages to the producer in arrival order without waiting for Kafka.
+
+        ``send`` only appends the record to its partition's batch; each message is acknowledged
+        by a callback on its own record's future, so many records share one produce request and
+        nothing is acknowledged before Kafka has its record (one task for all, not one a message).
+        """
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            with self._inbox_lock:
+                batch, self._inbox = self._inbox, []
+                self._woken = False
+            for n, item in enumerate(batch):
+                try:
+                    await self._forward(*item)
+                except asyncio.CancelledError:  # stopping: the rest is not acknowledged
+                    self._settled(len(batch) - n)
+                    raise
+                except Exception:  # a bug: this message stays unacknowledged, the rest goes on
+                    self._settled()
+                    log.exception("bridge %s: message %s not forwarded", self.name, item[1])
+
+    async def _forward(self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route) -> None:
+        producer = self._producer
+        if producer is None:  # stopped: not acknowledged, the broker redelivers
+            self._settled()
+            return
         with self.counters.lock:
             self.counters.received += 1
         if r.reason is not None:
             self.counters.count(r.reason)
-            await self._producer.send_and_wait(r.kafka_topic, r.payload, headers=r.headers(topic))
-            return
-        # which bridge forwarded a record: tracing, and the load-split check of the tests
-        headers = [("bridge", self.name.encode())]
+            key, headers = None, r.headers(topic)
+        else:  # which bridge forwarded a record: tracing, and the load-split check of the tests
+            key, headers = r.key, self._headers
         try:
-            await self._producer.send_and_wait(r.kafka_topic, r.payload, key=r.key, headers=headers)
-        except REFUSED_RECORD as err:  # this record can never go: dead letter, not a retry
-            why = WireError("kafka_refused", f"{type(err).__name__}: {err}")
-            d = dead_route(r.payload, why)
-            self.counters.count("kafka_refused")
-            await self._producer.send_and_wait(d.kafka_topic, d.payload, headers=d.headers(topic))
+            fut = await producer.send(r.kafka_topic, r.payload, key=key, headers=headers)
+        except Exception as err:  # refused before it was queued, or the producer is closing
+            self._sent_done(client, mid, qos, topic, r, err)
             return
-        with self.counters.lock:
-            self.counters.forwarded += 1
+        fut.add_done_callback(lambda f: self._sent(f, client, mid, qos, topic, r))
+
+    def _sent(
+        self,
+        fut: asyncio.Future[Any],
+        client: mqtt.Client,
+        mid: int,
+        qos: int,
+        topic: str,
+        r: Route,
+    ) -> None:
+        if fut.cancelled():  # the producer is going away: the broker redelivers
+            self._settled()
+            return
+        self._sent_done(client, mid, qos, topic, r, fut.exception())
+
+    def _sent_done(
+        self,
+        client: mqtt.Client,
+        mid: int,
+        qos: int,
+        topic: str,
+        r: Route,
+        err: BaseException | None,
+    ) -> None:
+        """Kafka's answer for one record: acknowledge, dead-letter or leave for redelivery."""
+        if err is None:
+            self._kafka_error = None
+            if r.reason is None:
+                with self.counters.lock:
+                    self.counters.forwarded += 1
+            self._settled()
+            client.ack(mid, qos)
+        elif isinstance(err, REFUSED_RECORD) and r.reason is None:
+            # this record can never go: a dead letter, not a retry (still in flight till then)
+            why = WireError("kafka_refused", f"{type(err).__name__}: {err}")
+            self.counters.count("kafka_refused")
+            d = dead_route(r.payload, why)
+            task = asyncio.ensure_future(self._dead_letter(client, mid, qos, topic, d))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif isinstance(err, ProducerClosed):  # stopping: the broker redelivers it
+            self._settled()
+        else:  # Kafka down: leave unacknowledged; the broker redelivers after reconnect
+            self._settled()
+            self._kafka_error = f"{type(err).__name__}: {err}"[:200]
+            log.error("bridge %s could not hand a message to Kafka: %s", self.name, err)
+
+    async def _dead_letter(
+        self, client: mqtt.Client, mid: int, qos: int, topic: str, d: Route
+    ) -> None:
+        producer = self._producer
+        if producer is None:  # stopped: not acknowledged, the broker redelivers
+            self._settled()
+            return
+        try:
+            fut = await producer.send(d.kafka_topic, d.payload, headers=d.headers(topic))
+            await fut
+        except asyncio.CancelledError:
+            self._settled()
+            raise
+        except Exception as err:
+            self._sent_done(client, mid, qos, topic, d, err)
+            return
+        self._sent_done(client, mid, qos, topic, d, None)
 
     async def _start_kafka(self) -> None:
         """Topics checked and the producer started; raises on the first failure."""
@@ -415,6 +518,8 @@ class IngestBridge:
             await producer.stop()
             raise
         self._producer = producer
+        if self._forwarding is None:
+            self._forwarding = asyncio.ensure_future(self._forwarder())
 
     async def start(self, kafka_attempts: int | None = None) -> None:
         """Connect to Kafka (retried with backoff) and then to MQTT.
@@ -451,8 +556,7 @@ class IngestBridge:
         try:
             self.client.connect(m.host, m.port, keepalive=m.keepalive_s)
         except (OSError, ssl.SSLError) as err:
-            if self._producer is not None:
-                await self._producer.stop()
+            await self._stop_kafka()
             raise PublishError(f"bridge cannot reach MQTT at {m.host}:{m.port}: {err}") from err
         self.client.loop_start()
         for _ in range(150):
@@ -499,10 +603,23 @@ class IngestBridge:
         self._connected.clear()
         self.client.disconnect()
         self.client.loop_stop()
+        await self._stop_kafka()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    async def _stop_kafka(self) -> None:
         if self._producer is not None:
+            # flushes what the forwarder handed over; its answers come after the disconnect, so
+            # those messages stay unacknowledged and the broker redelivers them (duplicates in
+            # Kafka, never a loss)
             await self._producer.stop()
             self._producer = None
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        for task in [self._forwarding, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._forwarding = None
 
     # health and metrics (read from the obs server's threads) ------------------------------------
     def in_flight(self) -> int:
