@@ -267,10 +267,14 @@ SPATIAL_TOLERANCE = 0.05
 
 
 def det_spatial(files: list[NabFile]) -> list[np.ndarray]:
-    """NAB's HTM "spatial anomaly" alone: 1 when a value leaves the range seen so far by 5% of it."""
-    slots, v = _corpus_batch(files, [f.values for f in files])
-    det = SpatialAnomaly(tolerance=SPATIAL_TOLERANCE, n_slots=len(files))
-    return _split(files, det.score_learn_many(slots, v))
+    """NAB's HTM "spatial anomaly" alone: 1 when a value leaves the range seen so far by 5% of it
+    (the probationary rows only set the range, as the stream's calibration rows do)."""
+    return _by_probation(
+        files,
+        lambda n, calib, _rest: SpatialAnomaly(
+            tolerance=SPATIAL_TOLERANCE, warmup=calib, n_slots=n
+        ),
+    )
 
 
 def det_artime_spatial(files: list[NabFile]) -> list[np.ndarray]:

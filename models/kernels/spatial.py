@@ -20,7 +20,7 @@ from models.state import SlotState, SlotStateful, as_batch
 
 @njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
 def _spatial_loop(
-    slots: np.ndarray, x: np.ndarray, tolerance: float,
+    slots: np.ndarray, x: np.ndarray, tolerance: float, warmup: int,
     lo: np.ndarray, hi: np.ndarray, count: np.ndarray, out: np.ndarray,
 ) -> int:  # fmt: skip
     dropped = 0
@@ -36,7 +36,7 @@ def _spatial_loop(
             lo[s] = v
             hi[s] = v
         else:
-            if hi[s] > lo[s]:
+            if hi[s] > lo[s] and count[s] >= warmup:
                 # Scaled before subtracting so huge finite ranges do not overflow to inf.
                 tol = hi[s] * tolerance - lo[s] * tolerance
                 if v > hi[s] + tol or v < lo[s] - tol:
@@ -50,19 +50,23 @@ def _spatial_loop(
 class SpatialAnomaly(SlotStateful):
     """1.0 when a value leaves its slot's running range by more than ``tolerance`` of it, else 0.
 
-    Non-finite values score NaN and are not learned (counted in ``dropped``).
+    The first ``warmup`` values of a slot only set the range (score 0), like a detector's
+    calibration rows. Non-finite values score NaN and are not learned (counted in ``dropped``).
     """
 
     kind = "spatial_anomaly"
 
-    def __init__(self, tolerance: float = 0.05, n_slots: int = 1) -> None:
-        if not (math.isfinite(tolerance) and tolerance >= 0.0):
-            raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    def __init__(self, tolerance: float = 0.05, warmup: int = 0, n_slots: int = 1) -> None:
+        if not (math.isfinite(tolerance) and tolerance >= 0.0) or warmup < 0:
+            raise ValueError(
+                f"tolerance must be a finite number >= 0 and warmup >= 0, got {tolerance}, {warmup}"
+            )
         self.tolerance = tolerance
+        self.warmup = warmup
         self.dropped = 0
         self.state = SlotState(
             self.kind,
-            {"tolerance": tolerance},
+            {"tolerance": tolerance, "warmup": warmup},
             {
                 "lo": np.zeros(n_slots),
                 "hi": np.zeros(n_slots),
@@ -76,7 +80,9 @@ class SpatialAnomaly(SlotStateful):
             self.state.ensure(int(s.max()) + 1)
         out = np.empty(s.shape[0])
         st = self.state
-        self.dropped += _spatial_loop(s, v, self.tolerance, st["lo"], st["hi"], st["count"], out)
+        self.dropped += _spatial_loop(
+            s, v, self.tolerance, self.warmup, st["lo"], st["hi"], st["count"], out
+        )
         return out
 
     def score_learn_one(self, x: float, slot: int = 0) -> float:

@@ -34,10 +34,23 @@ def test_spatial_kernel_is_compiled() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(x=st.lists(values, max_size=80), tol=st.sampled_from([0.0, 0.05, 0.5]))
-def test_kernel_equals_reference(x: list[float], tol: float) -> None:
-    got = SpatialAnomaly(tolerance=tol).score_learn_many(np.zeros(len(x), np.int64), x)
-    np.testing.assert_array_equal(got, np.array(spatial_ref(x, tol), dtype=np.float64))
+@given(
+    x=st.lists(values, max_size=80),
+    tol=st.sampled_from([0.0, 0.05, 0.5]),
+    warmup=st.sampled_from([0, 1, 5, 30]),
+)
+def test_kernel_equals_reference(x: list[float], tol: float, warmup: int) -> None:
+    det = SpatialAnomaly(tolerance=tol, warmup=warmup)
+    got = det.score_learn_many(np.zeros(len(x), np.int64), x)
+    np.testing.assert_array_equal(got, np.array(spatial_ref(x, tol, warmup), dtype=np.float64))
+
+
+def test_warmup_rows_only_set_the_range() -> None:
+    x = [0.0, 1.0, 5.0, 10.0, 20.0, 3.0]
+    assert SpatialAnomaly(warmup=4).score_learn_many(np.zeros(6, np.int64), x).tolist() == [
+        0.0, 0.0, 0.0, 0.0, 1.0, 0.0,
+    ]  # fmt: skip
+    assert SpatialAnomaly().score_learn_many(np.zeros(6, np.int64), x)[2:5].tolist() == [1.0] * 3
 
 
 def test_new_extremes_beyond_the_tolerance_score_one() -> None:
@@ -91,3 +104,5 @@ def test_bad_tolerance_is_refused() -> None:
     for bad in (-0.1, math.nan, math.inf):
         with pytest.raises(ValueError, match="tolerance"):
             SpatialAnomaly(tolerance=bad)
+    with pytest.raises(ValueError, match="warmup"):
+        SpatialAnomaly(warmup=-1)
