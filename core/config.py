@@ -379,7 +379,7 @@ class AnomalySettings(BaseModel):
     threshold: float | None = Field(
         None,
         description="Score above which a sample is an anomaly (unset: anomaly_z for "
-        "robust_zscore, 0.32 for artime_spatial, 0.5 for the other [0, 1] detectors).",
+        "robust_zscore, 0.325 for artime_spatial, 0.5 for the other [0, 1] detectors).",
     )
     cooldown_s: float = Field(
         600.0, ge=0, description="Least source time between two anomaly events of one slot."
