@@ -362,10 +362,13 @@ class EdgeSettings(BaseModel):
 class AnomalySettings(BaseModel):
     """The stream's anomaly detector (``[stream.anomaly]``): what runs on which signals."""
 
-    detector: Literal["robust_zscore", "artime", "nn_likelihood", "artime_nn"] = Field(
-        "robust_zscore",
-        description="Detector per (vehicle, signal) slot: robust_zscore (32 B/slot, the cheap "
-        "default), artime, nn_likelihood or artime_nn (NAB's best, ~390 KB/slot; BENCHMARKS.md).",
+    detector: Literal["robust_zscore", "artime", "nn_likelihood", "artime_nn", "artime_spatial"] = (
+        Field(
+            "robust_zscore",
+            description="Detector per (vehicle, signal) slot: robust_zscore (32 B/slot, the cheap "
+            "default), artime, nn_likelihood, artime_nn (~390 KB/slot) or artime_spatial (NAB's "
+            "best, ~292 KB/slot; BENCHMARKS.md).",
+        )
     )
     signals: list[str] = Field(
         default_factory=lambda: [
@@ -381,7 +384,7 @@ class AnomalySettings(BaseModel):
     threshold: float | None = Field(
         None,
         description="Score above which a sample is an anomaly (unset: anomaly_z for "
-        "robust_zscore, 0.5 for the [0, 1] detectors).",
+        "robust_zscore, 0.325 for artime_spatial, 0.5 for the other [0, 1] detectors).",
     )
     cooldown_s: float = Field(
         600.0, ge=0, description="Least source time between two anomaly events of one slot."

@@ -21,6 +21,7 @@ import numpy as np
 from core.errors import ConfigError, DecodeError
 from models.kernels.artime import ARTime
 from models.kernels.neighbour import NNLikelihood
+from models.kernels.spatial import SpatialAnomaly
 from models.kernels.zscore import RobustZScore
 from models.state import SlotStateful
 
@@ -41,14 +42,20 @@ def _artime_nn(calib: int) -> list[SlotStateful]:
     return _artime(calib) + _nn(calib)
 
 
+def _artime_spatial(calib: int) -> list[SlotStateful]:
+    return [*_artime(calib), SpatialAnomaly(tolerance=0.05, warmup=calib, n_slots=0)]
+
+
 @dataclass(frozen=True)
 class DetectorKind:
-    """A detector the stream can run: its parts (combined by the mean of their scores), the
-    default threshold of that mean, and the kind of score (|z| or a [0, 1] likelihood)."""
+    """A detector the stream can run: its parts (combined by the mean of their scores, or the
+    largest with ``largest``), the default threshold of that, and the kind of score (|z| or a
+    [0, 1] likelihood)."""
 
     make: Callable[[int], list[SlotStateful]]
     threshold: float | None  # None: the stream's ``anomaly_z``
     absolute: bool  # score = |score| (signed z-scores)
+    largest: bool = False  # combine the parts by their largest score instead of the mean
 
 
 # name -> detector; costs per slot and NAB quality are in BENCHMARKS.md ("NAB")
@@ -56,7 +63,10 @@ DETECTORS: Final[dict[str, DetectorKind]] = {
     "robust_zscore": DetectorKind(_zscore, None, True),  # 32 B per slot, the cheap default
     "artime": DetectorKind(_artime, 0.5, False),
     "nn_likelihood": DetectorKind(_nn, 0.5, False),
-    "artime_nn": DetectorKind(_artime_nn, 0.5, False),  # NAB's recommendation, ~390 KB per slot
+    "artime_nn": DetectorKind(_artime_nn, 0.5, False),  # ~390 KB per slot
+    # NAB's best and cheapest of the ARTime detectors (BENCHMARKS.md, issue 20): ~292 KB per slot;
+    # 0.325: NAB's tune files chose >= 0.3282 in all three profiles; no NAB score lies between
+    "artime_spatial": DetectorKind(_artime_spatial, 0.325, False, largest=True),
 }
 _VERSION: Final = 1
 
@@ -114,12 +124,17 @@ class AnomalyTracker:
         self.last_emit = np.r_[self.last_emit, np.full(grow, np.iinfo(np.int64).min // 2)]
 
     def scores(self, slots: np.ndarray, values: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """Score-then-learn every sample (time order per slot): the mean of the parts' scores."""
+        """Score-then-learn every sample (time order per slot): the mean of the parts' scores
+        (or the largest)."""
         total = np.zeros(len(slots))
         for part in self.parts:
             s = part.score_learn_many(slots, values, ts.astype(np.float64))  # type: ignore[attr-defined]
-            total += np.nan_to_num(np.abs(s) if self.kind.absolute else s)
-        return total / len(self.parts)
+            s = np.nan_to_num(np.abs(s) if self.kind.absolute else s)
+            if self.kind.largest:
+                np.maximum(total, s, out=total)
+            else:
+                total += s
+        return total if self.kind.largest else total / len(self.parts)
 
     def _evidence(
         self, slot: int, first: int, i: int, v: np.ndarray, t: np.ndarray

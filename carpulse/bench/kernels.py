@@ -169,6 +169,7 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
     from models.kernels.context import ContextOSE
     from models.kernels.likelihood import AnomalyLikelihood
     from models.kernels.neighbour import NNLikelihood
+    from models.kernels.spatial import SpatialAnomaly
 
     n_slots, rep = args.nab_slots, max(1, args.repeat // 2)
     slots, x = _nab_series(args.nab_samples, n_slots, args.seed)
@@ -235,6 +236,22 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
         "state_bytes_per_entity": a_bytes,
         "max_categories": art_last[0].params.max_categories,
         "categories_learned_max": max(art_last[0].categories(k) for k in range(n_slots)),
+    }
+
+    def sp_run(last: list[SpatialAnomaly] = []) -> None:  # noqa: B006 - keeps the last detector
+        det = SpatialAnomaly(warmup=750, n_slots=n_slots)
+        det.score_learn_many(slots, x)
+        last[:] = [det]
+
+    sp_last: list[SpatialAnomaly] = []
+    out["compile_s"]["spatial"] = _cold(lambda: sp_run(sp_last))
+    rate_s = _rate(lambda: sp_run(sp_last), n, rep)
+    s_bytes = sp_last[0].state.bytes_per_slot()
+    out["spatial"] = {"samples_per_s": round(rate_s), "state_bytes_per_entity": s_bytes}
+    out["artime_spatial"] = {
+        "samples_per_s": round(1.0 / (1.0 / rate_a + 1.0 / rate_s)),
+        "state_bytes_per_entity": a_bytes + s_bytes,
+        "note": "ARTime and the spatial anomaly on every sample",
     }
     for name, key in (("context_ensemble", "context_ose"),
                       ("context_ensemble_eval_cap", "context_ose_eval_cap")):  # fmt: skip

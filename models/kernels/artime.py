@@ -21,6 +21,7 @@ from core import kernel_flags
 from models.state import SlotState, SlotStateful, as_batch
 
 WINDOW = 8  # values per feature window (the Haar transform needs a power of two)
+LIMIT = 1e300  # larger finite values are clipped to it (hostile input must not overflow the range)
 
 
 @njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.EXACT_MATH)
@@ -319,7 +320,10 @@ def _ingest(
     ds = ds - dmin[s]
     if dmax[s] - dmin[s] != 0.0:
         ds = ds / (dmax[s] - dmin[s])
-    level = int(min(max(np.rint(ds * nlevels), 0.0), float(nlevels)))
+    lf = np.rint(ds * nlevels)
+    if lf != lf:  # NaN from inf - inf (a range at the float limit): never an index
+        lf = 0.0
+    level = int(min(max(lf, 0.0), float(nlevels)))
     ds = level / nlevels
     # A running median of the levels (ARTime's "close enough" one), 0 below, 1 above, 2 level.
     medbin[s, level] += 1
@@ -391,6 +395,8 @@ def _artime_loop(
             out[i] = np.nan
             dropped += 1
             continue
+        # Finite values past +-LIMIT are taken as +-LIMIT so sums and ranges stay finite.
+        v = min(max(v, -LIMIT), LIMIT)
         c = count[s]
         count[s] = c + 1
         out[i] = 0.0

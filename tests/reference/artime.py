@@ -130,6 +130,7 @@ def artime_ref(
     initial_rho=0.8,
     max_categories=1 << 30,
 ):
+    values = np.clip(values, -1e300, 1e300)  # the kernel's LIMIT
     n = values.size
     pp = calib - calib % 2  # ARTime makes the probationary period even
     if n < pp:
@@ -255,7 +256,8 @@ def artime_ref(
         ds = ds - dmin
         if dmax - dmin != 0:
             ds = ds / (dmax - dmin)
-        level = int(min(max(round(ds * nlevels), 0), nlevels))
+        lf = ds * nlevels
+        level = 0 if math.isnan(lf) else int(min(max(round(lf), 0), nlevels))
         ds = level / nlevels
         medbin[level] += 1
         medpos = dsi // 2

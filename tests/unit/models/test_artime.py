@@ -96,3 +96,24 @@ def test_nan_is_dropped_and_categories_are_capped() -> None:
         ARTime(calib=10)
     with pytest.raises(TypeError):
         ARTime(window=4)
+
+
+def test_huge_finite_values_cannot_overflow_the_range_or_index_outside_the_bins() -> None:
+    # 1e308 in the calibration rows made the range inf and a level NaN: int(NaN) indexed the
+    # median's bins out of bounds (heap corruption in the compiled kernel). Values past 1e300 are
+    # now taken as 1e300, and a NaN level as level 0.
+    rng = np.random.default_rng(0)
+    x = np.round(50 + rng.normal(0, 1, 1200), 2)
+    x[[100, 900, 950]] = [1e308, -1e308, 1.7e308]
+    det = ARTime(calib=300, max_categories=64)
+    out = det.score_learn_many(np.zeros(1200, np.int64), x)
+    assert np.isfinite(out).all() and out.min() >= 0.0 and out.max() <= 1.0
+    assert det.dropped == 0
+    np.testing.assert_array_equal(out, np.array(artime_ref(x, 300, max_categories=64)))
+    clipped = ARTime(calib=300, max_categories=64).score_learn_many(
+        np.zeros(1200, np.int64), np.clip(x, -1e300, 1e300)
+    )
+    np.testing.assert_array_equal(out, clipped)
+    # the levels and the median stay inside their arrays
+    assert 0 <= det.state["med"][0, 2] < det.state["medbin"].shape[1]
+    assert det.state["medbin"].min() >= 0

@@ -130,7 +130,8 @@ def test_bench_kernels_reports_nab_detector_cost() -> None:
         ["--only-nab", "--nab-samples", "3000", "--nab-slots", "2", "--repeat", "1"]
     )
     names = ["context_ose", "context_ose_eval_cap", "nn_likelihood", "zscore_likelihood", "artime",
-             "artime_ensemble", "artime_nn", "context_ensemble", "context_ensemble_eval_cap"]  # fmt: skip
+             "artime_ensemble", "artime_nn", "context_ensemble", "context_ensemble_eval_cap",
+             "spatial", "artime_spatial"]  # fmt: skip
     for name in names:
         assert out[name]["samples_per_s"] > 0 and out[name]["state_bytes_per_entity"] > 0
     assert (
@@ -140,6 +141,13 @@ def test_bench_kernels_reports_nab_detector_cost() -> None:
     assert 0 < out["context_ose"]["contexts_learned_max"] <= 4096
     assert out["compile_s"]["context_ose"] > 0 and out["compile_s"]["artime"] > 0
     assert 0 < out["artime"]["categories_learned_max"] <= 1024
+    # the spatial anomaly: three numbers per slot; the pair costs ARTime's state plus those
+    assert out["spatial"]["state_bytes_per_entity"] == 24
+    assert (
+        out["artime_spatial"]["state_bytes_per_entity"]
+        == out["artime"]["state_bytes_per_entity"] + 24
+    )
+    assert out["artime_spatial"]["samples_per_s"] < out["artime"]["samples_per_s"]
     assert out["context_ensemble"]["samples_per_s"] < min(
         out["context_ose"]["samples_per_s"], out["nn_likelihood"]["samples_per_s"]
     )

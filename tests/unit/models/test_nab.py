@@ -205,3 +205,26 @@ def test_eval_nab_context_cap_is_checked_and_used(tmp_path: Path) -> None:
     big = nab.main([*args, "--context-cap", "4096"])
     assert tiny["raw"] != big["raw"]  # a cap of 8 contexts cannot learn this file
     assert nab._cap == [nab.CONTEXT_CAP]  # the cap does not outlive the run
+
+
+def test_artime_spatial_is_the_max_of_artime_and_the_spatial_anomaly(tmp_path: Path) -> None:
+    from carpulse.evals import nab
+
+    assert {"carpulse_artime_spatial", "carpulse_spatial"} <= set(nab.DETECTORS)
+    root = require_data("nab")
+    rel = "realKnownCause/ec2_request_latency_system_failure.csv"
+    f, problems = nab.read_nab_csv(root / "data" / rel, rel)
+    assert f is not None and not problems
+    art = nab.det_artime([f])[0]
+    sp = nab.det_spatial([f])[0]
+    np.testing.assert_array_equal(nab.det_artime_spatial([f])[0], np.maximum(art, sp))
+    assert set(np.unique(sp)) == {0.0, 1.0}
+    # This file's latency spikes go beyond every level seen before: the spatial part fires where
+    # ARTime (clipped to its calibrated range) scores nothing, but on few rows.
+    assert ((sp == 1.0) & (art == 0.0)).any() and sp.sum() < 0.01 * sp.size
+    data = tmp_path / "data"
+    (data / rel).parent.mkdir(parents=True)
+    (data / rel).symlink_to(root / "data" / rel)
+    report = nab.main(["--data", str(data), "--labels", str(root / "combined_windows.json"),
+                       "--no-plots"])  # fmt: skip
+    assert report["detector"] == "carpulse_artime_spatial"  # the default

@@ -104,6 +104,35 @@ def test_artime_nn_flags_a_level_shift_after_calibration() -> None:
     assert tr.bytes_per_slot() > 100_000  # why it is not the default
 
 
+def test_artime_spatial_takes_the_largest_part_and_flags_a_new_extreme_at_once() -> None:
+    rng = np.random.default_rng(3)
+    n = 900
+    x = np.sin(np.arange(n) / 8.0) * 10 + 50 + rng.normal(0, 0.3, n)
+    x[700:] += 40.0  # far outside the calibrated range
+    tr = AnomalyTracker("artime_spatial", threshold=0.325, cooldown_s=1e6, window=16, calib=300)
+    assert tr.kind.largest and tr.kind.threshold == 0.325
+    slots = np.zeros(n, np.int64)
+    t = np.arange(n, dtype=np.int64) * S
+    score = tr.scores(slots, x, t)
+    art, sp = (
+        AnomalyTracker("artime", window=16, calib=300),
+        AnomalyTracker("artime_spatial", window=16, calib=300),
+    )
+    np.testing.assert_array_equal(
+        score, np.maximum(art.scores(slots, x, t), sp.parts[1].score_learn_many(slots, x))
+    )
+    assert score[700] == 1.0  # the first value beyond the range seen so far, not a few rows later
+    tr2 = AnomalyTracker("artime_spatial", threshold=0.325, cooldown_s=1e6, window=16, calib=300)
+    hits = tr2.update(slots, x, t)
+    assert [e["ts_us"] for _, e in hits.events] == [700 * S]
+    restored = AnomalyTracker(
+        "artime_spatial", threshold=0.325, cooldown_s=1e6, window=16, calib=300
+    )
+    assert restored.load(tr2.to_bytes())
+    # the spatial part costs three numbers per slot on top of ARTime
+    assert restored.bytes_per_slot() == tr2.bytes_per_slot() == art.bytes_per_slot() + 24
+
+
 def test_families_pick_signals() -> None:
     fam = ["Vehicle.Powertrain.", SPEED]
     names = [SPEED, "Vehicle.Powertrain.CombustionEngine.ECT", BATTERY_V, "Vehicle.SpeedX"]
