@@ -68,14 +68,15 @@ class PlateReader:
         edge_width: int = 480,
         cell_model: Path | None = MODEL_PATH,
         cell_accept: float = 0.9,
-        cell_min: float = 0.5,
+        cell_min: float | None = None,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
         # crop without PP-OCR; otherwise both read it and the more confident valid reading wins.
         self.cells = CellReader(cell_model) if cell_model is not None else None
         self.cell_accept = cell_accept
-        self.cell_min = cell_min
+        # The cells' lowest character probability must reach this (default: ``min_confidence``).
+        self.cell_min = min_confidence if cell_min is None else cell_min
         self.decoder = PlateDecoder(self.ocr.alphabet)
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides

@@ -148,3 +148,16 @@ def test_a_synthetic_sample_knows_its_plate_corners() -> None:
         assert float(warp_quad(s.image, s.quad).std()) > 10
         found += 1
     assert found >= 8
+
+
+def test_the_reader_reads_a_rendered_plate_with_and_without_the_cells() -> None:
+    from models.plates.reader import PlateReader
+
+    scene, _ = _photo("苏E12345", "ordinary", angle=6, seed=3)
+    both, ocr_only = PlateReader(), PlateReader(cell_model=None)
+    assert both.cells is not None and ocr_only.cells is None
+    assert both.cell_min == both.min_confidence == 0.5
+    assert [r.text for r in both.read(scene)] == ["苏E12345"]
+    assert [r.text for r in ocr_only.read(scene)] == ["苏E12345"]
+    strict = PlateReader(min_confidence=0.999999, cell_accept=1.1)
+    assert strict.read(scene) == []  # no reading is that sure: the bar applies to the cells too
