@@ -41,6 +41,7 @@ TOOLS_OBD: dict[str, str] = {
 
 TOOLS_PLATES: dict[str, str] = {
     "synth": "models.plates.synth:main",
+    "train": "models.plates.train:main",
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from models.plates.cells import MODEL_PATH, CellReader
 from models.plates.decode import PlateDecoder
 from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
@@ -65,8 +66,17 @@ class PlateReader:
         min_strokes: float = 4.0,
         first_floor: float = 0.02,
         edge_width: int = 480,
+        cell_model: Path | None = MODEL_PATH,
+        cell_accept: float = 0.9,
+        cell_min: float | None = None,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
+        # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
+        # crop without PP-OCR; otherwise both read it and the more confident valid reading wins.
+        self.cells = CellReader(cell_model) if cell_model is not None else None
+        self.cell_accept = cell_accept
+        # The cells' lowest character probability must reach this (default: ``min_confidence``).
+        self.cell_min = min_confidence if cell_min is None else cell_min
         self.decoder = PlateDecoder(self.ocr.alphabet)
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
@@ -113,39 +123,66 @@ class PlateReader:
     ) -> dict[int, tuple[PlateRead, float]]:
         """The best valid, confident reading per owner of ``(owner, crop)`` items (one batch)."""
         crops, owners = [], []
+        best: dict[int, tuple[PlateRead, float]] = {}
+        by_cells: dict[int, tuple[PlateRead, float]] = {}
         for i, crop in items:
             if crop.shape[0] < 6 or crop.shape[1] < 12:
                 continue
             if stroke_count(crop) < self.min_strokes:  # not text: skip the recogniser
                 continue
+            double = crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT
+            cell = self.cells.read(crop) if self.cells is not None and not double else None
+            if cell is not None and cell.confidence >= self.cell_min:
+                read = PlateRead(cell.text, cell.confidence, rects[i], cell.text, stage, _sha(crop))
+                if cell.confidence >= self.cell_accept:
+                    _keep(best, i, read, cell.confidence)
+                    continue
+                _keep(by_cells, i, read, cell.confidence)
+            if i in best:
+                continue
             crops.append(crop)
             owners.append(i)
-            if crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT:
+            if double:
                 crops.append(_split_rows(crop))
                 owners.append(i)
-        best: dict[int, tuple[PlateRead, float]] = {}
+        by_ocr: dict[int, tuple[PlateRead, float]] = {}
         for owner, crop, probs in zip(owners, crops, self.ocr.recognise(crops), strict=True):
+            if owner in best:
+                continue
             dec = self.decoder.constrained(probs)
             if dec is None:
                 continue
             conf = _confidence(dec.char_probs, self.first_floor)
             if conf < self.min_confidence:
                 continue
-            prev = best.get(owner)
-            if prev is not None and prev[1] >= dec.score:
-                continue
-            sha = hashlib.sha256(np.ascontiguousarray(crop).tobytes()).hexdigest()
             raw = normalise(self.decoder.greedy(probs))
-            best[owner] = (
-                PlateRead(dec.text, conf, rects[owner], raw, stage, sha),
-                dec.score,
-            )
+            read = PlateRead(dec.text, conf, rects[owner], raw, stage, _sha(crop))
+            _keep(by_ocr, owner, read, dec.score)
+        for owner in set(by_cells) | set(by_ocr):
+            if owner in best:
+                continue
+            best[owner] = self._combine(by_cells.get(owner), by_ocr.get(owner))
         return best
+
+    @staticmethod
+    def _combine(
+        cell: tuple[PlateRead, float] | None, ocr: tuple[PlateRead, float] | None
+    ) -> tuple[PlateRead, float]:
+        """The more confident of the cell and PP-OCR readings of one crop (either may be missing)."""
+        if cell is None or ocr is None:
+            pick = cell or ocr
+            assert pick is not None  # called only for owners with at least one reading
+            return pick
+        # (Fusing them character by character, or taking the cells' province into PP-OCR's
+        # reading, read fewer TUNE plates: 145 and 143 against 145 of 184.)
+        return cell if cell[0].confidence >= ocr[0].confidence else ocr
 
     def read(self, image: np.ndarray) -> list[PlateRead]:
         """Valid plate readings in a BGR image, most confident first (an empty list if none)."""
-        if image is None or image.ndim != 3 or image.shape[0] < 16 or image.shape[1] < 16:
+        bgr = _as_bgr(image)
+        if bgr is None:
             return []
+        image = bgr
         found: list[PlateRead] = []
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         for cand in colour_candidates(image):
@@ -169,6 +206,39 @@ class PlateReader:
             if r.text not in unique or r.confidence > unique[r.text].confidence:
                 unique[r.text] = r
         return sorted(unique.values(), key=lambda r: r.confidence, reverse=True)
+
+
+def _as_bgr(image: object) -> np.ndarray | None:
+    """``image`` as 8-bit BGR (grey and BGRA converted, other dtypes clipped), or ``None``."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        return None
+    if image.shape[0] < 16 or image.shape[1] < 16:
+        return None
+    if image.ndim == 3 and image.shape[2] not in (3, 4):
+        return None
+    if image.dtype != np.uint8:
+        if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.bool_):
+            return None
+        image = np.nan_to_num(image.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return np.ascontiguousarray(image)
+
+
+def _sha(crop: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(crop).tobytes()).hexdigest()
+
+
+def _keep(
+    best: dict[int, tuple[PlateRead, float]], owner: int, read: PlateRead, score: float
+) -> None:
+    """Keep ``read`` for ``owner`` unless a reading that scores at least as well is there."""
+    prev = best.get(owner)
+    if prev is None or prev[1] < score:
+        best[owner] = (read, score)
 
 
 def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:

@@ -52,6 +52,8 @@ class Sample:
     text: str
     kind: str
     conditions: dict[str, float]
+    # The plate's corners in the image (TL, TR, BR, BL), float32 4 x 2; None without a plate.
+    quad: np.ndarray | None = None
 
 
 def font_path() -> Path:
@@ -261,7 +263,8 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
         "scale": round(scale, 3),
     }
     conditions["jpeg_quality"] = float(rng.integers(55, 96))
-    return Sample(out, text, kind, conditions)
+    quad = (dst * np.array([out.shape[1] / w, out.shape[0] / h])).astype(np.float32)
+    return Sample(out, text, kind, conditions, quad if text else None)
 
 
 def write_set(out: Path, n: int, seed: int) -> dict[str, Any]:

@@ -1,0 +1,211 @@
+"""``carpulse plates train``: fit the plate-font cell classifier on synthetic plates (fixed seed).
+
+The training photos come from ``synth.make_sample`` with seeds of their own (default 5000; the
+evaluation sets use 100 for TUNE and 900 for TEST, and images of different seeds never coincide),
+through a JPEG round trip like the evaluation's. Each photo gives two crops: the one the
+reader itself makes (a box around the plate, deskewed by ``quad.refine`` and ``warp_quad``, or
+the plain rectangle when the corner fit fails) and one warped from the true corners moved a little, so the
+classifier learns loose corners too. Nothing is downloaded; the same seed gives the same weights
+(one BLAS thread, sklearn's ``random_state``), whose SHA-256 the command prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from core.errors import ConfigError
+from models.plates.cells import (
+    CLASSES,
+    FEATURES,
+    MODEL_PATH,
+    PIXELS,
+    cell_features,
+    features,
+)
+from models.plates.ocr import crop_rect
+from models.plates.quad import refine, warp_quad
+from models.plates.synth import make_sample
+
+RESERVED_SEEDS = (100, 900)  # TUNE and TEST: never trained on
+
+
+def _crops(image: np.ndarray, quad: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """The reader's own crop of the plate at ``quad`` (a box around it, deskewed by its corner fit,
+    or as it is when the fit fails) and one from jittered true corners."""
+    (cx, cy), (w, h), ang = cv2.minAreaRect(quad)
+    # A locator box: the plate's rectangle, a little off in place and size.
+    rect = (
+        (cx + rng.normal(0, 0.03) * max(w, h), cy + rng.normal(0, 0.05) * min(w, h)),
+        (w * rng.uniform(0.92, 1.1), h * rng.uniform(0.9, 1.15)),
+        ang,
+    )
+    found = refine(image, rect)
+    out = [warp_quad(image, found) if found is not None else crop_rect(image, rect)]
+    width = float(np.linalg.norm(quad[1] - quad[0]))
+    height = float(np.linalg.norm(quad[3] - quad[0]))
+    jitter = rng.normal(0, 1, (4, 2)) * np.array([0.015 * width, 0.05 * height])
+    out.append(warp_quad(image, (quad + jitter).astype(np.float32)))
+    return out
+
+
+def make_cells(seed: int, scenes: int, jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(cell windows [N, PIXELS], class index [N])`` from ``scenes`` synthetic photos of ``seed``.
+
+    Photo ``i`` and its crops depend on ``(seed, i)`` only, so ``jobs`` processes give the same
+    cells, in the same order, as one.
+    """
+    bounds = np.linspace(0, scenes, max(1, min(jobs, scenes)) + 1).astype(int)
+    chunks = [(seed, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    if len(chunks) == 1:
+        parts = [_chunk(*chunks[0])]
+    else:
+        with ProcessPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(_chunk, *zip(*chunks, strict=True)))
+    xs = [x for x, _ in parts if len(x)]
+    if not xs:
+        raise ConfigError(f"no plates in {scenes} scenes of seed {seed}")
+    return np.concatenate(xs), np.concatenate([y for _, y in parts])
+
+
+def _chunk(seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    index = {ch: i for i, ch in enumerate(CLASSES)}
+    for i in range(start, stop):
+        s = make_sample(seed, i)
+        if not s.text or s.quad is None:
+            continue
+        rng = np.random.default_rng([seed, i, 1])
+        q = int(s.conditions["jpeg_quality"])
+        ok, buf = cv2.imencode(".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, q])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        image = decoded if decoded is not None else s.image
+        for crop in _crops(image, s.quad, rng):
+            feats = cell_features(crop, len(s.text))
+            if feats is None:
+                continue
+            xs.append(feats)
+            ys.extend(index[ch] for ch in s.text)
+    if not xs:
+        return np.empty((0, PIXELS), np.float32), np.empty(0, np.int64)
+    return np.concatenate(xs), np.array(ys, np.int64)
+
+
+def fit(x: np.ndarray, y: np.ndarray, hidden: int, epochs: int, seed: int) -> dict[str, np.ndarray]:
+    """Two-layer perceptron weights on ``features(x)``, every class of ``CLASSES`` present (unseen
+    ones never win)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    mlp = MLPClassifier(
+        hidden_layer_sizes=(hidden,),
+        alpha=1e-4,
+        batch_size=min(256, len(y)),
+        learning_rate_init=2e-3,
+        max_iter=epochs,
+        random_state=seed,
+        shuffle=True,
+        tol=1e-5,
+        n_iter_no_change=max(epochs, 2),
+    )
+    with threadpool_limits(1), warnings.catch_warnings():  # one thread: the same sums each run
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(features(x), y)
+    w2 = np.zeros((hidden, len(CLASSES)), np.float32)
+    b2 = np.full(len(CLASSES), -30.0, np.float32)
+    seen = mlp.classes_.astype(np.int64)
+    out_w, out_b = mlp.coefs_[1], mlp.intercepts_[1]
+    if len(seen) == 2:  # sklearn keeps one logit for two classes
+        out_w = np.concatenate([-out_w, out_w], axis=1) / 2
+        out_b = np.concatenate([-out_b, out_b]) / 2
+    w2[:, seen], b2[seen] = out_w, out_b
+    return {
+        "w1": mlp.coefs_[0].astype(np.float32),
+        "b1": mlp.intercepts_[0].astype(np.float32),
+        "w2": w2,
+        "b2": b2,
+        "classes": np.array(CLASSES),
+    }
+
+
+def weights_sha256(weights: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in ("w1", "b1", "w2", "b2"):
+        h.update(np.ascontiguousarray(weights[k], np.float32).tobytes())
+    return h.hexdigest()
+
+
+def train(
+    out: Path,
+    seed: int = 5000,
+    scenes: int = 5000,
+    hidden: int = 192,
+    epochs: int = 40,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """Generate, fit and write the model to ``out``; returns a summary with the weights' hash."""
+    if seed in RESERVED_SEEDS:
+        raise ConfigError(f"seed {seed} is an evaluation set (TUNE 100, TEST 900): pick another")
+    if not 1 <= scenes <= 200_000 or not 4 <= hidden <= 2048 or not 1 <= epochs <= 1000:
+        raise ConfigError("--scenes 1..200000, --hidden 4..2048, --epochs 1..1000")
+    if not 1 <= jobs <= 64:
+        raise ConfigError("--jobs 1..64")
+    t0 = time.perf_counter()
+    x, y = make_cells(seed, scenes, jobs)
+    t1 = time.perf_counter()
+    weights = fit(x, y, hidden, epochs, seed)
+    t2 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        w1=weights["w1"],
+        b1=weights["b1"],
+        w2=weights["w2"],
+        b2=weights["b2"],
+        classes=weights["classes"],
+    )
+    probs_ok = _train_accuracy(weights, x, y)
+    return {
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "seed": seed,
+        "scenes": scenes,
+        "cells": len(y),
+        "features": FEATURES,
+        "hidden": hidden,
+        "epochs": epochs,
+        "train_cell_accuracy": round(probs_ok, 4),
+        "weights_sha256": weights_sha256(weights),
+        "seconds": {"data": round(t1 - t0, 1), "fit": round(t2 - t1, 1)},
+    }
+
+
+def _train_accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    h = np.maximum(features(x) @ w["w1"] + w["b1"], 0.0)
+    return float(((h @ w["w2"] + w["b2"]).argmax(axis=1) == y).mean())
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """``carpulse plates train``."""
+    ap = argparse.ArgumentParser(prog="carpulse plates train", description=__doc__)
+    ap.add_argument("--out", type=Path, default=MODEL_PATH, help="model file to write (.npz)")
+    ap.add_argument("--seed", type=int, default=5000, help="synthetic seed (not 100 or 900)")
+    ap.add_argument("--scenes", type=int, default=5000, help="synthetic photos to train on")
+    ap.add_argument("--hidden", type=int, default=192, help="hidden units")
+    ap.add_argument("--epochs", type=int, default=40, help="passes over the cells")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="processes making photos (same result for any value)"
+    )
+    args = ap.parse_args(argv)
+    return train(args.out, args.seed, args.scenes, args.hidden, args.epochs, args.jobs)
