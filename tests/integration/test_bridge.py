@@ -169,9 +169,13 @@ def test_a_bridge_stopped_with_records_in_flight_loses_nothing(
                 pub.flush()
 
             publishing = asyncio.ensure_future(asyncio.to_thread(publish_all))
+            # stop at a moment with messages in flight, after a quarter went through (on a
+            # loaded machine the bridge can catch up with the publisher between two looks)
             deadline = time.monotonic() + 30
-            while first.counters.forwarded < n // 4 and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
+            while time.monotonic() < deadline and (
+                first.counters.forwarded < n // 4 or first.in_flight() == 0
+            ):
+                await asyncio.sleep(0.001)
             in_flight = first.in_flight()
             await first.stop(drain_s=0.0)
             await publishing
@@ -190,7 +194,9 @@ def test_a_bridge_stopped_with_records_in_flight_loses_nothing(
     in_flight, before, after = asyncio.run(scenario())
     assert in_flight > 0  # stopped with messages handed to Kafka and not acknowledged yet
     first_seqs = [decode_telemetry(r.value).seq for r in before]
-    assert 0 < len(first_seqs) < n  # stopped mid-stream
+    # the first bridge forwarded some (all of them when the publisher was done before the stop:
+    # the producer's stop flushes what was handed over, and those answers come too late to ack)
+    assert len(first_seqs) > 0
     if decode_workers == 0:  # one partition (one key), checked and sent in arrival order
         assert first_seqs == sorted(first_seqs) and len(set(first_seqs)) == len(first_seqs)
     # what the first bridge left unacknowledged came again: nothing is missing
