@@ -13,7 +13,7 @@ from models.plates.cells import MODEL_PATH, CellReader
 from models.plates.decode import PlateDecoder
 from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
-from models.plates.quad import refine, stroke_count, warp_quad
+from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
 from models.plates.syntax import normalise
 
 # A two-row plate (motorcycles, lorries) is about 2:1; a one-row plate about 3.1:1.
@@ -69,6 +69,7 @@ class PlateReader:
         cell_model: Path | None = MODEL_PATH,
         cell_accept: float = 0.9,
         cell_min: float | None = None,
+        snap_passes: int = 3,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
@@ -84,6 +85,8 @@ class PlateReader:
         self.min_strokes = min_strokes
         self.first_floor = first_floor
         self.edge_width = edge_width
+        # Passes of ``quad.snap`` (0: off): the corners re-fitted to the character row.
+        self.snap_passes = snap_passes
 
     def _read_crops(
         self,
@@ -95,6 +98,11 @@ class PlateReader:
         for rect in rects:
             # Deskewed crop first (roll and perspective tilt undone from the plate's corners).
             quad = refine(image, rect) if self.deskew else None
+            if self.deskew and self.snap_passes > 0:
+                # The colour fit (or the plain box) is often a tenth of the plate off; the
+                # cells want their grid on the characters: re-fit to the character row.
+                snapped = snap(image, quad if quad is not None else rect_quad(rect), self.snap_passes)
+                quad = snapped if snapped is not None else quad
             deskewed.append(warp_quad(image, quad) if quad is not None else None)
         best = self._recognise(
             [
