@@ -101,7 +101,9 @@ class PlateReader:
             if self.deskew and self.snap_passes > 0:
                 # The colour fit (or the plain box) is often a tenth of the plate off; the
                 # cells want their grid on the characters: re-fit to the character row.
-                snapped = snap(image, quad if quad is not None else rect_quad(rect), self.snap_passes)
+                snapped = snap(
+                    image, quad if quad is not None else rect_quad(rect), self.snap_passes
+                )
                 quad = snapped if snapped is not None else quad
             deskewed.append(warp_quad(image, quad) if quad is not None else None)
         best = self._recognise(
