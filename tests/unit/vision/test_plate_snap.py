@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import cv2
 import numpy as np
 import pytest
 
 from models.plates.cells import CellReader
-from models.plates.quad import grow_quad, order_corners, rect_quad, snap, warp_quad
+from models.plates.quad import grow_quad, order_corners, rect_quad, refine, snap, warp_quad
 from models.plates.reader import PlateReader
 from models.plates.synth import render_plate
 
@@ -115,13 +117,23 @@ def test_snapped_crop_reads_where_the_loose_crop_does_not() -> None:
     assert loose is None or loose.score < snapped.score
 
 
-def test_the_reader_snaps_a_plain_box() -> None:
+def test_the_reader_gives_the_cells_the_snapped_crop() -> None:
     scene, truth = _scene("鲁B1234挂", "trailer", roll=-12, yaw=0.3, seed=11)
-    # The min-area rectangle around the plate, too tall: what an edge candidate gives.
+    # The min-area rectangle around the plate, low and too tall: what an edge candidate gives.
     (cx, cy), (w, h), ang = cv2.minAreaRect(truth)
     rect = ((cx, cy + 0.1 * min(w, h)), (w * 1.05, h * 1.3), ang)
+    start = refine(scene, rect)
+    snapped = snap(scene, start if start is not None else rect_quad(rect))
+    assert snapped is not None
+    crop = warp_quad(scene, snapped)
+    want = hashlib.sha256(np.ascontiguousarray(crop).tobytes()).hexdigest()
     reads = PlateReader()._read_crops(scene, [rect], "edge")
-    assert [r.text for r in reads] == ["鲁B1234挂"]
+    assert [(r.text, r.crop_sha256) for r in reads] == [("鲁B1234挂", want)]
+    # Without snapping the cells read another crop; a text detector's box is never snapped.
+    plain = PlateReader(snap_passes=0)._read_crops(scene, [rect], "edge")
+    assert [r.text for r in plain] == ["鲁B1234挂"] and plain[0].crop_sha256 != want
+    boxed = PlateReader()._read_crops(scene, [rect], "detector")
+    assert all(r.crop_sha256 != want for r in boxed)
 
 
 def test_rect_quad_puts_the_long_side_across() -> None:
