@@ -144,3 +144,190 @@ def stroke_count(crop: np.ndarray) -> float:
     _, ink = cv2.threshold(band, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     changes = np.abs(np.diff(ink.astype(np.int8), axis=1)).sum(axis=1)
     return float(np.median(changes))
+
+
+def rect_quad(rect: Rect) -> np.ndarray:
+    """A rotated rectangle's corners (TL, TR, BR, BL) with its long side taken as the width."""
+    (cx, cy), (w, h), ang = rect
+    if w < h:
+        w, h, ang = h, w, ang - 90 if ang > 0 else ang + 90
+    return order_corners(cv2.boxPoints(((cx, cy), (w, h), ang)))
+
+
+# The snap canvas: the quad's box is SNAP_W x SNAP_H inside SNAP_PAD pixels of its surroundings.
+SNAP_W, SNAP_H, SNAP_PAD = 120, 40, 16
+# GA 36's character row: 90 of the plate's 140 mm, 25 mm above and below (``synth.render_plate``).
+TEXT_OVER = 25 / 90
+# and 16 mm of plate left and right of it (of 440 or 480 mm).
+TEXT_SIDE = 16 / 460
+BAND_CUT = 0.4
+END_CUT = 0.2
+
+
+def snap(image: np.ndarray, quad: np.ndarray, passes: int = 3) -> np.ndarray | None:
+    """``quad`` re-fitted to the plate's character row (TL, TR, BR, BL), or ``None``.
+
+    Each pass measures in a canvas warped from the previous fit, so a badly placed first box
+    (half a character row off) comes closer pass by pass; the last fit that found a character row
+    is returned (TUNE: 3 passes read more plates than 1, 2 or 5). ``None`` if the first pass finds
+    no clear character row: the caller keeps its own fit.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
+        return None
+    if (image.ndim == 3 and image.shape[2] != 3) or min(image.shape[:2]) < 8:
+        return None
+    try:
+        start = np.asarray(quad, np.float64).reshape(4, 2)
+    except (TypeError, ValueError):
+        return None
+    if not np.all(np.isfinite(start)) or np.abs(start).max() > 1e6:
+        return None
+    q: np.ndarray | None = None
+    current = order_corners(start)
+    for _ in range(max(1, passes)):
+        nxt = _snap_once(image, current)
+        if nxt is None:
+            break
+        q = current = nxt
+    return q
+
+
+def _snap_once(image: np.ndarray, quad: np.ndarray, snap_x: bool = True) -> np.ndarray | None:
+    """One snapping pass: ``quad`` re-fitted to the character row, or ``None``.
+
+    A corner fit from the background colour, or a plain box, is often a tenth of the plate height
+    off, and the cell recogniser wants its cells where the characters are. In a canvas warped from
+    ``quad`` with room around it, the rows with dense vertical strokes are the characters; their
+    top and bottom, measured on the left and on the right half, give the plate's top and bottom
+    edges (GA 36: 25 mm of plate above and below a 90 mm character row), so roll and keystone
+    the first fit left are undone too. ``None`` when no clear character row is found.
+    """
+    q = order_corners(quad)
+    if not _plate_shaped(q):
+        return None
+    cw, chh = SNAP_W + 2 * SNAP_PAD, SNAP_H + 2 * SNAP_PAD
+    box = np.array(
+        [
+            [SNAP_PAD, SNAP_PAD],
+            [SNAP_PAD + SNAP_W, SNAP_PAD],
+            [SNAP_PAD + SNAP_W, SNAP_PAD + SNAP_H],
+            [SNAP_PAD, SNAP_PAD + SNAP_H],
+        ],
+        np.float32,
+    )
+    try:
+        m = cv2.getPerspectiveTransform(q, box)
+        inv = np.linalg.inv(m)
+    except (cv2.error, np.linalg.LinAlgError):
+        return None
+    if not np.all(np.isfinite(m)) or not np.all(np.isfinite(inv)):
+        return None
+    canvas = cv2.warpPerspective(
+        image, m, (cw, chh), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+    )
+    # Vertical edges in grey. A red first character on a black plate (使) is faint in grey and
+    # the row's left end is then one character off; adding redness's edges fixed that on clean
+    # renders but read fewer TUNE plates (147, and 145 with redness for the ends only, against
+    # 150), as did the strongest of the three channels (chroma noise).
+    grey = cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY) if canvas.ndim == 3 else canvas
+    strokes = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3))
+    tops, bottoms, xs = [], [], []
+    for a, b in ((0.1, 0.5), (0.5, 0.9)):
+        x0, x1 = SNAP_PAD + round(a * SNAP_W), SNAP_PAD + round(b * SNAP_W)
+        band = _text_band(strokes[:, x0:x1].mean(axis=1))
+        if band is None:
+            return None
+        tops.append(band[0])
+        bottoms.append(band[1])
+        xs.append((x0 + x1) / 2)
+    heights = np.array(bottoms) - np.array(tops)
+    if heights.min() < 0.35 * SNAP_H or heights.max() > 1.6 * SNAP_H:
+        return None
+    # The plate's top and bottom edges as lines y = y0 + k x through the two halves.
+    top = [t - TEXT_OVER * hgt for t, hgt in zip(tops, heights, strict=True)]
+    bottom = [b + TEXT_OVER * hgt for b, hgt in zip(bottoms, heights, strict=True)]
+
+    def at(ys: list[float], x: float) -> float:
+        return ys[0] + (ys[1] - ys[0]) * (x - xs[0]) / (xs[1] - xs[0])
+
+    left, right = float(SNAP_PAD), float(SNAP_PAD + SNAP_W)
+    if snap_x:
+        ends = _text_ends(strokes, float(np.mean(tops)), float(np.mean(bottoms)))
+        if ends is not None:
+            width = (ends[1] - ends[0]) / (1 - 2 * TEXT_SIDE)
+            left, right = ends[0] - TEXT_SIDE * width, ends[1] + TEXT_SIDE * width
+    pts = np.array(
+        [
+            [left, at(top, left)],
+            [right, at(top, right)],
+            [right, at(bottom, right)],
+            [left, at(bottom, left)],
+        ],
+        np.float32,
+    )
+    back = cv2.perspectiveTransform(pts[None], inv)[0]
+    if not np.all(np.isfinite(back)) or not _plate_shaped(back):
+        return None
+    return back.astype(np.float32)
+
+
+def _plate_shaped(q: np.ndarray) -> bool:
+    """Whether corners (TL, TR, BR, BL) make a convex quadrilateral of a plate's proportions."""
+    q = np.asarray(q, np.float32)
+    if not cv2.isContourConvex(q.reshape(-1, 1, 2)):
+        return False
+    width = 0.5 * float(np.linalg.norm(q[1] - q[0]) + np.linalg.norm(q[2] - q[3]))
+    height = 0.5 * float(np.linalg.norm(q[3] - q[0]) + np.linalg.norm(q[2] - q[1]))
+    return height >= 4 and 1.2 <= width / height <= 8.0
+
+
+def _text_band(profile: np.ndarray) -> tuple[float, float] | None:
+    """First and last row (sub-pixel edges) of the longest run of stroke-dense rows, or ``None``."""
+    p = np.convolve(profile, np.ones(3, np.float32) / 3, mode="same")
+    lo, hi = float(np.percentile(p, 10)), float(p.max())
+    if hi <= 1.0 or hi < 2.0 * max(lo, 1e-6):
+        return None
+    cut = lo + BAND_CUT * (hi - lo)
+    on = p >= cut
+    best, start = (0, 0), None
+    for i, v in enumerate(np.append(on, False)):
+        if v and start is None:
+            start = i
+        elif not v and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    if best[1] - best[0] < 3:
+        return None
+    # Sub-pixel ends: where the profile crosses the threshold between two rows.
+    a, b = best[0], best[1] - 1
+    top = float(a) - (p[a] - cut) / max(p[a] - p[a - 1], 1e-6) + 0.5 if a > 0 else float(a)
+    bottom = (
+        float(b) + (p[b] - cut) / max(p[b] - p[b + 1], 1e-6) + 0.5 if b + 1 < len(p) else b + 1.0
+    )
+    return top, bottom
+
+
+def _text_ends(strokes: np.ndarray, top: float, bottom: float) -> tuple[float, float] | None:
+    """Left and right end of the character row between rows ``top`` and ``bottom``, or ``None``.
+
+    The plate's border line and its outer edge are vertical strokes too, but they run on above
+    and below the characters: the stroke profile of the rows just outside the character row is
+    taken off the profile inside it, so mostly the characters remain.
+    """
+    h = bottom - top
+    t, b = round(top + 0.1 * h), round(bottom - 0.1 * h)
+    above = strokes[max(0, round(top - 0.22 * h)) : max(1, round(top - 0.04 * h))]
+    below = strokes[round(bottom + 0.04 * h) : round(bottom + 0.22 * h)]
+    if b - t < 2 or above.shape[0] < 1 or below.shape[0] < 1:
+        return None
+    outside = np.maximum(above.mean(axis=0), below.mean(axis=0))
+    p = np.convolve(strokes[t:b].mean(axis=0) - outside, np.ones(3, np.float32) / 3, "same")
+    hi = float(p.max())
+    if hi <= 1.0:
+        return None
+    cols = np.nonzero(p >= END_CUT * hi)[0]
+    lo_x, hi_x = float(cols[0]), float(cols[-1] + 1)
+    if not 0.6 * SNAP_W <= hi_x - lo_x <= 1.3 * SNAP_W:
+        return None
+    return lo_x, hi_x
