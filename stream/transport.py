@@ -21,11 +21,16 @@ up to ``fetch_batch_wait_ms`` more.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Final, cast
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger(__name__)
+# the private members of aiokafka's Fetcher that FetchPacer reads and switches
+FETCHER_MEMBERS: Final = ("_proc_fetch_request", "_fetch_min_bytes", "_fetch_max_wait_ms")
 
 # Faust's own value (aiokafka's default is 500 ms).
 FAUST_FETCH_MAX_WAIT_MS = 1500
@@ -76,6 +81,22 @@ class FetchPacer:
         self.fetcher._fetch_max_wait_ms = wait_ms
 
 
+def pace(fetcher: Any, batch_wait_ms: int) -> FetchPacer | None:
+    """A ``FetchPacer`` on ``fetcher``, or None when pacing is off (0 ms) or this aiokafka's
+    Fetcher lacks the private members it switches (a newer release): the worker then runs
+    unpaced, as before the pacing, and says so once, instead of refusing to start."""
+    if batch_wait_ms <= 0:
+        return None
+    if not all(hasattr(fetcher, a) for a in FETCHER_MEMBERS):
+        log.warning(
+            "stream: this aiokafka %s has no Fetcher.%s: fetch pacing ([stream] "
+            "fetch_batch_wait_ms) is off, each fetch is answered at once (more CPU per sample)",
+            aiokafka.__version__, "/".join(FETCHER_MEMBERS),
+        )  # fmt: skip
+        return None
+    return FetchPacer(fetcher, batch_wait_ms)
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """The consumer thread; its worker consumer waits at most ``Transport.fetch_max_wait_ms``."""
 
@@ -95,16 +116,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     async def on_start(self) -> None:
         await super().on_start()  # the consumer has started: its Fetcher exists
         batch_wait_ms = cast(Transport, self.transport).fetch_batch_wait_ms
-        fetcher = getattr(self._consumer, "_fetcher", None)
-        if batch_wait_ms > 0:
-            if not all(
-                hasattr(fetcher, a)
-                for a in ("_proc_fetch_request", "_fetch_min_bytes", "_fetch_max_wait_ms")
-            ):
-                raise RuntimeError(
-                    "stream.transport: this aiokafka's Fetcher differs; check fetch pacing"
-                )
-            self.pacer = FetchPacer(fetcher, batch_wait_ms)
+        self.pacer = pace(getattr(self._consumer, "_fetcher", None), batch_wait_ms)
 
 
 class Consumer(faust_aiokafka.Consumer):

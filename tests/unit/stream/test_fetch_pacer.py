@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stream.transport import BATCH_MIN_BYTES, FetchPacer
+from stream.transport import BATCH_MIN_BYTES, FetchPacer, pace
 
 
 class Fetcher:
@@ -57,3 +57,15 @@ def test_a_lone_record_or_slow_ones_never_make_the_next_fetch_wait() -> None:
     # records, but each slower than the batch wait: nothing is gained by waiting
     fetcher, pacer = run([(0.03, True)] * 4, wait_ms=20)
     assert set(fetcher.sent) == {(1, 100)} and pacer.switches == 0
+
+
+def test_pacing_is_off_at_0_ms_and_on_a_fetcher_without_the_members(caplog: Any) -> None:
+    assert pace(Fetcher([]), 0) is None
+    assert isinstance(pace(Fetcher([]), 50), FetchPacer)
+
+    class Newer:  # a future aiokafka whose Fetcher renamed its private members
+        _fetch_min_bytes = 1
+
+    with caplog.at_level("WARNING", logger="stream.transport"):
+        assert pace(Newer(), 50) is None  # the worker runs unpaced, it does not refuse to start
+    assert "fetch pacing ([stream] fetch_batch_wait_ms) is off" in caplog.text
