@@ -27,6 +27,22 @@ def _cold(fn: Callable[[], object]) -> float:
     return round(time.perf_counter() - t0, 3)
 
 
+def _cold_and_rate(
+    make: Callable[[], Any], slots: np.ndarray, x: np.ndarray, n: int, repeat: int
+) -> tuple[float, float, Any]:
+    """A fresh detector from ``make`` scores and learns ``x`` per run: the first run's seconds
+    (compiling), samples/s (median of ``repeat``), and the last run's detector (its state)."""
+    last: list[Any] = []
+
+    def run() -> None:
+        det = make()
+        det.score_learn_many(slots, x)
+        last[:] = [det]
+
+    compile_s = _cold(run)
+    return compile_s, _rate(run, n, repeat), last[0]
+
+
 def bench_kernels(argv: list[str]) -> dict[str, Any]:
     """Per detector: samples/s (median of --repeat runs), River's and NumPy's in the same run."""
     ap = argparse.ArgumentParser(prog="carpulse bench kernels")
@@ -222,31 +238,20 @@ def bench_nab(args: argparse.Namespace) -> dict[str, Any]:
     z_bytes = RobustZScore().state.bytes_per_slot() + AnomalyLikelihood().state.bytes_per_slot()
     out["zscore_likelihood"] = {"samples_per_s": round(rate_z), "state_bytes_per_entity": z_bytes}
 
-    def art_run(last: list[ARTime] = []) -> None:  # noqa: B006 - keeps the last detector
-        det = ARTime(calib=750, n_slots=n_slots)
-        det.score_learn_many(slots, x)
-        last[:] = [det]
-
-    art_last: list[ARTime] = []
-    out["compile_s"]["artime"] = _cold(lambda: art_run(art_last))
-    rate_a = _rate(lambda: art_run(art_last), n, rep)
-    a_bytes = art_last[0].state.bytes_per_slot()
+    out["compile_s"]["artime"], rate_a, art = _cold_and_rate(
+        lambda: ARTime(calib=750, n_slots=n_slots), slots, x, n, rep
+    )
+    a_bytes = art.state.bytes_per_slot()
     out["artime"] = {
         "samples_per_s": round(rate_a),
         "state_bytes_per_entity": a_bytes,
-        "max_categories": art_last[0].params.max_categories,
-        "categories_learned_max": max(art_last[0].categories(k) for k in range(n_slots)),
+        "max_categories": art.params.max_categories,
+        "categories_learned_max": max(art.categories(k) for k in range(n_slots)),
     }
-
-    def sp_run(last: list[SpatialAnomaly] = []) -> None:  # noqa: B006 - keeps the last detector
-        det = SpatialAnomaly(warmup=750, n_slots=n_slots)
-        det.score_learn_many(slots, x)
-        last[:] = [det]
-
-    sp_last: list[SpatialAnomaly] = []
-    out["compile_s"]["spatial"] = _cold(lambda: sp_run(sp_last))
-    rate_s = _rate(lambda: sp_run(sp_last), n, rep)
-    s_bytes = sp_last[0].state.bytes_per_slot()
+    out["compile_s"]["spatial"], rate_s, sp = _cold_and_rate(
+        lambda: SpatialAnomaly(warmup=750, n_slots=n_slots), slots, x, n, rep
+    )
+    s_bytes = sp.state.bytes_per_slot()
     out["spatial"] = {"samples_per_s": round(rate_s), "state_bytes_per_entity": s_bytes}
     out["artime_spatial"] = {
         "samples_per_s": round(1.0 / (1.0 / rate_a + 1.0 / rate_s)),
