@@ -12,10 +12,11 @@ worker, which dead-letters what does not decode or names another device than the
 Events, status and command acks are small and decoded in full here.
 
 Messages are checked on paho's network thread (a thread pool with ``[bridge] decode_workers``),
-off the event loop, and queued for one forwarder task on the loop. It appends each record to
-the producer's batches without waiting for Kafka (records of many messages share one produce
-request, one ``[kafka] linger_ms`` window) and acknowledges each MQTT message from its own
-record's future; a device's messages reach Kafka in the order they came (with no pool).
+off the event loop, and queued for one forwarder task on the loop. Every ``[kafka] linger_ms``
+window it puts the records of each partition into one batch without waiting for Kafka (all of a
+window's batches share one produce request) and acknowledges a batch's MQTT messages from that
+batch's future, in one write; a device's messages reach Kafka in the order they came (with no
+pool).
 
 Hostile input never stalls the bridge: the check of one message is bounded; *any* exception
 while handling one message (not only ``WireError``) makes it a dead letter with a reason and a
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import ssl
@@ -62,6 +64,7 @@ from core.errors import ConfigError, PublishError, WireError
 from core.observe import ObsServer
 from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
 from core.wire import decode_event, decode_status, telemetry_device
+from stream.bridge_batch import Partitions, ack_all, fill
 from stream.kafka_options import kafka_problem
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,10 @@ class RateLimiter:
             if len(self.buckets) > MAX_BUCKETS:
                 self.buckets.pop(next(iter(self.buckets)))
             return ok
+
+
+# a checked MQTT message waiting for the forwarder: (client, mid, qos, MQTT topic, route)
+Item = tuple[mqtt.Client, int, int, str, "Route"]
 
 
 def _topic_device(topic: str) -> str:
@@ -232,8 +239,8 @@ class IngestBridge:
             if b.decode_workers
             else None
         )
-        # checked messages waiting for the loop's forwarder: (client, mid, qos, topic, route)
-        self._inbox: list[tuple[mqtt.Client, int, int, str, Route]] = []
+        self._inbox: list[Item] = []  # checked messages waiting for the loop's forwarder
+        self._partitions = Partitions()
         self._inbox_lock = threading.Lock()
         self._woken = False  # a wake-up of the forwarder is already on its way
         self._wake = asyncio.Event()
@@ -388,37 +395,122 @@ class IngestBridge:
     async def _forwarder(self) -> None:
         """Hand queued messages to the producer in arrival order without waiting for Kafka.
 
-        ``send`` only appends the record to its partition's batch; each message is acknowledged
-        by a callback on its own record's future, so many records share one produce request and
-        nothing is acknowledged before Kafka has its record (one task for all, not one a message).
+        The first message after a quiet moment opens a window of ``[kafka] linger_ms``; what
+        came within it is handed over at once (``_hand_over``) and acknowledged from its batch's
+        future, so nothing is acknowledged before Kafka has its record (one task for all).
         """
+        window = self.s.kafka.linger_ms / 1000
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if window > 0:
+                # the linger, here rather than in the producer: what comes within it is handed
+                # over at once, so every partition's batch goes in the same produce request
+                # (the producer lingers per partition, from each batch's first record) and
+                # paho's thread wakes the loop once a window, not once a message
+                await asyncio.sleep(window)
             with self._inbox_lock:
                 batch, self._inbox = self._inbox, []
                 self._woken = False
-            for n, item in enumerate(batch):
-                try:
-                    await self._forward(*item)
-                except asyncio.CancelledError:  # stopping: the rest is not acknowledged
-                    self._settled(len(batch) - n)
-                    raise
-                except Exception:  # a bug: this message stays unacknowledged, the rest goes on
-                    self._settled()
-                    log.exception("bridge %s: message %s not forwarded", self.name, item[1])
+            await self._hand_over(batch)
 
-    async def _forward(self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route) -> None:
+    async def _hand_over(self, batch: list[Item]) -> None:
+        """One window's messages to the producer: a closed batch per partition (one future),
+        dead letters and what fits no batch one by one. Order per partition is arrival order."""
+        producer = self._producer
+        if producer is None:  # stopped: not acknowledged, the broker redelivers
+            self._settled(len(batch))
+            return
+        with self.counters.lock:
+            self.counters.received += len(batch)
+        groups: dict[tuple[str, int], list[Item]] = {}
+        alone: list[Item] = []
+        for item in batch:
+            r = item[4]
+            p = None
+            if r.reason is None and r.key is not None:
+                p = self._partitions.of(producer, r.kafka_topic, r.key)
+            if p is None:  # a dead letter, or the topic's metadata is not there yet
+                alone.append(item)
+            else:
+                groups.setdefault((r.kafka_topic, p), []).append(item)
+        left = len(batch)
+        try:
+            for (kafka_topic, partition), items in groups.items():
+                chunks, too_large = fill(producer, items, self._record)
+                alone += too_large
+                for builder, chunk in chunks:
+                    try:
+                        fut = await producer.send_batch(builder, kafka_topic, partition=partition)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as err:  # the producer is closing, or a bug
+                        self._batch_done(chunk, err)
+                    else:
+                        fut.add_done_callback(functools.partial(self._batch_sent, chunk))
+                    left -= len(chunk)
+            for item in alone:
+                await self._forward_one(*item)
+                left -= 1
+        except asyncio.CancelledError:  # stopping: the rest is not acknowledged
+            self._settled(left)
+            raise
+        except Exception:  # a bug: these messages stay unacknowledged, the next window goes on
+            self._settled(left)
+            log.exception("bridge %s: %d messages not forwarded", self.name, left)
+
+    def _record(self, item: Item) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        # which bridge forwarded a record: tracing, and the load-split check of the tests
+        return item[4].key, item[4].payload, self._headers
+
+    def _batch_sent(self, chunk: list[Item], fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():  # the producer is going away: the broker redelivers
+            self._settled(len(chunk))
+            return
+        self._batch_done(chunk, fut.exception())
+
+    def _batch_done(self, chunk: list[Item], err: BaseException | None) -> None:
+        """Kafka's answer for a batch: acknowledge all of it, or as ``_sent_done`` says."""
+        if err is None:
+            self._kafka_error = None
+            with self.counters.lock:
+                self.counters.forwarded += len(chunk)
+            self._settled(len(chunk))
+            by_client: dict[int, tuple[mqtt.Client, list[tuple[int, int]]]] = {}
+            for client, mid, qos, _, _ in chunk:
+                by_client.setdefault(id(client), (client, []))[1].append((mid, qos))
+            for client, acks in by_client.values():
+                ack_all(client, acks)
+        elif isinstance(err, REFUSED_RECORD) and len(chunk) > 1:
+            # Kafka refused the batch: each record goes again on its own, so only the one it
+            # refuses is dead-lettered (nothing of a refused batch was written)
+            task = asyncio.ensure_future(self._one_by_one(chunk))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            for client, mid, qos, topic, r in chunk:
+                self._sent_done(client, mid, qos, topic, r, err)
+
+    async def _one_by_one(self, chunk: list[Item]) -> None:
+        for n, item in enumerate(chunk):
+            try:
+                await self._forward_one(*item)
+            except asyncio.CancelledError:
+                self._settled(len(chunk) - n)
+                raise
+
+    async def _forward_one(
+        self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route
+    ) -> None:
+        """One record on its own: a dead letter, or a record no batch takes."""
         producer = self._producer
         if producer is None:  # stopped: not acknowledged, the broker redelivers
             self._settled()
             return
-        with self.counters.lock:
-            self.counters.received += 1
         if r.reason is not None:
             self.counters.count(r.reason)
             key, headers = None, r.headers(topic)
-        else:  # which bridge forwarded a record: tracing, and the load-split check of the tests
+        else:
             key, headers = r.key, self._headers
         try:
             fut = await producer.send(r.kafka_topic, r.payload, key=key, headers=headers)
@@ -504,7 +596,7 @@ class IngestBridge:
         producer = AIOKafkaProducer(
             **k.client_options("bridge"),
             acks="all" if k.acks == "all" else int(k.acks),
-            linger_ms=k.linger_ms,
+            linger_ms=0,  # the forwarder lingers (one window for all partitions)
             # a telemetry message is ~13 KB: with the default 16 KB batches each would be its own
             # batch and request; 1 MiB lets the linger window gather them (fewer, larger requests)
             max_batch_size=BATCH_BYTES,
