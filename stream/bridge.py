@@ -62,7 +62,13 @@ from core.commands import decode_ack
 from core.config import CarpulseSettings, KafkaSettings
 from core.errors import ConfigError, PublishError, WireError
 from core.observe import ObsServer
-from core.topics import KAFKA_BY_CHANNEL, KAFKA_DEADLETTER, parse_topic, subscription
+from core.topics import (
+    KAFKA_BY_CHANNEL,
+    KAFKA_DEADLETTER,
+    KAFKA_TELEMETRY,
+    parse_topic,
+    subscription,
+)
 from core.wire import decode_event, decode_status, telemetry_device
 from stream.bridge_batch import Partitions, ack_all, fill
 from stream.kafka_options import kafka_problem
@@ -80,6 +86,9 @@ REFUSED_RECORD = (
 DEAD_PAYLOAD_MAX = 64 * 1024  # what is kept of an oversized message in the dead-letter topic
 BATCH_BYTES = 1024 * 1024  # Kafka producer batch per partition (aiokafka's default is 16 KiB)
 MAX_BUCKETS = 100_000  # devices remembered by the rate limiter (oldest forgotten first)
+# queued messages that end the forwarder's window early (Mosquitto's max_inflight_messages is 100)
+FLUSH_AT = 50
+_LINGER = (KAFKA_TELEMETRY, KAFKA_DEADLETTER)  # records that wait for the window's end
 
 
 @dataclass
@@ -243,7 +252,9 @@ class IngestBridge:
         self._partitions = Partitions()
         self._inbox_lock = threading.Lock()
         self._woken = False  # a wake-up of the forwarder is already on its way
+        self._hurried = False  # and one that ends its window now
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._forwarding: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()  # dead letters of refused records
         self._headers = [("bridge", name.encode())]
@@ -373,19 +384,29 @@ class IngestBridge:
     def _enqueue(self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route) -> None:
         """Any thread: queue a checked message for the loop's forwarder, in arrival order.
 
-        The loop is woken only when the queue was empty: what arrives while it works waits for
-        the same turn, and one turn hands all of it to the producer.
+        The loop is woken only when the queue was empty: what arrives while it waits or works
+        waits for the same turn, and one turn hands all of it to the producer. An event, a
+        status, a command ack or a full queue (``FLUSH_AT``) ends the window at once.
         """
         with self._inbox_lock:
             self._inbox.append((client, mid, qos, topic, r))
-            if self._woken:
+            hurry = not self._hurried and (
+                r.kafka_topic not in _LINGER or len(self._inbox) >= FLUSH_AT
+            )
+            if not hurry and self._woken:
                 return
             self._woken = True
+            self._hurried = self._hurried or hurry
         try:
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._nudge, hurry)
         except RuntimeError:  # the loop is closed: not acknowledged, the broker redelivers
             pass
+
+    def _nudge(self, hurry: bool) -> None:
+        self._wake.set()
+        if hurry:
+            self._hurry.set()
 
     def _settled(self, n: int = 1) -> None:
         with self._pending_lock:
@@ -403,15 +424,17 @@ class IngestBridge:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if window > 0:
+            if window > 0 and not self._hurry.is_set():
                 # the linger, here rather than in the producer: what comes within it is handed
                 # over at once, so every partition's batch goes in the same produce request
                 # (the producer lingers per partition, from each batch's first record) and
                 # paho's thread wakes the loop once a window, not once a message
-                await asyncio.sleep(window)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), window)
             with self._inbox_lock:
                 batch, self._inbox = self._inbox, []
-                self._woken = False
+                self._woken = self._hurried = False
+            self._hurry.clear()
             await self._hand_over(batch)
 
     async def _hand_over(self, batch: list[Item]) -> None:
