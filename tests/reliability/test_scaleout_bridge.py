@@ -69,7 +69,13 @@ def test_two_bridges_split_the_load_and_a_killed_one_loses_nothing(
             pub = MqttPublisher(local_device_mqtt(s, d), boot_id="b")
             pub.connect(15.0, announce=False)
             pubs.append(pub)
-        time.sleep(3.0)  # both bridges connected and subscribed (their sessions persist)
+        # both bridges subscribed (their sessions persist): what is published before a share
+        # group has a member is dropped by the broker (a fixed 3 s was too short under load)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            "subscribed" in (tmp_path / f"{n}.log").read_text() for n in bridges
+        ):
+            time.sleep(0.1)
         published: list[tuple[str, int]] = []
         half = threading.Event()
 
