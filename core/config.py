@@ -140,7 +140,7 @@ class KafkaSettings(BaseModel):
     linger_ms: int = Field(
         100,
         ge=0,
-        le=1000,
+        le=10_000,
         description="The bridge's window: the telemetry of the MQTT messages that come within it "
         "goes to Kafka as one batch per partition in one produce request (less CPU in the bridge "
         "and the brokers: 25 -> 100 ms cut the bridge's by a third); adds at most this latency. "
