@@ -110,6 +110,8 @@ def test_a_failure_after_suspending_comes_out_of_the_rest() -> None:
 
 def test_the_worker_consumer_drains_through_it() -> None:
     # the stream and CRM workers' consumer (stream.transport) replaces Faust's drain loop
-    assert transport.Consumer._drain_messages is not transport.faust_aiokafka.Consumer._drain_messages
+    assert (
+        transport.Consumer._drain_messages is not transport.faust_aiokafka.Consumer._drain_messages
+    )
     assert "drain_messages" in transport.Consumer._drain_messages.__code__.co_names
     assert drain_messages.__module__ == "stream.drain"
