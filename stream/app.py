@@ -225,4 +225,9 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     start-up banner is left out, so that every line of the output parses."""
     fmt = current_format()
     config = faust_logging_config(fmt, loglevel)
-    return faust.Worker(app, loglevel=loglevel, logging_config=config, quiet=fmt == "json")
+    worker = faust.Worker(app, loglevel=loglevel, logging_config=config, quiet=fmt == "json")
+    # No start-up spinner: at loglevel warn and above, Faust's spinner sets the root logger to
+    # DEBUG for the worker's whole life, so every library's debug record is made and dropped
+    # (1-2 % of a busy stream worker's CPU: BENCHMARKS.md, issue 22).
+    worker.spinner = None
+    return worker
