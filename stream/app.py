@@ -68,7 +68,17 @@ def counters_of(app: faust.App) -> dict[str, Any]:
             "broken": sink.sink.broken,
         },
         "fetch": fetch_pacing(app),
+        "batches": micro_batches(app),
     }
+
+
+def micro_batches(app: faust.App) -> dict[str, Any]:
+    """The telemetry micro-batcher's window now (s) and how many batches took the busy window
+    (``[stream] take_busy_within_s``); empty before the agent started."""
+    batcher = getattr(app, "carpulse_batcher", None)
+    if batcher is None:
+        return {}
+    return {"window_s": batcher.window, "busy": batcher.busy_batches}
 
 
 def fetch_pacing(app: faust.App) -> dict[str, Any]:
