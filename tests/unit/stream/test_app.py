@@ -76,6 +76,7 @@ def test_counters_are_the_pipelines_own() -> None:
     assert got["events"]["events"] == 0
     assert got["sink"]["written"] == 0 and got["sink"]["broken"] is False
     assert got["fetch"] == {"paced": False}  # no consumer started yet
+    assert got["batches"] == {}  # no telemetry agent running yet
     assert not hasattr(app, "carpulse_counters")
 
 
