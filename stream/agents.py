@@ -77,6 +77,12 @@ class MicroBatcher:
     off) an event is buffered only if it is the next offset of its partition, and a handled
     batch is committed through ``offsets`` instead of acked: Faust's rebalance race can drop
     records before they reach the agent and commit past them (module ``stream.offsets``).
+
+    ``busy_within_s`` (longer than ``within_s``): the window of a batch whose first event came
+    less than ``busy_within_s`` after the previous batch was handled, i.e. while records keep
+    coming. A busy worker then handles fewer, larger batches (each batch costs table and
+    changelog writes per vehicle, output records, sink requests and a commit: BENCHMARKS.md,
+    issue 22); an event after a quiet spell still waits only ``within_s``.
     """
 
     def __init__(
@@ -86,14 +92,19 @@ class MicroBatcher:
         max_: int,
         within_s: float,
         offsets: SourceOffsets | None = None,
+        busy_within_s: float | None = None,
     ) -> None:
         self.stream = stream
         self.handle = handle
         self.max_ = max_
         self.within_s = within_s
+        self.busy_within_s = max(within_s, busy_within_s or within_s)
         self.offsets = offsets
         self.buffer: list[Any] = []
         self.first_at = 0.0
+        self.window = within_s  # of the batch being filled
+        self.handled_at = float("-inf")  # when the last batch was handled
+        self.busy_batches = 0  # batches cut with the busy window (counters page)
         self.lock = asyncio.Lock()
 
     async def flush(self) -> None:
@@ -101,17 +112,20 @@ class MicroBatcher:
             batch, self.buffer = self.buffer, []
             if not batch:
                 return
-            await self.handle(self.stream, batch)
-            if self.offsets is not None:
-                await self.offsets.commit(batch)
-                return
-            for event in batch:
-                await self.stream.ack(event)
+            try:
+                await self.handle(self.stream, batch)
+                if self.offsets is not None:
+                    await self.offsets.commit(batch)
+                    return
+                for event in batch:
+                    await self.stream.ack(event)
+            finally:
+                self.handled_at = time.monotonic()
 
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.within_s / 2)
-            if self.buffer and time.monotonic() - self.first_at >= self.within_s:
+            if self.buffer and time.monotonic() - self.first_at >= self.window:
                 await self.flush()
             if self.offsets is not None:
                 self.offsets.check()  # a hole with nothing arriving after it
@@ -123,7 +137,12 @@ class MicroBatcher:
                 if self.offsets is not None and not await self.offsets.admit(event):
                     continue
                 if not self.buffer:
-                    self.first_at = time.monotonic()
+                    self.first_at = now = time.monotonic()
+                    busy = self.busy_within_s > self.within_s and (
+                        now - self.handled_at < self.busy_within_s
+                    )
+                    self.window = self.busy_within_s if busy else self.within_s
+                    self.busy_batches += busy
                 self.buffer.append(event)
                 if len(self.buffer) >= self.max_:
                     await self.flush()
@@ -254,7 +273,10 @@ def install_pipeline(
             await asyncio.to_thread(warming.join)
         offsets = SourceOffsets(app, {KAFKA_TELEMETRY})
         app.carpulse_offsets = offsets  # type: ignore[attr-defined]
-        batcher = MicroBatcher(stream.noack(), handle, st.take_max, st.take_within_s, offsets)
+        batcher = MicroBatcher(
+            stream.noack(), handle, st.take_max, st.take_within_s, offsets, st.take_busy_within_s
+        )
+        app.carpulse_batcher = batcher  # type: ignore[attr-defined]
         try:
             await batcher.run()
         finally:

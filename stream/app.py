@@ -68,7 +68,17 @@ def counters_of(app: faust.App) -> dict[str, Any]:
             "broken": sink.sink.broken,
         },
         "fetch": fetch_pacing(app),
+        "batches": micro_batches(app),
     }
+
+
+def micro_batches(app: faust.App) -> dict[str, Any]:
+    """The telemetry micro-batcher's window now (s) and how many batches took the busy window
+    (``[stream] take_busy_within_s``); empty before the agent started."""
+    batcher = getattr(app, "carpulse_batcher", None)
+    if batcher is None:
+        return {}
+    return {"window_s": batcher.window, "busy": batcher.busy_batches}
 
 
 def fetch_pacing(app: faust.App) -> dict[str, Any]:
@@ -225,4 +235,9 @@ def faust_worker(app: faust.App, loglevel: str) -> faust.Worker:
     start-up banner is left out, so that every line of the output parses."""
     fmt = current_format()
     config = faust_logging_config(fmt, loglevel)
-    return faust.Worker(app, loglevel=loglevel, logging_config=config, quiet=fmt == "json")
+    worker = faust.Worker(app, loglevel=loglevel, logging_config=config, quiet=fmt == "json")
+    # No start-up spinner: at loglevel warn and above, Faust's spinner sets the root logger to
+    # DEBUG for the worker's whole life, so every library's debug record is made and dropped
+    # (1-2 % of a busy stream worker's CPU: BENCHMARKS.md, issue 22).
+    worker.spinner = None
+    return worker

@@ -129,6 +129,9 @@ Table = tuple[np.ndarray, np.ndarray]  # (bytes, offsets): item i is bytes[off[i
 EMPTY_TABLE: Final[Table] = (np.frombuffer(b"", np.uint8), np.zeros(1, np.int64))
 TEXT_CACHE_MAX: Final = 1 << 17  # distinct values remembered (~10 MB); cleared when full
 REBUILD_MIN: Final = 4096  # new values gathered before the sorted table is rebuilt
+# lookups that missed before the values gathered are folded in anyway: a long tail of rare
+# values (fewer than REBUILD_MIN new ones) otherwise keeps every lookup on the slow path
+REBUILD_CALLS: Final = 256
 
 
 class ValueTexts:
@@ -142,6 +145,7 @@ class ValueTexts:
         self.texts: dict[int, str] = {}  # every value known; the index is rebuilt from it
         self.pending = 0  # values in ``texts`` not yet in the index
         self.indexed = 0
+        self.missed = 0  # lookups with values not in the index since the last rebuild
         self.index: Any = None  # stream.line_kernel.HashIndex, made at the first rebuild
         self.table: Table = EMPTY_TABLE
 
@@ -174,7 +178,10 @@ class ValueTexts:
             self.pending += len(known) - before
         vix[miss] = -1 - inverse
         local = text_table(texts)
-        if self.pending >= max(REBUILD_MIN, self.indexed // 4):
+        self.missed += 1
+        if self.pending >= max(REBUILD_MIN, self.indexed // 4) or (
+            self.pending and self.missed >= REBUILD_CALLS
+        ):
             self._rebuild()
         return vix, table, local
 
@@ -184,7 +191,7 @@ class ValueTexts:
         keys = np.fromiter(self.texts.keys(), np.int64, len(self.texts))
         self.index = HashIndex(keys)
         self.table = text_table(list(self.texts.values()))
-        self.indexed, self.pending = len(keys), 0
+        self.indexed, self.pending, self.missed = len(keys), 0, 0
 
 
 _TEXTS = ValueTexts()  # one event loop thread uses it

@@ -64,8 +64,10 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS: Final = frozenset({429, 500, 502, 503, 504})
 # Bodies from this size are compressed in a worker thread (zlib: ~0.13 us of CPU per sample,
-# ISA-L: ~0.04).
-GZIP_THREAD_BYTES: Final = 64 * 1024
+# ISA-L: ~0.04), smaller ones on the loop: the hand-off to a thread and back cost 0.15-0.2 ms of
+# CPU, half as much again as ISA-L compressing a 270 kB body (0.3 ms), which is what a busy
+# worker writes 20-40 times a second (BENCHMARKS.md, issue 22). 1 MB takes ~1 ms with ISA-L.
+GZIP_THREAD_BYTES: Final = 1024 * 1024
 # Not about the lines: authentication, unknown bucket or retention policy. Parked, not dead-lettered,
 # so that the data is replayed once the configuration is fixed.
 CONFIG_STATUS: Final = frozenset({401, 403, 404})
@@ -212,7 +214,7 @@ class InfluxV1Sink(InfluxSink):
         # A BytesIO body: aiohttp warns (an error under pytest) about raw bodies over 1 MB.
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.s.gzip:
-            if len(body) >= GZIP_THREAD_BYTES:  # zlib drops the GIL: the event loop goes on
+            if len(body) >= GZIP_THREAD_BYTES:  # gzip drops the GIL: the event loop goes on
                 body = await asyncio.to_thread(gzip_fast, body)
             else:
                 body = gzip_fast(body)

@@ -270,3 +270,5 @@ def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Pa
     assert counters["telemetry"]["records"] >= 8 and counters["sink"]["written"] >= 8
     # the consumer's fetches are paced, and records 0.37 s apart never make a fetch wait
     assert counters["fetch"]["paced"] and not counters["fetch"]["batching"], counters["fetch"]
+    # nor the micro-batches wait the busy window ([stream] take_busy_within_s)
+    assert counters["batches"] == {"window_s": 0.05, "busy": 0}, counters["batches"]

@@ -76,6 +76,7 @@ def test_counters_are_the_pipelines_own() -> None:
     assert got["events"]["events"] == 0
     assert got["sink"]["written"] == 0 and got["sink"]["broken"] is False
     assert got["fetch"] == {"paced": False}  # no consumer started yet
+    assert got["batches"] == {}  # no telemetry agent running yet
     assert not hasattr(app, "carpulse_counters")
 
 
@@ -164,3 +165,28 @@ def test_both_faust_apps_share_the_kafka_settings_and_the_fetch_wait(tmp_path: P
     assert crm_app.conf.broker_session_timeout == 12.0
     assert isinstance(crm_app.transport, Transport) and crm_app.transport.fetch_max_wait_ms == 77
     assert stream_app.transport.fetch_max_wait_ms == settings.stream.fetch_max_wait_ms == 100
+
+
+def test_the_worker_keeps_the_root_logger_at_its_level() -> None:
+    # Faust's start-up spinner set the root logger to DEBUG for good at loglevel warn: every
+    # library's debug record was made and dropped (issue 22). Logging is set up as the worker
+    # does it, then put back as it was.
+    import logging
+
+    from stream.app import faust_worker
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    worker = faust_worker(build_app(CarpulseSettings()), "warn")
+    try:
+        worker._setup_logging()
+        assert root.level == logging.WARNING
+        assert not logging.getLogger("faust.topics").isEnabledFor(logging.DEBUG)
+    finally:
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(level)

@@ -269,6 +269,28 @@ def test_value_table_rebuilds_keep_every_text_exact(monkeypatch: pytest.MonkeyPa
     assert lines_mod._TEXTS.indexed > 0  # the hash index was used
 
 
+def test_a_long_tail_of_rare_values_is_folded_into_the_index() -> None:
+    """Fewer than REBUILD_MIN new values, each in a different lookup, still reach the index
+    after REBUILD_CALLS lookups that missed: then the same values are all found in it."""
+    import stream.lines as lines_mod
+
+    texts = lines_mod.ValueTexts()
+    common = np.arange(5000, dtype=np.float64) / 4
+    texts.lookup(common.view(np.int64))
+    texts._rebuild()
+    rare = np.arange(lines_mod.REBUILD_CALLS, dtype=np.float64) + 0.3
+    for i, v in enumerate(rare):
+        vix, _, local = texts.lookup(np.r_[common[:100], v].view(np.int64))
+        assert vix[-1] < 0 and local[0].tobytes() == repr(float(v)).encode()  # a miss
+        assert (i < len(rare) - 1) == (texts.indexed == 5000)
+    vix, table, local = texts.lookup(np.r_[common[:100], rare].view(np.int64))
+    assert (vix >= 0).all() and len(local[0]) == 0  # every value found in the index
+    data, off = table
+    assert [data[off[j] : off[j + 1]].tobytes().decode() for j in vix[-3:]] == [
+        repr(float(v)) for v in rare[-3:]
+    ]
+
+
 def test_write_bodies_are_plain_gzip_that_any_influxdb_reads() -> None:
     from stream.sinks.influx import gzip_fast
 
