@@ -34,6 +34,7 @@ from models.plates.cells import (
     features,
 )
 from models.plates.ocr import crop_rect
+from models.plates.province import PROVINCE_PATH, make_province_cells
 from models.plates.quad import rect_quad, refine, snap, warp_quad
 from models.plates.synth import make_sample
 
@@ -222,6 +223,60 @@ def train(
     }
 
 
+def train_province(
+    out: Path = PROVINCE_PATH,
+    seed: int = 6000,
+    plates: int = 24_000,
+    hidden: int = 128,
+    epochs: int = 30,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """Fit the province classifier (``province.ProvinceCheck``) on rendered, degraded plates."""
+    if seed in RESERVED_SEEDS:
+        raise ConfigError(f"seed {seed} is an evaluation set (TUNE 100, TEST 900): pick another")
+    if not 1 <= plates <= 1_000_000 or not 4 <= hidden <= 2048 or not 1 <= epochs <= 1000:
+        raise ConfigError("--scenes 1..1000000, --hidden 4..2048, --epochs 1..1000")
+    if not 1 <= jobs <= 64:
+        raise ConfigError("--jobs 1..64")
+    t0 = time.perf_counter()
+    bounds = np.linspace(0, plates, max(1, min(jobs, plates)) + 1).astype(int)
+    starts, stops = [int(a) for a in bounds[:-1]], [int(b) for b in bounds[1:]]
+    if len(starts) == 1:
+        parts = [make_province_cells(seed, starts[0], stops[0])]
+    else:
+        with ProcessPoolExecutor(len(starts)) as pool:
+            parts = list(pool.map(make_province_cells, [seed] * len(starts), starts, stops))
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    if not len(y):
+        raise ConfigError(f"no province cells in {plates} plates of seed {seed}")
+    t1 = time.perf_counter()
+    weights = fit(x, y, hidden, epochs, seed)
+    t2 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        w1=weights["w1"],
+        b1=weights["b1"],
+        w2=weights["w2"],
+        b2=weights["b2"],
+        classes=weights["classes"],
+    )
+    return {
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "model": "province",
+        "seed": seed,
+        "plates": plates,
+        "cells": len(y),
+        "hidden": hidden,
+        "epochs": epochs,
+        "train_cell_accuracy": round(_train_accuracy(weights, x, y), 4),
+        "weights_sha256": weights_sha256(weights),
+        "seconds": {"data": round(t1 - t0, 1), "fit": round(t2 - t1, 1)},
+    }
+
+
 def _train_accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     h = np.maximum(features(x) @ w["w1"] + w["b1"], 0.0)
     return float(((h @ w["w2"] + w["b2"]).argmax(axis=1) == y).mean())
@@ -230,11 +285,11 @@ def _train_accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> f
 def main(argv: list[str]) -> dict[str, Any]:
     """``carpulse plates train``."""
     ap = argparse.ArgumentParser(prog="carpulse plates train", description=__doc__)
-    ap.add_argument("--out", type=Path, default=MODEL_PATH, help="model file to write (.npz)")
-    ap.add_argument("--seed", type=int, default=5000, help="synthetic seed (not 100 or 900)")
-    ap.add_argument("--scenes", type=int, default=5000, help="synthetic photos to train on")
-    ap.add_argument("--hidden", type=int, default=192, help="hidden units")
-    ap.add_argument("--epochs", type=int, default=40, help="passes over the cells")
+    ap.add_argument("--out", type=Path, default=None, help="model file to write (.npz)")
+    ap.add_argument("--seed", type=int, default=None, help="synthetic seed (not 100 or 900)")
+    ap.add_argument("--scenes", type=int, default=None, help="synthetic photos to train on (5000)")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden units (192)")
+    ap.add_argument("--epochs", type=int, default=None, help="passes over the cells (40)")
     ap.add_argument(
         "--jobs", type=int, default=1, help="processes making photos (same result for any value)"
     )
@@ -246,13 +301,28 @@ def main(argv: list[str]) -> dict[str, Any]:
         action="store_true",
         help="leave out the crop snapped to the character row (the reader's cell crop)",
     )
+    ap.add_argument(
+        "--province",
+        action="store_true",
+        help="train the province classifier instead (defaults: --out plate_province.npz, "
+        "--seed 6000, --scenes 24000 rendered plates, --hidden 128, --epochs 30)",
+    )
     args = ap.parse_args(argv)
+    if args.province:
+        return train_province(
+            args.out if args.out is not None else PROVINCE_PATH,
+            6000 if args.seed is None else args.seed,
+            24_000 if args.scenes is None else args.scenes,
+            128 if args.hidden is None else args.hidden,
+            30 if args.epochs is None else args.epochs,
+            args.jobs,
+        )
     return train(
-        args.out,
-        args.seed,
-        args.scenes,
-        args.hidden,
-        args.epochs,
+        args.out if args.out is not None else MODEL_PATH,
+        5000 if args.seed is None else args.seed,
+        5000 if args.scenes is None else args.scenes,
+        192 if args.hidden is None else args.hidden,
+        40 if args.epochs is None else args.epochs,
         args.jobs,
         args.jittered,
         not args.no_snapped,
