@@ -129,6 +129,9 @@ def refine(image: np.ndarray, rect: Rect, pad: float = 0.25) -> np.ndarray | Non
     return q
 
 
+MIN_SPREAD = 16  # grey levels between a band's 10th and 90th percentile for it to hold strokes
+
+
 def stroke_count(crop: np.ndarray) -> float:
     """Median number of ink/background transitions across the middle rows of a crop.
 
@@ -141,6 +144,17 @@ def stroke_count(crop: np.ndarray) -> float:
     band = crop[int(0.3 * h) : max(int(0.3 * h) + 1, int(0.7 * h))]
     if band.size == 0 or band.shape[1] < 8:
         return 0.0
+    # Glare or a shadow across the plate is a slope under the characters: take the slow part of
+    # each row away first, so one threshold fits the whole band.
+    k = max(3, (2 * band.shape[0]) | 1)
+    # (Pixel noise is smoothed first and a band without MIN_SPREAD grey levels of contrast is
+    # paint, not text: flattening would otherwise make a noisy gradient look like strokes.)
+    smooth = cv2.blur(band, (3, 1)).astype(np.int16)
+    flat = smooth - cv2.blur(band, (k, 1)).astype(np.int16) + 128
+    lo, hi = np.percentile(flat, (10, 90))
+    if hi - lo < MIN_SPREAD:
+        return 0.0
+    band = np.clip(flat, 0, 255).astype(np.uint8)
     _, ink = cv2.threshold(band, 0, 1, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
     changes = np.abs(np.diff(ink.astype(np.int8), axis=1)).sum(axis=1)
     return float(np.median(changes))

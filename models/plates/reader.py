@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from models.plates.cells import MODEL_PATH, SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
 from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
+from models.plates.province import PROVINCE_PATH, ProvinceCheck
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
 from models.plates.syntax import normalise
 
@@ -70,6 +72,8 @@ class PlateReader:
         cell_accept: float = 0.9,
         cell_min: float | None = None,
         snap_passes: int = 3,
+        province_model: Path | None = PROVINCE_PATH,
+        province_accept: float = 0.97,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
@@ -87,6 +91,11 @@ class PlateReader:
         self.edge_width = edge_width
         # Passes of ``quad.snap`` (0: off): the corners re-fitted to the character row.
         self.snap_passes = snap_passes
+        # The province read again by its own classifier (None: off); it replaces the reading's
+        # province when its probability reaches ``province_accept``.
+        self.province = (
+            ProvinceCheck(province_model, province_accept) if province_model is not None else None
+        )
 
     def _read_crops(
         self,
@@ -145,6 +154,7 @@ class PlateReader:
         crops, owners = [], []
         best: dict[int, tuple[PlateRead, float]] = {}
         by_cells: dict[int, tuple[PlateRead, float]] = {}
+        views: dict[int, tuple[np.ndarray, tuple[tuple[float, ...], tuple[float, ...]]]] = {}
         for i, crop, cell_crop in items:
             if crop.shape[0] < 6 or crop.shape[1] < 12:
                 continue
@@ -153,6 +163,8 @@ class PlateReader:
             double = crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT
             seen, grid = (crop, None) if cell_crop is None else (cell_crop, SNAPPED_GRID)
             cell = self.cells.read(seen, grid) if self.cells is not None and not double else None
+            if grid is not None and not double and i not in views:  # snapped crops only
+                views[i] = (seen, grid)
             if cell is not None and cell.confidence >= self.cell_min:
                 read = PlateRead(cell.text, cell.confidence, rects[i], cell.text, stage, _sha(seen))
                 if cell.confidence >= self.cell_accept:
@@ -183,6 +195,14 @@ class PlateReader:
             if owner in best:
                 continue
             best[owner] = self._combine(by_cells.get(owner), by_ocr.get(owner))
+        if self.province is not None:
+            for owner, (read, score) in best.items():
+                if owner not in views:
+                    continue
+                crop, grid = views[owner]
+                text = self.province.check(crop, read.text, grid)
+                if text != read.text:
+                    best[owner] = (dataclasses.replace(read, text=text), score)
         return best
 
     @staticmethod

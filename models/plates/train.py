@@ -2,10 +2,11 @@
 
 The training photos come from ``synth.make_sample`` with seeds of their own (default 5000; the
 evaluation sets use 100 for TUNE and 900 for TEST, and images of different seeds never coincide),
-through a JPEG round trip like the evaluation's. Each photo gives two crops: the one the
+through a JPEG round trip like the evaluation's. Each photo gives three crops: the one the
 reader itself makes (a box around the plate, deskewed by ``quad.refine`` and ``warp_quad``, or
-the plain rectangle when the corner fit fails) and one warped from the true corners moved a little, so the
-classifier learns loose corners too. Nothing is downloaded; the same seed gives the same weights
+the plain rectangle when the corner fit fails), the same box snapped to the character row
+(``quad.snap``: the crop the reader gives the cells) and one warped from the true corners moved a
+little, so the classifier learns loose corners too. Nothing is downloaded; the same seed gives the same weights
 (one BLAS thread, sklearn's ``random_state``), whose SHA-256 the command prints.
 """
 
@@ -33,15 +34,23 @@ from models.plates.cells import (
     features,
 )
 from models.plates.ocr import crop_rect
-from models.plates.quad import refine, warp_quad
+from models.plates.province import PROVINCE_PATH, make_province_cells
+from models.plates.quad import rect_quad, refine, snap, warp_quad
 from models.plates.synth import make_sample
 
 RESERVED_SEEDS = (100, 900)  # TUNE and TEST: never trained on
 
 
-def _crops(image: np.ndarray, quad: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+def _crops(
+    image: np.ndarray,
+    quad: np.ndarray,
+    rng: np.random.Generator,
+    jittered: int = 1,
+    snapped: bool = True,
+) -> list[np.ndarray]:
     """The reader's own crop of the plate at ``quad`` (a box around it, deskewed by its corner fit,
-    or as it is when the fit fails) and one from jittered true corners."""
+    or as it is when the fit fails), with ``snapped`` the crop snapped to the character row as the
+    reader gives the cells (``quad.snap``), and ``jittered`` crops from jittered true corners."""
     (cx, cy), (w, h), ang = cv2.minAreaRect(quad)
     # A locator box: the plate's rectangle, a little off in place and size.
     rect = (
@@ -53,19 +62,30 @@ def _crops(image: np.ndarray, quad: np.ndarray, rng: np.random.Generator) -> lis
     out = [warp_quad(image, found) if found is not None else crop_rect(image, rect)]
     width = float(np.linalg.norm(quad[1] - quad[0]))
     height = float(np.linalg.norm(quad[3] - quad[0]))
-    jitter = rng.normal(0, 1, (4, 2)) * np.array([0.015 * width, 0.05 * height])
-    out.append(warp_quad(image, (quad + jitter).astype(np.float32)))
+    for _ in range(jittered):
+        jitter = rng.normal(0, 1, (4, 2)) * np.array([0.015 * width, 0.05 * height])
+        out.append(warp_quad(image, (quad + jitter).astype(np.float32)))
+    if snapped:
+        fit = snap(image, found if found is not None else rect_quad(rect))
+        if fit is not None:
+            out.append(warp_quad(image, fit))
     return out
 
 
-def make_cells(seed: int, scenes: int, jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def make_cells(
+    seed: int,
+    scenes: int,
+    jobs: int = 1,
+    jittered: int = 1,
+    snapped: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(cell windows [N, PIXELS], class index [N])`` from ``scenes`` synthetic photos of ``seed``.
 
     Photo ``i`` and its crops depend on ``(seed, i)`` only, so ``jobs`` processes give the same
     cells, in the same order, as one.
     """
     bounds = np.linspace(0, scenes, max(1, min(jobs, scenes)) + 1).astype(int)
-    chunks = [(seed, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    chunks = [(seed, int(a), int(b), jittered, snapped) for a, b in itertools.pairwise(bounds)]
     if len(chunks) == 1:
         parts = [_chunk(*chunks[0])]
     else:
@@ -77,7 +97,13 @@ def make_cells(seed: int, scenes: int, jobs: int = 1) -> tuple[np.ndarray, np.nd
     return np.concatenate(xs), np.concatenate([y for _, y in parts])
 
 
-def _chunk(seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+def _chunk(
+    seed: int,
+    start: int,
+    stop: int,
+    jittered: int = 1,
+    snapped: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     xs: list[np.ndarray] = []
     ys: list[int] = []
     index = {ch: i for i, ch in enumerate(CLASSES)}
@@ -90,7 +116,7 @@ def _chunk(seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         ok, buf = cv2.imencode(".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, q])
         decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
         image = decoded if decoded is not None else s.image
-        for crop in _crops(image, s.quad, rng):
+        for crop in _crops(image, s.quad, rng, jittered, snapped):
             feats = cell_features(crop, len(s.text))
             if feats is None:
                 continue
@@ -153,6 +179,8 @@ def train(
     hidden: int = 192,
     epochs: int = 40,
     jobs: int = 1,
+    jittered: int = 1,
+    snapped: bool = True,
 ) -> dict[str, Any]:
     """Generate, fit and write the model to ``out``; returns a summary with the weights' hash."""
     if seed in RESERVED_SEEDS:
@@ -161,8 +189,10 @@ def train(
         raise ConfigError("--scenes 1..200000, --hidden 4..2048, --epochs 1..1000")
     if not 1 <= jobs <= 64:
         raise ConfigError("--jobs 1..64")
+    if not 0 <= jittered <= 16:
+        raise ConfigError("--jittered 0..16")
     t0 = time.perf_counter()
-    x, y = make_cells(seed, scenes, jobs)
+    x, y = make_cells(seed, scenes, jobs, jittered, snapped)
     t1 = time.perf_counter()
     weights = fit(x, y, hidden, epochs, seed)
     t2 = time.perf_counter()
@@ -185,7 +215,63 @@ def train(
         "features": FEATURES,
         "hidden": hidden,
         "epochs": epochs,
+        "jittered": jittered,
+        "snapped": snapped,
         "train_cell_accuracy": round(probs_ok, 4),
+        "weights_sha256": weights_sha256(weights),
+        "seconds": {"data": round(t1 - t0, 1), "fit": round(t2 - t1, 1)},
+    }
+
+
+def train_province(
+    out: Path = PROVINCE_PATH,
+    seed: int = 6000,
+    plates: int = 24_000,
+    hidden: int = 128,
+    epochs: int = 30,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """Fit the province classifier (``province.ProvinceCheck``) on rendered, degraded plates."""
+    if seed in RESERVED_SEEDS:
+        raise ConfigError(f"seed {seed} is an evaluation set (TUNE 100, TEST 900): pick another")
+    if not 1 <= plates <= 1_000_000 or not 4 <= hidden <= 2048 or not 1 <= epochs <= 1000:
+        raise ConfigError("--scenes 1..1000000, --hidden 4..2048, --epochs 1..1000")
+    if not 1 <= jobs <= 64:
+        raise ConfigError("--jobs 1..64")
+    t0 = time.perf_counter()
+    bounds = np.linspace(0, plates, max(1, min(jobs, plates)) + 1).astype(int)
+    starts, stops = [int(a) for a in bounds[:-1]], [int(b) for b in bounds[1:]]
+    if len(starts) == 1:
+        parts = [make_province_cells(seed, starts[0], stops[0])]
+    else:
+        with ProcessPoolExecutor(len(starts)) as pool:
+            parts = list(pool.map(make_province_cells, [seed] * len(starts), starts, stops))
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    if not len(y):
+        raise ConfigError(f"no province cells in {plates} plates of seed {seed}")
+    t1 = time.perf_counter()
+    weights = fit(x, y, hidden, epochs, seed)
+    t2 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        w1=weights["w1"],
+        b1=weights["b1"],
+        w2=weights["w2"],
+        b2=weights["b2"],
+        classes=weights["classes"],
+    )
+    return {
+        "out": str(out),
+        "bytes": out.stat().st_size,
+        "model": "province",
+        "seed": seed,
+        "plates": plates,
+        "cells": len(y),
+        "hidden": hidden,
+        "epochs": epochs,
+        "train_cell_accuracy": round(_train_accuracy(weights, x, y), 4),
         "weights_sha256": weights_sha256(weights),
         "seconds": {"data": round(t1 - t0, 1), "fit": round(t2 - t1, 1)},
     }
@@ -199,13 +285,45 @@ def _train_accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> f
 def main(argv: list[str]) -> dict[str, Any]:
     """``carpulse plates train``."""
     ap = argparse.ArgumentParser(prog="carpulse plates train", description=__doc__)
-    ap.add_argument("--out", type=Path, default=MODEL_PATH, help="model file to write (.npz)")
-    ap.add_argument("--seed", type=int, default=5000, help="synthetic seed (not 100 or 900)")
-    ap.add_argument("--scenes", type=int, default=5000, help="synthetic photos to train on")
-    ap.add_argument("--hidden", type=int, default=192, help="hidden units")
-    ap.add_argument("--epochs", type=int, default=40, help="passes over the cells")
+    ap.add_argument("--out", type=Path, default=None, help="model file to write (.npz)")
+    ap.add_argument("--seed", type=int, default=None, help="synthetic seed (not 100 or 900)")
+    ap.add_argument("--scenes", type=int, default=None, help="synthetic photos to train on (5000)")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden units (192)")
+    ap.add_argument("--epochs", type=int, default=None, help="passes over the cells (40)")
     ap.add_argument(
         "--jobs", type=int, default=1, help="processes making photos (same result for any value)"
     )
+    ap.add_argument(
+        "--jittered", type=int, default=1, help="crops from jittered true corners per photo"
+    )
+    ap.add_argument(
+        "--no-snapped",
+        action="store_true",
+        help="leave out the crop snapped to the character row (the reader's cell crop)",
+    )
+    ap.add_argument(
+        "--province",
+        action="store_true",
+        help="train the province classifier instead (defaults: --out plate_province.npz, "
+        "--seed 6000, --scenes 24000 rendered plates, --hidden 128, --epochs 30)",
+    )
     args = ap.parse_args(argv)
-    return train(args.out, args.seed, args.scenes, args.hidden, args.epochs, args.jobs)
+    if args.province:
+        return train_province(
+            args.out if args.out is not None else PROVINCE_PATH,
+            6000 if args.seed is None else args.seed,
+            24_000 if args.scenes is None else args.scenes,
+            128 if args.hidden is None else args.hidden,
+            30 if args.epochs is None else args.epochs,
+            args.jobs,
+        )
+    return train(
+        args.out if args.out is not None else MODEL_PATH,
+        5000 if args.seed is None else args.seed,
+        5000 if args.scenes is None else args.scenes,
+        192 if args.hidden is None else args.hidden,
+        40 if args.epochs is None else args.epochs,
+        args.jobs,
+        args.jittered,
+        not args.no_snapped,
+    )

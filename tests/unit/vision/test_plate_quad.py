@@ -79,3 +79,17 @@ def test_stroke_count_tells_text_from_paint() -> None:
     assert stroke_count(crop) >= 10
     assert stroke_count(np.full((48, 151, 3), 90, np.uint8)) < 4
     assert stroke_count(np.zeros((3, 3, 3), np.uint8)) == 0.0
+
+
+def test_stroke_count_sees_text_under_glare_and_not_a_shaded_panel() -> None:
+    crop = cv2.resize(PLATE, (151, 48)).astype(np.float32)
+    # Headlamp glare: a dim plate whose right half is washed out (one Otsu threshold over the
+    # raw band put the whole bright half on one side and counted a few strokes only).
+    slope = np.linspace(0.0, 1.0, crop.shape[1], dtype=np.float32)[None, :, None]
+    glare = np.clip(crop * 0.25 + 200 * slope**2, 0, 255).astype(np.uint8)
+    assert stroke_count(glare) >= 10
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(60, 200, 151, dtype=np.float32)[None, :, None] * np.ones((48, 151, 3))
+    for sd in (2.0, 5.0, 10.0):  # a shaded panel with sensor noise: no strokes
+        panel = np.clip(ramp + rng.normal(0, sd, ramp.shape), 0, 255).astype(np.uint8)
+        assert stroke_count(panel) < 4

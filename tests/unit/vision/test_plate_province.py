@@ -1,0 +1,101 @@
+"""The province's second look: positions per plate kind, wrong provinces put right, hostile crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from carpulse.cli import app
+from core.errors import ConfigError
+from models.plates.cells import SNAPPED_GRID
+from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
+from models.plates.quad import warp_quad
+from models.plates.reader import PlateReader
+from models.plates.syntax import PROVINCES
+from models.plates.synth import render_plate
+from models.plates.train import train_province
+
+
+@pytest.fixture(scope="module")
+def check() -> ProvinceCheck:
+    return ProvinceCheck()
+
+
+@pytest.mark.parametrize(
+    ("text", "positions"),
+    [
+        ("京A12345", [0]),
+        ("粤B1234警", [0]),
+        ("WJ川54303", [2]),  # armed police: WJ first
+        ("WJ0112345", []),  # old armed police: a region code, no province
+        ("应急闽682F", [2]),  # emergency motorcycle
+        ("使123456", []),  # embassy
+        ("粤Z1234港", []),  # Hong Kong entry: 粤Z only, nothing to check
+        ("京A1234", []),  # invalid: no template
+        ("", []),
+    ],
+)
+def test_province_positions_follow_the_template(text: str, positions: list[int]) -> None:
+    assert province_positions(text) == positions
+
+
+def _crop(text: str, kind: str) -> np.ndarray:
+    plate = render_plate(text, kind, np.random.default_rng(3))
+    h, w = plate.shape[:2]
+    quad = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    # The size a gate camera sees: about 150 px wide.
+    small = np.ascontiguousarray(plate[::3, ::3])
+    return warp_quad(small, quad / 3)
+
+
+@pytest.mark.parametrize(
+    ("truth", "kind", "wrong"),
+    [
+        ("琼SU188警", "police", "京SU188警"),
+        ("藏EMP2C6", "ordinary", "皖EMP2C6"),
+        ("WJ川54303", "armed-police", "WJ闽54303"),
+        ("蒙R37G6领", "consulate", "豫R37G6领"),
+    ],
+)
+def test_a_wrong_province_is_put_right(
+    check: ProvinceCheck, truth: str, kind: str, wrong: str
+) -> None:
+    crop = _crop(truth, kind)
+    assert check.check(crop, wrong, SNAPPED_GRID) == truth
+    assert check.check(crop, truth, SNAPPED_GRID) == truth  # a right one stays
+
+
+def test_only_the_province_changes_and_hostile_crops_leave_the_text(check: ProvinceCheck) -> None:
+    crop = _crop("川C84962", "ordinary")
+    out = check.check(crop, "京C84962", SNAPPED_GRID)
+    assert out[1:] == "C84962" and out[0] in PROVINCES
+    for bad in (
+        np.zeros((2, 2, 3), np.uint8),
+        np.full((48, 150), np.nan),
+        np.zeros((48, 150, 5), np.uint8),
+        "not an image",
+    ):
+        assert check.check(bad, "京C84962", SNAPPED_GRID) == "京C84962"  # type: ignore[arg-type]
+    assert check.check(crop, "使123456", SNAPPED_GRID) == "使123456"  # no province to check
+
+
+def test_the_shipped_model_exists_and_a_missing_one_is_a_config_error(tmp_path: Path) -> None:
+    assert PROVINCE_PATH.exists() and PROVINCE_PATH.stat().st_size < 1_000_000
+    with pytest.raises(ConfigError, match="plates train"):
+        PlateReader(province_model=tmp_path / "missing.npz")
+
+
+def test_province_training_is_deterministic_and_the_command_runs(tmp_path: Path) -> None:
+    a = train_province(tmp_path / "a.npz", seed=7, plates=40, hidden=8, epochs=2)
+    b = train_province(tmp_path / "b.npz", seed=7, plates=40, hidden=8, epochs=2, jobs=2)
+    assert a["weights_sha256"] == b["weights_sha256"] and a["cells"] == b["cells"] > 30
+    with pytest.raises(ConfigError, match="evaluation set"):
+        train_province(tmp_path / "c.npz", seed=100, plates=4)
+    out = tmp_path / "p.npz"
+    args = ["plates", "train", "--province", "--out", str(out), "--scenes", "6"]
+    res = CliRunner().invoke(app, [*args, "--hidden", "8", "--epochs", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and '"model": "province"' in res.output
