@@ -56,6 +56,7 @@ unit: setup
 # make test runs pytest twice over the same tests/, the two marker expressions complementary:
 # the tests that start no service, on TEST_JOBS processes (pytest-xdist; they only compute, so the
 # two cores halve them), then those that start services or count work in a time window, alone.
+# TEST_JOBS=0: no worker processes (pytest-xdist's -n 0), every test in one process as before
 TEST_JOBS ?= 2
 SERIAL_TESTS := integration or reliability or browser or serial
 # the kernel tests' files (a file that marks a test `kernel` names pytest.mark.kernel)
