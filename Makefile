@@ -53,13 +53,23 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -m "not integration and not reliability and not browser"
 
+# make test runs pytest twice over the same tests/, the two marker expressions complementary:
+# the tests that start no service, on TEST_JOBS processes (pytest-xdist; they only compute, so the
+# two cores halve them), then those that start services or count work in a time window, alone.
+# TEST_JOBS=0: no worker processes (pytest-xdist's -n 0), every test in one process as before
+TEST_JOBS ?= 2
+SERIAL_TESTS := integration or reliability or browser or serial
+# the kernel tests' files (a file that marks a test `kernel` names pytest.mark.kernel)
+KERNEL_TESTS = $(shell grep -rl --include='*.py' 'mark\.kernel' tests)
+
 test: setup ## every test: lint, types, unit, integration (starts its own stack on free ports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_JOBS) -m "not ($(SERIAL_TESTS))"
+	$(BIN)/pytest -m "$(SERIAL_TESTS)"
 	@# Kernels once more in plain Python, so coverage sees their bodies and a JIT-only bug shows.
-	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "kernel and not slow" -p no:cacheprovider || [ $$? -eq 5 ]
+	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "kernel and not slow" -p no:cacheprovider $(KERNEL_TESTS) || [ $$? -eq 5 ]
 
 test-full: ## make test with the long extras: the faults eval also kills the KRaft controller
 	CARPULSE_FAULTS_FULL=1 $(MAKE) test

@@ -225,7 +225,14 @@ class Vehicle:
     """One edge agent (a real ``carpulse edge run`` process) with a journaled tick source."""
 
     def __init__(
-        self, rig: Rig, device_id: str, *, signals: int, hz: float, batch_s: float
+        self,
+        rig: Rig,
+        device_id: str,
+        *,
+        signals: int,
+        hz: float,
+        batch_s: float,
+        kernels_dir: Path | None = None,
     ) -> None:
         self.rig, self.device_id = rig, device_id
         self.dir = rig.root / "edge" / device_id
@@ -243,6 +250,8 @@ class Vehicle:
             f'stats_file = "{self.stats_file}"\nbatch_max_samples = 1000\n'
             f"batch_max_interval_s = {batch_s}\nreconnect_max_s = 1.0\ndrain_timeout_s = 120.0\n"
         )
+        if kernels_dir is not None:  # a `carpulse edge build-kernels` output: no numba at start
+            mine += f"aot_dir = {json.dumps(str(kernels_dir))}\n"
         text = text.replace("[edge]\n", "[edge]\n" + mine, 1)
         text += (
             f'\n[[edge.sources]]\ntype = "tick"\nsignals = {signals}\nhz = {hz}\n'

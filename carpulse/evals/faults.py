@@ -124,7 +124,15 @@ class Scenario:
         assert rig.settings is not None
         ids = device_ids(self.prefix, args.vehicles, rig.settings.kafka.partitions)
         self.vehicles = [
-            Vehicle(rig, d, signals=args.signals, hz=args.hz, batch_s=args.batch_s) for d in ids
+            Vehicle(
+                rig,
+                d,
+                signals=args.signals,
+                hz=args.hz,
+                batch_s=args.batch_s,
+                kernels_dir=args.kernels_dir,
+            )
+            for d in ids
         ]
         self.info: dict[str, Any] = {}
         self.recovery: list[float] = []
@@ -462,7 +470,8 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
                 "session_timeout_s",
                 "seed",
             )
-        },
+        }
+        | {"kernels": "aot" if args.kernels_dir is not None else "numba"},
     }
 
 
@@ -495,6 +504,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--keep", type=Path, default=None, help="keep stacks and logs in this dir")
+    ap.add_argument(
+        "--kernels-dir",
+        type=Path,
+        default=None,
+        help="the agents run the kernels of this `carpulse edge build-kernels` output instead "
+        "of compiling them with numba at each start (as a Pi does; default: numba)",
+    )
     args = ap.parse_args(argv)
     # a plain `kill` stops the stacks too (the default SIGTERM would skip every `finally`)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -502,6 +518,14 @@ def main(argv: list[str]) -> dict[str, Any]:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         ap.error(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    if args.kernels_dir is not None:
+        from edge.aot import current_build
+
+        if current_build(args.kernels_dir) is None:
+            ap.error(
+                f"--kernels-dir {args.kernels_dir}: no build of the current kernels there "
+                f"(`carpulse edge build-kernels --out {args.kernels_dir}` makes one)"
+            )
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         return run_faults(args, args.keep)

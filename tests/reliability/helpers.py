@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import ssl
@@ -20,6 +21,8 @@ from carpulse.stack import Stack
 from carpulse.stack import wait_until as stack_wait_until
 from core.topics import parse_topic, subscription
 from core.wire import decode_event, decode_telemetry
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def edge_toml(
@@ -127,9 +130,31 @@ def read_stats(state_dir: Path) -> dict[str, Any]:
         return {}
 
 
+@functools.cache
+def aot_kernels() -> Path | None:
+    """The agent's kernels built ahead of time, as `make kernels` leaves them (built there once
+    per session when missing or stale), or None without a C toolchain.
+
+    A spawned agent loads them instead of compiling its kernels with numba at every start (a
+    cold start costs ~10 s of CPU): what these tests check is the queue, the broker and the
+    process, not the compiler; the kernels themselves equal the JIT's (tests/unit/edge/test_aot.py).
+    """
+    from edge.aot import build_kernels, toolchain_problem
+
+    if toolchain_problem():
+        return None
+    out = REPO / ".carpulse" / "edge" / "kernels"
+    build_kernels(out, force=False)
+    return out
+
+
 def spawn_agent(config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    # Cache compiled kernels between the many restarts of a test (in the test's own directory).
+    # The kernels built ahead of time; without a toolchain, numba's cache keeps the many
+    # restarts of a test from compiling again (in the test's own directory).
     env = dict(os.environ, CARPULSE_NUMBA_CACHE="1", NUMBA_CACHE_DIR=str(log.parent / "numba"))
+    kernels = aot_kernels()
+    if kernels is not None:
+        env["CARPULSE_EDGE__AOT_DIR"] = str(kernels)
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "carpulse", "edge", "run", "--config", str(config), *args],

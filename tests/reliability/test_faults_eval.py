@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from carpulse.evals.faults import SINGLE, TRIPLE
+from tests.reliability.helpers import aot_kernels
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -54,12 +55,22 @@ def run_eval(tmp_path: Path, scenarios: list[str]) -> dict[str, Any]:
             "--scenarios", ",".join(scenarios), "--outage-s", OUTAGE_S, "--kills", KILLS,
             "--down-s", "5", "--lead-s", "2", "--tail-s", "2", "--vehicles", "4", "--quiet-s", "30", "--recovery-timeout-s", "90",
             "--keep", str(tmp_path / "run")]  # fmt: skip
+    kernels = aot_kernels()  # the agents start without compiling (a Pi's default too)
+    if kernels is not None:
+        argv += ["--kernels-dir", str(kernels)]
     err = tmp_path / "faults.err"
     with open(err, "wb") as stderr:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, timeout=900)
     progress = [ln for ln in err.read_text().splitlines() if ln.startswith("[faults")]
     assert proc.returncode == 0, "\n".join(err.read_text().splitlines()[-40:])
     result: dict[str, Any] = json.loads(proc.stdout)
+    if kernels is not None:  # every agent ran the build, none compiled with numba
+        assert result["settings"]["kernels"] == "aot"
+        logs = list((tmp_path / "run").glob("rig-*/logs/edge-*.log"))
+        for log in logs:
+            text = log.read_text(errors="replace")
+            assert "loaded ahead of time" in text and "numba compiles" not in text, log
+        assert logs
     print("\n" + "\n".join(progress))
     return result
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from carpulse.faults_probe import accepted_samples, compare, source_samples, watch_queue
 from core.wire import Samples, TelemetryBatch, encode_telemetry
@@ -75,3 +78,27 @@ def test_vehicles_cover_every_kafka_partition() -> None:
     ids = device_ids("fx-wk-", 6, 4)
     parts = [DefaultPartitioner()(d.encode(), [0, 1, 2, 3], [0, 1, 2, 3]) for d in ids]
     assert parts == [0, 1, 2, 3, 0, 1] and len(set(ids)) == 6
+
+
+def test_kernels_dir_without_a_current_build_is_refused_before_any_stack(tmp_path: Path) -> None:
+    from carpulse.evals.faults import main
+
+    (tmp_path / "carpulse_aot_kernels.json").write_text('{"digest": "stale", "file": "x.so"}')
+    with pytest.raises(SystemExit) as exc:
+        main(["--kernels-dir", str(tmp_path), "--keep", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert not (tmp_path / "run").exists()  # refused before a stack was made
+
+
+def test_a_vehicle_given_a_build_runs_it_not_numba(tmp_path: Path) -> None:
+    from carpulse.faults_rig import Vehicle
+
+    config = tmp_path / "stack.toml"
+    config.write_text('[edge]\nstate_dir = "/elsewhere"\n')
+    rig = SimpleNamespace(root=tmp_path, logs=tmp_path, stack=SimpleNamespace(config_file=config))
+    kdir = tmp_path / "kernels dir"
+    aot = Vehicle(rig, "fx-1", signals=2, hz=10, batch_s=0.5, kernels_dir=kdir)  # type: ignore[arg-type]
+    jit = Vehicle(rig, "fx-2", signals=2, hz=10, batch_s=0.5)  # type: ignore[arg-type]
+    got = tomllib.loads(aot.config.read_text())["edge"]
+    assert got["aot_dir"] == str(kdir) and got["state_dir"] == str(tmp_path / "edge" / "fx-1")
+    assert "aot_dir" not in tomllib.loads(jit.config.read_text())["edge"]

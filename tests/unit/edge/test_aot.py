@@ -361,6 +361,7 @@ def _run_agent(
 
 @needs_build
 @pytest.mark.slow
+@pytest.mark.serial  # the agent runs 3 s: it must have a core to itself
 def test_the_agent_runs_the_build_and_never_imports_numba(
     agent_build: Path, tmp_path: Path
 ) -> None:
@@ -377,6 +378,7 @@ def test_the_agent_runs_the_build_and_never_imports_numba(
 
 @needs_build
 @pytest.mark.slow
+@pytest.mark.serial  # the agent runs 3 s: it must have a core to itself
 def test_a_stale_build_falls_back_to_the_jit_with_one_line(
     agent_build: Path, tmp_path: Path
 ) -> None:
