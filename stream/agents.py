@@ -79,8 +79,8 @@ class MicroBatcher:
     records before they reach the agent and commit past them (module ``stream.offsets``).
 
     ``busy_within_s`` (longer than ``within_s``): the window of a batch whose first event came
-    less than ``busy_within_s`` after the previous batch was handled, i.e. while records keep
-    coming. A busy worker then handles fewer, larger batches (each batch costs table and
+    less than ``busy_within_s`` after the previous batch (of more than one event) was handled,
+    i.e. while records keep coming. A busy worker then handles fewer, larger batches (each batch costs table and
     changelog writes per vehicle, output records, sink requests and a commit: BENCHMARKS.md,
     issue 22); an event after a quiet spell still waits only ``within_s``.
     """
@@ -104,6 +104,7 @@ class MicroBatcher:
         self.first_at = 0.0
         self.window = within_s  # of the batch being filled
         self.handled_at = float("-inf")  # when the last batch was handled
+        self.last_size = 0  # and how many events it had
         self.busy_batches = 0  # batches cut with the busy window (counters page)
         self.lock = asyncio.Lock()
 
@@ -112,6 +113,7 @@ class MicroBatcher:
             batch, self.buffer = self.buffer, []
             if not batch:
                 return
+            self.last_size = len(batch)
             try:
                 await self.handle(self.stream, batch)
                 if self.offsets is not None:
@@ -138,8 +140,10 @@ class MicroBatcher:
                     continue
                 if not self.buffer:
                     self.first_at = now = time.monotonic()
-                    busy = self.busy_within_s > self.within_s and (
-                        now - self.handled_at < self.busy_within_s
+                    busy = (
+                        self.busy_within_s > self.within_s
+                        and self.last_size > 1  # a trickle's batches are single records
+                        and now - self.handled_at < self.busy_within_s
                     )
                     self.window = self.busy_within_s if busy else self.within_s
                     self.busy_batches += busy

@@ -96,3 +96,12 @@ def test_an_event_after_a_quiet_spell_waits_only_within() -> None:
     batches, b = run_busy(schedule, within=0.05, busy_within=0.3)
     assert batches == [[0, 1], [2]]
     assert b.busy_batches == 0 and b.window == 0.05
+
+
+def test_single_records_soon_after_each_other_are_no_busy_stream() -> None:
+    # each event comes ~0.02 s after the previous one-record batch was handled: a trickle (a
+    # slow handle under load used to make every such batch "busy" and wait the long window)
+    schedule = [(0.0, 0), (0.07, 1), (0.07, 2), (0.07, 3)]
+    batches, b = run_busy(schedule, within=0.05, busy_within=0.3)
+    assert batches == [[0], [1], [2], [3]]
+    assert b.busy_batches == 0 and b.window == 0.05
