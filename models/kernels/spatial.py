@@ -80,9 +80,12 @@ class SpatialAnomaly(SlotStateful):
             self.state.ensure(int(s.max()) + 1)
         out = np.empty(s.shape[0])
         st = self.state
-        self.dropped += _spatial_loop(
-            s, v, self.tolerance, self.warmup, st["lo"], st["hi"], st["count"], out
-        )
+        # a range near +-1e308 plus its tolerance is inf: no anomaly past it, as compiled (the
+        # plain-Python loop under NUMBA_DISABLE_JIT=1 would warn of the overflow)
+        with np.errstate(over="ignore"):
+            self.dropped += _spatial_loop(
+                s, v, self.tolerance, self.warmup, st["lo"], st["hi"], st["count"], out
+            )
         return out
 
     def score_learn_one(self, x: float, slot: int = 0) -> float:
