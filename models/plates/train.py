@@ -172,6 +172,13 @@ def weights_sha256(weights: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _save(out: Path, weights: dict[str, Any]) -> None:
+    """The weights of a fitted perceptron as the ``.npz`` the reader loads."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    keys = ("w1", "b1", "w2", "b2", "classes")
+    np.savez_compressed(out, **{k: weights[k] for k in keys})
+
+
 def train(
     out: Path,
     seed: int = 5000,
@@ -196,15 +203,7 @@ def train(
     t1 = time.perf_counter()
     weights = fit(x, y, hidden, epochs, seed)
     t2 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out,
-        w1=weights["w1"],
-        b1=weights["b1"],
-        w2=weights["w2"],
-        b2=weights["b2"],
-        classes=weights["classes"],
-    )
+    _save(out, weights)
     probs_ok = _train_accuracy(weights, x, y)
     return {
         "out": str(out),
@@ -253,15 +252,7 @@ def train_province(
     t1 = time.perf_counter()
     weights = fit(x, y, hidden, epochs, seed)
     t2 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out,
-        w1=weights["w1"],
-        b1=weights["b1"],
-        w2=weights["w2"],
-        b2=weights["b2"],
-        classes=weights["classes"],
-    )
+    _save(out, weights)
     return {
         "out": str(out),
         "bytes": out.stat().st_size,
