@@ -231,6 +231,7 @@ class Tally:
     unexpected: int = 0
     window: int = 0  # produced, but in the agent's memory at a kill
     lost_examples: list[str] = field(default_factory=list)
+    missing: list[tuple[str, str, int]] = field(default_factory=list)  # (device, signal, ts_us)
 
     def add(self, other: Tally) -> None:
         self.source += other.source
@@ -239,6 +240,7 @@ class Tally:
         self.lost += other.lost
         self.unexpected += other.unexpected
         self.window += other.window
+        self.missing += other.missing
         if self.duplicates is not None and other.duplicates is not None:
             self.duplicates += other.duplicates
         else:
@@ -254,6 +256,7 @@ def compare(
     missing = [k for k, v in accepted.items() if stored.get(k) != v]
     t.lost = len(missing)
     t.lost_examples = [f"{device} {n} {ts}" for n, ts in sorted(missing)[:5]]
+    t.missing = [(device, n, ts) for n, ts in missing]
     t.unexpected = sum(1 for k in stored if k not in source)
     t.unexpected += sum(1 for k in accepted if k not in source)  # the edge invented a sample
     t.window = sum(1 for k in source if k not in accepted)

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,13 @@ Say = Callable[[str], None]
 
 # The rig's waits read services that may be restarting: their errors count as "not yet".
 wait_until = functools.partial(stack_wait_until, ignore=(OSError, StackError, ValueError))
+#: what each process logs once it can take traffic (the bridges: on their SUBACK)
+READY_LINES = {
+    "bridge-a": "connected to MQTT and subscribed",
+    "bridge-b": "connected to MQTT and subscribed",
+    "worker-a": "[^Worker]: Ready",
+    "worker-b": "[^Worker]: Ready",
+}
 
 
 class Rig:
@@ -78,6 +85,18 @@ class Rig:
         )
         for name in ("bridge-a", "bridge-b", "worker-a", "worker-b", "crm"):
             self.start(name)
+        # no car drives before both bridges hold their subscriptions (the broker keeps nothing
+        # for a session that never subscribed) and both workers joined: seen in CI, the first
+        # 0.25 s of the first scenario's cars were published before a bridge's SUBACK
+        for name, line in READY_LINES.items():
+            log = self.logs / f"{name}.log"
+
+            def ready(log: Path = log, line: str = line) -> bool:
+                self.check_alive()
+                return line in log.read_text(errors="replace")
+
+            # a process that exited is an error at once (StackError is not "not yet" here)
+            stack_wait_until(ready, 180, f"{name} to log {line!r} ({log})", 0.5, ignore=(OSError,))
         self.say(
             f"rig: {self.brokers} Kafka broker(s), 2 bridges, 2 workers, CRM worker up in "
             f"{time.monotonic() - t:.0f} s (data in {self.root})"
@@ -182,9 +201,15 @@ class Rig:
 
         return best[1], asyncio.run(described())
 
-    def kafka_resends(self, prefix: str) -> dict[str, int]:
+    def kafka_resends(
+        self, prefix: str, lost: Iterable[tuple[str, str, int]] = ()
+    ) -> dict[str, Any]:
         """Telemetry records of devices ``prefix*`` in Kafka, and how many repeat a (device,
-        boot, seq) already there (resent by an agent or a bridge; the worker drops them)."""
+        boot, seq) already there (resent by an agent or a bridge; the worker drops them).
+
+        ``lost``: (device, signal, ts_us) samples InfluxDB lacks; ``lost_in_kafka`` counts those
+        Kafka holds (the stream lost them) and ``lost_records`` names their records (partition,
+        offset, boot, seq); the others never reached Kafka (the ingest side lost them)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         from core.topics import KAFKA_TELEMETRY
@@ -192,8 +217,9 @@ class Rig:
 
         assert self.settings is not None
         opts = self.settings.kafka.client_options()
+        want = set(lost)
 
-        async def run() -> dict[str, int]:
+        async def run() -> dict[str, Any]:
             c = AIOKafkaConsumer(**opts, group_id=None, enable_auto_commit=False)
             await c.start()
             try:
@@ -204,6 +230,8 @@ class Rig:
                 ends = await c.end_offsets(tps)
                 seen: set[tuple[str, str, int]] = set()
                 records = repeats = 0
+                found: set[tuple[str, str, int]] = set()
+                where: list[str] = []
                 while [tp for tp in tps if await c.position(tp) < ends[tp]]:
                     for recs in (await c.getmany(timeout_ms=500)).values():
                         for r in recs:
@@ -214,9 +242,25 @@ class Rig:
                             key = (b.device_id, b.boot_id, b.seq)
                             repeats += key in seen
                             seen.add(key)
+                            if want:
+                                names, sm = b.samples.names, b.samples
+                                hit = {
+                                    (b.device_id, names[int(i)], int(t))
+                                    for i, t in zip(sm.sig, sm.ts_us, strict=True)
+                                } & want
+                                if hit and len(where) < 10:
+                                    where.append(
+                                        f"{b.device_id} p{r.partition}@{r.offset} "
+                                        f"boot {b.boot_id} seq {b.seq}: {len(hit)} lost samples"
+                                    )
+                                found |= hit
             finally:
                 await c.stop()
-            return {"records": records, "repeats": repeats}
+            out: dict[str, Any] = {"records": records, "repeats": repeats}
+            if want:
+                out["lost_in_kafka"] = len(found)
+                out["lost_records"] = where
+            return out
 
         return asyncio.run(run())
 

@@ -262,6 +262,7 @@ class IngestBridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: AIOKafkaProducer | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()  # SUBACK of the current connection
         self._stop = asyncio.Event()
         self._refused: str | None = None
         self._pending = 0  # MQTT messages handed to Kafka and not acknowledged yet
@@ -294,6 +295,7 @@ class IngestBridge:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = lambda *args: self._unsubscribed.set()
+        client.on_subscribe = self._on_subscribe
         return client
 
     # paho callbacks run in paho's network thread ---------------------------------------------
@@ -304,13 +306,24 @@ class IngestBridge:
             return
         subs = [(subscription(ch, self.s.mqtt.share_group), 1) for ch in CHANNELS]
         client.subscribe(subs)
-        log.info("bridge %s connected to MQTT and subscribed", self.name)
         self._connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reasons, props) -> None:  # type: ignore[no-untyped-def]
+        # the SUBACK: from here on the broker keeps what devices publish for this session (a
+        # message published before a bridge's first subscription has no session to go to)
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self._refused = f"subscriptions refused: {refused}"
+            log.error("MQTT broker refused bridge %s's subscriptions: %s", self.name, refused)
+            return
+        self._subscribed.set()
+        log.info("bridge %s connected to MQTT and subscribed", self.name)
 
     def _on_disconnect(self, client, userdata, flags, reason, props) -> None:  # type: ignore[no-untyped-def]
         if self._connected.is_set():
             log.warning("bridge %s lost MQTT: %s (paho reconnects)", self.name, reason)
         self._connected.clear()
+        self._subscribed.clear()
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         # paho's network thread: an exception here would kill it, so none leaves this method
@@ -675,7 +688,7 @@ class IngestBridge:
             raise PublishError(f"bridge cannot reach MQTT at {m.host}:{m.port}: {err}") from err
         self.client.loop_start()
         for _ in range(150):
-            if self._connected.is_set():
+            if self._subscribed.is_set():  # started: the broker keeps what devices send us
                 return
             if self._refused:
                 break
@@ -742,7 +755,7 @@ class IngestBridge:
             return self._pending
 
     def mqtt_up(self) -> bool:
-        return self._connected.is_set()
+        return self._connected.is_set() and self._subscribed.is_set()
 
     def kafka_ok(self) -> tuple[bool, str]:
         if self._producer is None:

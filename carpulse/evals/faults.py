@@ -85,7 +85,9 @@ WINDOW_NOTE = (
 KAFKA_NOTE = (
     "kafka.records: the scenario's telemetry records in Kafka; kafka.repeats: records repeating "
     "a (device, boot, seq) already there (an agent resent a row it had no PUBACK for, or a "
-    "bridge a message it had no Kafka ack for); the worker's dedupe must drop them"
+    "bridge a message it had no Kafka ack for); the worker's dedupe must drop them; with samples "
+    "lost: kafka.lost_in_kafka, how many of them Kafka holds (the stream lost them; the rest never "
+    "reached Kafka), and kafka.lost_records, the records holding them"
 )
 DUPLICATES_NOTE = (
     "points InfluxDB acknowledged for the scenario (its writePointsOk counters; one point per "
@@ -253,7 +255,8 @@ class Scenario:
             "unexpected": total.unexpected,
             "in_memory_at_kill": total.window,
             "crm": {"crashes": crash.sent, "inbox": crash.inbox()},
-            "kafka": rig.kafka_resends(self.prefix),
+            # where the lost samples are: in Kafka (the stream lost them) or not (the ingest)
+            "kafka": rig.kafka_resends(self.prefix, total.missing),
             "fault": self.info,
             "seconds": round(elapsed, 1),
         }
