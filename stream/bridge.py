@@ -234,6 +234,39 @@ async def ensure_topics(
         await admin.close()
 
 
+async def message_limit(kafka: KafkaSettings, names: list[str], component: str) -> int | None:
+    """The smallest ``max.message.bytes`` of topics ``names`` (None when it cannot be read).
+
+    The bridge sizes its batches and its largest record by it, so the brokers never refuse a
+    record or a batch for its size: with the idempotent producer a batch refused by a broker
+    leaves a gap in the partition's sequence numbers, and every later batch to that partition
+    then fails with OutOfOrderSequenceNumber (seen: one oversized message stalled its partition).
+    """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(**kafka.client_options(component))
+    try:
+        await admin.start()
+        res = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+        )
+        limits = [
+            int(entry[1])
+            for r in res
+            for code, _msg, _type, _name, entries in r.resources
+            if not code
+            for entry in entries
+            if entry[0] == "max.message.bytes" and entry[1] is not None
+        ]
+        return min(limits) if limits else None
+    except (KafkaError, ValueError, TypeError) as err:
+        log.warning("could not read max.message.bytes of %s (%s): batches of at most %d bytes",
+                    names, err, BATCH_BYTES)  # fmt: skip
+        return None
+    finally:
+        await admin.close()
+
+
 class IngestBridge:
     """One bridge instance; several may share the load through the MQTT shared subscription."""
 
@@ -270,6 +303,7 @@ class IngestBridge:
         self._unsubscribed = threading.Event()
         self._draining = False
         self._kafka_error: str | None = None  # the last failed send, until one goes through
+        self.message_limit: int | None = None  # the topics' max.message.bytes, once read
         self.metrics_port = settings.metrics.bridge_port  # 0 = no /metrics, /healthz, /readyz
         self.obs: ObsServer | None = None
         self.client = self._make_client()
@@ -473,7 +507,7 @@ class IngestBridge:
         left = len(batch)
         try:
             for (kafka_topic, partition), items in groups.items():
-                chunks, too_large = fill(producer, items, self._record)
+                chunks, too_large = fill(producer, items, self._record, self.message_limit)
                 alone += too_large
                 for builder, chunk in chunks:
                     try:
@@ -528,12 +562,37 @@ class IngestBridge:
                 self._sent_done(client, mid, qos, topic, r, err)
 
     async def _one_by_one(self, chunk: list[Item]) -> None:
+        """A refused batch's records again, each in a batch of its own, in order: the
+        producer's ``send`` would put them back into one batch (and Kafka would refuse them all)."""
         for n, item in enumerate(chunk):
             try:
-                await self._forward_one(*item)
+                await self._forward_alone(item)
             except asyncio.CancelledError:
                 self._settled(len(chunk) - n)
                 raise
+
+    async def _forward_alone(self, item: Item) -> None:
+        client, mid, qos, topic, r = item
+        producer = self._producer
+        if producer is None:  # stopped: not acknowledged, the broker redelivers
+            self._settled()
+            return
+        err: BaseException | None = None
+        try:
+            builder = producer.create_batch()
+            key, value, headers = self._record(item)
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise RecordTooLargeError(f"{len(value)} bytes fit no batch")
+            builder.close()
+            partition = self._partitions.of(producer, r.kafka_topic, r.key or b"")
+            if partition is None:
+                raise KafkaError(f"no metadata for topic {r.kafka_topic}")
+            await (await producer.send_batch(builder, r.kafka_topic, partition=partition))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err_:  # refused alone, an outage, or the producer closing
+            err = err_
+        self._sent_done(client, mid, qos, topic, r, err)
 
     async def _forward_one(
         self, client: mqtt.Client, mid: int, qos: int, topic: str, r: Route
@@ -629,14 +688,23 @@ class IngestBridge:
             [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER],
             component="bridge",
         )
+        limit = await message_limit(k, [*KAFKA_BY_CHANNEL.values(), KAFKA_DEADLETTER], "bridge")
+        if limit is not None and limit < self.s.bridge.max_payload_bytes:
+            log.warning(
+                "bridge %s: [bridge] max_payload_bytes %d is over the topics' max.message.bytes "
+                "%d: messages in between are dead-lettered as kafka_refused",
+                self.name, self.s.bridge.max_payload_bytes, limit,
+            )  # fmt: skip
+        self.message_limit = limit
         producer = AIOKafkaProducer(
             **k.client_options("bridge"),
             acks="all" if k.acks == "all" else int(k.acks),
             linger_ms=0,  # the forwarder lingers (one window for all partitions)
             # a telemetry message is ~13 KB: with the default 16 KB batches each would be its own
             # batch and request; 1 MiB lets the linger window gather them (fewer, larger requests)
-            max_batch_size=BATCH_BYTES,
-            max_request_size=16 * 1024 * 1024,
+            max_batch_size=min(BATCH_BYTES, limit or BATCH_BYTES),
+            # a record over the topics' limit is refused here, before it takes a sequence number
+            max_request_size=limit or 16 * 1024 * 1024,
             # no duplicates from the producer's own retries (needs acks=all)
             enable_idempotence=k.acks == "all",
         )

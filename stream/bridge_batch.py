@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 MAX_KEYS = 100_000  # devices whose partition is remembered (forgotten all at once past it)
 _PUBACK = struct.Struct("!BBH")  # MQTT 3.1.1 PUBACK: type, remaining length 2, message id
@@ -50,17 +51,26 @@ def fill(
     producer: AIOKafkaProducer,
     items: Sequence[Any],
     record: Callable[[Any], tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+    max_record: int | None = None,
 ) -> tuple[list[tuple[Any, list[Any]]], list[Any]]:
     """Put ``items`` (in order) into closed batches of at most ``max_batch_size`` bytes.
 
     ``record(item)`` gives its key, value and headers. Returns ``[(batch, its items)]`` and the
-    items that fit in no batch (a record larger than a batch on its own): those go one by one.
+    items that fit in no batch: a record larger than a batch on its own, or one whose batch
+    would be over ``max_record`` bytes (the topics' ``max.message.bytes``; the producer's
+    ``send`` refuses it before a broker does). Those go one by one.
     """
     out: list[tuple[Any, list[Any]]] = []
     alone: list[Any] = []
     builder, chunk = producer.create_batch(), list[Any]()
     for item in items:
         key, value, headers = record(item)
+        if (
+            max_record is not None
+            and DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers) > max_record
+        ):
+            alone.append(item)
+            continue
         if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
             if not chunk:  # too large for an empty batch
                 alone.append(item)

@@ -117,7 +117,7 @@ def component_acls() -> list[Acl]:
     b, s, c, d = (PRINCIPALS[k] for k in ("bridge", "stream", "crm", "dashboards"))
     return [
         # the bridge writes what devices send and dead-letters what it refuses
-        *_topic_acls(b, BRIDGE_OUT, "write", "create"),
+        *_topic_acls(b, BRIDGE_OUT, "write", "create", "describe_configs"),
         # the stream worker: its inputs, its outputs, its own changelogs and group
         *_topic_acls(s, STREAM_IN, "read"),
         *_topic_acls(s, STREAM_OUT, "write", "create"),

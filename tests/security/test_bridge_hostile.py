@@ -207,3 +207,94 @@ def test_a_record_kafka_refuses_is_dead_lettered_not_held_in_flight(local_stack:
     assert len(r["dead"]) == 1 and len(r["dead"][0].value) <= 64 * 1024
     assert len(r["fwd"]) == 1  # the next message went through
     assert r["pending"] == 0
+
+
+async def _topic_overrides(admin: Any, topic: str) -> dict[str, str]:
+    """The topic's own settings (DescribeConfigs source 1: DYNAMIC_TOPIC_CONFIG)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    return {e[0]: e[1] for e in res[0].resources[0][4] if e[3] == 1}
+
+
+def test_records_over_the_topics_limit_never_break_the_partition(local_stack: Stack) -> None:
+    """The bridge sizes its Kafka batches and its largest record by the topics'
+    ``max.message.bytes`` (read at start; here the telemetry topic's is lowered to 300,000, under
+    the bridge's own 8 MiB cap). Messages that fit alone but not together go in separate
+    batches; one over the limit is dead-lettered before the producer gives it a sequence number.
+    Before, a broker refused the batch, the idempotent producer's sequence for the partition had a
+    gap, and every later message to it failed with OutOfOrderSequenceNumber (left unacknowledged:
+    the partition stalled for that bridge)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    base = local_stack.settings  # type: ignore[attr-defined]
+    s = base.model_copy(
+        update={
+            "mqtt": base.mqtt.model_copy(update={"share_group": "sec-bridge-batch"}),
+            "bridge": base.bridge.model_copy(update={"max_payload_bytes": 8 * 1024 * 1024}),
+            "kafka": base.kafka.model_copy(update={"linger_ms": 3000}),  # all in one window
+        }
+    )
+    limit = 300_000
+
+    def message(seq: int, rows: int) -> bytes:
+        samples = [
+            {"name": "Vehicle.Speed", "ts_us": T0 + seq * 100_000 + i, "value": float(i)}
+            for i in range(rows)
+        ]
+        return hostile.json_batch(device_id=EVIL, boot_id="batch", seq=seq, samples=samples)
+
+    fits = [message(seq, 2_500) for seq in (30, 31, 32)]
+    alone_too_big = message(33, 5_000)
+    assert all(100_000 < len(m) < limit for m in fits) and len(alone_too_big) > limit
+    assert sum(map(len, fits)) > limit  # together: a batch the topic would refuse
+
+    async def scenario() -> dict[str, Any]:
+        admin = AIOKafkaAdminClient(**s.kafka.client_options())
+        await admin.start()
+        before = await _topic_overrides(admin, KAFKA_TELEMETRY)
+        resource = ConfigResourceType.TOPIC
+        await admin.alter_configs(
+            [ConfigResource(resource, KAFKA_TELEMETRY, {**before, "max.message.bytes": str(limit)})]
+        )
+        bridge = IngestBridge(s, name="sec-bridge-batch")
+        try:
+            await bridge.start()
+            pub = MqttPublisher(local_device_mqtt(s, EVIL), boot_id="batch")
+            await asyncio.to_thread(pub.connect, 10.0, announce=False)
+            topic = device_topic(EVIL, "telemetry")
+            for m in [fits[0], alone_too_big, fits[1], fits[2]]:
+                await asyncio.to_thread(pub.publish, topic, m)
+            await asyncio.to_thread(pub.flush)
+            await asyncio.to_thread(pub.close)
+            dead = await _drain(
+                s.kafka, KAFKA_DEADLETTER,
+                lambda r: dict(r.headers).get("reason") == b"kafka_refused"
+                and b'"seq": 33' in r.value, 3.0, 40,
+            )  # fmt: skip
+            fwd = await _drain(
+                s.kafka, KAFKA_TELEMETRY,
+                lambda r: r.key == EVIL.encode() and decode_telemetry(r.value).boot_id == "batch",
+                3.0, 40,
+            )  # fmt: skip
+            with bridge._pending_lock:
+                pending = bridge._pending
+            return {
+                "dead": dead, "fwd": fwd, "pending": pending, "counters": bridge.counters,
+                "limit": bridge.message_limit,
+            }  # fmt: skip
+        finally:
+            await bridge.stop()
+            await admin.alter_configs([ConfigResource(resource, KAFKA_TELEMETRY, before)])
+            after = await _topic_overrides(admin, KAFKA_TELEMETRY)
+            await admin.close()
+            assert after == before  # the shared stack's topic is as it was
+
+    r = asyncio.run(scenario())
+    seen = {k: r[k] for k in ("counters", "pending", "limit")}
+    assert r["limit"] == limit, seen
+    assert [decode_telemetry(x.value).seq for x in r["fwd"]] == [30, 31, 32], seen
+    assert len(r["dead"]) == 1, seen
+    assert r["counters"].reasons.get("kafka_refused") == 1
+    assert r["pending"] == 0

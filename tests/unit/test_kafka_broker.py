@@ -48,7 +48,8 @@ def test_acls_grant_exactly_what_each_component_uses() -> None:
     def ops(user: str, topic: str) -> set[str]:
         return {a.operation for a in acls if a.principal == f"User:{user}" and a.name == topic}
 
-    assert ops("carpulse-bridge", KAFKA_TELEMETRY) == {"write", "create"}
+    # describe_configs: the bridge sizes its batches by the topics' max.message.bytes
+    assert ops("carpulse-bridge", KAFKA_TELEMETRY) == {"write", "create", "describe_configs"}
     assert ops("carpulse-stream", KAFKA_TELEMETRY) == {"read"}
     assert ops("carpulse-dashboards", KAFKA_ALERTS) == {"read"}
     assert ops("carpulse-dashboards", KAFKA_STATUS) == {"read"}  # online/offline on the desk
