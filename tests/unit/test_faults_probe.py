@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from carpulse.faults_probe import accepted_samples, compare, source_samples, watch_queue
+from carpulse.faults_probe import Tally, accepted_samples, compare, source_samples, watch_queue
 from core.wire import Samples, TelemetryBatch, encode_telemetry
 from edge.queue import DurableQueue
 from edge.sources.tick import tick_names, tick_value
@@ -52,6 +52,15 @@ def test_compare_counts_window_lost_and_unexpected(tmp_path: Path) -> None:
     assert (t.source, t.accepted, t.window) == (20, 16, 4)
     assert (t.stored, t.lost, t.unexpected) == (14, 2, 1)
     assert t.lost_examples == ["car Vehicle.Eval.Tick0 11000", "car Vehicle.Eval.Tick1 12001"]
+    # every lost sample, for the eval's look into Kafka (kafka.lost_in_kafka)
+    assert sorted(t.missing) == [
+        ("car", "Vehicle.Eval.Tick0", 11000),
+        ("car", "Vehicle.Eval.Tick1", 12001),
+    ]
+    both = Tally()
+    both.add(t)
+    both.add(t)
+    assert len(both.missing) == 4 and both.lost == 4
 
 
 def test_write_counter_carries_over_an_influx_restart() -> None:
