@@ -313,7 +313,7 @@ def _inflate(data: bytes) -> bytes:
         with contextlib.suppress(zstandard.ZstdError):
             # succeeds only for exactly one whole frame that makes exactly what it declares,
             # where the reader below gives the same bytes; anything else is the reader's to judge
-            return _dctx().decompress(data, allow_extra_data=False)
+            return _dctx().decompress(data, read_across_frames=False, allow_extra_data=False)
     return _inflate_chunks(data)
 
 
