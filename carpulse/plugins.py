@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "edge-arm64": "carpulse.bench.edge_arm64:bench_edge_arm64",
     "edge-memory": "carpulse.bench.edge_memory:bench_edge_memory",
     "canread": "carpulse.bench.canread:bench_canread",
+    "envelope": "carpulse.bench.envelope:bench_envelope",
 }
 
 EVALUATIONS: dict[str, str] = {

@@ -25,6 +25,7 @@ else and never costs more than a bounded amount of memory.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -265,6 +266,14 @@ def encode_telemetry(batch: TelemetryBatch) -> bytes:
     return TELEMETRY_MAGIC + bytes((batch.schema, CODEC_ZSTD)) + _cctx().compress(packed)
 
 
+# Signal names already found to be VSS paths. A device sends the same few names in every batch:
+# the regex runs once per name, not once per name and message (issue 22). Only names that passed
+# the full check go in; bounded (cleared when full), so a device sending ever new names costs
+# the regex again and some memory, never a wrong answer.
+MAX_GOOD_NAMES: Final = 16_384
+_GOOD_NAMES: set[str] = set()
+
+
 def _require(cond: bool, reason: str, detail: str) -> None:
     if not cond:
         raise WireError(reason, detail)
@@ -273,12 +282,20 @@ def _require(cond: bool, reason: str, detail: str) -> None:
 def _check_names(names: Any) -> tuple[str, ...]:
     _require(type(names) is list, "bad_names", "names must be a list")
     _require(len(names) <= MAX_NAMES, "too_many_names", str(len(names)))
-    for name in names:
-        _require(
-            type(name) is str and len(name) <= 256 and bool(NAME_RE.match(name)),
-            "bad_signal_name",
-            f"{str(name)[:80]!r} is not a VSS path",
-        )
+    try:  # the usual case: every name was seen before (one set lookup each, in C)
+        known = all(map(_GOOD_NAMES.__contains__, names))
+    except TypeError:  # an unhashable name (a list, a map): the loop below refuses it
+        known = False
+    if not known:
+        for name in names:
+            _require(
+                type(name) is str and len(name) <= 256 and bool(NAME_RE.match(name)),
+                "bad_signal_name",
+                f"{str(name)[:80]!r} is not a VSS path",
+            )
+        if len(_GOOD_NAMES) + len(names) > MAX_GOOD_NAMES:
+            _GOOD_NAMES.clear()
+        _GOOD_NAMES.update(names[:MAX_GOOD_NAMES])
     return tuple(names)
 
 
@@ -290,6 +307,18 @@ def _inflate(data: bytes) -> bytes:
         raise WireError("bad_compression", str(err)) from err
     if declared > MAX_DECOMPRESSED:  # refused before a byte is allocated for it
         raise WireError("bad_compression", f"frame declares {declared} bytes > {MAX_DECOMPRESSED}")
+    # the usual case: one call into a buffer of the declared size (issue 22); not for a declared
+    # 0, for which zstandard answers b"" without reading the frame
+    if declared > 0:
+        with contextlib.suppress(zstandard.ZstdError):
+            # succeeds only for exactly one whole frame that makes exactly what it declares,
+            # where the reader below gives the same bytes; anything else is the reader's to judge
+            return _dctx().decompress(data, read_across_frames=False, allow_extra_data=False)
+    return _inflate_chunks(data)
+
+
+def _inflate_chunks(data: bytes) -> bytes:
+    """The bounded reader: a frame that declares no size, lies about it, or is not alone."""
     chunks: list[bytes] = []
     total = 0
     try:
@@ -329,6 +358,18 @@ def _check_counts(counts_l: Any, n_names: int) -> int:
         "bad_counts",
         "counts must be one non-negative integer per name",
     )
+    if not counts_l:
+        return 0
+    # the usual case in C loops (issue 22); anything else gets its reason from _count_each
+    if set(map(type, counts_l)) == {int} and min(counts_l) >= 0:
+        total = sum(counts_l)
+        if total <= MAX_SAMPLES:
+            return total
+    return _count_each(counts_l)
+
+
+def _count_each(counts_l: list[Any]) -> int:
+    """The counts one by one: the first one out of range, or the sum past the cap, says why."""
     total = 0
     for c in counts_l:
         _require(type(c) is int and 0 <= c <= MAX_SAMPLES, "bad_counts", "count out of range")
