@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -453,16 +454,7 @@ data_dir = "{self.root / "faust"}"
 
         def kafka(node: kb.KafkaNode) -> Callable[[], list[str]]:
             def argv() -> list[str]:
-                libs = kb.libs_dir()
-                if not kb.have_jars(libs):
-                    raise StackError(
-                        f"Apache Kafka {kb.KAFKA_VERSION} is not fetched yet: run "
-                        "`carpulse stack fetch-kafka` (or `make setup`)"
-                    )
-                kb.java_version(s.java_bin)
-                users = {u: self.kafka_secret_file(u).read_text().strip() for u in KAFKA_USERS}
-                cluster_id = (root / "kafka" / "cluster.id").read_text().strip()
-                kb.format_storage(node, cluster_id, users, java_bin=s.java_bin, libs=libs)
+                libs = self._format_kafka([node])
                 return kb.java_command(
                     s.java_bin, libs, s.kafka_heap_mb, "kafka.Kafka", str(node.properties)
                 )
@@ -476,6 +468,29 @@ data_dir = "{self.root / "faust"}"
             out[node.name] = (kafka(node), node.log_file, node.client_port)
         out["influxdb"] = (influxd, root / "influxdb" / "influxd.log", s.influx_port)
         return out
+
+    def _format_kafka(self, nodes: list[kb.KafkaNode]) -> Path:
+        """Format the log dirs of ``nodes`` not formatted yet, all at once; the jar directory.
+
+        Each format is a JVM of its own (seconds of start-up): a three-node cluster formats its
+        nodes side by side instead of one after the other.
+        """
+        libs = kb.libs_dir()
+        if not kb.have_jars(libs):
+            raise StackError(
+                f"Apache Kafka {kb.KAFKA_VERSION} is not fetched yet: run "
+                "`carpulse stack fetch-kafka` (or `make setup`)"
+            )
+        kb.java_version(self.s.java_bin)
+        users = {u: self.kafka_secret_file(u).read_text().strip() for u in KAFKA_USERS}
+        cluster_id = (self.root / "kafka" / "cluster.id").read_text().strip()
+
+        def fmt(node: kb.KafkaNode) -> bool:
+            return kb.format_storage(node, cluster_id, users, java_bin=self.s.java_bin, libs=libs)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            list(pool.map(fmt, nodes))  # re-raises the first StackError
+        return libs
 
     # ----- health ------------------------------------------------------------------------------
     def _check_mosquitto(self) -> str | None:
@@ -545,8 +560,8 @@ data_dir = "{self.root / "faust"}"
         """Start every service that is not running and wait until all are healthy (idempotent)."""
         self.prepare()
         commands = self._commands()
-        started: dict[str, float] = {}
-        for name, (argv_fn, log, port) in commands.items():
+        todo: list[str] = []
+        for name, (_argv_fn, _log, port) in commands.items():
             if self.check(name) is None:
                 progress(f"{name}: already up")
                 continue
@@ -555,7 +570,23 @@ data_dir = "{self.root / "faust"}"
                     f"{name}: port {self.s.host}:{port} is in use by another program; "
                     f"stop it or choose another port (see `carpulse config show`, section [stack])"
                 )
+            todo.append(name)
+        # Mosquitto and InfluxDB first: they start while the Kafka nodes format their storage
+        todo.sort(key=lambda n: n.startswith("kafka-"))
+        started: dict[str, float] = {}
+        formatted = False
+        for name in todo:
+            argv_fn, log, _port = commands[name]
             if self._running_pid(name) is None:
+                if name.startswith("kafka-") and not formatted:  # every node at once
+                    self._format_kafka(
+                        [
+                            n
+                            for n in self.kafka_nodes
+                            if n.name in todo and self._running_pid(n.name) is None
+                        ]
+                    )
+                    formatted = True
                 argv = argv_fn()
                 pid = self._spawn(name, argv, log)
                 progress(f"{name}: started (pid {pid}), log {log}")

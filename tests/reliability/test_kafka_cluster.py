@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 
-from carpulse.stack import Stack, free_stack_settings, throwaway_stack
+from carpulse.stack import Stack, free_stack_settings, throwaway_stack, wait_until
 from core.config import KafkaSettings, load_settings
 from core.topics import KAFKA_TELEMETRY
 from tests.integration.helpers import topic_config
@@ -72,8 +73,16 @@ def test_kill_9_of_a_broker_loses_and_duplicates_nothing(cluster: Stack, victim:
             await admin.close()
 
     asyncio.run(create())
-    time.sleep(1.0)
-    leader, _isr, controller = asyncio.run(_leader(k, topic))
+
+    def placed() -> tuple[int, set[int], int] | None:
+        """The new partition has a leader and all three replicas in sync (it was a 1 s sleep)."""
+        got = asyncio.run(_leader(k, topic))
+        return got if got[0] >= 0 and got[1] == {1, 2, 3} else None
+
+    leader, _isr, controller = wait_until(
+        placed, 30, f"{topic} to have a leader and three in-sync replicas", 0.1,
+        ignore=(StopIteration, KafkaError),
+    )  # fmt: skip
     target = leader if victim == "leader" else controller
     killed_at: list[float] = []
 
@@ -129,7 +138,7 @@ def test_kill_9_of_a_broker_loses_and_duplicates_nothing(cluster: Stack, victim:
         _l, isr, _c = asyncio.run(_leader(k, topic))
         if isr == {1, 2, 3}:
             break
-        time.sleep(1)
+        time.sleep(0.25)
     assert isr == {1, 2, 3}
 
 

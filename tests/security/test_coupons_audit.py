@@ -25,18 +25,10 @@ from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
 from crm.schema import AuditRecord, Coupon, CouponShare, CouponTemplate
+from tests.conftest import new_postgres_database
 
 pytestmark = pytest.mark.security
 LATER = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
-
-
-def _pg_database(postgres_url: str) -> str:
-    name = "t_" + uuid.uuid4().hex[:10]
-    admin = st.make_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return postgres_url.rsplit("/", 1)[0] + "/" + name
 
 
 def _seed(store: st.CrmStore) -> tuple[str, str]:
@@ -48,8 +40,8 @@ def _seed(store: st.CrmStore) -> tuple[str, str]:
 
 
 @pytest.fixture
-def pg(postgres_url: str) -> Iterator[tuple[st.CrmStore, str, str, str]]:
-    url = _pg_database(postgres_url)
+def pg(postgres_url: str, postgres_migrated: str) -> Iterator[tuple[st.CrmStore, str, str, str]]:
+    url = new_postgres_database(postgres_url, postgres_migrated)
     store = st.CrmStore(st.make_engine(url, pool_size=20))
     upgrade(store.engine)
     a, b = _seed(store)
@@ -62,7 +54,9 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st.
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
     else:
-        url = _pg_database(request.getfixturevalue("postgres_url"))
+        url = new_postgres_database(
+            request.getfixturevalue("postgres_url"), request.getfixturevalue("postgres_migrated")
+        )
     store = st.CrmStore.from_url(url)
     upgrade(store.engine)
     yield store, url

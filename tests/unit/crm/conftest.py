@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from crm import loyalty
 from crm import store as st
 from crm.migrate import upgrade
 from crm.schema import CouponTemplate, PlateAssignment, Vehicle
 from crm.tables import CustomerContact
+from tests.conftest import new_postgres_database
 
 T0 = dt.datetime(2026, 3, 1, 8, 0, tzinfo=dt.UTC)
 VIN = "LSVAA4182E2123456"
@@ -25,19 +25,25 @@ def fresh_engine(request: pytest.FixtureRequest, tmp_path) -> Engine:  # type: i
     """An empty database for a test parametrised "sqlite"/"postgresql" (a new PostgreSQL database)."""
     if request.param == "sqlite":
         return st.make_engine(f"sqlite:///{tmp_path / 'crm.sqlite'}")
-    base = request.getfixturevalue("postgres_url")
-    name = "t_" + uuid.uuid4().hex[:10]
-    admin = st.make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return st.make_engine(base.rsplit("/", 1)[0] + "/" + name)
+    return st.make_engine(new_postgres_database(request.getfixturevalue("postgres_url")))
+
+
+def migrated_engine(request: pytest.FixtureRequest, tmp_path) -> Engine:  # type: ignore[no-untyped-def]
+    """A database at the CRM's head for a test parametrised "sqlite"/"postgresql" (a PostgreSQL
+    one is copied from the session's migrated template; ``upgrade`` finds nothing to do there)."""
+    if request.param == "sqlite":
+        engine = st.make_engine(f"sqlite:///{tmp_path / 'crm.sqlite'}")
+    else:
+        base = request.getfixturevalue("postgres_url")
+        engine = st.make_engine(
+            new_postgres_database(base, request.getfixturevalue("postgres_migrated"))
+        )
+    upgrade(engine)
+    return engine
 
 
 def make_store(request: pytest.FixtureRequest, tmp_path) -> st.CrmStore:  # type: ignore[no-untyped-def]
-    engine = fresh_engine(request, tmp_path)
-    upgrade(engine)
-    return st.CrmStore(engine)
+    return st.CrmStore(migrated_engine(request, tmp_path))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from crm.migrate import upgrade
 from crm.onboard import import_folder
 from crm.schema import Consent, Customer, CustomerIdentity, Ownership, PlateAssignment, Vehicle
 from crm.tables import CustomerContact, CustomerRef, ServiceRecord
-from tests.unit.crm.conftest import fresh_engine
+from tests.unit.crm.conftest import migrated_engine
 
 VIN_A = "LSVAA4183E2000001"  # Chinese (GB 16735 check digit)
 VIN_B = "LFV2A2159J3000003"
@@ -68,8 +68,7 @@ def good(folder: Path) -> Path:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st.CrmStore]:
-    engine = fresh_engine(request, tmp_path)
-    upgrade(engine)
+    engine = migrated_engine(request, tmp_path)
     yield st.CrmStore(engine)
     engine.dispose()
 
