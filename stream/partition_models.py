@@ -433,6 +433,9 @@ def warm_up(anomaly: AnomalySettings | None = None) -> None:
 
     batch = TelemetryBatch("warm-up", "warm-up", 0, samples)
     batch_lines(batch, "warm-up", now_us=int(t[-1]))  # the renderer, its new-values table
+    from stream.state import latest_per_signal
+
+    latest_per_signal(samples)  # the live state's scan
     texts = ValueTexts()  # the hash index, on a private cache: the global one stays as it is
     texts._rebuild()
     texts.lookup(np.ones(2).view(np.int64))

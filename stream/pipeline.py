@@ -326,7 +326,7 @@ class TelemetryPipeline:
         points: list[Points] = []
         try:
             split = split_location(batch, policy)
-            keep = keep_mask(split.rest, self.line_stats, self.policy, now)
+            keep = rest_keep = keep_mask(split.rest, self.line_stats, self.policy, now)
             points.append(batch_points(split.rest, self.s.measurement, keep))
             stored = 0
             if split.stored is not None and policy is not None:
@@ -335,7 +335,8 @@ class TelemetryPipeline:
                 points.append(
                     batch_points(split.stored, self.s.measurement, keep, location_tags(policy))
                 )
-            clean = self._clean(batch, now)
+            # no location rows: the rows kept for the sink are the ones to clean with
+            clean = self._clean(batch, now, rest_keep if split.rest is batch else None)
         finally:
             rejects, self.line_stats.rejects = self.line_stats.rejects, []
         st = states.get(vin)
@@ -385,9 +386,13 @@ class TelemetryPipeline:
         self._states[vin] = (st, raw or b"", dtcs)
         return st
 
-    def _clean(self, batch: TelemetryBatch, now: int) -> TelemetryBatch:
-        """The batch without rows the skew policy or NaN checks reject (already counted)."""
-        keep = keep_mask(batch, LineStats(), self.policy, now)
+    def _clean(
+        self, batch: TelemetryBatch, now: int, keep: np.ndarray | None = None
+    ) -> TelemetryBatch:
+        """The batch without rows the skew policy or NaN checks reject (already counted);
+        ``keep``: ``keep_mask`` of this very batch at ``now``, when the caller has it."""
+        if keep is None:
+            keep = keep_mask(batch, LineStats(), self.policy, now)
         if keep.all():
             return batch
         s = batch.samples

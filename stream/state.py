@@ -57,26 +57,16 @@ def new_state(vin: str, device: str) -> State:
 
 
 def latest_per_signal(samples: Samples) -> dict[str, tuple[int, float]]:
-    """Newest finite sample of each signal in ``samples`` (ties: the later row wins).
+    """Newest finite sample of each signal in ``samples`` (ties: the later row wins), in one
+    compiled pass over the rows (``stream.state_kernel``; two ``maximum.at`` passes and their
+    masks before, the larger part of the state update)."""
+    from stream.state_kernel import latest_rows  # numba loads at the first batch
 
-    Two ``maximum.at`` passes (the newest time per signal, then the last row holding it):
-    linear, where sorting every row of every batch was the larger part of the state update."""
-    sig, ts = samples.sig, samples.ts_us
-    rows = None  # rows of the finite values, when some are not
-    ok = np.isfinite(samples.value)
-    if not ok.all():
-        rows = np.flatnonzero(ok)
-        sig, ts = sig[rows], ts[rows]
-    if not len(sig):
+    if not len(samples):
         return {}
-    n = len(samples.names)
-    newest = np.full(n, np.iinfo(np.int64).min, np.int64)
-    np.maximum.at(newest, sig, ts)
-    at_newest = np.flatnonzero(ts == newest[sig])
-    last = np.full(n, -1, np.int64)
-    np.maximum.at(last, sig[at_newest], at_newest)
+    last = latest_rows(samples.sig, samples.ts_us, samples.value, len(samples.names))
     present = np.flatnonzero(last >= 0)
-    pick = last[present] if rows is None else rows[last[present]]
+    pick = last[present]
     names = samples.names
     return {
         names[s]: (t, v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numba
@@ -337,3 +338,86 @@ def test_maintenance_kernels_are_compiled() -> None:
     ):
         assert isinstance(k, numba.core.registry.CPUDispatcher)
         assert k.signatures
+
+
+# ----- checkpoint layout of the slot states ---------------------------------------------------
+
+
+def _filled(cls: type, n: int) -> object:
+    s = cls.empty(n)
+    rng = np.random.default_rng(3)
+    for f in dataclasses.fields(s):
+        a = getattr(s, f.name)
+        if a.dtype.kind == "f":
+            a[...] = rng.normal(size=a.shape)
+            a.flat[0] = np.nan  # NaN and -0.0 survive bit for bit
+            a.flat[-1] = -0.0
+        elif a.dtype.kind in "iu":
+            a[...] = rng.integers(0, 1000, size=a.shape)
+        else:
+            a[...] = rng.integers(0, 2, size=a.shape).astype(bool)
+    return s
+
+
+def _same(a: object, b: object) -> None:
+    for f in dataclasses.fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        assert x.dtype == y.dtype and x.shape == y.shape, f.name
+        assert x.tobytes() == y.tobytes(), f.name
+        assert y.flags.writeable, f.name  # the kernels update restored states in place
+
+
+@pytest.mark.parametrize("cls", [OilState, UsageState, BatteryState, PackState])
+def test_slot_state_round_trip_and_the_first_layout(cls: type) -> None:
+    import io
+
+    s = _filled(cls, 5)
+    blob = s.to_bytes()
+    assert blob.startswith(b"CPSOA\x01")
+    _same(s, cls.from_bytes(blob))
+    # a checkpoint written before (np.savez) still restores
+    buf = io.BytesIO()
+    np.savez(buf, **{f.name: getattr(s, f.name) for f in dataclasses.fields(s)})
+    _same(s, cls.from_bytes(buf.getvalue()))
+
+
+def test_slot_state_refuses_hostile_blobs() -> None:
+    import json
+
+    blob = _filled(OilState, 3).to_bytes()
+    hlen = int.from_bytes(blob[6:10], "little")
+    head = json.loads(blob[10 : 10 + hlen])
+    body = blob[10 + hlen :]
+
+    def made(h: object, rest: bytes = body) -> bytes:
+        raw = json.dumps(h).encode()
+        return b"CPSOA\x01" + len(raw).to_bytes(4, "little") + raw + rest
+
+    bad = [
+        blob[:-1],  # truncated
+        blob + b"\0",  # trailing bytes
+        blob[:8],  # header length cut
+        b"CPSOA\x01" + (10**6).to_bytes(4, "little") + b"[]",  # header longer than the blob
+        made("not a list"),
+        made([[n, "|O", s] for n, _, s in head]),  # objects: never
+        made([[n, d, [-1]] for n, d, _ in head]),  # negative shape
+        made([[n, d, [10**30]] for n, d, _ in head]),  # absurd shape: truncated, no overflow
+        made(head[1:], body),  # a field missing (and bytes left over)
+        made([*head[:-1], ["extra", "<f8", [0]], *head[-1:]]),  # an unknown field
+        b"something else",
+    ]
+    for raw in bad:
+        with pytest.raises(ValueError):
+            OilState.from_bytes(raw)
+
+
+def test_partition_checkpoint_with_a_hostile_state_is_a_decode_error() -> None:
+    import msgpack
+
+    from core.errors import DecodeError
+    from stream.partition_models import PartitionModels
+
+    doc = msgpack.unpackb(PartitionModels().to_bytes(), raw=False)
+    doc["oil"] = b"CPSOA\x01" + (5).to_bytes(4, "little") + b"[[1]]"
+    with pytest.raises(DecodeError):
+        PartitionModels.from_bytes(msgpack.packb(doc, use_bin_type=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ def test_latest_per_signal_picks_newest_finite_row() -> None:
     assert vs.latest_per_signal(s) == {vs.SPEED: (9, 90.0), vs.ENGINE_RPM: (4, 800.0)}
 
 
+@pytest.mark.kernel
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(
@@ -98,3 +100,17 @@ def test_publishing_is_throttled_on_source_time() -> None:
     assert len(published) == 10
     assert min(np.diff(published)) >= 200_000
     assert vs.take_update(st, 200_000) is None  # nothing new
+
+
+@pytest.mark.kernel
+def test_latest_scan_is_compiled_and_refuses_a_signal_out_of_range() -> None:
+    from stream.state_kernel import _latest_rows, latest_rows
+
+    rows = latest_rows(np.array([0, 1, 0]), np.array([5, 1, 5]), np.array([1.0, 2.0, 3.0]), 3)
+    assert rows.tolist() == [2, 1, -1]
+    for bad in (3, -1):
+        with pytest.raises(IndexError, match="signal index"):
+            latest_rows(np.array([0, bad]), np.array([1, 2]), np.ones(2), 3)
+    if not hasattr(_latest_rows, "signatures"):  # NUMBA_DISABLE_JIT=1: the plain function
+        pytest.skip("numba's JIT is disabled in this run")
+    assert _latest_rows.signatures
