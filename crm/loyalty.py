@@ -554,10 +554,6 @@ def redeem_coupon(s: Session, coupon_id: str, by_id: str, now: dt.datetime | Non
     """Redeem atomically (``crm.store.mark_redeemed``: of two concurrent redemptions exactly one
     succeeds), then the points for the redemption and the referral reward (``after_redeem``)."""
     now = now or utcnow()
-    # Redemptions by one customer take turns from their first statement (PostgreSQL; SQLite
-    # has one writer anyway): eight at once for a new member deadlocked one another on the
-    # member row they all create and update (tests/unit/crm/test_loyalty.py, 6 of 8 refused)
-    s.execute(select(Customer.id).where(Customer.id == st.resolve(s, by_id)).with_for_update())
     after_redeem(s, st.mark_redeemed(s, coupon_id, by_id, now), now)
 
 
