@@ -7,13 +7,14 @@ so a rule's effect record and the coupon it issues commit together or not at all
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine, create_engine, event, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import CouponStateError, CrmError
@@ -51,6 +52,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=5000")
             cur.close()
+
+        @event.listens_for(engine, "savepoint")
+        def _write_lock_first(conn: Any, _name: str) -> None:
+            # A SAVEPOINT outside a transaction opens a deferred one: its first read takes a
+            # snapshot, and if another connection commits before its first write, SQLite
+            # answers "database is locked" at once, without waiting (SQLITE_BUSY_SNAPSHOT).
+            # Taking the write lock first makes that write wait its turn (busy_timeout).
+            raw = conn.connection.dbapi_connection
+            if raw is not None and not raw.in_transaction:
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as err:  # as SQLAlchemy's (the callers retry it)
+                    raise OperationalError("BEGIN IMMEDIATE", None, err) from err
 
     return engine
 

@@ -87,13 +87,15 @@ def record_filer(
             last = filed.get(vin)
             now = clock()
             if codes and (last is None or last[0] != codes or now - last[1] >= refile_s):
-                filed[vin] = (codes, now)
                 with store.tx() as s:
                     if s.get(Vehicle, vin) is None:
                         return
                     for code in codes:  # one card per fault, in the queue its severity names
                         delivery.file_dtc_card(s, vin=vin, code=code, severity=dtc_severity(code),
                                                text=describe_dtc(code), source="feed")  # fmt: skip
+                # only once committed: a write that failed (the database busy) is tried again
+                # with the next state of the vehicle, not 5 minutes later
+                filed[vin] = (codes, now)
             return
         if kind not in PARTS:
             return

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from core.errors import CouponStateError, CrmError
 from crm import loyalty
@@ -192,3 +195,37 @@ def test_concurrent_redemptions_exactly_one_succeeds_on_postgresql(postgres_url:
             t.join()
         assert sorted(outcomes) == ["ok"] + ["refused"] * 7
     engine.dispose()
+
+
+def test_a_savepoint_on_sqlite_waits_for_the_write_lock_instead_of_failing(tmp_path: Path) -> None:
+    """A savepoint opened outside a transaction read a snapshot; another connection committed
+    before its first write; SQLite said "database is locked" at once (the DTC card of a sold
+    car lost in CI). Now the savepoint takes the write lock first and the other writer waits."""
+    url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    a, b = st.make_engine(url), st.make_engine(url)
+    with a.begin() as c:
+        c.execute(text("CREATE TABLE t (x INTEGER)"))
+    waited: list[float] = []
+
+    def other_writer() -> None:
+        t0 = time.monotonic()
+        with b.begin() as c:
+            c.execute(text("INSERT INTO t VALUES (2)"))
+        waited.append(time.monotonic() - t0)
+
+    with Session(a) as s, s.begin():
+        with s.begin_nested():
+            s.execute(text("SELECT * FROM t")).all()
+            th = threading.Thread(target=other_writer)
+            th.start()
+            time.sleep(0.3)  # the other writer commits here unless this one holds the lock
+            s.execute(text("INSERT INTO t VALUES (1)"))
+        with pytest.raises(RuntimeError), s.begin_nested():  # a savepoint still rolls back alone
+            s.execute(text("INSERT INTO t VALUES (9)"))
+            raise RuntimeError
+    th.join(10)
+    with a.connect() as c:
+        assert c.execute(text("SELECT x FROM t ORDER BY rowid")).scalars().all() == [1, 2]
+    assert waited and waited[0] >= 0.2  # it waited for the savepoint's transaction
+    a.dispose()
+    b.dispose()

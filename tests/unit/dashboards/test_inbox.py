@@ -426,3 +426,36 @@ def test_an_anomaly_card_draws_its_evidence_window(client: TestClient, app_store
     assert 'aria-label="5 points from 90 to 140"' in card
     points = re.search(r'<polyline[^>]* points="([^"]+)"', card).group(1).split()  # type: ignore[union-attr]
     assert len(points) == 5 and float(points[-1].split(",")[1]) < float(points[0].split(",")[1])
+
+
+def test_a_dtc_card_the_database_refused_is_filed_with_the_next_state(
+    app_store: Any, tmp_path: Any
+) -> None:
+    """CI, seventh session: the feed's write failed once ("database is locked") and the feed had
+    already noted the codes as filed, so the card came 5 minutes later. Now the next state of
+    the vehicle (every 200 ms) files it."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    store = app_store[1]
+
+    @event.listens_for(store.engine, "connect")
+    def _short_wait(dbapi_conn: Any, _record: Any) -> None:  # after make_engine's 5 s
+        dbapi_conn.execute("PRAGMA busy_timeout=50")
+
+    store.engine.dispose()
+    file = record_filer(store)
+    state = {"vin": VIN_A, "active_dtcs": ["P0420"]}
+    other = sqlite3.connect(tmp_path / "crm.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's one write lock
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            file(KAFKA_VEHICLE_STATE, state)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert dtc_cards(store) == []
+    file(KAFKA_VEHICLE_STATE, state)  # the same codes, 200 ms later
+    assert dtc_cards(store) == [("advisor", VIN_A, "P0420", 2)]
