@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from core.checks import valid_dtcs
@@ -39,6 +41,7 @@ FUEL: Final = "Vehicle.OBD.FuelLevel"
 FUEL_ALT: Final = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
 SOC: Final = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 MAX_ALERTS: Final = 50
+MAX_FILING: Final = 10_000  # records waiting for the CRM database before the feed drops some
 
 
 def describe_dtc(code: str) -> str:
@@ -148,6 +151,13 @@ class KafkaFeed:
         self.options = dict(options or {"bootstrap_servers": bootstrap})
         self.bad = 0
         self.task: asyncio.Task[None] | None = None
+        # the CRM writes happen on one thread of their own, in order: a busy or slow database
+        # (SQLite waits up to 5 s for its write lock) never stalls the live feed or the pages
+        self._filer: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.filing = 0  # records handed to the filer thread and not yet written
+        self.not_filed = 0  # the writes that failed (the filer tries again with later records)
+        self.dropped = 0  # records not handed over: MAX_FILING were already waiting
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
@@ -158,6 +168,8 @@ class KafkaFeed:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+        if self._filer is not None:
+            self._filer.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         from aiokafka import AIOKafkaConsumer
@@ -215,7 +227,34 @@ class KafkaFeed:
         elif topic == KAFKA_ALERTS:
             self.hub.put_alert(doc)
         if self.on_record is not None and (topic == KAFKA_PREDICTIONS or doc.get("active_dtcs")):
-            try:
+            with self._lock:
+                if self.filing >= MAX_FILING:  # the database is away: later records file again
+                    self.dropped += 1
+                    if self.dropped % 1000 == 1:
+                        log.warning("dashboard feed: %d records waiting for the CRM database; "
+                                    "%d not filed so far", self.filing, self.dropped)  # fmt: skip
+                    return
+                self.filing += 1
+            if self._filer is None:
+                self._filer = ThreadPoolExecutor(1, thread_name_prefix="dashboard-filer")
+            self._filer.submit(self._file, topic, doc)
+
+    def _file(self, topic: str, doc: dict[str, Any]) -> None:
+        try:
+            if self.on_record is not None:
                 self.on_record(topic, doc)
-            except Exception as err:  # a CRM hiccup must not stop the live feed
-                log.warning("dashboard feed: %s record not filed: %s", topic, err)
+        except Exception as err:  # a CRM hiccup must not stop the live feed
+            self.not_filed += 1
+            if self.not_filed <= 10 or self.not_filed % 1000 == 0:
+                log.warning("dashboard feed: %s record not filed (%d so far): %s",
+                            topic, self.not_filed, str(err).splitlines()[0][:300])  # fmt: skip
+        finally:
+            with self._lock:
+                self.filing -= 1
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until the records handed to the filer thread are written (or failed)."""
+        deadline = time.monotonic() + timeout
+        while self.filing and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.filing == 0

@@ -3,6 +3,7 @@ maintenance predictions filed by the dashboard's feed, expert cards, and the dea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -459,3 +460,35 @@ def test_a_dtc_card_the_database_refused_is_filed_with_the_next_state(
     assert dtc_cards(store) == []
     file(KAFKA_VEHICLE_STATE, state)  # the same codes, 200 ms later
     assert dtc_cards(store) == [("advisor", VIN_A, "P0420", 2)]
+
+
+def test_a_busy_crm_database_never_stalls_the_dashboards_live_feed(
+    app_store: Any, tmp_path: Any
+) -> None:
+    """The feed runs in the web server's event loop; its CRM writes wait on SQLite's write lock
+    (up to 5 s). They go to a thread of their own: the live state is in the hub at once, the
+    card is filed once the lock is free, and nothing is lost in between."""
+    import sqlite3
+
+    from dashboards.live import KafkaFeed, StateHub
+
+    store = app_store[1]
+    hub = StateHub()
+    feed = KafkaFeed("unused:9092", hub, record_filer(store))
+    other = sqlite3.connect(tmp_path / "crm.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's one write lock
+    try:
+        t0 = time.monotonic()
+        for speed in (10.0, 20.0, 30.0):
+            state = {"vin": VIN_A, "device": "demo-car-1", "ts_us": int(time.time() * 1e6),
+                     "signals": {"Vehicle.Speed": speed}, "active_dtcs": ["P0420"]}  # fmt: skip
+            feed.handle(KAFKA_VEHICLE_STATE, json.dumps(state).encode())
+        assert time.monotonic() - t0 < 2.0  # not 5 s per record (15 s for the three)
+        assert VIN_A in hub.states and feed.filing >= 1 and dtc_cards(store) == []
+        time.sleep(0.3)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert feed.drain(15)
+    assert dtc_cards(store) == [("advisor", VIN_A, "P0420", 2)] and feed.not_filed == 0
+    asyncio.run(feed.stop())
