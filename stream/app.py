@@ -27,7 +27,7 @@ from core.topics import (
     KAFKA_VEHICLE_STATE,
 )
 from stream.agents import install_pipeline
-from stream.kafka_options import make_faust_app
+from stream.kafka_options import make_faust_app, topic_configs
 from stream.metrics import add_faust_sensor, install_web, kafka_assigned, stream_registry
 from stream.privacy import PrivacyFeed, PrivacyView
 from stream.registry import load_registry
@@ -192,9 +192,8 @@ async def prepare_output_topics(
         ]
         if new:
             await admin.create_topics(new)
-        for name in COMPACTED & existing:
-            res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
-            configs = {e[0]: e[1] for e in res[0].resources[0][4]}
+        described = await topic_configs(admin, sorted(COMPACTED & existing))
+        for name, configs in described.items():
             if configs.get("cleanup.policy") != "compact":
                 log.warning("topic %s was not compacted: setting cleanup.policy=compact", name)
                 await admin.alter_configs(

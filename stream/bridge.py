@@ -71,7 +71,7 @@ from core.topics import (
 )
 from core.wire import decode_event, decode_status, telemetry_device
 from stream.bridge_batch import Partitions, ack_all, fill
-from stream.kafka_options import kafka_problem
+from stream.kafka_options import kafka_problem, topic_configs
 
 log = logging.getLogger(__name__)
 
@@ -242,21 +242,14 @@ async def message_limit(kafka: KafkaSettings, names: list[str], component: str) 
     leaves a gap in the partition's sequence numbers, and every later batch to that partition
     then fails with OutOfOrderSequenceNumber (seen: one oversized message stalled its partition).
     """
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
     admin = AIOKafkaAdminClient(**kafka.client_options(component))
     try:
         await admin.start()
-        res = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-        )
+        configs = await topic_configs(admin, names)
         limits = [
-            int(entry[1])
-            for r in res
-            for code, _msg, _type, _name, entries in r.resources
-            if not code
-            for entry in entries
-            if entry[0] == "max.message.bytes" and entry[1] is not None
+            int(value)
+            for config in configs.values()
+            if (value := config.get("max.message.bytes")) is not None
         ]
         return min(limits) if limits else None
     except (KafkaError, ValueError, TypeError) as err:

@@ -3,11 +3,13 @@ consumer/producer settings both Faust apps (the stream worker, the CRM worker) s
 
 from __future__ import annotations
 
-from typing import Any
-
-import faust
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from core.config import KafkaSettings
+
+if TYPE_CHECKING:  # Faust is imported where an app is made: the bridge never loads it
+    import faust
 
 
 def faust_broker_settings(kafka: KafkaSettings, component: str) -> dict[str, Any]:
@@ -16,6 +18,8 @@ def faust_broker_settings(kafka: KafkaSettings, component: str) -> dict[str, Any
     Faust hands the credentials to its consumer, producer and admin client (aiokafka), so a
     managed cluster (SASL_SSL with SCRAM or PLAIN, or mutual TLS) works as the local stack does.
     """
+    import faust
+
     ctx = kafka.ssl_context()
     creds: Any = None
     if kafka.security_protocol.startswith("SASL"):
@@ -70,6 +74,8 @@ def make_faust_app(
     through ``stream.transport`` (the worker's fetch wait from ``[stream] fetch_max_wait_ms``;
     fetch pacing under load with ``fetch_batch_wait_ms`` > 0)."""
     # imported here: the bridge uses this module's kafka_problem without Faust's Kafka driver
+    import faust
+
     from stream.transport import install_transport
 
     app = faust.App(
@@ -102,3 +108,21 @@ def kafka_problem(
     return (
         f"Kafka {kafka.bootstrap} as {kafka.principal_name(component)}{where}: {name}: {err}{hint}"
     )
+
+
+async def topic_configs(admin: Any, names: Iterable[str]) -> dict[str, dict[str, str | None]]:
+    """Each topic's configuration as the brokers describe it (DescribeConfigs), by topic name,
+    through a started ``AIOKafkaAdminClient``; a topic answered with an error (unknown, not
+    authorised) is left out."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    wanted = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+    out: dict[str, dict[str, str | None]] = {}
+    if not wanted:
+        return out
+    for response in await admin.describe_configs(wanted):
+        # (error code, error message, resource type, resource name, config entries)
+        for code, _msg, _type, name, entries in response.resources:
+            if not code:
+                out[name] = {e[0]: e[1] for e in entries}  # (name, value, ...)
+    return out

@@ -59,22 +59,21 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -
     return wait_until(predicate, timeout, what, interval, error=AssertionError)
 
 
-def topic_config(stack: Any, topic: str) -> dict[str, str]:
+def topic_config(stack: Any, topic: str) -> dict[str, str | None]:
     """A topic's configuration as the broker describes it."""
     import asyncio
 
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    async def run() -> dict[str, str]:
+    from stream.kafka_options import topic_configs
+
+    async def run() -> dict[str, str | None]:
         admin = AIOKafkaAdminClient(**stack.settings.kafka.client_options())
         await admin.start()
         try:
-            res = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            return (await topic_configs(admin, [topic]))[topic]
         finally:
             await admin.close()
-        entries = res[0].resources[0][4]  # (error, message, type, name, configs)
-        return {e[0]: e[1] for e in entries}
 
     return asyncio.run(run())
 
