@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from core.errors import ConfigError
@@ -80,6 +80,26 @@ class _Live(Collector):
         )
         f.add_metric([], int(feed is not None and feed.ready.is_set()))
         yield f
+        bad = CounterMetricFamily(
+            "carpulse_dashboard_feed_bad_records", "Kafka records the live feed could not read."
+        )
+        bad.add_metric([], 0 if feed is None else feed.bad)
+        yield bad
+        waiting = GaugeMetricFamily(
+            "carpulse_dashboard_feed_cards_waiting",
+            "DTC and maintenance records waiting for the CRM database (the feed's filer thread).",
+        )
+        waiting.add_metric([], 0 if feed is None else feed.filing)
+        yield waiting
+        lost = CounterMetricFamily(
+            "carpulse_dashboard_feed_cards_not_filed",
+            "Records the feed did not file: the write failed (error) or too many waited (queue_full);"
+            " the feed files a vehicle's codes again with its later records.",
+            labels=["reason"],
+        )
+        lost.add_metric(["error"], 0 if feed is None else feed.not_filed)
+        lost.add_metric(["queue_full"], 0 if feed is None else feed.dropped)
+        yield lost
 
 
 def install(app: FastAPI, allow: Sequence[str]) -> DashboardMetrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -59,3 +60,29 @@ def test_a_database_behind_the_schema_is_refused_at_start_and_not_ready_later(
     store = CrmStore.from_url(url)
     ok, reason = database_ready(store)
     assert not ok and "carpulse crm migrate" in reason
+
+
+def test_metrics_show_the_live_feeds_bad_records_and_cards_not_filed(
+    app_store: tuple[Any, CrmStore],
+) -> None:
+    from core.topics import KAFKA_ALERTS, KAFKA_VEHICLE_STATE
+    from dashboards.live import KafkaFeed
+
+    app = app_store[0]
+
+    def refuse(_topic: str, _doc: dict[str, Any]) -> None:
+        raise RuntimeError("the CRM database is away")
+
+    with TestClient(app, base_url="https://testserver", client=("127.0.0.1", 5000)) as c:
+        feed = KafkaFeed("unused:9092", app.state.hub, refuse)
+        app.state.feed = feed
+        feed.handle(KAFKA_ALERTS, b"{not json")
+        feed.handle(KAFKA_ALERTS, b"[1, 2]")  # JSON, not an object
+        feed.handle(KAFKA_VEHICLE_STATE, b'{"vin": "LSVAX4E25NN000001", "active_dtcs": ["P0420"]}')
+        assert feed.drain(5)
+        text = c.get("/metrics").text
+    assert "carpulse_dashboard_feed_bad_records_total 2.0" in text
+    assert 'carpulse_dashboard_feed_cards_not_filed_total{reason="error"} 1.0' in text
+    assert 'carpulse_dashboard_feed_cards_not_filed_total{reason="queue_full"} 0.0' in text
+    assert "carpulse_dashboard_feed_cards_waiting 0.0" in text
+    asyncio.run(feed.stop())
