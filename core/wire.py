@@ -447,6 +447,14 @@ def _check_binary(payload: bytes) -> _Body:
     return _Body(device_id, boot_id, seq, names, counts_l, n, t0, width, tbuf, vbuf, text)
 
 
+def telemetry_body(payload: bytes) -> _Body:
+    """A binary telemetry message's fields, every one checked as ``decode_telemetry`` checks them,
+    with the sample columns still packed: for a decoder of its own that unpacks them (the stream
+    worker's compiled pass, ``stream.wire_kernel``). Raises ``WireError``."""
+    _require(payload.startswith(TELEMETRY_MAGIC), "unknown_format", f"starts with {payload[:4]!r}")
+    return _check_binary(payload)
+
+
 def _decode_binary(payload: bytes) -> TelemetryBatch:
     b = _check_binary(payload)
     n, names = b.n, b.names

@@ -432,6 +432,10 @@ def warm_up(anomaly: AnomalySettings | None = None) -> None:
     from stream.lines import ValueTexts, batch_lines
 
     batch = TelemetryBatch("warm-up", "warm-up", 0, samples)
+    from core.wire import encode_telemetry
+    from stream.wire_kernel import decode_telemetry_fast
+
+    decode_telemetry_fast(encode_telemetry(batch))  # the worker's decode
     batch_lines(batch, "warm-up", now_us=int(t[-1]))  # the renderer, its new-values table
     from stream.state import latest_per_signal
 

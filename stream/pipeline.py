@@ -35,7 +35,7 @@ import numpy as np
 from core.checks import valid_dtcs
 from core.config import StreamSettings
 from core.errors import DecodeError, WireError
-from core.wire import TelemetryBatch, decode_telemetry
+from core.wire import TelemetryBatch
 from stream import state as vstate
 from stream.alerts import dtc_key
 from stream.battery import BatteryTracker
@@ -283,8 +283,10 @@ class TelemetryPipeline:
         feed: list[tuple[str, Any]],
     ) -> None:
         """One record: dead-lettered, dropped as a duplicate, or its lines, state and feed."""
+        from stream.wire_kernel import decode_telemetry_fast  # numba: at the first batch
+
         try:
-            batch = decode_telemetry(payload)
+            batch = decode_telemetry_fast(payload)  # core.wire's decode, one compiled pass
         except WireError as err:
             self._dead(res, payload, err.reason, err.detail)
             return

@@ -297,3 +297,31 @@ def test_write_bodies_are_plain_gzip_that_any_influxdb_reads() -> None:
     body = "\n".join(f"telemetry,device=car-1 x={i / 7!r} {NOW + i}" for i in range(5000)).encode()
     packed = gzip_fast(body)
     assert gzip.decompress(packed) == body and len(packed) < len(body) / 3
+
+
+@pytest.mark.kernel
+def test_timestamps_around_the_kept_high_digits_equal_the_reference() -> None:
+    """The renderer keeps a timestamp's high digits from the line before: lines crossing a
+    10**8 boundary, going back below it, negative, zero, short and the extremes, in one batch."""
+    from tests.reference.line_protocol import batch_lines_ref
+
+    edges = [
+        0, 7, 99_999_999, 100_000_000, 100_000_001, 199_999_999, 200_000_000, -1, -99_999_999,
+        -100_000_000, -100_000_001, NOW - 1, NOW, NOW + 1, NOW // 10**8 * 10**8 - 1,
+        NOW // 10**8 * 10**8, 10**15 + 5, INFLUX_MAX_ABS_US, -INFLUX_MAX_ABS_US,
+    ]  # fmt: skip
+    rng = np.random.default_rng(5)
+    ts = np.r_[edges, rng.choice(edges, 40) + rng.integers(-3, 3, 40)]
+    values = np.round(rng.normal(0, 50, len(ts)), 2)
+    b = TelemetryBatch(
+        "car-1", "b", 1, Samples.from_columns(["x", "y", "z"], np.arange(len(ts)) % 3, ts, values)
+    )
+    policy = SkewPolicy(max_future_s=10**9)
+    import stream.lines as lines_mod
+
+    for _ in range(2):  # the values new, then found in the index
+        got = batch_lines(b, "telemetry", now_us=NOW, policy=policy)
+        assert got == batch_lines_ref(b, "telemetry", now_us=NOW, policy=policy)
+        kept = (ts >= -INFLUX_MAX_ABS_US) & (ts <= NOW + 10**15)
+        assert [int(line.rsplit(" ", 1)[1]) for line in got] == sorted(set(ts[kept].tolist()))
+        lines_mod._TEXTS._rebuild()
