@@ -74,3 +74,40 @@ def test_a_two_row_plate_is_read_from_its_one_row_layout(reader, runs) -> None: 
     # The crop as one row first (nothing valid), then the rows side by side, each in its own run.
     assert len(runs) == 2 and all(len(r) == 1 for r in runs)
     assert runs[0][0] == crop.shape[:2] and runs[1][0][1] > 2 * runs[1][0][0]
+
+
+def test_the_cells_pick_per_template_is_the_plain_loop_even_with_ties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.plates import cells as c
+
+    cells = c.CellReader()
+    crop = render_plate("苏E9E0A5", "ordinary", np.random.default_rng(1))
+    rng = np.random.default_rng(3)
+    seen: list[np.ndarray] = []
+
+    def hostile(x: np.ndarray) -> np.ndarray:
+        p = rng.random((len(x), len(c.CLASSES))).astype(np.float32) ** 8
+        p[rng.random(p.shape) < 0.4] = 0.0  # clipped to the same log-probability: ties
+        p /= p.sum(axis=1, keepdims=True)
+        seen.append(p)
+        return p
+
+    monkeypatch.setattr(cells.model, "probs", hostile)
+    for _ in range(5):
+        got = cells.read(crop)
+        logp = np.log(np.maximum(seen[-1], 1e-12))
+        blocks: dict[int, list[np.ndarray]] = {}
+        start = 0
+        for n in c.LENGTHS:  # the layouts in the reader's order: length, stretch, shift
+            for _ in range(len(cells.stretches) * len(cells.shifts)):
+                blocks.setdefault(n, []).append(logp[start : start + n])
+                start += n
+        want: tuple[str, float] | None = None
+        for allowed in c._ALLOWED:
+            for lp in blocks[len(allowed)]:
+                picks = [int(a[np.argmax(lp[p, a])]) for p, a in enumerate(allowed)]
+                score = float(lp[np.arange(len(picks)), picks].mean())
+                if want is None or score > want[1]:
+                    want = ("".join(c.CLASSES[i] for i in picks), score)
+        assert got is not None and (got.text, got.score) == want
