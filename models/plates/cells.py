@@ -101,8 +101,10 @@ def _cells(grey: np.ndarray, n: int, sx: float = 1.0, dx: float = 0.0) -> np.nda
     for p, c in enumerate(centres):
         x0, x1 = max(0, round(c * cw - half)), min(cw, round(c * cw + half))
         win = grey[y0:y1, x0 : max(x1, x0 + 2)] if x0 < cw - 2 else grey[y0:y1, cw - 2 :]
-        win = cv2.resize(win, CELL, interpolation=cv2.INTER_AREA).ravel()
-        out[p] = (win - win.mean()) / (win.std() + 8.0)
+        out[p] = cv2.resize(win, CELL, interpolation=cv2.INTER_AREA).ravel()
+    # Each window normalised to zero mean, unit spread (one call for all windows).
+    out -= out.mean(axis=1, keepdims=True)
+    out /= np.sqrt(np.mean(out * out, axis=1, keepdims=True)) + 8.0
     return out
 
 
@@ -159,6 +161,19 @@ _INDEX = {ch: i for i, ch in enumerate(CLASSES)}
 _ALLOWED = tuple(tuple(np.array([_INDEX[c] for c in pos]) for pos in t) for t in TEMPLATES)
 
 
+def _padded(allowed: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``[positions, widest]`` class indices, each row padded with its own first index (a repeat
+    after the first occurrence never changes which one ``argmax`` picks)."""
+    out = np.empty((len(allowed), max(len(a) for a in allowed)), np.intp)
+    for p, a in enumerate(allowed):
+        out[p] = a[0]
+        out[p, : len(a)] = a
+    return out
+
+
+_PADDED = tuple(_padded(a) for a in _ALLOWED)
+
+
 class CellReader:
     """Reads a deskewed plate crop cell by cell; ``read`` returns the best valid reading or ``None``."""
 
@@ -191,13 +206,19 @@ class CellReader:
         for (n, _, _), f in zip(layouts, feats, strict=True):
             per_len.setdefault(n, []).append(logp[start : start + len(f)])
             start += len(f)
+        stacked = {n: np.stack(lps) for n, lps in per_len.items()}  # [placements, n, classes]
         best: CellReading | None = None
-        for allowed in _ALLOWED:
-            for lp in per_len[len(allowed)]:
-                picks = [int(a[np.argmax(lp[p, a])]) for p, a in enumerate(allowed)]
-                chosen = lp[np.arange(len(picks)), picks]
-                score = float(chosen.mean())
+        for idx in _PADDED:
+            n = len(idx)
+            lp = stacked[n]
+            rows = np.arange(n)[:, None]
+            # Per placement and position, the best class the template allows there.
+            picks = idx[rows, np.argmax(lp[:, rows, idx], axis=2).T].T  # [placements, n]
+            chosen = np.take_along_axis(lp, picks[:, :, None], axis=2)[:, :, 0]
+            scores = chosen.mean(axis=1)
+            for k in range(len(lp)):
+                score = float(scores[k])
                 if best is None or score > best.score:
-                    text = "".join(CLASSES[i] for i in picks)
-                    best = CellReading(text, tuple(np.exp(chosen).tolist()), score)
+                    text = "".join(CLASSES[i] for i in picks[k])
+                    best = CellReading(text, tuple(np.exp(chosen[k]).tolist()), score)
         return best

@@ -78,18 +78,19 @@ class PaddleOcr:
         return self._det
 
     def recognise(self, crops: list[np.ndarray]) -> list[np.ndarray]:
-        """Per-frame class probabilities ``[T, classes]`` for each BGR crop (one batch)."""
-        if not crops:
-            return []
-        widths = [max(8, math.ceil(REC_HEIGHT * c.shape[1] / max(1, c.shape[0]))) for c in crops]
-        width = min(max(widths), 640)
-        batch = np.zeros((len(crops), 3, REC_HEIGHT, width), dtype=np.float32)
-        for i, (crop, w) in enumerate(zip(crops, widths, strict=True)):
-            w = min(w, width)
+        """Per-frame class probabilities ``[T, classes]`` for each BGR crop.
+
+        Each crop is run alone at its own width: on one thread a batch costs as much as its
+        crops run one by one after padding each to the widest (a 98 px and a 331 px crop: 57 ms
+        together, 8 + 22 ms apart), and the padding is not what the narrower crop looks like.
+        """
+        out: list[np.ndarray] = []
+        for crop in crops:
+            w = min(640, max(8, math.ceil(REC_HEIGHT * crop.shape[1] / max(1, crop.shape[0]))))
             img = cv2.resize(crop, (w, REC_HEIGHT), interpolation=cv2.INTER_LINEAR)
-            batch[i, :, :, :w] = img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
-        out = self.rec.run(None, {self._rec_in: batch})[0]
-        return [out[i] for i in range(len(crops))]
+            x = (img.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)[None]
+            out.append(self.rec.run(None, {self._rec_in: x})[0][0])
+        return out
 
     def detect(self, image: np.ndarray, max_side: int = 320, thresh: float = 0.3) -> list[TextBox]:
         """Text boxes found on a copy of ``image`` scaled so its longer side is ``max_side``."""

@@ -151,10 +151,10 @@ class PlateReader:
 
         ``cell_crop`` (the snapped crop) is what the cells read, ``crop`` when it is ``None``.
         """
-        crops, owners = [], []
         best: dict[int, tuple[PlateRead, float]] = {}
         by_cells: dict[int, tuple[PlateRead, float]] = {}
         views: dict[int, tuple[np.ndarray, tuple[tuple[float, ...], tuple[float, ...]]]] = {}
+        for_ocr: list[tuple[int, np.ndarray, bool]] = []
         for i, crop, cell_crop in items:
             if crop.shape[0] < 6 or crop.shape[1] < 12:
                 continue
@@ -171,26 +171,17 @@ class PlateReader:
                     _keep(best, i, read, cell.confidence)
                     continue
                 _keep(by_cells, i, read, cell.confidence)
-            if i in best:
-                continue
-            crops.append(crop)
-            owners.append(i)
-            if double:
-                crops.append(_split_rows(crop))
-                owners.append(i)
+            if i not in best:
+                for_ocr.append((i, crop, double))
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
-        for owner, crop, probs in zip(owners, crops, self.ocr.recognise(crops), strict=True):
-            if owner in best:
-                continue
-            dec = self.decoder.constrained(probs)
-            if dec is None:
-                continue
-            conf = _confidence(dec.char_probs, self.first_floor)
-            if conf < self.min_confidence:
-                continue
-            raw = normalise(self.decoder.greedy(probs))
-            read = PlateRead(dec.text, conf, rects[owner], raw, stage, _sha(crop))
-            _keep(by_ocr, owner, read, dec.score)
+        for owner, crop, double in for_ocr:
+            # A crop of two-row shape is read as one row first and laid out as one row only when
+            # that gives nothing: most such crops are one-row plates in a loose box, and the
+            # laid-out crop is twice as wide (the recogniser's cost is its width).
+            for view in (crop, _split_rows(crop)) if double else (crop,):
+                self._read_ocr(view, owner, rects, stage, by_ocr)
+                if owner in by_ocr:
+                    break
         for owner in set(by_cells) | set(by_ocr):
             if owner in best:
                 continue
@@ -204,6 +195,30 @@ class PlateReader:
                 if text != read.text:
                     best[owner] = (dataclasses.replace(read, text=text), score)
         return best
+
+    def _read_ocr(
+        self,
+        crop: np.ndarray,
+        owner: int,
+        rects: list[tuple[tuple[float, float], tuple[float, float], float]],
+        stage: str,
+        by_ocr: dict[int, tuple[PlateRead, float]],
+    ) -> None:
+        """PP-OCR's valid, confident reading of one crop, kept in ``by_ocr`` if it scores best."""
+        probs = self.ocr.recognise([crop])[0]
+        dec = self.decoder.constrained(probs)
+        if dec is None:
+            return
+        conf = _confidence(dec.char_probs, self.first_floor)
+        if conf < self.min_confidence:
+            return
+        raw = normalise(self.decoder.greedy(probs))
+        _keep(
+            by_ocr,
+            owner,
+            PlateRead(dec.text, conf, rects[owner], raw, stage, _sha(crop)),
+            dec.score,
+        )
 
     @staticmethod
     def _combine(

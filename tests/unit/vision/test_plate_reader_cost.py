@@ -1,0 +1,113 @@
+"""What the plate reader spends its recogniser runs on: one crop per run, a two-row layout only
+when the crop does not read as one row."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from models.plates.synth import render_plate
+
+RECT = ((100.0, 50.0), (200.0, 80.0), 0.0)
+
+
+@pytest.fixture(scope="module")
+def reader():  # type: ignore[no-untyped-def]
+    from models.plates.reader import PlateReader
+
+    return PlateReader(threads=1)
+
+
+@pytest.fixture
+def runs(reader, monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[int, int]]]:  # type: ignore[no-untyped-def]
+    """The crop shapes of each ``recognise`` call the reader makes."""
+    calls: list[list[tuple[int, int]]] = []
+    real = reader.ocr.recognise
+
+    def counted(crops: list[np.ndarray]) -> list[np.ndarray]:
+        calls.append([c.shape[:2] for c in crops])
+        return real(crops)
+
+    monkeypatch.setattr(reader.ocr, "recognise", counted)
+    return calls
+
+
+def _two_rows(plate: np.ndarray) -> np.ndarray:
+    """A one-row plate laid out as GA 36's two-row plates: its first two characters centred above."""
+    h, w = plate.shape[:2]
+    top, bottom = plate[:, : int(w * 0.30)], plate[:, int(w * 0.30) :]
+    width = bottom.shape[1]
+    canvas = np.full((int(h * 2.2), width, 3), plate[2, 2], np.uint8)
+    small = cv2.resize(top, (width // 2, int(h * 0.75)))
+    y0 = int(0.05 * canvas.shape[0])
+    canvas[y0 : y0 + small.shape[0], width // 4 : width // 4 + small.shape[1]] = small
+    big = cv2.resize(bottom, (width, int(h * 1.2)))
+    canvas[canvas.shape[0] - big.shape[0] - 2 : canvas.shape[0] - 2] = big
+    return canvas
+
+
+def test_each_crop_is_recognised_at_its_own_width(reader) -> None:  # type: ignore[no-untyped-def]
+    plate = render_plate("苏E9E0A5", "ordinary", np.random.default_rng(1))
+    narrow = cv2.resize(plate, (150, 48), interpolation=cv2.INTER_AREA)
+    wide = cv2.resize(plate, (400, 48), interpolation=cv2.INTER_AREA)
+    together = reader.ocr.recognise([narrow, wide])
+    alone = reader.ocr.recognise([narrow])[0]
+    # Padded to the widest crop of a batch, the narrow crop had 50 frames instead of its own 19
+    # and other probabilities.
+    assert together[0].shape == alone.shape and alone.shape[0] < together[1].shape[0]
+    np.testing.assert_allclose(together[0], alone, atol=1e-5)
+
+
+def test_a_two_row_shaped_crop_that_reads_as_one_row_is_not_laid_out_again(reader, runs) -> None:  # type: ignore[no-untyped-def]
+    plate = render_plate("苏E9E0A5", "ordinary", np.random.default_rng(1))
+    squeezed = cv2.resize(plate, (322, 140), interpolation=cv2.INTER_AREA)  # aspect 2.3: "double"
+    got = reader._recognise([(0, squeezed, None)], [RECT], "colour")
+    assert got[0][0].text == "苏E9E0A5"
+    assert runs == [[(140, 322)]]  # one run of the crop itself, no two-row layout beside it
+
+
+def test_a_two_row_plate_is_read_from_its_one_row_layout(reader, runs) -> None:  # type: ignore[no-untyped-def]
+    crop = _two_rows(render_plate("沪AN924挂", "trailer", np.random.default_rng(1)))
+    got = reader._recognise([(0, crop, None)], [RECT], "colour")
+    assert got[0][0].text == "沪AN924挂"
+    # The crop as one row first (nothing valid), then the rows side by side, each in its own run.
+    assert len(runs) == 2 and all(len(r) == 1 for r in runs)
+    assert runs[0][0] == crop.shape[:2] and runs[1][0][1] > 2 * runs[1][0][0]
+
+
+def test_the_cells_pick_per_template_is_the_plain_loop_even_with_ties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.plates import cells as c
+
+    cells = c.CellReader()
+    crop = render_plate("苏E9E0A5", "ordinary", np.random.default_rng(1))
+    rng = np.random.default_rng(3)
+    seen: list[np.ndarray] = []
+
+    def hostile(x: np.ndarray) -> np.ndarray:
+        p = rng.random((len(x), len(c.CLASSES))).astype(np.float32) ** 8
+        p[rng.random(p.shape) < 0.4] = 0.0  # clipped to the same log-probability: ties
+        p /= p.sum(axis=1, keepdims=True)
+        seen.append(p)
+        return p
+
+    monkeypatch.setattr(cells.model, "probs", hostile)
+    for _ in range(5):
+        got = cells.read(crop)
+        logp = np.log(np.maximum(seen[-1], 1e-12))
+        blocks: dict[int, list[np.ndarray]] = {}
+        start = 0
+        for n in c.LENGTHS:  # the layouts in the reader's order: length, stretch, shift
+            for _ in range(len(cells.stretches) * len(cells.shifts)):
+                blocks.setdefault(n, []).append(logp[start : start + n])
+                start += n
+        want: tuple[str, float] | None = None
+        for allowed in c._ALLOWED:
+            for lp in blocks[len(allowed)]:
+                picks = [int(a[np.argmax(lp[p, a])]) for p, a in enumerate(allowed)]
+                score = float(lp[np.arange(len(picks)), picks].mean())
+                if want is None or score > want[1]:
+                    want = ("".join(c.CLASSES[i] for i in picks), score)
+        assert got is not None and (got.text, got.score) == want
