@@ -91,8 +91,14 @@ KAFKA_NOTE = (
 )
 DUPLICATES_NOTE = (
     "points InfluxDB acknowledged for the scenario (its writePointsOk counters; one point per "
-    "sample) minus the distinct points it holds: samples the stream wrote more than once"
+    "sample) minus the distinct points it holds: samples the stream wrote more than once. "
+    "worker-kill may have some: a worker killed between a micro-batch's InfluxDB write and its "
+    "dedupe state (or offset commit) reaching Kafka has that batch written again by the next "
+    "owner of its partitions (at least once into an idempotent sink: InfluxDB keeps one point "
+    "per series and time, so what it stores stays exact); every other scenario must have none"
 )
+#: scenarios where a re-written micro-batch is the design (DUPLICATES_NOTE), not a fault
+REWRITES_ALLOWED = frozenset({"worker-kill"})
 
 
 def say(msg: str) -> None:
@@ -436,10 +442,10 @@ def summarize(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> d
     ok = all(
         "error" not in r
         and r["lost"] == 0
-        and r["duplicates"] == 0
+        and (r["duplicates"] == 0 or name in REWRITES_ALLOWED)
         and r["unexpected"] == 0
         and r["crm"]["inbox"] == r["crm"]["crashes"]
-        for r in results.values()
+        for name, r in results.items()
     )
     return {
         "ok": ok and bool(results),

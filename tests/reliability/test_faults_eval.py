@@ -17,6 +17,13 @@ before the bridges subscribe again are acknowledged and dropped (2,268 of 4,240 
 in a short run). The bridges therefore use plain persistent subscriptions by default
 (``[mqtt] share_group = ""``), and this scenario must lose nothing.
 
+Worker kill: a worker killed with -9 after a micro-batch's InfluxDB write and before its dedupe
+state (or its offset commit) reached Kafka has that batch written again by the next owner of its
+partitions: at least once into an idempotent sink, InfluxDB keeps one point per series and time.
+Seen twice (96 and 152 samples written again; both runs with load on the machine, where the
+window between the write and the changelog is longer); allowed up to a tenth of the scenario's
+samples, and the stored points must still equal what the agents accepted.
+
 Known stall: in 2 of 4 short-form runs on a loaded machine the surviving Faust worker never
 finished restoring the killed worker's changelog partitions ("No event received for active tp
 ... since recovery start") and delivered nothing for those partitions until the killed worker
@@ -35,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from carpulse.evals.faults import SINGLE, TRIPLE
+from carpulse.evals.faults import REWRITES_ALLOWED, SINGLE, TRIPLE
 from tests.reliability.helpers import aot_kernels
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -84,7 +91,10 @@ def check(result: dict[str, Any], scenarios: list[str]) -> None:
     for name, r in result["scenarios"].items():
         assert "error" not in r, f"{name}: {r}"
         assert r["lost"] == 0, f"{name}: {r}"
-        assert r["duplicates"] == 0, f"{name}: {r}"
+        if name in REWRITES_ALLOWED:  # the killed worker's last batch, written again (bounded)
+            assert 0 <= r["duplicates"] <= r["accepted"] // 10, f"{name}: {r}"
+        else:
+            assert r["duplicates"] == 0, f"{name}: {r}"
         assert r["unexpected"] == 0, f"{name}: {r}"
         assert r["stored"] == r["accepted"] > 0, f"{name}: {r}"
         assert r["crm"]["inbox"] == r["crm"]["crashes"] > 0, f"{name}: {r}"
@@ -94,7 +104,8 @@ def check(result: dict[str, Any], scenarios: list[str]) -> None:
             assert r["recovery_s"] is not None, f"{name}: {r}"
         if name != "edge-kill":  # only a kill leaves samples in an agent's memory
             assert r["in_memory_at_kill"] == 0 and r["source"] == r["accepted"], f"{name}: {r}"
-    assert result["total"]["duplicates"] == 0
+    allowed = sum(r["duplicates"] for n, r in result["scenarios"].items() if n in REWRITES_ALLOWED)
+    assert result["total"]["duplicates"] == allowed
     if known:
         pytest.xfail("known issues (see the module docstring): " + "; ".join(known))
     assert result["ok"] and result["total"]["lost"] == 0
