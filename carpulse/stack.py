@@ -57,33 +57,65 @@ def port_in_use(host: str, port: int, timeout: float = 0.5) -> bool:
     return kb.port_open(host, port, timeout)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now (tests start their own stack on such ports)."""
+#: the lowest port ``free_port`` hands out: above the usual fixed service ports
+FREE_PORTS_FROM = 20_000
+_given: set[int] = set()  # ports this process handed out already (never twice)
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux default)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32_768, 60_999
+    return lo, hi
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
-def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 200) -> int:
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A TCP port that is free right now (tests start their own stack on such ports), with the
+    ``count - 1`` after it free too.
+
+    Picked below the kernel's ephemeral range: a port of that range (what ``bind(0)`` gives) can
+    be taken by any outgoing connection between the pick and the server's own bind. Seen in a
+    full test run: InfluxDB failed with "bind: address already in use" on such a port.
+    """
+    lo, _hi = _ephemeral_ports()
+    top = lo - count  # the block ends below the ephemeral range
+    if top - FREE_PORTS_FROM >= 1_000:
+        rng = secrets.SystemRandom()
+        for _ in range(500):
+            base = rng.randrange(FREE_PORTS_FROM, top)
+            block = range(base, base + count)
+            if _given.isdisjoint(block) and all(_bindable(host, p) for p in block):
+                _given.update(block)
+                return base
+    for _ in range(200):  # no room below the ephemeral range: the kernel's pick
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = int(s.getsockname()[1])
+        block = range(base, base + count)
+        free = base + count < 65_536 and _given.isdisjoint(block)
+        if free and all(_bindable(host, p) for p in block):
+            _given.update(block)
+            return base
+    raise StackError(f"no {count} consecutive free ports on {host}")
+
+
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
     """The first of ``count`` consecutive TCP ports that are all free right now.
 
     Kafka node ``i`` of the local stack listens on three ports from ``kafka_port + 3*i``.
     """
-    for _ in range(attempts):
-        base = free_port(host)
-        if base + count >= 65536:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind((host, port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise StackError(f"no {count} consecutive free ports on {host}")
+    return free_port(host, count)
 
 
 def free_stack_settings(data_dir: Path, **overrides: Any) -> StackSettings:

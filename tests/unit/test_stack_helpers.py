@@ -46,3 +46,21 @@ def test_pipeline_env_gives_each_run_its_own_app_ids_and_port(tmp_path: Path) ->
     assert a["CARPULSE_STREAM__APP_ID"] != b["CARPULSE_STREAM__APP_ID"]
     assert 0 < int(a["CARPULSE_STREAM__WEB_PORT"]) < 65536
     assert pipeline_env(cfg, "t", CARPULSE_STREAM__WEB_PORT="9")["CARPULSE_STREAM__WEB_PORT"] == "9"
+
+
+def test_free_ports_are_below_the_ephemeral_range_never_twice_and_bindable() -> None:
+    """A port from the kernel's ephemeral range can be taken by an outgoing connection before
+    the server binds it (a full run: InfluxDB "bind: address already in use")."""
+    import socket
+
+    from carpulse.stack import _ephemeral_ports, free_port, free_port_block
+
+    lo, _hi = _ephemeral_ports()
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(20_000 <= p < lo for p in ports)
+    base = free_port_block(9)
+    assert base + 9 <= lo and not set(range(base, base + 9)) & set(ports)
+    for p in (*ports[:5], *range(base, base + 9)):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # free: raises if not
