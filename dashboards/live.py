@@ -42,6 +42,7 @@ FUEL_ALT: Final = "Vehicle.Powertrain.FuelSystem.RelativeLevel"
 SOC: Final = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 MAX_ALERTS: Final = 50
 MAX_FILING: Final = 10_000  # records waiting for the CRM database before the feed drops some
+STOP_DRAIN_S: Final = 5.0  # how long a stopping dashboard waits for the cards still waiting
 
 
 def describe_dtc(code: str) -> str:
@@ -168,7 +169,8 @@ class KafkaFeed:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-        if self._filer is not None:
+        if self._filer is not None:  # a clean stop writes what waits, for a few seconds at most
+            await asyncio.to_thread(self.drain, STOP_DRAIN_S)
             self._filer.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:

@@ -492,3 +492,22 @@ def test_a_busy_crm_database_never_stalls_the_dashboards_live_feed(
     assert feed.drain(15)
     assert dtc_cards(store) == [("advisor", VIN_A, "P0420", 2)] and feed.not_filed == 0
     asyncio.run(feed.stop())
+
+
+def test_a_stopping_dashboard_writes_the_cards_still_waiting() -> None:
+    from dashboards.live import KafkaFeed, StateHub
+
+    written: list[str] = []
+
+    def slow(_topic: str, doc: dict[str, Any]) -> None:
+        time.sleep(0.1)  # a busy database
+        written.append(doc["vin"])
+
+    feed = KafkaFeed("unused:9092", StateHub(), slow)
+    vins = [f"LSVAX4E25NN00000{i}" for i in range(3)]
+    for vin in vins:
+        feed.handle(
+            KAFKA_VEHICLE_STATE, json.dumps({"vin": vin, "active_dtcs": ["P0420"]}).encode()
+        )
+    asyncio.run(feed.stop())
+    assert written == vins and feed.filing == 0
