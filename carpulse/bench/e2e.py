@@ -20,6 +20,9 @@ temporary directory.
    the top level for the highest step that kept up. Unlike the throughput ratio, which two
    shared cores bound near 0.27, this carries to a deployment where each part has its machines.
 
+6. ``crm_cpu_us_per_event``: a CRM worker's CPU per CRM event on the same stack, beside the
+   rules alone in this process (``carpulse.bench.e2e_crm``); ``--crm-events 0`` leaves it out.
+
 ``--runs N`` repeats the whole benchmark on fresh stacks and reports each headline figure's median.
 
 Throughput steps use synthetic past timestamps (one day per step), so steps never mix.
@@ -363,6 +366,10 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
     )
     ap.add_argument("--ceiling-lines", type=int, default=200_000)
     ap.add_argument("--faust-only-samples", type=int, default=1_000_000)
+    ap.add_argument(
+        "--crm-events", type=int, default=2000, help="CRM phase's records (0: no CRM phase)"
+    )
+    ap.add_argument("--crm-vehicles", type=int, default=200, help="cars seeded in its CRM")
     ap.add_argument("--keep", type=Path, default=None, help="keep the stack and logs in this dir")
     ap.add_argument(
         "--runs", type=int, default=1, help="whole runs (fresh stack each); figures are medians"
@@ -395,6 +402,9 @@ MEDIAN_KEYS = (
     "influx_cpu_us_per_sample",
     "bridge_cpu_us_per_sample",
     "worker_cpu_us_per_sample",
+    "crm_cpu_us_per_event",
+    "crm_events_per_s",
+    "crm_overhead_ratio",
 )
 
 
@@ -453,6 +463,15 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 p50, p99, lat_rate = _latency(fleet, influx, lat_rate, args, rng)
             finally:
                 fleet.close()
+        crm: dict[str, Any] = {}
+        if args.crm_events > 0:  # after the telemetry phases: the CRM worker has the CPU alone
+            from carpulse.bench.e2e_crm import crm_phase
+
+            crm = crm_phase(
+                s, stack.config_file, root, args.crm_events, args.crm_vehicles,
+                lambda pid: CpuMeter({"crm": pid}).snapshot()["crm"],
+            )  # fmt: skip
+            log.info("CRM phase: %s", crm)
     ceil = ceiling["samples_per_s"]
     return {
         "samples_per_s": round(sustained),
@@ -467,6 +486,7 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         "ceiling": ceiling,
         **headline_cpu(steps),
         "steps": steps,
+        **crm,
         "worker_ready_s": round(ready, 1),
         "vehicles": args.vehicles,
         "batch_samples": args.batch_samples,

@@ -122,6 +122,10 @@ def test_bench_e2e_reports_the_figures() -> None:
             "20000",
             "--faust-only-samples",
             "50000",
+            "--crm-events",
+            "300",
+            "--crm-vehicles",
+            "20",
         ]
     )
     for key in (
@@ -145,6 +149,13 @@ def test_bench_e2e_reports_the_figures() -> None:
     )
     assert out["own_cpu_ratio"] == step["own_cpu_ratio"]  # the only step is the headline
     assert 0 < out["p50_ms"] <= out["p99_ms"] < 30_000
+    # the CRM worker took all 300 events, none parked, and its CPU per event was counted
+    assert out["crm_events"] == 300 and out["crm_parked"] == 0
+    assert out["crm_cpu_us_per_event"] > 0 and out["crm_events_per_s"] > 0
+    assert out["crm_engine_alone"]["events"] == 300
+    assert out["crm_overhead_ratio"] == pytest.approx(
+        out["crm_cpu_us_per_event"] / out["crm_engine_alone"]["cpu_us_per_event"], rel=0.01
+    )
     if out["samples_per_s"]:
         assert out["ratio"] == pytest.approx(
             out["samples_per_s"] / out["influx_ceiling_samples_per_s"], abs=1e-3
