@@ -20,6 +20,7 @@ from core.errors import CarpulseError, ConfigError
 from crm.admin_cli import import_cmd, templates_app
 from crm.cli_store import DbOpt, db_url, open_store, settings_db_url
 from crm.loyalty_cli import register as register_loyalty
+from crm.outbox_cli import outbox_app
 
 if TYPE_CHECKING:
     from core.crm_events import CrmEvent
@@ -31,6 +32,7 @@ report_app = typer.Typer(help="Reports for owners.")
 audit_app = typer.Typer(help="The audit log: verify its hash chain.")
 crm_app.add_typer(audit_app, name="audit")
 crm_app.add_typer(templates_app, name="templates")
+crm_app.add_typer(outbox_app, name="outbox")
 crm_app.command("import")(import_cmd)
 register_loyalty(crm_app)  # segments, points, close-service, jobs run (crm.loyalty_cli)
 

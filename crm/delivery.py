@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import smtplib
 import time
 import urllib.error
@@ -212,22 +213,69 @@ class Dispatcher:
         return totals
 
 
+OUTBOX_STATES_SHOWN: Final = ("dead", "pending", "sent")
+
+
+def outbox_rows(
+    s: Session, state: str = "dead", channel: str | None = None, limit: int = 100
+) -> list[OutboxMessage]:
+    """Outbox rows in ``state`` (newest first), of one channel or all."""
+    q = select(OutboxMessage).where(OutboxMessage.state == state)
+    if channel is not None:
+        q = q.where(OutboxMessage.channel == channel)
+    return list(s.scalars(q.order_by(OutboxMessage.id.desc()).limit(limit)))
+
+
 def dead_letters(s: Session, limit: int = 100) -> list[OutboxMessage]:
-    return list(
-        s.scalars(
-            select(OutboxMessage)
-            .where(OutboxMessage.state == "dead")
-            .order_by(OutboxMessage.id.desc())
-            .limit(limit)
-        )
-    )
+    return outbox_rows(s, "dead", None, limit)
 
 
-def requeue(s: Session, message_id: int, actor: str) -> None:
-    """Put a dead letter back in the queue (after fixing the endpoint or the address)."""
+def masked_target(msg: OutboxMessage) -> str:
+    """Where a message goes, for an operator's list: an address's first letter and domain, a
+    webhook's scheme and host (its path and query may hold a token)."""
+    t = msg.target
+    if not t:
+        return ""
+    if msg.channel == "email" and "@" in t:
+        local, _, domain = t.rpartition("@")
+        return f"{local[:1]}***@{domain}"
+    scheme, sep, rest = t.partition("://")
+    return f"{scheme}{sep}{rest.split('/', 1)[0].split('?', 1)[0]}/..." if sep else "***"
+
+
+CONSENT_CONDITION: Final = re.compile(r"^customer\.consent\.([a-z_]+)\s*==\s*true$")
+
+
+def requeue_refusal(s: Session, msg: OutboxMessage, rules: Sequence[Any]) -> str | None:
+    """Why ``msg`` may not be sent again now, or ``None``: not a dead letter, its customer was
+    erased, or the consent its rule asked for (``customer.consent.X == true``) was withdrawn
+    since; a rule this CRM does not know (``rules``) cannot be checked, so it is refused."""
+    if msg.state != "dead":
+        return f"is {msg.state}, not a dead letter"
+    if msg.customer_id is None:
+        return None  # an integration's webhook (crash call): no customer's consent involved
+    customer = s.get(Customer, st.resolve(s, msg.customer_id))
+    if customer is None or customer.erased_at is not None or not msg.target:
+        return "its customer was erased"
+    rule_id = (msg.payload or {}).get("rule")
+    rule = next((r for r in rules if r.id == rule_id), None)
+    if rule is None:
+        return f"its rule {rule_id!r} is not among the rules given (--rules)"
+    for cond in rule.conditions:
+        m = CONSENT_CONDITION.match(cond.strip())
+        if m and not st.has_consent(s, customer.id, m.group(1)):
+            return f"its customer's {m.group(1)} consent was withdrawn"
+    return None
+
+
+def requeue(s: Session, message_id: int, actor: str, rules: Sequence[Any] | None = None) -> None:
+    """Put a dead letter back in the queue (after fixing the endpoint or the address); with
+    ``rules``, only when ``requeue_refusal`` finds nothing against it."""
     msg = s.get(OutboxMessage, message_id)
     if msg is None or msg.state != "dead":
         raise DeliveryError(f"outbox message {message_id} is not a dead letter", permanent=True)
+    if rules is not None and (why := requeue_refusal(s, msg, rules)):
+        raise DeliveryError(f"outbox message {message_id} {why}", permanent=True)
     msg.state, msg.attempts, msg.next_at = "pending", 0, utcnow()
     audit(s, actor, "outbox.requeue", str(message_id))
 
