@@ -535,6 +535,13 @@ class StreamSettings(BaseModel):
         description="Battery: a traction pack reporting a state of health below this (%) is due "
         "for a check.",
     )
+    battery_fade_years: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="Battery: a traction pack whose state-of-health trend reaches 70 % within "
+        "this many years is due for a check (0: never for its trend).",
+    )
 
     def faust_datadir(self, app_id: str, *, create: bool = False) -> Path:
         """The ``datadir`` of the Faust app ``app_id``: ``{data_dir}/{app_id}-data``; with

@@ -93,7 +93,7 @@ def from_oil_life(doc: dict[str, Any]) -> list[CrmEvent]:
     ]
 
 
-BATTERY_PROBLEMS: Final = ("lv_replace", "lv_weak", "ev_imbalance", "ev_soh_low")
+BATTERY_PROBLEMS: Final = ("lv_replace", "lv_weak", "ev_imbalance", "ev_soh_low", "ev_soh_fading")
 # numbers a battery record may carry, with their range (anything else is refused)
 BATTERY_NUMBERS: Final = {
     "lv_health_pct": (0.0, 100.0),
@@ -101,7 +101,9 @@ BATTERY_NUMBERS: Final = {
     "lv_crank_v": (0.0, 20.0),
     "ev_spread_mv": (0.0, 5000.0),
     "ev_soh_pct": (0.0, 100.0),
+    "ev_soh_pct_per_year": (-100.0, 100.0),
 }
+_ISO_DATE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def from_battery(doc: dict[str, Any]) -> list[CrmEvent]:
@@ -129,6 +131,15 @@ def from_battery(doc: dict[str, Any]) -> list[CrmEvent]:
                 raise DecodeError(f"battery {name} out of range {lo}..{hi}")
             raw = round(x, 2)
         data[name] = raw
+    eol = doc.get("ev_soh_eol_date")
+    if eol is not None:  # the day the pack's trend reaches 70 % (stream.battery)
+        try:
+            if type(eol) is not str or not _ISO_DATE.match(eol):
+                raise ValueError(eol)
+            dt.date.fromisoformat(eol)
+        except ValueError as err:
+            raise DecodeError("battery ev_soh_eol_date must be a YYYY-MM-DD date") from err
+    data["ev_soh_eol_date"] = eol
     data["lv_bad"] = any(p.startswith("lv_") for p in problems)
     data["ev_bad"] = any(p.startswith("ev_") for p in problems)
     return [

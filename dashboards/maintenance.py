@@ -26,6 +26,7 @@ BATTERY_TEXT: Final = {
     "lv_weak": "12 V battery: weak",
     "ev_imbalance": "EV pack: cells out of balance",
     "ev_soh_low": "EV pack: state of health low",
+    "ev_soh_fading": "EV pack: state of health falling fast",
 }
 EVIDENCE_POINTS: Final = 60
 DAY_US: Final = 86_400e6
@@ -124,10 +125,22 @@ def battery_summary(doc: dict[str, Any]) -> str:
             text += f" (cranking dips to {v:.1f} V)"
         elif p == "ev_imbalance" and (v := num("ev_spread_mv")) is not None:
             text += f" (cell spread {v:.0f} mV)"
-        elif p == "ev_soh_low" and (v := num("ev_soh_pct")) is not None:
-            text += f" ({v:.1f} %)"
+        elif p.startswith("ev_soh_") and (v := num("ev_soh_pct")) is not None:
+            trend = soh_trend_text(doc) if p == names[-1] else ""  # said once, at the last
+            text += f" ({v:.1f} %{trend})"
         out.append(text)
     return " · ".join(out)
+
+
+def soh_trend_text(doc: dict[str, Any]) -> str:
+    """``, -3.2 %/year, 70 % about 2029-03``: the pack's trend, when the record has one."""
+    rate, eol = doc.get("ev_soh_pct_per_year"), doc.get("ev_soh_eol_date")
+    out = ""
+    if isinstance(rate, int | float) and abs(rate) <= 100:
+        out += f", {rate:+.1f} %/year"
+    if isinstance(eol, str) and len(eol) == 10 and eol[4] == "-":
+        out += f", 70 % about {eol[:7]}"
+    return out
 
 
 def due_parts(parts: dict[str, dict[str, Any]], h: Horizon) -> list[str]:

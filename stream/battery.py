@@ -15,7 +15,15 @@ never once per batch. A healthy vehicle that never had a problem publishes nothi
   ``REPLACE_HEALTH``, judged after ``MIN_CRANKS`` cranks or a resting reading;
 * ``ev_imbalance``: the smoothed cell spread above ``spread_v`` (a pack the BMS no longer
   balances);
-* ``ev_soh_low``: the last state of health reported below ``soh_pct``.
+* ``ev_soh_low``: the last state of health reported below ``soh_pct``;
+* ``ev_soh_fading``: the state-of-health trend (below) reaches ``EOL_SOH_PCT`` within
+  ``fade_years`` of the newest reading (a pack to look at while its warranty still runs).
+
+A traction battery's record also carries its state-of-health trend (``soh_trend``: a
+least-squares line over every reading so far) once the readings span enough time to mean
+something (``TREND_MIN_READINGS`` readings whose days spread at least ``TREND_MIN_STD_DAYS``):
+``ev_soh_pct_per_year`` and ``ev_soh_eol_date``, the day the line reaches ``EOL_SOH_PCT``
+(70 %, the usual warranty threshold), when it falls and that day is within ``TREND_MAX_YEARS``.
 
 Readings that cannot be real are dropped and counted (``rejected``), never fed to the models: a
 12 V reading outside 0..20 V (the kernel's own check), a cell voltage outside 0..5 V, a spread
@@ -27,6 +35,7 @@ here: the pipeline dead-letters them first.) The wire carries scalars only, so a
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 from dataclasses import dataclass
@@ -38,6 +47,7 @@ from models.maintenance.battery import (
     BatteryState,
     PackState,
     battery_health,
+    soh_trend,
     update_battery,
     update_pack,
 )
@@ -52,8 +62,14 @@ WEAK_HEALTH: Final = 0.5  # crank score 0.5: dips to ~10 V; or a resting charge 
 REPLACE_HEALTH: Final = 0.25  # models.maintenance.battery's own "replace"
 MAX_CELL_V: Final = 5.0  # no lithium cell chemistry rests above this
 DAY_US: Final = 86_400_000_000
-PROBLEMS: Final = ("lv_replace", "lv_weak", "ev_imbalance", "ev_soh_low")
+# new names go last: the bit masks in checkpoints keep their meaning
+PROBLEMS: Final = ("lv_replace", "lv_weak", "ev_imbalance", "ev_soh_low", "ev_soh_fading")
 _NEVER: Final = np.iinfo(np.int64).min // 2
+EOL_SOH_PCT: Final = 70.0  # the usual traction-battery warranty threshold
+TREND_MIN_READINGS: Final = 10
+TREND_MIN_STD_DAYS: Final = 14.0  # readings over about seven weeks or more, not one week's noise
+TREND_MAX_YEARS: Final = 30.0  # a line that reaches 70 % later says nothing
+FADE_YEARS: Final = 2.0
 
 
 @dataclass
@@ -91,14 +107,26 @@ def _round(x: float, nd: int) -> float | None:
     return round(float(x), nd) if math.isfinite(x) else None
 
 
+def _date(day: float) -> str | None:
+    """``2029-03-14`` of a day since 1970, or ``None`` (nan)."""
+    if not math.isfinite(day):
+        return None
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+
+
 class BatteryTracker:
     """12 V and traction-battery state of every vehicle slot, and what was published."""
 
     def __init__(
-        self, cooldown_s: float = 86_400.0, spread_v: float = 0.1, soh_pct: float = 80.0
+        self,
+        cooldown_s: float = 86_400.0,
+        spread_v: float = 0.1,
+        soh_pct: float = 80.0,
+        fade_years: float = FADE_YEARS,
     ) -> None:
         self.cooldown_us = int(cooldown_s * 1e6)
         self.spread_v, self.soh_pct = float(spread_v), float(soh_pct)
+        self.fade_days = float(fade_years) * 365.25
         self.lv = BatteryState.empty(0)
         self.pack = PackState.empty(0)
         self.track = BatteryTrack.empty(0)
@@ -169,6 +197,9 @@ class BatteryTracker:
         health = np.where(judged, h["health"], np.nan)
         spread = self.pack.spread_ewma[slots]
         soh = self.track.soh_last[slots]
+        trend = self.trend_of(slots)
+        newest = self.track.soh_us[slots] / DAY_US
+        fading = (trend["soh_eol_day"] <= newest + self.fade_days) & (self.fade_days > 0)
         masks = []
         for i in range(len(slots)):
             names = []
@@ -180,9 +211,32 @@ class BatteryTracker:
                 names.append("ev_imbalance")
             if soh[i] < self.soh_pct:
                 names.append("ev_soh_low")
+            if fading[i]:
+                names.append("ev_soh_fading")
             masks.append(_mask(names))
         nums = {"health": health, "soc": h["soc_pct"], "spread": spread, "soh": soh}
+        nums.update(trend)
         return masks, nums
+
+    def trend_of(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        """Per slot: the state-of-health slope (% a year) and the day (since 1970) it reaches
+        ``EOL_SOH_PCT``; nan where the readings are too few or span too little time, or the
+        line does not fall, or reaches it beyond ``TREND_MAX_YEARS`` of its newest reading."""
+        sub = PackState(*(getattr(self.pack, f.name)[slots] for f in dataclasses.fields(self.pack)))
+        tr = soh_trend(sub, EOL_SOH_PCT)
+        n = sub.n
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std_days = np.sqrt(np.maximum(n * sub.stt - sub.st**2, 0.0)) / n
+        newest = self.track.soh_us[slots] / DAY_US
+        eol = tr["end_of_life_day"]
+        ok = (n >= TREND_MIN_READINGS) & (std_days >= TREND_MIN_STD_DAYS)
+        ok &= np.isfinite(tr["slope_pct_per_year"])
+        falling = ok & (tr["slope_pct_per_year"] < 0) & np.isfinite(eol)
+        falling &= eol <= newest + TREND_MAX_YEARS * 365.25
+        return {
+            "soh_slope": np.where(ok, tr["slope_pct_per_year"], np.nan),
+            "soh_eol_day": np.where(falling, np.maximum(eol, newest), np.nan),
+        }
 
     def _publish(
         self, slots: np.ndarray, ts: np.ndarray, names: dict[int, str]
@@ -213,6 +267,8 @@ class BatteryTracker:
                 "lv_cranks": int(self.lv.cranks[slot]),
                 "ev_spread_mv": _round(nums["spread"][i] * 1000, 1),
                 "ev_soh_pct": _round(nums["soh"][i], 1),
+                "ev_soh_pct_per_year": _round(nums["soh_slope"][i], 2),
+                "ev_soh_eol_date": _date(nums["soh_eol_day"][i]),
             }
             out.append((names[slot], json.dumps(rec).encode()))
         return out

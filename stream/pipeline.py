@@ -187,7 +187,9 @@ class TelemetryPipeline:
 
     def _battery(self) -> BatteryTracker:
         s = self.s
-        return BatteryTracker(s.battery_cooldown_s, s.battery_spread_v, s.battery_soh_pct)
+        return BatteryTracker(
+            s.battery_cooldown_s, s.battery_spread_v, s.battery_soh_pct, s.battery_fade_years
+        )
 
     def process(self, records: Sequence[Record], lookup: Lookup) -> Result:
         """``(partition, value[, key])`` records of the telemetry topic; the key is the device id

@@ -42,6 +42,16 @@ def test_a_battery_record_is_a_crm_event() -> None:
     assert ev.data["lv_bad"] and ev.data["ev_bad"] and ev.data["ev_spread_mv"] == 140.0
 
 
+def test_a_fading_pack_carries_its_trend_into_the_event() -> None:
+    rec = battery(VIN, T0, ["ev_soh_fading"], ev_soh_pct=84.0, ev_soh_pct_per_year=-6.0,
+                  ev_soh_eol_date="2029-02-27")  # fmt: skip
+    (ev,) = from_prediction(rec)
+    assert ev.data["problems"] == "ev_soh_fading" and ev.data["ev_bad"]
+    assert ev.data["ev_soh_pct_per_year"] == -6.0 and ev.data["ev_soh_eol_date"] == "2029-02-27"
+    (old,) = from_prediction(battery(VIN, T0, ["lv_weak"]))  # a record from before the trend
+    assert old.data["ev_soh_eol_date"] is None and old.data["ev_soh_pct_per_year"] is None
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -60,6 +70,12 @@ def test_a_battery_record_is_a_crm_event() -> None:
         {"ev_spread_mv": [3.9] * 100_000},  # a cell array where a number belongs
         {"ts_us": "now"},
         {"vin": None},
+        {"ev_soh_pct_per_year": 2**70},  # past int64
+        {"ev_soh_pct_per_year": -1e6},
+        {"ev_soh_eol_date": "2029-02-30"},  # no such day
+        {"ev_soh_eol_date": "next year"},
+        {"ev_soh_eol_date": "2029-03-01" * 1000},
+        {"ev_soh_eol_date": 20290301},
     ],
 )
 def test_hostile_battery_records_are_refused(change: dict[str, Any]) -> None:

@@ -78,3 +78,21 @@ def test_a_battery_card_alone_and_the_ev_pack_wording(client: TestClient, app_st
     (html,) = [c for c in cards(client.get("/inbox").text) if 'data-kind="maintenance"' in c]
     assert "EV pack: cells out of balance (cell spread 142 mV)" in html
     assert "EV pack: state of health low (76.5 %)" in html
+
+
+def test_a_fading_pack_shows_its_trend_and_70_percent_date(
+    client: TestClient, app_store: Any
+) -> None:
+    store = app_store[1]
+    file = record_filer(store)
+    t0 = int(time.time() * 1e6)
+    file(KAFKA_PREDICTIONS, _battery(t0, ["ev_soh_low", "ev_soh_fading"], lv_crank_v=None,
+                                     ev_soh_pct=78.4, ev_soh_pct_per_year=-6.25,
+                                     ev_soh_eol_date="2028-05-14"))  # fmt: skip
+    (card,) = _maintenance(store)
+    assert card.data["due"] == ["battery"]
+    login(client, "advisor")
+    (html,) = [c for c in cards(client.get("/inbox").text) if 'data-kind="maintenance"' in c]
+    # the trend is said once, after the last of the pack's problems
+    assert "EV pack: state of health low (78.4 %)" in html
+    assert "EV pack: state of health falling fast (78.4 %, -6.2 %/year, 70 % about 2028-05)" in html

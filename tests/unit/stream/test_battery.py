@@ -185,3 +185,50 @@ def test_the_demo_evs_fault_code_is_a_crm_dtc_event() -> None:
     events = from_device_event(payload)
     assert [e.kind for e in events] == ["dtc"]
     assert "P0562" in repr(events[0]) and "System voltage low" in repr(events[0])
+
+
+DAY = 86_400 * S
+
+
+def soh_only(t0: int, soh: float) -> Samples:
+    return Samples.from_columns([SOH], np.zeros(1), np.array([t0]), np.array([soh]))
+
+
+def test_a_pack_fading_fast_is_flagged_with_its_trend_and_70_percent_date() -> None:
+    """SoH falling 6 % a year from 86 %, one reading a day: the line reaches 70 % on day 974
+    (16 / 6 years). It is flagged once the newest reading is within two years of that, on day
+    244, with its slope and that date; then quiet within the cool-down of a day each."""
+    m = PartitionModels(battery=BatteryTracker(cooldown_s=86_400 * 30, fade_years=2.0))
+    got: list[dict[str, Any]] = []
+    for d in range(400):
+        soh = 86.0 - 6.0 / 365.25 * d
+        got += battery_recs(m.update([("VIN-EV", soh_only(T0 + d * DAY, soh))]))
+    first = got[0]
+    assert first["problems"] == ["ev_soh_fading"] and first["due"] is True
+    assert (first["ts_us"] - T0) // DAY in (243, 244, 245)
+    assert first["ev_soh_pct_per_year"] == -6.0
+    eol = (np.datetime64(first["ev_soh_eol_date"]) - np.datetime64("1970-01-01")).astype(int)
+    assert abs(eol - (T0 // DAY + 974)) <= 1
+    # then once a month (the cool-down) and when it also falls below 80 % (day 365)
+    assert len(got) <= 8
+    assert got[-1]["problems"] == ["ev_soh_low", "ev_soh_fading"]
+
+
+def test_a_slow_or_short_soh_history_gives_no_trend_and_no_problem() -> None:
+    slow = PartitionModels(battery=BatteryTracker(fade_years=2.0))
+    got: list[dict[str, Any]] = []
+    for d in range(200):  # 1 % a year from 95 %: 70 % in 25 years
+        got += battery_recs(slow.update([("VIN-A", soh_only(T0 + d * DAY, 95.0 - d / 365.25))]))
+    assert got == []
+    trend = slow.battery.trend_of(np.array([0]))
+    assert abs(trend["soh_slope"][0] + 1.0) < 0.01 and not np.isnan(trend["soh_eol_day"][0])
+    short = PartitionModels(battery=BatteryTracker(fade_years=2.0))
+    for h in range(200):  # a steep fall, but all within a week: noise, not a trend
+        short.update([("VIN-B", soh_only(T0 + h * 3600 * S, 90.0 - h * 0.05))])
+    t = short.battery.trend_of(np.array([0]))
+    assert np.isnan(t["soh_slope"][0]) and np.isnan(t["soh_eol_day"][0])
+    # a low pack's record carries the trend when there is one, and none when there is not
+    low = PartitionModels()
+    (rec,) = battery_recs(low.update([("VIN-C", soh_only(T0, 76.5))]))
+    assert rec["problems"] == ["ev_soh_low"]
+    assert rec["ev_soh_pct_per_year"] is None and rec["ev_soh_eol_date"] is None
