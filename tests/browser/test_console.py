@@ -140,7 +140,8 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         secure_cookies=False,  # plain HTTP on loopback in the test
     )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port,
+    dash = create_app(cfg)
+    server = uvicorn.Server(uvicorn.Config(dash, host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip
     th = threading.Thread(target=server.run, daemon=True)
     create_topics(local_stack, [KAFKA_TELEMETRY, KAFKA_EVENTS])
@@ -152,10 +153,13 @@ def world(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         w = World(url, store, device, accepted, tmp / "screens", [0], [0])
         w.shots.mkdir()
 
-        # Warm-up: the Faust worker may take a while to join; the timed check comes after.
+        # Warm-up: the Faust worker may take a while to join; the timed check comes after. The
+        # state must be this car's: the session's earlier tests left other cars' states on the
+        # topic, which the dashboard's feed reads too (it counted them, and the warm-up passed
+        # before this pipeline had handled anything).
         def seen() -> bool:
             publish_speed(w, 10.0)
-            return bool(_get(url + "/healthz").get("vehicles"))
+            return VIN in dash.state.hub.states
 
         try:
             wait_for(seen, 120, "the first vehicle state in the dashboard", interval=1.0)
