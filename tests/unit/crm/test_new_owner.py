@@ -14,10 +14,12 @@ from core.crm_events import CrmEvent
 from crm import loyalty
 from crm import store as st
 from crm.engine import Outcome, RuleEngine
+from crm.normalize import from_anomaly
 from crm.rules import shipped_rules
 from crm.schema import Coupon, Effect, Vehicle
 from crm.tables import CustomerContact, InboxItem, RuleFiring
 from tests.unit.crm.conftest import T0, VIN, Dealer
+from tests.unit.crm.test_anomaly_card import anomaly
 from tests.unit.crm.test_engine import device_event, due
 
 H = dt.timedelta(hours=1)
@@ -127,6 +129,19 @@ def test_a_car_nobody_owns_keeps_the_plain_key_and_its_first_owner_starts_afresh
     with dealer.store.tx() as s:
         out = eng.handle(s, dtc(3, T0 + 4 * H, device="car-3"))
         assert fired(out) and out.customer_id == buyer
+
+
+def test_an_anomaly_cool_down_starts_afresh_for_the_new_owner(dealer: Dealer) -> None:
+    eng = RuleEngine(shipped_rules())
+    rule = "anomaly-advisor-card"
+    with dealer.store.tx() as s:
+        assert fired(eng.handle(s, from_anomaly(anomaly(T0))[0]), rule)
+        assert eng.handle(s, from_anomaly(anomaly(T0 + H))[0]).skipped["cooldown"] == 1
+        buyer = sell(s)
+    with dealer.store.tx() as s:
+        out = eng.handle(s, from_anomaly(anomaly(SOLD + H))[0])  # the 1-day cool-down: the old
+        assert fired(out, rule) and out.customer_id == buyer  # owner's, not the new one's
+        assert eng.handle(s, from_anomaly(anomaly(SOLD + 2 * H))[0]).skipped["cooldown"] == 1
 
 
 @pytest.mark.parametrize("rule", ["dtc-high-expert", "anomaly-advisor-card", "oil-life-coupon"])
