@@ -6,6 +6,12 @@ the coupon, outbox messages and inbox cards are written in the same transaction,
 together or not at all, and a replayed event finds its key taken and does nothing. A dry run is
 the same code in a transaction that is rolled back (``crm.jobs.dry_run``).
 
+A ``per_owner`` rule (every ``subject: vin`` rule by default) names in its subject the ownership
+in force at the event's time (``VIN@o<ownership id>``), so a sale opens a fresh history for the
+new owner (keys, cool-downs), while an event from before the sale, replayed after it, still
+finds the previous owner's key. A plain per-vehicle key (written before per-owner keys existed,
+or while nobody owned the car) counts for the ownership its firing's time falls in.
+
 Events the CRM cannot place yet (unknown VIN, device or plate) are parked in ``parked_events``
 and retried by ``crm.jobs.retry_parked``; they are never dropped.
 """
@@ -20,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.crm_events import EVENT_KINDS, CrmEvent
@@ -36,6 +42,7 @@ from crm.schema import (
     CouponTemplate,
     Customer,
     Member,
+    Ownership,
     PlateAssignment,
     Vehicle,
 )
@@ -115,6 +122,36 @@ def _period(rule: Rule, ev: CrmEvent, facts: dict[str, Any]) -> str | None:
     return None if is_missing(value) or value is None else _short(str(value))
 
 
+def _within(col: Any, own: Ownership) -> list[ColumnElement[bool]]:
+    """``col`` inside the ownership's window ``[valid_from, valid_to)``."""
+    conds = [col >= own.valid_from]
+    if own.valid_to is not None:
+        conds.append(col < own.valid_to)
+    return conds
+
+
+def _taken(s: Session, key: str, plain: str, own: Ownership | None) -> bool:
+    """Whether the effect already happened: under ``key`` or, for an ownership, under the plain
+    per-vehicle key ``plain`` fired within that ownership (rows from before per-owner keys; a
+    plain row without a firing time counts, as it always did)."""
+    if own is None or plain == key:
+        return s.scalar(select(st.Effect.id).where(st.Effect.key == key)) is not None
+    q = (
+        select(st.Effect.id)
+        .outerjoin(RuleFiring, RuleFiring.effect_key == st.Effect.key)
+        .where(
+            or_(
+                st.Effect.key == key,
+                and_(
+                    st.Effect.key == plain,
+                    or_(RuleFiring.id.is_(None), and_(*_within(RuleFiring.at, own))),
+                ),
+            )
+        )
+    )
+    return s.scalar(q.limit(1)) is not None
+
+
 def _as_time(value: Any) -> dt.datetime | None:
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -161,8 +198,9 @@ class RuleEngine:
         ]
 
     # ----- facts ----------------------------------------------------------------------------
-    def _place(self, s: Session, ev: CrmEvent) -> tuple[str | None, str | None]:
-        """``(vin, customer_id)`` for the event, or raise ``Unplaced``."""
+    def _place(self, s: Session, ev: CrmEvent) -> tuple[str | None, str | None, Ownership | None]:
+        """``(vin, customer_id, ownership)`` for the event, or raise ``Unplaced``; the owner is
+        the one at the event's time, so a replay after a sale still finds the previous one."""
         vin = ev.vin
         if vin is None and ev.device:
             vin = s.scalar(select(Vehicle.vin).where(Vehicle.device_id == ev.device))
@@ -183,16 +221,16 @@ class RuleEngine:
                 )
                 if cid is None:
                     raise Unplaced(f"unknown plate {plate!r}")
-                return None, st.resolve(s, cid)
+                return None, st.resolve(s, cid), None
         if vin is not None:
             if s.get(Vehicle, vin) is None:
                 raise Unplaced(f"unknown VIN {vin!r}")
-            owner = st.owner_at(s, vin, ev.ts)
-            return vin, owner
+            own = st.ownership_at(s, vin, ev.ts)
+            return vin, None if own is None else st.resolve(s, own.customer_id), own
         if ev.customer_id is not None:
             if s.get(Customer, ev.customer_id) is None:
                 raise Unplaced(f"unknown customer {ev.customer_id!r}")
-            return None, st.resolve(s, ev.customer_id)
+            return None, st.resolve(s, ev.customer_id), None
         raise Unplaced("the event names no VIN, device, plate or customer")
 
     def facts(self, s: Session, ev: CrmEvent, vin: str | None, cid: str | None) -> dict[str, Any]:
@@ -258,7 +296,7 @@ class RuleEngine:
             out.skipped["unknown_kind"] += 1
             return out
         try:
-            vin, cid = self._place(s, ev)
+            vin, cid, own = self._place(s, ev)
         except Unplaced as err:
             out.parked = str(err)
             self.stats["parked"] += 1
@@ -288,7 +326,7 @@ class RuleEngine:
                 continue
             try:
                 with s.begin_nested():  # a failing rule must not undo the others' effects
-                    reason = self._apply(s, rule, ev, facts, vin, cid, out)
+                    reason = self._apply(s, rule, ev, facts, vin, cid, own, out)
             except CarpulseError as err:
                 log.warning("rule %s failed on event %s: %s", rule.id, ev.id, err)
                 reason = "error"
@@ -305,6 +343,7 @@ class RuleEngine:
         facts: dict[str, Any],
         vin: str | None,
         cid: str | None,
+        own: Ownership | None,
         out: Outcome,
     ) -> str | None:
         """Fire ``rule`` once; returns why it did not, or None."""
@@ -320,16 +359,22 @@ class RuleEngine:
         period = _period(rule, ev, facts)
         if period is None:
             return "no_period"
-        key = st.effect_key(rule.id, subject, period)
-        if s.scalar(select(st.Effect.id).where(st.Effect.key == key)) is not None:
+        # the vehicle under this ownership: a sale starts keys and cool-downs afresh
+        scope = own if rule.per_owner and vin is not None else None
+        owned = subject if scope is None else _short(f"{subject}@o{scope.id}", 64)
+        key = st.effect_key(rule.id, owned, period)
+        if _taken(s, key, st.effect_key(rule.id, subject, period), scope):
             return "duplicate"
         if rule.cooldown is not None and s.scalar(
-            select(RuleFiring.id).where(
+            select(RuleFiring.id)
+            .where(
                 RuleFiring.rule == rule.id,
-                RuleFiring.subject == subject,
+                RuleFiring.subject.in_([owned, subject]),
                 RuleFiring.at > ev.ts - rule.cooldown,
                 RuleFiring.at < ev.ts + rule.cooldown,
+                *(() if scope is None else _within(RuleFiring.at, scope)),
             )
+            .limit(1)
         ):
             return "cooldown"
         if rule.rate_limit is not None and cid is not None:
@@ -349,13 +394,13 @@ class RuleEngine:
         firing = Firing(
             rule.id, key, rule.kind, subject, cid, ev.ts.isoformat(), because=rule.conditions
         )
-        if not st.claim_effect(s, rule.id, subject, period, rule.kind, {"event": ev.id}):
+        if not st.claim_effect(s, rule.id, owned, period, rule.kind, {"event": ev.id}):
             return "duplicate"  # a concurrent worker claimed it first
         s.add(
             RuleFiring(
                 effect_key=key,
                 rule=rule.id,
-                subject=subject,
+                subject=owned,
                 customer_id=cid,
                 rate_group=rule.rate_limit.group if rule.rate_limit else rule.id,
                 at=ev.ts,
@@ -401,6 +446,7 @@ class RuleEngine:
                     )
                 )
             firing.inbox = 1
+        # the audit subject stays the vehicle: the dealer scope and the timeline look it up
         st.audit(s, "rules", "rule.fire", subject, rule=rule.id, key=key, event=ev.id)
         out.fired.append(firing)
         self.stats["fired"] += 1

@@ -9,6 +9,7 @@ A rules file is ``{rules: [rule, ...]}``; a rule::
       - customer.member == true
     subject: vin                      # vin | customer | event.<field>: who the effect is about
     period: field:event.cycle         # event | day | week | month | year | field:<path>
+    per_owner: true                   # a sale starts the subject's history afresh (vin: default)
     cooldown: 30d                     # no second effect for the same subject within this
     rate_limit: {max: 2, per: 7d, group: marketing}   # per customer, across a group of rules
     effect:
@@ -18,6 +19,11 @@ A rules file is ``{rules: [rule, ...]}``; a rule::
 
 A condition string is ``PATH OP LITERAL`` with OP in ``== != < <= > >= in`` and a YAML literal;
 nothing is evaluated as code. A path that is missing makes its condition false.
+
+``per_owner`` (default true for ``subject: vin``, false otherwise; refused with ``subject:
+customer``, who is the owner already) keys the effect, its cool-down and its duplicate check on
+the ownership in force at the event's time, so a new owner gets the effects the previous owner
+already had, and a vehicle nobody owned at that time keeps the plain per-vehicle key.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ CUSTOMER_FIELDS: Final = frozenset(
 VEHICLE_FIELDS: Final = frozenset({"vin", "model", "plate"})
 RULE_KEYS: Final = frozenset(
     {"id", "description", "on", "when", "subject", "period", "cooldown", "rate_limit", "effect",
-     "enabled"}
+     "enabled", "per_owner"}
 )  # fmt: skip
 ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TEMPLATE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -112,6 +118,7 @@ class Rule:
     description: str = ""
     source: str = ""  # file:line, for explanations
     conditions: tuple[str, ...] = field(default=(), compare=False)
+    per_owner: bool = False  # the effect belongs to the ownership of the event's vehicle
 
     @property
     def kind(self) -> str:
@@ -378,6 +385,14 @@ def _rule(node: yaml.Node, where: str, errs: _Errors, path: str) -> Rule | None:
     enabled_node = _get(node, "enabled")
     if enabled_node is not None and not isinstance(_value(enabled_node), bool):
         errs.add(enabled_node, f"{where}.enabled", "expected true or false")
+    per_owner = subject == "vin"
+    if (po_node := _get(node, "per_owner")) is not None:
+        if not isinstance(_value(po_node), bool):
+            errs.add(po_node, f"{where}.per_owner", "expected true or false")
+        elif _value(po_node) and subject == "customer":
+            errs.add(po_node, f"{where}.per_owner", "a customer subject is the owner already")
+        else:
+            per_owner = _value(po_node)
     desc_node = _get(node, "description")
     if len(errs.items) > n_before or cond is None:
         return None
@@ -395,6 +410,7 @@ def _rule(node: yaml.Node, where: str, errs: _Errors, path: str) -> Rule | None:
         description=str(_value(desc_node)) if desc_node else "",
         source=f"{path}:{node.start_mark.line + 1}",
         conditions=tuple(texts),
+        per_owner=per_owner,
     )
 
 

@@ -257,14 +257,19 @@ def transfer_ownership(s: Session, vin: str, customer_id: str, at: dt.datetime) 
     audit(s, "crm", "vehicle.ownership", vin, new_owner=customer_id, at=at.isoformat())
 
 
-def owner_at(s: Session, vin: str, at: dt.datetime) -> str | None:
-    row = s.scalar(
+def ownership_at(s: Session, vin: str, at: dt.datetime) -> Ownership | None:
+    """The ownership ``[valid_from, valid_to)`` that holds ``at`` (None: nobody owned it then)."""
+    return s.scalar(
         select(Ownership).where(
             Ownership.vin == vin,
             Ownership.valid_from <= at,
             (Ownership.valid_to.is_(None)) | (Ownership.valid_to > at),
         )
     )
+
+
+def owner_at(s: Session, vin: str, at: dt.datetime) -> str | None:
+    row = ownership_at(s, vin, at)
     return None if row is None else resolve(s, row.customer_id)
 
 

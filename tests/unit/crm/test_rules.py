@@ -123,3 +123,18 @@ def test_directories_load_sorted_and_duplicate_ids_are_refused(tmp_path: Path) -
         load_rules([tmp_path])
     with pytest.raises(RuleError, match="no such rules file"):
         load_rules([tmp_path / "missing"])
+
+
+def test_per_owner_defaults_to_vehicle_subjects_and_is_checked() -> None:
+    (vin_rule,) = parse_rules(GOOD)
+    assert vin_rule.per_owner  # a sale starts a vin rule's history afresh
+    (plain,) = parse_rules(GOOD.replace("    period: day", "    period: day\n    per_owner: false"))
+    assert not plain.per_owner
+    slot = GOOD.replace("subject: vin", "subject: event.slot")
+    assert not parse_rules(slot)[0].per_owner
+    assert parse_rules(slot.replace("period: day", "period: day\n    per_owner: true"))[0].per_owner
+    customer = GOOD.replace("subject: vin", "subject: customer")
+    with pytest.raises(RuleError, match=r"x.yaml:9:16: rules\[0\] \(r1\).per_owner: a customer"):
+        parse_rules(customer.replace("period: day", "period: day\n    per_owner: true"), "x.yaml")
+    with pytest.raises(RuleError, match=r"x.yaml:9:16: .*per_owner: expected true or false"):
+        parse_rules(GOOD.replace("period: day", "period: day\n    per_owner: maybe"), "x.yaml")
