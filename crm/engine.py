@@ -267,7 +267,7 @@ class RuleEngine:
                 tier_en=tier_name(member.tier, "en") if member else "",
                 lang=contact.lang if contact else DEFAULT_LANG,
                 # consent in force now: the message is sent now, whatever the event's age
-                consent={p: st.has_consent(s, cid, p) for p in ("marketing", "location", "face")},
+                consent=st.consents_in_force(s, cid, ("marketing", "location", "face")),
             )
         return customer
 

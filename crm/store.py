@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -80,12 +81,27 @@ def _audit_is_append_only(session: Session, _ctx: Any, _instances: Any) -> None:
             raise CrmError("the points ledger is append-only: add a correcting entry instead")
 
 
+KEEP_LOADED: Final = 256  # objects a unit of work keeps from being dropped and loaded again
+
+
+def _keep_loaded(session: Session, instance: Any) -> None:
+    """SQLAlchemy's identity map holds objects weakly: a vehicle or customer that one step of a
+    transaction read and let go was read again by the next ``s.get`` (a CRM event read its car
+    three times). A unit of work keeps its last ``KEEP_LOADED`` loaded objects alive, so a
+    big scan still lets go of what it passed."""
+    kept = session.info.get("kept")
+    if kept is None:
+        kept = session.info["kept"] = deque(maxlen=KEEP_LOADED)
+    kept.append(instance)
+
+
 class CrmStore:
     """Holds the engine and hands out transactions."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        event.listen(self._sessions, "loaded_as_persistent", _keep_loaded)
 
     @classmethod
     def from_url(cls, url: str) -> CrmStore:
@@ -295,6 +311,20 @@ def set_consent(
     customer_id = resolve(s, customer_id)
     s.add(Consent(customer_id=customer_id, purpose=purpose, granted=granted, source=source))
     audit(s, source or "crm", "consent." + ("grant" if granted else "revoke"), customer_id, purpose)
+
+
+def consents_in_force(s: Session, customer_id: str, purposes: Sequence[str]) -> dict[str, bool]:
+    """``has_consent`` now for each of ``purposes``, in one query."""
+    customer_id = resolve(s, customer_id)
+    rows = s.execute(
+        select(Consent.purpose, Consent.granted)
+        .where(Consent.customer_id == customer_id, Consent.purpose.in_(list(purposes)))
+        .order_by(Consent.at, Consent.id)
+    )
+    latest = {p: False for p in purposes}
+    for purpose, granted in rows:  # in time order: the last row of a purpose is in force
+        latest[purpose] = bool(granted)
+    return latest
 
 
 def has_consent(s: Session, customer_id: str, purpose: str, at: dt.datetime | None = None) -> bool:
