@@ -213,9 +213,6 @@ class Dispatcher:
         return totals
 
 
-OUTBOX_STATES_SHOWN: Final = ("dead", "pending", "sent")
-
-
 def outbox_rows(
     s: Session, state: str = "dead", channel: str | None = None, limit: int = 100
 ) -> list[OutboxMessage]:
@@ -241,6 +238,14 @@ def masked_target(msg: OutboxMessage) -> str:
         return f"{local[:1]}***@{domain}"
     scheme, sep, rest = t.partition("://")
     return f"{scheme}{sep}{rest.split('/', 1)[0].split('?', 1)[0]}/..." if sep else "***"
+
+
+_EMAIL: Final = re.compile(r"([^\s<>@\"']+)@([^\s<>@\"']+)")
+
+
+def masked_error(text: str) -> str:
+    """A delivery error for an operator's list: addresses in it (SMTP echoes them) masked."""
+    return _EMAIL.sub(lambda m: f"{m.group(1)[:1]}***@{m.group(2)}", text)
 
 
 CONSENT_CONDITION: Final = re.compile(r"^customer\.consent\.([a-z_]+)\s*==\s*true$")

@@ -35,7 +35,7 @@ def _choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | Non
 
 
 def _row(msg: Any) -> dict[str, Any]:
-    from crm.delivery import masked_target
+    from crm.delivery import masked_error, masked_target
 
     return {
         "id": msg.id,
@@ -45,9 +45,8 @@ def _row(msg: Any) -> dict[str, Any]:
         "rule": (msg.payload or {}).get("rule"),
         "attempts": msg.attempts,
         "created_at": msg.created_at.isoformat(timespec="seconds"),
-        "last_error": msg.last_error,
-        "subject": msg.subject[:80],
-    }
+        "last_error": masked_error(msg.last_error),
+    }  # no subject: it names the car (plate, VIN)
 
 
 @outbox_app.command("list")
@@ -60,7 +59,8 @@ def list_cmd(
 ) -> None:
     """List outbox messages, newest first (dead letters by default), with the last error.
 
-    Addresses are shown masked (first letter and domain; a webhook's host only).
+    Addresses are shown masked (first letter and domain; a webhook's host only), in the errors
+    too; subjects are not shown (they name the car).
     """
     from crm.delivery import outbox_rows
 

@@ -25,6 +25,7 @@ from crm.delivery import (
     close_item,
     dead_letters,
     inbox,
+    masked_error,
     requeue,
     sign,
     verify_signature,
@@ -190,3 +191,13 @@ def test_inbox_per_role_most_urgent_first(dealer: Dealer) -> None:
         assert len(inbox(s, "call_centre", open_only=False)) == 2
         with pytest.raises(Exception, match="unknown inbox role"):
             inbox(s, "boss")
+
+
+def test_addresses_in_delivery_errors_are_masked_for_operators() -> None:
+    err = "SMTP 550 <wang.xiaoming@example.com>: recipient refused; cc li@example.org"
+    assert (
+        masked_error(err) == "SMTP 550 <w***@example.com>: recipient refused; cc l***@example.org"
+    )
+    assert masked_error("HTTP 400 from https://dms.example.com/hook") == (
+        "HTTP 400 from https://dms.example.com/hook"
+    )  # no address in it: unchanged

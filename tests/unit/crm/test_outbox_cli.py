@@ -61,6 +61,8 @@ def test_list_shows_dead_letters_with_masked_addresses(dealer: Dealer) -> None:
     hook = rows[ids["crash-call-centre/webhook"]]
     assert hook["to"] == "https://dms.example.com/..."  # never the token in its query
     assert "token" not in res.output and "wang@" not in res.output
+    assert VIN not in res.output and "沪A12345" not in res.output  # subjects name the car
+
     assert run("list", "--db", url, "--state", "sent").output.strip() == "no sent messages"
     bad = run("list", "--db", url, "--state", "gone")
     assert bad.exit_code != 0 and "must be one of dead, pending, sent" in bad.output
