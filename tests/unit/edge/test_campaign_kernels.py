@@ -86,6 +86,12 @@ def test_periodic_window_values() -> None:
 
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="JIT disabled")
 def test_kernels_are_compiled() -> None:
+    # called here, not left to the tests above: pytest-xdist may run those in another process
+    slot_of = np.array([0], np.int32)
+    ck.on_change_update(slot_of, np.zeros(2, np.int32), np.array([1.0, 2.0]), 0.0,
+                        ck.on_change_state(1))  # fmt: skip
+    ck.periodic_update(slot_of, np.zeros(2, np.int32), np.array([0, 10], np.int64),
+                       np.array([1.0, 2.0]), 1_000_000, ck.periodic_state(1))  # fmt: skip
     for kernel in (ck._periodic, ck._on_change):
         assert isinstance(kernel, numba.core.registry.CPUDispatcher)
         assert kernel.signatures, "the kernel was never compiled"
