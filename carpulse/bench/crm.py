@@ -50,7 +50,7 @@ def bench_rules_eval(n: int) -> dict[str, float]:
     return {"ours_per_s": n / (t1 - t0), "eval_per_s": n / (t2 - t1), "matches": ours}
 
 
-def _fresh_url(db: str | None, workdir: Path) -> str:
+def fresh_url(db: str | None, workdir: Path) -> str:
     """SQLite in ``workdir``, or a new database on the PostgreSQL server of ``db``."""
     if not db:
         return f"sqlite:///{workdir / 'bench.sqlite'}"
@@ -65,7 +65,7 @@ def _fresh_url(db: str | None, workdir: Path) -> str:
 def bench_engine(
     vehicles: int, days: int, workdir: Path, db: str | None = None
 ) -> dict[str, float]:
-    store = st.CrmStore.from_url(_fresh_url(db, workdir))
+    store = st.CrmStore.from_url(fresh_url(db, workdir))
     upgrade(store.engine)
     vins = seed_demo(store, vehicles)
     events = simulated_predictions(vins, days)

@@ -370,6 +370,9 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
         "--crm-events", type=int, default=2000, help="CRM phase's records (0: no CRM phase)"
     )
     ap.add_argument("--crm-vehicles", type=int, default=200, help="cars seeded in its CRM")
+    ap.add_argument(
+        "--crm-db", default=None, help="PostgreSQL server URL for the CRM phase (default SQLite)"
+    )
     ap.add_argument("--keep", type=Path, default=None, help="keep the stack and logs in this dir")
     ap.add_argument(
         "--runs", type=int, default=1, help="whole runs (fresh stack each); figures are medians"
@@ -469,7 +472,7 @@ def _run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
             crm = crm_phase(
                 s, stack.config_file, root, args.crm_events, args.crm_vehicles,
-                lambda pid: CpuMeter({"crm": pid}).snapshot()["crm"],
+                lambda pid: CpuMeter({"crm": pid}).snapshot()["crm"], args.crm_db,
             )  # fmt: skip
             log.info("CRM phase: %s", crm)
     ceil = ceiling["samples_per_s"]

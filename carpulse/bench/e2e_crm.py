@@ -175,16 +175,24 @@ def crm_phase(
     n: int,
     vehicles: int,
     cpu_of: Any,
+    db: str | None = None,
 ) -> dict[str, Any]:
-    """Run the phase; ``cpu_of(pid)`` is the process's CPU seconds so far (``CpuMeter``)."""
+    """Run the phase; ``cpu_of(pid)`` is the process's CPU seconds so far (``CpuMeter``);
+    ``db``: a PostgreSQL server's URL, on which both CRMs get a fresh database (default SQLite
+    files in ``root``)."""
+    from carpulse.bench.crm import fresh_url
     from stream.bridge import ensure_topics
 
     topics = [KAFKA_PREDICTIONS, KAFKA_ALERTS, KAFKA_EVENTS, KAFKA_ANOMALIES]
     asyncio.run(ensure_topics(s.kafka, s.kafka.partitions, s.kafka.replication, topics))
-    _, vins, devices, plates = seeded_store(f"sqlite:///{root / 'crm-worker.sqlite'}", vehicles)
+    (root / "worker").mkdir(exist_ok=True)
+    (root / "alone").mkdir(exist_ok=True)
+    url, alone_url = fresh_url(db, root / "worker"), fresh_url(db, root / "alone")
+    store, vins, devices, plates = seeded_store(url, vehicles)
+    store.engine.dispose()
     warm = crm_records(vins, devices, plates, 20, seed=5)
     records = crm_records(vins, devices, plates, n)
-    base = engine_alone(f"sqlite:///{root / 'crm-alone.sqlite'}", records, vehicles)
+    base = engine_alone(alone_url, records, vehicles)
     port = free_port()
     env = pipeline_env(
         config, "bench",
@@ -192,7 +200,6 @@ def crm_phase(
         CARPULSE_STREAM__GATE_DEVICES=json.dumps([GATE]),
         CARPULSE_STREAM__SESSION_TIMEOUT_S="6",  # the group forms in seconds, not 30 s
     )  # fmt: skip
-    url = f"sqlite:///{root / 'crm-worker.sqlite'}"
     cmd = [sys.executable, "-m", "carpulse", "crm", "worker", "--db", url, "--interval", "3600"]
     with open(root / "crm.log", "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -224,4 +231,5 @@ def crm_phase(
         else None,
         "crm_worker_pid_cpu_s": round(cpu, 2),
         "crm_vehicles": vehicles,
+        "crm_database": url.split(":", 1)[0],
     }

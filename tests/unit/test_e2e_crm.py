@@ -39,3 +39,18 @@ def test_the_baseline_places_every_event_and_fires_rules(tmp_path: Path) -> None
     assert out["parked"] == 0  # every car, device and plate of the mix is in its CRM
     assert 0 < out["fired"] <= 200  # DTC and anomaly cards, crash calls, coupons...
     assert out["cpu_us_per_event"] > 0 and out["events_per_s"] > 0
+
+
+@pytest.mark.integration
+def test_the_baseline_runs_on_a_fresh_postgresql_database(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """``--crm-db``: each CRM of the phase gets a database of its own on the server."""
+    from carpulse.bench.crm import fresh_url
+
+    seed_url, alone_url = fresh_url(postgres_url, tmp_path), fresh_url(postgres_url, tmp_path)
+    assert seed_url != alone_url and seed_url.startswith("postgresql://")
+    store, vins, devices, plates = seeded_store(seed_url, 12)
+    store.engine.dispose()
+    out = engine_alone(alone_url, crm_records(vins, devices, plates, 60), 12)
+    assert out["events"] == 60 and out["parked"] == 0 and out["fired"] > 0
