@@ -84,7 +84,9 @@ def list_cmd(
 
 @outbox_app.command("requeue")
 def requeue_cmd(
-    ids: Annotated[list[int] | None, typer.Argument(help="Outbox message ids.")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Argument(min=1, max=2**63 - 1, help="Outbox message ids.")
+    ] = None,
     db: DbOpt = None,
     all_dead: Annotated[
         bool, typer.Option("--all-dead", help="Every dead letter (of --channel, if given).")
@@ -132,8 +134,8 @@ def requeue_cmd(
             else:
                 done.append(msg.id)
         if not dry_run:
-            for mid in done:
-                requeue(s, mid, actor, ruleset)
+            for mid in done:  # each passed requeue_refusal just above
+                requeue(s, mid, actor)
     for line in refused:
         typer.echo(f"refused {line}", err=True)
     verb = "would requeue" if dry_run else "requeued"

@@ -96,6 +96,8 @@ def test_requeue_refuses_withdrawn_consent_and_erased_customers(dealer: Dealer) 
     assert again.exit_code == 1
     assert "is pending, not a dead letter" in again.output
     assert "999999: no such outbox message" in again.output
+    huge = run("requeue", "--db", url, str(2**70))  # past int64: a usage error, no traceback
+    assert huge.exit_code == 2 and "Invalid value" in huge.output
 
 
 def test_a_requeued_mail_goes_out_once_smtp_works(dealer: Dealer) -> None:
