@@ -7,6 +7,9 @@ EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
 APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium prometheus
 # fonts-noto-cjk: the browser tests and screenshots of the zh-CN member page render Chinese
 APT_PACKAGES += fonts-noto-cjk
+# fonts-dejavu-core, fonts-liberation: letters and digits in more fonts for the plate-line model's
+# training plates and `carpulse plates synth --latin-font` test sets
+APT_PACKAGES += fonts-dejavu-core fonts-liberation
 # docker-compose: `docker-compose config` checks deploy/docker/compose.yaml (tests/unit/deploy)
 APT_PACKAGES += docker-compose
 # gcc + Python headers: `carpulse edge build-kernels` compiles the edge agent's kernels (kernels target)

@@ -563,7 +563,7 @@ def plates(
     name: Annotated[str, typer.Argument(help="plate tool, e.g. 'synth' (NAME --help for options)")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
 ) -> None:
-    """Licence-plate tools: synthetic test photos of every plate kind, the cell recogniser's training."""
+    """Licence-plate tools: synthetic test photos of every plate kind, the recognisers' training."""
     _run_plugin("TOOLS_PLATES", "plate command", name, ctx, as_json)
 
 

@@ -51,6 +51,10 @@ class GateConfig(BaseModel):
     )
     threads: int = Field(1, ge=0, description="onnxruntime threads (0 = all cores).")
     min_confidence: float = Field(0.5, ge=0, le=1, description="Lowest character probability.")
+    plate_line: bool = Field(
+        False,
+        description="Run the plate-line recogniser before PP-OCR (faster; trained on one font).",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -82,9 +86,14 @@ class GateLoop:
     ) -> None:
         self.conf, self.sink, self.tick = conf, sink, tick
         if reader is None:
+            from models.plates.line import LINE_PATH
             from models.plates.reader import PlateReader
 
-            reader = PlateReader(threads=conf.threads, min_confidence=conf.min_confidence)
+            reader = PlateReader(
+                threads=conf.threads,
+                min_confidence=conf.min_confidence,
+                line_model=LINE_PATH if conf.plate_line else None,
+            )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None
         self.feed = feed or FrameFeed(Camera(conf.source, live=conf.live, name=conf.camera))

@@ -139,6 +139,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--no-baseline", action="store_true", help="skip off-the-shelf RapidOCR on the same images"
     )
     ap.add_argument(
+        "--line",
+        action="store_true",
+        help="run the plate-line recogniser before PP-OCR (as [gate] plate_line = true)",
+    )
+    ap.add_argument(
         "--all-threads", action="store_true", help="also time ours with every core (default: one)"
     )
     args = ap.parse_args(argv)
@@ -158,7 +163,10 @@ def main(argv: list[str]) -> dict[str, Any]:
             unreadable.append(name)
             continue
         images[name] = img
-    reader = PlateReader(threads=1, min_confidence=args.min_confidence)
+    from models.plates.line import LINE_PATH
+
+    line: dict[str, Any] = {"line_model": LINE_PATH} if args.line else {}
+    reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
 
     def ours(img: np.ndarray) -> list[str]:
@@ -192,7 +200,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         result["latency"] = {"threads_1": lat1}
         if args.all_threads:
             result["latency"]["threads_all"] = _latency(
-                PlateReader(threads=0, min_confidence=args.min_confidence), images, args.repeats
+                PlateReader(threads=0, min_confidence=args.min_confidence, **line),
+                images,
+                args.repeats,
             )
         if baseline is not None:
             lat_b = _latency(baseline, images, args.repeats)

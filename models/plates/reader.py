@@ -12,6 +12,7 @@ import numpy as np
 
 from models.plates.cells import MODEL_PATH, SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
+from models.plates.line import LineReader
 from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck
@@ -74,15 +75,40 @@ class PlateReader:
         snap_passes: int = 3,
         province_model: Path | None = PROVINCE_PATH,
         province_accept: float = 0.97,
+        line_model: Path | None = None,
+        line_accept: float = 0.9,
+        line_min: float | None = None,
+        line_snapped: bool = True,
+        line_fallback: float | None = None,
+        cell_first_accept: float = 0.999,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
         # crop without PP-OCR; otherwise both read it and the more confident valid reading wins.
         self.cells = CellReader(cell_model) if cell_model is not None else None
         self.cell_accept = cell_accept
+        # The cells' first character (the province, mostly) must reach this too for their
+        # reading to end the crop or to compete with PP-OCR's.
+        self.cell_first_accept = cell_first_accept
         # The cells' lowest character probability must reach this (default: ``min_confidence``).
         self.cell_min = min_confidence if cell_min is None else cell_min
         self.decoder = PlateDecoder(self.ocr.alphabet)
+        # The plate-line recogniser (``line.LINE_PATH``; None: off, the default): a reading at
+        # ``line_accept`` ends the crop without PP-OCR. Off by default: trained on rendered
+        # plates, it reads plates of a font it never saw worse (BENCHMARKS.md).
+        self.line = LineReader(line_model, threads) if line_model is not None else None
+        self.line_decoder = PlateDecoder(self.line.alphabet) if self.line is not None else None
+        self.line_accept = line_accept
+        # A line reading below ``line_accept`` competes with PP-OCR's and the cells' only if it
+        # reaches ``line_min`` (None: never). Off by default: on the shared police photo a 0.53
+        # line reading of the edge stage's crop ended the search wrong before the text detector
+        # read the plate right; on TUNE 9100 it read no more plates than the fast path alone.
+        self.line_min = 2.0 if line_min is None else line_min
+        self.line_snapped = line_snapped
+        # With nothing read by any stage, the best line reading of the image reaching this is
+        # kept (None: off).
+        self.line_fallback = line_fallback
+        self._fallback: list[PlateRead] = []
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -153,6 +179,10 @@ class PlateReader:
         """
         best: dict[int, tuple[PlateRead, float]] = {}
         by_cells: dict[int, tuple[PlateRead, float]] = {}
+        by_line: dict[int, tuple[PlateRead, float]] = {}
+        # Cell readings whose first character is below ``cell_first_accept``: PP-OCR's valid
+        # reading of the crop, if any, is taken over them.
+        weak_cells: dict[int, tuple[PlateRead, float]] = {}
         views: dict[int, tuple[np.ndarray, tuple[tuple[float, ...], tuple[float, ...]]]] = {}
         for_ocr: list[tuple[int, np.ndarray, bool]] = []
         for i, crop, cell_crop in items:
@@ -167,10 +197,28 @@ class PlateReader:
                 views[i] = (seen, grid)
             if cell is not None and cell.confidence >= self.cell_min:
                 read = PlateRead(cell.text, cell.confidence, rects[i], cell.text, stage, _sha(seen))
-                if cell.confidence >= self.cell_accept:
+                sure_first = cell.char_probs[0] >= self.cell_first_accept
+                if cell.confidence >= self.cell_accept and sure_first:
                     _keep(best, i, read, cell.confidence)
                     continue
-                _keep(by_cells, i, read, cell.confidence)
+                _keep(by_cells if sure_first else weak_cells, i, read, cell.confidence)
+            if not double and self.line is not None:
+                line = self._read_line(crop, i, rects, stage)
+                if cell_crop is not None and self.line_snapped:
+                    other = self._read_line(cell_crop, i, rects, stage)
+                    if other is not None and (line is None or other.confidence > line.confidence):
+                        line = other
+                if line is not None and line.confidence >= self.line_accept:
+                    _keep(best, i, line, line.confidence)
+                    continue
+                if line is not None and line.confidence >= self.line_min:
+                    _keep(by_line, i, line, line.confidence)
+                elif (
+                    line is not None
+                    and self.line_fallback is not None
+                    and line.confidence >= self.line_fallback
+                ):
+                    self._fallback.append(line)
             if i not in best:
                 for_ocr.append((i, crop, double))
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
@@ -182,10 +230,16 @@ class PlateReader:
                 self._read_ocr(view, owner, rects, stage, by_ocr)
                 if owner in by_ocr:
                     break
-        for owner in set(by_cells) | set(by_ocr):
+        for owner in set(by_cells) | set(by_ocr) | set(by_line) | set(weak_cells):
             if owner in best:
                 continue
-            best[owner] = self._combine(by_cells.get(owner), by_ocr.get(owner))
+            pick = self._combine(
+                self._combine(by_cells.get(owner), by_ocr.get(owner)), by_line.get(owner)
+            )
+            if pick is None:
+                pick = weak_cells[owner]
+            assert pick is not None  # owners with at least one reading
+            best[owner] = pick
         if self.province is not None:
             for owner, (read, score) in best.items():
                 if owner not in views:
@@ -220,15 +274,29 @@ class PlateReader:
             dec.score,
         )
 
+    def _read_line(
+        self,
+        crop: np.ndarray,
+        owner: int,
+        rects: list[tuple[tuple[float, float], tuple[float, float], float]],
+        stage: str,
+    ) -> PlateRead | None:
+        """The plate-line model's valid reading of one crop (``None`` if no template fits)."""
+        assert self.line is not None and self.line_decoder is not None
+        probs = self.line.probs([crop])[0]
+        dec = self.line_decoder.constrained(probs)
+        if dec is None:
+            return None
+        raw = normalise(self.line_decoder.greedy(probs))
+        return PlateRead(dec.text, dec.confidence, rects[owner], raw, stage, _sha(crop))
+
     @staticmethod
     def _combine(
         cell: tuple[PlateRead, float] | None, ocr: tuple[PlateRead, float] | None
-    ) -> tuple[PlateRead, float]:
+    ) -> tuple[PlateRead, float] | None:
         """The more confident of the cell and PP-OCR readings of one crop (either may be missing)."""
         if cell is None or ocr is None:
-            pick = cell or ocr
-            assert pick is not None  # called only for owners with at least one reading
-            return pick
+            return cell or ocr
         # (Fusing them character by character, or taking the cells' province into PP-OCR's
         # reading, read fewer TUNE plates: 145 and 143 against 145 of 184.)
         return cell if cell[0].confidence >= ocr[0].confidence else ocr
@@ -240,6 +308,7 @@ class PlateReader:
             return []
         image = bgr
         found: list[PlateRead] = []
+        self._fallback = []
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         for cand in colour_candidates(image):
             found = self._read_crops(image, [cand.rect], "colour")
@@ -256,6 +325,8 @@ class PlateReader:
             boxes = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
             boxes.sort(key=lambda b: b.score * b.rect[1][0] * b.rect[1][1], reverse=True)
             found = self._read_crops(image, [b.rect for b in boxes[:4]], "detector")
+        if not found and self._fallback:
+            found = [max(self._fallback, key=lambda r: r.confidence)]
         # The same plate may be found twice (two colours, two boxes): keep the best of each text.
         unique: dict[str, PlateRead] = {}
         for r in found:

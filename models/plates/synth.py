@@ -76,13 +76,40 @@ def font_path() -> Path:
     raise ConfigError("no CJK font found: apt-get install fonts-noto-cjk")
 
 
-@lru_cache(maxsize=512)
+# Fonts chosen by ``use_font`` (default: ``font_path()``): CJK glyphs from the first, and with a
+# second one, letters and digits from it.
+_FONTS: list[Path] = []
+
+
+def use_font(cjk: Path | None, latin: Path | None = None) -> None:
+    """Render plates with ``cjk`` (a .ttc/.otf/.ttf with Chinese glyphs; None: the default font),
+    and letters and digits with ``latin`` when given. For test sets in a font the recognisers were
+    not trained on (real plates use GA 36's own font, which no package ships)."""
+    for f in (cjk, latin):
+        if f is not None and not Path(f).is_file():
+            raise ConfigError(f"font {f} does not exist")
+    _FONTS[:] = [] if cjk is None else [Path(cjk)] + ([Path(latin)] if latin is not None else [])
+
+
 def _glyph(ch: str) -> np.ndarray:
-    """Coverage mask (0..255) of one character, cropped to its ink."""
+    """Coverage mask (0..255) of one character, cropped to its ink, in the font in use."""
+    if not _FONTS:
+        return _glyph_in(ch, str(font_path()))
+    use = _FONTS[1] if len(_FONTS) > 1 and ch.isascii() else _FONTS[0]
+    return _glyph_in(ch, str(use))
+
+
+@lru_cache(maxsize=4096)
+def _glyph_in(ch: str, path_name: str) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
-    path = font_path()
-    font = ImageFont.truetype(str(path), GLYPH_H, index=SC_INDEX if path.suffix == ".ttc" else 0)
+    path = Path(path_name)
+    try:
+        font = ImageFont.truetype(
+            str(path), GLYPH_H, index=SC_INDEX if path.suffix == ".ttc" else 0
+        )
+    except OSError as err:
+        raise ConfigError(f"cannot load font {path}: {err}") from err
     img = Image.new("L", (GLYPH_H * 2, GLYPH_H * 2), 0)
     ImageDraw.Draw(img).text((GLYPH_H // 2, GLYPH_H // 4), ch, fill=255, font=font)
     arr = np.asarray(img)
@@ -300,5 +327,29 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--seed", type=int, default=1, help="seed (sets of different seeds are disjoint)"
     )
+    ap.add_argument(
+        "--font",
+        type=Path,
+        default=None,
+        help="render the plates in this CJK font instead of Noto Sans CJK Bold (a font the "
+        "recognisers never saw: e.g. /usr/share/fonts/opentype/noto/NotoSerifCJK-Bold.ttc)",
+    )
+    ap.add_argument(
+        "--latin-font",
+        type=Path,
+        default=None,
+        help="letters and digits in this font (with --font)",
+    )
     args = ap.parse_args(argv)
-    return write_set(args.out, args.n, args.seed)
+    if args.latin_font is not None and args.font is None:
+        raise ConfigError("--latin-font needs --font")
+    use_font(args.font, args.latin_font)
+    try:
+        summary = write_set(args.out, args.n, args.seed)
+    finally:
+        use_font(None)
+    if args.font is not None:
+        summary["font"] = str(args.font)
+        if args.latin_font is not None:
+            summary["latin_font"] = str(args.latin_font)
+    return summary

@@ -275,6 +275,10 @@ def _train_accuracy(w: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> f
 
 def main(argv: list[str]) -> dict[str, Any]:
     """``carpulse plates train``."""
+    if "--line" in argv:  # the plate-line recogniser has its own options
+        from models.plates import train_line
+
+        return train_line.main([a for a in argv if a != "--line"])
     ap = argparse.ArgumentParser(prog="carpulse plates train", description=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="model file to write (.npz)")
     ap.add_argument("--seed", type=int, default=None, help="synthetic seed (not 100 or 900)")
@@ -291,6 +295,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--no-snapped",
         action="store_true",
         help="leave out the crop snapped to the character row (the reader's cell crop)",
+    )
+    ap.add_argument(
+        "--line",
+        action="store_true",
+        help="train the plate-line recogniser instead (CTC, exported to ONNX; "
+        "--line --help for its options)",
     )
     ap.add_argument(
         "--province",

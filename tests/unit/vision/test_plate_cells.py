@@ -161,3 +161,24 @@ def test_the_reader_reads_a_rendered_plate_with_and_without_the_cells() -> None:
     assert [r.text for r in ocr_only.read(scene)] == ["苏E12345"]
     strict = PlateReader(min_confidence=0.999999, cell_accept=1.1)
     assert strict.read(scene) == []  # no reading is that sure: the bar applies to the cells too
+
+
+def test_a_cell_reading_unsure_of_its_province_gives_way_to_pp_ocr() -> None:
+    """Under a font the cells never saw they misread the province at 0.9-0.99 (BENCHMARKS.md): such a
+    reading neither ends the crop nor beats PP-OCR's valid reading; with the rule off it wins."""
+    from models.plates.cells import CellReading
+    from models.plates.reader import PlateReader
+
+    scene, _ = _photo("苏E12345", "ordinary", angle=6, seed=3)
+
+    class WrongProvince:
+        def read(self, crop: np.ndarray, grid: object = None) -> CellReading:
+            return CellReading("粤E12345", (0.95, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0), -0.01)
+
+    # (the province classifier off: it would put the right province back in either way)
+    guarded = PlateReader(province_model=None)
+    trusting = PlateReader(province_model=None, cell_first_accept=0.0)
+    assert guarded.cell_first_accept == 0.999
+    guarded.cells = trusting.cells = WrongProvince()  # type: ignore[assignment]
+    assert [r.text for r in guarded.read(scene)] == ["苏E12345"]
+    assert [r.text for r in trusting.read(scene)] == ["粤E12345"]

@@ -14,6 +14,7 @@ from carpulse.cli import app
 from carpulse.evals.plates import load_labels
 from core.errors import ConfigError
 from models.plates.syntax import KINDS, kind_of
+from models.plates.synth import main as synth_main
 from models.plates.synth import make_sample, random_text, render_plate, write_set
 
 
@@ -87,3 +88,30 @@ def test_cli_writes_a_set(tmp_path: Path) -> None:
         "synth_s9_00000.jpg",
         "synth_s9_00001.jpg",
     ]
+
+
+def test_a_set_in_another_font_has_the_same_plates_in_other_glyphs(tmp_path: Path) -> None:
+    serif = Path("/usr/share/fonts/opentype/noto/NotoSerifCJK-Bold.ttc")
+    if not serif.exists():
+        pytest.skip("Noto Serif CJK (Debian fonts-noto-cjk) is not installed")
+    from models.plates.synth import make_sample, use_font
+
+    plain = make_sample(4, 1, kinds=("police",))
+    use_font(serif)
+    try:
+        other = make_sample(4, 1, kinds=("police",))
+    finally:
+        use_font(None)
+    again = make_sample(4, 1, kinds=("police",))
+    assert other.text == plain.text and np.array_equal(again.image, plain.image)
+    assert not np.array_equal(other.image, plain.image)
+    with pytest.raises(ConfigError, match="does not exist"):
+        use_font(tmp_path / "none.ttf")
+    out = synth_main(
+        ["--out", str(tmp_path / "s"), "--n", "3", "--seed", "5", "--font", str(serif)]
+    )
+    assert (
+        out["font"] == str(serif) and len(json.loads((tmp_path / "s/labels.json").read_text())) == 3
+    )
+    with pytest.raises(ConfigError, match="--latin-font needs --font"):
+        synth_main(["--out", str(tmp_path / "t"), "--latin-font", str(serif)])
