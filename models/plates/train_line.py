@@ -416,8 +416,8 @@ def train(
     out: Path = LINE_PATH,
     seed: int = 20_000,
     photos: int = 12_000,
-    rendered: int = 24_000,
-    epochs: int = 12,
+    rendered: int = 30_000,
+    epochs: int = 8,
     jobs: int = 1,
     cache: Path | None = None,
     progress: Any = None,
@@ -484,10 +484,15 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--out", type=Path, default=LINE_PATH, help="model file to write (.onnx)")
     ap.add_argument("--seed", type=int, default=20_000, help="training seed (not an eval seed)")
     ap.add_argument("--photos", type=int, default=12_000, help="synthetic photos (3 crops each)")
-    ap.add_argument("--rendered", type=int, default=24_000, help="rendered plates (1 crop each)")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--rendered", type=int, default=30_000, help="rendered plates (1 crop each)")
+    ap.add_argument("--epochs", type=int, default=8, help="passes over the crops")
     ap.add_argument("--jobs", type=int, default=1, help="processes making crops (same result)")
-    ap.add_argument("--cache", type=Path, default=None, help="keep the crops in this .npz")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep the crops in this .npz (read back if it exists)",
+    )
     ap.add_argument("--init", type=Path, default=None, help="go on from this model's weights")
     ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
     ap.add_argument(
