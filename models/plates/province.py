@@ -13,13 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from models.plates.cells import CLASSES, PIXELS, CellClassifier, _canvas, _cells, features
 from models.plates.quad import warp_quad
 from models.plates.syntax import KINDS, PROVINCES, TEMPLATES
-from models.plates.synth import random_text, render_plate
+from models.plates.synth import degraded_plate, random_text, render_plate
 
 PROVINCE_PATH = Path(__file__).with_name("plate_province.npz")
 _PROV_INDEX = np.array([CLASSES.index(c) for c in PROVINCES])
@@ -84,32 +83,9 @@ def make_province_cells(seed: int, start: int, stop: int) -> tuple[np.ndarray, n
         positions = province_positions(text)
         if not positions:
             continue
-        plate = render_plate(text, kind, rng).astype(np.float32)
+        plate = render_plate(text, kind, rng)
         ph, pw = plate.shape[:2]
-        pad = int(0.3 * ph)
-        canvas = np.empty((ph + 2 * pad, pw + 2 * pad, 3), np.float32)
-        canvas[:] = rng.uniform(0, 255, 3)
-        canvas[pad : pad + ph, pad : pad + pw] = plate
-        scale = float(rng.uniform(50, 320)) / pw
-        small: np.ndarray = np.asarray(
-            cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.float32
-        )
-        if rng.random() < 0.25:  # night
-            small *= rng.uniform(0.2, 0.45)
-        if rng.random() < 0.3:  # haze
-            haze = rng.uniform(0, 0.4)
-            small = small * (1 - haze) + 128 * haze
-        if rng.random() < 0.6:
-            small = cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.3, 1.8)))
-        if rng.random() < 0.2:
-            k = int(rng.integers(3, 10))
-            small = cv2.filter2D(small, -1, np.full((1, k), 1.0 / k, np.float32))
-        small += np.asarray(rng.normal(0, rng.uniform(0, 10), small.shape), np.float32)
-        img: np.ndarray = np.clip(small, 0, 255).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(55, 96))])
-        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
-        if decoded is not None:
-            img = decoded
+        img, pad, scale = degraded_plate(plate, rng)
         quad = np.array(
             [[pad, pad], [pad + pw, pad], [pad + pw, pad + ph], [pad, pad + ph]], np.float32
         )

@@ -188,6 +188,52 @@ def render_plate(text: str, kind: str, rng: np.random.Generator | None = None) -
     return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
+def degraded_plate(
+    plate: np.ndarray,
+    rng: np.random.Generator,
+    width_px: tuple[float, float] = (50, 320),
+    night: tuple[float, float] = (0.2, 0.45),
+    haze_max: float = 0.4,
+    jpeg: tuple[int, int] = (55, 96),
+) -> tuple[np.ndarray, float, float]:
+    """A rendered plate on a plain margin, shrunk to ``width_px`` wide, then darkened, hazed,
+    blurred, smeared, grained and JPEG-compressed at random, as gate photos are; returns
+    ``(BGR image, margin in plate pixels, scale)`` (the plate's corner ``(x, y)`` is at
+    ``(margin + x) * scale``). The training crops of the province classifier and the line model.
+    """
+    plate = plate.astype(np.float32)
+    ph, pw = plate.shape[:2]
+    pad = int(0.3 * ph)
+    canvas = np.empty((ph + 2 * pad, pw + 2 * pad, 3), np.float32)
+    canvas[:] = rng.uniform(0, 255, 3)
+    canvas[pad : pad + ph, pad : pad + pw] = plate
+    scale = float(rng.uniform(*width_px)) / pw
+    small: np.ndarray = np.asarray(
+        cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.float32
+    )
+    if rng.random() < 0.25:  # night
+        small *= rng.uniform(*night)
+    if rng.random() < 0.3:  # haze
+        haze = rng.uniform(0, haze_max)
+        small = np.asarray(small * (1 - haze) + 128 * haze, np.float32)
+    if rng.random() < 0.6:
+        small = np.asarray(
+            cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.3, 1.8))), np.float32
+        )
+    if rng.random() < 0.2:
+        k = int(rng.integers(3, 10))
+        small = np.asarray(
+            cv2.filter2D(small, -1, np.full((1, k), 1.0 / k, np.float32)), np.float32
+        )
+    small += np.asarray(rng.normal(0, rng.uniform(0, 10), small.shape), np.float32)
+    img: np.ndarray = np.clip(small, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*jpeg))])
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    if decoded is not None:
+        img = np.asarray(decoded)
+    return img, float(pad), scale
+
+
 def _background(rng: np.random.Generator) -> np.ndarray:
     w, h = SCENE
     base = rng.uniform(40, 200, 3)

@@ -37,7 +37,14 @@ from models.plates.line import (
 from models.plates.ocr import crop_rect
 from models.plates.quad import refine, warp_quad
 from models.plates.syntax import KINDS
-from models.plates.synth import font_path, make_sample, random_text, render_plate, use_font
+from models.plates.synth import (
+    degraded_plate,
+    font_path,
+    make_sample,
+    random_text,
+    render_plate,
+    use_font,
+)
 
 # Evaluation seeds of this and earlier sessions (synthetic TUNE and held-out sets): never trained on.
 RESERVED_SEEDS = frozenset(
@@ -100,36 +107,11 @@ def _rendered_crop(seed: int, i: int) -> tuple[np.ndarray, str]:
     rng = np.random.default_rng([seed, i, 13])
     kind = _SINGLE_ROW_KINDS[int(rng.integers(len(_SINGLE_ROW_KINDS)))]
     text = random_text(kind, rng)
-    plate = render_plate(text, kind, rng).astype(np.float32)
+    plate = render_plate(text, kind, rng)
     ph, pw = plate.shape[:2]
-    pad = int(0.3 * ph)
-    canvas = np.empty((ph + 2 * pad, pw + 2 * pad, 3), np.float32)
-    canvas[:] = rng.uniform(0, 255, 3)
-    canvas[pad : pad + ph, pad : pad + pw] = plate
-    scale = float(rng.uniform(45, 300)) / pw
-    small = np.asarray(
-        cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), np.float32
+    img, pad, scale = degraded_plate(
+        plate, rng, width_px=(45, 300), night=(0.15, 0.45), haze_max=0.45, jpeg=(50, 96)
     )
-    if rng.random() < 0.25:  # night
-        small *= rng.uniform(0.15, 0.45)
-    if rng.random() < 0.3:  # haze
-        haze = rng.uniform(0, 0.45)
-        small = np.asarray(small * (1 - haze) + 128 * haze, np.float32)
-    if rng.random() < 0.6:
-        small = np.asarray(
-            cv2.GaussianBlur(small, (0, 0), float(rng.uniform(0.3, 1.8))), np.float32
-        )
-    if rng.random() < 0.2:
-        k = int(rng.integers(3, 10))
-        small = np.asarray(
-            cv2.filter2D(small, -1, np.full((1, k), 1.0 / k, np.float32)), np.float32
-        )
-    small += np.asarray(rng.normal(0, rng.uniform(0, 10), small.shape), np.float32)
-    img: np.ndarray = np.clip(small, 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(50, 96))])
-    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
-    if decoded is not None:
-        img = np.asarray(decoded)
     p = pad * scale
     corners = np.array(
         [[p, p], [p + pw * scale, p], [p + pw * scale, p + ph * scale], [p, p + ph * scale]],
