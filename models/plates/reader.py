@@ -77,9 +77,7 @@ class PlateReader:
         province_accept: float = 0.97,
         line_model: Path | None = None,
         line_accept: float = 0.9,
-        line_min: float | None = None,
         line_snapped: bool = True,
-        line_fallback: float | None = None,
         cell_first_accept: float = 0.999,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
@@ -99,16 +97,10 @@ class PlateReader:
         self.line = LineReader(line_model, threads) if line_model is not None else None
         self.line_decoder = PlateDecoder(self.line.alphabet) if self.line is not None else None
         self.line_accept = line_accept
-        # A line reading below ``line_accept`` competes with PP-OCR's and the cells' only if it
-        # reaches ``line_min`` (None: never). Off by default: on the shared police photo a 0.53
-        # line reading of the edge stage's crop ended the search wrong before the text detector
-        # read the plate right; on TUNE 9100 it read no more plates than the fast path alone.
-        self.line_min = 2.0 if line_min is None else line_min
+        # A line reading below ``line_accept`` is dropped, not weighed against PP-OCR's: on the
+        # shared police photo a 0.53 line reading of the edge stage's crop ended the search
+        # wrong before the text detector read the plate right.
         self.line_snapped = line_snapped
-        # With nothing read by any stage, the best line reading of the image reaching this is
-        # kept (None: off).
-        self.line_fallback = line_fallback
-        self._fallback: list[PlateRead] = []
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -179,7 +171,6 @@ class PlateReader:
         """
         best: dict[int, tuple[PlateRead, float]] = {}
         by_cells: dict[int, tuple[PlateRead, float]] = {}
-        by_line: dict[int, tuple[PlateRead, float]] = {}
         # Cell readings whose first character is below ``cell_first_accept``: PP-OCR's valid
         # reading of the crop, if any, is taken over them.
         weak_cells: dict[int, tuple[PlateRead, float]] = {}
@@ -211,14 +202,6 @@ class PlateReader:
                 if line is not None and line.confidence >= self.line_accept:
                     _keep(best, i, line, line.confidence)
                     continue
-                if line is not None and line.confidence >= self.line_min:
-                    _keep(by_line, i, line, line.confidence)
-                elif (
-                    line is not None
-                    and self.line_fallback is not None
-                    and line.confidence >= self.line_fallback
-                ):
-                    self._fallback.append(line)
             if i not in best:
                 for_ocr.append((i, crop, double))
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
@@ -230,12 +213,10 @@ class PlateReader:
                 self._read_ocr(view, owner, rects, stage, by_ocr)
                 if owner in by_ocr:
                     break
-        for owner in set(by_cells) | set(by_ocr) | set(by_line) | set(weak_cells):
+        for owner in set(by_cells) | set(by_ocr) | set(weak_cells):
             if owner in best:
                 continue
-            pick = self._combine(
-                self._combine(by_cells.get(owner), by_ocr.get(owner)), by_line.get(owner)
-            )
+            pick = self._combine(by_cells.get(owner), by_ocr.get(owner))
             if pick is None:
                 pick = weak_cells[owner]
             assert pick is not None  # owners with at least one reading
@@ -308,7 +289,6 @@ class PlateReader:
             return []
         image = bgr
         found: list[PlateRead] = []
-        self._fallback = []
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         for cand in colour_candidates(image):
             found = self._read_crops(image, [cand.rect], "colour")
@@ -325,8 +305,6 @@ class PlateReader:
             boxes = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
             boxes.sort(key=lambda b: b.score * b.rect[1][0] * b.rect[1][1], reverse=True)
             found = self._read_crops(image, [b.rect for b in boxes[:4]], "detector")
-        if not found and self._fallback:
-            found = [max(self._fallback, key=lambda r: r.confidence)]
         # The same plate may be found twice (two colours, two boxes): keep the best of each text.
         unique: dict[str, PlateRead] = {}
         for r in found:

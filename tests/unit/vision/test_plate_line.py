@@ -159,3 +159,38 @@ def test_train_command_end_to_end(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode != 0 and "evaluation set" in bad.stderr + bad.stdout
+
+
+def test_the_reader_reads_with_the_line_model_first_and_skips_pp_ocr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.plates.reader import PlateReader
+
+    rng = np.random.default_rng(2)
+    plate = render_plate("苏E12345", "ordinary", rng)
+    scene = np.full((420, 700, 3), 90, np.uint8)
+    small = cv2.resize(plate, (220, 70), interpolation=cv2.INTER_AREA)
+    scene[180:250, 240:460] = small
+    with_line = PlateReader(line_model=LINE_PATH, cell_model=None, province_model=None)
+    runs: list[int] = []
+    real = with_line.ocr.recognise
+
+    def counted(crops: list[np.ndarray]) -> list[np.ndarray]:
+        runs.append(len(crops))
+        return real(crops)
+
+    monkeypatch.setattr(with_line.ocr, "recognise", counted)
+    assert [r.text for r in with_line.read(scene)] == ["苏E12345"]
+    assert runs == []  # the line model was sure: PP-OCR never ran
+    without = PlateReader(cell_model=None, province_model=None)
+    assert without.line is None and [r.text for r in without.read(scene)] == ["苏E12345"]
+
+
+def test_the_gate_setting_turns_the_line_model_on(tmp_path: Path) -> None:
+    from edge.gate import GateConfig, GateLoop
+
+    on = GateLoop(
+        GateConfig(source=str(tmp_path), plate_line=True, presence=False), lambda *e: None
+    )
+    off = GateLoop(GateConfig(source=str(tmp_path), presence=False), lambda *e: None)
+    assert on.reader.line is not None and off.reader.line is None
