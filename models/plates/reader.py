@@ -188,7 +188,7 @@ class PlateReader:
                 views[i] = (seen, grid)
             if cell is not None and cell.confidence >= self.cell_min:
                 read = PlateRead(cell.text, cell.confidence, rects[i], cell.text, stage, _sha(seen))
-                sure_first = cell.char_probs[0] >= self.cell_first_accept
+                sure_first = bool(cell.char_probs) and cell.char_probs[0] >= self.cell_first_accept
                 if cell.confidence >= self.cell_accept and sure_first:
                     _keep(best, i, read, cell.confidence)
                     continue

@@ -5,7 +5,7 @@ Training crops come from two generators, both deterministic from their seed and 
 evaluation seeds: synthetic gate photos (``synth.make_sample``, JPEG round trip) cut as the reader
 cuts them (its own corner fit, plus crops from jittered true corners, loose and tight), and single
 rendered plates shrunk, degraded and warped from moved corners. The fit uses JAX (``pip install
-'carpulse[train]'``; the reader itself needs only onnxruntime): CTC loss, Adam, one fixed seed. The
+'carpulse[models]'``; the reader itself needs only onnxruntime): CTC loss, Adam, one fixed seed. The
 ONNX graph is written with ``onnx.helper`` from the weights (Conv, Relu, MaxPool, Reshape, MatMul),
 and checked against ``line.reference_logits`` before it is saved.
 """
@@ -262,7 +262,7 @@ def fit(
         import jax.numpy as jnp
         import optax
     except ImportError as err:
-        raise ConfigError("training needs JAX: pip install 'carpulse[train]'") from err
+        raise ConfigError("training needs JAX: pip install 'carpulse[models]'") from err
     labels, label_pad = encode_labels(texts)
     batch = max(1, min(batch, len(x)))
     start = init_params(seed)
