@@ -194,3 +194,36 @@ def test_the_gate_setting_turns_the_line_model_on(tmp_path: Path) -> None:
     )
     off = GateLoop(GateConfig(source=str(tmp_path), presence=False), lambda *e: None)
     assert on.reader.line is not None and off.reader.line is None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not an npz", None, "wrong-shape", "not-plates"],
+    ids=["garbage", "missing-keys", "wrong-shape", "not-plates"],
+)
+def test_a_bad_crop_cache_is_a_clear_error(tmp_path: Path, content: object) -> None:
+    from models.plates.train_line import _load_cache
+
+    path = tmp_path / "c.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is None:
+        np.savez(path, y=np.zeros(3))
+    elif content == "wrong-shape":
+        np.savez(path, x=np.zeros((2, 5, 5), np.uint8), texts=np.array(["京A12345", "京A12346"]))
+    else:
+        x = np.zeros((1, HEIGHT, WIDTH), np.uint8)
+        np.savez(path, x=x, texts=np.array(["x" * 10_000]))
+    with pytest.raises(ConfigError, match="--cache"):
+        _load_cache(path)
+
+
+def test_labels_keep_every_character_of_the_longest_plates() -> None:
+    from models.plates.train_line import MAX_LABEL, encode_labels
+
+    lab, pad = encode_labels(["WJ0505907", "京A12345"])
+    assert MAX_LABEL == 9 and lab.shape == (2, 9)
+    assert (lab[0] > 0).all() and pad[0].sum() == 0  # nine characters, none cut off
+    assert pad[1].sum() == 2 and ALPHABET[lab[0, -1]] == "7"
+    with pytest.raises(ConfigError, match="longer than any plate"):
+        encode_labels(["京A123456789"])
