@@ -7,9 +7,12 @@ EXTRAS ?= edge,stream,models,crm,vision,local,dashboards,dev
 APT_PACKAGES := mosquitto influxdb postgresql victoria-metrics chromium prometheus
 # fonts-noto-cjk: the browser tests and screenshots of the zh-CN member page render Chinese
 APT_PACKAGES += fonts-noto-cjk
-# fonts-dejavu-core, fonts-liberation: letters and digits in more fonts for the plate-line model's
-# training plates and `carpulse plates synth --latin-font` test sets
-APT_PACKAGES += fonts-dejavu-core fonts-liberation
+# fonts-dejavu-core, fonts-liberation, WenQuanYi and AR PL: Chinese characters, letters and digits
+# in more fonts for the plate-line model's training plates and `carpulse plates synth --font` test
+# sets (train_line.TRAIN_CJK / HELD_OUT_FONTS say which font is for which)
+APT_PACKAGES += fonts-dejavu-core fonts-liberation fonts-wqy-zenhei fonts-wqy-microhei
+APT_PACKAGES += fonts-arphic-uming fonts-arphic-ukai fonts-arphic-gbsn00lp fonts-arphic-gkai00mp
+APT_PACKAGES += fonts-droid-fallback
 # docker-compose: `docker-compose config` checks deploy/docker/compose.yaml (tests/unit/deploy)
 APT_PACKAGES += docker-compose
 # gcc + Python headers: `carpulse edge build-kernels` compiles the edge agent's kernels (kernels target)

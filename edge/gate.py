@@ -52,8 +52,8 @@ class GateConfig(BaseModel):
     threads: int = Field(1, ge=0, description="onnxruntime threads (0 = all cores).")
     min_confidence: float = Field(0.5, ge=0, le=1, description="Lowest character probability.")
     plate_line: bool = Field(
-        False,
-        description="Run the plate-line recogniser before PP-OCR (faster; trained on one font).",
+        True,
+        description="Run the plate-line recogniser before PP-OCR and where nothing else read.",
     )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")

@@ -140,8 +140,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     )
     ap.add_argument(
         "--line",
-        action="store_true",
-        help="run the plate-line recogniser before PP-OCR (as [gate] plate_line = true)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the plate-line recogniser (default on; --no-line as [gate] plate_line = false)",
     )
     ap.add_argument(
         "--all-threads", action="store_true", help="also time ours with every core (default: one)"
@@ -165,7 +166,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         images[name] = img
     from models.plates.line import LINE_PATH
 
-    line: dict[str, Any] = {"line_model": LINE_PATH} if args.line else {}
+    line: dict[str, Any] = {"line_model": LINE_PATH if args.line else None}
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
 

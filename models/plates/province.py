@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from models.plates.cells import CLASSES, PIXELS, CellClassifier, _canvas, _cells, features
+from models.plates.fonts import training_fonts
 from models.plates.quad import warp_quad
 from models.plates.syntax import KINDS, PROVINCES, TEMPLATES
-from models.plates.synth import degraded_plate, random_text, render_plate
+from models.plates.synth import degraded_plate, random_text, render_plate, use_font
 
 PROVINCE_PATH = Path(__file__).with_name("plate_province.npz")
 _PROV_INDEX = np.array([CLASSES.index(c) for c in PROVINCES])
@@ -66,9 +67,13 @@ class ProvinceCheck:
         return "".join(out)
 
 
-def make_province_cells(seed: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+def make_province_cells(
+    seed: int, start: int, stop: int, many_fonts: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """``(province cell windows [N, PIXELS], class index into CLASSES [N])`` from plates
     ``start..stop`` of ``seed`` (plate ``i`` depends on ``(seed, i)`` only).
+
+    ``many_fonts``: each plate in ``fonts.training_fonts``'s pair instead of the synth default.
 
     Each plate of a province kind is rendered, shrunk to 50-320 px wide, degraded (blur, motion,
     night, haze, noise, JPEG 55-95) and warped back from corners moved a little, as the reader's
@@ -76,27 +81,38 @@ def make_province_cells(seed: int, start: int, stop: int) -> tuple[np.ndarray, n
     """
     xs: list[np.ndarray] = []
     ys: list[int] = []
-    for i in range(start, stop):
-        rng = np.random.default_rng([seed, i, 7])
-        kind = PROVINCE_KINDS[int(rng.integers(len(PROVINCE_KINDS)))]
-        text = random_text(kind, rng)
-        positions = province_positions(text)
-        if not positions:
-            continue
-        plate = render_plate(text, kind, rng)
-        ph, pw = plate.shape[:2]
-        img, pad, scale = degraded_plate(plate, rng)
-        quad = np.array(
-            [[pad, pad], [pad + pw, pad], [pad + pw, pad + ph], [pad, pad + ph]], np.float32
-        )
-        quad = quad * scale + rng.normal(0, 1, (4, 2)) * np.array([0.015 * pw, 0.05 * ph]) * scale
-        grey = _canvas(warp_quad(img, quad.astype(np.float32)))
-        if grey is None:
-            continue
-        win = _cells(grey, len(text), 1.0, float(rng.uniform(-0.015, 0.015)))
-        for p in positions:
-            xs.append(win[p])
-            ys.append(CLASSES.index(text[p]))
+    try:
+        for i in range(start, stop):
+            if many_fonts:
+                use_font(*training_fonts(seed, i))
+            _province_cells_of(seed, i, xs, ys)
+    finally:
+        if many_fonts:
+            use_font(None)
     if not xs:
         return np.empty((0, PIXELS), np.float32), np.empty(0, np.int64)
     return np.stack(xs), np.array(ys, np.int64)
+
+
+def _province_cells_of(seed: int, i: int, xs: list[np.ndarray], ys: list[int]) -> None:
+    """Append the province cells of plate ``i`` of ``seed`` (none for kinds without one)."""
+    rng = np.random.default_rng([seed, i, 7])
+    kind = PROVINCE_KINDS[int(rng.integers(len(PROVINCE_KINDS)))]
+    text = random_text(kind, rng)
+    positions = province_positions(text)
+    if not positions:
+        return
+    plate = render_plate(text, kind, rng)
+    ph, pw = plate.shape[:2]
+    img, pad, scale = degraded_plate(plate, rng)
+    quad = np.array(
+        [[pad, pad], [pad + pw, pad], [pad + pw, pad + ph], [pad, pad + ph]], np.float32
+    )
+    quad = quad * scale + rng.normal(0, 1, (4, 2)) * np.array([0.015 * pw, 0.05 * ph]) * scale
+    grey = _canvas(warp_quad(img, quad.astype(np.float32)))
+    if grey is None:
+        return
+    win = _cells(grey, len(text), 1.0, float(rng.uniform(-0.015, 0.015)))
+    for p in positions:
+        xs.append(win[p])
+        ys.append(CLASSES.index(text[p]))

@@ -12,7 +12,7 @@ import numpy as np
 
 from models.plates.cells import MODEL_PATH, SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
-from models.plates.line import LineReader
+from models.plates.line import LINE_PATH, LineReader
 from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck
@@ -75,10 +75,11 @@ class PlateReader:
         snap_passes: int = 3,
         province_model: Path | None = PROVINCE_PATH,
         province_accept: float = 0.97,
-        line_model: Path | None = None,
+        line_model: Path | None = LINE_PATH,
         line_accept: float = 0.9,
         line_snapped: bool = True,
         cell_first_accept: float = 0.999,
+        line_fallback: float | None = 0.5,
     ) -> None:
         self.ocr = PaddleOcr(model_dir, threads=threads)
         # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
@@ -91,9 +92,9 @@ class PlateReader:
         # The cells' lowest character probability must reach this (default: ``min_confidence``).
         self.cell_min = min_confidence if cell_min is None else cell_min
         self.decoder = PlateDecoder(self.ocr.alphabet)
-        # The plate-line recogniser (``line.LINE_PATH``; None: off, the default): a reading at
-        # ``line_accept`` ends the crop without PP-OCR. Off by default: trained on rendered
-        # plates, it reads plates of a font it never saw worse (BENCHMARKS.md).
+        # The plate-line recogniser (None: off): a reading at ``line_accept`` ends the crop
+        # without PP-OCR. Trained on plates drawn in many fonts (``fonts.TRAIN_CJK``), it reads
+        # more plates of fonts it never saw than PP-OCR alone (BENCHMARKS.md, eleventh session).
         self.line = LineReader(line_model, threads) if line_model is not None else None
         self.line_decoder = PlateDecoder(self.line.alphabet) if self.line is not None else None
         self.line_accept = line_accept
@@ -101,6 +102,9 @@ class PlateReader:
         # shared police photo a 0.53 line reading of the edge stage's crop ended the search
         # wrong before the text detector read the plate right.
         self.line_snapped = line_snapped
+        # A line reading at ``line_fallback`` (None: never) is kept for a crop that neither the
+        # cells nor PP-OCR read (0.3 read more synthetic plates but 2 of the 21 real ones wrong).
+        self.line_fallback = line_fallback
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -175,6 +179,7 @@ class PlateReader:
         # reading of the crop, if any, is taken over them.
         weak_cells: dict[int, tuple[PlateRead, float]] = {}
         views: dict[int, tuple[np.ndarray, tuple[tuple[float, ...], tuple[float, ...]]]] = {}
+        by_line: dict[int, tuple[PlateRead, float]] = {}
         for_ocr: list[tuple[int, np.ndarray, bool]] = []
         for i, crop, cell_crop in items:
             if crop.shape[0] < 6 or crop.shape[1] < 12:
@@ -199,9 +204,17 @@ class PlateReader:
                     other = self._read_line(cell_crop, i, rects, stage)
                     if other is not None and (line is None or other.confidence > line.confidence):
                         line = other
-                if line is not None and line.confidence >= self.line_accept:
+                # The reader's own bar (``min_confidence``) holds for line readings too.
+                sure = max(self.line_accept, self.min_confidence)
+                if line is not None and line.confidence >= sure:
                     _keep(best, i, line, line.confidence)
                     continue
+                if (
+                    line is not None
+                    and self.line_fallback is not None
+                    and line.confidence >= max(self.line_fallback, self.min_confidence)
+                ):
+                    _keep(by_line, i, line, line.confidence)
             if i not in best:
                 for_ocr.append((i, crop, double))
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
@@ -213,12 +226,12 @@ class PlateReader:
                 self._read_ocr(view, owner, rects, stage, by_ocr)
                 if owner in by_ocr:
                     break
-        for owner in set(by_cells) | set(by_ocr) | set(weak_cells):
+        for owner in set(by_cells) | set(by_ocr) | set(weak_cells) | set(by_line):
             if owner in best:
                 continue
             pick = self._combine(by_cells.get(owner), by_ocr.get(owner))
             if pick is None:
-                pick = weak_cells[owner]
+                pick = weak_cells.get(owner) or by_line[owner]
             assert pick is not None  # owners with at least one reading
             best[owner] = pick
         if self.province is not None:

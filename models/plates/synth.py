@@ -27,7 +27,7 @@ FONT_CANDIDATES = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
 )
-SC_INDEX = 2  # Noto Sans CJK SC inside the .ttc collection
+SC_INDEX = 2  # Noto Sans/Serif CJK SC inside their .ttc collections (other collections: face 0)
 GLYPH_H = 96  # glyphs are rendered once at this height, then squeezed into plate cells
 PLATE_H = 140  # a single-row plate is 440 x 140 mm: rendered at 1 px per mm
 SCENE = (640, 480)
@@ -99,15 +99,19 @@ def _glyph(ch: str) -> np.ndarray:
     return _glyph_in(ch, str(use))
 
 
+def _face_index(path: Path) -> int:
+    """The face to draw from: the SC face of Noto's CJK collections, else the first one (the
+    WenQuanYi and AR PL collections have two to four faces whose simplified glyphs agree)."""
+    return SC_INDEX if path.suffix == ".ttc" and "CJK" in path.name else 0
+
+
 @lru_cache(maxsize=4096)
 def _glyph_in(ch: str, path_name: str) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
     path = Path(path_name)
     try:
-        font = ImageFont.truetype(
-            str(path), GLYPH_H, index=SC_INDEX if path.suffix == ".ttc" else 0
-        )
+        font = ImageFont.truetype(str(path), GLYPH_H, index=_face_index(path))
     except OSError as err:
         raise ConfigError(f"cannot load font {path}: {err}") from err
     img = Image.new("L", (GLYPH_H * 2, GLYPH_H * 2), 0)

@@ -1,8 +1,9 @@
 """``carpulse plates train``: fit the plate-font cell classifier on synthetic plates (fixed seed).
 
-The training photos come from ``synth.make_sample`` with seeds of their own (default 5000; the
+The training photos come from ``synth.make_sample`` with seeds of their own (default 5100; the
 evaluation sets use 100 for TUNE and 900 for TEST, and images of different seeds never coincide),
-through a JPEG round trip like the evaluation's. Each photo gives three crops: the one the
+through a JPEG round trip like the evaluation's, each plate drawn in a font pair of
+``fonts.training_fonts`` (never a test set's font). Each photo gives three crops: the one the
 reader itself makes (a box around the plate, deskewed by ``quad.refine`` and ``warp_quad``, or
 the plain rectangle when the corner fit fails), the same box snapped to the character row
 (``quad.snap``: the crop the reader gives the cells) and one warped from the true corners moved a
@@ -33,10 +34,11 @@ from models.plates.cells import (
     cell_features,
     features,
 )
+from models.plates.fonts import training_fonts
 from models.plates.ocr import crop_rect
 from models.plates.province import PROVINCE_PATH, make_province_cells
 from models.plates.quad import rect_quad, refine, snap, warp_quad
-from models.plates.synth import make_sample
+from models.plates.synth import make_sample, use_font
 
 RESERVED_SEEDS = (100, 900)  # TUNE and TEST: never trained on
 
@@ -78,14 +80,18 @@ def make_cells(
     jobs: int = 1,
     jittered: int = 1,
     snapped: bool = True,
+    many_fonts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(cell windows [N, PIXELS], class index [N])`` from ``scenes`` synthetic photos of ``seed``.
 
     Photo ``i`` and its crops depend on ``(seed, i)`` only, so ``jobs`` processes give the same
-    cells, in the same order, as one.
+    cells, in the same order, as one. ``many_fonts``: photo ``i``'s plate is drawn in
+    ``fonts.training_fonts(seed, i)``, not in the synth default.
     """
     bounds = np.linspace(0, scenes, max(1, min(jobs, scenes)) + 1).astype(int)
-    chunks = [(seed, int(a), int(b), jittered, snapped) for a, b in itertools.pairwise(bounds)]
+    chunks = [
+        (seed, int(a), int(b), jittered, snapped, many_fonts) for a, b in itertools.pairwise(bounds)
+    ]
     if len(chunks) == 1:
         parts = [_chunk(*chunks[0])]
     else:
@@ -103,12 +109,19 @@ def _chunk(
     stop: int,
     jittered: int = 1,
     snapped: bool = True,
+    many_fonts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     xs: list[np.ndarray] = []
     ys: list[int] = []
     index = {ch: i for i, ch in enumerate(CLASSES)}
     for i in range(start, stop):
-        s = make_sample(seed, i)
+        if many_fonts:
+            use_font(*training_fonts(seed, i))
+        try:
+            s = make_sample(seed, i)
+        finally:
+            if many_fonts:
+                use_font(None)
         if not s.text or s.quad is None:
             continue
         rng = np.random.default_rng([seed, i, 1])
@@ -181,13 +194,14 @@ def _save(out: Path, weights: dict[str, Any]) -> None:
 
 def train(
     out: Path,
-    seed: int = 5000,
-    scenes: int = 5000,
-    hidden: int = 192,
+    seed: int = 5100,
+    scenes: int = 9000,
+    hidden: int = 256,
     epochs: int = 40,
     jobs: int = 1,
     jittered: int = 1,
     snapped: bool = True,
+    many_fonts: bool = True,
 ) -> dict[str, Any]:
     """Generate, fit and write the model to ``out``; returns a summary with the weights' hash."""
     if seed in RESERVED_SEEDS:
@@ -199,7 +213,7 @@ def train(
     if not 0 <= jittered <= 16:
         raise ConfigError("--jittered 0..16")
     t0 = time.perf_counter()
-    x, y = make_cells(seed, scenes, jobs, jittered, snapped)
+    x, y = make_cells(seed, scenes, jobs, jittered, snapped, many_fonts)
     t1 = time.perf_counter()
     weights = fit(x, y, hidden, epochs, seed)
     t2 = time.perf_counter()
@@ -216,6 +230,7 @@ def train(
         "epochs": epochs,
         "jittered": jittered,
         "snapped": snapped,
+        "many_fonts": many_fonts,
         "train_cell_accuracy": round(probs_ok, 4),
         "weights_sha256": weights_sha256(weights),
         "seconds": {"data": round(t1 - t0, 1), "fit": round(t2 - t1, 1)},
@@ -224,13 +239,15 @@ def train(
 
 def train_province(
     out: Path = PROVINCE_PATH,
-    seed: int = 6000,
+    seed: int = 6100,
     plates: int = 24_000,
     hidden: int = 128,
     epochs: int = 30,
     jobs: int = 1,
+    many_fonts: bool = True,
 ) -> dict[str, Any]:
-    """Fit the province classifier (``province.ProvinceCheck``) on rendered, degraded plates."""
+    """Fit the province classifier (``province.ProvinceCheck``) on rendered, degraded plates
+    (``many_fonts``: drawn in ``fonts.training_fonts``'s pairs, not all in the synth default)."""
     if seed in RESERVED_SEEDS:
         raise ConfigError(f"seed {seed} is an evaluation set (TUNE 100, TEST 900): pick another")
     if not 1 <= plates <= 1_000_000 or not 4 <= hidden <= 2048 or not 1 <= epochs <= 1000:
@@ -241,10 +258,11 @@ def train_province(
     bounds = np.linspace(0, plates, max(1, min(jobs, plates)) + 1).astype(int)
     starts, stops = [int(a) for a in bounds[:-1]], [int(b) for b in bounds[1:]]
     if len(starts) == 1:
-        parts = [make_province_cells(seed, starts[0], stops[0])]
+        parts = [make_province_cells(seed, starts[0], stops[0], many_fonts)]
     else:
         with ProcessPoolExecutor(len(starts)) as pool:
-            parts = list(pool.map(make_province_cells, [seed] * len(starts), starts, stops))
+            fonts = [many_fonts] * len(starts)
+            parts = list(pool.map(make_province_cells, [seed] * len(starts), starts, stops, fonts))
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     if not len(y):
@@ -259,6 +277,7 @@ def train_province(
         "model": "province",
         "seed": seed,
         "plates": plates,
+        "many_fonts": many_fonts,
         "cells": len(y),
         "hidden": hidden,
         "epochs": epochs,
@@ -282,8 +301,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="carpulse plates train", description=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="model file to write (.npz)")
     ap.add_argument("--seed", type=int, default=None, help="synthetic seed (not 100 or 900)")
-    ap.add_argument("--scenes", type=int, default=None, help="synthetic photos to train on (5000)")
-    ap.add_argument("--hidden", type=int, default=None, help="hidden units (192)")
+    ap.add_argument("--scenes", type=int, default=None, help="synthetic photos to train on (9000)")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden units (256)")
     ap.add_argument("--epochs", type=int, default=None, help="passes over the cells (40)")
     ap.add_argument(
         "--jobs", type=int, default=1, help="processes making photos (same result for any value)"
@@ -306,25 +325,35 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--province",
         action="store_true",
         help="train the province classifier instead (defaults: --out plate_province.npz, "
-        "--seed 6000, --scenes 24000 rendered plates, --hidden 128, --epochs 30)",
+        "--seed 6100, --scenes 24000 rendered plates, --hidden 128, --epochs 30)",
+    )
+    ap.add_argument(
+        "--many-fonts",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="draw the training plates in many fonts (models/plates/fonts.py; the default, as "
+        "the shipped models were made), or all in Noto Sans CJK Bold as before the eleventh "
+        "session (--no-many-fonts)",
     )
     args = ap.parse_args(argv)
     if args.province:
         return train_province(
             args.out if args.out is not None else PROVINCE_PATH,
-            6000 if args.seed is None else args.seed,
+            6100 if args.seed is None else args.seed,
             24_000 if args.scenes is None else args.scenes,
             128 if args.hidden is None else args.hidden,
             30 if args.epochs is None else args.epochs,
             args.jobs,
+            args.many_fonts,
         )
     return train(
         args.out if args.out is not None else MODEL_PATH,
-        5000 if args.seed is None else args.seed,
-        5000 if args.scenes is None else args.scenes,
-        192 if args.hidden is None else args.hidden,
+        5100 if args.seed is None else args.seed,
+        9000 if args.scenes is None else args.scenes,
+        256 if args.hidden is None else args.hidden,
         40 if args.epochs is None else args.epochs,
         args.jobs,
         args.jittered,
         not args.no_snapped,
+        args.many_fonts,
     )

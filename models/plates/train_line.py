@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
+from models.plates.fonts import training_fonts
 from models.plates.line import (
     ALPHABET,
     ARCH,
@@ -39,7 +40,6 @@ from models.plates.quad import refine, warp_quad
 from models.plates.syntax import KINDS, TEMPLATES
 from models.plates.synth import (
     degraded_plate,
-    font_path,
     make_sample,
     random_text,
     render_plate,
@@ -48,24 +48,11 @@ from models.plates.synth import (
 
 # Evaluation seeds of this and earlier sessions (synthetic TUNE and held-out sets): never trained on.
 RESERVED_SEEDS = frozenset(
-    (100, 101, 900, 5151, 6262, 7373, 9100, 9101, 9998, 9999, 31001, 31002, 41001, 41002)
+    (100, 101, 900, 5151, 6262, 7373, 9100, 9101, 9998, 9999, *range(31001, 31011), 41001, 41002)
 )
 # The longest plate (the old armed-police WJ plates have nine characters). Until the tenth session
-# this was 8, so the shipped model saw those plates' last character cut off (BENCHMARKS.md).
+# this was 8 (v3 saw those plates' last character cut off); v4 of the eleventh is fitted with 9.
 MAX_LABEL = max(len(t) for t in TEMPLATES)
-# Fonts the training plates are drawn in, one pair per plate (those present on the machine). Noto
-# Serif CJK and Liberation Sans Narrow are kept out: `carpulse plates synth --font` renders test
-# sets in them, so the figures show how the model does on a font it never saw, as a real plate's is.
-NOTO = Path("/usr/share/fonts/opentype/noto")
-TTF = Path("/usr/share/fonts/truetype")
-TRAIN_CJK = (None, NOTO / "NotoSansCJK-Regular.ttc")  # None: the synth default, Sans CJK Bold
-TRAIN_LATIN = (
-    None,
-    TTF / "dejavu/DejaVuSans-Bold.ttf",
-    TTF / "dejavu/DejaVuSansCondensed-Bold.ttf",
-    TTF / "dejavu/DejaVuSansMono-Bold.ttf",
-    TTF / "liberation/LiberationMono-Bold.ttf",
-)
 _INDEX = {ch: i + 1 for i, ch in enumerate(CHARSET)}
 _SINGLE_ROW_KINDS = tuple(k for k, _, _ in KINDS)
 
@@ -126,25 +113,11 @@ def _rendered_crop(seed: int, i: int) -> tuple[np.ndarray, str]:
     return warp_quad(img, q.astype(np.float32)), text
 
 
-def _fonts(seed: int, i: int) -> tuple[Path | None, Path | None]:
-    """The font pair of training plate ``i`` (half of them in the synth default)."""
-    rng = np.random.default_rng([seed, i, 17])
-    cjk = [f for f in TRAIN_CJK if f is None or f.is_file()]
-    latin = [f for f in TRAIN_LATIN if f is None or f.is_file()]
-    if rng.random() < 0.5:
-        return None, None
-    c = cjk[int(rng.integers(len(cjk)))]
-    la = latin[int(rng.integers(len(latin)))]
-    if c is None and la is None:
-        return None, None
-    return (c if c is not None else font_path()), la
-
-
 def _chunk(seed: int, start: int, stop: int, rendered: bool) -> tuple[np.ndarray, list[str]]:
     xs: list[np.ndarray] = []
     ys: list[str] = []
     for i in range(start, stop):
-        use_font(*_fonts(seed, i))
+        use_font(*training_fonts(seed, i))
         if rendered:
             crop, text = _rendered_crop(seed, i)
             crops = [crop]
@@ -414,10 +387,10 @@ def check_export(blob: bytes, params: dict[str, np.ndarray], x: np.ndarray) -> f
 
 def train(
     out: Path = LINE_PATH,
-    seed: int = 20_000,
+    seed: int = 23_000,
     photos: int = 12_000,
     rendered: int = 30_000,
-    epochs: int = 8,
+    epochs: int = 14,
     jobs: int = 1,
     cache: Path | None = None,
     progress: Any = None,
@@ -481,10 +454,10 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     ap = argparse.ArgumentParser(prog="carpulse plates train --line", description=__doc__)
     ap.add_argument("--out", type=Path, default=LINE_PATH, help="model file to write (.onnx)")
-    ap.add_argument("--seed", type=int, default=20_000, help="training seed (not an eval seed)")
+    ap.add_argument("--seed", type=int, default=23_000, help="training seed (not an eval seed)")
     ap.add_argument("--photos", type=int, default=12_000, help="synthetic photos (3 crops each)")
     ap.add_argument("--rendered", type=int, default=30_000, help="rendered plates (1 crop each)")
-    ap.add_argument("--epochs", type=int, default=8, help="passes over the crops")
+    ap.add_argument("--epochs", type=int, default=14, help="passes over the crops")
     ap.add_argument("--jobs", type=int, default=1, help="processes making crops (same result)")
     ap.add_argument(
         "--cache",

@@ -131,6 +131,29 @@ def test_train_command(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "--epochs" in bad.output + str(bad.exception)
 
 
+def test_many_fonts_draw_the_same_plates_in_other_glyphs(tmp_path: Path) -> None:
+    from models.plates.province import make_province_cells
+    from models.plates.synth import make_sample
+    from models.plates.train import make_cells
+
+    before = make_sample(3, 0).image
+    xs, ys = make_province_cells(6100, 0, 40)
+    xm, ym = make_province_cells(6100, 0, 40, many_fonts=True)
+    assert np.array_equal(ys, ym) and len(ys) > 20  # the same plates and provinces
+    assert not np.array_equal(xs, xm)  # most drawn in another font
+    cs, cy = make_cells(5100, 12)
+    cm, cym = make_cells(5100, 12, many_fonts=True)
+    assert np.array_equal(cy, cym) and not np.array_equal(cs, cm)
+    assert np.array_equal(make_sample(3, 0).image, before)  # the default font is back
+    res = CliRunner().invoke(
+        app,
+        ["plates", "train", "--province", "--many-fonts", "--scenes", "30", "--hidden", "8",
+         "--epochs", "1", "--seed", "6100", "--out", str(tmp_path / "p.npz"), "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert '"many_fonts": true' in res.output
+
+
 def test_a_synthetic_sample_knows_its_plate_corners() -> None:
     from models.plates.synth import make_sample
 

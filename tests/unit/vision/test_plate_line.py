@@ -182,17 +182,46 @@ def test_the_reader_reads_with_the_line_model_first_and_skips_pp_ocr(
     monkeypatch.setattr(with_line.ocr, "recognise", counted)
     assert [r.text for r in with_line.read(scene)] == ["苏E12345"]
     assert runs == []  # the line model was sure: PP-OCR never ran
-    without = PlateReader(cell_model=None, province_model=None)
+    without = PlateReader(cell_model=None, province_model=None, line_model=None)
     assert without.line is None and [r.text for r in without.read(scene)] == ["苏E12345"]
+    assert PlateReader().line is not None  # on by default since the eleventh session
+
+
+def test_a_line_reading_below_the_fast_bar_is_kept_only_where_nothing_else_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.plates.reader import PlateReader
+
+    rng = np.random.default_rng(2)
+    plate = render_plate("苏E12345", "ordinary", rng)
+    scene = np.full((420, 700, 3), 90, np.uint8)
+    scene[180:250, 240:460] = cv2.resize(plate, (220, 70), interpolation=cv2.INTER_AREA)
+
+    def reader(fallback: float | None) -> PlateReader:
+        # line_accept above any reading: the line model never ends a crop, PP-OCR never reads
+        r = PlateReader(
+            cell_model=None, province_model=None, line_accept=1.1, line_fallback=fallback
+        )
+        monkeypatch.setattr(
+            r.ocr, "recognise", lambda crops: [np.zeros((4, len(r.ocr.alphabet)))] * len(crops)
+        )
+        return r
+
+    assert [x.text for x in reader(0.5).read(scene)] == ["苏E12345"]  # the line model's reading
+    assert reader(None).read(scene) == []  # no fallback: nobody read it
+    assert reader(0.5).read(np.full((420, 700, 3), 90, np.uint8)) == []  # nothing to read
+    strict = reader(0.5)
+    strict.min_confidence = 0.999999
+    assert strict.read(scene) == []  # the reader's bar holds for the line model too
 
 
 def test_the_gate_setting_turns_the_line_model_on(tmp_path: Path) -> None:
     from edge.gate import GateConfig, GateLoop
 
-    on = GateLoop(
-        GateConfig(source=str(tmp_path), plate_line=True, presence=False), lambda *e: None
+    on = GateLoop(GateConfig(source=str(tmp_path), presence=False), lambda *e: None)
+    off = GateLoop(
+        GateConfig(source=str(tmp_path), plate_line=False, presence=False), lambda *e: None
     )
-    off = GateLoop(GateConfig(source=str(tmp_path), presence=False), lambda *e: None)
     assert on.reader.line is not None and off.reader.line is None
 
 
@@ -227,3 +256,29 @@ def test_labels_keep_every_character_of_the_longest_plates() -> None:
     assert pad[1].sum() == 2 and ALPHABET[lab[0, -1]] == "7"
     with pytest.raises(ConfigError, match="longer than any plate"):
         encode_labels(["京A123456789"])
+
+
+def test_the_test_sets_fonts_are_never_training_fonts() -> None:
+    from models.plates.fonts import HELD_OUT_FONTS, TRAIN_CJK, TRAIN_LATIN, training_fonts
+
+    names = {Path(f).name for f in (*TRAIN_CJK, *TRAIN_LATIN) if f is not None}
+    assert names and not names & {Path(f).name for f in HELD_OUT_FONTS}
+    assert {Path(f).name for f in HELD_OUT_FONTS} >= {
+        "NotoSerifCJK-Bold.ttc", "wqy-microhei.ttc", "LiberationSansNarrow-Bold.ttf"
+    }  # fmt: skip
+    picked = {training_fonts(23_000, i) for i in range(400)}
+    assert (None, None) in picked and len(picked) > 10  # the default and many other pairs
+    assert not {Path(f).name for pair in picked for f in pair if f is not None} & {
+        Path(f).name for f in HELD_OUT_FONTS
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "face"),
+    [("NotoSansCJK-Bold.ttc", 2), ("NotoSerifCJK-Bold.ttc", 2), ("wqy-microhei.ttc", 0),
+     ("uming.ttc", 0), ("gbsn00lp.ttf", 0)],
+)  # fmt: skip
+def test_a_collection_gives_its_simplified_face(name: str, face: int) -> None:
+    from models.plates.synth import _face_index
+
+    assert _face_index(Path("/fonts") / name) == face
