@@ -161,16 +161,20 @@ def test_train_command_end_to_end(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "evaluation set" in bad.stderr + bad.stdout
 
 
+def _plate_scene() -> np.ndarray:
+    """A grey scene with one small, upright ordinary plate 苏E12345."""
+    plate = render_plate("苏E12345", "ordinary", np.random.default_rng(2))
+    scene = np.full((420, 700, 3), 90, np.uint8)
+    scene[180:250, 240:460] = cv2.resize(plate, (220, 70), interpolation=cv2.INTER_AREA)
+    return scene
+
+
 def test_the_reader_reads_with_the_line_model_first_and_skips_pp_ocr(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from models.plates.reader import PlateReader
 
-    rng = np.random.default_rng(2)
-    plate = render_plate("苏E12345", "ordinary", rng)
-    scene = np.full((420, 700, 3), 90, np.uint8)
-    small = cv2.resize(plate, (220, 70), interpolation=cv2.INTER_AREA)
-    scene[180:250, 240:460] = small
+    scene = _plate_scene()
     with_line = PlateReader(line_model=LINE_PATH, cell_model=None, province_model=None)
     runs: list[int] = []
     real = with_line.ocr.recognise
@@ -192,10 +196,7 @@ def test_a_line_reading_below_the_fast_bar_is_kept_only_where_nothing_else_read(
 ) -> None:
     from models.plates.reader import PlateReader
 
-    rng = np.random.default_rng(2)
-    plate = render_plate("苏E12345", "ordinary", rng)
-    scene = np.full((420, 700, 3), 90, np.uint8)
-    scene[180:250, 240:460] = cv2.resize(plate, (220, 70), interpolation=cv2.INTER_AREA)
+    scene = _plate_scene()
 
     def reader(fallback: float | None) -> PlateReader:
         # line_accept above any reading: the line model never ends a crop, PP-OCR never reads
