@@ -38,9 +38,39 @@ from models.plates.fonts import training_fonts
 from models.plates.ocr import crop_rect
 from models.plates.province import PROVINCE_PATH, make_province_cells
 from models.plates.quad import rect_quad, refine, snap, warp_quad
-from models.plates.synth import make_sample, use_font
+from models.plates.synth import Sample, make_sample, use_font
+
+Rect = tuple[tuple[float, float], tuple[float, float], float]
 
 RESERVED_SEEDS = (100, 900)  # TUNE and TEST: never trained on
+
+
+def as_decoded(s: Sample) -> np.ndarray:
+    """The sample's photo after the JPEG round trip the evaluation's photos went through."""
+    q = int(s.conditions["jpeg_quality"])
+    ok, buf = cv2.imencode(".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, q])
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    return decoded if decoded is not None else s.image
+
+
+def locator_crop(
+    image: np.ndarray,
+    quad: np.ndarray,
+    rng: np.random.Generator,
+    width_grow: tuple[float, float] = (0.92, 1.1),
+    height_grow: tuple[float, float] = (0.9, 1.15),
+) -> tuple[np.ndarray, Rect, np.ndarray | None]:
+    """The reader's own crop of the plate at ``quad``: a locator box (the plate's rectangle a
+    little off in place and size), deskewed by its corner fit, or as it is when the fit fails.
+    Returns ``(crop, box, fitted corners or None)``."""
+    (cx, cy), (w, h), ang = cv2.minAreaRect(quad)
+    rect = (
+        (cx + rng.normal(0, 0.03) * max(w, h), cy + rng.normal(0, 0.05) * min(w, h)),
+        (w * rng.uniform(*width_grow), h * rng.uniform(*height_grow)),
+        ang,
+    )
+    found = refine(image, rect)
+    return (warp_quad(image, found) if found is not None else crop_rect(image, rect)), rect, found
 
 
 def _crops(
@@ -53,15 +83,8 @@ def _crops(
     """The reader's own crop of the plate at ``quad`` (a box around it, deskewed by its corner fit,
     or as it is when the fit fails), with ``snapped`` the crop snapped to the character row as the
     reader gives the cells (``quad.snap``), and ``jittered`` crops from jittered true corners."""
-    (cx, cy), (w, h), ang = cv2.minAreaRect(quad)
-    # A locator box: the plate's rectangle, a little off in place and size.
-    rect = (
-        (cx + rng.normal(0, 0.03) * max(w, h), cy + rng.normal(0, 0.05) * min(w, h)),
-        (w * rng.uniform(0.92, 1.1), h * rng.uniform(0.9, 1.15)),
-        ang,
-    )
-    found = refine(image, rect)
-    out = [warp_quad(image, found) if found is not None else crop_rect(image, rect)]
+    crop, rect, found = locator_crop(image, quad, rng)
+    out = [crop]
     width = float(np.linalg.norm(quad[1] - quad[0]))
     height = float(np.linalg.norm(quad[3] - quad[0]))
     for _ in range(jittered):
@@ -125,11 +148,7 @@ def _chunk(
         if not s.text or s.quad is None:
             continue
         rng = np.random.default_rng([seed, i, 1])
-        q = int(s.conditions["jpeg_quality"])
-        ok, buf = cv2.imencode(".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, q])
-        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
-        image = decoded if decoded is not None else s.image
-        for crop in _crops(image, s.quad, rng, jittered, snapped):
+        for crop in _crops(as_decoded(s), s.quad, rng, jittered, snapped):
             feats = cell_features(crop, len(s.text))
             if feats is None:
                 continue

@@ -35,8 +35,7 @@ from models.plates.line import (
     WIDTH,
     reference_logits,
 )
-from models.plates.ocr import crop_rect
-from models.plates.quad import refine, warp_quad
+from models.plates.quad import warp_quad
 from models.plates.syntax import KINDS, TEMPLATES
 from models.plates.synth import (
     degraded_plate,
@@ -45,6 +44,7 @@ from models.plates.synth import (
     render_plate,
     use_font,
 )
+from models.plates.train import as_decoded, locator_crop
 
 # Evaluation seeds of this and earlier sessions (synthetic TUNE and held-out sets): never trained on.
 RESERVED_SEEDS = frozenset(
@@ -67,20 +67,10 @@ def _photo_crops(seed: int, i: int) -> tuple[list[np.ndarray], str]:
     if not s.text or s.quad is None:
         return [], ""
     rng = np.random.default_rng([seed, i, 11])
-    ok, buf = cv2.imencode(
-        ".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, int(s.conditions["jpeg_quality"])]
-    )
-    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
-    image = decoded if decoded is not None else s.image
+    image = as_decoded(s)
     quad = s.quad
-    (cx, cy), (w, h), ang = cv2.minAreaRect(quad)
-    rect = (
-        (cx + rng.normal(0, 0.03) * max(w, h), cy + rng.normal(0, 0.05) * min(w, h)),
-        (w * rng.uniform(0.92, 1.12), h * rng.uniform(0.9, 1.25)),
-        ang,
-    )
-    found = refine(image, rect)
-    out = [warp_quad(image, found) if found is not None else crop_rect(image, rect)]
+    # Looser locator boxes than the cells' training crops (the line model reads the loose crop).
+    out = [locator_crop(image, quad, rng, (0.92, 1.12), (0.9, 1.25))[0]]
     width = float(np.linalg.norm(quad[1] - quad[0]))
     height = float(np.linalg.norm(quad[3] - quad[0]))
     centre = quad.mean(axis=0)
