@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
+from models.plates.crops import as_decoded, locator_crop
 from models.plates.fonts import training_fonts
 from models.plates.line import (
     ALPHABET,
@@ -44,7 +45,6 @@ from models.plates.synth import (
     render_plate,
     use_font,
 )
-from models.plates.train import as_decoded, locator_crop
 
 # Evaluation seeds of this and earlier sessions (synthetic TUNE and held-out sets): never trained on.
 RESERVED_SEEDS = frozenset(
