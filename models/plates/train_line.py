@@ -222,6 +222,7 @@ def fit(
     lr: float = 2e-3,
     progress: Any = None,
     init: dict[str, np.ndarray] | None = None,
+    strokes: bool = False,
 ) -> tuple[dict[str, np.ndarray], list[float]]:
     """CTC fit with Adam (cosine decay); returns the weights and the mean loss of each epoch."""
     try:
@@ -260,7 +261,7 @@ def fit(
         losses = []
         for b in range(len(x) // batch):
             idx = order[b * batch : (b + 1) * batch]
-            xb = standardise(_augment(x[idx], rng))
+            xb = standardise(_augment(x[idx], rng, strokes))
             params, state, loss = step(params, state, xb, labels[idx], label_pad[idx])
             losses.append(float(loss))
         history.append(float(np.mean(losses)) if losses else float("nan"))
@@ -269,13 +270,46 @@ def fit(
     return {k: np.asarray(v, np.float32) for k, v in params.items()}, history
 
 
-def _augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Cheap per-batch variety: inverted polarity (white-on-dark plates) and contrast changes."""
+def _augment(x: np.ndarray, rng: np.random.Generator, strokes: bool = False) -> np.ndarray:
+    """Cheap per-batch variety: inverted polarity (white-on-dark plates) and contrast changes;
+    with ``strokes`` also ``_restroke``'s stroke weights, blur and slight stretches."""
     out = x.astype(np.float32)
     flip = rng.random(len(x)) < 0.15
     out[flip] = 255.0 - out[flip]
     gain = rng.uniform(0.6, 1.2, (len(x), 1, 1)).astype(np.float32)
-    return np.clip(out * gain, 0, 255)
+    out = np.clip(out * gain, 0, 255)
+    if strokes:
+        for k in range(len(out)):
+            out[k] = _restroke(out[k], rng)
+    return out
+
+
+_KERNEL = np.ones((2, 2), np.uint8)
+
+
+def _restroke(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One grey crop drawn as if in another font weight: the strokes thickened or thinned by part
+    of a pixel (a blend with the grey erosion or dilation, either polarity), sometimes blurred, and
+    stretched or shifted a little. Fonts differ from each other most in stroke weight and contrast
+    (serif against sans), which the training fonts alone do not cover."""
+    h, w = img.shape
+    out = img
+    if rng.random() < 0.6:
+        morph = cv2.erode(out, _KERNEL) if rng.random() < 0.5 else cv2.dilate(out, _KERNEL)
+        a = rng.uniform(0.3, 1.0)
+        out = (1.0 - a) * out + a * morph
+    if rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.0))
+    if rng.random() < 0.5:
+        sx, sy = rng.uniform(0.92, 1.08), rng.uniform(0.92, 1.08)
+        dx, dy = rng.uniform(-2.0, 2.0), rng.uniform(-1.5, 1.5)
+        m = np.array(
+            [[sx, 0.0, (1 - sx) * w / 2 + dx], [0.0, sy, (1 - sy) * h / 2 + dy]], np.float32
+        )
+        out = cv2.warpAffine(
+            out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+    return np.asarray(out, np.float32)
 
 
 def greedy_text(logits: np.ndarray) -> list[str]:
@@ -387,6 +421,7 @@ def train(
     init: Path | None = None,
     lr: float = 2e-3,
     fit_seed: int | None = None,
+    strokes: bool = False,
 ) -> dict[str, Any]:
     """Generate crops, fit, export to ``out``; returns a summary with the model's SHA-256."""
     if seed in RESERVED_SEEDS or seed + 1 in RESERVED_SEEDS:
@@ -407,7 +442,9 @@ def train(
             np.savez(cache, x=x, texts=np.array(texts))
     t1 = time.perf_counter()
     fit_seed = seed if fit_seed is None else fit_seed
-    params, history = fit(x, texts, epochs, fit_seed, lr=lr, progress=progress, init=start)
+    params, history = fit(
+        x, texts, epochs, fit_seed, lr=lr, progress=progress, init=start, strokes=strokes
+    )
     t2 = time.perf_counter()
     probe = standardise(x[:16])
     blob = to_onnx(params)
@@ -429,6 +466,7 @@ def train(
         "fit_seed": fit_seed,
         "init": str(init) if init is not None else None,
         "lr": lr,
+        "strokes": strokes,
         "crops": len(x),
         "epochs": epochs,
         "loss": [round(v, 4) for v in history],
@@ -460,6 +498,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--fit-seed", type=int, default=None, help="seed of the weights' start and order (--seed)"
     )
+    ap.add_argument(
+        "--strokes",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="vary stroke weight, blur and stretch per batch (other font weights)",
+    )
     args = ap.parse_args(argv)
 
     def progress(epoch: int, total: int, loss: float) -> None:
@@ -477,4 +521,5 @@ def main(argv: list[str]) -> dict[str, Any]:
         args.init,
         args.lr,
         args.fit_seed,
+        args.strokes,
     )

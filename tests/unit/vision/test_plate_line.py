@@ -283,3 +283,29 @@ def test_a_collection_gives_its_simplified_face(name: str, face: int) -> None:
     from models.plates.synth import _face_index
 
     assert _face_index(Path("/fonts") / name) == face
+
+
+def test_stroke_variety_thickens_and_thins_the_characters_and_is_off_by_default() -> None:
+    """`--strokes`: the crops' strokes change weight (either way), the shape and range stay, and
+    without it the batches are what they were (the shipped model's fit is reproducible)."""
+    from models.plates.train_line import _augment, _restroke
+
+    plate = render_plate("苏E12345", "ordinary", np.random.default_rng(3))
+    grey = cv2.cvtColor(
+        cv2.resize(plate, (128, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+    )
+    x = np.stack([grey] * 64)
+    plain = _augment(x, np.random.default_rng(5))
+    again = _augment(x, np.random.default_rng(5), strokes=False)
+    assert np.array_equal(plain, again)
+    varied = _augment(x, np.random.default_rng(5), strokes=True)
+    assert varied.shape == x.shape and varied.dtype == np.float32
+    assert varied.min() >= 0.0 and varied.max() <= 255.0
+    # The same gain and polarity draws come first: only the stroke step differs.
+    changed = np.abs(varied - plain).reshape(len(x), -1).max(axis=1) > 20
+    assert 0.4 < changed.mean() < 1.0
+    # Thicker and thinner strokes both happen: the count of bright pixels moves both ways.
+    rng = np.random.default_rng(11)
+    bright = (grey > 128).mean()
+    moved = [(_restroke(grey.astype(np.float32), rng) > 128).mean() - bright for _ in range(200)]
+    assert min(moved) < -0.03 and max(moved) > 0.03
