@@ -47,10 +47,32 @@ class ProvinceCheck:
     def check(
         self, crop: np.ndarray, text: str, grid: tuple[tuple[float, ...], tuple[float, ...]]
     ) -> str:
+        """``text`` with each province the classifier is sure of (``accept``) where the reading's
+        own province is all but ruled out (below ``reject``)."""
+        out = self._provinces(crop, text, grid, self.reject)
+        return text if out is None else out
+
+    def vouch(
+        self, crop: np.ndarray, text: str, grid: tuple[tuple[float, ...], tuple[float, ...]]
+    ) -> str | None:
+        """``text`` with the province(s) the classifier is sure of (``accept``), or ``None`` when
+        it is sure of none (or ``text`` has no province)."""
+        return self._provinces(crop, text, grid, float("inf"), strict=True)
+
+    def _provinces(
+        self,
+        crop: np.ndarray,
+        text: str,
+        grid: tuple[tuple[float, ...], tuple[float, ...]],
+        reject: float,
+        strict: bool = False,
+    ) -> str | None:
+        """``text`` with the provinces at ``accept`` whose reading is below ``reject``; ``None``
+        when there is no province to check or (``strict``) one is not sure."""
         positions = province_positions(text)
         grey = _canvas(crop) if positions else None
         if grey is None:
-            return text
+            return None
         stretches, shifts = grid
         n = len(text)
         wins = [_cells(grey, n, sx, dx) for sx in stretches for dx in shifts]
@@ -62,8 +84,10 @@ class ProvinceCheck:
             # and the reading's own province must be all but ruled out.
             row = np.exp(np.log(np.maximum(probs, 1e-12)).mean(axis=0))
             best = int(row.argmax())
-            if row[best] >= self.accept and row[PROVINCES.index(text[p])] < self.reject:
+            if row[best] >= self.accept and row[PROVINCES.index(text[p])] < reject:
                 out[p] = PROVINCES[best]
+            elif strict:
+                return None
         return "".join(out)
 
 

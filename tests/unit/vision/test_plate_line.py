@@ -3,6 +3,7 @@ read from a rendered plate, hostile crops, and the training command end to end (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -309,3 +310,46 @@ def test_stroke_variety_thickens_and_thins_the_characters_and_is_off_by_default(
     bright = (grey > 128).mean()
     moved = [(_restroke(grey.astype(np.float32), rng) > 128).mean() - bright for _ in range(200)]
     assert min(moved) < -0.03 and max(moved) > 0.03
+
+
+def test_a_line_reading_unsure_only_of_its_province_ends_the_crop_when_the_province_is_vouched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The line model sure of every character but the province, the province classifier sure of
+    苏 on the snapped crop: the reading is taken with 苏 and PP-OCR never runs. Off, or with the
+    classifier unsure, PP-OCR reads the crop as before."""
+    from models.plates.reader import PlateReader
+
+    scene = _plate_scene()
+
+    def reader(line_province: bool, vouched: str | None) -> tuple[PlateReader, list[int]]:
+        r = PlateReader(line_province=line_province, cell_accept=1.1, cell_min=1.1)
+        real = r._read_line
+        runs: list[int] = []
+
+        def unsure_province(*a: object) -> tuple[object, tuple[float, ...]]:
+            read, probs = real(*a)  # type: ignore[arg-type]
+            if read is None:
+                return read, probs
+            # The province read wrong and unsure, the rest sure (as on real plates).
+            wrong = dataclasses.replace(read, text="京" + read.text[1:], confidence=0.3)
+            return wrong, (0.3, *probs[1:])
+
+        monkeypatch.setattr(r, "_read_line", unsure_province)
+        assert r.province is not None
+        monkeypatch.setattr(r.province, "vouch", lambda crop, text, grid: vouched)
+        real_ocr = r.ocr.recognise
+
+        def counted(crops: list[np.ndarray]) -> list[np.ndarray]:
+            runs.append(len(crops))
+            return real_ocr(crops)
+
+        monkeypatch.setattr(r.ocr, "recognise", counted)
+        return r, runs
+
+    on, runs = reader(True, "苏E12345")
+    assert [x.text for x in on.read(scene)] == ["苏E12345"] and runs == []
+    off, runs = reader(False, "苏E12345")
+    assert [x.text for x in off.read(scene)] == ["苏E12345"] and runs  # PP-OCR read it
+    unsure, runs = reader(True, None)
+    assert [x.text for x in unsure.read(scene)] == ["苏E12345"] and runs

@@ -99,3 +99,25 @@ def test_province_training_is_deterministic_and_the_command_runs(tmp_path: Path)
     res = CliRunner().invoke(app, [*args, "--hidden", "8", "--epochs", "1", "--json"])
     assert res.exit_code == 0, res.output
     assert out.exists() and '"model": "province"' in res.output
+
+
+@pytest.mark.parametrize(
+    ("truth", "kind", "read"),
+    [("琼SU188警", "police", "京SU188警"), ("藏EMP2C6", "ordinary", "藏EMP2C6")],
+)
+def test_vouch_gives_the_province_it_is_sure_of_whatever_the_reading_said(
+    check: ProvinceCheck, truth: str, kind: str, read: str
+) -> None:
+    assert check.vouch(_crop(truth, kind), read, SNAPPED_GRID) == truth
+
+
+def test_vouch_says_nothing_without_a_province_or_a_sure_one(check: ProvinceCheck) -> None:
+    crop = _crop("川C84962", "ordinary")
+    assert check.vouch(crop, "使123456", SNAPPED_GRID) is None  # no province in the template
+    assert check.vouch(crop, "not a plate", SNAPPED_GRID) is None
+    flat = np.full((48, 150, 3), 128, np.uint8)  # nothing drawn: no province is sure
+    assert check.vouch(flat, "京C84962", SNAPPED_GRID) is None
+    noise = np.random.default_rng(1).integers(0, 256, (48, 150, 3), dtype=np.uint8)
+    assert check.vouch(noise, "京C84962", SNAPPED_GRID) is None
+    for bad in (np.zeros((2, 2, 3), np.uint8), np.full((48, 150), np.nan), "not an image"):
+        assert check.vouch(bad, "京C84962", SNAPPED_GRID) is None  # type: ignore[arg-type]
