@@ -111,3 +111,49 @@ def test_the_cells_pick_per_template_is_the_plain_loop_even_with_ties(
                 if want is None or score > want[1]:
                     want = ("".join(c.CLASSES[i] for i in picks), score)
         assert got is not None and (got.text, got.score) == want
+
+
+def _fake_search(monkeypatch: pytest.MonkeyPatch, reader, confidences: list[float]):  # type: ignore[no-untyped-def]
+    """Three colour candidates whose crops read ``AAA<i>`` at ``confidences[i]``; no other stage
+    finds anything. Returns the list of candidates read."""
+    from models.plates import reader as mod
+    from models.plates.locate import Candidate
+    from models.plates.reader import PlateRead
+
+    cands = [Candidate(((10.0 * i, 5.0), (40.0, 12.0), 0.0), "blue", 1, 1, 1) for i in range(3)]
+    monkeypatch.setattr(mod, "colour_candidates", lambda image: cands)
+    monkeypatch.setattr(mod, "edge_candidates", lambda image, width: [])
+    monkeypatch.setattr(reader.ocr, "detect", lambda image, side: [])
+    seen: list[int] = []
+
+    def read_crops(image, rects, stage):  # type: ignore[no-untyped-def]
+        if not rects:  # the text detector found no box
+            return []
+        i = int(rects[0][0][0] // 10)
+        seen.append(i)
+        conf = confidences[i]
+        return [] if conf < 0 else [PlateRead(f"苏E1234{i}", conf, rects[0], "", stage, "")]
+
+    monkeypatch.setattr(reader, "_read_crops", read_crops)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("settle", "confidences", "want", "read"),
+    [
+        (0.9, [0.6, 0.95, 0.99], "苏E12341", [0, 1]),  # the weak first reading does not end it
+        (0.9, [0.6, -1, 0.7], "苏E12342", [0, 1, 2]),  # nothing settles: the most confident
+        (0.9, [0.7, -1, 0.7], "苏E12340", [0, 1, 2]),  # a tie keeps the earlier
+        (0.9, [0.92, 0.99, 0.99], "苏E12340", [0]),  # a sure first reading ends it
+        (0.0, [0.6, 0.95, 0.99], "苏E12340", [0]),  # 0: the first valid reading, as before
+        (0.9, [-1, -1, -1], None, [0, 1, 2]),
+    ],
+)
+def test_a_reading_below_settle_does_not_end_the_search(
+    reader, monkeypatch: pytest.MonkeyPatch, settle: float, confidences, want, read
+) -> None:  # type: ignore[no-untyped-def]
+    seen = _fake_search(monkeypatch, reader, confidences)
+    monkeypatch.setattr(reader, "settle", settle)
+    got = reader.read(np.full((60, 200, 3), 90, np.uint8))
+    assert [r.text for r in got] == ([want] if want else [])
+    assert seen == read
