@@ -55,6 +55,12 @@ class GateConfig(BaseModel):
         True,
         description="Run the plate-line recogniser before PP-OCR and where nothing else read.",
     )
+    plate_settle: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="A plate reading below this keeps the search going (0: the first one ends it).",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -93,6 +99,7 @@ class GateLoop:
                 threads=conf.threads,
                 min_confidence=conf.min_confidence,
                 line_model=LINE_PATH if conf.plate_line else None,
+                settle=conf.plate_settle,
             )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None

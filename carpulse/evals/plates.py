@@ -145,6 +145,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="the plate-line recogniser (default on; --no-line as [gate] plate_line = false)",
     )
     ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.9,
+        help="a reading below this keeps the search going (0: the first ends it; [gate] plate_settle)",
+    )
+    ap.add_argument(
         "--all-threads", action="store_true", help="also time ours with every core (default: one)"
     )
     args = ap.parse_args(argv)
@@ -166,7 +172,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         images[name] = img
     from models.plates.line import LINE_PATH
 
-    line: dict[str, Any] = {"line_model": LINE_PATH if args.line else None}
+    if not 0.0 <= args.settle <= 1.0:
+        raise ConfigError(f"--settle {args.settle}: between 0 and 1")
+    line: dict[str, Any] = {"line_model": LINE_PATH if args.line else None, "settle": args.settle}
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
 

@@ -51,3 +51,14 @@ def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
     base = res["baseline"]
     assert base["name"].startswith("rapidocr") and 0.0 <= base["exact_accuracy"] <= 1.0
     assert "accuracy_ratio_vs_baseline" in res or base["exact_accuracy"] == 0.0
+
+
+@pytest.mark.parametrize("settle", ["-0.1", "1.5", "nan"])
+def test_eval_refuses_a_settle_outside_zero_to_one(tmp_path: Path, settle: str) -> None:
+    from carpulse.evals.plates import main
+    from core.errors import ConfigError
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 1, seed=32)
+    with pytest.raises(ConfigError, match="--settle"):
+        main(["--images", str(tmp_path), "--no-latency", "--no-baseline", "--settle", settle])

@@ -353,3 +353,20 @@ def test_a_line_reading_unsure_only_of_its_province_ends_the_crop_when_the_provi
     assert [x.text for x in off.read(scene)] == ["苏E12345"] and runs  # PP-OCR read it
     unsure, runs = reader(True, None)
     assert [x.text for x in unsure.read(scene)] == ["苏E12345"] and runs
+
+
+def test_the_gate_setting_sets_how_sure_a_reading_must_be_to_end_the_search(
+    tmp_path: Path,
+) -> None:
+    from pydantic import ValidationError
+
+    from edge.gate import GateConfig, GateLoop
+
+    default = GateLoop(GateConfig(source=str(tmp_path), presence=False), lambda *e: None)
+    first = GateLoop(
+        GateConfig(source=str(tmp_path), plate_settle=0.0, presence=False), lambda *e: None
+    )
+    assert default.reader.settle == 0.9 and first.reader.settle == 0.0
+    for bad in (-0.1, 1.5, float("nan"), "sure"):
+        with pytest.raises(ValidationError):
+            GateConfig(source=str(tmp_path), plate_settle=bad)  # type: ignore[arg-type]
