@@ -189,6 +189,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "unreadable_images": unreadable,
         **_score(ours, images, labels),
         "stages": stages,
+        "reader": {"line": args.line, "settle": args.settle, "min_confidence": args.min_confidence},
         "cpus": os.cpu_count(),
     }
     baseline = None if args.no_baseline else OffTheShelf()

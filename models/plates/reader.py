@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import ConfigError
 from models.plates.cells import MODEL_PATH, SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
 from models.plates.line import LINE_PATH, LineReader
@@ -83,6 +84,8 @@ class PlateReader:
         line_province: bool = True,
         settle: float = 0.9,
     ) -> None:
+        if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
+            raise ConfigError(f"settle {settle}: between 0 and 1")
         self.ocr = PaddleOcr(model_dir, threads=threads)
         # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
         # crop without PP-OCR; otherwise both read it and the more confident valid reading wins.

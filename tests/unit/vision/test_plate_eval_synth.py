@@ -48,6 +48,7 @@ def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
     counted = sum(int(v.split("/")[1]) for v in res["per_kind"].values())
     assert counted == res["plates_counted"]
     assert res["exact_accuracy"] is not None and res["exact_accuracy"] >= 0.5, res["wrong"]
+    assert res["reader"] == {"line": True, "settle": 0.9, "min_confidence": 0.5}
     base = res["baseline"]
     assert base["name"].startswith("rapidocr") and 0.0 <= base["exact_accuracy"] <= 1.0
     assert "accuracy_ratio_vs_baseline" in res or base["exact_accuracy"] == 0.0

@@ -157,3 +157,12 @@ def test_a_reading_below_settle_does_not_end_the_search(
     got = reader.read(np.full((60, 200, 3), 90, np.uint8))
     assert [r.text for r in got] == ([want] if want else [])
     assert seen == read
+
+
+@pytest.mark.parametrize("settle", [-0.1, 1.5, float("nan")])
+def test_a_settle_outside_zero_to_one_is_refused(settle: float) -> None:
+    from core.errors import ConfigError
+    from models.plates.reader import PlateReader
+
+    with pytest.raises(ConfigError, match="settle"):
+        PlateReader(settle=settle)
