@@ -7,11 +7,13 @@ fonts no model saw (``carpulse plates synth --font/--latin-font``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from models.plates.synth import font_path
+from models.plates.synth import font_path, use_font
 
 # Fonts the training plates are drawn in, one pair per plate (those present on the machine: the
 # Debian packages fonts-noto-cjk, fonts-wqy-zenhei, fonts-arphic-{uming,ukai,gbsn00lp,gkai00mp},
@@ -64,3 +66,17 @@ def training_fonts(seed: int, i: int) -> tuple[Path | None, Path | None]:
     if c is None and la is None:
         return None, None
     return (c if c is not None else font_path()), la
+
+
+@contextmanager
+def drawn_in_training_fonts(seed: int, i: int, on: bool = True) -> Iterator[None]:
+    """Plates made inside are drawn in training plate ``i``'s font pair (``on``; else the synth
+    default), and the default is back afterwards, whatever happens inside."""
+    if not on:
+        yield
+        return
+    use_font(*training_fonts(seed, i))
+    try:
+        yield
+    finally:
+        use_font(None)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from models.plates.cells import CLASSES, PIXELS, CellClassifier, _canvas, _cells, features
-from models.plates.fonts import training_fonts
+from models.plates.fonts import drawn_in_training_fonts
 from models.plates.quad import warp_quad
 from models.plates.syntax import KINDS, PROVINCES, TEMPLATES
-from models.plates.synth import degraded_plate, random_text, render_plate, use_font
+from models.plates.synth import degraded_plate, random_text, render_plate
 
 PROVINCE_PATH = Path(__file__).with_name("plate_province.npz")
 _PROV_INDEX = np.array([CLASSES.index(c) for c in PROVINCES])
@@ -105,14 +105,9 @@ def make_province_cells(
     """
     xs: list[np.ndarray] = []
     ys: list[int] = []
-    try:
-        for i in range(start, stop):
-            if many_fonts:
-                use_font(*training_fonts(seed, i))
+    for i in range(start, stop):
+        with drawn_in_training_fonts(seed, i, many_fonts):
             _province_cells_of(seed, i, xs, ys)
-    finally:
-        if many_fonts:
-            use_font(None)
     if not xs:
         return np.empty((0, PIXELS), np.float32), np.empty(0, np.int64)
     return np.stack(xs), np.array(ys, np.int64)

@@ -34,10 +34,10 @@ from models.plates.cells import (
     features,
 )
 from models.plates.crops import as_decoded, locator_crop
-from models.plates.fonts import training_fonts
+from models.plates.fonts import drawn_in_training_fonts
 from models.plates.province import PROVINCE_PATH, make_province_cells
 from models.plates.quad import rect_quad, snap, warp_quad
-from models.plates.synth import make_sample, use_font
+from models.plates.synth import make_sample
 
 RESERVED_SEEDS = (100, 900)  # TUNE and TEST: never trained on
 
@@ -107,13 +107,8 @@ def _chunk(
     ys: list[int] = []
     index = {ch: i for i, ch in enumerate(CLASSES)}
     for i in range(start, stop):
-        if many_fonts:
-            use_font(*training_fonts(seed, i))
-        try:
+        with drawn_in_training_fonts(seed, i, many_fonts):
             s = make_sample(seed, i)
-        finally:
-            if many_fonts:
-                use_font(None)
         if not s.text or s.quad is None:
             continue
         rng = np.random.default_rng([seed, i, 1])

@@ -25,7 +25,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from models.plates.crops import as_decoded, locator_crop
-from models.plates.fonts import training_fonts
+from models.plates.fonts import drawn_in_training_fonts
 from models.plates.line import (
     ALPHABET,
     ARCH,
@@ -43,7 +43,6 @@ from models.plates.synth import (
     make_sample,
     random_text,
     render_plate,
-    use_font,
 )
 
 # Evaluation seeds of this and earlier sessions (synthetic TUNE and held-out sets): never trained on.
@@ -107,17 +106,16 @@ def _chunk(seed: int, start: int, stop: int, rendered: bool) -> tuple[np.ndarray
     xs: list[np.ndarray] = []
     ys: list[str] = []
     for i in range(start, stop):
-        use_font(*training_fonts(seed, i))
-        if rendered:
-            crop, text = _rendered_crop(seed, i)
-            crops = [crop]
-        else:
-            crops, text = _photo_crops(seed, i)
+        with drawn_in_training_fonts(seed, i):
+            if rendered:
+                crop, text = _rendered_crop(seed, i)
+                crops = [crop]
+            else:
+                crops, text = _photo_crops(seed, i)
         for c in crops:
             if c.shape[0] >= 4 and c.shape[1] >= 8:
                 xs.append(_grey(c))
                 ys.append(text)
-    use_font(None)
     if not xs:
         return np.empty((0, HEIGHT, WIDTH), np.uint8), []
     return np.stack(xs), ys

@@ -370,3 +370,16 @@ def test_the_gate_setting_sets_how_sure_a_reading_must_be_to_end_the_search(
     for bad in (-0.1, 1.5, float("nan"), "sure"):
         with pytest.raises(ValidationError):
             GateConfig(source=str(tmp_path), plate_settle=bad)  # type: ignore[arg-type]
+
+
+def test_the_training_font_is_put_back_even_when_making_a_plate_fails() -> None:
+    from models.plates import synth
+    from models.plates.fonts import drawn_in_training_fonts, training_fonts
+
+    seed, i = 23_000, next(j for j in range(100) if training_fonts(23_000, j)[0] is not None)
+    with pytest.raises(RuntimeError), drawn_in_training_fonts(seed, i):
+        assert synth._FONTS  # the plate's pair is in use inside
+        raise RuntimeError("a plate failed")
+    assert synth._FONTS == []  # the default again
+    with drawn_in_training_fonts(seed, i, on=False):
+        assert synth._FONTS == []
