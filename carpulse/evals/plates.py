@@ -40,6 +40,85 @@ def load_labels(path: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+# Synthetic photos' conditions (labels.json ``conditions``, written by ``carpulse plates synth``)
+# in fixed buckets, set before any figure was read: ``(name, key, edges)``, a value ``v`` falls in
+# the bucket ``edges[i] <= v < edges[i + 1]``.
+CONDITION_BUCKETS: tuple[tuple[str, str, tuple[float, ...]], ...] = (
+    ("plate width px", "plate_width_px", (0.0, 100.0, 150.0, 250.0, float("inf"))),
+    ("yaw (far edge shrink)", "tilt", (0.0, 0.15, 0.3, float("inf"))),
+    ("roll deg (abs)", "angle", (0.0, 10.0, 20.0, float("inf"))),
+    ("gaussian blur sigma", "blur", (0.0, 1.0, float("inf"))),
+    ("motion blur px", "motion_px", (0.0, 1.0, float("inf"))),
+    ("night", "night", (0.0, 0.5, float("inf"))),
+)
+# Where a gate camera is mounted as README.md ("Mounting a gate camera") asks: the plate at least 150 px wide, its
+# far edge at least 70 % of the near edge's height (yaw under 0.3) and the car stopped.
+GUIDE = {"plate_width_px": (150.0, float("inf")), "tilt": (0.0, 0.3), "motion_px": (0.0, 1.0)}
+
+
+def load_conditions(path: Path) -> dict[str, dict[str, float]]:
+    """``image -> conditions`` (finite numbers only) from a labels.json that has them (synthetic
+    sets); photos without them are left out. Errors name the file and the entry."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"labels {path}: {err}") from err
+    out: dict[str, dict[str, float]] = {}
+    for name, entry in doc.items() if isinstance(doc, dict) else ():
+        cond = entry.get("conditions") if isinstance(entry, dict) else None
+        if cond is None:
+            continue
+        if not isinstance(cond, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+            for v in cond.values()
+        ):
+            raise ConfigError(
+                f"labels {path}: entry {name!r}: 'conditions' must map names to finite numbers"
+            )
+        out[name] = {str(k): float(v) for k, v in cond.items()}
+    return out
+
+
+def _bucket_label(edges: tuple[float, ...], i: int) -> str:
+    lo, hi = edges[i], edges[i + 1]
+    return f">={lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
+
+
+def by_condition(
+    exact_by_image: dict[str, bool], conditions: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Exact readings per condition bucket (``"right/counted"``) and within the mounting guide."""
+    out: dict[str, Any] = {}
+    for title, key, edges in CONDITION_BUCKETS:
+        counts = [[0, 0] for _ in edges[:-1]]
+        for name, ok in exact_by_image.items():
+            value = conditions.get(name, {}).get(key)
+            if value is None:
+                continue
+            value = abs(value)
+            for i in range(len(edges) - 1):
+                if edges[i] <= value < edges[i + 1]:
+                    counts[i][0] += ok
+                    counts[i][1] += 1
+                    break
+        if any(c[1] for c in counts):
+            out[title] = {
+                _bucket_label(edges, i): f"{c[0]}/{c[1]}" for i, c in enumerate(counts) if c[1]
+            }
+    inside = [
+        ok
+        for name, ok in exact_by_image.items()
+        if name in conditions
+        and all(lo <= abs(conditions[name].get(k, -1.0)) < hi for k, (lo, hi) in GUIDE.items())
+    ]
+    if inside:
+        out["within mounting guide"] = {
+            "exact": f"{sum(inside)}/{len(inside)}",
+            "exact_accuracy": round(sum(inside) / len(inside), 4),
+        }
+    return out
+
+
 def _latency(reader: Any, images: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
     per_image, cpu_image = [], []
     for img in images.values():
@@ -83,9 +162,14 @@ class OffTheShelf:
 
 
 def _score(
-    read: Any, images: dict[str, np.ndarray], labels: dict[str, list[dict[str, Any]]]
+    read: Any,
+    images: dict[str, np.ndarray],
+    labels: dict[str, list[dict[str, Any]]],
+    conditions: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Exact and per-character accuracy of ``read(image) -> texts`` over the labelled images."""
+    """Exact and per-character accuracy of ``read(image) -> texts`` over the labelled images
+    (and per condition bucket, for the images with ``conditions``)."""
+    exact_by_image: dict[str, bool] = {}
     counted = exact = false_pos = chars_ok = chars_total = 0
     wrong: list[dict[str, Any]] = []
     low: list[dict[str, Any]] = []
@@ -106,6 +190,7 @@ def _score(
             counted += 1
             best = min(got, key=lambda g: _distance(g, text), default="")
             exact += best == text
+            exact_by_image[name] = exact_by_image.get(name, True) and best == text
             chars_total += len(text)
             chars_ok += max(0, len(text) - _distance(best, text))
             kind = str(plate.get("kind") or kind_of(text) or "other")
@@ -121,6 +206,7 @@ def _score(
         "char_accuracy": round(chars_ok / chars_total, 4) if chars_total else None,
         "false_positives": false_pos,
         "per_kind": {k: f"{v[0]}/{v[1]}" for k, v in sorted(per_kind.items())},
+        "by_condition": by_condition(exact_by_image, conditions or {}),
         "wrong": wrong,
         "low_confidence_labels": low,
     }
@@ -159,6 +245,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     if not folder.is_dir():
         raise ConfigError(f"plate images folder {folder} does not exist (see ../shared/DATA.md)")
     labels = load_labels(labels_path)
+    conditions = load_conditions(labels_path)
 
     from models.plates.reader import PlateReader
 
@@ -187,17 +274,20 @@ def main(argv: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "images": len(images),
         "unreadable_images": unreadable,
-        **_score(ours, images, labels),
+        **_score(ours, images, labels, conditions),
         "stages": stages,
         "reader": {"line": args.line, "settle": args.settle, "min_confidence": args.min_confidence},
         "cpus": os.cpu_count(),
     }
     baseline = None if args.no_baseline else OffTheShelf()
     if baseline is not None:
-        base = _score(baseline.read, images, labels)
+        base = _score(baseline.read, images, labels, conditions)
         result["baseline"] = {
             "name": "rapidocr-onnxruntime 1.4.4, whole image, 1 thread",
-            **{k: base[k] for k in ("exact_correct", "exact_accuracy", "char_accuracy")},
+            **{
+                k: base[k]
+                for k in ("exact_correct", "exact_accuracy", "char_accuracy", "by_condition")
+            },
             "wrong": base["wrong"][:20],
         }
         if base["exact_accuracy"]:

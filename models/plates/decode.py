@@ -124,8 +124,12 @@ class Decoded:
 class PlateDecoder:
     """Decodes PP-OCR CTC outputs over an alphabet (``alphabet[0]`` is the CTC blank)."""
 
-    def __init__(self, alphabet: list[str]) -> None:
+    def __init__(self, alphabet: list[str], plate_only: bool = False) -> None:
         self.alphabet = alphabet
+        # Characters' probabilities among the plate alphabet and blank only (the mass a frame
+        # gives characters no plate holds, 排 for 挂 or 字 for 学, is dropped): the best path
+        # is the same, each frame's classes scaled alike; only ``char_probs`` change.
+        self.plate_only = plate_only
         wanted = sorted({ch for tmpl in TEMPLATES for pos in tmpl for ch in pos})
         index = {ch: i for i, ch in enumerate(alphabet)}
         self.keep = np.array([index[ch] for ch in wanted if ch in index], dtype=np.int64)
@@ -157,6 +161,9 @@ class PlateDecoder:
         probs = np.array(probs, dtype=np.float64)
         for dst, src in self.folds:
             probs[:, dst] += probs[:, src]
+        if self.plate_only:
+            total = probs[:, self.keep].sum(axis=1) + probs[:, self.blank_like].sum(axis=1)
+            probs = probs / np.maximum(total, 1e-30)[:, None]
         with np.errstate(divide="ignore"):
             lp = np.log(np.maximum(probs[:, self.keep], 1e-30))
             blank = np.log(np.maximum(probs[:, self.blank_like].sum(axis=1), 1e-30))

@@ -83,6 +83,7 @@ class PlateReader:
         line_fallback: float | None = 0.5,
         line_province: bool = True,
         settle: float = 0.9,
+        plate_only: bool = True,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -96,7 +97,7 @@ class PlateReader:
         self.cell_first_accept = cell_first_accept
         # The cells' lowest character probability must reach this (default: ``min_confidence``).
         self.cell_min = min_confidence if cell_min is None else cell_min
-        self.decoder = PlateDecoder(self.ocr.alphabet)
+        self.decoder = PlateDecoder(self.ocr.alphabet, plate_only)
         # The plate-line recogniser (None: off): a reading at ``line_accept`` ends the crop
         # without PP-OCR. Trained on plates drawn in many fonts (``fonts.TRAIN_CJK``), it reads
         # more plates of fonts it never saw than PP-OCR alone (BENCHMARKS.md, eleventh session).

@@ -49,6 +49,8 @@ def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
     assert counted == res["plates_counted"]
     assert res["exact_accuracy"] is not None and res["exact_accuracy"] >= 0.5, res["wrong"]
     assert res["reader"] == {"line": True, "settle": 0.9, "min_confidence": 0.5}
+    assert set(res["by_condition"]) >= {"plate width px", "night"}, res["by_condition"]
+    assert "by_condition" in res["baseline"]
     base = res["baseline"]
     assert base["name"].startswith("rapidocr") and 0.0 <= base["exact_accuracy"] <= 1.0
     assert "accuracy_ratio_vs_baseline" in res or base["exact_accuracy"] == 0.0
@@ -63,3 +65,66 @@ def test_eval_refuses_a_settle_outside_zero_to_one(tmp_path: Path, settle: str) 
     write_set(tmp_path, 1, seed=32)
     with pytest.raises(ConfigError, match="--settle"):
         main(["--images", str(tmp_path), "--no-latency", "--no-baseline", "--settle", settle])
+
+
+def test_plate_only_probabilities_drop_mass_on_characters_no_plate_holds() -> None:
+    # A frame that gives 排-like mass (a character outside every plate template) to a class the
+    # plate alphabet lacks: the reading is the same, its characters' probabilities rise.
+    alphabet = [*ALPHABET, "排"]
+    rng = np.random.default_rng(5)
+    frames = _frames("京A12345", rng)
+    probs = np.concatenate([frames, np.zeros((len(frames), 1))], axis=1)
+    probs[5, -1] = probs[5].max() * 1.5  # the frame of "1" (blank, 京, blank, A, blank, 1)
+    probs /= probs.sum(axis=1, keepdims=True)
+    raw = PlateDecoder(alphabet).constrained(probs)
+    only = PlateDecoder(alphabet, plate_only=True).constrained(probs)
+    assert raw is not None and only is not None and raw.text == only.text == "京A12345"
+    assert raw.char_probs[2] < 0.5 < only.char_probs[2]
+    assert all(o >= r - 1e-12 for o, r in zip(only.char_probs, raw.char_probs, strict=True))
+
+
+def test_accuracy_by_condition_buckets_and_the_mounting_guide() -> None:
+    from carpulse.evals.plates import by_condition
+
+    cond = {
+        "a": {"plate_width_px": 90.0, "tilt": 0.1, "angle": -25.0, "motion_px": 0.0, "night": 1.0},
+        "b": {"plate_width_px": 200.0, "tilt": 0.1, "angle": 5.0, "motion_px": 0.0, "night": 0.0},
+        "c": {"plate_width_px": 300.0, "tilt": 0.35, "angle": 5.0, "motion_px": 0.0, "night": 0.0},
+        "d": {"plate_width_px": 400.0, "tilt": 0.0, "angle": 0.0, "motion_px": 6.0, "night": 0.0},
+        "e": {"plate_width_px": 1e300, "tilt": 0.0, "angle": 0.0, "motion_px": 0.0, "night": 0.0},
+    }
+    exact = {"a": False, "b": True, "c": False, "d": True, "e": True, "photo": True}
+    got = by_condition(exact, cond)
+    assert got["plate width px"] == {"0-100": "0/1", "150-250": "1/1", ">=250": "2/3"}
+    assert got["roll deg (abs)"] == {"0-10": "3/4", ">=20": "0/1"}
+    assert got["night"] == {"0-0.5": "3/4", ">=0.5": "0/1"}
+    # Within the guide: b and e (a too small, c yawed, d moving); "photo" has no conditions.
+    assert got["within mounting guide"] == {"exact": "2/2", "exact_accuracy": 1.0}
+    assert by_condition(exact, {}) == {}
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", '"wide"', "true", "[1]"])
+def test_conditions_that_are_not_finite_numbers_are_refused(tmp_path: Path, bad: str) -> None:
+    from carpulse.evals.plates import load_conditions
+    from core.errors import ConfigError
+
+    path = tmp_path / "labels.json"
+    path.write_text(
+        '{"x.jpg": {"plates": [], "conditions": {"tilt": 0.1, "plate_width_px": BAD}},'
+        ' "y.jpg": {"plates": []}}'.replace("BAD", bad),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"x\.jpg"):
+        load_conditions(path)
+
+
+def test_conditions_are_read_where_present(tmp_path: Path) -> None:
+    from carpulse.evals.plates import load_conditions
+
+    path = tmp_path / "labels.json"
+    path.write_text(
+        '{"x.jpg": {"plates": [], "conditions": {"tilt": 1, "plate_width_px": 1e30}},'
+        ' "y.jpg": {"plates": []}, "z.jpg": "junk"}',
+        encoding="utf-8",
+    )
+    assert load_conditions(path) == {"x.jpg": {"tilt": 1.0, "plate_width_px": 1e30}}
