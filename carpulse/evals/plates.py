@@ -212,6 +212,52 @@ def _score(
     }
 
 
+def _perturbed(
+    ours: Any,
+    baseline: OffTheShelf | None,
+    images: dict[str, np.ndarray],
+    labels: dict[str, list[dict[str, Any]]],
+    k: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Ours (and the baseline) on ``k`` perturbed variants of every photo (``models.plates.perturb``)."""
+    from models.plates.perturb import perturbed
+
+    variants: dict[str, np.ndarray] = {}
+    var_labels: dict[str, list[dict[str, Any]]] = {}
+    var_conditions: dict[str, dict[str, float]] = {}
+    for name, img in images.items():
+        for i in range(k):
+            key = f"{name}~{i}"
+            variants[key], var_conditions[key] = perturbed(img, name, i, seed)
+            var_labels[key] = labels[name]
+    got = _score(ours, variants, var_labels, var_conditions)
+    out: dict[str, Any] = {
+        "variants_per_photo": k,
+        "seed": seed,
+        "images": len(variants),
+        **{
+            key: got[key]
+            for key in (
+                "plates_counted",
+                "exact_correct",
+                "exact_accuracy",
+                "char_accuracy",
+                "false_positives",
+                "by_condition",
+            )
+        },
+        "wrong": got["wrong"][:40],
+    }
+    if baseline is not None:
+        base = _score(baseline.read, variants, var_labels, var_conditions)
+        out["baseline"] = {
+            key: base[key]
+            for key in ("exact_correct", "exact_accuracy", "false_positives", "by_condition")
+        }
+    return out
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="carpulse eval plates", description=__doc__)
     ap.add_argument("--images", type=Path, default=None, help="folder (default shared data)")
@@ -239,7 +285,17 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--all-threads", action="store_true", help="also time ours with every core (default: one)"
     )
+    ap.add_argument(
+        "--perturb",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also read K variants of each photo: rolled, yawed, shrunk, blurred, darkened (0-50)",
+    )
+    ap.add_argument("--perturb-seed", type=int, default=0, help="seed of the variants")
     args = ap.parse_args(argv)
+    if not 0 <= args.perturb <= 50:
+        raise ConfigError(f"--perturb {args.perturb}: between 0 and 50")
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():
@@ -294,6 +350,10 @@ def main(argv: list[str]) -> dict[str, Any]:
             result["accuracy_ratio_vs_baseline"] = round(
                 (result["exact_accuracy"] or 0.0) / base["exact_accuracy"], 3
             )
+    if args.perturb:
+        result["perturbed"] = _perturbed(
+            ours, baseline, images, labels, args.perturb, args.perturb_seed
+        )
     if not args.no_latency:
         lat1 = _latency(reader, images, args.repeats)
         result.update(p50_ms=lat1["p50_ms"], p95_ms=lat1["p95_ms"])

@@ -57,6 +57,11 @@ def _split_rows(crop: np.ndarray) -> np.ndarray:
     return np.concatenate([top, bottom], axis=1)
 
 
+# The dark-frame retry: mean grey level it brightens to, at most this gain.
+DARK_TARGET = 110.0
+DARK_MAX_GAIN = 4.0
+
+
 class PlateReader:
     """Locate, recognise and syntax-check plates; ``read`` returns the valid readings found."""
 
@@ -84,6 +89,7 @@ class PlateReader:
         line_province: bool = True,
         settle: float = 0.9,
         plate_only: bool = True,
+        dark_below: float | None = 70.0,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -120,6 +126,9 @@ class PlateReader:
         # and the shared photos stay 21/21 when the locator's downscale changes slightly, where
         # the first-reading rule (0.0) lost 2 (BENCHMARKS.md, twelfth session).
         self.settle = settle
+        # A frame whose mean grey level is below ``dark_below`` (None: never) and that gave no
+        # sure reading is read again brightened (mean raised to ``DARK_TARGET``).
+        self.dark_below = dark_below
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -341,7 +350,24 @@ class PlateReader:
         bgr = _as_bgr(image)
         if bgr is None:
             return []
-        image = bgr
+        found = self._search(bgr)
+        if not self._settled(found) and self.dark_below is not None:
+            # A dark frame (night, a shaded gate) with no sure reading is read once more with
+            # its exposure raised: the colour locator and the recognisers want a lit plate.
+            level = float(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).mean())
+            if level < self.dark_below:
+                gain = min(DARK_MAX_GAIN, DARK_TARGET / max(level, 1.0))
+                bright = cv2.convertScaleAbs(bgr, alpha=gain)
+                found = self._better(found, self._search(bright))
+        # The same plate may be found twice (two colours, two boxes): keep the best of each text.
+        unique: dict[str, PlateRead] = {}
+        for r in found:
+            if r.text not in unique or r.confidence > unique[r.text].confidence:
+                unique[r.text] = r
+        return sorted(unique.values(), key=lambda r: r.confidence, reverse=True)
+
+    def _search(self, image: np.ndarray) -> list[PlateRead]:
+        """The readings of the best stage: colour candidates, edge candidates, text detector."""
         found: list[PlateRead] = []
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         # A reading below ``settle`` does not: the search goes on and the most confident wins.
@@ -362,12 +388,7 @@ class PlateReader:
             found = self._better(
                 found, self._read_crops(image, [b.rect for b in boxes[:4]], "detector")
             )
-        # The same plate may be found twice (two colours, two boxes): keep the best of each text.
-        unique: dict[str, PlateRead] = {}
-        for r in found:
-            if r.text not in unique or r.confidence > unique[r.text].confidence:
-                unique[r.text] = r
-        return sorted(unique.values(), key=lambda r: r.confidence, reverse=True)
+        return found
 
     def _settled(self, found: list[PlateRead]) -> bool:
         return bool(found) and max(r.confidence for r in found) >= self.settle

@@ -70,3 +70,33 @@ def test_plate_evaluation_reaches_the_first_bar() -> None:
     assert res["images"] == 27 and res["plates_counted"] == 21
     assert res["exact_accuracy"] >= 0.90, res["wrong"]
     assert res["false_positives"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("ccpd_db_db0.jpg", "皖A0L727"),
+        ("ccpd_db_db5.jpg", "皖AS621V"),
+        ("cn_double_yellow.jpg", "京EA5331"),
+    ],
+)
+def test_a_dark_frame_is_read_again_brightened(reader, name: str, text: str) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+
+    img = cv2.imread(str(require_data(f"plates/{name}")))
+    dark = (img.astype(np.float32) * 0.25).astype(np.uint8)  # night: a quarter of the light
+    assert text in [r.text for r in reader.read(dark)]
+
+
+def test_the_dark_retry_runs_only_on_dark_frames_without_a_sure_reading(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from models.plates.reader import DARK_TARGET, PlateReader
+
+    seen: list[float] = []
+    for dark_below, level, calls in ((70.0, 30, 2), (70.0, 120, 1), (None, 30, 1)):
+        r = PlateReader(threads=1, dark_below=dark_below)
+        seen.clear()
+        monkeypatch.setattr(r, "_search", lambda im: seen.append(float(im.mean())) or [])
+        assert r.read(np.full((120, 200, 3), level, np.uint8)) == []
+        assert len(seen) == calls, (dark_below, level, seen)
+        if calls == 2:  # brightened to the target level
+            assert seen[1] == pytest.approx(DARK_TARGET, abs=1.0)

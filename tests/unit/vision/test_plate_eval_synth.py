@@ -128,3 +128,45 @@ def test_conditions_are_read_where_present(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert load_conditions(path) == {"x.jpg": {"tilt": 1.0, "plate_width_px": 1e30}}
+
+
+def test_perturbed_variants_are_deterministic_and_differ() -> None:
+    from models.plates.perturb import perturbed
+    from models.plates.synth import make_sample
+
+    img = make_sample(33, 0).image
+    a, ca = perturbed(img, "a.jpg", 0, seed=1)
+    b, cb = perturbed(img, "a.jpg", 0, seed=1)
+    c, cc = perturbed(img, "a.jpg", 1, seed=1)
+    d, _ = perturbed(img, "b.jpg", 0, seed=1)
+    assert np.array_equal(a, b) and ca == cb
+    assert ca != cc and (a.shape != d.shape or not np.array_equal(a, d))
+    assert a.dtype == np.uint8 and a.shape[2] == 3
+    assert a.shape[0] <= img.shape[0] and a.shape[1] <= img.shape[1]
+    assert 0.6 <= ca["scale"] <= 1.0 and abs(ca["angle"]) <= 15 and 0 <= ca["tilt"] <= 0.35
+
+
+@pytest.mark.parametrize("k", ["-1", "51"])
+def test_eval_refuses_a_perturb_count_out_of_range(tmp_path: Path, k: str) -> None:
+    from carpulse.evals.plates import main
+    from core.errors import ConfigError
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 1, seed=32)
+    with pytest.raises(ConfigError, match="--perturb"):
+        main(["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", k])
+
+
+@pytest.mark.slow
+def test_eval_reads_perturbed_variants_too(tmp_path: Path) -> None:
+    from carpulse.evals.plates import main
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 3, seed=34)
+    res = main(["--images", str(tmp_path), "--no-latency", "--perturb", "2"])
+    pert = res["perturbed"]
+    assert pert["images"] == 6 and pert["variants_per_photo"] == 2
+    assert pert["plates_counted"] == 2 * res["plates_counted"]
+    assert 0 <= pert["exact_correct"] <= pert["plates_counted"]
+    assert set(pert["by_condition"]) >= {"yaw (far edge shrink)", "roll deg (abs)"}
+    assert "exact_correct" in pert["baseline"]
