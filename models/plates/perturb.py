@@ -20,7 +20,7 @@ def perturbed(
     """Variant ``k`` of ``image`` and its conditions (the keys of the synthetic sets' labels)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8")), k])
     h, w = image.shape[:2]
-    img = image.astype(np.float32)
+    img: np.ndarray = image.astype(np.float32)
     # Yaw: one side of the frame shorter, as a camera off to that side sees it.
     tilt = float(rng.uniform(0.0, 0.35))
     side = 1 if rng.random() < 0.5 else 0
@@ -39,7 +39,7 @@ def perturbed(
     img = cv2.warpAffine(img, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     night = rng.random() < 0.25
     if night:
-        img *= float(rng.uniform(0.3, 0.5))
+        img = img * float(rng.uniform(0.3, 0.5))
     blur = float(rng.uniform(0.3, 1.5)) if rng.random() < 0.5 else 0.0
     if blur:
         img = cv2.GaussianBlur(img, (0, 0), blur)

@@ -95,7 +95,7 @@ def test_the_dark_retry_runs_only_on_dark_frames_without_a_sure_reading(monkeypa
     for dark_below, level, calls in ((70.0, 30, 2), (70.0, 120, 1), (None, 30, 1)):
         r = PlateReader(threads=1, dark_below=dark_below)
         seen.clear()
-        monkeypatch.setattr(r, "_search", lambda im: seen.append(float(im.mean())) or [])
+        monkeypatch.setattr(r, "_search", lambda im, *a, **k: seen.append(float(im.mean())) or [])
         assert r.read(np.full((120, 200, 3), level, np.uint8)) == []
         assert len(seen) == calls, (dark_below, level, seen)
         if calls == 2:  # brightened to the target level

@@ -140,7 +140,8 @@ def test_perturbed_variants_are_deterministic_and_differ() -> None:
     c, cc = perturbed(img, "a.jpg", 1, seed=1)
     d, _ = perturbed(img, "b.jpg", 0, seed=1)
     assert np.array_equal(a, b) and ca == cb
-    assert ca != cc and (a.shape != d.shape or not np.array_equal(a, d))
+    assert ca != cc and (a.shape != c.shape or not np.array_equal(a, c))
+    assert a.shape != d.shape or not np.array_equal(a, d)
     assert a.dtype == np.uint8 and a.shape[2] == 3
     assert a.shape[0] <= img.shape[0] and a.shape[1] <= img.shape[1]
     assert 0.6 <= ca["scale"] <= 1.0 and abs(ca["angle"]) <= 15 and 0 <= ca["tilt"] <= 0.35
