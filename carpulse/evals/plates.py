@@ -41,8 +41,8 @@ def load_labels(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 # Synthetic photos' conditions (labels.json ``conditions``, written by ``carpulse plates synth``)
-# in fixed buckets, set before any figure was read: ``(name, key, edges)``, a value ``v`` falls in
-# the bucket ``edges[i] <= v < edges[i + 1]``.
+# in buckets fixed here, the same for every run and set: ``(name, key, edges)``; a value ``v``
+# (its absolute value: roll is signed) falls in the bucket ``edges[i] <= |v| < edges[i + 1]``.
 CONDITION_BUCKETS: tuple[tuple[str, str, tuple[float, ...]], ...] = (
     ("plate width px", "plate_width_px", (0.0, 100.0, 150.0, 250.0, float("inf"))),
     ("yaw (far edge shrink)", "tilt", (0.0, 0.15, 0.3, float("inf"))),
@@ -51,8 +51,9 @@ CONDITION_BUCKETS: tuple[tuple[str, str, tuple[float, ...]], ...] = (
     ("motion blur px", "motion_px", (0.0, 1.0, float("inf"))),
     ("night", "night", (0.0, 0.5, float("inf"))),
 )
-# Where a gate camera is mounted as README.md ("Mounting a gate camera") asks: the plate at least 150 px wide, its
-# far edge at least 70 % of the near edge's height (yaw under 0.3) and the car stopped.
+# Where a gate camera is mounted as README.md ("Mounting a gate camera") asks: the plate at least
+# 150 px wide, its far edge at least 70 % of the near edge's height (yaw under 0.3), the car
+# stopped. A photo without one of these conditions (a real photo) is not counted in it.
 GUIDE = {"plate_width_px": (150.0, float("inf")), "tilt": (0.0, 0.3), "motion_px": (0.0, 1.0)}
 
 
@@ -109,7 +110,8 @@ def by_condition(
         ok
         for name, ok in exact_by_image.items()
         if name in conditions
-        and all(lo <= abs(conditions[name].get(k, -1.0)) < hi for k, (lo, hi) in GUIDE.items())
+        and all(k in conditions[name] for k in GUIDE)
+        and all(lo <= abs(conditions[name][k]) < hi for k, (lo, hi) in GUIDE.items())
     ]
     if inside:
         out["within mounting guide"] = {
@@ -331,7 +333,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "images": len(images),
         "unreadable_images": unreadable,
         **_score(ours, images, labels, conditions),
-        "stages": stages,
+        "stages": dict(stages),  # the photos' own (the variants below read through ``ours`` too)
         "reader": {"line": args.line, "settle": args.settle, "min_confidence": args.min_confidence},
         "cpus": os.cpu_count(),
     }

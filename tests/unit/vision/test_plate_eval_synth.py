@@ -101,6 +101,9 @@ def test_accuracy_by_condition_buckets_and_the_mounting_guide() -> None:
     # Within the guide: b and e (a too small, c yawed, d moving); "photo" has no conditions.
     assert got["within mounting guide"] == {"exact": "2/2", "exact_accuracy": 1.0}
     assert by_condition(exact, {}) == {}
+    # A photo without one of the guide's conditions is not counted in it.
+    partial = {"f": {"plate_width_px": 300.0, "tilt": 0.0}}
+    assert "within mounting guide" not in by_condition({"f": True}, partial)
 
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"wide"', "true", "[1]"])
