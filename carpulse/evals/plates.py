@@ -21,12 +21,17 @@ from models.plates.vote import _distance
 COUNTED = ("high", "medium")  # low-confidence labels may be wrong: not in exact accuracy
 
 
-def load_labels(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """``image -> plates`` from labels.json; errors name the file and the entry."""
+def _labels_doc(path: Path) -> Any:
+    """The parsed labels.json (an error naming the file if it cannot be read or parsed)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ConfigError(f"labels {path}: {err}") from err
+
+
+def load_labels(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``image -> plates`` from labels.json; errors name the file and the entry."""
+    doc = _labels_doc(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"labels {path}: top level must be an object")
     out: dict[str, list[dict[str, Any]]] = {}
@@ -60,10 +65,7 @@ GUIDE = {"plate_width_px": (150.0, float("inf")), "tilt": (0.0, 0.3), "motion_px
 def load_conditions(path: Path) -> dict[str, dict[str, float]]:
     """``image -> conditions`` (finite numbers only) from a labels.json that has them (synthetic
     sets); photos without them are left out. Errors name the file and the entry."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"labels {path}: {err}") from err
+    doc = _labels_doc(path)
     out: dict[str, dict[str, float]] = {}
     for name, entry in doc.items() if isinstance(doc, dict) else ():
         cond = entry.get("conditions") if isinstance(entry, dict) else None
@@ -298,6 +300,8 @@ def main(argv: list[str]) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if not 0 <= args.perturb <= 50:
         raise ConfigError(f"--perturb {args.perturb}: between 0 and 50")
+    if args.perturb_seed < 0:  # numpy's seed sequences take non-negative integers only
+        raise ConfigError(f"--perturb-seed {args.perturb_seed}: 0 or more")
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():

@@ -150,15 +150,27 @@ def test_perturbed_variants_are_deterministic_and_differ() -> None:
     assert 0.6 <= ca["scale"] <= 1.0 and abs(ca["angle"]) <= 15 and 0 <= ca["tilt"] <= 0.35
 
 
-@pytest.mark.parametrize("k", ["-1", "51"])
-def test_eval_refuses_a_perturb_count_out_of_range(tmp_path: Path, k: str) -> None:
+@pytest.mark.parametrize(
+    "extra", [["--perturb", "-1"], ["--perturb", "51"], ["--perturb", "1", "--perturb-seed", "-1"]]
+)
+def test_eval_refuses_perturb_options_out_of_range(tmp_path: Path, extra: list[str]) -> None:
     from carpulse.evals.plates import main
     from core.errors import ConfigError
     from models.plates.synth import write_set
 
     write_set(tmp_path, 1, seed=32)
     with pytest.raises(ConfigError, match="--perturb"):
-        main(["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", k])
+        main(["--images", str(tmp_path), "--no-latency", "--no-baseline", *extra])
+
+
+def test_a_huge_perturb_seed_is_taken(tmp_path: Path) -> None:
+    from carpulse.evals.plates import main
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 1, seed=32)
+    args = ["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", "1"]
+    res = main([*args, "--perturb-seed", str(2**80)])
+    assert res["perturbed"]["images"] == 1 and res["perturbed"]["seed"] == 2**80
 
 
 @pytest.mark.slow
