@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
-from models.plates.quad import MARGIN
+from models.plates.quad import MARGIN, percentile
 from models.plates.syntax import TEMPLATES
 
 MODEL_PATH = Path(__file__).with_name("plate_cells.npz")
@@ -64,10 +64,11 @@ def _canvas(crop: np.ndarray) -> np.ndarray | None:
         img = np.clip(img, 0, 255).astype(np.uint8)
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    grey = cv2.resize(img, CANVAS, interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = cv2.resize(img, CANVAS, interpolation=cv2.INTER_AREA)
+    grey = small.astype(np.float32)
     # The background is most of the plate: if it is the light part, the characters are dark.
-    band = grey[int(0.2 * CANVAS[1]) : int(0.8 * CANVAS[1])]
-    lo, hi = np.percentile(band, (5, 95))
+    band = small[int(0.2 * CANVAS[1]) : int(0.8 * CANVAS[1])]
+    lo, hi = percentile(band, 5), percentile(band, 95)
     if float(np.median(band)) > (lo + hi) / 2:
         grey = 255.0 - grey
     return grey

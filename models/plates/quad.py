@@ -8,8 +8,34 @@ it to a flat ``PLATE_ASPECT`` crop, so the recogniser sees upright, evenly space
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
+
+
+def percentile(a: np.ndarray, q: float) -> float:
+    """``float(np.percentile(a, q))`` for a NaN-free array, bit for bit, without NumPy's ~0.1 ms of
+    checks and set-up a call (the reader calls it some 20 times a frame; tested against NumPy).
+
+    NumPy's default ("linear") method with a scalar ``q``: the order statistics around
+    ``(n - 1) * q / 100`` and their interpolation in the array's own arithmetic (float32 stays
+    float32), the upper one counted back from when the weight is 0.5 or more.
+    """
+    x = np.ravel(a)
+    n = x.size
+    if n == 0 or not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile {q} of {n} values")
+    v = (n - 1) * (q / 100)
+    if v >= n - 1:
+        return float(x.max())
+    lo = math.floor(v)
+    part = np.partition(x, (lo, lo + 1))
+    below, above = part[lo], part[lo + 1]
+    t = v - lo
+    diff = above - below
+    return float(above - diff * (1 - t) if t >= 0.5 else below + diff * t)
+
 
 Rect = tuple[tuple[float, float], tuple[float, float], float]
 
@@ -82,8 +108,8 @@ def _background_mask(patch: np.ndarray) -> np.ndarray:
         "blue": (h >= 95) & (h <= 130) & (s >= 70) & (v >= 40),
         "yellow": (h >= 12) & (h <= 36) & (s >= 70) & (v >= 70),
         "green": (h >= 35) & (h <= 90) & (s >= 35) & (v >= 70),
-        "white": (s <= 60) & (v >= 0.75 * float(np.percentile(v, 90))),
-        "black": v <= max(30.0, 0.5 * float(np.percentile(v, 50))),
+        "white": (s <= 60) & (v >= 0.75 * percentile(v, 90)),
+        "black": v <= max(30.0, 0.5 * percentile(v, 50)),
     }
     ph, pw = patch.shape[:2]
     band = (slice(int(0.3 * ph), int(0.7 * ph)), slice(int(0.2 * pw), int(0.8 * pw)))
@@ -151,7 +177,7 @@ def stroke_count(crop: np.ndarray) -> float:
     # paint, not text: flattening would otherwise make a noisy gradient look like strokes.)
     smooth = cv2.blur(band, (3, 1)).astype(np.int16)
     flat = smooth - cv2.blur(band, (k, 1)).astype(np.int16) + 128
-    lo, hi = np.percentile(flat, (10, 90))
+    lo, hi = percentile(flat, 10), percentile(flat, 90)
     if hi - lo < MIN_SPREAD:
         return 0.0
     band = np.clip(flat, 0, 255).astype(np.uint8)
@@ -298,7 +324,7 @@ def _plate_shaped(q: np.ndarray) -> bool:
 def _text_band(profile: np.ndarray) -> tuple[float, float] | None:
     """First and last row (sub-pixel edges) of the longest run of stroke-dense rows, or ``None``."""
     p = np.convolve(profile, np.ones(3, np.float32) / 3, mode="same")
-    lo, hi = float(np.percentile(p, 10)), float(p.max())
+    lo, hi = percentile(p, 10), float(p.max())
     if hi <= 1.0 or hi < 2.0 * max(lo, 1e-6):
         return None
     cut = lo + BAND_CUT * (hi - lo)

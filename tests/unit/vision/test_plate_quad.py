@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.plates.quad import order_corners, refine, stroke_count, warp_quad
+from models.plates.quad import order_corners, percentile, refine, stroke_count, warp_quad
 from models.plates.synth import render_plate
 
 PLATE = render_plate("苏E9E0A5", "ordinary")
@@ -93,3 +93,36 @@ def test_stroke_count_sees_text_under_glare_and_not_a_shaded_panel() -> None:
     for sd in (2.0, 5.0, 10.0):  # a shaded panel with sensor noise: no strokes
         panel = np.clip(ramp + rng.normal(0, sd, ramp.shape), 0, 255).astype(np.uint8)
         assert stroke_count(panel) < 4
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_percentile_is_numpys_bit_for_bit(dtype: type) -> None:
+    """The reader's percentile gives NumPy's value exactly (its call sites' dtypes and q), so a
+    reading cannot change by it; sizes from 1 value, ties, extremes and q at 0 and 100."""
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        n = int(rng.choice([1, 2, 3, 7, 48, 97, 1000, 9216]))
+        shape = (n,) if trial % 2 else (1, n)
+        if np.issubdtype(dtype, np.integer):
+            # Many ties, or a wide range (int16 as the stroke test's flattened band, -127..383:
+            # NumPy's own difference of two int16 values wraps past 32,767).
+            lo, hi = (0, 4) if trial % 5 == 0 else (0, 255) if dtype == np.uint8 else (-999, 999)
+            x = rng.integers(lo, hi, shape, endpoint=True).astype(dtype)
+        else:
+            x = (rng.normal(0, 1, shape) * 10.0 ** rng.integers(-3, 30)).astype(dtype)
+        for q in (0, 5, 10, 50, 90, 95, 100, float(rng.uniform(0, 100))):
+            want = float(np.percentile(x, q))
+            assert percentile(x, q) == want, (dtype, n, q)
+    # The cells' band is grey levels: the uint8 image gives what its float32 copy gave with a
+    # tuple of q (float64 arithmetic), which is what ``cells._canvas`` computed before.
+    band = rng.integers(0, 256, (28, 192)).astype(np.uint8)
+    lo, hi = np.percentile(band.astype(np.float32), (5, 95))
+    assert (percentile(band, 5), percentile(band, 95)) == (float(lo), float(hi))
+
+
+def test_percentile_refuses_what_numpy_refuses() -> None:
+    with pytest.raises(ValueError):
+        percentile(np.zeros(0), 50)
+    for q in (-1.0, 100.5, float("nan")):
+        with pytest.raises(ValueError):
+            percentile(np.arange(5), q)
