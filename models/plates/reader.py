@@ -57,6 +57,12 @@ def _split_rows(crop: np.ndarray) -> np.ndarray:
     return np.concatenate([top, bottom], axis=1)
 
 
+# A colour candidate whose long side is under this many pixels is read after the larger ones: a
+# plate that small is rarely readable, and small blobs of plate colour (a sign, a sticker, a patch
+# of green) ranked first cost PP-OCR runs before the plate is reached (BENCHMARKS.md, fourteenth
+# session: four of the shared photos 50-67 ms -> 23-26 ms, the same readings).
+SMALL_CANDIDATE = 64.0
+
 # The dark-frame retry: mean grey level it brightens to, at most this gain.
 DARK_TARGET = 110.0
 DARK_MAX_GAIN = 4.0
@@ -90,6 +96,7 @@ class PlateReader:
         settle: float = 0.9,
         plate_only: bool = True,
         dark_below: float | None = 70.0,
+        small_last: bool = True,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -129,6 +136,9 @@ class PlateReader:
         # A frame whose mean grey level is below ``dark_below`` (None: never) and that gave no
         # sure reading is read again brightened (mean raised to ``DARK_TARGET``).
         self.dark_below = dark_below
+        # Colour candidates under ``SMALL_CANDIDATE`` px are read after the larger ones (their
+        # order by score kept within each group); off: by score alone.
+        self.small_last = small_last
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -371,7 +381,10 @@ class PlateReader:
         found: list[PlateRead] = []
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         # A reading below ``settle`` does not: the search goes on and the most confident wins.
-        for cand in colour_candidates(image):
+        cands = colour_candidates(image)
+        if self.small_last:  # a stable sort: by score within each group
+            cands.sort(key=lambda c: max(c.rect[1]) < SMALL_CANDIDATE)
+        for cand in cands:
             found = self._better(found, self._read_crops(image, [cand.rect], "colour"))
             if self._settled(found):
                 break

@@ -166,3 +166,27 @@ def test_a_settle_outside_zero_to_one_is_refused(settle: float) -> None:
 
     with pytest.raises(ConfigError, match="settle"):
         PlateReader(settle=settle)
+
+
+@pytest.mark.parametrize("name", ["ccpd_demo_4.jpg", "ccpd_fn_fn4.jpg"])
+def test_small_colour_blobs_are_read_after_the_plate(name: str, runs, reader) -> None:  # type: ignore[no-untyped-def]
+    """A small green blob ranked above the plate by the colour locator (a sticker, a sign) no
+    longer costs PP-OCR runs before the plate is read: the same plate, fewer runs."""
+    from models.plates.locate import colour_candidates
+    from models.plates.reader import SMALL_CANDIDATE
+    from tests.conftest import require_data
+
+    img = cv2.imread(str(require_data("plates") / name))
+    first = colour_candidates(img)[0]
+    assert max(first.rect[1]) < SMALL_CANDIDATE  # the locator's top pick is the small blob
+    reader.small_last = False
+    try:
+        by_score = [r.text for r in reader.read(img)]
+        n_by_score = len(runs)
+        runs.clear()
+        reader.small_last = True
+        small_last = [r.text for r in reader.read(img)]
+    finally:
+        reader.small_last = True
+    assert small_last == by_score and len(small_last) == 1
+    assert len(runs) < n_by_score, (runs, n_by_score)
