@@ -312,6 +312,32 @@ def test_stroke_variety_thickens_and_thins_the_characters_and_is_off_by_default(
     assert min(moved) < -0.03 and max(moved) > 0.03
 
 
+def test_elastic_bends_the_glyphs_a_little_and_is_off_by_default() -> None:
+    """`--elastic`: most crops of a batch are warped by at most ~2 px (the plate stays where it
+    was), each warp differs, and without it the batches are what they were."""
+    from models.plates.train_line import _augment, _bend
+
+    plate = render_plate("苏E12345", "ordinary", np.random.default_rng(3))
+    grey = cv2.cvtColor(
+        cv2.resize(plate, (128, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+    )
+    x = np.stack([grey] * 64)
+    plain = _augment(x, np.random.default_rng(5))
+    assert np.array_equal(plain, _augment(x, np.random.default_rng(5), elastic=False))
+    bent = _augment(x, np.random.default_rng(5), elastic=True)
+    assert bent.shape == x.shape and bent.dtype == np.float32
+    assert bent.min() >= 0.0 and bent.max() <= 255.0
+    changed = np.abs(bent - plain).reshape(len(x), -1).max(axis=1) > 20
+    assert 0.5 < changed.mean() < 0.9  # 70 % of the crops
+    rng = np.random.default_rng(11)
+    a, b = _bend(grey.astype(np.float32), rng), _bend(grey.astype(np.float32), rng)
+    assert not np.array_equal(a, b)
+    # Small: the bent crop is closer to the crop than the crop moved by 3 px.
+    moved = np.roll(grey.astype(np.float32), 3, axis=1)
+    for bent_one in (a, b):
+        assert np.abs(bent_one - grey).mean() < np.abs(moved - grey).mean()
+
+
 def test_a_line_reading_unsure_only_of_its_province_ends_the_crop_when_the_province_is_vouched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
