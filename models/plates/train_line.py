@@ -284,8 +284,8 @@ def _augment(
         for k in range(len(out)):
             out[k] = _restroke(out[k], rng)
     if elastic:
-        for k in np.flatnonzero(rng.random(len(out)) < 0.7):
-            out[k] = _bend(out[k], rng)
+        for j in np.flatnonzero(rng.random(len(out)) < 0.7):
+            out[j] = _bend(out[j], rng)
     return out
 
 
