@@ -60,7 +60,7 @@ def _split_rows(crop: np.ndarray) -> np.ndarray:
 # A colour candidate whose long side is under this many pixels is read after the larger ones: a
 # plate that small is rarely readable, and small blobs of plate colour (a sign, a sticker, a patch
 # of green) ranked first cost PP-OCR runs before the plate is reached (BENCHMARKS.md, fourteenth
-# session: four of the shared photos 50-67 ms -> 23-26 ms, the same readings).
+# session: four of the shared photos 50-74 ms -> 23-26 ms, the same readings).
 SMALL_CANDIDATE = 64.0
 
 # The dark-frame retry: mean grey level it brightens to, at most this gain.
