@@ -173,6 +173,19 @@ def test_a_huge_perturb_seed_is_taken(tmp_path: Path) -> None:
     assert res["perturbed"]["images"] == 1 and res["perturbed"]["seed"] == 2**80
 
 
+def test_eval_times_the_perturbed_variants_too(tmp_path: Path) -> None:
+    from carpulse.evals.plates import main
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 2, seed=33)
+    args = ["--images", str(tmp_path), "--no-baseline", "--repeats", "1", "--perturb", "2"]
+    pert = main(args)["perturbed"]
+    lat = pert["latency"]
+    assert pert["images"] == 4 and pert["p50_ms"] == lat["p50_ms"] > 0.0
+    assert lat["p50_ms"] <= lat["p95_ms"] <= lat["max_ms"]
+    assert "latency" not in main([*args, "--no-latency"])["perturbed"]
+
+
 @pytest.mark.slow
 def test_eval_reads_perturbed_variants_too(tmp_path: Path) -> None:
     from carpulse.evals.plates import main
