@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.argtypes import count
 from core.errors import ConfigError
 
 
@@ -23,7 +24,7 @@ def bench_wire(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--data", type=Path, default=None, help="canlogs folder (default ../shared/data/canlogs)"
     )
-    ap.add_argument("--batch-samples", type=int, default=5000)
+    ap.add_argument("--batch-samples", type=count(), default=5000)
     ap.add_argument("--batch-seconds", type=float, default=1.0)
     args = ap.parse_args(argv)
     return wire_figures(args.data, args.batch_samples, args.batch_seconds)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from core.argtypes import count
 from core.datasets import canlog_dir
 from core.errors import ConfigError
 from core.wire import Samples
@@ -36,7 +37,7 @@ def bench_canread(argv: list[str]) -> dict[str, Any]:
     """Frames/s of each reader on the real logs, medians of ``--repeat`` runs, in one process."""
     ap = argparse.ArgumentParser(prog="carpulse bench canread")
     ap.add_argument("--data", type=Path, default=None, help="canlogs folder")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=count(), default=3)
     args = ap.parse_args(argv)
     root = args.data or _default_logs()
     logs = sorted(root.glob("*/*.log"))

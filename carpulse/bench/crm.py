@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from core.argtypes import count
 from crm import store as st
 from crm.demo import seed_demo, simulated_predictions
 from crm.engine import RuleEngine
@@ -94,10 +95,10 @@ def bench_engine(
 
 def bench_crm(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="carpulse.bench.crm", description=__doc__)
-    ap.add_argument("--vehicles", type=int, default=100)
-    ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--evals", type=int, default=200_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--vehicles", type=count(), default=100)
+    ap.add_argument("--days", type=count(), default=30)
+    ap.add_argument("--evals", type=count(), default=200_000)
+    ap.add_argument("--repeat", type=count(), default=3)
     ap.add_argument("--db", help="PostgreSQL server URL (a fresh database per run); default SQLite")
     args = ap.parse_args(argv)
     evals = [bench_rules_eval(args.evals) for _ in range(args.repeat)]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from core.argtypes import count
 from core.errors import ConfigError
 from core.wire import Samples
 
@@ -75,7 +76,7 @@ def bench_decode(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--data", type=Path, default=None, help="canlogs folder (default ../shared/data/canlogs)"
     )
-    ap.add_argument("--repeat", type=int, default=3, help="runs per decoder (median reported)")
+    ap.add_argument("--repeat", type=count(), default=3, help="runs per decoder (median reported)")
     ap.add_argument(
         "--no-compile-time",
         action="store_true",

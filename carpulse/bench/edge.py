@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.argtypes import count
 from core.datasets import shared_data_dir
 from core.errors import ConfigError
 
@@ -231,9 +232,9 @@ def bench_edge(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--mapping", default="gt350", help="VSS mapping (file or shipped name)")
     ap.add_argument("--bus-max", type=float, default=4500.0, help="frames/s of a full CAN bus")
     ap.add_argument("--measure-s", type=float, default=10.0, help="measuring window per phase")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=count(), default=3)
     ap.add_argument(
-        "--cold-runs", type=int, default=5, help="cold and warm starts each (0: skip them)"
+        "--cold-runs", type=count(0), default=5, help="cold and warm starts each (0: skip them)"
     )
     ap.add_argument(
         "--kernels",

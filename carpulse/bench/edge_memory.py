@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from carpulse.bench.edge import DEFAULT_DBC, DEFAULT_LOG
+from core.argtypes import count
 from core.datasets import shared_data_dir
 from core.errors import ConfigError
 
@@ -102,7 +103,7 @@ def bench_edge_memory(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--log", type=Path, default=data / DEFAULT_LOG)
     ap.add_argument("--dbc", type=Path, default=data / DEFAULT_DBC)
     ap.add_argument("--mapping", default="gt350")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=count(), default=3)
     args = ap.parse_args(argv)
     for p in (args.log, args.dbc):
         if not p.exists():

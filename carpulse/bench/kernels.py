@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from carpulse.bench import median_of
+from core.argtypes import count
 
 
 def _rate(fn: Callable[[], object], n: int, repeat: int) -> float:
@@ -46,16 +47,22 @@ def _cold_and_rate(
 def bench_kernels(argv: list[str]) -> dict[str, Any]:
     """Per detector: samples/s (median of --repeat runs), River's and NumPy's in the same run."""
     ap = argparse.ArgumentParser(prog="carpulse bench kernels")
-    ap.add_argument("--slots", type=int, default=4096, help="entities (vehicle x signal)")
-    ap.add_argument("--samples", type=int, default=4_000_000, help="samples per z-score/CUSUM run")
-    ap.add_argument("--hst-samples", type=int, default=400_000)
-    ap.add_argument("--river-samples", type=int, default=20_000)
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--nab-samples", type=int, default=40_000, help="samples per NAB detector run")
-    ap.add_argument("--nab-slots", type=int, default=16, help="slots of the contextOSE run")
+    ap.add_argument("--slots", type=count(), default=4096, help="entities (vehicle x signal)")
+    ap.add_argument(
+        "--samples", type=count(), default=4_000_000, help="samples per z-score/CUSUM run"
+    )
+    ap.add_argument("--hst-samples", type=count(), default=400_000)
+    ap.add_argument("--river-samples", type=count(), default=20_000)
+    ap.add_argument("--repeat", type=count(), default=5)
+    ap.add_argument("--seed", type=count(0), default=0)
+    ap.add_argument(
+        "--nab-samples", type=count(), default=40_000, help="samples per NAB detector run"
+    )
+    ap.add_argument("--nab-slots", type=count(), default=16, help="slots of the contextOSE run")
     ap.add_argument("--only-nab", action="store_true", help="only the NAB detectors (quicker)")
     args = ap.parse_args(argv)
+    if args.samples < args.slots:  # each run steps every slot at least once
+        ap.error(f"--samples {args.samples} is below --slots {args.slots}")
     if args.only_nab:
         return {"slots": args.nab_slots, "repeat": args.repeat, **bench_nab(args)}
 

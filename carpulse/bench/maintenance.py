@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from carpulse.bench import median_of
+from core.argtypes import count
 from models.maintenance.battery import BatteryState, PackState, update_battery, update_pack
 from models.maintenance.oil import OilState, update_oil
 from models.maintenance.service import UsageState, update_usage
@@ -29,10 +30,12 @@ def _timer(fn: Callable[[], object]) -> Callable[[], float]:
 def bench_maintenance(argv: list[str]) -> dict[str, Any]:
     """Samples/s of each kernel on one core, ``--slots`` vehicles interleaved, median of ``--repeat``."""
     ap = argparse.ArgumentParser(prog="python -m carpulse.bench.maintenance")
-    ap.add_argument("--samples", type=int, default=2_000_000)
-    ap.add_argument("--slots", type=int, default=10_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--samples", type=count(), default=2_000_000)
+    ap.add_argument("--slots", type=count(), default=10_000)
+    ap.add_argument("--repeat", type=count(), default=5)
     args = ap.parse_args(argv)
+    if args.samples < args.slots:  # each run steps every vehicle at least once
+        ap.error(f"--samples {args.samples} is below --slots {args.slots}")
     n, v = args.samples - args.samples % args.slots, args.slots
     rng = np.random.default_rng(0)
     slot = np.tile(np.arange(v), n // v)
@@ -57,9 +60,9 @@ def bench_maintenance(argv: list[str]) -> dict[str, Any]:
         ),
     }
     out: dict[str, Any] = {"samples": n, "slots": v}
-    for name, (count, fn) in runs.items():
+    for name, (calls, fn) in runs.items():
         fn()  # compile
-        out[name] = round(count / median_of(_timer(fn), args.repeat))
+        out[name] = round(calls / median_of(_timer(fn), args.repeat))
     return out
 
 

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from carpulse.bench import median_of
+from core.argtypes import count
 from firmware_bridge.obd.client import ObdClient
 from firmware_bridge.obd.elm327 import Elm327
 from firmware_bridge.obd.emulator import ElmEmulator
@@ -50,8 +51,8 @@ def _python_obd_rate(port: str, pids: list[int], rounds: int, repeat: int) -> fl
 def bench_obd(argv: list[str]) -> dict[str, Any]:
     """PIDs/s for our batched client, a naive one-PID-per-request loop and python-OBD."""
     ap = argparse.ArgumentParser(prog="carpulse bench obd")
-    ap.add_argument("--rounds", type=int, default=20, help="polling rounds per run")
-    ap.add_argument("--repeat", type=int, default=5, help="runs; the median is reported")
+    ap.add_argument("--rounds", type=count(), default=20, help="polling rounds per run")
+    ap.add_argument("--repeat", type=count(), default=5, help="runs; the median is reported")
     ap.add_argument(
         "--ecu-delay",
         type=float,

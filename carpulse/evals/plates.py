@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from core.argtypes import count
 from core.datasets import shared_data_dir
 from core.errors import ConfigError
 from models.plates.syntax import kind_of, normalise
@@ -277,7 +278,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--labels", type=Path, default=None, help="labels.json (default DIR/labels.json)"
     )
-    ap.add_argument("--repeats", type=int, default=3, help="timed reads per image (median)")
+    ap.add_argument(
+        "--repeats", type=count(1, 1000), default=3, help="timed reads per image (median)"
+    )
     ap.add_argument("--min-confidence", type=float, default=0.5)
     ap.add_argument("--no-latency", action="store_true", help="accuracy only (faster)")
     ap.add_argument(
