@@ -52,6 +52,7 @@ import aiohttp
 import numpy as np
 
 from carpulse.stack import stop_processes
+from core.argtypes import count
 from core.config import CarpulseSettings
 from core.errors import StackError
 from core.wire import Samples, TelemetryBatch, encode_telemetry
@@ -353,23 +354,23 @@ class CpuMeter:
 def bench_e2e(argv: list[str]) -> dict[str, Any]:
     """Sustained end-to-end rate, InfluxDB's ceiling, the worker alone, and latency at half rate."""
     ap = argparse.ArgumentParser(prog="carpulse bench e2e")
-    ap.add_argument("--vehicles", type=int, default=8)
-    ap.add_argument("--batch-samples", type=int, default=2000, help="samples per MQTT message")
+    ap.add_argument("--vehicles", type=count(), default=8)
+    ap.add_argument("--batch-samples", type=count(), default=2000, help="samples per MQTT message")
     ap.add_argument("--start-rate", type=float, default=20_000.0, help="first offered samples/s")
     ap.add_argument("--growth", type=float, default=1.5)
-    ap.add_argument("--max-steps", type=int, default=12)  # stops at the first step that lags
+    ap.add_argument("--max-steps", type=count(), default=12)  # stops at the first step that lags
     ap.add_argument("--step-seconds", type=float, default=8.0)
     ap.add_argument("--lag-limit-s", type=float, default=1.0)
     ap.add_argument("--latency-seconds", type=float, default=10.0)
     ap.add_argument(
         "--latency-rate", type=float, default=None, help="default: half the sustained rate"
     )
-    ap.add_argument("--ceiling-lines", type=int, default=200_000)
-    ap.add_argument("--faust-only-samples", type=int, default=1_000_000)
+    ap.add_argument("--ceiling-lines", type=count(), default=200_000)
+    ap.add_argument("--faust-only-samples", type=count(), default=1_000_000)
     ap.add_argument(
-        "--crm-events", type=int, default=2000, help="CRM phase's records (0: no CRM phase)"
+        "--crm-events", type=count(0), default=2000, help="CRM phase's records (0: no CRM phase)"
     )
-    ap.add_argument("--crm-vehicles", type=int, default=200, help="cars seeded in its CRM")
+    ap.add_argument("--crm-vehicles", type=count(), default=200, help="cars seeded in its CRM")
     ap.add_argument(
         "--crm-db", default=None, help="PostgreSQL server URL for the CRM phase (default SQLite)"
     )

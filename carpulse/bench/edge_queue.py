@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.argtypes import count
 from core.errors import ConfigError
 
 SYSCALLS = ("fsync", "fdatasync", "pwrite64")  # SQLite writes with pwrite64 only; stdout is write
@@ -35,9 +36,9 @@ def writer(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m carpulse.bench.edge_queue writer")
     ap.add_argument("--db", type=Path, required=True)
     ap.add_argument("--fsync", choices=("full", "normal"), default="full")
-    ap.add_argument("--payload", type=int, default=2100)
-    ap.add_argument("--pairs", type=int, default=0, help="0: until killed")
-    ap.add_argument("--max-bytes", type=int, default=256 * 1024 * 1024)
+    ap.add_argument("--payload", type=count(), default=2100)
+    ap.add_argument("--pairs", type=count(0), default=0, help="0: until killed")
+    ap.add_argument("--max-bytes", type=count(), default=256 * 1024 * 1024)
     ap.add_argument("--io-out", type=Path, default=None, help="write /proc/self/io here at the end")
     args = ap.parse_args(argv)
     q = DurableQueue(args.db, fsync=args.fsync, max_bytes=args.max_bytes, ttl_s=None)
@@ -82,8 +83,8 @@ def _io(path: Path) -> dict[str, int]:
 def bench_edge_queue(argv: list[str]) -> dict[str, Any]:
     """Writes and bytes per minute for ``fsync = "full"`` and ``"normal"``."""
     ap = argparse.ArgumentParser(prog="carpulse bench edge-queue", description=__doc__)
-    ap.add_argument("--pairs", type=int, default=1200, help="put+ack pairs per policy")
-    ap.add_argument("--payload", type=int, default=2100, help="bytes per batch (bench edge)")
+    ap.add_argument("--pairs", type=count(), default=1200, help="put+ack pairs per policy")
+    ap.add_argument("--payload", type=count(), default=2100, help="bytes per batch (bench edge)")
     ap.add_argument("--rate", type=float, default=1.0, help="batches per second of the agent")
     ap.add_argument("--dir", type=Path, default=None, help="where the queue file goes (the card)")
     args = ap.parse_args(argv)

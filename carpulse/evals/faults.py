@@ -56,6 +56,7 @@ from carpulse.faults_probe import (
     source_samples,
 )
 from carpulse.faults_rig import CrashSender, Rig, Vehicle, wait_until
+from core.argtypes import count
 from core.errors import StackError
 
 SINGLE = (
@@ -493,15 +494,15 @@ def main(argv: list[str]) -> dict[str, Any]:
         help=f"comma-separated subset of: {', '.join(SCENARIOS)}",
     )
     ap.add_argument("--outage-s", type=float, default=60.0, help="InfluxDB outage")
-    ap.add_argument("--kills", type=int, default=10, help="kill -9 of the edge agent")
+    ap.add_argument("--kills", type=count(0), default=10, help="kill -9 of the edge agent")
     ap.add_argument("--down-s", type=float, default=10.0, help="other restarts' down time")
     ap.add_argument(
-        "--vehicles", type=int, default=4, help="edge agents per scenario (one per partition)"
+        "--vehicles", type=count(), default=4, help="edge agents per scenario (one per partition)"
     )
-    ap.add_argument("--signals", type=int, default=4)
+    ap.add_argument("--signals", type=count(), default=4)
     ap.add_argument("--hz", type=float, default=20.0, help="ticks per second per vehicle")
     ap.add_argument("--batch-s", type=float, default=0.25, help="edge batch_max_interval_s")
-    ap.add_argument("--crashes", type=int, default=4, help="crash events per scenario")
+    ap.add_argument("--crashes", type=count(0), default=4, help="crash events per scenario")
     ap.add_argument("--lead-s", type=float, default=3.0, help="streaming before the fault")
     ap.add_argument("--tail-s", type=float, default=3.0, help="streaming after recovery")
     ap.add_argument("--session-timeout-s", type=float, default=8.0)

@@ -61,6 +61,10 @@ ENTRIES = [
     ("carpulse.bench.decode:bench_decode", ["--repeat", "0"], "--repeat"),
     ("carpulse.bench.crm:bench_crm", ["--evals", "0"], "--evals"),
     ("carpulse.bench:bench_wire", ["--batch-samples", "0"], "--batch-samples"),
+    ("carpulse.bench.e2e:bench_e2e", ["--vehicles", "0"], "--vehicles"),
+    ("carpulse.bench.e2e:bench_e2e", ["--crm-events", "-1"], "--crm-events"),
+    ("carpulse.bench.edge_queue:bench_edge_queue", ["--pairs", "0"], "--pairs"),
+    ("carpulse.evals.faults:main", ["--signals", "0"], "--signals"),
 ]
 
 
