@@ -15,16 +15,18 @@ def count(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse ``type`` taking an integer from ``minimum`` to ``maximum`` (inclusive)."""
 
     def parse(text: str) -> int:
+        bare = text.strip()
+        shown = bare[:40] + ("..." if len(bare) > 40 else "")  # never echoed whole
         try:
             value = int(text, 10)
         except ValueError:
             digits = text.strip().lstrip("+-")
             why = "has too many digits" if digits.isdigit() else "is not a whole number"
-            raise argparse.ArgumentTypeError(f"{text[:40]!r} {why}") from None
+            raise argparse.ArgumentTypeError(f"{shown!r} {why}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+            raise argparse.ArgumentTypeError(f"{shown} is below {minimum}")
         if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"{value} is above {maximum}")
+            raise argparse.ArgumentTypeError(f"{shown} is above {maximum}")
         return value
 
     parse.__name__ = "count"  # argparse names the type in its messages

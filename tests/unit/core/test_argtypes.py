@@ -36,6 +36,7 @@ def test_a_count_in_range_is_taken(text: str, minimum: int, maximum: int | None,
         ("", "is not a whole number"),
         ("9" * 5000, "has too many digits"),  # beyond int()'s digit limit
         ("1" + "0" * 30, "is above 20"),  # beyond int64: still a plain refusal
+        ("-" + "9" * 4000, "is below 1"),  # within int()'s limit, but not echoed whole
     ],
 )
 def test_a_count_out_of_range_or_not_a_number_is_refused(text: str, why: str) -> None:
