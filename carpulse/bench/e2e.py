@@ -376,11 +376,9 @@ def bench_e2e(argv: list[str]) -> dict[str, Any]:
     )
     ap.add_argument("--keep", type=Path, default=None, help="keep the stack and logs in this dir")
     ap.add_argument(
-        "--runs", type=int, default=1, help="whole runs (fresh stack each); figures are medians"
+        "--runs", type=count(), default=1, help="whole runs (fresh stack each); figures are medians"
     )
     args = ap.parse_args(argv)
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
     runs = []
     for i in range(args.runs):
         if args.keep is not None:

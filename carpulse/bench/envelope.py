@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.argtypes import count
+
 
 def _per_call_us(calls: list[Callable[[], object]], rounds: int) -> float:
     """Median over ``rounds`` of the thread CPU time per call, in microseconds."""
@@ -32,12 +34,10 @@ def _per_call_us(calls: list[Callable[[], object]], rounds: int) -> float:
 
 def bench_envelope(argv: list[str]) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="carpulse bench envelope")
-    ap.add_argument("--batch-samples", type=int, default=2000, help="samples per message")
-    ap.add_argument("--messages", type=int, default=400, help="messages per round (8 devices)")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--batch-samples", type=count(4), default=2000, help="samples per message")
+    ap.add_argument("--messages", type=count(), default=400, help="messages per round (8 devices)")
+    ap.add_argument("--rounds", type=count(), default=7)
     args = ap.parse_args(argv)
-    if args.batch_samples < 4 or args.messages < 1 or args.rounds < 1:
-        ap.error("--batch-samples must be at least 4, --messages and --rounds at least 1")
 
     from carpulse.bench.e2e import BASE_US, synth
     from core.wire import decode_telemetry, encode_telemetry

@@ -61,10 +61,10 @@ def bench_kernels(argv: list[str]) -> dict[str, Any]:
     ap.add_argument("--nab-slots", type=count(), default=16, help="slots of the contextOSE run")
     ap.add_argument("--only-nab", action="store_true", help="only the NAB detectors (quicker)")
     args = ap.parse_args(argv)
-    if args.samples < args.slots:  # each run steps every slot at least once
-        ap.error(f"--samples {args.samples} is below --slots {args.slots}")
     if args.only_nab:
         return {"slots": args.nab_slots, "repeat": args.repeat, **bench_nab(args)}
+    if args.samples < args.slots:  # each run steps every slot at least once
+        ap.error(f"--samples {args.samples} is below --slots {args.slots}")
 
     from models.kernels import CrossSignalResidual, Cusum, HalfSpaceTrees, PageHinkley, RobustZScore
     from models.kernels.hst import hst_numpy

@@ -64,6 +64,9 @@ ENTRIES = [
     ("carpulse.bench:bench_wire", ["--batch-samples", "0"], "--batch-samples"),
     ("carpulse.bench.e2e:bench_e2e", ["--vehicles", "0"], "--vehicles"),
     ("carpulse.bench.e2e:bench_e2e", ["--crm-events", "-1"], "--crm-events"),
+    ("carpulse.bench.e2e:bench_e2e", ["--runs", "0"], "--runs"),
+    ("carpulse.bench.envelope:bench_envelope", ["--batch-samples", "3"], "--batch-samples"),
+    ("carpulse.bench.envelope:bench_envelope", ["--rounds", "0"], "--rounds"),
     ("carpulse.bench.edge_queue:bench_edge_queue", ["--pairs", "0"], "--pairs"),
     ("carpulse.evals.faults:main", ["--signals", "0"], "--signals"),
 ]
