@@ -80,6 +80,30 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+#: ``LO-HI``: the ports ``free_port`` picks from, in this process and the processes it starts.
+#: Two test processes side by side (``make test``'s pytest-xdist workers) get disjoint ranges, so
+#: one never picks a port the other picked and has not bound yet (or stopped, to start again).
+FREE_PORTS_ENV = "CARPULSE_FREE_PORTS"
+
+
+def free_port_range() -> tuple[int, int]:
+    """``[lo, hi)`` that ``free_port`` picks from: ``$CARPULSE_FREE_PORTS`` (``LO-HI``) or
+    ``FREE_PORTS_FROM`` up to the kernel's ephemeral range."""
+    lo, _hi = _ephemeral_ports()
+    raw = os.environ.get(FREE_PORTS_ENV, "").strip()
+    if not raw:
+        return FREE_PORTS_FROM, lo
+    try:
+        a, b = (int(x) for x in raw.split("-"))
+    except ValueError:
+        raise StackError(
+            f"{FREE_PORTS_ENV}={raw[:40]!r}: expected LO-HI, e.g. 20000-26000"
+        ) from None
+    if not 1_024 <= a < b <= 65_536:
+        raise StackError(f"{FREE_PORTS_ENV}={raw[:40]!r}: expected 1024 <= LO < HI <= 65536")
+    return a, b
+
+
 def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
     """A TCP port that is free right now (tests start their own stack on such ports), with the
     ``count - 1`` after it free too.
@@ -87,17 +111,20 @@ def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
     Picked below the kernel's ephemeral range: a port of that range (what ``bind(0)`` gives) can
     be taken by any outgoing connection between the pick and the server's own bind. Seen in a
     full test run: InfluxDB failed with "bind: address already in use" on such a port.
+    ``$CARPULSE_FREE_PORTS`` narrows the range (``free_port_range``).
     """
-    lo, _hi = _ephemeral_ports()
-    top = lo - count  # the block ends below the ephemeral range
-    if top - FREE_PORTS_FROM >= 1_000:
+    start, end = free_port_range()
+    top = end - count  # the block ends below the range's end
+    if top - start >= 1_000 or (os.environ.get(FREE_PORTS_ENV) and top > start):
         rng = secrets.SystemRandom()
         for _ in range(500):
-            base = rng.randrange(FREE_PORTS_FROM, top)
+            base = rng.randrange(start, top)
             block = range(base, base + count)
             if _given.isdisjoint(block) and all(_bindable(host, p) for p in block):
                 _given.update(block)
                 return base
+    if os.environ.get(FREE_PORTS_ENV):  # never outside the range it was given
+        raise StackError(f"no {count} consecutive free ports in {FREE_PORTS_ENV}={start}-{end}")
     for _ in range(200):  # no room below the ephemeral range: the kernel's pick
         with socket.socket() as s:
             s.bind((host, 0))

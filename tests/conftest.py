@@ -13,6 +13,25 @@ from core.datasets import shared_data_dir
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def worker_port_range(worker: str, workers: int, lo: int, hi: int) -> tuple[int, int]:
+    """pytest-xdist worker ``gwI`` of ``workers``: its own slice of ``[lo, hi)``."""
+    i = int(worker.removeprefix("gw"))
+    size = (hi - lo) // max(workers, 1)
+    return lo + i * size, lo + (i + 1) * size
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker, and every service or command it starts, picks free ports from a
+    range of its own: ``make test`` runs the service tests on two workers side by side."""
+    from carpulse.stack import FREE_PORTS_ENV, free_port_range
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not os.environ.get(FREE_PORTS_ENV):
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        a, b = worker_port_range(worker, workers, *free_port_range())
+        os.environ[FREE_PORTS_ENV] = f"{a}-{b}"
+
+
 def require_data(relative: str) -> Path:
     """Path to shared data; skip with a reason when missing, but fail under CI=true."""
     path = shared_data_dir() / relative

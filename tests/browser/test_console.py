@@ -218,6 +218,7 @@ def _audit(w: World, action: str) -> list[AuditRecord]:
         return list(s.scalars(select(AuditRecord).where(AuditRecord.action == action)))
 
 
+@pytest.mark.serial  # a value on the page within 2 s: alone, not beside other tests
 def test_agent_logs_in_searches_and_sees_a_live_value_within_2s(
     browser: Browser, world: World
 ) -> None:

@@ -103,6 +103,7 @@ def test_outage_parks_and_replays_through_the_worker(local_stack: Stack, tmp_pat
     assert got == expected  # nothing lost, nothing doubled, the NaNs left out
 
 
+@pytest.mark.serial  # throughput floors: alone, not beside other tests
 def test_bench_e2e_reports_the_figures() -> None:
     from carpulse.bench.e2e import bench_e2e
 

@@ -10,7 +10,8 @@ from carpulse.bench.edge import DEFAULT_LOG, bench_edge
 from core.datasets import shared_data_dir
 from edge.aot import toolchain_problem
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# frames/s floors and start-up times: make test runs it alone, not beside other tests
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.serial]
 
 
 def test_bench_edge_reports_cold_and_warm_start_and_memory() -> None:

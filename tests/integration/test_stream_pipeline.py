@@ -210,6 +210,7 @@ def test_pipeline_dedupes_dead_letters_and_alerts(local_stack, tmp_path: Path) -
     print(f"anomaly events on the topic: {len(anomalies)}")
 
 
+@pytest.mark.serial  # latencies under 0.5 / 1 s: alone, not beside other tests
 def test_one_record_is_in_influxdb_well_under_a_second(local_stack, tmp_path: Path) -> None:
     """Kafka -> worker -> InfluxDB latency with the worker's fetch wait (Faust alone: 1.5 s)."""
     env = worker_env(local_stack)

@@ -66,6 +66,7 @@ def _stop(proc: object, timeout: float = 60) -> None:
     proc.wait(timeout)  # type: ignore[attr-defined]
 
 
+@pytest.mark.serial  # the backlog drains within a tenth of the outage: alone
 def test_broker_outage_loses_nothing_and_backlog_drains_fast(
     broker: Mosquitto, tmp_path: Path
 ) -> None:

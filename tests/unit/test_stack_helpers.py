@@ -64,3 +64,40 @@ def test_free_ports_are_below_the_ephemeral_range_never_twice_and_bindable() -> 
     for p in (*ports[:5], *range(base, base + 9)):
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))  # free: raises if not
+
+
+def test_free_ports_stay_in_the_range_the_environment_gives(monkeypatch) -> None:
+    """``make test`` runs the service tests on two pytest-xdist workers: each picks ports from
+    its own range (``$CARPULSE_FREE_PORTS``), and so do the services and commands it starts."""
+    from carpulse.stack import FREE_PORTS_ENV, free_port, free_port_block, free_port_range
+
+    monkeypatch.setenv(FREE_PORTS_ENV, "41000-41060")
+    assert free_port_range() == (41_000, 41_060)
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == 20 and all(41_000 <= p < 41_060 for p in ports)
+    base = free_port_block(5)
+    assert base >= 41_000 and base + 5 <= 41_060 and not set(range(base, base + 5)) & set(ports)
+    monkeypatch.setenv(FREE_PORTS_ENV, "41100-41103")  # never a port outside it
+    with pytest.raises(StackError, match="no 5 consecutive free ports in CARPULSE_FREE_PORTS"):
+        free_port_block(5)
+    for bad in ("41000", "a-b", "41060-41000", "80-9000", "20000-70000", "9" * 5000 + "-1"):
+        monkeypatch.setenv(FREE_PORTS_ENV, bad)
+        with pytest.raises(StackError, match="CARPULSE_FREE_PORTS") as err:
+            free_port_range()
+        assert len(str(err.value)) < 120
+
+
+def test_pytest_workers_get_disjoint_port_ranges() -> None:
+    import os
+
+    from carpulse.stack import FREE_PORTS_ENV
+    from tests.conftest import worker_port_range
+
+    a = worker_port_range("gw0", 2, 20_000, 32_768)
+    b = worker_port_range("gw1", 2, 20_000, 32_768)
+    assert a == (20_000, 26_384) and b == (26_384, 32_768)
+    assert worker_port_range("gw2", 3, 20_000, 32_768)[1] <= 32_768
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:  # under make test's workers: this process has its slice
+        lo, hi = map(int, os.environ[FREE_PORTS_ENV].split("-"))
+        assert hi - lo >= 1_000
