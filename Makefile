@@ -63,13 +63,14 @@ unit: setup
 # 1. the tests that start no service, on TEST_JOBS processes (pytest-xdist; they only compute, so
 #    the two cores halve them);
 # 2. those that start services, on TEST_JOBS processes too, a file to a process (they mostly wait
-#    for services, so two side by side take ~0.6 of the time; each process has its own stack and
-#    picks ports from a range of its own, CARPULSE_FREE_PORTS, set in tests/conftest.py);
-# 3. those that count work in a wall-clock window (`serial`: throughput floors, latencies), alone.
+#    for services, so two side by side take less time; each process has its own stack and picks
+#    ports from a range of its own, CARPULSE_FREE_PORTS, set in tests/conftest.py);
+# 3. alone: the reliability tests (kill -9, outages, failover: a busy neighbour slows recoveries
+#    into their known stalls) and those that count work in a wall-clock window (`serial`).
 # TEST_JOBS=0: no worker processes (pytest-xdist's -n 0), every test in one process as before
 TEST_JOBS ?= 2
-SERVICE_TESTS := integration or reliability or browser
-SERIAL_TESTS := $(SERVICE_TESTS) or serial
+ALONE_TESTS := reliability or serial
+SERIAL_TESTS := integration or browser or $(ALONE_TESTS)
 # the kernel tests' files (a file that marks a test `kernel` names pytest.mark.kernel)
 KERNEL_TESTS = $(shell grep -rl --include='*.py' 'mark\.kernel' tests)
 
@@ -78,8 +79,8 @@ test: setup ## every test: lint, types, unit, integration (starts its own stack 
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -n $(TEST_JOBS) -m "not ($(SERIAL_TESTS))"
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "($(SERVICE_TESTS)) and not serial"
-	$(BIN)/pytest -m serial
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "(integration or browser) and not ($(ALONE_TESTS))"
+	$(BIN)/pytest -m "$(ALONE_TESTS)"
 	@# Kernels once more in plain Python, so coverage sees their bodies and a JIT-only bug shows.
 	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "kernel and not slow" -p no:cacheprovider $(KERNEL_TESTS) || [ $$? -eq 5 ]
 

@@ -41,7 +41,8 @@ from dashboards.users import DEMO_PASSWORD, create_demo_users, seed_demo_crm  # 
 from tests.integration.helpers import pipeline, wait_for  # noqa: E402
 from tests.integration.stream_util import create_topics  # noqa: E402
 
-pytestmark = [pytest.mark.browser, pytest.mark.integration]
+# a value on the page within 2 s, and the tests share one world in order: the file runs alone
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.serial]
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -218,7 +219,6 @@ def _audit(w: World, action: str) -> list[AuditRecord]:
         return list(s.scalars(select(AuditRecord).where(AuditRecord.action == action)))
 
 
-@pytest.mark.serial  # a value on the page within 2 s: alone, not beside other tests
 def test_agent_logs_in_searches_and_sees_a_live_value_within_2s(
     browser: Browser, world: World
 ) -> None:
