@@ -82,7 +82,7 @@ test: setup ## every test: lint, types, unit, integration (starts its own stack 
 	$(BIN)/pytest -n $(TEST_JOBS) --dist loadfile -m "(integration or browser) and not ($(ALONE_TESTS))"
 	$(BIN)/pytest -m "$(ALONE_TESTS)"
 	@# Kernels once more in plain Python, so coverage sees their bodies and a JIT-only bug shows.
-	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -m "kernel and not slow" -p no:cacheprovider $(KERNEL_TESTS) || [ $$? -eq 5 ]
+	NUMBA_DISABLE_JIT=1 $(BIN)/pytest -q -n $(TEST_JOBS) -m "kernel and not slow" -p no:cacheprovider $(KERNEL_TESTS) || [ $$? -eq 5 ]
 
 test-full: ## make test with the long extras: the faults eval also kills the KRaft controller
 	CARPULSE_FAULTS_FULL=1 $(MAKE) test

@@ -23,10 +23,12 @@ def worker_port_range(worker: str, workers: int, lo: int, hi: int) -> tuple[int,
 def pytest_configure(config: pytest.Config) -> None:
     """Each pytest-xdist worker, and every service or command it starts, picks free ports from a
     range of its own: ``make test`` runs the service tests on two workers side by side."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        return  # not a pytest-xdist worker: the whole range
     from carpulse.stack import FREE_PORTS_ENV, free_port_range
 
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker and not os.environ.get(FREE_PORTS_ENV):
+    if not os.environ.get(FREE_PORTS_ENV):
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
         a, b = worker_port_range(worker, workers, *free_port_range())
         os.environ[FREE_PORTS_ENV] = f"{a}-{b}"
