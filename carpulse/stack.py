@@ -114,8 +114,9 @@ def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
     ``$CARPULSE_FREE_PORTS`` narrows the range (``free_port_range``).
     """
     start, end = free_port_range()
+    narrowed = bool(os.environ.get(FREE_PORTS_ENV, "").strip())  # as free_port_range reads it
     top = end - count  # the block ends below the range's end
-    if top - start >= 1_000 or (os.environ.get(FREE_PORTS_ENV) and top > start):
+    if top - start >= 1_000 or (narrowed and top > start):
         rng = secrets.SystemRandom()
         for _ in range(500):
             base = rng.randrange(start, top)
@@ -123,7 +124,7 @@ def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
             if _given.isdisjoint(block) and all(_bindable(host, p) for p in block):
                 _given.update(block)
                 return base
-    if os.environ.get(FREE_PORTS_ENV):  # never outside the range it was given
+    if narrowed:  # never outside the range it was given
         raise StackError(f"no {count} consecutive free ports in {FREE_PORTS_ENV}={start}-{end}")
     for _ in range(200):  # no room below the ephemeral range: the kernel's pick
         with socket.socket() as s:

@@ -80,6 +80,8 @@ def test_free_ports_stay_in_the_range_the_environment_gives(monkeypatch) -> None
     monkeypatch.setenv(FREE_PORTS_ENV, "41100-41103")  # never a port outside it
     with pytest.raises(StackError, match="no 5 consecutive free ports in CARPULSE_FREE_PORTS"):
         free_port_block(5)
+    monkeypatch.setenv(FREE_PORTS_ENV, "  ")  # blank: unset, the whole range (and no error)
+    assert free_port_range()[0] == 20_000 and free_port() >= 20_000
     for bad in ("41000", "a-b", "41060-41000", "80-9000", "20000-70000", "9" * 5000 + "-1"):
         monkeypatch.setenv(FREE_PORTS_ENV, bad)
         with pytest.raises(StackError, match="CARPULSE_FREE_PORTS") as err:
