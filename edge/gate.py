@@ -55,6 +55,10 @@ class GateConfig(BaseModel):
         True,
         description="Run the plate-line recogniser before PP-OCR and where nothing else read.",
     )
+    plate_finder: bool = Field(
+        False,
+        description="Read the learned plate finder's boxes too (experimental: slower, see BENCHMARKS.md).",
+    )
     plate_settle: float = Field(
         0.9,
         ge=0,
@@ -92,6 +96,7 @@ class GateLoop:
     ) -> None:
         self.conf, self.sink, self.tick = conf, sink, tick
         if reader is None:
+            from models.plates.find import FIND_PATH
             from models.plates.line import LINE_PATH
             from models.plates.reader import PlateReader
 
@@ -99,6 +104,7 @@ class GateLoop:
                 threads=conf.threads,
                 min_confidence=conf.min_confidence,
                 line_model=LINE_PATH if conf.plate_line else None,
+                find_model=FIND_PATH if conf.plate_finder else None,
                 settle=conf.plate_settle,
             )
         self.reader = reader

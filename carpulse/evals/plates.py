@@ -293,6 +293,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="the plate-line recogniser (default on; --no-line as [gate] plate_line = false)",
     )
     ap.add_argument(
+        "--finder",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the learned plate finder too (experimental, default off; [gate] plate_finder)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.9,
@@ -331,11 +337,16 @@ def main(argv: list[str]) -> dict[str, Any]:
             unreadable.append(name)
             continue
         images[name] = img
+    from models.plates.find import FIND_PATH
     from models.plates.line import LINE_PATH
 
     if not 0.0 <= args.settle <= 1.0:
         raise ConfigError(f"--settle {args.settle}: between 0 and 1")
-    line: dict[str, Any] = {"line_model": LINE_PATH if args.line else None, "settle": args.settle}
+    line: dict[str, Any] = {
+        "line_model": LINE_PATH if args.line else None,
+        "find_model": FIND_PATH if args.finder else None,
+        "settle": args.settle,
+    }
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
 
@@ -350,7 +361,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         "unreadable_images": unreadable,
         **_score(ours, images, labels, conditions),
         "stages": dict(stages),  # the photos' own (the variants below read through ``ours`` too)
-        "reader": {"line": args.line, "settle": args.settle, "min_confidence": args.min_confidence},
+        "reader": {
+            "line": args.line,
+            "finder": args.finder,
+            "settle": args.settle,
+            "min_confidence": args.min_confidence,
+        },
         "cpus": os.cpu_count(),
     }
     baseline = None if args.no_baseline else OffTheShelf()

@@ -13,6 +13,7 @@ import numpy as np
 from core.errors import ConfigError
 from models.plates.cells import MODEL_PATH, SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
+from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
 from models.plates.locate import colour_candidates, edge_candidates
 from models.plates.ocr import PaddleOcr, crop_rect
@@ -97,6 +98,12 @@ class PlateReader:
         plate_only: bool = True,
         dark_below: float | None = 70.0,
         small_last: bool = True,
+        find_model: Path | None = None,
+        find_threshold: float = 0.3,
+        find_top: int = 2,
+        find_quads: bool = True,
+        find_first: bool = True,
+        find_late: bool = True,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -139,6 +146,22 @@ class PlateReader:
         # Colour candidates under ``SMALL_CANDIDATE`` px are read after the larger ones (their
         # order by score kept within each group); off: by score alone.
         self.small_last = small_last
+        # The learned plate finder (None: off): its best boxes are read before the colour
+        # candidates, as a colour candidate is (``models.plates.find``).
+        if not 0.0 <= find_threshold <= 1.0:
+            raise ConfigError(f"find_threshold {find_threshold}: between 0 and 1")
+        self.finder = (
+            PlateFinder(find_model, threads, find_threshold, find_top)
+            if find_model is not None
+            else None
+        )
+        # Where the corner fit finds no plate in a finder's box, its own corners deskew the crop.
+        self.find_quads = find_quads
+        # The finder's boxes are read first by the plate models alone (a box that is not a plate,
+        # a grille or a sign, then costs a millisecond or two, not a PP-OCR run), and with PP-OCR
+        # too before the text detector (40-100 ms a frame) when nothing is sure by then.
+        self.find_first = find_first and self.finder is not None
+        self.find_late = find_late and self.finder is not None
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -158,15 +181,22 @@ class PlateReader:
         image: np.ndarray,
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
+        guesses: list[np.ndarray] | None = None,
+        ocr: bool = True,
     ) -> list[PlateRead]:
+        """Readings of the plates in ``rects``; ``guesses``: corners (TL, TR, BR, BL) to deskew by
+        where the corner fit finds none (the finder's); ``ocr=False``: the plate models only,
+        never PP-OCR (10-20 ms a crop)."""
         deskewed: list[np.ndarray | None] = []
         for_cells: list[np.ndarray | None] = []
         # Colour and edge boxes surround a plate; a text detector's box may hold any line of
         # text (snapping it too read 20 of the 21 shared photos: a police plate's 警 lost).
         snapping = stage != "detector"
-        for rect in rects:
+        for k, rect in enumerate(rects):
             # Deskewed crop first (roll and perspective tilt undone from the plate's corners).
             quad = refine(image, rect) if self.deskew else None
+            if quad is None and self.deskew and guesses is not None:
+                quad = guesses[k]
             deskewed.append(warp_quad(image, quad) if quad is not None else None)
             snapped = None
             if self.deskew and self.snap_passes > 0 and self.cells is not None and snapping:
@@ -184,6 +214,7 @@ class PlateReader:
             ],
             rects,
             stage,
+            ocr,
         )
         # A corner fit can go wrong (a lamp or a bumper of the plate's colour): where the deskewed
         # crop gave no reading, the plain rotated rectangle gets its turn.
@@ -194,7 +225,7 @@ class PlateReader:
             if c is not None and i not in best
         ]
         if retry:
-            best.update(self._recognise(retry, rects, stage))
+            best.update(self._recognise(retry, rects, stage, ocr))
         return [r for r, _ in best.values()]
 
     def _recognise(
@@ -202,6 +233,7 @@ class PlateReader:
         items: list[tuple[int, np.ndarray, np.ndarray | None]],
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
+        ocr: bool = True,
     ) -> dict[int, tuple[PlateRead, float]]:
         """The best valid, confident reading per owner of ``(owner, crop, cell_crop)`` items.
 
@@ -253,7 +285,7 @@ class PlateReader:
                     and line.confidence >= max(self.line_fallback, self.min_confidence)
                 ):
                     _keep(by_line, i, line, line.confidence)
-            if i not in best:
+            if i not in best and ocr:
                 for_ocr.append((i, crop, double))
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
         for owner, crop, double in for_ocr:
@@ -379,6 +411,11 @@ class PlateReader:
     def _search(self, image: np.ndarray) -> list[PlateRead]:
         """The readings of the best stage: colour candidates, edge candidates, text detector."""
         found: list[PlateRead] = []
+        boxes = self.finder.find(image) if self.finder is not None else []
+        if self.find_first:
+            found = self._read_found(image, boxes, found, ocr=False)
+            if self._settled(found):
+                return found
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         # A reading below ``settle`` does not: the search goes on and the most confident wins.
         cands = colour_candidates(image)
@@ -393,14 +430,31 @@ class PlateReader:
                 found = self._better(found, self._read_crops(image, [cand.rect], "edge"))
                 if self._settled(found):
                     break
+        if self.find_late and not self._settled(found):
+            found = self._read_found(image, boxes, found, ocr=True)
         for side in self.detector_sides:
             if self._settled(found):
                 break
-            boxes = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
-            boxes.sort(key=lambda b: b.score * b.rect[1][0] * b.rect[1][1], reverse=True)
+            dets = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
+            dets.sort(key=lambda b: b.score * b.rect[1][0] * b.rect[1][1], reverse=True)
             found = self._better(
-                found, self._read_crops(image, [b.rect for b in boxes[:4]], "detector")
+                found, self._read_crops(image, [b.rect for b in dets[:4]], "detector")
             )
+        return found
+
+    def _read_found(
+        self,
+        image: np.ndarray,
+        boxes: list[tuple[float, Rect, np.ndarray]],
+        found: list[PlateRead],
+        ocr: bool,
+    ) -> list[PlateRead]:
+        """``found`` bettered by the finder's boxes, best first, until a reading is sure."""
+        for _, rect, quad in boxes:
+            guess = [quad] if self.find_quads else None
+            found = self._better(found, self._read_crops(image, [rect], "finder", guess, ocr=ocr))
+            if self._settled(found):
+                break
         return found
 
     def _settled(self, found: list[PlateRead]) -> bool:

@@ -281,6 +281,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         from models.plates import train_line
 
         return train_line.main([a for a in argv if a != "--line"])
+    if "--find" in argv:  # so has the plate finder
+        from models.plates import train_find
+
+        return train_find.main([a for a in argv if a != "--find"])
     ap = argparse.ArgumentParser(prog="carpulse plates train", description=__doc__)
     ap.add_argument("--out", type=Path, default=None, help="model file to write (.npz)")
     ap.add_argument("--seed", type=int, default=None, help="synthetic seed (not 100 or 900)")

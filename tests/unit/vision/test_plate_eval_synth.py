@@ -48,7 +48,7 @@ def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
     counted = sum(int(v.split("/")[1]) for v in res["per_kind"].values())
     assert counted == res["plates_counted"]
     assert res["exact_accuracy"] is not None and res["exact_accuracy"] >= 0.5, res["wrong"]
-    assert res["reader"] == {"line": True, "settle": 0.9, "min_confidence": 0.5}
+    assert res["reader"] == {"line": True, "finder": False, "settle": 0.9, "min_confidence": 0.5}
     assert set(res["by_condition"]) >= {"plate width px", "night"}, res["by_condition"]
     assert "by_condition" in res["baseline"]
     base = res["baseline"]
@@ -199,3 +199,13 @@ def test_eval_reads_perturbed_variants_too(tmp_path: Path) -> None:
     assert 0 <= pert["exact_correct"] <= pert["plates_counted"]
     assert set(pert["by_condition"]) >= {"yaw (far edge shrink)", "roll deg (abs)"}
     assert "exact_correct" in pert["baseline"]
+
+
+def test_eval_reads_with_the_finder_when_asked(tmp_path: Path) -> None:
+    from carpulse.evals.plates import main
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 4, seed=31)
+    res = main(["--images", str(tmp_path), "--no-latency", "--no-baseline", "--finder"])
+    assert res["reader"]["finder"] is True
+    assert res["stages"].get("finder", 0) >= 1, res["stages"]
