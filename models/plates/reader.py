@@ -104,6 +104,7 @@ class PlateReader:
         find_quads: bool = True,
         find_first: bool = True,
         find_late: bool = True,
+        blue_one_row: bool = True,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -162,6 +163,10 @@ class PlateReader:
         # too before the text detector (40-100 ms a frame) when nothing is sure by then.
         self.find_first = find_first and self.finder is not None
         self.find_late = find_late and self.finder is not None
+        # A blue colour candidate is read as a one-row plate whatever its box's shape: GA 36 has no
+        # blue two-row plate, and a loose box of a rolled or yawed blue plate is often squarer
+        # than 2.5:1 (read as one row, then laid out as one row at twice the width: 20-40 ms).
+        self.blue_one_row = blue_one_row
         self.min_confidence = min_confidence
         self.detector_sides = detector_sides
         self.deskew = deskew
@@ -183,10 +188,12 @@ class PlateReader:
         stage: str,
         guesses: list[np.ndarray] | None = None,
         ocr: bool = True,
+        one_row: bool = False,
     ) -> list[PlateRead]:
         """Readings of the plates in ``rects``; ``guesses``: corners (TL, TR, BR, BL) to deskew by
         where the corner fit finds none (the finder's); ``ocr=False``: the plate models only,
-        never PP-OCR (10-20 ms a crop)."""
+        never PP-OCR (10-20 ms a crop); ``one_row``: the plates are one-row whatever the boxes'
+        shape (a blue plate: GA 36 draws only yellow, white and green plates in two rows)."""
         deskewed: list[np.ndarray | None] = []
         for_cells: list[np.ndarray | None] = []
         # Colour and edge boxes surround a plate; a text detector's box may hold any line of
@@ -215,6 +222,7 @@ class PlateReader:
             rects,
             stage,
             ocr,
+            one_row,
         )
         # A corner fit can go wrong (a lamp or a bumper of the plate's colour): where the deskewed
         # crop gave no reading, the plain rotated rectangle gets its turn.
@@ -225,7 +233,7 @@ class PlateReader:
             if c is not None and i not in best
         ]
         if retry:
-            best.update(self._recognise(retry, rects, stage, ocr))
+            best.update(self._recognise(retry, rects, stage, ocr, one_row))
         return [r for r, _ in best.values()]
 
     def _recognise(
@@ -234,6 +242,7 @@ class PlateReader:
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
         ocr: bool = True,
+        one_row: bool = False,
     ) -> dict[int, tuple[PlateRead, float]]:
         """The best valid, confident reading per owner of ``(owner, crop, cell_crop)`` items.
 
@@ -252,7 +261,7 @@ class PlateReader:
                 continue
             if stroke_count(crop) < self.min_strokes:  # not text: skip the recogniser
                 continue
-            double = crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT
+            double = not one_row and crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT
             seen, grid = (crop, None) if cell_crop is None else (cell_crop, SNAPPED_GRID)
             cell = self.cells.read(seen, grid) if self.cells is not None and not double else None
             if grid is not None and not double and i not in views:  # snapped crops only
@@ -422,7 +431,9 @@ class PlateReader:
         if self.small_last:  # a stable sort: by score within each group
             cands.sort(key=lambda c: max(c.rect[1]) < SMALL_CANDIDATE)
         for cand in cands:
-            found = self._better(found, self._read_crops(image, [cand.rect], "colour"))
+            one_row = self.blue_one_row and cand.colour == "blue"
+            read = self._read_crops(image, [cand.rect], "colour", one_row=one_row)
+            found = self._better(found, read)
             if self._settled(found):
                 break
         if not self._settled(found):  # white and black plates (police...) have no colour region

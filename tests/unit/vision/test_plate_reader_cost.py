@@ -76,6 +76,42 @@ def test_a_two_row_plate_is_read_from_its_one_row_layout(reader, runs) -> None: 
     assert runs[0][0] == crop.shape[:2] and runs[1][0][1] > 2 * runs[1][0][0]
 
 
+def test_a_one_row_crop_of_two_row_shape_goes_to_the_plate_models_not_the_layout(
+    reader, runs
+) -> None:  # type: ignore[no-untyped-def]
+    """A blue colour candidate (``one_row``): a squeezed plate in a loose box is read by the cells
+    and the line model as one row; as a two-row shape it skipped them and went to PP-OCR."""
+    plate = render_plate("苏E9E0A5", "ordinary", np.random.default_rng(1))
+    squeezed = cv2.resize(plate, (322, 140), interpolation=cv2.INTER_AREA)  # aspect 2.3
+    got = reader._recognise([(0, squeezed, None)], [RECT], "colour", one_row=True)
+    assert got[0][0].text == "苏E9E0A5" and runs == []  # no PP-OCR run at all
+    got = reader._recognise([(0, squeezed, None)], [RECT], "colour", one_row=False)
+    assert got[0][0].text == "苏E9E0A5" and len(runs) == 1
+
+
+def test_a_blue_candidate_is_read_as_one_row(reader, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from models.plates import reader as reader_module
+    from models.plates.locate import Candidate
+
+    seen: list[bool] = []
+    cands = [Candidate(RECT, colour, 0.9, 100.0, 1.0) for colour in ("blue", "yellow")]
+    monkeypatch.setattr(reader_module, "colour_candidates", lambda image: list(cands))
+    monkeypatch.setattr(reader_module, "edge_candidates", lambda image, width: [])
+    monkeypatch.setattr(reader, "detector_sides", ())
+
+    def fake(image, rects, stage, guesses=None, ocr=True, one_row=False):  # type: ignore[no-untyped-def]
+        seen.append(one_row)
+        return []
+
+    monkeypatch.setattr(reader, "_read_crops", fake)
+    reader._search(np.zeros((100, 200, 3), np.uint8))
+    assert seen == [True, False]  # yellow may be a two-row plate (lorries, motorcycles)
+    monkeypatch.setattr(reader, "blue_one_row", False)
+    seen.clear()
+    reader._search(np.zeros((100, 200, 3), np.uint8))
+    assert seen == [False, False]
+
+
 def test_the_cells_pick_per_template_is_the_plain_loop_even_with_ties(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -126,7 +162,7 @@ def _fake_search(monkeypatch: pytest.MonkeyPatch, reader, confidences: list[floa
     monkeypatch.setattr(reader.ocr, "detect", lambda image, side: [])
     seen: list[int] = []
 
-    def read_crops(image, rects, stage):  # type: ignore[no-untyped-def]
+    def read_crops(image, rects, stage, guesses=None, ocr=True, one_row=False):  # type: ignore[no-untyped-def]
         if not rects:  # the text detector found no box
             return []
         i = int(rects[0][0][0] // 10)
