@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from core.errors import ConfigError
+
 FIND_PATH = Path(__file__).with_name("plate_find.onnx")
 SIDE = 256  # the frame's longest side in the net's input; the rest is padding
 STRIDE = 8  # input pixels per output cell
@@ -88,6 +90,10 @@ class PlateFinder:
     ) -> None:
         from models.plates.ocr import make_session
 
+        if not 0.0 <= threshold <= 1.0:  # NaN too
+            raise ConfigError(f"find_threshold {threshold}: between 0 and 1")
+        if not 1 <= top <= 16:
+            raise ConfigError(f"find_top {top}: 1 to 16")
         self.session = make_session(path, threads)
         self._in = self.session.get_inputs()[0].name
         self.threshold = threshold
@@ -96,12 +102,19 @@ class PlateFinder:
     def find(self, image: np.ndarray) -> list[tuple[float, Rect, np.ndarray]]:
         x, scale = letterbox(image)
         out = self.session.run(None, {self._in: x[None]})[0][0]
+        h, w = image.shape[:2]
         found = []
         for score, quad in decode(out, scale, self.threshold, self.top):
             rect = quad_rect(quad)
-            if rect is not None:
+            if rect is not None and _in_frame(rect, w, h):
                 found.append((score, rect, quad))
         return found
+
+
+def _in_frame(rect: Rect, w: int, h: int) -> bool:
+    """A box centred in the frame and no longer than its diagonal (else it is no plate)."""
+    (cx, cy), (long, _), _ = rect
+    return 0 <= cx < w and 0 <= cy < h and long <= float(np.hypot(w, h))
 
 
 def reference_out(params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

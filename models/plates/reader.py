@@ -147,10 +147,12 @@ class PlateReader:
         # Colour candidates under ``SMALL_CANDIDATE`` px are read after the larger ones (their
         # order by score kept within each group); off: by score alone.
         self.small_last = small_last
-        # The learned plate finder (None: off): its best boxes are read before the colour
-        # candidates, as a colour candidate is (``models.plates.find``).
+        # The learned plate finder (None: off, the default: it fits synthetic photos, see
+        # BENCHMARKS.md): its best boxes are read like colour candidates (``models.plates.find``).
         if not 0.0 <= find_threshold <= 1.0:
             raise ConfigError(f"find_threshold {find_threshold}: between 0 and 1")
+        if not 1 <= find_top <= 16:
+            raise ConfigError(f"find_top {find_top}: 1 to 16")
         self.finder = (
             PlateFinder(find_model, threads, find_threshold, find_top)
             if find_model is not None

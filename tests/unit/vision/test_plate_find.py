@@ -275,3 +275,39 @@ def test_init_refuses_a_model_of_another_shape(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="shape"):
         load_params(LINE_PATH)
     assert set(load_params(FIND_PATH)) == set(init_params(0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"threshold": float("nan")}, "find_threshold"),
+        ({"threshold": 1.5}, "find_threshold"),
+        ({"top": 0}, "find_top"),
+        ({"top": -3}, "find_top"),
+        ({"top": 10**9}, "find_top"),
+    ],
+)
+def test_the_finder_refuses_bad_settings(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PlateFinder(**kwargs)  # type: ignore[arg-type]
+    from models.plates.reader import PlateReader
+
+    with pytest.raises(ConfigError, match=message):
+        PlateReader(find_model=FIND_PATH, **{f"find_{k}": v for k, v in kwargs.items()})
+
+
+def test_boxes_off_the_frame_or_larger_than_it_are_dropped(
+    finder: PlateFinder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = np.zeros((1, HEAD, CELLS, CELLS), np.float32)
+    out[0, 0] = -10.0
+    out[0, 0, 4, 4] = 5.0  # a box far off the frame: corners 3,200 px to the right
+    out[0, 1::2, 4, 4] = 100.0
+    out[0, 0, 20, 20] = 5.0  # a box ten frames wide
+    out[0, 1:, 20, 20] = np.array([-300, -1, 300, -1, 300, 1, -300, 1], np.float32)
+    out[0, 0, 12, 12] = 4.0  # a plate-sized box in the frame
+    out[0, 1:, 12, 12] = np.array([-2, -0.5, 2, -0.5, 2, 0.5, -2, 0.5], np.float32)
+    monkeypatch.setattr(finder.session, "run", lambda names, feed: [out])
+    monkeypatch.setattr(finder, "top", 3)
+    found = finder.find(np.zeros((256, 256, 3), np.uint8))
+    assert len(found) == 1 and found[0][1][0] == pytest.approx((100.0, 100.0))
