@@ -422,7 +422,9 @@ class PlateReader:
     def _search(self, image: np.ndarray) -> list[PlateRead]:
         """The readings of the best stage: colour candidates, edge candidates, text detector."""
         found: list[PlateRead] = []
-        boxes = self.finder.find(image) if self.finder is not None else []
+        boxes: list[tuple[float, Rect, np.ndarray]] = []
+        if self.finder is not None and (self.find_first or self.find_late):
+            boxes = self.finder.find(image)
         if self.find_first:
             found = self._read_found(image, boxes, found, ocr=False)
             if self._settled(found):

@@ -15,9 +15,6 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-import onnx
-from onnx import numpy_helper
-
 from core.errors import ConfigError
 from models.plates.crops import as_decoded
 from models.plates.find import (
@@ -36,6 +33,7 @@ from models.plates.synth import make_sample
 from models.plates.train_find import (
     check_export,
     init_params,
+    load_params,
     make_frames,
     standardise,
     targets,
@@ -51,14 +49,9 @@ def finder() -> PlateFinder:
     return PlateFinder()
 
 
-def _params(path: Path) -> dict[str, np.ndarray]:
-    model = onnx.load(str(path))
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-
-
 def test_the_shipped_model_is_small_and_matches_its_numpy_reference() -> None:
     assert FIND_PATH.stat().st_size < 1_000_000
-    params = _params(FIND_PATH)
+    params = load_params(FIND_PATH)
     frames = [as_decoded(make_sample(TUNE_SEED, i)) for i in range(2)]
     x = np.stack([letterbox(f)[0] for f in frames])
     import onnxruntime as ort
@@ -90,11 +83,12 @@ def test_it_finds_most_plates_of_photos_it_never_saw(finder: PlateFinder) -> Non
     assert hits / plates >= 0.85, (hits, plates)
 
 
-def test_a_frame_without_a_plate_gives_few_boxes(finder: PlateFinder) -> None:
+def test_a_plain_frame_gives_no_box(finder: PlateFinder) -> None:
+    """(Uniform noise does give boxes, at up to 0.79: like grilles, one reason it ships off.)"""
     flat = np.full((480, 640, 3), 128, np.uint8)
     assert finder.find(flat) == []
-    noise = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    assert len(finder.find(noise)) <= finder.top
+    ramp = np.repeat(np.linspace(0, 255, 640, dtype=np.uint8)[None, :, None], 480, 0)
+    assert finder.find(np.repeat(ramp, 3, 2)) == []
 
 
 @pytest.mark.parametrize("shape", [(16, 16, 3), (16, 4000, 3), (4000, 16, 3), (1000, 1000, 3)])
@@ -114,6 +108,8 @@ def test_hostile_outputs_give_no_box_or_a_finite_one(bad: float) -> None:
     out[0, 5, 5] = bad
     out[1:, 5, 5] = bad
     found = decode(out, 0.5, 0.3, 2)
+    if np.isnan(bad) or bad < 0:  # no score, or a score of 0
+        assert found == []
     rects = [quad_rect(q) for _, q in found]
     assert all(r is None or all(np.isfinite(np.ravel(r[0] + r[1] + (r[2],)))) for r in rects)
 
@@ -270,7 +266,6 @@ def test_init_must_be_a_finder_model(tmp_path: Path, content: bytes | None) -> N
 
 def test_init_refuses_a_model_of_another_shape(tmp_path: Path) -> None:
     from models.plates.line import LINE_PATH
-    from models.plates.train_find import load_params
 
     with pytest.raises(ConfigError, match="shape"):
         load_params(LINE_PATH)
