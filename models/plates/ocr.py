@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
+from models.plates.locate import shrink
+from models.plates.onnx_fuse import fused_bytes
 
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
 REC_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
@@ -29,8 +31,9 @@ def packaged_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-def make_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
-    """An onnxruntime CPU session with ``threads`` intra-op threads (0 = all cores)."""
+def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session with ``threads`` intra-op threads (0 = all cores); ``fuse``: the
+    PP-OCR graph with its elementwise chains fused (``onnx_fuse``; as it is if none match)."""
     import onnxruntime as ort
 
     if not path.exists():
@@ -39,7 +42,10 @@ def make_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    fused = fused_bytes(path) if fuse else None
     try:
+        if fused is not None:
+            return ort.InferenceSession(fused[0], opts, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own untyped errors
         raise ConfigError(f"cannot load ONNX model {path}: {err}") from err
@@ -57,10 +63,16 @@ class PaddleOcr:
     """PP-OCRv4 text detection (DB) and recognition (CTC) on BGR images."""
 
     def __init__(
-        self, model_dir: Path | None = None, threads: int = 1, det_path: Path | None = None
+        self,
+        model_dir: Path | None = None,
+        threads: int = 1,
+        det_path: Path | None = None,
+        fuse: bool = True,
     ) -> None:
         root = model_dir or packaged_model_dir()
-        self.rec = make_session(root / REC_MODEL, threads)
+        # ``fuse``: the graphs' elementwise chains fused at load (``onnx_fuse``, ~15 % faster).
+        self._fuse = fuse
+        self.rec = make_session(root / REC_MODEL, threads, fuse)
         self._det_path = det_path or root / DET_MODEL
         self._det = None
         self._threads = threads
@@ -74,7 +86,7 @@ class PaddleOcr:
     @property
     def det(self):  # type: ignore[no-untyped-def]
         if self._det is None:  # loaded on first use: most frames never need it
-            self._det = make_session(self._det_path, self._threads)
+            self._det = make_session(self._det_path, self._threads, self._fuse)
         return self._det
 
     def recognise(self, crops: list[np.ndarray]) -> list[np.ndarray]:
@@ -97,7 +109,7 @@ class PaddleOcr:
         h, w = image.shape[:2]
         scale = max_side / max(h, w)
         nh, nw = max(32, round(h * scale / 32) * 32), max(32, round(w * scale / 32) * 32)
-        small = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        small = shrink(image, (nw, nh))
         x = (small.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)[None]
         prob = self.det.run(None, {self.det.get_inputs()[0].name: x})[0][0, 0]
         mask = (prob > thresh).astype(np.uint8)

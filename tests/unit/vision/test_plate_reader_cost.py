@@ -226,3 +226,25 @@ def test_small_colour_blobs_are_read_after_the_plate(name: str, runs, reader) ->
         reader.small_last = True
     assert small_last == by_score and len(small_last) == 1
     assert len(runs) < n_by_score, (runs, n_by_score)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((720, 1160), (320, 199)), ((1160, 720), (320, 516)), ((651, 1029), (480, 304)),
+     ((37, 1000), (27, 2)), ((20, 30), (64, 40)), ((16, 16), (16, 16)), ((40, 40), (0, 0))],
+)  # fmt: skip
+def test_shrink_is_the_area_resize_at_a_whole_factor_cost(
+    shape: tuple[int, int], size: tuple[int, int]
+) -> None:
+    """The locators' and the detector's downscale: the requested size, close to OpenCV's area
+    resize (what it replaced, 4 ms on a 1160 x 720 frame), any ratio, up or down."""
+    from models.plates.locate import shrink
+
+    rng = np.random.default_rng(5)
+    base = cv2.resize(rng.integers(0, 256, (shape[0] // 8 + 1, shape[1] // 8 + 1, 3), np.uint8),
+                      shape[::-1], interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    out = shrink(base, size)
+    size = (max(1, size[0]), max(1, size[1]))  # a zero side gives one pixel, not an OpenCV error
+    assert out.shape == (size[1], size[0], 3) and out.dtype == np.uint8
+    ref = cv2.resize(base, size, interpolation=cv2.INTER_AREA)
+    assert float(np.abs(out.astype(float) - ref.astype(float)).mean()) < 3.0
