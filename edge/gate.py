@@ -55,6 +55,10 @@ class GateConfig(BaseModel):
         True,
         description="Run the plate-line recogniser before PP-OCR and where nothing else read.",
     )
+    plate_cells: bool = Field(
+        False,
+        description="Run the plate-font cell recogniser too (off: on real photos the line model reads what it read).",
+    )
     plate_finder: bool = Field(
         False,
         description="Read the learned plate finder's boxes too (experimental: slower, see BENCHMARKS.md).",
@@ -96,6 +100,7 @@ class GateLoop:
     ) -> None:
         self.conf, self.sink, self.tick = conf, sink, tick
         if reader is None:
+            from models.plates.cells import MODEL_PATH
             from models.plates.find import FIND_PATH
             from models.plates.line import LINE_PATH
             from models.plates.reader import PlateReader
@@ -103,6 +108,7 @@ class GateLoop:
             reader = PlateReader(
                 threads=conf.threads,
                 min_confidence=conf.min_confidence,
+                cell_model=MODEL_PATH if conf.plate_cells else None,
                 line_model=LINE_PATH if conf.plate_line else None,
                 find_model=FIND_PATH if conf.plate_finder else None,
                 settle=conf.plate_settle,

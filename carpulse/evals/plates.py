@@ -293,6 +293,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="the plate-line recogniser (default on; --no-line as [gate] plate_line = false)",
     )
     ap.add_argument(
+        "--cells",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the plate-font cell recogniser too (default off; [gate] plate_cells)",
+    )
+    ap.add_argument(
         "--finder",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -337,6 +343,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             unreadable.append(name)
             continue
         images[name] = img
+    from models.plates.cells import MODEL_PATH
     from models.plates.find import FIND_PATH
     from models.plates.line import LINE_PATH
 
@@ -344,6 +351,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--settle {args.settle}: between 0 and 1")
     line: dict[str, Any] = {
         "line_model": LINE_PATH if args.line else None,
+        "cell_model": MODEL_PATH if args.cells else None,
         "find_model": FIND_PATH if args.finder else None,
         "settle": args.settle,
     }
@@ -363,6 +371,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "stages": dict(stages),  # the photos' own (the variants below read through ``ours`` too)
         "reader": {
             "line": args.line,
+            "cells": args.cells,
             "finder": args.finder,
             "settle": args.settle,
             "min_confidence": args.min_confidence,

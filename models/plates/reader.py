@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
-from models.plates.cells import MODEL_PATH, SNAPPED_GRID, CellReader
+from models.plates.cells import SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
 from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
@@ -82,7 +82,7 @@ class PlateReader:
         min_strokes: float = 4.0,
         first_floor: float = 0.02,
         edge_width: int = 480,
-        cell_model: Path | None = MODEL_PATH,
+        cell_model: Path | None = None,
         cell_accept: float = 0.9,
         cell_min: float | None = None,
         snap_passes: int = 3,
@@ -109,8 +109,11 @@ class PlateReader:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
         self.ocr = PaddleOcr(model_dir, threads=threads)
-        # The plate-font cell recogniser (None: PP-OCR alone). A confident cell reading ends the
-        # crop without PP-OCR; otherwise both read it and the more confident valid reading wins.
+        # The plate-font cell recogniser (None, the default: off; ``cells.MODEL_PATH`` to run it).
+        # A confident cell reading ends the crop without PP-OCR; otherwise both read it and the
+        # more confident valid reading wins. Off since the line model reads what it read on real
+        # photos: the same plates on every real set, 2.6 ms a crop less (a fresh synthetic set
+        # lost 3 of 291 plates, TUNE gained 1; BENCHMARKS.md, eighteenth session).
         self.cells = CellReader(cell_model) if cell_model is not None else None
         self.cell_accept = cell_accept
         # The cells' first character (the province, mostly) must reach this too for their
@@ -182,6 +185,10 @@ class PlateReader:
         self.province = (
             ProvinceCheck(province_model, province_accept) if province_model is not None else None
         )
+        # Who reads the snapped crop: without any of them, no snap is made (1.5 ms a crop).
+        self._snapped_readers = (
+            self.cells is not None or self.line is not None or self.province is not None
+        )
 
     def _read_crops(
         self,
@@ -208,11 +215,12 @@ class PlateReader:
                 quad = guesses[k]
             deskewed.append(warp_quad(image, quad) if quad is not None else None)
             snapped = None
-            if self.deskew and self.snap_passes > 0 and self.cells is not None and snapping:
+            if self.deskew and self.snap_passes > 0 and self._snapped_readers and snapping:
                 # The colour fit (or the plain box) is often a tenth of the plate off and the
-                # cells want their grid on the characters: they read a crop re-fitted to the
-                # character row. PP-OCR keeps the crop it was tuned on (given the snapped crop
-                # too, it read 19 of the 21 shared photos: a wild snap on a real car).
+                # plate models want the characters' row: the cells, the line model's second view
+                # and the province classifier read a crop re-fitted to the character row. PP-OCR
+                # keeps the crop it was tuned on (given the snapped crop too, it read 19 of the 21
+                # shared photos: a wild snap on a real car).
                 start = quad if quad is not None else rect_quad(rect)
                 snapped = snap(image, start, self.snap_passes)
             for_cells.append(warp_quad(image, snapped) if snapped is not None else None)

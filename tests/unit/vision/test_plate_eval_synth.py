@@ -48,7 +48,9 @@ def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
     counted = sum(int(v.split("/")[1]) for v in res["per_kind"].values())
     assert counted == res["plates_counted"]
     assert res["exact_accuracy"] is not None and res["exact_accuracy"] >= 0.5, res["wrong"]
-    assert res["reader"] == {"line": True, "finder": False, "settle": 0.9, "min_confidence": 0.5}
+    assert res["reader"] == {
+        "line": True, "cells": False, "finder": False, "settle": 0.9, "min_confidence": 0.5,
+    }  # fmt: skip
     assert set(res["by_condition"]) >= {"plate width px", "night"}, res["by_condition"]
     assert "by_condition" in res["baseline"]
     base = res["baseline"]

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.plates.cells import CellReader
+from models.plates.cells import MODEL_PATH, CellReader
 from models.plates.quad import grow_quad, order_corners, rect_quad, refine, snap, warp_quad
 from models.plates.reader import PlateReader
 from models.plates.synth import render_plate
@@ -127,12 +127,12 @@ def test_the_reader_gives_the_cells_the_snapped_crop() -> None:
     assert snapped is not None
     crop = warp_quad(scene, snapped)
     want = hashlib.sha256(np.ascontiguousarray(crop).tobytes()).hexdigest()
-    reads = PlateReader()._read_crops(scene, [rect], "edge")
+    reads = PlateReader(cell_model=MODEL_PATH)._read_crops(scene, [rect], "edge")
     assert [(r.text, r.crop_sha256) for r in reads] == [("鲁B1234挂", want)]
     # Without snapping the cells read another crop; a text detector's box is never snapped.
-    plain = PlateReader(snap_passes=0)._read_crops(scene, [rect], "edge")
+    plain = PlateReader(cell_model=MODEL_PATH, snap_passes=0)._read_crops(scene, [rect], "edge")
     assert [r.text for r in plain] == ["鲁B1234挂"] and plain[0].crop_sha256 != want
-    boxed = PlateReader()._read_crops(scene, [rect], "detector")
+    boxed = PlateReader(cell_model=MODEL_PATH)._read_crops(scene, [rect], "detector")
     assert all(r.crop_sha256 != want for r in boxed)
 
 
