@@ -4,6 +4,7 @@ directly with onnxruntime (no download, no rapidocr import at run time)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from models.plates.onnx_fuse import fused_bytes
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
 REC_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
 REC_HEIGHT = 48
+
+log = logging.getLogger(__name__)
 
 
 def packaged_model_dir() -> Path:
@@ -43,9 +46,12 @@ def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     fused = fused_bytes(path) if fuse else None
-    try:
-        if fused is not None:
+    if fused is not None:
+        try:
             return ort.InferenceSession(fused[0], opts, providers=["CPUExecutionProvider"])
+        except Exception as err:  # the rewrite made a graph onnxruntime refuses: the original
+            log.warning("%s: the fused graph does not load (%s), running it unfused", path, err)
+    try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own untyped errors
         raise ConfigError(f"cannot load ONNX model {path}: {err}") from err

@@ -50,13 +50,17 @@ def _fused_cached(path: str, _mtime: int) -> tuple[bytes, int, int] | None:
     except Exception as err:  # a damaged file: onnxruntime then gives the user its own error
         log.info("%s does not parse as ONNX (%s): not fused", path, err)
         return None
-    graph = _Graph(model.graph)
-    n_affine = graph.fold_affine()
-    n_swish = graph.fuse_hard_swish()
-    if not n_affine and not n_swish:
+    try:
+        graph = _Graph(model.graph)
+        n_affine = graph.fold_affine()
+        n_swish = graph.fuse_hard_swish()
+        if not n_affine and not n_swish:
+            return None
+        graph.commit()
+        return model.SerializeToString(), n_affine, n_swish
+    except Exception as err:  # a graph the rewrite does not expect: run it as it is
+        log.warning("%s: fusing failed (%r), the model runs unfused", path, err)
         return None
-    graph.commit()
-    return model.SerializeToString(), n_affine, n_swish
 
 
 class _Graph:

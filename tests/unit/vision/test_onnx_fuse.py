@@ -192,3 +192,35 @@ def test_the_reader_reads_a_plate_the_same_fused_or_not(monkeypatch: pytest.Monk
         assert np.allclose(
             np.array(a.rect[0] + a.rect[1]), np.array(b.rect[0] + b.rect[1]), atol=0.5
         )
+
+
+def test_a_rewrite_that_fails_leaves_the_model_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "block.onnx"
+    _block(path)
+
+    def broken(self: object) -> int:
+        raise RuntimeError("an attribute the rewrite never saw")
+
+    onnx_fuse._fused_cached.cache_clear()
+    monkeypatch.setattr(onnx_fuse._Graph, "fold_affine", broken)
+    with caplog.at_level("WARNING"):
+        assert onnx_fuse.fused_bytes(path) is None
+    assert "fusing failed" in caplog.text
+    onnx_fuse._fused_cached.cache_clear()
+
+
+def test_a_fused_graph_onnxruntime_refuses_loads_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import models.plates.ocr as ocr
+
+    path = tmp_path / "block.onnx"
+    _block(path)
+    monkeypatch.setattr(ocr, "fused_bytes", lambda p: (b"\x08\x07 not a model", 1, 1))
+    with caplog.at_level("WARNING"):
+        session = make_session(path, 1, fuse=True)
+    assert "running it unfused" in caplog.text
+    x = np.random.default_rng(6).normal(0, 2, (1, 3, 8, 8)).astype(np.float32)
+    assert np.array_equal(_run(session, x), _run(_session(str(path)), x))
