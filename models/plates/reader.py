@@ -185,10 +185,12 @@ class PlateReader:
         self.province = (
             ProvinceCheck(province_model, province_accept) if province_model is not None else None
         )
-        # Who reads the snapped crop: without any of them, no snap is made (1.5 ms a crop).
-        self._snapped_readers = (
-            self.cells is not None or self.line is not None or self.province is not None
-        )
+
+    @property
+    def _snapped_readers(self) -> bool:
+        """Whether any model reads the snapped crop: without one, no snap is made (1.5 ms a crop).
+        Derived, not stored: a reader whose models are swapped after it is made stays right."""
+        return self.cells is not None or self.line is not None or self.province is not None
 
     def _read_crops(
         self,

@@ -229,6 +229,8 @@ def test_the_cells_are_off_unless_the_gate_or_the_eval_asks(tmp_path: Path) -> N
             GateConfig(source=str(tmp_path), plate_cells=bad)  # type: ignore[arg-type]
     bare = PlateReader(line_model=None, province_model=None)
     assert not bare._snapped_readers  # no reader of a snapped crop: no snap is made
+    bare.cells = CellReader()
+    assert bare._snapped_readers  # models given later count too
     write_set(tmp_path / "set", 3, seed=32)
     calls: list[int] = []
     real = CellReader.read
