@@ -52,7 +52,7 @@ def load_labels(path: Path) -> dict[str, list[dict[str, Any]]]:
 CONDITION_BUCKETS: tuple[tuple[str, str, tuple[float, ...]], ...] = (
     ("plate width px", "plate_width_px", (0.0, 100.0, 150.0, 250.0, float("inf"))),
     ("yaw (far edge shrink)", "tilt", (0.0, 0.15, 0.3, float("inf"))),
-    ("roll deg (abs)", "angle", (0.0, 10.0, 20.0, float("inf"))),
+    ("roll deg (abs)", "angle", (0.0, 10.0, 20.0, 45.0, float("inf"))),
     ("gaussian blur sigma", "blur", (0.0, 1.0, float("inf"))),
     ("motion blur px", "motion_px", (0.0, 1.0, float("inf"))),
     ("night", "night", (0.0, 0.5, float("inf"))),
@@ -226,8 +226,10 @@ def _perturbed(
     seed: int,
     timed: Any = None,
     repeats: int = 1,
+    max_roll: float = 15.0,
 ) -> dict[str, Any]:
-    """Ours (and the baseline) on ``k`` perturbed variants of every photo (``models.plates.perturb``).
+    """Ours (and the baseline) on ``k`` perturbed variants of every photo (``models.plates.perturb``),
+    rolled by up to ``max_roll`` degrees either way.
 
     With ``timed`` (a reader), its CPU time per variant too: the variants are what an unseen gate
     photo looks like more than the photos are, and they fall through to the slower stages more.
@@ -240,12 +242,13 @@ def _perturbed(
     for name, img in images.items():
         for i in range(k):
             key = f"{name}~{i}"
-            variants[key], var_conditions[key] = perturbed(img, name, i, seed)
+            variants[key], var_conditions[key] = perturbed(img, name, i, seed, max_roll)
             var_labels[key] = labels[name]
     got = _score(ours, variants, var_labels, var_conditions)
     out: dict[str, Any] = {
         "variants_per_photo": k,
         "seed": seed,
+        "max_roll_deg": max_roll,
         "images": len(variants),
         **{
             key: got[key]
@@ -321,11 +324,20 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="also read K variants of each photo: rolled, yawed, shrunk, blurred, darkened (0-50)",
     )
     ap.add_argument("--perturb-seed", type=int, default=0, help="seed of the variants")
+    ap.add_argument(
+        "--perturb-roll",
+        type=float,
+        default=15.0,
+        metavar="DEG",
+        help="the variants' largest roll either way, in degrees (0-90; default 15)",
+    )
     args = ap.parse_args(argv)
     if not 0 <= args.perturb <= 50:
         raise ConfigError(f"--perturb {args.perturb}: between 0 and 50")
     if args.perturb_seed < 0:  # numpy's seed sequences take non-negative integers only
         raise ConfigError(f"--perturb-seed {args.perturb_seed}: 0 or more")
+    if not 0.0 <= args.perturb_roll <= 90.0:  # NaN too
+        raise ConfigError(f"--perturb-roll {args.perturb_roll}: between 0 and 90 degrees")
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():
@@ -403,6 +415,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             args.perturb_seed,
             timed=None if args.no_latency else reader,
             repeats=args.repeats,
+            max_roll=args.perturb_roll,
         )
     if not args.no_latency:
         lat1 = _latency(reader, images, args.repeats)

@@ -15,6 +15,7 @@ import numpy as np
 from core.errors import ConfigError
 from models.plates.locate import shrink
 from models.plates.onnx_fuse import fused_bytes
+from models.plates.quad import order_corners
 
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
 REC_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
@@ -145,12 +146,9 @@ def crop_rect(
     (cx, cy), (w, h), ang = rect
     if w < h:  # make the long side horizontal
         w, h, ang = h, w, ang - 90 if ang > 0 else ang + 90
-    box = cv2.boxPoints(((cx, cy), (w, h), ang))
-    # Order: top-left, top-right, bottom-right, bottom-left.
-    s, d = box.sum(axis=1), np.diff(box, axis=1).ravel()
-    src = np.array(
-        [box[s.argmin()], box[d.argmin()], box[s.argmax()], box[d.argmax()]], dtype=np.float32
-    )
+    # Top-left, top-right, bottom-right, bottom-left, the long side on top (a roll of 45 degrees
+    # or more too: ordering the corners by x + y and x - y turned such a plate on its side).
+    src = order_corners(cv2.boxPoints(((cx, cy), (w, h), ang)))
     ow, oh = max(2, round(w)), max(2, round(h))
     dst = np.array([[0, 0], [ow - 1, 0], [ow - 1, oh - 1], [0, oh - 1]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(src, dst)

@@ -15,9 +15,10 @@ import numpy as np
 
 
 def perturbed(
-    image: np.ndarray, name: str, k: int, seed: int = 0
+    image: np.ndarray, name: str, k: int, seed: int = 0, max_roll: float = 15.0
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Variant ``k`` of ``image`` and its conditions (the keys of the synthetic sets' labels)."""
+    """Variant ``k`` of ``image`` and its conditions (the keys of the synthetic sets' labels),
+    rolled by up to ``max_roll`` degrees either way (the other draws do not depend on it)."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8")), k])
     h, w = image.shape[:2]
     img: np.ndarray = image.astype(np.float32)
@@ -34,7 +35,7 @@ def perturbed(
         img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     # Roll about the centre.
-    angle = float(rng.uniform(-15.0, 15.0))
+    angle = float(rng.uniform(-max_roll, max_roll))
     rot = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
     img = cv2.warpAffine(img, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     night = rng.random() < 0.25

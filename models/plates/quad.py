@@ -42,16 +42,31 @@ Rect = tuple[tuple[float, float], tuple[float, float], float]
 PLATE_ASPECT = 440 / 140  # a single-row plate
 OUT_H = 48  # the recogniser's input height
 MARGIN = 0.04
+# A quad whose two pairs of opposite sides differ by less than this share is taken as square.
+SQUARE = 0.1
 
 
 def order_corners(pts: np.ndarray) -> np.ndarray:
-    """Four points as top-left, top-right, bottom-right, bottom-left (image y down)."""
+    """Four points as top-left, top-right, bottom-right, bottom-left (image y down).
+
+    The top edge is a long side, run left to right: a plate is wider than high, so a plate rolled
+    by up to 90 degrees either way comes out upright (taking the corner nearest the frame's
+    top-left as the first read a plate rolled by 45 degrees or more sideways). A quad whose two
+    pairs of sides are within ``SQUARE`` of each other keeps that rule: its long side says nothing.
+    """
     pts = np.asarray(pts, dtype=np.float32).reshape(4, 2)
     centre = pts.mean(axis=0)
     ang = np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0])
-    pts = pts[np.argsort(ang)]  # clockwise from the left (y down): TL first if the plate is wide
-    # Start at the point with the smallest x + y (top-left for rolls under 45 degrees).
-    start = int(np.argmin(pts.sum(axis=1)))
+    pts = pts[np.argsort(ang)]  # clockwise (y down)
+    edges = np.roll(pts, -1, axis=0) - pts  # edge i runs from corner i to corner i + 1
+    length = np.hypot(edges[:, 0], edges[:, 1])
+    across, down = length[0] + length[2], length[1] + length[3]
+    if max(across, down) > (1.0 + SQUARE) * min(across, down):
+        first = 0 if across > down else 1  # edges first and first + 2 are the long sides
+        # Of the two long sides the top one runs rightwards (clockwise, y down).
+        start = first if edges[first, 0] >= edges[first + 2, 0] else first + 2
+    else:
+        start = int(np.argmin(pts.sum(axis=1)))  # the corner nearest the frame's top-left
     return np.roll(pts, -start, axis=0)
 
 

@@ -93,12 +93,12 @@ def test_accuracy_by_condition_buckets_and_the_mounting_guide() -> None:
         "b": {"plate_width_px": 200.0, "tilt": 0.1, "angle": 5.0, "motion_px": 0.0, "night": 0.0},
         "c": {"plate_width_px": 300.0, "tilt": 0.35, "angle": 5.0, "motion_px": 0.0, "night": 0.0},
         "d": {"plate_width_px": 400.0, "tilt": 0.0, "angle": 0.0, "motion_px": 6.0, "night": 0.0},
-        "e": {"plate_width_px": 1e300, "tilt": 0.0, "angle": 0.0, "motion_px": 0.0, "night": 0.0},
+        "e": {"plate_width_px": 1e300, "tilt": 0.0, "angle": 60.0, "motion_px": 0.0, "night": 0.0},
     }
     exact = {"a": False, "b": True, "c": False, "d": True, "e": True, "photo": True}
     got = by_condition(exact, cond)
     assert got["plate width px"] == {"0-100": "0/1", "150-250": "1/1", ">=250": "2/3"}
-    assert got["roll deg (abs)"] == {"0-10": "3/4", ">=20": "0/1"}
+    assert got["roll deg (abs)"] == {"0-10": "2/3", "20-45": "0/1", ">=45": "1/1"}
     assert got["night"] == {"0-0.5": "3/4", ">=0.5": "0/1"}
     # Within the guide: b and e (a too small, c yawed, d moving); "photo" has no conditions.
     assert got["within mounting guide"] == {"exact": "2/2", "exact_accuracy": 1.0}
@@ -163,6 +163,36 @@ def test_eval_refuses_perturb_options_out_of_range(tmp_path: Path, extra: list[s
     write_set(tmp_path, 1, seed=32)
     with pytest.raises(ConfigError, match="--perturb"):
         main(["--images", str(tmp_path), "--no-latency", "--no-baseline", *extra])
+
+
+def test_perturb_roll_widens_the_roll_only() -> None:
+    from models.plates.perturb import perturbed
+    from models.plates.synth import make_sample
+
+    img = make_sample(33, 0).image
+    rolls = [perturbed(img, "a.jpg", k, seed=4, max_roll=80.0)[1]["angle"] for k in range(40)]
+    assert max(abs(a) for a in rolls) > 30.0 and all(abs(a) <= 80.0 for a in rolls)
+    # The other draws are the same: the default variants are those the figures were taken on.
+    _, cw = perturbed(img, "a.jpg", 3, seed=4, max_roll=80.0)
+    _, cp = perturbed(img, "a.jpg", 3, seed=4)
+    assert {k: v for k, v in cw.items() if k != "angle"} == {
+        k: v for k, v in cp.items() if k != "angle"
+    }
+    assert abs(cp["angle"]) <= 15.0 and cw["angle"] == pytest.approx(
+        cp["angle"] * 80.0 / 15.0, abs=0.02
+    )
+
+
+@pytest.mark.parametrize("roll", ["-1", "90.5", "nan", "inf"])
+def test_eval_refuses_a_perturb_roll_out_of_range(tmp_path: Path, roll: str) -> None:
+    from carpulse.evals.plates import main
+    from core.errors import ConfigError
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 1, seed=32)
+    args = ["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", "1"]
+    with pytest.raises(ConfigError, match="--perturb-roll"):
+        main([*args, "--perturb-roll", roll])
 
 
 def test_a_huge_perturb_seed_is_taken(tmp_path: Path) -> None:

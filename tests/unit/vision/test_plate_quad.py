@@ -126,3 +126,51 @@ def test_percentile_refuses_what_numpy_refuses() -> None:
     for q in (-1.0, 100.5, float("nan")):
         with pytest.raises(ValueError):
             percentile(np.arange(5), q)
+
+
+@pytest.mark.parametrize("roll", [-85.0, -60.0, -45.0, -30.0, 0.0, 30.0, 45.0, 46.0, 60.0, 85.0])
+def test_order_corners_puts_a_long_side_on_top_at_any_roll(roll: float) -> None:
+    """TL -> TR is a long side run rightwards, whatever the roll under 90 degrees: ordering by
+    x + y (the corner nearest the frame's top-left first) turned a plate rolled 45 degrees or more
+    on its side, and the recogniser read a squashed column."""
+    r = np.deg2rad(roll)  # image y down: a positive roll turns the plate clockwise on screen
+    along, up = np.array([np.cos(r), np.sin(r)]), np.array([np.sin(r), -np.cos(r)])
+    c = np.array([300.0, 200.0])
+    want = np.array(
+        [
+            c - 110 * along + 35 * up,
+            c + 110 * along + 35 * up,
+            c + 110 * along - 35 * up,
+            c - 110 * along - 35 * up,
+        ],
+        np.float32,
+    )
+    for perm in ([0, 1, 2, 3], [2, 0, 3, 1], [3, 2, 1, 0], [1, 3, 0, 2]):
+        got = order_corners(want[perm])
+        assert np.allclose(got, want, atol=1e-3), (roll, perm, got)
+
+
+def test_order_corners_of_a_square_keeps_the_top_left_rule() -> None:
+    """A quad whose sides are about equal has no long side: the corner nearest the frame's
+    top-left comes first, clockwise from there, as before."""
+    r = np.deg2rad(30.0)
+    rot = np.array([[np.cos(r), -np.sin(r)], [np.sin(r), np.cos(r)]])
+    square = (np.array([[-20, -20], [20, -20], [20, 20], [-20, 20]]) @ rot.T + 100).astype(
+        np.float32
+    )
+    got = order_corners(square[[2, 3, 0, 1]])
+    assert got[0].tolist() == square[np.argmin(square.sum(axis=1))].tolist()
+    assert np.allclose(got, np.roll(square, -int(np.argmin(square.sum(axis=1))), axis=0))
+
+
+@pytest.mark.parametrize("roll", [-70.0, -50.0, 50.0, 70.0])
+def test_crop_rect_of_a_plate_rolled_past_45_degrees_is_upright(roll: float) -> None:
+    from models.plates.ocr import crop_rect
+
+    truth = _rolled_and_tilted(roll, 0.0)
+    crop = crop_rect(_scene(truth), cv2.minAreaRect(truth))
+    assert crop.shape[1] > 2.5 * crop.shape[0]  # lying, not standing
+    want = cv2.resize(PLATE, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_AREA)
+    a = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32).ravel()
+    b = cv2.cvtColor(want, cv2.COLOR_BGR2GRAY).astype(np.float32).ravel()
+    assert float(np.corrcoef(a, b)[0, 1]) > 0.8
