@@ -227,9 +227,10 @@ def _perturbed(
     timed: Any = None,
     repeats: int = 1,
     max_roll: float = 15.0,
+    frame: int = 0,
 ) -> dict[str, Any]:
     """Ours (and the baseline) on ``k`` perturbed variants of every photo (``models.plates.perturb``),
-    rolled by up to ``max_roll`` degrees either way.
+    rolled by up to ``max_roll`` degrees either way, in a frame ``frame`` px wide (0: as they are).
 
     With ``timed`` (a reader), its CPU time per variant too: the variants are what an unseen gate
     photo looks like more than the photos are, and they fall through to the slower stages more.
@@ -242,13 +243,14 @@ def _perturbed(
     for name, img in images.items():
         for i in range(k):
             key = f"{name}~{i}"
-            variants[key], var_conditions[key] = perturbed(img, name, i, seed, max_roll)
+            variants[key], var_conditions[key] = perturbed(img, name, i, seed, max_roll, frame)
             var_labels[key] = labels[name]
     got = _score(ours, variants, var_labels, var_conditions)
     out: dict[str, Any] = {
         "variants_per_photo": k,
         "seed": seed,
         "max_roll_deg": max_roll,
+        "frame_px": frame,
         "images": len(variants),
         **{
             key: got[key]
@@ -331,6 +333,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         metavar="DEG",
         help="the variants' largest roll either way, in degrees (0-90; default 15)",
     )
+    ap.add_argument(
+        "--perturb-frame",
+        type=int,
+        default=0,
+        metavar="W",
+        help="paste each variant into a grey frame W px wide (640-7680; default 0: as they are)",
+    )
     args = ap.parse_args(argv)
     if not 0 <= args.perturb <= 50:
         raise ConfigError(f"--perturb {args.perturb}: between 0 and 50")
@@ -338,6 +347,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--perturb-seed {args.perturb_seed}: 0 or more")
     if not 0.0 <= args.perturb_roll <= 90.0:  # NaN too
         raise ConfigError(f"--perturb-roll {args.perturb_roll}: between 0 and 90 degrees")
+    if args.perturb_frame != 0 and not 640 <= args.perturb_frame <= 7680:
+        raise ConfigError(f"--perturb-frame {args.perturb_frame}: 0, or 640 to 7680 px")
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():
@@ -416,6 +427,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             timed=None if args.no_latency else reader,
             repeats=args.repeats,
             max_roll=args.perturb_roll,
+            frame=args.perturb_frame,
         )
     if not args.no_latency:
         lat1 = _latency(reader, images, args.repeats)

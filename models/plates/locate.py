@@ -17,6 +17,23 @@ COLOUR_RANGES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 }
 
 
+# A large frame is shrunk at most MAX_SHRINK times for locating, so a plate keeps a quarter of its
+# pixels across whatever the camera's resolution: a 320-px working width made a 2560-px gate frame's
+# plate 8 times smaller, and its blob broke up or fell under the size floor. A frame wider than
+# MAX_SHRINK x MAX_WORK (beyond 4K) is shrunk to MAX_WORK. Frames up to 1280 px wide are unchanged
+# (BENCHMARKS.md, nineteenth session).
+MAX_SHRINK = 4.0
+MAX_WORK = 960
+
+
+def work_scale(width: int, work_width: int) -> float:
+    """The scale a frame ``width`` px wide is located at: ``work_width`` px, unless that shrinks it
+    more than ``MAX_SHRINK`` times (then ``width / MAX_SHRINK``, at most ``MAX_WORK`` px); never
+    enlarged."""
+    w = max(1, width)
+    return min(1.0, max(work_width / w, min(1.0 / MAX_SHRINK, MAX_WORK / w)))
+
+
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``image`` resized to ``size`` (width, height): averaged over whole blocks by the largest
     whole factor first, then linear for the rest.
@@ -79,7 +96,7 @@ def colour_candidates(
 ) -> list[Candidate]:
     """Plate-shaped regions of a plate colour, largest well-filled first."""
     h, w = image.shape[:2]
-    scale = min(1.0, work_width / w)
+    scale = work_scale(w, work_width)
     small = shrink(image, (round(w * scale), round(h * scale)))
     hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
     # Characters make dense vertical edges; sky, paint and leaves mostly do not.
@@ -115,7 +132,7 @@ def edge_candidates(
     one blob. Ranked like colour candidates (edge density x plate-like aspect).
     """
     h, w = image.shape[:2]
-    scale = min(1.0, work_width / w)
+    scale = work_scale(w, work_width)
     small = shrink(image, (round(w * scale), round(h * scale)))
     gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     sob = cv2.convertScaleAbs(cv2.Sobel(gray, cv2.CV_16S, 1, 0, ksize=3))

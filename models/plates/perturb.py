@@ -15,10 +15,12 @@ import numpy as np
 
 
 def perturbed(
-    image: np.ndarray, name: str, k: int, seed: int = 0, max_roll: float = 15.0
+    image: np.ndarray, name: str, k: int, seed: int = 0, max_roll: float = 15.0, frame: int = 0
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Variant ``k`` of ``image`` and its conditions (the keys of the synthetic sets' labels),
-    rolled by up to ``max_roll`` degrees either way (the other draws do not depend on it)."""
+    rolled by up to ``max_roll`` degrees either way; with ``frame``, pasted at a random place into
+    a grey frame that many pixels wide (16:9, at least the variant's size): a wide-angle gate camera
+    of higher resolution. The other draws depend on neither."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8")), k])
     h, w = image.shape[:2]
     img: np.ndarray = image.astype(np.float32)
@@ -58,6 +60,8 @@ def perturbed(
     quality = int(rng.integers(50, 91))
     ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
     out = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+    if frame > 0:
+        out = _framed(out if out is not None else small, frame, rng)
     conditions = {
         "angle": round(angle, 2),
         "tilt": round(tilt, 3),
@@ -68,4 +72,18 @@ def perturbed(
         "night": float(night),
         "jpeg_quality": float(quality),
     }
+    if frame > 0:
+        conditions["frame_px"] = float(frame)
     return (np.asarray(out) if out is not None else small), conditions
+
+
+def _framed(image: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
+    """``image`` at a random place in a noisy grey frame ``width`` px wide (16:9, never smaller
+    than ``image``)."""
+    h, w = image.shape[:2]
+    fw, fh = max(width, w), max(width * 9 // 16, h)
+    grey = float(image.mean())
+    out = np.clip(rng.normal(grey, 8.0, (fh, fw, 3)), 0, 255).astype(np.uint8)
+    y, x = int(rng.integers(0, fh - h + 1)), int(rng.integers(0, fw - w + 1))
+    out[y : y + h, x : x + w] = image
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -193,6 +194,34 @@ def test_eval_refuses_a_perturb_roll_out_of_range(tmp_path: Path, roll: str) -> 
     args = ["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", "1"]
     with pytest.raises(ConfigError, match="--perturb-roll"):
         main([*args, "--perturb-roll", roll])
+
+
+def test_perturb_frame_pastes_the_same_variant_into_a_larger_frame() -> None:
+    from models.plates.perturb import perturbed
+    from models.plates.synth import make_sample
+
+    img = make_sample(33, 0).image
+    plain, cp = perturbed(img, "a.jpg", 2, seed=4)
+    big, cb = perturbed(img, "a.jpg", 2, seed=4, frame=2560)
+    assert big.shape == (1440, 2560, 3) and cb == {**cp, "frame_px": 2560.0}
+    # The variant itself is in there, unchanged, somewhere.
+    hit = cv2.matchTemplate(big, plain, cv2.TM_SQDIFF)
+    assert float(hit.min()) == 0.0
+    # A frame smaller than the variant grows to hold it.
+    small, _ = perturbed(img, "a.jpg", 2, seed=4, frame=100)
+    assert small.shape[0] >= plain.shape[0] and small.shape[1] >= plain.shape[1]
+
+
+@pytest.mark.parametrize("frame", ["1", "639", "7681", "-640", "1e9"])
+def test_eval_refuses_a_perturb_frame_out_of_range(tmp_path: Path, frame: str) -> None:
+    from carpulse.evals.plates import main
+    from core.errors import ConfigError
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 1, seed=32)
+    args = ["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", "1"]
+    with pytest.raises((ConfigError, SystemExit)):
+        main([*args, "--perturb-frame", frame])
 
 
 def test_a_huge_perturb_seed_is_taken(tmp_path: Path) -> None:

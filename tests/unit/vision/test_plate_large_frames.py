@@ -1,0 +1,119 @@
+"""Gate cameras of any resolution: a plate in a 1920-3840 px frame is located and read as in a
+small one (the locators shrink a large frame at most four times; the text detector's boxes are found
+again at the frame's own resolution)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from models.plates.locate import MAX_SHRINK, MAX_WORK, colour_candidates, work_scale
+from models.plates.synth import render_plate
+from tests.conftest import require_data
+
+
+@pytest.mark.parametrize(
+    ("width", "work", "want"),
+    [
+        (720, 320, 320 / 720),  # the shared photos: as before
+        (1029, 320, 320 / 1029),
+        (1280, 320, 0.25),  # the last width where the 320-px working width holds
+        (1920, 320, 0.25),  # shrunk four times, not six
+        (3840, 320, 0.25),  # 960 px
+        (7680, 320, MAX_WORK / 7680),  # beyond 4K: MAX_WORK px
+        (1920, 480, 0.25),  # the edge locator's 480 px
+        (100, 320, 1.0),  # never enlarged
+        (0, 320, 1.0),  # an empty frame does not divide by zero
+    ],
+)
+def test_work_scale(width: int, work: int, want: float) -> None:
+    assert work_scale(width, work) == pytest.approx(want)
+    assert work_scale(width, work) * max(width, 1) <= max(work, MAX_WORK, 1) + 1e-9
+    if width >= work * MAX_SHRINK and width <= MAX_WORK * MAX_SHRINK:
+        assert work_scale(width, work) == pytest.approx(1 / MAX_SHRINK)
+
+
+def _frame(width: int, plate_w: int, seed: int = 0) -> np.ndarray:
+    """A grey, cluttered ``width`` x 9/16 frame with a blue plate ``plate_w`` px wide in it."""
+    rng = np.random.default_rng(seed)
+    h = width * 9 // 16
+    frame = np.full((h, width, 3), 100, np.uint8)
+    for _ in range(30):
+        x, y = int(rng.integers(0, width - 50)), int(rng.integers(0, h - 50))
+        size = (int(rng.integers(20, 200)), int(rng.integers(20, 120)))
+        cv2.rectangle(
+            frame, (x, y), (x + size[0], y + size[1]), rng.uniform(0, 255, 3).tolist(), -1
+        )
+    plate = render_plate("苏E9E0A5", "ordinary", rng)
+    plate = cv2.resize(plate, (plate_w, round(plate_w * plate.shape[0] / plate.shape[1])))
+    y, x = h // 2, width // 3
+    frame[y : y + plate.shape[0], x : x + plate.shape[1]] = plate
+    return frame
+
+
+def test_the_colour_locator_finds_a_small_plate_in_a_4k_frame() -> None:
+    frame = _frame(3840, 110)
+    found = colour_candidates(frame)
+    assert found and found[0].colour == "blue"
+    (cx, cy), _, _ = found[0].rect
+    assert abs(cx - (3840 // 3 + 55)) < 20 and abs(cy - (2160 // 2 + 18)) < 15
+    # At the old fixed 320-px working width the plate is 9 px wide there and is not found.
+    import models.plates.locate as locate
+
+    old = locate.work_scale
+    try:
+        locate.work_scale = lambda w, work: min(1.0, work / max(1, w))
+        assert not [c for c in colour_candidates(frame) if c.colour == "blue"]
+    finally:
+        locate.work_scale = old
+
+
+@pytest.fixture(scope="module")
+def readers():  # type: ignore[no-untyped-def]
+    from models.plates.reader import PlateReader
+
+    return PlateReader(threads=1), PlateReader(threads=1, zoom_from=None)
+
+
+@pytest.mark.parametrize("width", [1920, 3840])
+def test_a_police_photo_in_a_large_frame_is_read(readers, width: int) -> None:  # type: ignore[no-untyped-def]
+    """The shared police photo (625 px wide, a white plate no colour locator sees) in the middle of
+    a larger frame: only the text detector finds it, on the shrunk frame, in a box too loose for
+    its red 警. Found again around that box at the frame's resolution, the plate is read."""
+    photo = cv2.imread(str(require_data("plates/cn_police.jpg")))
+    h = width * 9 // 16
+    frame = np.full((h, width, 3), 90, np.uint8)
+    y, x = (h - photo.shape[0]) // 2, (width - photo.shape[1]) // 2
+    frame[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
+    zoomed, plain = readers
+    got = zoomed.read(frame)
+    assert got and got[0].text == "鄂F8888警" and got[0].stage == "detector"
+    assert "鄂F8888警" not in [r.text for r in plain.read(frame)]
+
+
+@pytest.mark.parametrize(
+    "rect",
+    [
+        ((-500.0, -500.0), (100.0, 30.0), 0.0),  # wholly outside the frame
+        ((0.0, 0.0), (100.0, 30.0), 10.0),  # over the corner
+        ((5000.0, 10.0), (1e6, 30.0), 0.0),  # absurdly long
+        ((320.0, 240.0), (2.0, 1.0), 0.0),  # a speck
+    ],
+)
+def test_zooming_a_box_at_or_past_the_edge_gives_a_box_or_none(readers, rect) -> None:  # type: ignore[no-untyped-def]
+    zoomed, _ = readers
+    frame = _frame(640, 200)
+    got = zoomed._zoomed(frame, rect)
+    if got is not None:
+        (cx, cy), (w, h), _ = got
+        assert 0 <= cx <= 640 and 0 <= cy <= 360 and w > 0 and h > 0
+
+
+@pytest.mark.parametrize("zoom_from", [-1, 10**7, float("nan")])
+def test_a_zoom_from_out_of_range_is_refused(zoom_from: float) -> None:
+    from core.errors import ConfigError
+    from models.plates.reader import PlateReader
+
+    with pytest.raises(ConfigError, match="zoom_from"):
+        PlateReader(zoom_from=zoom_from)  # type: ignore[arg-type]
