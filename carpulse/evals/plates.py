@@ -338,7 +338,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         type=int,
         default=0,
         metavar="W",
-        help="paste each variant into a grey frame W px wide (640-7680; default 0: as they are)",
+        help="paste each variant into a grey frame W px wide (640-3840; default 0: as they are)",
     )
     args = ap.parse_args(argv)
     if not 0 <= args.perturb <= 50:
@@ -347,8 +347,9 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--perturb-seed {args.perturb_seed}: 0 or more")
     if not 0.0 <= args.perturb_roll <= 90.0:  # NaN too
         raise ConfigError(f"--perturb-roll {args.perturb_roll}: between 0 and 90 degrees")
-    if args.perturb_frame != 0 and not 640 <= args.perturb_frame <= 7680:
-        raise ConfigError(f"--perturb-frame {args.perturb_frame}: 0, or 640 to 7680 px")
+    # (A 3840-px frame's noise is drawn as 200 MB of float64: the cap keeps a small machine safe.)
+    if args.perturb_frame != 0 and not 640 <= args.perturb_frame <= 3840:
+        raise ConfigError(f"--perturb-frame {args.perturb_frame}: 0, or 640 to 3840 px")
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():

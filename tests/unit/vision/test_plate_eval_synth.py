@@ -212,7 +212,7 @@ def test_perturb_frame_pastes_the_same_variant_into_a_larger_frame() -> None:
     assert small.shape[0] >= plain.shape[0] and small.shape[1] >= plain.shape[1]
 
 
-@pytest.mark.parametrize("frame", ["1", "639", "7681", "-640", "1e9"])
+@pytest.mark.parametrize("frame", ["1", "639", "3841", "7680", "-640", "1e9"])
 def test_eval_refuses_a_perturb_frame_out_of_range(tmp_path: Path, frame: str) -> None:
     from carpulse.evals.plates import main
     from core.errors import ConfigError
