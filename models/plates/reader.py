@@ -17,7 +17,7 @@ from models.plates.decode import PlateDecoder
 from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
 from models.plates.locate import colour_candidates, edge_candidates
-from models.plates.ocr import PaddleOcr, crop_rect
+from models.plates.ocr import PaddleOcr, TextBox, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
 from models.plates.syntax import normalise
@@ -470,14 +470,15 @@ class PlateReader:
                     break
         if self.find_late and not self._settled(found):
             found = self._read_found(image, boxes, found, ocr=True)
+        longest = max(image.shape[:2])
+        zoom = self.zoom_from is not None and longest > self.zoom_from
         for side in self.detector_sides:
             if self._settled(found):
                 break
             dets = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
-            dets.sort(key=lambda b: b.score * b.rect[1][0] * b.rect[1][1], reverse=True)
+            dets.sort(key=_rank, reverse=True)
             rects = [b.rect for b in dets[:4]]
-            longest = max(image.shape[:2])
-            if self.zoom_from is not None and longest > self.zoom_from and longest >= 2 * side:
+            if zoom and longest >= 2 * side:
                 rects = [self._zoomed(image, r) or r for r in rects]
             found = self._better(found, self._read_crops(image, rects, "detector"))
         return found
@@ -496,15 +497,16 @@ class PlateReader:
         if x1 - x0 < 16 or y1 - y0 < 8:
             return None
         patch = image[y0:y1, x0:x1]
-        best: tuple[float, Rect] | None = None
-        for b in self.ocr.detect(patch, min(ZOOM_SIDE, max(patch.shape[:2]))):
-            (bx, by), (bw, bh), ba = b.rect
-            if not _plausible(b.rect) or math.hypot(bx + x0 - cx, by + y0 - cy) > long / 2:
-                continue
-            key = b.score * bw * bh
-            if best is None or key > best[0]:
-                best = (key, ((bx + x0, by + y0), (bw, bh), ba))
-        return None if best is None else best[1]
+        near = [
+            b
+            for b in self.ocr.detect(patch, min(ZOOM_SIDE, max(patch.shape[:2])))
+            if _plausible(b.rect)
+            and math.hypot(b.rect[0][0] + x0 - cx, b.rect[0][1] + y0 - cy) <= long / 2
+        ]
+        if not near:
+            return None
+        (bx, by), size, ang = max(near, key=_rank).rect  # the first of equals, as before
+        return ((bx + x0, by + y0), size, ang)
 
     def _read_found(
         self,
@@ -578,6 +580,11 @@ def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:
     if len(char_probs) < 2 or char_probs[0] < first_floor:
         return 0.0
     return min(char_probs[1:])
+
+
+def _rank(box: TextBox) -> float:
+    """A text box's rank among the detector's: its score times its area."""
+    return box.score * box.rect[1][0] * box.rect[1][1]
 
 
 def _plausible(rect: tuple[tuple[float, float], tuple[float, float], float]) -> bool:
