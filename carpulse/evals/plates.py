@@ -228,9 +228,11 @@ def _perturbed(
     repeats: int = 1,
     max_roll: float = 15.0,
     frame: int = 0,
+    grey: bool = False,
 ) -> dict[str, Any]:
     """Ours (and the baseline) on ``k`` perturbed variants of every photo (``models.plates.perturb``),
-    rolled by up to ``max_roll`` degrees either way, in a frame ``frame`` px wide (0: as they are).
+    rolled by up to ``max_roll`` degrees either way, in a frame ``frame`` px wide (0: as they are),
+    monochrome with ``grey`` (an infrared night camera).
 
     With ``timed`` (a reader), its CPU time per variant too: the variants are what an unseen gate
     photo looks like more than the photos are, and they fall through to the slower stages more.
@@ -243,7 +245,9 @@ def _perturbed(
     for name, img in images.items():
         for i in range(k):
             key = f"{name}~{i}"
-            variants[key], var_conditions[key] = perturbed(img, name, i, seed, max_roll, frame)
+            variants[key], var_conditions[key] = perturbed(
+                img, name, i, seed, max_roll, frame, grey
+            )
             var_labels[key] = labels[name]
     got = _score(ours, variants, var_labels, var_conditions)
     out: dict[str, Any] = {
@@ -251,6 +255,7 @@ def _perturbed(
         "seed": seed,
         "max_roll_deg": max_roll,
         "frame_px": frame,
+        "grey": grey,
         "images": len(variants),
         **{
             key: got[key]
@@ -339,6 +344,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         default=0,
         metavar="W",
         help="paste each variant into a grey frame W px wide (640-3840; default 0: as they are)",
+    )
+    ap.add_argument(
+        "--perturb-grey",
+        action="store_true",
+        help="make the variants monochrome, as an infrared night camera sees them",
     )
     args = ap.parse_args(argv)
     if not 0 <= args.perturb <= 50:
@@ -429,6 +439,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             repeats=args.repeats,
             max_roll=args.perturb_roll,
             frame=args.perturb_frame,
+            grey=args.perturb_grey,
         )
     if not args.no_latency:
         lat1 = _latency(reader, images, args.repeats)

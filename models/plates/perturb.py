@@ -15,12 +15,19 @@ import numpy as np
 
 
 def perturbed(
-    image: np.ndarray, name: str, k: int, seed: int = 0, max_roll: float = 15.0, frame: int = 0
+    image: np.ndarray,
+    name: str,
+    k: int,
+    seed: int = 0,
+    max_roll: float = 15.0,
+    frame: int = 0,
+    grey: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Variant ``k`` of ``image`` and its conditions (the keys of the synthetic sets' labels),
     rolled by up to ``max_roll`` degrees either way; with ``frame``, pasted at a random place into
     a grey frame that many pixels wide (16:9, at least the variant's size): a wide-angle gate camera
-    of higher resolution. The other draws depend on neither."""
+    of higher resolution; with ``grey``, monochrome (its luminance in all three channels), as an
+    infrared night camera sees it. The other draws depend on none of them."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8")), k])
     h, w = image.shape[:2]
     img: np.ndarray = image.astype(np.float32)
@@ -74,7 +81,11 @@ def perturbed(
     }
     if frame > 0:
         conditions["frame_px"] = float(frame)
-    return (np.asarray(out) if out is not None else small), conditions
+    result = np.asarray(out) if out is not None else small
+    if grey:
+        conditions["grey"] = 1.0
+        result = cv2.cvtColor(cv2.cvtColor(result, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    return result, conditions
 
 
 def _framed(image: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:

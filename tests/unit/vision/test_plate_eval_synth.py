@@ -212,6 +212,35 @@ def test_perturb_frame_pastes_the_same_variant_into_a_larger_frame() -> None:
     assert small.shape[0] >= plain.shape[0] and small.shape[1] >= plain.shape[1]
 
 
+@pytest.mark.parametrize("frame", [0, 1920])
+def test_perturb_grey_is_the_same_variant_in_monochrome(frame: int) -> None:
+    from models.plates.perturb import perturbed
+    from models.plates.synth import make_sample
+
+    img = make_sample(33, 0).image
+    colour, cc = perturbed(img, "a.jpg", 3, seed=5, frame=frame)
+    grey, cg = perturbed(img, "a.jpg", 3, seed=5, frame=frame, grey=True)
+    assert cg == {**cc, "grey": 1.0} and grey.shape == colour.shape
+    # Luminance in all three channels: the colour variant's own, pixel for pixel.
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+    assert np.array_equal(grey[..., 0], cv2.cvtColor(colour, cv2.COLOR_BGR2GRAY))
+    # The colour variant has colour (a synthetic plate is blue, yellow, green or white on a scene).
+    assert int(np.abs(colour[..., 0].astype(int) - colour[..., 2]).max()) > 30
+
+
+def test_eval_reads_grey_variants_when_asked(tmp_path: Path) -> None:
+    from carpulse.evals.plates import main
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 2, seed=35)
+    args = ["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", "1"]
+    plain = main(args)["perturbed"]
+    grey = main([*args, "--perturb-grey"])["perturbed"]
+    assert plain["grey"] is False and grey["grey"] is True
+    assert grey["images"] == plain["images"] == 2
+    assert 0 <= grey["exact_correct"] <= grey["plates_counted"] == plain["plates_counted"]
+
+
 @pytest.mark.parametrize("frame", ["1", "639", "3841", "7680", "-640", "1e9"])
 def test_eval_refuses_a_perturb_frame_out_of_range(tmp_path: Path, frame: str) -> None:
     from carpulse.evals.plates import main
