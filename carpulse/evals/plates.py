@@ -360,6 +360,9 @@ def main(argv: list[str]) -> dict[str, Any]:
     # (A 3840-px frame's noise is drawn as 200 MB of float64: the cap keeps a small machine safe.)
     if args.perturb_frame != 0 and not 640 <= args.perturb_frame <= 3840:
         raise ConfigError(f"--perturb-frame {args.perturb_frame}: 0, or 640 to 3840 px")
+    # They change the variants only: without any, the run would look like theirs and not be.
+    if not args.perturb and (args.perturb_grey or args.perturb_frame):
+        raise ConfigError("--perturb-grey and --perturb-frame change the variants: add --perturb K")
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():

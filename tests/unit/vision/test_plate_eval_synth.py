@@ -228,17 +228,36 @@ def test_perturb_grey_is_the_same_variant_in_monochrome(frame: int) -> None:
     assert int(np.abs(colour[..., 0].astype(int) - colour[..., 2]).max()) > 30
 
 
-def test_eval_reads_grey_variants_when_asked(tmp_path: Path) -> None:
+def test_eval_reads_grey_variants_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.plates.perturb as perturb
     from carpulse.evals.plates import main
+    from core.errors import ConfigError
     from models.plates.synth import write_set
 
+    made: list[bool] = []  # whether each variant the eval read was monochrome
+    real = perturb.perturbed
+
+    def spy(*a: object, **k: object) -> tuple[np.ndarray, dict[str, float]]:
+        img, cond = real(*a, **k)  # type: ignore[arg-type]
+        made.append(bool(np.array_equal(img[..., 0], img[..., 2])))
+        return img, cond
+
+    monkeypatch.setattr(perturb, "perturbed", spy)
     write_set(tmp_path, 2, seed=35)
     args = ["--images", str(tmp_path), "--no-latency", "--no-baseline", "--perturb", "1"]
     plain = main(args)["perturbed"]
+    assert made == [False, False]
     grey = main([*args, "--perturb-grey"])["perturbed"]
+    assert made[2:] == [True, True]
     assert plain["grey"] is False and grey["grey"] is True
     assert grey["images"] == plain["images"] == 2
     assert 0 <= grey["exact_correct"] <= grey["plates_counted"] == plain["plates_counted"]
+    # Without variants to change, the options are a clear error, not a run that ignores them.
+    for extra in (["--perturb-grey"], ["--perturb-frame", "1920"]):
+        with pytest.raises(ConfigError, match="--perturb K"):
+            main([*args[:-2], *extra])
 
 
 @pytest.mark.parametrize("frame", ["1", "639", "3841", "7680", "-640", "1e9"])
