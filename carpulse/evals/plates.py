@@ -334,7 +334,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     ap.add_argument(
         "--perturb-roll",
         type=float,
-        default=15.0,
+        default=None,
         metavar="DEG",
         help="the variants' largest roll either way, in degrees (0-90; default 15)",
     )
@@ -355,14 +355,18 @@ def main(argv: list[str]) -> dict[str, Any]:
         raise ConfigError(f"--perturb {args.perturb}: between 0 and 50")
     if args.perturb_seed < 0:  # numpy's seed sequences take non-negative integers only
         raise ConfigError(f"--perturb-seed {args.perturb_seed}: 0 or more")
-    if not 0.0 <= args.perturb_roll <= 90.0:  # NaN too
+    if args.perturb_roll is not None and not 0.0 <= args.perturb_roll <= 90.0:  # NaN too
         raise ConfigError(f"--perturb-roll {args.perturb_roll}: between 0 and 90 degrees")
     # (A 3840-px frame's noise is drawn as 200 MB of float64: the cap keeps a small machine safe.)
     if args.perturb_frame != 0 and not 640 <= args.perturb_frame <= 3840:
         raise ConfigError(f"--perturb-frame {args.perturb_frame}: 0, or 640 to 3840 px")
     # They change the variants only: without any, the run would look like theirs and not be.
-    if not args.perturb and (args.perturb_grey or args.perturb_frame):
-        raise ConfigError("--perturb-grey and --perturb-frame change the variants: add --perturb K")
+    if not args.perturb and (
+        args.perturb_grey or args.perturb_frame or args.perturb_roll is not None
+    ):
+        raise ConfigError(
+            "--perturb-roll, --perturb-grey and --perturb-frame change the variants: add --perturb K"
+        )
     folder = args.images or shared_data_dir() / "plates"
     labels_path = args.labels or folder / "labels.json"
     if not folder.is_dir():
@@ -440,7 +444,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             args.perturb_seed,
             timed=None if args.no_latency else reader,
             repeats=args.repeats,
-            max_roll=args.perturb_roll,
+            max_roll=15.0 if args.perturb_roll is None else args.perturb_roll,
             frame=args.perturb_frame,
             grey=args.perturb_grey,
         )

@@ -255,7 +255,7 @@ def test_eval_reads_grey_variants_when_asked(
     assert grey["images"] == plain["images"] == 2
     assert 0 <= grey["exact_correct"] <= grey["plates_counted"] == plain["plates_counted"]
     # Without variants to change, the options are a clear error, not a run that ignores them.
-    for extra in (["--perturb-grey"], ["--perturb-frame", "1920"]):
+    for extra in (["--perturb-grey"], ["--perturb-frame", "1920"], ["--perturb-roll", "30"]):
         with pytest.raises(ConfigError, match="--perturb K"):
             main([*args[:-2], *extra])
 
