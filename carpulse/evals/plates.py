@@ -16,6 +16,7 @@ import numpy as np
 from core.argtypes import count
 from core.datasets import shared_data_dir
 from core.errors import ConfigError
+from models.plates.perturb import DEFAULT_ROLL
 from models.plates.syntax import kind_of, normalise
 from models.plates.vote import _distance
 
@@ -56,6 +57,8 @@ CONDITION_BUCKETS: tuple[tuple[str, str, tuple[float, ...]], ...] = (
     ("gaussian blur sigma", "blur", (0.0, 1.0, float("inf"))),
     ("motion blur px", "motion_px", (0.0, 1.0, float("inf"))),
     ("night", "night", (0.0, 0.5, float("inf"))),
+    # Sets written with ``carpulse plates synth --two-row SHARE`` (1: a two-row plate).
+    ("two-row plate", "two_row", (0.0, 0.5, float("inf"))),
 )
 # Where a gate camera is mounted as README.md ("Mounting a gate camera") asks: the plate at least
 # 150 px wide, its far edge at least 70 % of the near edge's height (yaw under 0.3), the car
@@ -226,7 +229,7 @@ def _perturbed(
     seed: int,
     timed: Any = None,
     repeats: int = 1,
-    max_roll: float = 15.0,
+    max_roll: float = DEFAULT_ROLL,
     frame: int = 0,
     grey: bool = False,
 ) -> dict[str, Any]:
@@ -336,7 +339,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         type=float,
         default=None,
         metavar="DEG",
-        help="the variants' largest roll either way, in degrees (0-90; default 15)",
+        help=f"the variants' largest roll either way, in degrees (0-90; default {DEFAULT_ROLL:g})",
     )
     ap.add_argument(
         "--perturb-frame",
@@ -444,7 +447,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             args.perturb_seed,
             timed=None if args.no_latency else reader,
             repeats=args.repeats,
-            max_roll=15.0 if args.perturb_roll is None else args.perturb_roll,
+            max_roll=DEFAULT_ROLL if args.perturb_roll is None else args.perturb_roll,
             frame=args.perturb_frame,
             grey=args.perturb_grey,
         )

@@ -13,13 +13,16 @@ import zlib
 import cv2
 import numpy as np
 
+# The variants' largest roll either way, in degrees, unless ``--perturb-roll`` says otherwise.
+DEFAULT_ROLL = 15.0
+
 
 def perturbed(
     image: np.ndarray,
     name: str,
     k: int,
     seed: int = 0,
-    max_roll: float = 15.0,
+    max_roll: float = DEFAULT_ROLL,
     frame: int = 0,
     grey: bool = False,
 ) -> tuple[np.ndarray, dict[str, float]]:

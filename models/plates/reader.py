@@ -24,6 +24,9 @@ from models.plates.syntax import normalise
 
 # A two-row plate (motorcycles, lorries) is about 2:1; a one-row plate about 3.1:1.
 DOUBLE_ROW_MAX_ASPECT = 2.5
+# The only blue two-row plate of GA 36 is a light motorcycle's, 220 x 140 mm (1.6:1); a loose box of
+# a rolled or yawed blue one-row plate is seldom squarer than 2:1.
+BLUE_TWO_ROW_MAX_ASPECT = 1.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +176,10 @@ class PlateReader:
         # too before the text detector (40-100 ms a frame) when nothing is sure by then.
         self.find_first = find_first and self.finder is not None
         self.find_late = find_late and self.finder is not None
-        # A blue colour candidate is read as a one-row plate whatever its box's shape: GA 36 has no
-        # blue two-row plate, and a loose box of a rolled or yawed blue plate is often squarer
-        # than 2.5:1 (read as one row, then laid out as one row at twice the width: 20-40 ms).
+        # A blue colour candidate is read as a one-row plate unless its box is squarer than
+        # ``BLUE_TWO_ROW_MAX_ASPECT`` (a light motorcycle's plate): a loose box of a rolled or
+        # yawed blue one-row plate is often squarer than 2.5:1 (read as one row, then laid out as
+        # one row at twice the width: 20-40 ms).
         self.blue_one_row = blue_one_row
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
         # detector's boxes from a pass that shrank it twice or more are found again around
@@ -217,7 +221,7 @@ class PlateReader:
         """Readings of the plates in ``rects``; ``guesses``: corners (TL, TR, BR, BL) to deskew by
         where the corner fit finds none (the finder's); ``ocr=False``: the plate models only,
         never PP-OCR (10-20 ms a crop); ``one_row``: the plates are one-row whatever the boxes'
-        shape (a blue plate: GA 36 draws only yellow, white and green plates in two rows)."""
+        shape (a blue plate in a box no squarer than a light motorcycle's)."""
         deskewed: list[np.ndarray | None] = []
         for_cells: list[np.ndarray | None] = []
         # Colour and edge boxes surround a plate; a text detector's box may hold any line of
@@ -458,7 +462,11 @@ class PlateReader:
         if self.small_last:  # a stable sort: by score within each group
             cands.sort(key=lambda c: max(c.rect[1]) < SMALL_CANDIDATE)
         for cand in cands:
-            one_row = self.blue_one_row and cand.colour == "blue"
+            one_row = (
+                self.blue_one_row
+                and cand.colour == "blue"
+                and _aspect(cand.rect) >= BLUE_TWO_ROW_MAX_ASPECT
+            )
             read = self._read_crops(image, [cand.rect], "colour", one_row=one_row)
             found = self._better(found, read)
             if self._settled(found):
@@ -585,6 +593,12 @@ def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:
 def _rank(box: TextBox) -> float:
     """A text box's rank among the detector's: its score times its area."""
     return box.score * box.rect[1][0] * box.rect[1][1]
+
+
+def _aspect(rect: tuple[tuple[float, float], tuple[float, float], float]) -> float:
+    """A rotated rectangle's long side over its short side (inf for a flat one)."""
+    w, h = rect[1]
+    return max(w, h) / min(w, h) if min(w, h) > 0 else float("inf")
 
 
 def _plausible(rect: tuple[tuple[float, float], tuple[float, float], float]) -> bool:

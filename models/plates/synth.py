@@ -43,6 +43,19 @@ BG = {
 RED = (200, 24, 24)
 RED_CHARS = {"police": (-1,), "armed-police": (0, 1), "emergency": (-2, -1)}
 
+# Plates GA 36 draws in two rows: (kind, colour, width and height in mm). The rear plates of
+# lorries and buses and trailers' plates are 440 x 220; motorcycles' 220 x 140 (ordinary ones
+# yellow, light ones blue, coaches' yellow with 学, police white with a red 警). The first two
+# characters (province and letter) make the top row, the rest the bottom one.
+TWO_ROW = (
+    ("ordinary", "yellow", (440, 220)),
+    ("trailer", "yellow", (440, 220)),
+    ("ordinary", "yellow", (220, 140)),
+    ("ordinary", "blue", (220, 140)),
+    ("coach", "yellow", (220, 140)),
+    ("police", "white", (220, 140)),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -192,6 +205,68 @@ def render_plate(text: str, kind: str, rng: np.random.Generator | None = None) -
     return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
+def _draw_glyph(
+    plate: np.ndarray, ch: str, box: tuple[int, int, int, int], colour: tuple[int, int, int]
+) -> None:
+    """Blend ``ch`` into ``plate`` (float32 RGB) filling ``box`` = (x, y, width, height)."""
+    x0, y0, gw, gh = box
+    if ch.isascii() and ch in "1":  # a narrow digit keeps its width
+        x0, gw = x0 + int(gw * 0.275), max(4, int(gw * 0.45))
+    glyph = cv2.resize(
+        _glyph(ch).astype(np.float32) / 255.0, (gw, gh), interpolation=cv2.INTER_AREA
+    )
+    region = plate[y0 : y0 + gh, x0 : x0 + gw]
+    a = glyph[: region.shape[0], : region.shape[1], None]
+    region[:] = region * (1 - a) + np.array(colour, np.float32) * a
+
+
+def render_two_row(
+    text: str,
+    kind: str,
+    colour: str,
+    size: tuple[int, int],
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """An upright two-row plate (BGR) of ``size`` mm (1 px per mm): the first two characters
+    small in the top row with a dot between them, the others large in the bottom row."""
+    width, height = size
+    plate = np.zeros((height, width, 3), dtype=np.float32)
+    plate[:] = BG[colour]
+    ink = (245, 245, 245) if colour in ("blue", "black") else (12, 12, 12)
+    n = len(text)
+    reds = {p % n for p in RED_CHARS.get(kind, ())}
+    cv2.rectangle(plate, (4, 4), (width - 5, height - 5), ink, 2)
+    # Top row: two characters about a quarter of the height, centred, a dot between them.
+    th = int(0.27 * height)
+    tw = int(0.8 * th) if width < 300 else int(0.75 * th)
+    gap = int(0.5 * tw)
+    left = (width - 2 * tw - gap) // 2
+    ty = int(0.07 * height)
+    for p, x in ((0, left), (1, left + tw + gap)):
+        _draw_glyph(plate, text[p], (x, ty, tw, th), RED if p in reds else ink)
+    cv2.circle(plate, (left + tw + gap // 2, ty + th // 2), max(2, gap // 5), ink, -1)
+    # Bottom row: the rest, about half the height, across the plate.
+    rest = text[2:]
+    bh = int(0.5 * height)
+    by = int(0.42 * height)
+    margin = int(0.06 * width)
+    step = (width - 2 * margin) / len(rest)
+    bw = int(step * 0.86)
+    for q, ch in enumerate(rest):
+        x = int(margin + q * step + (step - bw) / 2)
+        _draw_glyph(plate, ch, (x, by, bw, bh), RED if q + 2 in reds else ink)
+    if rng is not None:  # dirt and wear, as on one-row plates
+        plate += rng.normal(0, 4, plate.shape).astype(np.float32)
+        for _ in range(int(rng.integers(0, 3))):
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            axes = (int(rng.integers(6, 30)), int(rng.integers(4, 15)))
+            smudge = plate.copy()
+            cv2.ellipse(smudge, centre, axes, float(rng.uniform(0, 180)), 0, 360, (90, 80, 60), -1)
+            alpha = float(rng.uniform(0.15, 0.45))
+            plate = plate * (1 - alpha) + smudge * alpha
+    return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
 def degraded_plate(
     plate: np.ndarray,
     rng: np.random.Generator,
@@ -255,19 +330,39 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return blurred.astype(np.uint8)
 
 
-def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> Sample:
-    """Image ``index`` of seed ``seed``: a car-like body with one plate under random conditions."""
+def make_sample(
+    seed: int, index: int, kinds: tuple[str, ...] | None = None, two_row: float = 0.0
+) -> Sample:
+    """Image ``index`` of seed ``seed``: a car-like body with one plate under random conditions.
+
+    ``two_row``: the share of two-row plates (``TWO_ROW``, of ``kinds`` when given); at 0 (the
+    default) no random number is drawn for it, so the images of every seed are those of earlier
+    versions."""
+    if not 0.0 <= two_row <= 1.0:  # NaN too
+        raise ConfigError(f"two_row {two_row}: a share between 0 and 1")
     rng = np.random.default_rng([seed, index])
     names = kinds or tuple(k for k, _, _ in KINDS)
     kind = names[int(rng.integers(len(names)))]
+    layout = None
+    layouts = [t for t in TWO_ROW if kinds is None or t[0] in kinds]
+    if two_row > 0.0 and layouts:  # its own random stream: the rest is drawn as before
+        pick = np.random.default_rng([seed, index, 2])
+        if pick.random() < two_row:
+            layout = layouts[int(pick.integers(len(layouts)))]
+            kind = layout[0]
     text = random_text(kind, rng)
-    plate = render_plate(text, kind, rng)
+    if layout is not None:
+        plate = render_two_row(text, kind, layout[1], layout[2], rng)
+    else:
+        plate = render_plate(text, kind, rng)
     scene = _background(rng)
     if kinds is None and rng.random() < EMPTY_SHARE:  # an empty lot: false positives count
         kind, text = "none", ""
     w, h = SCENE
     # A car body the plate hangs on (paint of any colour, blue cars included).
     pw = float(rng.uniform(90, 300))  # plate width in the photo
+    if plate.shape[1] < 400:  # a motorcycle's plate is half as wide
+        pw *= plate.shape[1] / 440
     ph = pw * plate.shape[0] / plate.shape[1]
     cx, cy = rng.uniform(pw * 0.7, w - pw * 0.7), rng.uniform(h * 0.35, h - ph * 1.5)
     body = rng.uniform(0, 255, 3).tolist()
@@ -340,19 +435,24 @@ def make_sample(seed: int, index: int, kinds: tuple[str, ...] | None = None) -> 
         "scale": round(scale, 3),
     }
     conditions["jpeg_quality"] = float(rng.integers(55, 96))
+    if two_row > 0.0:
+        conditions["two_row"] = float(layout is not None and bool(text))
     quad = (dst * np.array([out.shape[1] / w, out.shape[0] / h])).astype(np.float32)
     return Sample(out, text, kind, conditions, quad if text else None)
 
 
-def write_set(out: Path, n: int, seed: int) -> dict[str, Any]:
-    """Write ``n`` images of seed ``seed`` and labels.json into ``out``; returns a summary."""
+def write_set(out: Path, n: int, seed: int, two_row: float = 0.0) -> dict[str, Any]:
+    """Write ``n`` images of seed ``seed`` (a ``two_row`` share of two-row plates) and labels.json
+    into ``out``; returns a summary."""
     if n < 1 or n > 100_000:
         raise ConfigError(f"--n must be 1..100000, got {n}")
+    if not 0.0 <= two_row <= 1.0:
+        raise ConfigError(f"--two-row must be a share between 0 and 1, got {two_row}")
     out.mkdir(parents=True, exist_ok=True)
     labels: dict[str, Any] = {}
     kinds: dict[str, int] = {}
     for i in range(n):
-        s = make_sample(seed, i)
+        s = make_sample(seed, i, two_row=two_row)
         name = f"synth_s{seed}_{i:05d}.jpg"
         quality = int(s.conditions["jpeg_quality"])
         if not cv2.imwrite(str(out / name), s.image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
@@ -366,7 +466,10 @@ def write_set(out: Path, n: int, seed: int) -> dict[str, Any]:
     (out / "labels.json").write_text(
         json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8"
     )
-    return {"out": str(out), "images": n, "seed": seed, "kinds": kinds}
+    summary: dict[str, Any] = {"out": str(out), "images": n, "seed": seed, "kinds": kinds}
+    if two_row > 0.0:
+        summary["two_row"] = sum(int(v["conditions"]["two_row"]) for v in labels.values())
+    return summary
 
 
 def main(argv: list[str]) -> dict[str, Any]:
@@ -390,12 +493,20 @@ def main(argv: list[str]) -> dict[str, Any]:
         default=None,
         help="letters and digits in this font (with --font)",
     )
+    ap.add_argument(
+        "--two-row",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of two-row plates (lorries' and buses' rear plates, trailers, motorcycles; "
+        "0-1, default 0: the images of earlier versions)",
+    )
     args = ap.parse_args(argv)
     if args.latin_font is not None and args.font is None:
         raise ConfigError("--latin-font needs --font")
     use_font(args.font, args.latin_font)
     try:
-        summary = write_set(args.out, args.n, args.seed)
+        summary = write_set(args.out, args.n, args.seed, args.two_row)
     finally:
         use_font(None)
     if args.font is not None:

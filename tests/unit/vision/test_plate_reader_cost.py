@@ -89,12 +89,16 @@ def test_a_one_row_crop_of_two_row_shape_goes_to_the_plate_models_not_the_layout
     assert got[0][0].text == "苏E9E0A5" and len(runs) == 1
 
 
-def test_a_blue_candidate_is_read_as_one_row(reader, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_blue_candidate_is_read_as_one_row_unless_shaped_as_a_motorcycle_plate(
+    reader, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     from models.plates import reader as reader_module
     from models.plates.locate import Candidate
 
     seen: list[bool] = []
     cands = [Candidate(RECT, colour, 0.9, 100.0, 1.0) for colour in ("blue", "yellow")]
+    # A light motorcycle's plate: blue, two rows, 220 x 140 mm (a box of 1.6:1, here rolled).
+    cands.append(Candidate(((100.0, 50.0), (70.0, 110.0), 80.0), "blue", 0.9, 100.0, 1.0))
     monkeypatch.setattr(reader_module, "colour_candidates", lambda image: list(cands))
     monkeypatch.setattr(reader_module, "edge_candidates", lambda image, width: [])
     monkeypatch.setattr(reader, "detector_sides", ())
@@ -105,11 +109,12 @@ def test_a_blue_candidate_is_read_as_one_row(reader, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(reader, "_read_crops", fake)
     reader._search(np.zeros((100, 200, 3), np.uint8))
-    assert seen == [True, False]  # yellow may be a two-row plate (lorries, motorcycles)
+    # Yellow may be a two-row plate (lorries, motorcycles); blue only in a motorcycle's shape.
+    assert seen == [True, False, False]
     monkeypatch.setattr(reader, "blue_one_row", False)
     seen.clear()
     reader._search(np.zeros((100, 200, 3), np.uint8))
-    assert seen == [False, False]
+    assert seen == [False, False, False]
 
 
 def test_the_cells_pick_per_template_is_the_plain_loop_even_with_ties(

@@ -14,8 +14,15 @@ from carpulse.cli import app
 from carpulse.evals.plates import load_labels
 from core.errors import ConfigError
 from models.plates.syntax import KINDS, kind_of
+from models.plates.synth import (
+    TWO_ROW,
+    make_sample,
+    random_text,
+    render_plate,
+    render_two_row,
+    write_set,
+)
 from models.plates.synth import main as synth_main
-from models.plates.synth import make_sample, random_text, render_plate, write_set
 
 
 def _sha(path: Path) -> str:
@@ -115,3 +122,90 @@ def test_a_set_in_another_font_has_the_same_plates_in_other_glyphs(tmp_path: Pat
     )
     with pytest.raises(ConfigError, match="--latin-font needs --font"):
         synth_main(["--out", str(tmp_path / "t"), "--latin-font", str(serif)])
+
+
+# Two-row plates (GA 36: lorries' and buses' rear plates, trailers, motorcycles).
+
+
+def _ink_rows(plate: np.ndarray) -> np.ndarray:
+    """Share of each row's pixels far from the plate's background colour (the characters)."""
+    bg = np.median(plate.reshape(-1, 3), axis=0)
+    far = np.abs(plate.astype(np.int16) - bg.astype(np.int16)).max(axis=2) > 80
+    return far.mean(axis=1)
+
+
+@pytest.mark.parametrize(("kind", "colour", "size"), TWO_ROW)
+def test_two_row_plates_put_two_small_characters_over_the_rest(
+    kind: str, colour: str, size: tuple[int, int]
+) -> None:
+    rng = np.random.default_rng(3)
+    text = random_text(kind, rng)
+    plate = render_two_row(text, kind, colour, size)
+    assert plate.shape == (size[1], size[0], 3) and plate.dtype == np.uint8
+    rows = _ink_rows(plate)
+    h = size[1]
+    # Ink in both rows, a clear gap between them, and the bottom row's characters taller.
+    top = np.nonzero(rows[int(0.05 * h) : int(0.40 * h)] > 0.05)[0]
+    bottom = np.nonzero(rows[int(0.40 * h) : int(0.95 * h)] > 0.05)[0]
+    assert top.size > 0.15 * h and bottom.size > top.size * 1.4
+    assert rows[int(0.37 * h) : int(0.41 * h)].max() < 0.05
+    # The top row is centred and narrower than the bottom one.
+    cols = np.abs(plate.astype(np.int16) - plate[h // 2, 2].astype(np.int16)).max(axis=2) > 80
+    top_cols = np.nonzero(cols[int(0.08 * h) : int(0.33 * h), 10:-10].any(axis=0))[0] + 10
+    bottom_cols = np.nonzero(cols[int(0.45 * h) : int(0.9 * h), 10:-10].any(axis=0))[0] + 10
+    assert top_cols.max() - top_cols.min() < 0.6 * (bottom_cols.max() - bottom_cols.min())
+    assert abs((top_cols.max() + top_cols.min()) / 2 - size[0] / 2) < 0.08 * size[0]
+
+
+def test_a_police_two_row_plate_has_a_red_last_character() -> None:
+    plate = render_two_row("鄂F8888警", "police", "white", (220, 140)).astype(np.int16)
+    red = (plate[:, :, 2] > 150) & (plate[:, :, 1] < 90) & (plate[:, :, 0] < 90)  # BGR
+    ys, xs = np.nonzero(red)
+    assert ys.size > 100 and ys.min() > 0.4 * 140 and xs.min() > 0.7 * 220
+
+
+def test_two_row_share_picks_two_row_plates_without_changing_the_rest() -> None:
+    two = [make_sample(41, i, two_row=1.0) for i in range(40)]
+    plated = [s for s in two if s.text]
+    assert len(plated) >= 30
+    for s in plated:
+        assert s.conditions["two_row"] == 1.0 and kind_of(s.text) == s.kind
+        assert s.kind in {k for k, _, _ in TWO_ROW}
+        assert s.quad is not None
+        # The plate's corners: about 2:1 (440 x 220) or 1.6:1 (220 x 140), never 3:1.
+        top = float(np.linalg.norm(s.quad[1] - s.quad[0]))
+        side = float(np.linalg.norm(s.quad[3] - s.quad[0]))
+        assert top / side < 2.6, (s.text, top / side)
+    assert all(s.conditions["two_row"] == 0.0 for s in two if not s.text)
+    half = [make_sample(41, i, two_row=0.5).conditions["two_row"] for i in range(200)]
+    assert 0.3 < sum(half) / len(half) < 0.7
+    # Without two-row plates the conditions have no such key and the images are the old ones.
+    plain = make_sample(41, 0)
+    assert "two_row" not in plain.conditions
+    # With kinds, only their two-row layouts (none for a kind GA 36 draws in one row).
+    assert all(make_sample(41, i, ("trailer",), 1.0).kind == "trailer" for i in range(5))
+    hk = make_sample(41, 0, ("hong-kong",), 1.0)
+    assert hk.kind == "hong-kong" and hk.conditions["two_row"] == 0.0
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, float("nan"), float("inf")])
+def test_a_bad_two_row_share_is_refused(share: float, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        make_sample(1, 0, two_row=share)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        write_set(tmp_path, 2, seed=1, two_row=share)
+
+
+def test_cli_writes_a_two_row_set_the_eval_buckets(tmp_path: Path) -> None:
+    from carpulse.evals.plates import by_condition, load_conditions
+
+    out = synth_main(["--out", str(tmp_path), "--n", "6", "--seed", "41", "--two-row", "1"])
+    labels = json.loads((tmp_path / "labels.json").read_text(encoding="utf-8"))
+    plated = [v for v in labels.values() if v["plates"]]
+    assert out["two_row"] == len(plated) >= 4
+    assert all(v["conditions"]["two_row"] == 1.0 for v in plated)
+    conditions = load_conditions(tmp_path / "labels.json")
+    got = by_condition({name: True for name, v in labels.items() if v["plates"]}, conditions)
+    assert got["two-row plate"] == {">=0.5": f"{len(plated)}/{len(plated)}"}
+    with pytest.raises(SystemExit):
+        synth_main(["--out", str(tmp_path / "x"), "--two-row", "many"])
