@@ -488,6 +488,7 @@ class PlateReader:
             rects = [b.rect for b in dets[:4]]
             if zoom and longest >= 2 * side:
                 rects = [self._zoomed(image, r) or r for r in rects]
+            rects += _two_row_pairs(dets[:4])
             found = self._better(found, self._read_crops(image, rects, "detector"))
         return found
 
@@ -593,6 +594,49 @@ def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:
 def _rank(box: TextBox) -> float:
     """A text box's rank among the detector's: its score times its area."""
     return box.score * box.rect[1][0] * box.rect[1][1]
+
+
+def _two_row_pairs(boxes: list[TextBox], most: int = 2) -> list[Rect]:
+    """Boxes around two text lines laid out as a two-row plate, at most ``most``: a short line
+    centred above a longer one. The text detector finds GA 36's two rows as two lines, and
+    neither is a valid plate alone (the province and a letter above, five characters below)."""
+    out: list[Rect] = []
+    for low in boxes:
+        (bx, by), (length, height), along_axis, up_axis = _axes(low.rect)
+        for top in boxes:
+            if top is low:
+                continue
+            (ax, ay), (top_len, top_h), _, _ = _axes(top.rect)
+            if not (0.15 * length <= top_len <= 0.8 * length and 0.25 * height <= top_h <= height):
+                continue
+            dx, dy = ax - bx, ay - by
+            along = dx * along_axis[0] + dy * along_axis[1]
+            up = dx * up_axis[0] + dy * up_axis[1]
+            # Centred over the long line, and just above it.
+            if abs(along) > 0.2 * length or not 0.3 * height <= up <= 0.8 * height + 1.6 * top_h:
+                continue
+            pts = np.concatenate([cv2.boxPoints(top.rect), cv2.boxPoints(low.rect)])
+            (cx, cy), size, ang = cv2.minAreaRect(pts.astype(np.float32))
+            out.append(((float(cx), float(cy)), (float(size[0]), float(size[1])), float(ang)))
+            if len(out) >= most:
+                return out
+    return out
+
+
+def _axes(
+    rect: Rect,
+) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float], tuple[float, float]]:
+    """A rotated rectangle's centre, (long, short) sides, unit vector along the long side, and the
+    unit vector across it that points up the frame."""
+    (cx, cy), (w, h), ang = rect
+    if w < h:
+        w, h, ang = h, w, ang + 90.0
+    t = math.radians(ang)
+    ux, uy = math.cos(t), math.sin(t)
+    vx, vy = -uy, ux
+    if vy > 0:  # image y grows downwards
+        vx, vy = -vx, -vy
+    return (cx, cy), (w, h), (ux, uy), (vx, vy)
 
 
 def _aspect(rect: tuple[tuple[float, float], tuple[float, float], float]) -> float:
