@@ -194,15 +194,25 @@ def render_plate(text: str, kind: str, rng: np.random.Generator | None = None) -
         region[:] = region * (1 - a) + col * a
         x += cell_w + 6
     if rng is not None:  # dirt and wear: grain and a few smudges
-        plate += rng.normal(0, 4, plate.shape).astype(np.float32)
-        for _ in range(int(rng.integers(0, 4))):
-            centre = (int(rng.integers(0, width)), int(rng.integers(0, PLATE_H)))
-            axes = (int(rng.integers(8, 40)), int(rng.integers(5, 20)))
-            smudge = plate.copy()
-            cv2.ellipse(smudge, centre, axes, float(rng.uniform(0, 180)), 0, 360, (90, 80, 60), -1)
-            alpha = float(rng.uniform(0.15, 0.45))
-            plate = plate * (1 - alpha) + smudge * alpha
+        plate = _worn(plate, rng, 4, (8, 40, 5, 20))
     return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+
+def _worn(
+    plate: np.ndarray, rng: np.random.Generator, most: int, axes: tuple[int, int, int, int]
+) -> np.ndarray:
+    """``plate`` (float32 RGB) with grain and up to ``most - 1`` smudges, ellipses whose half-axes
+    are drawn from ``axes`` = (long low, long high, short low, short high)."""
+    height, width = plate.shape[:2]
+    plate = plate + rng.normal(0, 4, plate.shape).astype(np.float32)
+    for _ in range(int(rng.integers(0, most))):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        size = (int(rng.integers(axes[0], axes[1])), int(rng.integers(axes[2], axes[3])))
+        smudge = plate.copy()
+        cv2.ellipse(smudge, centre, size, float(rng.uniform(0, 180)), 0, 360, (90, 80, 60), -1)
+        alpha = float(rng.uniform(0.15, 0.45))
+        plate = plate * (1 - alpha) + smudge * alpha
+    return plate
 
 
 def _draw_glyph(
@@ -256,14 +266,7 @@ def render_two_row(
         x = int(margin + q * step + (step - bw) / 2)
         _draw_glyph(plate, ch, (x, by, bw, bh), RED if q + 2 in reds else ink)
     if rng is not None:  # dirt and wear, as on one-row plates
-        plate += rng.normal(0, 4, plate.shape).astype(np.float32)
-        for _ in range(int(rng.integers(0, 3))):
-            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            axes = (int(rng.integers(6, 30)), int(rng.integers(4, 15)))
-            smudge = plate.copy()
-            cv2.ellipse(smudge, centre, axes, float(rng.uniform(0, 180)), 0, 360, (90, 80, 60), -1)
-            alpha = float(rng.uniform(0.15, 0.45))
-            plate = plate * (1 - alpha) + smudge * alpha
+        plate = _worn(plate, rng, 3, (6, 30, 4, 15))
     return cv2.cvtColor(np.clip(plate, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
 
 
