@@ -601,12 +601,11 @@ def _two_row_pairs(boxes: list[TextBox], most: int = 2) -> list[Rect]:
     centred above a longer one. The text detector finds GA 36's two rows as two lines, and
     neither is a valid plate alone (the province and a letter above, five characters below)."""
     out: list[Rect] = []
-    for low in boxes:
-        (bx, by), (length, height), along_axis, up_axis = _axes(low.rect)
-        for top in boxes:
-            if top is low:
+    frames = [_axes(b.rect) for b in boxes]
+    for i, ((bx, by), (length, height), along_axis, up_axis) in enumerate(frames):
+        for j, ((ax, ay), (top_len, top_h), _, _) in enumerate(frames):
+            if j == i:
                 continue
-            (ax, ay), (top_len, top_h), _, _ = _axes(top.rect)
             if not (0.15 * length <= top_len <= 0.8 * length and 0.25 * height <= top_h <= height):
                 continue
             dx, dy = ax - bx, ay - by
@@ -615,7 +614,7 @@ def _two_row_pairs(boxes: list[TextBox], most: int = 2) -> list[Rect]:
             # Centred over the long line, and just above it.
             if abs(along) > 0.2 * length or not 0.3 * height <= up <= 0.8 * height + 1.6 * top_h:
                 continue
-            pts = np.concatenate([cv2.boxPoints(top.rect), cv2.boxPoints(low.rect)])
+            pts = np.concatenate([cv2.boxPoints(boxes[j].rect), cv2.boxPoints(boxes[i].rect)])
             (cx, cy), size, ang = cv2.minAreaRect(pts.astype(np.float32))
             out.append(((float(cx), float(cy)), (float(size[0]), float(size[1])), float(ang)))
             if len(out) >= most:
@@ -646,6 +645,4 @@ def _aspect(rect: tuple[tuple[float, float], tuple[float, float], float]) -> flo
 
 
 def _plausible(rect: tuple[tuple[float, float], tuple[float, float], float]) -> bool:
-    w, h = rect[1]
-    long, short = max(w, h), min(w, h)
-    return short >= 6 and 1.5 <= long / short <= 8.0
+    return min(rect[1]) >= 6 and 1.5 <= _aspect(rect) <= 8.0
