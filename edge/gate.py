@@ -69,6 +69,10 @@ class GateConfig(BaseModel):
         le=1,
         description="A plate reading below this keeps the search going (0: the first one ends it).",
     )
+    plate_colour_kinds: bool = Field(
+        True,
+        description="Read a plate only as the kinds its colour allows (GA 36: green = new-energy, blue = ordinary).",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -112,6 +116,7 @@ class GateLoop:
                 line_model=LINE_PATH if conf.plate_line else None,
                 find_model=FIND_PATH if conf.plate_finder else None,
                 settle=conf.plate_settle,
+                colour_kinds=conf.plate_colour_kinds,
             )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None

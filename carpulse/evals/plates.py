@@ -318,6 +318,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="the learned plate finder too (experimental, default off; [gate] plate_finder)",
     )
     ap.add_argument(
+        "--colour-kinds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read a plate only as the kinds its colour allows (default on; [gate] "
+        "plate_colour_kinds)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.9,
@@ -398,6 +405,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "cell_model": MODEL_PATH if args.cells else None,
         "find_model": FIND_PATH if args.finder else None,
         "settle": args.settle,
+        "colour_kinds": args.colour_kinds,
     }
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
@@ -418,6 +426,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "cells": args.cells,
             "finder": args.finder,
             "settle": args.settle,
+            "colour_kinds": args.colour_kinds,
             "min_confidence": args.min_confidence,
         },
         "cpus": os.cpu_count(),

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from core import kernel_flags
-from models.plates.syntax import TEMPLATES, template_masks
+from models.plates.syntax import TEMPLATE_KINDS, TEMPLATES, kinds_for_colour, template_masks
 
 NEG = -1e30
 # Printed between the region code and the serial, or read in gaps: they count as "no character".
@@ -147,6 +147,17 @@ class PlateDecoder:
         self.masks, self.lengths = template_masks(sub)
         self._flat_masks = self.masks.reshape(-1, self.masks.shape[2]).astype(np.float64)
         self.min_presence = 1e-3
+        # Per background colour, which templates a plate of that colour may fill.
+        self._colour_ok: dict[str, list[bool]] = {}
+
+    def _allowed(self, colour: str | None) -> list[bool] | None:
+        """Which templates a plate of background ``colour`` may fill (``None``: all)."""
+        if colour is None:
+            return None
+        if colour not in self._colour_ok:
+            kinds = kinds_for_colour(colour)
+            self._colour_ok[colour] = [kinds is None or k in kinds for k in TEMPLATE_KINDS]
+        return self._colour_ok[colour]
 
     def greedy(self, probs: np.ndarray) -> str:
         """Plain best-path decoding (what off-the-shelf OCR prints)."""
@@ -156,8 +167,9 @@ class PlateDecoder:
         keep &= best != 0
         return "".join(self.alphabet[i] for i in best[keep].tolist())
 
-    def constrained(self, probs: np.ndarray) -> Decoded | None:
-        """The most probable reading that is a valid plate, or ``None`` if no template fits."""
+    def constrained(self, probs: np.ndarray, colour: str | None = None) -> Decoded | None:
+        """The most probable reading that is a valid plate, or ``None`` if no template fits;
+        ``colour``: the plate's background colour, if known (only its kinds are tried)."""
         probs = np.array(probs, dtype=np.float64)
         for dst, src in self.folds:
             probs[:, dst] += probs[:, src]
@@ -173,7 +185,10 @@ class PlateDecoder:
         # (no frame gives 使, 应 or W any mass: skip those kinds without running the Viterbi).
         kept = probs[:, self.keep]
         presence = (kept @ self._flat_masks.T).max(axis=0).reshape(self.masks.shape[:2])
+        allowed = self._allowed(colour)
         for t, length in enumerate(self.lengths):
+            if allowed is not None and not allowed[t]:
+                continue
             if presence[t, :length].min() < self.min_presence:
                 continue
             out_cls = np.zeros(n, dtype=np.int32)

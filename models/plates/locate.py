@@ -16,6 +16,37 @@ COLOUR_RANGES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
     "green": ((35, 40, 90), (85, 255, 255)),
 }
 
+# A crop is of a plate colour when at least PLATE_COLOUR_SHARE of its middle is saturated and lit
+# and the middle half of those pixels' hues (25th to 75th percentile, OpenCV hue 0-180) lies in the
+# colour's range. Real blue plates under a green cast reach down into cyan (the shared photos and
+# their variants: median hue 81-114, quartiles as low as 54 and 73), real and synthetic green
+# plates sit at 41-73, so green stops at 78 and a crop spread over green and cyan is no colour.
+PLATE_COLOUR_SHARE = 0.35
+PLATE_COLOUR_MARGIN = 0.2  # of each side, left out: a loose crop's border may be the car's paint
+PLATE_HUES: dict[str, tuple[int, int]] = {"yellow": (12, 34), "green": (35, 78), "blue": (95, 130)}
+
+
+def plate_colour(crop: np.ndarray) -> str | None:
+    """The background colour of a BGR plate crop: ``"blue"``, ``"yellow"``, ``"green"``, or
+    ``None`` when no one colour covers enough of it (white and black plates, a dark frame, a
+    colour cast, a crop that is not 8-bit BGR)."""
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+        return None
+    h, w = crop.shape[:2]
+    dy, dx = round(h * PLATE_COLOUR_MARGIN), round(w * PLATE_COLOUR_MARGIN)
+    middle = crop[dy : h - dy, dx : w - dx]
+    if middle.size == 0:
+        return None
+    hsv = cv2.cvtColor(middle, cv2.COLOR_BGR2HSV)
+    vivid = (hsv[..., 1] >= 60) & (hsv[..., 2] >= 60)
+    if np.count_nonzero(vivid) < PLATE_COLOUR_SHARE * vivid.size:
+        return None
+    q1, q3 = np.percentile(hsv[..., 0][vivid], (25, 75))
+    for colour, (lo, hi) in PLATE_HUES.items():
+        if lo <= q1 and q3 <= hi:
+            return colour
+    return None
+
 
 # A large frame is shrunk at most MAX_SHRINK times for locating, so a plate keeps a quarter of its
 # pixels across whatever the camera's resolution: a 320-px working width made a 2560-px gate frame's

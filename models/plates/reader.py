@@ -16,7 +16,7 @@ from models.plates.cells import SNAPPED_GRID, CellReader
 from models.plates.decode import PlateDecoder
 from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
-from models.plates.locate import colour_candidates, edge_candidates
+from models.plates.locate import colour_candidates, edge_candidates, plate_colour
 from models.plates.ocr import PaddleOcr, TextBox, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
@@ -113,6 +113,7 @@ class PlateReader:
         find_late: bool = True,
         blue_one_row: bool = True,
         zoom_from: int | None = 1280,
+        colour_kinds: bool = True,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -181,6 +182,10 @@ class PlateReader:
         # yawed blue one-row plate is often squarer than 2.5:1 (read as one row, then laid out as
         # one row at twice the width: 20-40 ms).
         self.blue_one_row = blue_one_row
+        # A colour candidate is read only as the kinds GA 36 gives its colour (``syntax.
+        # COLOUR_KINDS``): a green plate has eight characters, and a reading of seven (one
+        # character lost on a blurred or yawed plate) is a valid ordinary plate otherwise.
+        self.colour_kinds = colour_kinds
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
         # detector's boxes from a pass that shrank it twice or more are found again around
         # themselves at the frame's resolution: a box found on a shrunk frame is loose and cut
@@ -217,11 +222,14 @@ class PlateReader:
         guesses: list[np.ndarray] | None = None,
         ocr: bool = True,
         one_row: bool = False,
+        colours: list[str | None] | None = None,
     ) -> list[PlateRead]:
         """Readings of the plates in ``rects``; ``guesses``: corners (TL, TR, BR, BL) to deskew by
         where the corner fit finds none (the finder's); ``ocr=False``: the plate models only,
         never PP-OCR (10-20 ms a crop); ``one_row``: the plates are one-row whatever the boxes'
-        shape (a blue plate in a box no squarer than a light motorcycle's)."""
+        shape (a blue plate in a box no squarer than a light motorcycle's); ``colours``: each
+        plate's background colour, where known (only the kinds GA 36 gives it are read; by
+        default each crop's own, ``locate.plate_colour``)."""
         deskewed: list[np.ndarray | None] = []
         for_cells: list[np.ndarray | None] = []
         # Colour and edge boxes surround a plate; a text detector's box may hold any line of
@@ -243,15 +251,19 @@ class PlateReader:
                 start = quad if quad is not None else rect_quad(rect)
                 snapped = snap(image, start, self.snap_passes)
             for_cells.append(warp_quad(image, snapped) if snapped is not None else None)
+        crops = [
+            c if c is not None else crop_rect(image, r)
+            for r, c in zip(rects, deskewed, strict=True)
+        ]
+        if colours is None and self.colour_kinds:
+            colours = [plate_colour(c) for c in crops]
         best = self._recognise(
-            [
-                (i, c if c is not None else crop_rect(image, r), s)
-                for i, (r, c, s) in enumerate(zip(rects, deskewed, for_cells, strict=True))
-            ],
+            [(i, c, s) for i, (c, s) in enumerate(zip(crops, for_cells, strict=True))],
             rects,
             stage,
             ocr,
             one_row,
+            colours,
         )
         # A corner fit can go wrong (a lamp or a bumper of the plate's colour): where the deskewed
         # crop gave no reading, the plain rotated rectangle gets its turn.
@@ -262,7 +274,7 @@ class PlateReader:
             if c is not None and i not in best
         ]
         if retry:
-            best.update(self._recognise(retry, rects, stage, ocr, one_row))
+            best.update(self._recognise(retry, rects, stage, ocr, one_row, colours))
         return [r for r, _ in best.values()]
 
     def _recognise(
@@ -272,8 +284,10 @@ class PlateReader:
         stage: str,
         ocr: bool = True,
         one_row: bool = False,
+        colours: list[str | None] | None = None,
     ) -> dict[int, tuple[PlateRead, float]]:
-        """The best valid, confident reading per owner of ``(owner, crop, cell_crop)`` items.
+        """The best valid, confident reading per owner of ``(owner, crop, cell_crop)`` items
+        (``colours[owner]``: the plate's background colour, if known).
 
         ``cell_crop`` (the snapped crop) is what the cells read, ``crop`` when it is ``None``.
         """
@@ -291,6 +305,7 @@ class PlateReader:
             if stroke_count(crop) < self.min_strokes:  # not text: skip the recogniser
                 continue
             double = not one_row and crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT
+            colour = colours[i] if colours is not None else None
             seen, grid = (crop, None) if cell_crop is None else (cell_crop, SNAPPED_GRID)
             cell = self.cells.read(seen, grid) if self.cells is not None and not double else None
             if grid is not None and not double and i not in views:  # snapped crops only
@@ -303,9 +318,9 @@ class PlateReader:
                     continue
                 _keep(by_cells if sure_first else weak_cells, i, read, cell.confidence)
             if not double and self.line is not None:
-                line, probs = self._read_line(crop, i, rects, stage)
+                line, probs = self._read_line(crop, i, rects, stage, colour)
                 if cell_crop is not None and self.line_snapped:
-                    other, other_probs = self._read_line(cell_crop, i, rects, stage)
+                    other, other_probs = self._read_line(cell_crop, i, rects, stage, colour)
                     if other is not None and (line is None or other.confidence > line.confidence):
                         line, probs = other, other_probs
                 # The reader's own bar (``min_confidence``) holds for line readings too.
@@ -327,11 +342,12 @@ class PlateReader:
                 for_ocr.append((i, crop, double))
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
         for owner, crop, double in for_ocr:
+            colour = colours[owner] if colours is not None else None
             # A crop of two-row shape is read as one row first and laid out as one row only when
             # that gives nothing: most such crops are one-row plates in a loose box, and the
             # laid-out crop is twice as wide (the recogniser's cost is its width).
             for view in (crop, _split_rows(crop)) if double else (crop,):
-                self._read_ocr(view, owner, rects, stage, by_ocr)
+                self._read_ocr(view, owner, rects, stage, by_ocr, colour)
                 if owner in by_ocr:
                     break
         for owner in set(by_cells) | set(by_ocr) | set(weak_cells) | set(by_line):
@@ -359,10 +375,11 @@ class PlateReader:
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
         by_ocr: dict[int, tuple[PlateRead, float]],
+        colour: str | None = None,
     ) -> None:
         """PP-OCR's valid, confident reading of one crop, kept in ``by_ocr`` if it scores best."""
         probs = self.ocr.recognise([crop])[0]
-        dec = self.decoder.constrained(probs)
+        dec = self.decoder.constrained(probs, colour)
         if dec is None:
             return
         conf = _confidence(dec.char_probs, self.first_floor)
@@ -382,12 +399,13 @@ class PlateReader:
         owner: int,
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
+        colour: str | None = None,
     ) -> tuple[PlateRead | None, tuple[float, ...]]:
         """The plate-line model's valid reading of one crop and its characters' probabilities
         (``None, ()`` if no template fits)."""
         assert self.line is not None and self.line_decoder is not None
         probs = self.line.probs([crop])[0]
-        dec = self.line_decoder.constrained(probs)
+        dec = self.line_decoder.constrained(probs, colour)
         if dec is None:
             return None, ()
         raw = normalise(self.line_decoder.greedy(probs))

@@ -95,7 +95,20 @@ KIND_COLOUR: Final = {kind: colour for kind, colour, _ in KINDS}
 
 # Templates for constrained decoding: every kind's, in KINDS order.
 TEMPLATES: Final[tuple[Template, ...]] = tuple(t for _, _, ts in KINDS for t in ts)
-_TEMPLATE_KIND: Final = tuple(kind for kind, _, ts in KINDS for _ in ts)
+TEMPLATE_KINDS: Final = tuple(kind for kind, _, ts in KINDS for _ in ts)
+# The kinds a plate of a background colour the reader has seen may be, from ``KINDS``: GA 36 gives
+# green to the new-energy plates alone and blue to ordinary small cars and light motorcycles alone.
+# Yellow is not narrowed: ordinary large vehicles' plates are yellow too, and a large new-energy
+# plate's yellow-green may look yellow. White and black plates are not told apart from a crop.
+COLOUR_KINDS: Final[dict[str, frozenset[str]]] = {
+    colour: frozenset(kind for kind, c, _ in KINDS if c == colour) for colour in ("green", "blue")
+}
+
+
+def kinds_for_colour(colour: str) -> frozenset[str] | None:
+    """The kinds a plate of background ``colour`` may be (``None``: not known to narrow them)."""
+    return COLOUR_KINDS.get(colour)
+
 
 _SEPARATORS: Final = str.maketrans("", "", " \t\r\n·•.-_:：'\"|。,，")
 # Excluded letters are read where a digit is meant.
@@ -115,7 +128,7 @@ def _fits(text: str, template: Template) -> bool:
 
 def kind_of(text: str) -> str | None:
     """The plate kind (``"ordinary"``, ``"coach"``, ``"armed-police"``...) or ``None`` if invalid."""
-    for template, kind in zip(TEMPLATES, _TEMPLATE_KIND, strict=True):
+    for template, kind in zip(TEMPLATES, TEMPLATE_KINDS, strict=True):
         if _fits(text, template):
             return kind
     return None

@@ -444,18 +444,36 @@ def make_sample(
     return Sample(out, text, kind, conditions, quad if text else None)
 
 
-def write_set(out: Path, n: int, seed: int, two_row: float = 0.0) -> dict[str, Any]:
-    """Write ``n`` images of seed ``seed`` (a ``two_row`` share of two-row plates) and labels.json
-    into ``out``; returns a summary."""
+def parse_kinds(spec: str) -> tuple[str, ...]:
+    """``--kinds``: comma-separated plate kinds of ``syntax.KINDS`` (a clear error otherwise)."""
+    known = [k for k, _, _ in KINDS]
+    kinds = tuple(dict.fromkeys(k.strip() for k in spec.split(",") if k.strip()))
+    bad = [k for k in kinds if k not in known]
+    if not kinds or bad:
+        raise ConfigError(
+            f"--kinds {spec[:80]!r}: {'unknown ' + ', '.join(bad[:5]) if bad else 'no kind'}; "
+            f"kinds are {', '.join(known)}"
+        )
+    return kinds
+
+
+def write_set(
+    out: Path, n: int, seed: int, two_row: float = 0.0, kinds: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Write ``n`` images of seed ``seed`` (a ``two_row`` share of two-row plates; only ``kinds``
+    when given, and then every image has a plate) and labels.json into ``out``; returns a
+    summary."""
     if n < 1 or n > 100_000:
         raise ConfigError(f"--n must be 1..100000, got {n}")
     if not 0.0 <= two_row <= 1.0:
         raise ConfigError(f"--two-row must be a share between 0 and 1, got {two_row}")
+    if kinds is not None:
+        kinds = parse_kinds(",".join(kinds))
     out.mkdir(parents=True, exist_ok=True)
     labels: dict[str, Any] = {}
-    kinds: dict[str, int] = {}
+    counts: dict[str, int] = {}
     for i in range(n):
-        s = make_sample(seed, i, two_row=two_row)
+        s = make_sample(seed, i, kinds, two_row=two_row)
         name = f"synth_s{seed}_{i:05d}.jpg"
         quality = int(s.conditions["jpeg_quality"])
         if not cv2.imwrite(str(out / name), s.image, [cv2.IMWRITE_JPEG_QUALITY, quality]):
@@ -465,11 +483,11 @@ def write_set(out: Path, n: int, seed: int, two_row: float = 0.0) -> dict[str, A
             "plates": plates,
             "conditions": s.conditions,
         }
-        kinds[s.kind] = kinds.get(s.kind, 0) + 1
+        counts[s.kind] = counts.get(s.kind, 0) + 1
     (out / "labels.json").write_text(
         json.dumps(labels, ensure_ascii=False, indent=1), encoding="utf-8"
     )
-    summary: dict[str, Any] = {"out": str(out), "images": n, "seed": seed, "kinds": kinds}
+    summary: dict[str, Any] = {"out": str(out), "images": n, "seed": seed, "kinds": counts}
     if two_row > 0.0:
         summary["two_row"] = sum(int(v["conditions"]["two_row"]) for v in labels.values())
     return summary
@@ -504,12 +522,20 @@ def main(argv: list[str]) -> dict[str, Any]:
         help="share of two-row plates (lorries' and buses' rear plates, trailers, motorcycles; "
         "0-1, default 0: the images of earlier versions)",
     )
+    ap.add_argument(
+        "--kinds",
+        default=None,
+        metavar="K1,K2",
+        help="only these plate kinds, comma-separated (e.g. new-energy-small,new-energy-large; "
+        "default: every kind, and some photos with no plate)",
+    )
     args = ap.parse_args(argv)
+    kinds = None if args.kinds is None else parse_kinds(args.kinds)
     if args.latin_font is not None and args.font is None:
         raise ConfigError("--latin-font needs --font")
     use_font(args.font, args.latin_font)
     try:
-        summary = write_set(args.out, args.n, args.seed, args.two_row)
+        summary = write_set(args.out, args.n, args.seed, args.two_row, kinds)
     finally:
         use_font(None)
     if args.font is not None:

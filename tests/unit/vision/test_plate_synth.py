@@ -209,3 +209,38 @@ def test_cli_writes_a_two_row_set_the_eval_buckets(tmp_path: Path) -> None:
     assert got["two-row plate"] == {">=0.5": f"{len(plated)}/{len(plated)}"}
     with pytest.raises(SystemExit):
         synth_main(["--out", str(tmp_path / "x"), "--two-row", "many"])
+
+
+def test_kinds_makes_a_set_of_those_kinds_only(tmp_path: Path) -> None:
+    out = synth_main(
+        ["--out", str(tmp_path), "--n", "8", "--seed", "43", "--kinds", "new-energy-small, macau"]
+    )
+    assert set(out["kinds"]) <= {"new-energy-small", "macau"} and sum(out["kinds"].values()) == 8
+    labels = load_labels(tmp_path / "labels.json")
+    assert len(labels) == 8
+    assert all(
+        kind_of(p["text"]) in ("new-energy-small", "macau") for v in labels.values() for p in v
+    )
+    # Without --kinds the set is the one earlier versions made (the kinds argument is None).
+    plain = synth_main(["--out", str(tmp_path / "all"), "--n", "2", "--seed", "43"])
+    assert sum(plain["kinds"].values()) == 2
+    assert _sha(tmp_path / "all" / "synth_s43_00000.jpg") == _sha_of_sample(43, 0)
+
+
+def _sha_of_sample(seed: int, index: int) -> str:
+    import cv2
+
+    s = make_sample(seed, index)
+    quality = int(s.conditions["jpeg_quality"])
+    ok, buf = cv2.imencode(".jpg", s.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return hashlib.sha256(buf.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "spec", ["", ",", "nope", "ordinary,nope", "new_energy", "x" * 10_000, "ordinary;coach"]
+)
+def test_unknown_kinds_are_refused_before_anything_is_written(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="kinds are ordinary"):
+        synth_main(["--out", str(tmp_path / "x"), "--kinds", spec])
+    assert not (tmp_path / "x").exists()
