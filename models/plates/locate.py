@@ -19,7 +19,7 @@ COLOUR_RANGES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 # A crop is of a plate colour when at least PLATE_COLOUR_SHARE of its middle is saturated and lit
 # and the middle half of those pixels' hues (25th to 75th percentile, OpenCV hue 0-180) lies in the
 # colour's range. Real blue plates under a green cast reach down into cyan (the shared photos and
-# their variants: median hue 81-114, quartiles as low as 54 and 73), real and synthetic green
+# their variants: median hue 81-114; ccpd_fn_fn1's quartiles 73 and 96), real and synthetic green
 # plates sit at 41-73, so green stops at 78 and a crop spread over green and cyan is no colour.
 PLATE_COLOUR_SHARE = 0.35
 PLATE_COLOUR_MARGIN = 0.2  # of each side, left out: a loose crop's border may be the car's paint

@@ -182,9 +182,10 @@ class PlateReader:
         # yawed blue one-row plate is often squarer than 2.5:1 (read as one row, then laid out as
         # one row at twice the width: 20-40 ms).
         self.blue_one_row = blue_one_row
-        # A colour candidate is read only as the kinds GA 36 gives its colour (``syntax.
-        # COLOUR_KINDS``): a green plate has eight characters, and a reading of seven (one
-        # character lost on a blurred or yawed plate) is a valid ordinary plate otherwise.
+        # Every crop is read only as the kinds GA 36 gives its measured colour (``locate.
+        # plate_colour``, ``syntax.COLOUR_KINDS``): a green plate has eight characters, and a
+        # reading of seven (one character lost on a blurred or yawed plate) is a valid ordinary
+        # plate otherwise. Not the colour locator's label: it calls some blue plates green.
         self.colour_kinds = colour_kinds
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
         # detector's boxes from a pass that shrank it twice or more are found again around
@@ -222,14 +223,11 @@ class PlateReader:
         guesses: list[np.ndarray] | None = None,
         ocr: bool = True,
         one_row: bool = False,
-        colours: list[str | None] | None = None,
     ) -> list[PlateRead]:
         """Readings of the plates in ``rects``; ``guesses``: corners (TL, TR, BR, BL) to deskew by
         where the corner fit finds none (the finder's); ``ocr=False``: the plate models only,
         never PP-OCR (10-20 ms a crop); ``one_row``: the plates are one-row whatever the boxes'
-        shape (a blue plate in a box no squarer than a light motorcycle's); ``colours``: each
-        plate's background colour, where known (only the kinds GA 36 gives it are read; by
-        default each crop's own, ``locate.plate_colour``)."""
+        shape (a blue plate in a box no squarer than a light motorcycle's)."""
         deskewed: list[np.ndarray | None] = []
         for_cells: list[np.ndarray | None] = []
         # Colour and edge boxes surround a plate; a text detector's box may hold any line of
@@ -255,8 +253,7 @@ class PlateReader:
             c if c is not None else crop_rect(image, r)
             for r, c in zip(rects, deskewed, strict=True)
         ]
-        if colours is None and self.colour_kinds:
-            colours = [plate_colour(c) for c in crops]
+        colours = [plate_colour(c) for c in crops] if self.colour_kinds else None
         best = self._recognise(
             [(i, c, s) for i, (c, s) in enumerate(zip(crops, for_cells, strict=True))],
             rects,

@@ -446,15 +446,21 @@ def make_sample(
 
 def parse_kinds(spec: str) -> tuple[str, ...]:
     """``--kinds``: comma-separated plate kinds of ``syntax.KINDS`` (a clear error otherwise)."""
+    return check_kinds([k.strip() for k in spec.split(",") if k.strip()], spec)
+
+
+def check_kinds(kinds: list[str] | tuple[str, ...], spec: str) -> tuple[str, ...]:
+    """``kinds`` without repeats, all of ``syntax.KINDS`` and at least one (else a ConfigError
+    naming ``spec``, what the user gave)."""
     known = [k for k, _, _ in KINDS]
-    kinds = tuple(dict.fromkeys(k.strip() for k in spec.split(",") if k.strip()))
-    bad = [k for k in kinds if k not in known]
-    if not kinds or bad:
+    unique = tuple(dict.fromkeys(kinds))
+    bad = [k for k in unique if k not in known]
+    if not unique or bad:
         raise ConfigError(
             f"--kinds {spec[:80]!r}: {'unknown ' + ', '.join(bad[:5]) if bad else 'no kind'}; "
             f"kinds are {', '.join(known)}"
         )
-    return kinds
+    return unique
 
 
 def write_set(
@@ -468,7 +474,7 @@ def write_set(
     if not 0.0 <= two_row <= 1.0:
         raise ConfigError(f"--two-row must be a share between 0 and 1, got {two_row}")
     if kinds is not None:
-        kinds = parse_kinds(",".join(kinds))
+        kinds = check_kinds(kinds, ",".join(kinds))
     out.mkdir(parents=True, exist_ok=True)
     labels: dict[str, Any] = {}
     counts: dict[str, int] = {}

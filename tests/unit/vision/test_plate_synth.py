@@ -244,3 +244,10 @@ def test_unknown_kinds_are_refused_before_anything_is_written(spec: str, tmp_pat
     with pytest.raises(ConfigError, match="kinds are ordinary"):
         synth_main(["--out", str(tmp_path / "x"), "--kinds", spec])
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kinds", [(), ("nope",), ("ordinary", "")])
+def test_write_set_refuses_bad_kinds_too(kinds: tuple[str, ...], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="kinds are ordinary"):
+        write_set(tmp_path / "x", 2, seed=1, kinds=kinds)
+    assert not (tmp_path / "x").exists()
