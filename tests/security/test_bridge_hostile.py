@@ -217,6 +217,23 @@ async def _topic_overrides(admin: Any, topic: str) -> dict[str, str]:
     return {e[0]: e[1] for e in res[0].resources[0][4] if e[3] == 1}
 
 
+async def _set_topic_overrides(admin: Any, topic: str, configs: dict[str, str]) -> dict[str, str]:
+    """Replace the topic's own settings and wait until the broker describes them.
+
+    In KRaft mode AlterConfigs returns once the controller has committed the change; the broker
+    that answers DescribeConfigs (and the bridge's own read at start) may still hold the old
+    metadata for a moment. A CI run read the old value back right after the restore."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    deadline = asyncio.get_running_loop().time() + 30.0
+    seen = await _topic_overrides(admin, topic)
+    while seen != configs and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.2)
+        seen = await _topic_overrides(admin, topic)
+    return seen
+
+
 def test_records_over_the_topics_limit_never_break_the_partition(local_stack: Stack) -> None:
     """The bridge sizes its Kafka batches and its largest record by the topics'
     ``max.message.bytes`` (read at start; here the telemetry topic's is lowered to 300,000, under
@@ -226,7 +243,6 @@ def test_records_over_the_topics_limit_never_break_the_partition(local_stack: St
     gap, and every later message to it failed with OutOfOrderSequenceNumber (left unacknowledged:
     the partition stalled for that bridge)."""
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     base = local_stack.settings  # type: ignore[attr-defined]
     s = base.model_copy(
@@ -254,10 +270,8 @@ def test_records_over_the_topics_limit_never_break_the_partition(local_stack: St
         admin = AIOKafkaAdminClient(**s.kafka.client_options())
         await admin.start()
         before = await _topic_overrides(admin, KAFKA_TELEMETRY)
-        resource = ConfigResourceType.TOPIC
-        await admin.alter_configs(
-            [ConfigResource(resource, KAFKA_TELEMETRY, {**before, "max.message.bytes": str(limit)})]
-        )
+        lowered = {**before, "max.message.bytes": str(limit)}
+        assert await _set_topic_overrides(admin, KAFKA_TELEMETRY, lowered) == lowered
         bridge = IngestBridge(s, name="sec-bridge-batch")
         try:
             await bridge.start()
@@ -286,8 +300,7 @@ def test_records_over_the_topics_limit_never_break_the_partition(local_stack: St
             }  # fmt: skip
         finally:
             await bridge.stop()
-            await admin.alter_configs([ConfigResource(resource, KAFKA_TELEMETRY, before)])
-            after = await _topic_overrides(admin, KAFKA_TELEMETRY)
+            after = await _set_topic_overrides(admin, KAFKA_TELEMETRY, before)
             await admin.close()
             assert after == before  # the shared stack's topic is as it was
 
