@@ -73,6 +73,10 @@ class GateConfig(BaseModel):
         True,
         description="Read a plate only as the kinds its colour allows (GA 36: green = new-energy, blue = ordinary).",
     )
+    plate_red_marks: bool = Field(
+        True,
+        description="Read a white plate with a red glyph at one end as the kinds with a red character there (police 警, WJ, 应急, 使).",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -117,6 +121,7 @@ class GateLoop:
                 find_model=FIND_PATH if conf.plate_finder else None,
                 settle=conf.plate_settle,
                 colour_kinds=conf.plate_colour_kinds,
+                red_marks=conf.plate_red_marks,
             )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None

@@ -325,6 +325,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         "plate_colour_kinds)",
     )
     ap.add_argument(
+        "--red-marks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="read a crop with a red glyph at one end as the kinds with a red character there "
+        "(police 警, WJ, 应急, 使; default on; [gate] plate_red_marks)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.9,
@@ -406,6 +413,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "find_model": FIND_PATH if args.finder else None,
         "settle": args.settle,
         "colour_kinds": args.colour_kinds,
+        "red_marks": args.red_marks,
     }
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
@@ -427,6 +435,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "finder": args.finder,
             "settle": args.settle,
             "colour_kinds": args.colour_kinds,
+            "red_marks": args.red_marks,
             "min_confidence": args.min_confidence,
         },
         "cpus": os.cpu_count(),

@@ -147,17 +147,16 @@ class PlateDecoder:
         self.masks, self.lengths = template_masks(sub)
         self._flat_masks = self.masks.reshape(-1, self.masks.shape[2]).astype(np.float64)
         self.min_presence = 1e-3
-        # Per background colour, which templates a plate of that colour may fill.
-        self._colour_ok: dict[str, list[bool]] = {}
+        # Per set of kinds, which templates a plate of those kinds may fill.
+        self._kinds_ok: dict[frozenset[str], list[bool]] = {}
 
-    def _allowed(self, colour: str | None) -> list[bool] | None:
-        """Which templates a plate of background ``colour`` may fill (``None``: all)."""
-        if colour is None:
+    def _allowed(self, kinds: frozenset[str] | None) -> list[bool] | None:
+        """Which templates a plate of one of ``kinds`` may fill (``None``: all)."""
+        if kinds is None:
             return None
-        if colour not in self._colour_ok:
-            kinds = kinds_for_colour(colour)
-            self._colour_ok[colour] = [kinds is None or k in kinds for k in TEMPLATE_KINDS]
-        return self._colour_ok[colour]
+        if kinds not in self._kinds_ok:
+            self._kinds_ok[kinds] = [k in kinds for k in TEMPLATE_KINDS]
+        return self._kinds_ok[kinds]
 
     def greedy(self, probs: np.ndarray) -> str:
         """Plain best-path decoding (what off-the-shelf OCR prints)."""
@@ -167,9 +166,13 @@ class PlateDecoder:
         keep &= best != 0
         return "".join(self.alphabet[i] for i in best[keep].tolist())
 
-    def constrained(self, probs: np.ndarray, colour: str | None = None) -> Decoded | None:
+    def constrained(
+        self, probs: np.ndarray, colour: str | None = None, kinds: frozenset[str] | None = None
+    ) -> Decoded | None:
         """The most probable reading that is a valid plate, or ``None`` if no template fits;
-        ``colour``: the plate's background colour, if known (only its kinds are tried)."""
+        ``colour``: the plate's background colour or red mark, if known (only its kinds are
+        tried, ``syntax.kinds_for_colour``); ``kinds``: only these kinds (instead of
+        ``colour``'s)."""
         probs = np.array(probs, dtype=np.float64)
         for dst, src in self.folds:
             probs[:, dst] += probs[:, src]
@@ -185,7 +188,9 @@ class PlateDecoder:
         # (no frame gives 使, 应 or W any mass: skip those kinds without running the Viterbi).
         kept = probs[:, self.keep]
         presence = (kept @ self._flat_masks.T).max(axis=0).reshape(self.masks.shape[:2])
-        allowed = self._allowed(colour)
+        if kinds is None and colour is not None:
+            kinds = kinds_for_colour(colour)
+        allowed = self._allowed(kinds)
         for t, length in enumerate(self.lengths):
             if allowed is not None and not allowed[t]:
                 continue

@@ -48,6 +48,41 @@ def plate_colour(crop: np.ndarray) -> str | None:
     return None
 
 
+# A red glyph at one end of a plate crop (police 警, the armed police's WJ, 应急, 使): at least
+# RED_MARK_SHARE of that end's RED_MARK_END of the width is red (between the top and bottom
+# fifths, where the characters are), at most RED_MARK_REST of the other end's and RED_MARK_MIDDLE
+# of the middle, so red paint around a loose crop, at both ends, is no mark. Two red characters
+# (WJ, 应急) take about a quarter of a plate's width. Red: OpenCV hue <= 10 or >= 160, saturation
+# >= 50, value >= 60.
+RED_MARK_END = 0.3
+RED_MARK_SHARE = 0.1
+RED_MARK_REST = 0.01
+RED_MARK_MIDDLE = 0.02
+
+
+def red_mark(crop: np.ndarray) -> str | None:
+    """``"red-last"`` or ``"red-first"`` when a BGR plate crop has a red glyph at its right or left
+    end alone, else ``None`` (also for a crop that is not 8-bit BGR or too small to tell)."""
+    if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
+        return None
+    h, w = crop.shape[:2]
+    dy, q = round(h * PLATE_COLOUR_MARGIN), round(w * RED_MARK_END)
+    band = crop[dy : h - dy]
+    if band.shape[0] < 2 or q < 2:
+        return None
+    hsv = cv2.cvtColor(band, cv2.COLOR_BGR2HSV)
+    hue = hsv[..., 0]
+    red = ((hue <= 10) | (hue >= 160)) & (hsv[..., 1] >= 50) & (hsv[..., 2] >= 60)
+    left, middle, right = red[:, :q].mean(), red[:, q : w - q].mean(), red[:, w - q :].mean()
+    if middle > RED_MARK_MIDDLE:
+        return None
+    if right >= RED_MARK_SHARE and left <= RED_MARK_REST:
+        return "red-last"
+    if left >= RED_MARK_SHARE and right <= RED_MARK_REST:
+        return "red-first"
+    return None
+
+
 # A large frame is shrunk at most MAX_SHRINK times for locating, so a plate keeps a quarter of its
 # pixels across whatever the camera's resolution: a 320-px working width made a 2560-px gate frame's
 # plate 8 times smaller, and its blob broke up or fell under the size floor. A frame wider than

@@ -13,14 +13,14 @@ import numpy as np
 
 from core.errors import ConfigError
 from models.plates.cells import SNAPPED_GRID, CellReader
-from models.plates.decode import PlateDecoder
+from models.plates.decode import Decoded, PlateDecoder
 from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
-from models.plates.locate import colour_candidates, edge_candidates, plate_colour
+from models.plates.locate import colour_candidates, edge_candidates, plate_colour, red_mark
 from models.plates.ocr import PaddleOcr, TextBox, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
-from models.plates.syntax import normalise
+from models.plates.syntax import RED_MARK_KINDS, normalise, red_positions
 
 # A two-row plate (motorcycles, lorries) is about 2:1; a one-row plate about 3.1:1.
 DOUBLE_ROW_MAX_ASPECT = 2.5
@@ -114,6 +114,7 @@ class PlateReader:
         blue_one_row: bool = True,
         zoom_from: int | None = 1280,
         colour_kinds: bool = True,
+        red_marks: bool = True,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -187,6 +188,13 @@ class PlateReader:
         # reading of seven (one character lost on a blurred or yawed plate) is a valid ordinary
         # plate otherwise. Not the colour locator's label: it calls some blue plates green.
         self.colour_kinds = colour_kinds
+        # A crop of no plate colour with a red glyph at one end (``locate.red_mark``: a police
+        # plate's 警, WJ, 应急, 使) is also read as only the kinds with a red character there; the
+        # reading counts when the recogniser read each of its black characters as it stands (the
+        # red ones read or not), and its red characters count as sure. Only where the crop's own
+        # reading is not sure: a 应急 read right must not become a 警 (the same black characters). PP-OCR and the line model
+        # often miss a faded red 警, and six black characters are no valid plate.
+        self.red_marks = red_marks
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
         # detector's boxes from a pass that shrank it twice or more are found again around
         # themselves at the frame's resolution: a box found on a shrunk frame is loose and cut
@@ -254,6 +262,11 @@ class PlateReader:
             for r, c in zip(rects, deskewed, strict=True)
         ]
         colours = [plate_colour(c) for c in crops] if self.colour_kinds else None
+        marks = (
+            [None if colours and colours[i] else red_mark(c) for i, c in enumerate(crops)]
+            if self.red_marks
+            else None
+        )
         best = self._recognise(
             [(i, c, s) for i, (c, s) in enumerate(zip(crops, for_cells, strict=True))],
             rects,
@@ -261,6 +274,7 @@ class PlateReader:
             ocr,
             one_row,
             colours,
+            marks,
         )
         # A corner fit can go wrong (a lamp or a bumper of the plate's colour): where the deskewed
         # crop gave no reading, the plain rotated rectangle gets its turn.
@@ -271,7 +285,7 @@ class PlateReader:
             if c is not None and i not in best
         ]
         if retry:
-            best.update(self._recognise(retry, rects, stage, ocr, one_row, colours))
+            best.update(self._recognise(retry, rects, stage, ocr, one_row, colours, marks))
         return [r for r, _ in best.values()]
 
     def _recognise(
@@ -282,9 +296,11 @@ class PlateReader:
         ocr: bool = True,
         one_row: bool = False,
         colours: list[str | None] | None = None,
+        marks: list[str | None] | None = None,
     ) -> dict[int, tuple[PlateRead, float]]:
         """The best valid, confident reading per owner of ``(owner, crop, cell_crop)`` items
-        (``colours[owner]``: the plate's background colour, if known).
+        (``colours[owner]``: the plate's background colour, if known; ``marks[owner]``: its red
+        mark, ``locate.red_mark``).
 
         ``cell_crop`` (the snapped crop) is what the cells read, ``crop`` when it is ``None``.
         """
@@ -303,6 +319,7 @@ class PlateReader:
                 continue
             double = not one_row and crop.shape[1] / crop.shape[0] < DOUBLE_ROW_MAX_ASPECT
             colour = colours[i] if colours is not None else None
+            mark = marks[i] if marks is not None else None
             seen, grid = (crop, None) if cell_crop is None else (cell_crop, SNAPPED_GRID)
             cell = self.cells.read(seen, grid) if self.cells is not None and not double else None
             if grid is not None and not double and i not in views:  # snapped crops only
@@ -315,9 +332,9 @@ class PlateReader:
                     continue
                 _keep(by_cells if sure_first else weak_cells, i, read, cell.confidence)
             if not double and self.line is not None:
-                line, probs = self._read_line(crop, i, rects, stage, colour)
+                line, probs = self._read_line(crop, i, rects, stage, colour, mark)
                 if cell_crop is not None and self.line_snapped:
-                    other, other_probs = self._read_line(cell_crop, i, rects, stage, colour)
+                    other, other_probs = self._read_line(cell_crop, i, rects, stage, colour, mark)
                     if other is not None and (line is None or other.confidence > line.confidence):
                         line, probs = other, other_probs
                 # The reader's own bar (``min_confidence``) holds for line readings too.
@@ -340,11 +357,12 @@ class PlateReader:
         by_ocr: dict[int, tuple[PlateRead, float]] = {}
         for owner, crop, double in for_ocr:
             colour = colours[owner] if colours is not None else None
+            mark = marks[owner] if marks is not None else None
             # A crop of two-row shape is read as one row first and laid out as one row only when
             # that gives nothing: most such crops are one-row plates in a loose box, and the
             # laid-out crop is twice as wide (the recogniser's cost is its width).
             for view in (crop, _split_rows(crop)) if double else (crop,):
-                self._read_ocr(view, owner, rects, stage, by_ocr, colour)
+                self._read_ocr(view, owner, rects, stage, by_ocr, colour, mark)
                 if owner in by_ocr:
                     break
         for owner in set(by_cells) | set(by_ocr) | set(weak_cells) | set(by_line):
@@ -373,10 +391,15 @@ class PlateReader:
         stage: str,
         by_ocr: dict[int, tuple[PlateRead, float]],
         colour: str | None = None,
+        mark: str | None = None,
     ) -> None:
         """PP-OCR's valid, confident reading of one crop, kept in ``by_ocr`` if it scores best."""
         probs = self.ocr.recognise([crop])[0]
         dec = self.decoder.constrained(probs, colour)
+        if mark is not None and (
+            dec is None or _confidence(dec.char_probs, self.first_floor) < self.min_confidence
+        ):
+            dec = _red_reading(self.decoder, probs, mark) or dec
         if dec is None:
             return
         conf = _confidence(dec.char_probs, self.first_floor)
@@ -397,12 +420,16 @@ class PlateReader:
         rects: list[tuple[tuple[float, float], tuple[float, float], float]],
         stage: str,
         colour: str | None = None,
+        mark: str | None = None,
     ) -> tuple[PlateRead | None, tuple[float, ...]]:
         """The plate-line model's valid reading of one crop and its characters' probabilities
         (``None, ()`` if no template fits)."""
         assert self.line is not None and self.line_decoder is not None
         probs = self.line.probs([crop])[0]
         dec = self.line_decoder.constrained(probs, colour)
+        sure = max(self.line_accept, self.min_confidence)
+        if mark is not None and (dec is None or dec.confidence < sure):
+            dec = _red_reading(self.line_decoder, probs, mark) or dec
         if dec is None:
             return None, ()
         raw = normalise(self.line_decoder.greedy(probs))
@@ -592,6 +619,37 @@ def _keep(
     prev = best.get(owner)
     if prev is None or prev[1] < score:
         best[owner] = (read, score)
+
+
+# The probability a red character of a reading made by its red mark alone counts as: over the
+# reader's bar (``min_confidence``, 0.5), under ``settle`` (0.9) and ``line_accept``, so such a
+# reading never ends a search and any surer reading of the frame wins (a 应急 read right is not
+# replaced by a 警 with the same black characters).
+RED_VOUCH = 0.6
+
+
+def _red_reading(decoder: PlateDecoder, probs: np.ndarray, mark: str) -> Decoded | None:
+    """The most probable valid reading of a crop with a red ``mark`` as one of the kinds with a
+    red character there whose black characters the recogniser read exactly so (its red ones read
+    or missed); its red characters' probabilities are then ``RED_VOUCH`` (the red glyph vouches
+    for them). ``None`` if there is none: a plate whose last black character was read as something
+    else is not taken for a 警. Each kind is decoded on its own, so a more probable reading of
+    another red kind (使 for a missed WJ) cannot hide the one the recogniser read."""
+    seen = normalise(decoder.greedy(probs))
+    best: Decoded | None = None
+    for kind in sorted(RED_MARK_KINDS.get(mark, ())):
+        dec = decoder.constrained(probs, kinds=frozenset((kind,)))
+        if dec is None or (best is not None and dec.score <= best.score):
+            continue
+        reds = red_positions(dec.text)
+        black = "".join(ch for p, ch in enumerate(dec.text) if p not in reds)
+        if reds and seen in (dec.text, black):
+            best = dec
+    if best is None:
+        return None
+    reds = red_positions(best.text)
+    vouched = tuple(RED_VOUCH if p in reds else q for p, q in enumerate(best.char_probs))
+    return dataclasses.replace(best, char_probs=vouched)
 
 
 def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:

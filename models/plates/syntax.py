@@ -103,11 +103,34 @@ TEMPLATE_KINDS: Final = tuple(kind for kind, _, ts in KINDS for _ in ts)
 COLOUR_KINDS: Final[dict[str, frozenset[str]]] = {
     colour: frozenset(kind for kind, c, _ in KINDS if c == colour) for colour in ("green", "blue")
 }
+# Characters GA 36 prints in red, by position in the plate's text (negative: from the end): the
+# police's 警, the armed police's WJ, the emergency plates' 应急, the embassies' 使.
+RED_CHARS: Final[dict[str, tuple[int, ...]]] = {
+    "police": (-1,),
+    "armed-police": (0, 1),
+    "emergency": (-2, -1),
+    "embassy": (0,),
+}
+# A red glyph at one end of a plate (``locate.red_mark``) leaves only the kinds with a red
+# character there: a faded red 警 is often missed by the recognisers, and the six black
+# characters left are no valid plate.
+RED_MARK_KINDS: Final[dict[str, frozenset[str]]] = {
+    "red-last": frozenset(k for k, pos in RED_CHARS.items() if -1 in pos),
+    "red-first": frozenset(k for k, pos in RED_CHARS.items() if 0 in pos),
+}
+
+
+def red_positions(text: str) -> frozenset[int]:
+    """The positions of ``text`` GA 36 prints in red (empty unless it is a valid plate of a kind
+    with red characters)."""
+    kind = kind_of(text)
+    return frozenset(p % len(text) for p in RED_CHARS.get(kind, ())) if kind else frozenset()
 
 
 def kinds_for_colour(colour: str) -> frozenset[str] | None:
-    """The kinds a plate of background ``colour`` may be (``None``: not known to narrow them)."""
-    return COLOUR_KINDS.get(colour)
+    """The kinds a plate of background ``colour``, or with a red mark (``RED_MARK_KINDS``), may
+    be (``None``: not known to narrow them)."""
+    return COLOUR_KINDS.get(colour) or RED_MARK_KINDS.get(colour)
 
 
 _SEPARATORS: Final = str.maketrans("", "", " \t\r\n·•.-_:：'\"|。,，")

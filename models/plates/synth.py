@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
-from models.plates.syntax import DIGITS, KINDS, NEV_LETTERS
+from models.plates.syntax import DIGITS, KINDS, NEV_LETTERS, RED_CHARS
 
 FONT_CANDIDATES = (
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
@@ -41,7 +41,6 @@ BG = {
     "black": (18, 18, 20),
 }
 RED = (200, 24, 24)
-RED_CHARS = {"police": (-1,), "armed-police": (0, 1), "emergency": (-2, -1)}
 
 # Plates GA 36 draws in two rows: (kind, colour, width and height in mm). The rear plates of
 # lorries and buses and trailers' plates are 440 x 220; motorcycles' 220 x 140 (ordinary ones
@@ -167,8 +166,6 @@ def render_plate(text: str, kind: str, rng: np.random.Generator | None = None) -
         plate[:] = BG[colour]
         ink = (245, 245, 245) if colour in ("blue", "black") else (12, 12, 12)
     reds = {p % n for p in RED_CHARS.get(kind, ())}
-    if kind == "embassy":
-        reds = {0}
     # Border line, 3 px inside the edge.
     cv2.rectangle(plate, (5, 5), (width - 6, PLATE_H - 6), ink, 2)
     # Characters in equal cells, with the separator dot after the second (GA 36 layout).
