@@ -20,7 +20,7 @@ from models.plates.locate import colour_candidates, edge_candidates, plate_colou
 from models.plates.ocr import PaddleOcr, TextBox, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
-from models.plates.syntax import RED_MARK_KINDS, normalise, red_positions
+from models.plates.syntax import RED_CHARS, RED_MARK_KINDS, normalise, red_positions
 
 # A two-row plate (motorcycles, lorries) is about 2:1; a one-row plate about 3.1:1.
 DOUBLE_ROW_MAX_ASPECT = 2.5
@@ -189,10 +189,12 @@ class PlateReader:
         # plate otherwise. Not the colour locator's label: it calls some blue plates green.
         self.colour_kinds = colour_kinds
         # A crop of no plate colour with a red glyph at one end (``locate.red_mark``: a police
-        # plate's 警, WJ, 应急, 使) is also read as only the kinds with a red character there; the
-        # reading counts when the recogniser read each of its black characters as it stands (the
-        # red ones read or not), and its red characters count as sure. Only where the crop's own
-        # reading is not sure: a 应急 read right must not become a 警 (the same black characters). PP-OCR and the line model
+        # plate's 警, WJ, 应急, 使) is read only as the kinds with a red character there (a red W
+        # read as 黑 made WJ plates ordinary ones). Where that reading is not sure, the red
+        # characters may be vouched for by the glyph (``_red_reading``): such a reading counts
+        # when the recogniser read each black character as it stands (the red ones read or not),
+        # and never ends a search (``RED_VOUCH``): a 应急 read right must not become a 警 (the
+        # same black characters). PP-OCR and the line model
         # often miss a faded red 警, and six black characters are no valid plate.
         self.red_marks = red_marks
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
@@ -395,7 +397,7 @@ class PlateReader:
     ) -> None:
         """PP-OCR's valid, confident reading of one crop, kept in ``by_ocr`` if it scores best."""
         probs = self.ocr.recognise([crop])[0]
-        dec = self.decoder.constrained(probs, colour)
+        dec = self.decoder.constrained(probs, colour or mark)
         if mark is not None and (
             dec is None or _confidence(dec.char_probs, self.first_floor) < self.min_confidence
         ):
@@ -426,10 +428,10 @@ class PlateReader:
         (``None, ()`` if no template fits)."""
         assert self.line is not None and self.line_decoder is not None
         probs = self.line.probs([crop])[0]
-        dec = self.line_decoder.constrained(probs, colour)
-        sure = max(self.line_accept, self.min_confidence)
-        if mark is not None and (dec is None or dec.confidence < sure):
-            dec = _red_reading(self.line_decoder, probs, mark) or dec
+        dec = self.line_decoder.constrained(probs, colour or mark)
+        red = _red_reading(self.line_decoder, probs, mark) if mark is not None else None
+        if red is not None and (dec is None or red.confidence > dec.confidence):
+            dec = red
         if dec is None:
             return None, ()
         raw = normalise(self.line_decoder.greedy(probs))
@@ -637,14 +639,22 @@ def _red_reading(decoder: PlateDecoder, probs: np.ndarray, mark: str) -> Decoded
     another red kind (使 for a missed WJ) cannot hide the one the recogniser read."""
     seen = normalise(decoder.greedy(probs))
     best: Decoded | None = None
-    for kind in sorted(RED_MARK_KINDS.get(mark, ())):
+    best_black = ""
+    for kind in RED_CHARS:  # police first: see below
+        if kind not in RED_MARK_KINDS.get(mark, ()):
+            continue
         dec = decoder.constrained(probs, kinds=frozenset((kind,)))
-        if dec is None or (best is not None and dec.score <= best.score):
+        if dec is None:
             continue
         reds = red_positions(dec.text)
         black = "".join(ch for p, ch in enumerate(dec.text) if p not in reds)
-        if reds and seen in (dec.text, black):
-            best = dec
+        if not reds or seen not in (dec.text, black):
+            continue
+        # The same black characters as a police reading (鄂F8888 + 警 or + 应急): the missed red
+        # glyph's own fit does not tell them apart, and police cars are far more common than
+        # emergency vehicles, so the police reading stays.
+        if best is None or (dec.score > best.score and black != best_black):
+            best, best_black = dec, black
     if best is None:
         return None
     reds = red_positions(best.text)

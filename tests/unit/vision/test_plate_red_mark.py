@@ -83,6 +83,25 @@ def test_a_red_char_read_is_kept_and_a_black_one_read_instead_refuses_it() -> No
     assert wj is not None and wj.text == "WJ鄂12128" and wj.char_probs[:2] == (RED_VOUCH,) * 2
 
 
+def test_a_missed_red_glyph_is_a_police_char_unless_the_recogniser_read_another() -> None:
+    """鄂F8888 + a missed red glyph is a valid police plate and a valid emergency plate: the
+    glyph's own faint fit does not tell them apart, and police cars are far more common."""
+    d = PlateDecoder(ALPHABET)
+    rng = np.random.default_rng(2)
+    faint = _frames("_鄂_F_8_8_8_8_____", rng)
+    faint[-4:-2, ALPHABET.index("应")] += 0.3  # a faint fit for 应急, none for 警
+    faint[-2:, ALPHABET.index("急")] += 0.3
+    faint /= faint.sum(axis=1, keepdims=True)
+    emergency = d.constrained(faint, kinds=frozenset({"emergency"}))
+    police = d.constrained(faint, kinds=frozenset({"police"}))
+    assert emergency is not None and police is not None and emergency.score > police.score
+    read = _red_reading(d, faint, "red-last")
+    assert read is not None and read.text == "鄂F8888警"
+    # The recogniser read 应急 itself: the reading is the emergency plate.
+    seen = _red_reading(d, _frames("_鄂_F_8_8_8_8_应_急_", rng), "red-last")
+    assert seen is not None and seen.text == "鄂F8888应急"
+
+
 def _plate(reds: tuple[int, ...], width: int = 150, height: int = 48) -> np.ndarray:
     """A white crop with seven dark glyph-like bars; the bars at ``reds`` are red."""
     out = np.full((height, width, 3), 235, np.uint8)
@@ -165,6 +184,38 @@ def test_a_synthetic_police_plate_is_read_with_its_faint_red_char(reader) -> Non
     frame = as_decoded(s)
     assert _texts(reader, frame, True) == [s.text]
     assert _texts(reader, frame, False) == []
+
+
+def test_a_red_mark_keeps_a_wj_plate_from_being_read_as_an_ordinary_one(reader) -> None:  # type: ignore[no-untyped-def]
+    """Dev image 108 of seed 9102: the red W was read as a province and the plate as the
+    ordinary 苏J41667, a car that was not there; narrowed by its mark it reads nothing wrong."""
+    from models.plates.crops import as_decoded
+
+    s = make_sample(9102, 108)
+    assert s.text == "WJ浙41667"
+    frame = as_decoded(s)
+    assert _texts(reader, frame, False) == ["苏J41667"]
+    assert _texts(reader, frame, True) == []
+
+
+def test_a_red_mark_reads_a_serif_wj_plate(reader) -> None:  # type: ignore[no-untyped-def]
+    """Dev image 144 of seed 9200 (Noto Serif CJK, a font no model was trained on)."""
+    from models.plates.crops import as_decoded
+    from models.plates.synth import use_font
+
+    # fonts-noto-cjk and fonts-liberation: installed by `make setup` (use_font raises without them)
+    use_font(
+        Path("/usr/share/fonts/opentype/noto/NotoSerifCJK-Bold.ttc"),
+        Path("/usr/share/fonts/truetype/liberation/LiberationSansNarrow-Bold.ttf"),
+    )
+    try:
+        s = make_sample(9200, 144)
+    finally:
+        use_font(None)
+    assert s.text == "WJ8793362"
+    frame = as_decoded(s)
+    assert _texts(reader, frame, False) == ["黑J87362"]
+    assert _texts(reader, frame, True) == [s.text]
 
 
 @pytest.mark.parametrize(("seed", "index"), [(0, 0), (3, 1), (3, 2)])
