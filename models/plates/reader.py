@@ -190,12 +190,12 @@ class PlateReader:
         self.colour_kinds = colour_kinds
         # A crop of no plate colour with a red glyph at one end (``locate.red_mark``: a police
         # plate's 警, WJ, 应急, 使) is read only as the kinds with a red character there (a red W
-        # read as 黑 made WJ plates ordinary ones). Where that reading is not sure, the red
-        # characters may be vouched for by the glyph (``_red_reading``): such a reading counts
-        # when the recogniser read each black character as it stands (the red ones read or not),
-        # and never ends a search (``RED_VOUCH``): a 应急 read right must not become a 警 (the
-        # same black characters). PP-OCR and the line model
-        # often miss a faded red 警, and six black characters are no valid plate.
+        # read as 黑 made WJ plates ordinary ones). PP-OCR and the line model often miss a faded
+        # red 警, and six black characters are no valid plate: where the crop's reading is not
+        # sure, the glyph may vouch for the red characters (``_red_reading``). Such a reading
+        # counts when the recogniser read each black character as it stands (the red ones read
+        # or not), and never ends a search (``RED_VOUCH``): a 应急 read right must not become a
+        # 警 (the same black characters).
         self.red_marks = red_marks
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
         # detector's boxes from a pass that shrank it twice or more are found again around

@@ -16,6 +16,7 @@ from models.plates.locate import plate_colour
 from models.plates.syntax import kind_of, kinds_for_colour
 from models.plates.synth import make_sample
 from tests.conftest import require_data
+from tests.unit.vision.ctc import ODD_CROPS, ctc_frames
 
 NEW_ENERGY = ("new-energy-small", "new-energy-large")
 # Blank, one province, letters, digits and a character no plate has.
@@ -24,10 +25,7 @@ ALPHABET = ["<blank>", "皖", "A", "B", "D", "F", "K", "0", "1", "2", "x"]
 
 def _frames(path: str, rng: np.random.Generator) -> np.ndarray:
     """A CTC output spelling ``path`` ('_' = blank), one frame per label, with some noise."""
-    probs = rng.uniform(0.0, 0.02, (len(path), len(ALPHABET)))
-    for t, ch in enumerate(path):
-        probs[t, 0 if ch == "_" else ALPHABET.index(ch)] += 0.9
-    return probs / probs.sum(axis=1, keepdims=True)
+    return ctc_frames(path, ALPHABET, rng)
 
 
 def test_the_kinds_of_each_colour_follow_the_syntax_table() -> None:
@@ -101,18 +99,7 @@ def test_white_black_dark_and_loose_crops_have_no_plate_colour() -> None:
     assert plate_colour(loose) is None
 
 
-@pytest.mark.parametrize(
-    "crop",
-    [
-        np.zeros((0, 0, 3), np.uint8),
-        np.zeros((0, 40, 3), np.uint8),
-        np.zeros((1, 1, 3), np.uint8),
-        np.full((2, 300, 3), 255, np.uint8),
-        np.zeros((48, 150), np.uint8),  # grey, two-dimensional
-        np.zeros((48, 150, 4), np.uint8),  # BGRA
-        np.zeros((48, 150, 3), np.float32),
-    ],
-)
+@pytest.mark.parametrize("crop", ODD_CROPS)
 def test_plate_colour_never_raises_on_odd_crops(crop: np.ndarray) -> None:
     assert plate_colour(crop) is None
 

@@ -12,6 +12,7 @@ import pytest
 from models.plates import decode as dec
 from models.plates.decode import PlateDecoder
 from models.plates.syntax import is_valid
+from tests.unit.vision.ctc import ctc_frames
 
 pytestmark = pytest.mark.kernel
 
@@ -21,10 +22,7 @@ ALPHABET = ["<blank>", "皖", "京", "A", "B", "0", "1", "O", "K", "D", "警", "
 
 def _frames(path: list[str], rng: np.random.Generator, peak: float = 0.9) -> np.ndarray:
     """A CTC output that spells ``path`` (one frame per label, '_' = blank) with some noise."""
-    probs = rng.uniform(0.0, 0.02, (len(path), len(ALPHABET)))
-    for t, ch in enumerate(path):
-        probs[t, 0 if ch == "_" else ALPHABET.index(ch)] += peak
-    return probs / probs.sum(axis=1, keepdims=True)
+    return ctc_frames(path, ALPHABET, rng, peak)
 
 
 def test_greedy_and_constrained_agree_on_a_clean_plate() -> None:

@@ -10,16 +10,13 @@ import pytest
 
 from models.plates.decode import PlateDecoder
 from models.plates.syntax import kind_of
+from tests.unit.vision.ctc import ctc_frames
 
 ALPHABET = ["<blank>", *"WJ京粤Z使应急消港A0123456789", "·", " "]
 
 
 def _frames(text: str, rng: np.random.Generator) -> np.ndarray:
-    path = "_" + "_".join(text) + "_"
-    probs = rng.uniform(0.0, 0.02, (len(path), len(ALPHABET)))
-    for t, ch in enumerate(path):
-        probs[t, 0 if ch == "_" else ALPHABET.index(ch)] += 0.9
-    return probs / probs.sum(axis=1, keepdims=True)
+    return ctc_frames("_" + "_".join(text) + "_", ALPHABET, rng)
 
 
 @pytest.mark.parametrize(

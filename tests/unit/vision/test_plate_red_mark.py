@@ -28,6 +28,7 @@ from models.plates.syntax import (
 )
 from models.plates.synth import make_sample, render_plate
 from tests.conftest import require_data
+from tests.unit.vision.ctc import ODD_CROPS, ctc_frames
 
 # Blank, two provinces, letters, digits, the red characters and a character no plate has.
 ALPHABET = ["<blank>", "鄂", "皖", "W", "J", "F", "A", "8", "1", "2", "警", "应", "急", "使", "x"]
@@ -35,10 +36,7 @@ ALPHABET = ["<blank>", "鄂", "皖", "W", "J", "F", "A", "8", "1", "2", "警", "
 
 def _frames(path: str, rng: np.random.Generator) -> np.ndarray:
     """A CTC output spelling ``path`` ('_' = blank), one frame per label, with some noise."""
-    probs = rng.uniform(0.0, 0.02, (len(path), len(ALPHABET)))
-    for t, ch in enumerate(path):
-        probs[t, 0 if ch == "_" else ALPHABET.index(ch)] += 0.9
-    return probs / probs.sum(axis=1, keepdims=True)
+    return ctc_frames(path, ALPHABET, rng)
 
 
 def test_the_red_kinds_follow_the_syntax_table() -> None:
@@ -144,18 +142,7 @@ def test_rendered_plates_carry_their_red_marks(kind: str, text: str, want: str |
     assert red_mark(render_plate(text, kind)) == want
 
 
-@pytest.mark.parametrize(
-    "crop",
-    [
-        np.zeros((0, 0, 3), np.uint8),
-        np.zeros((1, 1, 3), np.uint8),
-        np.zeros((3, 7, 3), np.uint8),
-        np.full((2, 300, 3), 255, np.uint8),
-        np.zeros((48, 150), np.uint8),
-        np.zeros((48, 150, 4), np.uint8),
-        np.zeros((48, 150, 3), np.float32),
-    ],
-)
+@pytest.mark.parametrize("crop", ODD_CROPS)
 def test_red_mark_never_raises_on_odd_crops(crop: np.ndarray) -> None:
     assert red_mark(crop) is None
 
