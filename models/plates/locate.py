@@ -58,11 +58,18 @@ RED_MARK_END = 0.3
 RED_MARK_SHARE = 0.1
 RED_MARK_REST = 0.01
 RED_MARK_MIDDLE = 0.02
+# GA 36 prints red characters on white plates (police, emergency, WJ) and black ones (embassy)
+# only: the median saturation of the middle's lit pixels (a white plate's ground, a black plate's
+# letters) must be at most RED_MARK_GREY. On the shared police photo and its dev variants the
+# middle's median was 0-23; blue CCPD plates with a red lamp or border at one end, which a cyan
+# cast keeps from having a plate colour, 37-58.
+RED_MARK_GREY = 30
 
 
 def red_mark(crop: np.ndarray) -> str | None:
-    """``"red-last"`` or ``"red-first"`` when a BGR plate crop has a red glyph at its right or left
-    end alone, else ``None`` (also for a crop that is not 8-bit BGR or too small to tell)."""
+    """``"red-last"`` or ``"red-first"`` when a BGR crop of a white or black plate has a red glyph
+    at its right or left end alone, else ``None`` (also for a coloured plate, and for a crop that
+    is not 8-bit BGR or too small to tell)."""
     if crop.ndim != 3 or crop.shape[2] != 3 or crop.dtype != np.uint8:
         return None
     h, w = crop.shape[:2]
@@ -75,6 +82,10 @@ def red_mark(crop: np.ndarray) -> str | None:
     red = ((hue <= 10) | (hue >= 160)) & (hsv[..., 1] >= 50) & (hsv[..., 2] >= 60)
     left, middle, right = red[:, :q].mean(), red[:, q : w - q].mean(), red[:, w - q :].mean()
     if middle > RED_MARK_MIDDLE:
+        return None
+    centre = hsv[:, q : w - q]
+    lit = centre[..., 1][centre[..., 2] >= 60]  # a white plate's ground, a black one's letters
+    if lit.size == 0 or np.median(lit) > RED_MARK_GREY:
         return None
     if right >= RED_MARK_SHARE and left <= RED_MARK_REST:
         return "red-last"

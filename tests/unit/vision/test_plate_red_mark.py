@@ -100,13 +100,20 @@ def test_a_missed_red_glyph_is_a_police_char_unless_the_recogniser_read_another(
     assert seen is not None and seen.text == "鄂F8888应急"
 
 
-def _plate(reds: tuple[int, ...], width: int = 150, height: int = 48) -> np.ndarray:
-    """A white crop with seven dark glyph-like bars; the bars at ``reds`` are red."""
-    out = np.full((height, width, 3), 235, np.uint8)
+def _plate(
+    reds: tuple[int, ...],
+    width: int = 150,
+    height: int = 48,
+    bg: tuple[int, int, int] = (235, 235, 235),
+    ink: tuple[int, int, int] = (20, 20, 20),
+) -> np.ndarray:
+    """A crop of background ``bg`` (BGR; white) with seven glyph-like bars of ``ink`` (dark); the
+    bars at ``reds`` are red."""
+    out = np.full((height, width, 3), bg, np.uint8)
     for k in range(7):
         x = int(width * (0.04 + 0.137 * k))
-        ink = (30, 30, 200) if k in reds else (20, 20, 20)  # BGR
-        out[int(height * 0.2) : int(height * 0.8), x : x + int(width * 0.09)] = ink
+        colour = (30, 30, 200) if k in reds else ink  # BGR
+        out[int(height * 0.2) : int(height * 0.8), x : x + int(width * 0.09)] = colour
     return out
 
 
@@ -116,6 +123,10 @@ def test_red_mark_of_plate_crops() -> None:
     assert red_mark(_plate(())) is None
     assert red_mark(_plate((3,))) is None  # red in the middle: no kind has it
     assert red_mark(_plate((0, 6))) is None  # both ends: paint or lamps, not a glyph
+    # A black plate's red 使 is a mark; a blue plate under a cyan cast (no plate colour) with a
+    # red lamp at one end is not: GA 36 prints red on white and black plates only.
+    assert red_mark(_plate((0,), bg=(20, 20, 20), ink=(235, 235, 235))) == "red-first"
+    assert red_mark(_plate((6,), bg=(200, 150, 60))) is None
     # A white plate in a loose crop on a red car: red at both ends.
     car = np.zeros((80, 230, 3), np.uint8)
     car[...] = (30, 30, 190)
