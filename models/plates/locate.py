@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +114,26 @@ def work_scale(width: int, work_width: int) -> float:
     return min(1.0, max(work_width / w, min(1.0 / MAX_SHRINK, MAX_WORK / w)))
 
 
+# Inside ``shrink_memo``: each frame's block averages, by (frame id, x factor, y factor), with the
+# frame itself (held, so its id cannot be reused by another array while the memo lives).
+_SHRINK_MEMO: ContextVar[dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] | None] = (
+    ContextVar("shrink_memo", default=None)
+)
+
+
+@contextmanager
+def shrink_memo() -> Iterator[None]:
+    """Within it, ``shrink`` averages a frame's blocks of one size once, however many sizes it is
+    shrunk to: the reader locates, searches and detects one frame at several sizes (a 2560 px
+    frame: 8 shrinks, 2 block sizes). The frames must not change while it lasts (the reader's
+    own do not: a camera buffer refilled in place would be read stale)."""
+    token = _SHRINK_MEMO.set({})
+    try:
+        yield
+    finally:
+        _SHRINK_MEMO.reset(token)
+
+
 def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``image`` resized to ``size`` (width, height): averaged over whole blocks by the largest
     whole factor first, then linear for the rest.
@@ -123,8 +146,15 @@ def shrink(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     kx, ky = max(1, cols // w), max(1, rows // h)
     if kx < 2 and ky < 2:
         return cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-    block = image[: rows // ky * ky, : cols // kx * kx]  # up to k - 1 edge pixels left out
-    small = cv2.resize(block, (cols // kx, rows // ky), interpolation=cv2.INTER_AREA)
+    memo = _SHRINK_MEMO.get()
+    hit = memo.get((id(image), kx, ky)) if memo is not None else None
+    if hit is not None and hit[0] is image:
+        small = hit[1]
+    else:
+        block = image[: rows // ky * ky, : cols // kx * kx]  # up to k - 1 edge pixels left out
+        small = cv2.resize(block, (cols // kx, rows // ky), interpolation=cv2.INTER_AREA)
+        if memo is not None:
+            memo[(id(image), kx, ky)] = (image, small)
     # The rest by an affine map of the whole frame's scale (not the cut block's), so every output
     # pixel samples where the area resize of the whole frame would have centred it.
     sx, sy = cols / (w * kx), rows / (h * ky)

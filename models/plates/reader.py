@@ -16,7 +16,13 @@ from models.plates.cells import SNAPPED_GRID, CellReader
 from models.plates.decode import Decoded, PlateDecoder
 from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
-from models.plates.locate import colour_candidates, edge_candidates, plate_colour, red_mark
+from models.plates.locate import (
+    colour_candidates,
+    edge_candidates,
+    plate_colour,
+    red_mark,
+    shrink_memo,
+)
 from models.plates.ocr import PaddleOcr, TextBox, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
@@ -474,6 +480,10 @@ class PlateReader:
         bgr = _as_bgr(image)
         if bgr is None:
             return []
+        with shrink_memo():  # the frame is shrunk to several sizes; its block averages once
+            return self._read(bgr)
+
+    def _read(self, bgr: np.ndarray) -> list[PlateRead]:
         found = self._search(bgr)
         if not self._settled(found) and self.dark_below is not None:
             # A dark frame (night, a shaded gate) with no sure reading is read once more with

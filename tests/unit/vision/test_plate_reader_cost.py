@@ -253,3 +253,50 @@ def test_shrink_is_the_area_resize_at_a_whole_factor_cost(
     assert out.shape == (size[1], size[0], 3) and out.dtype == np.uint8
     ref = cv2.resize(base, size, interpolation=cv2.INTER_AREA)
     assert float(np.abs(out.astype(float) - ref.astype(float)).mean()) < 3.0
+
+
+def test_a_frame_is_block_averaged_once_per_factor_within_a_read(
+    reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2560 px frame is shrunk for the colour and edge locators and each detector pass (8
+    shrinks, 2 block sizes): inside ``shrink_memo`` each block size is averaged once, with the
+    same pixels as without it; outside it, nothing is kept (a camera buffer refilled in place is
+    never read stale)."""
+    from models.plates import locate
+
+    rng = np.random.default_rng(11)
+    frame = cv2.resize(rng.integers(0, 256, (90, 160, 3), np.uint8), (2560, 1440),
+                       interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    plain = [locate.shrink(frame, s) for s in ((640, 360), (640, 352), (320, 192))]
+    areas: list[tuple[int, ...]] = []
+    real = cv2.resize
+
+    def counted(src, dsize, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.get("interpolation") == cv2.INTER_AREA:
+            areas.append(src.shape)
+        return real(src, dsize, *args, **kwargs)
+
+    monkeypatch.setattr(locate.cv2, "resize", counted)
+    with locate.shrink_memo():
+        memo = [locate.shrink(frame, s) for s in ((640, 360), (640, 352), (320, 192))]
+        again = locate.shrink(frame, (640, 360))
+        frame[:] = 0  # changed inside the memo: the memo's promise is broken, it reads stale
+        stale = locate.shrink(frame, (640, 360))
+    assert len(areas) == 2  # factors (4, 4) and (8, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, memo, strict=True))
+    assert np.array_equal(again, memo[0]) and np.array_equal(stale, memo[0])
+    areas.clear()
+    fresh = locate.shrink(frame, (640, 360))  # outside: computed again, from the new pixels
+    assert len(areas) == 1 and not fresh.any()
+    # Another array of the same shape is not taken for the frame.
+    with locate.shrink_memo():
+        first = locate.shrink(np.full_like(frame, 200), (640, 360))
+        second = locate.shrink(np.full_like(frame, 50), (640, 360))
+    assert int(first[0, 0, 0]) == 200 and int(second[0, 0, 0]) == 50
+    # The reader reads a large frame inside one memo: each block size averaged once (a lit frame:
+    # a dark one is searched again brightened, another frame).
+    lit = cv2.resize(rng.integers(60, 200, (90, 160, 3), np.uint8), (2560, 1440),
+                     interpolation=cv2.INTER_CUBIC)  # fmt: skip
+    areas.clear()
+    reader.read(lit)
+    assert len(areas) >= 2 and len(areas) == len(set(areas)), areas
