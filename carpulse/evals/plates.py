@@ -127,19 +127,31 @@ def by_condition(
     return out
 
 
-def _latency(reader: Any, images: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+def _latency(reader: Any, images: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
+    """Per-image time percentiles; for our reader (it has ``timings``), where the time goes too:
+    ``steps``, mean ms and calls per image of each step of the timed runs (``StepTimes``)."""
+    from models.plates.reader import StepTimes
+
+    steps = StepTimes() if hasattr(reader, "timings") else None
     per_image, cpu_image = [], []
     for img in images.values():
         reader.read(img)  # warm: first call compiles kernels / allocates
         runs, cpu = [], []
         for _ in range(repeats):
+            if steps is not None:
+                reader.timings = steps
             t0, c0 = time.perf_counter(), time.process_time()
-            reader.read(img)
+            try:
+                reader.read(img)
+            finally:
+                if steps is not None:
+                    reader.timings = None
             runs.append((time.perf_counter() - t0) * 1000)
             cpu.append((time.process_time() - c0) * 1000)
         per_image.append(float(np.median(runs)))
         cpu_image.append(float(np.median(cpu)))
     arr, carr = np.array(per_image), np.array(cpu_image)
+    extra: dict[str, Any] = {} if steps is None else {"steps": steps.per_frame_ms()}
     return {
         # CPU time of this process: what the work costs when the cores are not shared.
         "cpu_p50_ms": round(float(np.percentile(carr, 50)), 2),
@@ -148,6 +160,7 @@ def _latency(reader: Any, images: dict[str, np.ndarray], repeats: int) -> dict[s
         "p95_ms": round(float(np.percentile(arr, 95)), 2),
         "mean_ms": round(float(arr.mean()), 2),
         "max_ms": round(float(arr.max()), 2),
+        **extra,
     }
 
 

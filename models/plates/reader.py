@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import time
+from collections import Counter, defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +83,66 @@ ZOOM_SIDE = 640
 # The dark-frame retry: mean grey level it brightens to, at most this gain.
 DARK_TARGET = 110.0
 DARK_MAX_GAIN = 4.0
+
+
+class StepTimes:
+    """Where a reader's time goes: seconds and calls per step, summed over the frames it reads
+    while ``PlateReader.timings`` holds it (``carpulse eval plates`` prints it per image).
+
+    Steps are leaves (none inside another): the plate finder, the colour and edge locators, the
+    text detector (its zoomed re-detections too), the corner fit (corners, snap, warps), the crop
+    colour and red mark, the cell model, the line model, PP-OCR's recogniser (each with its
+    constrained decoding) and the province check; ``frame`` is the whole ``read``."""
+
+    def __init__(self) -> None:
+        self.seconds: defaultdict[str, float] = defaultdict(float)
+        self.calls: Counter[str] = Counter()
+        self.frames = 0
+
+    def step(self, name: str) -> _Step:
+        return _Step(self, name)
+
+    def per_frame_ms(self) -> dict[str, dict[str, float]]:
+        """Per step: mean milliseconds and calls per frame, and the share of the frame's time;
+        ``other``: the frame's time outside the steps (control flow, crops, hashing)."""
+        n = max(1, self.frames)
+        total = self.seconds["frame"]
+        out = {
+            name: {
+                "ms": round(1000 * sec / n, 3),
+                "calls": round(self.calls[name] / n, 2),
+                "share": round(sec / total, 3) if total else 0.0,
+            }
+            for name, sec in sorted(self.seconds.items(), key=lambda kv: -kv[1])
+            if name != "frame"
+        }
+        rest = total - sum(sec for name, sec in self.seconds.items() if name != "frame")
+        out["other"] = {
+            "ms": round(1000 * rest / n, 3),
+            "calls": 0.0,
+            "share": round(rest / total, 3) if total else 0.0,
+        }
+        out["frame"] = {"ms": round(1000 * total / n, 3), "calls": 1.0, "share": 1.0}
+        return out
+
+
+class _Step:
+    """One timed step (a context manager): its wall time is added to ``StepTimes`` on exit."""
+
+    __slots__ = ("name", "start", "times")
+
+    def __init__(self, times: StepTimes, name: str) -> None:
+        self.times, self.name, self.start = times, name, 0.0
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.times.seconds[self.name] += time.perf_counter() - self.start
+        self.times.calls[self.name] += 1
+
+
+_UNTIMED = nullcontext()
 
 
 class PlateReader:
@@ -224,6 +287,11 @@ class PlateReader:
         self.province = (
             ProvinceCheck(province_model, province_accept) if province_model is not None else None
         )
+        # Where the time goes (None: not measured): ``StepTimes`` summed over the frames read.
+        self.timings: StepTimes | None = None
+
+    def _step(self, name: str) -> AbstractContextManager[None]:
+        return _UNTIMED if self.timings is None else self.timings.step(name)
 
     @property
     def _snapped_readers(self) -> bool:
@@ -251,30 +319,32 @@ class PlateReader:
         snapping = stage != "detector"
         for k, rect in enumerate(rects):
             # Deskewed crop first (roll and perspective tilt undone from the plate's corners).
-            quad = refine(image, rect) if self.deskew else None
-            if quad is None and self.deskew and guesses is not None:
-                quad = guesses[k]
-            deskewed.append(warp_quad(image, quad) if quad is not None else None)
-            snapped = None
-            if self.deskew and self.snap_passes > 0 and self._snapped_readers and snapping:
-                # The colour fit (or the plain box) is often a tenth of the plate off and the
-                # plate models want the characters' row: the cells, the line model's second view
-                # and the province classifier read a crop re-fitted to the character row. PP-OCR
-                # keeps the crop it was tuned on (given the snapped crop too, it read 19 of the 21
-                # shared photos: a wild snap on a real car).
-                start = quad if quad is not None else rect_quad(rect)
-                snapped = snap(image, start, self.snap_passes)
-            for_cells.append(warp_quad(image, snapped) if snapped is not None else None)
+            with self._step("corner fit"):
+                quad = refine(image, rect) if self.deskew else None
+                if quad is None and self.deskew and guesses is not None:
+                    quad = guesses[k]
+                deskewed.append(warp_quad(image, quad) if quad is not None else None)
+                snapped = None
+                if self.deskew and self.snap_passes > 0 and self._snapped_readers and snapping:
+                    # The colour fit (or the plain box) is often a tenth of the plate off and the
+                    # plate models want the characters' row: the cells, the line model's second
+                    # view and the province classifier read a crop re-fitted to the character
+                    # row. PP-OCR keeps the crop it was tuned on (given the snapped crop too, it
+                    # read 19 of the 21 shared photos: a wild snap on a real car).
+                    start = quad if quad is not None else rect_quad(rect)
+                    snapped = snap(image, start, self.snap_passes)
+                for_cells.append(warp_quad(image, snapped) if snapped is not None else None)
         crops = [
             c if c is not None else crop_rect(image, r)
             for r, c in zip(rects, deskewed, strict=True)
         ]
-        colours = [plate_colour(c) for c in crops] if self.colour_kinds else None
-        marks = (
-            [None if colours and colours[i] else red_mark(c) for i, c in enumerate(crops)]
-            if self.red_marks
-            else None
-        )
+        with self._step("crop colour"):
+            colours = [plate_colour(c) for c in crops] if self.colour_kinds else None
+            marks = (
+                [None if colours and colours[i] else red_mark(c) for i, c in enumerate(crops)]
+                if self.red_marks
+                else None
+            )
         best = self._recognise(
             [(i, c, s) for i, (c, s) in enumerate(zip(crops, for_cells, strict=True))],
             rects,
@@ -329,7 +399,10 @@ class PlateReader:
             colour = colours[i] if colours is not None else None
             mark = marks[i] if marks is not None else None
             seen, grid = (crop, None) if cell_crop is None else (cell_crop, SNAPPED_GRID)
-            cell = self.cells.read(seen, grid) if self.cells is not None and not double else None
+            cell = None
+            if self.cells is not None and not double:
+                with self._step("cell model"):
+                    cell = self.cells.read(seen, grid)
             if grid is not None and not double and i not in views:  # snapped crops only
                 views[i] = (seen, grid)
             if cell is not None and cell.confidence >= self.cell_min:
@@ -340,9 +413,13 @@ class PlateReader:
                     continue
                 _keep(by_cells if sure_first else weak_cells, i, read, cell.confidence)
             if not double and self.line is not None:
-                line, probs = self._read_line(crop, i, rects, stage, colour, mark)
+                with self._step("line model"):
+                    line, probs = self._read_line(crop, i, rects, stage, colour, mark)
                 if cell_crop is not None and self.line_snapped:
-                    other, other_probs = self._read_line(cell_crop, i, rects, stage, colour, mark)
+                    with self._step("line model"):
+                        other, other_probs = self._read_line(
+                            cell_crop, i, rects, stage, colour, mark
+                        )
                     if other is not None and (line is None or other.confidence > line.confidence):
                         line, probs = other, other_probs
                 # The reader's own bar (``min_confidence``) holds for line readings too.
@@ -350,7 +427,8 @@ class PlateReader:
                 if line is not None and line.confidence >= sure:
                     _keep(best, i, line, line.confidence)
                     continue
-                vouched = self._vouched(line, probs, views.get(i), sure)
+                with self._step("province check"):
+                    vouched = self._vouched(line, probs, views.get(i), sure)
                 if vouched is not None:
                     _keep(best, i, vouched, vouched.confidence)
                     continue
@@ -370,7 +448,8 @@ class PlateReader:
             # that gives nothing: most such crops are one-row plates in a loose box, and the
             # laid-out crop is twice as wide (the recogniser's cost is its width).
             for view in (crop, _split_rows(crop)) if double else (crop,):
-                self._read_ocr(view, owner, rects, stage, by_ocr, colour, mark)
+                with self._step("PP-OCR recogniser"):
+                    self._read_ocr(view, owner, rects, stage, by_ocr, colour, mark)
                 if owner in by_ocr:
                     break
         for owner in set(by_cells) | set(by_ocr) | set(weak_cells) | set(by_line):
@@ -386,7 +465,8 @@ class PlateReader:
                 if owner not in views:
                     continue
                 crop, grid = views[owner]
-                text = self.province.check(crop, read.text, grid)
+                with self._step("province check"):
+                    text = self.province.check(crop, read.text, grid)
                 if text != read.text:
                     best[owner] = (dataclasses.replace(read, text=text), score)
         return best
@@ -480,7 +560,9 @@ class PlateReader:
         bgr = _as_bgr(image)
         if bgr is None:
             return []
-        with shrink_memo():  # the frame is shrunk to several sizes; its block averages once
+        with shrink_memo(), self._step("frame"):  # shrunk to several sizes: averaged once
+            if self.timings is not None:
+                self.timings.frames += 1
             return self._read(bgr)
 
     def _read(self, bgr: np.ndarray) -> list[PlateRead]:
@@ -505,14 +587,16 @@ class PlateReader:
         found: list[PlateRead] = []
         boxes: list[tuple[float, Rect, np.ndarray]] = []
         if self.finder is not None and (self.find_first or self.find_late):
-            boxes = self.finder.find(image)
+            with self._step("plate finder"):
+                boxes = self.finder.find(image)
         if self.find_first:
             found = self._read_found(image, boxes, found, ocr=False)
             if self._settled(found):
                 return found
         # One candidate at a time, best first: the first confident valid reading usually ends it.
         # A reading below ``settle`` does not: the search goes on and the most confident wins.
-        cands = colour_candidates(image)
+        with self._step("colour locator"):
+            cands = colour_candidates(image)
         if self.small_last:  # a stable sort: by score within each group
             cands.sort(key=lambda c: max(c.rect[1]) < SMALL_CANDIDATE)
         for cand in cands:
@@ -526,7 +610,9 @@ class PlateReader:
             if self._settled(found):
                 break
         if not self._settled(found):  # white and black plates (police...) have no colour region
-            for cand in edge_candidates(image, self.edge_width):
+            with self._step("edge locator"):
+                edges = edge_candidates(image, self.edge_width)
+            for cand in edges:
                 found = self._better(found, self._read_crops(image, [cand.rect], "edge"))
                 if self._settled(found):
                     break
@@ -537,7 +623,8 @@ class PlateReader:
         for side in self.detector_sides:
             if self._settled(found):
                 break
-            dets = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
+            with self._step("text detector"):
+                dets = [b for b in self.ocr.detect(image, side) if _plausible(b.rect)]
             dets.sort(key=_rank, reverse=True)
             rects = [b.rect for b in dets[:4]]
             if zoom and longest >= 2 * side:
@@ -560,9 +647,11 @@ class PlateReader:
         if x1 - x0 < 16 or y1 - y0 < 8:
             return None
         patch = image[y0:y1, x0:x1]
+        with self._step("text detector"):
+            boxes = self.ocr.detect(patch, min(ZOOM_SIDE, max(patch.shape[:2])))
         near = [
             b
-            for b in self.ocr.detect(patch, min(ZOOM_SIDE, max(patch.shape[:2])))
+            for b in boxes
             if _plausible(b.rect)
             and math.hypot(b.rect[0][0] + x0 - cx, b.rect[0][1] + y0 - cy) <= long / 2
         ]

@@ -293,6 +293,32 @@ def test_eval_times_the_perturbed_variants_too(tmp_path: Path) -> None:
     assert "latency" not in main([*args, "--no-latency"])["perturbed"]
 
 
+def test_eval_says_where_the_time_goes(tmp_path: Path) -> None:
+    """Each timed set reports its reader's steps per image (the issue: measure where the time goes
+    first): the leaves and the rest add up to the frame, a synthetic plate is read by the line
+    model or PP-OCR after a locator, and the off-the-shelf baseline has no steps."""
+    from carpulse.evals.plates import main
+    from models.plates.synth import write_set
+
+    write_set(tmp_path, 3, seed=34)
+    res = main(["--images", str(tmp_path), "--repeats", "2", "--perturb", "1"])
+    for lat in (res["latency"]["threads_1"], res["perturbed"]["latency"]):
+        steps = lat["steps"]
+        frame = steps.pop("frame")
+        assert frame["calls"] == 1.0 and frame["ms"] > 0.0
+        # The time of a frame is split, not counted twice: the steps are leaves.
+        assert sum(v["ms"] for v in steps.values()) == pytest.approx(
+            frame["ms"], rel=0.01, abs=0.01
+        )
+        assert steps["other"]["ms"] >= 0.0 and 0.0 <= steps["other"]["share"] < 0.5
+        assert {"colour locator", "corner fit"} <= set(steps)
+        assert steps.keys() & {"line model", "PP-OCR recogniser"}
+        assert all(v["calls"] > 0 for k, v in steps.items() if k != "other")
+        # Mean time per image of the timed runs: close to the median-based mean of the latency.
+        assert frame["ms"] == pytest.approx(lat["mean_ms"], rel=0.5)
+    assert "steps" not in res["latency"]["baseline_threads_1"]
+
+
 @pytest.mark.slow
 def test_eval_reads_perturbed_variants_too(tmp_path: Path) -> None:
     from carpulse.evals.plates import main

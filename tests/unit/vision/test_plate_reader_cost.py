@@ -300,3 +300,28 @@ def test_a_frame_is_block_averaged_once_per_factor_within_a_read(
     areas.clear()
     reader.read(lit)
     assert len(areas) >= 2 and len(areas) == len(set(areas)), areas
+
+
+def test_step_times_are_kept_only_while_set(reader) -> None:  # type: ignore[no-untyped-def]
+    """``PlateReader.timings``: off by default (nothing kept), on for the frames read while set;
+    a frame with no plate-like colour still times its locators and the text detector."""
+    from models.plates.reader import StepTimes
+
+    rng = np.random.default_rng(3)
+    frame = cv2.resize(rng.integers(60, 200, (40, 60, 3), np.uint8), (640, 400))
+    assert reader.timings is None
+    reader.read(frame)
+    steps = StepTimes()
+    reader.timings = steps
+    try:
+        reader.read(frame)
+        reader.read(frame)
+    finally:
+        reader.timings = None
+    reader.read(frame)  # not counted
+    out = steps.per_frame_ms()
+    assert steps.frames == 2 and steps.calls["frame"] == 2
+    assert out["colour locator"]["calls"] == 1.0 and out["text detector"]["calls"] >= 1.0
+    parts = sum(v["ms"] for k, v in out.items() if k != "frame")
+    assert parts == pytest.approx(out["frame"]["ms"], rel=1e-3, abs=1e-3)
+    assert StepTimes().per_frame_ms()["frame"] == {"ms": 0.0, "calls": 1.0, "share": 1.0}
