@@ -184,6 +184,7 @@ class PlateReader:
         zoom_from: int | None = 1280,
         colour_kinds: bool = True,
         red_marks: bool = True,
+        split_min_seen: int = 3,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
@@ -266,6 +267,14 @@ class PlateReader:
         # or not), and never ends a search (``RED_VOUCH``): a 应急 read right must not become a
         # 警 (the same black characters).
         self.red_marks = red_marks
+        # A crop of two-row shape that PP-OCR read as one row is laid out as one row (the top
+        # row beside the bottom one, a second run at twice the width) only if that first read
+        # saw at least this many characters (0: always). On the dev sets no crop that read
+        # fewer than 4 gave a reading laid out, and at 5 two-row plates were lost: 3 keeps a
+        # character's margin (BENCHMARKS.md, twenty-fourth session).
+        if not 0 <= split_min_seen <= 16:
+            raise ConfigError(f"split_min_seen {split_min_seen}: 0 to 16")
+        self.split_min_seen = split_min_seen
         # In a frame whose longer side is over ``zoom_from`` px (None: never), the text
         # detector's boxes from a pass that shrank it twice or more are found again around
         # themselves at the frame's resolution: a box found on a shrunk frame is loose and cut
@@ -447,11 +456,14 @@ class PlateReader:
             # A crop of two-row shape is read as one row first and laid out as one row only when
             # that gives nothing: most such crops are one-row plates in a loose box, and the
             # laid-out crop is twice as wide (the recogniser's cost is its width).
-            for view in (crop, _split_rows(crop)) if double else (crop,):
+            with self._step("PP-OCR recogniser"):
+                ocr_seen = self._read_ocr(crop, owner, rects, stage, by_ocr, colour, mark)
+            # Laid out as one row only if the crop read as one row shows some text: PP-OCR reads
+            # most of a two-row plate's tall bottom row (five characters) even squeezed; a
+            # squarish blob it reads as one or two characters (a sign, a lamp) is no plate.
+            if double and owner not in by_ocr and len(ocr_seen) >= self.split_min_seen:
                 with self._step("PP-OCR recogniser"):
-                    self._read_ocr(view, owner, rects, stage, by_ocr, colour, mark)
-                if owner in by_ocr:
-                    break
+                    self._read_ocr(_split_rows(crop), owner, rects, stage, by_ocr, colour, mark)
         for owner in set(by_cells) | set(by_ocr) | set(weak_cells) | set(by_line):
             if owner in best:
                 continue
@@ -480,26 +492,28 @@ class PlateReader:
         by_ocr: dict[int, tuple[PlateRead, float]],
         colour: str | None = None,
         mark: str | None = None,
-    ) -> None:
-        """PP-OCR's valid, confident reading of one crop, kept in ``by_ocr`` if it scores best."""
+    ) -> str:
+        """PP-OCR's valid, confident reading of one crop, kept in ``by_ocr`` if it scores best;
+        returns what it read unconstrained (``normalise``d greedy text)."""
         probs = self.ocr.recognise([crop])[0]
+        raw = normalise(self.decoder.greedy(probs))
         dec = self.decoder.constrained(probs, colour or mark)
         if mark is not None and (
             dec is None or _confidence(dec.char_probs, self.first_floor) < self.min_confidence
         ):
             dec = _red_reading(self.decoder, probs, mark) or dec
         if dec is None:
-            return
+            return raw
         conf = _confidence(dec.char_probs, self.first_floor)
         if conf < self.min_confidence:
-            return
-        raw = normalise(self.decoder.greedy(probs))
+            return raw
         _keep(
             by_ocr,
             owner,
             PlateRead(dec.text, conf, rects[owner], raw, stage, _sha(crop)),
             dec.score,
         )
+        return raw
 
     def _read_line(
         self,

@@ -76,6 +76,36 @@ def test_a_two_row_plate_is_read_from_its_one_row_layout(reader, runs) -> None: 
     assert runs[0][0] == crop.shape[:2] and runs[1][0][1] > 2 * runs[1][0][0]
 
 
+def test_a_two_row_shaped_crop_with_little_text_is_not_laid_out(reader, runs) -> None:  # type: ignore[no-untyped-def]
+    """A squarish blob of plate colour (a sign, a sticker, a lamp) that PP-OCR reads as under three
+    characters (here "HM", strokes enough to be read) is not laid out as two rows (a second run at
+    twice the width); a two-row plate's five-character bottom row is read even squeezed, so it
+    still is (the two-row test above)."""
+    rng = np.random.default_rng(8)
+    blob = np.full((120, 200, 3), (40, 160, 230), np.uint8)  # yellow, aspect 1.7: "double"
+    cv2.putText(blob, "HM", (20, 90), cv2.FONT_HERSHEY_SIMPLEX, 2.5, (20, 20, 20), 6)
+    blob = cv2.add(blob, rng.integers(0, 20, blob.shape, np.uint8))
+    got = reader._recognise([(0, blob, None)], [RECT], "colour")
+    assert got == {} and len(runs) == 1 and runs[0][0] == blob.shape[:2]
+    # ``split_min_seen = 0``: laid out whatever the first run saw, as before.
+    runs.clear()
+    reader.split_min_seen = 0
+    try:
+        assert reader._recognise([(0, blob, None)], [RECT], "colour") == {}
+    finally:
+        reader.split_min_seen = 3
+    assert len(runs) == 2 and runs[1][0][1] > 2 * runs[1][0][0]
+
+
+@pytest.mark.parametrize("bad", [-1, 17])
+def test_split_min_seen_out_of_range_is_a_config_error(bad: int) -> None:
+    from core.errors import ConfigError
+    from models.plates.reader import PlateReader
+
+    with pytest.raises(ConfigError, match="split_min_seen"):
+        PlateReader(split_min_seen=bad)
+
+
 def test_a_one_row_crop_of_two_row_shape_goes_to_the_plate_models_not_the_layout(
     reader, runs
 ) -> None:  # type: ignore[no-untyped-def]
