@@ -97,7 +97,6 @@ class StepTimes:
     def __init__(self) -> None:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
-        self.frames = 0
 
     def step(self, name: str) -> _Step:
         return _Step(self, name)
@@ -105,7 +104,7 @@ class StepTimes:
     def per_frame_ms(self) -> dict[str, dict[str, float]]:
         """Per step: mean milliseconds and calls per frame, and the share of the frame's time;
         ``other``: the frame's time outside the steps (control flow, crops, hashing)."""
-        n = max(1, self.frames)
+        n = max(1, self.calls["frame"])
         total = self.seconds["frame"]
         out = {
             name: {
@@ -453,14 +452,13 @@ class PlateReader:
         for owner, crop, double in for_ocr:
             colour = colours[owner] if colours is not None else None
             mark = marks[owner] if marks is not None else None
-            # A crop of two-row shape is read as one row first and laid out as one row only when
-            # that gives nothing: most such crops are one-row plates in a loose box, and the
-            # laid-out crop is twice as wide (the recogniser's cost is its width).
+            # A crop of two-row shape is read as one row first (most such crops are one-row
+            # plates in a loose box) and laid out as one row, twice as wide, only when that gives
+            # nothing and shows some text: PP-OCR reads most of a two-row plate's tall bottom row
+            # (five characters) even squeezed; a squarish blob it reads as one or two characters
+            # (a sign, a lamp) is no plate.
             with self._step("PP-OCR recogniser"):
                 ocr_seen = self._read_ocr(crop, owner, rects, stage, by_ocr, colour, mark)
-            # Laid out as one row only if the crop read as one row shows some text: PP-OCR reads
-            # most of a two-row plate's tall bottom row (five characters) even squeezed; a
-            # squarish blob it reads as one or two characters (a sign, a lamp) is no plate.
             if double and owner not in by_ocr and len(ocr_seen) >= self.split_min_seen:
                 with self._step("PP-OCR recogniser"):
                     self._read_ocr(_split_rows(crop), owner, rects, stage, by_ocr, colour, mark)
@@ -575,8 +573,6 @@ class PlateReader:
         if bgr is None:
             return []
         with shrink_memo(), self._step("frame"):  # shrunk to several sizes: averaged once
-            if self.timings is not None:
-                self.timings.frames += 1
             return self._read(bgr)
 
     def _read(self, bgr: np.ndarray) -> list[PlateRead]:
