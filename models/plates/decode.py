@@ -13,6 +13,16 @@ from models.plates.syntax import TEMPLATE_KINDS, TEMPLATES, kinds_for_colour, te
 NEG = -1e30
 # Printed between the region code and the serial, or read in gaps: they count as "no character".
 BLANK_LIKE = ("·", "•", ".", "-", " ", ":", "：", "'")
+# Plates never use I or O: a reader that sees them means 1 or 0, so their mass counts there.
+FOLDS = (("O", "0"), ("o", "0"), ("I", "1"), ("i", "1"), ("l", "1"))
+
+
+def plate_chars() -> frozenset[str]:
+    """Every character a ``PlateDecoder(plate_only=True)`` reads a class of: the plates' own,
+    the blank-like separators and the folded look-alikes. Its readings depend on these classes
+    only, so a recogniser may leave the others out (``PaddleOcr(narrow=...)``)."""
+    chars = {ch for tmpl in TEMPLATES for pos in tmpl for ch in pos}
+    return frozenset(chars | set(BLANK_LIKE) | {c for pair in FOLDS for c in pair})
 
 
 @njit(cache=kernel_flags.CACHE, fastmath=kernel_flags.FASTMATH)
@@ -136,11 +146,8 @@ class PlateDecoder:
         self.blank_like = np.array(
             [0] + [index[ch] for ch in BLANK_LIKE if ch in index], dtype=np.int64
         )
-        # Plates never use I or O: a reader that sees them means 1 or 0, so their mass counts there.
         self.folds = [
-            (index[dst], index[src])
-            for src, dst in (("O", "0"), ("o", "0"), ("I", "1"), ("i", "1"), ("l", "1"))
-            if src in index and dst in index
+            (index[dst], index[src]) for src, dst in FOLDS if src in index and dst in index
         ]
         sub = [alphabet[i] for i in self.keep.tolist()]
         self.sub_alphabet = sub

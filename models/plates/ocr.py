@@ -3,6 +3,7 @@ directly with onnxruntime (no download, no rapidocr import at run time)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -14,7 +15,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from models.plates.locate import shrink
-from models.plates.onnx_fuse import fused_bytes
+from models.plates.onnx_fuse import fused_bytes, narrowed_bytes
 from models.plates.quad import order_corners
 
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
@@ -35,6 +36,16 @@ def packaged_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+def _options(threads: int):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
 def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[no-untyped-def]
     """An onnxruntime CPU session with ``threads`` intra-op threads (0 = all cores); ``fuse``: the
     PP-OCR graph with its elementwise chains fused (``onnx_fuse``; as it is if none match)."""
@@ -42,10 +53,7 @@ def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[
 
     if not path.exists():
         raise ConfigError(f"ONNX model {path} does not exist")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts = _options(threads)
     fused = fused_bytes(path) if fuse else None
     if fused is not None:
         try:
@@ -56,6 +64,17 @@ def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own untyped errors
         raise ConfigError(f"cannot load ONNX model {path}: {err}") from err
+
+
+# Kept per process, as ``fused_bytes`` is: the next reader loads without rewriting (0.2-0.4 s).
+@functools.lru_cache(maxsize=4)
+def _narrowed(
+    path: str, _mtime: int, fuse: bool, keep: tuple[int, ...], width: int
+) -> bytes | None:
+    """The recogniser at ``path`` (fused if ``fuse``) computing only the classes ``keep``."""
+    fused = fused_bytes(Path(path)) if fuse else None
+    model = fused[0] if fused is not None else Path(path).read_bytes()
+    return narrowed_bytes(model, keep, width)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +94,7 @@ class PaddleOcr:
         threads: int = 1,
         det_path: Path | None = None,
         fuse: bool = True,
+        narrow: frozenset[str] | None = None,
     ) -> None:
         root = model_dir or packaged_model_dir()
         # ``fuse``: the graphs' elementwise chains fused at load (``onnx_fuse``, ~15 % faster).
@@ -88,7 +108,32 @@ class PaddleOcr:
             raise ConfigError(f"{root / REC_MODEL} has no 'character' metadata")
         # CTC classes: blank, the model's characters, then a space.
         self.alphabet = ["<blank>", *meta["character"].splitlines(), " "]
+        if narrow is not None:
+            # Only the classes of ``narrow`` (and the blank) computed: each frame's
+            # probabilities are then over those alone (``onnx_fuse.narrowed_bytes``).
+            self._narrow(root / REC_MODEL, threads, narrow)
         self._rec_in = self.rec.get_inputs()[0].name
+
+    def _narrow(self, path: Path, threads: int, narrow: frozenset[str]) -> None:
+        import onnxruntime as ort
+
+        keep = tuple(i for i, ch in enumerate(self.alphabet) if i == 0 or ch in narrow)
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return
+        model = _narrowed(str(path), stamp, self._fuse, keep, len(self.alphabet))
+        if model is None:
+            log.info("%s: its classes cannot be narrowed, it runs whole", path)
+            return
+        try:
+            self.rec = ort.InferenceSession(
+                model, _options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime's own errors: the whole model still runs
+            log.warning("%s: the narrowed graph does not load (%s), it runs whole", path, err)
+            return
+        self.alphabet = [self.alphabet[i] for i in keep]
 
     @property
     def det(self):  # type: ignore[no-untyped-def]

@@ -204,3 +204,71 @@ class _Graph:
         inits = [i for i in self.g.initializer if i.name in used]
         del self.g.initializer[:]
         self.g.initializer.extend(inits)
+
+
+def narrowed_bytes(model: bytes, classes: tuple[int, ...], width: int) -> bytes | None:
+    """``model`` (a recogniser ending ``Softmax(MatMul(x, W) + b)`` over ``width`` classes) with
+    only ``classes`` kept in ``W`` and ``b``, in that order; ``None`` when the graph does not end
+    so (then it runs whole).
+
+    The softmax over the kept classes is the full one renormalised over them, to float rounding:
+    what ``PlateDecoder(plate_only=True)`` computes anyway. PP-OCRv4's last layer maps 120
+    features to 6,625 classes at every frame, and a plate uses 96 of them: about 8 % of a
+    recognition run (BENCHMARKS.md, twenty-fifth session).
+    """
+    try:
+        import onnx
+    except ImportError:
+        return None
+    if not classes or min(classes) < 0 or max(classes) >= width:
+        return None
+    try:
+        proto = onnx.ModelProto()
+        proto.ParseFromString(model)
+        graph = _Graph(proto.graph)
+        if len(proto.graph.output) != 1:
+            return None
+        out = proto.graph.output[0]
+        softmax = graph.producer.get(out.name)
+        add = graph.producer.get(softmax.input[0]) if softmax is not None else None
+        if softmax is None or softmax.op_type != "Softmax" or add is None or add.op_type != "Add":
+            return None
+        matmul = next(
+            (
+                graph.producer[i]
+                for i in add.input
+                if getattr(graph.producer.get(i), "op_type", "") == "MatMul"
+            ),
+            None,
+        )
+        if matmul is None or len(add.input) != 2:
+            return None
+        # The softmax must be over the classes alone (the last axis of the 3-D output).
+        axis = next((a.i for a in softmax.attribute if a.name == "axis"), None)
+        if axis not in (-1, 2):
+            return None
+        b_name = graph.other_input(add, matmul.output[0])
+        w_name = matmul.input[1]
+        if b_name is None:
+            return None
+        w, b = graph.const(w_name), graph.const(b_name)
+        if w is None or b is None or w.ndim != 2 or w.shape[1] != width or b.shape != (width,):
+            return None
+        # Each constant feeds this layer only (else narrowing it would change another node).
+        if len(graph.consumers[w_name]) != 1 or len(graph.consumers[b_name]) != 1:
+            return None
+        keep = np.asarray(classes, dtype=np.int64)
+        for name, value in ((w_name, w[:, keep]), (b_name, b[keep])):
+            tensor = graph._from_array(np.ascontiguousarray(value), name)
+            if name in graph.inits:
+                graph.inits[name].CopyFrom(tensor)
+            else:
+                graph.producer[name].attribute[0].t.CopyFrom(tensor)
+        dims = out.type.tensor_type.shape.dim
+        if dims:
+            dims[len(dims) - 1].ClearField("dim_param")
+            dims[len(dims) - 1].dim_value = len(keep)
+        return proto.SerializeToString()
+    except Exception as err:  # a graph this does not expect: run it whole
+        log.warning("narrowing the recogniser's classes failed (%r): it runs whole", err)
+        return None
