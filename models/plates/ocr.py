@@ -66,7 +66,7 @@ def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[
         raise ConfigError(f"cannot load ONNX model {path}: {err}") from err
 
 
-# Kept per process, as ``fused_bytes`` is: the next reader loads without rewriting (0.2-0.4 s).
+# Kept per process, as ``fused_bytes`` is: the next reader loads without rewriting the graph again.
 @functools.lru_cache(maxsize=4)
 def _narrowed(
     path: str, _mtime: int, fuse: bool, keep: tuple[int, ...], width: int

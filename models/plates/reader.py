@@ -188,7 +188,8 @@ class PlateReader:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
         # With ``plate_only`` the decoder reads the plate characters' classes alone, so PP-OCR
-        # computes only those (same readings, ~8 % less time a run; BENCHMARKS.md, 25th session).
+        # computes only those: the same readings, a run 6-9 % faster (BENCHMARKS.md, twenty-fifth
+        # session).
         self.ocr = PaddleOcr(
             model_dir, threads=threads, narrow=plate_chars() if plate_only else None
         )
