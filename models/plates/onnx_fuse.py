@@ -229,25 +229,30 @@ def narrowed_bytes(model: bytes, classes: tuple[int, ...], width: int) -> bytes 
         if len(proto.graph.output) != 1:
             return None
         out = proto.graph.output[0]
-        softmax = graph.producer.get(out.name)
-        add = graph.producer.get(softmax.input[0]) if softmax is not None else None
+
+        def made(name: str) -> Any | None:  # the node computing ``name``, past any Identity
+            node = graph.producer.get(name)
+            while node is not None and node.op_type == "Identity" and len(node.input) == 1:
+                node = graph.producer.get(node.input[0])
+            return node
+
+        softmax = made(out.name)
+        add = made(softmax.input[0]) if softmax is not None else None
         if softmax is None or softmax.op_type != "Softmax" or add is None or add.op_type != "Add":
             return None
-        matmul = next(
-            (
-                graph.producer[i]
-                for i in add.input
-                if getattr(graph.producer.get(i), "op_type", "") == "MatMul"
-            ),
-            None,
-        )
-        if matmul is None or len(add.input) != 2:
+        if len(add.input) != 2:
             return None
+        matmul = next(
+            (n for n in map(made, add.input) if getattr(n, "op_type", "") == "MatMul"), None
+        )
+        if matmul is None:
+            return None
+        # The bias is the Add's other input (a constant, so never behind an Identity here).
+        b_name = next((i for i in add.input if made(i) is not matmul), None)
         # The softmax must be over the classes alone (the last axis of the 3-D output).
         axis = next((a.i for a in softmax.attribute if a.name == "axis"), None)
         if axis not in (-1, 2):
             return None
-        b_name = graph.other_input(add, matmul.output[0])
         w_name = matmul.input[1]
         if b_name is None:
             return None
@@ -268,6 +273,14 @@ def narrowed_bytes(model: bytes, classes: tuple[int, ...], width: int) -> bytes 
         if dims:
             dims[len(dims) - 1].ClearField("dim_param")
             dims[len(dims) - 1].dim_value = len(keep)
+        # Shapes recorded for the tensors between the layer and the output are stale now.
+        stale = [
+            v
+            for v in proto.graph.value_info
+            if v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[-1].dim_value == width
+        ]
+        for v in stale:
+            proto.graph.value_info.remove(v)
         return proto.SerializeToString()
     except Exception as err:  # a graph this does not expect: run it whole
         log.warning("narrowing the recogniser's classes failed (%r): it runs whole", err)

@@ -20,11 +20,19 @@ from models.plates.synth import render_plate, render_two_row  # noqa: E402
 WIDTH = 9
 
 
-def _head(*, axis: int = 2, init: bool = False, shared: bool = False, op: str = "Softmax") -> bytes:
+def _head(
+    *,
+    axis: int = 2,
+    init: bool = False,
+    shared: bool = False,
+    op: str = "Softmax",
+    identity: bool = False,
+) -> bytes:
     """``x [1, T, 4] -> Softmax(MatMul(x, W) + b)`` over ``WIDTH`` classes, opset 12.
 
     ``init``: W and b as initializers (else ``Constant`` nodes, as paddle2onnx writes them);
-    ``shared``: b is added to a second output too, so it must not be narrowed."""
+    ``shared``: b is added to a second output too, so it must not be narrowed; ``identity``:
+    Identity nodes between the layers (newer paddle2onnx exports have them)."""
     rng = np.random.default_rng(0)
     w = rng.normal(0, 1, (4, WIDTH)).astype(np.float32)
     b = rng.normal(0, 1, WIDTH).astype(np.float32)
@@ -36,13 +44,22 @@ def _head(*, axis: int = 2, init: bool = False, shared: bool = False, op: str = 
             nodes.append(
                 helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
             )
-    nodes += [
-        helper.make_node("MatMul", ["x", "w"], ["m"]),
-        helper.make_node("Add", ["m", "b"], ["a"]),
-        helper.make_node(op, ["a"], ["y"], axis=axis)
-        if op == "Softmax"
-        else helper.make_node(op, ["a"], ["y"]),
-    ]
+    last = helper.make_node(op, ["a"], ["y"], **({"axis": axis} if op == "Softmax" else {}))
+    if identity:
+        nodes += [
+            helper.make_node("MatMul", ["x", "w"], ["m0"]),
+            helper.make_node("Identity", ["m0"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["a0"]),
+            helper.make_node("Identity", ["a0"], ["a1"]),
+            helper.make_node("Identity", ["a1"], ["a"]),
+            last,
+        ]
+    else:
+        nodes += [
+            helper.make_node("MatMul", ["x", "w"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["a"]),
+            last,
+        ]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", WIDTH])]
     if shared:
         nodes.append(helper.make_node("Add", ["b", "b"], ["b2"]))
@@ -54,6 +71,11 @@ def _head(*, axis: int = 2, init: bool = False, shared: bool = False, op: str = 
         outputs,
         inits,
     )
+    if identity:  # the shapes an exporter records for the tensors on the way
+        graph.value_info.extend(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, "T", WIDTH])
+            for name in ("m0", "m", "a0", "a1", "a")
+        )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
     model.ir_version = 7
     return model.SerializeToString()
@@ -66,9 +88,9 @@ def _run(model: bytes, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {"x": x})[0])
 
 
-@pytest.mark.parametrize("init", [False, True])
-def test_the_kept_classes_are_the_full_softmax_renormalised(init: bool) -> None:
-    model = _head(init=init)
+@pytest.mark.parametrize(("init", "identity"), [(False, False), (True, False), (False, True)])
+def test_the_kept_classes_are_the_full_softmax_renormalised(init: bool, identity: bool) -> None:
+    model = _head(init=init, identity=identity)
     keep = (0, 2, 3, 7)
     narrow = onnx_fuse.narrowed_bytes(model, keep, WIDTH)
     assert narrow is not None
