@@ -45,11 +45,16 @@ class ProvinceCheck:
         self.accept, self.reject = accept, reject
 
     def check(
-        self, crop: np.ndarray, text: str, grid: tuple[tuple[float, ...], tuple[float, ...]]
+        self,
+        crop: np.ndarray,
+        text: str,
+        grid: tuple[tuple[float, ...], tuple[float, ...]],
+        keep: frozenset[int] = frozenset(),
     ) -> str:
         """``text`` with each province the classifier is sure of (``accept``) where the reading's
-        own province is all but ruled out (below ``reject``)."""
-        out = self._provinces(crop, text, grid, self.reject)
+        own province is all but ruled out (below ``reject``); the provinces at the positions in
+        ``keep`` stay as they are."""
+        out = self._provinces(crop, text, grid, self.reject, keep=keep)
         return text if out is None else out
 
     def vouch(
@@ -66,10 +71,12 @@ class ProvinceCheck:
         grid: tuple[tuple[float, ...], tuple[float, ...]],
         reject: float,
         strict: bool = False,
+        keep: frozenset[int] = frozenset(),
     ) -> str | None:
-        """``text`` with the provinces at ``accept`` whose reading is below ``reject``; ``None``
-        when there is no province to check or (``strict``) one is not sure."""
-        positions = province_positions(text)
+        """``text`` with the provinces at ``accept`` whose reading is below ``reject`` (but none
+        at the positions in ``keep``); ``None`` when there is no province to check or
+        (``strict``) one is not sure."""
+        positions = [p for p in province_positions(text) if p not in keep]
         grey = _canvas(crop) if positions else None
         if grey is None:
             return None

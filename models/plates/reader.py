@@ -48,6 +48,8 @@ class PlateRead:
     raw: str  # unconstrained reading, for diagnostics
     stage: str  # "colour" or "detector"
     crop_sha256: str
+    # Each character's probability under the recogniser that read it (empty: not known).
+    char_probs: tuple[float, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -163,6 +165,7 @@ class PlateReader:
         snap_passes: int = 3,
         province_model: Path | None = PROVINCE_PATH,
         province_accept: float = 0.97,
+        province_keep: float = 0.9,
         line_model: Path | None = LINE_PATH,
         line_accept: float = 0.9,
         line_snapped: bool = True,
@@ -300,6 +303,14 @@ class PlateReader:
         self.province = (
             ProvinceCheck(province_model, province_accept) if province_model is not None else None
         )
+        # ... but never a province the recognisers read at ``province_keep`` or more (above 1:
+        # any). The classifier learned its provinces from drawn fonts: on the dev sets every
+        # province it replaced on a real photo had been read at 0.98-1.0, and wrongly replaced
+        # (皖 -> 辽, 宁), while those it corrected on drawn plates had been read at 0.35 and 0.77
+        # (BENCHMARKS.md, twenty-fifth session).
+        if not 0.0 <= province_keep <= 1.01:  # NaN too
+            raise ConfigError(f"province_keep {province_keep}: between 0 and 1.01 (1.01: off)")
+        self.province_keep = province_keep
         # Where the time goes (None: not measured): ``StepTimes`` summed over the frames read.
         self.timings: StepTimes | None = None
 
@@ -419,7 +430,10 @@ class PlateReader:
             if grid is not None and not double and i not in views:  # snapped crops only
                 views[i] = (seen, grid)
             if cell is not None and cell.confidence >= self.cell_min:
-                read = PlateRead(cell.text, cell.confidence, rects[i], cell.text, stage, _sha(seen))
+                read = PlateRead(
+                    cell.text, cell.confidence, rects[i], cell.text, stage, _sha(seen),
+                    tuple(cell.char_probs),
+                )  # fmt: skip
                 sure_first = bool(cell.char_probs) and cell.char_probs[0] >= self.cell_first_accept
                 if cell.confidence >= self.cell_accept and sure_first:
                     _keep(best, i, read, cell.confidence)
@@ -480,8 +494,14 @@ class PlateReader:
                 if owner not in views:
                     continue
                 crop, grid = views[owner]
+                # A province the recogniser itself read at ``province_keep`` stays.
+                held = frozenset(
+                    p
+                    for p in province_positions(read.text)
+                    if p < len(read.char_probs) and read.char_probs[p] >= self.province_keep
+                )
                 with self._step("province check"):
-                    text = self.province.check(crop, read.text, grid)
+                    text = self.province.check(crop, read.text, grid, held)
                 if text != read.text:
                     best[owner] = (dataclasses.replace(read, text=text), score)
         return best
@@ -513,7 +533,7 @@ class PlateReader:
         _keep(
             by_ocr,
             owner,
-            PlateRead(dec.text, conf, rects[owner], raw, stage, _sha(crop)),
+            PlateRead(dec.text, conf, rects[owner], raw, stage, _sha(crop), dec.char_probs),
             dec.score,
         )
         return raw
@@ -538,7 +558,9 @@ class PlateReader:
         if dec is None:
             return None, ()
         raw = normalise(self.line_decoder.greedy(probs))
-        read = PlateRead(dec.text, dec.confidence, rects[owner], raw, stage, _sha(crop))
+        read = PlateRead(
+            dec.text, dec.confidence, rects[owner], raw, stage, _sha(crop), dec.char_probs
+        )
         return read, dec.char_probs
 
     def _vouched(

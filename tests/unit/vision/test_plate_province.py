@@ -121,3 +121,56 @@ def test_vouch_says_nothing_without_a_province_or_a_sure_one(check: ProvinceChec
     assert check.vouch(noise, "京C84962", SNAPPED_GRID) is None
     for bad in (np.zeros((2, 2, 3), np.uint8), np.full((48, 150), np.nan), "not an image"):
         assert check.vouch(bad, "京C84962", SNAPPED_GRID) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("truth", "kind", "wrong", "position"),
+    [("藏EMP2C6", "ordinary", "皖EMP2C6", 0), ("WJ川54303", "armed-police", "WJ闽54303", 2)],
+)
+def test_a_held_province_stays_however_sure_the_classifier_is(
+    check: ProvinceCheck, truth: str, kind: str, wrong: str, position: int
+) -> None:
+    crop = _crop(truth, kind)
+    assert check.check(crop, wrong, SNAPPED_GRID) == truth  # the classifier is sure
+    assert check.check(crop, wrong, SNAPPED_GRID, frozenset({position})) == wrong
+    assert check.check(crop, wrong, SNAPPED_GRID, frozenset({position + 1})) == truth
+
+
+class _Swap:
+    """A province classifier that always wants 京 where the reading is not held."""
+
+    def __init__(self) -> None:
+        self.held: list[frozenset[int]] = []
+
+    def check(
+        self, crop: np.ndarray, text: str, grid: object, keep: frozenset[int] = frozenset()
+    ) -> str:
+        self.held.append(keep)
+        return text if 0 in keep else "京" + text[1:]
+
+    def vouch(self, crop: np.ndarray, text: str, grid: object) -> None:
+        return None
+
+
+def test_the_reader_lets_the_classifier_replace_only_unsure_provinces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reader = PlateReader(threads=1)
+    swap = _Swap()
+    monkeypatch.setattr(reader, "province", swap)
+    crop = _crop("藏EMP2C6", "ordinary")
+    rect = ((100.0, 50.0), (150.0, 48.0), 0.0)
+    read, _ = reader._recognise([(0, crop, crop)], [rect], "colour")[0]
+    # A clean plate: its province read surely, so the classifier's 京 is not taken.
+    assert read.char_probs and read.char_probs[0] >= reader.province_keep
+    assert read.text == "藏EMP2C6" and swap.held[-1] == frozenset({0})
+    reader.province_keep = 1.01  # off: the classifier has the last word, as before
+    read, _ = reader._recognise([(0, crop, crop)], [rect], "colour")[0]
+    assert read.text == "京EMP2C6" and swap.held[-1] == frozenset()
+    assert "char_probs" not in read.as_dict()  # events carry what they carried
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_province_keep_out_of_range_is_a_config_error(bad: float) -> None:
+    with pytest.raises(ConfigError, match="province_keep"):
+        PlateReader(threads=1, province_keep=bad)
