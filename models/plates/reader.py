@@ -502,8 +502,8 @@ class PlateReader:
                 )
                 with self._step("province check"):
                     text = self.province.check(crop, read.text, grid, held)
-                if text != read.text:
-                    best[owner] = (dataclasses.replace(read, text=text), score)
+                if text != read.text:  # a province no recogniser read: its probability unknown
+                    best[owner] = (dataclasses.replace(read, text=text, char_probs=()), score)
         return best
 
     def _read_ocr(
@@ -581,7 +581,7 @@ class PlateReader:
         text = self.province.vouch(view[0], line.text, view[1])
         if text is None:
             return None
-        return dataclasses.replace(line, text=text, confidence=min(rest))
+        return dataclasses.replace(line, text=text, confidence=min(rest), char_probs=())
 
     @staticmethod
     def _combine(

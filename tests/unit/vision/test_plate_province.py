@@ -167,6 +167,7 @@ def test_the_reader_lets_the_classifier_replace_only_unsure_provinces(
     reader.province_keep = 1.01  # off: the classifier has the last word, as before
     read, _ = reader._recognise([(0, crop, crop)], [rect], "colour")[0]
     assert read.text == "京EMP2C6" and swap.held[-1] == frozenset()
+    assert read.char_probs == ()  # the classifier's 京 was read by no recogniser
     assert "char_probs" not in read.as_dict()  # events carry what they carried
 
 
