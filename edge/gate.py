@@ -77,6 +77,10 @@ class GateConfig(BaseModel):
         True,
         description="Read a white plate with a red glyph at one end as the kinds with a red character there (police 警, WJ, 应急, 使).",
     )
+    plate_serial: bool = Field(
+        True,
+        description="Let the plate recogniser trained on real photos (CCPD) correct PP-OCR's letters and digits.",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -112,6 +116,7 @@ class GateLoop:
             from models.plates.find import FIND_PATH
             from models.plates.line import LINE_PATH
             from models.plates.reader import PlateReader
+            from models.plates.serial import SERIAL_PATH
 
             reader = PlateReader(
                 threads=conf.threads,
@@ -122,6 +127,7 @@ class GateLoop:
                 settle=conf.plate_settle,
                 colour_kinds=conf.plate_colour_kinds,
                 red_marks=conf.plate_red_marks,
+                serial_model=SERIAL_PATH if conf.plate_serial else None,
             )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None

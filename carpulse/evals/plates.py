@@ -345,6 +345,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         "(police 警, WJ, 应急, 使; default on; [gate] plate_red_marks)",
     )
     ap.add_argument(
+        "--serial",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the plate recogniser trained on real photos (CCPD) correct PP-OCR's letters "
+        "and digits (default on; [gate] plate_serial)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.9,
@@ -417,6 +424,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     from models.plates.cells import MODEL_PATH
     from models.plates.find import FIND_PATH
     from models.plates.line import LINE_PATH
+    from models.plates.serial import SERIAL_PATH
 
     if not 0.0 <= args.settle <= 1.0:
         raise ConfigError(f"--settle {args.settle}: between 0 and 1")
@@ -427,6 +435,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "settle": args.settle,
         "colour_kinds": args.colour_kinds,
         "red_marks": args.red_marks,
+        "serial_model": SERIAL_PATH if args.serial else None,
     }
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
@@ -449,6 +458,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "settle": args.settle,
             "colour_kinds": args.colour_kinds,
             "red_marks": args.red_marks,
+            "serial": args.serial,
             "min_confidence": args.min_confidence,
         },
         "cpus": os.cpu_count(),
