@@ -149,6 +149,31 @@ def test_bad_trims_are_a_config_error(trims: tuple[float, ...]) -> None:
         PlateReader(threads=1, serial_trims=trims)
 
 
+@pytest.mark.parametrize("below", [-0.1, 1.5, math.nan], ids=str)
+def test_a_bad_serial_bar_is_a_config_error(below: float) -> None:
+    with pytest.raises(ConfigError, match="serial_below"):
+        PlateReader(threads=1, serial_below=below)
+
+
+def test_a_sure_pp_ocr_reading_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    scene = np.full((240, 480, 3), 90, np.uint8)
+    scene[50:190, 20:460] = render_plate("皖A63G25", "ordinary", np.random.default_rng(5))
+    votes: list[float] = []
+    for below in (0.0, 1.01):
+        r = PlateReader(threads=1, serial_below=below, line_model=None)
+        real = r._serial_vote
+
+        def spy(crop, text, probs, conf, colour, mark, real=real):  # type: ignore[no-untyped-def]
+            votes.append(conf)
+            return real(crop, text, probs, conf, colour, mark)
+
+        monkeypatch.setattr(r, "_serial_vote", spy)
+        assert [p.text for p in r.read(scene)] == ["皖A63G25"]
+        if below == 0.0:
+            assert votes == []  # no reading is below 0
+    assert votes  # with 1.01 every valid PP-OCR reading is read again
+
+
 def test_a_model_of_another_shape_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="expected"):
         SerialReader(LINE_PATH)
