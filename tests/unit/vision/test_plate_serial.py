@@ -62,7 +62,8 @@ Q7 = (0.3, 0.98, 0.97, 0.99, 0.95, 0.97, 0.99)
         ("冀HG196学", "冀HG1963", None),  # 学 is no letter or digit: another kind
         ("鄂F8888警", "鄂F88887", None),
         ("皖A63625", "皖A63G2", None),  # another length
-        ("", "", ""),
+        ("皖A12345", "使123456", None),  # 皖123456 is no plate
+        ("", "", None),  # no plate
     ],
 )
 def test_only_letters_and_digits_are_taken(text: str, other: str, want: str | None) -> None:
