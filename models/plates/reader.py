@@ -546,11 +546,7 @@ class PlateReader:
         with self._step("PP-OCR recogniser"):
             probs = self.ocr.recognise([crop])[0]
             raw = normalise(self.decoder.greedy(probs))
-            dec = self.decoder.constrained(probs, colour or mark)
-            if mark is not None and (
-                dec is None or _confidence(dec.char_probs, self.first_floor) < self.min_confidence
-            ):
-                dec = _red_reading(self.decoder, probs, mark) or dec
+            dec = self._decoded(self.decoder, probs, colour, mark)
         if dec is None:
             return raw
         conf = _confidence(dec.char_probs, self.first_floor)
@@ -569,6 +565,19 @@ class PlateReader:
             dec.score,
         )
         return raw
+
+    def _decoded(
+        self, decoder: PlateDecoder, probs: np.ndarray, colour: str | None, mark: str | None
+    ) -> Decoded | None:
+        """The most probable valid reading of ``probs`` as the kinds of the crop's ``colour`` or
+        red ``mark``; below the reader's bar, the red glyph may vouch for its red characters
+        (``_red_reading``)."""
+        dec = decoder.constrained(probs, colour or mark)
+        if mark is not None and (
+            dec is None or _confidence(dec.char_probs, self.first_floor) < self.min_confidence
+        ):
+            dec = _red_reading(decoder, probs, mark) or dec
+        return dec
 
     def _serial_vote(
         self,
@@ -591,12 +600,7 @@ class PlateReader:
             if strip is None:
                 continue
             probs = self.serial.probs(strip)
-            other = self.serial_decoder.constrained(probs, colour or mark)
-            if mark is not None and (
-                other is None
-                or _confidence(other.char_probs, self.first_floor) < self.min_confidence
-            ):
-                other = _red_reading(self.serial_decoder, probs, mark) or other
+            other = self._decoded(self.serial_decoder, probs, colour, mark)
             if other is None:
                 continue
             other_conf = _confidence(other.char_probs, self.first_floor)
