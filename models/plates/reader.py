@@ -83,6 +83,13 @@ SMALL_CANDIDATE = 64.0
 # A detector box is found again in a patch of the frame at most this many pixels across.
 ZOOM_SIDE = 640
 
+# A text-detector pass that would shrink the frame more than this many times is skipped unless it
+# is the last of ``detector_sides``: in a 1920-px frame the 320-px pass shrinks a plate six times
+# (a 150 px plate to 25 px, its characters 4-5 px high). On the dev variants pasted in 1920-px
+# frames it read the same plates as the 640-px pass alone (one fewer of 480) and cost the frames
+# that reach the detector 7-20 % of the mean time (BENCHMARKS.md, twenty-eighth session).
+DETECTOR_MAX_SHRINK = 4.0
+
 # The dark-frame retry: mean grey level it brightens to, at most this gain.
 DARK_TARGET = 110.0
 DARK_MAX_GAIN = 4.0
@@ -735,7 +742,7 @@ class PlateReader:
             found = self._read_found(image, boxes, found, ocr=True)
         longest = max(image.shape[:2])
         zoom = self.zoom_from is not None and longest > self.zoom_from
-        for side in self.detector_sides:
+        for side in _passes(self.detector_sides, longest):
             if self._settled(found):
                 break
             with self._step("text detector"):
@@ -886,6 +893,12 @@ def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:
     if len(char_probs) < 2 or char_probs[0] < first_floor:
         return 0.0
     return min(char_probs[1:])
+
+
+def _passes(sides: tuple[int, ...], longest: int) -> tuple[int, ...]:
+    """The text detector's passes for a frame whose longer side is ``longest`` px: those of
+    ``sides`` that shrink it at most ``DETECTOR_MAX_SHRINK`` times, and the last one always."""
+    return tuple(s for s in sides[:-1] if longest <= DETECTOR_MAX_SHRINK * s) + tuple(sides[-1:])
 
 
 def _rank(box: TextBox) -> float:

@@ -129,3 +129,46 @@ def test_a_zoom_from_out_of_range_is_refused(zoom_from: float) -> None:
 
     with pytest.raises(ConfigError, match="zoom_from"):
         PlateReader(zoom_from=zoom_from)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("sides", "longest", "want"),
+    [
+        ((320, 640), 720, (320, 640)),  # the shared photos: both passes
+        ((320, 640), 1280, (320, 640)),  # shrunk four times: still run
+        ((320, 640), 1281, (640,)),
+        ((320, 640), 1920, (640,)),  # six times: the 640-px pass alone
+        ((320, 640), 3840, (640,)),  # the last pass always runs, however much it shrinks
+        ((320, 480, 640), 1600, (480, 640)),
+        ((640,), 10_000, (640,)),
+        ((), 1920, ()),  # no detector
+        ([320, 640], 1920, (640,)),  # a list from a caller: a tuple
+        ((320, 640), 0, (320, 640)),  # an empty frame
+    ],
+)
+def test_the_detector_passes_a_frame_gets(sides, longest: int, want: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+    from models.plates.reader import _passes
+
+    assert _passes(sides, longest) == want
+
+
+def test_a_wide_frame_skips_the_pass_that_shrinks_it_six_times(
+    readers, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A 1920-px frame with no plate reaches the text detector: its passes are 640 px (and the
+    zoom's patches), never 320; a 1280-px frame still gets both."""
+    zoomed, _ = readers
+    sides: list[int] = []
+    real = zoomed.ocr.detect
+
+    def counted(image: np.ndarray, max_side: int = 320, thresh: float = 0.3):  # type: ignore[no-untyped-def]
+        if max(image.shape[:2]) >= 1280:  # a pass over the frame, not a zoom patch
+            sides.append(max_side)
+        return real(image, max_side, thresh)
+
+    monkeypatch.setattr(zoomed.ocr, "detect", counted)
+    for width in (1920, 1280):
+        frame = np.full((width * 9 // 16, width, 3), 100, np.uint8)
+        assert zoomed.read(frame) == []
+    # Each search (the dark retry is off for a grey of 100) runs the passes once.
+    assert sides == [640, 320, 640]
