@@ -86,8 +86,8 @@ ZOOM_SIDE = 640
 # A text-detector pass that would shrink the frame more than this many times is skipped unless it
 # is the last of ``detector_sides``: in a 1920-px frame the 320-px pass shrinks a plate six times
 # (a 150 px plate to 25 px, its characters 4-5 px high). On the dev variants pasted in 1920-px
-# frames it read the same plates as the 640-px pass alone (one fewer of 480) and cost the frames
-# that reach the detector 7-20 % of the mean time (BENCHMARKS.md, twenty-eighth session).
+# frames the 640-px pass alone read the same plates (one fewer of 480) in 7-20 % less mean time
+# a frame; held out, the same plates in 10-12 % less (BENCHMARKS.md, twenty-eighth session).
 DETECTOR_MAX_SHRINK = 4.0
 
 # The dark-frame retry: mean grey level it brightens to, at most this gain.
