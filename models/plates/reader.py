@@ -20,6 +20,7 @@ from models.plates.decode import Decoded, PlateDecoder, plate_chars
 from models.plates.find import PlateFinder, Rect
 from models.plates.line import LINE_PATH, LineReader
 from models.plates.locate import (
+    MAX_SHRINK,
     colour_candidates,
     edge_candidates,
     plate_colour,
@@ -82,13 +83,6 @@ SMALL_CANDIDATE = 64.0
 
 # A detector box is found again in a patch of the frame at most this many pixels across.
 ZOOM_SIDE = 640
-
-# A text-detector pass that would shrink the frame more than this many times is skipped unless it
-# is the last of ``detector_sides``: in a 1920-px frame the 320-px pass shrinks a plate six times
-# (a 150 px plate to 25 px, its characters 4-5 px high). On the dev variants pasted in 1920-px
-# frames the 640-px pass alone read the same plates (one fewer of 480) in 7-20 % less mean time
-# a frame; held out, the same plates in 10-12 % less (BENCHMARKS.md, twenty-eighth session).
-DETECTOR_MAX_SHRINK = 4.0
 
 # The dark-frame retry: mean grey level it brightens to, at most this gain.
 DARK_TARGET = 110.0
@@ -897,8 +891,15 @@ def _confidence(char_probs: tuple[float, ...], first_floor: float) -> float:
 
 def _passes(sides: tuple[int, ...], longest: int) -> tuple[int, ...]:
     """The text detector's passes for a frame whose longer side is ``longest`` px: those of
-    ``sides`` that shrink it at most ``DETECTOR_MAX_SHRINK`` times, and the last one always."""
-    return tuple(s for s in sides[:-1] if longest <= DETECTOR_MAX_SHRINK * s) + tuple(sides[-1:])
+    ``sides`` that shrink it at most ``MAX_SHRINK`` times, the locators' own limit, and the last
+    one always.
+
+    In a 1920-px frame the 320-px pass shrinks a plate six times (a 150 px plate to 25 px, its
+    characters 4-5 px high). On the dev variants pasted in 1920-px frames the 640-px pass alone
+    read the same plates (one fewer of 480) in 7-20 % less mean time a frame; held out, the same
+    plates in 10-12 % less (BENCHMARKS.md, twenty-eighth session).
+    """
+    return tuple(s for s in sides[:-1] if longest <= MAX_SHRINK * s) + tuple(sides[-1:])
 
 
 def _rank(box: TextBox) -> float:
