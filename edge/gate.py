@@ -81,6 +81,10 @@ class GateConfig(BaseModel):
         True,
         description="Let the plate recogniser trained on real photos (CCPD) correct PP-OCR's letters and digits.",
     )
+    plate_rec_neck: bool = Field(
+        True,
+        description="Run PP-OCR's recogniser with its neck and head retrained on plates (off: as PaddleOCR shipped it).",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -116,6 +120,7 @@ class GateLoop:
             from models.plates.find import FIND_PATH
             from models.plates.line import LINE_PATH
             from models.plates.reader import PlateReader
+            from models.plates.rec_neck import REC_NECK_PATH
             from models.plates.serial import SERIAL_PATH
 
             reader = PlateReader(
@@ -128,6 +133,7 @@ class GateLoop:
                 colour_kinds=conf.plate_colour_kinds,
                 red_marks=conf.plate_red_marks,
                 serial_model=SERIAL_PATH if conf.plate_serial else None,
+                rec_neck=REC_NECK_PATH if conf.plate_rec_neck else None,
             )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None

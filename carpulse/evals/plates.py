@@ -352,6 +352,13 @@ def main(argv: list[str]) -> dict[str, Any]:
         "and digits (default on; [gate] plate_serial)",
     )
     ap.add_argument(
+        "--rec-neck",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run PP-OCR's recogniser with its neck and head retrained on plates (default on; "
+        "--no-rec-neck: as PaddleOCR shipped it; [gate] plate_rec_neck)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.9,
@@ -424,6 +431,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     from models.plates.cells import MODEL_PATH
     from models.plates.find import FIND_PATH
     from models.plates.line import LINE_PATH
+    from models.plates.rec_neck import REC_NECK_PATH
     from models.plates.serial import SERIAL_PATH
 
     if not 0.0 <= args.settle <= 1.0:
@@ -436,6 +444,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "colour_kinds": args.colour_kinds,
         "red_marks": args.red_marks,
         "serial_model": SERIAL_PATH if args.serial else None,
+        "rec_neck": REC_NECK_PATH if args.rec_neck else None,
     }
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
@@ -459,6 +468,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "colour_kinds": args.colour_kinds,
             "red_marks": args.red_marks,
             "serial": args.serial,
+            "rec_neck": args.rec_neck,
             "min_confidence": args.min_confidence,
         },
         "cpus": os.cpu_count(),

@@ -15,7 +15,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from models.plates.locate import shrink
-from models.plates.onnx_fuse import fused_bytes, narrowed_bytes
+from models.plates.onnx_fuse import fuse_in_place, fused_bytes, narrowed_bytes
 from models.plates.quad import order_corners
 
 DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"
@@ -66,12 +66,55 @@ def make_session(path: Path, threads: int, fuse: bool = False):  # type: ignore[
         raise ConfigError(f"cannot load ONNX model {path}: {err}") from err
 
 
+def _stamp(path: Path | None) -> int:
+    try:
+        return path.stat().st_mtime_ns if path is not None else 0
+    except OSError:
+        return -1
+
+
 # Kept per process, as ``fused_bytes`` is: the next reader loads without rewriting the graph again.
 @functools.lru_cache(maxsize=4)
+def _tuned(path: str, _mtime: int, fuse: bool, neck: str, _neck_mtime: int) -> bytes | None:
+    """The recogniser at ``path`` with the neck weights at ``neck`` written in (``rec_neck``),
+    fused if ``fuse``; ``None`` without the ``onnx`` package. Bad weights: a ``ConfigError``."""
+    try:
+        import onnx
+    except ImportError:
+        log.warning("onnx is not installed: PP-OCR runs without the plate neck (pip install onnx)")
+        return None
+    from models.plates.rec_neck import patch
+
+    try:
+        model = onnx.load(path)
+    except Exception as err:  # a damaged file: the same error the untuned load gives
+        raise ConfigError(f"cannot load ONNX model {path}: {err}") from err
+    patch(model, Path(neck))
+    if fuse:
+        try:
+            fuse_in_place(model)
+        except Exception as err:  # a graph the rewrite does not expect: unfused, still tuned
+            log.warning("%s: fusing failed (%r), the tuned model runs unfused", path, err)
+            model = onnx.load(path)
+            patch(model, Path(neck))
+    return bytes(model.SerializeToString())
+
+
+@functools.lru_cache(maxsize=4)
 def _narrowed(
-    path: str, _mtime: int, fuse: bool, keep: tuple[int, ...], width: int
+    path: str,
+    _mtime: int,
+    fuse: bool,
+    keep: tuple[int, ...],
+    width: int,
+    neck: str | None = None,
+    neck_mtime: int = 0,
 ) -> bytes | None:
-    """The recogniser at ``path`` (fused if ``fuse``) computing only the classes ``keep``."""
+    """The recogniser at ``path`` (tuned with ``neck``, fused if ``fuse``) computing only the
+    classes ``keep``."""
+    tuned = _tuned(path, _mtime, fuse, neck, neck_mtime) if neck is not None else None
+    if tuned is not None:
+        return narrowed_bytes(tuned, keep, width)
     fused = fused_bytes(Path(path)) if fuse else None
     model = fused[0] if fused is not None else Path(path).read_bytes()
     return narrowed_bytes(model, keep, width)
@@ -95,11 +138,14 @@ class PaddleOcr:
         det_path: Path | None = None,
         fuse: bool = True,
         narrow: frozenset[str] | None = None,
+        neck: Path | None = None,
     ) -> None:
         root = model_dir or packaged_model_dir()
         # ``fuse``: the graphs' elementwise chains fused at load (``onnx_fuse``, ~15 % faster).
         self._fuse = fuse
-        self.rec = make_session(root / REC_MODEL, threads, fuse)
+        # ``neck``: the recogniser's neck and head weights retrained on plates (``rec_neck``).
+        self._neck = neck
+        self.rec = self._rec_session(root / REC_MODEL, threads)
         self._det_path = det_path or root / DET_MODEL
         self._det = None
         self._threads = threads
@@ -114,6 +160,24 @@ class PaddleOcr:
             self._narrow(root / REC_MODEL, threads, narrow)
         self._rec_in = self.rec.get_inputs()[0].name
 
+    def _rec_session(self, path: Path, threads: int):  # type: ignore[no-untyped-def]
+        if self._neck is None:
+            return make_session(path, threads, self._fuse)
+        import onnxruntime as ort
+
+        if not path.exists():
+            raise ConfigError(f"ONNX model {path} does not exist")
+        tuned = _tuned(str(path), _stamp(path), self._fuse, str(self._neck), _stamp(self._neck))
+        if tuned is None:
+            self._neck = None  # no onnx package: PP-OCR as shipped (logged once by ``_tuned``)
+            return make_session(path, threads, self._fuse)
+        try:
+            return ort.InferenceSession(
+                tuned, _options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime's own errors
+            raise ConfigError(f"{path} with the neck {self._neck} does not load: {err}") from err
+
     def _narrow(self, path: Path, threads: int, narrow: frozenset[str]) -> None:
         import onnxruntime as ort
 
@@ -122,7 +186,10 @@ class PaddleOcr:
             stamp = path.stat().st_mtime_ns
         except OSError:
             return
-        model = _narrowed(str(path), stamp, self._fuse, keep, len(self.alphabet))
+        neck = str(self._neck) if self._neck is not None else None
+        model = _narrowed(
+            str(path), stamp, self._fuse, keep, len(self.alphabet), neck, _stamp(self._neck)
+        )
         if model is None:
             log.info("%s: its classes cannot be narrowed, it runs whole", path)
             return

@@ -51,16 +51,24 @@ def _fused_cached(path: str, _mtime: int) -> tuple[bytes, int, int] | None:
         log.info("%s does not parse as ONNX (%s): not fused", path, err)
         return None
     try:
-        graph = _Graph(model.graph)
-        n_affine = graph.fold_affine()
-        n_swish = graph.fuse_hard_swish()
+        n_affine, n_swish = fuse_in_place(model)
         if not n_affine and not n_swish:
             return None
-        graph.commit()
         return model.SerializeToString(), n_affine, n_swish
     except Exception as err:  # a graph the rewrite does not expect: run it as it is
         log.warning("%s: fusing failed (%r), the model runs unfused", path, err)
         return None
+
+
+def fuse_in_place(model: Any) -> tuple[int, int]:
+    """Fuse both chains in the ``onnx.ModelProto`` ``model``; how many of each were. Raises on a
+    graph the rewrite does not expect (the caller then runs the model as it was)."""
+    graph = _Graph(model.graph)
+    n_affine = graph.fold_affine()
+    n_swish = graph.fuse_hard_swish()
+    if n_affine or n_swish:
+        graph.commit()
+    return n_affine, n_swish
 
 
 class _Graph:

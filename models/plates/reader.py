@@ -30,6 +30,7 @@ from models.plates.locate import (
 from models.plates.ocr import PaddleOcr, TextBox, crop_rect
 from models.plates.province import PROVINCE_PATH, ProvinceCheck, province_positions
 from models.plates.quad import rect_quad, refine, snap, stroke_count, warp_quad
+from models.plates.rec_neck import REC_NECK_PATH
 from models.plates.serial import SERIAL_PATH, SURE, TRIMS, SerialReader, merged, trimmed
 from models.plates.syntax import RED_CHARS, RED_MARK_KINDS, normalise, red_positions
 
@@ -192,14 +193,21 @@ class PlateReader:
         serial_model: Path | None = SERIAL_PATH,
         serial_trims: tuple[float, ...] = TRIMS,
         serial_below: float = 0.99,
+        rec_neck: Path | None = REC_NECK_PATH,
     ) -> None:
         if not 0.0 <= settle <= 1.0:  # NaN too: it would read every candidate of every frame
             raise ConfigError(f"settle {settle}: between 0 and 1")
         # With ``plate_only`` the decoder reads the plate characters' classes alone, so PP-OCR
         # computes only those: the same readings, a run 6-9 % faster (BENCHMARKS.md, twenty-fifth
         # session).
+        # ``rec_neck``: PP-OCR's neck and head retrained on plates (None: as PaddleOCR shipped
+        # them; ``models.plates.rec_neck``). Held out it read 15 more of 240 real variants' plates
+        # with as many wrong readings (BENCHMARKS.md, twenty-ninth session).
         self.ocr = PaddleOcr(
-            model_dir, threads=threads, narrow=plate_chars() if plate_only else None
+            model_dir,
+            threads=threads,
+            narrow=plate_chars() if plate_only else None,
+            neck=rec_neck,
         )
         # The plate-font cell recogniser (None, the default: off; ``cells.MODEL_PATH`` to run it).
         # A confident cell reading ends the crop without PP-OCR; otherwise both read it and the

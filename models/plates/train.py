@@ -281,6 +281,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         from models.plates import train_line
 
         return train_line.main([a for a in argv if a != "--line"])
+    if "--rec" in argv:  # so has PP-OCR's neck and head
+        from models.plates import train_rec
+
+        return train_rec.main([a for a in argv if a != "--rec"])
     if "--find" in argv:  # so has the plate finder
         from models.plates import train_find
 
@@ -307,6 +311,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         action="store_true",
         help="train the plate-line recogniser instead (CTC, exported to ONNX; "
         "--line --help for its options)",
+    )
+    ap.add_argument(
+        "--rec",
+        action="store_true",
+        help="fit PP-OCR's recogniser neck and head to plates instead (plate_rec_neck.npz; "
+        "--rec --help for its options)",
     )
     ap.add_argument(
         "--province",

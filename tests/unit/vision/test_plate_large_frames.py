@@ -73,7 +73,11 @@ def test_the_colour_locator_finds_a_small_plate_in_a_4k_frame() -> None:
 def readers():  # type: ignore[no-untyped-def]
     from models.plates.reader import PlateReader
 
-    return PlateReader(threads=1), PlateReader(threads=1, zoom_from=None)
+    # PP-OCR as PaddleOCR shipped it: the zoom's own effect (with the neck refitted on plates the
+    # unzoomed 3840-px frame is read too; the default reader below).
+    return PlateReader(threads=1, rec_neck=None), PlateReader(
+        threads=1, zoom_from=None, rec_neck=None
+    )
 
 
 @pytest.mark.parametrize("width", [1920, 3840])
@@ -90,6 +94,19 @@ def test_a_police_photo_in_a_large_frame_is_read(readers, width: int) -> None:  
     got = zoomed.read(frame)
     assert got and got[0].text == "鄂F8888警" and got[0].stage == "detector"
     assert "鄂F8888警" not in [r.text for r in plain.read(frame)]
+
+
+@pytest.mark.parametrize("width", [1920, 3840])
+def test_the_default_reader_reads_the_police_photo_in_a_large_frame(width: int) -> None:
+    from models.plates.reader import PlateReader
+
+    photo = cv2.imread(str(require_data("plates/cn_police.jpg")))
+    h = width * 9 // 16
+    frame = np.full((h, width, 3), 90, np.uint8)
+    y, x = (h - photo.shape[0]) // 2, (width - photo.shape[1]) // 2
+    frame[y : y + photo.shape[0], x : x + photo.shape[1]] = photo
+    got = PlateReader(threads=1).read(frame)
+    assert [(r.text, r.stage) for r in got][:1] == [("鄂F8888警", "detector")]
 
 
 def test_zooming_a_loose_box_gives_a_tight_one_on_the_plate(readers) -> None:  # type: ignore[no-untyped-def]

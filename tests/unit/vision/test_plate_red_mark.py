@@ -160,9 +160,11 @@ def test_red_mark_never_raises_on_odd_crops(crop: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def reader():  # type: ignore[no-untyped-def]
+    """PP-OCR as PaddleOCR shipped it: the rule's own effect. The neck refitted on plates reads
+    these red characters itself (``test_the_refitted_neck_reads_the_red_characters_itself``)."""
     from models.plates.reader import PlateReader
 
-    return PlateReader(threads=1)
+    return PlateReader(threads=1, rec_neck=None)
 
 
 def _texts(reader, frame: np.ndarray, marks: bool) -> list[str]:  # type: ignore[no-untyped-def]
@@ -227,6 +229,32 @@ def test_the_shared_police_photos_variants_are_read(reader, seed: int, index: in
     frame, _ = perturbed(img, name, index, seed)
     assert _texts(reader, frame, True) == ["鄂F8888警"]
     assert _texts(reader, frame, False) == []
+
+
+def test_the_refitted_neck_reads_the_red_characters_itself() -> None:
+    """The cases above, read by the default reader (PP-OCR with its neck refitted on plates):
+    the faded 警 and the WJ of a serif plate with the mark and without it. (Dev image 108 of seed
+    9102, WJ浙41667, it reads as WJ新41667 either way: a province wrong, where PP-OCR as shipped
+    read nothing with the mark.)"""
+    from models.plates.crops import as_decoded
+    from models.plates.perturb import perturbed
+    from models.plates.reader import PlateReader
+    from models.plates.synth import use_font
+
+    default = PlateReader(threads=1)
+    frames = {"皖W1442警": as_decoded(make_sample(9100, 28))}
+    use_font(
+        Path("/usr/share/fonts/opentype/noto/NotoSerifCJK-Bold.ttc"),
+        Path("/usr/share/fonts/truetype/liberation/LiberationSansNarrow-Bold.ttf"),
+    )
+    try:
+        frames["WJ8793362"] = as_decoded(make_sample(9200, 144))
+    finally:
+        use_font(None)
+    img = cv2.imread(str(require_data("plates") / "cn_police.jpg"))
+    for text, frame in [*frames.items(), ("鄂F8888警", perturbed(img, "cn_police.jpg", 1, 3)[0])]:
+        assert _texts(default, frame, True) == [text]
+        assert _texts(default, frame, False) == [text]
 
 
 def test_the_gate_setting_and_the_eval_flag_turn_it_off(tmp_path: Path) -> None:
