@@ -44,13 +44,13 @@ from models.plates.rec_neck import (
     load_weights,
     patch,
 )
-from models.plates.syntax import KINDS, PROVINCES
-from models.plates.synth import degraded_plate, make_sample, random_text, render_plate
+from models.plates.syntax import PROVINCES
+from models.plates.synth import make_sample
 from models.plates.train_line import RESERVED_SEEDS
+from models.plates.train_line import _rendered_crop as rendered_line_crop  # colour, as PP-OCR reads
 
 LOGITS = "p2o.Add.277"  # the head's output before its softmax
 MAX_LABEL = 10
-_SINGLE_ROW_KINDS = tuple(k for k, _, _ in KINDS)
 
 
 def _photo_crops(seed: int, i: int) -> list[tuple[np.ndarray, str]]:
@@ -73,24 +73,9 @@ def _photo_crops(seed: int, i: int) -> list[tuple[np.ndarray, str]]:
 
 
 def _rendered_crop(seed: int, i: int) -> list[tuple[np.ndarray, str]]:
-    rng = np.random.default_rng([seed, i, 13])
-    kind = _SINGLE_ROW_KINDS[int(rng.integers(len(_SINGLE_ROW_KINDS)))]
-    text = random_text(kind, rng)
-    plate = render_plate(text, kind, rng)
-    ph, pw = plate.shape[:2]
-    img, pad, scale = degraded_plate(
-        plate, rng, width_px=(45, 300), night=(0.15, 0.45), haze_max=0.45, jpeg=(50, 96)
-    )
-    p = pad * scale
-    corners = np.array(
-        [[p, p], [p + pw * scale, p], [p + pw * scale, p + ph * scale], [p, p + ph * scale]],
-        np.float32,
-    )
-    grow = np.array([rng.uniform(0.95, 1.12), rng.uniform(0.9, 1.35)], np.float32)
-    centre = corners.mean(axis=0)
-    jitter = rng.normal(0, 1, (4, 2)) * np.array([0.015 * pw * scale, 0.05 * ph * scale])
-    q = centre + (corners - centre) * grow + jitter
-    return [(warp_quad(img, q.astype(np.float32)), text)]
+    """One single rendered plate, shrunk and degraded: the line model's rendered crop, in colour."""
+    crop, text = rendered_line_crop(seed, i)
+    return [(crop, text)]
 
 
 def rec_input(crop: np.ndarray) -> np.ndarray:
