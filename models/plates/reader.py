@@ -201,8 +201,8 @@ class PlateReader:
         # computes only those: the same readings, a run 6-9 % faster (BENCHMARKS.md, twenty-fifth
         # session).
         # ``rec_neck``: PP-OCR's neck and head retrained on plates (None: as PaddleOCR shipped
-        # them; ``models.plates.rec_neck``). Held out it read 15 more of 240 real variants' plates
-        # with as many wrong readings (BENCHMARKS.md, twenty-ninth session).
+        # them; ``models.plates.rec_neck``). Held out it read 9 more of 315 real variants' plates
+        # with 2 fewer wrong readings (BENCHMARKS.md, twenty-ninth session).
         self.ocr = PaddleOcr(
             model_dir,
             threads=threads,

@@ -8,9 +8,9 @@ but not which one: the CTC loss sees the provinces as one class, and within them
 keeps the original's preferences (a KL term). The weights (580,000 floats) are written into the
 shipped PP-OCRv4 graph when the reader loads; nothing is downloaded.
 
-On the shared photos' held-out variants (seeds 18 and 19) it read 204 of 240 plates where PP-OCR
-as shipped read 189, with as many wrong readings (29); on fresh drawn sets 211 of 266 against 212,
-with more wrong readings (37 against 25). BENCHMARKS.md, twenty-ninth session.
+Held out, on the shared photos' variants at seeds 18-20 it read 278 of 315 plates where PP-OCR as
+shipped read 269, with 26 wrong readings against 28; on fresh drawn sets 327 of 399 against 325,
+with more wrong readings (46 against 31). BENCHMARKS.md, twenty-ninth session.
 """
 
 from __future__ import annotations
