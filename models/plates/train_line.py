@@ -37,6 +37,7 @@ from models.plates.line import (
     reference_logits,
 )
 from models.plates.quad import warp_quad
+from models.plates.reader import _split_rows
 from models.plates.syntax import KINDS, TEMPLATES
 from models.plates.synth import (
     degraded_plate,
@@ -61,8 +62,13 @@ def _grey(crop: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.resize(grey, (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA), np.uint8)
 
 
-def _photo_crops(seed: int, i: int) -> tuple[list[np.ndarray], str]:
-    s = make_sample(seed, i)
+def _photo_crops(
+    seed: int, i: int, two_row: float = 0.0, jittered: int = 2, taller: float = 1.35
+) -> tuple[list[np.ndarray], str]:
+    """Crops of synthetic photo ``i`` and its text: the reader's locator crop and ``jittered``
+    crops from jittered true corners (up to ``taller`` times the plate's height). ``two_row``:
+    the share of two-row plates (``make_sample``), laid out as the reader lays them out."""
+    s = make_sample(seed, i, two_row=two_row)
     if not s.text or s.quad is None:
         return [], ""
     rng = np.random.default_rng([seed, i, 11])
@@ -73,11 +79,13 @@ def _photo_crops(seed: int, i: int) -> tuple[list[np.ndarray], str]:
     width = float(np.linalg.norm(quad[1] - quad[0]))
     height = float(np.linalg.norm(quad[3] - quad[0]))
     centre = quad.mean(axis=0)
-    for _ in range(2):
-        grow = np.array([rng.uniform(0.95, 1.12), rng.uniform(0.9, 1.35)])
+    for _ in range(jittered):
+        grow = np.array([rng.uniform(0.95, 1.12), rng.uniform(0.9, taller)])
         jitter = rng.normal(0, 1, (4, 2)) * np.array([0.015 * width, 0.05 * height])
         q = centre + (quad - centre) * grow + jitter
         out.append(warp_quad(image, q.astype(np.float32)))
+    if s.conditions.get("two_row", 0.0) > 0:
+        out = [_split_rows(c) for c in out]
     return out, s.text
 
 

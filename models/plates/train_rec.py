@@ -29,12 +29,9 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
-from models.plates.crops import as_decoded, locator_crop
 from models.plates.decode import plate_chars
 from models.plates.fonts import drawn_in_training_fonts
 from models.plates.ocr import REC_HEIGHT, REC_MODEL, packaged_model_dir
-from models.plates.quad import warp_quad
-from models.plates.reader import _split_rows
 from models.plates.rec_neck import (
     CLASSES_KEY,
     HEAD_B,
@@ -45,8 +42,8 @@ from models.plates.rec_neck import (
     patch,
 )
 from models.plates.syntax import PROVINCES
-from models.plates.synth import make_sample
 from models.plates.train_line import RESERVED_SEEDS
+from models.plates.train_line import _photo_crops as line_photo_crops
 from models.plates.train_line import _rendered_crop as rendered_line_crop  # colour, as PP-OCR reads
 
 LOGITS = "p2o.Add.277"  # the head's output before its softmax
@@ -54,22 +51,9 @@ MAX_LABEL = 10
 
 
 def _photo_crops(seed: int, i: int) -> list[tuple[np.ndarray, str]]:
-    s = make_sample(seed, i, two_row=0.3)
-    if not s.text or s.quad is None:
-        return []
-    rng = np.random.default_rng([seed, i, 11])
-    image = as_decoded(s)
-    quad = s.quad
-    crops = [locator_crop(image, quad, rng, (0.92, 1.12), (0.9, 1.25))[0]]
-    width = float(np.linalg.norm(quad[1] - quad[0]))
-    height = float(np.linalg.norm(quad[3] - quad[0]))
-    centre = quad.mean(axis=0)
-    grow = np.array([rng.uniform(0.95, 1.12), rng.uniform(0.9, 1.3)])
-    jitter = rng.normal(0, 1, (4, 2)) * np.array([0.015 * width, 0.05 * height])
-    crops.append(warp_quad(image, (centre + (quad - centre) * grow + jitter).astype(np.float32)))
-    if s.conditions.get("two_row", 0.0) > 0:  # as the reader reads a two-row crop
-        crops = [_split_rows(c) for c in crops]
-    return [(c, s.text) for c in crops]
+    """The line trainer's photo crops in colour: 30 % two-row plates, one jittered crop."""
+    crops, text = line_photo_crops(seed, i, two_row=0.3, jittered=1, taller=1.3)
+    return [(c, text) for c in crops]
 
 
 def _rendered_crop(seed: int, i: int) -> list[tuple[np.ndarray, str]]:
@@ -400,8 +384,12 @@ def check_patch(path: Path, neck: Neck, crops: list[np.ndarray]) -> float:
 
 
 def save(path: Path, params: dict[str, np.ndarray], classes: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = path.open("wb")
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err}") from err
+    with fh:
         arrays: dict[str, Any] = {**params, CLASSES_KEY: np.array(classes)}
         np.savez(fh, **arrays)
 
