@@ -85,6 +85,13 @@ class GateConfig(BaseModel):
         True,
         description="Run PP-OCR's recogniser with its neck and head retrained on plates (off: as PaddleOCR shipped it).",
     )
+    plate_province_vote: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A reading whose province was read below this has it voted on by PP-OCR over jittered crops (0: off).",
+    )
     min_votes: int = Field(2, ge=1, description="Frames that must read a plate before an event.")
     gap_s: float = Field(1.5, gt=0, description="A plate unseen this long closes its vote.")
     dedupe_s: float = Field(300.0, ge=0, description="Same plate again within this: no event.")
@@ -134,6 +141,7 @@ class GateLoop:
                 red_marks=conf.plate_red_marks,
                 serial_model=SERIAL_PATH if conf.plate_serial else None,
                 rec_neck=REC_NECK_PATH if conf.plate_rec_neck else None,
+                province_vote=conf.plate_province_vote,
             )
         self.reader = reader
         self.faces = faces  # a FaceMatcher or None

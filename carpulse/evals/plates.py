@@ -359,6 +359,14 @@ def main(argv: list[str]) -> dict[str, Any]:
         "--no-rec-neck: as PaddleOCR shipped it; [gate] plate_rec_neck)",
     )
     ap.add_argument(
+        "--province-vote",
+        type=float,
+        default=0.8,
+        metavar="P",
+        help="a reading whose province was read below P has it voted on by PP-OCR over the crop "
+        "and six jittered copies (default 0.8; 0: off; [gate] plate_province_vote)",
+    )
+    ap.add_argument(
         "--settle",
         type=float,
         default=0.9,
@@ -436,6 +444,8 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     if not 0.0 <= args.settle <= 1.0:
         raise ConfigError(f"--settle {args.settle}: between 0 and 1")
+    if not 0.0 <= args.province_vote <= 1.0:  # NaN too
+        raise ConfigError(f"--province-vote {args.province_vote}: between 0 and 1 (0: off)")
     line: dict[str, Any] = {
         "line_model": LINE_PATH if args.line else None,
         "cell_model": MODEL_PATH if args.cells else None,
@@ -445,6 +455,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "red_marks": args.red_marks,
         "serial_model": SERIAL_PATH if args.serial else None,
         "rec_neck": REC_NECK_PATH if args.rec_neck else None,
+        "province_vote": args.province_vote,
     }
     reader = PlateReader(threads=1, min_confidence=args.min_confidence, **line)
     stages: dict[str, int] = {}
@@ -469,6 +480,7 @@ def main(argv: list[str]) -> dict[str, Any]:
             "red_marks": args.red_marks,
             "serial": args.serial,
             "rec_neck": args.rec_neck,
+            "province_vote": args.province_vote,
             "min_confidence": args.min_confidence,
         },
         "cpus": os.cpu_count(),

@@ -48,7 +48,8 @@ def test_eval_on_a_small_synthetic_set(tmp_path: Path) -> None:
     assert res["exact_accuracy"] is not None and res["exact_accuracy"] >= 0.5, res["wrong"]
     assert res["reader"] == {
         "line": True, "cells": False, "finder": False, "settle": 0.9, "colour_kinds": True,
-        "red_marks": True, "serial": True, "rec_neck": True, "min_confidence": 0.5,
+        "red_marks": True, "serial": True, "rec_neck": True, "province_vote": 0.8,
+        "min_confidence": 0.5,
     }  # fmt: skip
     assert set(res["by_condition"]) >= {"plate width px", "night"}, res["by_condition"]
     assert "by_condition" in res["baseline"]
