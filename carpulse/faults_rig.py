@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,23 @@ class Rig:
         p = self.procs[name]
         p.send_signal(signal.SIGKILL)
         p.wait(30)
+
+    @contextlib.contextmanager
+    def writers_paused(self, settle_s: float = 0.5) -> Iterator[None]:
+        """The processes that write to InfluxDB (the stream workers and the CRM worker) stopped
+        (SIGSTOP) for the block, ``settle_s`` after the stop first so that writes already sent
+        are acknowledged; continued (SIGCONT) after it, whatever happens."""
+        paused = [p for n, p in self.procs.items() if n.startswith("worker-") or n == "crm"]
+        try:
+            for p in paused:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGSTOP)
+            time.sleep(settle_s)
+            yield
+        finally:
+            for p in paused:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
 
     def check_alive(self) -> None:
         dead = {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}

@@ -295,9 +295,15 @@ class Scenario:
     ) -> None:
         stack = self.rig.stack
         t0 = time.time()
-        if before is not None:
-            before()
-        stack.kill_service(service, signal.SIGTERM)
+        if before is None:
+            stack.kill_service(service, signal.SIGTERM)
+        else:
+            # The writers are paused while ``before`` reads InfluxDB's write count and the
+            # service stops: a point acknowledged between that read and the stop was not counted
+            # (seen in CI: 48 points, duplicates read -48). They go on once it is down.
+            with self.rig.writers_paused():
+                before()
+                stack.kill_service(service, signal.SIGTERM)
         time.sleep(max(0.0, down_s - (time.time() - t0)))
         stack.start_service(service)
         t_up = time.time()

@@ -350,8 +350,10 @@ class PlateReader:
         # read unsurely is the head's guess about a glyph it barely sees, and a slightly
         # different crop often shows it. The copies that read the rest of the plate the same
         # vote with their province's probability. The dev variants of the shared photos read 6
-        # more of 480 (苏 read as 鄂, 新 or 皖; 粤 as 鲁 or 闽), the drawn dev sets as many
-        # (BENCHMARKS.md, thirtieth session). Provinces the province classifier set are left.
+        # more of 480 (苏 read as 鄂, 新 or 皖; 粤 as 鲁 or 闽), the drawn dev sets as many; held
+        # out 1 more of 315 variants, drawn sets the same. About 67 ms on one core on the 1
+        # frame in 8-10 that votes (BENCHMARKS.md, thirtieth session). Provinces the province
+        # classifier set are left as it set them.
         if not 0.0 <= province_vote <= 1.0:  # NaN too
             raise ConfigError(f"province_vote {province_vote}: between 0 and 1 (0: off)")
         self.province_vote = province_vote

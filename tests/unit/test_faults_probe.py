@@ -111,3 +111,35 @@ def test_a_vehicle_given_a_build_runs_it_not_numba(tmp_path: Path) -> None:
     got = tomllib.loads(aot.config.read_text())["edge"]
     assert got["aot_dir"] == str(kdir) and got["state_dir"] == str(tmp_path / "edge" / "fx-1")
     assert "aot_dir" not in tomllib.loads(jit.config.read_text())["edge"]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter in /proc (``T``: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_writers_are_paused_while_the_write_count_is_read_and_go_on_after() -> None:
+    import subprocess
+    import sys
+
+    from carpulse.faults_rig import Rig
+
+    names = ("worker-a", "worker-b", "crm", "bridge-a")
+    procs = {
+        n: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for n in names
+    }
+    rig = SimpleNamespace(procs=procs)
+    try:
+        states: dict[str, str] = {}
+        paused = Rig.writers_paused(rig, settle_s=0.05)  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="InfluxDB"), paused:
+            states.update({n: _state(p.pid) for n, p in procs.items()})
+            raise RuntimeError("InfluxDB did not stop")
+        # the stream and CRM workers (InfluxDB's writers) were stopped; a bridge was not
+        assert states == {"worker-a": "T", "worker-b": "T", "crm": "T", "bridge-a": "S"}
+        # and every one runs again, even though the block failed
+        assert all(_state(p.pid) in "SR" for p in procs.values())
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait(10)
