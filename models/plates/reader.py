@@ -734,9 +734,9 @@ class PlateReader:
                 gain = min(DARK_MAX_GAIN, DARK_TARGET / max(level, 1.0))
                 bright = cv2.convertScaleAbs(bgr, alpha=gain)
                 found = self._better(found, self._search(bright))
-        # The same plate may be found twice (two colours, two boxes): keep the best of each text.
         if self.province_vote > 0:
             found = [self._voted(r) for r in found]
+        # The same plate may be found twice (two colours, two boxes): keep the best of each text.
         unique: dict[str, PlateRead] = {}
         for r in found:
             if r.text not in unique or r.confidence > unique[r.text].confidence:
@@ -776,7 +776,7 @@ class PlateReader:
                 first, second = [*sorted(votes.values(), reverse=True), 0.0][:2]
                 if first > second + len(crops) - 1 - k:
                     break
-        top = max(votes, key=lambda k: votes[k])  # the reading's own on a tie (first key)
+        top = max(votes, key=lambda c: votes[c])  # the reading's own on a tie (first key)
         if top == read.text[p]:
             return read
         # The probability of the voted province: its share of the votes cast.
