@@ -164,9 +164,25 @@ def test_a_reading_without_its_crop_on_record_stays(
     assert voting._voted(read) is read and stub.calls == 0
 
 
-def test_a_frame_leaves_no_crops_behind(reader: PlateReader) -> None:
-    reader.read(np.full((120, 200, 3), 90, np.uint8))
-    assert reader._sources == {}
+def test_a_frame_leaves_no_crops_behind(
+    reader: PlateReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.plates.synth import render_plate
+
+    plate = render_plate("苏E12345", "ordinary", np.random.default_rng(5))[::3, ::3]
+    frame = np.full((plate.shape[0] * 3, plate.shape[1] * 2, 3), 90, np.uint8)
+    frame[plate.shape[0] : 2 * plate.shape[0], : plate.shape[1]] = plate
+    during: list[int] = []
+    voted = reader._voted
+
+    def spy(read: PlateRead) -> PlateRead:
+        during.append(len(reader._sources))
+        return voted(read)
+
+    monkeypatch.setattr(reader, "_voted", spy)
+    assert reader.read(frame)  # a plate is read: its crop was on record during the frame ...
+    assert during and min(during) > 0
+    assert reader._sources == {}  # ... and is gone after it
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
